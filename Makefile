@@ -1,0 +1,86 @@
+# Descartes: build, stage, install, test.
+#
+#   make            build the CLI and every plugin (release) and stage a prefix in build/prefix
+#   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
+#   make test       build (debug), install into build/test-prefix, run the whole test suite
+#   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, lib/descartes/plugins/,
+#                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
+#
+# The C example plugin (Plugins/EchoC) is built with $(CC) against the staged
+# header through pkg-config, exactly as a third party would build one.
+
+SWIFT   ?= swift
+CC      ?= cc
+CONFIG  ?= release
+PREFIX  ?= /usr/local
+DESTDIR ?=
+VERSION := 0.1.0
+
+# Swift plugin products (dynamic libraries libdescartes-<name>.so) that are installed.
+SWIFT_PLUGINS :=
+# C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
+C_PLUGINS := echo
+
+STAGE      ?= build/prefix
+STAGE_ABS   = $(abspath $(STAGE))
+BIN_DIR     = $(shell $(SWIFT) build -c $(CONFIG) --show-bin-path)
+PLUGIN_DIR  = lib/descartes/plugins
+CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
+
+.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header
+
+all: stage
+
+swift-build:
+	$(SWIFT) build -c $(CONFIG)
+
+# Stage the install layout: what `make install` copies, with a pkg-config
+# file pointing at the stage so the C example builds against it.
+stage: swift-build
+	@mkdir -p $(STAGE)/bin $(STAGE)/$(PLUGIN_DIR) $(STAGE)/include/descartes $(STAGE)/lib/pkgconfig
+	cp $(BIN_DIR)/descartes $(STAGE)/bin/descartes
+	cp Sources/CDescartesPlugin/include/descartes/plugin.h $(STAGE)/include/descartes/plugin.h
+	sed -e 's|@PREFIX@|$(STAGE_ABS)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(STAGE)/lib/pkgconfig/descartes-plugin.pc
+	@for p in $(SWIFT_PLUGINS); do cp $(BIN_DIR)/libdescartes-$$p.so $(STAGE)/$(PLUGIN_DIR)/ || exit 1; done
+	cp manifests/*.yaml $(STAGE)/$(PLUGIN_DIR)/
+	@$(MAKE) --no-print-directory c-plugins STAGE=$(STAGE)
+
+c-plugins:
+	@for p in $(C_PLUGINS); do \
+	  src=$$(ls Plugins/*/$$p.c | head -n 1); \
+	  echo "$(CC) $$src -> $(STAGE)/$(PLUGIN_DIR)/libdescartes-$$p.so"; \
+	  PKG_CONFIG_PATH=$(STAGE_ABS)/lib/pkgconfig $(CC) $(CFLAGS_PLUGIN) -shared \
+	    $$(PKG_CONFIG_PATH=$(STAGE_ABS)/lib/pkgconfig pkg-config --cflags descartes-plugin) \
+	    -o $(STAGE)/$(PLUGIN_DIR)/libdescartes-$$p.so $$src || exit 1; \
+	done
+
+# The main job, with no keys needed.
+run: stage
+	$(STAGE)/bin/descartes --version
+	$(STAGE)/bin/descartes plugins list
+	$(STAGE)/bin/descartes plugins verify
+	$(STAGE)/bin/descartes complete -p echo --stream --set delay_ms=60 "Descartes streams this sentence back word by word through a plugin written in C."
+
+install: stage
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR) $(DESTDIR)$(PREFIX)/include/descartes $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(STAGE)/bin/descartes $(DESTDIR)$(PREFIX)/bin/descartes
+	install -m 644 $(STAGE)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/include/descartes/plugin.h
+	install -m 755 $(STAGE)/$(PLUGIN_DIR)/*.so $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
+	install -m 644 $(STAGE)/$(PLUGIN_DIR)/*.yaml $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/descartes $(DESTDIR)$(PREFIX)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
+	rm -rf $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)
+
+# The test suite: a debug build installed into build/test-prefix (the
+# out-of-tree plugin test builds against that prefix), then `swift test`.
+TEST_PREFIX := $(abspath build/test-prefix)
+test:
+	$(MAKE) --no-print-directory install CONFIG=debug STAGE=build/stage-debug PREFIX=$(TEST_PREFIX) DESTDIR=
+	$(SWIFT) build --build-tests
+	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
+
+clean:
+	rm -rf build
+	$(SWIFT) package clean

@@ -1,0 +1,79 @@
+// swift-tools-version:6.0
+//
+// Descartes: one async interface over every kind of LLM backend, with
+// backends loaded as plugins (dynamic libraries) through a C ABI.
+//
+// Layout (the architecture, as data flows):
+//   Sources/descartes           the CLI
+//   Sources/Descartes           the host library: ModelBackend, PluginHost, ProviderFactory, config
+//   Sources/DescartesCore       value types, JSON, the ABI's JSON documents (shared by host and kit)
+//   Sources/CDescartesPlugin    include/descartes/plugin.h: the C ABI, the contract
+//   Sources/DescartesPluginKit  helps Swift plugins export the ABI (linked statically into each)
+//   Plugins/<Name>              one libdescartes-<name>.so per plugin
+//
+// `Plugins/` is also SwiftPM's default folder for *package plugins*; every
+// target in it here is an ordinary library target with an explicit `path:`.
+import PackageDescription
+
+let root = Context.packageDirectory
+
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+]
+
+/// Linker flags for a plugin library: export only `descartes_plugin_entry`
+/// (everything else, including the statically linked kit, stays private to
+/// the library) and bind the library's own symbols inside it, so two plugins
+/// built with different kit versions never see each other's code.
+let pluginLinkerSettings: [LinkerSetting] = [
+    .unsafeFlags(["-Xlinker", "--version-script=\(root)/Sources/CDescartesPlugin/plugin.map", "-Xlinker", "-Bsymbolic"]),
+]
+
+/// A plugin: a dynamic library product `descartes-<name>` (the file is
+/// `libdescartes-<name>.so`) built from `Plugins/<Dir>`.
+func plugin(_ name: String, dir: String, target: String, dependencies: [Target.Dependency] = []) -> (Product, Target) {
+    (
+        .library(name: "descartes-\(name)", type: .dynamic, targets: [target]),
+        .target(
+            name: target, dependencies: ["DescartesPluginKit"] + dependencies, path: "Plugins/\(dir)",
+            swiftSettings: swiftSettings, linkerSettings: pluginLinkerSettings)
+    )
+}
+
+let plugins: [(Product, Target)] = [
+    // A Swift plugin used by the test suite to drive the host through the kit
+    // (scripted replies, delays, errors). Not installed.
+    plugin("scripted", dir: "Scripted", target: "ScriptedPlugin"),
+]
+
+let package = Package(
+    name: "Descartes",
+    products: [
+        .executable(name: "descartes", targets: ["descartes"]),
+        .library(name: "Descartes", targets: ["Descartes"]),
+        .library(name: "DescartesPluginKit", targets: ["DescartesPluginKit"]),
+    ] + plugins.map(\.0),
+    targets: [
+        // MARK: C: the ABI and system libraries
+        .target(name: "CDescartesPlugin", exclude: ["plugin.map"]),
+        // Host-side system calls Swift's Glibc module does not import (getauxval).
+        .target(name: "CDescartesHost"),
+        .systemLibrary(name: "CYaml", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).
+        .target(name: "CCurlShim", dependencies: ["CCurl"]),
+
+        // MARK: Swift libraries
+        .target(name: "DescartesCore", swiftSettings: swiftSettings),
+        .target(name: "Descartes", dependencies: ["DescartesCore", "CDescartesPlugin", "CDescartesHost", "CYaml"], swiftSettings: swiftSettings),
+        .target(
+            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim"],
+            swiftSettings: swiftSettings),
+
+        // MARK: The CLI
+        .executableTarget(name: "descartes", dependencies: ["Descartes"], swiftSettings: swiftSettings),
+
+        // MARK: Tests
+        .testTarget(name: "DescartesTests", dependencies: ["Descartes"], swiftSettings: swiftSettings),
+    ] + plugins.map(\.1)
+)

@@ -1,0 +1,2 @@
+// libyaml, imported as a system library (Debian: libyaml-dev).
+#include <yaml.h>

@@ -1,0 +1,189 @@
+import Glibc
+internal import CDescartesHost
+
+/// A file-system failure, naming the path and the system's reason.
+public struct FileSystemError: Error, Sendable, CustomStringConvertible {
+    public var path: String
+    public var reason: String
+    public var errno: Int32
+    public init(path: String, reason: String, errno: Int32 = 0) {
+        self.path = path
+        self.reason = reason
+        self.errno = errno
+    }
+    public var description: String { "\(path): \(reason)" }
+}
+
+/// The few file-system operations the host needs, on POSIX calls directly
+/// (the host does not link Foundation: it costs 15-20 ms of start-up).
+public enum FileSystem {
+    static func systemError(_ path: String, _ e: Int32 = Glibc.errno) -> FileSystemError {
+        FileSystemError(path: path, reason: String(cString: strerror(e)), errno: e)
+    }
+
+    /// Reads a whole file as UTF-8 text, refusing files over `limit` bytes.
+    public static func readText(_ path: String, limit: Int) throws(FileSystemError) -> String {
+        String(decoding: try readBytes(path, limit: limit), as: UTF8.self)
+    }
+
+    public static func readBytes(_ path: String, limit: Int) throws(FileSystemError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw systemError(path) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw systemError(path)
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+            if out.count > limit { throw FileSystemError(path: path, reason: "file is larger than \(limit) bytes") }
+        }
+        return out
+    }
+
+    /// Writes `bytes` to `path` atomically (a temporary file renamed over it),
+    /// with the given permissions.
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(FileSystemError) {
+        let tmp = path + ".tmp.\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        if fd < 0 { throw systemError(tmp) }
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = systemError(tmp)
+                close(fd)
+                unlink(tmp)
+                throw e
+            }
+            written += n
+        }
+        fsync(fd)
+        close(fd)
+        if rename(tmp, path) != 0 {
+            let e = systemError(path)
+            unlink(tmp)
+            throw e
+        }
+    }
+
+    /// Names in a directory (without "." and ".."), sorted.
+    public static func list(_ dir: String) throws(FileSystemError) -> [String] {
+        guard let d = opendir(dir) else { throw systemError(dir) }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public struct Info: Sendable {
+        public var mode: UInt32
+        public var uid: UInt32
+        public var gid: UInt32
+        public var size: Int
+        public var isDirectory: Bool { mode & S_IFMT == S_IFDIR }
+        public var isRegular: Bool { mode & S_IFMT == S_IFREG }
+    }
+
+    /// stat(2) of a path (following symlinks), or nil if it does not exist.
+    public static func info(_ path: String) -> Info? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Info(mode: st.st_mode, uid: st.st_uid, gid: st.st_gid, size: Int(st.st_size))
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    public static func isDirectory(_ path: String) -> Bool { info(path)?.isDirectory ?? false }
+
+    public static func join(_ a: String, _ b: String) -> String {
+        if b.hasPrefix("/") { return b }
+        if a.isEmpty { return b }
+        return a.hasSuffix("/") ? a + b : a + "/" + b
+    }
+
+    public static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    public static func basename(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+
+    /// The canonical absolute path, or nil if it does not exist.
+    public static func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    public static func currentDirectory() -> String {
+        guard let p = getcwd(nil, 0) else { return "/" }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// The running executable's absolute path.
+    public static func executablePath() -> String? { realPath("/proc/self/exe") }
+
+    /// Creates a directory and its parents.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(FileSystemError) {
+        if isDirectory(path) { return }
+        let parent = directory(of: path)
+        if parent != path && parent != "." && parent != "/" { try makeDirectories(parent, mode: mode) }
+        if mkdir(path, mode) != 0 && errno != EEXIST { throw systemError(path) }
+    }
+}
+
+/// The process environment as a dictionary.
+public enum Environment {
+    public static func current() -> [String: String] {
+        var out: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") {
+                out[String(s[..<eq])] = String(s[s.index(after: eq)...])
+            }
+            p += 1
+        }
+        return out
+    }
+
+    public static func get(_ name: String) -> String? {
+        guard let v = getenv(name) else { return nil }
+        return String(cString: v)
+    }
+
+    /// True when the process runs in secure-execution mode: setuid, setgid
+    /// or with file capabilities (the kernel's AT_SECURE, which is what
+    /// glibc's secure_getenv uses), or when real and effective ids differ.
+    /// Environment overrides and user directories are then ignored.
+    ///
+    /// A process that is simply run by root (uid == euid == 0, as in most
+    /// containers and CI jobs) is not in this mode; the host policy decides
+    /// whether root counts as elevated (see PluginSearch).
+    public static var isSecureExecution: Bool {
+        descartes_secure_execution() != 0 || getuid() != geteuid() || getgid() != getegid()
+    }
+
+    public static var isRoot: Bool { geteuid() == 0 }
+
+    public static var homeDirectory: String {
+        if let h = get("HOME"), h.hasPrefix("/") { return h }
+        if let pw = getpwuid(getuid()), let dir = pw.pointee.pw_dir { return String(cString: dir) }
+        return "/"
+    }
+}

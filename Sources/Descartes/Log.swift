@@ -1,0 +1,170 @@
+import Glibc
+import Synchronization
+
+/// Log levels, matching DESCARTES_LOG_* in plugin.h.
+public enum LogLevel: UInt32, Sendable, Comparable, CustomStringConvertible {
+    case error = 0, warning = 1, info = 2, debug = 3, trace = 4
+    public static func < (a: LogLevel, b: LogLevel) -> Bool { a.rawValue < b.rawValue }
+    public var description: String {
+        switch self {
+        case .error: return "error"
+        case .warning: return "warning"
+        case .info: return "info"
+        case .debug: return "debug"
+        case .trace: return "trace"
+        }
+    }
+}
+
+/// Masks secret values in text. Every secret the host resolves (API keys,
+/// tokens) is registered here, and every log line, error message and trace
+/// passes through `redact` before it leaves the process.
+public final class Redactor: Sendable {
+    public static let shared = Redactor()
+    private let secrets = Mutex<[String]>([])
+
+    public init() {}
+
+    /// Registers a secret value. Values shorter than 4 characters are not
+    /// registered (masking them would garble ordinary text).
+    public func register(_ secret: String) {
+        guard secret.utf8.count >= 4 else { return }
+        secrets.withLock { list in
+            if !list.contains(secret) {
+                list.append(secret)
+                // Longest first, so a secret containing another is masked whole.
+                list.sort { $0.utf8.count > $1.utf8.count }
+            }
+        }
+    }
+
+    public static let mask = "[REDACTED]"
+
+    /// `text` with every registered secret, and anything shaped like a
+    /// bearer token or API key, replaced by `[REDACTED]`.
+    public func redact(_ text: String) -> String {
+        var out = text
+        let list = secrets.withLock { $0 }
+        for s in list where out.contains(s) {
+            out = out.replacingAll(s, with: Redactor.mask)
+        }
+        return Redactor.redactKeyShapes(out)
+    }
+
+    /// Masks values that look like credentials even when we were never told
+    /// about them (a server echoing a key back): `Bearer <token>`,
+    /// `x-api-key: <value>`, and `sk-...`-style keys.
+    static func redactKeyShapes(_ text: String) -> String {
+        guard text.contains("Bearer ") || text.contains("sk-") || text.lowercased().contains("api-key") || text.lowercased().contains("api_key") else {
+            return text
+        }
+        var result = ""
+        var rest = Substring(text)
+        let markers = ["Bearer ", "bearer ", "x-api-key: ", "X-Api-Key: ", "x-api-key=", "api_key=", "api-key: ", "\"api_key\":\"", "sk-"]
+        outer: while !rest.isEmpty {
+            var best: (Range<Substring.Index>, String)? = nil
+            for m in markers {
+                if let r = rest.range(of: m), best == nil || r.lowerBound < best!.0.lowerBound { best = (r, m) }
+            }
+            guard let (range, marker) = best else {
+                result += rest
+                break outer
+            }
+            // The token: up to whitespace, a quote, or a comma.
+            var end = range.upperBound
+            while end < rest.endIndex, !" \t\r\n\"',;}".contains(rest[end]) { end = rest.index(after: end) }
+            let tokenLength = rest.distance(from: range.upperBound, to: end)
+            if tokenLength >= 8 || (marker != "sk-" && tokenLength >= 4) {
+                result += rest[..<range.lowerBound]
+                result += marker == "sk-" ? Redactor.mask : marker + Redactor.mask
+            } else {
+                result += rest[..<end]
+            }
+            rest = rest[end...]
+        }
+        return result
+    }
+}
+
+/// Where log records go: stderr, one line each, prefixed with the source.
+public final class LogSink: Sendable {
+    public static let shared = LogSink()
+    private let levelValue = Atomic<UInt32>(LogLevel.warning.rawValue)
+    private let writeLock = Mutex<Void>(())
+    /// Extra destinations (tests capture logs here).
+    private let taps = Mutex<[@Sendable (LogLevel, String, String) -> Void]>([])
+
+    public init() {}
+
+    public var level: LogLevel {
+        get { LogLevel(rawValue: levelValue.load(ordering: .relaxed)) ?? .warning }
+        set { levelValue.store(newValue.rawValue, ordering: .relaxed) }
+    }
+
+    public func isEnabled(_ l: LogLevel) -> Bool { l.rawValue <= levelValue.load(ordering: .relaxed) }
+
+    public func addTap(_ tap: @escaping @Sendable (LogLevel, String, String) -> Void) {
+        taps.withLock { $0.append(tap) }
+    }
+
+    /// Logs `message` from `source` (e.g. "plugin openai") after redaction.
+    public func log(_ l: LogLevel, _ source: String, _ message: @autoclosure () -> String) {
+        guard isEnabled(l) else { return }
+        let text = Redactor.shared.redact(message())
+        let line = "descartes: \(source): \(l): \(text)\n"
+        writeLock.withLock { _ in
+            var bytes = Array(line.utf8)
+            var off = 0
+            while off < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + off, $0.count - off) }
+                if n <= 0 { break }
+                off += n
+            }
+        }
+        for t in taps.withLock({ $0 }) { t(l, source, text) }
+    }
+}
+
+extension String {
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        guard !target.isEmpty else { return self }
+        var out = ""
+        var rest = Substring(self)
+        while let r = rest.range(of: target) {
+            out += rest[..<r.lowerBound]
+            out += replacement
+            rest = rest[r.upperBound...]
+        }
+        out += rest
+        return out
+    }
+}
+
+extension Substring {
+    func range(of target: String) -> Range<Substring.Index>? {
+        let t = Array(target.utf8)
+        guard let first = t.first else { return nil }
+        let u = self.utf8
+        var i = u.startIndex
+        while i != u.endIndex {
+            if u[i] == first {
+                var j = i
+                var k = 0
+                while k < t.count, j != u.endIndex, u[j] == t[k] {
+                    j = u.index(after: j)
+                    k += 1
+                }
+                if k == t.count { return i..<j }
+            }
+            i = u.index(after: i)
+        }
+        return nil
+    }
+}
+
+extension String {
+    func range(of target: String) -> Range<String.Index>? {
+        guard let r = self[...].range(of: target) else { return nil }
+        return r.lowerBound..<r.upperBound
+    }
+}

@@ -1,0 +1,368 @@
+import DescartesCore
+
+/// The type of a configuration key, as a manifest declares it.
+public enum ConfigType: String, Sendable, Hashable, CaseIterable {
+    case string, integer, number, boolean
+    /// A list of strings.
+    case list
+    /// A mapping of strings to strings.
+    case map
+}
+
+/// One configuration key a plugin accepts.
+public struct ConfigKey: Sendable, Hashable {
+    public var name: String
+    public var type: ConfigType
+    public var required: Bool
+    public var defaultValue: JSONValue?
+    /// Environment variables consulted, in order, when no value is given.
+    public var env: [String]
+    /// A secret is never printed, logged or put in an error.
+    public var secret: Bool
+    public var description: String
+
+    public init(
+        name: String, type: ConfigType, required: Bool = false, defaultValue: JSONValue? = nil, env: [String] = [],
+        secret: Bool = false, description: String = ""
+    ) {
+        self.name = name
+        self.type = type
+        self.required = required
+        self.defaultValue = defaultValue
+        self.env = env
+        self.secret = secret
+        self.description = description
+    }
+}
+
+/// Prices in US dollars per million tokens.
+public struct ModelPrices: Sendable, Hashable {
+    public var input: Double
+    public var output: Double
+    public var cacheRead: Double?
+    public var cacheWrite: Double?
+
+    public init(input: Double, output: Double, cacheRead: Double? = nil, cacheWrite: Double? = nil) {
+        self.input = input
+        self.output = output
+        self.cacheRead = cacheRead
+        self.cacheWrite = cacheWrite
+    }
+
+    /// The cost of `usage` in US dollars. Cache reads and writes are priced
+    /// separately when the manifest gives their prices, else as input.
+    public func cost(of usage: Usage) -> Double {
+        let plainInput = max(0, usage.inputTokens - usage.cacheReadTokens - usage.cacheWriteTokens)
+        let total =
+            Double(plainInput) * input + Double(usage.outputTokens) * output
+            + Double(usage.cacheReadTokens) * (cacheRead ?? input) + Double(usage.cacheWriteTokens) * (cacheWrite ?? input)
+        return total / 1_000_000
+    }
+}
+
+/// A model a manifest lists.
+public struct ManifestModel: Sendable, Hashable {
+    public var id: String
+    public var contextLength: Int?
+    public var maxOutputTokens: Int?
+    public var prices: ModelPrices?
+    public var capabilities: [String]
+
+    public init(id: String, contextLength: Int? = nil, maxOutputTokens: Int? = nil, prices: ModelPrices? = nil, capabilities: [String] = []) {
+        self.id = id
+        self.contextLength = contextLength
+        self.maxOutputTokens = maxOutputTokens
+        self.prices = prices
+        self.capabilities = capabilities
+    }
+}
+
+/// A plugin manifest (`<provider>.yaml`): everything the host knows about a
+/// provider without loading its library. See docs/manifest.md.
+public struct PluginManifest: Sendable, Hashable {
+    /// The manifest versions this host reads.
+    public static let supportedVersions = 1...1
+
+    /// The manifest file.
+    public var file: String
+    public var provider: String
+    public var version: String
+    public var description: String
+    /// The library as the manifest names it, and its resolved path (relative
+    /// names are relative to the manifest's directory).
+    public var libraryName: String
+    public var libraryPath: String
+    /// The factory id inside the library (defaults to the provider id).
+    public var factory: String
+    public var abi: Int
+    public var mode: ModelProviderMode
+    public var capabilities: [String]
+    public var defaultModel: String?
+    public var models: [ManifestModel]
+    public var config: [ConfigKey]
+
+    public func configKey(_ name: String) -> ConfigKey? { config.first { $0.name == name } }
+    public func model(_ id: String) -> ManifestModel? { models.first { $0.id == id } }
+
+    /// Reads and validates a manifest file. Throws `SourceError` listing
+    /// every problem found, each with file:line:column.
+    public static func load(path: String) throws(SourceError) -> PluginManifest {
+        let text: String
+        do { text = try FileSystem.readText(path, limit: 1 << 20) } catch {
+            throw SourceError([SourceProblem(SourcePosition(file: path, line: 1, column: 1), "\(error)")])
+        }
+        return try parse(text, file: path)
+    }
+
+    static let knownKeys = [
+        "manifest_version", "provider", "version", "description", "library", "factory", "abi", "mode", "capabilities",
+        "default_model", "models", "config",
+    ]
+    static let knownConfigKeyFields = ["type", "required", "default", "env", "secret", "description"]
+    static let knownModelFields = ["id", "context", "max_output", "price", "capabilities"]
+    static let knownPriceFields = ["input", "output", "cache_read", "cache_write"]
+
+    public static func parse(_ text: String, file: String) throws(SourceError) -> PluginManifest {
+        guard let root = try YAML.parse(text, file: file) else {
+            throw SourceError([SourceProblem(SourcePosition(file: file, line: 1, column: 1), "the manifest is empty")])
+        }
+        var v = NodeValidator(file: file)
+        guard case .mapping = root.value else {
+            v.problem(root, "a manifest is a mapping of keys to values, got a \(root.kindName)")
+            throw SourceError(v.problems)
+        }
+        // The version comes first: a newer format is reported as such rather
+        // than as a list of unknown keys.
+        if let mv = v.int(root, "manifest_version", required: true), !supportedVersions.contains(mv) {
+            v.problem(root["manifest_version"]!, "unknown manifest_version \(mv) (this host reads \(supportedVersions.lowerBound)...\(supportedVersions.upperBound))")
+            throw SourceError(v.problems)
+        }
+        v.unknownKeys(root, allowed: knownKeys, what: "manifest key")
+        let provider = v.string(root, "provider", required: true) ?? ""
+        if !provider.isEmpty && !isValidID(provider) {
+            v.problem(root["provider"]!, "provider id '\(provider)' must be lowercase letters, digits and '-', starting with a letter or digit")
+        }
+        let version = v.string(root, "version", required: true) ?? ""
+        let description = v.string(root, "description") ?? ""
+        let library = v.string(root, "library", required: true) ?? ""
+        if !library.isEmpty && (library.contains("\0") || library.hasSuffix("/")) {
+            v.problem(root["library"]!, "library must name a file")
+        }
+        let factory = v.string(root, "factory") ?? provider
+        let abi = v.int(root, "abi", required: true) ?? 0
+        var mode = ModelProviderMode.api
+        if let m = v.string(root, "mode", required: true) {
+            if let parsed = ModelProviderMode(rawValue: m) { mode = parsed } else {
+                v.problem(root["mode"]!, "unknown mode '\(m)' (api, headless, local)")
+            }
+        }
+        let capabilities = v.stringList(root, "capabilities") ?? []
+        let defaultModel = v.string(root, "default_model")
+
+        var models: [ManifestModel] = []
+        if let mnode = root["models"] {
+            if case .sequence(let items) = mnode.value {
+                for item in items {
+                    guard case .mapping = item.value else {
+                        v.problem(item, "each model is a mapping with at least an 'id'")
+                        continue
+                    }
+                    v.unknownKeys(item, allowed: knownModelFields, what: "model key")
+                    guard let id = v.string(item, "id", required: true) else { continue }
+                    var model = ManifestModel(id: id)
+                    model.contextLength = v.int(item, "context")
+                    model.maxOutputTokens = v.int(item, "max_output")
+                    model.capabilities = v.stringList(item, "capabilities") ?? []
+                    if let p = item["price"] {
+                        if case .mapping = p.value {
+                            v.unknownKeys(p, allowed: knownPriceFields, what: "price key")
+                            if let input = v.number(p, "input", required: true), let output = v.number(p, "output", required: true) {
+                                model.prices = ModelPrices(
+                                    input: input, output: output, cacheRead: v.number(p, "cache_read"),
+                                    cacheWrite: v.number(p, "cache_write"))
+                            }
+                        } else {
+                            v.problem(p, "price is a mapping: {input: USD per million tokens, output: ..., cache_read: ..., cache_write: ...}")
+                        }
+                    }
+                    models.append(model)
+                }
+            } else {
+                v.problem(mnode, "models is a list, got a \(mnode.kindName)")
+            }
+        }
+
+        var config: [ConfigKey] = []
+        if let cnode = root["config"] {
+            if case .mapping(let pairs) = cnode.value {
+                for pair in pairs {
+                    let name = pair.key.scalar ?? ""
+                    if !isValidConfigName(name) {
+                        v.problem(pair.key, "config key '\(name)' must be lowercase letters, digits and '_'")
+                    }
+                    config.append(contentsOf: v.configKey(name: name, pair.value).map { [$0] } ?? [])
+                }
+            } else {
+                v.problem(cnode, "config is a mapping of key names to their declarations, got a \(cnode.kindName)")
+            }
+        }
+
+        if !v.problems.isEmpty { throw SourceError(v.problems) }
+        let dir = FileSystem.directory(of: file)
+        let resolved = library.hasPrefix("/") ? library : FileSystem.join(dir, library)
+        return PluginManifest(
+            file: file, provider: provider, version: version, description: description, libraryName: library,
+            libraryPath: resolved, factory: factory, abi: abi, mode: mode, capabilities: capabilities,
+            defaultModel: defaultModel, models: models, config: config)
+    }
+
+    static func isValidID(_ s: String) -> Bool {
+        guard let f = s.utf8.first, (f >= 0x61 && f <= 0x7A) || (f >= 0x30 && f <= 0x39) else { return false }
+        return s.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == UInt8(ascii: "-") }
+    }
+
+    static func isValidConfigName(_ s: String) -> Bool {
+        guard let f = s.utf8.first, f >= 0x61 && f <= 0x7A else { return false }
+        return s.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == UInt8(ascii: "_") }
+    }
+}
+
+/// Collects problems while reading YAML nodes against an expected shape.
+struct NodeValidator {
+    let file: String
+    var problems: [SourceProblem] = []
+
+    mutating func problem(_ node: YAMLNode, _ message: String) {
+        problems.append(SourceProblem(node.location, message))
+    }
+
+    mutating func unknownKeys(_ node: YAMLNode, allowed: [String], what: String) {
+        guard case .mapping(let pairs) = node.value else { return }
+        for p in pairs {
+            let k = p.key.scalar ?? ""
+            if !allowed.contains(k) {
+                let hint = closest(k, in: allowed).map { " (did you mean '\($0)'?)" } ?? ""
+                problem(p.key, "unknown \(what) '\(k)'\(hint)")
+            }
+        }
+    }
+
+    mutating func missing(_ node: YAMLNode, _ key: String) {
+        problem(node, "missing required key '\(key)'")
+    }
+
+    mutating func string(_ node: YAMLNode, _ key: String, required: Bool = false) -> String? {
+        guard let n = node[key] else {
+            if required { missing(node, key) }
+            return nil
+        }
+        guard case .scalar(let s, let quoted) = n.value else {
+            problem(n, "'\(key)' must be a string, got a \(n.kindName)")
+            return nil
+        }
+        if !quoted, case .null = YAMLNode.resolvePlain(s) {
+            if required { problem(n, "'\(key)' must not be empty") }
+            return nil
+        }
+        return s
+    }
+
+    mutating func int(_ node: YAMLNode, _ key: String, required: Bool = false) -> Int? {
+        guard let n = node[key] else {
+            if required { missing(node, key) }
+            return nil
+        }
+        guard case .integer(let i) = n.json else {
+            problem(n, "'\(key)' must be an integer, got \(n.kindName) '\(n.scalar ?? "")'")
+            return nil
+        }
+        return i
+    }
+
+    mutating func number(_ node: YAMLNode, _ key: String, required: Bool = false) -> Double? {
+        guard let n = node[key] else {
+            if required { missing(node, key) }
+            return nil
+        }
+        guard let d = n.json.doubleValue else {
+            problem(n, "'\(key)' must be a number, got \(n.kindName) '\(n.scalar ?? "")'")
+            return nil
+        }
+        return d
+    }
+
+    mutating func bool(_ node: YAMLNode, _ key: String) -> Bool? {
+        guard let n = node[key] else { return nil }
+        guard case .bool(let b) = n.json else {
+            problem(n, "'\(key)' must be true or false, got \(n.kindName) '\(n.scalar ?? "")'")
+            return nil
+        }
+        return b
+    }
+
+    mutating func stringList(_ node: YAMLNode, _ key: String) -> [String]? {
+        guard let n = node[key] else { return nil }
+        guard case .sequence(let items) = n.value else {
+            problem(n, "'\(key)' must be a list of strings, got a \(n.kindName)")
+            return nil
+        }
+        var out: [String] = []
+        for i in items {
+            if let s = i.scalar { out.append(s) } else { problem(i, "'\(key)' must contain strings only") }
+        }
+        return out
+    }
+
+    mutating func configKey(name: String, _ node: YAMLNode) -> ConfigKey? {
+        guard case .mapping = node.value else {
+            problem(node, "config key '\(name)' is declared with a mapping: {type: string|integer|number|boolean|list|map, required, default, env, secret, description}")
+            return nil
+        }
+        unknownKeys(node, allowed: PluginManifest.knownConfigKeyFields, what: "field of config key '\(name)'")
+        guard let typeName = string(node, "type", required: true) else { return nil }
+        guard let type = ConfigType(rawValue: typeName) else {
+            problem(node["type"]!, "config key '\(name)': unknown type '\(typeName)' (\(ConfigType.allCases.map(\.rawValue).joined(separator: ", ")))")
+            return nil
+        }
+        var key = ConfigKey(name: name, type: type)
+        key.required = bool(node, "required") ?? false
+        key.secret = bool(node, "secret") ?? false
+        key.description = string(node, "description") ?? ""
+        if let e = node["env"] {
+            switch e.value {
+            case .scalar(let s, _): key.env = [s]
+            case .sequence: key.env = stringList(node, "env") ?? []
+            case .mapping: problem(e, "config key '\(name)': env is a variable name or a list of them")
+            }
+        }
+        if let d = node["default"] {
+            switch ConfigValidation.coerce(d.json, to: type) {
+            case .success(let value): key.defaultValue = value
+            case .failure(let msg): problem(d, "config key '\(name)': default \(msg)")
+            }
+            if key.secret { problem(d, "config key '\(name)' is secret and cannot have a default in the manifest") }
+        }
+        return key
+    }
+}
+
+/// The closest candidate by edit distance, when close enough to be a typo.
+func closest(_ word: String, in candidates: [String]) -> String? {
+    func distance(_ a: [Character], _ b: [Character]) -> Int {
+        if a.isEmpty { return b.count }
+        if b.isEmpty { return a.count }
+        var prev = Array(0...b.count)
+        for i in 1...a.count {
+            var cur = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...b.count {
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            prev = cur
+        }
+        return prev[b.count]
+    }
+    let w = Array(word)
+    let best = candidates.map { ($0, distance(w, Array($0))) }.min { $0.1 < $1.1 }
+    guard let best, best.1 <= max(1, word.count / 3) else { return nil }
+    return best.0
+}

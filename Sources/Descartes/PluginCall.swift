@@ -1,0 +1,355 @@
+internal import CDescartesPlugin
+import Synchronization
+
+/// One operation in flight in a plugin: the host side of a descartes_call_t.
+///
+/// Life cycle: `start` retains the call for the plugin (the `ctx` pointer),
+/// the plugin reports events on its threads, and the plugin's terminal event
+/// gives that reference back. The consumer may be answered earlier by the
+/// host itself (a deadline, a cancellation); the plugin's later events are
+/// then dropped, and its terminal event only releases the handle.
+final class PluginCall: @unchecked Sendable {
+    enum Outcome: Sendable {
+        case response(ModelResponse)
+        case document(JSONValue)
+    }
+
+    let backend: PluginBackend
+    let op: PluginBackend.Operation
+    let deadlines: Deadlines
+    let sink: StreamSink?
+    let startedAt = ContinuousClock.now
+
+    private struct State {
+        var continuation: CheckedContinuation<Outcome, Error>?
+        /// The plugin's handle, once `start` has returned it.
+        var handle: CallHandle?
+        /// The consumer has its answer (from the plugin or from the host).
+        var answered = false
+        /// The plugin delivered its terminal event.
+        var pluginDone = false
+        /// `release` was called (the handle must not be used again).
+        var released = false
+        /// Calls to the plugin's `cancel` under way outside the lock.
+        var cancelsInFlight = 0
+        /// The host wants the plugin to stop.
+        var cancelWanted = false
+        var assembler: ResponseAssembler
+        var text = UTF8Joiner()
+        var reasoning = UTF8Joiner()
+        var gotFirstToken = false
+        var lastEvent: ContinuousClock.Instant
+        var watchdog: Task<Void, Never>?
+    }
+    private let state: Mutex<State>
+
+    init(
+        backend: PluginBackend, op: PluginBackend.Operation, deadlines: Deadlines,
+        continuation: CheckedContinuation<Outcome, Error>, sink: StreamSink?
+    ) {
+        self.backend = backend
+        self.op = op
+        self.deadlines = deadlines
+        self.sink = sink
+        state = Mutex(
+            State(continuation: continuation, assembler: ResponseAssembler(provider: backend.name), lastEvent: .now))
+    }
+
+    var isCompletion: Bool { op == .complete || op == .stream }
+
+    // MARK: Starting
+
+    func start(_ fn: descartes_operation_fn, input: [UInt8]) {
+        let ctx = Unmanaged.passRetained(self).toOpaque()
+        let handle = input.withUnsafeBufferPointer { buf in
+            buf.withMemoryRebound(to: CChar.self) { chars in
+                fn(backend.raw, chars.baseAddress, chars.count, PluginCall.onEvent, ctx)
+            }
+        }
+        guard let handle else {
+            // No handle: the ABI says no event will come.
+            Unmanaged<PluginCall>.fromOpaque(ctx).release()
+            answer(.failure(ProviderError(.backend, "the plugin could not start \(op.rawValue) (it returned no handle)", provider: backend.name)))
+            return
+        }
+        let (releaseNow, cancelNow) = state.withLock { s -> (Bool, Bool) in
+            s.handle = CallHandle(raw: handle)
+            if s.pluginDone && s.cancelsInFlight == 0 && !s.released {
+                s.released = true
+                return (true, false)
+            }
+            if s.cancelWanted && !s.pluginDone {
+                s.cancelsInFlight += 1
+                return (false, true)
+            }
+            return (false, false)
+        }
+        if releaseNow { backend.raw.pointee.release?(backend.raw, handle) }
+        if cancelNow { cancelPlugin(handle) }
+        armWatchdog()
+    }
+
+    // MARK: Events from the plugin
+
+    static let onEvent: descartes_event_fn = { ctx, event in
+        guard let ctx, let event else { return }
+        let call = Unmanaged<PluginCall>.fromOpaque(ctx).takeUnretainedValue()
+        call.handle(event)
+    }
+
+    private func handle(_ event: UnsafePointer<descartes_event_t>) {
+        let e = event.pointee
+        let bytes = UnsafeRawBufferPointer(start: e.data, count: e.data.map { _ in e.data_length } ?? 0)
+        let type = Int(e.type)
+        if type == DESCARTES_EVENT_RESULT || type == DESCARTES_EVENT_ERROR {
+            terminal(type == DESCARTES_EVENT_RESULT, bytes)
+            return
+        }
+        var out: StreamEvent? = nil
+        var violation: ProviderError? = nil
+        let live = state.withLock { s -> Bool in
+            if s.pluginDone {
+                violation = ProviderError(.invalidResponse, "the plugin sent an event after its terminal event", provider: backend.name)
+                return false
+            }
+            if s.answered { return false }
+            let now = ContinuousClock.now
+            s.lastEvent = now
+            switch type {
+            case DESCARTES_EVENT_TEXT:
+                s.gotFirstToken = true
+                s.assembler.appendText(bytes)
+                if sink != nil {
+                    let t = s.text.append(bytes)
+                    if !t.isEmpty { out = .textDelta(t) }
+                }
+            case DESCARTES_EVENT_REASONING:
+                s.gotFirstToken = true
+                s.assembler.appendReasoning(bytes)
+                if sink != nil {
+                    let t = s.reasoning.append(bytes)
+                    if !t.isEmpty { out = .reasoningDelta(t) }
+                }
+            case DESCARTES_EVENT_TOOL_CALL_START:
+                s.gotFirstToken = true
+                let doc = try? JSONValue.parse(bytes)
+                do throws(ProviderError) {
+                    let id = try s.assembler.startToolCall(
+                        index: Int(e.index), id: doc?["id"]?.stringValue ?? "", name: doc?["name"]?.stringValue ?? "")
+                    out = .toolCallStart(index: Int(e.index), id: id, name: doc?["name"]?.stringValue ?? "")
+                } catch { violation = error }
+            case DESCARTES_EVENT_TOOL_CALL_DELTA:
+                do throws(ProviderError) {
+                    try s.assembler.appendToolArguments(index: Int(e.index), bytes)
+                    out = .toolCallDelta(index: Int(e.index), arguments: String(decoding: bytes, as: UTF8.self))
+                } catch { violation = error }
+            case DESCARTES_EVENT_TOOL_CALL_END:
+                do throws(ProviderError) {
+                    try s.assembler.endToolCall(index: Int(e.index))
+                    out = .toolCallEnd(index: Int(e.index))
+                } catch { violation = error }
+            case DESCARTES_EVENT_USAGE:
+                if let doc = try? JSONValue.parse(bytes), let u = try? Wire.decodeUsage(doc) {
+                    s.assembler.usage = u
+                    out = .usage(u)
+                } else {
+                    violation = ProviderError(.invalidResponse, "the plugin sent a usage event that is not a Usage document", provider: backend.name)
+                }
+            case DESCARTES_EVENT_START:
+                if let doc = try? JSONValue.parse(bytes) {
+                    s.assembler.id = doc["id"]?.stringValue
+                    s.assembler.model = doc["model"]?.stringValue
+                    out = .start(id: s.assembler.id, model: s.assembler.model)
+                }
+            case DESCARTES_EVENT_NOTICE:
+                let doc = try? JSONValue.parse(bytes)
+                let level = doc?["level"]?.stringValue ?? "info"
+                let message = doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self)
+                out = .notice(level: level, message: message)
+                LogSink.shared.log(level == "error" ? .warning : .debug, "provider \(backend.name)", message)
+            default:
+                break  // Unknown event types are ignored (a newer plugin).
+            }
+            return violation == nil
+        }
+        if let violation {
+            if !state.withLock({ $0.pluginDone }) { terminate(violation) } else {
+                LogSink.shared.log(.warning, "provider \(backend.name)", violation.message)
+            }
+            return
+        }
+        if live, let out, let sink { sink.continuation.yield(out) }
+    }
+
+    private func terminal(_ success: Bool, _ bytes: UnsafeRawBufferPointer) {
+        // Decode before taking the lock.
+        var decoded: Result<Decoded, ProviderError>
+        if success {
+            decoded = decodeResult(bytes)
+        } else {
+            var err = Wire.decodeError(bytes, provider: backend.name)
+            err.message = Redactor.shared.redact(err.message)
+            decoded = .failure(err)
+        }
+        var outcome: Result<Outcome, ProviderError> = .failure(ProviderError(.backend, "unreachable", provider: backend.name))
+        let (handle, duplicate) = state.withLock { s -> (CallHandle?, Bool) in
+            if s.pluginDone { return (nil, true) }
+            s.pluginDone = true
+            switch decoded {
+            case .failure(let e): outcome = .failure(e)
+            case .success(.document(let d)): outcome = .success(.document(d))
+            case .success(.finish(let finish)):
+                // The answer is the deltas collected so far plus the Finish
+                // document's fields; flush text that ended mid-sequence.
+                let tail = s.text.flush()
+                let reasoningTail = s.reasoning.flush()
+                if let sink, !tail.isEmpty { sink.continuation.yield(.textDelta(tail)) }
+                if let sink, !reasoningTail.isEmpty { sink.continuation.yield(.reasoningDelta(reasoningTail)) }
+                outcome = .success(.response(s.assembler.response(finish)))
+            }
+            guard let h = s.handle, s.cancelsInFlight == 0, !s.released else { return (nil, false) }
+            s.released = true
+            return (h, false)
+        }
+        if duplicate {
+            LogSink.shared.log(.warning, "provider \(backend.name)", "the plugin sent a second terminal event; ignored")
+            return
+        }
+        answer(outcome)
+        if let handle { backend.raw.pointee.release?(backend.raw, handle.raw) }
+        // The plugin's reference (taken in start) ends here.
+        Unmanaged.passUnretained(self).release()
+    }
+
+    private enum Decoded {
+        case finish(Wire.Finish)
+        case document(JSONValue)
+    }
+
+    private func decodeResult(_ bytes: UnsafeRawBufferPointer) -> Result<Decoded, ProviderError> {
+        let doc: JSONValue
+        do { doc = try JSONValue.parse(bytes) } catch {
+            return .failure(ProviderError(.invalidResponse, "the plugin's \(op.rawValue) result is not JSON (\(error))", provider: backend.name))
+        }
+        guard isCompletion else { return .success(.document(doc)) }
+        do {
+            return .success(.finish(try Wire.decodeFinish(doc)))
+        } catch {
+            return .failure(ProviderError(.invalidResponse, "the plugin's result: \(error)", provider: backend.name))
+        }
+    }
+
+    // MARK: Answering
+
+    /// Gives the consumer its answer, once.
+    private func answer(_ outcome: Result<Outcome, ProviderError>) {
+        let (continuation, watchdog) = state.withLock { s -> (CheckedContinuation<Outcome, Error>?, Task<Void, Never>?) in
+            if s.answered { return (nil, nil) }
+            s.answered = true
+            defer {
+                s.continuation = nil
+                s.watchdog = nil
+            }
+            return (s.continuation, s.watchdog)
+        }
+        guard let continuation else { return }
+        watchdog?.cancel()
+        switch outcome {
+        case .success(let o):
+            if let sink, case .response(let r) = o {
+                let decorated = sink.decorate(r)
+                sink.continuation.yield(.finish(decorated))
+                sink.continuation.finish()
+                continuation.resume(returning: .response(decorated))
+            } else {
+                continuation.resume(returning: o)
+            }
+        case .failure(let e):
+            sink?.continuation.finish(throwing: e)
+            continuation.resume(throwing: e)
+        }
+    }
+
+    /// Ends the call from the host's side (deadline, cancellation, a broken
+    /// rule): the consumer gets `error` now, and the plugin is asked to stop.
+    func terminate(_ error: ProviderError) {
+        answer(.failure(error))
+        let handle = state.withLock { s -> CallHandle? in
+            s.cancelWanted = true
+            guard let h = s.handle, !s.released, !s.pluginDone else { return nil }
+            s.cancelsInFlight += 1
+            return h
+        }
+        if let handle { cancelPlugin(handle.raw) }
+    }
+
+    /// Calls the plugin's cancel outside the lock (it may deliver the
+    /// terminal event synchronously), then releases if the terminal event
+    /// arrived meanwhile.
+    private func cancelPlugin(_ handle: OpaquePointer) {
+        backend.raw.pointee.cancel?(backend.raw, handle)
+        let releaseNow = state.withLock { s -> Bool in
+            s.cancelsInFlight -= 1
+            if s.pluginDone && s.cancelsInFlight == 0 && !s.released {
+                s.released = true
+                return true
+            }
+            return false
+        }
+        if releaseNow { backend.raw.pointee.release?(backend.raw, handle) }
+    }
+
+    // MARK: Deadlines
+
+    private func armWatchdog() {
+        guard deadlines.total != nil || deadlines.firstToken != nil || deadlines.idle != nil else { return }
+        let task = Task.detached { [weak self] in
+            while true {
+                guard let self else { return }
+                let (answered, gotFirst, last) = self.state.withLock { ($0.answered, $0.gotFirstToken, $0.lastEvent) }
+                if answered { return }
+                var next: (ContinuousClock.Instant, String)? = nil
+                func consider(_ t: ContinuousClock.Instant, _ name: String) {
+                    if next == nil || t < next!.0 { next = (t, name) }
+                }
+                if let t = self.deadlines.total { consider(self.startedAt + t, "total") }
+                if !gotFirst, let f = self.deadlines.firstToken { consider(self.startedAt + f, "first_token") }
+                if gotFirst, let i = self.deadlines.idle { consider(last + i, "idle") }
+                guard let (when, which) = next else { return }
+                if ContinuousClock.now >= when {
+                    let limit: Duration
+                    switch which {
+                    case "total": limit = self.deadlines.total!
+                    case "first_token": limit = self.deadlines.firstToken!
+                    default: limit = self.deadlines.idle!
+                    }
+                    self.terminate(
+                        ProviderError(
+                            .timeout, "the \(which.replacingAll("_", with: " ")) deadline of \(format(limit)) passed",
+                            provider: self.backend.name, deadline: which))
+                    return
+                }
+                let wait = when - ContinuousClock.now
+                do { try await Task.sleep(for: wait) } catch { return }
+            }
+        }
+        let keep = state.withLock { s -> Bool in
+            if s.answered { return false }
+            s.watchdog = task
+            return true
+        }
+        if !keep { task.cancel() }
+    }
+}
+
+/// A plugin's call handle, passed between threads under the call's lock.
+struct CallHandle: @unchecked Sendable {
+    let raw: OpaquePointer
+}
+
+func format(_ d: Duration) -> String {
+    let ms = d.milliseconds
+    if ms % 1000 == 0 { return "\(ms / 1000) s" }
+    if ms >= 1000 { return "\(Double(ms) / 1000) s" }
+    return "\(ms) ms"
+}

@@ -1,0 +1,198 @@
+/// Where plugins are looked for, in order. The current directory is never
+/// searched.
+public struct PluginSearch: Sendable {
+    public struct Directory: Sendable, Hashable {
+        public var path: String
+        /// Why this directory is searched ("DESCARTES_PLUGIN_PATH",
+        /// "user data directory", "install prefix", "system").
+        public var origin: String
+        public init(path: String, origin: String) {
+            self.path = path
+            self.origin = origin
+        }
+    }
+
+    public var directories: [Directory]
+    /// What the search decided and why (printed by `--verbose`).
+    public var notes: [String]
+
+    public init(directories: [Directory], notes: [String] = []) {
+        self.directories = directories
+        self.notes = notes
+    }
+
+    /// The system directories, searched last.
+    public static let systemDirectories = ["/usr/local/lib/descartes/plugins", "/usr/lib/descartes/plugins"]
+
+    /// The documented search order:
+    /// 1. `$DESCARTES_PLUGIN_PATH` (colon-separated absolute paths),
+    /// 2. the user's data directory (`$XDG_DATA_HOME/descartes/plugins`,
+    ///    default `~/.local/share/descartes/plugins`),
+    /// 3. the install prefix relative to the executable
+    ///    (`<prefix>/bin/descartes` -> `<prefix>/lib/descartes/plugins`),
+    /// 4. the system directories (`/usr/local/lib/...`, `/usr/lib/...`).
+    ///
+    /// With `elevated` (setuid/setgid, or root when the host policy says so)
+    /// 1 and 2 are skipped.
+    public static func standard(
+        environment: [String: String] = Environment.current(), executable: String? = FileSystem.executablePath(),
+        elevated: Bool = Environment.isSecureExecution
+    ) -> PluginSearch {
+        var dirs: [Directory] = []
+        var notes: [String] = []
+        if let path = environment["DESCARTES_PLUGIN_PATH"], !path.isEmpty {
+            if elevated {
+                notes.append("ignoring DESCARTES_PLUGIN_PATH: the process runs with elevated privileges")
+            } else {
+                for entry in path.split(separator: ":", omittingEmptySubsequences: true).map(String.init) {
+                    if entry.hasPrefix("/") {
+                        dirs.append(Directory(path: entry, origin: "DESCARTES_PLUGIN_PATH"))
+                    } else {
+                        notes.append("ignoring relative entry '\(entry)' in DESCARTES_PLUGIN_PATH (the current directory is never searched)")
+                    }
+                }
+            }
+        }
+        if elevated {
+            notes.append("ignoring the user data directory: the process runs with elevated privileges")
+        } else {
+            let dataHome: String
+            if let x = environment["XDG_DATA_HOME"], x.hasPrefix("/") {
+                dataHome = x
+            } else {
+                dataHome = FileSystem.join(environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? Environment.homeDirectory, ".local/share")
+            }
+            dirs.append(Directory(path: FileSystem.join(dataHome, "descartes/plugins"), origin: "user data directory"))
+        }
+        if let exe = executable {
+            let prefix = FileSystem.directory(of: FileSystem.directory(of: exe))
+            dirs.append(Directory(path: FileSystem.join(prefix, "lib/descartes/plugins"), origin: "install prefix"))
+        }
+        for s in systemDirectories { dirs.append(Directory(path: s, origin: "system")) }
+        // The same directory reached twice is searched once, at its first place.
+        var seen: Set<String> = []
+        dirs = dirs.filter { d in seen.insert(FileSystem.realPath(d.path) ?? d.path).inserted }
+        return PluginSearch(directories: dirs, notes: notes)
+    }
+}
+
+/// One manifest file found during discovery.
+public struct CatalogEntry: Sendable {
+    public enum Status: Sendable, Equatable {
+        /// Valid manifest, library file present, ABI spoken by this host.
+        case available
+        /// The manifest could not be read or is invalid.
+        case invalid
+        /// The manifest asks for an ABI or manifest version this host lacks.
+        case incompatible(String)
+        /// The library the manifest names does not exist.
+        case libraryMissing
+        /// Another manifest earlier in the search order has the same provider id.
+        case shadowed(by: String)
+
+        public var label: String {
+            switch self {
+            case .available: return "available"
+            case .invalid: return "invalid manifest"
+            case .incompatible: return "incompatible"
+            case .libraryMissing: return "library missing"
+            case .shadowed: return "shadowed"
+            }
+        }
+    }
+
+    public var file: String
+    public var directory: PluginSearch.Directory
+    public var manifest: PluginManifest?
+    public var problems: [SourceProblem]
+    public var status: Status
+
+    /// One line saying why the entry is not available.
+    public var reason: String? {
+        switch status {
+        case .available: return nil
+        case .invalid: return problems.map(\.description).joined(separator: "; ")
+        case .incompatible(let why): return why
+        case .libraryMissing: return "\(manifest?.libraryPath ?? "?"): no such file"
+        case .shadowed(let by): return "shadowed by \(by)"
+        }
+    }
+}
+
+/// The plugins found on disk, from their manifests alone. Building a catalog
+/// never loads a library (discovery cannot crash the host).
+public final class PluginCatalog: Sendable {
+    public let search: PluginSearch
+    public let entries: [CatalogEntry]
+    /// What discovery did, step by step (printed by `--verbose`).
+    public let trace: [String]
+
+    public init(search: PluginSearch, entries: [CatalogEntry], trace: [String]) {
+        self.search = search
+        self.entries = entries
+        self.trace = trace
+    }
+
+    /// The entry that serves `provider`, if any (available or not).
+    public func entry(for provider: String) -> CatalogEntry? {
+        entries.first { $0.manifest?.provider == provider && !isShadowed($0) }
+    }
+
+    func isShadowed(_ e: CatalogEntry) -> Bool {
+        if case .shadowed = e.status { return true }
+        return false
+    }
+
+    /// Provider ids of every usable entry, in search order.
+    public var availableProviders: [String] {
+        entries.compactMap { $0.status == .available ? $0.manifest?.provider : nil }
+    }
+
+    /// Discovers manifests (`*.yaml`, `*.yml`) in the search directories.
+    public static func discover(_ search: PluginSearch = .standard()) -> PluginCatalog {
+        var trace = search.notes
+        var entries: [CatalogEntry] = []
+        var owner: [String: String] = [:]  // provider id -> manifest file
+        for dir in search.directories {
+            guard FileSystem.isDirectory(dir.path) else {
+                trace.append("search \(dir.path) (\(dir.origin)): not a directory, skipped")
+                continue
+            }
+            let names: [String]
+            do { names = try FileSystem.list(dir.path) } catch {
+                trace.append("search \(dir.path) (\(dir.origin)): \(error.reason), skipped")
+                continue
+            }
+            let manifests = names.filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }
+            trace.append("search \(dir.path) (\(dir.origin)): \(manifests.count) manifest\(manifests.count == 1 ? "" : "s")")
+            for name in manifests {
+                let file = FileSystem.join(dir.path, name)
+                var entry = CatalogEntry(file: file, directory: dir, manifest: nil, problems: [], status: .invalid)
+                do {
+                    let m = try PluginManifest.load(path: file)
+                    entry.manifest = m
+                    if let first = owner[m.provider] {
+                        entry.status = .shadowed(by: first)
+                    } else {
+                        owner[m.provider] = file
+                        if m.abi > descartesABIVersion || m.abi < 1 {
+                            entry.status = .incompatible("requires plugin ABI \(m.abi); this host speaks 1...\(descartesABIVersion)")
+                        } else if !FileSystem.exists(m.libraryPath) {
+                            entry.status = .libraryMissing
+                        } else {
+                            entry.status = .available
+                        }
+                    }
+                } catch {
+                    entry.problems = error.problems
+                    if let p = error.problems.first, p.message.hasPrefix("unknown manifest_version") {
+                        entry.status = .incompatible(p.description)
+                    }
+                }
+                trace.append("  \(name): \(entry.status.label)\(entry.reason.map { " (\($0))" } ?? "")")
+                entries.append(entry)
+            }
+        }
+        return PluginCatalog(search: search, entries: entries, trace: trace)
+    }
+}

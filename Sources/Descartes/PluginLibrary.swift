@@ -1,0 +1,169 @@
+internal import CDescartesPlugin
+import Glibc
+import Synchronization
+
+/// The version of this host, reported to plugins and by `descartes --version`.
+public let descartesVersion = "0.1.0"
+
+/// The highest plugin ABI version this host speaks.
+public let descartesABIVersion: Int = Int(DESCARTES_ABI_VERSION)
+
+/// Why a plugin library could not be used. The message always names the file.
+public struct PluginLoadError: Error, Sendable, CustomStringConvertible {
+    public enum Reason: String, Sendable {
+        case missingLibrary = "library missing"
+        case notSharedObject = "not a loadable shared object"
+        case noEntrySymbol = "no entry symbol"
+        case negotiationRefused = "ABI negotiation refused"
+        case abiMismatch = "ABI mismatch"
+        case malformedLibrary = "malformed library description"
+        case unknownFactory = "unknown factory"
+        case insecure = "insecure file"
+    }
+    public var reason: Reason
+    public var path: String
+    public var detail: String
+    public init(_ reason: Reason, path: String, _ detail: String) {
+        self.reason = reason
+        self.path = path
+        self.detail = detail
+    }
+    public var description: String { "\(path): \(reason.rawValue): \(detail)" }
+}
+
+/// A C string that lives as long as this object.
+final class CString: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<CChar>
+    init(_ s: String) { pointer = strdup(s)! }
+    deinit { free(pointer) }
+}
+
+/// A host table (descartes_host_t) for one library or one backend instance,
+/// with its log source. It stays allocated until released by its owner.
+final class HostTable: @unchecked Sendable {
+    let table: UnsafeMutablePointer<descartes_host_t>
+    let source: String
+    private let name = CString("descartes")
+    private let version = CString(descartesVersion)
+
+    init(source: String) {
+        self.source = source
+        table = .allocate(capacity: 1)
+        table.initialize(to: descartes_host_t())
+        table.pointee.struct_size = UInt32(MemoryLayout<descartes_host_t>.size)
+        table.pointee.abi_version = DESCARTES_ABI_VERSION
+        table.pointee.name = UnsafePointer(name.pointer)
+        table.pointee.version = UnsafePointer(version.pointer)
+        table.pointee.host_data = Unmanaged.passUnretained(self).toOpaque()
+        table.pointee.log = { host, level, message, length in
+            guard let host, let data = host.pointee.host_data else { return }
+            let me = Unmanaged<HostTable>.fromOpaque(data).takeUnretainedValue()
+            let l = LogLevel(rawValue: min(level, 4)) ?? .trace
+            guard LogSink.shared.isEnabled(l) else { return }
+            let text = message.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: length), as: UTF8.self) } ?? ""
+            LogSink.shared.log(l, me.source, text)
+        }
+        table.pointee.log_level = { _ in LogSink.shared.level.rawValue }
+        table.pointee.get_extension = { _, _ in nil }
+    }
+
+    deinit {
+        table.deinitialize(count: 1)
+        table.deallocate()
+    }
+}
+
+/// A plugin library loaded with dlopen and negotiated. It is never unloaded
+/// (Swift images cannot be dlclose'd safely), so its tables stay valid for
+/// the life of the process.
+public final class PluginLibrary: @unchecked Sendable {
+    public let path: String
+    public let name: String
+    public let version: String
+    public let abiVersion: Int
+    public let factoryIDs: [String]
+    let library: UnsafePointer<descartes_library_t>
+    let hostTable: HostTable
+    let handle: UnsafeMutableRawPointer
+
+    init(path: String, handle: UnsafeMutableRawPointer, library: UnsafePointer<descartes_library_t>, hostTable: HostTable) throws(PluginLoadError) {
+        self.path = path
+        self.handle = handle
+        self.library = library
+        self.hostTable = hostTable
+        let lib = library.pointee
+        guard lib.struct_size >= UInt32(MemoryLayout<descartes_library_t>.offset(of: \.unload)!) else {
+            throw PluginLoadError(.malformedLibrary, path: path, "descartes_library_t.struct_size \(lib.struct_size) is smaller than version 1 of the struct")
+        }
+        guard lib.abi_version >= 1, lib.abi_version <= DESCARTES_ABI_VERSION else {
+            throw PluginLoadError(.abiMismatch, path: path, "the library answered ABI version \(lib.abi_version) to an offer of \(DESCARTES_ABI_VERSION)")
+        }
+        abiVersion = Int(lib.abi_version)
+        name = lib.name.map { String(cString: $0) } ?? "(unnamed)"
+        version = lib.version.map { String(cString: $0) } ?? "(unversioned)"
+        var ids: [String] = []
+        if lib.factory_count > 0 {
+            guard let factories = lib.factories else {
+                throw PluginLoadError(.malformedLibrary, path: path, "factory_count is \(lib.factory_count) but factories is NULL")
+            }
+            for i in 0..<Int(lib.factory_count) {
+                guard let f = factories[i], f.pointee.struct_size >= 8, let id = f.pointee.id, f.pointee.create != nil else {
+                    throw PluginLoadError(.malformedLibrary, path: path, "factory \(i) is NULL, has no id or no create function")
+                }
+                ids.append(String(cString: id))
+            }
+        }
+        factoryIDs = ids
+    }
+
+    func factory(_ id: String) -> UnsafePointer<descartes_factory_t>? {
+        guard let i = factoryIDs.firstIndex(of: id) else { return nil }
+        return library.pointee.factories![i]
+    }
+
+    /// Loads and negotiates the library at `path`.
+    static func load(path: String) throws(PluginLoadError) -> PluginLibrary {
+        guard FileSystem.exists(path) else {
+            throw PluginLoadError(.missingLibrary, path: path, "no such file")
+        }
+        // RTLD_LOCAL: a plugin's symbols never satisfy another plugin's.
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            let message = dlerror().map { String(cString: $0) } ?? "dlopen failed"
+            throw PluginLoadError(.notSharedObject, path: path, message)
+        }
+        _ = dlerror()
+        guard let sym = dlsym(handle, DESCARTES_PLUGIN_ENTRY_SYMBOL) else {
+            throw PluginLoadError(.noEntrySymbol, path: path, "the library does not export '\(DESCARTES_PLUGIN_ENTRY_SYMBOL)'")
+        }
+        typealias Entry = @convention(c) (UInt32, UnsafePointer<descartes_host_t>?) -> UnsafePointer<descartes_library_t>?
+        let entry = unsafeBitCast(sym, to: Entry.self)
+        let table = HostTable(source: "plugin \(FileSystem.basename(path))")
+        guard let lib = entry(DESCARTES_ABI_VERSION, table.table) else {
+            throw PluginLoadError(.negotiationRefused, path: path, "descartes_plugin_entry returned NULL for ABI version \(DESCARTES_ABI_VERSION)")
+        }
+        return try PluginLibrary(path: path, handle: handle, library: lib, hostTable: table)
+    }
+}
+
+/// Loads each library once per process and remembers failures, so one bad
+/// library is reported once and never retried in a loop.
+public final class PluginLoader: Sendable {
+    public static let shared = PluginLoader()
+    private let cache = Mutex<[String: Result<PluginLibrary, PluginLoadError>]>([:])
+
+    public init() {}
+
+    public func load(path: String) throws(PluginLoadError) -> PluginLibrary {
+        let key = FileSystem.realPath(path) ?? path
+        // dlopen and entry run under the lock: the ABI says the entry is
+        // called once per library, from one thread.
+        let result = cache.withLock { c -> Result<PluginLibrary, PluginLoadError> in
+            if let r = c[key] { return r }
+            let r: Result<PluginLibrary, PluginLoadError>
+            do throws(PluginLoadError) { r = .success(try PluginLibrary.load(path: path)) } catch { r = .failure(error) }
+            c[key] = r
+            return r
+        }
+        return try result.get()
+    }
+}

@@ -1,0 +1,263 @@
+internal import CYaml
+import DescartesCore
+
+/// A position in a source file, 1-based, for error messages.
+public struct SourcePosition: Sendable, Hashable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+    public init(file: String, line: Int, column: Int) {
+        self.file = file
+        self.line = line
+        self.column = column
+    }
+    public var description: String { "\(file):\(line):\(column)" }
+}
+
+/// A problem found in a file, with where it is.
+public struct SourceProblem: Sendable, Hashable, CustomStringConvertible {
+    public var location: SourcePosition
+    public var message: String
+    public init(_ location: SourcePosition, _ message: String) {
+        self.location = location
+        self.message = message
+    }
+    public var description: String { "\(location): \(message)" }
+}
+
+/// One or more problems in one file. Loaders collect every problem they can
+/// find rather than stopping at the first.
+public struct SourceError: Error, Sendable, CustomStringConvertible {
+    public var problems: [SourceProblem]
+    public init(_ problems: [SourceProblem]) { self.problems = problems }
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}
+
+/// A node of a YAML document, with its position.
+public struct YAMLNode: Sendable {
+    public enum Value: Sendable {
+        /// A scalar and whether it was quoted (quoted scalars are always strings).
+        case scalar(String, quoted: Bool)
+        case sequence([YAMLNode])
+        case mapping([(key: YAMLNode, value: YAMLNode)])
+    }
+    public var value: Value
+    public var location: SourcePosition
+
+    /// A scalar's text, or nil for collections.
+    public var scalar: String? { if case .scalar(let s, _) = value { return s }; return nil }
+
+    /// The YAML 1.2 core-schema reading of a scalar: null, bool, int, float or
+    /// string. Collections become arrays and objects.
+    public var json: JSONValue {
+        switch value {
+        case .scalar(let s, let quoted):
+            return quoted ? .string(s) : YAMLNode.resolvePlain(s)
+        case .sequence(let items):
+            return .array(items.map(\.json))
+        case .mapping(let pairs):
+            return .object(JSONObject(pairs.map { (key: $0.key.scalar ?? $0.key.json.jsonText, value: $0.value.json) }))
+        }
+    }
+
+    public var kindName: String {
+        switch value {
+        case .scalar(let s, let quoted): return quoted ? "string" : YAMLNode.resolvePlain(s).typeName
+        case .sequence: return "list"
+        case .mapping: return "mapping"
+        }
+    }
+
+    static func resolvePlain(_ s: String) -> JSONValue {
+        switch s {
+        case "", "~", "null", "Null", "NULL": return .null
+        case "true", "True", "TRUE": return .bool(true)
+        case "false", "False", "FALSE": return .bool(false)
+        default: break
+        }
+        if let first = s.utf8.first, first == UInt8(ascii: "-") || first == UInt8(ascii: "+") || (first >= 0x30 && first <= 0x39) || first == UInt8(ascii: ".") {
+            let body = s.hasPrefix("+") ? String(s.dropFirst()) : s
+            if let i = Int(body), !body.contains("_") { return .integer(i) }
+            if body.hasPrefix("0x"), let i = Int(body.dropFirst(2), radix: 16) { return .integer(i) }
+            if body.hasPrefix("0o"), let i = Int(body.dropFirst(2), radix: 8) { return .integer(i) }
+            if body.allSatisfy({ "0123456789.eE+-".contains($0) }), let d = Double(body) { return .number(d) }
+        }
+        switch s {
+        case ".inf", ".Inf", ".INF", "+.inf": return .number(.infinity)
+        case "-.inf", "-.Inf", "-.INF": return .number(-.infinity)
+        default: return .string(s)
+        }
+    }
+
+    /// For mappings: the value for `key`, or nil.
+    public subscript(key: String) -> YAMLNode? {
+        if case .mapping(let pairs) = value {
+            for p in pairs where p.key.scalar == key { return p.value }
+        }
+        return nil
+    }
+}
+
+/// Parses YAML with libyaml.
+public enum YAML {
+    /// The most nodes one file may expand to (aliases included), so a
+    /// "billion laughs" document fails instead of exhausting memory.
+    public static let maxNodes = 100_000
+    /// The deepest nesting accepted.
+    public static let maxDepth = 128
+
+    /// Parses the first document of `text`. Returns nil for an empty file.
+    /// Throws `SourceError` naming file, line and column on invalid YAML.
+    public static func parse(_ text: String, file: String) throws(SourceError) -> YAMLNode? {
+        var bytes = Array(text.utf8)
+        return try parse(bytes: &bytes, file: file)
+    }
+
+    public static func parse(bytes: inout [UInt8], file: String) throws(SourceError) -> YAMLNode? {
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else {
+            throw SourceError([SourceProblem(SourcePosition(file: file, line: 1, column: 1), "cannot initialize the YAML parser")])
+        }
+        defer { yaml_parser_delete(&parser) }
+        return try bytes.withUnsafeMutableBufferPointer { buf throws(SourceError) -> YAMLNode? in
+            yaml_parser_set_input_string(&parser, buf.baseAddress, buf.count)
+            yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
+            var builder = Builder(file: file)
+            return try builder.run(&parser)
+        }
+    }
+
+    struct Builder {
+        let file: String
+        /// Anchored nodes and their expanded sizes (in nodes).
+        var anchors: [String: (node: YAMLNode, size: Int)] = [:]
+        var nodeCount = 0
+        // Stack of open collections.
+        enum Frame {
+            case sequence(YAMLNode, [YAMLNode], anchor: String?)
+            case mapping(YAMLNode, [(key: YAMLNode, value: YAMLNode)], pendingKey: YAMLNode?, anchor: String?)
+        }
+        /// Expanded size of each open collection, parallel to `stack`.
+        var sizes: [Int] = []
+        var stack: [Frame] = []
+        var root: YAMLNode?
+        var documents = 0
+
+        init(file: String) { self.file = file }
+
+        func loc(_ m: yaml_mark_t) -> SourcePosition {
+            SourcePosition(file: file, line: Int(m.line) + 1, column: Int(m.column) + 1)
+        }
+
+        func error(_ m: yaml_mark_t, _ msg: String) -> SourceError {
+            SourceError([SourceProblem(loc(m), msg)])
+        }
+
+        static func text(_ p: UnsafeMutablePointer<yaml_char_t>?, _ n: Int) -> String {
+            guard let p else { return "" }
+            return String(decoding: UnsafeBufferPointer(start: p, count: n), as: UTF8.self)
+        }
+
+        static func cstr(_ p: UnsafeMutablePointer<yaml_char_t>?) -> String? {
+            guard let p else { return nil }
+            return String(cString: UnsafeRawPointer(p).assumingMemoryBound(to: CChar.self))
+        }
+
+        /// Adds a finished node of expanded size `size` to the open collection.
+        mutating func add(_ node: YAMLNode, size: Int, at mark: yaml_mark_t) throws(SourceError) {
+            nodeCount += size
+            if nodeCount > YAML.maxNodes { throw error(mark, "document expands to more than \(YAML.maxNodes) nodes") }
+            if !sizes.isEmpty { sizes[sizes.count - 1] += size }
+            guard let top = stack.popLast() else {
+                root = node
+                return
+            }
+            switch top {
+            case .sequence(let head, var items, let anchor):
+                items.append(node)
+                stack.append(.sequence(head, items, anchor: anchor))
+            case .mapping(let head, var pairs, let pendingKey, let anchor):
+                if let k = pendingKey {
+                    if pairs.contains(where: { $0.key.scalar != nil && $0.key.scalar == k.scalar }) {
+                        throw SourceError([SourceProblem(k.location, "duplicate key '\(k.scalar ?? "")'")])
+                    }
+                    pairs.append((key: k, value: node))
+                    stack.append(.mapping(head, pairs, pendingKey: nil, anchor: anchor))
+                } else {
+                    guard node.scalar != nil else {
+                        throw SourceError([SourceProblem(node.location, "mapping keys must be scalars")])
+                    }
+                    stack.append(.mapping(head, pairs, pendingKey: node, anchor: anchor))
+                }
+            }
+        }
+
+        mutating func run(_ parser: inout yaml_parser_t) throws(SourceError) -> YAMLNode? {
+            var event = yaml_event_t()
+            while true {
+                guard yaml_parser_parse(&parser, &event) == 1 else {
+                    let problem = YAML.Builder.cstrChar(parser.problem) ?? "invalid YAML"
+                    var msg = problem
+                    if let ctx = YAML.Builder.cstrChar(parser.context) { msg = "\(problem) \(ctx)" }
+                    throw error(parser.problem_mark, msg)
+                }
+                defer { yaml_event_delete(&event) }
+                let mark = event.start_mark
+                switch event.type {
+                case YAML_STREAM_END_EVENT:
+                    return root
+                case YAML_DOCUMENT_START_EVENT:
+                    documents += 1
+                    if documents > 1 { throw error(mark, "only one YAML document per file is allowed") }
+                case YAML_SCALAR_EVENT:
+                    let s = event.data.scalar
+                    let value = YAML.Builder.text(s.value, Int(s.length))
+                    let quoted = s.style == YAML_SINGLE_QUOTED_SCALAR_STYLE || s.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE
+                        || s.style == YAML_LITERAL_SCALAR_STYLE || s.style == YAML_FOLDED_SCALAR_STYLE
+                    let node = YAMLNode(value: .scalar(value, quoted: quoted), location: loc(mark))
+                    if let a = YAML.Builder.cstr(s.anchor) { anchors[a] = (node, 1) }
+                    try add(node, size: 1, at: mark)
+                case YAML_ALIAS_EVENT:
+                    let name = YAML.Builder.cstr(event.data.alias.anchor) ?? ""
+                    guard let anchored = anchors[name] else { throw error(mark, "unknown alias '*\(name)'") }
+                    try add(anchored.node, size: anchored.size, at: mark)
+                case YAML_SEQUENCE_START_EVENT:
+                    if stack.count >= YAML.maxDepth { throw error(mark, "nesting deeper than \(YAML.maxDepth) levels") }
+                    let head = YAMLNode(value: .sequence([]), location: loc(mark))
+                    stack.append(.sequence(head, [], anchor: YAML.Builder.cstr(event.data.sequence_start.anchor)))
+                    sizes.append(1)
+                case YAML_SEQUENCE_END_EVENT:
+                    guard case .sequence(var head, let items, let anchor)? = stack.popLast() else {
+                        throw error(mark, "unbalanced sequence")
+                    }
+                    head.value = .sequence(items)
+                    let size = sizes.removeLast()
+                    if let anchor { anchors[anchor] = (head, size) }
+                    nodeCount -= size - 1  // the children were counted as they were added
+                    try add(head, size: size, at: mark)
+                case YAML_MAPPING_START_EVENT:
+                    if stack.count >= YAML.maxDepth { throw error(mark, "nesting deeper than \(YAML.maxDepth) levels") }
+                    let head = YAMLNode(value: .mapping([]), location: loc(mark))
+                    stack.append(.mapping(head, [], pendingKey: nil, anchor: YAML.Builder.cstr(event.data.mapping_start.anchor)))
+                    sizes.append(1)
+                case YAML_MAPPING_END_EVENT:
+                    guard case .mapping(var head, let pairs, _, let anchor)? = stack.popLast() else {
+                        throw error(mark, "unbalanced mapping")
+                    }
+                    head.value = .mapping(pairs)
+                    let size = sizes.removeLast()
+                    if let anchor { anchors[anchor] = (head, size) }
+                    nodeCount -= size - 1  // the children were counted as they were added
+                    try add(head, size: size, at: mark)
+                default:
+                    break
+                }
+            }
+        }
+
+        static func cstrChar(_ p: UnsafePointer<CChar>?) -> String? {
+            guard let p else { return nil }
+            return String(cString: p)
+        }
+    }
+}

@@ -1,0 +1,332 @@
+// The value types of the request/response model. They are what Swift callers
+// use and, through `Wire.swift`, exactly what the JSON documents of the C ABI
+// carry (docs/abi.md). Every struct has a defaulted initializer so that fields
+// can be added without breaking anyone.
+
+/// How a backend reaches its model.
+public enum ModelProviderMode: String, Sendable, Hashable, CaseIterable {
+    /// A hosted HTTP API (OpenAI, Anthropic, the OpenAI-compatible family).
+    case api
+    /// A command-line agent run as a child process (Claude Code, any CLI).
+    case headless
+    /// A server on the user's own hardware (Ollama, llama.cpp).
+    case local
+}
+
+/// Who wrote a message.
+public enum Role: String, Sendable, Hashable {
+    case system, user, assistant, tool
+}
+
+/// One message of a conversation.
+public struct Message: Sendable, Hashable {
+    public var role: Role
+    /// The message's text. For `tool` messages, the tool's output.
+    public var content: String
+    /// For `assistant` messages: the tool calls the model made.
+    public var toolCalls: [ToolCall]
+    /// For `tool` messages: the id of the call this message answers.
+    public var toolCallID: String?
+    /// Optional author name (some providers accept one per message).
+    public var name: String?
+    /// For `assistant` messages: reasoning text and its provider signature,
+    /// when a provider needs them sent back on the next turn.
+    public var reasoning: String?
+    public var reasoningSignature: String?
+
+    public init(
+        role: Role, content: String, toolCalls: [ToolCall] = [], toolCallID: String? = nil, name: String? = nil,
+        reasoning: String? = nil, reasoningSignature: String? = nil
+    ) {
+        self.role = role
+        self.content = content
+        self.toolCalls = toolCalls
+        self.toolCallID = toolCallID
+        self.name = name
+        self.reasoning = reasoning
+        self.reasoningSignature = reasoningSignature
+    }
+
+    public static func system(_ text: String) -> Message { Message(role: .system, content: text) }
+    public static func user(_ text: String) -> Message { Message(role: .user, content: text) }
+    public static func assistant(_ text: String, toolCalls: [ToolCall] = []) -> Message {
+        Message(role: .assistant, content: text, toolCalls: toolCalls)
+    }
+    public static func tool(callID: String, _ output: String) -> Message {
+        Message(role: .tool, content: output, toolCallID: callID)
+    }
+}
+
+/// A tool the model may call.
+public struct Tool: Sendable, Hashable {
+    public var name: String
+    public var description: String
+    /// A JSON Schema object describing the arguments.
+    public var parameters: JSONValue
+
+    public init(name: String, description: String = "", parameters: JSONValue = ["type": "object", "properties": [:]]) {
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+    }
+}
+
+/// Whether and which tool the model must call.
+public enum ToolChoice: Sendable, Hashable {
+    case auto
+    case none
+    case required
+    case tool(String)
+}
+
+/// A tool call made by the model.
+public struct ToolCall: Sendable, Hashable {
+    public var id: String
+    public var name: String
+    /// The arguments as JSON text, exactly as the model produced them.
+    public var arguments: String
+
+    public init(id: String, name: String, arguments: String) {
+        self.id = id
+        self.name = name
+        self.arguments = arguments
+    }
+
+    /// The arguments parsed, or nil when the model produced invalid JSON.
+    public var parsedArguments: JSONValue? { try? JSONValue.parse(arguments) }
+}
+
+/// Time limits for one request. The host passes them to the plugin and
+/// enforces them itself. A nil limit is not enforced.
+public struct Deadlines: Sendable, Hashable {
+    /// Establishing the connection (or starting the child process).
+    public var connect: Duration?
+    /// From the start until the first event of the answer.
+    public var firstToken: Duration?
+    /// Between two consecutive events.
+    public var idle: Duration?
+    /// The whole request.
+    public var total: Duration?
+
+    public init(connect: Duration? = nil, firstToken: Duration? = nil, idle: Duration? = nil, total: Duration? = nil) {
+        self.connect = connect
+        self.firstToken = firstToken
+        self.idle = idle
+        self.total = total
+    }
+
+    public var isEmpty: Bool { connect == nil && firstToken == nil && idle == nil && total == nil }
+}
+
+/// One request to a model.
+public struct ModelRequest: Sendable, Hashable {
+    public var messages: [Message]
+    /// The model id; nil uses the provider's default.
+    public var model: String?
+    public var maxTokens: Int?
+    public var temperature: Double?
+    public var topP: Double?
+    /// A system prompt; providers that take it separately (Anthropic) get it
+    /// there, others as a leading system message.
+    public var systemPrompt: String?
+    public var tools: [Tool]
+    public var toolChoice: ToolChoice?
+    public var stop: [String]
+    public var seed: Int?
+    /// Caller's labels, passed through and echoed in traces and audit logs.
+    public var metadata: [String: String]
+    /// Provider-specific options passed through as given (for example
+    /// Ollama's `num_ctx`, Anthropic's `cache_control` hints).
+    public var options: JSONObject
+    public var deadlines: Deadlines
+
+    public init(
+        messages: [Message], model: String? = nil, maxTokens: Int? = nil, temperature: Double? = nil,
+        topP: Double? = nil, systemPrompt: String? = nil, tools: [Tool] = [], toolChoice: ToolChoice? = nil,
+        stop: [String] = [], seed: Int? = nil, metadata: [String: String] = [:], options: JSONObject = [:],
+        deadlines: Deadlines = Deadlines()
+    ) {
+        self.messages = messages
+        self.model = model
+        self.maxTokens = maxTokens
+        self.temperature = temperature
+        self.topP = topP
+        self.systemPrompt = systemPrompt
+        self.tools = tools
+        self.toolChoice = toolChoice
+        self.stop = stop
+        self.seed = seed
+        self.metadata = metadata
+        self.options = options
+        self.deadlines = deadlines
+    }
+
+    /// A one-message request.
+    public init(prompt: String, model: String? = nil) {
+        self.init(messages: [.user(prompt)], model: model)
+    }
+}
+
+/// Why the model stopped. An "open enum": new reasons can be added without
+/// breaking exhaustive switches elsewhere.
+public struct FinishReason: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    /// The model finished its answer (or hit a stop sequence).
+    public static let stop = FinishReason(rawValue: "stop")
+    /// The answer was cut at the token limit.
+    public static let maxTokens = FinishReason(rawValue: "max_tokens")
+    /// The model wants tool results before it continues.
+    public static let toolUse = FinishReason(rawValue: "tool_use")
+    /// The provider filtered the answer.
+    public static let contentFilter = FinishReason(rawValue: "content_filter")
+    /// The answer ended because of an error.
+    public static let error = FinishReason(rawValue: "error")
+
+    public var description: String { rawValue }
+}
+
+/// Token counts of one response.
+public struct Usage: Sendable, Hashable {
+    public var inputTokens: Int
+    public var outputTokens: Int
+    /// Input tokens read from the provider's prompt cache.
+    public var cacheReadTokens: Int
+    /// Input tokens written to the provider's prompt cache.
+    public var cacheWriteTokens: Int
+    /// Output tokens spent on reasoning, when the provider reports them
+    /// (included in `outputTokens`).
+    public var reasoningTokens: Int
+    /// True when the numbers were estimated rather than reported.
+    public var estimated: Bool
+
+    public init(
+        inputTokens: Int = 0, outputTokens: Int = 0, cacheReadTokens: Int = 0, cacheWriteTokens: Int = 0,
+        reasoningTokens: Int = 0, estimated: Bool = false
+    ) {
+        self.inputTokens = inputTokens
+        self.outputTokens = outputTokens
+        self.cacheReadTokens = cacheReadTokens
+        self.cacheWriteTokens = cacheWriteTokens
+        self.reasoningTokens = reasoningTokens
+        self.estimated = estimated
+    }
+
+    public var totalTokens: Int { inputTokens + outputTokens }
+}
+
+/// A failed attempt before the one that answered (retries, fallbacks).
+public struct Attempt: Sendable, Hashable {
+    public var provider: String
+    public var error: ProviderError
+    public var duration: Duration
+
+    public init(provider: String, error: ProviderError, duration: Duration) {
+        self.provider = provider
+        self.error = error
+        self.duration = duration
+    }
+}
+
+/// A model's complete answer.
+public struct ModelResponse: Sendable, Hashable {
+    public var content: String
+    /// Reasoning ("thinking") text, when the model produced any.
+    public var reasoning: String?
+    public var finishReason: FinishReason
+    public var usage: Usage
+    public var toolCalls: [ToolCall]
+    /// The model that answered, as the provider names it.
+    public var model: String
+    /// The provider's response id, when it gives one.
+    public var id: String?
+    /// Cost in US dollars: reported by the provider, or computed from the
+    /// manifest's prices. Nil when unknown.
+    public var costUSD: Double?
+    /// The provider instance that answered.
+    public var provider: String
+    /// Failed attempts before this answer (retries, fallbacks), oldest first.
+    public var attempts: [Attempt]
+    /// Provider-specific details (timings, session ids, signatures, ...).
+    public var metadata: JSONObject
+
+    public init(
+        content: String = "", reasoning: String? = nil, finishReason: FinishReason = .stop, usage: Usage = Usage(),
+        toolCalls: [ToolCall] = [], model: String = "", id: String? = nil, costUSD: Double? = nil,
+        provider: String = "", attempts: [Attempt] = [], metadata: JSONObject = [:]
+    ) {
+        self.content = content
+        self.reasoning = reasoning
+        self.finishReason = finishReason
+        self.usage = usage
+        self.toolCalls = toolCalls
+        self.model = model
+        self.id = id
+        self.costUSD = costUSD
+        self.provider = provider
+        self.attempts = attempts
+        self.metadata = metadata
+    }
+}
+
+/// One event of a streamed answer. The stream ends with exactly one
+/// `.finish`, or throws a `ProviderError`.
+public enum StreamEvent: Sendable, Hashable {
+    /// The provider accepted the request.
+    case start(id: String?, model: String?)
+    case textDelta(String)
+    case reasoningDelta(String)
+    case toolCallStart(index: Int, id: String, name: String)
+    case toolCallDelta(index: Int, arguments: String)
+    case toolCallEnd(index: Int)
+    /// Usage so far (cumulative).
+    case usage(Usage)
+    /// A diagnostic that is not part of the answer.
+    case notice(level: String, message: String)
+    /// The assembled response: the last event.
+    case finish(ModelResponse)
+}
+
+/// A model the provider offers.
+public struct ModelInfo: Sendable, Hashable {
+    public var id: String
+    public var contextLength: Int?
+    public var ownedBy: String?
+    public var details: JSONObject
+
+    public init(id: String, contextLength: Int? = nil, ownedBy: String? = nil, details: JSONObject = [:]) {
+        self.id = id
+        self.contextLength = contextLength
+        self.ownedBy = ownedBy
+        self.details = details
+    }
+}
+
+/// A token count.
+public struct TokenEstimate: Sendable, Hashable {
+    public var tokens: Int
+    /// True when the provider's own tokenizer counted them.
+    public var exact: Bool
+    /// How the number was obtained ("server:/tokenize", "heuristic:chars/4").
+    public var method: String
+
+    public init(tokens: Int, exact: Bool, method: String) {
+        self.tokens = tokens
+        self.exact = exact
+        self.method = method
+    }
+}
+
+/// The outcome of a successful health check.
+public struct HealthReport: Sendable, Hashable {
+    public var message: String
+    public var details: JSONObject
+    public var latency: Duration
+
+    public init(message: String, details: JSONObject = [:], latency: Duration = .zero) {
+        self.message = message
+        self.details = details
+        self.latency = latency
+    }
+}

@@ -1,0 +1,382 @@
+// The JSON documents of the C ABI (docs/abi.md), version 1, for the value
+// types of Types.swift. The host encodes requests and decodes results; the
+// plugin kit does the reverse. Decoders are lenient about absent optional
+// fields and strict about types, and name the field at fault.
+
+extension Duration {
+    /// Whole milliseconds, rounded down.
+    public var milliseconds: Int {
+        let c = components
+        return Int(c.seconds) * 1000 + Int(c.attoseconds / 1_000_000_000_000_000)
+    }
+    /// Seconds as a floating-point number.
+    public var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    }
+}
+
+/// A document that does not match the ABI schema.
+public struct WireError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+public enum Wire {
+    // MARK: Request
+
+    public static func encode(_ r: ModelRequest) -> [UInt8] {
+        var w = JSONWriter(capacity: 512)
+        w.beginObject()
+        w.field("model", r.model)
+        w.beginArray(key: "messages")
+        for m in r.messages {
+            w.beginObject()
+            w.field("role", m.role.rawValue)
+            w.field("content", m.content)
+            if !m.toolCalls.isEmpty {
+                w.beginArray(key: "tool_calls")
+                for c in m.toolCalls { writeToolCall(c, &w) }
+                w.endArray()
+            }
+            w.field("tool_call_id", m.toolCallID)
+            w.field("name", m.name)
+            w.field("reasoning", m.reasoning)
+            w.field("reasoning_signature", m.reasoningSignature)
+            w.endObject()
+        }
+        w.endArray()
+        w.field("system", r.systemPrompt)
+        w.field("max_tokens", r.maxTokens)
+        w.field("temperature", r.temperature)
+        w.field("top_p", r.topP)
+        if !r.stop.isEmpty {
+            w.beginArray(key: "stop")
+            for s in r.stop { w.value(s) }
+            w.endArray()
+        }
+        w.field("seed", r.seed)
+        if !r.tools.isEmpty {
+            w.beginArray(key: "tools")
+            for t in r.tools {
+                w.beginObject()
+                w.field("name", t.name)
+                w.field("description", t.description)
+                w.field("parameters", t.parameters)
+                w.endObject()
+            }
+            w.endArray()
+        }
+        if let choice = r.toolChoice {
+            w.key("tool_choice")
+            switch choice {
+            case .auto: w.value("auto")
+            case .none: w.value("none")
+            case .required: w.value("required")
+            case .tool(let name): w.value(["name": .string(name)] as JSONValue)
+            }
+        }
+        if !r.metadata.isEmpty {
+            w.beginObject(key: "metadata")
+            for (k, v) in r.metadata.sorted(by: { $0.key < $1.key }) { w.field(k, v) }
+            w.endObject()
+        }
+        if !r.options.isEmpty { w.field("options", .object(r.options)) }
+        if !r.deadlines.isEmpty {
+            w.beginObject(key: "deadlines")
+            w.field("connect_ms", r.deadlines.connect?.milliseconds)
+            w.field("first_token_ms", r.deadlines.firstToken?.milliseconds)
+            w.field("idle_ms", r.deadlines.idle?.milliseconds)
+            w.field("total_ms", r.deadlines.total?.milliseconds)
+            w.endObject()
+        }
+        w.endObject()
+        return w.bytes
+    }
+
+    static func writeToolCall(_ c: ToolCall, _ w: inout JSONWriter) {
+        w.beginObject()
+        w.field("id", c.id)
+        w.field("name", c.name)
+        w.field("arguments", c.arguments)
+        w.endObject()
+    }
+
+    public static func decodeRequest(_ v: JSONValue) throws(WireError) -> ModelRequest {
+        guard case .object(let o) = v else { throw WireError("request: expected an object, got \(v.typeName)") }
+        var r = ModelRequest(messages: [])
+        r.model = try string(o, "model", in: "request")
+        guard let msgs = o["messages"] else { throw WireError("request: missing \"messages\"") }
+        guard case .array(let arr) = msgs else { throw WireError("request.messages: expected an array") }
+        for (i, m) in arr.enumerated() {
+            let path = "request.messages[\(i)]"
+            guard case .object(let mo) = m else { throw WireError("\(path): expected an object") }
+            guard let roleText = try string(mo, "role", in: path) else { throw WireError("\(path): missing \"role\"") }
+            guard let role = Role(rawValue: roleText) else {
+                throw WireError("\(path).role: unknown role \"\(roleText)\" (system, user, assistant, tool)")
+            }
+            var msg = Message(role: role, content: try string(mo, "content", in: path) ?? "")
+            if let calls = mo["tool_calls"] {
+                guard case .array(let ca) = calls else { throw WireError("\(path).tool_calls: expected an array") }
+                for (j, c) in ca.enumerated() { msg.toolCalls.append(try decodeToolCall(c, "\(path).tool_calls[\(j)]")) }
+            }
+            msg.toolCallID = try string(mo, "tool_call_id", in: path)
+            msg.name = try string(mo, "name", in: path)
+            msg.reasoning = try string(mo, "reasoning", in: path)
+            msg.reasoningSignature = try string(mo, "reasoning_signature", in: path)
+            r.messages.append(msg)
+        }
+        r.systemPrompt = try string(o, "system", in: "request")
+        r.maxTokens = try int(o, "max_tokens", in: "request")
+        r.temperature = try double(o, "temperature", in: "request")
+        r.topP = try double(o, "top_p", in: "request")
+        if let stop = o["stop"] {
+            guard case .array(let sa) = stop else { throw WireError("request.stop: expected an array of strings") }
+            r.stop = try sa.map { (x: JSONValue) throws(WireError) -> String in
+                guard case .string(let s) = x else { throw WireError("request.stop: expected strings") }
+                return s
+            }
+        }
+        r.seed = try int(o, "seed", in: "request")
+        if let tools = o["tools"] {
+            guard case .array(let ta) = tools else { throw WireError("request.tools: expected an array") }
+            for (i, t) in ta.enumerated() {
+                let path = "request.tools[\(i)]"
+                guard case .object(let to) = t else { throw WireError("\(path): expected an object") }
+                guard let name = try string(to, "name", in: path) else { throw WireError("\(path): missing \"name\"") }
+                r.tools.append(
+                    Tool(
+                        name: name, description: try string(to, "description", in: path) ?? "",
+                        parameters: to["parameters"] ?? ["type": "object", "properties": [:]]))
+            }
+        }
+        if let choice = o["tool_choice"] {
+            switch choice {
+            case .string("auto"): r.toolChoice = .auto
+            case .string("none"): r.toolChoice = ToolChoice.none
+            case .string("required"): r.toolChoice = .required
+            case .object(let co):
+                guard let name = co["name"]?.stringValue else { throw WireError("request.tool_choice: missing \"name\"") }
+                r.toolChoice = .tool(name)
+            case .null: break
+            default: throw WireError("request.tool_choice: expected \"auto\", \"none\", \"required\" or {\"name\": ...}")
+            }
+        }
+        if let meta = o["metadata"] {
+            guard case .object(let mo) = meta else { throw WireError("request.metadata: expected an object") }
+            for m in mo {
+                guard case .string(let s) = m.value else { throw WireError("request.metadata.\(m.key): expected a string") }
+                r.metadata[m.key] = s
+            }
+        }
+        if let opts = o["options"] {
+            guard case .object(let oo) = opts else { throw WireError("request.options: expected an object") }
+            r.options = oo
+        }
+        if let d = o["deadlines"] {
+            guard case .object(let dobj) = d else { throw WireError("request.deadlines: expected an object") }
+            func ms(_ k: String) throws(WireError) -> Duration? {
+                try int(dobj, k, in: "request.deadlines").map { .milliseconds($0) }
+            }
+            r.deadlines = Deadlines(
+                connect: try ms("connect_ms"), firstToken: try ms("first_token_ms"), idle: try ms("idle_ms"),
+                total: try ms("total_ms"))
+        }
+        return r
+    }
+
+    public static func decodeToolCall(_ v: JSONValue, _ path: String) throws(WireError) -> ToolCall {
+        guard case .object(let o) = v else { throw WireError("\(path): expected an object") }
+        return ToolCall(
+            id: try string(o, "id", in: path) ?? "", name: try string(o, "name", in: path) ?? "",
+            arguments: try string(o, "arguments", in: path) ?? "{}")
+    }
+
+    // MARK: Usage
+
+    public static func encode(_ u: Usage) -> JSONValue {
+        var o: JSONObject = ["input_tokens": .integer(u.inputTokens), "output_tokens": .integer(u.outputTokens)]
+        if u.cacheReadTokens != 0 { o["cache_read_tokens"] = .integer(u.cacheReadTokens) }
+        if u.cacheWriteTokens != 0 { o["cache_write_tokens"] = .integer(u.cacheWriteTokens) }
+        if u.reasoningTokens != 0 { o["reasoning_tokens"] = .integer(u.reasoningTokens) }
+        if u.estimated { o["estimated"] = true }
+        return .object(o)
+    }
+
+    public static func decodeUsage(_ v: JSONValue) throws(WireError) -> Usage {
+        guard case .object(let o) = v else { throw WireError("usage: expected an object") }
+        return Usage(
+            inputTokens: try int(o, "input_tokens", in: "usage") ?? 0,
+            outputTokens: try int(o, "output_tokens", in: "usage") ?? 0,
+            cacheReadTokens: try int(o, "cache_read_tokens", in: "usage") ?? 0,
+            cacheWriteTokens: try int(o, "cache_write_tokens", in: "usage") ?? 0,
+            reasoningTokens: try int(o, "reasoning_tokens", in: "usage") ?? 0,
+            estimated: o["estimated"]?.boolValue ?? false)
+    }
+
+    // MARK: Finish (the RESULT of complete/stream)
+
+    /// The fields of a Finish document.
+    public struct Finish: Sendable {
+        public var finishReason: FinishReason
+        public var usage: Usage?
+        public var model: String?
+        public var id: String?
+        public var costUSD: Double?
+        public var metadata: JSONObject
+        public init(
+            finishReason: FinishReason, usage: Usage? = nil, model: String? = nil, id: String? = nil,
+            costUSD: Double? = nil, metadata: JSONObject = [:]
+        ) {
+            self.finishReason = finishReason
+            self.usage = usage
+            self.model = model
+            self.id = id
+            self.costUSD = costUSD
+            self.metadata = metadata
+        }
+    }
+
+    public static func encode(_ f: Finish) -> [UInt8] {
+        var o: JSONObject = ["finish_reason": .string(f.finishReason.rawValue)]
+        if let u = f.usage { o["usage"] = encode(u) }
+        if let m = f.model { o["model"] = .string(m) }
+        if let id = f.id { o["id"] = .string(id) }
+        if let c = f.costUSD { o["cost_usd"] = .number(c) }
+        if !f.metadata.isEmpty { o["metadata"] = .object(f.metadata) }
+        return JSONValue.object(o).jsonBytes
+    }
+
+    public static func decodeFinish(_ v: JSONValue) throws(WireError) -> Finish {
+        guard case .object(let o) = v else { throw WireError("finish: expected an object") }
+        guard let reason = try string(o, "finish_reason", in: "finish") else {
+            throw WireError("finish: missing \"finish_reason\"")
+        }
+        var f = Finish(finishReason: FinishReason(rawValue: reason))
+        if let u = o["usage"], !u.isNull { f.usage = try decodeUsage(u) }
+        f.model = try string(o, "model", in: "finish")
+        f.id = try string(o, "id", in: "finish")
+        f.costUSD = try double(o, "cost_usd", in: "finish")
+        if let m = o["metadata"] {
+            guard case .object(let mo) = m else { throw WireError("finish.metadata: expected an object") }
+            f.metadata = mo
+        }
+        return f
+    }
+
+    // MARK: Error
+
+    public static func encode(_ e: ProviderError) -> [UInt8] {
+        var o: JSONObject = ["kind": .string(e.kind.rawValue), "message": .string(e.message)]
+        if let s = e.status { o["status"] = .integer(s) }
+        if let t = e.providerType { o["provider_type"] = .string(t) }
+        if let r = e.retryAfter { o["retry_after_ms"] = .integer(r.milliseconds) }
+        if let d = e.deadline { o["deadline"] = .string(d) }
+        if !e.details.isEmpty { o["details"] = .array(e.details.map { .string($0) }) }
+        return JSONValue.object(o).jsonBytes
+    }
+
+    /// Decodes an Error document. Never fails: a malformed document becomes
+    /// an `invalid_response` error that says so.
+    public static func decodeError(_ bytes: UnsafeRawBufferPointer, provider: String?) -> ProviderError {
+        let v: JSONValue
+        do { v = try JSONValue.parse(bytes) } catch {
+            return ProviderError(
+                .invalidResponse, "the plugin reported an error that is not JSON (\(error))", provider: provider)
+        }
+        guard case .object(let o) = v, let kind = o["kind"]?.stringValue else {
+            return ProviderError(
+                .invalidResponse, "the plugin reported an error without a \"kind\": \(excerpt(v.jsonText))",
+                provider: provider)
+        }
+        var e = ProviderError(
+            ProviderError.Kind(rawValue: kind), o["message"]?.stringValue ?? "(no message)", provider: provider)
+        e.status = o["status"]?.intValue
+        e.providerType = o["provider_type"]?.stringValue
+        if let ms = o["retry_after_ms"]?.intValue { e.retryAfter = .milliseconds(ms) }
+        e.deadline = o["deadline"]?.stringValue
+        e.details = o["details"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        return e
+    }
+
+    // MARK: Other results
+
+    public static func encode(models: [ModelInfo]) -> [UInt8] {
+        JSONValue.object([
+            "models": .array(
+                models.map { m in
+                    var o: JSONObject = ["id": .string(m.id)]
+                    if let c = m.contextLength { o["context_length"] = .integer(c) }
+                    if let b = m.ownedBy { o["owned_by"] = .string(b) }
+                    if !m.details.isEmpty { o["details"] = .object(m.details) }
+                    return .object(o)
+                })
+        ]).jsonBytes
+    }
+
+    public static func decodeModels(_ v: JSONValue) throws(WireError) -> [ModelInfo] {
+        guard case .array(let arr)? = v["models"] else { throw WireError("models: expected {\"models\": [...]}") }
+        return try arr.enumerated().map { (i, m) throws(WireError) -> ModelInfo in
+            guard case .object(let o) = m, let id = o["id"]?.stringValue else {
+                throw WireError("models[\(i)]: expected an object with an \"id\"")
+            }
+            return ModelInfo(
+                id: id, contextLength: o["context_length"]?.intValue, ownedBy: o["owned_by"]?.stringValue,
+                details: o["details"]?.objectValue ?? [:])
+        }
+    }
+
+    public static func encode(_ t: TokenEstimate) -> [UInt8] {
+        JSONValue.object(["tokens": .integer(t.tokens), "exact": .bool(t.exact), "method": .string(t.method)])
+            .jsonBytes
+    }
+
+    public static func decodeTokenEstimate(_ v: JSONValue) throws(WireError) -> TokenEstimate {
+        guard let n = v["tokens"]?.intValue else { throw WireError("tokens: expected {\"tokens\": int, ...}") }
+        return TokenEstimate(tokens: n, exact: v["exact"]?.boolValue ?? false, method: v["method"]?.stringValue ?? "")
+    }
+
+    public static func encode(_ h: HealthReport) -> [UInt8] {
+        var o: JSONObject = ["message": .string(h.message)]
+        if !h.details.isEmpty { o["details"] = .object(h.details) }
+        return JSONValue.object(o).jsonBytes
+    }
+
+    public static func decodeHealth(_ v: JSONValue) -> HealthReport {
+        HealthReport(message: v["message"]?.stringValue ?? "healthy", details: v["details"]?.objectValue ?? [:])
+    }
+
+    // MARK: Helpers
+
+    static func string(_ o: JSONObject, _ k: String, in path: String) throws(WireError) -> String? {
+        switch o[k] {
+        case nil, .null?: return nil
+        case .string(let s)?: return s
+        case let v?: throw WireError("\(path).\(k): expected a string, got \(v.typeName)")
+        }
+    }
+
+    static func int(_ o: JSONObject, _ k: String, in path: String) throws(WireError) -> Int? {
+        switch o[k] {
+        case nil, .null?: return nil
+        case let v?:
+            guard let i = v.intValue else { throw WireError("\(path).\(k): expected an integer, got \(v.typeName)") }
+            return i
+        }
+    }
+
+    static func double(_ o: JSONObject, _ k: String, in path: String) throws(WireError) -> Double? {
+        switch o[k] {
+        case nil, .null?: return nil
+        case let v?:
+            guard let d = v.doubleValue else { throw WireError("\(path).\(k): expected a number, got \(v.typeName)") }
+            return d
+        }
+    }
+
+    /// At most `limit` characters of `text`, with an ellipsis when cut.
+    public static func excerpt(_ text: String, limit: Int = 200) -> String {
+        text.count <= limit ? text : String(text.prefix(limit)) + "..."
+    }
+}

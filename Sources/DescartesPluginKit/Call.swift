@@ -1,0 +1,194 @@
+@_exported import DescartesCore
+internal import CDescartesPlugin
+import Synchronization
+
+/// One operation in flight, as the plugin sees it: where events go.
+///
+/// Emitting is safe from any thread. Events are delivered one at a time and
+/// in order; an event emitted while another thread (or a re-entrant call from
+/// inside the host's callback) is delivering is queued and delivered by that
+/// thread right after. After the terminal event (`finish`/`fail`) everything
+/// else is dropped, so a plugin can race its completion against a
+/// cancellation without coordinating.
+public final class PluginCall: @unchecked Sendable {
+    let onEvent: descartes_event_fn
+    let ctx: UnsafeMutableRawPointer?
+    weak var owner: BackendBox?
+
+    private struct Queued {
+        var type: UInt32
+        var index: UInt32
+        var data: [UInt8]
+    }
+    private struct State {
+        var delivering = false
+        var queue: [Queued] = []
+        var terminated = false
+        var cancelled = false
+        var cancelHandlers: [@Sendable () -> Void] = []
+    }
+    private let state = Mutex(State())
+
+    init(onEvent: descartes_event_fn, ctx: UnsafeMutableRawPointer?, owner: BackendBox?) {
+        self.onEvent = onEvent
+        self.ctx = ctx
+        self.owner = owner
+    }
+
+    // MARK: Cancellation
+
+    /// True once the host asked to cancel the call.
+    public var isCancelled: Bool { state.withLock { $0.cancelled } }
+
+    /// True once the terminal event was emitted.
+    public var isFinished: Bool { state.withLock { $0.terminated } }
+
+    /// Runs `handler` when the host cancels the call (at once if it already
+    /// has). A handler should abort the work (close the transfer, kill the
+    /// child); the kit then reports `cancelled` unless the work reports its
+    /// own terminal event first.
+    public func onCancel(_ handler: @escaping @Sendable () -> Void) {
+        let runNow = state.withLock { s -> Bool in
+            if s.cancelled { return true }
+            s.cancelHandlers.append(handler)
+            return false
+        }
+        if runNow { handler() }
+    }
+
+    func cancel() {
+        let handlers = state.withLock { s -> [@Sendable () -> Void]? in
+            if s.cancelled || s.terminated { return nil }
+            s.cancelled = true
+            defer { s.cancelHandlers = [] }
+            return s.cancelHandlers
+        }
+        guard let handlers else { return }
+        for h in handlers { h() }
+        fail(ProviderError(.cancelled, "the request was cancelled"))
+    }
+
+    // MARK: Events
+
+    /// A fragment of the answer's text.
+    public func text(_ s: String) {
+        var s = s
+        s.withUTF8 { emit(UInt32(DESCARTES_EVENT_TEXT), 0, UnsafeRawBufferPointer($0)) }
+    }
+
+    /// A fragment of the answer's text, as UTF-8 bytes (no copy on the hot path).
+    public func text(bytes: UnsafeRawBufferPointer) { emit(UInt32(DESCARTES_EVENT_TEXT), 0, bytes) }
+
+    public func reasoning(_ s: String) {
+        var s = s
+        s.withUTF8 { emit(UInt32(DESCARTES_EVENT_REASONING), 0, UnsafeRawBufferPointer($0)) }
+    }
+    public func reasoning(bytes: UnsafeRawBufferPointer) { emit(UInt32(DESCARTES_EVENT_REASONING), 0, bytes) }
+
+    public func start(id: String?, model: String?) {
+        var o = JSONObject()
+        if let id { o["id"] = .string(id) }
+        if let model { o["model"] = .string(model) }
+        emitJSON(UInt32(DESCARTES_EVENT_START), 0, JSONValue.object(o).jsonBytes)
+    }
+
+    public func toolCallStart(index: Int, id: String, name: String) {
+        emitJSON(UInt32(DESCARTES_EVENT_TOOL_CALL_START), UInt32(index), JSONValue.object(["id": .string(id), "name": .string(name)]).jsonBytes)
+    }
+    public func toolCallDelta(index: Int, _ arguments: String) {
+        var a = arguments
+        a.withUTF8 { emit(UInt32(DESCARTES_EVENT_TOOL_CALL_DELTA), UInt32(index), UnsafeRawBufferPointer($0)) }
+    }
+    public func toolCallDelta(index: Int, bytes: UnsafeRawBufferPointer) {
+        emit(UInt32(DESCARTES_EVENT_TOOL_CALL_DELTA), UInt32(index), bytes)
+    }
+    public func toolCallEnd(index: Int) { emit(UInt32(DESCARTES_EVENT_TOOL_CALL_END), UInt32(index), UnsafeRawBufferPointer(start: nil, count: 0)) }
+
+    /// A whole tool call at once (start, arguments, end).
+    public func toolCall(index: Int, _ call: ToolCall) {
+        toolCallStart(index: index, id: call.id, name: call.name)
+        if !call.arguments.isEmpty { toolCallDelta(index: index, call.arguments) }
+        toolCallEnd(index: index)
+    }
+
+    public func usage(_ u: Usage) { emitJSON(UInt32(DESCARTES_EVENT_USAGE), 0, Wire.encode(u).jsonBytes) }
+
+    /// A diagnostic for the caller ("info", "warning" or "error").
+    public func notice(_ level: String = "info", _ message: String) {
+        emitJSON(UInt32(DESCARTES_EVENT_NOTICE), 0, JSONValue.object(["level": .string(level), "message": .string(message)]).jsonBytes)
+    }
+
+    // MARK: Terminal events
+
+    /// Ends a completion successfully.
+    public func finish(_ f: Wire.Finish) { terminal(UInt32(DESCARTES_EVENT_RESULT), Wire.encode(f)) }
+
+    /// Ends an operation successfully with a result document.
+    public func finish(result: JSONValue) { terminal(UInt32(DESCARTES_EVENT_RESULT), result.jsonBytes) }
+
+    /// Ends an operation successfully with pre-encoded JSON.
+    public func finish(json: [UInt8]) { terminal(UInt32(DESCARTES_EVENT_RESULT), json) }
+
+    /// Ends an operation with an error.
+    public func fail(_ e: ProviderError) { terminal(UInt32(DESCARTES_EVENT_ERROR), Wire.encode(e)) }
+
+    // MARK: Delivery
+
+    private func emitJSON(_ type: UInt32, _ index: UInt32, _ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { emit(type, index, $0) }
+    }
+
+    private func terminal(_ type: UInt32, _ bytes: [UInt8]) {
+        let first = state.withLock { s -> Bool in
+            if s.terminated { return false }
+            s.terminated = true
+            s.cancelHandlers = []
+            return true
+        }
+        guard first else { return }
+        bytes.withUnsafeBytes { deliverOrQueue(type, 0, $0, terminal: true) }
+        owner?.finished(self)
+    }
+
+    @inline(__always)
+    private func emit(_ type: UInt32, _ index: UInt32, _ bytes: UnsafeRawBufferPointer) {
+        deliverOrQueue(type, index, bytes, terminal: false)
+    }
+
+    private func deliverOrQueue(_ type: UInt32, _ index: UInt32, _ bytes: UnsafeRawBufferPointer, terminal: Bool) {
+        let deliverNow = state.withLock { s -> Bool in
+            if s.terminated && !terminal { return false }
+            if s.delivering {
+                s.queue.append(Queued(type: type, index: index, data: Array(bytes)))
+                return false
+            }
+            s.delivering = true
+            return true
+        }
+        guard deliverNow else { return }
+        deliver(type, index, bytes)
+        // Drain what other threads (or re-entrant calls) queued meanwhile.
+        while true {
+            let next = state.withLock { s -> Queued? in
+                if s.queue.isEmpty {
+                    s.delivering = false
+                    return nil
+                }
+                return s.queue.removeFirst()
+            }
+            guard let next else { return }
+            next.data.withUnsafeBytes { deliver(next.type, next.index, $0) }
+        }
+    }
+
+    @inline(__always)
+    private func deliver(_ type: UInt32, _ index: UInt32, _ bytes: UnsafeRawBufferPointer) {
+        var e = descartes_event_t()
+        e.struct_size = UInt32(MemoryLayout<descartes_event_t>.size)
+        e.type = type
+        e.index = index
+        e.data = bytes.baseAddress?.assumingMemoryBound(to: CChar.self)
+        e.data_length = bytes.count
+        onEvent(ctx, &e)
+    }
+}

@@ -1,0 +1,90 @@
+// descartes: the command-line interface to the Descartes plugin host.
+//
+// Output contract: results on stdout (`--json` for machines), diagnostics on
+// stderr; `Error: ...` then usage then "See 'descartes --help'" with exit 64
+// for usage mistakes; other failures exit with the sysexits(3) status of the
+// error's kind (see ExitCode).
+import Descartes
+import Glibc
+
+let topHelp = """
+    descartes \(descartesVersion): one interface to every kind of LLM backend, loaded as plugins.
+
+    Usage: descartes [--verbose] <command> [options]
+
+    Commands:
+      plugins list [--json]             List installed plugins (reads manifests only; loads nothing)
+      plugins info NAME [--json]        Show one plugin's manifest: models, prices, config keys
+      plugins verify [NAME...] [--json] Load, negotiate and create each plugin with its defaults
+      complete -p PROVIDER PROMPT       Run one completion (--stream to print text as it arrives)
+
+    Global options:
+      -v, --verbose   Narrate plugin discovery and loading on stderr (accepted anywhere)
+      -h, --help      Show help (also after any command)
+      --version       Print the version
+
+    Exit status: 0 ok, 64 usage, 65 bad request data, 69 provider unavailable,
+    70 internal error, 75 rate limited or timed out, 77 authentication, 78 configuration.
+
+    Plugins are searched in $DESCARTES_PLUGIN_PATH, ~/.local/share/descartes/plugins,
+    <prefix>/lib/descartes/plugins (next to this executable), then the system directories;
+    never the current directory. See 'descartes plugins list --verbose'.
+    """
+
+/// Global state from the command line.
+struct Globals {
+    var verbose = false
+}
+
+func usageFailure(_ e: UsageError) -> Never {
+    Out.err("Error: \(e.message)")
+    Out.err("Usage: \(Commands.usage(for: e.command))")
+    Out.err("See 'descartes \(e.command.isEmpty ? "" : e.command + " ")--help'.")
+    exit(ExitCode.usage.rawValue)
+}
+
+func failure(_ e: ProviderError, json: Bool = false) -> Never {
+    if json {
+        Out.line(JSONValue.object(["error": Render.error(e)]).jsonText)
+    }
+    Out.err("Error: \(e)")
+    exit(ExitCode.for(e).rawValue)
+}
+
+@main
+struct Main {
+    static func main() async {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var globals = Globals()
+        // --verbose is accepted anywhere on the command line.
+        args.removeAll { a in
+            if a == "--verbose" || a == "-v" {
+                globals.verbose = true
+                return true
+            }
+            return false
+        }
+        if globals.verbose { LogSink.shared.level = .debug }
+
+        guard let first = args.first else {
+            Out.err(topHelp)
+            exit(ExitCode.usage.rawValue)
+        }
+        switch first {
+        case "--version", "version":
+            Out.line("descartes \(descartesVersion) (plugin ABI \(descartesABIVersion))")
+            exit(0)
+        case "-h", "--help", "help":
+            if args.count > 1 {
+                Out.line(Commands.help(for: args.dropFirst().joined(separator: " ")))
+            } else {
+                Out.line(topHelp)
+            }
+            exit(0)
+        default:
+            break
+        }
+        let status = await Commands.run(args, globals: globals)
+        exit(status.rawValue)
+    }
+}

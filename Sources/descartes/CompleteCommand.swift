@@ -1,0 +1,138 @@
+import Descartes
+@preconcurrency import Dispatch
+import Glibc
+import Synchronization
+
+enum CompleteCommand {
+    static let options: [Arguments.Option] = [
+        .init(names: ["--provider", "-p"], takesValue: true),
+        .init(names: ["--model", "-m"], takesValue: true),
+        .init(names: ["--stream"], takesValue: false),
+        .init(names: ["--json"], takesValue: false),
+        .init(names: ["--set"], takesValue: true, repeatable: true),
+        .init(names: ["--timeout"], takesValue: true),
+    ]
+
+    static func readPrompt(_ args: Arguments) throws(UsageError) -> String {
+        if args.positional == ["-"] {
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(0, &buf, buf.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                bytes.append(contentsOf: buf[0..<n])
+            }
+            var text = String(decoding: bytes, as: UTF8.self)
+            while text.hasSuffix("\n") { text.removeLast() }
+            return text
+        }
+        guard !args.positional.isEmpty else { throw UsageError("missing PROMPT (or '-' to read it from stdin)", command: "complete") }
+        return args.positional.joined(separator: " ")
+    }
+
+    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
+        let args: Arguments
+        let prompt: String
+        let settings: [String: JSONValue]
+        var request: ModelRequest
+        do throws(UsageError) {
+            args = try Arguments(raw, command: "complete", options: options)
+            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "complete") }
+            prompt = try readPrompt(args)
+            settings = try Commands.settings(args)
+            request = ModelRequest(prompt: prompt, model: args.value("--model"))
+            if let t = try args.double("--timeout") {
+                guard t > 0 else { throw UsageError("--timeout must be positive", command: "complete") }
+                request.deadlines.total = .milliseconds(Int(t * 1000))
+            }
+        } catch { usageFailure(error) }
+        let provider = args.value("--provider")!
+        let json = args.flag("--json")
+        let streaming = args.flag("--stream")
+
+        let backend: any ModelBackend
+        do {
+            backend = try ProviderFactory(catalog: Commands.catalog(globals)).create(provider, config: settings)
+        } catch { failure(error, json: json) }
+
+        let task = Task { () async -> Result<ModelResponse, ProviderError> in
+            do {
+                if streaming {
+                    return .success(try await streamOut(backend, request, json: json))
+                }
+                return .success(try await backend.complete(request))
+            } catch let e as ProviderError {
+                return .failure(e)
+            } catch {
+                return .failure(ProviderError(.backend, "\(error)", provider: provider))
+            }
+        }
+        let interrupts = Interrupts { task.cancel() }
+        let result = await task.value
+        interrupts.stop()
+        await backend.shutdown()
+
+        switch result {
+        case .failure(let e):
+            if streaming && !json { Out.line() }
+            if json && streaming {
+                Out.line(JSONValue.object(["type": "error", "error": Render.error(e)]).jsonText)
+                Out.err("Error: \(e)")
+                return ExitCode.for(e)
+            }
+            failure(e, json: json)
+        case .success(let r):
+            if json {
+                if !streaming { Out.line(Render.response(r).prettyText()) }
+            } else {
+                if !streaming { Out.write(r.content) }
+                if !r.content.hasSuffix("\n") { Out.line() }
+                for c in r.toolCalls { Out.line(Out.dim("tool call \(c.id): \(c.name)(\(c.arguments))")) }
+                if r.finishReason == .maxTokens { Out.err("descartes: the answer was cut at the token limit") }
+            }
+            return .ok
+        }
+    }
+
+    /// Streams events to stdout as they arrive; returns the final response.
+    static func streamOut(_ backend: any ModelBackend, _ request: ModelRequest, json: Bool) async throws -> ModelResponse {
+        for try await event in backend.stream(request) {
+            if json {
+                Out.line(Render.event(event).jsonText)
+                if case .finish(let r) = event { return r }
+                continue
+            }
+            switch event {
+            case .textDelta(let t): Out.write(t)
+            case .reasoningDelta(let t): Out.write(Out.dim(t), to: 2)
+            case .notice(let level, let message): Out.err("descartes: \(backend.name): \(level): \(message)")
+            case .finish(let r): return r
+            default: break
+            }
+        }
+        throw ProviderError(.streamClosed, "the stream ended without a finish event", provider: backend.name)
+    }
+}
+
+/// Ctrl-C cancels the request (the plugin stops its transfer or child); a
+/// second Ctrl-C exits at once.
+final class Interrupts: @unchecked Sendable {
+    private let source: DispatchSourceSignal
+
+    init(_ onInterrupt: @escaping @Sendable () -> Void) {
+        signal(SIGINT, SIG_IGN)
+        source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        let count = Mutex(0)
+        source.setEventHandler {
+            if count.withLock({ c in c += 1; return c }) > 1 { exit(ExitCode.interrupted.rawValue) }
+            onInterrupt()
+        }
+        source.resume()
+    }
+
+    func stop() {
+        source.cancel()
+        signal(SIGINT, SIG_DFL)
+    }
+}

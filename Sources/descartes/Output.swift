@@ -1,0 +1,133 @@
+import Descartes
+import Glibc
+
+/// Writes to stdout/stderr with explicit flushing (streamed tokens must
+/// appear as they arrive) and masks secrets on the way out.
+enum Out {
+    static func write(_ s: String, to fd: Int32 = 1) {
+        var text = Redactor.shared.redact(s)
+        text.withUTF8 { buf in
+            var off = 0
+            while off < buf.count {
+                let n = Glibc.write(fd, buf.baseAddress! + off, buf.count - off)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return
+                }
+                off += n
+            }
+        }
+    }
+    static func line(_ s: String = "") { write(s + "\n") }
+    static func err(_ s: String) { write(s + "\n", to: 2) }
+
+    static let colour: Bool = {
+        isatty(1) != 0 && Environment.get("NO_COLOR").map(\.isEmpty) ?? true && Environment.get("TERM") != "dumb"
+    }()
+
+    static func bold(_ s: String) -> String { colour ? "\u{1B}[1m\(s)\u{1B}[0m" : s }
+    static func dim(_ s: String) -> String { colour ? "\u{1B}[2m\(s)\u{1B}[0m" : s }
+    static func red(_ s: String) -> String { colour ? "\u{1B}[31m\(s)\u{1B}[0m" : s }
+    static func green(_ s: String) -> String { colour ? "\u{1B}[32m\(s)\u{1B}[0m" : s }
+
+    /// Left-aligned columns, two spaces apart.
+    static func table(_ header: [String], _ rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+        func fmt(_ r: [String]) -> String {
+            var out = ""
+            for (i, c) in r.enumerated() {
+                if i == r.count - 1 { out += c } else { out += c + String(repeating: " ", count: widths[i] - c.count + 2) }
+            }
+            return out
+        }
+        return ([bold(fmt(header))] + rows.map(fmt)).joined(separator: "\n")
+    }
+}
+
+/// JSON renderings of results for `--json` output (docs/cli.md).
+enum Render {
+    static func usage(_ u: Usage) -> JSONValue { Wire.encode(u) }
+
+    static func toolCall(_ c: ToolCall) -> JSONValue {
+        ["id": .string(c.id), "name": .string(c.name), "arguments": .string(c.arguments)]
+    }
+
+    static func error(_ e: ProviderError) -> JSONValue {
+        var o: JSONObject = ["kind": .string(e.kind.rawValue), "message": .string(e.message)]
+        if let p = e.provider { o["provider"] = .string(p) }
+        if let s = e.status { o["status"] = .integer(s) }
+        if let t = e.providerType { o["provider_type"] = .string(t) }
+        if let r = e.retryAfter { o["retry_after_ms"] = .integer(r.milliseconds) }
+        if let d = e.deadline { o["deadline"] = .string(d) }
+        if !e.details.isEmpty { o["details"] = .array(e.details.map { .string($0) }) }
+        return .object(o)
+    }
+
+    static func response(_ r: ModelResponse) -> JSONValue {
+        var o: JSONObject = [
+            "provider": .string(r.provider), "model": .string(r.model), "content": .string(r.content),
+            "finish_reason": .string(r.finishReason.rawValue), "usage": usage(r.usage),
+            "tool_calls": .array(r.toolCalls.map(toolCall)),
+        ]
+        if let reasoning = r.reasoning { o["reasoning"] = .string(reasoning) }
+        if let id = r.id { o["id"] = .string(id) }
+        o["cost_usd"] = r.costUSD.map { .number($0) } ?? .null
+        o["attempts"] = .array(
+            r.attempts.map { a in
+                ["provider": .string(a.provider), "error": error(a.error), "duration_ms": .integer(a.duration.milliseconds)]
+            })
+        if !r.metadata.isEmpty { o["metadata"] = .object(r.metadata) }
+        return .object(o)
+    }
+
+    static func event(_ e: StreamEvent) -> JSONValue {
+        switch e {
+        case .start(let id, let model):
+            var o: JSONObject = ["type": "start"]
+            if let id { o["id"] = .string(id) }
+            if let model { o["model"] = .string(model) }
+            return .object(o)
+        case .textDelta(let t): return ["type": "text", "text": .string(t)]
+        case .reasoningDelta(let t): return ["type": "reasoning", "text": .string(t)]
+        case .toolCallStart(let i, let id, let name): return ["type": "tool_call_start", "index": .integer(i), "id": .string(id), "name": .string(name)]
+        case .toolCallDelta(let i, let a): return ["type": "tool_call_delta", "index": .integer(i), "arguments": .string(a)]
+        case .toolCallEnd(let i): return ["type": "tool_call_end", "index": .integer(i)]
+        case .usage(let u): return ["type": "usage", "usage": usage(u)]
+        case .notice(let level, let message): return ["type": "notice", "level": .string(level), "message": .string(message)]
+        case .finish(let r): return ["type": "finish", "response": response(r)]
+        }
+    }
+
+    static func configKey(_ k: ConfigKey) -> JSONValue {
+        var o: JSONObject = ["name": .string(k.name), "type": .string(k.type.rawValue), "required": .bool(k.required), "secret": .bool(k.secret)]
+        o["default"] = k.defaultValue ?? .null
+        o["env"] = .array(k.env.map { .string($0) })
+        if !k.description.isEmpty { o["description"] = .string(k.description) }
+        return .object(o)
+    }
+
+    static func manifest(_ m: PluginManifest) -> JSONObject {
+        var o: JSONObject = [
+            "name": .string(m.provider), "version": .string(m.version), "mode": .string(m.mode.rawValue),
+            "abi": .integer(m.abi), "library": .string(m.libraryPath), "factory": .string(m.factory),
+            "description": .string(m.description), "capabilities": .array(m.capabilities.map { .string($0) }),
+            "config": .array(m.config.map(configKey)),
+        ]
+        o["default_model"] = m.defaultModel.map { .string($0) } ?? .null
+        o["models"] = .array(
+            m.models.map { model in
+                var mo: JSONObject = ["id": .string(model.id)]
+                mo["context"] = model.contextLength.map { .integer($0) } ?? .null
+                if let p = model.prices {
+                    var po: JSONObject = ["input": .number(p.input), "output": .number(p.output)]
+                    if let r = p.cacheRead { po["cache_read"] = .number(r) }
+                    if let w = p.cacheWrite { po["cache_write"] = .number(w) }
+                    mo["price"] = .object(po)
+                }
+                if !model.capabilities.isEmpty { mo["capabilities"] = .array(model.capabilities.map { .string($0) }) }
+                return .object(mo)
+            })
+        return o
+    }
+}

@@ -1,0 +1,174 @@
+import Descartes
+
+enum PluginsCommand {
+    static func keysSummary(_ m: PluginManifest) -> String {
+        m.config.map { k in k.name + (k.required ? "!" : "") + (k.secret ? "*" : "") }.joined(separator: " ")
+    }
+
+    static func list(_ raw: [String], globals: Globals) -> ExitCode {
+        let args: Arguments
+        do { args = try Arguments(raw, command: "plugins list", options: [.init(names: ["--json"], takesValue: false)]) } catch { usageFailure(error) }
+        if let extra = args.positional.first { usageFailure(UsageError("unexpected argument '\(extra)'", command: "plugins list")) }
+        let catalog = Commands.catalog(globals)
+
+        if args.flag("--json") {
+            let plugins: [JSONValue] = catalog.entries.map { e in
+                var o = e.manifest.map(Render.manifest) ?? JSONObject()
+                o["manifest"] = .string(e.file)
+                o["status"] = .string(e.status.label)
+                o["reason"] = e.reason.map { .string($0) } ?? .null
+                o["search_dir"] = .string(e.directory.path)
+                if !e.problems.isEmpty {
+                    o["problems"] = .array(
+                        e.problems.map { p in
+                            ["file": .string(p.location.file), "line": .integer(p.location.line), "column": .integer(p.location.column), "message": .string(p.message)]
+                        })
+                }
+                return .object(o)
+            }
+            let search: [JSONValue] = catalog.search.directories.map { ["path": .string($0.path), "origin": .string($0.origin)] }
+            Out.line(JSONValue.object(["plugins": .array(plugins), "search": .array(search)]).prettyText())
+            return .ok
+        }
+
+        if catalog.entries.isEmpty {
+            Out.line("No plugins found. Searched:")
+            for d in catalog.search.directories { Out.line("  \(d.path) (\(d.origin))") }
+            return .ok
+        }
+        var rows: [[String]] = []
+        for e in catalog.entries {
+            let status = e.status == .available ? Out.green(e.status.label) : Out.red(e.status.label)
+            if let m = e.manifest {
+                rows.append([m.provider, m.version, m.mode.rawValue, "\(m.abi)", status, m.libraryName, keysSummary(m)])
+            } else {
+                rows.append([FileSystem.basename(e.file), "-", "-", "-", status, "-", ""])
+            }
+        }
+        Out.line(Out.table(["NAME", "VERSION", "MODE", "ABI", "STATUS", "LIBRARY", "CONFIG (! required, * secret)"], rows))
+        let broken = catalog.entries.filter { $0.status != .available }
+        if !broken.isEmpty {
+            Out.line("")
+            for e in broken {
+                Out.line("\(e.manifest?.provider ?? FileSystem.basename(e.file)): \(e.status.label):")
+                if e.problems.isEmpty {
+                    Out.line("  \(e.reason ?? "")")
+                } else {
+                    for p in e.problems { Out.line("  \(p)") }
+                }
+            }
+        }
+        return .ok
+    }
+
+    static func info(_ raw: [String], globals: Globals) -> ExitCode {
+        let args: Arguments
+        do { args = try Arguments(raw, command: "plugins info", options: [.init(names: ["--json"], takesValue: false)]) } catch { usageFailure(error) }
+        guard args.positional.count == 1 else { usageFailure(UsageError("expected exactly one plugin NAME", command: "plugins info")) }
+        let name = args.positional[0]
+        let catalog = Commands.catalog(globals)
+        guard let entry = catalog.entry(for: name), let m = entry.manifest else {
+            let invalid = catalog.entries.first { FileSystem.basename($0.file).hasPrefix(name + ".") }
+            if let invalid {
+                Out.err("Error: \(invalid.file): \(invalid.status.label)")
+                for p in invalid.problems { Out.err("  \(p)") }
+                return .config
+            }
+            failure(ProviderError(.config, "unknown plugin '\(name)'; installed: \(catalog.availableProviders.joined(separator: ", "))"))
+        }
+        if args.flag("--json") {
+            var o = Render.manifest(m)
+            o["manifest"] = .string(entry.file)
+            o["status"] = .string(entry.status.label)
+            o["reason"] = entry.reason.map { .string($0) } ?? .null
+            Out.line(JSONValue.object(o).prettyText())
+            return .ok
+        }
+        Out.line("\(Out.bold(m.provider)) \(m.version) (\(m.mode.rawValue) mode, plugin ABI \(m.abi))")
+        if !m.description.isEmpty { Out.line(m.description) }
+        Out.line("")
+        Out.line("manifest:      \(entry.file)")
+        Out.line("library:       \(m.libraryPath)")
+        Out.line("factory:       \(m.factory)")
+        Out.line("status:        \(entry.status.label)\(entry.reason.map { " (\($0))" } ?? "")")
+        Out.line("capabilities:  \(m.capabilities.isEmpty ? "-" : m.capabilities.joined(separator: ", "))")
+        Out.line("default model: \(m.defaultModel ?? "-")")
+        if !m.models.isEmpty {
+            Out.line("")
+            let rows = m.models.map { model -> [String] in
+                let price = model.prices.map { p in
+                    "$\(p.input) in / $\(p.output) out" + (p.cacheRead.map { " / $\($0) cache read" } ?? "") + (p.cacheWrite.map { " / $\($0) cache write" } ?? "")
+                } ?? "-"
+                return [model.id, model.contextLength.map(String.init) ?? "-", price]
+            }
+            Out.line(Out.table(["MODEL", "CONTEXT", "PRICE (USD per million tokens)"], rows))
+        }
+        if !m.config.isEmpty {
+            Out.line("")
+            let rows = m.config.map { k -> [String] in
+                [
+                    k.name, k.type.rawValue, k.required ? "yes" : "no", k.secret ? "yes" : "no",
+                    k.defaultValue.map { $0.stringValue ?? $0.jsonText } ?? "-", k.env.isEmpty ? "-" : k.env.joined(separator: ", "),
+                    k.description,
+                ]
+            }
+            Out.line(Out.table(["KEY", "TYPE", "REQUIRED", "SECRET", "DEFAULT", "ENV", "DESCRIPTION"], rows))
+        }
+        return .ok
+    }
+
+    static func verify(_ raw: [String], globals: Globals) -> ExitCode {
+        let args: Arguments
+        do {
+            args = try Arguments(
+                raw, command: "plugins verify",
+                options: [.init(names: ["--json"], takesValue: false), .init(names: ["--set"], takesValue: true, repeatable: true)])
+        } catch { usageFailure(error) }
+        let settings: [String: JSONValue]
+        do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        let catalog = Commands.catalog(globals)
+        let factory = ProviderFactory(catalog: catalog)
+        var names = args.positional
+        var results: [JSONValue] = []
+        var failed = 0
+        var rows: [[String]] = []
+        // Entries that are not available are reported as failures too, unless names were given.
+        if names.isEmpty {
+            names = catalog.availableProviders
+            for e in catalog.entries where e.status != .available {
+                if case .shadowed = e.status { continue }
+                failed += 1
+                let n = e.manifest?.provider ?? FileSystem.basename(e.file)
+                rows.append([n, Out.red("FAIL"), "\(e.file): \(e.reason ?? e.status.label)"])
+                results.append(["name": .string(n), "ok": false, "error": .string("\(e.file): \(e.reason ?? e.status.label)")])
+            }
+        }
+        for name in names {
+            if globals.verbose { Out.err("descartes: verify: loading \(name)") }
+            do {
+                let r = try factory.verify(name, config: settings)
+                let loaded = "\(r.library) \(r.version), factories: \(r.factories.joined(separator: ", "))"
+                if r.missingConfig.isEmpty {
+                    rows.append([name, Out.green("ok"), loaded])
+                } else {
+                    rows.append([name, "ok, needs config", "\(loaded); " + r.missingConfig.joined(separator: "; ")])
+                }
+                results.append([
+                    "name": .string(name), "ok": true, "library": .string(r.library), "version": .string(r.version),
+                    "missing_config": .array(r.missingConfig.map { .string($0) }),
+                ])
+            } catch {
+                failed += 1
+                rows.append([name, Out.red("FAIL"), error.description])
+                results.append(["name": .string(name), "ok": false, "error": Render.error(error)])
+            }
+        }
+        if args.flag("--json") {
+            Out.line(JSONValue.object(["results": .array(results), "failed": .integer(failed)]).prettyText())
+        } else {
+            Out.line(Out.table(["NAME", "RESULT", "DETAIL"], rows))
+            Out.line("\(rows.count - failed) ok, \(failed) failed")
+        }
+        return failed == 0 ? .ok : .failure
+    }
+}

@@ -1,0 +1,261 @@
+import Descartes
+import Glibc
+import Synchronization
+import Testing
+
+/// Where things are when the tests run.
+enum TestEnv {
+    /// The package root (this file is Tests/DescartesTests/Support/Support.swift).
+    static let root: String = {
+        var p = #filePath
+        for _ in 0..<4 { p = FileSystem.directory(of: p) }
+        return p
+    }()
+
+    /// SwiftPM's bin directory: the test runner lives there, beside the
+    /// plugin libraries and the `descartes` executable.
+    static let binDir: String = FileSystem.directory(of: FileSystem.executablePath()!)
+
+    static var descartes: String { FileSystem.join(binDir, "descartes") }
+
+    /// The prefix `make test` installed into, if the tests run through it.
+    static let prefix: String? = Environment.get("DESCARTES_TEST_PREFIX").flatMap { $0.isEmpty ? nil : $0 }
+
+    static func swiftPlugin(_ name: String) -> String { FileSystem.join(binDir, "libdescartes-\(name).so") }
+}
+
+/// A finished child process.
+struct ProcResult: CustomStringConvertible {
+    var status: Int32
+    var signal: Int32?
+    var stdout: String
+    var stderr: String
+    var duration: Duration
+    var description: String { "status \(status)\(signal.map { " signal \($0)" } ?? "")\nstdout: \(stdout)\nstderr: \(stderr)" }
+}
+
+/// Runs programs for tests: argv (no shell), environment, stdin, a deadline.
+enum Proc {
+    static func run(
+        _ argv: [String], env: [String: String]? = nil, stdin: String? = nil,
+        timeout: Duration = .seconds(120)
+    ) -> ProcResult {
+        let start = ContinuousClock.now
+        var inPipe: [Int32] = [0, 0]
+        var outPipe: [Int32] = [0, 0]
+        var errPipe: [Int32] = [0, 0]
+        for i in 0..<3 {
+            var fds: [Int32] = [0, 0]
+            pipe(&fds)
+            _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+            if i == 0 { inPipe = fds } else if i == 1 { outPipe = fds } else { errPipe = fds }
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP))
+        posix_spawnattr_setpgroup(&attr, 0)
+        let environment = env ?? Environment.current()
+        let envStrings = environment.map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let cargs = argv.map { strdup($0) } + [nil]
+        let cenv = envStrings.map { strdup($0) } + [nil]
+        let rc = posix_spawnp(&pid, argv[0], &actions, &attr, cargs, cenv)
+        for p in cargs { free(p) }
+        for p in cenv { free(p) }
+        posix_spawn_file_actions_destroy(&actions)
+        posix_spawnattr_destroy(&attr)
+        close(inPipe[0])
+        close(outPipe[1])
+        close(errPipe[1])
+        guard rc == 0 else {
+            close(inPipe[1])
+            close(outPipe[0])
+            close(errPipe[0])
+            return ProcResult(status: 127, signal: nil, stdout: "", stderr: "spawn \(argv[0]): \(String(cString: strerror(rc)))", duration: .zero)
+        }
+        if let stdin {
+            var bytes = Array(stdin.utf8)
+            var off = 0
+            while off < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { write(inPipe[1], $0.baseAddress! + off, $0.count - off) }
+                if n <= 0 { break }
+                off += n
+            }
+        }
+        close(inPipe[1])
+        var out: [UInt8] = []
+        var err: [UInt8] = []
+        var fds = [pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0), pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
+        var open = 2
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var killed = false
+        while open > 0 {
+            let remaining = timeout - (ContinuousClock.now - start)
+            if remaining <= .zero && !killed {
+                kill(-pid, SIGKILL)
+                killed = true
+            }
+            let ms = killed ? 1000 : max(1, min(1000, remaining.milliseconds))
+            let r = poll(&fds, 2, Int32(ms))
+            if r < 0 && errno == EINTR { continue }
+            if r == 0 && killed { break }
+            for i in 0..<2 where fds[i].fd >= 0 && fds[i].revents != 0 {
+                let n = read(fds[i].fd, &buf, buf.count)
+                if n <= 0 {
+                    close(fds[i].fd)
+                    fds[i].fd = -1
+                    open -= 1
+                } else if i == 0 {
+                    out.append(contentsOf: buf[0..<n])
+                } else {
+                    err.append(contentsOf: buf[0..<n])
+                }
+            }
+        }
+        for f in fds where f.fd >= 0 { close(f.fd) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exited = status & 0x7f == 0
+        return ProcResult(
+            status: exited ? (status >> 8) & 0xff : -1, signal: exited ? nil : status & 0x7f,
+            stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self),
+            duration: ContinuousClock.now - start)
+    }
+
+    /// Runs the `descartes` CLI built by this package.
+    static func descartes(_ args: [String], env: [String: String] = [:], stdin: String? = nil, timeout: Duration = .seconds(60)) -> ProcResult {
+        var e = Environment.current()
+        e["NO_COLOR"] = "1"
+        e["DESCARTES_PLUGIN_PATH"] = nil
+        for (k, v) in env { e[k] = v }
+        return run([TestEnv.descartes] + args, env: e, stdin: stdin, timeout: timeout)
+    }
+}
+
+/// A temporary directory, removed when the value is deinitialized.
+final class TempDir: @unchecked Sendable {
+    let path: String
+
+    init(_ tag: String = "descartes-test") {
+        var template = Array("/tmp/\(tag)-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+
+    deinit { _ = Proc.run(["rm", "-rf", path]) }
+
+    func file(_ name: String) -> String { FileSystem.join(path, name) }
+
+    @discardableResult
+    func write(_ name: String, _ text: String, mode: mode_t = 0o644) -> String {
+        let p = file(name)
+        try! FileSystem.makeDirectories(FileSystem.directory(of: p))
+        try! FileSystem.writeAtomically(p, Array(text.utf8), mode: mode)
+        return p
+    }
+
+    func symlink(_ target: String, _ name: String) {
+        Glibc.symlink(target, file(name))
+    }
+}
+
+enum CCompiler {
+    /// Compiles C sources into a shared library; fails the test on error.
+    static func sharedLibrary(_ sources: [String], output: String, flags: [String] = []) -> ProcResult {
+        Proc.run(
+            ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
+             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output])
+    }
+
+    /// The C example plugin (Plugins/EchoC/echo.c), compiled once per test run.
+    static let echoLibrary: String = {
+        let dir = TempDir("descartes-echo")
+        let out = dir.file("libdescartes-echo.so")
+        let r = sharedLibrary([FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c")], output: out)
+        precondition(r.status == 0, "cannot compile the echo plugin: \(r)")
+        keep.withLock { $0.append(dir) }
+        return out
+    }()
+
+    /// Keeps compiled fixtures' directories alive for the whole run.
+    static let keep = Mutex<[TempDir]>([])
+}
+
+/// A plugin directory for a test, holding chosen manifests and libraries.
+final class PluginDir: @unchecked Sendable {
+    let dir = TempDir("descartes-plugins")
+    var path: String { dir.path }
+
+    /// The scripted test plugin with its manifest, under `provider`.
+    @discardableResult
+    func addScripted(provider: String = "scripted", extraConfig: String = "", prices: Bool = true) -> PluginDir {
+        let lib = TestEnv.swiftPlugin("scripted")
+        dir.write(
+            "\(provider).yaml",
+            """
+            manifest_version: 1
+            provider: \(provider)
+            version: 0.1.0
+            description: scripted test fixture
+            library: \(lib)
+            factory: scripted
+            abi: 1
+            mode: local
+            capabilities: [stream, tools]
+            default_model: scripted-small
+            models:
+              - id: scripted-small
+                context: 4096
+            \(prices ? "    price: {input: 1.0, output: 2.0, cache_read: 0.1}" : "")
+            config:
+              greeting: {type: string, default: hello}
+              init_delay_ms: {type: integer, default: 0}
+              fail_init: {type: string}
+              token: {type: string, secret: true, env: SCRIPTED_TEST_TOKEN}
+              timeout_secs: {type: integer}
+            \(extraConfig)
+            """)
+        return self
+    }
+
+    /// The C echo plugin with the repository's manifest.
+    @discardableResult
+    func addEcho() -> PluginDir {
+        dir.symlink(CCompiler.echoLibrary, "libdescartes-echo.so")
+        let manifest = try! FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/echo.yaml"), limit: 1 << 20)
+        dir.write("echo.yaml", manifest)
+        return self
+    }
+
+    func factory(environment: [String: String] = [:]) -> ProviderFactory {
+        let search = PluginSearch(directories: [.init(path: path, origin: "test")])
+        return ProviderFactory(catalog: .discover(search), environment: environment)
+    }
+}
+
+extension ModelRequest {
+    /// A request scripted for the test plugin.
+    static func script(_ steps: [String], prompt: String = "hello scripted world", deadlines: Deadlines = Deadlines(), options: JSONObject = [:]) -> ModelRequest {
+        var o = options
+        o["script"] = .array(steps.map { .string($0) })
+        return ModelRequest(messages: [.user(prompt)], options: o, deadlines: deadlines)
+    }
+}
+
+/// The error a throwing expression threw, as a ProviderError.
+func providerError(_ body: () async throws -> Void) async -> ProviderError? {
+    do {
+        try await body()
+        return nil
+    } catch let e as ProviderError {
+        return e
+    } catch {
+        Issue.record("expected a ProviderError, got \(error)")
+        return nil
+    }
+}
