@@ -39,7 +39,8 @@ final class PluginCall: @unchecked Sendable {
         var reasoning = UTF8Joiner()
         var gotFirstToken = false
         var lastEvent: ContinuousClock.Instant
-        var watchdog: Task<Void, Never>?
+        /// The scheduled deadline check (a DeadlineTimer token).
+        var watchdog: UInt64?
     }
     private let state: Mutex<State>
 
@@ -107,7 +108,10 @@ final class PluginCall: @unchecked Sendable {
         }
         var out: StreamEvent? = nil
         var violation: ProviderError? = nil
+        var firstToken = false
         let live = state.withLock { s -> Bool in
+            let hadFirst = s.gotFirstToken
+            defer { firstToken = !hadFirst && s.gotFirstToken }
             if s.pluginDone {
                 violation = ProviderError(.invalidResponse, "the plugin sent an event after its terminal event", provider: backend.name)
                 return false
@@ -179,6 +183,8 @@ final class PluginCall: @unchecked Sendable {
             return
         }
         if live, let out, let sink { sink.continuation.yield(out) }
+        // The idle deadline starts counting at the first token.
+        if firstToken && deadlines.idle != nil { armWatchdog() }
     }
 
     private func terminal(_ success: Bool, _ bytes: UnsafeRawBufferPointer) {
@@ -243,7 +249,7 @@ final class PluginCall: @unchecked Sendable {
 
     /// Gives the consumer its answer, once.
     private func answer(_ outcome: Result<Outcome, ProviderError>) {
-        let (continuation, watchdog) = state.withLock { s -> (CheckedContinuation<Outcome, Error>?, Task<Void, Never>?) in
+        let (continuation, watchdog) = state.withLock { s -> (CheckedContinuation<Outcome, Error>?, UInt64?) in
             if s.answered { return (nil, nil) }
             s.answered = true
             defer {
@@ -253,7 +259,7 @@ final class PluginCall: @unchecked Sendable {
             return (s.continuation, s.watchdog)
         }
         guard let continuation else { return }
-        watchdog?.cancel()
+        if let watchdog { DeadlineTimer.shared.cancel(watchdog) }
         switch outcome {
         case .success(let o):
             if let sink, case .response(let r) = o {
@@ -301,44 +307,37 @@ final class PluginCall: @unchecked Sendable {
 
     // MARK: Deadlines
 
+    /// Schedules a check at the earliest deadline still relevant. Idle and
+    /// first-token deadlines move as events arrive, so the check re-arms
+    /// itself until the call is answered or a deadline really passed.
     private func armWatchdog() {
         guard deadlines.total != nil || deadlines.firstToken != nil || deadlines.idle != nil else { return }
-        let task = Task.detached { [weak self] in
-            while true {
-                guard let self else { return }
-                let (answered, gotFirst, last) = self.state.withLock { ($0.answered, $0.gotFirstToken, $0.lastEvent) }
-                if answered { return }
-                var next: (ContinuousClock.Instant, String)? = nil
-                func consider(_ t: ContinuousClock.Instant, _ name: String) {
-                    if next == nil || t < next!.0 { next = (t, name) }
-                }
-                if let t = self.deadlines.total { consider(self.startedAt + t, "total") }
-                if !gotFirst, let f = self.deadlines.firstToken { consider(self.startedAt + f, "first_token") }
-                if gotFirst, let i = self.deadlines.idle { consider(last + i, "idle") }
-                guard let (when, which) = next else { return }
-                if ContinuousClock.now >= when {
-                    let limit: Duration
-                    switch which {
-                    case "total": limit = self.deadlines.total!
-                    case "first_token": limit = self.deadlines.firstToken!
-                    default: limit = self.deadlines.idle!
-                    }
-                    self.terminate(
-                        ProviderError(
-                            .timeout, "the \(which.replacingAll("_", with: " ")) deadline of \(format(limit)) passed",
-                            provider: self.backend.name, deadline: which))
-                    return
-                }
-                let wait = when - ContinuousClock.now
-                do { try await Task.sleep(for: wait) } catch { return }
-            }
+        let (answered, gotFirst, last) = state.withLock { ($0.answered, $0.gotFirstToken, $0.lastEvent) }
+        if answered { return }
+        var next: (when: ContinuousClock.Instant, which: String, limit: Duration)? = nil
+        func consider(_ t: ContinuousClock.Instant, _ name: String, _ limit: Duration) {
+            if next == nil || t < next!.when { next = (t, name, limit) }
         }
-        let keep = state.withLock { s -> Bool in
-            if s.answered { return false }
-            s.watchdog = task
-            return true
+        if let t = deadlines.total { consider(startedAt + t, "total", t) }
+        if !gotFirst, let f = deadlines.firstToken { consider(startedAt + f, "first_token", f) }
+        if gotFirst, let i = deadlines.idle { consider(last + i, "idle", i) }
+        guard let next else { return }
+        if ContinuousClock.now >= next.when {
+            terminate(
+                ProviderError(
+                    .timeout, "the \(next.which.replacingAll("_", with: " ")) deadline of \(format(next.limit)) passed",
+                    provider: backend.name, deadline: next.which))
+            return
         }
-        if !keep { task.cancel() }
+        let token = DeadlineTimer.shared.schedule(at: next.when) { [weak self] in self?.armWatchdog() }
+        // One pending check per call: this one replaces any earlier one.
+        let (keep, previous) = state.withLock { s -> (Bool, UInt64?) in
+            if s.answered { return (false, nil) }
+            defer { s.watchdog = token }
+            return (true, s.watchdog)
+        }
+        if let previous, previous != token { DeadlineTimer.shared.cancel(previous) }
+        if !keep { DeadlineTimer.shared.cancel(token) }
     }
 }
 

@@ -74,7 +74,7 @@ import Testing
         let took = ContinuousClock.now - start
         #expect(err.kind == .timeout)
         #expect(err.deadline == "total")
-        #expect(took >= .milliseconds(290) && took < .milliseconds(1500), "took \(took)")
+        #expect(took >= .milliseconds(290) && took < .seconds(2), "took \(took)")
         #expect(try await waitIdle(b) == 0)
     }
 
@@ -105,7 +105,8 @@ import Testing
         let start = ContinuousClock.now
         let err = try #require(await providerError { _ = try await b.complete(.script(["ignore-cancel", "sleep:3000"], deadlines: Deadlines(total: .milliseconds(200)))) })
         #expect(err.kind == .timeout)
-        #expect(ContinuousClock.now - start < .seconds(1))
+        // The plugin keeps sleeping for 3 s; the caller is answered at the deadline.
+        #expect(ContinuousClock.now - start < .seconds(2))
     }
 
     @Test func cancellingTheTaskCancelsThePluginCall() async throws {
@@ -115,7 +116,7 @@ import Testing
         let start = ContinuousClock.now
         task.cancel()
         let result = await task.result
-        #expect(ContinuousClock.now - start < .milliseconds(500))
+        #expect(ContinuousClock.now - start < .seconds(1))
         guard case .failure(let e as ProviderError) = result else { Issue.record("expected a cancellation error, got \(result)"); return }
         #expect(e.kind == .cancelled)
         #expect(try await waitIdle(b) == 0)
@@ -229,7 +230,8 @@ import Testing
         let start = ContinuousClock.now
         task.cancel()
         _ = await task.result
-        #expect(ContinuousClock.now - start < .milliseconds(300))
+        // Well inside the plugin's 1 s pause: cancellation interrupted it.
+        #expect(ContinuousClock.now - start < .milliseconds(800))
         await b.shutdown()
     }
 

@@ -25,27 +25,27 @@ import Testing
         ["c++", "-std=c++17", "-x", "c++"],
         ["cc", "-std=c99", "-x", "c"],
     ])
-    func compilesStrictly(_ compiler: [String]) {
+    func compilesStrictly(_ compiler: [String]) async {
         let dir = TempDir()
         let src = dir.write("probe.txt", Self.program)
-        let r = Proc.run(
+        let r = await Proc.run(
             compiler + ["-Wall", "-Wextra", "-pedantic", "-Werror", "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include"), src, "-o", dir.file("probe")])
         #expect(r.status == 0, "\(compiler.joined(separator: " ")) failed: \(r.stderr)")
-        #expect(Proc.run([dir.file("probe")]).status == 0)
+        #expect(await Proc.run([dir.file("probe")]).status == 0)
     }
 
-    @Test func theCExamplePluginCompilesWithEveryWarning() {
+    @Test func theCExamplePluginCompilesWithEveryWarning() async {
         let dir = TempDir()
         let r = CCompiler.sharedLibrary([FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c")], output: dir.file("libdescartes-echo.so"))
         #expect(r.status == 0, "\(r.stderr)")
         // Only the entry point is exported.
-        let nm = Proc.run(["nm", "-D", "--defined-only", dir.file("libdescartes-echo.so")])
+        let nm = await Proc.run(["nm", "-D", "--defined-only", dir.file("libdescartes-echo.so")])
         let exported = nm.stdout.split(separator: "\n").filter { $0.contains(" T ") }.map { $0.split(separator: " ").last.map(String.init) ?? "" }
         #expect(exported == ["descartes_plugin_entry"])
     }
 
-    @Test func swiftPluginsExportOnlyTheEntryPoint() {
-        let nm = Proc.run(["nm", "-D", "--defined-only", TestEnv.swiftPlugin("scripted")])
+    @Test func swiftPluginsExportOnlyTheEntryPoint() async {
+        let nm = await Proc.run(["nm", "-D", "--defined-only", TestEnv.swiftPlugin("scripted")])
         #expect(nm.status == 0, "\(nm)")
         let global = nm.stdout.split(separator: "\n").filter { line in
             let f = line.split(separator: " ")

@@ -35,8 +35,34 @@ struct ProcResult: CustomStringConvertible {
 }
 
 /// Runs programs for tests: argv (no shell), environment, stdin, a deadline.
+///
+/// `run` waits on a thread of its own and the test awaits it, so tests never
+/// block Swift's cooperative pool (whose threads the host's callers share).
 enum Proc {
     static func run(
+        _ argv: [String], env: [String: String]? = nil, stdin: String? = nil, timeout: Duration = .seconds(120)
+    ) async -> ProcResult {
+        await withCheckedContinuation { c in
+            onThread { c.resume(returning: runBlocking(argv, env: env, stdin: stdin, timeout: timeout)) }
+        }
+    }
+
+    /// Runs `body` on a new detached thread.
+    static func onThread(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable {
+            let body: @Sendable () -> Void
+            init(_ b: @escaping @Sendable () -> Void) { body = b }
+        }
+        var tid = pthread_t()
+        let arg = Unmanaged.passRetained(Box(body)).toOpaque()
+        pthread_create(&tid, nil, { p in
+            Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()
+            return nil
+        }, arg)
+        pthread_detach(tid)
+    }
+
+    static func runBlocking(
         _ argv: [String], env: [String: String]? = nil, stdin: String? = nil,
         timeout: Duration = .seconds(120)
     ) -> ProcResult {
@@ -129,12 +155,12 @@ enum Proc {
     }
 
     /// Runs the `descartes` CLI built by this package.
-    static func descartes(_ args: [String], env: [String: String] = [:], stdin: String? = nil, timeout: Duration = .seconds(60)) -> ProcResult {
+    static func descartes(_ args: [String], env: [String: String] = [:], stdin: String? = nil, timeout: Duration = .seconds(60)) async -> ProcResult {
         var e = Environment.current()
         e["NO_COLOR"] = "1"
         e["DESCARTES_PLUGIN_PATH"] = nil
         for (k, v) in env { e[k] = v }
-        return run([TestEnv.descartes] + args, env: e, stdin: stdin, timeout: timeout)
+        return await run([TestEnv.descartes] + args, env: e, stdin: stdin, timeout: timeout)
     }
 }
 
@@ -147,7 +173,7 @@ final class TempDir: @unchecked Sendable {
         path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
     }
 
-    deinit { _ = Proc.run(["rm", "-rf", path]) }
+    deinit { _ = Proc.runBlocking(["rm", "-rf", path], env: nil, stdin: nil, timeout: .seconds(30)) }
 
     func file(_ name: String) -> String { FileSystem.join(path, name) }
 
@@ -167,9 +193,9 @@ final class TempDir: @unchecked Sendable {
 enum CCompiler {
     /// Compiles C sources into a shared library; fails the test on error.
     static func sharedLibrary(_ sources: [String], output: String, flags: [String] = []) -> ProcResult {
-        Proc.run(
+        Proc.runBlocking(
             ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
-             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output])
+             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output], env: nil, stdin: nil, timeout: .seconds(120))
     }
 
     /// The C example plugin (Plugins/EchoC/echo.c), compiled once per test run.

@@ -1,0 +1,138 @@
+import Glibc
+import Synchronization
+
+/// One thread that fires deadlines for every call in the process.
+///
+/// Why a thread and not `Task.sleep`: the host promises that no call
+/// outlives its deadline, and Swift's cooperative pool has one thread per
+/// core; an application that blocks those threads would delay every
+/// deadline. This thread only computes and cancels (the plugin's `cancel` is
+/// documented as prompt), so it stays responsive whatever the pool does. It
+/// also costs one heap entry per call instead of one task.
+final class DeadlineTimer: @unchecked Sendable {
+    static let shared = DeadlineTimer()
+
+    struct Entry {
+        var when: ContinuousClock.Instant
+        var id: UInt64
+        var action: @Sendable () -> Void
+    }
+
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var heap: [Entry] = []
+    private var live: Set<UInt64> = []
+    private var nextID: UInt64 = 1
+    private var started = false
+
+    private init() {
+        pthread_mutex_init(&mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(&cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    /// Runs `action` on the timer thread at `when` (at once if it passed),
+    /// unless cancelled first. Returns a token for `cancel`.
+    @discardableResult
+    func schedule(at when: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) -> UInt64 {
+        pthread_mutex_lock(&mutex)
+        if !started {
+            started = true
+            startThread()
+        }
+        let id = nextID
+        nextID += 1
+        push(Entry(when: when, id: id, action: action))
+        live.insert(id)
+        let isFirst = heap[0].id == id
+        pthread_mutex_unlock(&mutex)
+        if isFirst { pthread_cond_signal(&cond) }
+        return id
+    }
+
+    /// Forgets a scheduled action (no-op if it already ran).
+    func cancel(_ id: UInt64) {
+        pthread_mutex_lock(&mutex)
+        live.remove(id)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    private func startThread() {
+        var tid = pthread_t()
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        pthread_create(&tid, nil, { arg in
+            Unmanaged<DeadlineTimer>.fromOpaque(arg!).takeUnretainedValue().loop()
+            return nil
+        }, me)
+        pthread_detach(tid)
+    }
+
+    private func loop() {
+        pthread_mutex_lock(&mutex)
+        while true {
+            // Drop cancelled entries at the top.
+            while let top = heap.first, !live.contains(top.id) { _ = pop() }
+            guard let top = heap.first else {
+                pthread_cond_wait(&cond, &mutex)
+                continue
+            }
+            let now = ContinuousClock.now
+            if top.when <= now {
+                let e = pop()
+                live.remove(e.id)
+                pthread_mutex_unlock(&mutex)
+                e.action()
+                pthread_mutex_lock(&mutex)
+                continue
+            }
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            let wait = top.when - now
+            let c = wait.components
+            var sec = ts.tv_sec + Int(c.seconds)
+            var nsec = ts.tv_nsec + Int(c.attoseconds / 1_000_000_000)
+            if nsec >= 1_000_000_000 {
+                sec += 1
+                nsec -= 1_000_000_000
+            }
+            var deadline = timespec(tv_sec: sec, tv_nsec: nsec)
+            pthread_cond_timedwait(&cond, &mutex, &deadline)
+        }
+    }
+
+    // MARK: Binary heap ordered by `when`
+
+    private func push(_ e: Entry) {
+        heap.append(e)
+        var i = heap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            if heap[parent].when <= heap[i].when { break }
+            heap.swapAt(parent, i)
+            i = parent
+        }
+    }
+
+    private func pop() -> Entry {
+        let top = heap[0]
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            heap[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1
+                let r = l + 1
+                var m = i
+                if l < heap.count && heap[l].when < heap[m].when { m = l }
+                if r < heap.count && heap[r].when < heap[m].when { m = r }
+                if m == i { break }
+                heap.swapAt(i, m)
+                i = m
+            }
+        }
+        return top
+    }
+}
