@@ -74,6 +74,8 @@ let package = Package(
         .executableTarget(name: "descartes", dependencies: ["Descartes"], swiftSettings: swiftSettings),
 
         // MARK: Tests
-        .testTarget(name: "DescartesTests", dependencies: ["Descartes"], swiftSettings: swiftSettings),
+        // Unit tests reach the kit's building blocks (decoders, HTTP engine)
+        // directly; plugins are only ever reached through the C ABI.
+        .testTarget(name: "DescartesTests", dependencies: ["Descartes", "DescartesPluginKit"], swiftSettings: swiftSettings),
     ] + plugins.map(\.1)
 )
