@@ -233,3 +233,54 @@ import Testing
         #expect(late.ended)
     }
 }
+
+@Suite struct ProviderHTTPTests {
+    func headers(_ pairs: [(String, String)]) -> HTTPHeaders {
+        var h = HTTPHeaders()
+        h.fields = pairs.map { (name: $0.0, value: $0.1) }
+        return h
+    }
+
+    @Test(arguments: [
+        (400, ProviderError.Kind.api), (404, .api), (422, .api), (401, .authentication), (403, .authentication),
+        (429, .rateLimited), (500, .providerUnavailable), (502, .providerUnavailable), (503, .providerUnavailable),
+        (529, .providerUnavailable), (408, .providerUnavailable), (302, .http),
+    ])
+    func mapsStatusesToKinds(_ status: Int, _ kind: ProviderError.Kind) {
+        let e = ProviderHTTP.error(status: status, headers: HTTPHeaders(), body: Array(#"{"error":{"message":"nope","type":"some_error"}}"#.utf8), endpoint: "x")
+        #expect(e.kind == kind)
+        #expect(e.status == status)
+        if status != 302 {
+            #expect(e.message == "HTTP \(status): some_error: nope")
+            #expect(e.providerType == "some_error")
+        }
+    }
+
+    @Test func keepsAnExcerptOfAnUnreadableBody() {
+        let e = ProviderHTTP.error(status: 502, headers: HTTPHeaders(), body: Array(("<html>" + String(repeating: "x", count: 1000)).utf8), endpoint: "x")
+        #expect(e.message.hasPrefix("HTTP 502: <html>xxx"))
+        #expect(e.message.hasSuffix("... (1006 bytes)"))
+        #expect(ProviderHTTP.error(status: 400, headers: HTTPHeaders(), body: Array(#"{"error":"model not found"}"#.utf8), endpoint: "x").message == "HTTP 400: model not found")
+    }
+
+    @Test func parsesRetryAfterInEveryForm() {
+        #expect(ProviderHTTP.retryAfter(headers([("retry-after-ms", "1500"), ("retry-after", "9")])) == .milliseconds(1500))
+        #expect(ProviderHTTP.retryAfter(headers([("Retry-After", "2")])) == .seconds(2))
+        #expect(ProviderHTTP.retryAfter(headers([("retry-after", "0.5")])) == .milliseconds(500))
+        let now = ProviderHTTP.httpDate("Wed, 21 Oct 2015 07:28:00 GMT")!
+        #expect(ProviderHTTP.retryAfter(headers([("retry-after", "Wed, 21 Oct 2015 07:28:30 GMT")]), now: now) == .seconds(30))
+        #expect(ProviderHTTP.retryAfter(headers([("retry-after", "soon")])) == nil)
+        #expect(ProviderHTTP.retryAfter(HTTPHeaders()) == nil)
+    }
+
+    @Test func warnsOnlyForKeysOverPlainHTTPBeyondLoopback() {
+        #expect(ProviderHTTP.plainHTTPWarning(endpoint: "http://gpu-box:8000/v1", hasCredential: true) != nil)
+        #expect(ProviderHTTP.plainHTTPWarning(endpoint: "http://127.0.0.1:8000/v1", hasCredential: true) == nil)
+        #expect(ProviderHTTP.plainHTTPWarning(endpoint: "http://[::1]:8000/v1", hasCredential: true) == nil)
+        #expect(ProviderHTTP.plainHTTPWarning(endpoint: "http://localhost/v1", hasCredential: true) == nil)
+        #expect(ProviderHTTP.plainHTTPWarning(endpoint: "https://api.openai.com/v1", hasCredential: true) == nil)
+        #expect(ProviderHTTP.plainHTTPWarning(endpoint: "http://gpu-box:8000/v1", hasCredential: false) == nil)
+        #expect(ProviderHTTP.host(of: "https://user:pw@Example.com:443/x") == "example.com")
+        #expect(ProviderHTTP.join("http://h/v1/", "/models") == "http://h/v1/models")
+    }
+}
