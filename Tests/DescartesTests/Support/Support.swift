@@ -258,6 +258,20 @@ final class PluginDir: @unchecked Sendable {
         return self
     }
 
+    /// A repository manifest (`manifests/<provider>.yaml`) with the Swift
+    /// plugin library it names, built by this package, beside it.
+    @discardableResult
+    func addManifest(_ provider: String) -> PluginDir {
+        let manifest = try! FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/\(provider).yaml"), limit: 1 << 20)
+        dir.write("\(provider).yaml", manifest)
+        for line in manifest.split(separator: "\n") where line.hasPrefix("library: ") {
+            let lib = String(line.dropFirst("library: ".count)).split(separator: " ")[0]
+            let name = String(lib.dropFirst("libdescartes-".count).dropLast(".so".count))
+            if access(dir.file(String(lib)), F_OK) != 0 { dir.symlink(TestEnv.swiftPlugin(name), String(lib)) }
+        }
+        return self
+    }
+
     func factory(environment: [String: String] = [:]) -> ProviderFactory {
         let search = PluginSearch(directories: [.init(path: path, origin: "test")])
         return ProviderFactory(catalog: .discover(search), environment: environment)
