@@ -108,14 +108,15 @@ final class AnthropicBackend: DescartesBackend {
         if timeouts.total == nil || timeouts.total! > 30_000 { timeouts.total = 30_000 }
         let transfer = http.fetch(self.request("POST", "messages/count_tokens", body: body, timeouts: timeouts)) { [self] result in
             func fallback(_ why: String) {
-                context.log(.info, "count_tokens unavailable (\(why)); estimating")
+                context.log(.info, "count_tokens unavailable (\(why)); estimating with the heuristic")
                 var t = Heuristics.tokens(request)
                 t.method += " (count_tokens: \(why))"
                 call.finish(json: Wire.encode(t))
             }
             switch result {
             case .failure(let e):
-                if e.kind == .cancelled { call.fail(e.providerError(endpoint: endpoint)) } else { fallback(e.message) }
+                let pe = e.providerError(endpoint: endpoint)
+                if e.kind == .cancelled { call.fail(pe) } else { fallback(pe.kind.rawValue + (pe.deadline.map { " (\($0))" } ?? "")) }
             case .success(let r):
                 guard (200..<300).contains(r.status) else {
                     let e = httpError(status: r.status, headers: r.headers, body: r.body, path: "messages/count_tokens", model: model)
