@@ -88,6 +88,15 @@ static int child_main(void *arg) {
     if (r->file_size && lower_limit(RLIMIT_FSIZE, r->file_size, 0) != 0) goto fail;
     if (r->processes && lower_limit(RLIMIT_NPROC, r->processes, 0) != 0) goto fail;
 
+    if (r->nice > 0) {
+        ctx->stage = DSC_STAGE_NICE;
+        errno = 0;
+        int current = getpriority(PRIO_PROCESS, 0);
+        if (current == -1 && errno != 0) goto fail;
+        int target = r->nice > 19 ? 19 : r->nice;
+        if (target > current && setpriority(PRIO_PROCESS, 0, target) != 0) goto fail;
+    }
+
     if (r->no_new_privs) {
         ctx->stage = DSC_STAGE_NO_NEW_PRIVS;
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) goto fail;

@@ -7,7 +7,7 @@ import Testing
 /// badly (Tests/Fixtures/headless). These also exercise the plugin kit's
 /// process runtime: spawning, line framing, deadlines, process groups,
 /// reaping, the environment and the sandbox.
-@Suite(.timeLimit(.minutes(3))) struct HeadlessCLITests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct HeadlessCLITests {
     static let plugins = PluginDir().addRepositoryPlugin("headless-cli", library: "headless-cli")
 
     func backend(_ config: [String: JSONValue], instance: String? = nil) throws -> any ModelBackend {
@@ -206,7 +206,7 @@ import Testing
     @Test func theChildRunsWithNoNewPrivsAndItsLimits() async throws {
         let b = try backend([
             "command": "cat", "args": ["/proc/self/status", "/proc/self/limits"], "protocol": "text",
-            "limit_open_files": 64, "limit_cpu_seconds": 30, "limit_file_size_mb": 1,
+            "limit_open_files": 64, "limit_cpu_seconds": 30, "limit_file_size_mb": 1, "nice": 7,
         ])
         let r = try await b.complete(ModelRequest(prompt: "x"))
         let lines = r.content.split(separator: "\n")
@@ -218,6 +218,13 @@ import Testing
         #expect(limit("Max cpu time")?.prefix(2) == ["30", "31"])
         #expect(limit("Max file size")?.prefix(2) == ["1048576", "1048576"])
         await b.shutdown()
+
+        // Niceness: field 19 of /proc/self/stat.
+        let niced = try backend(["command": "cat", "args": ["/proc/self/stat"], "protocol": "text", "nice": 7])
+        let stat = try await niced.complete(ModelRequest(prompt: "x")).content
+        let fields = stat[stat.lastIndex(of: ")")!...].split(separator: " ")
+        #expect(fields[17] == "7", "\(stat)")
+        await niced.shutdown()
 
         let off = try backend(["command": "cat", "args": ["/proc/self/status"], "protocol": "text", "no_new_privs": false])
         let r2 = try await off.complete(ModelRequest(prompt: "x"))
@@ -298,7 +305,8 @@ import Testing
         sampler.cancel()
         #expect(await sampler.value == 1)
         await b.shutdown()
-        #expect(ProcScan.threads(named: threadName) == 0)
+        // The thread ends right after shutdown's answer.
+        #expect(await ProcScan.eventually(.seconds(5)) { ProcScan.threads(named: threadName) == 0 })
         #expect(await ProcScan.eventually(.seconds(5)) { ProcScan.zombieChildren().isEmpty }, "zombies: \(ProcScan.zombieChildren())")
     }
 

@@ -45,7 +45,8 @@ enum {
     DSC_STAGE_CHDIR = 4,
     DSC_STAGE_RLIMIT = 5,
     DSC_STAGE_NO_NEW_PRIVS = 6,
-    DSC_STAGE_EXEC = 7
+    DSC_STAGE_EXEC = 7,
+    DSC_STAGE_NICE = 8
 };
 
 /// What to start. Every pointer is borrowed for the call.
@@ -72,6 +73,9 @@ typedef struct dsc_spawn_request {
     uint64_t open_files;      /* RLIMIT_NOFILE */
     uint64_t file_size;       /* RLIMIT_FSIZE, bytes */
     uint64_t processes;       /* RLIMIT_NPROC (per user, as the kernel counts) */
+    /// Scheduling niceness for the child, 0 = inherit; otherwise raised to
+    /// this value (1-19) if it is lower (never lowered: that needs privilege).
+    int nice;
 } dsc_spawn_request_t;
 
 /// Starts a child in a new process group (its pid is the group id) with

@@ -13,6 +13,7 @@ import Glibc
 /// | `pass_env` | list | inherited variables kept although they look like credentials (`NAME` or `PREFIX*`) |
 /// | `no_new_privs` | boolean | `PR_SET_NO_NEW_PRIVS` in the child (default true) |
 /// | `limit_cpu_seconds`, `limit_memory_mb`, `limit_open_files`, `limit_processes`, `limit_file_size_mb` | integer | rlimits applied in the child |
+/// | `nice` | integer | scheduling niceness of the child (1-19) |
 /// | `max_output_mb` | integer | stdout + stderr before the child is killed |
 /// | `kill_grace_ms` | integer | SIGTERM to SIGKILL |
 /// | `exit_grace_ms` | integer | how long a child may linger after its final event |
@@ -65,7 +66,9 @@ public struct HeadlessConfig: Sendable {
             openFiles: try nonNegative("limit_open_files"),
             fileSizeBytes: try nonNegative("limit_file_size_mb").map { $0 * mb },
             processes: try nonNegative("limit_processes"),
-            maxOutputBytes: (try nonNegative("max_output_mb") ?? 256) * mb)
+            maxOutputBytes: (try nonNegative("max_output_mb") ?? 256) * mb,
+            niceness: try nonNegative("nice"))
+        if let n = limits.niceness, n > 19 { throw ProviderError(.config, "key 'nice': must be 0 to 19, got \(n)") }
         killGrace = .milliseconds(try nonNegative("kill_grace_ms") ?? 2000)
         exitGrace = .milliseconds(try nonNegative("exit_grace_ms") ?? 2000)
     }

@@ -24,10 +24,13 @@ public struct ProcessLimits: Sendable, Hashable {
     public var processes: Int?
     /// Bytes of stdout and stderr together before the child is killed.
     public var maxOutputBytes: Int?
+    /// Scheduling niceness (1-19): a background agent yields the CPU to
+    /// the host. Only ever raised.
+    public var niceness: Int?
 
     public init(
         noNewPrivileges: Bool = true, cpuSeconds: Int? = nil, memoryBytes: Int? = nil, openFiles: Int? = nil,
-        fileSizeBytes: Int? = nil, processes: Int? = nil, maxOutputBytes: Int? = nil
+        fileSizeBytes: Int? = nil, processes: Int? = nil, maxOutputBytes: Int? = nil, niceness: Int? = nil
     ) {
         self.noNewPrivileges = noNewPrivileges
         self.cpuSeconds = cpuSeconds
@@ -36,6 +39,7 @@ public struct ProcessLimits: Sendable, Hashable {
         self.fileSizeBytes = fileSizeBytes
         self.processes = processes
         self.maxOutputBytes = maxOutputBytes
+        self.niceness = niceness
     }
 }
 
@@ -329,7 +333,8 @@ public final class ProcessRunner: @unchecked Sendable {
                             address_space: UInt64(max(0, spec.limits.memoryBytes ?? 0)),
                             open_files: UInt64(max(0, spec.limits.openFiles ?? 0)),
                             file_size: UInt64(max(0, spec.limits.fileSizeBytes ?? 0)),
-                            processes: UInt64(max(0, spec.limits.processes ?? 0)))
+                            processes: UInt64(max(0, spec.limits.processes ?? 0)),
+                            nice: Int32(min(19, max(0, spec.limits.niceness ?? 0))))
                         return dsc_spawn(&r, &pid, &stage)
                     }
                 }
@@ -382,6 +387,7 @@ public final class ProcessRunner: @unchecked Sendable {
         case DSC_STAGE_RLIMIT: return "setrlimit"
         case DSC_STAGE_NO_NEW_PRIVS: return "prctl(PR_SET_NO_NEW_PRIVS)"
         case DSC_STAGE_EXEC: return "execve"
+        case DSC_STAGE_NICE: return "setpriority"
         default: return "spawn"
         }
     }

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 # json-lines, behaving well. Reads the request document from stdin and
 # streams the last user message back word by word. Request options:
 #   "tools": n          n whole tool calls, then finish_reason tool_use

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 # One text event of N MiB (argv[1], default 8) on a single stdout line.
 import json, sys
 sys.stdin.read()

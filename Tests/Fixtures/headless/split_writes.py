@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 # Writes its events in small pieces with pauses: lines cut in the middle,
 # a UTF-8 sequence cut between two writes, two events in one write.
 import os, sys, time
