@@ -17,7 +17,7 @@ DESTDIR ?=
 VERSION := 0.1.0
 
 # Swift plugin products (dynamic libraries libdescartes-<name>.so) that are installed.
-SWIFT_PLUGINS := headless-cli
+SWIFT_PLUGINS := claude-code headless-cli
 # C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
 C_PLUGINS := echo
 
@@ -27,7 +27,7 @@ BIN_DIR     = $(shell $(SWIFT) build -c $(CONFIG) --show-bin-path)
 PLUGIN_DIR  = lib/descartes/plugins
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header
+.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header bench-headless
 
 all: stage
 
@@ -80,6 +80,12 @@ test:
 	$(MAKE) --no-print-directory install CONFIG=debug STAGE=build/stage-debug PREFIX=$(TEST_PREFIX) DESTDIR=
 	$(SWIFT) build --build-tests
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
+
+# Headless backends: a session turn of claude against a fresh spawn, and the
+# process runtime's own round trip (needs the claude binary, see .ci/run).
+bench-headless:
+	$(SWIFT) build --build-tests
+	DESCARTES_BENCH=1 $(SWIFT) test --skip-build --filter HeadlessBenchmarks $(TEST_ARGS)
 
 clean:
 	rm -rf build

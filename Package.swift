@@ -46,6 +46,7 @@ let plugins: [(Product, Target)] = [
     plugin("scripted", dir: "Scripted", target: "ScriptedPlugin"),
     // Headless: coding-agent CLIs and any command run as child processes
     // through the kit's process runtime.
+    plugin("claude-code", dir: "ClaudeCode", target: "ClaudeCodePlugin"),
     plugin("headless-cli", dir: "HeadlessCLI", target: "HeadlessCLIPlugin"),
 ]
 
