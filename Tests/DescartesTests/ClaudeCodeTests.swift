@@ -123,7 +123,8 @@ final class ClaudeHarness: @unchecked Sendable {
         #expect(seen[0].header("x-api-key") == ClaudeHarness.apiKey)
         #expect(seen[0].json?["model"] == "claude-haiku-4-5")
         #expect(seen[0].json?["stream"] == true)
-        #expect((seen[0].json?["tools"]?.arrayValue ?? []).isEmpty)
+        let tools = seen[0].json?["tools"]?.arrayValue ?? []
+        #expect(tools.isEmpty)
         let conv0 = try await h.conversations()
         #expect(conv0 == [["user: say hi"]], "\(conv0)")
         await b.shutdown()

@@ -359,13 +359,10 @@ public final class ProcessRunner: @unchecked Sendable {
         let state = ChildState(
             id: id, pid: pid, pidfd: pidfd, stdin: inPipe[1], stdout: outPipe[0], stderr: errPipe[0], spec: spec,
             handlers: handlers, started: begin)
-        let accepted = shared.withLock { s -> Bool in
-            if s.closing { return false }
-            s.live += 1
-            return true
-        }
-        guard accepted else {
-            // close() ran meanwhile: nobody will read this child; end it here.
+        // Checked and queued under one lock: a child is either seen by the
+        // loop (which ends it at shutdown) or refused here.
+        guard enqueue(.add(state), ifOpen: true) else {
+            // shutdown() ran meanwhile: nobody will read this child; end it here.
             kill(-pid, SIGKILL)
             state.closeFDs()
             var code: Int32 = 0
@@ -374,7 +371,6 @@ public final class ProcessRunner: @unchecked Sendable {
             if pidfd >= 0 { Glibc.close(pidfd) }
             throw ProviderError(.backend, "the backend is shutting down")
         }
-        send(.add(state))
         return child
     }
 
@@ -394,8 +390,15 @@ public final class ProcessRunner: @unchecked Sendable {
 
     // MARK: Commands
 
-    func send(_ c: Command) {
-        let failed = shared.withLock { s -> [Command] in
+    func send(_ c: Command) { _ = enqueue(c, ifOpen: false) }
+
+    /// Queues a command for the loop (starting the loop's thread with the
+    /// first one). With `ifOpen`, refuses (false) once shutdown has begun.
+    private func enqueue(_ c: Command, ifOpen: Bool) -> Bool {
+        var failed: [Command] = []
+        let queued = shared.withLock { s -> Bool in
+            if ifOpen && s.closing { return false }
+            if case .add = c { s.live += 1 }
             s.commands.append(c)
             if !s.started && !s.closing {
                 s.started = true
@@ -407,17 +410,18 @@ public final class ProcessRunner: @unchecked Sendable {
                     // Without a thread nothing can be watched: end what is queued.
                     s.closing = true
                     s.closed = true
-                    defer { s.commands = [] }
-                    return s.commands
+                    failed = s.commands
+                    s.commands = []
                 }
             }
-            return []
+            return true
         }
         for case .add(let child) in failed {
             kill(-child.pid, SIGKILL)
             finalizeReap(child)
         }
         wake()
+        return queued
     }
 
     private func wake() {
