@@ -135,6 +135,20 @@ import Testing
         await b.shutdown()
     }
 
+    @Test func shutdownEndsRunningChildren() async throws {
+        let mark = ProcScan.newMark()
+        let b = try script("hang.sh", ["env": ["DESCARTES_TEST_MARK": .string(mark)], "kill_grace_ms": 500])
+        let stream = b.stream(ModelRequest(prompt: "x"))
+        let consumer = Task { await collect(stream) }
+        #expect(await ProcScan.eventually { ProcScan.marked(mark).count == 2 })  // the shell and its sleep
+        let start = ContinuousClock.now
+        await b.shutdown()
+        #expect(ContinuousClock.now - start < .seconds(10))
+        let c = await consumer.value
+        #expect(c.error?.kind == .cancelled, "\(String(describing: c.error))")
+        #expect(await ProcScan.eventually { ProcScan.marked(mark).isEmpty }, "still running: \(ProcScan.marked(mark))")
+    }
+
     @Test func aHugeSingleLineArrivesWhole() async throws {
         let b = try script("huge_line.py", ["args": ["8"]])
         let r = try await b.complete(ModelRequest(prompt: "x"))

@@ -269,6 +269,8 @@ public final class ProcessRunner: @unchecked Sendable {
 
     // Owned by the loop thread.
     private var children: [UInt64: ChildState] = [:]
+    /// Once shutdown began: when the children still running are killed.
+    private var shutdownBy: ContinuousClock.Instant?
     private let usePidfd: Bool
 
     public init(name: String) {
@@ -429,10 +431,12 @@ public final class ProcessRunner: @unchecked Sendable {
         _ = Glibc.write(wakeWrite, &b, 1)  // EAGAIN: a wake-up is already pending
     }
 
-    /// Kills every child (SIGKILL to each process group), reaps them, reports
-    /// their exits (reason `.terminated`), stops the thread, then calls
-    /// `completion` (on the runner's thread, or at once if it never started).
-    /// Never blocks: safe from inside a handler.
+    /// Ends every child: stdin closed and SIGTERM to its process group, then
+    /// SIGKILL after its grace period; reaps them, reports their exits
+    /// (reason `.terminated` for those still running), stops the thread, and
+    /// then calls `completion` (on the runner's thread, or at once if it never
+    /// started). New spawns are refused from now on. Never blocks: safe from
+    /// inside a handler.
     public func shutdown(_ completion: @escaping @Sendable () -> Void = {}) {
         let runNow = shared.withLock { s -> Bool in
             if s.closed || !s.started {
@@ -494,18 +498,32 @@ public final class ProcessRunner: @unchecked Sendable {
             }
             for c in commands { apply(c) }
             if closing {
-                killAll()
-                let callbacks = shared.withLock { s -> [@Sendable () -> Void] in
-                    s.closed = true
-                    defer { s.onClosed = [] }
-                    return s.onClosed
+                if shutdownBy == nil {
+                    // Ask every child to stop (stdin closed, SIGTERM to its
+                    // group); the kill timers and the cap below do the rest.
+                    var longest = Duration.zero
+                    for c in children.values where !c.exited {
+                        c.setReason(.terminated)
+                        c.closeStdin()
+                        sendTerm(c)
+                        longest = max(longest, c.spec.killGrace + c.spec.drainAfterExit)
+                    }
+                    shutdownBy = .now + longest + .seconds(1)
                 }
-                for c in callbacks { c() }
-                return
+                if children.isEmpty || ContinuousClock.now >= shutdownBy! {
+                    killAll()
+                    let callbacks = shared.withLock { s -> [@Sendable () -> Void] in
+                        s.closed = true
+                        defer { s.onClosed = [] }
+                        return s.onClosed
+                    }
+                    for c in callbacks { c() }
+                    return
+                }
             }
 
             let now = ContinuousClock.now
-            var nextTimer: ContinuousClock.Instant? = nil
+            var nextTimer: ContinuousClock.Instant? = shutdownBy
             func timer(_ t: ContinuousClock.Instant?) {
                 guard let t else { return }
                 if nextTimer == nil || t < nextTimer! { nextTimer = t }
