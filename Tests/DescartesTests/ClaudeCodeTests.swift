@@ -39,6 +39,7 @@ final class ClaudeHarness: @unchecked Sendable {
     init() async throws {
         claude = try ClaudeBinary.require()
         server = try await ScriptedServer.start()
+        try FileSystem.makeDirectories(home.file("tmp"))
     }
 
     /// What every test sets: offline, quiet, no tools, no retries.
@@ -47,6 +48,8 @@ final class ClaudeHarness: @unchecked Sendable {
             "HOME": home.path, "ANTHROPIC_BASE_URL": server.url, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
             "CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1", "DESCARTES_TEST_MARK": mark,
+            // Its sockets (cc-socks/) go with the test's directory, not /tmp.
+            "TMPDIR": home.file("tmp"),
         ]
     }
 
