@@ -353,6 +353,27 @@ final class ClaudeHarness: @unchecked Sendable {
         await b.shutdown()
     }
 
+    @Test func configurationAndRequestReachClaude() async throws {
+        let h = try await ClaudeHarness()
+        try await h.serve([ClaudeHarness.sse("messages-stream-text.sse")])
+        let b = try h.backend([
+            "tools": ["Read", "Grep"], "model": "claude-sonnet-4-5", "system_prompt_mode": "replace",
+            "append_system_prompt": "APPENDED-BY-CONFIG",
+        ])
+        var request = ModelRequest(messages: [.system("REPLACED-BY-REQUEST"), .user("hi")])
+        request.options = ["permission_mode": "plan"]
+        _ = try await b.complete(request)
+        let body = try #require(try await h.server.requests().first?.json)
+        #expect(body["model"] == "claude-sonnet-4-5")
+        let tools = (body["tools"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
+        #expect(tools.contains("Read") && tools.contains("Grep") && !tools.contains("Bash"), "\(tools)")
+        let system = body["system"]?.jsonText ?? ""
+        #expect(system.contains("REPLACED-BY-REQUEST") && system.contains("APPENDED-BY-CONFIG"))
+        // replace: Claude Code's own agent prompt is gone.
+        #expect(!system.contains("# Harness"))
+        await b.shutdown()
+    }
+
     @Test func healthCheckAndModelsFromTheManifest() async throws {
         let h = try await ClaudeHarness()
         let b = try h.backend()
