@@ -3,6 +3,7 @@
 #   make            build the CLI and every plugin (release) and stage a prefix in build/prefix
 #   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
+#   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, lib/descartes/plugins/,
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
 #
