@@ -5,6 +5,7 @@
 //
 // Layout (the architecture, as data flows):
 //   Sources/descartes           the CLI
+//   Sources/descartes-plugin-host  runs one plugin in a helper process (isolation: process)
 //   Sources/Descartes           the host library: ModelBackend, PluginHost, ProviderFactory, config
 //   Sources/DescartesCore       value types, JSON, the ABI's JSON documents (shared by host and kit)
 //   Sources/CDescartesPlugin    include/descartes/plugin.h: the C ABI, the contract
@@ -49,12 +50,17 @@ let plugins: [(Product, Target)] = [
     plugin("openai", dir: "OpenAI", target: "OpenAIPlugin", dependencies: ["DescartesOpenAIChat"]),
     // The Anthropic Messages API.
     plugin("anthropic", dir: "Anthropic", target: "AnthropicPlugin"),
+    // Headless: coding-agent CLIs and any command run as child processes
+    // through the kit's process runtime.
+    plugin("claude-code", dir: "ClaudeCode", target: "ClaudeCodePlugin"),
+    plugin("headless-cli", dir: "HeadlessCLI", target: "HeadlessCLIPlugin"),
 ]
 
 let package = Package(
     name: "Descartes",
     products: [
         .executable(name: "descartes", targets: ["descartes"]),
+        .executable(name: "descartes-plugin-host", targets: ["descartes-plugin-host"]),
         .library(name: "Descartes", targets: ["Descartes"]),
         .library(name: "DescartesPluginKit", targets: ["DescartesPluginKit"]),
     ] + plugins.map(\.0),
@@ -67,12 +73,15 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
+        // Child-process primitives Swift cannot express (spawn with no_new_privs
+        // and rlimits applied between fork and exec, pidfd_open, wait status).
+        .target(name: "CProcessShim"),
 
         // MARK: Swift libraries
         .target(name: "DescartesCore", swiftSettings: swiftSettings),
         .target(name: "Descartes", dependencies: ["DescartesCore", "CDescartesPlugin", "CDescartesHost", "CYaml"], swiftSettings: swiftSettings),
         .target(
-            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim"],
+            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
             swiftSettings: swiftSettings),
         // The OpenAI chat-completions dialect (request bodies, chunk parsing,
         // tool-call assembly, finish reasons, the HTTP calls), linked
@@ -81,6 +90,8 @@ let package = Package(
 
         // MARK: The CLI
         .executableTarget(name: "descartes", dependencies: ["Descartes"], swiftSettings: swiftSettings),
+        // Runs one plugin in its own process (isolation: process).
+        .executableTarget(name: "descartes-plugin-host", dependencies: ["Descartes", "CDescartesPlugin"], swiftSettings: swiftSettings),
 
         // MARK: Tests
         // Unit tests reach the kit's building blocks (decoders, HTTP engine)
