@@ -249,3 +249,46 @@ import Testing
         #expect(complete.stdout.contains("--tools FILE.json"))
     }
 }
+
+/// The repository's manifests of the API providers, as installed.
+@Suite struct APIManifestTests {
+    static let family = ["deepseek", "groq", "github-models", "vllm", "llamacpp-openai", "mistral", "openrouter", "zai"]
+
+    @Test func pluginsListShowsEveryProviderAndTheFamilySharesOneLibrary() async throws {
+        let plugins = PluginDir().addManifest("openai").addManifest("anthropic")
+        for p in Self.family { plugins.addManifest(p) }
+        var env = ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"]
+        for v in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GITHUB_TOKEN", "GH_TOKEN"] { env[v] = "" }
+        let r = await Proc.descartes(["plugins", "list", "--json"], env: env)
+        #expect(r.status == 0, "\(r)")
+        let list = try #require(try JSONValue.parse(r.stdout)["plugins"]?.arrayValue)
+        #expect(Set(list.compactMap { $0["name"]?.stringValue }) == Set(["openai", "anthropic"] + Self.family))
+        for p in list {
+            #expect(p["status"] == "available", "\(p)")
+            let name = p["name"]?.stringValue ?? ""
+            let lib = p["library"]?.stringValue ?? ""
+            #expect(lib.hasSuffix(name == "anthropic" ? "libdescartes-anthropic.so" : "libdescartes-openai.so"), "\(name): \(lib)")
+            #expect(p["factory"] == (name == "anthropic" ? "anthropic" : "openai"))
+            let keys = (p["config"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
+            for k in ["api_key", "endpoint", "model", "timeout_secs", "ca_bundle", "proxy", "headers", "max_response_mb"] {
+                #expect(keys.contains(k), "\(name) lacks \(k)")
+            }
+            let key = p["config"]?.arrayValue?.first { $0["name"] == "api_key" }
+            #expect(key?["secret"] == true, "\(name)")
+            #expect(key?["env"]?.arrayValue?.isEmpty == false, "\(name)")
+        }
+        // Loading each works; those without a key say what to set.
+        let v = await Proc.descartes(["plugins", "verify"], env: env)
+        #expect(v.status == 0, "\(v)")
+        #expect(v.stdout.contains("deepseek") && v.stdout.contains("DEEPSEEK_API_KEY"))
+        #expect(!v.stdout.contains("FAIL"))
+    }
+
+    @Test func everyModelWithAPriceSaysWhereItCameFrom() throws {
+        for name in ["openai", "anthropic", "deepseek", "groq"] {
+            let text = try FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/\(name).yaml"), limit: 1 << 20)
+            #expect(text.contains("price: {"), "\(name)")
+            #expect(text.contains("# Prices:") && text.contains("change"), "\(name): the manifest must say where prices came from and that they change")
+        }
+    }
+}
