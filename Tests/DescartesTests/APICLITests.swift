@@ -237,6 +237,24 @@ import Testing
         #expect(await cli(["tokens", "-p", "openai"], server).status == 64)
     }
 
+    @Test func aProxyFromTheEnvironmentIsUsedUnlessNoProxySaysOtherwise() async throws {
+        // A server of its own: it sees CONNECT requests, which have no path prefix.
+        let proxy = try await ScriptedServer.start()
+        let env = ["HTTPS_PROXY": proxy.url, "OPENAI_ENDPOINT": "https://127.0.0.9/v1", "OPENAI_API_KEY": Self.openAIKey]
+        let via = await cli(["models", "-p", "openai"], nil, env: env)
+        #expect(via.status != 0)  // the proxy refuses the tunnel
+        let seen = try await proxy.requests()
+        #expect(seen.map(\.method) == ["CONNECT"], "\(seen.map { "\($0.method) \($0.path)" })")
+        #expect(seen.first?.path == "127.0.0.9:443")
+        // The key never reaches the proxy: it travels inside the (refused) tunnel.
+        #expect(seen.allSatisfy { $0.header("authorization") == nil })
+        var direct = env
+        direct["NO_PROXY"] = "127.0.0.9"
+        let r = await cli(["models", "-p", "openai"], nil, env: direct)
+        #expect(r.status == 69, "\(r)")  // nothing listens on 127.0.0.9:443
+        #expect(try await proxy.requests().count == 1)
+    }
+
     @Test func theNewCommandsHaveHelp() async {
         for command in ["models", "health", "tokens"] {
             let r = await cli([command, "--help"], nil)
