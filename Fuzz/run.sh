@@ -22,12 +22,12 @@ swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize addres
 swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target Descartes >/dev/null
 
 maps=()
-for t in CCurlShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
+for t in CCurlShim CProcessShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
 common=(-O -sanitize=fuzzer,address -parse-as-library -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml "${maps[@]}")
 
 link_for() {
   case "$1" in
-    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o -lcurl" ;;
+    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
     manifest) echo "$B/DescartesCore.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
   esac
