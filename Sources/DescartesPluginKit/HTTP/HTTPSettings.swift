@@ -75,10 +75,11 @@ public struct HTTPSettings: Sendable {
         maxResponseBytes = mb << 20
     }
 
-    /// Limits for calls without deadlines: 10 s to connect, `timeout_secs`
-    /// (default 60 s) in all.
+    /// Limits for the small calls that carry no deadlines (models, health,
+    /// token counts): 10 s to connect, `timeout_secs` in all but at most
+    /// 60 s (`timeout_secs` is sized for completions).
     public var defaultTimeouts: HTTPTimeouts {
-        HTTPTimeouts(connect: 10_000, total: (timeoutSecs ?? 60) * 1000)
+        HTTPTimeouts(connect: 10_000, total: min(timeoutSecs ?? 60, 60) * 1000)
     }
 
     /// The warning to log when the key would travel over plain http:// to a
