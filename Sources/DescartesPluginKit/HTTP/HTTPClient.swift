@@ -408,18 +408,14 @@ final class Transfer: @unchecked Sendable {
     }
 
     /// One header line ("HTTP/1.1 200 OK\r\n", "name: value\r\n", "\r\n").
+    ///
+    /// Read as bytes: a response has a dozen of these, and Character-level
+    /// String work on each (hasPrefix, split, firstIndex) cost more than
+    /// the rest of a small request's client side (docs/benchmarks.md).
     private func header(_ line: UnsafeRawBufferPointer) {
         var end = line.count
         while end > 0, line[end - 1] == 0x0A || line[end - 1] == 0x0D { end -= 1 }
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: line[0..<end]), as: UTF8.self)
-        if text.hasPrefix("HTTP/") {
-            // A new response (after 1xx, or the first): start over.
-            let parts = text.split(separator: " ", maxSplits: 2)
-            status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
-            headers = HTTPHeaders()
-            return
-        }
-        if text.isEmpty {
+        if end == 0 {
             // End of a header block; 1xx blocks are followed by the real one.
             if status >= 200 && !gotHead {
                 gotHead = true
@@ -428,12 +424,34 @@ final class Transfer: @unchecked Sendable {
             }
             return
         }
-        if let colon = text.firstIndex(of: ":") {
-            let name = String(text[..<colon])
-            var value = text[text.index(after: colon)...]
-            while value.first == " " || value.first == "\t" { value = value.dropFirst() }
-            headers.fields.append((name: name, value: String(value)))
+        if end >= 5 && line[0] == UInt8(ascii: "H") && line[1] == UInt8(ascii: "T") && line[2] == UInt8(ascii: "T")
+            && line[3] == UInt8(ascii: "P") && line[4] == UInt8(ascii: "/")
+        {
+            // A new response (after 1xx, or the first): start over. The
+            // status is the digits after the first space.
+            var i = 5
+            while i < end && line[i] != 0x20 { i += 1 }
+            while i < end && line[i] == 0x20 { i += 1 }
+            var code = 0
+            var digits = 0
+            while i < end, line[i] >= 0x30, line[i] <= 0x39, digits < 4 {
+                code = code * 10 + Int(line[i] - 0x30)
+                digits += 1
+                i += 1
+            }
+            status = digits == 3 ? code : 0  // a status is three digits
+            headers = HTTPHeaders()
+            return
         }
+        var colon = 0
+        while colon < end && line[colon] != UInt8(ascii: ":") { colon += 1 }
+        guard colon < end else { return }  // not a field (obsolete folding, garbage): ignored
+        var v = colon + 1
+        while v < end && (line[v] == 0x20 || line[v] == 0x09) { v += 1 }
+        headers.fields.append((
+            name: String(decoding: UnsafeRawBufferPointer(rebasing: line[0..<colon]), as: UTF8.self),
+            value: String(decoding: UnsafeRawBufferPointer(rebasing: line[v..<end]), as: UTF8.self)
+        ))
     }
 
     private func deliver(_ bytes: UnsafeRawBufferPointer) -> Bool {
