@@ -44,6 +44,8 @@ let plugins: [(Product, Target)] = [
     // A Swift plugin used by the test suite to drive the host through the kit
     // (scripted replies, delays, errors). Not installed.
     plugin("scripted", dir: "Scripted", target: "ScriptedPlugin"),
+    // Ollama over its native API (/api/chat NDJSON, /api/tags, /api/show).
+    plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
 ]
 
 let package = Package(
