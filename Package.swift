@@ -71,6 +71,10 @@ let package = Package(
         .target(
             name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim"],
             swiftSettings: swiftSettings),
+        // The OpenAI chat-completions dialect (request bodies, chunk parsing,
+        // tool-call assembly, finish reasons, the HTTP calls), linked
+        // statically into every plugin that speaks it.
+        .target(name: "DescartesOpenAIChat", dependencies: ["DescartesPluginKit"], swiftSettings: swiftSettings),
 
         // MARK: The CLI
         .executableTarget(name: "descartes", dependencies: ["Descartes"], swiftSettings: swiftSettings),
@@ -78,6 +82,6 @@ let package = Package(
         // MARK: Tests
         // Unit tests reach the kit's building blocks (decoders, HTTP engine)
         // directly; plugins are only ever reached through the C ABI.
-        .testTarget(name: "DescartesTests", dependencies: ["Descartes", "DescartesPluginKit"], swiftSettings: swiftSettings),
+        .testTarget(name: "DescartesTests", dependencies: ["Descartes", "DescartesPluginKit", "DescartesOpenAIChat"], swiftSettings: swiftSettings),
     ] + plugins.map(\.1)
 )
