@@ -46,6 +46,8 @@ let plugins: [(Product, Target)] = [
     plugin("scripted", dir: "Scripted", target: "ScriptedPlugin"),
     // Ollama over its native API (/api/chat NDJSON, /api/tags, /api/show).
     plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
+    // llama.cpp's server (llama-server, llama-cpp-python) over the shared OpenAI chat dialect.
+    plugin("llamacpp", dir: "LlamaCpp", target: "LlamaCppPlugin", dependencies: ["DescartesOpenAIChat"]),
 ]
 
 let package = Package(
