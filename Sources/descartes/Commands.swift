@@ -7,7 +7,7 @@ enum Commands {
         "plugins list": "descartes plugins list [--json]",
         "plugins info": "descartes plugins info NAME [--json]",
         "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]...",
-        "complete": "descartes complete -p PROVIDER [-m MODEL] [--stream] [--json] [--max-tokens N] [--set KEY=VALUE]... PROMPT|-",
+        "complete": "descartes complete -p PROVIDER [-m MODEL] [--stream] [--json] [--set KEY=VALUE]... PROMPT|-",
     ]
 
     static let helps: [String: String] = [
@@ -64,7 +64,6 @@ enum Commands {
               --json                Print the response as JSON; with --stream, one JSON event per line
               --set KEY=VALUE       A config value for the provider (repeatable)
               --timeout SECONDS     Total deadline (default: the provider's timeout, or 600)
-              --max-tokens N        The longest answer, in tokens (default: the provider's)
             """,
     ]
 

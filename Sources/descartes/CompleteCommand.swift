@@ -11,7 +11,6 @@ enum CompleteCommand {
         .init(names: ["--json"], takesValue: false),
         .init(names: ["--set"], takesValue: true, repeatable: true),
         .init(names: ["--timeout"], takesValue: true),
-        .init(names: ["--max-tokens"], takesValue: true),
     ]
 
     static func readPrompt(_ args: Arguments) throws(UsageError) -> String {
@@ -46,10 +45,6 @@ enum CompleteCommand {
             if let t = try args.double("--timeout") {
                 guard t > 0 else { throw UsageError("--timeout must be positive", command: "complete") }
                 request.deadlines.total = .milliseconds(Int(t * 1000))
-            }
-            if let n = try args.int("--max-tokens") {
-                guard n > 0 else { throw UsageError("--max-tokens must be positive", command: "complete") }
-                request.maxTokens = n
             }
         } catch { usageFailure(error) }
         let provider = args.value("--provider")!
