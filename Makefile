@@ -17,7 +17,7 @@ DESTDIR ?=
 VERSION := 0.1.0
 
 # Swift plugin products (dynamic libraries libdescartes-<name>.so) that are installed.
-SWIFT_PLUGINS := ollama llamacpp
+SWIFT_PLUGINS := openai anthropic ollama llamacpp
 # C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
 C_PLUGINS := echo
 

@@ -44,6 +44,11 @@ let plugins: [(Product, Target)] = [
     // A Swift plugin used by the test suite to drive the host through the kit
     // (scripted replies, delays, errors). Not installed.
     plugin("scripted", dir: "Scripted", target: "ScriptedPlugin"),
+    // OpenAI chat completions and the OpenAI-compatible family (one factory,
+    // "openai"; each compatible provider is a manifest).
+    plugin("openai", dir: "OpenAI", target: "OpenAIPlugin", dependencies: ["DescartesOpenAIChat"]),
+    // The Anthropic Messages API.
+    plugin("anthropic", dir: "Anthropic", target: "AnthropicPlugin"),
     // Ollama over its native API (/api/chat NDJSON, /api/tags, /api/show).
     plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
     // llama.cpp's server (llama-server, llama-cpp-python) over the shared OpenAI chat dialect.
