@@ -122,9 +122,10 @@ import Testing
         let recorded = try JSONValue.parse(try TestEnv.transcript("ollama/\(name).request.json"))
         let model = recorded["model"]!.stringValue!
         // Whole lines, small pieces that cut lines and UTF-8 sequences, and one byte at a time.
-        for split in ["lines", "bytes:7", "bytes:1"] {
-            let server = try await Self.server(chat: [try Self.ndjson(name, split: split)])
-            let (b, _) = try Self.backend(server)
+        let splits = ["lines", "bytes:7", "bytes:1"]
+        let server = try await Self.server(chat: try splits.map { try Self.ndjson(name, split: $0) })
+        let (b, _) = try Self.backend(server)
+        for split in splits {
             let c = try await Self.collect(b, ModelRequest(prompt: "Count from 1 to 5", model: model))
             let r = try #require(c.response)
             expected.check(r, "\(name) split \(split)")
@@ -132,8 +133,8 @@ import Testing
             #expect(c.reasoning == expected.reasoning)
             #expect(r.model == model)
             if case .start(_, let m)? = c.events.first { #expect(m == model) } else { Issue.record("the first event is not start") }
-            await b.shutdown()
         }
+        await b.shutdown()
     }
 
     @Test(arguments: ["chat-nonstream-thinking-cloud", "chat-nonstream-tool-call-cloud"])
@@ -164,9 +165,9 @@ import Testing
     func replaysRecordedErrors(_ name: String) async throws {
         let expected = try Expected(name)
         let body = try TestEnv.transcript("ollama/\(name).json")
+        let server = try await Self.server(chat: [.json(body, status: 400)])
+        let (b, _) = try Self.backend(server)
         for streaming in [false, true] {
-            let server = try await Self.server(chat: [.json(body, status: 400)])
-            let (b, _) = try Self.backend(server)
             let request = ModelRequest(prompt: "Which date do we have today?", model: "gemma3:1b")
             let e = await providerError {
                 if streaming { _ = try await Self.collect(b, request) } else { _ = try await b.complete(request) }
@@ -174,8 +175,8 @@ import Testing
             #expect(e?.kind == .api)
             #expect(e?.status == 400)
             #expect(e?.message.contains(expected.error!) == true, "\(e?.message ?? "no error")")
-            await b.shutdown()
         }
+        await b.shutdown()
     }
 
     // MARK: The request
@@ -376,14 +377,16 @@ import Testing
     @Test func aStreamCutBeforeItsLastLineIsClosed() async throws {
         let text = try TestEnv.transcript("ollama/chat-stream-text.ndjson")
         let cut = String(text.utf8.prefix(900))!
-        for response in [ScriptedServer.Response.stream(cut, contentType: "application/x-ndjson", split: "lines"),
-                         try Self.ndjson("chat-stream-text").with(["reset_after": 900])] {
-            let server = try await Self.server(chat: [response])
-            let (b, _) = try Self.backend(server)
+        // Ended cleanly in the middle of a line, then reset by the server.
+        let server = try await Self.server(chat: [
+            .stream(cut, contentType: "application/x-ndjson", split: "lines"), try Self.ndjson("chat-stream-text").with(["reset_after": 900]),
+        ])
+        let (b, _) = try Self.backend(server)
+        for _ in 0..<2 {
             let e = await providerError { _ = try await Self.collect(b, ModelRequest(prompt: "hi", model: "gemma3:1b")) }
             #expect(e?.kind == .streamClosed, "\(String(describing: e))")
-            await b.shutdown()
         }
+        await b.shutdown()
     }
 
     @Test func connectionRefusedAsksWhetherOllamaIsRunning() async throws {
@@ -434,7 +437,7 @@ import Testing
     // waits. Past the deadline the error is a timeout naming it.
 
     @Test func waitsForAModelThatIsLoadingWithinTheDeadline() async throws {
-        let server = try await Self.server(chat: [try Self.ndjson("chat-stream-text").with(["delay_ms": 2600])])
+        let server = try await Self.server(chat: [try Self.ndjson("chat-stream-text").with(["delay_ms": 4000])])
         let (b, _) = try Self.backend(server)
         var r = ModelRequest(prompt: "hi", model: "gemma3:1b")
         r.deadlines = Deadlines(firstToken: .seconds(20))
@@ -492,10 +495,22 @@ import Testing
             }
             return n
         }
+        // 23 lines 300 ms apart: about 7 s if nothing stopped it.
         try await Task.sleep(for: .milliseconds(800))
+        let cancelledAt = ContinuousClock.now
         task.cancel()
-        let e = await providerError { _ = try await task.value }
+        // A cancelled stream ends (quietly, or with a cancelled error) at once.
+        let n = (try? await task.value) ?? 0
+        #expect(ContinuousClock.now - cancelledAt < .seconds(3))
+        #expect(n < 20)
+
+        let whole = Task { try await b.complete(ModelRequest(prompt: "hi", model: "gemma3:1b")) }
+        try await Task.sleep(for: .milliseconds(800))
+        let start = ContinuousClock.now
+        whole.cancel()
+        let e = await providerError { _ = try await whole.value }
         #expect(e?.kind == .cancelled)
+        #expect(ContinuousClock.now - start < .seconds(3))
         await b.shutdown()
     }
 
