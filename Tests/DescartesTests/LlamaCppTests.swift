@@ -7,7 +7,7 @@ import Testing
 /// and timings in the last chunk (llama-server), no usage at all
 /// (llama-cpp-python), their tokenizers, 503 while loading, /health.
 /// The same plugin against a real model: RealModelTests.
-@Suite struct LlamaCppTests {
+@Suite(.serialized) struct LlamaCppTests {
     /// A stream in llama-server's shape (b5000 and later): a role chunk with
     /// null content, one chunk per token, `usage` and `timings` on the
     /// finish chunk, then [DONE].

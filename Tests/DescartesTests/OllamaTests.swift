@@ -8,7 +8,7 @@ import Testing
 /// recorded transcripts (../shared/fixtures/provider-transcripts/ollama) and
 /// what they do not cover (tool calls in NDJSON, a model still loading,
 /// errors, cut streams).
-@Suite struct OllamaTests {
+@Suite(.serialized) struct OllamaTests {
     static let version = #"{"version":"0.12.6"}"#
 
     static func tags(_ names: [String]) -> String {
