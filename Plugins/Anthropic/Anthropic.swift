@@ -88,7 +88,14 @@ final class AnthropicBackend: DescartesBackend {
                     call.fail(httpError(status: r.status, headers: r.headers, body: r.body, path: "messages", model: model))
                     return
                 }
-                do throws(ProviderError) { call.finish(try AnthropicStream.whole(r.body, call)) } catch { call.fail(error) }
+                let events = EventBatcher(call: call)
+                do throws(ProviderError) {
+                    let f = try AnthropicStream.whole(r.body, events)
+                    events.flush()
+                    call.finish(f)
+                } catch {
+                    call.fail(error)
+                }
             }
         }
         call.onCancel { transfer.cancel() }
@@ -221,17 +228,21 @@ final class AnthropicBackend: DescartesBackend {
 }
 
 /// One streamed message, for `StreamResponseHandler`.
+/// Fragments go through an `EventBatcher`: the deltas of all the events one
+/// network read carried reach the host as one event per run of a kind.
 final class StreamConsumerImpl: StreamConsumer, @unchecked Sendable {
     let backend: AnthropicBackend
-    let call: PluginCall
+    let call: EventBatcher
     let model: String?
     var state = AnthropicStream()
 
     init(backend: AnthropicBackend, call: PluginCall, model: String?) {
         self.backend = backend
-        self.call = call
+        self.call = EventBatcher(call: call)
         self.model = model
     }
+
+    func flush() { call.flush() }
 
     func event(_ event: SSEDecoder.Event) throws(ProviderError) -> Bool {
         try state.event(event, call)

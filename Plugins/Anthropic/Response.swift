@@ -40,7 +40,7 @@ struct AnthropicStream {
     var sawUsage = false
 
     /// Handles one event; returns true for `message_stop`.
-    mutating func event(_ e: SSEDecoder.Event, _ call: PluginCall) throws(ProviderError) -> Bool {
+    mutating func event(_ e: SSEDecoder.Event, _ call: EventBatcher) throws(ProviderError) -> Bool {
         do {
             var r = JSONReader(e.data)
             let name = e.isDefaultName ? try Self.typeOf(e.data) : nil
@@ -82,13 +82,13 @@ struct AnthropicStream {
         return nil
     }
 
-    mutating func ensureStarted(_ call: PluginCall) {
+    mutating func ensureStarted(_ call: EventBatcher) {
         if started { return }
         started = true
         call.start(id: id, model: model)
     }
 
-    mutating func messageStart(_ r: inout JSONReader, _ call: PluginCall) throws {
+    mutating func messageStart(_ r: inout JSONReader, _ call: EventBatcher) throws {
         try r.beginObject()
         while let k = try r.nextKey() {
             guard k == "message", r.peekKind() == .object else {
@@ -134,7 +134,7 @@ struct AnthropicStream {
         }
     }
 
-    mutating func blockStart(_ r: inout JSONReader, _ call: PluginCall) throws {
+    mutating func blockStart(_ r: inout JSONReader, _ call: EventBatcher) throws {
         var index: Int? = nil
         var block: JSONValue? = nil
         try r.beginObject()
@@ -167,7 +167,7 @@ struct AnthropicStream {
         }
     }
 
-    mutating func delta(_ r: inout JSONReader, _ call: PluginCall) throws {
+    mutating func delta(_ r: inout JSONReader, _ call: EventBatcher) throws {
         var index: Int? = nil
         var pending: UnsafeRawBufferPointer? = nil
         try r.beginObject()
@@ -190,7 +190,7 @@ struct AnthropicStream {
         }
     }
 
-    mutating func deltaBody(_ r: inout JSONReader, _ index: Int, _ call: PluginCall) throws {
+    mutating func deltaBody(_ r: inout JSONReader, _ index: Int, _ call: EventBatcher) throws {
         let block = blocks[index] ?? .other
         try r.beginObject()
         while let k = try r.nextKey() {
@@ -223,7 +223,7 @@ struct AnthropicStream {
         }
     }
 
-    mutating func blockStop(_ r: inout JSONReader, _ call: PluginCall) throws {
+    mutating func blockStop(_ r: inout JSONReader, _ call: EventBatcher) throws {
         var index: Int? = nil
         try r.beginObject()
         while let k = try r.nextKey() {
@@ -259,7 +259,7 @@ struct AnthropicStream {
 
     /// Ends the message: tool calls still open are ended, and the Finish
     /// carries the mapped stop reason, the usage and the thinking signature.
-    mutating func finish(_ call: PluginCall) -> Wire.Finish {
+    mutating func finish(_ call: EventBatcher) -> Wire.Finish {
         ensureStarted(call)
         for (index, block) in blocks.sorted(by: { $0.key < $1.key }) {
             if case .tool(let i, let saw, let input) = block {
@@ -316,7 +316,7 @@ struct AnthropicStream {
 
     /// A non-streamed message body: emits its blocks as events and returns
     /// the Finish.
-    static func whole(_ body: [UInt8], _ call: PluginCall) throws(ProviderError) -> Wire.Finish {
+    static func whole(_ body: [UInt8], _ call: EventBatcher) throws(ProviderError) -> Wire.Finish {
         guard case .object(let o)? = try? JSONValue.parse(bytes: body) else {
             throw ProviderError(.invalidResponse, "the answer is not a JSON message: \(ProviderHTTP.excerpt(body))")
         }

@@ -154,7 +154,7 @@ public final class ChatClient: Sendable {
         call.onCancel { transfer.cancel() }
     }
 
-    static func parseWhole(_ body: [UInt8], _ call: PluginCall, server: ChatServer) throws(ProviderError) -> Wire.Finish {
+    static func parseWhole<S: ChatEventSink>(_ body: [UInt8], _ call: S, server: ChatServer) throws(ProviderError) -> Wire.Finish {
         var parser = ChatResponseParser(captureKeys: server.captureKeys)
         let outcome = body.withUnsafeBytes { b in Result { () throws(ProviderError) in try parser.parse(b, call) } }
         if case .failure(var e) = outcome {
@@ -221,22 +221,27 @@ public final class ChatClient: Sendable {
 }
 
 /// A streamed chat-completions answer, for `StreamResponseHandler`.
+///
+/// Fragments go through an `EventBatcher`: the text of all the chunks one
+/// network read carried reaches the host as one event.
 final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
-    let call: PluginCall
+    let events: EventBatcher
     let server: ChatServer
     let model: String?
     var parser: ChatResponseParser
 
     init(call: PluginCall, server: ChatServer, model: String?) {
-        self.call = call
+        events = EventBatcher(call: call)
         self.server = server
         self.model = model
         parser = ChatResponseParser(captureKeys: server.captureKeys)
     }
 
+    func flush() { events.flush() }
+
     func event(_ event: SSEDecoder.Event) throws(ProviderError) -> Bool {
         if event.isDone { return true }
-        do throws(ProviderError) { try parser.parse(event.data, call) } catch {
+        do throws(ProviderError) { try parser.parse(event.data, events) } catch {
             var e = error
             e.message = server.scrub(e.message)
             throw e
@@ -245,7 +250,7 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
     }
 
     func wholeBody(_ body: [UInt8], headers: HTTPHeaders) throws(ProviderError) -> Wire.Finish {
-        try ChatClient.parseWhole(body, call, server: server)
+        try ChatClient.parseWhole(body, events, server: server)
     }
 
     func finish(sawTerminal: Bool) throws(ProviderError) -> Wire.Finish {
@@ -254,7 +259,7 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
         if !sawTerminal && parser.rawFinishReason == nil {
             throw ProviderError(.streamClosed, "the stream ended before its last event (no finish_reason and no [DONE])")
         }
-        return parser.finish(call)
+        return parser.finish(events)
     }
 
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8]) -> ProviderError {

@@ -14,6 +14,7 @@ public protocol ChatEventSink: AnyObject {
 }
 
 extension PluginCall: ChatEventSink {}
+extension EventBatcher: ChatEventSink {}
 
 /// Reads chat-completions chunks (or one whole body) and emits text,
 /// reasoning and tool calls as they arrive.

@@ -225,7 +225,7 @@ import Testing
         #expect(timedOut.error?.kind == .timeout && timedOut.error?.deadline == "first_token")
         #expect(ContinuousClock.now - start < .seconds(2))
         let task = Task { await Observed.stream(b, ModelRequest(prompt: "x")) }
-        try await Task.sleep(for: .milliseconds(200))
+        try await server.waitForRequests(2)
         task.cancel()
         #expect(await task.value.error?.kind == .cancelled)
         await b.shutdown()

@@ -340,7 +340,9 @@ import Testing
         try await server.script(["POST /v1/chat/completions": [.stream("data: " + Self.chunk(#"{"content":"a"}"#) + "\n\n").with(["hang_after": 200])]])
         let b = try backend(server)
         let task = Task { await Observed.stream(b, ModelRequest(prompt: "x")) }
-        try await Task.sleep(for: .milliseconds(300))
+        // Cancel once the answer has begun (the request reached the server).
+        try await server.waitForRequests(1)
+        try await Task.sleep(for: .milliseconds(100))
         let start = ContinuousClock.now
         task.cancel()
         let seen = await task.value
@@ -379,14 +381,16 @@ import Testing
         // streams in flight added far fewer than 64 threads to the process
         // (the bound leaves room for threads other tests start meanwhile).
         #expect(Self.threadCount() - threadsBefore < 32, "threads \(threadsBefore) -> \(Self.threadCount())")
-        // Sequential requests reuse the connection.
+        await b.shutdown()
+        // Sequential requests of a fresh instance reuse its one connection.
         try await server.script(["POST /v1/chat/completions": [.stream(body)]])
         let before = try await server.requests().count
-        for _ in 0..<5 { _ = await Observed.stream(b, ModelRequest(prompt: "x")) }
+        let fresh = try backend(server)
+        for _ in 0..<5 { _ = await Observed.stream(fresh, ModelRequest(prompt: "x")) }
         let sequential = try await server.requests().dropFirst(before)
         #expect(sequential.count == 5)
         #expect(Set(sequential.map(\.connection)).count == 1)
-        await b.shutdown()
+        await fresh.shutdown()
     }
 
     static func threadCount() -> Int {

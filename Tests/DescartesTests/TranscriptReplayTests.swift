@@ -5,7 +5,9 @@ import Testing
 /// except Ollama's) replayed byte for byte by a real HTTP server on
 /// 127.0.0.1 to the real plugin, loaded through ProviderFactory from a
 /// plugin directory holding the built library and the repository's manifest.
-/// Each stream is served whole and cut into 1-byte and 7-byte pieces.
+/// Each stream is served whole and cut into 1-byte and 7-byte pieces. (The
+/// cases run one after another: a 1-byte replay is CPU work for the server,
+/// and other suites' timed tests share the machine.)
 ///
 /// What the plugin extracts (text, reasoning, tool calls, finish reason,
 /// usage, error) is compared with each `.expected.json`, which a reference
@@ -30,7 +32,7 @@ import Testing
 /// is one: the recorded request is turned into a `ModelRequest`, sent, and
 /// the body the server received must carry the same model, messages, tools,
 /// tool choice, limits, stream flags and pass-through options.
-@Suite struct TranscriptReplayTests {
+@Suite(.serialized) struct TranscriptReplayTests {
     /// Transcript directory -> the provider (manifest) that serves it.
     static let openAIFamily: [(dir: String, provider: String)] = [
         ("openai", "openai"), ("deepseek", "deepseek"), ("groq", "groq"), ("mistral", "mistral"),

@@ -157,8 +157,8 @@ async def serve(reader, writer):
         while True:
             try:
                 method, target, headers, lower, expect = await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-                return
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.CancelledError):
+                return  # the client closed, or the server is exiting
             body = await read_body(reader, writer, lower, expect)
             path, _, query = target.partition("?")
             STATE.requests.append({"method": method, "path": path, "query": query, "headers": headers,

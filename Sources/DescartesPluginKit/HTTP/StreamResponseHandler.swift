@@ -30,10 +30,15 @@ public protocol StreamConsumer: AnyObject {
 
     /// The error for a non-2xx answer, from its (bounded) body.
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8]) -> ProviderError
+
+    /// Emits what the consumer holds back (an `EventBatcher`): called after
+    /// the events of each network read, and before the terminal event.
+    func flush()
 }
 
 extension StreamConsumer {
     public func begin(status: Int, headers: HTTPHeaders) {}
+    public func flush() {}
     public func line(_ line: UnsafeRawBufferPointer) throws(ProviderError) -> Bool {
         throw ProviderError(.backend, "this stream reader does not take NDJSON lines")
     }
@@ -54,7 +59,9 @@ extension StreamConsumer {
 /// - a transport failure becomes the kit's mapping: a stream cut before its
 ///   terminal event is `streamClosed`, a deadline `timeout`, a refused
 ///   connection `providerUnavailable`;
-/// - exactly one terminal event reaches the call.
+/// - exactly one terminal event reaches the call, after the consumer's
+///   `flush()`; `flush()` also follows the events of every network read, so
+///   a consumer that batches fragments (`EventBatcher`) adds no latency.
 ///
 /// Cancel the call's transfer from `PluginCall.onCancel`.
 public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendable {
@@ -161,6 +168,7 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
             fail(Self.providerError(error))
             return false  // stop reading a stream that failed
         }
+        if !done { consumer.flush() }
         return true
     }
 
@@ -217,11 +225,13 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
 
     private func finish(_ f: Wire.Finish) {
         done = true
+        consumer.flush()
         call.finish(f)
     }
 
     private func fail(_ e: ProviderError) {
         done = true
+        consumer.flush()  // what arrived before the failure is still the caller's
         call.fail(e)
     }
 

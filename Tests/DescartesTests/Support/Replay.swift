@@ -186,4 +186,13 @@ struct ServerSlot: Sendable {
     }
 
     func closedConnections() async throws -> [Int] { try await server.closedConnections() }
+
+    /// Waits (up to 30 s) until this slot has received `n` requests.
+    func waitForRequests(_ n: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await requests().count < n {
+            guard ContinuousClock.now < deadline else { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
 }

@@ -177,7 +177,21 @@ final class TempDir: @unchecked Sendable {
         path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
     }
 
-    deinit { _ = Proc.runBlocking(["rm", "-rf", path], env: nil, stdin: nil, timeout: .seconds(30)) }
+    // Removed with system calls, not by spawning `rm`: a deinit runs on
+    // whatever thread dropped the last reference, often one of the
+    // cooperative pool's few threads, which other tests' timing depends on.
+    deinit { TempDir.removeTree(path) }
+
+    static func removeTree(_ path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        if st.st_mode & S_IFMT == S_IFDIR {
+            for name in (try? FileSystem.list(path)) ?? [] { removeTree(FileSystem.join(path, name)) }
+            rmdir(path)
+        } else {
+            unlink(path)
+        }
+    }
 
     func file(_ name: String) -> String { FileSystem.join(path, name) }
 
@@ -185,7 +199,19 @@ final class TempDir: @unchecked Sendable {
     func write(_ name: String, _ text: String, mode: mode_t = 0o644) -> String {
         let p = file(name)
         try! FileSystem.makeDirectories(FileSystem.directory(of: p))
-        try! FileSystem.writeAtomically(p, Array(text.utf8), mode: mode)
+        // A plain write (no fsync): a test's files need not survive a crash.
+        let fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        precondition(fd >= 0, "cannot write \(p)")
+        var bytes = Array(text.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n < 0 && errno == EINTR { continue }
+            precondition(n > 0, "cannot write \(p)")
+            off += n
+        }
+        fchmod(fd, mode)
+        close(fd)
         return p
     }
 
