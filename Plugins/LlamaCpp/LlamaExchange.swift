@@ -12,15 +12,19 @@
 import DescartesOpenAIChat
 import Synchronization
 
-/// Forwards the dialect's events to the call, keeping the answer's text so
-/// that it can be counted when the server reports no usage.
+/// Forwards the dialect's events to the call through an `EventBatcher` (the
+/// chunks one network read brought become one event; flushed after every
+/// read), keeping the answer's text so that it can be counted when the
+/// server reports no usage.
 final class CountingSink: ChatEventSink {
-    let call: PluginCall
+    let call: EventBatcher
     var text: [UInt8] = []
     var textChunks = 0
     var reasoningBytes = 0
 
-    init(_ call: PluginCall) { self.call = call }
+    init(_ call: PluginCall) { self.call = EventBatcher(call: call) }
+
+    func flush() { call.flush() }
 
     func start(id: String?, model: String?) { call.start(id: id, model: model) }
     func text(bytes: UnsafeRawBufferPointer) {
@@ -127,6 +131,7 @@ final class LlamaExchange: HTTPResponseHandler, @unchecked Sendable {
             failure = Self.providerError(error)
             return false
         }
+        sink.flush()
         return true
     }
 
@@ -143,6 +148,7 @@ final class LlamaExchange: HTTPResponseHandler, @unchecked Sendable {
     }
 
     func end(_ error: HTTPError?) {
+        sink.flush()
         if call.isFinished { return }
         if let failure {
             call.fail(backend.server.scrub(failure))
@@ -173,6 +179,7 @@ final class LlamaExchange: HTTPResponseHandler, @unchecked Sendable {
                 }
             }
         } catch {
+            sink.flush()
             call.fail(backend.server.scrub(Self.providerError(error)))
             return
         }
@@ -223,6 +230,7 @@ final class LlamaExchange: HTTPResponseHandler, @unchecked Sendable {
     /// reports none) the answer counted with the server's tokenizer.
     private func complete() {
         var f = parser.finish(sink)
+        sink.flush()
         if f.model == nil { f.model = request.model ?? backend.server.requestOptions.defaultModel }
         if f.usage != nil {
             call.finish(f)

@@ -13,8 +13,10 @@
 // failures as `{"error": "..."}` (a line of a stream, or a non-2xx body).
 //
 // The hot path (one line per token) walks each line with `JSONReader`,
-// skips what it does not need and hands the text's bytes to the host
-// without building a String or a JSONValue.
+// skips what it does not need and hands the text's bytes on without
+// building a String or a JSONValue; an `EventBatcher` joins the text of
+// all the lines one network read brought into one event (flushed at the
+// end of every read, so nothing waits for bytes still to come).
 import DescartesPluginKit
 import Synchronization
 
@@ -46,6 +48,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
     private var attempt = 0
 
     // Decoding state.
+    private let events: EventBatcher
     private var started = false
     private var modelName: String?
     private var toolCalls = 0
@@ -68,6 +71,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
         self.numCtx = numCtx
         self.promptEstimate = promptEstimate
         self.budget = budget
+        events = EventBatcher(call: call)
     }
 
     func start() {
@@ -120,10 +124,12 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
             failure = ProviderError(.invalidResponse, "Ollama sent a line that is not a JSON object: \(error)")
             return false
         }
+        events.flush()
         return true
     }
 
     func end(_ error: HTTPError?) {
+        events.flush()
         if call.isFinished { return }
         if let failure {
             call.fail(failure)
@@ -155,12 +161,15 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
                 try decodeWhole()
             }
         } catch let e as ProviderError {
+            events.flush()
             call.fail(e)
             return
         } catch {
+            events.flush()
             call.fail(ProviderError(.invalidResponse, "Ollama's answer is not valid JSON: \(error)"))
             return
         }
+        events.flush()
         if !finished {
             call.fail(
                 ProviderError(
@@ -249,7 +258,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
     private func ensureStarted() {
         if started { return }
         started = true
-        call.start(id: nil, model: modelName)
+        events.start(id: nil, model: modelName)
     }
 
     /// One JSON object: a chunk of the stream or the whole answer.
@@ -290,6 +299,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
         }
         if let error {
             finished = true
+            events.flush()
             call.fail(ProviderError(.api, "Ollama: \(error)", providerType: "ollama_error"))
             return
         }
@@ -304,7 +314,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
                     if bytes.count > 0 {
                         ensureStarted()
                         textBytes += bytes.count
-                        call.text(bytes: bytes)
+                        events.text(bytes: bytes)
                     }
                 }
             } else if key == "thinking" {
@@ -312,7 +322,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
                     try r.withStringBytes { bytes in
                         if bytes.count > 0 {
                             ensureStarted()
-                            call.reasoning(bytes: bytes)
+                            events.reasoning(bytes: bytes)
                         }
                     }
                 } else {
@@ -360,10 +370,10 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
             ensureStarted()
             let index = toolCalls
             toolCalls += 1
-            call.toolCallStart(index: index, id: id, name: name)
+            events.toolCallStart(index: index, id: id, name: name)
             if args.isEmpty { args = Array("{}".utf8) }
-            args.withUnsafeBytes { call.toolCallDelta(index: index, bytes: $0) }
-            call.toolCallEnd(index: index)
+            args.withUnsafeBytes { events.toolCallDelta(index: index, bytes: $0) }
+            events.toolCallEnd(index: index)
         }
     }
 
@@ -381,6 +391,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
     private func complete(_ f: Final) {
         finished = true
         ensureStarted()
+        events.flush()
         let reason: FinishReason
         switch f.doneReason {
         // Ollama says "stop" also when the model called a tool.
