@@ -514,6 +514,16 @@ import Testing
         await b.shutdown()
     }
 
+    @Test func runsTheSameInItsOwnProcess() async throws {
+        let server = try await Self.server(chat: [try Self.ndjson("chat-stream-text", split: "bytes:7")])
+        let dir = PluginDir().addBuilt(provider: "ollama")
+        let b = try dir.factory().create("ollama", config: ["endpoint": .string(server.url)], isolation: .process())
+        let c = try await Self.collect(b, ModelRequest(prompt: "Count from 1 to 5", model: "gemma3:1b"))
+        try Expected("chat-stream-text").check(#require(c.response), "isolated")
+        #expect(try await b.listModels().count == 2)
+        await b.shutdown()
+    }
+
     // MARK: The CLI
 
     @Test func theCLIPrintsTheWordsAsTheyArrive() async throws {
