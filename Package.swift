@@ -54,6 +54,10 @@ let plugins: [(Product, Target)] = [
     plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
     // llama.cpp's server (llama-server, llama-cpp-python) over the shared OpenAI chat dialect.
     plugin("llamacpp", dir: "LlamaCpp", target: "LlamaCppPlugin", dependencies: ["DescartesOpenAIChat"]),
+    // Headless: coding-agent CLIs and any command run as child processes
+    // through the kit's process runtime.
+    plugin("claude-code", dir: "ClaudeCode", target: "ClaudeCodePlugin"),
+    plugin("headless-cli", dir: "HeadlessCLI", target: "HeadlessCLIPlugin"),
 ]
 
 let package = Package(
@@ -73,12 +77,15 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
+        // Child-process primitives Swift cannot express (spawn with no_new_privs
+        // and rlimits applied between fork and exec, pidfd_open, wait status).
+        .target(name: "CProcessShim"),
 
         // MARK: Swift libraries
         .target(name: "DescartesCore", swiftSettings: swiftSettings),
         .target(name: "Descartes", dependencies: ["DescartesCore", "CDescartesPlugin", "CDescartesHost", "CYaml"], swiftSettings: swiftSettings),
         .target(
-            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim"],
+            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
             swiftSettings: swiftSettings),
         // The OpenAI chat-completions dialect (request bodies, chunk parsing,
         // tool-call assembly, finish reasons, the HTTP calls), linked
