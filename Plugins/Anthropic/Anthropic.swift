@@ -68,7 +68,7 @@ final class AnthropicBackend: DescartesBackend {
 
     func stream(_ request: ModelRequest, _ call: PluginCall) {
         let body = AnthropicRequest.encode(request, purpose: .stream, defaultModel: defaultModel, defaultMaxTokens: maxTokens)
-        let consumer = StreamConsumerImpl(backend: self, call: call, model: request.model ?? defaultModel)
+        let consumer = MessageStreamConsumer(backend: self, call: call, model: request.model ?? defaultModel)
         let handler = StreamResponseHandler(call: call, endpoint: settings.endpoint, consumer: consumer)
         let transfer = http.start(
             self.request("POST", "messages", body: body, accept: "text/event-stream", timeouts: HTTPTimeouts(request.deadlines)),
@@ -230,7 +230,7 @@ final class AnthropicBackend: DescartesBackend {
 /// One streamed message, for `StreamResponseHandler`.
 /// Fragments go through an `EventBatcher`: the deltas of all the events one
 /// network read carried reach the host as one event per run of a kind.
-final class StreamConsumerImpl: StreamConsumer, @unchecked Sendable {
+final class MessageStreamConsumer: StreamConsumer, @unchecked Sendable {
     let backend: AnthropicBackend
     let call: EventBatcher
     let model: String?

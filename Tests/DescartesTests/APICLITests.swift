@@ -237,6 +237,24 @@ import Testing
         #expect(await cli(["tokens", "-p", "openai"], server).status == 64)
     }
 
+    @Test func aProxyFromTheEnvironmentIsUsedUnlessNoProxySaysOtherwise() async throws {
+        // A server of its own: it sees CONNECT requests, which have no path prefix.
+        let proxy = try await ScriptedServer.start()
+        let env = ["HTTPS_PROXY": proxy.url, "OPENAI_ENDPOINT": "https://127.0.0.9/v1", "OPENAI_API_KEY": Self.openAIKey]
+        let via = await cli(["models", "-p", "openai"], nil, env: env)
+        #expect(via.status != 0)  // the proxy refuses the tunnel
+        let seen = try await proxy.requests()
+        #expect(seen.map(\.method) == ["CONNECT"], "\(seen.map { "\($0.method) \($0.path)" })")
+        #expect(seen.first?.path == "127.0.0.9:443")
+        // The key never reaches the proxy: it travels inside the (refused) tunnel.
+        #expect(seen.allSatisfy { $0.header("authorization") == nil })
+        var direct = env
+        direct["NO_PROXY"] = "127.0.0.9"
+        let r = await cli(["models", "-p", "openai"], nil, env: direct)
+        #expect(r.status == 69, "\(r)")  // nothing listens on 127.0.0.9:443
+        #expect(try await proxy.requests().count == 1)
+    }
+
     @Test func theNewCommandsHaveHelp() async {
         for command in ["models", "health", "tokens"] {
             let r = await cli([command, "--help"], nil)
@@ -247,5 +265,48 @@ import Testing
         #expect(top.stdout.contains("models -p PROVIDER") && top.stdout.contains("health [-p PROVIDER]") && top.stdout.contains("tokens -p PROVIDER"))
         let complete = await cli(["complete", "--help"], nil)
         #expect(complete.stdout.contains("--tools FILE.json"))
+    }
+}
+
+/// The repository's manifests of the API providers, as installed.
+@Suite struct APIManifestTests {
+    static let family = ["deepseek", "groq", "github-models", "vllm", "llamacpp-openai", "mistral", "openrouter", "zai"]
+
+    @Test func pluginsListShowsEveryProviderAndTheFamilySharesOneLibrary() async throws {
+        let plugins = PluginDir().addManifest("openai").addManifest("anthropic")
+        for p in Self.family { plugins.addManifest(p) }
+        var env = ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"]
+        for v in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GITHUB_TOKEN", "GH_TOKEN"] { env[v] = "" }
+        let r = await Proc.descartes(["plugins", "list", "--json"], env: env)
+        #expect(r.status == 0, "\(r)")
+        let list = try #require(try JSONValue.parse(r.stdout)["plugins"]?.arrayValue)
+        #expect(Set(list.compactMap { $0["name"]?.stringValue }) == Set(["openai", "anthropic"] + Self.family))
+        for p in list {
+            #expect(p["status"] == "available", "\(p)")
+            let name = p["name"]?.stringValue ?? ""
+            let lib = p["library"]?.stringValue ?? ""
+            #expect(lib.hasSuffix(name == "anthropic" ? "libdescartes-anthropic.so" : "libdescartes-openai.so"), "\(name): \(lib)")
+            #expect(p["factory"] == (name == "anthropic" ? "anthropic" : "openai"))
+            let keys = (p["config"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
+            for k in ["api_key", "endpoint", "model", "timeout_secs", "ca_bundle", "proxy", "headers", "max_response_mb"] {
+                #expect(keys.contains(k), "\(name) lacks \(k)")
+            }
+            let key = p["config"]?.arrayValue?.first { $0["name"] == "api_key" }
+            #expect(key?["secret"] == true, "\(name)")
+            #expect(key?["env"]?.arrayValue?.isEmpty == false, "\(name)")
+        }
+        // Loading each works; those without a key say what to set.
+        let v = await Proc.descartes(["plugins", "verify"], env: env)
+        #expect(v.status == 0, "\(v)")
+        #expect(v.stdout.contains("deepseek") && v.stdout.contains("DEEPSEEK_API_KEY"))
+        #expect(!v.stdout.contains("FAIL"))
+    }
+
+    @Test func everyModelWithAPriceSaysWhereItCameFrom() throws {
+        for name in ["openai", "anthropic", "deepseek", "groq"] {
+            let text = try FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/\(name).yaml"), limit: 1 << 20)
+            #expect(text.contains("price: {"), "\(name)")
+            #expect(text.contains("# Prices:") && text.contains("change"), "\(name): the manifest must say where prices came from and that they change")
+        }
     }
 }

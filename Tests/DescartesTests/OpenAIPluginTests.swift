@@ -256,6 +256,39 @@ import Testing
         await b.shutdown()
     }
 
+    @Test func theConnectDeadlineIsAppliedByThePlugin() async throws {
+        // A listening socket that never accepts, its one-connection queue
+        // already full: the kernel drops further SYNs, so connecting hangs.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        listen(fd, 0)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        var fillers: [Int32] = []
+        defer { for f in fillers { close(f) } }
+        for _ in 0..<3 {
+            let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            _ = fcntl(c, F_SETFL, O_NONBLOCK)
+            _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(c, $0, len) } }
+            fillers.append(c)
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        let b = try plugins.factory().create("openai", config: ["endpoint": .string("http://127.0.0.1:\(port)/v1"), "api_key": .string(Self.key)])
+        var r = ModelRequest(prompt: "x")
+        r.deadlines = Deadlines(connect: .milliseconds(300), total: .seconds(20))
+        let start = ContinuousClock.now
+        let seen = await Observed.stream(b, r)
+        #expect(seen.error?.kind == .timeout, "\(seen)")
+        #expect(seen.error?.deadline == "connect")
+        #expect(ContinuousClock.now - start < .seconds(5))  // the connect limit, not the 20 s total
+        await b.shutdown()
+    }
+
     @Test func aStreamCutBeforeItsEndIsStreamClosed() async throws {
         let server = try await ServerSlot.make()
         let body = (0..<50).map { _ in "data: " + Self.chunk(#"{"content":"word "}"#) + "\n\n" }.joined()
