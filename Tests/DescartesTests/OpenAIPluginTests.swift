@@ -381,7 +381,7 @@ import Testing
         let seen = await task.value
         // The stream hangs forever and has no deadline: only the cancellation
         // ends it (the bound leaves room for a loaded machine).
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(10))
         #expect(seen.error?.kind == .cancelled, "\(seen)")
         // The plugin aborted the transfer: the server sees its connection end.
         let connection = try #require(try await server.requests().first?.connection)
