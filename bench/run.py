@@ -55,8 +55,8 @@ def run(cmd, env=None, check=True, capture=True, cwd=None, input=None):
     return p
 
 
-def run_json(cmd, env=None):
-    p = run(cmd, env=env, check=False)
+def run_json(cmd, env=None, cwd=None):
+    p = run(cmd, env=env, check=False, cwd=cwd)
     out = p.stdout.decode(errors="replace").strip().splitlines()
     if p.returncode != 0 or not out:
         raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}\nstdout: {p.stdout.decode(errors='replace')[-2000:]}\n"
@@ -163,7 +163,7 @@ class Suite:
     def expect(self, name):
         return os.path.join(DATA, "expected", name)
 
-    def pair(self, key, descartes_cmd, baseline_cmd):
+    def pair(self, key, descartes_cmd, baseline_cmd, cwd=None):
         """Runs both commands alternately; returns ([descartes results], [baseline results])."""
         self.commands.append((key, descartes_cmd, baseline_cmd))
         d, b = [], []
@@ -172,7 +172,7 @@ class Suite:
             if i % 2:
                 order.reverse()
             for cmd, into in order:
-                r = run_json(cmd, env=self.env)
+                r = run_json(cmd, env=self.env, cwd=cwd)
                 if r.get("text_matches") is False:
                     raise RuntimeError(f"{key}: the joined text differs from the expected text: {' '.join(cmd)}")
                 into.append(r)
@@ -330,7 +330,8 @@ class Suite:
         log(f"workload 6: claude-code-cli over a replayed claude, {n} requests")
         renv = {"DESCARTES_BENCH_REPLAY": replay_file}
         self.env.update(renv)
-        d, b = self.pair("6-headless-replay", plugin_cmd(REPLAY, n, renv), [BASELINE, "spawn", str(n), stdin, "--", REPLAY] + args)
+        d, b = self.pair("6-headless-replay", plugin_cmd(REPLAY, n, renv), [BASELINE, "spawn", str(n), stdin, "--", REPLAY] + args,
+                         cwd=work)
         for k in renv:
             self.env.pop(k)
         ours, theirs = median([r["latency_ms"]["median"] for r in d]), median([r["latency_ms"]["median"] for r in b])
@@ -343,7 +344,8 @@ class Suite:
         log(f"workload 6: claude-code-cli over the real claude, {n} requests per run")
         saved = dict(self.env)
         self.env.update(direct_env)
-        d, b = self.pair("6-headless-claude", plugin_cmd(claude, n, {}), [BASELINE, "spawn", str(n), stdin, "--", claude] + args)
+        d, b = self.pair("6-headless-claude", plugin_cmd(claude, n, {}), [BASELINE, "spawn", str(n), stdin, "--", claude] + args,
+                         cwd=work)
         self.env = saved
         ours = median([x for r in d for x in [r["latency_ms"]["median"]]])
         theirs = median([x for r in b for x in [r["latency_ms"]["median"]]])
