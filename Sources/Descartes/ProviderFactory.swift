@@ -107,8 +107,8 @@ public struct ProviderFactory: Sendable {
             var e = errorBox.bytes.isEmpty
                 ? ProviderError(.initialization, "the plugin refused the configuration without saying why", provider: instanceName)
                 : errorBox.bytes.withUnsafeBytes { Wire.decodeError($0, provider: instanceName) }
-            e.message = Redactor.shared.redact("\(library.path): create failed: \(e.message)")
-            throw e
+            e.message = "\(library.path): create failed: \(e.message)"
+            throw Redactor.shared.redact(e)
         }
         guard raw.pointee.struct_size >= UInt32(MemoryLayout<descartes_backend_t>.offset(of: \.destroy)!) else {
             throw ProviderError(.initialization, "\(library.path): the backend's struct_size \(raw.pointee.struct_size) is smaller than version 1 of descartes_backend_t", provider: instanceName)
