@@ -19,6 +19,7 @@ public struct PluginLoadError: Error, Sendable, CustomStringConvertible {
         case malformedLibrary = "malformed library description"
         case unknownFactory = "unknown factory"
         case insecure = "insecure file"
+        case checksumMismatch = "checksum mismatch"
     }
     public var reason: Reason
     public var path: String
@@ -153,8 +154,25 @@ public final class PluginLoader: Sendable {
 
     public init() {}
 
-    public func load(path: String) throws(PluginLoadError) -> PluginLibrary {
+    private let digests = Mutex<[String: String]>([:])
+
+    /// Loads the library at `path` once per process. With `sha256`, the
+    /// file's digest must match the policy's pin first.
+    public func load(path: String, sha256 pin: PluginPolicy.Pin? = nil) throws(PluginLoadError) -> PluginLibrary {
         let key = FileSystem.realPath(path) ?? path
+        if let pin {
+            var digest = digests.withLock { $0[key] }
+            if digest == nil {
+                do { digest = try SHA256.file(key) } catch {
+                    throw PluginLoadError(.checksumMismatch, path: path, "cannot read it to check its pinned digest: \(error.reason)")
+                }
+                digests.withLock { $0[key] = digest }
+            }
+            guard digest == pin.sha256 else {
+                throw PluginLoadError(
+                    .checksumMismatch, path: path, "its SHA-256 is \(digest!), the policy pins \(pin.sha256) (\(pin.location)); not loaded")
+            }
+        }
         // dlopen and entry run under the lock: the ABI says the entry is
         // called once per library, from one thread.
         let result = cache.withLock { c -> Result<PluginLibrary, PluginLoadError> in
