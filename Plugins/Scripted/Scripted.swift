@@ -16,7 +16,11 @@
 //   "finish:<reason>"     finish with that reason (default: "stop" at the end)
 //   "after-terminal"      emit a text event after the terminal event (a rule violation)
 //   "ignore-cancel"       keep going when cancelled (a misbehaving plugin)
+//   "crash:segv"          dereference a null pointer (SIGSEGV) -- for isolation tests
+//   "crash:abort"         abort() (SIGABRT)
+//   "leak"                allocate and touch memory without bound until the process dies
 import DescartesPluginKit
+import Glibc
 import Synchronization
 
 final class ScriptedBackend: DescartesBackend {
@@ -116,6 +120,20 @@ final class ScriptedBackend: DescartesBackend {
                             retryAfter: retryAfter.map { .milliseconds($0) }))
                     return
                 case "finish": reason = arg
+                case "crash":
+                    if arg == "abort" { abort() }
+                    let null = UnsafeMutablePointer<Int>(bitPattern: 8)!
+                    null.pointee = 42
+                case "leak":
+                    // 64 MiB at a time, each page touched so it is really used.
+                    while true {
+                        let block = UnsafeMutableRawPointer.allocate(byteCount: 64 << 20, alignment: 4096)
+                        var off = 0
+                        while off < 64 << 20 {
+                            block.storeBytes(of: 1, toByteOffset: off, as: UInt8.self)
+                            off += 4096
+                        }
+                    }
                 case "after-terminal":
                     call.finish(Wire.Finish(finishReason: FinishReason(rawValue: reason)))
                     call.text("too late")
