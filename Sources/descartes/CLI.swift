@@ -16,6 +16,7 @@ let topHelp = """
       plugins list [--json]             List installed plugins (reads manifests only; loads nothing)
       plugins info NAME [--json]        Show one plugin's manifest: models, prices, config keys
       plugins verify [NAME...] [--json] Load, negotiate and create each plugin with its defaults
+      plugins verify --conformance NAME Run a plugin through the conformance suite
       plugins enable|disable NAME       Edit the plugin policy (user file, or --system)
       complete -p PROVIDER PROMPT       Run one completion (--stream to print text as it arrives)
       config show [NAME] [--json]       The merged providers.yaml, where each value came from, secrets masked

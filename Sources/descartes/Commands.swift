@@ -6,7 +6,7 @@ enum Commands {
         "plugins": "descartes plugins <list|info|verify|enable|disable> [options]",
         "plugins list": "descartes plugins list [--json]",
         "plugins info": "descartes plugins info NAME [--json]",
-        "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]...",
+        "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]... | --conformance NAME [--spec FILE] [--json]",
         "plugins enable": "descartes plugins enable NAME [--system]",
         "plugins disable": "descartes plugins disable NAME [--system]",
         "complete": "descartes complete -p PROVIDER [-m MODEL] [--stream] [--json] [--set KEY=VALUE]... PROMPT|-",
@@ -23,7 +23,8 @@ enum Commands {
             Subcommands:
               list     List installed plugins from their manifests (never loads a library)
               info     Show one plugin's manifest in full
-              verify   Load, negotiate and create plugins; non-zero exit if any fails
+              verify   Load, negotiate and create plugins; non-zero exit if any fails;
+                       with --conformance NAME, run one plugin through the conformance suite
               enable   Allow a plugin in the policy file (undo a disable)
               disable  Forbid a plugin in the policy file
             """,
@@ -119,9 +120,20 @@ enum Commands {
             A plugin that loads but lacks a required config value (an API key) is
             reported as "ok, needs config" with what to set, and does not fail.
 
+            With --conformance NAME it runs the plugin through the conformance suite
+            instead (docs/conformance.md): ABI negotiation, config validation, complete,
+            stream, exactly one terminal event, cancellation, deadlines, errors mapped,
+            concurrent requests, shutdown with requests in flight, no secret leaked. It
+            prints each check and exits 1 if any fails. The plugin is exercised through
+            the scenarios of its spec: --spec FILE, else the manifest's 'conformance:',
+            else conformance/NAME.yaml beside the manifest, else
+            <prefix>/share/descartes/conformance/NAME.yaml, else a built-in text check.
+
             Options:
-              --set KEY=VALUE   A config value for the named plugins (repeatable)
-              --json            Results as JSON
+              --set KEY=VALUE     A config value for the named plugins (repeatable)
+              --json              Results as JSON
+              --conformance NAME  Run the conformance suite for one plugin
+              --spec FILE         The conformance spec to use
             """,
         "complete": """
             Usage: \(usages["complete"]!)
@@ -162,7 +174,11 @@ enum Commands {
             switch sub {
             case "list": return PluginsCommand.list(subArgs, globals: globals)
             case "info": return PluginsCommand.info(subArgs, globals: globals)
-            case "verify": return PluginsCommand.verify(subArgs, globals: globals)
+            case "verify":
+                if subArgs.contains(where: { $0 == "--conformance" || $0.hasPrefix("--conformance=") }) {
+                    return await ConformanceCommand.run(subArgs, globals: globals)
+                }
+                return PluginsCommand.verify(subArgs, globals: globals)
             case "enable", "disable": return PolicyCommand.edit(sub, subArgs, globals: globals)
             default: usageFailure(UsageError("unknown subcommand '\(sub)' (list, info, verify, enable or disable)", command: "plugins"))
             }

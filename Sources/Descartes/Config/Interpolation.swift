@@ -7,9 +7,9 @@
 /// | `${file:/path}` | the file's content without its trailing newline (a secret) |
 /// | `$$` | a literal `$` |
 ///
-/// Variables come from the process environment first, then the project's
-/// `.env` file, then `extra` (names a caller defines, such as the
-/// conformance suite's `server`). A relative `${file:...}` path is relative to
+/// Variables come from `extra` first (names a caller defines, such as the
+/// conformance suite's `server`; none for providers.yaml), then the process
+/// environment, then the project's `.env` file. A relative `${file:...}` path is relative to
 /// the directory of the file the value is written in; `~/` is the home
 /// directory.
 public struct Interpolator: Sendable {
@@ -43,9 +43,9 @@ public struct Interpolator: Sendable {
 
     /// A variable's value and where it was found.
     public func lookup(_ name: String) -> (value: String, origin: String)? {
+        if let v = extra[name] { return (v, "built-in") }
         if let v = environment[name] { return (v, "environment") }
         if let v = dotenv[name] { return (v, dotenvFile.map { "\($0)" } ?? ".env") }
-        if let v = extra[name] { return (v, "built-in") }
         return nil
     }
 
@@ -170,6 +170,48 @@ public struct Interpolator: Sendable {
     static func isValidName(_ s: String) -> Bool {
         guard let f = s.utf8.first, f == UInt8(ascii: "_") || (f | 0x20 >= 0x61 && f | 0x20 <= 0x7A) else { return false }
         return s.utf8.allSatisfy { $0 == UInt8(ascii: "_") || ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) }
+    }
+}
+
+extension Interpolator {
+    public func expandNode(_ node: YAMLNode, what: String, problems: inout [SourceProblem], secret: inout Bool, via: inout [String]) -> YAMLNode? {
+        switch node.value {
+        case .scalar(let s, let quoted):
+            guard Interpolator.needsExpansion(s) else { return node }
+            switch expand(s, at: node.location, what: what, baseDirectory: FileSystem.directory(of: node.location.file)) {
+            case .success(let x):
+                if x.fromFile { secret = true }
+                via.append(x.references.joined(separator: " ") + (x.origins.isEmpty ? "" : " (\(x.origins.joined(separator: ", ")))"))
+                var out = node
+                // An unquoted value reads as if the expansion had been written
+                // there (`port: ${PORT}` is an integer); a quoted one stays a string.
+                out.value = .scalar(x.text, quoted: quoted || x.text.isEmpty)
+                return out
+            case .failure(let e):
+                problems += e.problems
+                return nil
+            }
+        case .sequence(let items):
+            var out: [YAMLNode] = []
+            var ok = true
+            for i in items {
+                if let x = expandNode(i, what: what, problems: &problems, secret: &secret, via: &via) { out.append(x) } else { ok = false }
+            }
+            guard ok else { return nil }
+            var n = node
+            n.value = .sequence(out)
+            return n
+        case .mapping(let pairs):
+            var out: [(key: YAMLNode, value: YAMLNode)] = []
+            var ok = true
+            for p in pairs {
+                if let x = expandNode(p.value, what: what, problems: &problems, secret: &secret, via: &via) { out.append((p.key, x)) } else { ok = false }
+            }
+            guard ok else { return nil }
+            var n = node
+            n.value = .mapping(out)
+            return n
+        }
     }
 }
 

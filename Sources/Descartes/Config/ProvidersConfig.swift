@@ -424,43 +424,7 @@ public struct ProvidersConfig: Sendable {
     }
 
     func expandNode(_ node: YAMLNode, what: String, problems: inout [SourceProblem], secret: inout Bool, via: inout [String]) -> YAMLNode? {
-        switch node.value {
-        case .scalar(let s, let quoted):
-            guard Interpolator.needsExpansion(s) else { return node }
-            switch interpolator.expand(s, at: node.location, what: what, baseDirectory: FileSystem.directory(of: node.location.file)) {
-            case .success(let x):
-                if x.fromFile { secret = true }
-                via.append(x.references.joined(separator: " ") + (x.origins.isEmpty ? "" : " (\(x.origins.joined(separator: ", ")))"))
-                var out = node
-                // An unquoted value reads as if the expansion had been written
-                // there (`port: ${PORT}` is an integer); a quoted one stays a string.
-                out.value = .scalar(x.text, quoted: quoted || x.text.isEmpty)
-                return out
-            case .failure(let e):
-                problems += e.problems
-                return nil
-            }
-        case .sequence(let items):
-            var out: [YAMLNode] = []
-            var ok = true
-            for i in items {
-                if let x = expandNode(i, what: what, problems: &problems, secret: &secret, via: &via) { out.append(x) } else { ok = false }
-            }
-            guard ok else { return nil }
-            var n = node
-            n.value = .sequence(out)
-            return n
-        case .mapping(let pairs):
-            var out: [(key: YAMLNode, value: YAMLNode)] = []
-            var ok = true
-            for p in pairs {
-                if let x = expandNode(p.value, what: what, problems: &problems, secret: &secret, via: &via) { out.append((p.key, x)) } else { ok = false }
-            }
-            guard ok else { return nil }
-            var n = node
-            n.value = .mapping(out)
-            return n
-        }
+        interpolator.expandNode(node, what: what, problems: &problems, secret: &secret, via: &via)
     }
 
     // MARK: Sections
