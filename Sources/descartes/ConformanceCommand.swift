@@ -10,17 +10,22 @@ enum ConformanceCommand {
     ]
 
     /// Where the spec for a plugin is, in the documented order.
+    /// Where the spec for a plugin is: the manifest's `conformance:`, else
+    /// `conformance/<provider>.yaml` beside the manifest, else in
+    /// `<prefix>/share/descartes/conformance/`; then the same two places
+    /// under the name of the manifest's factory (a provider that only adds
+    /// a manifest to an existing library shares that library's spec).
     static func specPath(for manifest: PluginManifest) -> (path: String?, tried: [String]) {
-        var tried: [String] = []
         if let named = manifest.conformance { return (named, [named]) }
-        let beside = FileSystem.join(FileSystem.directory(of: manifest.file), "conformance/\(manifest.provider).yaml")
-        tried.append(beside)
-        if FileSystem.exists(beside) { return (beside, tried) }
-        if let exe = FileSystem.executablePath() {
-            let prefix = FileSystem.directory(of: FileSystem.directory(of: exe))
-            let shared = FileSystem.join(prefix, "share/descartes/conformance/\(manifest.provider).yaml")
-            tried.append(shared)
-            if FileSystem.exists(shared) { return (shared, tried) }
+        var tried: [String] = []
+        let prefix = FileSystem.executablePath().map { FileSystem.directory(of: FileSystem.directory(of: $0)) }
+        for name in [manifest.provider, manifest.factory] where !tried.contains(where: { $0.hasSuffix("/\(name).yaml") }) {
+            var candidates = [FileSystem.join(FileSystem.directory(of: manifest.file), "conformance/\(name).yaml")]
+            if let prefix { candidates.append(FileSystem.join(prefix, "share/descartes/conformance/\(name).yaml")) }
+            for c in candidates {
+                tried.append(c)
+                if FileSystem.exists(c) { return (c, tried) }
+            }
         }
         return (nil, tried)
     }

@@ -173,8 +173,8 @@ final class Run: @unchecked Sendable {
             return
         }
         manifest = m
-        if let p = spec.provider, p != provider {
-            record("abi", .fail, "the spec \(spec.file) is for '\(p)', not '\(provider)'", since: t0)
+        if let p = spec.provider, p != provider && p != m.factory {
+            record("abi", .fail, "the spec \(spec.file) is for '\(p)', not '\(provider)' (nor its factory '\(m.factory)')", since: t0)
             return
         }
         do { library = try loader.load(path: m.libraryPath, sha256: entry.pin) } catch {
