@@ -222,7 +222,10 @@ public final class PluginCatalog: Sendable {
                 let file = FileSystem.join(dir.path, name)
                 var entry = CatalogEntry(file: file, directory: dir, manifest: nil, problems: [], status: .invalid)
                 if checkFiles, let why = FileTrust.problem(file) {
+                    // Read (never trusted) only to say which provider was refused.
+                    entry.manifest = try? PluginManifest.load(path: file)
                     entry.status = .refused(why)
+                    if let p = entry.manifest?.provider, owner[p] == nil { owner[p] = file }
                     trace.append("  \(name): refused (\(why))")
                     entries.append(entry)
                     continue

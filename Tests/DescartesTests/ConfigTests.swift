@@ -279,44 +279,53 @@ import Testing
         #expect(Redactor.shared.redact("sk-env-0123456789") == "[REDACTED]")
     }
 
-    @Test func credentialHelpersRunWithoutAShellAndAreCached() throws {
-        CredentialHelper.clearCache()
+    /// A helper's key, fetched off the cooperative pool (helpers run synchronously).
+    func key(_ argv: [String], ttl: Duration, timeout: Duration = CredentialHelper.defaultTimeout) async -> Result<Secret, CredentialHelper.Failure> {
+        (try? await Proc.offPool { () -> Result<Secret, CredentialHelper.Failure> in
+            do throws(CredentialHelper.Failure) { return .success(try CredentialHelper.key(argv, ttl: ttl, timeout: timeout)) } catch { return .failure(error) }
+        }) ?? .failure(CredentialHelper.Failure(description: "offPool failed"))
+    }
+
+    @Test func credentialHelpersRunWithoutAShellAndAreCached() async throws {
         let dir = TempDir()
         let counter = dir.file("runs")
         let helper = dir.write(
             "helper.sh", "#!/bin/sh\necho run >> \(counter)\nprintf 'sk-helper-%s\\nsecond line\\n' \"$1\"\n", mode: 0o755)
-        let k = try CredentialHelper.key([helper, "a b; rm -rf /"], ttl: .seconds(60))
+        let k = try await key([helper, "a b; rm -rf /"], ttl: .seconds(60)).get()
         // The argument reached the helper as one argv element: no shell.
         #expect(k.reveal() == "sk-helper-a b; rm -rf /")
         #expect("\(k)" == "[REDACTED]")
-        _ = try CredentialHelper.key([helper, "a b; rm -rf /"], ttl: .seconds(60))
+        _ = try await key([helper, "a b; rm -rf /"], ttl: .seconds(60)).get()
         #expect(try FileSystem.readText(counter, limit: 100) == "run\n", "cached for the TTL")
-        _ = try CredentialHelper.key([helper, "a b; rm -rf /"], ttl: .zero)
+        _ = try await key([helper, "a b; rm -rf /"], ttl: .zero).get()
         #expect(try FileSystem.readText(counter, limit: 100) == "run\nrun\n", "a zero TTL runs it every time")
         // What the helper printed is masked from now on.
         #expect(Redactor.shared.redact("got sk-helper-a b; rm -rf / here").hasPrefix("got [REDACTED]"))
 
         let failing = dir.write("fail.sh", "#!/bin/sh\necho 'vault locked: token sk-leaked-0123456789abc' >&2\nexit 3\n", mode: 0o755)
-        do {
-            _ = try CredentialHelper.key([failing], ttl: .zero)
+        guard case .failure(let error) = await key([failing], ttl: .zero) else {
             Issue.record("no error")
-        } catch {
-            #expect(error.description.contains("exited with status 3"))
-            #expect(error.description.contains("vault locked"))
-            #expect(!error.description.contains("sk-leaked"), "\(error)")
+            return
         }
+        #expect(error.description.contains("exited with status 3"))
+        #expect(error.description.contains("vault locked"))
+        #expect(!error.description.contains("sk-leaked"), "\(error)")
         let slow = dir.write("slow.sh", "#!/bin/sh\nsleep 30\n", mode: 0o755)
         let t0 = ContinuousClock.now
-        #expect(throws: CredentialHelper.Failure.self) { _ = try CredentialHelper.key([slow], ttl: .zero, timeout: .milliseconds(300)) }
+        guard case .failure(let slowError) = await key([slow], ttl: .zero, timeout: .milliseconds(300)) else {
+            Issue.record("no error")
+            return
+        }
+        #expect(slowError.description.contains("did not finish within 300 ms and was killed"))
         // Killed at the timeout, not after the 30 s sleep (generous bound for a loaded machine).
         #expect(ContinuousClock.now - t0 < .seconds(10))
-        #expect(throws: CredentialHelper.Failure.self) { _ = try CredentialHelper.key([dir.file("missing-helper")], ttl: .zero) }
+        guard case .failure = await key([dir.file("missing-helper")], ttl: .zero) else { Issue.record("no error"); return }
         let empty = dir.write("empty.sh", "#!/bin/sh\necho\n", mode: 0o755)
-        #expect(throws: CredentialHelper.Failure.self) { _ = try CredentialHelper.key([empty], ttl: .zero) }
+        guard case .failure(let emptyError) = await key([empty], ttl: .zero) else { Issue.record("no error"); return }
+        #expect(emptyError.description.contains("printed nothing on its first line"))
     }
 
     @Test func anInstanceTakesItsKeyFromItsHelper() async throws {
-        CredentialHelper.clearCache()
         let l = Layout()
         let plugins = PluginDir()
         plugins.dir.symlink(CCompiler.echoLibrary, "libdescartes-echo.so")

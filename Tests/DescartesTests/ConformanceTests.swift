@@ -61,7 +61,7 @@ import Testing
 
     @Test func aPluginBreakingTheRulesFails() async throws {
         let lib = plugins.dir.file("libdescartes-rulebreaker.so")
-        let cc = CCompiler.sharedLibrary([FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/rulebreaker.c")], output: lib)
+        let cc = await CCompiler.compile([FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/rulebreaker.c")], output: lib)
         #expect(cc.status == 0, "\(cc)")
         plugins.dir.write("rulebreaker.yaml", """
             manifest_version: 1

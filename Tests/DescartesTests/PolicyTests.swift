@@ -150,7 +150,7 @@ import Testing
     /// As root, files and directories another user could have written are
     /// refused, whichever path led to them.
     @Test(.enabled(if: geteuid() == 0, "ownership checks apply to root"))
-    func rootRefusesFilesOthersCouldHaveWritten() throws {
+    func rootRefusesFilesOthersCouldHaveWritten() async throws {
         let dir = PluginDir().addEcho()
         chmod(dir.path, 0o755)
         let search = PluginSearch(directories: [.init(path: dir.path, origin: "test")])
@@ -170,7 +170,7 @@ import Testing
         // The library is checked where its symlink points.
         let lib = try #require(FileSystem.realPath(dir.dir.file("libdescartes-echo.so")))
         let copy = dir.dir.file("lib-copy.so")
-        _ = Proc.runBlocking(["cp", lib, copy])
+        _ = await Proc.run(["cp", lib, copy])
         unlink(dir.dir.file("libdescartes-echo.so"))
         symlink(copy, dir.dir.file("libdescartes-echo.so"))
         chmod(copy, 0o777)

@@ -225,22 +225,30 @@ final class AuditedBackend: ModelBackend, Sendable {
         let started = AuditLog.timestamp()
         let t0 = ContinuousClock.now
         let task = Task { [inner, log, plugin, name] in
-            var result: Result<ModelResponse, ProviderError> = .failure(
-                ProviderError(.streamClosed, "the stream ended without a finish event", provider: name))
+            // The record is written before the caller sees the end of the
+            // stream, so a caller that exits right after still has it.
+            func write(_ result: Result<ModelResponse, ProviderError>) {
+                log.write(
+                    log.record(operation: "stream", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: result),
+                    source: "audit")
+            }
+            var written = false
             do {
                 for try await event in inner.stream(request) {
-                    if case .finish(let r) = event { result = .success(r) }
+                    if case .finish(let r) = event, !written {
+                        write(.success(r))
+                        written = true
+                    }
                     continuation.yield(event)
                 }
+                if !written { write(.failure(ProviderError(.streamClosed, "the stream ended without a finish event", provider: name))) }
                 continuation.finish()
             } catch {
-                result = .failure(AuditedBackend.providerError(error, name))
+                var e = AuditedBackend.providerError(error, name)
+                if Task.isCancelled { e = ProviderError(.cancelled, "the request was cancelled", provider: name) }
+                if !written { write(.failure(e)) }
                 continuation.finish(throwing: error)
             }
-            if Task.isCancelled, case .failure = result {
-                result = .failure(ProviderError(.cancelled, "the request was cancelled", provider: name))
-            }
-            log.write(log.record(operation: "stream", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: result), source: "audit")
         }
         continuation.onTermination = { termination in
             if case .cancelled = termination { task.cancel() }

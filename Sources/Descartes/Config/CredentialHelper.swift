@@ -25,6 +25,7 @@ public enum CredentialHelper {
 
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     /// The key the helper prints, from the cache when it is fresh.
@@ -111,7 +112,13 @@ enum ChildProcess {
         let cargs = argv.map { strdup($0) } + [nil]
         defer { for p in cargs { free(p) } }
         var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, argv[0], &actions, &attr, cargs, environ)
+        var rc = posix_spawnp(&pid, argv[0], &actions, &attr, cargs, environ)
+        // A script written a moment ago may still be open for writing in a
+        // child another thread is starting ("text file busy"): try again.
+        for _ in 0..<20 where rc == ETXTBSY {
+            usleep(25_000)
+            rc = posix_spawnp(&pid, argv[0], &actions, &attr, cargs, environ)
+        }
         close(outPipe[1])
         close(errPipe[1])
         guard rc == 0 else {

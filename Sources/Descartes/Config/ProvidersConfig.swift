@@ -121,7 +121,7 @@ public struct ProvidersConfig: Sendable {
         public init(
             explicitFile: String? = nil, currentDirectory: String = FileSystem.currentDirectory(),
             environment: [String: String] = Environment.current(), systemDirectory: String? = nil,
-            systemOnly: Bool = Environment.isSecureExecution
+            systemOnly: Bool = ProvidersConfig.ignoresUserFiles
         ) {
             self.explicitFile = explicitFile
             self.currentDirectory = currentDirectory
@@ -129,6 +129,17 @@ public struct ProvidersConfig: Sendable {
             self.systemDirectory = systemDirectory ?? ProvidersConfig.systemDirectory(environment: environment)
             self.systemOnly = systemOnly
         }
+    }
+
+    /// Whether the project and user files and `.env` are ignored: when the
+    /// process runs setuid/setgid, or as root on a host whose system policy
+    /// sets `ignore_environment_as_root` (see docs/policy.md).
+    public static var ignoresUserFiles: Bool {
+        if Environment.isSecureExecution { return true }
+        guard Environment.isRoot else { return false }
+        var system = PluginPolicy()
+        system.read(PluginPolicy.systemFile(), scope: .system)
+        return system.ignoreEnvironmentAsRoot
     }
 
     /// `/etc/descartes`. An unprivileged process may point it elsewhere
