@@ -3,6 +3,7 @@
 #   make            build the CLI and every plugin (release) and stage a prefix in build/prefix
 #   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
+#   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
 #                   share/descartes/ (conformance specs, the C example, the plugin docs),
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
@@ -31,7 +32,7 @@ SHARE_DIR   = share/descartes
 PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/manifest.md docs/conformance.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header
+.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header fuzz
 
 all: stage
 
@@ -93,6 +94,13 @@ test:
 	$(SWIFT) build --build-tests
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
 
+# libFuzzer targets (Fuzz/*.swift) against the package's own modules with
+# AddressSanitizer, FUZZ_SECONDS each; corpora in Fuzz/corpus, crashes in
+# Fuzz/crashes. CI runs each briefly.
+FUZZ_SECONDS ?= 60
+fuzz:
+	Fuzz/run.sh $(FUZZ_SECONDS)
+
 clean:
-	rm -rf build
+	rm -rf build .build-fuzz
 	$(SWIFT) package clean
