@@ -460,6 +460,24 @@ public struct ProvidersConfig: Sendable {
         return expanded
     }
 
+    /// Every middleware section present (`retry`, `fallbacks`, `routes`,
+    /// `cache`, `limits`), merged and expanded, by name: what the middleware
+    /// layer's reader takes.
+    ///
+    /// - Throws: `SourceError` listing every reference that cannot be
+    ///   expanded, in all of them.
+    public func middlewareSections() throws(SourceError) -> [String: YAMLNode] {
+        var out: [String: YAMLNode] = [:]
+        var problems: [SourceProblem] = []
+        for key in ProvidersConfig.middlewareSections {
+            do {
+                if let n = try section(key) { out[key] = n }
+            } catch { problems += error.problems }
+        }
+        if !problems.isEmpty { throw SourceError(problems) }
+        return out
+    }
+
     /// Every problem in the configuration: the files' structure, every
     /// instance's references and values against its plugin's manifest, and
     /// each section's own checks. What `descartes config check` prints.
