@@ -163,10 +163,14 @@ import Testing
     /// Runs the CLI as an unprivileged user when the tests run as root, so
     /// that DESCARTES_SYSTEM_CONFIG_DIR (honoured for unprivileged
     /// processes only) can point the host's policy at a test directory.
-    func asOps(_ args: [String], etc: String, home: String) async -> ProcResult {
+    ///
+    /// The executable is a copy in `bin` (the checkout may sit in a
+    /// directory only root can enter, as a CI clone in `mktemp -d` does).
+    func asOps(_ args: [String], etc: String, home: String, bin: String) async -> ProcResult {
         var env = ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": home, "DESCARTES_SYSTEM_CONFIG_DIR": etc, "NO_COLOR": "1", "PATH": "/usr/bin:/bin"]
         env["LD_LIBRARY_PATH"] = Environment.get("LD_LIBRARY_PATH")
-        let argv = geteuid() == 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", TestEnv.descartes] : [TestEnv.descartes]
+        let exe = FileSystem.join(bin, "descartes")
+        let argv = geteuid() == 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe] : [exe]
         return await Proc.run(argv + args, env: env.compactMapValues { $0 })
     }
 
@@ -177,41 +181,44 @@ import Testing
         try FileSystem.makeDirectories(etc)
         try FileSystem.makeDirectories(home)
         dir.write("etc/plugins.yaml", "# the host's policy\nrequired: []\n")
-        // The unprivileged user must reach the plugins and own the test dirs.
+        // The unprivileged user must reach the executable and the plugins, and own the test dirs.
+        let bin = dir.file("bin")
+        try FileSystem.makeDirectories(bin)
+        #expect(await Proc.run(["cp", TestEnv.descartes, bin]).status == 0)
         for d in [plugins.path, FileSystem.directory(of: CCompiler.echoLibrary)] { chmod(d, 0o755) }
         if geteuid() == 0 { _ = await Proc.run(["chown", "-R", "65534:65534", dir.path]); chmod(dir.path, 0o755) }
 
-        let before = await asOps(["plugins", "list"], etc: etc, home: home)
+        let before = await asOps(["plugins", "list"], etc: etc, home: home, bin: bin)
         #expect(before.status == 0, "\(before)")
         #expect(before.stdout.split(separator: "\n").contains { $0.hasPrefix("echo ") && $0.contains("available") && $0.contains("enabled") })
 
-        let disable = await asOps(["plugins", "disable", "echo", "--system"], etc: etc, home: home)
+        let disable = await asOps(["plugins", "disable", "echo", "--system"], etc: etc, home: home, bin: bin)
         #expect(disable.status == 0, "\(disable)")
         #expect(disable.stdout.contains("\(etc)/plugins.yaml: added 'echo' to 'disable'"))
         #expect(try FileSystem.readText(FileSystem.join(etc, "plugins.yaml"), limit: 1000) == "# the host's policy\nrequired: []\ndisable:\n  - echo\n")
 
-        let after = await asOps(["plugins", "list"], etc: etc, home: home)
+        let after = await asOps(["plugins", "list"], etc: etc, home: home, bin: bin)
         #expect(after.stdout.split(separator: "\n").contains { $0.hasPrefix("echo ") && $0.contains("disabled") }, "\(after)")
         #expect(after.stdout.contains("disabled by \(etc)/plugins.yaml:4:5 (system policy: disable 'echo')"), "\(after)")
-        let use = await asOps(["complete", "-p", "echo", "hi"], etc: etc, home: home)
+        let use = await asOps(["complete", "-p", "echo", "hi"], etc: etc, home: home, bin: bin)
         #expect(use.status == 69)
         #expect(use.stderr.contains("disabled by \(etc)/plugins.yaml:4:5"))
 
         // A user cannot undo it; ops can.
-        let userEnable = await asOps(["plugins", "enable", "echo"], etc: etc, home: home)
+        let userEnable = await asOps(["plugins", "enable", "echo"], etc: etc, home: home, bin: bin)
         #expect(userEnable.status == 78)
         #expect(userEnable.stderr.contains("the host's policy keeps it off"))
-        let enable = await asOps(["plugins", "enable", "echo", "--system"], etc: etc, home: home)
+        let enable = await asOps(["plugins", "enable", "echo", "--system"], etc: etc, home: home, bin: bin)
         #expect(enable.status == 0, "\(enable)")
-        #expect(await asOps(["complete", "-p", "echo", "back"], etc: etc, home: home).stdout == "back\n")
+        #expect(await asOps(["complete", "-p", "echo", "back"], etc: etc, home: home, bin: bin).stdout == "back\n")
 
         // A required plugin that is missing fails every provider, naming the rule.
         dir.write("etc/plugins.yaml", "required: [openai]\n")
         if geteuid() == 0 { _ = await Proc.run(["chown", "65534:65534", FileSystem.join(etc, "plugins.yaml")]) }
-        let required = await asOps(["complete", "-p", "echo", "x"], etc: etc, home: home)
+        let required = await asOps(["complete", "-p", "echo", "x"], etc: etc, home: home, bin: bin)
         #expect(required.status == 69, "\(required)")
         #expect(required.stderr.contains("required plugin 'openai' (\(etc)/plugins.yaml:1:12) is not installed"))
-        #expect(await asOps(["plugins", "list"], etc: etc, home: home).status == 1)
+        #expect(await asOps(["plugins", "list"], etc: etc, home: home, bin: bin).status == 1)
     }
 
     @Test(.enabled(if: geteuid() == 0, "root's file checks"))

@@ -388,7 +388,7 @@ final class Run: @unchecked Sendable {
             case .success(let x): b = x
             }
             _ = await finish(b, .initialize, Array("{}".utf8))
-            let (c, t) = await finish(b, .complete, request(s))
+            let (c, t) = await finish(b, s.operation == "stream" ? .stream : .complete, request(s))
             guard let t, t.type == DESCARTES_EVENT_ERROR, let e = c.error else {
                 failed.append("'\(s.name)': expected an ERROR of kind \(s.expect.kind ?? "?"), got \(Run.describe(c, t))")
                 continue

@@ -18,6 +18,7 @@ import Synchronization
 /// framing: chunked            # length (default), chunked or close
 /// delay_ms: 0                 # before the status line
 /// action: hang                # hang: read the request, never answer; close: close at once
+/// match: {body: '"stream":true'}   # answers only requests whose body contains this
 /// ```
 ///
 /// Each connection has a thread; a connection the client closes ends its
@@ -37,6 +38,8 @@ final class ConformanceServer: @unchecked Sendable {
         var framing = "length"
         var delayMS = 0
         var action: String?
+        /// Answers only requests whose body contains this text.
+        var bodyContains: String?
     }
 
     struct Request: Sendable {
@@ -139,14 +142,19 @@ final class ConformanceServer: @unchecked Sendable {
         }
     }
 
-    private func next(_ method: String, _ path: String) -> Response {
-        state.withLock { s -> Response in
+    /// The next response for a request: in order among the route's
+    /// responses that match its body, the last one repeating.
+    private func next(_ method: String, _ path: String, body: [UInt8]) -> Response {
+        let text = String(decoding: body, as: UTF8.self)
+        return state.withLock { s -> Response in
             for key in ["\(method) \(path)", "* \(path)"] {
-                if var queue = s.routes[key], !queue.isEmpty {
-                    let r = queue.count > 1 ? queue.removeFirst() : queue[0]
-                    s.routes[key] = queue
-                    return r
-                }
+                guard var queue = s.routes[key] else { continue }
+                let matching = queue.indices.filter { i in queue[i].bodyContains.map { text.contains($0) } ?? true }
+                guard let first = matching.first else { continue }
+                let r = queue[first]
+                if matching.count > 1 { queue.remove(at: first) }
+                s.routes[key] = queue
+                return r
             }
             var r = Response()
             r.status = 404
@@ -163,7 +171,7 @@ final class ConformanceServer: @unchecked Sendable {
         while true {
             guard let request = readRequest(fd, &buffer) else { return }
             state.withLock { $0.requests.append(request) }
-            let response = next(request.method, request.path)
+            let response = next(request.method, request.path, body: request.body)
             guard send(response, on: fd) else { return }
         }
     }

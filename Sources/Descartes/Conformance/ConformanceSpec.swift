@@ -50,6 +50,8 @@ public struct ConformanceSpec: Sendable {
         public var prompt: String
         /// Provider-specific request options (`ModelRequest.options`).
         public var options: JSONObject = [:]
+        /// For error scenarios: `complete` (the default) or `stream`.
+        public var operation = "complete"
         /// Config keys over the spec's base config (unexpanded).
         public var config: [(key: String, node: YAMLNode)]
         var routes: [String: [ConformanceServer.Response]]?
@@ -89,8 +91,8 @@ public struct ConformanceSpec: Sendable {
     }
 
     static let knownKeys = ["provider", "config", "model", "scenarios", "invalid_config", "concurrency", "tolerance_ms", "skip"]
-    static let scenarioKeys = ["name", "prompt", "options", "config", "server", "expect"]
-    static let responseKeys = ["status", "reason", "headers", "body", "body_file", "chunks", "split", "chunk_delay_ms", "framing", "delay_ms", "action"]
+    static let scenarioKeys = ["name", "prompt", "options", "operation", "config", "server", "expect"]
+    static let responseKeys = ["status", "reason", "headers", "body", "body_file", "chunks", "split", "chunk_delay_ms", "framing", "delay_ms", "action", "match"]
 
     public static func load(path: String) throws(SourceError) -> ConformanceSpec {
         let text: String
@@ -198,6 +200,9 @@ public struct ConformanceSpec: Sendable {
         var s = Scenario(
             name: v.string(node, "name") ?? name, prompt: v.string(node, "prompt") ?? defaultPrompt, config: configPairs(node["config"], &v),
             routes: nil, expect: Expectation(), location: node.location)
+        if let op = v.string(node, "operation") {
+            if op == "complete" || op == "stream" { s.operation = op } else { v.problem(node["operation"]!, "'operation' is complete or stream") }
+        }
         if let o = node["options"] {
             if case .object(let obj) = o.json { s.options = obj } else { v.problem(o, "'options' is a mapping of request options passed to the plugin") }
         }
@@ -257,6 +262,14 @@ public struct ConformanceSpec: Sendable {
         r.delayMS = v.int(node, "delay_ms") ?? 0
         r.action = v.string(node, "action")
         if let a = r.action, a != "hang" && a != "close" { v.problem(node["action"]!, "'action' is hang or close") }
+        if let m = node["match"] {
+            if case .mapping = m.value {
+                v.unknownKeys(m, allowed: ["body"], what: "match key")
+                r.bodyContains = v.string(m, "body")
+            } else {
+                v.problem(m, "'match' is {body: TEXT}: the response answers only requests whose body contains TEXT")
+            }
+        }
         r.framing = v.string(node, "framing") ?? "length"
         if !["length", "chunked", "close"].contains(r.framing) { v.problem(node["framing"]!, "'framing' is length, chunked or close") }
         if let h = node["headers"] {
