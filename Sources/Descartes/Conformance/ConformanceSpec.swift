@@ -313,7 +313,7 @@ public struct ConformanceSpec: Sendable {
         }
         if let c = node["chunks"] {
             guard case .sequence(let items) = c.value else {
-                v.problem(c, "'chunks' is a list of {data, delay_ms, repeat}")
+                v.problem(c, "'chunks' is a list of {data or data_file, delay_ms, repeat}")
                 return r
             }
             for i in items {
@@ -321,8 +321,13 @@ public struct ConformanceSpec: Sendable {
                     v.problem(i, "a chunk is {data: TEXT, delay_ms: N, repeat: N}")
                     continue
                 }
-                v.unknownKeys(i, allowed: ["data", "delay_ms", "repeat"], what: "chunk key")
-                r.chunks.append(.init(data: Array((v.string(i, "data") ?? "").utf8), delayMS: v.int(i, "delay_ms") ?? delay, repeatCount: v.int(i, "repeat") ?? 1))
+                v.unknownKeys(i, allowed: ["data", "data_file", "delay_ms", "repeat"], what: "chunk key")
+                var data = Array((v.string(i, "data") ?? "").utf8)
+                if let f = v.string(i, "data_file") {
+                    let path = f.hasPrefix("/") ? f : FileSystem.join(dir, f)
+                    do { data = try FileSystem.readBytes(path, limit: 16 << 20) } catch { v.problem(i["data_file"]!, "cannot read \(path): \(error.reason)") }
+                }
+                r.chunks.append(.init(data: data, delayMS: v.int(i, "delay_ms") ?? delay, repeatCount: v.int(i, "repeat") ?? 1))
             }
         }
         return r
