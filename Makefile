@@ -4,6 +4,7 @@
 #   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
+#   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
 #                   share/descartes/ (conformance specs, the C example, the plugin docs),
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
@@ -19,7 +20,7 @@ DESTDIR ?=
 VERSION := 0.1.0
 
 # Swift plugin products (dynamic libraries libdescartes-<name>.so) that are installed.
-SWIFT_PLUGINS :=
+SWIFT_PLUGINS := claude-code headless-cli
 # C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
 C_PLUGINS := echo
 
@@ -32,7 +33,7 @@ SHARE_DIR   = share/descartes
 PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/manifest.md docs/conformance.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header fuzz
+.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header fuzz bench-headless
 
 all: stage
 
@@ -100,6 +101,12 @@ test:
 FUZZ_SECONDS ?= 60
 fuzz:
 	Fuzz/run.sh $(FUZZ_SECONDS)
+
+# Headless backends: a session turn of claude against a fresh spawn, and the
+# process runtime's own round trip (needs the claude binary, see .ci/run).
+bench-headless:
+	$(SWIFT) build --build-tests
+	DESCARTES_BENCH=1 $(SWIFT) test --skip-build --filter HeadlessBenchmarks $(TEST_ARGS)
 
 clean:
 	rm -rf build .build-fuzz
