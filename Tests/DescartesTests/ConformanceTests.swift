@@ -119,3 +119,38 @@ import Testing
         #expect(unknown.status == 78)
     }
 }
+
+/// Every plugin `make install` installs passes the conformance suite with the
+/// spec installed beside it, run by the installed CLI as a user would.
+@Suite struct InstalledPluginsConformanceTests {
+    /// The provider ids of the manifests in the test prefix.
+    static let installed: [String] = {
+        guard let prefix = TestEnv.prefix else { return [] }
+        let dir = FileSystem.join(prefix, "lib/descartes/plugins")
+        let names = (try? FileSystem.list(dir)) ?? []
+        return names.filter { $0.hasSuffix(".yaml") }.compactMap { try? PluginManifest.load(path: FileSystem.join(dir, $0)).provider }
+    }()
+
+    @Test(.enabled(if: TestEnv.prefix != nil, "needs the prefix `make test` installs into"), arguments: installed)
+    func passes(_ provider: String) async throws {
+        let prefix = try #require(TestEnv.prefix)
+        let r = await Proc.run(
+            ["\(prefix)/bin/descartes", "plugins", "verify", "--conformance", provider],
+            env: ["HOME": "/nonexistent", "NO_COLOR": "1", "PATH": "/usr/bin:/bin"], timeout: .seconds(300))
+        #expect(r.status == 0, "\(provider):\n\(r.stdout)\(r.stderr)")
+        #expect(r.stdout.contains("spec: \(prefix)/share/descartes/conformance/"), "the installed spec is used: \(r.stdout)")
+        #expect(r.stdout.contains(" 0 failed"))
+    }
+
+    @Test(.enabled(if: TestEnv.prefix != nil, "needs the prefix `make test` installs into"))
+    func everyInstalledPluginHasASpec() throws {
+        let prefix = try #require(TestEnv.prefix)
+        #expect(Self.installed.contains("echo"))
+        for provider in Self.installed {
+            let m = try PluginManifest.load(path: "\(prefix)/lib/descartes/plugins/\(provider).yaml")
+            let byProvider = "\(prefix)/share/descartes/conformance/\(provider).yaml"
+            let byFactory = "\(prefix)/share/descartes/conformance/\(m.factory).yaml"
+            #expect(FileSystem.exists(byProvider) || FileSystem.exists(byFactory), "no conformance spec for \(provider) (conformance/\(provider).yaml or conformance/\(m.factory).yaml)")
+        }
+    }
+}
