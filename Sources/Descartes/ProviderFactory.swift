@@ -50,9 +50,9 @@ public struct ProviderFactory: Sendable {
     ///
     /// - Throws: `ProviderError` of kind `config` listing every problem with
     ///   the instance, each naming file:line:column and the key.
-    public func backend(_ name: String, overrides: [String: JSONValue] = [:]) throws(ProviderError) -> any ModelBackend {
+    public func backend(_ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation = .inProcess) throws(ProviderError) -> any ModelBackend {
         let (plugin, values, at) = try instanceValues(name, overrides: overrides)
-        return try createPluginBackend(plugin, values: values, instance: name, at: at)
+        return try createPluginBackend(plugin, values: values, instance: name, at: at, isolation: isolation)
     }
 
     /// The plugin and the explicit config values for `name` (see `backend`).

@@ -274,16 +274,7 @@ enum ConfigCommand {
         }
     }
 
-    /// A string as a YAML scalar, quoted when plain style would change it.
-    static func scalar(_ s: String) -> String {
-        let plainSafe = !s.isEmpty && s.unicodeScalars.allSatisfy { c in
-            (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || "-_./:@+~".unicodeScalars.contains(c)
-        } && !s.hasSuffix(":") && !s.hasPrefix("-") && !s.hasPrefix(":")
-        if plainSafe, case .string = YAMLNode.resolvePlain(s) {
-            return s
-        }
-        return JSONValue.string(s).jsonText
-    }
+    static func scalar(_ s: String) -> String { YAMLText.scalar(s) }
 
     /// A value in YAML's block style, one line per entry.
     static func block(_ v: JSONValue, indent: Int) -> [String] {

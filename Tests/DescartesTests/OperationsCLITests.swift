@@ -167,7 +167,7 @@ import Testing
     /// The executable is a copy in `bin` (the checkout may sit in a
     /// directory only root can enter, as a CI clone in `mktemp -d` does).
     func asOps(_ args: [String], etc: String, home: String, bin: String) async -> ProcResult {
-        var env = ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": home, "DESCARTES_SYSTEM_CONFIG_DIR": etc, "NO_COLOR": "1", "PATH": "/usr/bin:/bin"]
+        var env = ["DESCARTES_PLUGIN_PATH": FileSystem.join(FileSystem.directory(of: bin), "plugins"), "HOME": home, "DESCARTES_SYSTEM_CONFIG_DIR": etc, "NO_COLOR": "1", "PATH": "/usr/bin:/bin"]
         env["LD_LIBRARY_PATH"] = Environment.get("LD_LIBRARY_PATH")
         let exe = FileSystem.join(bin, "descartes")
         let argv = geteuid() == 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe] : [exe]
@@ -181,16 +181,21 @@ import Testing
         try FileSystem.makeDirectories(etc)
         try FileSystem.makeDirectories(home)
         dir.write("etc/plugins.yaml", "# the host's policy\nrequired: []\n")
-        // The unprivileged user must reach the executable and the plugins, and own the test dirs.
+        // The unprivileged user must reach the executable and the plugin, so
+        // both are copies in the test's directory (the checkout, and the
+        // prefix in it, may sit in a directory only root can enter, as a CI
+        // clone in `mktemp -d` does); it owns the test's files.
         let bin = dir.file("bin")
         try FileSystem.makeDirectories(bin)
+        try FileSystem.makeDirectories(dir.file("plugins"))
         #expect(await Proc.run(["cp", TestEnv.descartes, bin]).status == 0)
-        for d in [plugins.path, FileSystem.directory(of: CCompiler.echoLibrary)] { chmod(d, 0o755) }
+        #expect(await Proc.run(["cp", "-L", CCompiler.echoLibrary, dir.file("plugins/libdescartes-echo.so")]).status == 0)
+        dir.write("plugins/echo.yaml", try FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/echo.yaml"), limit: 1 << 20))
         if geteuid() == 0 { _ = await Proc.run(["chown", "-R", "65534:65534", dir.path]); chmod(dir.path, 0o755) }
 
         let before = await asOps(["plugins", "list"], etc: etc, home: home, bin: bin)
         #expect(before.status == 0, "\(before)")
-        #expect(before.stdout.split(separator: "\n").contains { $0.hasPrefix("echo ") && $0.contains("available") && $0.contains("enabled") })
+        #expect(before.stdout.split(separator: "\n").contains { $0.hasPrefix("echo ") && $0.contains("available") && $0.contains("enabled") }, "\(before)")
 
         let disable = await asOps(["plugins", "disable", "echo", "--system"], etc: etc, home: home, bin: bin)
         #expect(disable.status == 0, "\(disable)")

@@ -108,12 +108,7 @@ public enum PolicyEditor {
             return p.column - 1 < l.count ? l[p.column - 1] : nil
         }
 
-        static func quoted(_ s: String) -> String {
-            let plain = !s.isEmpty && s.unicodeScalars.allSatisfy { c in
-                (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || "-_.".unicodeScalars.contains(c)
-            } && YAMLNode.resolvePlain(s).stringValue == s
-            return plain ? s : JSONValue.string(s).jsonText
-        }
+        static func quoted(_ s: String) -> String { YAMLText.scalar(s) }
 
         /// Removes the item that is exactly `name`; returns its line.
         mutating func remove(_ name: String, from key: String) throws(SourceError) -> Int? {

@@ -650,7 +650,7 @@ final class Run: @unchecked Sendable {
                 }
             }
         }
-        let unique = Array(NSOrderedStrings(failed).prefix(5))
+        let unique = Array(uniqued(failed).prefix(5))
         record(
             "events", failed.isEmpty ? .pass : .fail,
             failed.isEmpty ? "\(all.count) calls, each with exactly one terminal event and nothing after it; tool-call, usage and error documents well formed" : unique.joined(separator: "; "),
@@ -671,7 +671,7 @@ final class Run: @unchecked Sendable {
         }
         record(
             "secrets", leaks.isEmpty ? .pass : .fail,
-            leaks.isEmpty ? "no secret config value in \(logs.withLock { $0.count }) log records or any event" : "a secret config value appears in \(Array(NSOrderedStrings(leaks)).joined(separator: ", "))",
+            leaks.isEmpty ? "no secret config value in \(logs.withLock { $0.count }) log records or any event" : "a secret config value appears in \(Array(uniqued(leaks)).joined(separator: ", "))",
             since: t0)
     }
 }
@@ -694,7 +694,7 @@ struct Why: Error {
 }
 
 /// Strings in first-seen order without repeats.
-func NSOrderedStrings(_ items: [String]) -> [String] {
+func uniqued(_ items: [String]) -> [String] {
     var seen: Set<String> = []
     return items.filter { seen.insert($0).inserted }
 }
