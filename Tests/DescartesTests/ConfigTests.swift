@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import Synchronization
 import Testing
 
 /// providers.yaml: search, merge, references, positions in every problem,
@@ -353,5 +354,27 @@ import Testing
         let both = try #require(await providerError { _ = try factory.backend("both") })
         #expect(both.details.first?.contains("both 'api_key' and 'api_key_helper' are set") == true)
         #expect(config.instance("both")?.helper == [helper, "--flag"])
+    }
+
+    @Test func theMiddlewareSectionsReachTheirCheckerMergedAndExpanded() throws {
+        let l = Layout()
+        l.root.write("project/.descartes/providers.yaml", "retry:\n  max_attempts: ${TRIES}\nfallbacks:\n  main: [a, b]\n")
+        l.root.write("home/.config/descartes/providers.yaml", "retry:\n  backoff_ms: 100\nroutes: {cheap: {}}\n")
+        let c = ProvidersConfig.load(l.options(["TRIES": "4"]))
+        let sections = try c.middlewareSections()
+        #expect(Set(sections.keys) == ["retry", "fallbacks", "routes"])
+        #expect(sections["retry"]?.json == ["max_attempts": 4, "backoff_ms": 100])
+        let seen = Mutex<[String]>([])
+        let checker = ConfigSectionChecker(keys: ProvidersConfig.middlewareSections) { nodes, _ in
+            seen.withLock { $0 = nodes.keys.sorted() }
+            guard let n = nodes["retry"]?["max_attempts"] else { return [] }
+            return [SourceProblem(n.location, "max_attempts \(n.json) is too many for this test")]
+        }
+        let problems = c.check(catalog: PluginCatalog.discover(PluginSearch(directories: [])), checkers: [checker])
+        #expect(seen.withLock { $0 } == ["fallbacks", "retry", "routes"])
+        #expect(problems.map(\.description) == ["\(l.root.file("project/.descartes/providers.yaml")):2:17: max_attempts 4 is too many for this test"])
+        // An unset variable in a section is reported like any other.
+        let bad = ProvidersConfig.load(l.options())
+        #expect(throws: SourceError.self) { try bad.middlewareSections() }
     }
 }

@@ -445,9 +445,10 @@ public struct ProvidersConfig: Sendable {
     /// every scalar. Nil when no file has it.
     ///
     /// This is the seam with the middleware layer: it reads its settings
-    /// from these nodes (each keeps its file:line:column for messages) and
-    /// registers a checker in `ProvidersConfig.sectionCheckers` so that
-    /// `descartes config check` reports its problems with the others.
+    /// from these nodes (each keeps its file:line:column for messages; see
+    /// `middlewareSections()` for all five at once) and registers a checker
+    /// in `ProvidersConfig.sectionCheckers` so that `descartes config check`
+    /// reports its problems with the others.
     ///
     /// - Throws: `SourceError` listing every reference that cannot be expanded.
     public func section(_ key: String) throws(SourceError) -> YAMLNode? {
@@ -481,7 +482,7 @@ public struct ProvidersConfig: Sendable {
     /// Every problem in the configuration: the files' structure, every
     /// instance's references and values against its plugin's manifest, and
     /// each section's own checks. What `descartes config check` prints.
-    public func check(catalog: PluginCatalog) -> [SourceProblem] {
+    public func check(catalog: PluginCatalog, checkers: [ConfigSectionChecker] = ProvidersConfig.sectionCheckers) -> [SourceProblem] {
         var all = problems
         for inst in instances {
             switch resolve(inst, runHelper: false) {
@@ -504,30 +505,37 @@ public struct ProvidersConfig: Sendable {
                 all += outcome.problems
             }
         }
+        var expanded: [String: YAMLNode] = [:]
         for (key, _) in sections.sorted(by: { $0.key < $1.key }) {
             do {
                 guard let node = try section(key) else { continue }
-                for checker in ProvidersConfig.sectionCheckers where checker.key == key { all += checker.check(node, self) }
+                expanded[key] = node
                 if key == "audit" {
                     if case .failure(let e) = AuditSettings.read(node) { all += e.problems }
                 }
             } catch { all += error.problems }
         }
+        for checker in checkers {
+            let mine = expanded.filter { checker.keys.contains($0.key) }
+            if !mine.isEmpty { all += checker.check(mine, self) }
+        }
         return all
     }
 }
 
-/// Checks one top-level section of providers.yaml for another part of the
-/// library (the middleware layer owns `retry`, `fallbacks`, `routes`,
-/// `cache` and `limits`).
+/// Checks top-level sections of providers.yaml for another part of the
+/// library: the middleware layer owns `retry`, `fallbacks`, `routes`,
+/// `cache` and `limits`, and checks them together (a fallback chain names
+/// routes and instances).
 public struct ConfigSectionChecker: Sendable {
-    public var key: String
-    /// Returns every problem in the (merged, expanded) section, each with
-    /// the file:line:column of the node at fault.
-    public var check: @Sendable (YAMLNode, ProvidersConfig) -> [SourceProblem]
+    /// The sections it reads.
+    public var keys: [String]
+    /// Returns every problem in the (merged, expanded) sections present,
+    /// each with the file:line:column of the node at fault.
+    public var check: @Sendable ([String: YAMLNode], ProvidersConfig) -> [SourceProblem]
 
-    public init(key: String, check: @escaping @Sendable (YAMLNode, ProvidersConfig) -> [SourceProblem]) {
-        self.key = key
+    public init(keys: [String], check: @escaping @Sendable ([String: YAMLNode], ProvidersConfig) -> [SourceProblem]) {
+        self.keys = keys
         self.check = check
     }
 }
