@@ -19,6 +19,9 @@ let topHelp = """
       plugins verify --conformance NAME Run a plugin through the conformance suite
       plugins enable|disable NAME       Edit the plugin policy (user file, or --system)
       complete -p PROVIDER PROMPT       Run one completion (--stream to print text as it arrives)
+      models -p PROVIDER                List the models a provider offers now
+      health [-p PROVIDER]              Check with a real call that providers can serve requests
+      tokens -p PROVIDER TEXT           Count (or estimate) the input tokens of a text
       config show [NAME] [--json]       The merged providers.yaml, where each value came from, secrets masked
       config check                      Report every problem in the configuration files
       log [-n N] [--json]               The last audit log entries and totals per provider
