@@ -48,7 +48,7 @@ public final class Redactor: Sendable {
     public func redact(_ text: String) -> String {
         var out = text
         let list = secrets.withLock { $0 }
-        for s in list where out.contains(s) {
+        for s in list where s.utf8.count <= out.utf8.count && out[...].range(of: s) != nil {
             out = out.replacingAll(s, with: Redactor.mask)
         }
         return Redactor.redactKeyShapes(out)

@@ -38,6 +38,23 @@ enum KeyShapes {
         ("glpat-", 20), ("r8_", 20), ("AKIA", 16),
     ].map { (Array($0.0.utf8), $0.1) }
 
+    static let bearer = Array("bearer ".utf8)
+    static let basic = Array("basic ".utf8)
+
+    /// Per lowercased first byte: the field names starting with it.
+    static let fieldsByFirstByte: [[[UInt8]]] = {
+        var t = [[[UInt8]]](repeating: [], count: 256)
+        for n in fieldNames { t[Int(n[0])].append(n) }
+        return t
+    }()
+
+    /// Per first byte (case kept): the key prefixes starting with it.
+    static let prefixesByFirstByte: [[(prefix: [UInt8], minimum: Int)]] = {
+        var t = [[(prefix: [UInt8], minimum: Int)]](repeating: [], count: 256)
+        for p in prefixes { t[Int(p.prefix[0])].append(p) }
+        return t
+    }()
+
     static func isWordByte(_ b: UInt8) -> Bool {
         (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F || b == 0x2D
     }
@@ -110,13 +127,13 @@ enum KeyShapes {
                     }
                 }
                 // "Bearer <token>", "Basic <token>" anywhere.
-                if l == 0x62, matches(bytes, i, Array("bearer ".utf8), caseInsensitive: true) || matches(bytes, i, Array("basic ".utf8), caseInsensitive: true) {
-                    let start = i + (l == 0x62 && lower(bytes[i + 1]) == 0x65 ? 7 : 6)
+                if l == 0x62, matches(bytes, i, bearer, caseInsensitive: true) || matches(bytes, i, basic, caseInsensitive: true) {
+                    let start = i + (lower(bytes[i + 1]) == 0x65 ? 7 : 6)
                     let end = tokenEnd(bytes, start)
                     if end - start >= 8 { return start..<end }
                 }
                 // Credential fields.
-                for name in fieldNames where name[0] == l && matches(bytes, i, name, caseInsensitive: true) {
+                for name in fieldsByFirstByte[Int(l)] where matches(bytes, i, name, caseInsensitive: true) {
                     let nameEnd = i + name.count
                     if nameEnd < bytes.count, isWordByte(bytes[nameEnd]) { continue }
                     if let v = valueStart(bytes, nameEnd) {
@@ -125,7 +142,7 @@ enum KeyShapes {
                     }
                 }
                 // Key prefixes.
-                for (prefix, minimum) in prefixes where prefix[0] == b && matches(bytes, i, prefix, caseInsensitive: false) {
+                for (prefix, minimum) in prefixesByFirstByte[Int(b)] where matches(bytes, i, prefix, caseInsensitive: false) {
                     let end = tokenEnd(bytes, i + prefix.count)
                     if end - (i + prefix.count) >= minimum { return i..<end }
                 }
