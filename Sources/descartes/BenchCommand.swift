@@ -68,9 +68,15 @@ enum BenchCommand {
             }
         }
 
+        // The path `descartes complete` takes: providers.yaml and the
+        // environment, --set on top, the audit log if one is configured.
+        let factory = Commands.factory(globals)
         let backend: any ModelBackend
         do {
-            backend = try ProviderFactory(catalog: Commands.catalog(globals)).create(provider, config: config)
+            let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
+            Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory)
+            let created = try factory.backend(provider, overrides: config)
+            backend = try Commands.auditLog(factory.configuration).map { $0.wrap(created, plugin: plugin) } ?? created
         } catch { failure(error, json: json) }
 
         let outcome: Result<Report, ProviderError>

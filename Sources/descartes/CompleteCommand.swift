@@ -82,9 +82,13 @@ enum CompleteCommand {
         let json = args.flag("--json")
         let streaming = args.flag("--stream")
 
+        let factory = Commands.factory(globals)
         let backend: any ModelBackend
         do {
-            backend = try ProviderFactory(catalog: Commands.catalog(globals)).create(provider, config: settings)
+            let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
+            Commands.warnAboutSecretsOnTheCommandLine(settings, plugin: plugin, factory: factory)
+            let created = try factory.backend(provider, overrides: settings)
+            backend = try Commands.auditLog(factory.configuration).map { $0.wrap(created, plugin: plugin) } ?? created
         } catch { failure(error, json: json) }
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in
