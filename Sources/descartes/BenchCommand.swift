@@ -179,7 +179,10 @@ enum BenchCommand {
             template.options["session_id"] = .string(id)
         }
 
-        let sampler = ThreadSampler()
+        // Threads come and go only with concurrency; one request at a time
+        // is counted at the end (a sampling thread would also show up in
+        // callgrind profiles of a slowed-down process).
+        let sampler = s.concurrency > 1 ? ThreadSampler() : nil
         let cpu0 = cpuSeconds()
         let start = ContinuousClock.now
         let results: [(latency: Double, answer: Answer)]
@@ -215,7 +218,7 @@ enum BenchCommand {
         }
         let seconds = (ContinuousClock.now - start).secondsDouble
         let cpu = cpuSeconds() - cpu0
-        let threads = sampler.stop()
+        let threads = sampler?.stop() ?? ThreadSampler.count()
         return Report(
             seconds: seconds, cpuSeconds: cpu, latencies: results.map(\.latency), texts: results.map(\.answer.text),
             events: results.reduce(0) { $0 + $1.answer.events }, peakRSSKB: ProcStatus.field("VmHWM"), threadsPeak: threads,
