@@ -16,6 +16,13 @@
 //   "finish:<reason>"     finish with that reason (default: "stop" at the end)
 //   "after-terminal"      emit a text event after the terminal event (a rule violation)
 //   "ignore-cancel"       keep going when cancelled (a misbehaving plugin)
+//   "retry_after:<ms>"    set the retry-after hint of later "error" steps of this script
+//
+// Scripts that change from one call to the next (retries, fallbacks, caches):
+// the option "sequence" is a list of scripts; the n-th call (0-based) carrying
+// the same option "sequence_id" (default "default") runs script n, the last
+// one repeating. The health check reports "calls" (completions started) and
+// "sequences" ({id: calls so far}).
 import DescartesPluginKit
 import Synchronization
 
@@ -23,7 +30,8 @@ final class ScriptedBackend: DescartesBackend {
     let context: BackendContext
     /// Calls running now and initializations so far, reported by the health
     /// check so tests can see cancellation reach the plugin.
-    let counters = Mutex((active: 0, initializations: 0))
+    let counters = Mutex((active: 0, initializations: 0, calls: 0))
+    let sequences = Mutex<[String: Int]>([:])
     let initDelay: Int
     let failInit: String?
 
@@ -50,9 +58,13 @@ final class ScriptedBackend: DescartesBackend {
 
     func healthCheck(_ call: PluginCall) {
         let c = counters.withLock { $0 }
+        let seqs = sequences.withLock { $0 }
         call.finish(result: [
             "message": .string("scripted backend '\(context.instance)' is healthy"),
-            "details": ["active": .integer(c.active), "initializations": .integer(c.initializations)],
+            "details": [
+                "active": .integer(c.active), "initializations": .integer(c.initializations), "calls": .integer(c.calls),
+                "sequences": .object(JSONObject(seqs.sorted { $0.key < $1.key }.map { (key: $0.key, value: .integer($0.value)) })),
+            ],
         ])
     }
 
@@ -61,14 +73,26 @@ final class ScriptedBackend: DescartesBackend {
     }
 
     func stream(_ request: ModelRequest, _ call: PluginCall) {
-        let steps = request.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? ["words"]
-        let retryAfter = request.options["retry_after_ms"]?.intValue
+        var steps = request.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? ["words"]
+        if let seq = request.options["sequence"]?.arrayValue, !seq.isEmpty {
+            let id = request.options["sequence_id"]?.stringValue ?? "default"
+            let n = sequences.withLock { s -> Int in
+                defer { s[id, default: 0] += 1 }
+                return s[id, default: 0]
+            }
+            steps = seq[min(n, seq.count - 1)].arrayValue?.compactMap(\.stringValue) ?? []
+        }
+        let initialRetryAfter = request.options["retry_after_ms"]?.intValue
         let ignoreCancel = steps.contains("ignore-cancel")
         let prompt = request.messages.last { $0.role == .user }?.content ?? ""
         let model = request.model ?? "scripted-small"
-        counters.withLock { $0.active += 1 }
+        counters.withLock {
+            $0.active += 1
+            $0.calls += 1
+        }
         let task = Task.detached { [self] in
             defer { counters.withLock { $0.active -= 1 } }
+            var retryAfter = initialRetryAfter
             call.start(id: "scripted-1", model: model)
             var reason = "stop"
             var outputWords = 0
@@ -116,6 +140,7 @@ final class ScriptedBackend: DescartesBackend {
                             retryAfter: retryAfter.map { .milliseconds($0) }))
                     return
                 case "finish": reason = arg
+                case "retry_after": retryAfter = Int(arg)
                 case "after-terminal":
                     call.finish(Wire.Finish(finishReason: FinishReason(rawValue: reason)))
                     call.text("too late")
