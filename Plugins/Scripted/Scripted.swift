@@ -17,12 +17,18 @@
 //   "after-terminal"      emit a text event after the terminal event (a rule violation)
 //   "ignore-cancel"       keep going when cancelled (a misbehaving plugin)
 //   "retry_after:<ms>"    set the retry-after hint of later "error" steps of this script
+//   "echo-options"        emit the request's options, minus these scripting ones, as JSON text
+//   "echo-model"          emit the model asked for ("" for the default) as text
 //
 // Scripts that change from one call to the next (retries, fallbacks, caches):
 // the option "sequence" is a list of scripts; the n-th call (0-based) carrying
 // the same option "sequence_id" (default "default") runs script n, the last
 // one repeating. The health check reports "calls" (completions started) and
 // "sequences" ({id: calls so far}).
+//
+// Chains of several providers: the option "by_instance" maps an instance
+// name to the script (or, with "sequence", the list of scripts) that
+// instance runs instead.
 import DescartesPluginKit
 import Synchronization
 
@@ -73,8 +79,12 @@ final class ScriptedBackend: DescartesBackend {
     }
 
     func stream(_ request: ModelRequest, _ call: PluginCall) {
-        var steps = request.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? ["words"]
-        if let seq = request.options["sequence"]?.arrayValue, !seq.isEmpty {
+        var options = request.options
+        if let mine = options["by_instance"]?[context.instance] {
+            if options["sequence"] != nil { options["sequence"] = mine } else { options["script"] = mine }
+        }
+        var steps = options["script"]?.arrayValue?.compactMap(\.stringValue) ?? ["words"]
+        if let seq = options["sequence"]?.arrayValue, !seq.isEmpty {
             let id = request.options["sequence_id"]?.stringValue ?? "default"
             let n = sequences.withLock { s -> Int in
                 defer { s[id, default: 0] += 1 }
@@ -141,6 +151,11 @@ final class ScriptedBackend: DescartesBackend {
                     return
                 case "finish": reason = arg
                 case "retry_after": retryAfter = Int(arg)
+                case "echo-options":
+                    var o = request.options
+                    for k in ["script", "sequence", "sequence_id", "by_instance", "retry_after_ms"] { o[k] = nil }
+                    call.text(JSONValue.object(o).jsonText)
+                case "echo-model": call.text(request.model ?? "")
                 case "after-terminal":
                     call.finish(Wire.Finish(finishReason: FinishReason(rawValue: reason)))
                     call.text("too late")
