@@ -19,6 +19,7 @@
 //   "retry_after:<ms>"    set the retry-after hint of later "error" steps of this script
 //   "echo-options"        emit the request's options, minus these scripting ones, as JSON text
 //   "echo-model"          emit the model asked for ("" for the default) as text
+//   "echo-metadata"       emit the request's metadata as JSON text
 //
 // Scripts that change from one call to the next (retries, fallbacks, caches):
 // the option "sequence" is a list of scripts; the n-th call (0-based) carrying
@@ -156,6 +157,8 @@ final class ScriptedBackend: DescartesBackend {
                     for k in ["script", "sequence", "sequence_id", "by_instance", "retry_after_ms"] { o[k] = nil }
                     call.text(JSONValue.object(o).jsonText)
                 case "echo-model": call.text(request.model ?? "")
+                case "echo-metadata":
+                    call.text(JSONValue.object(JSONObject(request.metadata.sorted { $0.key < $1.key }.map { (key: $0.key, value: .string($0.value)) })).jsonText)
                 case "after-terminal":
                     call.finish(Wire.Finish(finishReason: FinishReason(rawValue: reason)))
                     call.text("too late")
