@@ -65,15 +65,17 @@ public struct FallbackBackend: ModelBackend {
 
     public func complete(_ request: ModelRequest) async throws -> ModelResponse {
         var log = AttemptLog()
+        let end = request.deadlines.total.map { ContinuousClock.now + $0 }
         for (i, entry) in entries.enumerated() {
             let started = ContinuousClock.now
+            guard let r = Self.request(request, for: entry, end: end) else { throw log.giveUp(timedOut(request)) }
             do {
-                return log.answered(try await entry.backend.complete(entry.model.apply(to: request)))
+                return log.answered(try await entry.backend.complete(r))
             } catch {
                 let e = ProviderError.from(error, provider: entry.backend.name)
                 if e.kind == .cancelled || Task.isCancelled { throw log.giveUp(e) }
                 log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
-                guard i + 1 < entries.count, policy.on.contains(e.kind) else { throw log.giveUp(e) }
+                guard i + 1 < entries.count, policy.on.contains(e.kind), end.map({ $0 > .now }) ?? true else { throw log.giveUp(e) }
                 LogSink.shared.log(
                     .info, "fallback \(name)", "\(entry.backend.name) failed (\(e.kind)): trying \(entries[i + 1].backend.name)")
             }
@@ -85,13 +87,16 @@ public struct FallbackBackend: ModelBackend {
         let entries = self.entries
         let policy = self.policy
         let name = self.name
+        let me = self
         return Streams.make(provider: name) { out in
             var log = AttemptLog()
+            let end = request.deadlines.total.map { ContinuousClock.now + $0 }
             for (i, entry) in entries.enumerated() {
                 let started = ContinuousClock.now
+                guard let r = Self.request(request, for: entry, end: end) else { throw log.giveUp(me.timedOut(request)) }
                 do throws(Streams.AttemptFailure) {
                     try await Streams.forward(
-                        entry.backend.stream(entry.model.apply(to: request)), to: out, provider: entry.backend.name,
+                        entry.backend.stream(r), to: out, provider: entry.backend.name,
                         answered: log.answered)
                     return
                 } catch {
@@ -99,7 +104,9 @@ public struct FallbackBackend: ModelBackend {
                     let reached = error.outputReached
                     if e.kind == .cancelled || Task.isCancelled { throw log.giveUp(e) }
                     log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
-                    guard i + 1 < entries.count, policy.on.contains(e.kind), !reached || policy.restartStreams else {
+                    guard i + 1 < entries.count, policy.on.contains(e.kind), !reached || policy.restartStreams,
+                        end.map({ $0 > .now }) ?? true
+                    else {
                         throw log.giveUp(e)
                     }
                     let next = entries[i + 1].backend.name
@@ -110,6 +117,23 @@ public struct FallbackBackend: ModelBackend {
                 }
             }
         }
+    }
+
+    /// The request for `entry`: its model, and what is left of the whole
+    /// request's total deadline (nil when none is left).
+    static func request(_ request: ModelRequest, for entry: Entry, end: ContinuousClock.Instant?) -> ModelRequest? {
+        var r = entry.model.apply(to: request)
+        if let end {
+            let left = end - ContinuousClock.now
+            if left <= .zero { return nil }
+            r.deadlines.total = left
+        }
+        return r
+    }
+
+    func timedOut(_ request: ModelRequest) -> ProviderError {
+        ProviderError(
+            .timeout, "the total deadline of \((request.deadlines.total ?? .zero).short) passed", provider: name, deadline: "total")
     }
 
     // MARK: Other operations go to the first provider that answers them.
