@@ -3,7 +3,7 @@
 #   make            build the CLI and every plugin (release) and stage a prefix in build/prefix
 #   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
-#   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, lib/descartes/plugins/,
+#   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
 #
 # The C example plugin (Plugins/EchoC) is built with $(CC) against the staged
@@ -38,7 +38,7 @@ swift-build:
 # file pointing at the stage so the C example builds against it.
 stage: swift-build
 	@mkdir -p $(STAGE)/bin $(STAGE)/$(PLUGIN_DIR) $(STAGE)/include/descartes $(STAGE)/lib/pkgconfig
-	cp $(BIN_DIR)/descartes $(STAGE)/bin/descartes
+	cp $(BIN_DIR)/descartes $(BIN_DIR)/descartes-plugin-host $(STAGE)/bin/
 	cp Sources/CDescartesPlugin/include/descartes/plugin.h $(STAGE)/include/descartes/plugin.h
 	sed -e 's|@PREFIX@|$(STAGE_ABS)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(STAGE)/lib/pkgconfig/descartes-plugin.pc
 	@for p in $(SWIFT_PLUGINS); do cp $(BIN_DIR)/libdescartes-$$p.so $(STAGE)/$(PLUGIN_DIR)/ || exit 1; done
@@ -63,14 +63,14 @@ run: stage
 
 install: stage
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR) $(DESTDIR)$(PREFIX)/include/descartes $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	install -m 755 $(STAGE)/bin/descartes $(DESTDIR)$(PREFIX)/bin/descartes
+	install -m 755 $(STAGE)/bin/descartes $(STAGE)/bin/descartes-plugin-host $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(STAGE)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/include/descartes/plugin.h
 	install -m 755 $(STAGE)/$(PLUGIN_DIR)/*.so $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
 	install -m 644 $(STAGE)/$(PLUGIN_DIR)/*.yaml $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/descartes $(DESTDIR)$(PREFIX)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
+	rm -f $(DESTDIR)$(PREFIX)/bin/descartes $(DESTDIR)$(PREFIX)/bin/descartes-plugin-host $(DESTDIR)$(PREFIX)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
 	rm -rf $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)
 
 # The test suite: a debug build installed into build/test-prefix (the

@@ -5,6 +5,7 @@
 //
 // Layout (the architecture, as data flows):
 //   Sources/descartes           the CLI
+//   Sources/descartes-plugin-host  runs one plugin in a helper process (isolation: process)
 //   Sources/Descartes           the host library: ModelBackend, PluginHost, ProviderFactory, config
 //   Sources/DescartesCore       value types, JSON, the ABI's JSON documents (shared by host and kit)
 //   Sources/CDescartesPlugin    include/descartes/plugin.h: the C ABI, the contract
@@ -50,6 +51,7 @@ let package = Package(
     name: "Descartes",
     products: [
         .executable(name: "descartes", targets: ["descartes"]),
+        .executable(name: "descartes-plugin-host", targets: ["descartes-plugin-host"]),
         .library(name: "Descartes", targets: ["Descartes"]),
         .library(name: "DescartesPluginKit", targets: ["DescartesPluginKit"]),
     ] + plugins.map(\.0),
@@ -72,8 +74,12 @@ let package = Package(
 
         // MARK: The CLI
         .executableTarget(name: "descartes", dependencies: ["Descartes"], swiftSettings: swiftSettings),
+        // Runs one plugin in its own process (isolation: process).
+        .executableTarget(name: "descartes-plugin-host", dependencies: ["Descartes", "CDescartesPlugin"], swiftSettings: swiftSettings),
 
         // MARK: Tests
-        .testTarget(name: "DescartesTests", dependencies: ["Descartes"], swiftSettings: swiftSettings),
+        // Unit tests reach the kit's building blocks (decoders, HTTP engine)
+        // directly; plugins are only ever reached through the C ABI.
+        .testTarget(name: "DescartesTests", dependencies: ["Descartes", "DescartesPluginKit"], swiftSettings: swiftSettings),
     ] + plugins.map(\.1)
 )

@@ -20,6 +20,9 @@
 //   "echo-options"        emit the request's options, minus these scripting ones, as JSON text
 //   "echo-model"          emit the model asked for ("" for the default) as text
 //   "echo-metadata"       emit the request's metadata as JSON text
+//   "crash:segv"          dereference a null pointer (SIGSEGV) -- for isolation tests
+//   "crash:abort"         abort() (SIGABRT)
+//   "leak"                allocate and touch memory without bound until the process dies
 //
 // Scripts that change from one call to the next (retries, fallbacks, caches):
 // the option "sequence" is a list of scripts; the n-th call (0-based) carrying
@@ -31,6 +34,7 @@
 // name to the script (or, with "sequence", the list of scripts) that
 // instance runs instead.
 import DescartesPluginKit
+import Glibc
 import Synchronization
 
 final class ScriptedBackend: DescartesBackend {
@@ -159,6 +163,20 @@ final class ScriptedBackend: DescartesBackend {
                 case "echo-model": call.text(request.model ?? "")
                 case "echo-metadata":
                     call.text(JSONValue.object(JSONObject(request.metadata.sorted { $0.key < $1.key }.map { (key: $0.key, value: .string($0.value)) })).jsonText)
+                case "crash":
+                    if arg == "abort" { abort() }
+                    let null = UnsafeMutablePointer<Int>(bitPattern: 8)!
+                    null.pointee = 42
+                case "leak":
+                    // 64 MiB at a time, each page touched so it is really used.
+                    while true {
+                        let block = UnsafeMutableRawPointer.allocate(byteCount: 64 << 20, alignment: 4096)
+                        var off = 0
+                        while off < 64 << 20 {
+                            block.storeBytes(of: 1, toByteOffset: off, as: UInt8.self)
+                            off += 4096
+                        }
+                    }
                 case "after-terminal":
                     call.finish(Wire.Finish(finishReason: FinishReason(rawValue: reason)))
                     call.text("too late")

@@ -12,7 +12,9 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     let name: String
     let mode: ModelProviderMode
     let manifest: PluginManifest
-    let library: PluginLibrary
+    /// Keeps what `raw` lives in alive: the loaded library, or the proxy of
+    /// an isolated plugin.
+    let owner: AnyObject
     let raw: UnsafeMutablePointer<descartes_backend_t>
     let hostTable: HostTable
     /// Deadlines applied when a request sets none of its own.
@@ -28,13 +30,13 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     private let state = Mutex(State())
 
     init(
-        name: String, manifest: PluginManifest, library: PluginLibrary, raw: UnsafeMutablePointer<descartes_backend_t>,
+        name: String, manifest: PluginManifest, owner: AnyObject, raw: UnsafeMutablePointer<descartes_backend_t>,
         hostTable: HostTable, defaultDeadlines: Deadlines
     ) {
         self.name = name
         self.mode = manifest.mode
         self.manifest = manifest
-        self.library = library
+        self.owner = owner
         self.raw = raw
         self.hostTable = hostTable
         self.defaultDeadlines = defaultDeadlines
@@ -44,7 +46,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         // No call is in flight (each retains the backend), but this may run
         // on a plugin thread inside a callback, where `destroy` is not
         // allowed: shut down (if the owner did not) and destroy elsewhere.
-        let finisher = DetachedFinisher(raw: raw, table: hostTable, library: library)
+        let finisher = DetachedFinisher(raw: raw, table: hostTable, owner: owner)
         if state.withLock({ $0.shutDown || !$0.used }) { finisher.destroyLater() } else { finisher.start() }
     }
 
@@ -255,11 +257,11 @@ final class CancelBox: Sendable {
 final class DetachedFinisher: @unchecked Sendable {
     let raw: UnsafeMutablePointer<descartes_backend_t>
     let table: HostTable
-    let library: PluginLibrary
-    init(raw: UnsafeMutablePointer<descartes_backend_t>, table: HostTable, library: PluginLibrary) {
+    let owner: AnyObject
+    init(raw: UnsafeMutablePointer<descartes_backend_t>, table: HostTable, owner: AnyObject) {
         self.raw = raw
         self.table = table
-        self.library = library
+        self.owner = owner
     }
 
     func start() {

@@ -1,4 +1,4 @@
-internal import CDescartesPlugin
+package import CDescartesPlugin
 import Glibc
 import Synchronization
 
@@ -40,14 +40,18 @@ final class CString: @unchecked Sendable {
 
 /// A host table (descartes_host_t) for one library or one backend instance,
 /// with its log source. It stays allocated until released by its owner.
-final class HostTable: @unchecked Sendable {
+package final class HostTable: @unchecked Sendable {
     let table: UnsafeMutablePointer<descartes_host_t>
     let source: String
+    /// Where records go instead of the process's LogSink (the isolation
+    /// helper forwards them to the host).
+    let sink: (@Sendable (LogLevel, String) -> Void)?
     private let name = CString("descartes")
     private let version = CString(descartesVersion)
 
-    init(source: String) {
+    package init(source: String, sink: (@Sendable (LogLevel, String) -> Void)? = nil) {
         self.source = source
+        self.sink = sink
         table = .allocate(capacity: 1)
         table.initialize(to: descartes_host_t())
         table.pointee.struct_size = UInt32(MemoryLayout<descartes_host_t>.size)
@@ -61,7 +65,7 @@ final class HostTable: @unchecked Sendable {
             let l = LogLevel(rawValue: min(level, 4)) ?? .trace
             guard LogSink.shared.isEnabled(l) else { return }
             let text = message.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: length), as: UTF8.self) } ?? ""
-            LogSink.shared.log(l, me.source, text)
+            if let sink = me.sink { sink(l, text) } else { LogSink.shared.log(l, me.source, text) }
         }
         table.pointee.log_level = { _ in LogSink.shared.level.rawValue }
         table.pointee.get_extension = { _, _ in nil }
@@ -77,6 +81,54 @@ final class HostTable: @unchecked Sendable {
 /// (Swift images cannot be dlclose'd safely), so its tables stay valid for
 /// the life of the process.
 public final class PluginLibrary: @unchecked Sendable {
+    /// Creates a backend with factory `id` from a validated configuration.
+    /// - Throws: the plugin's own error (create's `on_error`), its message
+    ///   prefixed with the library's path.
+    package func createBackend(
+        factory id: String, provider: String, instance: String, config configBytes: [UInt8], table: HostTable
+    ) throws(ProviderError) -> UnsafeMutablePointer<descartes_backend_t> {
+        guard let factory = factory(id) else {
+            throw ProviderError(
+                .initialization, "\(path): unknown factory '\(id)'; the library registers: \(factoryIDs.joined(separator: ", "))",
+                provider: instance)
+        }
+        let errorBox = ErrorBox()
+        let raw: UnsafeMutablePointer<descartes_backend_t>? = provider.withCString { providerC in
+            instance.withCString { instanceC in
+                configBytes.withUnsafeBufferPointer { cfg in
+                    cfg.withMemoryRebound(to: CChar.self) { cfgChars in
+                        var args = descartes_create_args_t()
+                        args.struct_size = UInt32(MemoryLayout<descartes_create_args_t>.size)
+                        args.host = UnsafePointer(table.table)
+                        args.provider = providerC
+                        args.instance = instanceC
+                        args.config = cfgChars.baseAddress
+                        args.config_length = cfgChars.count
+                        let ctx = Unmanaged.passUnretained(errorBox).toOpaque()
+                        return factory.pointee.create(factory, &args, { ctx, json, length in
+                            guard let ctx else { return }
+                            let box = Unmanaged<ErrorBox>.fromOpaque(ctx).takeUnretainedValue()
+                            box.bytes = json.map { Array(UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
+                        }, ctx)
+                    }
+                }
+            }
+        }
+        guard let raw else {
+            var e = errorBox.bytes.isEmpty
+                ? ProviderError(.initialization, "the plugin refused the configuration without saying why", provider: instance)
+                : errorBox.bytes.withUnsafeBytes { Wire.decodeError($0, provider: instance) }
+            e.message = Redactor.shared.redact("\(path): create failed: \(e.message)")
+            throw e
+        }
+        guard raw.pointee.struct_size >= UInt32(MemoryLayout<descartes_backend_t>.offset(of: \.destroy)!) else {
+            throw ProviderError(
+                .initialization, "\(path): the backend's struct_size \(raw.pointee.struct_size) is smaller than version 1 of descartes_backend_t",
+                provider: instance)
+        }
+        return raw
+    }
+
     public let path: String
     public let name: String
     public let version: String

@@ -41,8 +41,20 @@ public struct ProviderFactory: Sendable {
 
     /// Creates a backend for provider `name`, under the instance name
     /// `instance` (defaults to the provider id).
-    public func create(_ name: String, config: [String: JSONValue] = [:], instance: String? = nil) throws(ProviderError) -> any ModelBackend {
-        try createPluginBackend(name, config: config, instance: instance)
+    public func create(
+        _ name: String, config: [String: JSONValue] = [:], instance: String? = nil, isolation: Isolation = .inProcess
+    ) throws(ProviderError) -> any ModelBackend {
+        try createPluginBackend(name, config: config, instance: instance, isolation: isolation)
+    }
+
+    /// Where a plugin runs.
+    public enum Isolation: Sendable, Hashable {
+        /// Loaded into this process (the fastest).
+        case inProcess
+        /// In a `descartes-plugin-host` helper process that speaks the same
+        /// ABI over a socket: a plugin that crashes, aborts or leaks takes
+        /// down only its helper, and its callers get `process` errors.
+        case process(ProcessLimits = ProcessLimits())
     }
 
     /// The manifest for `name`, or a `config` error listing what is installed.
@@ -62,60 +74,42 @@ public struct ProviderFactory: Sendable {
         return m
     }
 
-    func createPluginBackend(_ name: String, config: [String: JSONValue], instance: String?) throws(ProviderError) -> PluginBackend {
+    func createPluginBackend(
+        _ name: String, config: [String: JSONValue], instance: String?, isolation: Isolation = .inProcess
+    ) throws(ProviderError) -> PluginBackend {
         let instanceName = instance ?? name
         let manifest = try manifest(for: name)
         let (resolved, secrets) = try ConfigValidation.resolve(
             manifest: manifest, instance: instanceName, explicit: config, environment: environment)
         for s in secrets { Redactor.shared.register(s) }
 
-        let library: PluginLibrary
-        do { library = try loader.load(path: manifest.libraryPath) } catch {
-            throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: instanceName)
-        }
-        guard let factory = library.factory(manifest.factory) else {
-            throw ProviderError(
-                .initialization,
-                "\(library.path): unknown factory '\(manifest.factory)' (named by \(manifest.file)); the library registers: \(library.factoryIDs.joined(separator: ", "))",
-                provider: instanceName)
-        }
-        let table = HostTable(source: "provider \(instanceName)")
         let configBytes = JSONValue.object(resolved).jsonBytes
-        let errorBox = ErrorBox()
-        let raw: UnsafeMutablePointer<descartes_backend_t>? = name.withCString { providerC in
-            instanceName.withCString { instanceC in
-                configBytes.withUnsafeBufferPointer { cfg in
-                    cfg.withMemoryRebound(to: CChar.self) { cfgChars in
-                        var args = descartes_create_args_t()
-                        args.struct_size = UInt32(MemoryLayout<descartes_create_args_t>.size)
-                        args.host = UnsafePointer(table.table)
-                        args.provider = providerC
-                        args.instance = instanceC
-                        args.config = cfgChars.baseAddress
-                        args.config_length = cfgChars.count
-                        let ctx = Unmanaged.passUnretained(errorBox).toOpaque()
-                        return factory.pointee.create(factory, &args, { ctx, json, length in
-                            guard let ctx else { return }
-                            let box = Unmanaged<ErrorBox>.fromOpaque(ctx).takeUnretainedValue()
-                            box.bytes = json.map { Array(UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
-                        }, ctx)
-                    }
-                }
+        let raw: UnsafeMutablePointer<descartes_backend_t>
+        let owner: AnyObject
+        let table = HostTable(source: "provider \(instanceName)")
+        switch isolation {
+        case .inProcess:
+            let library: PluginLibrary
+            do { library = try loader.load(path: manifest.libraryPath) } catch {
+                throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: instanceName)
             }
-        }
-        guard let raw else {
-            var e = errorBox.bytes.isEmpty
-                ? ProviderError(.initialization, "the plugin refused the configuration without saying why", provider: instanceName)
-                : errorBox.bytes.withUnsafeBytes { Wire.decodeError($0, provider: instanceName) }
-            e.message = Redactor.shared.redact("\(library.path): create failed: \(e.message)")
-            throw e
-        }
-        guard raw.pointee.struct_size >= UInt32(MemoryLayout<descartes_backend_t>.offset(of: \.destroy)!) else {
-            throw ProviderError(.initialization, "\(library.path): the backend's struct_size \(raw.pointee.struct_size) is smaller than version 1 of descartes_backend_t", provider: instanceName)
+            if library.factory(manifest.factory) == nil {
+                throw ProviderError(
+                    .initialization,
+                    "\(library.path): unknown factory '\(manifest.factory)' (named by \(manifest.file)); the library registers: \(library.factoryIDs.joined(separator: ", "))",
+                    provider: instanceName)
+            }
+            raw = try library.createBackend(factory: manifest.factory, provider: name, instance: instanceName, config: configBytes, table: table)
+            owner = library
+        case .process(let limits):
+            let proxy = try ProcessBackend.start(
+                manifest: manifest, provider: name, instance: instanceName, config: configBytes, limits: limits)
+            raw = proxy.raw
+            owner = proxy
         }
         var defaults = Deadlines(total: .seconds(600))
         if let t = resolved["timeout_secs"]?.intValue, t > 0 { defaults.total = .seconds(t) }
-        return PluginBackend(name: instanceName, manifest: manifest, library: library, raw: raw, hostTable: table, defaultDeadlines: defaults)
+        return PluginBackend(name: instanceName, manifest: manifest, owner: owner, raw: raw, hostTable: table, defaultDeadlines: defaults)
     }
 
     /// What `verify` found.
@@ -154,6 +148,6 @@ public struct ProviderFactory: Sendable {
 }
 
 /// Receives a synchronous error document from a plugin's create.
-final class ErrorBox: @unchecked Sendable {
+package final class ErrorBox: @unchecked Sendable {
     var bytes: [UInt8] = []
 }

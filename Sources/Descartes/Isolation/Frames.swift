@@ -1,0 +1,136 @@
+import Glibc
+import Synchronization
+
+/// The protocol between the host and `descartes-plugin-host`, the helper
+/// process that runs an isolated plugin. It carries the C ABI itself, call
+/// for call, over a Unix stream socket (fd 3 in the helper):
+///
+///     frame = u32 length (little-endian, of what follows) | u8 type | payload
+///
+/// host -> helper                         helper -> host
+///   CREATE   JSON {library, factory,        CREATED  JSON {} | {"error": Error}
+///            provider, instance, config}
+///   START    u64 call | u8 op | input       EVENT    u64 call | u32 type | u32 index | data
+///   CANCEL   u64 call                       LOG      u32 level | message
+///   RELEASE  u64 call
+///   DESTROY  (empty)                        (the helper exits after DESTROY)
+///
+/// A socket (not pipes) so that writing to a helper that died returns an
+/// error instead of raising SIGPIPE in the host (MSG_NOSIGNAL).
+package enum Frame {
+    package static let create: UInt8 = 1
+    package static let start: UInt8 = 2
+    package static let cancel: UInt8 = 3
+    package static let release: UInt8 = 4
+    package static let destroy: UInt8 = 5
+    package static let created: UInt8 = 10
+    package static let event: UInt8 = 11
+    package static let log: UInt8 = 12
+
+    /// The largest frame accepted (a corrupt length never allocates more).
+    package static let maxLength = 256 << 20
+
+    /// Operation codes in START.
+    package enum Op: UInt8 {
+        case initialize = 0, healthCheck, complete, stream, listModels, estimateTokens, shutdown
+    }
+}
+
+/// Writes frames to a socket; safe from any thread.
+package final class FrameWriter: Sendable {
+    package let fd: Int32
+    private let lock = Mutex<Bool>(true)  // false once a write failed
+
+    package init(fd: Int32) { self.fd = fd }
+
+    /// Sends one frame; returns false if the peer is gone.
+    @discardableResult
+    package func send(_ type: UInt8, _ parts: UnsafeRawBufferPointer...) -> Bool {
+        var header = [UInt8](repeating: 0, count: 5)
+        let length = UInt32(1 + parts.reduce(0) { $0 + $1.count })
+        withUnsafeBytes(of: length.littleEndian) { for i in 0..<4 { header[i] = $0[i] } }
+        header[4] = type
+        return lock.withLock { ok -> Bool in
+            guard ok else { return false }
+            var all = header.withUnsafeBytes { writeAll($0) }
+            for p in parts where all && p.count > 0 { all = writeAll(p) }
+            if !all { ok = false }
+            return all
+        }
+    }
+
+    package func send(_ type: UInt8, bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { send(type, $0) }
+    }
+
+    private func writeAll(_ b: UnsafeRawBufferPointer) -> Bool {
+        var off = 0
+        while off < b.count {
+            let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            off += n
+        }
+        return true
+    }
+}
+
+/// Reads frames from a socket (one reader thread).
+package struct FrameReader {
+    package let fd: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+
+    package init(fd: Int32) {
+        self.fd = fd
+        buffer.reserveCapacity(1 << 16)
+    }
+
+    /// The next frame, or nil at end of stream (or on a corrupt length).
+    package mutating func next() -> (type: UInt8, payload: ArraySlice<UInt8>)? {
+        while true {
+            let available = buffer.count - start
+            if available >= 5 {
+                let length = buffer.withUnsafeBytes { raw -> Int in
+                    var v: UInt32 = 0
+                    for i in 0..<4 { v |= UInt32(raw[start + i]) << (8 * UInt32(i)) }
+                    return Int(v)
+                }
+                if length < 1 || length > Frame.maxLength { return nil }
+                if available >= 4 + length {
+                    let type = buffer[start + 4]
+                    let payload = buffer[(start + 5)..<(start + 4 + length)]
+                    start += 4 + length
+                    return (type, payload)
+                }
+            }
+            // Compact, then read more.
+            if start > 0 {
+                buffer.removeFirst(start)
+                start = 0
+            }
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return nil }
+            buffer.append(contentsOf: chunk[0..<n])
+        }
+    }
+}
+
+extension ArraySlice where Element == UInt8 {
+    /// A little-endian integer at `offset` from the slice's start.
+    package func le<T: FixedWidthInteger>(_ offset: Int, as: T.Type) -> T {
+        var v: T = 0
+        let base = startIndex + offset
+        for i in 0..<MemoryLayout<T>.size { v |= T(self[base + i]) << (8 * i) }
+        return v
+    }
+}
+
+extension FixedWidthInteger {
+    /// Little-endian bytes.
+    package var leBytes: [UInt8] { withUnsafeBytes(of: littleEndian) { Array($0) } }
+}

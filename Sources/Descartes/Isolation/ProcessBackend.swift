@@ -1,0 +1,564 @@
+internal import CDescartesPlugin
+import Glibc
+import Synchronization
+
+/// Resource limits of an isolation helper process.
+public struct ProcessLimits: Sendable, Hashable {
+    /// Address-space limit (RLIMIT_AS) in MiB: a plugin that leaks without
+    /// bound fails inside its helper instead of exhausting the machine.
+    public var memoryMB: Int?
+    /// Open files (RLIMIT_NOFILE).
+    public var openFiles: Int?
+    /// CPU seconds (RLIMIT_CPU).
+    public var cpuSeconds: Int?
+
+    public init(memoryMB: Int? = 4096, openFiles: Int? = nil, cpuSeconds: Int? = nil) {
+        self.memoryMB = memoryMB
+        self.openFiles = openFiles
+        self.cpuSeconds = cpuSeconds
+    }
+}
+
+/// A backend running in a `descartes-plugin-host` helper process.
+///
+/// It is itself a `descartes_backend_t`: every operation, cancel and release
+/// is forwarded over a socket to the helper, which calls the real plugin and
+/// sends its events back. So the host's bridge (`PluginBackend`, with its
+/// deadlines and rule checks) drives an isolated plugin exactly as it drives
+/// an in-process one.
+///
+/// When the helper dies (a crash, an abort, the memory limit), every call
+/// in flight ends with a `process` error naming the signal, and the next
+/// operation starts a new helper (replaying `initialize` first if it had
+/// succeeded). Three crashes within a minute stop the restarts.
+final class ProcessBackend: @unchecked Sendable {
+    let raw: UnsafeMutablePointer<descartes_backend_t>
+    let manifest: PluginManifest
+    let provider: String
+    let instance: String
+    let config: [UInt8]
+    let limits: ProcessLimits
+
+    /// One running helper process and its reader thread.
+    final class Helper: @unchecked Sendable {
+        let pid: pid_t
+        let fd: Int32
+        let writer: FrameWriter
+        var thread = pthread_t()
+        init(pid: pid_t, fd: Int32) {
+            self.pid = pid
+            self.fd = fd
+            writer = FrameWriter(fd: fd)
+        }
+    }
+
+    /// The host side of one call.
+    final class ProxyCall: @unchecked Sendable {
+        let id: UInt64
+        let op: Frame.Op
+        let onEvent: descartes_event_fn?
+        let ctx: UnsafeMutableRawPointer?
+        /// Guarded by the backend's state lock.
+        var terminal = false
+        /// Internal calls (the replayed initialize) have no host callback.
+        let internalDone: (@Sendable (Bool, [UInt8]) -> Void)?
+        init(
+            id: UInt64, op: Frame.Op, onEvent: descartes_event_fn?, ctx: UnsafeMutableRawPointer?,
+            internalDone: (@Sendable (Bool, [UInt8]) -> Void)? = nil
+        ) {
+            self.id = id
+            self.op = op
+            self.onEvent = onEvent
+            self.ctx = ctx
+            self.internalDone = internalDone
+        }
+    }
+
+    private struct State {
+        var helper: Helper?
+        var calls: [UInt64: ProxyCall] = [:]
+        var nextID: UInt64 = 1
+        var initialized = false
+        /// START frames held while a restarted helper re-initializes.
+        var held: [(UInt64, [UInt8])]? = nil
+        var crashes: [Int] = []
+        var destroyed = false
+        var created: Waiter.Reply? = nil
+    }
+    private let state = Mutex(State())
+    private let waiter = Waiter()
+
+    private init(manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits) {
+        self.manifest = manifest
+        self.provider = provider
+        self.instance = instance
+        self.config = config
+        self.limits = limits
+        raw = .allocate(capacity: 1)
+        raw.initialize(to: descartes_backend_t())
+    }
+
+    /// Starts a helper, creates the backend in it, and returns the proxy.
+    static func start(
+        manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits
+    ) throws(ProviderError) -> ProcessBackend {
+        let p = ProcessBackend(manifest: manifest, provider: provider, instance: instance, config: config, limits: limits)
+        p.installVTable()
+        let helper = try p.spawnAndCreate()
+        p.state.withLock { $0.helper = helper }
+        return p
+    }
+
+    // MARK: Helper processes
+
+    /// Where the helper executable is: `$DESCARTES_PLUGIN_HOST` (not in
+    /// secure-execution mode), else beside the running executable, else in
+    /// `<prefix>/libexec/descartes/`.
+    static func helperPath() -> String? {
+        if !Environment.isSecureExecution, let p = Environment.get("DESCARTES_PLUGIN_HOST"), p.hasPrefix("/") { return p }
+        guard let exe = FileSystem.executablePath() else { return nil }
+        let dir = FileSystem.directory(of: exe)
+        for candidate in [FileSystem.join(dir, "descartes-plugin-host"), FileSystem.join(dir, "../libexec/descartes/descartes-plugin-host")] {
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+
+    private func spawnAndCreate() throws(ProviderError) -> Helper {
+        guard let path = ProcessBackend.helperPath() else {
+            throw ProviderError(
+                .initialization, "isolation: cannot find the descartes-plugin-host executable beside \(FileSystem.executablePath() ?? "this program") or in ../libexec/descartes",
+                provider: instance)
+        }
+        var fds: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw ProviderError(.process, "isolation: socketpair failed: \(String(cString: strerror(errno)))", provider: instance)
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, 2, 1)  // a plugin printing to stdout goes to stderr
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 3)
+        var argv = [path, "--parent", String(getpid())]
+        if let m = limits.memoryMB { argv += ["--memory-mb", String(m)] }
+        if let f = limits.openFiles { argv += ["--open-files", String(f)] }
+        if let c = limits.cpuSeconds { argv += ["--cpu-seconds", String(c)] }
+        let cargs = argv.map { strdup($0) } + [nil]
+        defer { for a in cargs { free(a) } }
+        var pid: pid_t = 0
+        // The Swift runtime's crash backtracer would print a report and hold
+        // the dying helper for seconds; off unless the user asked for it.
+        var env = Environment.current()
+        if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
+        let cenv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for e in cenv { free(e) } }
+        let rc = posix_spawn(&pid, path, &actions, nil, cargs, cenv)
+        close(fds[1])
+        guard rc == 0 else {
+            close(fds[0])
+            throw ProviderError(.process, "isolation: cannot start \(path): \(String(cString: strerror(rc)))", provider: instance)
+        }
+        let helper = Helper(pid: pid, fd: fds[0])
+        waiter.reset()
+        startReader(helper)
+
+        // CREATE: the configuration (secrets included) travels over the socket, never in argv.
+        var create = JSONObject()
+        create["library"] = .string(manifest.libraryPath)
+        create["factory"] = .string(manifest.factory)
+        create["provider"] = .string(provider)
+        create["instance"] = .string(instance)
+        create["log_level"] = .integer(Int(LogSink.shared.level.rawValue))
+        var doc = JSONValue.object(create).jsonBytes
+        // Append the config document as raw JSON (it is already validated JSON).
+        doc.removeLast()
+        doc.append(contentsOf: Array(",\"config\":".utf8))
+        doc.append(contentsOf: config)
+        doc.append(UInt8(ascii: "}"))
+        guard helper.writer.send(Frame.create, bytes: doc) else {
+            throw ProviderError(.process, "isolation: the plugin host process exited before it could be configured", provider: instance)
+        }
+        switch waiter.wait(seconds: 30) {
+        case .ok: return helper
+        case .error(let bytes):
+            throw bytes.withUnsafeBytes { Wire.decodeError($0, provider: instance) }
+        case .timeout:
+            kill(helper.pid, SIGKILL)
+            throw ProviderError(.process, "isolation: the plugin host process did not answer within 30 s", provider: instance)
+        case .died(let why):
+            throw ProviderError(.process, "isolation: the plugin host process \(why) while loading \(manifest.libraryPath)", provider: instance)
+        }
+    }
+
+    private func startReader(_ helper: Helper) {
+        final class Box: @unchecked Sendable {
+            let backend: ProcessBackend
+            let helper: Helper
+            init(_ b: ProcessBackend, _ h: Helper) {
+                backend = b
+                helper = h
+            }
+        }
+        let arg = Unmanaged.passRetained(Box(self, helper)).toOpaque()
+        pthread_create(&helper.thread, nil, { p in
+            let box = Unmanaged<Box>.fromOpaque(p!).takeRetainedValue()
+            box.backend.read(box.helper)
+            return nil
+        }, arg)
+    }
+
+    /// The reader loop of one helper: events to their calls, logs to the sink;
+    /// at end of stream, the helper is gone.
+    private func read(_ helper: Helper) {
+        var reader = FrameReader(fd: helper.fd)
+        while let (type, payload) = reader.next() {
+            switch type {
+            case Frame.created:
+                let doc = try? JSONValue.parse(bytes: Array(payload))
+                if let e = doc?["error"] { waiter.signal(.error(e.jsonBytes)) } else { waiter.signal(.ok) }
+            case Frame.event:
+                guard payload.count >= 16 else { continue }
+                let id = payload.le(0, as: UInt64.self)
+                let type = payload.le(8, as: UInt32.self)
+                let index = payload.le(12, as: UInt32.self)
+                deliver(id, type: type, index: index, data: payload.dropFirst(16))
+            case Frame.log:
+                guard payload.count >= 4 else { continue }
+                let level = LogLevel(rawValue: min(4, payload.le(0, as: UInt32.self))) ?? .info
+                LogSink.shared.log(level, "provider \(instance) (isolated)", String(decoding: payload.dropFirst(4), as: UTF8.self))
+            default:
+                continue
+            }
+        }
+        helperDied(helper)
+    }
+
+    private func deliver(_ id: UInt64, type: UInt32, index: UInt32, data: ArraySlice<UInt8>) {
+        let terminal = type == UInt32(DESCARTES_EVENT_RESULT) || type == UInt32(DESCARTES_EVENT_ERROR)
+        let call = state.withLock { s -> ProxyCall? in
+            guard let c = s.calls[id], !c.terminal else { return nil }
+            if terminal {
+                c.terminal = true
+                if c.op == .initialize && type == UInt32(DESCARTES_EVENT_RESULT) { s.initialized = true }
+            }
+            return c
+        }
+        guard let call else { return }
+        if let done = call.internalDone {
+            if terminal {
+                state.withLock { _ = $0.calls.removeValue(forKey: id) }
+                done(type == UInt32(DESCARTES_EVENT_RESULT), Array(data))
+            }
+            return
+        }
+        data.withUnsafeBytes { bytes in
+            var e = descartes_event_t()
+            e.struct_size = UInt32(MemoryLayout<descartes_event_t>.size)
+            e.type = type
+            e.index = index
+            e.data = bytes.baseAddress?.assumingMemoryBound(to: CChar.self)
+            e.data_length = bytes.count
+            call.onEvent?(call.ctx, &e)
+        }
+    }
+
+    /// Reports every call in flight as failed and forgets the helper.
+    private func helperDied(_ helper: Helper) {
+        var status: Int32 = 0
+        var why = "exited"
+        if waitpid(helper.pid, &status, 0) == helper.pid {
+            if status & 0x7f != 0 {
+                let sig = status & 0x7f
+                why = "was killed by signal \(sig) (\(signalName(sig)))"
+            } else {
+                why = "exited with status \((status >> 8) & 0xff)"
+            }
+        }
+        close(helper.fd)
+        pthread_detach(helper.thread)
+        waiter.signal(.died(why))
+        let (orphans, destroyed) = state.withLock { s -> ([ProxyCall], Bool) in
+            guard s.helper === helper else { return ([], s.destroyed) }
+            s.helper = nil
+            s.crashes.append(monotonicSeconds())
+            let open = s.calls.values.filter { !$0.terminal }
+            for c in open { c.terminal = true }
+            return (Array(open), s.destroyed)
+        }
+        if destroyed { return }
+        if !orphans.isEmpty {
+            LogSink.shared.log(.warning, "provider \(instance)", "the isolated plugin host process \(why); \(orphans.count) call(s) failed")
+        }
+        let error = ProviderError(
+            .process, "the isolated plugin process for '\(instance)' (\(FileSystem.basename(manifest.libraryPath))) \(why)",
+            provider: instance)
+        let bytes = Wire.encode(error)
+        for c in orphans {
+            if let done = c.internalDone {
+                state.withLock { _ = $0.calls.removeValue(forKey: c.id) }
+                done(false, bytes)
+                continue
+            }
+            ProcessBackend.deliverError(bytes, to: c.onEvent, c.ctx)
+        }
+    }
+
+    // MARK: Operations
+
+    private func startCall(_ op: Frame.Op, _ input: UnsafePointer<CChar>?, _ length: Int, _ onEvent: descartes_event_fn?, _ ctx: UnsafeMutableRawPointer?) -> OpaquePointer? {
+        let data = input.map { Array(UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
+        enum Plan {
+            case send(Helper, [UInt8])
+            case held
+            case fail(ProviderError)
+        }
+        let (call, plan): (ProxyCall, Plan) = state.withLock { s in
+            let id = s.nextID
+            s.nextID += 1
+            let call = ProxyCall(id: id, op: op, onEvent: onEvent, ctx: ctx)
+            s.calls[id] = call
+            var frame = id.leBytes
+            frame.append(op.rawValue)
+            frame.append(contentsOf: data)
+            if s.destroyed { return (call, .fail(ProviderError(.backend, "the backend was destroyed", provider: instance))) }
+            if s.helper == nil && s.held == nil {
+                let now = monotonicSeconds()
+                s.crashes = s.crashes.filter { now - $0 < 60 }
+                if s.crashes.count >= 3 {
+                    return (
+                        call,
+                        .fail(ProviderError(.process, "the isolated plugin process for '\(instance)' crashed \(s.crashes.count) times within a minute; it is not restarted until that passes", provider: instance))
+                    )
+                }
+                // Restart on a thread of its own (never block the caller's
+                // thread, which may be Swift's cooperative pool); calls wait
+                // in `held` until the new helper is ready.
+                s.held = []
+                relaunch(replayInitialize: s.initialized && op != .initialize)
+            }
+            if s.held != nil {
+                s.held!.append((id, frame))
+                return (call, .held)
+            }
+            return (call, .send(s.helper!, frame))
+        }
+        switch plan {
+        case .send(let helper, let frame):
+            if !helper.writer.send(Frame.start, bytes: frame) {
+                // The reader will report the death; nothing else to do here.
+            }
+        case .held:
+            break
+        case .fail(let error):
+            state.withLock { _ in call.terminal = true }
+            ProcessBackend.deliverError(Wire.encode(error), to: onEvent, ctx)
+        }
+        return OpaquePointer(Unmanaged.passRetained(call).toOpaque())
+    }
+
+    /// Starts a new helper after a crash, re-initializes the backend in it
+    /// if it had been initialized, then sends the held calls (or fails them
+    /// with the reason the restart failed).
+    private func relaunch(replayInitialize: Bool) {
+        Thread.detach { [self] in
+            let helper: Helper
+            do throws(ProviderError) {
+                helper = try spawnAndCreate()
+            } catch {
+                releaseHeld(failing: Wire.encode(error))
+                return
+            }
+            state.withLock { $0.helper = helper }
+            guard replayInitialize else {
+                releaseHeld(failing: nil)
+                return
+            }
+            let id = state.withLock { s -> UInt64 in
+                let id = s.nextID
+                s.nextID += 1
+                s.calls[id] = ProxyCall(id: id, op: .initialize, onEvent: nil, ctx: nil) { [weak self] ok, bytes in
+                    self?.releaseHeld(failing: ok ? nil : bytes)
+                }
+                return id
+            }
+            var frame = id.leBytes
+            frame.append(Frame.Op.initialize.rawValue)
+            frame.append(contentsOf: Array("{}".utf8))
+            _ = helper.writer.send(Frame.start, bytes: frame)
+        }
+    }
+
+    /// Sends the calls held during a restart, or ends them with `error`.
+    private func releaseHeld(failing error: [UInt8]?) {
+        let (held, helper, failed) = state.withLock { s -> ([(UInt64, [UInt8])], Helper?, [ProxyCall]) in
+            let held = s.held ?? []
+            s.held = nil
+            guard error != nil || s.helper == nil else { return (held, s.helper, []) }
+            var open: [ProxyCall] = []
+            for (id, _) in held {
+                if let c = s.calls[id], !c.terminal {
+                    c.terminal = true
+                    open.append(c)
+                }
+            }
+            return (held, nil, open)
+        }
+        if let helper {
+            for (_, frame) in held { _ = helper.writer.send(Frame.start, bytes: frame) }
+            return
+        }
+        let bytes = error ?? Wire.encode(ProviderError(.process, "the isolated plugin process for '\(instance)' could not be restarted", provider: instance))
+        for c in failed { ProcessBackend.deliverError(bytes, to: c.onEvent, c.ctx) }
+    }
+
+    /// Delivers an ERROR event carrying an Error document.
+    static func deliverError(_ bytes: [UInt8], to onEvent: descartes_event_fn?, _ ctx: UnsafeMutableRawPointer?) {
+        bytes.withUnsafeBytes { b in
+            var e = descartes_event_t()
+            e.struct_size = UInt32(MemoryLayout<descartes_event_t>.size)
+            e.type = UInt32(DESCARTES_EVENT_ERROR)
+            e.data = b.baseAddress?.assumingMemoryBound(to: CChar.self)
+            e.data_length = b.count
+            onEvent?(ctx, &e)
+        }
+    }
+
+    private func forward(_ type: UInt8, _ handle: OpaquePointer?) {
+        guard let handle else { return }
+        let call = Unmanaged<ProxyCall>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+        let helper = state.withLock { $0.helper }
+        _ = helper?.writer.send(type, bytes: call.id.leBytes)
+    }
+
+    private func release(_ handle: OpaquePointer?) {
+        guard let handle else { return }
+        forward(Frame.release, handle)
+        let call = Unmanaged<ProxyCall>.fromOpaque(UnsafeRawPointer(handle)).takeRetainedValue()
+        state.withLock { _ = $0.calls.removeValue(forKey: call.id) }
+    }
+
+    /// Stops the helper: DESTROY, then wait for it to exit (killing it after
+    /// five seconds), and join the reader.
+    private func destroy() {
+        let helper = state.withLock { s -> Helper? in
+            s.destroyed = true
+            return s.helper
+        }
+        if let helper {
+            _ = helper.writer.send(Frame.destroy, bytes: [])
+            let deadline = monotonicSeconds() + 5
+            var alive = true
+            while alive && monotonicSeconds() < deadline {
+                alive = kill(helper.pid, 0) == 0 && state.withLock { $0.helper === helper }
+                if alive { usleep(10_000) }
+            }
+            if alive { kill(helper.pid, SIGKILL) }
+        }
+        raw.deinitialize(count: 1)
+        raw.deallocate()
+    }
+
+    private func installVTable() {
+        raw.pointee.struct_size = UInt32(MemoryLayout<descartes_backend_t>.size)
+        raw.pointee.plugin_data = Unmanaged.passUnretained(self).toOpaque()
+        func me(_ s: UnsafeMutablePointer<descartes_backend_t>?) -> ProcessBackend {
+            Unmanaged<ProcessBackend>.fromOpaque(s!.pointee.plugin_data!).takeUnretainedValue()
+        }
+        raw.pointee.initialize = { s, i, n, f, c in me(s).startCall(.initialize, i, n, f, c) }
+        raw.pointee.health_check = { s, i, n, f, c in me(s).startCall(.healthCheck, i, n, f, c) }
+        raw.pointee.complete = { s, i, n, f, c in me(s).startCall(.complete, i, n, f, c) }
+        raw.pointee.stream = { s, i, n, f, c in me(s).startCall(.stream, i, n, f, c) }
+        raw.pointee.list_models = { s, i, n, f, c in me(s).startCall(.listModels, i, n, f, c) }
+        raw.pointee.estimate_tokens = { s, i, n, f, c in me(s).startCall(.estimateTokens, i, n, f, c) }
+        raw.pointee.shutdown = { s, i, n, f, c in me(s).startCall(.shutdown, i, n, f, c) }
+        raw.pointee.cancel = { s, call in me(s).forward(Frame.cancel, call) }
+        raw.pointee.release = { s, call in me(s).release(call) }
+        raw.pointee.get_extension = { _, _ in nil }
+        raw.pointee.destroy = { s in me(s).destroy() }
+    }
+}
+
+/// Runs a closure on a new detached thread.
+enum Thread {
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable {
+            let body: @Sendable () -> Void
+            init(_ b: @escaping @Sendable () -> Void) { body = b }
+        }
+        var tid = pthread_t()
+        let arg = Unmanaged.passRetained(Box(body)).toOpaque()
+        if pthread_create(&tid, nil, { p in
+            Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()
+            return nil
+        }, arg) == 0 {
+            pthread_detach(tid)
+        } else {
+            Unmanaged<Box>.fromOpaque(arg).takeRetainedValue().body()
+        }
+    }
+}
+
+/// A one-shot rendezvous between a caller and the reader thread.
+final class Waiter: @unchecked Sendable {
+    enum Reply {
+        case ok
+        case error([UInt8])
+        case died(String)
+        case timeout
+    }
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var reply: Reply?
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+
+    func reset() {
+        pthread_mutex_lock(&mutex)
+        reply = nil
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func signal(_ r: Reply) {
+        pthread_mutex_lock(&mutex)
+        if reply == nil { reply = r }
+        pthread_cond_broadcast(&cond)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func wait(seconds: Int) -> Reply {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        ts.tv_sec += seconds
+        while reply == nil {
+            if pthread_cond_timedwait(&cond, &mutex, &ts) == ETIMEDOUT { return .timeout }
+        }
+        return reply!
+    }
+}
+
+func monotonicSeconds() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec
+}
+
+func signalName(_ s: Int32) -> String {
+    switch s {
+    case SIGSEGV: return "SIGSEGV"
+    case SIGABRT: return "SIGABRT"
+    case SIGKILL: return "SIGKILL"
+    case SIGBUS: return "SIGBUS"
+    case SIGILL: return "SIGILL"
+    case SIGFPE: return "SIGFPE"
+    case SIGTERM: return "SIGTERM"
+    case SIGTRAP: return "SIGTRAP"
+    case SIGXCPU: return "SIGXCPU"
+    default: return "signal \(s)"
+    }
+}

@@ -1,0 +1,153 @@
+// descartes-plugin-host: runs one plugin in its own process, for
+// `isolation: process`. The host talks to it over fd 3 (a Unix socket) with
+// the frames of Sources/Descartes/Isolation/Frames.swift: it loads the
+// library, creates the backend, and relays every operation, cancel and
+// release to the plugin and every event back. If the plugin crashes, aborts
+// or runs out of its memory limit, only this process dies.
+//
+//   descartes-plugin-host [--parent PID] [--memory-mb N] [--open-files N] [--cpu-seconds N]
+//
+// It is started by the host, never by hand: it exits when the host closes
+// the socket.
+import Descartes
+internal import CDescartesPlugin
+import Glibc
+
+enum Helper {
+    static let writer = FrameWriter(fd: 3)
+
+    /// Events of a call go back tagged with the call's id, which travels as
+    /// the callback's context pointer (no allocation per call).
+    static let onEvent: descartes_event_fn = { ctx, event in
+        guard let event else { return }
+        let id = UInt64(UInt(bitPattern: ctx))
+        var head = id.leBytes
+        head += event.pointee.type.leBytes
+        head += event.pointee.index.leBytes
+        let data = UnsafeRawBufferPointer(start: event.pointee.data, count: event.pointee.data == nil ? 0 : event.pointee.data_length)
+        head.withUnsafeBytes { h in _ = writer.send(Frame.event, h, data) }
+    }
+
+    static func applyLimits(_ args: [String]) {
+        var i = 0
+        while i + 1 < args.count {
+            let value = UInt(args[i + 1]) ?? 0
+            var resource: Int32? = nil
+            var amount = value
+            switch args[i] {
+            case "--memory-mb":
+                resource = Int32(RLIMIT_AS.rawValue)
+                amount = value << 20
+            case "--open-files": resource = Int32(RLIMIT_NOFILE.rawValue)
+            case "--cpu-seconds": resource = Int32(RLIMIT_CPU.rawValue)
+            default: break
+            }
+            if let resource, value > 0 {
+                var rl = rlimit(rlim_cur: rlim_t(amount), rlim_max: rlim_t(amount))
+                if setrlimit(__rlimit_resource_t(UInt32(resource)), &rl) != 0 {
+                    log(.warning, "cannot set \(args[i]) \(value): \(String(cString: strerror(errno)))")
+                }
+            }
+            i += 2
+        }
+    }
+
+    static func log(_ level: LogLevel, _ message: String) {
+        var bytes = level.rawValue.leBytes
+        bytes += Array(message.utf8)
+        _ = writer.send(Frame.log, bytes: bytes)
+    }
+
+    static func reply(error: ProviderError?) {
+        let doc: JSONValue = error.map { e in
+            let errorDoc = (try? JSONValue.parse(bytes: Wire.encode(e))) ?? .null
+            return ["error": errorDoc]
+        } ?? [:]
+        _ = writer.send(Frame.created, bytes: doc.jsonBytes)
+    }
+
+    static func function(_ b: UnsafeMutablePointer<descartes_backend_t>, _ op: Frame.Op) -> descartes_operation_fn? {
+        switch op {
+        case .initialize: return b.pointee.initialize
+        case .healthCheck: return b.pointee.health_check
+        case .complete: return b.pointee.complete
+        case .stream: return b.pointee.stream
+        case .listModels: return b.pointee.list_models
+        case .estimateTokens: return b.pointee.estimate_tokens
+        case .shutdown: return b.pointee.shutdown
+        }
+    }
+
+    static func run() -> Never {
+        applyLimits(Array(CommandLine.arguments.dropFirst()))
+        var reader = FrameReader(fd: 3)
+        var backend: UnsafeMutablePointer<descartes_backend_t>? = nil
+        var handles: [UInt64: OpaquePointer] = [:]
+        var table: HostTable? = nil
+
+        while let (type, payload) = reader.next() {
+            switch type {
+            case Frame.create:
+                guard backend == nil, let doc = try? JSONValue.parse(bytes: Array(payload)),
+                    let library = doc["library"]?.stringValue, let factory = doc["factory"]?.stringValue
+                else {
+                    reply(error: ProviderError(.backend, "isolation: a malformed CREATE frame"))
+                    continue
+                }
+                if let level = doc["log_level"]?.intValue, let l = LogLevel(rawValue: UInt32(level)) { LogSink.shared.level = l }
+                let instance = doc["instance"]?.stringValue ?? factory
+                let t = HostTable(source: "provider \(instance)") { level, text in log(level, text) }
+                table = t
+                do {
+                    let lib = try PluginLoader.shared.load(path: library)
+                    backend = try lib.createBackend(
+                        factory: factory, provider: doc["provider"]?.stringValue ?? factory, instance: instance,
+                        config: doc["config"]?.jsonBytes ?? Array("{}".utf8), table: t)
+                    reply(error: nil)
+                } catch let e as ProviderError {
+                    reply(error: e)
+                } catch {
+                    reply(error: ProviderError(.initialization, "cannot load plugin: \(error)", provider: instance))
+                }
+            case Frame.start:
+                guard payload.count >= 9, let b = backend, let op = Frame.Op(rawValue: payload[payload.startIndex + 8]) else { continue }
+                let id = payload.le(0, as: UInt64.self)
+                let input = Array(payload.dropFirst(9))
+                let ctx = UnsafeMutableRawPointer(bitPattern: UInt(id))
+                let handle = input.withUnsafeBufferPointer { buf in
+                    buf.withMemoryRebound(to: CChar.self) { function(b, op)?(b, $0.baseAddress, $0.count, onEvent, ctx) }
+                }
+                if let handle {
+                    handles[id] = handle
+                } else {
+                    // No handle means no event will come: end the call here.
+                    let e = Wire.encode(ProviderError(.backend, "the plugin could not start the operation (it returned no handle)"))
+                    var ev = descartes_event_t()
+                    ev.struct_size = UInt32(MemoryLayout<descartes_event_t>.size)
+                    ev.type = UInt32(DESCARTES_EVENT_ERROR)
+                    e.withUnsafeBytes { raw in
+                        ev.data = raw.baseAddress?.assumingMemoryBound(to: CChar.self)
+                        ev.data_length = raw.count
+                        onEvent(ctx, &ev)
+                    }
+                }
+            case Frame.cancel:
+                guard payload.count >= 8, let b = backend, let h = handles[payload.le(0, as: UInt64.self)] else { continue }
+                b.pointee.cancel?(b, h)
+            case Frame.release:
+                guard payload.count >= 8, let b = backend, let h = handles.removeValue(forKey: payload.le(0, as: UInt64.self)) else { continue }
+                b.pointee.release?(b, h)
+            case Frame.destroy:
+                if let b = backend { b.pointee.destroy?(b) }
+                _ = table
+                exit(0)
+            default:
+                continue
+            }
+        }
+        // The host closed the socket (it exited or gave up on us).
+        exit(0)
+    }
+}
+
+Helper.run()
