@@ -31,9 +31,10 @@ import Testing
         #expect(out[7].1 == "answer 7")
         let last = try #require(progress.withLock { $0.last })
         #expect(last == BatchRunner.Progress(total: 8, done: 8, failed: 2, running: 0))
+        // Four at a time, never more.
         #expect(progress.withLock { $0.allSatisfy { $0.running <= 4 } })
-        // Four at a time: two waves of at most 200 ms, not eight in a row.
-        #expect(took < .milliseconds(1000), "took \(took)")
+        #expect(progress.withLock { $0.first?.running } == 4)
+        #expect(took < .seconds(10), "took \(took)")
         #expect(try await pluginCalls(b) == 7)
     }
 
@@ -54,11 +55,13 @@ import Testing
         let s = try #require(meter.last)
         #expect(s.provider == "scripted")
         #expect(s.streamed)
-        #expect(s.timeToFirstToken! >= .milliseconds(140) && s.timeToFirstToken! < .seconds(2))
+        #expect(s.timeToFirstToken! >= .milliseconds(140) && s.timeToFirstToken! < .seconds(10))
         #expect(s.duration >= .milliseconds(240))
         #expect(s.usage == Usage(inputTokens: 4, outputTokens: 4))
-        // Four tokens over the ~100 ms after the first one.
-        #expect(s.tokensPerSecond! > 10 && s.tokensPerSecond! < 45, "\(s.tokensPerSecond!)")
+        // Four tokens over the time from the first one to the end (about
+        // 100 ms; measured where the caller sees them).
+        let rate = try #require(s.tokensPerSecond)
+        #expect(abs(rate - 4 / (s.duration - s.timeToFirstToken!).seconds) < 1e-9)
         #expect(s.costUSD == (4 * 1.0 + 4 * 2.0) / 1_000_000)
 
         _ = await providerError { _ = try await b.complete(.script(["error:timeout:slow"])) }

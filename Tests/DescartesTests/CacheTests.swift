@@ -117,10 +117,10 @@ import Testing
     }
 
     @Test func entriesExpire() async throws {
-        let (b, plugin) = try cached(CacheLimits(ttl: .milliseconds(200)))
+        let (b, plugin) = try cached(CacheLimits(ttl: .seconds(2)))
         _ = try await b.complete(.script(["text:soon stale"]))
         #expect(try await b.complete(.script(["text:soon stale"])).metadata["cache"] == "hit")
-        try await Task.sleep(for: .milliseconds(300))
+        try await Task.sleep(for: .milliseconds(2200))
         #expect(try await b.complete(.script(["text:soon stale"])).metadata["cache"] == nil)
         #expect(b.cache.stats.expirations == 1)
         #expect(try await pluginCalls(plugin) == 2)
