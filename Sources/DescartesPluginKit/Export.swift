@@ -244,7 +244,10 @@ final class BackendBox: @unchecked Sendable {
             guard let call else { return }
             Unmanaged<PluginCall>.fromOpaque(UnsafeRawPointer(call)).release()
         }
-        raw.pointee.get_extension = { _, _ in nil }
+        raw.pointee.get_extension = { s, id in
+            guard let s, let data = s.pointee.plugin_data else { return nil }
+            return BatchExport.lookup(Unmanaged<BackendBox>.fromOpaque(data).takeUnretainedValue().impl, id)
+        }
         raw.pointee.destroy = { s in
             guard let s else { return }
             Unmanaged<BackendBox>.fromOpaque(s.pointee.plugin_data!).release()
