@@ -43,6 +43,7 @@ final class ScriptedBackend: DescartesBackend {
     /// check so tests can see cancellation reach the plugin.
     let counters = Mutex((active: 0, initializations: 0, calls: 0))
     let sequences = Mutex<[String: Int]>([:])
+    let batches = Mutex<[String: Batch]>([:])
     let initDelay: Int
     let failInit: String?
 
@@ -205,4 +206,81 @@ public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> Un
         factories: [
             BackendFactory(id: "scripted", description: "Test fixture: replies scripted by each request") { try ScriptedBackend($0) }
         ])
+}
+
+// A provider batch API in memory, for the host's side of the
+// "descartes.batch/1" extension (the real ones live in the OpenAI and
+// Anthropic plugins). A batch ends after as many status polls as the first
+// request's option "batch_polls" (default 1); a request whose script has an
+// "error:<kind>:<msg>" step gets that error as its result, the others their
+// prompt back; option "batch_submit_error" refuses the whole submission.
+extension ScriptedBackend: DescartesBatchBackend {
+    struct Batch {
+        var requests: [BatchRequest]
+        var polls = 0
+        var pollsNeeded: Int
+        var state = "in_progress"
+    }
+
+    func submitBatch(_ requests: [BatchRequest], _ call: PluginCall) {
+        if let e = requests.first?.request.options["batch_submit_error"]?.stringValue {
+            call.fail(ProviderError(.api, e, status: 400))
+            return
+        }
+        let id = batches.withLock { b -> String in
+            let id = "batch_\(b.count + 1)"
+            b[id] = Batch(requests: requests, pollsNeeded: requests.first?.request.options["batch_polls"]?.intValue ?? 1)
+            return id
+        }
+        call.finish(result: BatchWire.status(id: id, state: "in_progress", providerStatus: "validating", total: requests.count, succeeded: 0, failed: 0))
+    }
+
+    func batchStatus(id: String, _ call: PluginCall) {
+        let batch = batches.withLock { b -> Batch? in
+            guard var batch = b[id] else { return nil }
+            batch.polls += 1
+            if batch.state == "in_progress" && batch.polls >= batch.pollsNeeded { batch.state = "ended" }
+            b[id] = batch
+            return batch
+        }
+        guard let batch else { return call.fail(ProviderError(.api, "no batch '\(id)'", status: 404)) }
+        let failed = batch.requests.filter { ScriptedBackend.batchError($0.request) != nil }.count
+        let done = batch.state == "ended"
+        call.finish(result: BatchWire.status(
+            id: id, state: batch.state, providerStatus: done ? "completed" : batch.state, total: batch.requests.count,
+            succeeded: done ? batch.requests.count - failed : 0, failed: done ? failed : 0))
+    }
+
+    func batchResults(id: String, _ call: PluginCall) {
+        guard let batch = batches.withLock({ $0[id] }) else { return call.fail(ProviderError(.api, "no batch '\(id)'", status: 404)) }
+        guard batch.state == "ended" else { return call.fail(ProviderError(.api, "batch '\(id)' has not ended", status: 400)) }
+        // The provider's order is not the input's: reversed, to prove the host matches by id.
+        let items = batch.requests.reversed().map { r -> JSONValue in
+            if let e = ScriptedBackend.batchError(r.request) { return BatchWire.result(customID: r.customID, error: e) }
+            let prompt = r.request.messages.last { $0.role == .user }?.content ?? ""
+            let n = prompt.split(separator: " ").count
+            return BatchWire.result(
+                customID: r.customID, content: prompt,
+                finish: Wire.Finish(finishReason: .stop, usage: Usage(inputTokens: n * 1000, outputTokens: n * 1000), model: r.request.model ?? "scripted-small", id: "msg_\(r.customID)"))
+        }
+        call.finish(json: BatchWire.results(items, priceFactor: 0.5))
+    }
+
+    func cancelBatch(id: String, _ call: PluginCall) {
+        let found = batches.withLock { b -> Bool in
+            guard b[id] != nil else { return false }
+            b[id]!.state = "cancelled"
+            return true
+        }
+        guard found else { return call.fail(ProviderError(.api, "no batch '\(id)'", status: 404)) }
+        call.finish(result: BatchWire.status(id: id, state: "cancelled", providerStatus: "cancelled"))
+    }
+
+    static func batchError(_ r: ModelRequest) -> ProviderError? {
+        for step in r.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? [] where step.hasPrefix("error:") {
+            let (kind, message) = split(String(step.dropFirst(6)))
+            return ProviderError(ProviderError.Kind(rawValue: kind), message)
+        }
+        return nil
+    }
 }
