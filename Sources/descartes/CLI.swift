@@ -17,6 +17,7 @@ let topHelp = """
       plugins info NAME [--json]        Show one plugin's manifest: models, prices, config keys
       plugins verify [NAME...] [--json] Load, negotiate and create each plugin with its defaults
       complete -p PROVIDER PROMPT       Run one completion (--stream to print text as it arrives)
+      batch -p PROVIDER FILE            Run one request per line of FILE (JSON lines), results in order
 
     Global options:
       -v, --verbose   Narrate plugin discovery and loading on stderr (accepted anywhere)

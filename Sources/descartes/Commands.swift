@@ -7,7 +7,8 @@ enum Commands {
         "plugins list": "descartes plugins list [--json]",
         "plugins info": "descartes plugins info NAME [--json]",
         "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]...",
-        "complete": "descartes complete -p PROVIDER [-m MODEL] [--stream] [--json] [--set KEY=VALUE]... PROMPT|-",
+        "complete": "descartes complete -p PROVIDER [-m MODEL] [--stream] [--json] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
+        "batch": "descartes batch -p PROVIDER [-c N] [-o FILE] [--provider-batch] [options] FILE|-",
     ]
 
     static let helps: [String: String] = [
@@ -63,8 +64,12 @@ enum Commands {
               --stream              Print text as it arrives
               --json                Print the response as JSON; with --stream, one JSON event per line
               --set KEY=VALUE       A config value for the provider (repeatable)
-              --timeout SECONDS     Total deadline (default: the provider's timeout, or 600)
+              --timeout SECONDS     Total deadline, retries and fallbacks included (default: the provider's timeout, or 600)
+            \(ReliabilityOptions.help)
+
+            With --json the response names the provider that answered and lists the failed attempts.
             """,
+        "batch": BatchCommand.help,
     ]
 
     static func usage(for command: String) -> String { usages[command] ?? "descartes <command> [options]" }
@@ -100,6 +105,12 @@ enum Commands {
                 return .ok
             }
             return await CompleteCommand.run(rest, globals: globals)
+        case "batch":
+            if rest.contains("--help") || rest.contains("-h") {
+                Out.line(help(for: "batch"))
+                return .ok
+            }
+            return await BatchCommand.run(rest, globals: globals)
         default:
             usageFailure(UsageError("unknown command '\(command)'", command: ""))
         }

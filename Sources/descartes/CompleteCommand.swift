@@ -11,7 +11,7 @@ enum CompleteCommand {
         .init(names: ["--json"], takesValue: false),
         .init(names: ["--set"], takesValue: true, repeatable: true),
         .init(names: ["--timeout"], takesValue: true),
-    ]
+    ] + ReliabilityOptions.options
 
     static func readPrompt(_ args: Arguments) throws(UsageError) -> String {
         if args.positional == ["-"] {
@@ -36,8 +36,10 @@ enum CompleteCommand {
         let prompt: String
         let settings: [String: JSONValue]
         var request: ModelRequest
+        let reliability: ReliabilityOptions
         do throws(UsageError) {
             args = try Arguments(raw, command: "complete", options: options)
+            reliability = try ReliabilityOptions(args, globals: globals)
             guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "complete") }
             prompt = try readPrompt(args)
             settings = try Commands.settings(args)
@@ -51,17 +53,21 @@ enum CompleteCommand {
         let json = args.flag("--json")
         let streaming = args.flag("--stream")
 
-        let backend: any ModelBackend
+        let built: ReliabilityOptions.Built
         do {
-            backend = try ProviderFactory(catalog: Commands.catalog(globals)).create(provider, config: settings)
+            built = try reliability.build(
+                provider, config: settings, factory: ProviderFactory(catalog: Commands.catalog(globals)),
+                settings: ReliabilityOptions.settings(globals))
         } catch { failure(error, json: json) }
+        let backend = built.backend
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in
             do {
                 if streaming {
                     return .success(try await streamOut(backend, request, json: json))
                 }
-                return .success(try await backend.complete(request))
+                // --stats streams underneath, to see the first token arrive.
+                return .success(reliability.stats ? try await backend.collect(request) : try await backend.complete(request))
             } catch let e as ProviderError {
                 return .failure(e)
             } catch {
@@ -71,12 +77,16 @@ enum CompleteCommand {
         let interrupts = Interrupts { task.cancel() }
         let result = await task.value
         interrupts.stop()
-        await backend.shutdown()
+        await built.providers.shutdown()
+        let stats = built.meter?.last
+        let cacheStats = built.providers.cache?.stats
+        if let stats, !json { ReliabilityOptions.print(stats, cache: cacheStats) }
 
         switch result {
         case .failure(let e):
             if streaming && !json { Out.line() }
             if json && streaming {
+                if let stats { Out.line(JSONValue.object(["type": "stats", "stats": ReliabilityOptions.json(stats, cache: cacheStats)]).jsonText) }
                 Out.line(JSONValue.object(["type": "error", "error": Render.error(e)]).jsonText)
                 Out.err("Error: \(e)")
                 return ExitCode.for(e)
@@ -84,7 +94,13 @@ enum CompleteCommand {
             failure(e, json: json)
         case .success(let r):
             if json {
-                if !streaming { Out.line(Render.response(r).prettyText()) }
+                var doc = Render.response(r)
+                if let stats { doc = ReliabilityOptions.with(stats: stats, cache: cacheStats, doc) }
+                if !streaming {
+                    Out.line(doc.prettyText())
+                } else if let stats {
+                    Out.line(JSONValue.object(["type": "stats", "stats": ReliabilityOptions.json(stats, cache: cacheStats)]).jsonText)
+                }
             } else {
                 if !streaming { Out.write(r.content) }
                 if !r.content.hasSuffix("\n") { Out.line() }
