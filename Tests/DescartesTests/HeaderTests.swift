@@ -36,7 +36,7 @@ import Testing
 
     @Test func theCExamplePluginCompilesWithEveryWarning() async {
         let dir = TempDir()
-        let r = CCompiler.sharedLibrary([FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c")], output: dir.file("libdescartes-echo.so"))
+        let r = await CCompiler.sharedLibrary([FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c")], output: dir.file("libdescartes-echo.so"))
         #expect(r.status == 0, "\(r.stderr)")
         // Only the entry point is exported.
         let nm = await Proc.run(["nm", "-D", "--defined-only", dir.file("libdescartes-echo.so")])

@@ -7,9 +7,9 @@ import Testing
     /// A directory with the echo plugin (healthy) plus whatever a test adds.
     func dirWithEcho() -> PluginDir { PluginDir().addEcho() }
 
-    func fixture(_ name: String, in dir: PluginDir) -> String {
+    func fixture(_ name: String, in dir: PluginDir) async -> String {
         let out = dir.dir.file("libdescartes-\(name).so")
-        let r = CCompiler.sharedLibrary([FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/\(name).c")], output: out)
+        let r = await CCompiler.sharedLibrary([FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/\(name).c")], output: out)
         #expect(r.status == 0, "\(r.stderr)")
         return out
     }
@@ -108,7 +108,7 @@ import Testing
 
     @Test func missingEntrySymbolIsNamed() async throws {
         let dir = dirWithEcho()
-        _ = fixture("noentry", in: dir)
+        _ = await fixture("noentry", in: dir)
         dir.dir.write("noentry.yaml", manifest("noentry", library: "libdescartes-noentry.so"))
         let err = try #require(createError(dir, "noentry"))
         #expect(err.message.contains("libdescartes-noentry.so: no entry symbol: the library does not export 'descartes_plugin_entry'"))
@@ -117,7 +117,7 @@ import Testing
 
     @Test func refusedNegotiationIsNamed() async throws {
         let dir = dirWithEcho()
-        _ = fixture("refuse", in: dir)
+        _ = await fixture("refuse", in: dir)
         dir.dir.write("refuse.yaml", manifest("refuse", library: "libdescartes-refuse.so"))
         let err = try #require(createError(dir, "refuse"))
         #expect(err.message.contains("libdescartes-refuse.so: ABI negotiation refused"))
@@ -126,7 +126,7 @@ import Testing
 
     @Test func aLibraryAnsweringANewerABIIsRefused() async throws {
         let dir = dirWithEcho()
-        _ = fixture("abi99", in: dir)
+        _ = await fixture("abi99", in: dir)
         dir.dir.write("abi99.yaml", manifest("abi99", library: "libdescartes-abi99.so"))
         let err = try #require(createError(dir, "abi99"))
         #expect(err.message.contains("libdescartes-abi99.so: ABI mismatch: the library answered ABI version 99 to an offer of 1"))
@@ -135,7 +135,7 @@ import Testing
 
     @Test func aMalformedLibraryDescriptionIsRefused() async throws {
         let dir = dirWithEcho()
-        _ = fixture("badlib", in: dir)
+        _ = await fixture("badlib", in: dir)
         dir.dir.write("badlib.yaml", manifest("badlib", library: "libdescartes-badlib.so"))
         let err = try #require(createError(dir, "badlib"))
         #expect(err.message.contains("libdescartes-badlib.so: malformed library description: factory_count is 3 but factories is NULL"))

@@ -173,7 +173,20 @@ final class TempDir: @unchecked Sendable {
         path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
     }
 
-    deinit { _ = Proc.runBlocking(["rm", "-rf", path], env: nil, stdin: nil, timeout: .seconds(30)) }
+    // Removed in this process (no child to wait for: deinit often runs on a
+    // thread of Swift's cooperative pool, which must not block).
+    deinit { TempDir.remove(path) }
+
+    static func remove(_ path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        if st.st_mode & S_IFMT == S_IFDIR {
+            for name in (try? FileSystem.list(path)) ?? [] { remove(FileSystem.join(path, name)) }
+            rmdir(path)
+        } else {
+            unlink(path)
+        }
+    }
 
     func file(_ name: String) -> String { FileSystem.join(path, name) }
 
@@ -192,17 +205,28 @@ final class TempDir: @unchecked Sendable {
 
 enum CCompiler {
     /// Compiles C sources into a shared library; fails the test on error.
-    static func sharedLibrary(_ sources: [String], output: String, flags: [String] = []) -> ProcResult {
-        Proc.runBlocking(
-            ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
-             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output], env: nil, stdin: nil, timeout: .seconds(120))
+    static func sharedLibrary(_ sources: [String], output: String, flags: [String] = []) async -> ProcResult {
+        await Proc.run(command(sources, output: output, flags: flags), env: nil, stdin: nil, timeout: .seconds(120))
     }
 
-    /// The C example plugin (Plugins/EchoC/echo.c), compiled once per test run.
+    static func command(_ sources: [String], output: String, flags: [String]) -> [String] {
+        ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
+         "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output]
+    }
+
+    /// The C example plugin (Plugins/EchoC/echo.c), built once per test run:
+    /// the copy `make test` built into the prefix with the same flags, else
+    /// compiled here. (The first use may come from a pool thread that other
+    /// tests are waiting on, so compiling here stalls them for a while:
+    /// `make test` avoids it.)
     static let echoLibrary: String = {
+        if let prefix = TestEnv.prefix {
+            let installed = FileSystem.join(prefix, "lib/descartes/plugins/libdescartes-echo.so")
+            if FileSystem.exists(installed) { return installed }
+        }
         let dir = TempDir("descartes-echo")
         let out = dir.file("libdescartes-echo.so")
-        let r = sharedLibrary([FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c")], output: out)
+        let r = Proc.runBlocking(command([FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c")], output: out, flags: []), timeout: .seconds(120))
         precondition(r.status == 0, "cannot compile the echo plugin: \(r)")
         keep.withLock { $0.append(dir) }
         return out
