@@ -73,8 +73,9 @@ public struct FallbackBackend: ModelBackend {
                 return log.answered(try await entry.backend.complete(r))
             } catch {
                 let e = ProviderError.from(error, provider: entry.backend.name)
-                if e.kind == .cancelled || Task.isCancelled { throw log.giveUp(e) }
+                if e.kind == .cancelled { throw log.giveUp(e) }
                 log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
                 guard i + 1 < entries.count, policy.on.contains(e.kind), end.map({ $0 > .now }) ?? true else { throw log.giveUp(e) }
                 LogSink.shared.log(
                     .info, "fallback \(name)", "\(entry.backend.name) failed (\(e.kind)): trying \(entries[i + 1].backend.name)")
@@ -102,8 +103,9 @@ public struct FallbackBackend: ModelBackend {
                 } catch {
                     let e = error.error
                     let reached = error.outputReached
-                    if e.kind == .cancelled || Task.isCancelled { throw log.giveUp(e) }
+                    if e.kind == .cancelled { throw log.giveUp(e) }
                     log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                    if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
                     guard i + 1 < entries.count, policy.on.contains(e.kind), !reached || policy.restartStreams,
                         end.map({ $0 > .now }) ?? true
                     else {

@@ -181,8 +181,9 @@ public struct RetryBackend: WrappingBackend {
                 return log.answered(try await inner.complete(r))
             } catch {
                 let e = ProviderError.from(error, provider: inner.name)
-                if e.kind == .cancelled || Task.isCancelled { throw log.giveUp(e) }
+                if e.kind == .cancelled { throw log.giveUp(e) }
                 log.record(e, provider: inner.name, duration: ContinuousClock.now - started)
+                if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: inner.name)) }
                 switch policy.decide(e, attempt: attempt, remaining: clock.remaining) {
                 case .stop(let reason):
                     LogSink.shared.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
@@ -217,8 +218,9 @@ public struct RetryBackend: WrappingBackend {
                 } catch {
                     let e = error.error
                     let reached = error.outputReached
-                    if e.kind == .cancelled || Task.isCancelled { throw log.giveUp(e) }
+                    if e.kind == .cancelled { throw log.giveUp(e) }
                     log.record(e, provider: inner.name, duration: ContinuousClock.now - started)
+                    if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: inner.name)) }
                     switch policy.decide(e, attempt: attempt, outputReached: reached, remaining: clock.remaining) {
                     case .stop(let reason):
                         LogSink.shared.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
