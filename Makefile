@@ -3,6 +3,8 @@
 #   make            build the CLI and every plugin (release) and stage a prefix in build/prefix
 #   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
+#   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
+#   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
 #
@@ -17,7 +19,7 @@ DESTDIR ?=
 VERSION := 0.1.0
 
 # Swift plugin products (dynamic libraries libdescartes-<name>.so) that are installed.
-SWIFT_PLUGINS :=
+SWIFT_PLUGINS := claude-code headless-cli
 # C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
 C_PLUGINS := echo
 
@@ -27,7 +29,7 @@ BIN_DIR     = $(shell $(SWIFT) build -c $(CONFIG) --show-bin-path)
 PLUGIN_DIR  = lib/descartes/plugins
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header
+.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header fuzz bench-headless
 
 all: stage
 
@@ -81,6 +83,19 @@ test:
 	$(SWIFT) build --build-tests
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
 
+# libFuzzer targets (Fuzz/*.swift) against the package's own modules with
+# AddressSanitizer, FUZZ_SECONDS each; corpora in Fuzz/corpus, crashes in
+# Fuzz/crashes. CI runs each briefly.
+FUZZ_SECONDS ?= 60
+fuzz:
+	Fuzz/run.sh $(FUZZ_SECONDS)
+
+# Headless backends: a session turn of claude against a fresh spawn, and the
+# process runtime's own round trip (needs the claude binary, see .ci/run).
+bench-headless:
+	$(SWIFT) build --build-tests
+	DESCARTES_BENCH=1 $(SWIFT) test --skip-build --filter HeadlessBenchmarks $(TEST_ARGS)
+
 clean:
-	rm -rf build
+	rm -rf build .build-fuzz
 	$(SWIFT) package clean

@@ -45,6 +45,10 @@ let plugins: [(Product, Target)] = [
     // A Swift plugin used by the test suite to drive the host through the kit
     // (scripted replies, delays, errors). Not installed.
     plugin("scripted", dir: "Scripted", target: "ScriptedPlugin"),
+    // Headless: coding-agent CLIs and any command run as child processes
+    // through the kit's process runtime.
+    plugin("claude-code", dir: "ClaudeCode", target: "ClaudeCodePlugin"),
+    plugin("headless-cli", dir: "HeadlessCLI", target: "HeadlessCLIPlugin"),
 ]
 
 let package = Package(
@@ -64,12 +68,15 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
+        // Child-process primitives Swift cannot express (spawn with no_new_privs
+        // and rlimits applied between fork and exec, pidfd_open, wait status).
+        .target(name: "CProcessShim"),
 
         // MARK: Swift libraries
         .target(name: "DescartesCore", swiftSettings: swiftSettings),
         .target(name: "Descartes", dependencies: ["DescartesCore", "CDescartesPlugin", "CDescartesHost", "CYaml"], swiftSettings: swiftSettings),
         .target(
-            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim"],
+            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
             swiftSettings: swiftSettings),
 
         // MARK: The CLI

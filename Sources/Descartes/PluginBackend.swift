@@ -118,7 +118,16 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     func listModels() async throws -> [ModelInfo] {
         try checkOpen()
         try await initialize()
-        let doc = try await document(.listModels, input: Array("{}".utf8), deadlines: defaultDeadlines)
+        let doc: JSONValue
+        do {
+            doc = try await document(.listModels, input: Array("{}".utf8), deadlines: defaultDeadlines)
+        } catch let e as ProviderError where e.kind == .unsupportedFeature && !manifest.models.isEmpty {
+            // A plugin with no way to ask its provider (a CLI run headless)
+            // lists the models its manifest declares.
+            return manifest.models.map { m in
+                ModelInfo(id: m.id, contextLength: m.contextLength, ownedBy: manifest.provider, details: ["source": "manifest"])
+            }
+        }
         do { return try Wire.decodeModels(doc) } catch {
             throw ProviderError(.invalidResponse, "list_models: \(error)", provider: name)
         }

@@ -742,11 +742,15 @@ public struct JSONWriter {
         out.append(UInt8(ascii: "\""))
     }
 
+    /// Writes a double. An integral value keeps a fraction ("1.0"), so a
+    /// document read back has the same `.number` it was written from
+    /// (`.integer` values are written without one).
     static func appendNumber(_ d: Double, to out: inout [UInt8]) {
         if !d.isFinite {
             out.append(contentsOf: "null".utf8)
         } else if d.rounded() == d && abs(d) < 1e15 {
             out.append(contentsOf: String(Int(d)).utf8)
+            out.append(contentsOf: ".0".utf8)
         } else {
             out.append(contentsOf: d.description.utf8)
         }

@@ -74,7 +74,8 @@ import Testing
         let took = ContinuousClock.now - start
         #expect(err.kind == .timeout)
         #expect(err.deadline == "total")
-        #expect(took >= .milliseconds(290) && took < .seconds(2), "took \(took)")
+        // The hang never ends by itself; the bound leaves room for a loaded machine.
+        #expect(took >= .milliseconds(290) && took < .seconds(10), "took \(took)")
         #expect(try await waitIdle(b) == 0)
     }
 
@@ -103,10 +104,11 @@ import Testing
     @Test func aPluginIgnoringCancellationStillCannotHangTheCaller() async throws {
         let b = try scripted()
         let start = ContinuousClock.now
-        let err = try #require(await providerError { _ = try await b.complete(.script(["ignore-cancel", "sleep:3000"], deadlines: Deadlines(total: .milliseconds(200)))) })
+        let err = try #require(await providerError { _ = try await b.complete(.script(["ignore-cancel", "sleep:30000"], deadlines: Deadlines(total: .milliseconds(200)))) })
         #expect(err.kind == .timeout)
-        // The plugin keeps sleeping for 3 s; the caller is answered at the deadline.
-        #expect(ContinuousClock.now - start < .seconds(2))
+        // The plugin keeps sleeping for 30 s; the caller is answered at the
+        // deadline (the bound leaves room for a loaded machine).
+        #expect(ContinuousClock.now - start < .seconds(10))
     }
 
     @Test func cancellingTheTaskCancelsThePluginCall() async throws {
@@ -116,7 +118,7 @@ import Testing
         let start = ContinuousClock.now
         task.cancel()
         let result = await task.result
-        #expect(ContinuousClock.now - start < .seconds(1))
+        #expect(ContinuousClock.now - start < .seconds(5))
         guard case .failure(let e as ProviderError) = result else { Issue.record("expected a cancellation error, got \(result)"); return }
         #expect(e.kind == .cancelled)
         #expect(try await waitIdle(b) == 0)
@@ -181,7 +183,7 @@ import Testing
         try await waitActive(b, 1)
         let start = ContinuousClock.now
         await b.shutdown()
-        #expect(ContinuousClock.now - start < .seconds(1))
+        #expect(ContinuousClock.now - start < .seconds(5))
         guard case .failure(let e as ProviderError) = await running.result else { Issue.record("expected the running call to fail"); return }
         #expect(e.kind == .cancelled)
         let after = try #require(await providerError { _ = try await b.complete(.script(["words"])) })
@@ -224,14 +226,14 @@ import Testing
     }
 
     @Test func theCPluginIsCancelledPromptly() async throws {
-        let b = try dir.factory().create("echo", config: ["delay_ms": 1000])
+        let b = try dir.factory().create("echo", config: ["delay_ms": 20000])
         let task = Task { try await b.complete(ModelRequest(prompt: "slow words here")) }
         try await Task.sleep(for: .milliseconds(100))
         let start = ContinuousClock.now
         task.cancel()
         _ = await task.result
-        // Well inside the plugin's 1 s pause: cancellation interrupted it.
-        #expect(ContinuousClock.now - start < .milliseconds(800))
+        // Well inside the plugin's 20 s pause: cancellation interrupted it.
+        #expect(ContinuousClock.now - start < .seconds(10))
         await b.shutdown()
     }
 

@@ -202,7 +202,7 @@ import Testing
         transfer.cancel()  // twice is fine
         await r.wait()
         #expect(r.error?.kind == .cancelled)
-        #expect(ContinuousClock.now - start < .milliseconds(500))
+        #expect(ContinuousClock.now - start < .seconds(5))
     }
 
     @Test func aHandlerCanStopTheTransfer() async throws {

@@ -111,7 +111,7 @@ import Testing
         task.cancel()
         guard case .failure(let e as ProviderError) = await task.result else { Issue.record("expected cancellation"); return }
         #expect(e.kind == .cancelled)
-        #expect(ContinuousClock.now - start < .seconds(1))
+        #expect(ContinuousClock.now - start < .seconds(5))
         // The plugin saw it: nothing is running in the helper.
         var active = -1
         for _ in 0..<100 {

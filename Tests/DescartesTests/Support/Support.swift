@@ -204,29 +204,26 @@ final class TempDir: @unchecked Sendable {
 }
 
 enum CCompiler {
-    /// Compiles C sources into a shared library; fails the test on error.
+    /// Compiles C sources into a shared library (awaiting the compiler on a
+    /// thread of its own, not the cooperative pool).
     static func sharedLibrary(_ sources: [String], output: String, flags: [String] = []) async -> ProcResult {
-        await Proc.run(command(sources, output: output, flags: flags), env: nil, stdin: nil, timeout: .seconds(120))
+        await Proc.run(
+            ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
+             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output], timeout: .seconds(120))
     }
 
-    static func command(_ sources: [String], output: String, flags: [String]) -> [String] {
-        ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
-         "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output]
-    }
-
-    /// The C example plugin (Plugins/EchoC/echo.c), built once per test run:
-    /// the copy `make test` built into the prefix with the same flags, else
-    /// compiled here. (The first use may come from a pool thread that other
-    /// tests are waiting on, so compiling here stalls them for a while:
-    /// `make test` avoids it.)
+    /// The C example plugin (Plugins/EchoC/echo.c): the one `make test`
+    /// built with the installed header, else compiled once for this run.
     static let echoLibrary: String = {
         if let prefix = TestEnv.prefix {
-            let installed = FileSystem.join(prefix, "lib/descartes/plugins/libdescartes-echo.so")
-            if FileSystem.exists(installed) { return installed }
+            let built = "\(prefix)/lib/descartes/plugins/libdescartes-echo.so"
+            if FileSystem.exists(built) { return built }
         }
         let dir = TempDir("descartes-echo")
         let out = dir.file("libdescartes-echo.so")
-        let r = Proc.runBlocking(command([FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c")], output: out, flags: []), timeout: .seconds(120))
+        let r = Proc.runBlocking(
+            ["cc", "-std=c11", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread", "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include"),
+             FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c"), "-o", out], env: nil, stdin: nil, timeout: .seconds(120))
         precondition(r.status == 0, "cannot compile the echo plugin: \(r)")
         keep.withLock { $0.append(dir) }
         return out

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets in Fuzz/ against the package's own modules
+# (compiled with coverage and AddressSanitizer) and runs each for a while.
+#
+#   Fuzz/run.sh [SECONDS] [TARGET...]     default: 60 seconds, every target
+#   FUZZ_MERGE=1 Fuzz/run.sh 0            minimize the corpora in place (libFuzzer -merge=1)
+#
+# Corpora live in Fuzz/corpus/<target>/ (seeded from the provider transcripts
+# and manifests, kept in the repository); a crash is written to
+# Fuzz/crashes/<target>/ and fails the run. Prints executions per target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH="${1:-60}"
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson json manifest)
+BUILD=.build-fuzz
+B=$BUILD/release
+SHARED="$(cd .. && pwd)/shared/fixtures/provider-transcripts"
+
+swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target DescartesPluginKit >/dev/null
+swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target Descartes >/dev/null
+
+maps=()
+for t in CCurlShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
+common=(-O -sanitize=fuzzer,address -parse-as-library -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml "${maps[@]}")
+
+link_for() {
+  case "$1" in
+    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o -lcurl" ;;
+    json) echo "$B/DescartesCore.build/*.swift.o" ;;
+    manifest) echo "$B/DescartesCore.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
+  esac
+}
+
+seed() {
+  local t=$1 dir=Fuzz/corpus/$1
+  mkdir -p "$dir"
+  [ -n "$(ls -A "$dir" 2>/dev/null)" ] && return 0
+  case "$t" in
+    sse) for f in "$SHARED"/*/*.sse; do printf '\007' | cat - "$f" > "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
+    ndjson) for f in "$SHARED"/*/*.ndjson; do printf '\003' | cat - "$f" > "$dir/$(basename "$f")"; done ;;
+    json) for f in "$SHARED"/*/*.json; do cp "$f" "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
+    manifest) cp manifests/*.yaml "$dir/" ;;
+  esac
+}
+
+status=0
+for t in "${TARGETS[@]}"; do
+  # shellcheck disable=SC2046
+  swiftc "${common[@]}" "Fuzz/$t.swift" $(eval echo $(link_for "$t")) -o "$B/fuzz-$t" 2>&1 | grep -v "Cannot export local symbol" || true
+  seed "$t"
+  mkdir -p "Fuzz/crashes/$t"
+  if [ "${FUZZ_MERGE:-0}" = 1 ]; then
+    rm -rf "$BUILD/merge-$t" && mkdir -p "$BUILD/merge-$t"
+    SWIFT_BACKTRACE=enable=no "$B/fuzz-$t" -merge=1 -max_len=65536 "$BUILD/merge-$t" "Fuzz/corpus/$t" >/dev/null 2>&1
+    rm -rf "Fuzz/corpus/$t" && mv "$BUILD/merge-$t" "Fuzz/corpus/$t"
+    echo "fuzz $t: corpus minimized to $(ls "Fuzz/corpus/$t" | wc -l) inputs"
+    continue
+  fi
+  log=$BUILD/fuzz-$t.log
+  # The Swift crash handler would report on top of libFuzzer (and trips ASan itself).
+  export SWIFT_BACKTRACE=enable=no
+  if "$B/fuzz-$t" -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
+      -artifact_prefix="Fuzz/crashes/$t/" "Fuzz/corpus/$t" >"$log" 2>&1; then
+    runs=$(grep -Eo 'Done [0-9]+ runs' "$log" | tail -n 1 | grep -Eo '[0-9]+')
+    echo "fuzz $t: ${runs:-?} executions in ${SECONDS_EACH} s, no crash"
+  else
+    echo "fuzz $t: FAILED (see $log and Fuzz/crashes/$t/)"
+    tail -n 30 "$log"
+    status=1
+  fi
+done
+exit $status

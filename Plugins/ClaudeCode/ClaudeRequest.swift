@@ -1,0 +1,304 @@
+// How a ModelRequest becomes a `claude` command line, stdin and (for a
+// conversation with earlier answers) a transcript file.
+import DescartesPluginKit
+import Glibc
+
+/// The plugin's own configuration (the shared keys are in HeadlessConfig).
+struct ClaudeSettings: Sendable {
+    var model: String?
+    var systemPrompt: String?
+    var appendSystemPrompt: String?
+    /// `append` (default): the request's system prompt goes to
+    /// `--append-system-prompt`, keeping Claude Code's own; `replace`:
+    /// `--system-prompt`.
+    var replaceSystemPrompt: Bool
+    var maxTurns: Int?
+    var tools: [String]?
+    var allowedTools: [String]?
+    var disallowedTools: [String]?
+    var permissionMode: String?
+    var apiKey: String?
+    var maxRetries: Int?
+    var persistSessions: Bool
+    var sessionIdle: Duration
+    var maxSessions: Int
+
+    init(_ c: BackendContext) throws(ProviderError) {
+        func text(_ k: String) -> String? { c.string(k).flatMap { $0.isEmpty ? nil : $0 } }
+        model = text("model")
+        systemPrompt = text("system_prompt")
+        appendSystemPrompt = text("append_system_prompt")
+        switch text("system_prompt_mode") ?? "append" {
+        case "append": replaceSystemPrompt = false
+        case "replace": replaceSystemPrompt = true
+        case let other: throw ProviderError(.config, "key 'system_prompt_mode': '\(other)' is not append or replace")
+        }
+        maxTurns = c.int("max_turns")
+        if let m = maxTurns, m < 1 { throw ProviderError(.config, "key 'max_turns': must be at least 1, got \(m)") }
+        tools = c.list("tools")
+        allowedTools = c.list("allowed_tools")
+        disallowedTools = c.list("disallowed_tools")
+        permissionMode = text("permission_mode")
+        apiKey = text("api_key")
+        maxRetries = c.int("max_retries")
+        if let r = maxRetries, r < 0 { throw ProviderError(.config, "key 'max_retries': must not be negative, got \(r)") }
+        persistSessions = c.bool("persist_sessions") ?? false
+        let idle = c.int("session_idle_secs") ?? 900
+        guard idle > 0 else { throw ProviderError(.config, "key 'session_idle_secs': must be positive, got \(idle)") }
+        sessionIdle = .seconds(idle)
+        maxSessions = c.int("max_sessions") ?? 8
+        guard maxSessions > 0 else { throw ProviderError(.config, "key 'max_sessions': must be positive, got \(maxSessions)") }
+    }
+
+    /// Variables the plugin adds to the child's environment: the key (never
+    /// in argv) and the retry count.
+    var environment: [String: String] {
+        var e: [String: String] = [:]
+        if let apiKey { e["ANTHROPIC_API_KEY"] = apiKey }
+        if let maxRetries { e["CLAUDE_CODE_MAX_RETRIES"] = String(maxRetries) }
+        return e
+    }
+}
+
+/// What the caller asked for in `ModelRequest.options` (docs/headless.md).
+struct ClaudeOptions {
+    /// Start a session (a process kept alive across turns).
+    var startSession = false
+    /// Continue this session.
+    var sessionID: String?
+    /// Close the session after this turn.
+    var endSession = false
+    var maxTurns: Int?
+    var permissionMode: String?
+    var allowedTools: [String]?
+    var disallowedTools: [String]?
+    var cwd: String?
+
+    init(_ o: JSONObject) throws(ProviderError) {
+        func strings(_ k: String) throws(ProviderError) -> [String]? {
+            guard let v = o[k], !v.isNull else { return nil }
+            if let s = v.stringValue { return s.split(separator: ",").map(String.init) }
+            guard let a = v.arrayValue else { throw ProviderError(.config, "request option '\(k)': expected a list of strings") }
+            return a.compactMap(\.stringValue)
+        }
+        startSession = o["session"]?.boolValue ?? false
+        sessionID = o["session_id"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+        endSession = o["end_session"]?.boolValue ?? false
+        if let v = o["max_turns"], !v.isNull {
+            guard let n = v.intValue, n >= 1 else { throw ProviderError(.config, "request option 'max_turns': expected a positive integer") }
+            maxTurns = n
+        }
+        permissionMode = o["permission_mode"]?.stringValue
+        allowedTools = try strings("allowed_tools")
+        disallowedTools = try strings("disallowed_tools")
+        if let d = o["cwd"]?.stringValue, !d.isEmpty {
+            guard d.hasPrefix("/") else { throw ProviderError(.config, "request option 'cwd': '\(d)' is not an absolute path") }
+            cwd = d
+        }
+        if let s = sessionID, !UUID.isValid(s) {
+            throw ProviderError(.config, "request option 'session_id': '\(s)' is not a session id this backend returned")
+        }
+    }
+
+    var wantsSession: Bool { startSession || sessionID != nil }
+}
+
+/// A request split the way `claude` takes it.
+struct ClaudeInput {
+    /// The earlier conversation (up to and including the last assistant
+    /// message), replayed through a transcript and `--resume`.
+    var history: [Message]
+    /// The user messages after it, sent on stdin as stream-json lines.
+    var newTurn: [Message]
+    var system: String?
+
+    init(_ r: ModelRequest) throws(ProviderError) {
+        guard r.tools.isEmpty else {
+            throw ProviderError(
+                .unsupportedFeature,
+                "claude-code-cli runs Claude Code's own tools; tools defined by the caller cannot be passed to it (choose them with the 'tools' and 'allowed_tools' config keys)"
+            )
+        }
+        var sys: [String] = []
+        if let s = r.systemPrompt, !s.isEmpty { sys.append(s) }
+        var turns: [Message] = []
+        for m in r.messages {
+            if m.role == .system { sys.append(m.content) } else { turns.append(m) }
+        }
+        system = sys.isEmpty ? nil : sys.joined(separator: "\n\n")
+        let lastAssistant = turns.lastIndex { $0.role == .assistant || $0.role == .tool }
+        let split = lastAssistant.map { $0 + 1 } ?? 0
+        history = Array(turns[..<split])
+        newTurn = Array(turns[split...])
+        if let bad = newTurn.first(where: { $0.role != .user }) {
+            throw ProviderError(.config, "the messages after the last assistant message must be user messages, found \(bad.role.rawValue)")
+        }
+        guard !newTurn.isEmpty else {
+            throw ProviderError(.config, "the request must end with a user message (claude answers the user)")
+        }
+    }
+
+    /// stdin: the new user message as one stream-json line. Several user
+    /// messages in a row become one message with a text block each: every
+    /// stream-json user line is a turn of its own (even one marked
+    /// `shouldQuery: false` answers with an empty result line), and the
+    /// request is one turn.
+    var stdinLines: [UInt8] {
+        let content: JSONValue =
+            newTurn.count == 1
+            ? .string(newTurn[0].content)
+            : .array(newTurn.map { ["type": "text", "text": .string($0.content)] })
+        var out = JSONValue.object(["type": "user", "message": ["role": "user", "content": content]]).jsonBytes
+        out.append(0x0A)
+        return out
+    }
+
+    /// The history as a Claude Code transcript (JSON lines of user and
+    /// assistant entries chained by uuid), for `--resume <file>`.
+    ///
+    /// `--input-format stream-json` cannot carry it: Claude Code appends an
+    /// assistant line to the conversation at once but queues user lines
+    /// until a turn starts, so [user, assistant, user] arrives at the API as
+    /// [assistant, user, user] (checked against Claude Code 2.1.331).
+    static func transcript(_ history: [Message], sessionID: String) -> [UInt8] {
+        var out: [UInt8] = []
+        var parent: String? = nil
+        var pendingResults: [JSONValue] = []
+        func entry(_ type: String, _ message: JSONObject) {
+            let uuid = UUID.random()
+            let o: JSONObject = [
+                "parentUuid": parent.map { .string($0) } ?? .null, "isSidechain": false, "type": .string(type),
+                "message": .object(message), "uuid": .string(uuid), "sessionId": .string(sessionID), "userType": "external",
+            ]
+            JSONValue.object(o).write(to: &out)
+            out.append(0x0A)
+            parent = uuid
+        }
+        func flushResults() {
+            if pendingResults.isEmpty { return }
+            entry("user", ["role": "user", "content": .array(pendingResults)])
+            pendingResults = []
+        }
+        for m in history {
+            switch m.role {
+            case .tool:
+                pendingResults.append([
+                    "type": "tool_result", "tool_use_id": .string(m.toolCallID ?? ""), "content": .string(m.content),
+                ])
+            case .user:
+                flushResults()
+                entry("user", ["role": "user", "content": .string(m.content)])
+            case .assistant:
+                flushResults()
+                var blocks: [JSONValue] = []
+                if let r = m.reasoning, let sig = m.reasoningSignature, !r.isEmpty {
+                    blocks.append(["type": "thinking", "thinking": .string(r), "signature": .string(sig)])
+                }
+                if !m.content.isEmpty { blocks.append(["type": "text", "text": .string(m.content)]) }
+                for c in m.toolCalls {
+                    let input = (try? JSONValue.parse(c.arguments)).flatMap { $0.objectValue.map(JSONValue.object) } ?? [:]
+                    blocks.append(["type": "tool_use", "id": .string(c.id), "name": .string(c.name), "input": input])
+                }
+                if blocks.isEmpty { blocks.append(["type": "text", "text": ""]) }
+                entry("assistant", ["role": "assistant", "content": .array(blocks)])
+            case .system:
+                break
+            }
+        }
+        flushResults()
+        return out
+    }
+}
+
+/// The command line for one process.
+func claudeArguments(
+    settings s: ClaudeSettings, options o: ClaudeOptions, model: String?, system: String?, partial: Bool,
+    sessionID: String?, resume: String?, extra: [String]
+) -> [String] {
+    var a = ["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json"]
+    if partial { a.append("--include-partial-messages") }
+    if let model { a += ["--model", model] }
+    if let p = s.systemPrompt { a += ["--system-prompt", p] }
+    var append: [String] = []
+    if let p = s.appendSystemPrompt { append.append(p) }
+    if let system {
+        if s.replaceSystemPrompt && s.systemPrompt == nil { a += ["--system-prompt", system] } else { append.append(system) }
+    }
+    if !append.isEmpty { a += ["--append-system-prompt", append.joined(separator: "\n\n")] }
+    if let n = o.maxTurns ?? s.maxTurns { a += ["--max-turns", String(n)] }
+    // `--opt=value` keeps these variadic options from taking the next argument.
+    if let t = s.tools { a.append("--tools=" + t.joined(separator: ",")) }
+    if let t = o.allowedTools ?? s.allowedTools, !t.isEmpty { a.append("--allowed-tools=" + t.joined(separator: ",")) }
+    if let t = o.disallowedTools ?? s.disallowedTools, !t.isEmpty { a.append("--disallowed-tools=" + t.joined(separator: ",")) }
+    if let m = o.permissionMode ?? s.permissionMode { a += ["--permission-mode", m] }
+    if !s.persistSessions { a.append("--no-session-persistence") }
+    if let resume { a += ["--resume", resume] } else if let sessionID { a += ["--session-id", sessionID] }
+    return a + extra
+}
+
+/// Version 4 UUIDs (the form `--session-id` requires).
+enum UUID {
+    static func random() -> String {
+        var g = SystemRandomNumberGenerator()
+        var b = (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }
+        b[6] = (b[6] & 0x0F) | 0x40
+        b[8] = (b[8] & 0x3F) | 0x80
+        let hex = b.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
+        return hex[0..<4].joined() + "-" + hex[4..<6].joined() + "-" + hex[6..<8].joined() + "-" + hex[8..<10].joined()
+            + "-" + hex[10..<16].joined()
+    }
+
+    static func isValid(_ s: String) -> Bool {
+        let u = Array(s.utf8)
+        guard u.count == 36 else { return false }
+        for (i, c) in u.enumerated() {
+            if [8, 13, 18, 23].contains(i) {
+                if c != UInt8(ascii: "-") { return false }
+            } else if !((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)) {
+                return false
+            }
+        }
+        return true
+    }
+}
+
+/// A private directory for a transcript, removed with its contents.
+final class ScratchDirectory: @unchecked Sendable {
+    let path: String
+
+    init() throws(ProviderError) {
+        let base = ChildEnvironment.host()["TMPDIR"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? "/tmp"
+        var template = Array("\(base)/descartes-claude-XXXXXX".utf8CString)
+        guard let p = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw ProviderError(.process, "cannot create a directory in \(base): \(String(cString: strerror(errno)))")
+        }
+        path = String(cString: p)
+    }
+
+    /// Writes `bytes` to `name` (mode 0600) and returns its path.
+    func write(_ name: String, _ bytes: [UInt8]) throws(ProviderError) -> String {
+        let file = path + "/" + name
+        let fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ProviderError(.process, "cannot write \(file): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw ProviderError(.process, "cannot write \(file): \(String(cString: strerror(errno)))") }
+            off += n
+        }
+        return file
+    }
+
+    func remove() {
+        if let d = opendir(path) {
+            while let e = readdir(d) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
+                if name != "." && name != ".." { unlink(path + "/" + name) }
+            }
+            closedir(d)
+        }
+        rmdir(path)
+    }
+}

@@ -1,0 +1,412 @@
+// The generic headless adapter (provider `headless-cli`): any program, run
+// as a child process through the plugin kit's process runtime, speaking one
+// of two documented protocols (docs/headless-cli-protocol.md):
+//
+//   json-lines  the request as one JSON document on stdin; stdout carries one
+//               JSON event per line (text, reasoning, tool calls, usage,
+//               notice, then done or error)
+//   text        the prompt on stdin or in a templated argument ({prompt});
+//               stdout is the answer, streamed as it arrives
+import DescartesPluginKit
+import Synchronization
+
+enum WireProtocol: String {
+    case jsonLines = "json-lines"
+    case text
+}
+
+final class HeadlessCLIBackend: DescartesBackend {
+    let context: BackendContext
+    let config: HeadlessConfig
+    let wire: WireProtocol
+    let runner: ProcessRunner
+    let defaultModel: String?
+    let stripANSI: Bool
+    let healthArgs: [String]?
+
+    init(_ context: BackendContext) throws(ProviderError) {
+        self.context = context
+        config = try HeadlessConfig(context, defaultCommand: "")
+        guard !config.command.isEmpty else {
+            throw ProviderError(.config, "key 'command' is required: the program to run (a name in PATH or an absolute path)")
+        }
+        let p = context.string("protocol") ?? "json-lines"
+        guard let w = WireProtocol(rawValue: p) else {
+            throw ProviderError(.config, "key 'protocol': '\(p)' is not a protocol (json-lines, text)")
+        }
+        wire = w
+        defaultModel = context.string("model").flatMap { $0.isEmpty ? nil : $0 }
+        stripANSI = context.bool("strip_ansi") ?? true
+        healthArgs = context.list("health_args")
+        runner = ProcessRunner(name: context.instance)
+    }
+
+    deinit { runner.close() }
+
+    func initialize(_ call: PluginCall) {
+        do {
+            let exe = try config.executable(config.environment())
+            call.finish(result: ["message": .string("\(exe) (protocol \(wire.rawValue))")])
+        } catch {
+            call.fail(error)
+        }
+    }
+
+    /// Resolves the program; with `health_args`, also runs it with them and
+    /// requires exit status 0 (the cheapest real proof for a CLI, such as
+    /// `--version`).
+    func healthCheck(_ call: PluginCall) {
+        let env = config.environment()
+        let exe: String
+        do { exe = try config.executable(env) } catch {
+            call.fail(error)
+            return
+        }
+        guard let healthArgs else {
+            call.finish(result: ["message": .string("\(exe) is executable"), "details": ["path": .string(exe)]])
+            return
+        }
+        let out = Mutex<[UInt8]>([])
+        let link = ChildLink()
+        do {
+            let child = try runner.spawn(
+                config.spec(executable: exe, arguments: healthArgs, environment: env, deadline: .now + .seconds(30)),
+                handlers: ChildHandlers(
+                    stdout: { line in out.withLock { if $0.count < 4096 { $0.append(contentsOf: line); $0.append(0x0A) } } },
+                    exit: { exit in
+                        let text = out.withLock { o in o.withUnsafeBytes { ANSIStripper.clean($0) } }
+                        if exit.succeeded {
+                            call.finish(result: [
+                                "message": .string(text.isEmpty ? "\(exe) ran" : String(text.split(separator: "\n").first ?? "")),
+                                "details": ["path": .string(exe), "output": .string(Wire.excerpt(text, limit: 500))],
+                            ])
+                        } else {
+                            call.fail(exit.error(FileSystemName.base(exe)))
+                        }
+                    }))
+            link.attach(child)
+            call.onCancel { link.terminate() }
+        } catch {
+            call.fail(error)
+        }
+    }
+
+    func stream(_ request: ModelRequest, _ call: PluginCall) {
+        let env = config.environment()
+        let exe: String
+        do { exe = try config.executable(env) } catch {
+            call.fail(error)
+            return
+        }
+        let prompt = TextPrompt(request)
+        let model = request.model ?? defaultModel ?? ""
+        var usedPrompt = false
+        var usedSystem = false
+        let args = config.args.map { a -> String in
+            if a.contains("{prompt}") { usedPrompt = true }
+            if a.contains("{system}") { usedSystem = true }
+            return a.replacingAll("{prompt}", with: prompt.conversation)
+                .replacingAll("{system}", with: prompt.system)
+                .replacingAll("{model}", with: model)
+        }
+        let name = FileSystemName.base(exe)
+        let link = ChildLink()
+        let spec: ProcessSpec
+        let handlers: ChildHandlers
+        switch wire {
+        case .jsonLines:
+            var input = Wire.encode(request)
+            input.append(0x0A)
+            spec = config.spec(executable: exe, arguments: args, environment: env, input: input, deadline: config.deadline(request))
+            let session = JSONLinesSession(call: call, link: link, program: name, exitGrace: config.exitGrace)
+            handlers = ChildHandlers(
+                stdout: { session.line($0) }, stderr: { session.stderr($0) }, exit: { session.exited($0) })
+        case .text:
+            var text = ""
+            if !usedPrompt {
+                text = usedSystem || prompt.system.isEmpty ? prompt.conversation : prompt.system + "\n\n" + prompt.conversation
+                if !text.hasSuffix("\n") { text += "\n" }
+            }
+            spec = config.spec(
+                executable: exe, arguments: args, environment: env, input: Array(text.utf8), deadline: config.deadline(request),
+                framing: .chunks)
+            let session = TextSession(
+                call: call, program: name, stripANSI: stripANSI,
+                inputTokens: Heuristics.tokens(request).tokens, model: model)
+            handlers = ChildHandlers(
+                stdout: { session.chunk($0) }, stderr: { session.stderr($0) }, exit: { session.exited($0) })
+        }
+        do {
+            let child = try runner.spawn(spec, handlers: handlers)
+            link.attach(child)
+            call.onCancel { link.terminate() }
+        } catch {
+            call.fail(error)
+        }
+    }
+
+    func shutdown(_ call: PluginCall) {
+        runner.shutdown { call.finish(result: [:]) }
+    }
+}
+
+/// The request as text for a program that takes one prompt.
+struct TextPrompt {
+    /// The system prompt and system messages, joined.
+    var system: String
+    /// One user message alone: its text. A conversation: "User: ..." and
+    /// "Assistant: ..." paragraphs (a text CLI has no other way to take one).
+    var conversation: String
+
+    init(_ r: ModelRequest) {
+        var sys: [String] = []
+        if let s = r.systemPrompt, !s.isEmpty { sys.append(s) }
+        let turns = r.messages.filter { m in
+            if m.role == .system {
+                sys.append(m.content)
+                return false
+            }
+            return true
+        }
+        system = sys.joined(separator: "\n\n")
+        if turns.count == 1, turns[0].role == .user {
+            conversation = turns[0].content
+        } else {
+            conversation = turns.map { m in
+                switch m.role {
+                case .user: return "User: \(m.content)"
+                case .assistant: return "Assistant: \(m.content)"
+                case .tool: return "Tool result (\(m.toolCallID ?? "")): \(m.content)"
+                case .system: return m.content
+                }
+            }.joined(separator: "\n\n")
+        }
+    }
+}
+
+/// One json-lines call: parses the child's stdout on the runner's thread.
+final class JSONLinesSession: @unchecked Sendable {
+    let call: PluginCall
+    let link: ChildLink
+    let program: String
+    let exitGrace: Duration
+    // Runner thread only.
+    var terminal = false
+    var nonJSON = 0
+    var firstNonJSON: String?
+    var nextToolIndex = 0
+    var startedTools: Set<Int> = []
+    var stderrBudget = NoticeBudget()
+
+    init(call: PluginCall, link: ChildLink, program: String, exitGrace: Duration) {
+        self.call = call
+        self.link = link
+        self.program = program
+        self.exitGrace = exitGrace
+    }
+
+    func line(_ bytes: UnsafeRawBufferPointer) {
+        if terminal { return }
+        var lo = 0
+        var hi = bytes.count
+        while lo < hi, bytes[lo] == 0x20 || bytes[lo] == 0x09 || bytes[lo] == 0x0D { lo += 1 }
+        while hi > lo, bytes[hi - 1] == 0x20 || bytes[hi - 1] == 0x09 || bytes[hi - 1] == 0x0D { hi -= 1 }
+        if lo == hi { return }
+        let doc = try? JSONValue.parse(UnsafeRawBufferPointer(rebasing: bytes[lo..<hi]))
+        guard case .object(let o)? = doc else {
+            let text = ANSIStripper.clean(UnsafeRawBufferPointer(rebasing: bytes[lo..<hi]))
+            nonJSON += 1
+            if firstNonJSON == nil { firstNonJSON = Wire.excerpt(text, limit: 120) }
+            if nonJSON <= 20 { call.notice("warning", "\(program): ignored a stdout line that is not a JSON object: \(Wire.excerpt(text))") }
+            return
+        }
+        handle(o)
+    }
+
+    func handle(_ o: JSONObject) {
+        let type = o["type"]?.stringValue ?? ""
+        switch type {
+        case "start":
+            call.start(id: o["id"]?.stringValue, model: o["model"]?.stringValue)
+        case "text":
+            if let t = o["text"]?.stringValue, !t.isEmpty { call.text(t) }
+        case "reasoning":
+            if let t = o["text"]?.stringValue, !t.isEmpty { call.reasoning(t) }
+        case "tool_call":
+            let index = o["index"]?.intValue ?? nextToolIndex
+            nextToolIndex = max(nextToolIndex, index + 1)
+            startedTools.insert(index)
+            call.toolCall(
+                index: index,
+                ToolCall(id: o["id"]?.stringValue ?? "", name: o["name"]?.stringValue ?? "", arguments: arguments(o["arguments"])))
+        case "tool_call_start":
+            let index = o["index"]?.intValue ?? nextToolIndex
+            nextToolIndex = max(nextToolIndex, index + 1)
+            startedTools.insert(index)
+            call.toolCallStart(index: index, id: o["id"]?.stringValue ?? "", name: o["name"]?.stringValue ?? "")
+        case "tool_call_delta", "tool_call_end":
+            guard let index = o["index"]?.intValue, startedTools.contains(index) else {
+                protocolError("\(type) for tool call \(o["index"]?.jsonText ?? "(no index)") before its tool_call_start")
+                return
+            }
+            if type == "tool_call_end" {
+                call.toolCallEnd(index: index)
+            } else if let a = o["arguments"]?.stringValue, !a.isEmpty {
+                call.toolCallDelta(index: index, a)
+            }
+        case "usage":
+            do { call.usage(try Wire.decodeUsage(.object(o))) } catch {
+                protocolError("usage event: \(error)")
+            }
+        case "notice":
+            call.notice(o["level"]?.stringValue ?? "info", o["message"]?.stringValue ?? "")
+        case "done":
+            var doc = o
+            if doc["finish_reason"] == nil { doc["finish_reason"] = "stop" }
+            do {
+                let finish = try Wire.decodeFinish(.object(doc))
+                terminal = true
+                call.finish(finish)
+                link.done(exitWithin: exitGrace)
+            } catch {
+                protocolError("done event: \(error)")
+            }
+        case "error":
+            terminal = true
+            let kind = o["kind"]?.stringValue ?? "backend"
+            var e = ProviderError(
+                ProviderError.Kind(rawValue: kind.isEmpty ? "backend" : kind), o["message"]?.stringValue ?? "(no message)",
+                status: o["status"]?.intValue, providerType: o["provider_type"]?.stringValue)
+            if let ms = o["retry_after_ms"]?.intValue { e.retryAfter = .milliseconds(ms) }
+            call.fail(e)
+            link.done(exitWithin: exitGrace)
+        default:
+            break  // a type from a later revision of the protocol
+        }
+    }
+
+    func arguments(_ v: JSONValue?) -> String {
+        switch v {
+        case nil, .null?: return "{}"
+        case .string(let s)?: return s
+        case let other?: return other.jsonText
+        }
+    }
+
+    func protocolError(_ message: String) {
+        terminal = true
+        call.fail(ProviderError(.invalidResponse, "\(program): \(message)"))
+        link.terminate()
+    }
+
+    func stderr(_ bytes: UnsafeRawBufferPointer) {
+        if terminal { return }
+        let text = ANSIStripper.clean(bytes)
+        if !text.isEmpty && stderrBudget.take() { call.notice("info", "\(program): \(text)") }
+    }
+
+    func exited(_ exit: ChildExit) {
+        // After done or error the answer stands, whatever the exit status.
+        if terminal { return }
+        terminal = true
+        guard exit.reason == .exited else {
+            call.fail(exit.error(program))
+            return
+        }
+        if exit.status == 0 && exit.signal == nil {
+            if nonJSON > 0 {
+                call.fail(
+                    ProviderError(
+                        .invalidResponse,
+                        "\(program) exited without a done event and wrote \(nonJSON) stdout line\(nonJSON == 1 ? "" : "s") that \(nonJSON == 1 ? "is" : "are") not JSON (first: \(firstNonJSON ?? "")); it does not speak the json-lines protocol"
+                    ))
+            } else {
+                call.fail(ProviderError(.streamClosed, "\(program) exited with status 0 without a done event"))
+            }
+            return
+        }
+        call.fail(exit.error(program, context: " without a done event"))
+    }
+}
+
+/// One text-protocol call: stdout is the answer, streamed as it arrives.
+final class TextSession: @unchecked Sendable {
+    let call: PluginCall
+    let program: String
+    let inputTokens: Int
+    let model: String
+    // Runner thread only.
+    var stripper: ANSIStripper?
+    var outputBytes = 0
+    var scratch: [UInt8] = []
+    var stderrBudget = NoticeBudget()
+
+    init(call: PluginCall, program: String, stripANSI: Bool, inputTokens: Int, model: String) {
+        self.call = call
+        self.program = program
+        self.inputTokens = inputTokens
+        self.model = model
+        stripper = stripANSI ? ANSIStripper() : nil
+    }
+
+    func chunk(_ bytes: UnsafeRawBufferPointer) {
+        if stripper != nil {
+            scratch.removeAll(keepingCapacity: true)
+            stripper!.strip(bytes, into: &scratch)
+            outputBytes += scratch.count
+            if !scratch.isEmpty { scratch.withUnsafeBytes { call.text(bytes: $0) } }
+        } else {
+            outputBytes += bytes.count
+            call.text(bytes: bytes)
+        }
+    }
+
+    func stderr(_ bytes: UnsafeRawBufferPointer) {
+        let text = ANSIStripper.clean(bytes)
+        if !text.isEmpty && stderrBudget.take() { call.notice("info", "\(program): \(text)") }
+    }
+
+    func exited(_ exit: ChildExit) {
+        if exit.succeeded {
+            call.finish(
+                Wire.Finish(
+                    finishReason: .stop,
+                    usage: Usage(inputTokens: inputTokens, outputTokens: (outputBytes + 3) / 4, estimated: true),
+                    model: model.isEmpty ? nil : model))
+        } else {
+            call.fail(exit.error(program))
+        }
+    }
+}
+
+enum FileSystemName {
+    static func base(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+}
+
+extension String {
+    func replacingAll(_ target: String, with replacement: String) -> String {
+        guard !target.isEmpty, contains(target) else { return self }
+        var out = ""
+        var rest = Substring(self)
+        while let r = rest.firstRange(of: target) {
+            out += rest[..<r.lowerBound]
+            out += replacement
+            rest = rest[r.upperBound...]
+        }
+        return out + rest
+    }
+}
+
+@_cdecl("descartes_plugin_entry")
+public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> UnsafeRawPointer? {
+    PluginExport.entry(
+        abi: abi, host: host, name: "headless-cli", version: "1.0.0",
+        factories: [
+            BackendFactory(id: "headless-cli", description: "Any command run headless (json-lines or text protocol)") {
+                try HeadlessCLIBackend($0)
+            }
+        ])
+}

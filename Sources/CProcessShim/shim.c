@@ -1,0 +1,219 @@
+// See include/CProcessShim.h for why each function exists.
+#define _GNU_SOURCE
+#include "CProcessShim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+/* Shared between the parent and the child (CLONE_VM): the child reports a
+   failure here before it exits, and the parent reads it once clone returns
+   (CLONE_VFORK suspends the parent until the child's execve or exit). */
+struct child_context {
+    const dsc_spawn_request_t *request;
+    int error;
+    int stage;
+};
+
+static int lower_limit(int resource, uint64_t value, uint64_t hard_extra) {
+    struct rlimit current;
+    if (getrlimit(resource, &current) != 0) return -1;
+    rlim_t soft = (rlim_t)value;
+    rlim_t hard = (rlim_t)(value + hard_extra);
+    /* Never raise: an unprivileged process cannot, and a limit the host
+       already has is the stricter one. */
+    if (current.rlim_max != RLIM_INFINITY && hard > current.rlim_max) hard = current.rlim_max;
+    if (soft > hard) soft = hard;
+    struct rlimit next = {soft, hard};
+    return setrlimit(resource, &next);
+}
+
+/* Runs in the child, on its own stack, sharing the parent's memory until
+   execve. Only system calls; no allocation, no locks, no stdio. */
+static int child_main(void *arg) {
+    struct child_context *ctx = arg;
+    const dsc_spawn_request_t *r = ctx->request;
+
+    /* Default dispositions for every signal: a host may ignore SIGPIPE or
+       SIGINT, and ignored dispositions survive execve. (Without
+       CLONE_SIGHAND this changes the child's copy of the table only.) */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        (void)sigaction(sig, &dfl, NULL); /* glibc-reserved signals fail with EINVAL: fine */
+    }
+
+    ctx->stage = DSC_STAGE_SETPGID;
+    if (setpgid(0, 0) != 0) goto fail;
+
+    ctx->stage = DSC_STAGE_DUP2;
+    if (dup2(r->stdin_fd, 0) < 0 || dup2(r->stdout_fd, 1) < 0 || dup2(r->stderr_fd, 2) < 0) goto fail;
+    /* Everything else closes: the host's sockets, files and other children's
+       pipes must not leak into this child even when they lack O_CLOEXEC. */
+    if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
+        struct rlimit nofile;
+        long max = 65536;
+        if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY && (long)nofile.rlim_cur < max)
+            max = (long)nofile.rlim_cur;
+        for (long fd = 3; fd < max; fd++) (void)close((int)fd);
+    }
+
+    if (r->cwd != NULL) {
+        ctx->stage = DSC_STAGE_CHDIR;
+        if (chdir(r->cwd) != 0) goto fail;
+    }
+
+    ctx->stage = DSC_STAGE_RLIMIT;
+    if (r->cpu_seconds && lower_limit(RLIMIT_CPU, r->cpu_seconds, 1) != 0) goto fail;
+    if (r->address_space && lower_limit(RLIMIT_AS, r->address_space, 0) != 0) goto fail;
+    if (r->open_files && lower_limit(RLIMIT_NOFILE, r->open_files, 0) != 0) goto fail;
+    if (r->file_size && lower_limit(RLIMIT_FSIZE, r->file_size, 0) != 0) goto fail;
+    if (r->processes && lower_limit(RLIMIT_NPROC, r->processes, 0) != 0) goto fail;
+
+    if (r->nice > 0) {
+        ctx->stage = DSC_STAGE_NICE;
+        errno = 0;
+        int current = getpriority(PRIO_PROCESS, 0);
+        if (current == -1 && errno != 0) goto fail;
+        int target = r->nice > 19 ? 19 : r->nice;
+        if (target > current && setpriority(PRIO_PROCESS, 0, target) != 0) goto fail;
+    }
+
+    if (r->no_new_privs) {
+        ctx->stage = DSC_STAGE_NO_NEW_PRIVS;
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) goto fail;
+    }
+
+    /* The parent blocked every signal around clone; the child starts clean. */
+    sigset_t none;
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL);
+
+    ctx->stage = DSC_STAGE_EXEC;
+    execve(r->path, r->argv, r->envp);
+fail:
+    ctx->error = errno ? errno : EINVAL;
+    _exit(127);
+}
+
+int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
+    *pid = -1;
+    *stage = DSC_STAGE_NONE;
+    if (request->stdin_fd < 3 || request->stdout_fd < 3 || request->stderr_fd < 3) {
+        *stage = DSC_STAGE_DUP2;
+        return EBADF;
+    }
+    const size_t stack_size = 128 * 1024;
+    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        *stage = DSC_STAGE_CLONE;
+        return errno;
+    }
+    struct child_context ctx = {request, 0, DSC_STAGE_NONE};
+
+    /* No signal handler of the host may run in the child while it shares
+       the host's memory. */
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous);
+    pid_t child = clone(child_main, (char *)stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &ctx);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    munmap(stack, stack_size);
+
+    if (child < 0) {
+        *stage = DSC_STAGE_CLONE;
+        return clone_errno;
+    }
+    if (ctx.error != 0) {
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+        *stage = ctx.stage;
+        return ctx.error;
+    }
+    *pid = child;
+    return 0;
+}
+
+int dsc_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int dsc_exited(pid_t pid) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    int rc;
+    do {
+        rc = waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) return -1;
+    return info.si_pid == pid ? 1 : 0;
+}
+
+int dsc_reap(pid_t pid, int nohang, int *exit_code, int *signal) {
+    int status = 0;
+    pid_t r;
+    do {
+        r = waitpid(pid, &status, nohang ? WNOHANG : 0);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return -1;
+    if (r == 0) return 0;
+    *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    *signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    return 1;
+}
+
+static int move_up(int fd) {
+    if (fd >= 3) return fd;
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return moved;
+}
+
+int dsc_pipe(int fds[2]) {
+    int raw[2];
+    if (pipe2(raw, O_CLOEXEC) != 0) return -1;
+    int r = move_up(raw[0]);
+    int w = move_up(raw[1]);
+    if (r < 0 || w < 0) {
+        int saved = errno;
+        if (r >= 0) close(r);
+        if (w >= 0) close(w);
+        errno = saved;
+        return -1;
+    }
+    fds[0] = r;
+    fds[1] = w;
+    return 0;
+}
+
+int dsc_nonblock(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+void dsc_thread_setup(const char *name) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    (void)pthread_setname_np(pthread_self(), name);
+}

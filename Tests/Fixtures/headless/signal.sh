@@ -1,0 +1,4 @@
+#!/bin/sh
+cat >/dev/null
+echo "about to crash" >&2
+kill -SEGV $$
