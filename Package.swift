@@ -45,6 +45,15 @@ let plugins: [(Product, Target)] = [
     // A Swift plugin used by the test suite to drive the host through the kit
     // (scripted replies, delays, errors). Not installed.
     plugin("scripted", dir: "Scripted", target: "ScriptedPlugin"),
+    // OpenAI chat completions and the OpenAI-compatible family (one factory,
+    // "openai"; each compatible provider is a manifest).
+    plugin("openai", dir: "OpenAI", target: "OpenAIPlugin", dependencies: ["DescartesOpenAIChat"]),
+    // The Anthropic Messages API.
+    plugin("anthropic", dir: "Anthropic", target: "AnthropicPlugin"),
+    // Ollama over its native API (/api/chat NDJSON, /api/tags, /api/show).
+    plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
+    // llama.cpp's server (llama-server, llama-cpp-python) over the shared OpenAI chat dialect.
+    plugin("llamacpp", dir: "LlamaCpp", target: "LlamaCppPlugin", dependencies: ["DescartesOpenAIChat"]),
     // Headless: coding-agent CLIs and any command run as child processes
     // through the kit's process runtime.
     plugin("claude-code", dir: "ClaudeCode", target: "ClaudeCodePlugin"),
@@ -78,6 +87,10 @@ let package = Package(
         .target(
             name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
             swiftSettings: swiftSettings),
+        // The OpenAI chat-completions dialect (request bodies, chunk parsing,
+        // tool-call assembly, finish reasons, the HTTP calls), linked
+        // statically into every plugin that speaks it.
+        .target(name: "DescartesOpenAIChat", dependencies: ["DescartesPluginKit"], swiftSettings: swiftSettings),
 
         // MARK: The CLI
         .executableTarget(name: "descartes", dependencies: ["Descartes"], swiftSettings: swiftSettings),
@@ -87,6 +100,6 @@ let package = Package(
         // MARK: Tests
         // Unit tests reach the kit's building blocks (decoders, HTTP engine)
         // directly; plugins are only ever reached through the C ABI.
-        .testTarget(name: "DescartesTests", dependencies: ["Descartes", "DescartesPluginKit"], swiftSettings: swiftSettings),
+        .testTarget(name: "DescartesTests", dependencies: ["Descartes", "DescartesPluginKit", "DescartesOpenAIChat"], swiftSettings: swiftSettings),
     ] + plugins.map(\.1)
 )

@@ -13,21 +13,23 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson json manifest)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson chat json manifest)
 BUILD=.build-fuzz
 B=$BUILD/release
 SHARED="$(cd .. && pwd)/shared/fixtures/provider-transcripts"
 
 swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target DescartesPluginKit >/dev/null
+swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target DescartesOpenAIChat >/dev/null
 swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target Descartes >/dev/null
 
 maps=()
-for t in CCurlShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
+for t in CCurlShim CProcessShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
 common=(-O -sanitize=fuzzer,address -parse-as-library -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml "${maps[@]}")
 
 link_for() {
   case "$1" in
-    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o -lcurl" ;;
+    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
+    chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
     manifest) echo "$B/DescartesCore.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
   esac
@@ -40,6 +42,8 @@ seed() {
   case "$t" in
     sse) for f in "$SHARED"/*/*.sse; do printf '\007' | cat - "$f" > "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
     ndjson) for f in "$SHARED"/*/*.ndjson; do printf '\003' | cat - "$f" > "$dir/$(basename "$f")"; done ;;
+    chat) for f in "$SHARED"/{openai,deepseek,groq,mistral,openrouter,zai,openai-compatible}/*.sse; do
+            printf '\037' | cat - "$f" > "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
     json) for f in "$SHARED"/*/*.json; do cp "$f" "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
     manifest) cp manifests/*.yaml "$dir/" ;;
   esac

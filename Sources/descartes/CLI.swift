@@ -17,6 +17,9 @@ let topHelp = """
       plugins info NAME [--json]        Show one plugin's manifest: models, prices, config keys
       plugins verify [NAME...] [--json] Load, negotiate and create each plugin with its defaults
       complete -p PROVIDER PROMPT       Run one completion (--stream to print text as it arrives)
+      models -p PROVIDER                List the models a provider offers now
+      health [-p PROVIDER]              Check with a real call that providers can serve requests
+      tokens -p PROVIDER TEXT           Count (or estimate) the input tokens of a text
       batch -p PROVIDER FILE            Run one request per line of FILE (JSON lines), results in order
 
     Global options:

@@ -7,7 +7,11 @@ enum Commands {
         "plugins list": "descartes plugins list [--json]",
         "plugins info": "descartes plugins info NAME [--json]",
         "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]...",
-        "complete": "descartes complete -p PROVIDER [-m MODEL] [--stream] [--json] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
+        "complete":
+            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
+        "models": "descartes models -p PROVIDER [--json] [--set KEY=VALUE]...",
+        "health": "descartes health [-p PROVIDER] [--json] [--timeout SECONDS] [--set KEY=VALUE]...",
+        "tokens": "descartes tokens -p PROVIDER [-m MODEL] [--system TEXT] [--json] [--set KEY=VALUE]... TEXT|-",
         "batch": "descartes batch -p PROVIDER [-c N] [-o FILE] [--provider-batch] [options] FILE|-",
     ]
 
@@ -65,9 +69,56 @@ enum Commands {
               --json                Print the response as JSON; with --stream, one JSON event per line
               --set KEY=VALUE       A config value for the provider (repeatable)
               --timeout SECONDS     Total deadline, retries and fallbacks included (default: the provider's timeout, or 600)
+              --system TEXT         A system prompt
+              --max-tokens N        The most tokens to generate
+              --temperature T       Sampling temperature
+              --tools FILE.json     Tools the model may call: a JSON array of
+                                    {"name", "description", "parameters"} (parameters: a JSON Schema object)
+              --tool-choice C       auto, none, required, or the name of the tool to call
             \(ReliabilityOptions.help)
 
             With --json the response names the provider that answered and lists the failed attempts.
+            Tool calls the model makes are printed after the text as
+            "tool call ID: NAME(ARGUMENTS)" (with --json, in "tool_calls").
+            """,
+        "models": """
+            Usage: \(usages["models"]!)
+
+            Lists the models the provider offers now (asking the provider, e.g. GET /models),
+            with context sizes and whether the manifest knows each.
+
+            Options:
+              -p, --provider NAME   The provider (required)
+              --set KEY=VALUE       A config value for the provider (repeatable)
+              --json                {"provider": ..., "models": [{"id", "context_length", "owned_by", ...}]}
+            """,
+        "health": """
+            Usage: \(usages["health"]!)
+
+            Checks with a real call (authenticated, for an API) that a provider can serve a
+            request now, and says why not. Without -p, checks every available provider at
+            once; providers missing a required key (an API key not in the environment) are
+            reported as skipped. Exits non-zero when a checked provider is unhealthy.
+
+            Options:
+              -p, --provider NAME   Check one provider (exit status: the error's, see 'descartes --help')
+              --timeout SECONDS     Give up on a provider after this long (default 20)
+              --set KEY=VALUE       A config value for the provider given with -p (repeatable)
+              --json                {"results": [{"name", "healthy", "message"|"error"|"skipped", ...}], ...}
+            """,
+        "tokens": """
+            Usage: \(usages["tokens"]!)
+
+            Counts the input tokens of TEXT (or stdin with '-') sent as one user message:
+            exactly when the provider can count (Anthropic's count_tokens), else an
+            estimate of about four characters per token. The method is printed.
+
+            Options:
+              -p, --provider NAME   The provider (required)
+              -m, --model MODEL     The model to count for
+              --system TEXT         A system prompt to count too
+              --set KEY=VALUE       A config value for the provider (repeatable)
+              --json                {"provider", "tokens", "exact", "method"}
             """,
         "batch": BatchCommand.help,
     ]
@@ -111,6 +162,16 @@ enum Commands {
                 return .ok
             }
             return await BatchCommand.run(rest, globals: globals)
+        case "models", "health", "tokens":
+            if rest.contains("--help") || rest.contains("-h") {
+                Out.line(help(for: command))
+                return .ok
+            }
+            switch command {
+            case "models": return await ModelsCommand.run(rest, globals: globals)
+            case "health": return await HealthCommand.run(rest, globals: globals)
+            default: return await TokensCommand.run(rest, globals: globals)
+            }
         default:
             usageFailure(UsageError("unknown command '\(command)'", command: ""))
         }

@@ -11,9 +11,14 @@ enum CompleteCommand {
         .init(names: ["--json"], takesValue: false),
         .init(names: ["--set"], takesValue: true, repeatable: true),
         .init(names: ["--timeout"], takesValue: true),
+        .init(names: ["--system"], takesValue: true),
+        .init(names: ["--max-tokens"], takesValue: true),
+        .init(names: ["--temperature"], takesValue: true),
+        .init(names: ["--tools"], takesValue: true),
+        .init(names: ["--tool-choice"], takesValue: true),
     ] + ReliabilityOptions.options
 
-    static func readPrompt(_ args: Arguments) throws(UsageError) -> String {
+    static func readPrompt(_ args: Arguments, command: String = "complete") throws(UsageError) -> String {
         if args.positional == ["-"] {
             var bytes: [UInt8] = []
             var buf = [UInt8](repeating: 0, count: 65536)
@@ -27,7 +32,9 @@ enum CompleteCommand {
             while text.hasSuffix("\n") { text.removeLast() }
             return text
         }
-        guard !args.positional.isEmpty else { throw UsageError("missing PROMPT (or '-' to read it from stdin)", command: "complete") }
+        guard !args.positional.isEmpty else {
+            throw UsageError("missing \(command == "complete" ? "PROMPT" : "TEXT") (or '-' to read it from stdin)", command: command)
+        }
         return args.positional.joined(separator: " ")
     }
 
@@ -48,7 +55,31 @@ enum CompleteCommand {
                 guard t > 0 else { throw UsageError("--timeout must be positive", command: "complete") }
                 request.deadlines.total = .milliseconds(Int(t * 1000))
             }
+            request.systemPrompt = args.value("--system")
+            if let n = try args.int("--max-tokens") {
+                guard n > 0 else { throw UsageError("--max-tokens must be positive", command: "complete") }
+                request.maxTokens = n
+            }
+            if let t = try args.double("--temperature") {
+                guard t >= 0, t.isFinite else { throw UsageError("--temperature must be a number >= 0", command: "complete") }
+                request.temperature = t
+            }
+            if let c = args.value("--tool-choice") {
+                switch c {
+                case "auto": request.toolChoice = .auto
+                case "none": request.toolChoice = ToolChoice.none
+                case "required": request.toolChoice = .required
+                case "": throw UsageError("--tool-choice needs auto, none, required or a tool name", command: "complete")
+                default: request.toolChoice = .tool(c)
+                }
+            }
         } catch { usageFailure(error) }
+        if let file = args.value("--tools") {
+            do throws(ToolsFile.Problem) { request.tools = try ToolsFile.load(file) } catch {
+                Out.err("Error: \(error.message)")
+                exit(ExitCode.dataError.rawValue)
+            }
+        }
         let provider = args.value("--provider")!
         let json = args.flag("--json")
         let streaming = args.flag("--stream")
@@ -150,5 +181,55 @@ final class Interrupts: @unchecked Sendable {
     func stop() {
         source.cancel()
         signal(SIGINT, SIG_DFL)
+    }
+}
+
+/// The `--tools FILE.json` of `complete`: a JSON array of
+/// `{"name", "description"?, "parameters"?}`, `parameters` a JSON Schema
+/// object (default: an object with no properties).
+enum ToolsFile {
+    struct Problem: Error {
+        var message: String
+    }
+
+    static func load(_ path: String) throws(Problem) -> [Tool] {
+        let text: String
+        do { text = try FileSystem.readText(path, limit: 16 << 20) } catch { throw Problem(message: "--tools: \(error)") }
+        let doc: JSONValue
+        do { doc = try JSONValue.parse(text) } catch { throw Problem(message: "\(path): not JSON: \(error)") }
+        guard case .array(let items) = doc else {
+            throw Problem(message: "\(path): expected a JSON array of {\"name\", \"description\", \"parameters\"}, got \(doc.typeName)")
+        }
+        var tools: [Tool] = []
+        var names: Set<String> = []
+        for (i, item) in items.enumerated() {
+            let at = "\(path): item \(i)"
+            guard case .object(let o) = item else { throw Problem(message: "\(at): expected an object, got \(item.typeName)") }
+            for k in o.keys where !["name", "description", "parameters"].contains(k) {
+                throw Problem(message: "\(at): unknown key \"\(k)\" (name, description, parameters)")
+            }
+            guard let name = o["name"]?.stringValue, !name.isEmpty else { throw Problem(message: "\(at): \"name\" must be a non-empty string") }
+            guard name.utf8.allSatisfy({ $0 == 0x5F || $0 == 0x2D || ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) }) else {
+                throw Problem(message: "\(at) (\"\(name)\"): a tool name is letters, digits, '_' and '-'")
+            }
+            guard names.insert(name).inserted else { throw Problem(message: "\(at): the name \"\(name)\" is used twice") }
+            var description = ""
+            if let d = o["description"] {
+                guard let s = d.stringValue else { throw Problem(message: "\(at) (\"\(name)\"): \"description\" must be a string") }
+                description = s
+            }
+            var parameters: JSONValue = ["type": "object", "properties": [:]]
+            if let p = o["parameters"] {
+                guard case .object(let schema) = p else {
+                    throw Problem(message: "\(at) (\"\(name)\"): \"parameters\" must be a JSON Schema object, got \(p.typeName)")
+                }
+                if let t = schema["type"], t != "object" {
+                    throw Problem(message: "\(at) (\"\(name)\"): \"parameters\" must describe an object (\"type\": \"object\"), got \(t.jsonText)")
+                }
+                parameters = p
+            }
+            tools.append(Tool(name: name, description: description, parameters: parameters))
+        }
+        return tools
     }
 }

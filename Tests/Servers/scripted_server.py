@@ -7,7 +7,7 @@ byte for byte: SSE lines split across reads, CRLF, comments, pings, errors
 mid-stream, connection resets, hangs, trickles, redirects.
 
 Usage:
-    python3 scripted_server.py [--host 127.0.0.1] [--port 0]
+    python3 scripted_server.py [--host 127.0.0.1] [--port 0] [--tls-cert CERT.pem --tls-key KEY.pem]
 
 It prints "PORT <n>" on stdout once listening. Control is line-delimited
 JSON on stdin, one reply line on stdout per command:
@@ -17,6 +17,8 @@ JSON on stdin, one reply line on stdout per command:
            A route key is "METHOD /path" or "* /path" (path without query).
     {"cmd": "requests"}  -> a JSON array of the requests received so far:
            {"method", "path", "query", "headers": [[k, v]...], "body", "connection", "time"}
+    {"cmd": "closed"}    -> a JSON array of the ids of connections that have ended
+                            (the client closed or reset them, or the server did)
     {"cmd": "reset"}     -> "OK" (forget scripts and requests)
     {"cmd": "quit"}      -> exits
 
@@ -53,6 +55,7 @@ class State:
         self.default = None
         self.requests = []
         self.connections = 0
+        self.closed = []
 
     def next_response(self, method, path):
         for key in (f"{method} {path}", f"* {path}"):
@@ -154,18 +157,22 @@ async def serve(reader, writer):
         while True:
             try:
                 method, target, headers, lower, expect = await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-                return
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.CancelledError):
+                return  # the client closed, or the server is exiting
             body = await read_body(reader, writer, lower, expect)
             path, _, query = target.partition("?")
             STATE.requests.append({"method": method, "path": path, "query": query, "headers": headers,
                                    "body": body.decode("utf-8", "replace"), "connection": conn_id,
                                    "time": time.monotonic()})
             r = STATE.next_response(method, path)
-            keep = await respond(reader, writer, r, method)
+            try:
+                keep = await respond(reader, writer, r, method)
+            except ConnectionError:
+                return  # the client went away (a test that cancels or aborts)
             if not keep:
                 return
     finally:
+        STATE.closed.append(conn_id)
         try:
             writer.close()
         except Exception:
@@ -284,6 +291,8 @@ async def control(out):
             out("OK")
         elif c == "requests":
             out(json.dumps(STATE.requests))
+        elif c == "closed":
+            out(json.dumps(STATE.closed))
         elif c == "reset":
             STATE.routes, STATE.default, STATE.requests = {}, None, []
             out("OK")
@@ -298,13 +307,20 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate")
+    p.add_argument("--tls-key", help="the certificate's PEM private key")
     args = p.parse_args()
+    ctx = None
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
 
     def out(s):
         sys.stdout.write(s + "\n")
         sys.stdout.flush()
 
-    server = await asyncio.start_server(serve, args.host, args.port, limit=1 << 24, backlog=2048)
+    server = await asyncio.start_server(serve, args.host, args.port, limit=1 << 24, backlog=2048, ssl=ctx)
     port = server.sockets[0].getsockname()[1]
     out(f"PORT {port}")
     async with server:

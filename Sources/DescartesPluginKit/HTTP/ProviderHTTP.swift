@@ -22,23 +22,44 @@ public enum ProviderHTTP {
         let said = [type.map { "\($0)" }, message].compactMap { $0 }.joined(separator: ": ")
         let text = said.isEmpty ? "HTTP \(status)" : "HTTP \(status): \(said)"
         var e: ProviderError
-        switch status {
-        case 401, 403:
-            e = ProviderError(.authentication, text)
-        case 429:
-            e = ProviderError(.rateLimited, text)
-        case 408, 500...599:
-            e = ProviderError(.providerUnavailable, text)
-        case 300...399:
+        if (300...399).contains(status) {
             let location = headers["location"].map { " to \($0)" } ?? ""
             e = ProviderError(.http, "HTTP \(status): redirect\(location) refused (redirects are never followed, so credentials never reach another host)")
-        default:
-            e = ProviderError(.api, text)
+        } else {
+            e = ProviderError(kind(forStatus: status), text)
         }
         e.status = status
         e.providerType = type ?? code
         e.retryAfter = retryAfter(headers)
         return e
+    }
+
+    /// The error kind an HTTP status stands for (see `error(status:...)`);
+    /// also used for statuses providers report inside a 200 stream.
+    public static func kind(forStatus status: Int) -> ProviderError.Kind {
+        switch status {
+        case 401, 403: return .authentication
+        case 429: return .rateLimited
+        case 408, 500...599: return .providerUnavailable
+        case 300...399: return .http
+        default: return .api
+        }
+    }
+
+    /// The error kind a provider's own error type names, when it names one
+    /// this mapping knows: OpenAI's and Anthropic's `type` values
+    /// (`rate_limit_error`, `overloaded_error`, `authentication_error`,
+    /// `server_error`, ...). Nil for anything else (`invalid_request_error`
+    /// is left to the status).
+    public static func kind(forErrorType type: String?) -> ProviderError.Kind? {
+        guard let t = type?.lowercased() else { return nil }
+        if t.contains("rate_limit") || t == "tokens" || t == "requests" { return .rateLimited }
+        if t.contains("authentication") || t.contains("permission") || t == "invalid_api_key" { return .authentication }
+        if t.contains("overloaded") || t == "server_error" || t == "api_error" || t.contains("unavailable") || t == "timeout" {
+            return .providerUnavailable
+        }
+        if t.contains("invalid_request") || t.contains("not_found") || t.contains("request_too_large") { return .api }
+        return nil
     }
 
     /// The wait a response asks for: `retry-after-ms` (milliseconds), else

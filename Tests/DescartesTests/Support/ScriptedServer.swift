@@ -42,15 +42,16 @@ final class ScriptedServer: @unchecked Sendable {
         var description: String
     }
 
-    static func start() async throws -> ScriptedServer {
+    /// Starts a server; with `tls`, it speaks HTTPS with that certificate.
+    static func start(tls: (cert: String, key: String)? = nil) async throws -> ScriptedServer {
         try await withCheckedThrowingContinuation { c in
             Proc.onThread {
-                do { c.resume(returning: try startBlocking()) } catch { c.resume(throwing: error) }
+                do { c.resume(returning: try startBlocking(tls: tls)) } catch { c.resume(throwing: error) }
             }
         }
     }
 
-    private static func startBlocking() throws -> ScriptedServer {
+    private static func startBlocking(tls: (cert: String, key: String)?) throws -> ScriptedServer {
         var inPipe: [Int32] = [0, 0]
         var outPipe: [Int32] = [0, 0]
         pipe(&inPipe)
@@ -62,7 +63,7 @@ final class ScriptedServer: @unchecked Sendable {
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
         defer { posix_spawn_file_actions_destroy(&actions) }
         let script = FileSystem.join(TestEnv.root, "Tests/Servers/scripted_server.py")
-        let argv = ["python3", "-u", script, "--port", "0"]
+        let argv = ["python3", "-u", script, "--port", "0"] + (tls.map { ["--tls-cert", $0.cert, "--tls-key", $0.key] } ?? [])
         let cargs = argv.map { strdup($0) } + [nil]
         defer { for p in cargs { free(p) } }
         var pid: pid_t = 0
@@ -140,6 +141,12 @@ final class ScriptedServer: @unchecked Sendable {
         var connection: Int
         func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
         var json: JSONValue? { try? JSONValue.parse(body) }
+    }
+
+    /// The ids of the connections that have ended.
+    func closedConnections() async throws -> [Int] {
+        let reply = try await command(["cmd": "closed"])
+        return (try JSONValue.parse(reply).arrayValue ?? []).compactMap(\.intValue)
     }
 
     /// Every request received so far, in order.

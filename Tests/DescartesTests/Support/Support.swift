@@ -31,6 +31,8 @@ struct ProcResult: CustomStringConvertible {
     var stdout: String
     var stderr: String
     var duration: Duration
+    /// When each piece of stdout arrived, from the start.
+    var stdoutTimeline: [(at: Duration, text: String)] = []
     var description: String { "status \(status)\(signal.map { " signal \($0)" } ?? "")\nstdout: \(stdout)\nstderr: \(stderr)" }
 }
 
@@ -117,6 +119,7 @@ enum Proc {
         close(inPipe[1])
         var out: [UInt8] = []
         var err: [UInt8] = []
+        var timeline: [(at: Duration, text: String)] = []
         var fds = [pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0), pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
         var open = 2
         var buf = [UInt8](repeating: 0, count: 65536)
@@ -139,6 +142,7 @@ enum Proc {
                     open -= 1
                 } else if i == 0 {
                     out.append(contentsOf: buf[0..<n])
+                    timeline.append((ContinuousClock.now - start, String(decoding: buf[0..<n], as: UTF8.self)))
                 } else {
                     err.append(contentsOf: buf[0..<n])
                 }
@@ -151,7 +155,7 @@ enum Proc {
         return ProcResult(
             status: exited ? (status >> 8) & 0xff : -1, signal: exited ? nil : status & 0x7f,
             stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self),
-            duration: ContinuousClock.now - start)
+            duration: ContinuousClock.now - start, stdoutTimeline: timeline)
     }
 
     /// Runs the `descartes` CLI built by this package.
@@ -173,15 +177,16 @@ final class TempDir: @unchecked Sendable {
         path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
     }
 
-    // Removed in this process (no child to wait for: deinit often runs on a
-    // thread of Swift's cooperative pool, which must not block).
-    deinit { TempDir.remove(path) }
+    // Removed with system calls, not by spawning `rm`: a deinit runs on
+    // whatever thread dropped the last reference, often one of the
+    // cooperative pool's few threads, which other tests' timing depends on.
+    deinit { TempDir.removeTree(path) }
 
-    static func remove(_ path: String) {
+    static func removeTree(_ path: String) {
         var st = stat()
         guard lstat(path, &st) == 0 else { return }
         if st.st_mode & S_IFMT == S_IFDIR {
-            for name in (try? FileSystem.list(path)) ?? [] { remove(FileSystem.join(path, name)) }
+            for name in (try? FileSystem.list(path)) ?? [] { removeTree(FileSystem.join(path, name)) }
             rmdir(path)
         } else {
             unlink(path)
@@ -194,7 +199,19 @@ final class TempDir: @unchecked Sendable {
     func write(_ name: String, _ text: String, mode: mode_t = 0o644) -> String {
         let p = file(name)
         try! FileSystem.makeDirectories(FileSystem.directory(of: p))
-        try! FileSystem.writeAtomically(p, Array(text.utf8), mode: mode)
+        // A plain write (no fsync): a test's files need not survive a crash.
+        let fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        precondition(fd >= 0, "cannot write \(p)")
+        var bytes = Array(text.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n < 0 && errno == EINTR { continue }
+            precondition(n > 0, "cannot write \(p)")
+            off += n
+        }
+        fchmod(fd, mode)
+        close(fd)
         return p
     }
 
@@ -276,6 +293,20 @@ final class PluginDir: @unchecked Sendable {
         dir.symlink(CCompiler.echoLibrary, "libdescartes-echo.so")
         let manifest = try! FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/echo.yaml"), limit: 1 << 20)
         dir.write("echo.yaml", manifest)
+        return self
+    }
+
+    /// A repository manifest (`manifests/<provider>.yaml`) with the Swift
+    /// plugin library it names, built by this package, beside it.
+    @discardableResult
+    func addManifest(_ provider: String) -> PluginDir {
+        let manifest = try! FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/\(provider).yaml"), limit: 1 << 20)
+        dir.write("\(provider).yaml", manifest)
+        for line in manifest.split(separator: "\n") where line.hasPrefix("library: ") {
+            let lib = String(line.dropFirst("library: ".count)).split(separator: " ")[0]
+            let name = String(lib.dropFirst("libdescartes-".count).dropLast(".so".count))
+            if access(dir.file(String(lib)), F_OK) != 0 { dir.symlink(TestEnv.swiftPlugin(name), String(lib)) }
+        }
         return self
     }
 

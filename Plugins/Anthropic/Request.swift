@@ -1,0 +1,146 @@
+// A `ModelRequest` as an Anthropic Messages API body (POST /v1/messages and
+// POST /v1/messages/count_tokens).
+import DescartesPluginKit
+
+enum AnthropicRequest {
+    enum Purpose {
+        case stream, complete, countTokens
+    }
+
+    /// The request body.
+    ///
+    /// - The system prompt and any `system` messages go to the top-level
+    ///   `system` (joined by a blank line).
+    /// - Consecutive messages of one role are merged into one turn, so tool
+    ///   results (`tool` messages) become `tool_result` blocks of one user
+    ///   turn, as the API requires.
+    /// - Assistant turns carry a `thinking` block when the message has
+    ///   reasoning and its signature (needed when thinking and tool use mix),
+    ///   their text, and `tool_use` blocks whose `input` is the parsed
+    ///   arguments.
+    /// - `max_tokens` is always sent (the request's, else `defaultMaxTokens`).
+    /// - Option `cache_control` (e.g. `{"type": "ephemeral"}` or with
+    ///   `"ttl": "1h"`) marks prompt-cache breakpoints on the last system
+    ///   block, the last tool and the last block of the last message: the
+    ///   whole prompt prefix is cached. Every other option is copied to the
+    ///   top level as given (`thinking`, `top_k`, `metadata`, `service_tier`...).
+    static func encode(_ r: ModelRequest, purpose: Purpose, defaultModel: String?, defaultMaxTokens: Int) -> [UInt8] {
+        let cache = r.options["cache_control"].flatMap { $0.isNull ? nil : $0 }
+        var w = JSONWriter(capacity: 1024)
+        var written: Set<String> = ["model", "messages", "system", "stream", "max_tokens", "cache_control"]
+        w.beginObject()
+        if let model = r.model ?? defaultModel { w.field("model", model) }
+        if purpose != .countTokens { w.field("max_tokens", r.maxTokens ?? defaultMaxTokens) }
+
+        let systemText = ([r.systemPrompt].compactMap { $0 } + r.messages.filter { $0.role == .system }.map(\.content))
+            .filter { !$0.isEmpty }.joined(separator: "\n\n")
+        if !systemText.isEmpty {
+            if let cache {
+                w.key("system")
+                w.value(.array([["type": "text", "text": .string(systemText), "cache_control": cache]]))
+            } else {
+                w.field("system", systemText)
+            }
+        }
+
+        var turns = self.turns(r.messages)
+        if let cache, !turns.isEmpty, !turns[turns.count - 1].blocks.isEmpty {
+            let last = turns.count - 1
+            if case .object(var o) = turns[last].blocks[turns[last].blocks.count - 1] {
+                o["cache_control"] = cache
+                turns[last].blocks[turns[last].blocks.count - 1] = .object(o)
+            }
+        }
+        w.beginArray(key: "messages")
+        for t in turns {
+            w.beginObject()
+            w.field("role", t.role)
+            w.field("content", .array(t.blocks))
+            w.endObject()
+        }
+        w.endArray()
+
+        if purpose == .stream { w.field("stream", true) }
+        if purpose != .countTokens {
+            if let t = r.temperature { w.field("temperature", t); written.insert("temperature") }
+            if let p = r.topP { w.field("top_p", p); written.insert("top_p") }
+            if !r.stop.isEmpty {
+                w.field("stop_sequences", .array(r.stop.map { .string($0) }))
+                written.insert("stop_sequences")
+            }
+        }
+        if !r.tools.isEmpty {
+            w.beginArray(key: "tools")
+            for (i, t) in r.tools.enumerated() {
+                var o: JSONObject = ["name": .string(t.name)]
+                if !t.description.isEmpty { o["description"] = .string(t.description) }
+                o["input_schema"] = t.parameters
+                if let cache, i == r.tools.count - 1 { o["cache_control"] = cache }
+                w.value(.object(o))
+            }
+            w.endArray()
+            written.insert("tools")
+        }
+        if let choice = r.toolChoice {
+            switch choice {
+            case .auto: w.field("tool_choice", ["type": "auto"] as JSONValue)
+            case .none: w.field("tool_choice", ["type": "none"] as JSONValue)
+            case .required: w.field("tool_choice", ["type": "any"] as JSONValue)
+            case .tool(let name): w.field("tool_choice", ["type": "tool", "name": .string(name)] as JSONValue)
+            }
+            written.insert("tool_choice")
+        }
+        // count_tokens takes only what shapes the prompt.
+        let countable: Set<String> = ["thinking", "mcp_servers"]
+        for m in r.options where !written.contains(m.key) {
+            if purpose == .countTokens && !countable.contains(m.key) { continue }
+            w.field(m.key, m.value)
+            written.insert(m.key)
+        }
+        w.endObject()
+        return w.bytes
+    }
+
+    struct Turn {
+        var role: String
+        var blocks: [JSONValue]
+    }
+
+    /// Messages (without `system` ones) as alternating turns of content blocks.
+    static func turns(_ messages: [Message]) -> [Turn] {
+        var out: [Turn] = []
+        func add(_ role: String, _ blocks: [JSONValue]) {
+            guard !blocks.isEmpty else { return }
+            if let last = out.last, last.role == role {
+                out[out.count - 1].blocks += blocks
+            } else {
+                out.append(Turn(role: role, blocks: blocks))
+            }
+        }
+        for m in messages {
+            switch m.role {
+            case .system:
+                continue
+            case .user:
+                add("user", m.content.isEmpty ? [] : [["type": "text", "text": .string(m.content)]])
+            case .tool:
+                var block: JSONObject = ["type": "tool_result", "tool_use_id": .string(m.toolCallID ?? "")]
+                if !m.content.isEmpty { block["content"] = .string(m.content) }
+                add("user", [.object(block)])
+            case .assistant:
+                var blocks: [JSONValue] = []
+                if let reasoning = m.reasoning, !reasoning.isEmpty, let sig = m.reasoningSignature, !sig.isEmpty {
+                    blocks.append(["type": "thinking", "thinking": .string(reasoning), "signature": .string(sig)])
+                }
+                if !m.content.isEmpty { blocks.append(["type": "text", "text": .string(m.content)]) }
+                for c in m.toolCalls {
+                    var input: JSONValue = [:]
+                    if case .object(let o)? = try? JSONValue.parse(c.arguments.isEmpty ? "{}" : c.arguments) { input = .object(o) }
+                    blocks.append(["type": "tool_use", "id": .string(c.id), "name": .string(c.name), "input": input])
+                }
+                add("assistant", blocks)
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,64 @@
+// libdescartes-openai.so: OpenAI chat completions, and every OpenAI-compatible
+// server (DeepSeek, Groq, GitHub Models, vLLM, llama.cpp's server, Mistral,
+// OpenRouter, ...) through one factory, "openai". A compatible provider is a
+// manifest naming this library with its own default endpoint and key
+// variable (manifests/deepseek.yaml is one); no code.
+//
+// The dialect itself (request bodies, chunk parsing, tool-call assembly,
+// finish reasons, error mapping) is DescartesOpenAIChat, which this library
+// links statically.
+import DescartesOpenAIChat
+
+final class OpenAIBackend: DescartesBackend {
+    let context: BackendContext
+    let settings: HTTPSettings
+    let http: HTTPClient
+    let chat: ChatClient
+
+    init(_ context: BackendContext) throws(ProviderError) {
+        self.context = context
+        settings = try HTTPSettings(context, defaultEndpoint: "https://api.openai.com/v1")
+        var headers: [(String, String)] = [("User-Agent", "descartes-openai/\(OpenAIBackend.version)")]
+        if let key = settings.apiKey { headers.append(("Authorization", "Bearer \(key)")) }
+        if let org = context.string("organization"), !org.isEmpty { headers.append(("OpenAI-Organization", org)) }
+        if let project = context.string("project"), !project.isEmpty { headers.append(("OpenAI-Project", project)) }
+        headers += settings.extraHeaders
+
+        let field = context.string("max_tokens_field") ?? "max_tokens"
+        guard field == "max_tokens" || field == "max_completion_tokens" else {
+            throw ProviderError(.config, "key 'max_tokens_field': '\(field)' is neither max_tokens nor max_completion_tokens")
+        }
+        let options = ChatRequestOptions(
+            defaultModel: context.string("model"), maxTokensField: field,
+            includeUsage: context.bool("stream_usage") ?? true)
+        http = HTTPClient(name: "\(context.provider):\(context.instance)")
+        chat = ChatClient(
+            server: ChatServer(
+                baseURL: settings.endpoint, headers: headers, secret: settings.apiKey, caBundle: settings.caBundle,
+                proxy: settings.proxy, maxResponseBytes: settings.maxResponseBytes, defaultTimeouts: settings.defaultTimeouts, requestOptions: options,
+                modelsPath: context.string("models_path") ?? "models"),
+            http: http)
+        if let warning = settings.plainHTTPWarning { context.log(.warning, warning) }
+    }
+
+    static let version = "1.0.0"
+
+    func healthCheck(_ call: PluginCall) { chat.healthCheck(call, provider: context.instance) }
+    func complete(_ request: ModelRequest, _ call: PluginCall) { chat.complete(request, call) }
+    func stream(_ request: ModelRequest, _ call: PluginCall) { chat.stream(request, call) }
+    func listModels(_ call: PluginCall) { chat.listModels(call) }
+
+    func shutdown(_ call: PluginCall) {
+        http.shutdown()
+        call.finish(result: [:])
+    }
+}
+
+@_cdecl("descartes_plugin_entry")
+public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> UnsafeRawPointer? {
+    PluginExport.entry(abi: abi, host: host, name: "openai", version: OpenAIBackend.version, factories: [
+        BackendFactory(id: "openai", description: "OpenAI chat completions and OpenAI-compatible servers") {
+            try OpenAIBackend($0)
+        }
+    ])
+}

@@ -1,0 +1,108 @@
+import Descartes
+
+/// `descartes health [-p PROVIDER]`: a real call to each provider (an
+/// authenticated request for an API, the server for a local one) saying
+/// whether it can serve a request now, and if not, why.
+///
+/// Without `-p`, every available provider is checked at once; those that
+/// cannot even be created because a required key has no value (no API key
+/// in the environment) are listed as not configured, not as failures.
+enum HealthCommand {
+    struct Outcome: Sendable {
+        var name: String
+        var report: HealthReport?
+        var error: ProviderError?
+        var skipped: String?
+    }
+
+    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
+        let args: Arguments
+        let settings: [String: JSONValue]
+        let timeout: Double
+        do throws(UsageError) {
+            args = try Arguments(raw, command: "health", options: ProviderCommand.common + [.init(names: ["--timeout"], takesValue: true)])
+            if let extra = args.positional.first { throw UsageError("unexpected argument '\(extra)'", command: "health") }
+            settings = try Commands.settings(args)
+            timeout = try args.double("--timeout") ?? 20
+            guard timeout > 0 else { throw UsageError("--timeout must be positive", command: "health") }
+        } catch { usageFailure(error) }
+        let json = args.flag("--json")
+        let catalog = Commands.catalog(globals)
+        let factory = ProviderFactory(catalog: catalog)
+
+        if let name = args.value("--provider") {
+            let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
+            let outcome = await check(name, backend, timeout: timeout)
+            await backend.shutdown()
+            print([outcome], json: json)
+            if let e = outcome.error { return ExitCode.for(e) }
+            return .ok
+        }
+
+        if !settings.isEmpty { usageFailure(UsageError("--set needs -p PROVIDER (each provider has its own keys)", command: "health")) }
+        let names = catalog.availableProviders
+        let outcomes = await withTaskGroup(of: Outcome.self) { g in
+            for name in names {
+                g.addTask {
+                    let backend: any ModelBackend
+                    do throws(ProviderError) { backend = try factory.create(name) } catch {
+                        if error.kind == .config, !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) {
+                            return Outcome(name: name, skipped: "not configured: " + error.details.joined(separator: "; "))
+                        }
+                        return Outcome(name: name, error: error)
+                    }
+                    let o = await check(name, backend, timeout: timeout)
+                    await backend.shutdown()
+                    return o
+                }
+            }
+            var all: [Outcome] = []
+            for await o in g { all.append(o) }
+            return all.sorted { $0.name < $1.name }
+        }
+        print(outcomes, json: json)
+        return outcomes.contains { $0.error != nil } ? .failure : .ok
+    }
+
+    static func check(_ name: String, _ backend: any ModelBackend, timeout: Double) async -> Outcome {
+        switch await ProviderCommand.withTimeout(timeout, provider: name, { try await backend.healthCheck() }) {
+        case .success(let r): return Outcome(name: name, report: r)
+        case .failure(let e): return Outcome(name: name, error: e)
+        }
+    }
+
+    static func print(_ outcomes: [Outcome], json: Bool) {
+        if json {
+            let results: [JSONValue] = outcomes.map { o in
+                var r: JSONObject = ["name": .string(o.name)]
+                if let rep = o.report {
+                    r["healthy"] = true
+                    r["message"] = .string(rep.message)
+                    r["latency_ms"] = .integer(rep.latency.milliseconds)
+                    if !rep.details.isEmpty { r["details"] = .object(rep.details) }
+                } else if let s = o.skipped {
+                    r["healthy"] = .null
+                    r["skipped"] = .string(s)
+                } else if let e = o.error {
+                    r["healthy"] = false
+                    r["error"] = Render.error(e)
+                }
+                return .object(r)
+            }
+            Out.line(
+                JSONValue.object([
+                    "results": .array(results), "healthy": .integer(outcomes.filter { $0.report != nil }.count),
+                    "unhealthy": .integer(outcomes.filter { $0.error != nil }.count),
+                    "skipped": .integer(outcomes.filter { $0.skipped != nil }.count),
+                ]).prettyText())
+            return
+        }
+        let rows = outcomes.map { o -> [String] in
+            if let r = o.report { return [o.name, Out.green("healthy"), "\(r.latency.milliseconds) ms", r.message] }
+            if let s = o.skipped { return [o.name, "skipped", "-", s] }
+            let e = o.error!
+            return [o.name, Out.red("unhealthy"), "-", "\(e.kind)\(e.status.map { " (\($0))" } ?? ""): \(e.message)"]
+        }
+        Out.line(Out.table(["PROVIDER", "STATUS", "LATENCY", "DETAIL"], rows))
+    }
+}

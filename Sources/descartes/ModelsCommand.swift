@@ -1,0 +1,50 @@
+import Descartes
+
+/// `descartes models -p PROVIDER`: the models the provider offers now (its
+/// own list, e.g. GET /models), with what the manifest knows about each.
+enum ModelsCommand {
+    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
+        let args: Arguments
+        let settings: [String: JSONValue]
+        do throws(UsageError) {
+            args = try Arguments(raw, command: "models", options: ProviderCommand.common)
+            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "models") }
+            if let extra = args.positional.first { throw UsageError("unexpected argument '\(extra)'", command: "models") }
+            settings = try Commands.settings(args)
+        } catch { usageFailure(error) }
+        let name = args.value("--provider")!
+        let json = args.flag("--json")
+        let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
+        let manifest = try? ProviderFactory(catalog: Commands.catalog(globals)).manifest(for: name)
+        let result: Result<[ModelInfo], ProviderError>
+        do { result = .success(try await backend.listModels()) } catch let e as ProviderError { result = .failure(e) } catch {
+            result = .failure(ProviderError(.backend, "\(error)", provider: name))
+        }
+        await backend.shutdown()
+        switch result {
+        case .failure(let e):
+            failure(e, json: json)
+        case .success(let models):
+            if json {
+                let list: [JSONValue] = models.map { m in
+                    var o: JSONObject = ["id": .string(m.id)]
+                    o["context_length"] = (m.contextLength ?? manifest?.model(m.id)?.contextLength).map { .integer($0) } ?? .null
+                    o["owned_by"] = m.ownedBy.map { .string($0) } ?? .null
+                    if !m.details.isEmpty { o["details"] = .object(m.details) }
+                    o["in_manifest"] = .bool(manifest?.model(m.id) != nil)
+                    return .object(o)
+                }
+                Out.line(JSONValue.object(["provider": .string(name), "models": .array(list)]).prettyText())
+            } else if models.isEmpty {
+                Out.line("\(name): the provider lists no models")
+            } else {
+                let rows = models.map { m -> [String] in
+                    let context = m.contextLength ?? manifest?.model(m.id)?.contextLength
+                    return [m.id, context.map(String.init) ?? "-", m.ownedBy ?? "-", manifest?.model(m.id) != nil ? "yes" : ""]
+                }
+                Out.line(Out.table(["MODEL", "CONTEXT", "OWNED BY", "IN MANIFEST"], rows))
+            }
+            return .ok
+        }
+    }
+}

@@ -1,0 +1,50 @@
+import Descartes
+
+/// What `models`, `health` and `tokens` share: parsing `-p`, `--set` and
+/// `--json`, and creating the backend.
+enum ProviderCommand {
+    static let common: [Arguments.Option] = [
+        .init(names: ["--provider", "-p"], takesValue: true),
+        .init(names: ["--json"], takesValue: false),
+        .init(names: ["--set"], takesValue: true, repeatable: true),
+    ]
+
+    /// The backend for `-p`, or the process exits with the error.
+    static func backend(_ name: String, _ settings: [String: JSONValue], globals: Globals, json: Bool) -> any ModelBackend {
+        do {
+            return try ProviderFactory(catalog: Commands.catalog(globals)).create(name, config: settings)
+        } catch {
+            failure(error, json: json)
+        }
+    }
+
+    /// Runs `body` and returns its result, or a `timeout` error once
+    /// `seconds` have passed (the body's task is then cancelled, which
+    /// cancels the plugin's call).
+    static func withTimeout<T: Sendable>(
+        _ seconds: Double, provider: String, _ body: @escaping @Sendable () async throws -> T
+    ) async -> Result<T, ProviderError> {
+        await withTaskGroup(of: Result<T, ProviderError>?.self) { g in
+            g.addTask {
+                do { return .success(try await body()) } catch let e as ProviderError { return .failure(e) } catch {
+                    return .failure(ProviderError(.backend, "\(error)", provider: provider))
+                }
+            }
+            g.addTask {
+                try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+                if Task.isCancelled { return nil }
+                return .failure(ProviderError(.timeout, "no answer within \(Out.seconds(seconds))", provider: provider, deadline: "total"))
+            }
+            var result: Result<T, ProviderError>? = nil
+            while result == nil, let next = await g.next() { result = next }
+            g.cancelAll()
+            return result!
+        }
+    }
+}
+
+extension Out {
+    static func seconds(_ s: Double) -> String {
+        s == s.rounded() ? "\(Int(s)) s" : "\(s) s"
+    }
+}

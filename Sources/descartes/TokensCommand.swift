@@ -1,0 +1,45 @@
+import Descartes
+
+/// `descartes tokens -p PROVIDER TEXT`: the input tokens of TEXT sent as
+/// one user message, counted by the provider when it can (Anthropic's
+/// count_tokens) and estimated otherwise; the method says which.
+enum TokensCommand {
+    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
+        let args: Arguments
+        let settings: [String: JSONValue]
+        var request: ModelRequest
+        do throws(UsageError) {
+            args = try Arguments(
+                raw, command: "tokens",
+                options: ProviderCommand.common + [
+                    .init(names: ["--model", "-m"], takesValue: true), .init(names: ["--system"], takesValue: true),
+                ])
+            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "tokens") }
+            let text = try CompleteCommand.readPrompt(args, command: "tokens")
+            settings = try Commands.settings(args)
+            request = ModelRequest(prompt: text, model: args.value("--model"))
+            request.systemPrompt = args.value("--system")
+        } catch { usageFailure(error) }
+        let name = args.value("--provider")!
+        let json = args.flag("--json")
+        let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
+        let result: Result<TokenEstimate, ProviderError>
+        do { result = .success(try await backend.estimateTokens(request)) } catch let e as ProviderError { result = .failure(e) } catch {
+            result = .failure(ProviderError(.backend, "\(error)", provider: name))
+        }
+        await backend.shutdown()
+        switch result {
+        case .failure(let e):
+            failure(e, json: json)
+        case .success(let t):
+            if json {
+                var o: JSONObject = ["provider": .string(name), "tokens": .integer(t.tokens), "exact": .bool(t.exact), "method": .string(t.method)]
+                if let m = request.model { o["model"] = .string(m) }
+                Out.line(JSONValue.object(o).prettyText())
+            } else {
+                Out.line("\(t.tokens) tokens (\(t.exact ? "exact" : "estimated"), \(t.method))")
+            }
+            return .ok
+        }
+    }
+}
