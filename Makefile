@@ -1,7 +1,10 @@
 # Descartes: build, stage, install, test.
 #
 #   make            build the CLI and every plugin (release) and stage a prefix in build/prefix
-#   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
+#   make run        install missing build packages, build, then run the main job:
+#                   plugins list, plugins verify, a streamed completion
+#   make check      install what the tests need (support/deps.sh test), run the
+#                   test suite and every fuzz target briefly: the README's test command
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
@@ -29,7 +32,7 @@ BIN_DIR     = $(shell $(SWIFT) build -c $(CONFIG) --show-bin-path)
 PLUGIN_DIR  = lib/descartes/plugins
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header fuzz bench-headless
+.PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench-headless
 
 all: stage
 
@@ -56,8 +59,15 @@ c-plugins:
 	    -o $(STAGE)/$(PLUGIN_DIR)/libdescartes-$$p.so $$src || exit 1; \
 	done
 
+deps:
+	support/deps.sh build
+
+test-deps:
+	support/deps.sh test
+
 # The main job, with no keys needed.
-run: stage
+run: deps
+	$(MAKE) --no-print-directory stage
 	$(STAGE)/bin/descartes --version
 	$(STAGE)/bin/descartes plugins list
 	$(STAGE)/bin/descartes plugins verify
@@ -90,6 +100,12 @@ ifeq ($(strip $(TEST_ARGS)),)
 else
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
 endif
+
+# Everything a fresh machine needs, the test suite, and the fuzz targets
+# briefly: what CI runs.
+check: test-deps
+	$(MAKE) --no-print-directory test
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15
 
 # libFuzzer targets (Fuzz/*.swift) against the package's own modules with
 # AddressSanitizer, FUZZ_SECONDS each; corpora in Fuzz/corpus, crashes in
