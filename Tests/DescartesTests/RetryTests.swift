@@ -160,6 +160,18 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
         #expect(err.attempts.allSatisfy { $0.error.kind == .timeout && $0.error.deadline == "total" })
     }
 
+    @Test func aTimeoutAtTheEndOfTheRequestNamesTheCallersDeadline() async throws {
+        // Attempts get what is left of the deadline (299 ms of 300): the
+        // error still says what the caller asked for.
+        let b = try retrying(Self.exact())
+        let err = try #require(await providerError { _ = try await b.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(300)))) })
+        #expect(err.kind == .timeout && err.deadline == "total")
+        #expect(err.message == "the total deadline of 300 ms passed")
+        let chain = FallbackBackend(name: "c", [.init(b)])
+        let viaChain = try #require(await providerError { _ = try await chain.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(250)))) })
+        #expect(viaChain.message == "the total deadline of 250 ms passed")
+    }
+
     @Test func noRetryStartsWhenItsWaitWouldPassTheDeadline() async throws {
         let b = try retrying(RetryPolicy(maxAttempts: 10, initialDelay: .milliseconds(400), jitter: 0))
         let start = ContinuousClock.now

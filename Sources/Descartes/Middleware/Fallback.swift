@@ -72,7 +72,7 @@ public struct FallbackBackend: ModelBackend {
             do {
                 return log.answered(try await entry.backend.complete(r))
             } catch {
-                let e = ProviderError.from(error, provider: entry.backend.name)
+                let e = wholeRequestTimeout(ProviderError.from(error, provider: entry.backend.name), end: end, limit: request.deadlines.total)
                 if e.kind == .cancelled { throw log.giveUp(e) }
                 log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
                 if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
@@ -101,7 +101,7 @@ public struct FallbackBackend: ModelBackend {
                         answered: log.answered)
                     return
                 } catch {
-                    let e = error.error
+                    let e = wholeRequestTimeout(error.error, end: end, limit: request.deadlines.total)
                     let reached = error.outputReached
                     if e.kind == .cancelled { throw log.giveUp(e) }
                     log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
@@ -135,7 +135,7 @@ public struct FallbackBackend: ModelBackend {
 
     func timedOut(_ request: ModelRequest) -> ProviderError {
         ProviderError(
-            .timeout, "the total deadline of \((request.deadlines.total ?? .zero).short) passed", provider: name, deadline: "total")
+            .timeout, "the total deadline of \(format(request.deadlines.total ?? .zero)) passed", provider: name, deadline: "total")
     }
 
     // MARK: Other operations go to the first provider that answers them.

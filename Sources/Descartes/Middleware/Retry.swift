@@ -154,6 +154,13 @@ public struct RetryBackend: WrappingBackend {
 
         var remaining: Duration? { end.map { $0 - ContinuousClock.now } }
 
+        /// `e` worded with the request's own deadline when that is what ended it.
+        func explain(_ e: ProviderError, _ request: ModelRequest, _ policy: RetryPolicy) -> ProviderError {
+            let total = request.deadlines.total
+            if let t = total, policy.budget.map({ t <= $0 }) ?? true { return wholeRequestTimeout(e, end: end, limit: t) }
+            return wholeRequestTimeout(e, end: end, limit: policy.budget, what: "retry budget")
+        }
+
         /// The request for the next attempt, with what is left of the deadline.
         func attemptRequest(_ request: ModelRequest) -> ModelRequest? {
             var r = request
@@ -180,7 +187,7 @@ public struct RetryBackend: WrappingBackend {
             do {
                 return log.answered(try await inner.complete(r))
             } catch {
-                let e = ProviderError.from(error, provider: inner.name)
+                let e = clock.explain(ProviderError.from(error, provider: inner.name), request, policy)
                 if e.kind == .cancelled { throw log.giveUp(e) }
                 log.record(e, provider: inner.name, duration: ContinuousClock.now - started)
                 if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: inner.name)) }
@@ -216,7 +223,7 @@ public struct RetryBackend: WrappingBackend {
                     try await Streams.forward(inner.stream(r), to: out, provider: inner.name, answered: log.answered)
                     return
                 } catch {
-                    let e = error.error
+                    let e = clock.explain(error.error, request, policy)
                     let reached = error.outputReached
                     if e.kind == .cancelled { throw log.giveUp(e) }
                     log.record(e, provider: inner.name, duration: ContinuousClock.now - started)
@@ -247,6 +254,6 @@ public struct RetryBackend: WrappingBackend {
     private func deadlinePassed(_ request: ModelRequest) -> ProviderError {
         let limit = [request.deadlines.total, policy.budget].compactMap { $0 }.min() ?? .zero
         let which = request.deadlines.total == limit ? "total deadline" : "retry budget"
-        return ProviderError(.timeout, "the \(which) of \(limit.short) passed", provider: inner.name, deadline: "total")
+        return ProviderError(.timeout, "the \(which) of \(format(limit)) passed", provider: inner.name, deadline: "total")
     }
 }
