@@ -49,11 +49,11 @@ enum ProviderBatchOptions {
         _ args: Arguments, provider: String, config: [String: JSONValue], requests: [Result<ModelRequest, ProviderError>],
         lines: [Int], customIDs: [String?], output: Int32, globals: Globals
     ) async -> ExitCode {
-        let factory = ProviderFactory(catalog: Commands.catalog(globals))
+        let factory = Commands.factory(globals)
         let batches: ProviderBatches
         let backend: any ModelBackend
         do {
-            backend = try factory.create(provider, config: config)
+            backend = try factory.backend(provider, overrides: config)
             batches = try ProviderBatches(backend)
         } catch { failure(error) }
         let code = await run(args, batches: batches, provider: provider, requests: requests, lines: lines, customIDs: customIDs, output: output)

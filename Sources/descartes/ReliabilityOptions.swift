@@ -1,4 +1,5 @@
 import Descartes
+import Glibc
 
 /// The reliability and routing options shared by `complete` and `batch`:
 /// retries, fallbacks, stats, routing explanations, the response cache.
@@ -39,10 +40,30 @@ struct ReliabilityOptions {
         noCache = args.flag("--no-cache")
     }
 
-    /// The middleware sections of the configuration (none until a
-    /// providers.yaml is read).
-    static func settings(_ globals: Globals) -> ReliabilitySettings {
-        ReliabilitySettings()
+    /// The middleware sections of providers.yaml (`retry`, `fallbacks`,
+    /// `routes`, `cache`, `limits`), checked; every problem is printed with
+    /// its file:line:column and the command exits 78, as for the rest of the
+    /// file. Names must lead to a provider instance, an installed plugin, or
+    /// another chain or route.
+    static func settings(_ factory: ProviderFactory, _ globals: Globals) -> ReliabilitySettings {
+        guard let config = factory.configuration else { return ReliabilitySettings() }
+        var problems: [SourceProblem] = []
+        var settings = ReliabilitySettings()
+        do {
+            (settings, problems) = ReliabilitySettings.parse(try config.middlewareSections())
+        } catch {
+            problems = error.problems
+        }
+        if problems.isEmpty {
+            let known = Set(config.instances.map(\.name)).union(factory.catalog.availableProviders)
+            problems = settings.check(knownProviders: known)
+        }
+        if !problems.isEmpty {
+            Out.err("Error: invalid configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s")):")
+            for p in problems { Out.err("  \(p)") }
+            exit(ExitCode.config.rawValue)
+        }
+        return settings
     }
 
     /// What `build` makes: the backend to call, the providers behind it (to
@@ -56,17 +77,25 @@ struct ReliabilityOptions {
     /// The backend for `provider`: its route, chain or middleware stack from
     /// the settings, then the `--fallback` providers; `config` (`--set`)
     /// applies to `provider` itself.
-    func build(_ provider: String, config: [String: JSONValue], factory: ProviderFactory, settings: ReliabilitySettings) throws(ProviderError) -> Built {
+    /// - Parameter audit: wraps the whole (the audit log, when enabled), so a
+    ///   record sees who answered and the attempts before.
+    func build(
+        _ provider: String, config: [String: JSONValue], factory: ProviderFactory, settings: ReliabilitySettings,
+        audit: ((any ModelBackend) -> any ModelBackend)? = nil
+    ) throws(ProviderError) -> Built {
         var overrides = ReliableProviders.Overrides(retries: retries, noCache: noCache)
         if explain {
             overrides.routeObserver = { d in
                 for line in d.description.split(separator: "\n") { Out.err("descartes: \(line)") }
             }
         }
+        // Instances of providers.yaml by name (`ProviderFactory.backend`);
+        // --set applies to -p's provider only.
         let providers = ReliableProviders(settings: settings, factory: factory, overrides: overrides) { name in
             name == provider ? config : [:]
         }
         var backend = try providers.chain(provider, then: fallbacks)
+        if let audit { backend = audit(backend) }
         var meter: UsageMeter? = nil
         if stats {
             let m = UsageMeter()

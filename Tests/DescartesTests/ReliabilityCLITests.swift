@@ -84,6 +84,84 @@ import Testing
         #expect(events.dropLast().last?["type"] == "finish")
     }
 
+    // MARK: providers.yaml
+
+    func configured(_ yaml: String) -> String { work.write("providers.yaml", yaml) }
+
+    @Test func chainsRoutesAndRetriesFromProvidersYaml() async throws {
+        let config = configured("""
+            providers:
+              flaky: {plugin: scripted, fail_init: "down for maintenance"}
+            retry: {max_attempts: 2, initial_delay: 10ms}
+            fallbacks:
+              resilient: [flaky, echo]
+            routes:
+              auto:
+                candidates: [echo, scripted]
+                rules:
+                  - when: {tools: true}
+                    use: scripted
+            """)
+        let chain = await cli(["--config", config, "complete", "-p", "resilient", "--json", "hi there"])
+        #expect(chain.status == 0, "\(chain)")
+        let doc = try JSONValue.parse(chain.stdout)
+        #expect(doc["provider"] == "echo")
+        #expect(doc["attempts"]?.arrayValue?.map { $0["provider"]?.stringValue } == ["flaky"])
+        #expect(doc["attempts"]?[0]?["error"]?["kind"] == "initialization")
+
+        let routed = await cli(["--config", config, "complete", "-p", "auto", "--explain", "hello route"])
+        #expect(routed.status == 0, "\(routed)")
+        #expect(routed.stdout == "hello route\n")
+        let why = routed.stderr.split(separator: "\n").map(String.init)
+        #expect(why.contains("descartes: route 'auto': input about 9 tokens, needs nothing special"), "\(routed.stderr)")
+        #expect(why.contains("descartes:   strategy: rules; no rule chose an eligible candidate, so the configured order"))
+        #expect(why.contains("descartes:   order: echo -> scripted"))
+
+        let tools = work.write("tools.json", #"[{"name": "weather", "description": "the weather", "parameters": {"type": "object", "properties": {}}}]"#)
+        let tooled = await cli(["--config", config, "complete", "-p", "auto", "--tools", tools, "--explain", "--json", "weather?"])
+        #expect(tooled.status == 0, "\(tooled)")
+        #expect(try JSONValue.parse(tooled.stdout)["provider"] == "scripted")
+        #expect(tooled.stderr.contains("descartes:   echo: rejected: lacks tools"))
+        #expect(tooled.stderr.contains("descartes:   strategy: rules; rule 1 (with tools) chose scripted"))
+    }
+
+    @Test func problemsInTheSectionsStopTheCommandWithTheirPositions() async throws {
+        let config = configured("""
+            retry:
+              max_attempts: 0
+            fallbacks:
+              chain: [echo, ecko]
+            """)
+        let r = await cli(["--config", config, "complete", "-p", "echo", "hi"])
+        #expect(r.status == 78, "\(r)")
+        #expect(r.stderr.contains("\(config):2:17: retry.max_attempts must be at least 1 (1 disables retries)"), "\(r.stderr)")
+        let check = await cli(["--config", config, "config", "check"])
+        #expect(check.status != 0)
+        #expect(check.stdout.contains("\(config):2:17: retry.max_attempts must be at least 1") || check.stderr.contains("\(config):2:17: retry.max_attempts must be at least 1"), "\(check)")
+
+        let names = configured("fallbacks:\n  chain: [echo, ecko]\n")
+        let n = await cli(["--config", names, "complete", "-p", "chain", "hi"])
+        #expect(n.status == 78)
+        #expect(n.stderr.contains("\(names):2:17: fallback chain 'chain' names 'ecko', which is not a provider, fallback chain or route (did you mean 'echo'?)"), "\(n.stderr)")
+    }
+
+    @Test func theDiskCacheAnswersTheNextProcess() async throws {
+        let config = configured("cache: {directory: \(work.file("cache"))}\n")
+        let first = await cli(["--config", config, "complete", "-p", "scripted", "--json", "cache this answer"])
+        #expect(first.status == 0, "\(first)")
+        #expect(try JSONValue.parse(first.stdout)["metadata"]?["cache"] == nil)
+        let second = await cli(["--config", config, "complete", "-p", "scripted", "--json", "--stats", "cache this answer"])
+        let doc = try JSONValue.parse(second.stdout)
+        #expect(doc["content"] == "cache this answer")
+        #expect(doc["metadata"]?["cache"] == "hit")
+        #expect(doc["cost_usd"]?.doubleValue == 0)
+        #expect(doc["stats"]?["cached"] == true)
+        #expect(doc["stats"]?["cache"]?["hits"] == 1)
+        let bypass = await cli(["--config", config, "complete", "-p", "scripted", "--json", "--no-cache", "cache this answer"])
+        #expect(try JSONValue.parse(bypass.stdout)["metadata"]?["cache"] == nil)
+        #expect(try FileSystem.list(work.file("cache")).count == 1)
+    }
+
     // MARK: batch
 
     @Test func batchWritesOneLinePerRequestInInputOrder() async throws {

@@ -60,14 +60,33 @@ public struct ReliableProviders: Sendable {
         if let c = settings.cache, c.enabled { cache = ResponseCache(limits: c.limits) } else { cache = nil }
     }
 
-    /// Providers from `factory`, each created with `config(name)`.
+    /// Providers from `factory`: instances of its providers.yaml by name
+    /// (`ProviderFactory.backend`), else plugins by provider id, each with
+    /// `config(name)` over its settings.
     public init(
         settings: ReliabilitySettings, factory: ProviderFactory, overrides: Overrides = Overrides(),
         config: @escaping @Sendable (String) -> [String: JSONValue] = { _ in [:] }
     ) {
         self.init(
-            settings: settings, overrides: overrides, create: { name in try factory.create(name, config: config(name)) },
-            manifest: { try? factory.manifest(for: $0) })
+            settings: settings, overrides: overrides, create: { name in try factory.backend(name, overrides: config(name)) },
+            manifest: { name in try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name) })
+    }
+
+    /// Providers and settings from providers.yaml (`ProviderFactory.standard()`
+    /// or any factory with a configuration): the middleware sections are
+    /// read and checked against the instances and installed plugins.
+    /// - Throws: `SourceError` with every problem, each at its file:line:column.
+    public init(factory: ProviderFactory, overrides: Overrides = Overrides()) throws(SourceError) {
+        var settings = ReliabilitySettings()
+        if let config = factory.configuration {
+            let (s, problems) = ReliabilitySettings.parse(try config.middlewareSections())
+            if !problems.isEmpty { throw SourceError(problems) }
+            let known = Set(config.instances.map(\.name)).union(factory.catalog.availableProviders)
+            let unknown = s.check(knownProviders: known)
+            if !unknown.isEmpty { throw SourceError(unknown) }
+            settings = s
+        }
+        self.init(settings: settings, factory: factory, overrides: overrides)
     }
 
     /// The backend for `name`: a route, a fallback chain, or a provider.
