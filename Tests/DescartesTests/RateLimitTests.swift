@@ -68,6 +68,7 @@ final class Locked<T: Sendable>: Sendable {
         // Six a minute: each request after the first waits 10 s more.
         let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 6, requestBurst: 1))
         try await limiter.acquire(tokens: 0)
+        let firstAt = ContinuousClock.now
         let waiting = Task { try await limiter.acquire(tokens: 0) }
         while limiter.stats.waiting == 0 { try await Task.sleep(for: .milliseconds(10)) }
         let cancelledAt = ContinuousClock.now
@@ -76,10 +77,12 @@ final class Locked<T: Sendable>: Sendable {
         #expect(ContinuousClock.now - cancelledAt < .seconds(5))
         guard case .failure(let e as ProviderError) = result else { Issue.record("expected cancellation, got \(result)"); return }
         #expect(e.kind == .cancelled)
-        // Probe without waiting: the next request would wait under 10 s (the
-        // cancelled share came back), not up to 20 s.
+        // Probe without waiting: the next request would wait what is left of
+        // the first one's 10 s (the cancelled share came back), not 10 s more.
+        let elapsed = ContinuousClock.now - firstAt
         let probe = try #require(await providerError { try await limiter.acquire(tokens: 0, maxWait: .zero) })
-        #expect(probe.retryAfter! <= .seconds(10) && probe.retryAfter! > .seconds(5), "\(probe.retryAfter!)")
+        let left = probe.retryAfter!
+        #expect(left <= .seconds(10) - elapsed + .milliseconds(50), "\(left) after \(elapsed)")
         #expect(limiter.stats.granted == 1)
         #expect(limiter.stats.refused == 1)
     }

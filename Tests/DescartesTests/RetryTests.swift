@@ -124,13 +124,14 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 
     @Test func aFirstTokenTimeoutIsRetried() async throws {
         let b = try retrying(Self.exact())
-        let deadlines = Deadlines(firstToken: .milliseconds(500))
+        // 1.5 s: room for the second attempt's first token on a loaded machine.
+        let deadlines = Deadlines(firstToken: .milliseconds(1500))
         let start = ContinuousClock.now
         let r = try await b.complete(.sequence([["hang"], ["text:awake"]], deadlines: deadlines))
         #expect(r.content == "awake")
         #expect(r.attempts.map(\.error.deadline) == ["first_token"])
-        #expect(r.attempts[0].duration >= .milliseconds(490))
-        #expect(ContinuousClock.now - start >= .milliseconds(590))
+        #expect(r.attempts[0].duration >= .milliseconds(1490))
+        #expect(ContinuousClock.now - start >= .milliseconds(1590))
     }
 
     @Test func anIdleTimeoutIsNotRetried() async throws {
@@ -173,12 +174,12 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func noRetryStartsWhenItsWaitWouldPassTheDeadline() async throws {
-        let b = try retrying(RetryPolicy(maxAttempts: 10, initialDelay: .milliseconds(400), jitter: 0))
+        let b = try retrying(RetryPolicy(maxAttempts: 10, initialDelay: .seconds(1), jitter: 0))
         let start = ContinuousClock.now
         let err = try #require(await providerError {
-            _ = try await b.complete(.sequence([["sleep:100", "error:provider_unavailable:down"]], deadlines: Deadlines(total: .milliseconds(1200))))
+            _ = try await b.complete(.sequence([["sleep:100", "error:provider_unavailable:down"]], deadlines: Deadlines(total: .seconds(3))))
         })
-        // 100 + 400 + 100 = 600 ms; the next wait (800 ms) would pass 1.2 s:
+        // 100 ms + 1 s + 100 ms = 1.2 s; the next wait (2 s) would pass 3 s:
         // give up now with the provider's error, rather than sleep into a timeout.
         #expect(err.kind == .providerUnavailable)
         #expect([0, 2].contains(err.attempts.count))  // one attempt only on a loaded machine (one lists none)
