@@ -22,6 +22,7 @@ let topHelp = """
       models -p PROVIDER                List the models a provider offers now
       health [-p PROVIDER]              Check with a real call that providers can serve requests
       tokens -p PROVIDER TEXT           Count (or estimate) the input tokens of a text
+      batch -p PROVIDER FILE            Run one request per line of FILE (JSON lines), results in order
       config show [NAME] [--json]       The merged providers.yaml, where each value came from, secrets masked
       config check                      Report every problem in the configuration files
       log [-n N] [--json]               The last audit log entries and totals per provider

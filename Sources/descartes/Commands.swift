@@ -10,12 +10,13 @@ enum Commands {
         "plugins enable": "descartes plugins enable NAME [--system]",
         "plugins disable": "descartes plugins disable NAME [--system]",
         "complete":
-            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--set KEY=VALUE]... PROMPT|-",
+            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
         "models": "descartes models -p PROVIDER [--json] [--set KEY=VALUE]...",
         "health": "descartes health [-p PROVIDER] [--json] [--timeout SECONDS] [--set KEY=VALUE]...",
         "tokens": "descartes tokens -p PROVIDER [-m MODEL] [--system TEXT] [--json] [--set KEY=VALUE]... TEXT|-",
         "bench":
             "descartes bench -p PROVIDER [-n REQUESTS] [-c CONCURRENCY] [--stream] [--session] [--warmup N] [--expect FILE] [--prompt TEXT] [-m MODEL] [--timeout SECONDS] [--json] [--set KEY=VALUE]...",
+        "batch": "descartes batch -p PROVIDER [-c N] [-o FILE] [--provider-batch] [options] FILE|-",
         "config": "descartes config <show|check> [options]",
         "config show": "descartes config show [NAME] [--json]",
         "config check": "descartes config check [--json]",
@@ -152,14 +153,16 @@ enum Commands {
               --stream              Print text as it arrives
               --json                Print the response as JSON; with --stream, one JSON event per line
               --set KEY=VALUE       A config value for the provider (repeatable)
-              --timeout SECONDS     Total deadline (default: the provider's timeout, or 600)
+              --timeout SECONDS     Total deadline, retries and fallbacks included (default: the provider's timeout, or 600)
               --system TEXT         A system prompt
               --max-tokens N        The most tokens to generate
               --temperature T       Sampling temperature
               --tools FILE.json     Tools the model may call: a JSON array of
                                     {"name", "description", "parameters"} (parameters: a JSON Schema object)
               --tool-choice C       auto, none, required, or the name of the tool to call
+            \(ReliabilityOptions.help)
 
+            With --json the response names the provider that answered and lists the failed attempts.
             Tool calls the model makes are printed after the text as
             "tool call ID: NAME(ARGUMENTS)" (with --json, in "tool_calls").
             """,
@@ -229,6 +232,7 @@ enum Commands {
                                       cpu_seconds, events, text_bytes, text_matches, peak_rss_kb,
                                       threads_peak, latency_ms {median, mean, min, max}
             """,
+        "batch": BatchCommand.help,
     ]
 
     static func usage(for command: String) -> String { usages[command] ?? "descartes <command> [options]" }
@@ -299,6 +303,12 @@ enum Commands {
                 return .ok
             }
             return await BenchCommand.run(rest, globals: globals)
+        case "batch":
+            if rest.contains("--help") || rest.contains("-h") {
+                Out.line(help(for: "batch"))
+                return .ok
+            }
+            return await BatchCommand.run(rest, globals: globals)
         case "models", "health", "tokens":
             if rest.contains("--help") || rest.contains("-h") {
                 Out.line(help(for: command))

@@ -16,7 +16,7 @@ enum CompleteCommand {
         .init(names: ["--temperature"], takesValue: true),
         .init(names: ["--tools"], takesValue: true),
         .init(names: ["--tool-choice"], takesValue: true),
-    ]
+    ] + ReliabilityOptions.options
 
     static func readPrompt(_ args: Arguments, command: String = "complete") throws(UsageError) -> String {
         if args.positional == ["-"] {
@@ -43,8 +43,10 @@ enum CompleteCommand {
         let prompt: String
         let settings: [String: JSONValue]
         var request: ModelRequest
+        let reliability: ReliabilityOptions
         do throws(UsageError) {
             args = try Arguments(raw, command: "complete", options: options)
+            reliability = try ReliabilityOptions(args, globals: globals)
             guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "complete") }
             prompt = try readPrompt(args)
             settings = try Commands.settings(args)
@@ -83,20 +85,23 @@ enum CompleteCommand {
         let streaming = args.flag("--stream")
 
         let factory = Commands.factory(globals)
-        let backend: any ModelBackend
+        let built: ReliabilityOptions.Built
         do {
             let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
             Commands.warnAboutSecretsOnTheCommandLine(settings, plugin: plugin, factory: factory)
-            let created = try factory.backend(provider, overrides: settings)
-            backend = try Commands.auditLog(factory.configuration).map { $0.wrap(created, plugin: plugin) } ?? created
+            built = try reliability.build(
+                provider, config: settings, factory: factory, settings: ReliabilityOptions.settings(factory, globals),
+                audit: Commands.auditLog(factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
         } catch { failure(error, json: json) }
+        let backend = built.backend
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in
             do {
                 if streaming {
                     return .success(try await streamOut(backend, request, json: json))
                 }
-                return .success(try await backend.complete(request))
+                // --stats streams underneath, to see the first token arrive.
+                return .success(reliability.stats ? try await backend.collect(request) : try await backend.complete(request))
             } catch let e as ProviderError {
                 return .failure(e)
             } catch {
@@ -106,12 +111,16 @@ enum CompleteCommand {
         let interrupts = Interrupts { task.cancel() }
         let result = await task.value
         interrupts.stop()
-        await backend.shutdown()
+        await built.providers.shutdown()
+        let stats = built.meter?.last
+        let cacheStats = built.providers.cache?.stats
+        if let stats, !json { ReliabilityOptions.print(stats, cache: cacheStats) }
 
         switch result {
         case .failure(let e):
             if streaming && !json { Out.line() }
             if json && streaming {
+                if let stats { Out.line(JSONValue.object(["type": "stats", "stats": ReliabilityOptions.json(stats, cache: cacheStats)]).jsonText) }
                 Out.line(JSONValue.object(["type": "error", "error": Render.error(e)]).jsonText)
                 Out.err("Error: \(e)")
                 return ExitCode.for(e)
@@ -119,7 +128,13 @@ enum CompleteCommand {
             failure(e, json: json)
         case .success(let r):
             if json {
-                if !streaming { Out.line(Render.response(r).prettyText()) }
+                var doc = Render.response(r)
+                if let stats { doc = ReliabilityOptions.with(stats: stats, cache: cacheStats, doc) }
+                if !streaming {
+                    Out.line(doc.prettyText())
+                } else if let stats {
+                    Out.line(JSONValue.object(["type": "stats", "stats": ReliabilityOptions.json(stats, cache: cacheStats)]).jsonText)
+                }
             } else {
                 if !streaming { Out.write(r.content) }
                 if !r.content.hasSuffix("\n") { Out.line() }

@@ -49,7 +49,7 @@ import Testing
               k-typo: {plugin: keyed, api_key: x1234567, delay_ms: "${file:../key.txt}"}
               rb: {plugin: rulebreaker, breaks: log-secret, api_key: "${LEAK_KEY}"}
             retry:
-              token: \(Self.fake)
+              max_attempts: 2
             audit:
               enabled: true
               file: \(project.file("audit.jsonl"))

@@ -12,7 +12,10 @@ extension ProvidersConfig {
     /// ```
     ///
     /// so `descartes config check` reports its problems with every other.
-    /// Until then these sections are passed through as written and shown by
-    /// `descartes config show`.
-    public static let sectionCheckers: [ConfigSectionChecker] = []
+    public static let sectionCheckers: [ConfigSectionChecker] = [
+        // The reliability layer (Middleware/Config.swift): every problem of
+        // the five sections, with positions. Names that lead nowhere are
+        // checked where the plugins are known (the CLI, before a request).
+        ConfigSectionChecker(keys: ReliabilitySettings.sections) { sections, _ in ReliabilitySettings.parse(sections).1 },
+    ]
 }
