@@ -7,6 +7,7 @@
 #                   test suite and every fuzz target briefly: the README's test command
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
+#   make bench      the benchmark suite against a C libcurl+cJSON client and nginx: docs/benchmarks.md
 #   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
 #                   share/descartes/ (conformance specs, the C example, the plugin docs),
@@ -36,7 +37,7 @@ SHARE_DIR   = share/descartes
 PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/manifest.md docs/conformance.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench-headless
+.PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless
 
 all: stage
 
@@ -125,6 +126,15 @@ check: test-deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	Fuzz/run.sh $(FUZZ_SECONDS)
+
+# The benchmark suite (bench/, docs/benchmarks.md): the release build against
+# a C client doing the same work with libcurl and cJSON, both against nginx on
+# 127.0.0.1; writes the table to docs/benchmarks.md. Installs nginx, hyperfine
+# and libcjson-dev from apt when they are missing (as root). BENCH_ARGS, e.g.
+# "--runs 7 --only 1,2 --wait-quiet 600", goes to bench/run.py.
+BENCH_ARGS ?=
+bench: stage
+	python3 bench/run.py --skip-build $(BENCH_ARGS)
 
 # Headless backends: a session turn of claude against a fresh spawn, and the
 # process runtime's own round trip (needs the claude binary, see .ci/run).

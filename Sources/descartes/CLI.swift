@@ -26,6 +26,7 @@ let topHelp = """
       config show [NAME] [--json]       The merged providers.yaml, where each value came from, secrets masked
       config check                      Report every problem in the configuration files
       log [-n N] [--json]               The last audit log entries and totals per provider
+      bench -p PROVIDER [-n N] [-c K]   Time N requests through a provider (make bench, docs/benchmarks.md)
 
     Global options:
       -v, --verbose   Narrate plugin discovery and loading on stderr (accepted anywhere)
@@ -68,9 +69,15 @@ func failure(_ e: ProviderError, json: Bool = false) -> Never {
     exit(ExitCode.for(e).rawValue)
 }
 
+/// The entry point is synchronous: the command runs as a task on the
+/// cooperative pool while the main thread waits for its exit status. An
+/// `async` main would park the main thread in `dispatch_main()`, which
+/// nothing here needs (no main actor, no main queue) and which valgrind
+/// 3.19 cannot follow (it crashes in libdispatch's `sigsuspend`), so the
+/// CLI could not be profiled with callgrind (docs/benchmarks.md).
 @main
 struct Main {
-    static func main() async {
+    static func main() {
         var args = Array(CommandLine.arguments.dropFirst())
         var globals = Globals()
         // --verbose and --config FILE are accepted anywhere before `--`.
@@ -123,7 +130,31 @@ struct Main {
         default:
             break
         }
-        let status = await Commands.run(args, globals: globals)
-        exit(status.rawValue)
+        let done = ExitStatusBox()
+        let command = args
+        let g = globals
+        Task.detached {
+            let status = await Commands.run(command, globals: g)
+            done.post(status)
+        }
+        exit(done.wait().rawValue)
+    }
+}
+
+/// The command's exit status, handed from its task to the waiting main thread.
+final class ExitStatusBox: @unchecked Sendable {
+    private var semaphore = sem_t()
+    private var status = ExitCode.software
+
+    init() { sem_init(&semaphore, 0, 0) }
+
+    func post(_ s: ExitCode) {
+        status = s
+        sem_post(&semaphore)
+    }
+
+    func wait() -> ExitCode {
+        while sem_wait(&semaphore) != 0 {}  // EINTR
+        return status
     }
 }

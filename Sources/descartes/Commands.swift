@@ -14,6 +14,8 @@ enum Commands {
         "models": "descartes models -p PROVIDER [--json] [--set KEY=VALUE]...",
         "health": "descartes health [-p PROVIDER] [--json] [--timeout SECONDS] [--set KEY=VALUE]...",
         "tokens": "descartes tokens -p PROVIDER [-m MODEL] [--system TEXT] [--json] [--set KEY=VALUE]... TEXT|-",
+        "bench":
+            "descartes bench -p PROVIDER [-n REQUESTS] [-c CONCURRENCY] [--stream] [--session] [--warmup N] [--expect FILE] [--prompt TEXT] [-m MODEL] [--timeout SECONDS] [--json] [--set KEY=VALUE]...",
         "batch": "descartes batch -p PROVIDER [-c N] [-o FILE] [--provider-batch] [options] FILE|-",
         "config": "descartes config <show|check> [options]",
         "config show": "descartes config show [NAME] [--json]",
@@ -203,6 +205,33 @@ enum Commands {
               --set KEY=VALUE       A config value for the provider (repeatable)
               --json                {"provider", "tokens", "exact", "method"}
             """,
+        "bench": """
+            Usage: \(usages["bench"]!)
+
+            Runs REQUESTS requests through the provider as a Swift caller does
+            (ModelBackend.complete, or stream with --stream, joining the text deltas)
+            and reports the cost: wall and CPU time, requests/s, per-request latency,
+            peak RSS and the most threads the process had. `make bench` uses it; see
+            docs/benchmarks.md.
+
+            Options:
+              -p, --provider NAME     The provider (required)
+              -n, --requests N        Requests to time (default 100)
+              -c, --concurrency K     Requests in flight at once (default 1)
+              --stream                Stream each answer (default: complete)
+              --session               Headless providers with sessions: the first request starts
+                                      a session (timed apart), the timed ones are its later turns
+              --warmup N              Untimed requests first (default 1: loads the plugin, connects)
+              --expect FILE           Check that every answer's text equals FILE byte for byte
+                                      (exit 1 if one differs)
+              --prompt TEXT           The user message (default a short sentence)
+              -m, --model MODEL       The model
+              --timeout SECONDS       Total deadline of each request
+              --set KEY=VALUE         A config value for the provider (repeatable)
+              --json                  One JSON object: requests, seconds, requests_per_second,
+                                      cpu_seconds, events, text_bytes, text_matches, peak_rss_kb,
+                                      threads_peak, latency_ms {median, mean, min, max}
+            """,
         "batch": BatchCommand.help,
     ]
 
@@ -268,6 +297,12 @@ enum Commands {
                 return .ok
             }
             return await CompleteCommand.run(rest, globals: globals)
+        case "bench":
+            if rest.contains("--help") || rest.contains("-h") {
+                Out.line(help(for: "bench"))
+                return .ok
+            }
+            return await BenchCommand.run(rest, globals: globals)
         case "batch":
             if rest.contains("--help") || rest.contains("-h") {
                 Out.line(help(for: "batch"))

@@ -14,8 +14,8 @@
 extern "C" {
 #endif
 
-typedef size_t (*descartes_curl_data_fn)(char *data, size_t size, size_t nmemb, void *userdata);
-typedef int (*descartes_curl_xferinfo_fn)(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
+typedef size_t (*descartes_curl_data_fn)(char *_Nullable data, size_t size, size_t nmemb, void *_Nullable userdata);
+typedef int (*descartes_curl_xferinfo_fn)(void *_Nullable userdata, curl_off_t dltotal, curl_off_t dlnow,
                                          curl_off_t ultotal, curl_off_t ulnow);
 
 CURLcode descartes_curl_setopt_long(CURL *_Nonnull handle, CURLoption option, long value);
@@ -40,6 +40,45 @@ const curl_version_info_data *_Nonnull descartes_curl_version_info(void);
 /// many plugins call it and from whichever thread (libcurl's own function is
 /// not thread-safe before 7.84 and not reference-counted across libraries).
 CURLcode descartes_curl_global_init_once(void);
+
+/* ---- libcurl's multi_socket interface over epoll -------------------------
+ *
+ * Why this exists: Swift's Glibc module does not import <sys/epoll.h> or
+ * <sys/eventfd.h>, and libcurl's socket and timer callbacks are plain C
+ * callbacks best kept out of Swift. With this loop the thread that starts a
+ * transfer can drive libcurl itself (add the handle, send the request) while
+ * the HTTP client's own thread sleeps in epoll_wait: nothing has to wake that
+ * thread to get a request on the wire.
+ */
+typedef struct descartes_curl_loop {
+    /** The epoll set of the sockets libcurl wants watched (kept by the socket callback). */
+    int epoll_fd;
+    /** An eventfd in that set: wakes a waiting thread (descartes_curl_loop_wake). */
+    int wake_fd;
+    /** When libcurl wants curl_multi_socket_action(CURL_SOCKET_TIMEOUT), in ms
+     *  on CLOCK_MONOTONIC (descartes_monotonic_ms); -1: no timer. Written by the
+     *  timer callback, i.e. by whoever is calling into libcurl. */
+    long long timer_at;
+    /** The multi handle (for curl_multi_assign, which marks a socket as in the set). */
+    CURLM *_Nullable multi;
+} descartes_curl_loop;
+
+/// Creates the epoll set and the eventfd and installs the socket and timer
+/// callbacks on `multi` (their data: `loop`, which must outlive the multi
+/// handle). Returns 0, or an errno value.
+int descartes_curl_loop_init(descartes_curl_loop *_Nonnull loop, CURLM *_Nonnull multi);
+/// Closes the epoll set and the eventfd.
+void descartes_curl_loop_close(descartes_curl_loop *_Nonnull loop);
+/// Makes a thread in descartes_curl_loop_wait return now. Any thread.
+void descartes_curl_loop_wake(const descartes_curl_loop *_Nonnull loop);
+/// Waits up to `timeout_ms` (-1: forever) for sockets libcurl watches. Fills
+/// `fds` and `flags` (CURL_CSELECT_IN/OUT/ERR, for curl_multi_socket_action)
+/// with at most `max` ready sockets and returns their count; a wake-up is
+/// consumed and not reported. Returns 0 on EINTR.
+int descartes_curl_loop_wait(const descartes_curl_loop *_Nonnull loop, int timeout_ms, int *_Nonnull fds,
+                             int *_Nonnull flags, int max);
+/// Milliseconds on CLOCK_MONOTONIC.
+long long descartes_monotonic_ms(void);
 
 #ifdef __cplusplus
 }

@@ -3,13 +3,21 @@ internal import CCurlShim
 import Glibc
 import Synchronization
 
-/// An HTTP client over one libcurl multi handle driven by one thread.
+/// An HTTP client over one libcurl multi handle and one thread.
 ///
-/// Every transfer of a backend instance runs on this loop, however many
-/// there are: connections are reused (and multiplexed over HTTP/2 where the
-/// server offers it), and a thousand concurrent streams cost one thread, not
-/// a thousand. Transfers are started and cancelled from any thread; their
-/// handlers run on the loop thread.
+/// Every transfer of a backend instance runs on this multi handle, however
+/// many there are: connections are reused (and multiplexed over HTTP/2 where
+/// the server offers it), and a thousand concurrent streams cost one thread,
+/// not a thousand. Transfers are started and cancelled from any thread.
+///
+/// How the work is shared (libcurl's multi_socket interface over epoll):
+/// whoever holds the client's lock drives libcurl. The thread that starts a
+/// transfer adds it and sends the request itself, then returns; the client's
+/// own thread sleeps in epoll_wait on the transfers' sockets and handles what
+/// arrives. So a request costs no wake-up of that thread to get on the wire,
+/// only the one its answer causes. Handlers run one at a time under the lock:
+/// on the client's thread, or on the starting thread when a transfer ends at
+/// once (a refused connection).
 ///
 /// Security defaults, which no option turns off: certificates and host names
 /// are always verified (a CA bundle can be chosen), redirects are never
@@ -20,71 +28,122 @@ public final class HTTPClient: @unchecked Sendable {
     /// A name for the loop thread and log messages.
     public let name: String
 
-    // Touched only on the loop thread, except where noted.
+    // Touched only by the thread holding `lock`.
     private var multi: UnsafeMutableRawPointer?
     private var active: [UnsafeMutableRawPointer: Transfer] = [:]
     private var idleHandles: [UnsafeMutableRawPointer] = []
+    /// Starts and cancels asked for from inside a handler (while this
+    /// thread is inside libcurl): done once libcurl has returned.
+    private var deferredStarts: [Transfer] = []
+    private var deferredCancels: [Transfer] = []
+    /// The multi handle is gone (the loop ended): nothing may be added.
+    private var closed = false
 
-    /// Work handed to the loop from other threads.
-    private struct Inbox {
-        var start: [Transfer] = []
-        var cancel: [Transfer] = []
+    /// The lock whoever drives libcurl holds, and which thread holds it.
+    private let lock: UnsafeMutablePointer<pthread_mutex_t>
+    private let holder = Atomic<UInt>(0)
+    /// The epoll set, wake-up eventfd and libcurl timer (CCurlShim).
+    private let events: UnsafeMutablePointer<descartes_curl_loop>
+    /// When the loop thread will wake by itself (ms, monotonic); 0 while it
+    /// is awake. A starter wakes it earlier when a new deadline needs it.
+    private let sleepsUntil = Atomic<Int>(0)
+
+    private struct State {
         var stopping = false
         var threadStarted = false
         var stopped = false
+        /// Starts and cancels from threads that found the lock busy: the
+        /// thread holding it, or the loop, takes them over.
+        var starts: [Transfer] = []
+        var cancels: [Transfer] = []
     }
-    private let inbox = Mutex(Inbox())
+    private let state = Mutex(State())
     private var thread = pthread_t()
-    /// The multi handle as seen from other threads (for curl_multi_wakeup).
-    private let multiForWakeup = Atomic<UInt>(0)
 
     public init(name: String) {
         self.name = name
+        lock = .allocate(capacity: 1)
+        pthread_mutex_init(lock, nil)
+        events = .allocate(capacity: 1)
+        events.initialize(to: descartes_curl_loop(epoll_fd: -1, wake_fd: -1, timer_at: -1, multi: nil))
     }
 
     deinit {
         shutdown()
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+        events.deallocate()
     }
 
     // MARK: Public API
 
-    /// Starts a transfer; returns at once. The handler is called on the loop
-    /// thread until `end` (or, if the client is already shut down, `end` is
-    /// called at once on the calling thread).
+    /// Starts a transfer; returns at once (the request is on its way). The
+    /// handler is called, one call at a time, until `end`: normally on the
+    /// client's thread; on the calling thread when the transfer ends before
+    /// this returns (a refused connection, a client already shut down).
     ///
     /// The loop keeps the client alive until `shutdown()`; a backend calls it
     /// from its own shutdown.
     @discardableResult
     public func start(_ request: HTTPRequest, handler: HTTPResponseHandler) -> HTTPTransfer {
         let t = Transfer(request: request, handler: handler)
-        let refused = inbox.withLock { box -> Bool in
-            if box.stopping { return true }
-            box.start.append(t)
-            if !box.threadStarted {
-                box.threadStarted = true
+        let refused = state.withLock { s -> Bool in
+            if s.stopping { return true }
+            if !s.threadStarted {
+                s.threadStarted = true
                 startThread()
             }
             return false
         }
         if refused {
             handler.end(HTTPError(.cancelled, "the HTTP client is shut down"))
-        } else {
-            wakeup()
+            return HTTPTransfer(client: self, transfer: t)
         }
+        if holdsLock {
+            // From inside a handler: libcurl must not be re-entered.
+            deferredStarts.append(t)
+            return HTTPTransfer(client: self, transfer: t)
+        }
+        if !tryAcquire() {
+            // Another thread drives libcurl now (often the loop, delivering
+            // the previous answer): hand the transfer over instead of
+            // waiting for the lock.
+            let accepted = state.withLock { s -> Bool in
+                if s.stopped { return false }
+                s.starts.append(t)
+                return true
+            }
+            if accepted { descartes_curl_loop_wake(events) } else { handler.end(HTTPError(.cancelled, "the HTTP client is shut down")) }
+            return HTTPTransfer(client: self, transfer: t)
+        }
+        if closed {
+            release()
+            handler.end(HTTPError(.cancelled, "the HTTP client is shut down"))
+            return HTTPTransfer(client: self, transfer: t)
+        }
+        add(t)
+        drive(timeoutsOnly: true)
+        let wakeAt = nextWake()
+        release()
+        // The loop thread sleeps until its own next deadline; wake it if
+        // this transfer (or libcurl's timer for it) needs it earlier.
+        let sleeping = sleepsUntil.load(ordering: .acquiring)
+        if sleeping != 0, let w = wakeAt, w < sleeping { descartes_curl_loop_wake(events) }
         return HTTPTransfer(client: self, transfer: t)
     }
 
     /// Cancels every transfer (their handlers get `.cancelled`) and stops the
-    /// loop thread. Idempotent; waits for the thread to finish.
+    /// loop thread. Idempotent; waits for the thread to finish unless called
+    /// from a handler.
     public func shutdown() {
-        let join = inbox.withLock { box -> Bool in
-            if box.stopping { return false }
-            box.stopping = true
-            return box.threadStarted
+        let join = state.withLock { s -> Bool in
+            if s.stopping { return false }
+            s.stopping = true
+            return s.threadStarted
         }
         guard join else { return }
-        wakeup()
-        if pthread_self() != thread { pthread_join(thread, nil) }
+        descartes_curl_loop_wake(events)
+        if pthread_self() != thread && !holdsLock { pthread_join(thread, nil) }
     }
 
     /// Runs a request to its end and returns the status, headers and body
@@ -94,23 +153,51 @@ public final class HTTPClient: @unchecked Sendable {
     }
 
     func cancel(_ t: Transfer) {
-        inbox.withLock { $0.cancel.append(t) }
-        wakeup()
+        if holdsLock {
+            deferredCancels.append(t)
+            return
+        }
+        if !tryAcquire() {
+            state.withLock { $0.cancels.append(t) }
+            descartes_curl_loop_wake(events)
+            return
+        }
+        if !closed {
+            finish(t, HTTPError(.cancelled, "the request was cancelled", afterHeaders: t.gotHead))
+            runDeferred()
+        }
+        release()
     }
 
-    private func wakeup() {
-        let m = multiForWakeup.load(ordering: .acquiring)
-        if m != 0 { curl_multi_wakeup(UnsafeMutableRawPointer(bitPattern: m)) }
+    // MARK: The lock
+
+    private var holdsLock: Bool { holder.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: pthread_self())) }
+
+    private func acquire() {
+        pthread_mutex_lock(lock)
+        holder.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .relaxed)
+    }
+
+    private func tryAcquire() -> Bool {
+        guard pthread_mutex_trylock(lock) == 0 else { return false }
+        holder.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .relaxed)
+        return true
+    }
+
+    private func release() {
+        holder.store(0, ordering: .relaxed)
+        pthread_mutex_unlock(lock)
     }
 
     // MARK: The loop
 
     private func startThread() {
         _ = descartes_curl_global_init_once()
-        let m = curl_multi_init()
+        let m = curl_multi_init()!
         multi = m
-        _ = descartes_curl_multi_setopt_long(m!, CURLMOPT_MAX_HOST_CONNECTIONS, 0)
-        multiForWakeup.store(UInt(bitPattern: m), ordering: .releasing)
+        _ = descartes_curl_multi_setopt_long(m, CURLMOPT_MAX_HOST_CONNECTIONS, 0)
+        let rc = descartes_curl_loop_init(events, m)
+        precondition(rc == 0, "HTTPClient: cannot create an epoll set or an eventfd (errno \(rc))")
         let me = Unmanaged.passRetained(self).toOpaque()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
@@ -124,58 +211,115 @@ public final class HTTPClient: @unchecked Sendable {
     }
 
     private func loop() {
-        let m = multi!
-        var running: Int32 = 0
-        while true {
-            let (starts, cancels, stopping) = inbox.withLock { box -> ([Transfer], [Transfer], Bool) in
-                defer {
-                    box.start.removeAll(keepingCapacity: true)
-                    box.cancel.removeAll(keepingCapacity: true)
-                }
-                return (box.start, box.cancel, box.stopping)
-            }
-            for t in starts { add(t) }
-            for t in cancels { finish(t, HTTPError(.cancelled, "the request was cancelled", afterHeaders: t.gotHead)) }
-            if stopping {
-                for t in Array(active.values) { finish(t, HTTPError(.cancelled, "the HTTP client is shutting down", afterHeaders: t.gotHead)) }
-                // Transfers submitted after the last drain.
-                let late = inbox.withLock { box -> [Transfer] in
-                    defer { box.start.removeAll() }
-                    return box.start
-                }
-                for t in late { t.handler.end(HTTPError(.cancelled, "the HTTP client is shut down")) }
-                break
-            }
-
-            curl_multi_perform(m, &running)
-            var left: Int32 = 0
-            while let msg = curl_multi_info_read(m, &left) {
-                guard msg.pointee.msg == CURLMSG_DONE, let easy = msg.pointee.easy_handle,
-                    let t = active[easy]
-                else { continue }
-                let code = msg.pointee.data.result
-                finish(t, code == CURLE_OK ? t.pendingError : t.pendingError ?? error(for: code, t))
-            }
-            let now = monotonicMillis()
-            var wait = 1000
-            for t in active.values {
-                if let (which, at) = t.nextDeadline() {
-                    if at <= now {
-                        finish(t, HTTPError(.timeout(which), "the \(which.replacingOccurrences("_", " ")) deadline of \(t.limit(which)) ms passed", afterHeaders: t.gotHead))
-                    } else {
-                        wait = min(wait, at - now)
-                    }
-                }
-            }
-            var fds: Int32 = 0
-            curl_multi_poll(m, nil, 0, Int32(max(1, wait)), &fds)
+        let maxEvents = 64
+        let fds = UnsafeMutablePointer<Int32>.allocate(capacity: maxEvents)
+        let flags = UnsafeMutablePointer<Int32>.allocate(capacity: maxEvents)
+        defer {
+            fds.deallocate()
+            flags.deallocate()
         }
+        acquire()
+        while true {
+            if state.withLock({ $0.stopping }) { break }
+            let now = monotonicMillis()
+            let wake = nextWake() ?? now + 1000
+            let wait = max(0, min(1000, wake - now))
+            sleepsUntil.store(now + wait, ordering: .releasing)
+            release()
+            let n = descartes_curl_loop_wait(events, Int32(wait), fds, flags, Int32(maxEvents))
+            acquire()
+            sleepsUntil.store(0, ordering: .releasing)
+            var running: Int32 = 0
+            for i in 0..<Int(n) { curl_multi_socket_action(multi!, fds[i], flags[i], &running) }
+            drive(timeoutsOnly: false)
+        }
+        // Shutting down: every transfer ends, then the multi handle goes.
+        for t in Array(active.values) { finish(t, HTTPError(.cancelled, "the HTTP client is shutting down", afterHeaders: t.gotHead)) }
+        // From here on no transfer is handed over (start ends it at once).
+        deferredStarts += state.withLock { s -> [Transfer] in
+            s.stopped = true
+            defer { s.starts.removeAll() }
+            return s.starts
+        }
+        for t in deferredStarts { t.handler.end(HTTPError(.cancelled, "the HTTP client is shut down")) }
+        deferredStarts.removeAll()
+        deferredCancels.removeAll()
         for h in idleHandles { curl_easy_cleanup(h) }
         idleHandles.removeAll()
-        multiForWakeup.store(0, ordering: .releasing)
-        curl_multi_cleanup(m)
+        curl_multi_cleanup(multi!)
+        descartes_curl_loop_close(events)
         multi = nil
-        inbox.withLock { $0.stopped = true }
+        closed = true
+        release()
+    }
+
+    /// libcurl's due timers, finished transfers, the loop's own deadlines
+    /// and deferred work, until nothing is due. Under the lock.
+    private func drive(timeoutsOnly: Bool) {
+        var running: Int32 = 0
+        while true {
+            if events.pointee.timer_at >= 0 && events.pointee.timer_at <= Int64(monotonicMillis()) {
+                events.pointee.timer_at = -1
+                curl_multi_socket_action(multi!, CURL_SOCKET_TIMEOUT, 0, &running)
+            }
+            collectFinished()
+            if !timeoutsOnly { enforceDeadlines() }
+            if !runDeferred() && !(events.pointee.timer_at >= 0 && events.pointee.timer_at <= Int64(monotonicMillis())) { break }
+        }
+    }
+
+    /// Transfers libcurl has finished.
+    private func collectFinished() {
+        var left: Int32 = 0
+        while let msg = curl_multi_info_read(multi!, &left) {
+            guard msg.pointee.msg == CURLMSG_DONE, let easy = msg.pointee.easy_handle, let t = active[easy] else { continue }
+            let code = msg.pointee.data.result
+            finish(t, code == CURLE_OK ? t.pendingError : t.pendingError ?? error(for: code, t))
+        }
+    }
+
+    /// The deadlines the client keeps itself (first byte, idle).
+    private func enforceDeadlines() {
+        let now = monotonicMillis()
+        for t in active.values {
+            if let (which, at) = t.nextDeadline(), at <= now {
+                finish(t, HTTPError(.timeout(which), "the \(which.replacingOccurrences("_", " ")) deadline of \(t.limit(which)) ms passed", afterHeaders: t.gotHead))
+            }
+        }
+    }
+
+    /// Starts and cancels handlers asked for while libcurl was running.
+    /// Returns true if there was any.
+    @discardableResult
+    private func runDeferred() -> Bool {
+        let (handedStarts, handedCancels) = state.withLock { s -> ([Transfer], [Transfer]) in
+            defer {
+                s.starts.removeAll()
+                s.cancels.removeAll()
+            }
+            return (s.starts, s.cancels)
+        }
+        deferredStarts += handedStarts
+        deferredCancels += handedCancels
+        if deferredStarts.isEmpty && deferredCancels.isEmpty { return false }
+        while !deferredStarts.isEmpty || !deferredCancels.isEmpty {
+            let starts = deferredStarts, cancels = deferredCancels
+            deferredStarts.removeAll()
+            deferredCancels.removeAll()
+            for t in starts { add(t) }
+            for t in cancels { finish(t, HTTPError(.cancelled, "the request was cancelled", afterHeaders: t.gotHead)) }
+        }
+        return true
+    }
+
+    /// The earliest time the loop must act: libcurl's timer or a transfer's
+    /// own deadline. Under the lock.
+    private func nextWake() -> Int? {
+        var w: Int? = events.pointee.timer_at >= 0 ? Int(events.pointee.timer_at) : nil
+        for t in active.values {
+            if let (_, at) = t.nextDeadline() { w = min(w ?? at, at) }
+        }
+        return w
     }
 
     private func add(_ t: Transfer) {
@@ -207,7 +351,7 @@ public final class HTTPClient: @unchecked Sendable {
         curl_multi_add_handle(multi!, easy)
     }
 
-    /// Ends a transfer: removes it from the loop and tells its handler.
+    /// Ends a transfer: removes it from the multi handle and tells its handler.
     private func finish(_ t: Transfer, _ err: HTTPError?) {
         guard let easy = t.easy, active.removeValue(forKey: easy) != nil else { return }
         curl_multi_remove_handle(multi!, easy)
@@ -413,18 +557,14 @@ final class Transfer: @unchecked Sendable {
     }
 
     /// One header line ("HTTP/1.1 200 OK\r\n", "name: value\r\n", "\r\n").
+    ///
+    /// Read as bytes: a response has a dozen of these, and Character-level
+    /// String work on each (hasPrefix, split, firstIndex) cost more than
+    /// the rest of a small request's client side (docs/benchmarks.md).
     private func header(_ line: UnsafeRawBufferPointer) {
         var end = line.count
         while end > 0, line[end - 1] == 0x0A || line[end - 1] == 0x0D { end -= 1 }
-        let text = String(decoding: UnsafeRawBufferPointer(rebasing: line[0..<end]), as: UTF8.self)
-        if text.hasPrefix("HTTP/") {
-            // A new response (after 1xx, or the first): start over.
-            let parts = text.split(separator: " ", maxSplits: 2)
-            status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
-            headers = HTTPHeaders()
-            return
-        }
-        if text.isEmpty {
+        if end == 0 {
             // End of a header block; 1xx blocks are followed by the real one.
             if status >= 200 && !gotHead {
                 gotHead = true
@@ -433,12 +573,34 @@ final class Transfer: @unchecked Sendable {
             }
             return
         }
-        if let colon = text.firstIndex(of: ":") {
-            let name = String(text[..<colon])
-            var value = text[text.index(after: colon)...]
-            while value.first == " " || value.first == "\t" { value = value.dropFirst() }
-            headers.fields.append((name: name, value: String(value)))
+        if end >= 5 && line[0] == UInt8(ascii: "H") && line[1] == UInt8(ascii: "T") && line[2] == UInt8(ascii: "T")
+            && line[3] == UInt8(ascii: "P") && line[4] == UInt8(ascii: "/")
+        {
+            // A new response (after 1xx, or the first): start over. The
+            // status is the digits after the first space.
+            var i = 5
+            while i < end && line[i] != 0x20 { i += 1 }
+            while i < end && line[i] == 0x20 { i += 1 }
+            var code = 0
+            var digits = 0
+            while i < end, line[i] >= 0x30, line[i] <= 0x39, digits < 4 {
+                code = code * 10 + Int(line[i] - 0x30)
+                digits += 1
+                i += 1
+            }
+            status = digits == 3 ? code : 0  // a status is three digits
+            headers = HTTPHeaders()
+            return
         }
+        var colon = 0
+        while colon < end && line[colon] != UInt8(ascii: ":") { colon += 1 }
+        guard colon < end else { return }  // not a field (obsolete folding, garbage): ignored
+        var v = colon + 1
+        while v < end && (line[v] == 0x20 || line[v] == 0x09) { v += 1 }
+        headers.fields.append((
+            name: String(decoding: UnsafeRawBufferPointer(rebasing: line[0..<colon]), as: UTF8.self),
+            value: String(decoding: UnsafeRawBufferPointer(rebasing: line[v..<end]), as: UTF8.self)
+        ))
     }
 
     private func deliver(_ bytes: UnsafeRawBufferPointer) -> Bool {

@@ -62,9 +62,19 @@ public struct HTTPTimeouts: Sendable, Hashable {
 public struct HTTPHeaders: Sendable {
     public var fields: [(name: String, value: String)] = []
     public init() {}
+    /// The last value of the field `name`, compared without regard to ASCII case.
     public subscript(name: String) -> String? {
-        let lower = name.lowercased()
-        return fields.last { $0.name.lowercased() == lower }?.value
+        fields.last { HTTPHeaders.sameName($0.name, name) }?.value
+    }
+
+    static func sameName(_ a: String, _ b: String) -> Bool {
+        let x = a.utf8, y = b.utf8
+        guard x.count == y.count else { return false }
+        for (p, q) in zip(x, y) where p != q {
+            // ASCII letters differ by 0x20 between cases.
+            guard p | 0x20 == q | 0x20, (p | 0x20) >= 0x61, (p | 0x20) <= 0x7A else { return false }
+        }
+        return true
     }
 }
 

@@ -1,0 +1,348 @@
+import Descartes
+import Glibc
+import Synchronization
+
+/// `descartes bench`: runs many requests through one provider the way a
+/// Swift caller does (`ProviderFactory` -> the plugin through the C ABI ->
+/// `ModelBackend.complete` / `stream`) and reports what it cost: requests per
+/// second, per-request latency, peak RSS, the most threads the process had,
+/// and whether every answer's text equals an expected file byte for byte.
+/// `make bench` (bench/run.py) drives it against a local nginx and compares it
+/// with a C client (bench/baseline.c) doing the same work; docs/benchmarks.md.
+enum BenchCommand {
+    static let options: [Arguments.Option] = [
+        .init(names: ["--provider", "-p"], takesValue: true),
+        .init(names: ["--model", "-m"], takesValue: true),
+        .init(names: ["--set"], takesValue: true, repeatable: true),
+        .init(names: ["--stream"], takesValue: false),
+        .init(names: ["--requests", "-n"], takesValue: true),
+        .init(names: ["--concurrency", "-c"], takesValue: true),
+        .init(names: ["--warmup"], takesValue: true),
+        .init(names: ["--session"], takesValue: false),
+        .init(names: ["--expect"], takesValue: true),
+        .init(names: ["--prompt"], takesValue: true),
+        .init(names: ["--timeout"], takesValue: true),
+        .init(names: ["--json"], takesValue: false),
+    ]
+
+    struct Settings {
+        var requests = 100
+        var concurrency = 1
+        var warmup = 1
+        var streaming = false
+        var session = false
+        var request = ModelRequest(prompt: "Say hello to the benchmark in one short sentence.")
+    }
+
+    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
+        let args: Arguments
+        var s = Settings()
+        let config: [String: JSONValue]
+        do throws(UsageError) {
+            args = try Arguments(raw, command: "bench", options: options)
+            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "bench") }
+            guard args.positional.isEmpty else { throw UsageError("unexpected argument '\(args.positional[0])' (the prompt is --prompt TEXT)", command: "bench") }
+            config = try Commands.settings(args)
+            s.requests = try args.int("--requests") ?? s.requests
+            s.concurrency = try args.int("--concurrency") ?? s.concurrency
+            s.warmup = try args.int("--warmup") ?? s.warmup
+            guard s.requests > 0 else { throw UsageError("--requests must be positive", command: "bench") }
+            guard s.concurrency > 0 else { throw UsageError("--concurrency must be positive", command: "bench") }
+            guard s.warmup >= 0 else { throw UsageError("--warmup must not be negative", command: "bench") }
+            s.streaming = args.flag("--stream")
+            s.session = args.flag("--session")
+            if s.session && s.concurrency > 1 { throw UsageError("--session runs one turn at a time (no --concurrency)", command: "bench") }
+            s.request = ModelRequest(prompt: args.value("--prompt") ?? "Say hello to the benchmark in one short sentence.", model: args.value("--model"))
+            if let t = try args.double("--timeout") {
+                guard t > 0 else { throw UsageError("--timeout must be positive", command: "bench") }
+                s.request.deadlines.total = .milliseconds(Int(t * 1000))
+            }
+        } catch { usageFailure(error) }
+        let json = args.flag("--json")
+        let provider = args.value("--provider")!
+        var expected: [UInt8]? = nil
+        if let file = args.value("--expect") {
+            do { expected = Array(try FileSystem.readText(file, limit: 1 << 30).utf8) } catch {
+                Out.err("Error: --expect: \(error)")
+                return .dataError
+            }
+        }
+
+        // The path `descartes complete` takes: providers.yaml and the
+        // environment, --set on top, the audit log if one is configured.
+        let factory = Commands.factory(globals)
+        let backend: any ModelBackend
+        do {
+            let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
+            Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory)
+            let created = try factory.backend(provider, overrides: config)
+            backend = try Commands.auditLog(factory.configuration).map { $0.wrap(created, plugin: plugin) } ?? created
+        } catch { failure(error, json: json) }
+
+        let outcome: Result<Report, ProviderError>
+        do {
+            outcome = .success(try await measure(backend, s))
+        } catch let e as ProviderError {
+            outcome = .failure(e)
+        } catch {
+            outcome = .failure(ProviderError(.backend, "\(error)", provider: provider))
+        }
+        await backend.shutdown()
+        var report: Report
+        switch outcome {
+        case .failure(let e): failure(e, json: json)
+        case .success(let r): report = r
+        }
+        if let expected {
+            report.textMatches = report.texts.allSatisfy { $0.utf8.elementsEqual(expected) }
+        }
+        if json {
+            Out.line(report.json(provider: provider, settings: s).jsonText)
+        } else {
+            Out.line(report.human(provider: provider, settings: s))
+        }
+        return report.textMatches == false ? .failure : .ok
+    }
+
+    // MARK: Measuring
+
+    struct Report {
+        var seconds: Double
+        var cpuSeconds: Double
+        var latencies: [Double]
+        var texts: [String]
+        var events: Int
+        var peakRSSKB: Int
+        var threadsPeak: Int
+        var firstTurn: Double?
+        var textMatches: Bool?
+
+        var textBytes: Int { texts.reduce(0) { $0 + $1.utf8.count } }
+
+        func stats() -> (median: Double, mean: Double, min: Double, max: Double) {
+            let l = latencies.sorted()
+            guard !l.isEmpty else { return (0, 0, 0, 0) }
+            return (l[l.count / 2], l.reduce(0, +) / Double(l.count), l[0], l[l.count - 1])
+        }
+
+        func json(provider: String, settings s: Settings) -> JSONValue {
+            let st = stats()
+            func ms(_ x: Double) -> JSONValue { .number((x * 1e6).rounded() / 1e3) }
+            var o: JSONObject = [
+                "tool": "descartes", "provider": .string(provider), "mode": .string(s.streaming ? "stream" : "complete"),
+                "requests": .integer(latencies.count), "concurrency": .integer(s.concurrency),
+                "seconds": .number((seconds * 1e6).rounded() / 1e6),
+                "requests_per_second": .number((Double(latencies.count) / seconds * 10).rounded() / 10),
+                "cpu_seconds": .number((cpuSeconds * 1e6).rounded() / 1e6),
+                "events": .integer(events), "text_bytes": .integer(textBytes),
+                "text_matches": textMatches.map { .bool($0) } ?? .null,
+                "peak_rss_kb": .integer(peakRSSKB), "threads_peak": .integer(threadsPeak),
+                "latency_ms": ["median": ms(st.median), "mean": ms(st.mean), "min": ms(st.min), "max": ms(st.max)],
+            ]
+            if let f = firstTurn { o["session_first_turn_ms"] = ms(f) }
+            return .object(o)
+        }
+
+        func human(provider: String, settings s: Settings) -> String {
+            let st = stats()
+            func ms(_ x: Double) -> String { fixed(x * 1000, 3) + " ms" }
+            var rows: [[String]] = [
+                ["provider", provider + (s.streaming ? " (stream)" : " (complete)") + (s.session ? ", session turns" : "")],
+                ["requests", "\(latencies.count), \(s.concurrency) at a time"],
+                ["wall time", fixed(seconds, 3) + " s (cpu " + fixed(cpuSeconds, 3) + " s)"],
+                ["rate", fixed(Double(latencies.count) / seconds, 1) + " requests/s"],
+                ["latency", "median \(ms(st.median)), mean \(ms(st.mean)), min \(ms(st.min)), max \(ms(st.max))"],
+                ["text", "\(textBytes) bytes in \(events) events" + (textMatches.map { $0 ? ", matches the expected text" : ", DIFFERS from the expected text" } ?? "")],
+                ["peak RSS", "\(peakRSSKB / 1024) MiB (\(peakRSSKB) KiB)"],
+                ["threads", "\(threadsPeak) at most"],
+            ]
+            if let f = firstTurn { rows.insert(["first turn", ms(f) + " (starts the session)"], at: 4) }
+            return Out.table(["measure", "value"], rows)
+        }
+    }
+
+    static func measure(_ backend: any ModelBackend, _ s: Settings) async throws -> Report {
+        // Warm-up: loads and initializes the plugin, opens a connection.
+        for _ in 0..<s.warmup { _ = try await once(backend, s.request, streaming: s.streaming) }
+
+        var first: Double? = nil
+        var template = s.request
+        if s.session {
+            var r = s.request
+            r.options["session"] = true
+            let start = ContinuousClock.now
+            let answer = try await once(backend, r, streaming: s.streaming)
+            first = (ContinuousClock.now - start).secondsDouble
+            guard let id = answer.response.metadata["session_id"]?.stringValue else {
+                throw ProviderError(.unsupportedFeature, "the provider started no session (no session_id in the answer's metadata)", provider: backend.name)
+            }
+            template.options["session_id"] = .string(id)
+        }
+
+        // Threads come and go only with concurrency; one request at a time
+        // is counted at the end (a sampling thread would also show up in
+        // callgrind profiles of a slowed-down process).
+        let sampler = s.concurrency > 1 ? ThreadSampler() : nil
+        let cpu0 = cpuSeconds()
+        let start = ContinuousClock.now
+        let results: [(latency: Double, answer: Answer)]
+        if s.concurrency == 1 {
+            var out: [(Double, Answer)] = []
+            out.reserveCapacity(s.requests)
+            for _ in 0..<s.requests {
+                let t = ContinuousClock.now
+                let a = try await once(backend, template, streaming: s.streaming)
+                out.append(((ContinuousClock.now - t).secondsDouble, a))
+            }
+            results = out
+        } else {
+            let next = Counter()
+            let request = template
+            let (total, streaming) = (s.requests, s.streaming)
+            results = try await withThrowingTaskGroup(of: [(Double, Answer)].self) { group in
+                for _ in 0..<min(s.concurrency, s.requests) {
+                    group.addTask {
+                        var mine: [(Double, Answer)] = []
+                        while next.value.add(1, ordering: .relaxed).oldValue < total {
+                            let t = ContinuousClock.now
+                            let a = try await once(backend, request, streaming: streaming)
+                            mine.append(((ContinuousClock.now - t).secondsDouble, a))
+                        }
+                        return mine
+                    }
+                }
+                var all: [(Double, Answer)] = []
+                for try await part in group { all += part }
+                return all
+            }
+        }
+        let seconds = (ContinuousClock.now - start).secondsDouble
+        let cpu = cpuSeconds() - cpu0
+        let threads = sampler?.stop() ?? ThreadSampler.count()
+        return Report(
+            seconds: seconds, cpuSeconds: cpu, latencies: results.map(\.latency), texts: results.map(\.answer.text),
+            events: results.reduce(0) { $0 + $1.answer.events }, peakRSSKB: ProcStatus.field("VmHWM"), threadsPeak: threads,
+            firstTurn: first)
+    }
+
+    final class Counter: Sendable {
+        let value = Atomic<Int>(0)
+    }
+
+    struct Answer: Sendable {
+        var text: String
+        var events: Int
+        var response: ModelResponse
+    }
+
+    /// One request as a caller makes it: a stream's text deltas joined as
+    /// they arrive, or a completion's content.
+    static func once(_ backend: any ModelBackend, _ request: ModelRequest, streaming: Bool) async throws -> Answer {
+        guard streaming else {
+            let r = try await backend.complete(request)
+            return Answer(text: r.content, events: 1, response: r)
+        }
+        var text = ""
+        var events = 0
+        for try await event in backend.stream(request) {
+            switch event {
+            case .textDelta(let t):
+                text += t
+                events += 1
+            case .finish(let r):
+                return Answer(text: text, events: events, response: r)
+            default:
+                break
+            }
+        }
+        throw ProviderError(.streamClosed, "the stream ended without a finish event", provider: backend.name)
+    }
+
+    static func cpuSeconds() -> Double {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+    }
+
+    static func fixed(_ x: Double, _ digits: Int) -> String {
+        var p = 1.0
+        for _ in 0..<digits { p *= 10 }
+        let v = Int((x * p).rounded())
+        let whole = v / Int(p)
+        var frac = String(abs(v % Int(p)))
+        while frac.count < digits { frac = "0" + frac }
+        return digits == 0 ? "\(whole)" : "\(whole).\(frac)"
+    }
+}
+
+extension Duration {
+    var secondsDouble: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    }
+}
+
+/// Counts the process's threads (/proc/self/status) every 10 ms on a thread
+/// of its own, which it leaves out of the count.
+final class ThreadSampler: @unchecked Sendable {
+    private let stopping = Atomic<Bool>(false)
+    private let peak = Atomic<Int>(0)
+    private var thread = pthread_t()
+
+    init() {
+        peak.store(Self.count(), ordering: .relaxed)
+        let me = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            let s = Unmanaged<ThreadSampler>.fromOpaque(arg!).takeRetainedValue()
+            while !s.stopping.load(ordering: .relaxed) {
+                let n = ThreadSampler.count() - 1
+                if n > s.peak.load(ordering: .relaxed) { s.peak.store(n, ordering: .relaxed) }
+                usleep(10_000)
+            }
+            return nil
+        }, me)
+    }
+
+    /// Stops sampling; returns the most threads seen (the sampler excluded).
+    func stop() -> Int {
+        stopping.store(true, ordering: .relaxed)
+        pthread_join(thread, nil)
+        return max(peak.load(ordering: .relaxed), Self.count())
+    }
+
+    static func count() -> Int { ProcStatus.field("Threads") }
+}
+
+/// A number from /proc/self/status: "Threads" (threads now), "VmHWM" (the
+/// peak RSS of this process image in KiB; not getrusage's ru_maxrss, which
+/// Linux carries over exec from the parent process).
+enum ProcStatus {
+    static func field(_ name: String) -> Int {
+        let fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> Int in
+            let n = read(fd, buf.baseAddress, buf.count)
+            guard n > 0 else { return 0 }
+            var key = "\n\(name):"
+            return key.withUTF8 { k -> Int in
+                var i = 0
+                outer: while i + k.count < n {
+                    for j in 0..<k.count where buf[i + j] != k[j] {
+                        i += 1
+                        continue outer
+                    }
+                    var j = i + k.count
+                    while j < n && (buf[j] == 0x20 || buf[j] == 0x09) { j += 1 }
+                    var v = 0
+                    while j < n && buf[j] >= 0x30 && buf[j] <= 0x39 {
+                        v = v * 10 + Int(buf[j] - 0x30)
+                        j += 1
+                    }
+                    return v
+                }
+                return 0
+            }
+        }
+    }
+}

@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""The benchmark suite (`make bench`): descartes against a C client doing the
+same work (bench/baseline.c, libcurl + cJSON), both against nginx on
+127.0.0.1 serving pre-generated bodies (bench/gen.py, bench/nginx.conf.in).
+Writes the table to docs/benchmarks.md and every run to
+build/bench/results.json.
+
+    bench/run.py [--runs 5] [--only 1,2,3,4,5,6] [--out docs/benchmarks.md]
+                 [--wait-quiet SECONDS] [--skip-build]
+    bench/run.py --profile sequential|stream-openai|stream-anthropic|stream-ollama|concurrent [--skip-build]
+
+Run it from the repository (make bench builds the release prefix first).
+Each workload runs descartes and the baseline alternately, --runs times
+each, and reports medians. See docs/benchmarks.md for what each one measures.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "build", "bench")
+DATA = os.path.join(BUILD, "data")
+PREFIX = os.path.join(ROOT, "build", "prefix")
+DESCARTES = os.path.join(PREFIX, "bin", "descartes")
+BASELINE = os.path.join(BUILD, "baseline")
+REPLAY = os.path.join(BUILD, "replay")
+KEY = "sk-bench-0123456789abcdef"
+PROMPT = "Say hello to the benchmark in one short sentence."
+
+SEQUENTIAL = 2000
+LONG_STREAM = 100_000
+CONCURRENT_STREAMS = 200
+CONCURRENT_CHUNKS = 2000
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, env=None, check=True, capture=True, cwd=None, input=None):
+    p = subprocess.run(cmd, env=env, cwd=cwd, input=input, stdout=subprocess.PIPE if capture else None,
+                       stderr=subprocess.PIPE if capture else None)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}\n{(p.stderr or b'').decode(errors='replace')[-3000:]}")
+    return p
+
+
+def run_json(cmd, env=None, cwd=None):
+    p = run(cmd, env=env, check=False, cwd=cwd)
+    out = p.stdout.decode(errors="replace").strip().splitlines()
+    if p.returncode != 0 or not out:
+        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}\nstdout: {p.stdout.decode(errors='replace')[-2000:]}\n"
+                           f"stderr: {p.stderr.decode(errors='replace')[-3000:]}")
+    return json.loads(out[-1])
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+# ---- setup --------------------------------------------------------------------
+
+def ensure_tools():
+    """nginx, hyperfine and libcjson-dev from Debian, installed if missing."""
+    need = []
+    if not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"):
+        need.append("nginx-light")
+    if not shutil.which("hyperfine"):
+        need.append("hyperfine")
+    if not os.path.exists("/usr/include/cjson/cJSON.h"):
+        need.append("libcjson-dev")
+    if not shutil.which("curl"):
+        need.append("curl")
+    if not need:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"bench: missing Debian packages: {' '.join(need)} (apt-get install them, or run as root)")
+    log(f"installing {' '.join(need)} from apt")
+    run(["apt-get", "update", "-qq"], capture=False)
+    run(["apt-get", "install", "-y", "-qq"] + need, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), capture=False)
+
+
+def build(skip):
+    os.makedirs(BUILD, exist_ok=True)
+    if not skip:
+        log("building the release prefix (make stage)")
+        run(["make", "--no-print-directory", "stage"], cwd=ROOT, capture=False)
+    cc = os.environ.get("CC", "cc")
+    run([cc, "-O2", "-Wall", "-Wextra", "-o", BASELINE, os.path.join(ROOT, "bench/baseline.c"), "-lcurl", "-lcjson"])
+    run([cc, "-O2", "-Wall", "-Wextra", "-o", REPLAY, os.path.join(ROOT, "bench/replay.c")])
+    log("generating the bodies (bench/gen.py)")
+    run([sys.executable, os.path.join(ROOT, "bench/gen.py"), DATA])
+
+
+class Nginx:
+    def __init__(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            os.makedirs(os.path.join(DATA, d), exist_ok=True)
+        conf = open(os.path.join(ROOT, "bench/nginx.conf.in")).read()
+        conf = conf.replace("@PREFIX@", DATA).replace("@PORT@", str(self.port))
+        if os.geteuid() != 0:
+            conf = conf.replace("user root;\n", "")
+        self.conf = os.path.join(DATA, "nginx.conf")
+        open(self.conf, "w").write(conf)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = subprocess.Popen([nginx, "-p", DATA, "-c", self.conf, "-e", os.path.join(DATA, "nginx-error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None:
+                    sys.exit(f"bench: nginx did not start: {self.proc.stderr.read().decode(errors='replace')}")
+                time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{self.port}"
+        log(f"nginx {self.nginx_version()} on {self.base}")
+
+    @staticmethod
+    def nginx_version():
+        p = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-v"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        return p.stderr.decode().strip().split("/")[-1]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ---- measuring --------------------------------------------------------------------
+
+class Suite:
+    def __init__(self, args, server):
+        self.args = args
+        self.server = server
+        self.rows = []        # the table
+        self.raw = {}         # every run, for results.json
+        self.notes = []       # what the table cannot say
+        self.commands = []    # one example command line per measurement
+        self.env = dict(os.environ, OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY, NO_COLOR="1")
+        self.env.pop("DESCARTES_PLUGIN_PATH", None)
+
+    def url(self, path):
+        return self.server.base + path
+
+    def expect(self, name):
+        return os.path.join(DATA, "expected", name)
+
+    def pair(self, key, descartes_cmd, baseline_cmd, cwd=None):
+        """Runs both commands alternately; returns ([descartes results], [baseline results])."""
+        self.commands.append((key, descartes_cmd, baseline_cmd))
+        d, b = [], []
+        for i in range(self.args.runs):
+            order = [(descartes_cmd, d), (baseline_cmd, b)]
+            if i % 2:
+                order.reverse()
+            for cmd, into in order:
+                r = run_json(cmd, env=self.env, cwd=cwd)
+                if r.get("text_matches") is False:
+                    raise RuntimeError(f"{key}: the joined text differs from the expected text: {' '.join(cmd)}")
+                into.append(r)
+        self.raw[key] = {"descartes": d, "baseline": b}
+        return d, b
+
+    def row(self, workload, measure, ours, theirs, unit, target, met, ratio=None, fmt="{:,.0f}"):
+        self.rows.append({
+            "workload": workload, "measure": measure, "unit": unit,
+            "descartes": fmt.format(ours) if isinstance(ours, (int, float)) else ours,
+            "reference": fmt.format(theirs) if isinstance(theirs, (int, float)) else theirs,
+            "ratio": ratio, "target": target, "met": met,
+        })
+
+    # 1 -------------------------------------------------------------------------------
+    def sequential(self):
+        log(f"workload 1: {SEQUENTIAL} sequential completions")
+        base = "/openai/complete/v1"
+        d, b = self.pair(
+            "1-sequential",
+            [DESCARTES, "bench", "-p", "openai", "--set", f"endpoint={self.url(base)}", "-n", str(SEQUENTIAL),
+             "--prompt", PROMPT, "--expect", self.expect("complete.txt"), "--json"],
+            [BASELINE, "complete", self.url(base + "/chat/completions"), str(SEQUENTIAL), "--expect", self.expect("complete.txt")])
+        ours, theirs = median([r["requests_per_second"] for r in d]), median([r["requests_per_second"] for r in b])
+        ratio = ours / theirs
+        self.row("1. 2,000 sequential non-streaming completions", "requests/s", ours, theirs, "req/s", ">= 0.5x", ratio >= 0.5, ratio)
+        self.row("", "median latency", median([r["latency_ms"]["median"] for r in d]), median([r["latency_ms"]["median"] for r in b]),
+                 "ms", "", None, fmt="{:.3f} ms")
+        self.row("", "CPU time", median([r["cpu_seconds"] for r in d]), median([r["cpu_seconds"] for r in b]), "s", "", None,
+                 fmt="{:.3f} s")
+
+    # 2 -------------------------------------------------------------------------------
+    def long_streams(self):
+        n = LONG_STREAM
+        for fmt, label, path, tail in (
+            ("openai", "OpenAI SSE", f"/openai/stream-{n}/v1", "/chat/completions"),
+            ("anthropic", "Anthropic SSE", f"/anthropic/stream-{n}/v1", "/messages"),
+            ("ollama", "Ollama NDJSON", f"/ollama/stream-{n}", "/api/chat"),
+        ):
+            if fmt == "ollama" and not self.has_plugin("ollama"):
+                self.notes.append("Workload 2, Ollama NDJSON: not run, the ollama plugin is not built in this tree.")
+                continue
+            log(f"workload 2: one stream of {n:,} chunks, {label}")
+            d, b = self.pair(
+                f"2-stream-{fmt}",
+                [DESCARTES, "bench", "-p", fmt, "--set", f"endpoint={self.url(path)}", "--stream", "-n", "1",
+                 "--prompt", PROMPT, "--expect", self.expect(f"{fmt}-{n}.txt"), "--json"] + self.model_args(fmt),
+                [BASELINE, "stream", fmt, self.url(path + tail), "1", "--expect", self.expect(f"{fmt}-{n}.txt")])
+            ours = n / median([r["seconds"] for r in d])
+            theirs = n / median([r["seconds"] for r in b])
+            ratio = ours / theirs
+            self.row(f"2. one stream of 100,000 chunks, {label}", "chunks/s", ours, theirs, "chunks/s", ">= 0.5x", ratio >= 0.5, ratio)
+            rss, brss = median([r["peak_rss_kb"] for r in d]) / 1024, median([r["peak_rss_kb"] for r in b]) / 1024
+            self.row("", "peak RSS", rss, brss, "MiB", "< 30 MB", rss * 1.048576 < 30, fmt="{:.1f} MiB")
+            self.row("", "CPU time", median([r["cpu_seconds"] for r in d]), median([r["cpu_seconds"] for r in b]), "s", "", None,
+                     fmt="{:.3f} s")
+
+    # 3 -------------------------------------------------------------------------------
+    def concurrent(self):
+        k, n = CONCURRENT_STREAMS, CONCURRENT_CHUNKS
+        log(f"workload 3: {k} concurrent streams of {n:,} chunks")
+        path = f"/openai/stream-{n}/v1"
+        d, b = self.pair(
+            "3-concurrent",
+            [DESCARTES, "bench", "-p", "openai", "--set", f"endpoint={self.url(path)}", "--stream", "-n", str(k), "-c", str(k),
+             "--prompt", PROMPT, "--expect", self.expect(f"openai-{n}.txt"), "--json"],
+            [BASELINE, "stream", "openai", self.url(path + "/chat/completions"), str(k), "--concurrency", str(k),
+             "--expect", self.expect(f"openai-{n}.txt")])
+        total = k * n
+        ours, theirs = total / median([r["seconds"] for r in d]), total / median([r["seconds"] for r in b])
+        ratio = ours / theirs
+        self.row(f"3. {k} concurrent streams of 2,000 chunks (OpenAI SSE)", "total chunks/s", ours, theirs, "chunks/s", ">= 0.5x",
+                 ratio >= 0.5, ratio)
+        threads = max(r["threads_peak"] for r in d)
+        self.row("", "threads (most seen)", threads, max(r["threads_peak"] for r in b), "", "<= 8", threads <= 8, fmt="{}")
+        rss, brss = median([r["peak_rss_kb"] for r in d]) / 1024, median([r["peak_rss_kb"] for r in b]) / 1024
+        self.row("", "peak RSS", rss, brss, "MiB", "< 3x baseline", rss < 3 * brss, rss / brss, fmt="{:.1f} MiB")
+        self.row("", "CPU time", median([r["cpu_seconds"] for r in d]), median([r["cpu_seconds"] for r in b]), "s", "", None,
+                 fmt="{:.3f} s")
+
+    # 4, 5 --------------------------------------------------------------------------
+    def hyperfine(self, key, commands, runs=None):
+        """Median wall time in ms of each command (hyperfine, no shell)."""
+        out = os.path.join(BUILD, f"hyperfine-{key}.json")
+        runs = runs or max(30, self.args.runs * 6)
+        cmd = ["hyperfine", "-N", "--warmup", "5", "--runs", str(runs), "--export-json", out, "--style", "none"]
+        cmd += commands
+        run(cmd, env=self.env)
+        res = json.load(open(out))["results"]
+        self.raw[key] = res
+        self.commands.append((key, cmd[:-len(commands)] + [f"'{c}'" for c in commands], None))
+        return [r["median"] * 1000 for r in res]
+
+    def cold_start(self):
+        log("workload 4: cold start")
+        version, listing, curl = self.hyperfine("4-cold-start", [
+            f"{DESCARTES} --version", f"{DESCARTES} plugins list", "curl --version"])
+        manifests = len([f for f in os.listdir(os.path.join(PREFIX, "lib/descartes/plugins")) if f.endswith(".yaml")])
+        self.row("4. cold start: `descartes --version`", "wall time", f"{version:.2f} ms", f"{curl:.2f} ms (curl --version)", "ms",
+                 "<= 2x", version <= 2 * curl, version / curl)
+        self.row(f"4. cold start: `descartes plugins list` ({manifests} manifests)", "wall time", f"{listing:.2f} ms",
+                 f"{curl:.2f} ms (curl --version)", "ms", "<= 2x", listing <= 2 * curl, listing / curl)
+
+    def one_shot(self):
+        log("workload 5: one-shot CLI")
+        base = self.url("/openai/complete/v1")
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}], "stream": False})
+        ours, curl = self.hyperfine("5-one-shot", [
+            f"{DESCARTES} complete -p openai --set endpoint={base} '{PROMPT}'",
+            f"curl -sS -X POST {base}/chat/completions -H 'Authorization: Bearer {KEY}' -H 'Content-Type: application/json' -d '{body}'",
+        ])
+        self.row("5. one-shot `descartes complete` (plugin load included)", "wall time", f"{ours:.2f} ms",
+                 f"{curl:.2f} ms (curl, same request)", "ms", "<= 3x", ours <= 3 * curl, ours / curl)
+
+    # 6 -------------------------------------------------------------------------------
+    def headless(self):
+        claude_sh = os.path.join(os.path.dirname(ROOT), "shared", "tools", "claude-cli.sh")
+        claude = os.environ.get("DESCARTES_CLAUDE")
+        if not claude and os.path.exists(claude_sh):
+            p = run([claude_sh], check=False)
+            if p.returncode == 0:
+                claude = p.stdout.decode().strip()
+        if not claude or not os.path.exists(claude):
+            self.notes.append("Workload 6: not run, no claude binary (set DESCARTES_CLAUDE or provide ../shared/tools/claude-cli.sh).")
+            return
+        home = tempfile.mkdtemp(prefix="descartes-bench-home-")
+        work = tempfile.mkdtemp(prefix="descartes-bench-work-")
+        os.makedirs(os.path.join(home, "tmp"))
+        quiet = {
+            "HOME": home, "TMPDIR": os.path.join(home, "tmp"), "ANTHROPIC_BASE_URL": self.url("/claude"),
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1",
+        }
+        stdin = os.path.join(BUILD, "claude-stdin.jsonl")
+        open(stdin, "w").write(json.dumps({"type": "user", "message": {"role": "user", "content": PROMPT}}) + "\n")
+        # The command line the plugin runs for a non-streamed request with
+        # `tools` set to none (Plugins/ClaudeCode/ClaudeRequest.swift).
+        args = ["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json", "--tools=",
+                "--no-session-persistence"]
+        direct_env = dict(self.env, **quiet)
+        direct_env["ANTHROPIC_API_KEY"] = KEY
+        # Record a real claude's output once, for the replay stand-in.
+        replay_file = os.path.join(BUILD, "claude-replay.jsonl")
+        p = run([claude] + args, env=direct_env, cwd=work, input=open(stdin, "rb").read())
+        open(replay_file, "wb").write(p.stdout)
+
+        def plugin_cmd(command, n, extra_env, session=False):
+            env_map = ",".join(f"{k}={v}" for k, v in dict(quiet, **extra_env).items())
+            return [DESCARTES, "bench", "-p", "claude-code-cli", "--set", f"command={command}", "--set", "tools=",
+                    "--set", f"cwd={work}", "--set", f"env={env_map}", "--set", "max_retries=0", "-n", str(n),
+                    "--prompt", PROMPT, "--json"] + (["--session"] if session else [])
+
+        # (a) The replay stand-in: the plugin's own cost, precisely.
+        n = 100
+        log(f"workload 6: claude-code-cli over a replayed claude, {n} requests")
+        renv = {"DESCARTES_BENCH_REPLAY": replay_file}
+        self.env.update(renv)
+        d, b = self.pair("6-headless-replay", plugin_cmd(REPLAY, n, renv), [BASELINE, "spawn", str(n), stdin, "--", REPLAY] + args,
+                         cwd=work)
+        for k in renv:
+            self.env.pop(k)
+        ours, theirs = median([r["latency_ms"]["median"] for r in d]), median([r["latency_ms"]["median"] for r in b])
+        self.row("6. headless: claude-code-cli plugin vs the same command run directly (replayed claude output)",
+                 "added per request", f"{ours - theirs:.2f} ms", f"{ours:.2f} vs {theirs:.2f} ms per request", "ms", "< 5 ms",
+                 ours - theirs < 5)
+
+        # (b) The real claude: the same comparison, in Claude Code's noise.
+        n = max(5, self.args.runs)
+        log(f"workload 6: claude-code-cli over the real claude, {n} requests per run")
+        saved = dict(self.env)
+        self.env.update(direct_env)
+        d, b = self.pair("6-headless-claude", plugin_cmd(claude, n, {}), [BASELINE, "spawn", str(n), stdin, "--", claude] + args,
+                         cwd=work)
+        self.env = saved
+        ours = median([x for r in d for x in [r["latency_ms"]["median"]]])
+        theirs = median([x for r in b for x in [r["latency_ms"]["median"]]])
+        self.row("6. headless: the same with the real claude", "added per request", f"{ours - theirs:+.1f} ms",
+                 f"{ours:.0f} vs {theirs:.0f} ms per request", "ms", "< 5 ms", None)
+        self.notes.append(
+            "Workload 6 with the real claude: Claude Code takes about a second of CPU to start, and its run-to-run spread "
+            "is much larger than 5 ms; the replayed row measures the plugin's cost without that noise, the real row shows "
+            "the same comparison as a user sees it.")
+
+        # (c) Session mode: a later turn against a fresh spawn.
+        log("workload 6: session turns against fresh spawns")
+        self.env.update(direct_env)
+        turns = [run_json(plugin_cmd(claude, n, {}, session=True), env=self.env) for _ in range(self.args.runs)]
+        self.env = saved
+        self.raw["6-headless-session"] = turns
+        later = median([r["latency_ms"]["median"] for r in turns])
+        first = median([r["session_first_turn_ms"] for r in turns])
+        self.commands.append(("6-headless-session", plugin_cmd(claude, n, {}, session=True), None))
+        self.row("6. headless: session mode, a later turn vs a fresh spawn", "per request", f"{later:.0f} ms",
+                 f"{ours:.0f} ms (fresh spawn through the plugin; first session turn {first:.0f} ms)", "ms", "faster",
+                 later < ours, later / ours)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    # helpers ------------------------------------------------------------------------
+    def has_plugin(self, name):
+        return os.path.exists(os.path.join(PREFIX, "lib/descartes/plugins", f"{name}.yaml"))
+
+    @staticmethod
+    def model_args(fmt):
+        return ["-m", "llama3.2:1b"] if fmt == "ollama" else []
+
+
+# ---- profiles (callgrind) ------------------------------------------------------------
+
+def profile(name, server):
+    """Instruction counts per request (or per chunk) of descartes and the
+    baseline under callgrind, and the functions that account for them: each
+    side runs a small and a large count, and the difference is divided by the
+    extra units, so start-up and plugin loading drop out. Instruction counts
+    do not depend on what else the machine is doing."""
+    prof = os.path.join(BUILD, "profile-prefix")
+    shutil.rmtree(prof, ignore_errors=True)
+    shutil.copytree(PREFIX, prof, symlinks=True)
+    # valgrind 3.19 cannot read the DWARF 5 that swiftc writes: keep the
+    # symbols, drop the debug sections.
+    for d, _, files in os.walk(prof):
+        for f in files:
+            if f.endswith(".so") or d.endswith("/bin"):
+                run(["strip", "--strip-debug", os.path.join(d, f)])
+    exe = os.path.join(prof, "bin", "descartes")
+    u = server.base
+    if name == "sequential":
+        small, large, unit = 1, 1001, "request"
+        ours = lambda n: [exe, "bench", "-p", "openai", "--set", f"endpoint={u}/openai/complete/v1", "-n", str(n), "--json"]
+        theirs = lambda n: [BASELINE, "complete", f"{u}/openai/complete/v1/chat/completions", str(n)]
+    elif name.startswith("stream-"):
+        fmt = name.split("-", 1)[1]
+        path, tail = {"openai": ("/openai/stream-{}/v1", "/chat/completions"),
+                      "anthropic": ("/anthropic/stream-{}/v1", "/messages"),
+                      "ollama": ("/ollama/stream-{}", "/api/chat")}[fmt]
+        small, large, unit = 2000, 100_000, "chunk"
+        ours = lambda n: [exe, "bench", "-p", fmt, "--set", f"endpoint={u}{path.format(n)}", "--stream", "-n", "1",
+                          "--json"] + Suite.model_args(fmt)
+        theirs = lambda n: [BASELINE, "stream", fmt, f"{u}{path.format(n)}{tail}", "1"]
+    elif name == "concurrent":
+        small, large, unit = 1, 200, "stream of 2,000 chunks"
+        ours = lambda n: [exe, "bench", "-p", "openai", "--set", f"endpoint={u}/openai/stream-2000/v1", "--stream", "-n", str(n),
+                          "-c", str(n), "--json"]
+        theirs = lambda n: [BASELINE, "stream", "openai", f"{u}/openai/stream-2000/v1/chat/completions", str(n), "--concurrency", str(n)]
+    else:
+        sys.exit(f"bench: no profile named {name}")
+    env = dict(os.environ, OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
+    report = []
+    for who, cmd in (("descartes", ours), ("baseline", theirs)):
+        outs = []
+        for n in (small, large):
+            out = os.path.join(BUILD, f"callgrind-{name}-{who}-{n}.out")
+            p = run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd(n), env=env, check=False)
+            if p.returncode != 0:
+                sys.exit(f"bench: {' '.join(cmd(n))} under callgrind failed:\n{p.stderr.decode(errors='replace')[-2000:]}")
+            outs.append(out)
+        a, b = callgrind_functions(outs[0]), callgrind_functions(outs[1])
+        units = large - small
+        diff = {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b)}
+        total = sum(diff.values())
+        report.append(f"{who}: {total / units:,.0f} instructions per {unit} "
+                      f"(callgrind, {large} minus {small}; files {os.path.relpath(outs[1], ROOT)})")
+        for k, v in sorted(diff.items(), key=lambda kv: -kv[1])[:30 if who == "descartes" else 12]:
+            report.append(f"  {v / units:10,.0f}  {k[:150]}")
+        report.append("")
+    text = "\n".join(report)
+    open(os.path.join(BUILD, f"profile-{name}.txt"), "w").write(text)
+    print(text)
+
+
+def callgrind_functions(path):
+    """Self cost of every function in a callgrind output file."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True, text=True).stdout
+    d = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)", line)
+        if m and "PROGRAM TOTALS" not in line:
+            d[m.group(2)] = d.get(m.group(2), 0) + int(m.group(1).replace(",", ""))
+    return d
+
+
+# ---- the document -----------------------------------------------------------------
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode().splitlines()[0]
+        except Exception:
+            return "?"
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+        "swift": first_line(["swift", "--version"]), "curl": first_line(["curl", "--version"]),
+        "nginx": Nginx.nginx_version(),
+        "cjson": first_line(["dpkg-query", "-W", "-f", "${Version}", "libcjson-dev"]),
+        "hyperfine": first_line(["hyperfine", "--version"]),
+    }
+
+
+def shorten(cmd):
+    s = " ".join(c if c and " " not in c and "'" not in c else "'" + c.replace("'", "'\\''") + "'" for c in cmd)
+    return s.replace(ROOT + "/", "")
+
+
+def write_doc(suite, path, info, load_before, load_after, started, elapsed):
+    lines = []
+    w = lines.append
+    w("# Benchmarks")
+    w("")
+    w("Generated by `make bench` (bench/run.py); do not edit by hand. What each workload measures, how to")
+    w("read it and how to rerun one piece is in the sections after the table.")
+    w("")
+    w(f"- When: {started} UTC, {elapsed:.0f} s for the whole suite, {suite.args.runs} runs of each measurement (medians).")
+    w(f"- Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}.")
+    w(f"- Load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_before)} before, "
+      f"{', '.join(f'{x:.2f}' for x in load_after)} after.")
+    w(f"- Toolchain: {info['swift']}; {info['curl']}; nginx {info['nginx']}; cJSON {info['cjson']}; {info['hyperfine']}.")
+    w("")
+    w("| workload | measure | descartes | C baseline / reference | ratio | target | met |")
+    w("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in suite.rows:
+        ratio = f"{r['ratio']:.2f}x" if isinstance(r["ratio"], float) else ""
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        w(f"| {r['workload']} | {r['measure']} | {r['descartes']} | {r['reference']} | {ratio} | {r['target']} | {met} |")
+    w("")
+    for n in suite.notes:
+        w(f"- {n}")
+    if suite.notes:
+        w("")
+    w("## The commands that made these numbers")
+    w("")
+    w("With nginx from bench/nginx.conf.in on the port shown (run.py picks a free one) and the bodies of")
+    w("bench/gen.py under build/bench/data; descartes is the release build staged by `make stage`.")
+    w("")
+    w("```sh")
+    for key, ours, theirs in suite.commands:
+        w(f"# {key}")
+        w(shorten(ours))
+        if theirs:
+            w(shorten(theirs))
+    w("```")
+    w("")
+    doc = open(path).read() if os.path.exists(path) else ""
+    marker = "<!-- the rest of this file is kept by bench/run.py -->"
+    rest = doc.split(marker, 1)[1] if marker in doc else ""
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + marker + rest)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", default="1,2,3,4,5,6")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="wait up to this long for a 1-minute load average under 1.5 before measuring")
+    ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--profile", metavar="WORKLOAD", help="callgrind instruction counts instead of timings")
+    args = ap.parse_args()
+    only = {int(x) for x in args.only.split(",") if x}
+
+    t0 = time.time()
+    ensure_tools()
+    build(args.skip_build)
+    if args.profile:
+        server = Nginx()
+        try:
+            profile(args.profile, server)
+        finally:
+            server.stop()
+        return
+    if args.wait_quiet > 0:
+        end = time.time() + args.wait_quiet
+        while os.getloadavg()[0] >= 1.5 and time.time() < end:
+            log(f"waiting for a quiet machine (load {os.getloadavg()[0]:.2f})")
+            time.sleep(20)
+    started = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
+    load_before = os.getloadavg()
+    server = Nginx()
+    suite = Suite(args, server)
+    try:
+        if 1 in only:
+            suite.sequential()
+        if 2 in only:
+            suite.long_streams()
+        if 3 in only:
+            suite.concurrent()
+        if 4 in only:
+            suite.cold_start()
+        if 5 in only:
+            suite.one_shot()
+        if 6 in only:
+            suite.headless()
+    finally:
+        server.stop()
+    load_after = os.getloadavg()
+    elapsed = time.time() - t0
+    info = machine()
+    with open(os.path.join(BUILD, "results.json"), "w") as f:
+        json.dump({"machine": info, "load_before": load_before, "load_after": load_after, "runs": suite.raw,
+                   "rows": suite.rows}, f, indent=1)
+    write_doc(suite, args.out, info, load_before, load_after, started, elapsed)
+    for r in suite.rows:
+        ratio = f"{r['ratio']:.2f}x" if isinstance(r["ratio"], float) else ""
+        met = {True: "ok", False: "MISSED", None: ""}[r["met"]]
+        print(f"{r['workload'][:60]:60} {r['measure']:20} {r['descartes']:>16} {r['reference'][:40]:>40} {ratio:>7} {r['target']:>14} {met}")
+    log(f"done in {elapsed:.0f} s; table in {os.path.relpath(args.out, ROOT)}, every run in build/bench/results.json")
+
+
+if __name__ == "__main__":
+    main()
