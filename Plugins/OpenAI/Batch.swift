@@ -17,26 +17,11 @@ import Glibc
 
 extension OpenAIBackend: DescartesBatchBackend {
     func submitBatch(_ requests: [BatchRequest], _ call: PluginCall) {
+        // The upload is built outside the async closure: Swift 6.3's
+        // optimizer crashed (signal 11, splitting the coroutine) on the
+        // release build when the loop lived inside it.
+        let (form, boundary) = Self.batchUpload(requests, options: chat.server.requestOptions)
         run(call) { [self] in
-            var lines: [UInt8] = []
-            for r in requests {
-                var w = JSONWriter(capacity: 512)
-                w.beginObject()
-                w.field("custom_id", r.customID)
-                w.field("method", "POST")
-                w.field("url", "/v1/chat/completions")
-                w.key("body")
-                w.raw(ChatRequest.encode(r.request, stream: false, options: chat.server.requestOptions))
-                w.endObject()
-                lines += w.bytes
-                lines.append(10)
-            }
-            let boundary = "descartes-\(UInt64.random(in: 0...UInt64.max))"
-            var form: [UInt8] = []
-            form += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n".utf8)
-            form += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"file\"; filename=\"batch.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n".utf8)
-            form += lines
-            form += Array("\r\n--\(boundary)--\r\n".utf8)
             let file = try await json("POST", "files", body: form, contentType: "multipart/form-data; boundary=\(boundary)")
             guard let fileID = file["id"]?.stringValue else {
                 throw ProviderError(.invalidResponse, "POST files: no file id in \(Wire.excerpt(file.jsonText))")
@@ -46,6 +31,30 @@ extension OpenAIBackend: DescartesBatchBackend {
             ]
             return try Self.batchStatus(try await json("POST", "batches", body: create.jsonBytes, contentType: "application/json"))
         }
+    }
+
+    /// The files API upload: one JSON line per request, as multipart form data.
+    static func batchUpload(_ requests: [BatchRequest], options: ChatRequestOptions) -> (form: [UInt8], boundary: String) {
+        var lines: [UInt8] = []
+        for r in requests {
+            var w = JSONWriter(capacity: 512)
+            w.beginObject()
+            w.field("custom_id", r.customID)
+            w.field("method", "POST")
+            w.field("url", "/v1/chat/completions")
+            w.key("body")
+            w.raw(ChatRequest.encode(r.request, stream: false, options: options))
+            w.endObject()
+            lines += w.bytes
+            lines.append(10)
+        }
+        let boundary = "descartes-\(UInt64.random(in: 0...UInt64.max))"
+        var form: [UInt8] = []
+        form += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n".utf8)
+        form += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"file\"; filename=\"batch.jsonl\"\r\nContent-Type: application/jsonl\r\n\r\n".utf8)
+        form += lines
+        form += Array("\r\n--\(boundary)--\r\n".utf8)
+        return (form, boundary)
     }
 
     func batchStatus(id: String, _ call: PluginCall) {
