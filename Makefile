@@ -114,10 +114,12 @@ else
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
 endif
 
-# Everything a fresh machine needs, the test suite, and the fuzz targets
-# briefly: what CI runs.
+# Everything a fresh machine needs, the test suite, the fuzz targets
+# briefly, and the README's first command (the release build, which the
+# optimizer can break where the debug build is fine): what CI runs.
 check: test-deps
 	$(MAKE) --no-print-directory test
+	$(MAKE) --no-print-directory run
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15
 
 # libFuzzer targets (Fuzz/*.swift) against the package's own modules with
