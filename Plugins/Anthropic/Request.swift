@@ -122,7 +122,8 @@ enum AnthropicRequest {
             case .system:
                 continue
             case .user:
-                add("user", m.content.isEmpty ? [] : [["type": "text", "text": .string(m.content)]])
+                // Images first, then the text, as Anthropic's guide advises.
+                add("user", m.images.map(\.anthropicBlock) + (m.content.isEmpty ? [] : [["type": "text", "text": .string(m.content)]]))
             case .tool:
                 var block: JSONObject = ["type": "tool_result", "tool_use_id": .string(m.toolCallID ?? "")]
                 if !m.content.isEmpty { block["content"] = .string(m.content) }

@@ -145,9 +145,12 @@ struct ClaudeInput {
     /// request is one turn.
     var stdinLines: [UInt8] {
         let content: JSONValue =
-            newTurn.count == 1
+            newTurn.count == 1 && newTurn[0].images.isEmpty
             ? .string(newTurn[0].content)
-            : .array(newTurn.map { ["type": "text", "text": .string($0.content)] })
+            : .array(newTurn.flatMap { m in
+                // Images before their message's text, as the Messages API advises.
+                m.images.map(\.anthropicBlock) + (m.content.isEmpty ? [] : [["type": "text", "text": .string(m.content)]])
+            })
         var out = JSONValue.object(["type": "user", "message": ["role": "user", "content": content]]).jsonBytes
         out.append(0x0A)
         return out
@@ -187,7 +190,11 @@ struct ClaudeInput {
                 ])
             case .user:
                 flushResults()
-                entry("user", ["role": "user", "content": .string(m.content)])
+                let content: JSONValue =
+                    m.images.isEmpty
+                    ? .string(m.content)
+                    : .array(m.images.map(\.anthropicBlock) + (m.content.isEmpty ? [] : [["type": "text", "text": .string(m.content)]]))
+                entry("user", ["role": "user", "content": content])
             case .assistant:
                 flushResults()
                 var blocks: [JSONValue] = []

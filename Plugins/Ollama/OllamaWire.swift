@@ -61,6 +61,17 @@ enum OllamaWire {
                 }
             default:
                 if let n = m.name { w.field("name", n) }
+                if !m.images.isEmpty {
+                    // Ollama takes the bytes only (base64), no URL.
+                    w.beginArray(key: "images")
+                    for (j, image) in m.images.enumerated() {
+                        guard case .data(_, let b64) = image.source else {
+                            throw ProviderError(.unsupportedFeature, "messages[\(i)].images[\(j)]: Ollama takes an image's bytes, not a URL: download it and send the data")
+                        }
+                        w.value(b64)
+                    }
+                    w.endArray()
+                }
             }
             w.endObject()
         }

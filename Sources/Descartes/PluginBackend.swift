@@ -106,6 +106,23 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         }
     }
 
+    /// What the host checks of a request before any plugin sees it: images
+    /// only on user messages, and only for a plugin whose manifest says it
+    /// takes them (`vision`), so none is dropped silently by a plugin that
+    /// does not know the member.
+    func checkRequest(_ r: ModelRequest) throws(ProviderError) {
+        guard let i = r.messages.firstIndex(where: { !$0.images.isEmpty }) else { return }
+        if let j = r.messages.firstIndex(where: { !$0.images.isEmpty && $0.role != .user }) {
+            throw ProviderError(.api, "messages[\(j)] (\(r.messages[j].role.rawValue)): only user messages carry images", provider: name)
+        }
+        if !manifest.capabilities.contains("vision") {
+            throw ProviderError(
+                .unsupportedFeature,
+                "'\(name)' does not take images (messages[\(i)] has \(r.messages[i].images.count)): its manifest \(manifest.file) lists no 'vision' capability",
+                provider: name)
+        }
+    }
+
     func healthCheck() async throws -> HealthReport {
         try checkOpen()
         try await initialize()
@@ -158,6 +175,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     func complete(_ request: ModelRequest) async throws -> ModelResponse {
         try checkOpen()
+        try checkRequest(request)
         try await initialize()
         var request = request
         request.deadlines = effectiveDeadlines(request)
@@ -174,6 +192,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         let task = Task { [self] in
             do {
                 try checkOpen()
+                try checkRequest(req)
                 try await initialize()
                 let sink = StreamSink(continuation: continuation, decorate: { [self] r in decorate(r, request: req) })
                 _ = try await run(.stream, input: Wire.encode(req), deadlines: req.deadlines, streaming: sink)

@@ -33,13 +33,17 @@ public struct Message: Sendable, Hashable {
     /// when a provider needs them sent back on the next turn.
     public var reasoning: String?
     public var reasoningSignature: String?
+    /// For `user` messages: images shown to the model with the text. Only
+    /// providers whose manifest has the `vision` capability take them.
+    public var images: [ImageInput]
 
     public init(
         role: Role, content: String, toolCalls: [ToolCall] = [], toolCallID: String? = nil, name: String? = nil,
-        reasoning: String? = nil, reasoningSignature: String? = nil
+        reasoning: String? = nil, reasoningSignature: String? = nil, images: [ImageInput] = []
     ) {
         self.role = role
         self.content = content
+        self.images = images
         self.toolCalls = toolCalls
         self.toolCallID = toolCallID
         self.name = name
@@ -48,7 +52,9 @@ public struct Message: Sendable, Hashable {
     }
 
     public static func system(_ text: String) -> Message { Message(role: .system, content: text) }
-    public static func user(_ text: String) -> Message { Message(role: .user, content: text) }
+    public static func user(_ text: String, images: [ImageInput] = []) -> Message {
+        Message(role: .user, content: text, images: images)
+    }
     public static func assistant(_ text: String, toolCalls: [ToolCall] = []) -> Message {
         Message(role: .assistant, content: text, toolCalls: toolCalls)
     }

@@ -44,6 +44,20 @@ public enum Wire {
             w.field("name", m.name)
             w.field("reasoning", m.reasoning)
             w.field("reasoning_signature", m.reasoningSignature)
+            if !m.images.isEmpty {
+                w.beginArray(key: "images")
+                for image in m.images {
+                    w.beginObject()
+                    switch image.source {
+                    case .data(let type, let b64):
+                        w.field("media_type", type)
+                        w.field("data", b64)
+                    case .url(let u): w.field("url", u)
+                    }
+                    w.endObject()
+                }
+                w.endArray()
+            }
             w.endObject()
         }
         w.endArray()
@@ -95,6 +109,26 @@ public enum Wire {
         return w.bytes
     }
 
+    static func decodeImage(_ v: JSONValue, _ path: String) throws(WireError) -> ImageInput {
+        guard case .object(let o) = v else { throw WireError("\(path): expected an object") }
+        if let url = try string(o, "url", in: path) {
+            guard o["data"] == nil else { throw WireError("\(path): either \"url\" or \"data\", not both") }
+            guard url.hasPrefix("https://") || url.hasPrefix("http://") else {
+                throw WireError("\(path).url: expected an http(s) URL, got \"\(Wire.excerpt(url))\"")
+            }
+            return .url(url)
+        }
+        guard let data = try string(o, "data", in: path) else { throw WireError("\(path): missing \"data\" (base64) or \"url\"") }
+        guard let type = try string(o, "media_type", in: path) else { throw WireError("\(path): missing \"media_type\"") }
+        guard ImageInput.mediaTypes.contains(type) else {
+            throw WireError("\(path).media_type: \"\(Wire.excerpt(type))\" is not one of \(ImageInput.mediaTypes.sorted().joined(separator: ", "))")
+        }
+        guard !data.isEmpty, data.utf8.count % 4 == 0, Base64.decode(data) != nil else {
+            throw WireError("\(path).data: not base64 (standard alphabet, padded)")
+        }
+        return ImageInput(.data(mediaType: type, base64: data))
+    }
+
     static func writeToolCall(_ c: ToolCall, _ w: inout JSONWriter) {
         w.beginObject()
         w.field("id", c.id)
@@ -125,6 +159,11 @@ public enum Wire {
             msg.name = try string(mo, "name", in: path)
             msg.reasoning = try string(mo, "reasoning", in: path)
             msg.reasoningSignature = try string(mo, "reasoning_signature", in: path)
+            if let images = mo["images"] {
+                guard case .array(let ia) = images else { throw WireError("\(path).images: expected an array") }
+                guard ia.isEmpty || role == .user else { throw WireError("\(path).images: only user messages carry images") }
+                for (j, x) in ia.enumerated() { msg.images.append(try decodeImage(x, "\(path).images[\(j)]")) }
+            }
             r.messages.append(msg)
         }
         r.systemPrompt = try string(o, "system", in: "request")

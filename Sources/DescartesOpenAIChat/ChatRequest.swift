@@ -124,6 +124,24 @@ public enum ChatRequest {
         if m.role == .assistant && m.content.isEmpty && !m.toolCalls.isEmpty {
             w.key("content")
             w.null()
+        } else if !m.images.isEmpty {
+            // A user message with images: content parts, the text first.
+            w.beginArray(key: "content")
+            if !m.content.isEmpty {
+                w.beginObject()
+                w.field("type", "text")
+                w.field("text", m.content)
+                w.endObject()
+            }
+            for image in m.images {
+                w.beginObject()
+                w.field("type", "image_url")
+                w.beginObject(key: "image_url")
+                w.field("url", image.urlString)
+                w.endObject()
+                w.endObject()
+            }
+            w.endArray()
         } else {
             w.field("content", m.content)
         }

@@ -10,7 +10,7 @@ enum Commands {
         "plugins enable": "descartes plugins enable NAME [--system]",
         "plugins disable": "descartes plugins disable NAME [--system]",
         "complete":
-            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
+            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--image FILE|URL]... [--stream] [--json] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
         "models": "descartes models -p PROVIDER [--json] [--set KEY=VALUE]...",
         "health": "descartes health [-p PROVIDER] [--json] [--timeout SECONDS] [--set KEY=VALUE]...",
         "tokens": "descartes tokens -p PROVIDER [-m MODEL] [--system TEXT] [--json] [--set KEY=VALUE]... TEXT|-",
@@ -160,6 +160,8 @@ enum Commands {
               --tools FILE.json     Tools the model may call: a JSON array of
                                     {"name", "description", "parameters"} (parameters: a JSON Schema object)
               --tool-choice C       auto, none, required, or the name of the tool to call
+              --image FILE|URL      An image shown with the prompt (repeatable): a PNG, JPEG, GIF
+                                    or WebP file, or an http(s) URL; providers with 'vision' only
             \(ReliabilityOptions.help)
 
             With --json the response names the provider that answered and lists the failed attempts.

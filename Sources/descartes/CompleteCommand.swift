@@ -16,7 +16,19 @@ enum CompleteCommand {
         .init(names: ["--temperature"], takesValue: true),
         .init(names: ["--tools"], takesValue: true),
         .init(names: ["--tool-choice"], takesValue: true),
+        .init(names: ["--image"], takesValue: true, repeatable: true),
     ] + ReliabilityOptions.options
+
+    /// `--image FILE|URL`: a file's bytes (PNG, JPEG, GIF or WebP, read from
+    /// its first bytes) or an http(s) URL the provider fetches.
+    static func image(_ arg: String) throws(ToolsFile.Problem) -> ImageInput {
+        if arg.hasPrefix("https://") || arg.hasPrefix("http://") { return .url(arg) }
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.readBytes(arg, limit: 20 << 20) } catch {
+            throw ToolsFile.Problem(message: "--image \(arg): \(error)")
+        }
+        do { return try ImageInput(bytes: bytes) } catch { throw ToolsFile.Problem(message: "--image \(arg): \(error)") }
+    }
 
     static func readPrompt(_ args: Arguments, command: String = "complete") throws(UsageError) -> String {
         if args.positional == ["-"] {
@@ -79,6 +91,12 @@ enum CompleteCommand {
                 Out.err("Error: \(error.message)")
                 exit(ExitCode.dataError.rawValue)
             }
+        }
+        do throws(ToolsFile.Problem) {
+            for arg in args.all("--image") { request.messages[request.messages.count - 1].images.append(try image(arg)) }
+        } catch {
+            Out.err("Error: \(error.message)")
+            exit(ExitCode.dataError.rawValue)
         }
         let provider = args.value("--provider")!
         let json = args.flag("--json")

@@ -105,6 +105,24 @@ final class ClaudeHarness: @unchecked Sendable {
 }
 
 @Suite(.serialized, .timeLimit(.minutes(5))) struct ClaudeCodeTests {
+    @Test func anImageReachesTheAPIAsAnImageBlock() async throws {
+        let h = try await ClaudeHarness()
+        try await h.serve([ClaudeHarness.sse("messages-stream-text.sse")])
+        let b = try h.backend()
+        let image = try ImageInput(bytes: ImageTests.png)
+        let r = try await b.complete(ModelRequest(messages: [.user("What colour is this?", images: [image])], model: "claude-haiku-4-5"))
+        #expect(r.content == "Hello")
+        let seen = try await h.server.requests()
+        #expect(seen.count == 1)
+        let content = try #require(seen.first?.json?["messages"]?.arrayValue?.last?["content"]?.arrayValue)
+        let blocks = content.filter { $0["type"] != "text" || $0["text"]?.stringValue?.hasPrefix("<system-reminder>") != true }
+        #expect(blocks.first?["type"] == "image", "\(content)")
+        #expect(blocks.first?["source"]?["media_type"] == "image/png")
+        #expect(blocks.first?["source"]?["data"] == .string(ImageTests.pngBase64))
+        #expect(blocks.last?["text"] == "What colour is this?")
+        await b.shutdown()
+    }
+
     @Test func plainCompletion() async throws {
         let h = try await ClaudeHarness()
         try await h.serve([ClaudeHarness.sse("messages-stream-text.sse")])

@@ -53,6 +53,10 @@ extension PluginDir {
         var vision = ModelRequest(prompt: "describe the picture")
         vision.metadata["requires"] = "vision"
         #expect(router.decide(vision).order == ["smart"])
+        // A message with an image needs vision by itself.
+        let image = ModelRequest(messages: [.user("describe the picture", images: [.url("https://example.com/cat.jpg")])])
+        #expect(router.decide(image).required == ["vision"])
+        #expect(router.decide(image).order == ["smart"])
 
         let long = ModelRequest(prompt: String(repeating: "word ", count: 4000))  // about 5000 tokens
         let dl = router.decide(long)

@@ -208,6 +208,7 @@ public struct RouterBackend: ModelBackend {
     func required(_ request: ModelRequest) -> [String] {
         var need = policy.requires
         if !request.tools.isEmpty { need.insert("tools") }
+        if request.messages.contains(where: { !$0.images.isEmpty }) { need.insert("vision") }
         for k in ["thinking", "reasoning", "reasoning_effort"] where request.options[k] != nil { need.insert("reasoning") }
         if let listed = request.metadata["requires"] {
             for r in listed.split(separator: ",") {
