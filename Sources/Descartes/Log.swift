@@ -38,6 +38,9 @@ public final class Redactor: Sendable {
         }
     }
 
+    /// The registered values, longest first.
+    func registered() -> [String] { secrets.withLock { $0 } }
+
     /// Registers a `Secret`'s value.
     public func register(_ secret: Secret) { register(secret.reveal()) }
 

@@ -172,3 +172,101 @@ enum KeyShapes {
         }
     }
 }
+
+/// Masks secrets in text that arrives in pieces (a streamed answer printed
+/// as it comes): a registered secret or a credential cut across two pieces
+/// is masked whole, which redacting each piece alone would miss.
+///
+/// It holds back only what could still become a secret: the longest end of
+/// the text that begins a registered secret, and a trailing run of key
+/// characters that begins like a provider key (`sk-`, `ghp_`, ...) or stands
+/// where a credential's value would (after `: `, `=`, `Bearer `), up to 512
+/// bytes. Ordinary words pass at once. The last 64 bytes already printed are
+/// kept as context, so a field name printed earlier still marks its value.
+/// `finish()` returns what is held.
+public struct StreamRedactor: Sendable {
+    let redactor: Redactor
+    var pending: [UInt8] = []
+    var context: [UInt8] = []
+    static let maxHeldRun = 512
+    static let contextBytes = 64
+
+    public init(_ redactor: Redactor = .shared) { self.redactor = redactor }
+
+    /// The part of everything pushed so far that can be shown, masked.
+    public mutating func push(_ text: String) -> String {
+        pending.append(contentsOf: text.utf8)
+        let hold = Self.held(pending, context: context, secrets: redactor.registered())
+        return emit(count: pending.count - hold)
+    }
+
+    /// The rest, masked.
+    public mutating func finish() -> String { emit(count: pending.count) }
+
+    mutating func emit(count: Int) -> String {
+        guard count > 0 else { return "" }
+        let part = Array(pending[..<count])
+        pending.removeFirst(count)
+        let shown: String
+        if context.isEmpty {
+            shown = redactor.redact(String(decoding: part, as: UTF8.self))
+        } else {
+            // Masked with its context; the context's own masked form is cut
+            // off again (a credential never straddles the two: it was held).
+            let before = redactor.redact(String(decoding: context, as: UTF8.self))
+            let both = redactor.redact(String(decoding: context + part, as: UTF8.self))
+            shown = both.hasPrefix(before) ? String(both.dropFirst(before.count)) : redactor.redact(String(decoding: part, as: UTF8.self))
+        }
+        context.append(contentsOf: part)
+        if context.count > Self.contextBytes {
+            // Cut at a character boundary.
+            var cut = context.count - Self.contextBytes
+            while cut < context.count, context[cut] & 0xC0 == 0x80 { cut += 1 }
+            context.removeFirst(cut)
+        }
+        return shown
+    }
+
+    /// How many bytes at the end of `text` to hold back.
+    static func held(_ text: [UInt8], context: [UInt8], secrets: [String]) -> Int {
+        var hold = 0
+        // The longest end of the text that is the start of a secret.
+        for s in secrets {
+            let s = Array(s.utf8)
+            var n = min(s.count - 1, text.count)
+            while n > hold {
+                if text[(text.count - n)...].elementsEqual(s[..<n]) { hold = n; break }
+                n -= 1
+            }
+        }
+        // A trailing run of key characters that may be (the start of) a credential.
+        var start = text.count
+        while start > 0, KeyShapes.isTokenByte(text[start - 1]) { start -= 1 }
+        let run = text[start...]
+        if !run.isEmpty && run.count <= maxHeldRun && (startsLikeKey(run) || inValuePosition(context + text[..<start])) {
+            hold = max(hold, run.count)
+        }
+        return hold
+    }
+
+    static func startsLikeKey(_ run: ArraySlice<UInt8>) -> Bool {
+        KeyShapes.prefixes.contains { p in run.starts(with: p.prefix) || p.prefix.starts(with: run) }
+    }
+
+    /// Whether what comes before a run puts it where a credential's value goes.
+    static func inValuePosition(_ before: [UInt8]) -> Bool {
+        var i = before.count
+        if i > 0, before[i - 1] == 0x22 || before[i - 1] == 0x27 { i -= 1 }
+        let spaces = i
+        while i > 0, before[i - 1] == 0x20 || before[i - 1] == 0x09 { i -= 1 }
+        if i > 0, before[i - 1] == 0x3A || before[i - 1] == 0x3D { return true }
+        if spaces > i {
+            // "Bearer ", "Basic ", "token ".
+            var w = i
+            while w > 0, KeyShapes.isWordByte(before[w - 1]) { w -= 1 }
+            let word = before[w..<i].map(KeyShapes.lower)
+            return KeyShapes.schemes.contains { $0.elementsEqual(word) }
+        }
+        return false
+    }
+}

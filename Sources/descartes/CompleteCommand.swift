@@ -164,8 +164,36 @@ enum CompleteCommand {
     }
 
     /// Streams events to stdout as they arrive; returns the final response.
+    /// Text and reasoning go through a `StreamRedactor` each, so a secret
+    /// the model repeats is masked even when it is cut across two deltas.
     static func streamOut(_ backend: any ModelBackend, _ request: ModelRequest, json: Bool) async throws -> ModelResponse {
+        var text = StreamRedactor()
+        var reasoning = StreamRedactor()
+        func flush() {
+            let (t, r) = (text.finish(), reasoning.finish())
+            if json {
+                if !r.isEmpty { Out.line(Render.event(.reasoningDelta(r)).jsonText) }
+                if !t.isEmpty { Out.line(Render.event(.textDelta(t)).jsonText) }
+            } else {
+                if !r.isEmpty { Out.write(Out.dim(r), to: 2) }
+                if !t.isEmpty { Out.write(t) }
+            }
+        }
         for try await event in backend.stream(request) {
+            var event = event
+            switch event {
+            case .textDelta(let t):
+                let shown = text.push(t)
+                if shown.isEmpty { continue }
+                event = .textDelta(shown)
+            case .reasoningDelta(let t):
+                let shown = reasoning.push(t)
+                if shown.isEmpty { continue }
+                event = .reasoningDelta(shown)
+            case .toolCallStart, .finish:
+                flush()
+            default: break
+            }
             if json {
                 Out.line(Render.event(event).jsonText)
                 if case .finish(let r) = event { return r }
@@ -179,6 +207,7 @@ enum CompleteCommand {
             default: break
             }
         }
+        flush()
         throw ProviderError(.streamClosed, "the stream ended without a finish event", provider: backend.name)
     }
 }

@@ -69,6 +69,26 @@ import Testing
         #expect(sent.json?["messages"]?[0]?["content"] == "Say hello")
     }
 
+    @Test func aKeyTheModelRepeatsIsMaskedEvenCutAcrossDeltas() async throws {
+        // Not shaped like any provider's key: only registration catches it.
+        let key = "zz-custom-key-000111222333"
+        for json in [false, true] {
+            let server = try await ServerSlot.make()
+            let body = ["Your key is zz-cus", "tom-key-000", "111222333, ", "keep it."].map { Self.openAIChunk($0) }.joined()
+                + Self.openAIChunk("", finish: "stop") + "data: [DONE]\n\n"
+            try await server.script(["POST /v1/chat/completions": [.stream(body, split: "lines")]])
+            let r = await cli(["complete", "-p", "openai", "--stream"] + (json ? ["--json"] : []) + ["Repeat my key"], server, env: ["OPENAI_API_KEY": key])
+            #expect(r.status == 0, "\(r)")
+            #expect(!r.stdout.contains("000111222333") && !r.stdout.contains("111222333") && !r.stderr.contains("111222333"), "\(r.stdout)")
+            if json {
+                let texts = r.stdout.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }.filter { $0["type"] == "text" }
+                #expect(texts.compactMap { $0["text"]?.stringValue }.joined() == "Your key is [REDACTED], keep it.")
+            } else {
+                #expect(r.stdout == "Your key is [REDACTED], keep it.\n")
+            }
+        }
+    }
+
     @Test func completeStreamsAnthropicTextAsItArrives() async throws {
         let server = try await ServerSlot.make()
         func event(_ name: String, _ data: String) -> String { "event: \(name)\ndata: \(data)\n\n" }

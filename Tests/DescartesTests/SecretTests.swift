@@ -79,4 +79,55 @@ import Testing
         #expect(!(red.providerType ?? "").contains("s3cr3t"))
         #expect(red.message == "the server said: key [REDACTED] is wrong")
     }
+
+    /// Everything a StreamRedactor shows for `pieces`, and what it showed
+    /// after each piece.
+    static func streamed(_ pieces: [String], _ r: Redactor) -> (all: String, steps: [String]) {
+        var s = StreamRedactor(r)
+        var steps = pieces.map { s.push($0) }
+        steps.append(s.finish())
+        return (steps.joined(), steps)
+    }
+
+    @Test func aSecretCutAcrossStreamedPiecesIsMaskedWhole() {
+        let r = Redactor()
+        let secret = "zq-private-7f3e9a1c"
+        r.register(secret)
+        let text = "the key is \(secret), keep it safe; Bearer tok3nABCDEFGH99 and sk-proj-abcdef0123456789 and api_key: \"qwerty123456\". Café 🙂 done"
+        let bytes = Array(text.utf8)
+        // Every cut into two pieces, and into pieces of 1, 2, 3 and 7 bytes
+        // (on character boundaries, as deltas arrive).
+        var splits: [[String]] = []
+        for cut in 1..<bytes.count where bytes[cut] & 0xC0 != 0x80 {
+            splits.append([String(decoding: bytes[..<cut], as: UTF8.self), String(decoding: bytes[cut...], as: UTF8.self)])
+        }
+        for size in [1, 2, 3, 7] {
+            var pieces: [String] = []
+            var i = 0
+            while i < bytes.count {
+                var j = min(i + size, bytes.count)
+                while j < bytes.count, bytes[j] & 0xC0 == 0x80 { j += 1 }
+                pieces.append(String(decoding: bytes[i..<j], as: UTF8.self))
+                i = j
+            }
+            splits.append(pieces)
+        }
+        let whole = r.redact(text)
+        #expect(!whole.contains("7f3e9a1c") && !whole.contains("tok3n") && !whole.contains("abcdef0123") && !whole.contains("qwerty"))
+        for pieces in splits {
+            let out = Self.streamed(pieces, r).all
+            #expect(out == whole, "\(pieces)")
+        }
+    }
+
+    @Test func ordinaryStreamedWordsAreNotHeldBack() {
+        let r = Redactor()
+        r.register("zq-private-7f3e9a1c")
+        let (_, steps) = Self.streamed(["Hel", "lo wor", "ld, ", "how ", "are you?"], r)
+        #expect(steps == ["Hel", "lo wor", "ld, ", "how ", "are you?", ""])
+        // The start of a key, or of the registered secret, waits for the rest.
+        let (all, held) = Self.streamed(["use sk", "-proj-abcdef0123456789 now", " or zq-pri", "vate-7f3e9a1c!"], r)
+        #expect(held == ["use ", "[REDACTED] now", " or ", "[REDACTED]!", ""])
+        #expect(all == "use [REDACTED] now or [REDACTED]!")
+    }
 }
