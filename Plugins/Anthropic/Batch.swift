@@ -43,7 +43,7 @@ extension AnthropicBackend: DescartesBatchBackend {
     }
 
     func batchResults(id: String, _ call: PluginCall) {
-        runRaw(call) { [self] in
+        call.finishAsync { [self] in
             let batch = try await json("GET", "messages/batches/\(Self.escaped(id))")
             guard batch["processing_status"]?.stringValue == "ended" else {
                 throw ProviderError(.api, "batch \(id) is \(batch["processing_status"]?.stringValue ?? "in an unknown state"), not ended: no results yet")
@@ -212,16 +212,6 @@ extension AnthropicBackend: DescartesBatchBackend {
     }
 
     func run(_ call: PluginCall, _ body: @escaping @Sendable () async throws -> JSONValue) {
-        runRaw(call) { try await body().jsonBytes }
-    }
-
-    func runRaw(_ call: PluginCall, _ body: @escaping @Sendable () async throws -> [UInt8]) {
-        let task = Task.detached {
-            do { call.finish(json: try await body()) } catch {
-                if Task.isCancelled { return call.fail(ProviderError(.cancelled, "the request was cancelled")) }
-                call.fail(error as? ProviderError ?? ProviderError(.backend, "\(error)"))
-            }
-        }
-        call.onCancel { task.cancel() }
+        call.finishAsync { try await body().jsonBytes }
     }
 }

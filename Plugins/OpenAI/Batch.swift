@@ -68,7 +68,7 @@ extension OpenAIBackend: DescartesBatchBackend {
     }
 
     func batchResults(id: String, _ call: PluginCall) {
-        runRaw(call) { [self] in
+        call.finishAsync { [self] in
             let batch = try await json("GET", "batches/\(Self.escaped(id))")
             let status = batch["status"]?.stringValue ?? ""
             guard ["completed", "expired", "cancelled"].contains(status) else {
@@ -185,17 +185,7 @@ extension OpenAIBackend: DescartesBatchBackend {
 
     /// Runs `body` off the caller's thread and ends the call with its document.
     func run(_ call: PluginCall, _ body: @escaping @Sendable () async throws -> JSONValue) {
-        runRaw(call) { try await body().jsonBytes }
-    }
-
-    func runRaw(_ call: PluginCall, _ body: @escaping @Sendable () async throws -> [UInt8]) {
-        let task = Task.detached {
-            do { call.finish(json: try await body()) } catch {
-                if Task.isCancelled { return call.fail(ProviderError(.cancelled, "the request was cancelled")) }
-                call.fail(error as? ProviderError ?? ProviderError(.backend, "\(error)"))
-            }
-        }
-        call.onCancel { task.cancel() }
+        call.finishAsync { try await body().jsonBytes }
     }
 }
 

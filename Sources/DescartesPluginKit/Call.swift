@@ -129,6 +129,19 @@ public final class PluginCall: @unchecked Sendable {
     /// Ends an operation successfully with pre-encoded JSON.
     public func finish(json: [UInt8]) { terminal(UInt32(DESCARTES_EVENT_RESULT), json) }
 
+    /// Runs `body` on a task of its own and ends the operation with the
+    /// document it returns, or the error it throws (`cancelled` once the
+    /// host cancelled the call, which also cancels the task).
+    public func finishAsync(_ body: @escaping @Sendable () async throws -> [UInt8]) {
+        let task = Task.detached {
+            do { self.finish(json: try await body()) } catch {
+                if Task.isCancelled { return self.fail(ProviderError(.cancelled, "the request was cancelled")) }
+                self.fail(error as? ProviderError ?? ProviderError(.backend, "\(error)"))
+            }
+        }
+        onCancel { task.cancel() }
+    }
+
     /// Ends an operation with an error.
     public func fail(_ e: ProviderError) { terminal(UInt32(DESCARTES_EVENT_ERROR), Wire.encode(e)) }
 

@@ -115,15 +115,8 @@ enum BatchCommand {
                 output: output, globals: globals)
         }
 
-        let factory = Commands.factory(globals)
         let built: ReliabilityOptions.Built
-        do {
-            let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
-            Commands.warnAboutSecretsOnTheCommandLine(settings, plugin: plugin, factory: factory)
-            built = try reliability.build(
-                provider, config: settings, factory: factory, settings: ReliabilityOptions.settings(factory, globals),
-                audit: Commands.auditLog(factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
-        } catch { failure(error) }
+        do { built = try reliability.build(provider, config: settings, globals: globals) } catch { failure(error) }
 
         let quiet = args.flag("--quiet")
         let progress = Progress(total: requests.count, enabled: !quiet)

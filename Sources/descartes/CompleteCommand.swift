@@ -102,15 +102,8 @@ enum CompleteCommand {
         let json = args.flag("--json")
         let streaming = args.flag("--stream")
 
-        let factory = Commands.factory(globals)
         let built: ReliabilityOptions.Built
-        do {
-            let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
-            Commands.warnAboutSecretsOnTheCommandLine(settings, plugin: plugin, factory: factory)
-            built = try reliability.build(
-                provider, config: settings, factory: factory, settings: ReliabilityOptions.settings(factory, globals),
-                audit: Commands.auditLog(factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
-        } catch { failure(error, json: json) }
+        do { built = try reliability.build(provider, config: settings, globals: globals) } catch { failure(error, json: json) }
         let backend = built.backend
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in

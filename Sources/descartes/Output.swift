@@ -83,22 +83,11 @@ enum Render {
         return .object(o)
     }
 
+    /// A stream event as `--json --stream` prints it: the library's event
+    /// document, with the CLI's own rendering of the final response.
     static func event(_ e: StreamEvent) -> JSONValue {
-        switch e {
-        case .start(let id, let model):
-            var o: JSONObject = ["type": "start"]
-            if let id { o["id"] = .string(id) }
-            if let model { o["model"] = .string(model) }
-            return .object(o)
-        case .textDelta(let t): return ["type": "text", "text": .string(t)]
-        case .reasoningDelta(let t): return ["type": "reasoning", "text": .string(t)]
-        case .toolCallStart(let i, let id, let name): return ["type": "tool_call_start", "index": .integer(i), "id": .string(id), "name": .string(name)]
-        case .toolCallDelta(let i, let a): return ["type": "tool_call_delta", "index": .integer(i), "arguments": .string(a)]
-        case .toolCallEnd(let i): return ["type": "tool_call_end", "index": .integer(i)]
-        case .usage(let u): return ["type": "usage", "usage": usage(u)]
-        case .notice(let level, let message): return ["type": "notice", "level": .string(level), "message": .string(message)]
-        case .finish(let r): return ["type": "finish", "response": response(r)]
-        }
+        if case .finish(let r) = e { return ["type": "finish", "response": response(r)] }
+        return ResponseCodec.encode(e)
     }
 
     static func configKey(_ k: ConfigKey) -> JSONValue {

@@ -79,6 +79,18 @@ struct ReliabilityOptions {
     /// applies to `provider` itself.
     /// - Parameter audit: wraps the whole (the audit log, when enabled), so a
     ///   record sees who answered and the attempts before.
+    /// What `complete` and `batch` run: the provider with the middlewares
+    /// the options and providers.yaml ask for, audited when the audit log is
+    /// on; secrets given with --set are warned about first.
+    func build(_ provider: String, config: [String: JSONValue], globals: Globals) throws(ProviderError) -> Built {
+        let factory = Commands.factory(globals)
+        let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
+        Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory)
+        return try build(
+            provider, config: config, factory: factory, settings: ReliabilityOptions.settings(factory, globals),
+            audit: Commands.auditLog(factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
+    }
+
     func build(
         _ provider: String, config: [String: JSONValue], factory: ProviderFactory, settings: ReliabilitySettings,
         audit: ((any ModelBackend) -> any ModelBackend)? = nil

@@ -228,7 +228,7 @@ public final class ResponseCache: Sendable {
     // MARK: Disk store
 
     private func path(for key: String) -> String? {
-        limits.directory.map { FileSystem.join($0, Digest.hex(key.utf8) + ".json") }
+        limits.directory.map { FileSystem.join($0, SHA256.hex(key) + ".json") }
     }
 
     private static func wallClock() -> Int { Int(time(nil)) }
