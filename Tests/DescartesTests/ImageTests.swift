@@ -164,7 +164,7 @@ import Testing
         try FileSystem.writeAtomically(png, Self.png)
         let plugins = PluginDir().addManifest("openai")
         let env = ["OPENAI_API_KEY": Self.key, "OPENAI_ENDPOINT": "\(server.url)/v1", "DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"]
-        let ok = try await Proc.descartes(["complete", "-p", "openai", "--retries", "0", "--image", png, "What colour?"], env: env)
+        let ok = await Proc.descartes(["complete", "-p", "openai", "--retries", "0", "--image", png, "What colour?"], env: env)
         #expect(ok.status == 0, "\(ok.stderr)")
         #expect(ok.stdout.contains("Red."))
         let body = try #require(try await server.requests().first?.json)
@@ -172,10 +172,10 @@ import Testing
 
         let text = dir.file("notes.txt")
         try FileSystem.writeAtomically(text, Array("hello".utf8))
-        let bad = try await Proc.descartes(["complete", "-p", "openai", "--image", text, "What colour?"], env: env)
+        let bad = await Proc.descartes(["complete", "-p", "openai", "--image", text, "What colour?"], env: env)
         #expect(bad.status == 65)
         #expect(bad.stderr.contains("--image \(text): not a PNG, JPEG, GIF or WebP image"), "\(bad.stderr)")
-        let missing = try await Proc.descartes(["complete", "-p", "openai", "--image", dir.file("absent.png"), "What colour?"], env: env)
+        let missing = await Proc.descartes(["complete", "-p", "openai", "--image", dir.file("absent.png"), "What colour?"], env: env)
         #expect(missing.status == 65)
         #expect(missing.stderr.contains("--image \(dir.file("absent.png"))"), "\(missing.stderr)")
         #expect(try await server.requests().count == 1)

@@ -1,4 +1,4 @@
-package import CDescartesPlugin
+internal import CDescartesPlugin
 import Synchronization
 
 /// The conformance suite: runs one plugin, through its C ABI, through the

@@ -1,4 +1,4 @@
-package import CDescartesPlugin
+internal import CDescartesPlugin
 import Glibc
 import Synchronization
 
