@@ -168,7 +168,9 @@ final class PluginCall: @unchecked Sendable {
             case DESCARTES_EVENT_NOTICE:
                 let doc = try? JSONValue.parse(bytes)
                 let level = doc?["level"]?.stringValue ?? "info"
-                let message = doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self)
+                // A notice often quotes a child's output or a server's reply,
+                // which may echo a key back: masked like errors are.
+                let message = Redactor.shared.redact(doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self))
                 out = .notice(level: level, message: message)
                 LogSink.shared.log(level == "error" ? .warning : .debug, "provider \(backend.name)", message)
             default:
