@@ -13,14 +13,16 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson chat json manifest)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson chat claude json manifest)
 BUILD=.build-fuzz
 B=$BUILD/release
 SHARED="$(cd .. && pwd)/shared/fixtures/provider-transcripts"
 
-swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target DescartesPluginKit >/dev/null
-swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target DescartesOpenAIChat >/dev/null
-swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target Descartes >/dev/null
+# -enable-testing: the claude target reaches the kit's internal PluginCall
+# initializer (@testable import), to drive the parser without a host.
+for target in DescartesPluginKit DescartesOpenAIChat Descartes; do
+  swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address -Xswiftc -enable-testing --target "$target" >/dev/null
+done
 
 maps=()
 for t in CCurlShim CProcessShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
@@ -30,6 +32,7 @@ link_for() {
   case "$1" in
     sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
+    claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
     manifest) echo "$B/DescartesCore.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
   esac
@@ -44,6 +47,9 @@ seed() {
     ndjson) for f in "$SHARED"/*/*.ndjson; do printf '\003' | cat - "$f" > "$dir/$(basename "$f")"; done ;;
     chat) for f in "$SHARED"/{openai,deepseek,groq,mistral,openrouter,zai,openai-compatible}/*.sse; do
             printf '\037' | cat - "$f" > "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
+    claude) for f in Tests/Fixtures/claude-code/*.jsonl; do printf '\000' | cat - "$f" > "$dir/$(basename "$f")"; done
+            printf '\001' | cat - Tests/Fixtures/claude-code/thinking-tool-text.jsonl > "$dir/whole-messages.jsonl"
+            printf '\002' | cat - Tests/Fixtures/claude-code/thinking-tool-text.jsonl | grep -v '"type":"result"' > "$dir/no-result-stderr.jsonl" ;;
     json) for f in "$SHARED"/*/*.json; do cp "$f" "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
     manifest) cp manifests/*.yaml "$dir/" ;;
   esac
