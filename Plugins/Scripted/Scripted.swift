@@ -3,7 +3,8 @@
 // the C ABI exactly as a real plugin would (delays, hangs, errors, tool
 // calls, rule violations). It is built but never installed.
 //
-// The script is the request option "script", a list of steps run in order:
+// The script is the request option "script" (else the config key
+// "default_script", so the CLI can drive it), a list of steps run in order:
 //   "words"               stream the last user message back word by word
 //   "text:<s>"            emit <s> as one text event
 //   "reasoning:<s>"       emit <s> as reasoning
@@ -65,7 +66,7 @@ final class ScriptedBackend: DescartesBackend {
     }
 
     func stream(_ request: ModelRequest, _ call: PluginCall) {
-        let steps = request.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? ["words"]
+        let steps = request.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? context.list("default_script") ?? ["words"]
         let retryAfter = request.options["retry_after_ms"]?.intValue
         let ignoreCancel = steps.contains("ignore-cancel")
         let prompt = request.messages.last { $0.role == .user }?.content ?? ""

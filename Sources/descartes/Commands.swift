@@ -8,7 +8,7 @@ enum Commands {
         "plugins info": "descartes plugins info NAME [--json]",
         "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]...",
         "complete":
-            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--set KEY=VALUE]... PROMPT|-",
+            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--isolate [--memory-limit MB]] [--set KEY=VALUE]... PROMPT|-",
         "models": "descartes models -p PROVIDER [--json] [--set KEY=VALUE]...",
         "health": "descartes health [-p PROVIDER] [--json] [--timeout SECONDS] [--set KEY=VALUE]...",
         "tokens": "descartes tokens -p PROVIDER [-m MODEL] [--system TEXT] [--json] [--set KEY=VALUE]... TEXT|-",
@@ -74,6 +74,9 @@ enum Commands {
               --tools FILE.json     Tools the model may call: a JSON array of
                                     {"name", "description", "parameters"} (parameters: a JSON Schema object)
               --tool-choice C       auto, none, required, or the name of the tool to call
+              --isolate             Run the plugin in a descartes-plugin-host helper process: if it
+                                    crashes, the answer is a `process` error instead of a crash
+              --memory-limit MB     With --isolate, the helper's address-space limit (default 4096)
 
             Tool calls the model makes are printed after the text as
             "tool call ID: NAME(ARGUMENTS)" (with --json, in "tool_calls").

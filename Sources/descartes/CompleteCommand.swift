@@ -16,6 +16,8 @@ enum CompleteCommand {
         .init(names: ["--temperature"], takesValue: true),
         .init(names: ["--tools"], takesValue: true),
         .init(names: ["--tool-choice"], takesValue: true),
+        .init(names: ["--isolate"], takesValue: false),
+        .init(names: ["--memory-limit"], takesValue: true),
     ]
 
     static func readPrompt(_ args: Arguments, command: String = "complete") throws(UsageError) -> String {
@@ -43,8 +45,19 @@ enum CompleteCommand {
         let prompt: String
         let settings: [String: JSONValue]
         var request: ModelRequest
+        // --isolate: the plugin runs in a descartes-plugin-host helper
+        // process; a crash there is a `process` error, not this process's end.
+        var isolation = ProviderFactory.Isolation.inProcess
         do throws(UsageError) {
             args = try Arguments(raw, command: "complete", options: options)
+            if args.flag("--isolate") || args.value("--memory-limit") != nil {
+                var limits = ProcessLimits()
+                if let mb = try args.int("--memory-limit") {
+                    guard mb >= 64 else { throw UsageError("--memory-limit is in MiB, at least 64", command: "complete") }
+                    limits.memoryMB = mb
+                }
+                isolation = .process(limits)
+            }
             guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "complete") }
             prompt = try readPrompt(args)
             settings = try Commands.settings(args)
@@ -84,7 +97,7 @@ enum CompleteCommand {
 
         let backend: any ModelBackend
         do {
-            backend = try ProviderFactory(catalog: Commands.catalog(globals)).create(provider, config: settings)
+            backend = try ProviderFactory(catalog: Commands.catalog(globals)).create(provider, config: settings, isolation: isolation)
         } catch { failure(error, json: json) }
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in

@@ -93,10 +93,11 @@ import Testing
     @Test func secretsNeverAppearInTheHelpersArguments() async throws {
         let b = try isolated()
         _ = try await b.complete(.script(["text:x"]))
-        let pids = helperPIDs()
-        #expect(!pids.isEmpty)
-        for pid in pids {
-            let cmdline = try FileSystem.readText("/proc/\(pid)/cmdline", limit: 1 << 16)
+        // Other tests' helpers come and go meanwhile: one that has exited
+        // since the listing has no cmdline left to read.
+        let cmdlines = helperPIDs().compactMap { try? FileSystem.readText("/proc/\($0)/cmdline", limit: 1 << 16) }
+        #expect(!cmdlines.isEmpty)
+        for cmdline in cmdlines {
             #expect(!cmdline.contains("tok-isolated-secret-987654"))
             #expect(cmdline.hasPrefix(TestEnv.binDir + "/descartes-plugin-host"))
         }
@@ -126,5 +127,21 @@ import Testing
     @Test func createErrorsComeBackFromTheHelper() async throws {
         let err = try #require(await providerError { _ = try dir.factory().create("scripted", config: ["greeting": "reject"], isolation: .process()) })
         #expect(err.message.contains("create failed: key 'greeting'"))
+    }
+
+    @Test func theCLIIsolatesAPluginOnRequest() async throws {
+        let env = ["DESCARTES_PLUGIN_PATH": dir.path]
+        // In process, a crashing plugin takes the CLI down with it...
+        let inProcess = await Proc.descartes(["complete", "-p", "scripted", "--set", "default_script=crash:segv", "x"], env: env)
+        #expect(inProcess.signal == SIGSEGV, "\(inProcess)")
+        // ...isolated, it takes down only its helper: the CLI reports it.
+        let isolated = await Proc.descartes(["complete", "-p", "scripted", "--isolate", "--set", "default_script=crash:segv", "x"], env: env)
+        #expect(isolated.signal == nil && isolated.status != 0, "\(isolated)")
+        #expect(isolated.stderr.contains("process") && isolated.stderr.contains("SIGSEGV"), "\(isolated)")
+        // And an isolated plugin that behaves answers as usual.
+        let ok = await Proc.descartes(["complete", "-p", "scripted", "--isolate", "--memory-limit", "512", "through the helper"], env: env)
+        #expect(ok.status == 0 && ok.stdout.contains("through the helper"), "\(ok)")
+        let bad = await Proc.descartes(["complete", "-p", "scripted", "--memory-limit", "1", "x"], env: env)
+        #expect(bad.status == 64 && bad.stderr.contains("--memory-limit"), "\(bad)")
     }
 }

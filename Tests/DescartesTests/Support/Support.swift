@@ -282,6 +282,7 @@ final class PluginDir: @unchecked Sendable {
               fail_init: {type: string}
               token: {type: string, secret: true, env: SCRIPTED_TEST_TOKEN}
               timeout_secs: {type: integer}
+              default_script: {type: list}
             \(extraConfig)
             """)
         return self
