@@ -29,7 +29,7 @@ import Testing
             "POST /v1/chat/completions": [
                 ScriptedServer.Response([
                     "status": 200, "framing": "chunked", "headers": [["content-type", "text/event-stream"]],
-                    "chunks": [["data": .string(first)], ["data": .string(rest), "delay_ms": 4000]],
+                    "chunks": [["data": .string(first)], ["data": .string(rest), "delay_ms": .integer(4000 * Sanitizer.timeScale)]],
                 ])
             ]
         ])
@@ -120,8 +120,8 @@ import Testing
         let body = Self.chunk(#"{"role":"assistant","content":""}"#) + Self.words.map { Self.chunk(#"{"content":"\#($0)"}"#) }.joined()
             + Self.chunk("{}", finish: "stop") + Self.usage + "data: [DONE]\n\n"
         try await server.script(["POST /v1/chat/completions": [.stream(body, split: "lines")]])
-        let b = try PluginDir().addManifest("openai").factory().create(
-            "openai", config: ["endpoint": .string("\(server.url)/v1"), "api_key": .string(Self.key)])
+        let plugins = PluginDir().addManifest("openai")
+        let b = try plugins.factory().create("openai", config: ["endpoint": .string("\(server.url)/v1"), "api_key": .string(Self.key)])
         var samples: [(Int, Int)] = []
         var bad = 0
         let concurrency = 16
@@ -147,6 +147,7 @@ import Testing
         }
         let elapsed = ContinuousClock.now - start
         await b.shutdown()
+        _ = plugins
         #expect(bad == 0)
         // After warm-up (caches, the connection pool, malloc's arenas),
         // resident memory stays flat: a leak of 500 bytes a request would
@@ -157,7 +158,7 @@ import Testing
         let growth = end - base
         let perRequest = Double(growth) / Double(total - warmUp)
         print(
-            "soak: \(total) requests in \(elapsed); RSS after warm-up \(base >> 10) KiB, at the end \(end >> 10) KiB, peak \(peak >> 10) KiB; growth \(growth >> 10) KiB (\(Int(perRequest)) bytes a request)"
+            "soak: \(total) requests in \(elapsed); RSS after warm-up \(base >> 10) KiB, at the end \(end >> 10) KiB, peak \(peak >> 10) KiB; growth \(growth >> 10) KiB (\(Int(perRequest)) bytes a request); KiB by requests: \(samples.enumerated().filter { $0.offset % 5 == 4 }.map { "\($0.element.0):\($0.element.1 >> 10)" }.joined(separator: " "))"
         )
         #expect(growth < 8 << 20, "RSS grew \(growth >> 10) KiB after warm-up: \(samples.map { "\($0.0):\($0.1 >> 10)" })")
     }
