@@ -1,7 +1,10 @@
 # Descartes: build, stage, install, test.
 #
 #   make            build the CLI and every plugin (release) and stage a prefix in build/prefix
-#   make run        build, then run the main job: plugins list, plugins verify, a streamed completion
+#   make run        install missing build packages, build, then run the main job:
+#                   plugins list, plugins verify, a streamed completion
+#   make check      install what the tests need (support/deps.sh test), run the
+#                   test suite and every fuzz target briefly: the README's test command
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
@@ -22,7 +25,7 @@ DESTDIR ?=
 VERSION := 0.1.0
 
 # Swift plugin products (dynamic libraries libdescartes-<name>.so) that are installed.
-SWIFT_PLUGINS := openai anthropic claude-code headless-cli
+SWIFT_PLUGINS := openai anthropic ollama llamacpp claude-code headless-cli
 # C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
 C_PLUGINS := echo
 
@@ -32,7 +35,7 @@ BIN_DIR     = $(shell $(SWIFT) build -c $(CONFIG) --show-bin-path)
 PLUGIN_DIR  = lib/descartes/plugins
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test install uninstall clean swift-build c-plugins check-header fuzz bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
+.PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
 
 all: stage
 
@@ -59,8 +62,15 @@ c-plugins:
 	    -o $(STAGE)/$(PLUGIN_DIR)/libdescartes-$$p.so $$src || exit 1; \
 	done
 
+deps:
+	support/deps.sh build
+
+test-deps:
+	support/deps.sh test
+
 # The main job, with no keys needed.
-run: stage
+run: deps
+	$(MAKE) --no-print-directory stage
 	$(STAGE)/bin/descartes --version
 	$(STAGE)/bin/descartes plugins list
 	$(STAGE)/bin/descartes plugins verify
@@ -80,11 +90,25 @@ uninstall:
 
 # The test suite: a debug build installed into build/test-prefix (the
 # out-of-tree plugin test builds against that prefix), then `swift test`.
+# The real-model suite (RealModelTests) runs after the rest, on its own: a
+# model generating tokens takes both cores, which would starve the tests
+# that measure deadlines. With TEST_ARGS (a --filter), one run as asked.
 TEST_PREFIX := $(abspath build/test-prefix)
 test:
 	$(MAKE) --no-print-directory install CONFIG=debug STAGE=build/stage-debug PREFIX=$(TEST_PREFIX) DESTDIR=
 	$(SWIFT) build --build-tests
+ifeq ($(strip $(TEST_ARGS)),)
+	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build --skip RealModelTests
+	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build --filter RealModelTests
+else
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
+endif
+
+# Everything a fresh machine needs, the test suite, and the fuzz targets
+# briefly: what CI runs.
+check: test-deps
+	$(MAKE) --no-print-directory test
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15
 
 # libFuzzer targets (Fuzz/*.swift) against the package's own modules with
 # AddressSanitizer, FUZZ_SECONDS each; corpora in Fuzz/corpus, crashes in

@@ -50,6 +50,10 @@ let plugins: [(Product, Target)] = [
     plugin("openai", dir: "OpenAI", target: "OpenAIPlugin", dependencies: ["DescartesOpenAIChat"]),
     // The Anthropic Messages API.
     plugin("anthropic", dir: "Anthropic", target: "AnthropicPlugin"),
+    // Ollama over its native API (/api/chat NDJSON, /api/tags, /api/show).
+    plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
+    // llama.cpp's server (llama-server, llama-cpp-python) over the shared OpenAI chat dialect.
+    plugin("llamacpp", dir: "LlamaCpp", target: "LlamaCppPlugin", dependencies: ["DescartesOpenAIChat"]),
     // Headless: coding-agent CLIs and any command run as child processes
     // through the kit's process runtime.
     plugin("claude-code", dir: "ClaudeCode", target: "ClaudeCodePlugin"),

@@ -568,6 +568,9 @@ public struct JSONReader {
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: buffer[s..<e]), as: UTF8.self)
         if isInt, let v = Int(text) { return .integer(v) }
         guard let d = Double(text) else { throw JSONParseError("invalid number", offset: s) }
+        // RFC 8259 lets a parser limit the range: a number beyond a Double's
+        // is an error, not an infinity (which JSON cannot write back).
+        guard d.isFinite else { throw JSONParseError("number out of range", offset: s) }
         return .number(d)
     }
 

@@ -137,13 +137,13 @@ import Testing
         let hang = await run(client, HTTPRequest(url: "\(server.url)/hang", timeouts: HTTPTimeouts(firstByte: 200)))
         #expect(hang.error?.kind == .timeout("first_token"))
         #expect(ContinuousClock.now - start >= .milliseconds(190))
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(10))
 
         start = ContinuousClock.now
         let trickle = await run(client, HTTPRequest(url: "\(server.url)/trickle", timeouts: HTTPTimeouts(idle: 200)))
         #expect(trickle.error?.kind == .timeout("idle"))
         #expect(trickle.error?.afterHeaders == true)
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(10))
 
         let total = await run(client, HTTPRequest(url: "\(server.url)/slow", timeouts: HTTPTimeouts(total: 200)))
         #expect(total.error?.kind == .timeout("total"))

@@ -23,6 +23,8 @@ import Testing
         ("", "unexpected end of input"), ("{", "unexpected end"), (#"{"a" 1}"#, "expected ':'"), ("[1,]", "unexpected character"),
         ("tru", "invalid literal"), (#""abc"#, "unterminated string"), ("1 2", "unexpected data after"), ("\"\u{01}\"", "control character"),
         (#""\q""#, "invalid escape"), ("01x", "unexpected data after"),
+        // Found by the json fuzz target: a Double overflows to infinity, which writes back as null.
+        ("-111111e11111111111111", "number out of range"), ("[1e400]", "number out of range"),
     ])
     func rejectsInvalidText(_ text: String, _ expected: String) {
         #expect(throws: JSONParseError.self) { try JSONValue.parse(text) }

