@@ -21,6 +21,13 @@ struct HTTPDialect: Sendable {
     let brokenEvent: @Sendable (String) -> String
     let errorEvent: @Sendable (String) -> String
     let errorBody: @Sendable (Int, String) -> String
+    /// Appended to the slot's URL to make the endpoint.
+    var endpointSuffix = "/v1"
+    var contentType = "text/event-stream"
+    /// Routes every case scripts besides the faulted one (metadata the
+    /// plugin reads first), and config every case sets.
+    var routes: [String: [ScriptedServer.Response]] = [:]
+    var config: [String: String] = [:]
 
     static let openai: HTTPDialect = {
         @Sendable func chunk(_ delta: String, finish: String? = nil) -> String {
@@ -55,11 +62,36 @@ struct HTTPDialect: Sendable {
     }()
 }
 
+extension HTTPDialect {
+    static let ollama: HTTPDialect = {
+        @Sendable func line(_ content: String, done: String = "") -> String {
+            #"{"model":"gemma3:1b","created_at":"2026-01-28T18:30:00.000Z","message":{"role":"assistant","content":"\#(content)"},\#(done)"done":\#(done.isEmpty ? "false" : "true")}"# + "\n"
+        }
+        let tags = #"{"models":[{"name":"gemma3:1b","model":"gemma3:1b","modified_at":"2026-01-28T18:30:00.000000000Z","size":815319791,"digest":"8648f39d","details":{"format":"gguf","family":"gemma3"}}]}"#
+        let show = #"{"modelfile":"FROM gemma3\n","parameters":"","template":"{{ .Prompt }}","details":{"format":"gguf","family":"gemma3"},"model_info":{"general.architecture":"gemma3","gemma3.context_length":32768},"capabilities":["completion","tools"]}"#
+        return HTTPDialect(
+            provider: "ollama", keyVariable: "OLLAMA_API_KEY", key: "fm-ollama-secret-2M5z8XcQ7b", route: "POST /api/chat",
+            start: line(""), end: line("", done: #""done_reason":"stop","prompt_eval_count":3,"eval_count":2,"#),
+            textEvent: { line($0) },
+            brokenEvent: { #"{"model":"gemma3:1b","message":{"role":"assistant","content":"\#($0)"# + "\n" },
+            errorEvent: { #"{"error":"an error mid-stream (key \#($0))"}"# + "\n" },
+            errorBody: { _, key in #"{"error":"unauthorized: key \#(key)"}"# },
+            endpointSuffix: "", contentType: "application/x-ndjson",
+            routes: ["GET /api/version": [.json(#"{"version":"0.12.6"}"#)], "GET /api/tags": [.json(tags)], "POST /api/show": [.json(show)]],
+            config: ["model": "gemma3:1b"])
+    }()
+}
+
 enum HTTPFault: Sendable {
     case status(Int)
     case redirect, refused, resetBeforeHeaders, closeBeforeHeaders, resetMidStream, closeMidEvent, noTerminal
     case malformedJSON, invalidUTF8, endlessLine, oversized, errorEvent, html
     case hang, trickleIdle, tricklePastTotal
+
+    var isOversized: Bool {
+        if case .oversized = self { return true }
+        return false
+    }
 
     var isTimeout: Bool {
         switch self {
@@ -70,17 +102,17 @@ enum HTTPFault: Sendable {
 }
 
 enum HTTPFaults {
-    static let plugins = PluginDir().addManifest("openai").addManifest("anthropic")
+    static let plugins = PluginDir().addManifest("openai").addManifest("anthropic").addBuilt(provider: "ollama")
 
     static func run(_ d: HTTPDialect, _ f: HTTPFault, complete: Bool, case c: FaultCase) async throws -> FaultObservation {
         let slot = try await ServerSlot.make()
-        var endpoint = "\(slot.url)/v1"
-        var sets: [String] = []
+        var endpoint = slot.url + d.endpointSuffix
+        var sets: [String] = d.config.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         var deadlines = FaultMatrix.httpDeadlines
         var other: ServerSlot?
         let files = TempDir("descartes-faults")
         let words = (0..<20).map { d.textEvent("word \($0) ") }.joined()
-        let sse = "text/event-stream"
+        let sse = d.contentType
         func chunked(file: String) -> ScriptedServer.Response {
             ScriptedServer.Response([
                 "status": 200, "body_file": .string(file), "framing": "chunked", "split": "bytes:65536",
@@ -93,8 +125,9 @@ enum HTTPFaults {
             response = .error(s, d.errorBody(s, d.key), headers: s == 429 ? [("retry-after", "1")] : [])
         case .redirect:
             let o = try await ServerSlot.make()
-            try await o.script([d.route: [.stream(d.start + d.textEvent("elsewhere") + d.end)]])
+            try await o.script([d.route: [.stream(d.start + d.textEvent("elsewhere") + d.end, contentType: sse)]])
             other = o
+            try await o.script(d.routes)
             let path = String(d.route.split(separator: " ")[1])
             response = ScriptedServer.Response([
                 "status": 302, "body": "",
@@ -103,34 +136,40 @@ enum HTTPFaults {
         case .refused:
             let port: Int
             do { port = try await ScriptedServer.start().port }  // started, then stopped: nothing listens
-            endpoint = "http://127.0.0.1:\(port)/v1"
+            endpoint = "http://127.0.0.1:\(port)" + d.endpointSuffix
             response = nil
         case .resetBeforeHeaders: response = .reset
         case .closeBeforeHeaders: response = .close
         case .resetMidStream:
-            response = .stream(d.start + words + d.end).with(["reset_after": .integer((d.start + words).utf8.count / 2)])
+            response = .stream(d.start + words + d.end, contentType: sse).with(["reset_after": .integer((d.start + words).utf8.count / 2)])
         case .closeMidEvent:
             let cut = (d.start + d.textEvent("a")).utf8.count + 10
-            response = .stream(d.start + d.textEvent("a") + words + d.end).with(["close_after": .integer(cut)])
-        case .noTerminal: response = .stream(d.start + words)
-        case .malformedJSON: response = .stream(d.start + d.textEvent("fine ") + d.brokenEvent(d.key) + d.end)
+            response = .stream(d.start + d.textEvent("a") + words + d.end, contentType: sse).with(["close_after": .integer(cut)])
+        case .noTerminal: response = .stream(d.start + words, contentType: sse)
+        case .malformedJSON: response = .stream(d.start + d.textEvent("fine ") + d.brokenEvent(d.key) + d.end, contentType: sse)
         case .invalidUTF8:
             var bytes = Array((d.start + d.textEvent("bad \u{1}\u{2} bytes") + d.end).utf8)
             let i = bytes.firstIndex(of: 1)!
             bytes[i] = 0xFF
             bytes[i + 1] = 0xFE
-            response = .pieces([bytes])
+            response = .pieces([bytes], contentType: sse)
         case .endlessLine:
             let file = files.file("endless")
-            writeFile(file, Array((d.start + "data: ").utf8) + [UInt8](repeating: UInt8(ascii: "x"), count: 12 << 20))
+            writeFile(file, Array((d.start + "data: ").utf8) + [UInt8](repeating: UInt8(ascii: "x"), count: 20 << 20))
             response = chunked(file: file)
         case .oversized:
             let event = d.textEvent(String(repeating: "y", count: 1000))
             let file = files.file("oversized")
-            writeFile(file, Array((d.start + String(repeating: event, count: 2100) + d.end).utf8))
-            response = chunked(file: file)
-            sets = ["max_response_mb=1"]
-        case .errorEvent: response = .stream(d.start + d.textEvent("partial ") + d.errorEvent(d.key) + d.end)
+            if d.provider == "ollama" {
+                // No size key: a whole (non-streamed) answer is read up to 64 MiB.
+                writeFile(file, Array(("{\"model\":\"gemma3:1b\",\"message\":{\"role\":\"assistant\",\"content\":\"" + String(repeating: "y", count: 65 << 20) + "\"},\"done\":true}").utf8))
+                response = ScriptedServer.Response(["status": 200, "body_file": .string(file), "headers": [["content-type", "application/json"]]])
+            } else {
+                writeFile(file, Array((d.start + String(repeating: event, count: 2100) + d.end).utf8))
+                response = chunked(file: file)
+                sets.append("max_response_mb=1")
+            }
+        case .errorEvent: response = .stream(d.start + d.textEvent("partial ") + d.errorEvent(d.key) + d.end, contentType: sse)
         case .html:
             response = .stream("<html><body>Gateway error for key \(d.key)</body></html>", contentType: "text/html")
         case .hang:
@@ -147,9 +186,12 @@ enum HTTPFaults {
             response = .stream(String(repeating: "x", count: 200)).with(["trickle_ms": 100])
             deadlines.total = .seconds(1)
         }
-        if let response { try await slot.script([d.route: [response]]) }
+        var routes = d.routes
+        if let response { routes[d.route] = [response] }
+        try await slot.script(routes)
 
         var config: [String: JSONValue] = ["endpoint": .string(endpoint), "api_key": .string(d.key)]
+        let complete = complete || (f.isOversized && d.provider == "ollama")
         for s in sets {
             let kv = s.split(separator: "=", maxSplits: 1)
             config[String(kv[0])] = Int(kv[1]).map { .integer($0) } ?? .string(String(kv[1]))
@@ -158,7 +200,9 @@ enum HTTPFaults {
         let b = try plugins.factory().create(d.provider, config: config)
         var request = ModelRequest(prompt: "x")
         request.deadlines = deadlines
+        let start = ContinuousClock.now
         let o = complete ? await Observed.complete(b, request) : await Observed.stream(b, request)
+        obs.elapsed = ContinuousClock.now - start
         await b.shutdown()
         obs.events = o.events
         obs.response = o.response
@@ -239,15 +283,18 @@ enum HeadlessFaults {
         if fault == "trickle" { request.deadlines.idle = .milliseconds(500) }
 
         var obs = FaultObservation()
+        let start = ContinuousClock.now
         let created = Result { try plugins.factory().create(flavor.provider, config: config) }
         switch created {
         case .success(let b):
             let o = await Observed.stream(b, request)
+            obs.elapsed = ContinuousClock.now - start
             await b.shutdown()
             obs.events = o.events
             obs.response = o.response
             obs.error = o.error
         case .failure(let e):
+            obs.elapsed = ContinuousClock.now - start
             obs.error = (e as? ProviderError) ?? ProviderError(.backend, "\(e)")
         }
         _ = await ProcScan.eventually(.seconds(3)) { ProcScan.marked(mark).isEmpty }
@@ -282,9 +329,12 @@ enum HeadlessFaults {
             request.deadlines.total = .seconds(6)
         }
         let b = try h.backend()
+        let start = ContinuousClock.now
         let o = await Observed.stream(b, request)
+        let elapsed = ContinuousClock.now - start
         await b.shutdown()
         var obs = FaultObservation(events: o.events, response: o.response, error: o.error)
+        obs.elapsed = elapsed
         _ = await ProcScan.eventually(.seconds(5)) { ProcScan.marked(h.mark).isEmpty }
         obs.leftoverProcesses = ProcScan.marked(h.mark)
         return obs
