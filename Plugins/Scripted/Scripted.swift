@@ -22,13 +22,12 @@
 //   "leak"                allocate and touch memory without bound until the process dies
 import DescartesPluginKit
 import Glibc
-import Synchronization
 
 final class ScriptedBackend: DescartesBackend {
     let context: BackendContext
     /// Calls running now and initializations so far, reported by the health
     /// check so tests can see cancellation reach the plugin.
-    let counters = Mutex((active: 0, initializations: 0))
+    let counters = Lock((active: 0, initializations: 0))
     let initDelay: Int
     let failInit: String?
 

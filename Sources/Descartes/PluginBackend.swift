@@ -1,6 +1,5 @@
 internal import CDescartesPlugin
 import Glibc
-import Synchronization
 
 /// A backend living in a plugin library, driven through the C ABI.
 ///
@@ -27,7 +26,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         /// Some operation was started, so `shutdown` is owed before `destroy`.
         var used = false
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     init(
         name: String, manifest: PluginManifest, owner: AnyObject, raw: UnsafeMutablePointer<descartes_backend_t>,
@@ -244,7 +243,7 @@ struct StreamSink: Sendable {
 
 /// Forwards task cancellation to a call that may not exist yet.
 final class CancelBox: Sendable {
-    private let state = Mutex<(call: PluginCall?, cancelled: Bool)>((nil, false))
+    private let state = Lock<(call: PluginCall?, cancelled: Bool)>((nil, false))
     func attach(_ call: PluginCall) {
         let cancelled = state.withLock { s -> Bool in
             s.call = call
@@ -291,7 +290,7 @@ final class DetachedFinisher: @unchecked Sendable {
         if handle == nil { Unmanaged<DetachedFinisher>.fromOpaque(ctx).release(); destroyLater() } else { releaseIfReady() }
     }
 
-    private let pending = Mutex<(handle: CallHandle?, terminal: Bool, done: Bool)>((nil, false, false))
+    private let pending = Lock<(handle: CallHandle?, terminal: Bool, done: Bool)>((nil, false, false))
 
     private func releaseIfReady() {
         let h = pending.withLock { p -> CallHandle? in

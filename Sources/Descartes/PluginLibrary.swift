@@ -1,6 +1,5 @@
 package import CDescartesPlugin
 import Glibc
-import Synchronization
 
 /// The version of this host, reported to plugins and by `descartes --version`.
 public let descartesVersion = "0.1.0"
@@ -201,7 +200,7 @@ public final class PluginLibrary: @unchecked Sendable {
 /// library is reported once and never retried in a loop.
 public final class PluginLoader: Sendable {
     public static let shared = PluginLoader()
-    private let cache = Mutex<[String: Result<PluginLibrary, PluginLoadError>]>([:])
+    private let cache = Lock<[String: Result<PluginLibrary, PluginLoadError>]>([:])
 
     public init() {}
 

@@ -1,7 +1,6 @@
 import Descartes
 @preconcurrency import Dispatch
 import Glibc
-import Synchronization
 
 enum CompleteCommand {
     static let options: [Arguments.Option] = [
@@ -167,7 +166,7 @@ final class Interrupts: @unchecked Sendable {
     init(_ onInterrupt: @escaping @Sendable () -> Void) {
         signal(SIGINT, SIG_IGN)
         source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        let count = Mutex(0)
+        let count = Lock(0)
         source.setEventHandler {
             if count.withLock({ c in c += 1; return c }) > 1 { exit(ExitCode.interrupted.rawValue) }
             onInterrupt()

@@ -33,7 +33,7 @@ public final class HTTPClient: @unchecked Sendable {
         var threadStarted = false
         var stopped = false
     }
-    private let inbox = Mutex(Inbox())
+    private let inbox = Lock(Inbox())
     private var thread = pthread_t()
     /// The multi handle as seen from other threads (for curl_multi_wakeup).
     private let multiForWakeup = Atomic<UInt>(0)

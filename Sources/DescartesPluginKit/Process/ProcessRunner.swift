@@ -1,6 +1,5 @@
 internal import CProcessShim
 import Glibc
-import Synchronization
 
 /// Resource limits and sandboxing for a child process.
 ///
@@ -261,7 +260,7 @@ public final class ProcessRunner: @unchecked Sendable {
         var nextID: UInt64 = 1
         var live = 0
     }
-    private let shared = Mutex(Shared())
+    private let shared = Lock(Shared())
     private let wakeRead: Int32
     private let wakeWrite: Int32
     /// The label in thread names and messages.

@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 import Testing
 
 /// Where things are when the tests run.
@@ -247,7 +246,7 @@ enum CCompiler {
     }()
 
     /// Keeps compiled fixtures' directories alive for the whole run.
-    static let keep = Mutex<[TempDir]>([])
+    static let keep = Lock<[TempDir]>([])
 }
 
 /// A plugin directory for a test, holding chosen manifests and libraries.
