@@ -12,6 +12,7 @@
 #   make soak       20,000 requests through one instance sampling RSS, and 1,000 in flight at once
 #   make bench-lock Synchronization.Mutex against the project's Lock
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
+#                   share/descartes/ (conformance specs, the C example, the plugin docs),
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
 #
 # The C example plugin (Plugins/EchoC) is built with $(CC) against the staged
@@ -33,6 +34,9 @@ STAGE      ?= build/prefix
 STAGE_ABS   = $(abspath $(STAGE))
 BIN_DIR     = $(shell $(SWIFT) build -c $(CONFIG) --show-bin-path)
 PLUGIN_DIR  = lib/descartes/plugins
+SHARE_DIR   = share/descartes
+# What a plugin author reads, installed in share/descartes/doc.
+PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/manifest.md docs/conformance.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
 .PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
@@ -51,6 +55,10 @@ stage: swift-build
 	sed -e 's|@PREFIX@|$(STAGE_ABS)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(STAGE)/lib/pkgconfig/descartes-plugin.pc
 	@for p in $(SWIFT_PLUGINS); do cp $(BIN_DIR)/libdescartes-$$p.so $(STAGE)/$(PLUGIN_DIR)/ || exit 1; done
 	cp manifests/*.yaml $(STAGE)/$(PLUGIN_DIR)/
+	@rm -rf $(STAGE)/$(SHARE_DIR) && mkdir -p $(STAGE)/$(SHARE_DIR)/conformance $(STAGE)/$(SHARE_DIR)/examples $(STAGE)/$(SHARE_DIR)/doc
+	cp -R conformance/. $(STAGE)/$(SHARE_DIR)/conformance/
+	cp Plugins/EchoC/echo.c manifests/echo.yaml $(STAGE)/$(SHARE_DIR)/examples/
+	cp $(PLUGIN_DOCS) $(STAGE)/$(SHARE_DIR)/doc/
 	@$(MAKE) --no-print-directory c-plugins STAGE=$(STAGE)
 
 c-plugins:
@@ -83,10 +91,14 @@ install: stage
 	install -m 755 $(STAGE)/$(PLUGIN_DIR)/*.so $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
 	install -m 644 $(STAGE)/$(PLUGIN_DIR)/*.yaml $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
+	rm -rf $(DESTDIR)$(PREFIX)/$(SHARE_DIR)
+	install -d $(DESTDIR)$(PREFIX)/share
+	cp -R $(STAGE)/$(SHARE_DIR) $(DESTDIR)$(PREFIX)/$(SHARE_DIR)
+	chmod -R u=rwX,go=rX $(DESTDIR)$(PREFIX)/$(SHARE_DIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/descartes $(DESTDIR)$(PREFIX)/bin/descartes-plugin-host $(DESTDIR)$(PREFIX)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
-	rm -rf $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)
+	rm -rf $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR) $(DESTDIR)$(PREFIX)/$(SHARE_DIR)
 
 # The test suite: a debug build installed into build/test-prefix (the
 # out-of-tree plugin test builds against that prefix), then `swift test`.

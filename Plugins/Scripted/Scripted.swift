@@ -17,9 +17,23 @@
 //   "finish:<reason>"     finish with that reason (default: "stop" at the end)
 //   "after-terminal"      emit a text event after the terminal event (a rule violation)
 //   "ignore-cancel"       keep going when cancelled (a misbehaving plugin)
+//   "retry_after:<ms>"    set the retry-after hint of later "error" steps of this script
+//   "echo-options"        emit the request's options, minus these scripting ones, as JSON text
+//   "echo-model"          emit the model asked for ("" for the default) as text
+//   "echo-metadata"       emit the request's metadata as JSON text
 //   "crash:segv"          dereference a null pointer (SIGSEGV) -- for isolation tests
 //   "crash:abort"         abort() (SIGABRT)
 //   "leak"                allocate and touch memory without bound until the process dies
+//
+// Scripts that change from one call to the next (retries, fallbacks, caches):
+// the option "sequence" is a list of scripts; the n-th call (0-based) carrying
+// the same option "sequence_id" (default "default") runs script n, the last
+// one repeating. The health check reports "calls" (completions started) and
+// "sequences" ({id: calls so far}).
+//
+// Chains of several providers: the option "by_instance" maps an instance
+// name to the script (or, with "sequence", the list of scripts) that
+// instance runs instead.
 import DescartesPluginKit
 import Glibc
 
@@ -27,7 +41,9 @@ final class ScriptedBackend: DescartesBackend {
     let context: BackendContext
     /// Calls running now and initializations so far, reported by the health
     /// check so tests can see cancellation reach the plugin.
-    let counters = Lock((active: 0, initializations: 0))
+    let counters = Lock((active: 0, initializations: 0, calls: 0))
+    let sequences = Lock<[String: Int]>([:])
+    let batches = Lock<[String: Batch]>([:])
     let initDelay: Int
     let failInit: String?
 
@@ -54,9 +70,13 @@ final class ScriptedBackend: DescartesBackend {
 
     func healthCheck(_ call: PluginCall) {
         let c = counters.withLock { $0 }
+        let seqs = sequences.withLock { $0 }
         call.finish(result: [
             "message": .string("scripted backend '\(context.instance)' is healthy"),
-            "details": ["active": .integer(c.active), "initializations": .integer(c.initializations)],
+            "details": [
+                "active": .integer(c.active), "initializations": .integer(c.initializations), "calls": .integer(c.calls),
+                "sequences": .object(JSONObject(seqs.sorted { $0.key < $1.key }.map { (key: $0.key, value: .integer($0.value)) })),
+            ],
         ])
     }
 
@@ -65,14 +85,30 @@ final class ScriptedBackend: DescartesBackend {
     }
 
     func stream(_ request: ModelRequest, _ call: PluginCall) {
-        let steps = request.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? context.list("default_script") ?? ["words"]
-        let retryAfter = request.options["retry_after_ms"]?.intValue
+        var options = request.options
+        if let mine = options["by_instance"]?[context.instance] {
+            if options["sequence"] != nil { options["sequence"] = mine } else { options["script"] = mine }
+        }
+        var steps = options["script"]?.arrayValue?.compactMap(\.stringValue) ?? context.list("default_script") ?? ["words"]
+        if let seq = options["sequence"]?.arrayValue, !seq.isEmpty {
+            let id = request.options["sequence_id"]?.stringValue ?? "default"
+            let n = sequences.withLock { s -> Int in
+                defer { s[id, default: 0] += 1 }
+                return s[id, default: 0]
+            }
+            steps = seq[min(n, seq.count - 1)].arrayValue?.compactMap(\.stringValue) ?? []
+        }
+        let initialRetryAfter = request.options["retry_after_ms"]?.intValue
         let ignoreCancel = steps.contains("ignore-cancel")
         let prompt = request.messages.last { $0.role == .user }?.content ?? ""
         let model = request.model ?? "scripted-small"
-        counters.withLock { $0.active += 1 }
+        counters.withLock {
+            $0.active += 1
+            $0.calls += 1
+        }
         let task = Task.detached { [self] in
             defer { counters.withLock { $0.active -= 1 } }
+            var retryAfter = initialRetryAfter
             call.start(id: "scripted-1", model: model)
             var reason = "stop"
             var outputWords = 0
@@ -120,6 +156,14 @@ final class ScriptedBackend: DescartesBackend {
                             retryAfter: retryAfter.map { .milliseconds($0) }))
                     return
                 case "finish": reason = arg
+                case "retry_after": retryAfter = Int(arg)
+                case "echo-options":
+                    var o = request.options
+                    for k in ["script", "sequence", "sequence_id", "by_instance", "retry_after_ms"] { o[k] = nil }
+                    call.text(JSONValue.object(o).jsonText)
+                case "echo-model": call.text(request.model ?? "")
+                case "echo-metadata":
+                    call.text(JSONValue.object(JSONObject(request.metadata.sorted { $0.key < $1.key }.map { (key: $0.key, value: .string($0.value)) })).jsonText)
                 case "crash":
                     if arg == "abort" { abort() }
                     let null = UnsafeMutablePointer<Int>(bitPattern: 8)!
@@ -162,4 +206,81 @@ public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> Un
         factories: [
             BackendFactory(id: "scripted", description: "Test fixture: replies scripted by each request") { try ScriptedBackend($0) }
         ])
+}
+
+// A provider batch API in memory, for the host's side of the
+// "descartes.batch/1" extension (the real ones live in the OpenAI and
+// Anthropic plugins). A batch ends after as many status polls as the first
+// request's option "batch_polls" (default 1); a request whose script has an
+// "error:<kind>:<msg>" step gets that error as its result, the others their
+// prompt back; option "batch_submit_error" refuses the whole submission.
+extension ScriptedBackend: DescartesBatchBackend {
+    struct Batch {
+        var requests: [BatchRequest]
+        var polls = 0
+        var pollsNeeded: Int
+        var state = "in_progress"
+    }
+
+    func submitBatch(_ requests: [BatchRequest], _ call: PluginCall) {
+        if let e = requests.first?.request.options["batch_submit_error"]?.stringValue {
+            call.fail(ProviderError(.api, e, status: 400))
+            return
+        }
+        let id = batches.withLock { b -> String in
+            let id = "batch_\(b.count + 1)"
+            b[id] = Batch(requests: requests, pollsNeeded: requests.first?.request.options["batch_polls"]?.intValue ?? 1)
+            return id
+        }
+        call.finish(result: BatchWire.status(id: id, state: "in_progress", providerStatus: "validating", total: requests.count, succeeded: 0, failed: 0))
+    }
+
+    func batchStatus(id: String, _ call: PluginCall) {
+        let batch = batches.withLock { b -> Batch? in
+            guard var batch = b[id] else { return nil }
+            batch.polls += 1
+            if batch.state == "in_progress" && batch.polls >= batch.pollsNeeded { batch.state = "ended" }
+            b[id] = batch
+            return batch
+        }
+        guard let batch else { return call.fail(ProviderError(.api, "no batch '\(id)'", status: 404)) }
+        let failed = batch.requests.filter { ScriptedBackend.batchError($0.request) != nil }.count
+        let done = batch.state == "ended"
+        call.finish(result: BatchWire.status(
+            id: id, state: batch.state, providerStatus: done ? "completed" : batch.state, total: batch.requests.count,
+            succeeded: done ? batch.requests.count - failed : 0, failed: done ? failed : 0))
+    }
+
+    func batchResults(id: String, _ call: PluginCall) {
+        guard let batch = batches.withLock({ $0[id] }) else { return call.fail(ProviderError(.api, "no batch '\(id)'", status: 404)) }
+        guard batch.state == "ended" else { return call.fail(ProviderError(.api, "batch '\(id)' has not ended", status: 400)) }
+        // The provider's order is not the input's: reversed, to prove the host matches by id.
+        let items = batch.requests.reversed().map { r -> JSONValue in
+            if let e = ScriptedBackend.batchError(r.request) { return BatchWire.result(customID: r.customID, error: e) }
+            let prompt = r.request.messages.last { $0.role == .user }?.content ?? ""
+            let n = prompt.split(separator: " ").count
+            return BatchWire.result(
+                customID: r.customID, content: prompt,
+                finish: Wire.Finish(finishReason: .stop, usage: Usage(inputTokens: n * 1000, outputTokens: n * 1000), model: r.request.model ?? "scripted-small", id: "msg_\(r.customID)"))
+        }
+        call.finish(json: BatchWire.results(items, priceFactor: 0.5))
+    }
+
+    func cancelBatch(id: String, _ call: PluginCall) {
+        let found = batches.withLock { b -> Bool in
+            guard b[id] != nil else { return false }
+            b[id]!.state = "cancelled"
+            return true
+        }
+        guard found else { return call.fail(ProviderError(.api, "no batch '\(id)'", status: 404)) }
+        call.finish(result: BatchWire.status(id: id, state: "cancelled", providerStatus: "cancelled"))
+    }
+
+    static func batchError(_ r: ModelRequest) -> ProviderError? {
+        for step in r.options["script"]?.arrayValue?.compactMap(\.stringValue) ?? [] where step.hasPrefix("error:") {
+            let (kind, message) = split(String(step.dropFirst(6)))
+            return ProviderError(ProviderError.Kind(rawValue: kind), message)
+        }
+        return nil
+    }
 }

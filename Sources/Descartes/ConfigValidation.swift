@@ -73,6 +73,43 @@ public enum ConfigValidation {
         }
     }
 
+    /// A value given for a config key: on the command line (`--set`), in
+    /// code, or in providers.yaml (then with its positions).
+    public struct Explicit: Sendable {
+        public var value: JSONValue
+        /// Where it came from, for messages: "config", "--set",
+        /// "file:line:column".
+        public var origin: String
+        /// The value's and the key's positions in a file, when it came from one.
+        public var position: SourcePosition?
+        public var keyPosition: SourcePosition?
+        /// The value must be masked even if the manifest does not declare the
+        /// key secret (it came from `${file:...}` or a credential helper).
+        public var secret: Bool = false
+        /// The references it was expanded from (`${OPENAI_API_KEY}`).
+        public var via: [String] = []
+
+        public init(value: JSONValue, origin: String = "config") {
+            self.value = value
+            self.origin = origin
+        }
+    }
+
+    /// What checking a configuration found.
+    public struct Outcome: Sendable {
+        /// The config object the plugin receives.
+        public var config: JSONObject
+        /// Secret values in it (for redaction).
+        public var secrets: [String]
+        /// Where each key's value came from: "file:line:column",
+        /// "environment variable X", "default", "--set", "config".
+        public var sources: [String: String]
+        /// Every problem, positioned when the value came from a file.
+        public var problems: [SourceProblem]
+        /// The same problems as lines for an error's details.
+        public var details: [String]
+    }
+
     /// The configuration a plugin receives: explicit values, then each key's
     /// environment variables, then its default; checked against the
     /// manifest. Reports every problem at once, naming the manifest file.
@@ -82,20 +119,64 @@ public enum ConfigValidation {
     public static func resolve(
         manifest: PluginManifest, instance: String, explicit: [String: JSONValue], environment: [String: String]
     ) throws(ProviderError) -> (config: JSONObject, secrets: [String]) {
-        var problems: [String] = []
-        var config = JSONObject()
-        var secrets: [String] = []
+        let r = try resolve(
+            manifest: manifest, instance: instance, values: explicit.mapValues { Explicit(value: $0) }, environment: environment, at: nil)
+        return (r.config, r.secrets)
+    }
+
+    /// As `resolve(manifest:instance:explicit:environment:)`, for values that
+    /// may come from a file: problems with a value or key carry its
+    /// file:line:column; missing keys are reported at `at` (where the
+    /// instance is defined), when given.
+    public static func resolve(
+        manifest: PluginManifest, instance: String, values: [String: Explicit], environment: [String: String], at: SourcePosition?
+    ) throws(ProviderError) -> Outcome {
+        let r = check(manifest: manifest, instance: instance, values: values, environment: environment, at: at)
+        if !r.details.isEmpty {
+            throw ProviderError(
+                .config,
+                "invalid configuration for '\(instance)' (\(r.details.count) problem\(r.details.count == 1 ? "" : "s"), checked against \(manifest.file))",
+                provider: instance, details: r.details)
+        }
+        return r
+    }
+
+    /// Checks without throwing; see `resolve`.
+    public static func check(
+        manifest: PluginManifest, instance: String, values: [String: Explicit], environment: [String: String], at: SourcePosition?
+    ) -> Outcome {
+        var out = Outcome(config: JSONObject(), secrets: [], sources: [:], problems: [], details: [])
+        func problem(_ position: SourcePosition?, _ message: String) {
+            if let position {
+                out.problems.append(SourceProblem(position, message))
+                out.details.append("\(position): \(message)")
+            } else {
+                out.details.append(message)
+                out.problems.append(SourceProblem(SourcePosition(file: manifest.file, line: 1, column: 1), message))
+            }
+        }
         let known = manifest.config.map(\.name)
-        for name in explicit.keys.sorted() where manifest.configKey(name) == nil {
+        for name in values.keys.sorted() where manifest.configKey(name) == nil {
             let hint = closest(name, in: known).map { " (did you mean '\($0)'?)" } ?? ""
             let list = known.isEmpty ? "it declares none" : "it declares: \(known.joined(separator: ", "))"
-            problems.append("unknown key '\(name)'\(hint); \(list)")
+            let v = values[name]!
+            if v.keyPosition != nil {
+                let declared = known.isEmpty ? "declares no keys" : "declares: \(known.joined(separator: ", "))"
+                problem(v.keyPosition, "unknown key '\(name)' for provider '\(instance)'\(hint); its plugin '\(manifest.provider)' (\(manifest.file)) \(declared)")
+            } else {
+                problem(nil, "unknown key '\(name)'\(hint); \(list)")
+            }
         }
         for key in manifest.config {
             var raw: JSONValue? = nil
             var source = "config"
-            if let v = explicit[key.name], !v.isNull {
-                raw = v
+            var position: SourcePosition? = nil
+            var secret = key.secret
+            if let v = values[key.name], !v.value.isNull {
+                raw = v.value
+                source = v.origin
+                position = v.position
+                secret = secret || v.secret
             } else if let (name, value) = key.env.lazy.compactMap({ n in environment[n].map { (n, $0) } }).first(where: { !$0.1.isEmpty }) {
                 raw = .string(value)
                 source = "environment variable \(name)"
@@ -106,26 +187,29 @@ public enum ConfigValidation {
             guard let raw else {
                 if key.required {
                     let envHint = key.env.isEmpty ? "" : " or the environment variable \(key.env.joined(separator: " / "))"
-                    problems.append("missing required key '\(key.name)' (\(key.type.rawValue)): set it in the config\(envHint)")
+                    if let at {
+                        problem(at, "provider '\(instance)' is missing required key '\(key.name)' (\(key.type.rawValue)): set it here\(envHint)")
+                    } else {
+                        problem(nil, "missing required key '\(key.name)' (\(key.type.rawValue)): set it in the config\(envHint)")
+                    }
                 }
                 continue
             }
             switch coerce(raw, to: key.type) {
             case .success(let v):
-                config[key.name] = v
-                if key.secret, case .string(let s) = v, !s.isEmpty { secrets.append(s) }
+                out.config[key.name] = v
+                out.sources[key.name] = source
+                if secret, case .string(let s) = v, !s.isEmpty { out.secrets.append(s) }
             case .failure(let msg):
-                let shown = key.secret ? "" : (raw.stringValue.map { " ('\(Wire.excerpt($0, limit: 60))')" } ?? "")
-                problems.append("key '\(key.name)' from \(source) \(msg)\(shown)")
+                let shown = secret ? "" : (raw.stringValue.map { " ('\(Wire.excerpt($0, limit: 60))')" } ?? "")
+                if position != nil {
+                    problem(position, "key '\(key.name)' of provider '\(instance)' \(msg)\(shown)")
+                } else {
+                    problem(nil, "key '\(key.name)' from \(source) \(msg)\(shown)")
+                }
             }
         }
-        if !problems.isEmpty {
-            throw ProviderError(
-                .config,
-                "invalid configuration for '\(instance)' (\(problems.count) problem\(problems.count == 1 ? "" : "s"), checked against \(manifest.file))",
-                provider: instance, details: problems)
-        }
-        return (config, secrets)
+        return out
     }
 }
 

@@ -38,51 +38,34 @@ public final class Redactor: Sendable {
         }
     }
 
-    public static let mask = "[REDACTED]"
+    /// Registers a `Secret`'s value.
+    public func register(_ secret: Secret) { register(secret.reveal()) }
+
+    public static let mask = Secret.mask
 
     /// `text` with every registered secret, and anything shaped like a
     /// bearer token or API key, replaced by `[REDACTED]`.
     public func redact(_ text: String) -> String {
         var out = text
         let list = secrets.withLock { $0 }
-        for s in list where out.contains(s) {
+        for s in list where s.utf8.count <= out.utf8.count && out[...].range(of: s) != nil {
             out = out.replacingAll(s, with: Redactor.mask)
         }
         return Redactor.redactKeyShapes(out)
     }
 
     /// Masks values that look like credentials even when we were never told
-    /// about them (a server echoing a key back): `Bearer <token>`,
-    /// `x-api-key: <value>`, and `sk-...`-style keys.
-    static func redactKeyShapes(_ text: String) -> String {
-        guard text.contains("Bearer ") || text.contains("sk-") || text.lowercased().contains("api-key") || text.lowercased().contains("api_key") else {
-            return text
-        }
-        var result = ""
-        var rest = Substring(text)
-        let markers = ["Bearer ", "bearer ", "x-api-key: ", "X-Api-Key: ", "x-api-key=", "api_key=", "api-key: ", "\"api_key\":\"", "sk-"]
-        outer: while !rest.isEmpty {
-            var best: (Range<Substring.Index>, String)? = nil
-            for m in markers {
-                if let r = rest.range(of: m), best == nil || r.lowerBound < best!.0.lowerBound { best = (r, m) }
-            }
-            guard let (range, marker) = best else {
-                result += rest
-                break outer
-            }
-            // The token: up to whitespace, a quote, or a comma.
-            var end = range.upperBound
-            while end < rest.endIndex, !" \t\r\n\"',;}".contains(rest[end]) { end = rest.index(after: end) }
-            let tokenLength = rest.distance(from: range.upperBound, to: end)
-            if tokenLength >= 8 || (marker != "sk-" && tokenLength >= 4) {
-                result += rest[..<range.lowerBound]
-                result += marker == "sk-" ? Redactor.mask : marker + Redactor.mask
-            } else {
-                result += rest[..<end]
-            }
-            rest = rest[end...]
-        }
-        return result
+    /// about them (a server echoing a key back): see `KeyShapes`.
+    static func redactKeyShapes(_ text: String) -> String { KeyShapes.redact(text) }
+
+    /// `error` with its message, details and provider type redacted, for
+    /// errors built from what a provider or plugin said.
+    public func redact(_ error: ProviderError) -> ProviderError {
+        var e = error
+        e.message = redact(e.message)
+        e.details = e.details.map { redact($0) }
+        e.providerType = e.providerType.map { redact($0) }
+        return e
     }
 }
 

@@ -100,6 +100,9 @@ public struct PluginManifest: Sendable, Hashable {
     public var defaultModel: String?
     public var models: [ManifestModel]
     public var config: [ConfigKey]
+    /// The plugin's conformance spec (docs/conformance.md), resolved
+    /// relative to the manifest, when the manifest names one.
+    public var conformance: String? = nil
 
     public func configKey(_ name: String) -> ConfigKey? { config.first { $0.name == name } }
     public func model(_ id: String) -> ManifestModel? { models.first { $0.id == id } }
@@ -116,7 +119,7 @@ public struct PluginManifest: Sendable, Hashable {
 
     static let knownKeys = [
         "manifest_version", "provider", "version", "description", "library", "factory", "abi", "mode", "capabilities",
-        "default_model", "models", "config",
+        "default_model", "models", "config", "conformance",
     ]
     static let knownConfigKeyFields = ["type", "required", "default", "env", "secret", "description"]
     static let knownModelFields = ["id", "context", "max_output", "price", "capabilities"]
@@ -207,13 +210,16 @@ public struct PluginManifest: Sendable, Hashable {
             }
         }
 
+        let conformance = v.string(root, "conformance")
         if !v.problems.isEmpty { throw SourceError(v.problems) }
         let dir = FileSystem.directory(of: file)
         let resolved = library.hasPrefix("/") ? library : FileSystem.join(dir, library)
-        return PluginManifest(
+        var manifest = PluginManifest(
             file: file, provider: provider, version: version, description: description, libraryName: library,
             libraryPath: resolved, factory: factory, abi: abi, mode: mode, capabilities: capabilities,
             defaultModel: defaultModel, models: models, config: config)
+        manifest.conformance = conformance.map { $0.hasPrefix("/") ? $0 : FileSystem.join(dir, $0) }
+        return manifest
     }
 
     static func isValidID(_ s: String) -> Bool {

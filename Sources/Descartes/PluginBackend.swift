@@ -54,6 +54,9 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     enum Operation: String {
         case initialize, healthCheck = "health_check", complete, stream, listModels = "list_models",
             estimateTokens = "estimate_tokens", shutdown
+        // The "descartes.batch/1" extension (ProviderBatch.swift).
+        case batchSubmit = "batch submit", batchStatus = "batch status", batchResults = "batch results",
+            batchCancel = "batch cancel"
     }
 
     func function(_ op: Operation) -> descartes_operation_fn? {
@@ -66,6 +69,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         case .listModels: return b.list_models
         case .estimateTokens: return b.estimate_tokens
         case .shutdown: return b.shutdown
+        case .batchSubmit, .batchStatus, .batchResults, .batchCancel: return batchFunction(op)
         }
     }
 

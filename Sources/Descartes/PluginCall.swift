@@ -194,9 +194,7 @@ final class PluginCall: @unchecked Sendable {
         if success {
             decoded = decodeResult(bytes)
         } else {
-            var err = Wire.decodeError(bytes, provider: backend.name)
-            err.message = Redactor.shared.redact(err.message)
-            decoded = .failure(err)
+            decoded = .failure(Redactor.shared.redact(Wire.decodeError(bytes, provider: backend.name)))
         }
         var outcome: Result<Outcome, ProviderError> = .failure(ProviderError(.backend, "unreachable", provider: backend.name))
         let (handle, duplicate) = state.withLock { s -> (CallHandle?, Bool) in

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Where plugins are looked for, in order. The current directory is never
 /// searched.
 public struct PluginSearch: Sendable {
@@ -32,12 +34,17 @@ public struct PluginSearch: Sendable {
     ///    (`<prefix>/bin/descartes` -> `<prefix>/lib/descartes/plugins`),
     /// 4. the system directories (`/usr/local/lib/...`, `/usr/lib/...`).
     ///
-    /// With `elevated` (setuid/setgid, or root when the host policy says so)
-    /// 1 and 2 are skipped.
+    /// The plugin policy's `search` directories come after 2 (the user
+    /// file's) and before 3 (the system file's).
+    ///
+    /// With `elevated` (setuid/setgid always; root when the system policy
+    /// sets `ignore_environment_as_root`) 1, 2 and the user policy's
+    /// directories are skipped. See docs/policy.md.
     public static func standard(
         environment: [String: String] = Environment.current(), executable: String? = FileSystem.executablePath(),
-        elevated: Bool = Environment.isSecureExecution
+        elevated: Bool? = nil, policy: PluginPolicy = .none
     ) -> PluginSearch {
+        let elevated = elevated ?? (Environment.isSecureExecution || (Environment.isRoot && policy.ignoreEnvironmentAsRoot))
         var dirs: [Directory] = []
         var notes: [String] = []
         if let path = environment["DESCARTES_PLUGIN_PATH"], !path.isEmpty {
@@ -64,6 +71,10 @@ public struct PluginSearch: Sendable {
             }
             dirs.append(Directory(path: FileSystem.join(dataHome, "descartes/plugins"), origin: "user data directory"))
         }
+        for d in policy.search where d.origin.hasPrefix("user policy") {
+            if elevated { notes.append("ignoring \(d.path) (\(d.origin)): the process runs with elevated privileges") } else { dirs.append(d) }
+        }
+        dirs += policy.search.filter { !$0.origin.hasPrefix("user policy") }
         if let exe = executable {
             let prefix = FileSystem.directory(of: FileSystem.directory(of: exe))
             dirs.append(Directory(path: FileSystem.join(prefix, "lib/descartes/plugins"), origin: "install prefix"))
@@ -89,6 +100,11 @@ public struct CatalogEntry: Sendable {
         case libraryMissing
         /// Another manifest earlier in the search order has the same provider id.
         case shadowed(by: String)
+        /// The host's plugin policy disables it (the reason names the rule).
+        case disabled(String)
+        /// A file another user could have written, while the process runs
+        /// with elevated privileges (see `FileTrust`).
+        case refused(String)
 
         public var label: String {
             switch self {
@@ -97,6 +113,8 @@ public struct CatalogEntry: Sendable {
             case .incompatible: return "incompatible"
             case .libraryMissing: return "library missing"
             case .shadowed: return "shadowed"
+            case .disabled: return "disabled"
+            case .refused: return "refused"
             }
         }
     }
@@ -106,6 +124,12 @@ public struct CatalogEntry: Sendable {
     public var manifest: PluginManifest?
     public var problems: [SourceProblem]
     public var status: Status
+    /// What the plugin policy says about it (for entries with a manifest).
+    public var policy: PluginPolicy.Decision?
+    /// The policy rule that requires it, if any.
+    public var requiredBy: PluginPolicy.Rule?
+    /// The SHA-256 digest the policy pins its library to, if any.
+    public var pin: PluginPolicy.Pin?
 
     /// One line saying why the entry is not available.
     public var reason: String? {
@@ -115,6 +139,8 @@ public struct CatalogEntry: Sendable {
         case .incompatible(let why): return why
         case .libraryMissing: return "\(manifest?.libraryPath ?? "?"): no such file"
         case .shadowed(let by): return "shadowed by \(by)"
+        case .disabled(let why): return why
+        case .refused(let why): return why
         }
     }
 }
@@ -126,11 +152,15 @@ public final class PluginCatalog: Sendable {
     public let entries: [CatalogEntry]
     /// What discovery did, step by step (printed by `--verbose`).
     public let trace: [String]
+    /// The policy applied.
+    public let policy: PluginPolicy
+    private let requiredChecked = Mutex<ProviderError??>(nil)
 
-    public init(search: PluginSearch, entries: [CatalogEntry], trace: [String]) {
+    public init(search: PluginSearch, entries: [CatalogEntry], trace: [String], policy: PluginPolicy = .none) {
         self.search = search
         self.entries = entries
         self.trace = trace
+        self.policy = policy
     }
 
     /// The entry that serves `provider`, if any (available or not).
@@ -148,14 +178,37 @@ public final class PluginCatalog: Sendable {
         entries.compactMap { $0.status == .available ? $0.manifest?.provider : nil }
     }
 
-    /// Discovers manifests (`*.yaml`, `*.yml`) in the search directories.
-    public static func discover(_ search: PluginSearch = .standard()) -> PluginCatalog {
+    /// The host's plugins: the standard search path under the host's policy
+    /// (`PluginPolicy.standard()`).
+    public static func discover() -> PluginCatalog {
+        let policy = PluginPolicy.standard()
+        return discover(.standard(policy: policy), policy: policy)
+    }
+
+    /// Discovers manifests (`*.yaml`, `*.yml`) in the search directories and
+    /// applies `policy`. When the process runs with elevated privileges,
+    /// directories, manifests and libraries another user could have written
+    /// are refused (`FileTrust`).
+    public static func discover(_ search: PluginSearch, policy: PluginPolicy = .none) -> PluginCatalog {
         var trace = search.notes
+        for f in policy.files {
+            switch f.status {
+            case .loaded: trace.append("policy \(f.path) (\(f.scope.rawValue)): read")
+            case .missing: trace.append("policy \(f.path) (\(f.scope.rawValue)): not found")
+            case .refused(let why): trace.append("policy \(f.path) (\(f.scope.rawValue)): \(why)")
+            }
+        }
+        for p in policy.problems { trace.append("policy problem: \(p)") }
+        let checkFiles = FileTrust.enforced
         var entries: [CatalogEntry] = []
         var owner: [String: String] = [:]  // provider id -> manifest file
         for dir in search.directories {
             guard FileSystem.isDirectory(dir.path) else {
                 trace.append("search \(dir.path) (\(dir.origin)): not a directory, skipped")
+                continue
+            }
+            if checkFiles, let why = FileTrust.problem(dir.path) {
+                trace.append("search \(dir.path) (\(dir.origin)): skipped: \(why)")
                 continue
             }
             let names: [String]
@@ -168,17 +221,34 @@ public final class PluginCatalog: Sendable {
             for name in manifests {
                 let file = FileSystem.join(dir.path, name)
                 var entry = CatalogEntry(file: file, directory: dir, manifest: nil, problems: [], status: .invalid)
+                if checkFiles, let why = FileTrust.problem(file) {
+                    // Read (never trusted) only to say which provider was refused.
+                    entry.manifest = try? PluginManifest.load(path: file)
+                    entry.status = .refused(why)
+                    if let p = entry.manifest?.provider, owner[p] == nil { owner[p] = file }
+                    trace.append("  \(name): refused (\(why))")
+                    entries.append(entry)
+                    continue
+                }
                 do {
                     let m = try PluginManifest.load(path: file)
                     entry.manifest = m
+                    let decision = policy.decision(for: m.provider)
+                    entry.policy = decision
+                    entry.requiredBy = policy.requirement(for: m.provider)
+                    entry.pin = policy.pin(for: m.libraryPath)
                     if let first = owner[m.provider] {
                         entry.status = .shadowed(by: first)
                     } else {
                         owner[m.provider] = file
                         if m.abi > descartesABIVersion || m.abi < 1 {
                             entry.status = .incompatible("requires plugin ABI \(m.abi); this host speaks 1...\(descartesABIVersion)")
+                        } else if !decision.enabled {
+                            entry.status = .disabled(decision.reason)
                         } else if !FileSystem.exists(m.libraryPath) {
                             entry.status = .libraryMissing
+                        } else if checkFiles, let why = FileTrust.problem(m.libraryPath) {
+                            entry.status = .refused(why)
                         } else {
                             entry.status = .available
                         }
@@ -193,6 +263,52 @@ public final class PluginCatalog: Sendable {
                 entries.append(entry)
             }
         }
-        return PluginCatalog(search: search, entries: entries, trace: trace)
+        return PluginCatalog(search: search, entries: entries, trace: trace, policy: policy)
+    }
+
+    /// What is wrong with the plugins the policy requires, read from the
+    /// manifests alone: each required name (or glob) must match an
+    /// available plugin. Empty when all is well.
+    public var requiredProblems: [String] {
+        var out: [String] = []
+        for rule in policy.required {
+            let matching = entries.filter { e in e.manifest.map { rule.matches($0.provider) } ?? false }
+            let live = matching.filter { !isShadowed($0) }
+            if live.isEmpty {
+                out.append("required plugin '\(rule.pattern)' (\(rule.location)) is not installed (searched \(search.directories.map(\.path).joined(separator: ", ")))")
+                continue
+            }
+            for e in live where e.status != .available {
+                out.append("required plugin '\(e.manifest!.provider)' (\(rule.location)) is \(e.status.label): \(e.reason ?? "")")
+            }
+        }
+        return out
+    }
+
+    /// Checks, once per catalog, that every required plugin is available
+    /// and loads (PAM's "required": one missing or failing is an error for
+    /// every provider).
+    public func checkRequired(loader: PluginLoader) throws(ProviderError) {
+        if policy.required.isEmpty { return }
+        let cached = requiredChecked.withLock { $0 }
+        if let cached {
+            if let e = cached { throw e }
+            return
+        }
+        var problems = requiredProblems
+        if problems.isEmpty {
+            for rule in policy.required {
+                for e in entries where e.status == .available && e.manifest.map({ rule.matches($0.provider) }) == true {
+                    do { _ = try loader.load(path: e.manifest!.libraryPath, sha256: e.pin) } catch {
+                        problems.append("required plugin '\(e.manifest!.provider)' (\(rule.location)) fails to load: \(error)")
+                    }
+                }
+            }
+        }
+        let result: ProviderError? = problems.isEmpty ? nil : ProviderError(
+            .initialization, "a plugin the host policy requires is missing or failing (\(problems.count) problem\(problems.count == 1 ? "" : "s"))",
+            details: problems)
+        requiredChecked.withLock { $0 = .some(result) }
+        if let result { throw result }
     }
 }

@@ -18,6 +18,7 @@ public struct PluginLoadError: Error, Sendable, CustomStringConvertible {
         case malformedLibrary = "malformed library description"
         case unknownFactory = "unknown factory"
         case insecure = "insecure file"
+        case checksumMismatch = "checksum mismatch"
     }
     public var reason: Reason
     public var path: String
@@ -117,8 +118,8 @@ public final class PluginLibrary: @unchecked Sendable {
             var e = errorBox.bytes.isEmpty
                 ? ProviderError(.initialization, "the plugin refused the configuration without saying why", provider: instance)
                 : errorBox.bytes.withUnsafeBytes { Wire.decodeError($0, provider: instance) }
-            e.message = Redactor.shared.redact("\(path): create failed: \(e.message)")
-            throw e
+            e.message = "\(path): create failed: \(e.message)"
+            throw Redactor.shared.redact(e)
         }
         guard raw.pointee.struct_size >= UInt32(MemoryLayout<descartes_backend_t>.offset(of: \.destroy)!) else {
             throw ProviderError(
@@ -204,8 +205,30 @@ public final class PluginLoader: Sendable {
 
     public init() {}
 
-    public func load(path: String) throws(PluginLoadError) -> PluginLibrary {
+    private let digests = Mutex<[String: String]>([:])
+
+    /// Checks that the file at `path` has the digest `pin` names (computed
+    /// once per file and process).
+    public func verify(path: String, sha256 pin: PluginPolicy.Pin) throws(PluginLoadError) {
         let key = FileSystem.realPath(path) ?? path
+        var digest = digests.withLock { $0[key] }
+        if digest == nil {
+            do { digest = try SHA256.file(key) } catch {
+                throw PluginLoadError(.checksumMismatch, path: path, "cannot read it to check its pinned digest: \(error.reason)")
+            }
+            digests.withLock { $0[key] = digest }
+        }
+        guard digest == pin.sha256 else {
+            throw PluginLoadError(
+                .checksumMismatch, path: path, "its SHA-256 is \(digest!), the policy pins \(pin.sha256) (\(pin.location)); not loaded")
+        }
+    }
+
+    /// Loads the library at `path` once per process. With `sha256`, the
+    /// file's digest must match the policy's pin first.
+    public func load(path: String, sha256 pin: PluginPolicy.Pin? = nil) throws(PluginLoadError) -> PluginLibrary {
+        let key = FileSystem.realPath(path) ?? path
+        if let pin { try verify(path: path, sha256: pin) }
         // dlopen and entry run under the lock: the ABI says the entry is
         // called once per library, from one thread.
         let result = cache.withLock { c -> Result<PluginLibrary, PluginLoadError> in

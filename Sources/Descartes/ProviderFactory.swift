@@ -14,14 +14,75 @@ public struct ProviderFactory: Sendable {
     public let loader: PluginLoader
     /// The environment consulted for config keys' `env` variables.
     public var environment: [String: String]
+    /// Named provider instances and their settings (providers.yaml), if any.
+    public var configuration: ProvidersConfig?
+    /// Where to run a provider, by instance name (or plugin provider id),
+    /// chosen by the caller (the CLI's `--isolate`): wins over the policy
+    /// files. A call's own `isolation:` argument wins over this.
+    public var isolationOverrides: [String: Isolation] = [:]
 
     public init(
         catalog: PluginCatalog = .discover(), loader: PluginLoader = .shared,
-        environment: [String: String] = Environment.current()
+        environment: [String: String] = Environment.current(), configuration: ProvidersConfig? = nil
     ) {
         self.catalog = catalog
         self.loader = loader
         self.environment = environment
+        self.configuration = configuration
+    }
+
+    /// A factory for this process: plugins found on the standard search path
+    /// under the host's policy, providers.yaml and `.env` from the standard
+    /// locations (or `configFile` alone).
+    ///
+    /// - Throws: `ProviderError` of kind `config` listing every problem in
+    ///   the configuration files, each with file:line:column.
+    public static func standard(configFile: String? = nil) throws(ProviderError) -> ProviderFactory {
+        let config = ProvidersConfig.load(.init(explicitFile: configFile))
+        if !config.problems.isEmpty {
+            throw ProviderError(
+                .config, "invalid configuration (\(config.problems.count) problem\(config.problems.count == 1 ? "" : "s"))",
+                details: config.problems.map(\.description))
+        }
+        return ProviderFactory(catalog: .discover(.standard()), environment: config.environment, configuration: config)
+    }
+
+    /// Creates the backend `name` names: an instance of providers.yaml
+    /// (its plugin, with its settings), else a plugin's provider id with no
+    /// settings but the environment and defaults. `overrides` (`--set`) win
+    /// over the file.
+    ///
+    /// - Throws: `ProviderError` of kind `config` listing every problem with
+    ///   the instance, each naming file:line:column and the key.
+    public func backend(_ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation? = nil) throws(ProviderError) -> any ModelBackend {
+        let (plugin, values, at) = try instanceValues(name, overrides: overrides)
+        return try createPluginBackend(
+            plugin, values: values, instance: name, at: at,
+            isolation: isolation ?? isolationOverrides[name] ?? isolationOverrides[plugin] ?? .inProcess)
+    }
+
+    /// The plugin and the explicit config values for `name` (see `backend`).
+    public func instanceValues(
+        _ name: String, overrides: [String: JSONValue] = [:], runHelper: Bool = true
+    ) throws(ProviderError) -> (plugin: String, values: [String: ConfigValidation.Explicit], at: SourcePosition?) {
+        var values: [String: ConfigValidation.Explicit] = [:]
+        var plugin = name
+        var at: SourcePosition? = nil
+        if let config = configuration, let inst = config.instance(name) {
+            switch config.resolve(inst, runHelper: runHelper) {
+            case .failure(let e):
+                throw ProviderError(
+                    .config,
+                    "invalid configuration for provider '\(name)' (\(e.problems.count) problem\(e.problems.count == 1 ? "" : "s"))",
+                    provider: name, details: e.problems.map(\.description))
+            case .success(let r):
+                values = r.values
+                plugin = r.plugin
+                at = r.location
+            }
+        }
+        for (k, v) in overrides { values[k] = ConfigValidation.Explicit(value: v, origin: "config") }
+        return (plugin, values, at)
     }
 
     /// Creates a backend for `name` with the standard plugin search.
@@ -42,9 +103,11 @@ public struct ProviderFactory: Sendable {
     /// Creates a backend for provider `name`, under the instance name
     /// `instance` (defaults to the provider id).
     public func create(
-        _ name: String, config: [String: JSONValue] = [:], instance: String? = nil, isolation: Isolation = .inProcess
+        _ name: String, config: [String: JSONValue] = [:], instance: String? = nil, isolation: Isolation? = nil
     ) throws(ProviderError) -> any ModelBackend {
-        try createPluginBackend(name, config: config, instance: instance, isolation: isolation)
+        try createPluginBackend(
+            name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: instance, at: nil,
+            isolation: isolation ?? instance.flatMap { isolationOverrides[$0] } ?? isolationOverrides[name] ?? .inProcess)
     }
 
     /// Where a plugin runs.
@@ -75,22 +138,26 @@ public struct ProviderFactory: Sendable {
     }
 
     func createPluginBackend(
-        _ name: String, config: [String: JSONValue], instance: String?, isolation: Isolation = .inProcess
+        _ name: String, values: [String: ConfigValidation.Explicit], instance: String?, at: SourcePosition?,
+        isolation: Isolation = .inProcess
     ) throws(ProviderError) -> PluginBackend {
         let instanceName = instance ?? name
+        for v in values.values where v.secret { if case .string(let s) = v.value { Redactor.shared.register(s) } }
+        try catalog.checkRequired(loader: loader)
         let manifest = try manifest(for: name)
-        let (resolved, secrets) = try ConfigValidation.resolve(
-            manifest: manifest, instance: instanceName, explicit: config, environment: environment)
-        for s in secrets { Redactor.shared.register(s) }
+        let outcome = try ConfigValidation.resolve(manifest: manifest, instance: instanceName, values: values, environment: environment, at: at)
+        let resolved = outcome.config
+        for s in outcome.secrets { Redactor.shared.register(s) }
 
         let configBytes = JSONValue.object(resolved).jsonBytes
         let raw: UnsafeMutablePointer<descartes_backend_t>
         let owner: AnyObject
         let table = HostTable(source: "provider \(instanceName)")
+        let pin = catalog.entry(for: name)?.pin
         switch isolation {
         case .inProcess:
             let library: PluginLibrary
-            do { library = try loader.load(path: manifest.libraryPath) } catch {
+            do { library = try loader.load(path: manifest.libraryPath, sha256: pin) } catch {
                 throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: instanceName)
             }
             if library.factory(manifest.factory) == nil {
@@ -102,6 +169,12 @@ public struct ProviderFactory: Sendable {
             raw = try library.createBackend(factory: manifest.factory, provider: name, instance: instanceName, config: configBytes, table: table)
             owner = library
         case .process(let limits):
+            // The helper process loads the library: check its pin here first.
+            if let pin {
+                do { try loader.verify(path: manifest.libraryPath, sha256: pin) } catch {
+                    throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: instanceName)
+                }
+            }
             let proxy = try ProcessBackend.start(
                 manifest: manifest, provider: name, instance: instanceName, config: configBytes, limits: limits)
             raw = proxy.raw
@@ -131,12 +204,12 @@ public struct ProviderFactory: Sendable {
     public func verify(_ name: String, config: [String: JSONValue] = [:]) throws(ProviderError) -> Verification {
         let manifest = try manifest(for: name)
         let library: PluginLibrary
-        do { library = try loader.load(path: manifest.libraryPath) } catch {
+        do { library = try loader.load(path: manifest.libraryPath, sha256: catalog.entry(for: name)?.pin) } catch {
             throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: name)
         }
         var result = Verification(library: library.name, version: library.version, factories: library.factoryIDs, missingConfig: [])
         do {
-            _ = try createPluginBackend(name, config: config, instance: nil)
+            _ = try createPluginBackend(name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: nil, at: nil)
         } catch {
             guard error.kind == .config, !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) else {
                 throw error

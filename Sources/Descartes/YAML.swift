@@ -68,7 +68,9 @@ public struct YAMLNode: Sendable {
         }
     }
 
-    static func resolvePlain(_ s: String) -> JSONValue {
+    /// How YAML's core schema reads an unquoted scalar: null, bool,
+    /// integer, float or string.
+    public static func resolvePlain(_ s: String) -> JSONValue {
         switch s {
         case "", "~", "null", "Null", "NULL": return .null
         case "true", "True", "TRUE": return .bool(true)

@@ -66,10 +66,14 @@ public struct ProviderError: Error, Sendable, Hashable, CustomStringConvertible 
     public var deadline: String?
     /// Further problems, when one error reports several (config validation).
     public var details: [String]
+    /// Every attempt that failed on the way to this error, oldest first, this
+    /// one last, when a middleware (retry, fallback) made more than one; empty
+    /// when the error comes from a single attempt.
+    public var attempts: [Attempt]
 
     public init(
         _ kind: Kind, _ message: String, provider: String? = nil, status: Int? = nil, providerType: String? = nil,
-        retryAfter: Duration? = nil, deadline: String? = nil, details: [String] = []
+        retryAfter: Duration? = nil, deadline: String? = nil, details: [String] = [], attempts: [Attempt] = []
     ) {
         self.kind = kind
         self.message = message
@@ -79,6 +83,7 @@ public struct ProviderError: Error, Sendable, Hashable, CustomStringConvertible 
         self.retryAfter = retryAfter
         self.deadline = deadline
         self.details = details
+        self.attempts = attempts
     }
 
     public var description: String {
@@ -88,6 +93,13 @@ public struct ProviderError: Error, Sendable, Hashable, CustomStringConvertible 
         if let status { s += " (\(status))" }
         s += ": \(message)"
         for d in details { s += "\n  - \(d)" }
+        if attempts.count > 1 {
+            for (i, a) in attempts.enumerated() {
+                s += "\n  attempt \(i + 1): \(a.provider): \(a.error.kind)"
+                if let st = a.error.status { s += " (\(st))" }
+                s += " after \(a.duration.milliseconds) ms: \(a.error.message)"
+            }
+        }
         return s
     }
 

@@ -39,23 +39,6 @@ extension DescartesBackend {
     public func shutdown(_ call: PluginCall) { call.finish(result: [:]) }
 }
 
-/// A token-count estimate without a tokenizer.
-public enum Heuristics {
-    /// About four characters per token for English text, plus a few tokens of
-    /// framing per message: the rule of thumb OpenAI and Anthropic document.
-    /// `method` is "heuristic:chars/4".
-    public static func tokens(_ r: ModelRequest) -> TokenEstimate {
-        var chars = r.systemPrompt?.count ?? 0
-        for m in r.messages {
-            chars += m.content.count
-            for c in m.toolCalls { chars += c.name.count + c.arguments.count }
-        }
-        for t in r.tools { chars += t.name.count + t.description.count + t.parameters.jsonText.count }
-        let framing = 3 * r.messages.count + 3
-        return TokenEstimate(tokens: (chars + 3) / 4 + framing, exact: false, method: "heuristic:chars/4")
-    }
-}
-
 /// What a backend is created with.
 public struct BackendContext: Sendable {
     /// The provider id from the manifest (e.g. "deepseek").
@@ -260,7 +243,10 @@ final class BackendBox: @unchecked Sendable {
             guard let call else { return }
             Unmanaged<PluginCall>.fromOpaque(UnsafeRawPointer(call)).release()
         }
-        raw.pointee.get_extension = { _, _ in nil }
+        raw.pointee.get_extension = { s, id in
+            guard let s, let data = s.pointee.plugin_data else { return nil }
+            return BatchExport.lookup(Unmanaged<BackendBox>.fromOpaque(data).takeUnretainedValue().impl, id)
+        }
         raw.pointee.destroy = { s in
             guard let s else { return }
             Unmanaged<BackendBox>.fromOpaque(s.pointee.plugin_data!).release()

@@ -6,8 +6,10 @@ enum ExitCode: Int32 {
     case failure = 1
     case usage = 64
     case dataError = 65
+    case noInput = 66
     case unavailable = 69
     case software = 70
+    case cantCreate = 73
     case tempFail = 75
     case noPermission = 77
     case config = 78

@@ -10,19 +10,26 @@ import Glibc
 let topHelp = """
     descartes \(descartesVersion): one interface to every kind of LLM backend, loaded as plugins.
 
-    Usage: descartes [--verbose] <command> [options]
+    Usage: descartes [--verbose] [--config FILE] <command> [options]
 
     Commands:
       plugins list [--json]             List installed plugins (reads manifests only; loads nothing)
       plugins info NAME [--json]        Show one plugin's manifest: models, prices, config keys
       plugins verify [NAME...] [--json] Load, negotiate and create each plugin with its defaults
+      plugins verify --conformance NAME Run a plugin through the conformance suite
+      plugins enable|disable NAME       Edit the plugin policy (user file, or --system)
       complete -p PROVIDER PROMPT       Run one completion (--stream to print text as it arrives)
       models -p PROVIDER                List the models a provider offers now
       health [-p PROVIDER]              Check with a real call that providers can serve requests
       tokens -p PROVIDER TEXT           Count (or estimate) the input tokens of a text
+      batch -p PROVIDER FILE            Run one request per line of FILE (JSON lines), results in order
+      config show [NAME] [--json]       The merged providers.yaml, where each value came from, secrets masked
+      config check                      Report every problem in the configuration files
+      log [-n N] [--json]               The last audit log entries and totals per provider
 
     Global options:
       -v, --verbose   Narrate plugin discovery and loading on stderr (accepted anywhere)
+      --config FILE   Read this providers.yaml instead of searching the project, user and system files
       -h, --help      Show help (also after any command)
       --version       Print the version
 
@@ -31,12 +38,19 @@ let topHelp = """
 
     Plugins are searched in $DESCARTES_PLUGIN_PATH, ~/.local/share/descartes/plugins,
     <prefix>/lib/descartes/plugins (next to this executable), then the system directories;
-    never the current directory. See 'descartes plugins list --verbose'.
+    never the current directory; /etc/descartes/plugins.yaml can enable, disable and require
+    them. See 'descartes plugins list --verbose'.
+
+    Provider instances and middleware settings come from .descartes/providers.yaml (project),
+    ~/.config/descartes/providers.yaml (user) and /etc/descartes/providers.yaml (system), the
+    earlier overriding the later; keys also from the environment and .env. See 'descartes config show'.
     """
 
 /// Global state from the command line.
 struct Globals {
     var verbose = false
+    /// `--config FILE`: read this providers.yaml instead of searching.
+    var configFile: String?
 }
 
 func usageFailure(_ e: UsageError) -> Never {
@@ -59,14 +73,36 @@ struct Main {
     static func main() async {
         var args = Array(CommandLine.arguments.dropFirst())
         var globals = Globals()
-        // --verbose is accepted anywhere on the command line.
-        args.removeAll { a in
+        // --verbose and --config FILE are accepted anywhere before `--`.
+        var rest: [String] = []
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            i += 1
+            if a == "--" {
+                rest += args[(i - 1)...]
+                break
+            }
             if a == "--verbose" || a == "-v" {
                 globals.verbose = true
-                return true
+            } else if a == "--config" || a.hasPrefix("--config=") {
+                var value: String
+                if a == "--config" {
+                    guard i < args.count else { usageFailure(UsageError("option '--config' needs a FILE", command: "")) }
+                    value = args[i]
+                    i += 1
+                } else {
+                    value = String(a.dropFirst("--config=".count))
+                }
+                if globals.configFile != nil { usageFailure(UsageError("option '--config' given twice", command: "")) }
+                if value.isEmpty { usageFailure(UsageError("option '--config' needs a FILE", command: "")) }
+                if !value.hasPrefix("/") { value = FileSystem.join(FileSystem.currentDirectory(), value) }
+                globals.configFile = value
+            } else {
+                rest.append(a)
             }
-            return false
         }
+        args = rest
         if globals.verbose { LogSink.shared.level = .debug }
 
         guard let first = args.first else {

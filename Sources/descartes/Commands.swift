@@ -3,15 +3,22 @@ import Glibc
 
 enum Commands {
     static let usages: [String: String] = [
-        "plugins": "descartes plugins <list|info|verify> [options]",
+        "plugins": "descartes plugins <list|info|verify|enable|disable> [options]",
         "plugins list": "descartes plugins list [--json]",
         "plugins info": "descartes plugins info NAME [--json]",
-        "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]...",
+        "plugins verify": "descartes plugins verify [NAME...] [--json] [--set KEY=VALUE]... | --conformance NAME [--spec FILE] [--json]",
+        "plugins enable": "descartes plugins enable NAME [--system]",
+        "plugins disable": "descartes plugins disable NAME [--system]",
         "complete":
-            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--isolate [--memory-limit MB]] [--set KEY=VALUE]... PROMPT|-",
+            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--stream] [--json] [--isolate [--memory-limit MB]] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
         "models": "descartes models -p PROVIDER [--json] [--set KEY=VALUE]...",
         "health": "descartes health [-p PROVIDER] [--json] [--timeout SECONDS] [--set KEY=VALUE]...",
         "tokens": "descartes tokens -p PROVIDER [-m MODEL] [--system TEXT] [--json] [--set KEY=VALUE]... TEXT|-",
+        "batch": "descartes batch -p PROVIDER [-c N] [-o FILE] [--provider-batch] [options] FILE|-",
+        "config": "descartes config <show|check> [options]",
+        "config show": "descartes config show [NAME] [--json]",
+        "config check": "descartes config check [--json]",
+        "log": "descartes log [-n N] [--json] [--file FILE]",
     ]
 
     static let helps: [String: String] = [
@@ -21,7 +28,73 @@ enum Commands {
             Subcommands:
               list     List installed plugins from their manifests (never loads a library)
               info     Show one plugin's manifest in full
-              verify   Load, negotiate and create plugins; non-zero exit if any fails
+              verify   Load, negotiate and create plugins; non-zero exit if any fails;
+                       with --conformance NAME, run one plugin through the conformance suite
+              enable   Allow a plugin in the policy file (undo a disable)
+              disable  Forbid a plugin in the policy file
+            """,
+        "plugins enable": """
+            Usage: \(usages["plugins enable"]!)
+
+            Edits the plugin policy so NAME (a provider id or a glob) is allowed: removes
+            it from the file's 'disable' list and, when the file has an 'enable' list,
+            adds it there. Without --system the user's file is edited
+            ($XDG_CONFIG_HOME/descartes/plugins.yaml), which can only narrow the system
+            policy: a plugin the system disables stays disabled.
+
+            Options:
+              --system   Edit /etc/descartes/plugins.yaml (the host's policy; needs root)
+            """,
+        "plugins disable": """
+            Usage: \(usages["plugins disable"]!)
+
+            Edits the plugin policy so NAME (a provider id or a glob) is disabled: adds it
+            to the file's 'disable' list and removes it from its 'enable' list. The
+            plugin then shows as disabled in 'plugins list', with the file and line.
+
+            Options:
+              --system   Edit /etc/descartes/plugins.yaml (the host's policy; needs root)
+            """,
+        "config": """
+            Usage: \(usages["config"]!)
+
+            Subcommands:
+              show    The merged configuration, where each value came from, secrets masked
+              check   Every problem in the configuration files, each with file:line:column
+            """,
+        "config show": """
+            Usage: \(usages["config show"]!)
+
+            Prints the merged providers.yaml: the files read (project, user, system, or
+            --config), each provider instance with its plugin and every config key it
+            will get, with where the value came from (file:line:column and the
+            reference it was expanded from, an environment variable, .env, a default),
+            and the middleware and audit sections. Secrets print as [REDACTED].
+            With NAME, only that instance (or plugin). Credential helpers are not run.
+
+            Options:
+              --json   One JSON document
+            """,
+        "config check": """
+            Usage: \(usages["config check"]!)
+
+            Reads every configuration file, expands every reference, checks every
+            instance against its plugin's manifest and every section, and lists all
+            problems found, each as file:line:column: message. Exits 78 if any.
+
+            Options:
+              --json   {"problems": [{"file", "line", "column", "message"}]}
+            """,
+        "log": """
+            Usage: \(usages["log"]!)
+
+            Shows the last entries of the audit log (providers.yaml 'audit:' section)
+            and totals per provider instance: requests, errors, tokens, cost.
+
+            Options:
+              -n N          How many entries to show (default 20)
+              --file FILE   Read this audit log instead of the configured one
+              --json        {"entries": [...], "totals": [...]}
             """,
         "plugins list": """
             Usage: \(usages["plugins list"]!)
@@ -52,9 +125,20 @@ enum Commands {
             A plugin that loads but lacks a required config value (an API key) is
             reported as "ok, needs config" with what to set, and does not fail.
 
+            With --conformance NAME it runs the plugin through the conformance suite
+            instead (docs/conformance.md): ABI negotiation, config validation, complete,
+            stream, exactly one terminal event, cancellation, deadlines, errors mapped,
+            concurrent requests, shutdown with requests in flight, no secret leaked. It
+            prints each check and exits 1 if any fails. The plugin is exercised through
+            the scenarios of its spec: --spec FILE, else the manifest's 'conformance:',
+            else conformance/NAME.yaml beside the manifest, else
+            <prefix>/share/descartes/conformance/NAME.yaml, else a built-in text check.
+
             Options:
-              --set KEY=VALUE   A config value for the named plugins (repeatable)
-              --json            Results as JSON
+              --set KEY=VALUE     A config value for the named plugins (repeatable)
+              --json              Results as JSON
+              --conformance NAME  Run the conformance suite for one plugin
+              --spec FILE         The conformance spec to use
             """,
         "complete": """
             Usage: \(usages["complete"]!)
@@ -67,7 +151,7 @@ enum Commands {
               --stream              Print text as it arrives
               --json                Print the response as JSON; with --stream, one JSON event per line
               --set KEY=VALUE       A config value for the provider (repeatable)
-              --timeout SECONDS     Total deadline (default: the provider's timeout, or 600)
+              --timeout SECONDS     Total deadline, retries and fallbacks included (default: the provider's timeout, or 600)
               --system TEXT         A system prompt
               --max-tokens N        The most tokens to generate
               --temperature T       Sampling temperature
@@ -77,7 +161,9 @@ enum Commands {
               --isolate             Run the plugin in a descartes-plugin-host helper process: if it
                                     crashes, the answer is a `process` error instead of a crash
               --memory-limit MB     With --isolate, the helper's address-space limit (default 4096)
+            \(ReliabilityOptions.help)
 
+            With --json the response names the provider that answered and lists the failed attempts.
             Tool calls the model makes are printed after the text as
             "tool call ID: NAME(ARGUMENTS)" (with --json, in "tool_calls").
             """,
@@ -120,6 +206,7 @@ enum Commands {
               --set KEY=VALUE       A config value for the provider (repeatable)
               --json                {"provider", "tokens", "exact", "method"}
             """,
+        "batch": BatchCommand.help,
     ]
 
     static func usage(for command: String) -> String { usages[command] ?? "descartes <command> [options]" }
@@ -146,15 +233,50 @@ enum Commands {
             switch sub {
             case "list": return PluginsCommand.list(subArgs, globals: globals)
             case "info": return PluginsCommand.info(subArgs, globals: globals)
-            case "verify": return PluginsCommand.verify(subArgs, globals: globals)
-            default: usageFailure(UsageError("unknown subcommand '\(sub)' (list, info or verify)", command: "plugins"))
+            case "verify":
+                if subArgs.contains(where: { $0 == "--conformance" || $0.hasPrefix("--conformance=") }) {
+                    return await ConformanceCommand.run(subArgs, globals: globals)
+                }
+                return PluginsCommand.verify(subArgs, globals: globals)
+            case "enable", "disable": return PolicyCommand.edit(sub, subArgs, globals: globals)
+            default: usageFailure(UsageError("unknown subcommand '\(sub)' (list, info, verify, enable or disable)", command: "plugins"))
             }
+        case "config":
+            guard let sub = rest.first else {
+                usageFailure(UsageError("missing subcommand (show or check)", command: "config"))
+            }
+            if sub == "--help" || sub == "-h" {
+                Out.line(help(for: "config"))
+                return .ok
+            }
+            let subArgs = Array(rest.dropFirst())
+            if subArgs.contains("--help") || subArgs.contains("-h") {
+                Out.line(help(for: "config \(sub)"))
+                return .ok
+            }
+            switch sub {
+            case "show": return ConfigCommand.show(subArgs, globals: globals)
+            case "check": return ConfigCommand.check(subArgs, globals: globals)
+            default: usageFailure(UsageError("unknown subcommand '\(sub)' (show or check)", command: "config"))
+            }
+        case "log":
+            if rest.contains("--help") || rest.contains("-h") {
+                Out.line(help(for: "log"))
+                return .ok
+            }
+            return LogCommand.run(rest, globals: globals)
         case "complete":
             if rest.contains("--help") || rest.contains("-h") {
                 Out.line(help(for: "complete"))
                 return .ok
             }
             return await CompleteCommand.run(rest, globals: globals)
+        case "batch":
+            if rest.contains("--help") || rest.contains("-h") {
+                Out.line(help(for: "batch"))
+                return .ok
+            }
+            return await BatchCommand.run(rest, globals: globals)
         case "models", "health", "tokens":
             if rest.contains("--help") || rest.contains("-h") {
                 Out.line(help(for: command))
@@ -179,6 +301,36 @@ enum Commands {
         return catalog
     }
 
+    /// Reads providers.yaml (and .env); on any problem in the files prints
+    /// every one and exits 78.
+    static func configuration(_ globals: Globals) -> ProvidersConfig {
+        let config = ProvidersConfig.load(.init(explicitFile: globals.configFile))
+        if globals.verbose {
+            for l in config.locations {
+                let status: String
+                switch l.status {
+                case .loaded: status = "read"
+                case .missing: status = "not found"
+                case .refused(let why): status = "refused: \(why)"
+                }
+                Out.err("descartes: config: \(l.path) (\(l.scope.rawValue)): \(status)")
+            }
+            if let env = config.interpolator.dotenvFile { Out.err("descartes: config: \(env): \(config.interpolator.dotenv.count) variables") }
+        }
+        if !config.problems.isEmpty {
+            Out.err("Error: invalid configuration (\(config.problems.count) problem\(config.problems.count == 1 ? "" : "s")):")
+            for p in config.problems { Out.err("  \(p)") }
+            exit(ExitCode.config.rawValue)
+        }
+        return config
+    }
+
+    /// The plugins and the configuration, for commands that create backends.
+    static func factory(_ globals: Globals) -> ProviderFactory {
+        let config = configuration(globals)
+        return ProviderFactory(catalog: catalog(globals), environment: config.environment, configuration: config)
+    }
+
     /// `--set KEY=VALUE` values as config.
     static func settings(_ args: Arguments) throws(UsageError) -> [String: JSONValue] {
         var out: [String: JSONValue] = [:]
@@ -189,5 +341,27 @@ enum Commands {
             out[String(s[..<eq])] = .string(String(s[s.index(after: eq)...]))
         }
         return out
+    }
+
+    /// `--set` puts values in argv, which other users can read (ps): say so
+    /// for a key the manifest marks secret.
+    static func warnAboutSecretsOnTheCommandLine(_ settings: [String: JSONValue], plugin: String, factory: ProviderFactory) {
+        guard let m = try? factory.manifest(for: plugin) else { return }
+        for key in settings.keys.sorted() where m.configKey(key)?.secret == true {
+            Out.err(
+                "descartes: warning: --set \(key)=... puts a secret on the command line, where other users can read it (ps); "
+                    + "use an environment variable\(m.configKey(key)!.env.first.map { " (\($0))" } ?? ""), .env, or ${file:...} in providers.yaml")
+        }
+    }
+
+    /// The audit log when providers.yaml enables it.
+    static func auditLog(_ config: ProvidersConfig?) throws(ProviderError) -> AuditLog? {
+        guard let config else { return nil }
+        do {
+            let settings = try config.auditSettings()
+            return settings.enabled ? AuditLog(settings) : nil
+        } catch {
+            throw ProviderError(.config, "invalid 'audit' section (\(error.problems.count) problem\(error.problems.count == 1 ? "" : "s"))", details: error.problems.map(\.description))
+        }
     }
 }

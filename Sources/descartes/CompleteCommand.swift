@@ -17,7 +17,7 @@ enum CompleteCommand {
         .init(names: ["--tool-choice"], takesValue: true),
         .init(names: ["--isolate"], takesValue: false),
         .init(names: ["--memory-limit"], takesValue: true),
-    ]
+    ] + ReliabilityOptions.options
 
     static func readPrompt(_ args: Arguments, command: String = "complete") throws(UsageError) -> String {
         if args.positional == ["-"] {
@@ -44,11 +44,14 @@ enum CompleteCommand {
         let prompt: String
         let settings: [String: JSONValue]
         var request: ModelRequest
-        // --isolate: the plugin runs in a descartes-plugin-host helper
+        let reliability: ReliabilityOptions
+        // --isolate: -p's plugin runs in a descartes-plugin-host helper
         // process; a crash there is a `process` error, not this process's end.
-        var isolation = ProviderFactory.Isolation.inProcess
+        // (Without it, the policy files may still isolate it: docs/isolation.md.)
+        var isolation: ProviderFactory.Isolation? = nil
         do throws(UsageError) {
             args = try Arguments(raw, command: "complete", options: options)
+            reliability = try ReliabilityOptions(args, globals: globals)
             if args.flag("--isolate") || args.value("--memory-limit") != nil {
                 var limits = ProcessLimits()
                 if let mb = try args.int("--memory-limit") {
@@ -94,17 +97,25 @@ enum CompleteCommand {
         let json = args.flag("--json")
         let streaming = args.flag("--stream")
 
-        let backend: any ModelBackend
+        var factory = Commands.factory(globals)
+        if let isolation { factory.isolationOverrides[provider] = isolation }
+        let built: ReliabilityOptions.Built
         do {
-            backend = try ProviderFactory(catalog: Commands.catalog(globals)).create(provider, config: settings, isolation: isolation)
+            let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
+            Commands.warnAboutSecretsOnTheCommandLine(settings, plugin: plugin, factory: factory)
+            built = try reliability.build(
+                provider, config: settings, factory: factory, settings: ReliabilityOptions.settings(factory, globals),
+                audit: Commands.auditLog(factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
         } catch { failure(error, json: json) }
+        let backend = built.backend
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in
             do {
                 if streaming {
                     return .success(try await streamOut(backend, request, json: json))
                 }
-                return .success(try await backend.complete(request))
+                // --stats streams underneath, to see the first token arrive.
+                return .success(reliability.stats ? try await backend.collect(request) : try await backend.complete(request))
             } catch let e as ProviderError {
                 return .failure(e)
             } catch {
@@ -114,12 +125,16 @@ enum CompleteCommand {
         let interrupts = Interrupts { task.cancel() }
         let result = await task.value
         interrupts.stop()
-        await backend.shutdown()
+        await built.providers.shutdown()
+        let stats = built.meter?.last
+        let cacheStats = built.providers.cache?.stats
+        if let stats, !json { ReliabilityOptions.print(stats, cache: cacheStats) }
 
         switch result {
         case .failure(let e):
             if streaming && !json { Out.line() }
             if json && streaming {
+                if let stats { Out.line(JSONValue.object(["type": "stats", "stats": ReliabilityOptions.json(stats, cache: cacheStats)]).jsonText) }
                 Out.line(JSONValue.object(["type": "error", "error": Render.error(e)]).jsonText)
                 Out.err("Error: \(e)")
                 return ExitCode.for(e)
@@ -127,7 +142,13 @@ enum CompleteCommand {
             failure(e, json: json)
         case .success(let r):
             if json {
-                if !streaming { Out.line(Render.response(r).prettyText()) }
+                var doc = Render.response(r)
+                if let stats { doc = ReliabilityOptions.with(stats: stats, cache: cacheStats, doc) }
+                if !streaming {
+                    Out.line(doc.prettyText())
+                } else if let stats {
+                    Out.line(JSONValue.object(["type": "stats", "stats": ReliabilityOptions.json(stats, cache: cacheStats)]).jsonText)
+                }
             } else {
                 if !streaming { Out.write(r.content) }
                 if !r.content.hasSuffix("\n") { Out.line() }

@@ -15,7 +15,8 @@ enum ModelsCommand {
         let name = args.value("--provider")!
         let json = args.flag("--json")
         let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
-        let manifest = try? ProviderFactory(catalog: Commands.catalog(globals)).manifest(for: name)
+        let factory = Commands.factory(globals)
+        let manifest = try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name)
         let result: Result<[ModelInfo], ProviderError>
         do { result = .success(try await backend.listModels()) } catch let e as ProviderError { result = .failure(e) } catch {
             result = .failure(ProviderError(.backend, "\(error)", provider: name))

@@ -61,6 +61,8 @@ enum Render {
         if let r = e.retryAfter { o["retry_after_ms"] = .integer(r.milliseconds) }
         if let d = e.deadline { o["deadline"] = .string(d) }
         if !e.details.isEmpty { o["details"] = .array(e.details.map { .string($0) }) }
+        // What failed on the way to this error (retries, fallbacks).
+        if !e.attempts.isEmpty { o["attempts"] = .array(e.attempts.map(ResponseCodec.encode)) }
         return .object(o)
     }
 

@@ -18,6 +18,9 @@ enum PluginsCommand {
                 o["status"] = .string(e.status.label)
                 o["reason"] = e.reason.map { .string($0) } ?? .null
                 o["search_dir"] = .string(e.directory.path)
+                if let d = e.policy { o["policy"] = ["enabled": .bool(d.enabled), "reason": .string(d.reason)] }
+                if let r = e.requiredBy { o["required_by"] = .string(r.location.description) }
+                if let p = e.pin { o["sha256_pin"] = .string(p.sha256) }
                 if !e.problems.isEmpty {
                     o["problems"] = .array(
                         e.problems.map { p in
@@ -27,8 +30,14 @@ enum PluginsCommand {
                 return .object(o)
             }
             let search: [JSONValue] = catalog.search.directories.map { ["path": .string($0.path), "origin": .string($0.origin)] }
-            Out.line(JSONValue.object(["plugins": .array(plugins), "search": .array(search)]).prettyText())
-            return .ok
+            let required = catalog.requiredProblems
+            Out.line(
+                JSONValue.object([
+                    "plugins": .array(plugins), "search": .array(search),
+                    "policy_files": .array(catalog.policy.files.filter { $0.status == .loaded }.map { .string($0.path) }),
+                    "required_problems": .array(required.map { .string($0) }),
+                ]).prettyText())
+            return required.isEmpty ? .ok : .failure
         }
 
         if catalog.entries.isEmpty {
@@ -39,13 +48,19 @@ enum PluginsCommand {
         var rows: [[String]] = []
         for e in catalog.entries {
             let status = e.status == .available ? Out.green(e.status.label) : Out.red(e.status.label)
+            var policy = e.policy.map { $0.enabled ? "enabled" : "disabled" } ?? "-"
+            if e.requiredBy != nil { policy += ", required" }
+            if e.pin != nil { policy += ", pinned" }
             if let m = e.manifest {
-                rows.append([m.provider, m.version, m.mode.rawValue, "\(m.abi)", status, m.libraryName, keysSummary(m)])
+                rows.append([m.provider, m.version, m.mode.rawValue, "\(m.abi)", status, policy, m.libraryName, keysSummary(m)])
             } else {
-                rows.append([FileSystem.basename(e.file), "-", "-", "-", status, "-", ""])
+                rows.append([FileSystem.basename(e.file), "-", "-", "-", status, policy, "-", ""])
             }
         }
-        Out.line(Out.table(["NAME", "VERSION", "MODE", "ABI", "STATUS", "LIBRARY", "CONFIG (! required, * secret)"], rows))
+        Out.line(Out.table(["NAME", "VERSION", "MODE", "ABI", "STATUS", "POLICY", "LIBRARY", "CONFIG (! required, * secret)"], rows))
+        if globals.verbose {
+            for e in catalog.entries { if let m = e.manifest, let d = e.policy { Out.err("descartes: policy: \(m.provider): \(d.reason)") } }
+        }
         let broken = catalog.entries.filter { $0.status != .available }
         if !broken.isEmpty {
             Out.line("")
@@ -57,6 +72,12 @@ enum PluginsCommand {
                     for p in e.problems { Out.line("  \(p)") }
                 }
             }
+        }
+        let required = catalog.requiredProblems
+        if !required.isEmpty {
+            Out.line("")
+            for r in required { Out.line(Out.red("required: ") + r) }
+            return .failure
         }
         return .ok
     }
@@ -132,11 +153,18 @@ enum PluginsCommand {
         var results: [JSONValue] = []
         var failed = 0
         var rows: [[String]] = []
+        for r in catalog.requiredProblems {
+            failed += 1
+            rows.append(["(policy)", Out.red("FAIL"), r])
+            results.append(["name": "(policy)", "ok": false, "error": .string(r)])
+        }
         // Entries that are not available are reported as failures too, unless names were given.
         if names.isEmpty {
             names = catalog.availableProviders
             for e in catalog.entries where e.status != .available {
                 if case .shadowed = e.status { continue }
+                // A plugin the policy turns off is not broken.
+                if case .disabled = e.status { continue }
                 failed += 1
                 let n = e.manifest?.provider ?? FileSystem.basename(e.file)
                 rows.append([n, Out.red("FAIL"), "\(e.file): \(e.reason ?? e.status.label)"])

@@ -9,10 +9,13 @@ enum ProviderCommand {
         .init(names: ["--set"], takesValue: true, repeatable: true),
     ]
 
-    /// The backend for `-p`, or the process exits with the error.
+    /// The backend for `-p` (a providers.yaml instance or a plugin id), or
+    /// the process exits with the error.
     static func backend(_ name: String, _ settings: [String: JSONValue], globals: Globals, json: Bool) -> any ModelBackend {
+        let factory = Commands.factory(globals)
         do {
-            return try ProviderFactory(catalog: Commands.catalog(globals)).create(name, config: settings)
+            Commands.warnAboutSecretsOnTheCommandLine(settings, plugin: factory.configuration?.instance(name)?.plugin ?? name, factory: factory)
+            return try factory.backend(name, overrides: settings)
         } catch {
             failure(error, json: json)
         }

@@ -353,7 +353,12 @@ final class Transfer: @unchecked Sendable {
         _ = descartes_curl_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
         _ = descartes_curl_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)
         _ = descartes_curl_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
-        _ = descartes_curl_setopt_long(easy, CURLOPT_PIPEWAIT, 1)
+        // No CURLOPT_PIPEWAIT: with it, transfers started together to a host
+        // wait for the first connection to say whether it multiplexes, and on
+        // an HTTP/1.1 server (vLLM, llama.cpp, Ollama, most gateways) they
+        // then queue behind it until it ends: four long streams ran one
+        // after another. Without it each gets a connection at once; an
+        // established HTTP/2 connection is still shared.
         _ = "http,https".withCString { descartes_curl_setopt_pointer(easy, CURLOPT_PROTOCOLS_STR, $0) }
         _ = "".withCString { descartes_curl_setopt_pointer(easy, CURLOPT_ACCEPT_ENCODING, $0) }  // any encoding libcurl decodes
         if let ca = request.caBundle, let e = check(ca.withCString { descartes_curl_setopt_pointer(easy, CURLOPT_CAINFO, $0) }, "the CA bundle") { return e }

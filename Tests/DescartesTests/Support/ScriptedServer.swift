@@ -138,6 +138,9 @@ final class ScriptedServer: @unchecked Sendable {
         var headers: [(String, String)]
         var body: String
         var connection: Int
+        /// When the server read it (seconds on the server's monotonic clock):
+        /// differences between requests are what a test compares.
+        var time: Double = 0
         func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
         var json: JSONValue? { try? JSONValue.parse(body) }
     }
@@ -156,7 +159,8 @@ final class ScriptedServer: @unchecked Sendable {
             Request(
                 method: i["method"]?.stringValue ?? "", path: i["path"]?.stringValue ?? "", query: i["query"]?.stringValue ?? "",
                 headers: (i["headers"]?.arrayValue ?? []).map { ($0[0]?.stringValue ?? "", $0[1]?.stringValue ?? "") },
-                body: i["body"]?.stringValue ?? "", connection: i["connection"]?.intValue ?? 0)
+                body: i["body"]?.stringValue ?? "", connection: i["connection"]?.intValue ?? 0,
+                time: i["time"]?.doubleValue ?? 0)
         }
     }
 

@@ -405,6 +405,85 @@ struct descartes_backend {
 };
 
 /* ======================================================================
+ * Backend extension "descartes.batch/1": the provider's own batch API.
+ * ====================================================================== */
+
+/** The id to pass to descartes_backend_t.get_extension. */
+#define DESCARTES_BATCH_EXTENSION_ID "descartes.batch/1"
+
+/**
+ * A provider's own batch API (OpenAI's /v1/batches with the files API,
+ * Anthropic's /v1/messages/batches): many requests submitted at once, run
+ * by the provider within its window (typically 24 hours, at a discount),
+ * their results fetched later, possibly by another process.
+ *
+ * A backend that offers it returns a pointer to this struct from
+ * get_extension(DESCARTES_BATCH_EXTENSION_ID); the pointer lives as long as
+ * the backend (a static struct shared by every backend of the plugin is the
+ * normal choice: `self` tells them apart). A reader checks struct_size, as
+ * for every struct; a NULL function means that step is not offered.
+ *
+ * Every function is an operation exactly like those of descartes_backend_t:
+ * it starts without blocking, returns a handle, reports through `on_event`
+ * (NOTICE events allowed) and ends with exactly one RESULT or ERROR; the
+ * handle is cancelled and released with the backend's own `cancel` and
+ * `release`. They may run concurrently with each other and with every other
+ * operation (not before `initialize` has succeeded, nor after `shutdown`).
+ * Cancelling a call abandons that call (an upload, a download), never the
+ * batch: only `cancel_batch` cancels a batch at the provider.
+ *
+ * The JSON documents (docs/abi.md, "Provider batches"):
+ *   BatchStatus = {"id": string, "state": "in_progress" | "cancelling" |
+ *     "ended" | "cancelled" | "expired" | "failed", "provider_status": string,
+ *     "counts"?: {"total": int, "succeeded": int, "failed": int},
+ *     "created_at"?: int, "expires_at"?: int (Unix seconds),
+ *     "message"?: string}
+ */
+typedef struct descartes_batch_extension {
+    /** sizeof(descartes_batch_extension_t) as the plugin compiled it. */
+    uint32_t struct_size;
+
+    /**
+     * Submits a batch.
+     * input: JSON {"requests": [{"custom_id": string, "request": Request}, ...]}
+     *   (custom_id: unique within the batch, at most 64 characters of
+     *   [A-Za-z0-9_-]).
+     * RESULT: BatchStatus of the new batch.
+     * ERROR: as for `complete` (authentication, api for a request the
+     *   provider refuses, rate_limited, ...).
+     */
+    descartes_operation_fn submit;
+
+    /**
+     * Reports a batch's progress.
+     * input: JSON {"id": string}.  RESULT: BatchStatus.
+     */
+    descartes_operation_fn status;
+
+    /**
+     * Fetches the results of a batch whose state is "ended" (or "cancelled"
+     * or "expired": the requests that finished).
+     * input: JSON {"id": string}.
+     * RESULT: JSON {"results": [{"custom_id": string, "response": Response}
+     *   | {"custom_id": string, "error": Error}], "price_factor"?: number},
+     *   Response = {"content": string, "reasoning"?: string, "tool_calls"?:
+     *   [{"id", "name", "arguments"}], "finish_reason": string, "usage"?:
+     *   Usage, "model"?: string, "id"?: string, "cost_usd"?: number}.
+     *   price_factor: what the provider charges for batches relative to its
+     *   list prices (0.5 for half price); the host prices usage with the
+     *   manifest's prices times this factor when a result has no cost_usd.
+     * ERROR: api when the batch has not ended.
+     */
+    descartes_operation_fn results;
+
+    /**
+     * Asks the provider to cancel a batch.
+     * input: JSON {"id": string}.  RESULT: BatchStatus (usually "cancelling").
+     */
+    descartes_operation_fn cancel_batch;
+} descartes_batch_extension_t;
+
+/* ======================================================================
  * Factories: how the host creates backends.
  * ====================================================================== */
 

@@ -1,0 +1,328 @@
+import Glibc
+
+/// The `audit:` section of providers.yaml.
+///
+/// ```yaml
+/// audit:
+///   enabled: true
+///   file: ~/.local/state/descartes/audit.jsonl   # the default ($XDG_STATE_HOME/descartes/audit.jsonl)
+///   prompts: false     # also record the request's messages
+///   replies: false     # also record the answer's text
+/// ```
+public struct AuditSettings: Sendable, Equatable {
+    public var enabled: Bool = false
+    /// Absolute path of the log.
+    public var file: String
+    public var prompts: Bool = false
+    public var replies: Bool = false
+    /// Where `file` was set (or nil for the default).
+    public var fileLocation: SourcePosition?
+
+    public init(file: String, enabled: Bool = false, prompts: Bool = false, replies: Bool = false) {
+        self.file = file
+        self.enabled = enabled
+        self.prompts = prompts
+        self.replies = replies
+    }
+
+    static let knownKeys = ["enabled", "file", "prompts", "replies"]
+
+    /// `$XDG_STATE_HOME/descartes/audit.jsonl`, by default
+    /// `~/.local/state/descartes/audit.jsonl`.
+    public static func defaultFile(environment: [String: String] = Environment.current()) -> String {
+        if let x = environment["XDG_STATE_HOME"], x.hasPrefix("/") { return FileSystem.join(x, "descartes/audit.jsonl") }
+        let home = environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? Environment.homeDirectory
+        return FileSystem.join(home, ".local/state/descartes/audit.jsonl")
+    }
+
+    /// Reads the (expanded) section; nil means the defaults (disabled).
+    public static func read(_ node: YAMLNode?, environment: [String: String] = Environment.current()) -> Result<AuditSettings, SourceError> {
+        var s = AuditSettings(file: defaultFile(environment: environment))
+        guard let node else { return .success(s) }
+        var v = NodeValidator(file: node.location.file)
+        guard case .mapping = node.value else {
+            v.problem(node, "'audit' is a mapping: {enabled: true, file: PATH, prompts: false, replies: false}")
+            return .failure(SourceError(v.problems))
+        }
+        v.unknownKeys(node, allowed: knownKeys, what: "key of 'audit'")
+        s.enabled = v.bool(node, "enabled") ?? false
+        s.prompts = v.bool(node, "prompts") ?? false
+        s.replies = v.bool(node, "replies") ?? false
+        if let f = v.string(node, "file") {
+            var path = f
+            if path.hasPrefix("~/") { path = FileSystem.join(Environment.homeDirectory, String(path.dropFirst(2))) }
+            let at = node["file"]!.location
+            if !path.hasPrefix("/") { path = FileSystem.join(FileSystem.directory(of: at.file), path) }
+            s.file = path
+            s.fileLocation = at
+        }
+        if !v.problems.isEmpty { return .failure(SourceError(v.problems)) }
+        return .success(s)
+    }
+}
+
+extension ProvidersConfig {
+    /// The audit settings (defaults when no file has an `audit:` section).
+    public func auditSettings() throws(SourceError) -> AuditSettings {
+        try AuditSettings.read(try section("audit"), environment: interpolator.environment).get()
+    }
+}
+
+/// The audit log: one JSON line per request, appended to a file only its
+/// owner can read (mode 0600, in a directory created 0700).
+///
+/// A record holds the time, provider instance, plugin, model, outcome or
+/// error kind, tokens, cost, duration and the attempts and fallback chain;
+/// the prompt and the reply only when configured; never a secret (every
+/// line passes through the redactor). See docs/configuration.md.
+public final class AuditLog: Sendable {
+    public let settings: AuditSettings
+
+    public init(_ settings: AuditSettings) { self.settings = settings }
+
+    /// Appends one record as one line, with a single write(2) on a file
+    /// opened O_APPEND, so concurrent processes do not interleave records.
+    public func append(_ record: JSONObject) throws(FileSystemError) {
+        let line = Redactor.shared.redact(JSONValue.object(record).jsonText) + "\n"
+        let dir = FileSystem.directory(of: settings.file)
+        if !FileSystem.isDirectory(dir) { try FileSystem.makeDirectories(dir, mode: 0o700) }
+        let fd = open(settings.file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        if fd < 0 { throw FileSystem.systemError(settings.file) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FileSystem.systemError(settings.file) }
+        guard st.st_uid == geteuid() else {
+            throw FileSystemError(path: settings.file, reason: "the audit log is owned by uid \(st.st_uid), not by this user; refusing to write to it")
+        }
+        // An existing file that others can read is narrowed to its owner.
+        if st.st_mode & 0o077 != 0 { fchmod(fd, 0o600) }
+        var bytes = Array(line.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw FileSystem.systemError(settings.file)
+            }
+            off += n
+        }
+    }
+
+    /// `backend` with every request recorded. `plugin` is the plugin's
+    /// provider id (the instance's `plugin:`).
+    public func wrap(_ backend: any ModelBackend, plugin: String) -> any ModelBackend {
+        AuditedBackend(inner: backend, log: self, plugin: plugin)
+    }
+
+    /// The current time as RFC 3339 UTC with milliseconds.
+    static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var t = ts.tv_sec
+        var tm = Glibc.tm()
+        gmtime_r(&t, &tm)
+        func pad(_ v: Int32, _ w: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, w - s.count)) + s
+        }
+        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+    }
+
+    func record(
+        operation: String, instance: String, plugin: String, request: ModelRequest, started: String, duration: Duration,
+        result: Result<ModelResponse, ProviderError>
+    ) -> JSONObject {
+        var o: JSONObject = [
+            "time": .string(started), "instance": .string(instance), "plugin": .string(plugin), "operation": .string(operation),
+        ]
+        switch result {
+        case .success(let r):
+            o["model"] = .string(r.model.isEmpty ? (request.model ?? "") : r.model)
+            o["outcome"] = "ok"
+            o["finish_reason"] = .string(r.finishReason.rawValue)
+            o["tokens"] = [
+                "input": .integer(r.usage.inputTokens), "output": .integer(r.usage.outputTokens),
+                "cache_read": .integer(r.usage.cacheReadTokens), "cache_write": .integer(r.usage.cacheWriteTokens),
+                "reasoning": .integer(r.usage.reasoningTokens),
+            ]
+            o["cost_usd"] = r.costUSD.map { .number($0) } ?? .null
+            o["duration_ms"] = .integer(duration.milliseconds)
+            o["attempts"] = .array(
+                r.attempts.map { a in
+                    ["provider": .string(a.provider), "error_kind": .string(a.error.kind.rawValue), "duration_ms": .integer(a.duration.milliseconds)]
+                })
+            o["chain"] = .array((r.attempts.map(\.provider) + [r.provider.isEmpty ? instance : r.provider]).map { .string($0) })
+            if settings.replies { o["reply"] = .string(r.content) }
+        case .failure(let e):
+            o["model"] = request.model.map { .string($0) } ?? .null
+            o["outcome"] = "error"
+            o["error_kind"] = .string(e.kind.rawValue)
+            if let s = e.status { o["status"] = .integer(s) }
+            o["tokens"] = .null
+            o["cost_usd"] = .null
+            o["duration_ms"] = .integer(duration.milliseconds)
+            o["attempts"] = .array([])
+            o["chain"] = .array([.string(e.provider ?? instance)])
+        }
+        if settings.prompts {
+            var messages: [JSONValue] = []
+            if let sys = request.systemPrompt { messages.append(["role": "system", "content": .string(sys)]) }
+            for m in request.messages { messages.append(["role": .string(m.role.rawValue), "content": .string(m.content)]) }
+            o["prompt"] = .array(messages)
+        }
+        return o
+    }
+
+    func write(_ record: JSONObject, source: String) {
+        do { try append(record) } catch {
+            LogSink.shared.log(.warning, source, "cannot write the audit log: \(error)")
+        }
+    }
+}
+
+/// A backend whose completions are recorded in the audit log.
+final class AuditedBackend: ModelBackend, Sendable {
+    let inner: any ModelBackend
+    let log: AuditLog
+    let plugin: String
+
+    init(inner: any ModelBackend, log: AuditLog, plugin: String) {
+        self.inner = inner
+        self.log = log
+        self.plugin = plugin
+    }
+
+    var name: String { inner.name }
+    var mode: ModelProviderMode { inner.mode }
+    func initialize() async throws { try await inner.initialize() }
+    func healthCheck() async throws -> HealthReport { try await inner.healthCheck() }
+    func listModels() async throws -> [ModelInfo] { try await inner.listModels() }
+    func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate { try await inner.estimateTokens(request) }
+    func shutdown() async { await inner.shutdown() }
+
+    static func providerError(_ error: Error, _ name: String) -> ProviderError {
+        if let e = error as? ProviderError { return e }
+        if error is CancellationError { return ProviderError(.cancelled, "the request was cancelled", provider: name) }
+        return ProviderError(.backend, "\(error)", provider: name)
+    }
+
+    func complete(_ request: ModelRequest) async throws -> ModelResponse {
+        let started = AuditLog.timestamp()
+        let t0 = ContinuousClock.now
+        do {
+            let r = try await inner.complete(request)
+            log.write(log.record(operation: "complete", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: .success(r)), source: "audit")
+            return r
+        } catch {
+            let e = AuditedBackend.providerError(error, name)
+            log.write(log.record(operation: "complete", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: .failure(e)), source: "audit")
+            throw error
+        }
+    }
+
+    func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+        let (stream, continuation) = AsyncThrowingStream<StreamEvent, Error>.makeStream(bufferingPolicy: .unbounded)
+        let started = AuditLog.timestamp()
+        let t0 = ContinuousClock.now
+        let task = Task { [inner, log, plugin, name] in
+            // The record is written before the caller sees the end of the
+            // stream, so a caller that exits right after still has it.
+            func write(_ result: Result<ModelResponse, ProviderError>) {
+                log.write(
+                    log.record(operation: "stream", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: result),
+                    source: "audit")
+            }
+            var written = false
+            do {
+                for try await event in inner.stream(request) {
+                    if case .finish(let r) = event, !written {
+                        write(.success(r))
+                        written = true
+                    }
+                    continuation.yield(event)
+                }
+                if !written { write(.failure(ProviderError(.streamClosed, "the stream ended without a finish event", provider: name))) }
+                continuation.finish()
+            } catch {
+                var e = AuditedBackend.providerError(error, name)
+                if Task.isCancelled { e = ProviderError(.cancelled, "the request was cancelled", provider: name) }
+                if !written { write(.failure(e)) }
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { termination in
+            if case .cancelled = termination { task.cancel() }
+        }
+        return stream
+    }
+}
+
+/// Reads an audit log back: the records, and totals per provider instance.
+public struct AuditSummary: Sendable {
+    public struct Totals: Sendable, Equatable {
+        public var requests = 0
+        public var errors = 0
+        public var inputTokens = 0
+        public var outputTokens = 0
+        public var costUSD = 0.0
+        public init() {}
+    }
+
+    /// The last records, oldest first.
+    public var recent: [JSONValue]
+    /// Per instance, over the whole file.
+    public var totals: [(instance: String, totals: Totals)]
+    public var records = 0
+    /// Lines that are not audit records (a torn write, an edit by hand).
+    public var unreadable = 0
+
+    /// Reads `file`, keeping the last `last` records.
+    public static func read(_ file: String, last: Int) throws(FileSystemError) -> AuditSummary {
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw FileSystem.systemError(file) }
+        defer { close(fd) }
+        var summary = AuditSummary(recent: [], totals: [])
+        var byInstance: [String: Totals] = [:]
+        var order: [String] = []
+        var pending: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        func consume(_ line: ArraySlice<UInt8>) {
+            guard !line.isEmpty else { return }
+            guard let doc = try? JSONValue.parse(bytes: Array(line)), let inst = doc["instance"]?.stringValue else {
+                summary.unreadable += 1
+                return
+            }
+            summary.records += 1
+            if byInstance[inst] == nil { order.append(inst) }
+            var t = byInstance[inst] ?? Totals()
+            t.requests += 1
+            if doc["outcome"]?.stringValue != "ok" { t.errors += 1 }
+            t.inputTokens += doc["tokens"]?["input"]?.intValue ?? 0
+            t.outputTokens += doc["tokens"]?["output"]?.intValue ?? 0
+            t.costUSD += doc["cost_usd"]?.doubleValue ?? 0
+            byInstance[inst] = t
+            if last > 0 {
+                summary.recent.append(doc)
+                if summary.recent.count > last { summary.recent.removeFirst(summary.recent.count - last) }
+            }
+        }
+        while true {
+            let n = Glibc.read(fd, &buf, buf.count)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw FileSystem.systemError(file)
+            }
+            if n == 0 { break }
+            pending.append(contentsOf: buf[0..<n])
+            var start = 0
+            while let nl = pending[start...].firstIndex(of: 0x0A) {
+                consume(pending[start..<nl])
+                start = nl + 1
+            }
+            pending.removeFirst(start)
+        }
+        consume(pending[...])
+        summary.totals = order.map { ($0, byInstance[$0]!) }
+        return summary
+    }
+}

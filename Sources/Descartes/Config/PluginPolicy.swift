@@ -1,0 +1,239 @@
+import Glibc
+
+/// The host's plugin policy: `/etc/descartes/plugins.yaml`, narrowed by the
+/// user's `$XDG_CONFIG_HOME/descartes/plugins.yaml`.
+///
+/// ```yaml
+/// enable: [openai, anthropic, "ollama*"]  # an allowlist (globs); absent: every plugin not disabled
+/// disable: [claude-code-cli]              # globs; wins over enable
+/// required: [openai]                      # must be installed, enabled and loadable (PAM's "required")
+/// search: [/opt/descartes/plugins]        # more plugin directories
+/// sha256:                                 # pins: the library must have this digest to be loaded
+///   libdescartes-openai.so: 3f5e...       #   by file name, or by absolute path
+/// ignore_environment_as_root: false       # system file only: see docs/policy.md
+/// ```
+///
+/// The user file can only narrow the system's: its `disable`, `required` and
+/// pins add to the system's, and its `enable` list further restricts what
+/// the system allows. It cannot enable what the system disables.
+public struct PluginPolicy: Sendable {
+    public enum Scope: String, Sendable {
+        case system, user
+    }
+
+    /// One pattern and where it is written.
+    public struct Rule: Sendable {
+        public var pattern: String
+        public var location: SourcePosition
+        public var scope: Scope
+
+        public func matches(_ name: String) -> Bool { fnmatch(pattern, name, 0) == 0 }
+    }
+
+    public struct Pin: Sendable {
+        /// A library file name (`libdescartes-openai.so`) or absolute path.
+        public var library: String
+        /// 64 lowercase hex digits.
+        public var sha256: String
+        public var location: SourcePosition
+    }
+
+    /// A policy file and what became of it.
+    public struct File: Sendable {
+        public var path: String
+        public var scope: Scope
+        public var status: ProvidersConfig.Location.Status
+    }
+
+    public var files: [File] = []
+    /// Allowlists: the system's and the user's (nil when a file has none).
+    public var systemEnable: [Rule]?
+    public var userEnable: [Rule]?
+    public var disable: [Rule] = []
+    public var required: [Rule] = []
+    public var search: [PluginSearch.Directory] = []
+    public var pins: [Pin] = []
+    /// Root ignores `DESCARTES_PLUGIN_PATH` and the user's directories and
+    /// files, as setuid processes always do (system file only).
+    public var ignoreEnvironmentAsRoot = false
+    /// Problems in the files. A policy with problems fails closed: no plugin
+    /// is enabled.
+    public var problems: [SourceProblem] = []
+
+    public init() {}
+
+    /// No policy at all: every plugin is enabled.
+    public static let none = PluginPolicy()
+
+    static let knownKeys = ["enable", "disable", "required", "search", "sha256", "ignore_environment_as_root"]
+
+    // MARK: Loading
+
+    public static func systemFile(environment: [String: String] = Environment.current()) -> String {
+        FileSystem.join(ProvidersConfig.systemDirectory(environment: environment), "plugins.yaml")
+    }
+
+    public static func userFile(environment: [String: String] = Environment.current()) -> String {
+        FileSystem.join(ProvidersConfig.userDirectory(environment: environment), "plugins.yaml")
+    }
+
+    /// The host's policy: the system file, then (unless the process runs
+    /// setuid, or as root with `ignore_environment_as_root`) the user's.
+    public static func standard(environment: [String: String] = Environment.current()) -> PluginPolicy {
+        var policy = PluginPolicy()
+        policy.read(systemFile(environment: environment), scope: .system)
+        if Environment.isSecureExecution || (Environment.isRoot && policy.ignoreEnvironmentAsRoot) {
+            policy.files.append(File(path: userFile(environment: environment), scope: .user, status: .refused("ignored: the process runs with elevated privileges")))
+        } else {
+            policy.read(userFile(environment: environment), scope: .user)
+        }
+        return policy
+    }
+
+    /// Adds a file's rules to the policy (a missing file adds nothing).
+    public mutating func read(_ path: String, scope: Scope) {
+        guard FileSystem.exists(path) else {
+            files.append(File(path: path, scope: scope, status: .missing))
+            return
+        }
+        if FileTrust.enforced, let why = FileTrust.problem(path) {
+            files.append(File(path: path, scope: scope, status: .refused(why)))
+            problems.append(SourceProblem(SourcePosition(file: path, line: 1, column: 1), why))
+            return
+        }
+        files.append(File(path: path, scope: scope, status: .loaded))
+        do {
+            let text = try FileSystem.readText(path, limit: 1 << 20)
+            add(text, file: path, scope: scope)
+        } catch {
+            problems.append(SourceProblem(SourcePosition(file: path, line: 1, column: 1), error.reason))
+        }
+    }
+
+    /// Adds rules from a file's text.
+    public mutating func add(_ text: String, file: String, scope: Scope) {
+        let root: YAMLNode
+        do {
+            guard let r = try YAML.parse(text, file: file) else { return }
+            root = r
+        } catch {
+            problems += error.problems
+            return
+        }
+        var v = NodeValidator(file: file)
+        guard case .mapping = root.value else {
+            v.problem(root, "a plugin policy is a mapping with the keys \(PluginPolicy.knownKeys.joined(separator: ", ")), got a \(root.kindName)")
+            problems += v.problems
+            return
+        }
+        v.unknownKeys(root, allowed: PluginPolicy.knownKeys, what: "policy key")
+        func rules(_ key: String) -> [Rule]? {
+            guard let node = root[key] else { return nil }
+            if case .scalar(let s, _) = node.value, case .null = YAMLNode.resolvePlain(s) { return [] }
+            guard case .sequence(let items) = node.value else {
+                v.problem(node, "'\(key)' is a list of plugin names or globs, got a \(node.kindName)")
+                return nil
+            }
+            var out: [Rule] = []
+            for i in items {
+                guard let s = i.scalar, !s.isEmpty else {
+                    v.problem(i, "'\(key)' holds plugin names or globs (strings) only")
+                    continue
+                }
+                out.append(Rule(pattern: s, location: i.location, scope: scope))
+            }
+            return out
+        }
+        if let e = rules("enable") {
+            switch scope {
+            case .system: systemEnable = (systemEnable ?? []) + e
+            case .user: userEnable = (userEnable ?? []) + e
+            }
+        }
+        disable += rules("disable") ?? []
+        required += rules("required") ?? []
+        if let s = v.stringList(root, "search") {
+            for (i, dir) in s.enumerated() {
+                let at = root["search"].flatMap { node -> SourcePosition? in
+                    if case .sequence(let items) = node.value, i < items.count { return items[i].location }
+                    return nil
+                } ?? root.location
+                guard dir.hasPrefix("/") else {
+                    v.problems.append(SourceProblem(at, "search directory '\(dir)' must be an absolute path"))
+                    continue
+                }
+                search.append(PluginSearch.Directory(path: dir, origin: "\(scope == .system ? "policy" : "user policy") \(at)"))
+            }
+        }
+        if let node = root["sha256"] {
+            if case .mapping(let pairs) = node.value {
+                for p in pairs {
+                    let lib = p.key.scalar ?? ""
+                    let digest = (p.value.scalar ?? "").lowercased()
+                    guard digest.count == 64, digest.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+                        v.problem(p.value, "the sha256 pin of '\(lib)' must be 64 hexadecimal digits (sha256sum prints it)")
+                        continue
+                    }
+                    guard !lib.isEmpty, lib.hasPrefix("/") || !lib.contains("/") else {
+                        v.problem(p.key, "a pin names a library by file name (libdescartes-x.so) or absolute path, got '\(lib)'")
+                        continue
+                    }
+                    pins.append(Pin(library: lib, sha256: digest, location: p.value.location))
+                }
+            } else {
+                v.problem(node, "'sha256' maps library file names (or absolute paths) to their SHA-256 digests, got a \(node.kindName)")
+            }
+        }
+        if let b = v.bool(root, "ignore_environment_as_root") {
+            if scope == .system { ignoreEnvironmentAsRoot = b } else {
+                v.problem(root["ignore_environment_as_root"]!, "'ignore_environment_as_root' belongs in the system policy (\(PluginPolicy.systemFile())), not a user's")
+            }
+        }
+        problems += v.problems
+    }
+
+    // MARK: Deciding
+
+    /// Whether a plugin may be used, and why, in words that name the file
+    /// and line that decided.
+    public struct Decision: Sendable, Equatable {
+        public var enabled: Bool
+        public var reason: String
+        public init(enabled: Bool, reason: String) {
+            self.enabled = enabled
+            self.reason = reason
+        }
+    }
+
+    public func decision(for provider: String) -> Decision {
+        if !problems.isEmpty {
+            return Decision(enabled: false, reason: "the plugin policy is invalid (\(problems[0])); no plugin is enabled until it is fixed")
+        }
+        for scope in [Scope.system, .user] {
+            if let r = disable.first(where: { $0.scope == scope && $0.matches(provider) }) {
+                return Decision(enabled: false, reason: "disabled by \(r.location) (\(scope) policy: disable '\(r.pattern)')")
+            }
+        }
+        var enabledBy: Rule? = nil
+        for (scope, list) in [(Scope.system, systemEnable), (.user, userEnable)] {
+            guard let list else { continue }
+            guard let r = list.first(where: { $0.matches(provider) }) else {
+                let at = list.first?.location.description ?? files.first { $0.scope == scope }?.path ?? "?"
+                return Decision(enabled: false, reason: "not in the \(scope) policy's enable list (\(at))")
+            }
+            enabledBy = enabledBy ?? r
+        }
+        if let r = enabledBy { return Decision(enabled: true, reason: "enabled by \(r.location) (enable '\(r.pattern)')") }
+        return Decision(enabled: true, reason: files.contains { $0.status == .loaded } ? "enabled: no policy rule disables it" : "enabled: no policy file")
+    }
+
+    /// The rule that requires `provider`, if any.
+    public func requirement(for provider: String) -> Rule? { required.first { $0.matches(provider) } }
+
+    /// The pin for a library, by absolute path first, then file name.
+    public func pin(for libraryPath: String) -> Pin? {
+        let real = FileSystem.realPath(libraryPath) ?? libraryPath
+        return pins.first { $0.library == libraryPath || $0.library == real }
+            ?? pins.first { !$0.library.hasPrefix("/") && $0.library == FileSystem.basename(real) }
+    }
+}

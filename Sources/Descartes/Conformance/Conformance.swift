@@ -1,0 +1,700 @@
+package import CDescartesPlugin
+import Synchronization
+
+/// The conformance suite: runs one plugin, through its C ABI, through the
+/// battery every plugin must pass (what `descartes plugins verify
+/// --conformance NAME` prints), against servers and commands its spec
+/// names. See docs/conformance.md.
+///
+/// Checks, in order: ABI negotiation, config validation, initialize,
+/// health check, complete, stream, the optional operations, concurrent
+/// requests, errors mapped, cancellation mid-stream, deadlines (total and
+/// first token), shutdown with requests in flight (then destroy), exactly
+/// one terminal event per call and the other event rules, and that no
+/// secret from the config appears in anything the plugin reported.
+public enum Conformance {
+    public struct Result: Sendable {
+        public enum Outcome: String, Sendable {
+            case pass = "ok", fail = "FAIL", skip = "skip"
+        }
+        public var check: String
+        public var outcome: Outcome
+        public var detail: String
+        public var duration: Duration
+    }
+
+    /// Runs the suite for `provider` and reports each check as it finishes.
+    ///
+    /// - Parameters:
+    ///   - overrides: config values over the spec's (`--set`).
+    ///   - report: called with each result in order.
+    /// - Returns: every result.
+    public static func run(
+        provider: String, catalog: PluginCatalog, spec: ConformanceSpec, environment: [String: String],
+        overrides: [String: JSONValue] = [:], loader: PluginLoader = .shared, report: @escaping @Sendable (Result) -> Void = { _ in }
+    ) async -> [Result] {
+        let run = Run(provider: provider, catalog: catalog, spec: spec, environment: environment, overrides: overrides, loader: loader, report: report)
+        let level = LogSink.shared.level
+        LogSink.shared.level = .trace  // plugins log everything to the suite's sink (checked for secrets)
+        defer { LogSink.shared.level = level }
+        await run.all()
+        return run.results.withLock { $0 }
+    }
+}
+
+/// One run of the suite.
+final class Run: @unchecked Sendable {
+    let provider: String
+    let catalog: PluginCatalog
+    let spec: ConformanceSpec
+    let environment: [String: String]
+    let overrides: [String: JSONValue]
+    let loader: PluginLoader
+    let report: @Sendable (Conformance.Result) -> Void
+    let results = Mutex<[Conformance.Result]>([])
+    /// Every call started, for the event-rule check.
+    let calls = Mutex<[RawCall]>([])
+    /// Everything the plugin logged.
+    let logs = Mutex<[String]>([])
+    /// Secret config values, for the leak check.
+    let secrets = Mutex<Set<String>>([])
+    var manifest: PluginManifest!
+    var library: PluginLibrary!
+    var servers: [String: ConformanceServer] = [:]
+    var backends: [RawBackend] = []
+
+    init(
+        provider: String, catalog: PluginCatalog, spec: ConformanceSpec, environment: [String: String], overrides: [String: JSONValue],
+        loader: PluginLoader, report: @escaping @Sendable (Conformance.Result) -> Void
+    ) {
+        self.provider = provider
+        self.catalog = catalog
+        self.spec = spec
+        self.environment = environment
+        self.overrides = overrides
+        self.loader = loader
+        self.report = report
+    }
+
+    var tolerance: Duration { spec.tolerance }
+    /// How long an answer that should come at once may take.
+    let answerLimit: Duration = .seconds(30)
+
+    func record(_ check: String, _ outcome: Conformance.Result.Outcome, _ detail: String, since start: ContinuousClock.Instant) {
+        let r = Conformance.Result(check: check, outcome: outcome, detail: Redactor.shared.redact(detail), duration: .now - start)
+        results.withLock { $0.append(r) }
+        report(r)
+    }
+
+    // MARK: Setting up
+
+    /// The expanded, validated config for a scenario, as the plugin gets it.
+    func configBytes(_ s: ConformanceSpec.Scenario) -> Swift.Result<[UInt8], Why> {
+        let server = servers[s.name]?.url ?? ""
+        let interp = Interpolator(environment: environment, extra: ["server": server, "spec_dir": FileSystem.directory(of: spec.file)])
+        var values: [String: ConfigValidation.Explicit] = [:]
+        var problems: [SourceProblem] = []
+        for (key, node) in spec.config + s.config {
+            var secret = false
+            var via: [String] = []
+            guard let x = interp.expandNode(node, what: "key '\(key)'", problems: &problems, secret: &secret, via: &via) else { continue }
+            var e = ConfigValidation.Explicit(value: x.json, origin: node.location.description)
+            e.position = node.location
+            values[key] = e
+        }
+        for (k, v) in overrides { values[k] = ConfigValidation.Explicit(value: v, origin: "--set") }
+        if !problems.isEmpty { return .failure(Why(problems.map(\.description).joined(separator: "; "))) }
+        let outcome = ConfigValidation.check(manifest: manifest, instance: provider, values: values, environment: environment, at: s.location)
+        if !outcome.details.isEmpty { return .failure(Why(outcome.details.joined(separator: "; "))) }
+        secrets.withLock { set in for v in outcome.secrets where v.utf8.count >= 4 { set.insert(v) } }
+        for v in outcome.secrets { Redactor.shared.register(v) }
+        return .success(JSONValue.object(outcome.config).jsonBytes)
+    }
+
+    /// Creates a backend for a scenario, or says why not.
+    func create(_ s: ConformanceSpec.Scenario) -> Swift.Result<RawBackend, ProviderError> {
+        switch configBytes(s) {
+        case .failure(let why): return .failure(ProviderError(.config, why.text))
+        case .success(let bytes):
+            let table = HostTable(source: "conformance \(provider)") { [self] level, text in self.logs.withLock { $0.append("\(level): \(text)") } }
+            do throws(ProviderError) {
+                let raw = try library.createBackend(factory: manifest.factory, provider: provider, instance: provider, config: bytes, table: table)
+                let b = RawBackend(raw: raw, table: table, library: library)
+                backends.append(b)
+                return .success(b)
+            } catch {
+                return .failure(error)
+            }
+        }
+    }
+
+    func start(_ b: RawBackend, _ op: RawBackend.Operation, _ input: [UInt8]) -> RawCall {
+        let c = b.start(op, input)
+        calls.withLock { $0.append(c) }
+        return c
+    }
+
+    func request(_ s: ConformanceSpec.Scenario, deadlines: Deadlines = Deadlines()) -> [UInt8] {
+        var r = ModelRequest(prompt: s.prompt, model: spec.model)
+        r.options = s.options
+        r.deadlines = deadlines
+        return Wire.encode(r)
+    }
+
+    /// Runs one operation to its end; releases the handle.
+    func finish(_ b: RawBackend, _ op: RawBackend.Operation, _ input: [UInt8], limit: Duration? = nil) async -> (RawCall, RawCall.Event?) {
+        let c = start(b, op, input)
+        let t = await c.waitTerminal(limit ?? answerLimit)
+        b.release(c)
+        return (c, t)
+    }
+
+    static func describe(_ c: RawCall, _ t: RawCall.Event?) -> String {
+        guard let t else { return c.noHandle ? "the plugin returned no handle" : "no terminal event" }
+        if t.type == DESCARTES_EVENT_ERROR, let e = c.error { return "ERROR \(e.kind)\(e.status.map { " (\($0))" } ?? ""): \(Wire.excerpt(e.message, limit: 160))" }
+        return "RESULT \(Wire.excerpt(t.text, limit: 160))"
+    }
+
+    /// Whether an answer matches what the scenario expects.
+    func matches(_ text: String, _ e: ConformanceSpec.Expectation) -> String? {
+        if let want = e.text, text != want { return "the text is '\(Wire.excerpt(text, limit: 120))', the spec expects '\(Wire.excerpt(want, limit: 120))'" }
+        if let part = e.contains, !text.contains(part) { return "the text '\(Wire.excerpt(text, limit: 120))' does not contain '\(part)'" }
+        if e.text == nil && e.contains == nil && text.isEmpty { return "the answer is empty" }
+        return nil
+    }
+
+    // MARK: The checks
+
+    func all() async {
+        let t0 = ContinuousClock.now
+        guard let entry = catalog.entry(for: provider), let m = entry.manifest, entry.status == .available else {
+            let why = catalog.entry(for: provider).map { "\($0.file): \($0.reason ?? $0.status.label)" } ?? "no plugin '\(provider)' is installed"
+            record("abi", .fail, why, since: t0)
+            return
+        }
+        manifest = m
+        if let p = spec.provider, p != provider && p != m.factory {
+            record("abi", .fail, "the spec \(spec.file) is for '\(p)', not '\(provider)' (nor its factory '\(m.factory)')", since: t0)
+            return
+        }
+        do { library = try loader.load(path: m.libraryPath, sha256: entry.pin) } catch {
+            record("abi", .fail, "\(error)", since: t0)
+            return
+        }
+        guard library.factory(m.factory) != nil else {
+            record("abi", .fail, "\(library.path) registers \(library.factoryIDs.joined(separator: ", ")), not '\(m.factory)' (named by \(m.file))", since: t0)
+            return
+        }
+        if library.abiVersion > m.abi {
+            record("abi", .fail, "the library answers ABI \(library.abiVersion), newer than its manifest's \(m.abi)", since: t0)
+            return
+        }
+        record(
+            "abi", .pass,
+            "\(FileSystem.basename(library.path)): \(library.name) \(library.version) answers ABI \(library.abiVersion) to an offer of \(descartesABIVersion); factories: \(library.factoryIDs.joined(separator: ", "))",
+            since: t0)
+
+        // One server per scenario that scripts one.
+        let scenarios = [spec.text] + [spec.slow, spec.hang].compactMap { $0 } + spec.errors + spec.invalidConfigs
+        for s in scenarios {
+            if let routes = s.routes {
+                do { servers[s.name] = try ConformanceServer(routes: routes) } catch {
+                    record("setup", .fail, "cannot start the server for scenario '\(s.name)': \(error)", since: t0)
+                    return
+                }
+            }
+        }
+        defer { for s in servers.values { s.stop() } }
+
+        guard let text = await checkConfig() else { await cleanUp(); return }
+        await checkInitialize(text)
+        if !skipped("health_check") { await checkHealth(text) }
+        await checkComplete(text)
+        if !skipped("optional operations") { await checkOptional(text) }
+        if !skipped("concurrency") { await checkConcurrency(text) }
+        if !skipped("errors") { await checkErrors() }
+        if !skipped("cancel") { await checkCancel() }
+        if !skipped("deadlines") { await checkDeadlines() }
+        if !skipped("shutdown") { await checkShutdown() }
+        await cleanUp()
+        await checkEvents()
+        if !skipped("secrets") { checkSecrets() }
+    }
+
+    /// Records a skip the spec asks for.
+    func skipped(_ check: String) -> Bool {
+        guard let why = spec.skip[check] else { return false }
+        record(check, .skip, "skipped by the spec: \(why)", since: .now)
+        return true
+    }
+
+    func checkConfig() async -> RawBackend? {
+        let t0 = ContinuousClock.now
+        let created: RawBackend
+        switch create(spec.text) {
+        case .failure(let e):
+            record("config", .fail, "cannot create the backend from the spec's config: \(e.message)\(e.details.isEmpty ? "" : ": " + e.details.joined(separator: "; "))", since: t0)
+            return nil
+        case .success(let b): created = b
+        }
+        let took = ContinuousClock.now - t0
+        var notes = ["created in \(fmt(took))"]
+        var failed: [String] = []
+        // create must not block on I/O (that is initialize's job).
+        if took > .seconds(1) { failed.append("create took \(fmt(took)); it must not wait for the network or a child process") }
+        for s in spec.invalidConfigs {
+            let want = s.expect.kind ?? "config"
+            switch configBytes(s) {
+            case .failure(let why):
+                notes.append("'\(s.name)' refused by the manifest (\(Wire.excerpt(why.text, limit: 100)))")
+            case .success:
+                switch create(s) {
+                case .success(let b):
+                    failed.append("'\(s.name)' (\(s.location)) was accepted; the plugin must refuse it with a \(want) error")
+                    backends.removeAll { $0 === b }
+                    _ = await b.destroy(within: tolerance)
+                case .failure(let e):
+                    if e.kind.rawValue == want {
+                        notes.append("'\(s.name)' refused: \(Wire.excerpt(e.message, limit: 100))")
+                    } else {
+                        failed.append("'\(s.name)' refused with \(e.kind), the spec expects \(want): \(e.message)")
+                    }
+                }
+            }
+        }
+        record("config", failed.isEmpty ? .pass : .fail, (failed.isEmpty ? notes : failed).joined(separator: "; "), since: t0)
+        return created
+    }
+
+    func checkInitialize(_ b: RawBackend) async {
+        let t0 = ContinuousClock.now
+        let (c, t) = await finish(b, .initialize, Array("{}".utf8))
+        if c.noHandle {
+            record("initialize", .fail, "initialize is missing from the backend's table", since: t0)
+        } else {
+            record("initialize", t?.type == DESCARTES_EVENT_RESULT ? .pass : .fail, Run.describe(c, t), since: t0)
+        }
+    }
+
+    func checkHealth(_ b: RawBackend) async {
+        let t0 = ContinuousClock.now
+        guard b.function(.healthCheck) != nil else {
+            record("health_check", .skip, "not implemented (optional)", since: t0)
+            return
+        }
+        let (c, t) = await finish(b, .healthCheck, Array("{}".utf8))
+        record("health_check", t?.type == DESCARTES_EVENT_RESULT ? .pass : .fail, Run.describe(c, t), since: t0)
+    }
+
+    /// The answer text of the text scenario, from `complete`.
+    var completeText: String?
+
+    func checkComplete(_ b: RawBackend) async {
+        for op in [RawBackend.Operation.complete, .stream] {
+            let t0 = ContinuousClock.now
+            guard b.function(op) != nil else {
+                record(op.rawValue, .fail, "\(op.rawValue) is missing from the backend's table", since: t0)
+                continue
+            }
+            let (c, t) = await finish(b, op, request(spec.text))
+            guard let t, t.type == DESCARTES_EVENT_RESULT else {
+                record(op.rawValue, .fail, Run.describe(c, t), since: t0)
+                continue
+            }
+            var problems: [String] = []
+            do { _ = try Wire.decodeFinish(try JSONValue.parse(t.text)) } catch { problems.append("the RESULT is not a Finish document: \(error)") }
+            if let why = matches(c.text, spec.text.expect) { problems.append(why) }
+            let textEvents = c.events.filter { $0.type == DESCARTES_EVENT_TEXT }.count
+            if op == .stream, textEvents == 0 { problems.append("no TEXT event before the RESULT") }
+            if op == .stream, let first = completeText, first != c.text, spec.text.expect.text == nil {
+                problems.append("stream's text '\(Wire.excerpt(c.text, limit: 80))' differs from complete's '\(Wire.excerpt(first, limit: 80))'")
+            }
+            if op == .complete { completeText = c.text }
+            record(
+                op.rawValue, problems.isEmpty ? .pass : .fail,
+                problems.isEmpty ? "'\(Wire.excerpt(c.text, limit: 60))' in \(textEvents) TEXT event\(textEvents == 1 ? "" : "s"), then \(Wire.excerpt(t.text, limit: 100))" : problems.joined(separator: "; "),
+                since: t0)
+        }
+    }
+
+    func checkOptional(_ b: RawBackend) async {
+        let t0 = ContinuousClock.now
+        var notes: [String] = []
+        var failed: [String] = []
+        for (op, input) in [(RawBackend.Operation.listModels, Array("{}".utf8)), (.estimateTokens, request(spec.text))] {
+            guard b.function(op) != nil else {
+                notes.append("\(op.rawValue): not implemented")
+                continue
+            }
+            let (c, t) = await finish(b, op, input)
+            guard let t else {
+                failed.append("\(op.rawValue): no terminal event within \(fmt(answerLimit))")
+                continue
+            }
+            if t.type == DESCARTES_EVENT_ERROR {
+                notes.append("\(op.rawValue): \(Run.describe(c, t))")
+                continue
+            }
+            do {
+                let doc = try JSONValue.parse(t.text)
+                if op == .listModels {
+                    let models = try Wire.decodeModels(doc)
+                    notes.append("list_models: \(models.count) model\(models.count == 1 ? "" : "s")")
+                } else {
+                    let est = try Wire.decodeTokenEstimate(doc)
+                    notes.append("estimate_tokens: \(est.tokens) (\(est.method))")
+                }
+            } catch {
+                failed.append("\(op.rawValue): the RESULT does not follow docs/abi.md: \(error)")
+            }
+        }
+        record("optional operations", failed.isEmpty ? .pass : .fail, (failed.isEmpty ? notes : failed).joined(separator: "; "), since: t0)
+    }
+
+    func checkConcurrency(_ b: RawBackend) async {
+        let t0 = ContinuousClock.now
+        let n = spec.concurrency
+        let started = (0..<n).map { _ in start(b, .stream, request(spec.text)) }
+        var failed: [String] = []
+        for (i, c) in started.enumerated() {
+            let t = await c.waitTerminal(answerLimit)
+            b.release(c)
+            if t?.type != DESCARTES_EVENT_RESULT {
+                failed.append("request \(i + 1): \(Run.describe(c, t))")
+            } else if let why = matches(c.text, spec.text.expect) ?? (spec.text.expect.text == nil ? completeText.flatMap { $0 == c.text ? nil : "request \(i + 1) answered '\(Wire.excerpt(c.text, limit: 60))'" } : nil) {
+                failed.append("request \(i + 1): \(why)")
+            }
+        }
+        var detail = "\(n) concurrent streams on one backend all finished correctly in \(fmt(.now - t0))"
+        // Long requests must run side by side, not one after another: four
+        // slow streams started together on a fresh backend each send text
+        // within the tolerance.
+        if failed.isEmpty, case .success(let slow) = await slowBackend() {
+            let long = (0..<4).map { _ in start(slow, .stream, request(spec.slow!)) }
+            let limit = tolerance + .seconds(1)
+            var late = 0
+            var slowest: Duration = .zero
+            for c in long {
+                if let first = await c.waitFirstContent(limit - (.now - c.started)) {
+                    slowest = max(slowest, first.at - c.started)
+                } else {
+                    late += 1
+                }
+            }
+            for c in long { slow.cancel(c) }
+            for c in long {
+                _ = await c.waitTerminal(tolerance + .seconds(10))
+                slow.release(c)
+            }
+            if late > 0 {
+                failed.append(
+                    "\(late) of 4 slow streams started together sent nothing within \(fmt(limit)): the plugin runs long requests one after another (an HTTP client waiting to multiplex on one connection does this)")
+            } else {
+                detail += "; 4 slow streams started together all streaming within \(fmt(slowest))"
+            }
+        }
+        record("concurrency", failed.isEmpty ? .pass : .fail, failed.isEmpty ? detail : failed.prefix(3).joined(separator: "; "), since: t0)
+    }
+
+    func checkErrors() async {
+        let t0 = ContinuousClock.now
+        guard !spec.errors.isEmpty else {
+            record("errors", .skip, "the spec has no error scenarios", since: t0)
+            return
+        }
+        var notes: [String] = []
+        var failed: [String] = []
+        for s in spec.errors {
+            let b: RawBackend
+            switch create(s) {
+            case .failure(let e):
+                failed.append("'\(s.name)': cannot create the backend: \(e.message)")
+                continue
+            case .success(let x): b = x
+            }
+            _ = await finish(b, .initialize, Array("{}".utf8))
+            let (c, t) = await finish(b, s.operation == "stream" ? .stream : .complete, request(s))
+            guard let t, t.type == DESCARTES_EVENT_ERROR, let e = c.error else {
+                failed.append("'\(s.name)': expected an ERROR of kind \(s.expect.kind ?? "?"), got \(Run.describe(c, t))")
+                continue
+            }
+            var wrong: [String] = []
+            if let k = s.expect.kind, e.kind.rawValue != k { wrong.append("kind \(e.kind), expected \(k)") }
+            if let st = s.expect.status, e.status != st { wrong.append("status \(e.status.map(String.init) ?? "none"), expected \(st)") }
+            if let ra = s.expect.retryAfterMS, e.retryAfter?.milliseconds != ra {
+                wrong.append("retry_after_ms \(e.retryAfter.map { String($0.milliseconds) } ?? "none"), expected \(ra)")
+            }
+            if wrong.isEmpty {
+                notes.append("'\(s.name)' -> \(e.kind)\(e.status.map { " (\($0))" } ?? "")")
+            } else {
+                failed.append("'\(s.name)': \(wrong.joined(separator: ", ")) (message: \(Wire.excerpt(e.message, limit: 100)))")
+            }
+        }
+        record("errors", failed.isEmpty ? .pass : .fail, (failed.isEmpty ? notes : failed).joined(separator: "; "), since: t0)
+    }
+
+    /// A backend for the slow scenario, initialized.
+    func slowBackend() async -> Swift.Result<RawBackend, Why> {
+        guard let s = spec.slow else { return .failure(Why("the spec has no 'slow' scenario")) }
+        switch create(s) {
+        case .failure(let e): return .failure(Why("cannot create the backend for 'slow': \(e.message)"))
+        case .success(let b):
+            _ = await finish(b, .initialize, Array("{}".utf8))
+            return .success(b)
+        }
+    }
+
+    func checkCancel() async {
+        let t0 = ContinuousClock.now
+        let b: RawBackend
+        switch await slowBackend() {
+        case .failure(let why):
+            record("cancel", .skip, why.text, since: t0)
+            return
+        case .success(let x): b = x
+        }
+        var failed: [String] = []
+        var notes: [String] = []
+        // Mid-stream: after the first piece of the answer.
+        let c = start(b, .stream, request(spec.slow!))
+        if await c.waitFirstContent(answerLimit) == nil {
+            failed.append("the slow scenario produced no text before \(c.terminal == nil ? "\(fmt(answerLimit)) passed" : "its end: \(Run.describe(c, c.terminal))")")
+        }
+        if c.terminal != nil && failed.isEmpty { failed.append("the slow scenario ended before it could be cancelled: \(Run.describe(c, c.terminal))") }
+        let cancelledAt = ContinuousClock.now
+        b.cancel(c)
+        let t = await c.waitTerminal(tolerance + .seconds(10))
+        b.release(c)
+        if let t {
+            let took = t.at - cancelledAt
+            if took > tolerance { failed.append("mid-stream: the terminal event came \(fmt(took)) after cancel (limit \(fmt(tolerance)))") }
+            if c.error?.kind != .cancelled && failed.isEmpty { failed.append("mid-stream: ended with \(Run.describe(c, t)), expected ERROR cancelled") }
+            notes.append("mid-stream: ERROR cancelled \(fmt(took)) after cancel")
+        } else {
+            failed.append("mid-stream: no terminal event within \(fmt(tolerance + .seconds(10))) of cancel")
+        }
+        // At once, before anything arrived.
+        let early = start(b, .stream, request(spec.slow!))
+        let earlyAt = ContinuousClock.now
+        b.cancel(early)
+        let t2 = await early.waitTerminal(tolerance + .seconds(10))
+        b.release(early)
+        if let t2 {
+            let took = t2.at - earlyAt
+            if took > tolerance { failed.append("right after start: the terminal event came \(fmt(took)) after cancel (limit \(fmt(tolerance)))") }
+            if early.error?.kind != .cancelled { failed.append("right after start: ended with \(Run.describe(early, t2)), expected ERROR cancelled") }
+            notes.append("right after start: \(fmt(took))")
+        } else {
+            failed.append("right after start: no terminal event within \(fmt(tolerance + .seconds(10))) of cancel")
+        }
+        // cancel after the end and twice is harmless: the suite calls it
+        // once more on each finished call (before release).
+        record("cancel", failed.isEmpty ? .pass : .fail, (failed.isEmpty ? notes : failed).joined(separator: "; "), since: t0)
+    }
+
+    func checkDeadlines() async {
+        let t0 = ContinuousClock.now
+        var failed: [String] = []
+        var notes: [String] = []
+        var ran = false
+        if case .success(let b) = await slowBackend() {
+            ran = true
+            let total: Duration = .milliseconds(1000)
+            let c = start(b, .stream, request(spec.slow!, deadlines: Deadlines(total: total)))
+            let t = await c.waitTerminal(total + tolerance + .seconds(10))
+            b.release(c)
+            if let t {
+                let took = t.at - c.started
+                if c.error?.kind != .timeout { failed.append("total \(fmt(total)): ended with \(Run.describe(c, t)), expected ERROR timeout") }
+                if took > total + tolerance { failed.append("total \(fmt(total)): the plugin answered after \(fmt(took)) (limit \(fmt(total + tolerance)))") }
+                if took < total - .milliseconds(100) && c.error?.kind == .timeout { failed.append("total \(fmt(total)): timed out early, after \(fmt(took))") }
+                notes.append("total \(fmt(total)): timeout after \(fmt(took))")
+            } else {
+                failed.append("total \(fmt(total)): no terminal event within \(fmt(total + tolerance + .seconds(10)))")
+            }
+        }
+        if let h = spec.hang {
+            ran = true
+            switch create(h) {
+            case .failure(let e): failed.append("cannot create the backend for 'hang': \(e.message)")
+            case .success(let b):
+                // Against a provider that never answers, the call must end
+                // by its total deadline; ending at the first-token deadline
+                // is better still (the host enforces that one too).
+                let first: Duration = .milliseconds(800)
+                let total: Duration = .milliseconds(2000)
+                let c = start(b, .complete, request(h, deadlines: Deadlines(firstToken: first, total: total)))
+                let t = await c.waitTerminal(total + tolerance + .seconds(10))
+                b.release(c)
+                if let t {
+                    let took = t.at - c.started
+                    if c.error?.kind != .timeout { failed.append("a provider that never answers: ended with \(Run.describe(c, t)), expected ERROR timeout") }
+                    if took > total + tolerance {
+                        failed.append("a provider that never answers: the plugin answered after \(fmt(took)), past the total deadline of \(fmt(total)) (limit \(fmt(total + tolerance)))")
+                    } else if took < total - .milliseconds(100) {
+                        notes.append("a provider that never answers: timeout at the first-token deadline (\(fmt(first))), after \(fmt(took))")
+                    } else {
+                        notes.append("a provider that never answers: timeout at the total deadline (\(fmt(total))), after \(fmt(took)); the first-token deadline (\(fmt(first))) is left to the host")
+                    }
+                } else {
+                    failed.append("a provider that never answers: no terminal event within \(fmt(total + tolerance + .seconds(10)))")
+                }
+            }
+        }
+        if !ran {
+            record("deadlines", .skip, "the spec has neither a 'slow' nor a 'hang' scenario", since: t0)
+            return
+        }
+        record("deadlines", failed.isEmpty ? .pass : .fail, (failed.isEmpty ? notes : failed).joined(separator: "; "), since: t0)
+    }
+
+    func checkShutdown() async {
+        let t0 = ContinuousClock.now
+        let b: RawBackend
+        var scenario = spec.text
+        var inFlight = true
+        switch await slowBackend() {
+        case .success(let x):
+            b = x
+            scenario = spec.slow!
+        case .failure:
+            inFlight = false
+            guard case .success(let x) = create(spec.text) else {
+                record("shutdown", .fail, "cannot create a backend", since: t0)
+                return
+            }
+            b = x
+            _ = await finish(b, .initialize, Array("{}".utf8))
+        }
+        let running = (0..<4).map { _ in start(b, .stream, request(scenario)) }
+        if inFlight {
+            let until = ContinuousClock.now + tolerance + .seconds(1)
+            for c in running { _ = await c.waitFirstContent(max(.zero, until - .now)) }
+        }
+        let at = ContinuousClock.now
+        let s = start(b, .shutdown, Array("{}".utf8))
+        let limit = tolerance * 2
+        var failed: [String] = []
+        let st = await s.waitTerminal(limit + .seconds(10))
+        for c in running { _ = await c.waitTerminal(.milliseconds(200)) }
+        let ended = running.filter { $0.terminal != nil }
+        if ended.count < running.count { failed.append("\(running.count - ended.count) of \(running.count) calls in flight got no terminal event") }
+        if let st {
+            if st.type != DESCARTES_EVENT_RESULT { failed.append("shutdown ended with \(Run.describe(s, st))") }
+            if st.at - at > limit { failed.append("shutdown took \(fmt(st.at - at)) (limit \(fmt(limit)))") }
+            if let late = ended.compactMap(\.terminal).first(where: { $0.at > st.at }) {
+                failed.append("a call's terminal event came \(fmt(late.at - st.at)) after shutdown's RESULT; it must come first")
+            }
+        } else {
+            failed.append("shutdown has no terminal event after \(fmt(limit + .seconds(10)))")
+        }
+        for c in running { b.release(c) }
+        b.release(s)
+        var destroyed = false
+        if failed.isEmpty {
+            backends.removeAll { $0 === b }
+            destroyed = await b.destroy(within: .seconds(5))
+            if !destroyed { failed.append("destroy did not return within 5 s") }
+        }
+        let kinds = ended.compactMap { $0.error?.kind.rawValue ?? ($0.terminal.map { _ in "result" }) }
+        record(
+            "shutdown", failed.isEmpty ? .pass : .fail,
+            failed.isEmpty
+                ? "\(inFlight ? "with \(running.count) streams in flight" : "after \(running.count) short streams (no 'slow' scenario)"): they ended (\(Set(kinds).sorted().joined(separator: ", "))) before shutdown's RESULT, \(fmt(st!.at - at)) after it started; destroy returned"
+                : failed.joined(separator: "; "),
+            since: t0)
+    }
+
+    /// Shuts down and destroys every backend still open.
+    func cleanUp() async {
+        for b in backends {
+            let s = b.start(.shutdown, Array("{}".utf8))
+            if await s.waitTerminal(.seconds(10)) != nil {
+                b.release(s)
+                _ = await b.destroy(within: .seconds(5))
+            }
+        }
+        backends.removeAll()
+    }
+
+    func checkEvents() async {
+        let t0 = ContinuousClock.now
+        // Late events have a moment to show up.
+        try? await Task.sleep(for: .milliseconds(300))
+        let all = calls.withLock { $0 }
+        var failed: [String] = []
+        for c in all where !c.noHandle {
+            let events = c.events
+            if c.terminalCount == 0 { failed.append("\(c.op.rawValue): no terminal event") }
+            if c.terminalCount > 1 { failed.append("\(c.op.rawValue): \(c.terminalCount) terminal events") }
+            if c.afterTerminal > 0 { failed.append("\(c.op.rawValue): \(c.afterTerminal) event\(c.afterTerminal == 1 ? "" : "s") after the terminal one") }
+            var started: Set<Int> = []
+            var ended: Set<Int> = []
+            for (i, e) in events.enumerated() {
+                switch e.type {
+                case DESCARTES_EVENT_START:
+                    if i != 0 { failed.append("\(c.op.rawValue): START is not the first event") }
+                case DESCARTES_EVENT_TOOL_CALL_START:
+                    if !started.insert(e.index).inserted { failed.append("\(c.op.rawValue): tool call \(e.index) started twice") }
+                case DESCARTES_EVENT_TOOL_CALL_DELTA:
+                    if !started.contains(e.index) || ended.contains(e.index) { failed.append("\(c.op.rawValue): tool call \(e.index) delta outside its start and end") }
+                case DESCARTES_EVENT_TOOL_CALL_END:
+                    if !started.contains(e.index) || !ended.insert(e.index).inserted { failed.append("\(c.op.rawValue): tool call \(e.index) ended without a start, or twice") }
+                case DESCARTES_EVENT_USAGE:
+                    if (try? Wire.decodeUsage(try JSONValue.parse(e.text))) == nil { failed.append("\(c.op.rawValue): a USAGE event is not a Usage document") }
+                case DESCARTES_EVENT_NOTICE:
+                    if (try? JSONValue.parse(e.text))?["message"]?.stringValue == nil { failed.append("\(c.op.rawValue): a NOTICE event has no message") }
+                case DESCARTES_EVENT_ERROR:
+                    if (try? JSONValue.parse(e.text))?["kind"]?.stringValue == nil { failed.append("\(c.op.rawValue): an ERROR event is not an Error document") }
+                default: break
+                }
+            }
+        }
+        let unique = Array(uniqued(failed).prefix(5))
+        record(
+            "events", failed.isEmpty ? .pass : .fail,
+            failed.isEmpty ? "\(all.count) calls, each with exactly one terminal event and nothing after it; tool-call, usage and error documents well formed" : unique.joined(separator: "; "),
+            since: t0)
+    }
+
+    func checkSecrets() {
+        let t0 = ContinuousClock.now
+        let values = secrets.withLock { $0 }
+        guard !values.isEmpty else {
+            record("secrets", .skip, "no secret config value to look for", since: t0)
+            return
+        }
+        var leaks: [String] = []
+        for line in logs.withLock({ $0 }) where values.contains(where: { line.contains($0) }) { leaks.append("a log record") }
+        for c in calls.withLock({ $0 }) {
+            for e in c.events where values.contains(where: { e.text.contains($0) }) { leaks.append("a \(c.op.rawValue) event of type \(e.type)") }
+        }
+        record(
+            "secrets", leaks.isEmpty ? .pass : .fail,
+            leaks.isEmpty ? "no secret config value in \(logs.withLock { $0.count }) log records or any event" : "a secret config value appears in \(Array(uniqued(leaks)).joined(separator: ", "))",
+            since: t0)
+    }
+}
+
+/// A duration for people: "<1 ms", "12 ms", "1.25 s".
+func fmt(_ d: Duration) -> String {
+    let us = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
+    if us < 1000 { return "<1 ms" }
+    if us < 1_000_000 { return "\(us / 1000) ms" }
+    let centis = us / 10_000
+    var frac = centis % 100 < 10 ? "0\(centis % 100)" : "\(centis % 100)"
+    while frac.hasSuffix("0") { frac.removeLast() }
+    return frac.isEmpty ? "\(centis / 100) s" : "\(centis / 100).\(frac) s"
+}
+
+/// A reason, as an error value.
+struct Why: Error {
+    var text: String
+    init(_ text: String) { self.text = text }
+}
+
+/// Strings in first-seen order without repeats.
+func uniqued(_ items: [String]) -> [String] {
+    var seen: Set<String> = []
+    return items.filter { seen.insert($0).inserted }
+}

@@ -1,0 +1,181 @@
+import Synchronization
+
+/// Builds backends by name from `ReliabilitySettings`: a route becomes a
+/// `RouterBackend`, a fallback chain a `FallbackBackend`, and a provider the
+/// stack of middlewares its settings give it:
+///
+///     CacheBackend            (cache.enabled and the provider is cached)
+///       RetryBackend          (retry, or retry.providers.NAME; not with 1 attempt)
+///         RateLimitedBackend  (limits.NAME; shared by the whole process)
+///           the plugin backend
+///
+/// A provider is created once per `ReliableProviders` (chains and routes
+/// that name it share it) and on first use, so a chain works through its
+/// other providers when one cannot be created.
+///
+/// ```swift
+/// let settings = try ReliabilitySettings.parse(yaml: text, file: "providers.yaml")
+/// let providers = ReliableProviders(settings: settings, factory: ProviderFactory())
+/// let backend = try providers.backend("resilient")
+/// ```
+public struct ReliableProviders: Sendable {
+    public let settings: ReliabilitySettings
+    /// Creates a provider's plain backend by name.
+    public let create: @Sendable (String) throws -> any ModelBackend
+    /// A provider's manifest (capabilities, context, prices, mode).
+    public let manifest: @Sendable (String) -> PluginManifest?
+    /// The response cache every cached provider shares, when enabled.
+    public let cache: ResponseCache?
+
+    /// What the command line changes.
+    public struct Overrides: Sendable {
+        /// Retries after the first attempt, for every provider (`--retries`).
+        public var retries: Int?
+        /// Skip the response cache.
+        public var noCache = false
+        /// Told every routing decision (`--explain`).
+        public var routeObserver: (@Sendable (RouteDecision) -> Void)?
+        public init(retries: Int? = nil, noCache: Bool = false, routeObserver: (@Sendable (RouteDecision) -> Void)? = nil) {
+            self.retries = retries
+            self.noCache = noCache
+            self.routeObserver = routeObserver
+        }
+    }
+    public var overrides: Overrides
+
+    private final class Leaves: Sendable {
+        let made = Mutex<[String: LazyBackend]>([:])
+    }
+    private let leaves = Leaves()
+
+    public init(
+        settings: ReliabilitySettings, overrides: Overrides = Overrides(),
+        create: @escaping @Sendable (String) throws -> any ModelBackend,
+        manifest: @escaping @Sendable (String) -> PluginManifest?
+    ) {
+        self.settings = settings
+        self.overrides = overrides
+        self.create = create
+        self.manifest = manifest
+        if let c = settings.cache, c.enabled { cache = ResponseCache(limits: c.limits) } else { cache = nil }
+    }
+
+    /// Providers from `factory`: instances of its providers.yaml by name
+    /// (`ProviderFactory.backend`), else plugins by provider id, each with
+    /// `config(name)` over its settings.
+    public init(
+        settings: ReliabilitySettings, factory: ProviderFactory, overrides: Overrides = Overrides(),
+        config: @escaping @Sendable (String) -> [String: JSONValue] = { _ in [:] }
+    ) {
+        self.init(
+            settings: settings, overrides: overrides, create: { name in try factory.backend(name, overrides: config(name)) },
+            manifest: { name in try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name) })
+    }
+
+    /// Providers and settings from providers.yaml (`ProviderFactory.standard()`
+    /// or any factory with a configuration): the middleware sections are
+    /// read and checked against the instances and installed plugins.
+    /// - Throws: `SourceError` with every problem, each at its file:line:column.
+    public init(factory: ProviderFactory, overrides: Overrides = Overrides()) throws(SourceError) {
+        var settings = ReliabilitySettings()
+        if let config = factory.configuration {
+            let (s, problems) = ReliabilitySettings.parse(try config.middlewareSections())
+            if !problems.isEmpty { throw SourceError(problems) }
+            let known = Set(config.instances.map(\.name)).union(factory.catalog.availableProviders)
+            let unknown = s.check(knownProviders: known)
+            if !unknown.isEmpty { throw SourceError(unknown) }
+            settings = s
+        }
+        self.init(settings: settings, factory: factory, overrides: overrides)
+    }
+
+    /// The backend for `name`: a route, a fallback chain, or a provider.
+    /// - Throws: the provider's creation error, for a provider named
+    ///   directly (a chain reports it as a failed attempt instead).
+    public func backend(_ name: String) throws(ProviderError) -> any ModelBackend {
+        if settings.routes[name] == nil && settings.fallbacks[name] == nil {
+            let lazy = leaf(name)
+            _ = try lazy.backend()
+        }
+        return resolve(name, depth: 0)
+    }
+
+    /// `primary`, then the `others` in order, as one chain (`--fallback`):
+    /// the request's model goes to `primary`, the others use their defaults.
+    public func chain(_ primary: String, then others: [String]) throws(ProviderError) -> any ModelBackend {
+        guard !others.isEmpty else { return try backend(primary) }
+        let entries = [FallbackBackend.Entry(resolve(primary, depth: 0), model: .request)]
+            + others.map { FallbackBackend.Entry(resolve($0, depth: 0), model: .providerDefault) }
+        return FallbackBackend(name: ([primary] + others).joined(separator: ","), entries)
+    }
+
+    /// The retry policy of provider `name`.
+    public func retryPolicy(for name: String) -> RetryPolicy {
+        var p = settings.retryByProvider[name] ?? settings.retry
+        if let r = overrides.retries { p.maxAttempts = max(0, r) + 1 }
+        return p
+    }
+
+    func resolve(_ name: String, depth: Int) -> any ModelBackend {
+        // The parser rejects cycles; the depth bound keeps a hand-built
+        // settings value from recursing for ever.
+        if depth > 32 {
+            return LazyBackend(name: name, mode: .api) {
+                throw ProviderError(.config, "'\(name)' nests chains and routes more than 32 deep", provider: name)
+            }
+        }
+        if let route = settings.routes[name] {
+            let candidates = route.candidates.map { m -> RouteCandidate in
+                let b = resolve(m.name, depth: depth + 1)
+                guard let manifest = manifest(leafProvider(m.name)) else {
+                    return RouteCandidate(b, model: m.model.map { .named($0) } ?? .providerDefault)
+                }
+                return RouteCandidate(b, manifest: manifest, model: m.model)
+            }
+            return RouterBackend(name: name, candidates: candidates, policy: route.policy, observer: overrides.routeObserver)
+        }
+        if let chain = settings.fallbacks[name] {
+            let entries = chain.chain.enumerated().map { (i, m) in
+                FallbackBackend.Entry(
+                    resolve(m.name, depth: depth + 1), model: m.model.map { .named($0) } ?? (i == 0 ? .request : .providerDefault))
+            }
+            return FallbackBackend(name: name, entries, policy: chain.policy)
+        }
+        var b: any ModelBackend = leaf(name)
+        if let limits = settings.limits[name] { b = RateLimitedBackend(b, limits: limits) }
+        let retry = retryPolicy(for: name)
+        if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry) }
+        if let cache, !overrides.noCache, settings.cache?.providers.map({ $0.contains(name) }) ?? true {
+            b = CacheBackend(b, cache: cache)
+        }
+        return b
+    }
+
+    /// The first provider a name leads to (for a route's facts about a
+    /// candidate that is itself a chain).
+    func leafProvider(_ name: String) -> String {
+        var n = name
+        for _ in 0..<32 {
+            if let r = settings.routes[n], let f = r.candidates.first { n = f.name } else if let c = settings.fallbacks[n], let f = c.chain.first { n = f.name } else { break }
+        }
+        return n
+    }
+
+    private func leaf(_ name: String) -> LazyBackend {
+        leaves.made.withLock { made in
+            if let b = made[name] { return b }
+            let create = self.create
+            let b = LazyBackend(name: name, mode: manifest(name)?.mode ?? .api) {
+                do { return try create(name) } catch { throw ProviderError.from(error, provider: name) }
+            }
+            made[name] = b
+            return b
+        }
+    }
+
+    /// Shuts down every provider created so far.
+    public func shutdown() async {
+        let all = leaves.made.withLock { Array($0.values) }
+        for b in all { await b.shutdown() }
+    }
+}

@@ -1,0 +1,385 @@
+import Glibc
+import Synchronization
+
+/// Bounds of a `ResponseCache`.
+public struct CacheLimits: Sendable, Hashable {
+    /// The most responses kept in memory.
+    public var maxEntries: Int
+    /// The most bytes (of text: keys, answers, events) kept in memory.
+    public var maxBytes: Int
+    /// How long a response stays valid; nil for ever.
+    public var ttl: Duration?
+    /// A directory for the on-disk store (one file per response, named by
+    /// the SHA-256 of its key), bounded by the same limits; nil for memory
+    /// only.
+    public var directory: String?
+
+    public init(maxEntries: Int = 1000, maxBytes: Int = 64 << 20, ttl: Duration? = .seconds(3600), directory: String? = nil) {
+        self.maxEntries = maxEntries
+        self.maxBytes = maxBytes
+        self.ttl = ttl
+        self.directory = directory
+    }
+}
+
+/// An exact-match cache of responses, least recently used first out,
+/// bounded by entries and bytes, with a time to live and an optional disk
+/// store. One instance is meant to be shared by every task and backend of
+/// the process (`CacheBackend` wraps a backend with it).
+///
+/// This is not the providers' prompt caching: Anthropic's `cache_control`
+/// hints in `ModelRequest.options` go to the provider untouched (they are
+/// part of this cache's key like every other option).
+public final class ResponseCache: Sendable {
+    /// A cached answer: the response and the stream events that produced it
+    /// (without the finish event), replayed to a streaming caller.
+    public struct Entry: Sendable, Hashable {
+        public var response: ModelResponse
+        public var events: [StreamEvent]
+
+        public init(response: ModelResponse, events: [StreamEvent]) {
+            self.response = response
+            self.events = events
+        }
+
+        var bytes: Int {
+            var n = 256 + response.content.utf8.count + (response.reasoning?.utf8.count ?? 0)
+            for c in response.toolCalls { n += c.id.utf8.count + c.name.utf8.count + c.arguments.utf8.count }
+            for e in events {
+                switch e {
+                case .textDelta(let t), .reasoningDelta(let t): n += t.utf8.count + 16
+                case .toolCallDelta(_, let a): n += a.utf8.count + 16
+                case .notice(_, let m): n += m.utf8.count + 16
+                default: n += 32
+                }
+            }
+            return n
+        }
+    }
+
+    /// What the cache has done so far.
+    public struct Stats: Sendable, Hashable {
+        public var hits = 0
+        public var misses = 0
+        public var stores = 0
+        /// Entries pushed out by the entry or byte bound.
+        public var evictions = 0
+        /// Entries found past their time to live.
+        public var expirations = 0
+        /// Of the hits, those read from the disk store.
+        public var diskHits = 0
+        public var diskWrites = 0
+        /// Disk reads or writes that failed (the cache then works from memory).
+        public var diskErrors = 0
+        /// Entries and bytes in memory now.
+        public var entries = 0
+        public var bytes = 0
+    }
+
+    public let limits: CacheLimits
+
+    private struct Node {
+        var key: String
+        var entry: Entry
+        var bytes: Int
+        var expires: ContinuousClock.Instant?
+        var prev: Int
+        var next: Int
+    }
+
+    /// A doubly linked list over an array (most recent at `head`), and an
+    /// index by key: lookups, stores and evictions are O(1).
+    private struct State {
+        var nodes: [Node] = []
+        var free: [Int] = []
+        var index: [String: Int] = [:]
+        var head = -1
+        var tail = -1
+        var stats = Stats()
+        var writesSincePrune = 0
+        var writing: Set<String> = []
+
+        mutating func unlink(_ i: Int) {
+            let n = nodes[i]
+            if n.prev >= 0 { nodes[n.prev].next = n.next } else { head = n.next }
+            if n.next >= 0 { nodes[n.next].prev = n.prev } else { tail = n.prev }
+        }
+
+        mutating func pushFront(_ i: Int) {
+            nodes[i].prev = -1
+            nodes[i].next = head
+            if head >= 0 { nodes[head].prev = i }
+            head = i
+            if tail < 0 { tail = i }
+        }
+
+        mutating func remove(_ i: Int) {
+            unlink(i)
+            index[nodes[i].key] = nil
+            stats.entries -= 1
+            stats.bytes -= nodes[i].bytes
+            nodes[i].entry = Entry(response: ModelResponse(), events: [])
+            nodes[i].key = ""
+            free.append(i)
+        }
+
+        mutating func insert(_ node: Node) {
+            let i: Int
+            if let f = free.popLast() {
+                nodes[f] = node
+                i = f
+            } else {
+                nodes.append(node)
+                i = nodes.count - 1
+            }
+            index[node.key] = i
+            stats.entries += 1
+            stats.bytes += node.bytes
+            pushFront(i)
+        }
+    }
+
+    private let state = Mutex(State())
+
+    public init(limits: CacheLimits = CacheLimits()) {
+        self.limits = limits
+    }
+
+    public var stats: Stats { state.withLock { $0.stats } }
+
+    /// The cache key of `request` sent to the provider instance `namespace`:
+    /// the request as canonical JSON (members sorted, absent and default
+    /// fields alike), without what does not change the answer (deadlines,
+    /// the caller's metadata labels).
+    public static func key(for request: ModelRequest, namespace: String) -> String {
+        var r = request
+        r.deadlines = Deadlines()
+        r.metadata = [:]
+        let body = (try? JSONValue.parse(bytes: Wire.encode(r)))?.canonical.jsonText ?? String(decoding: Wire.encode(r), as: UTF8.self)
+        return "\(namespace)\n\(body)"
+    }
+
+    /// The entry for `key`, if there is a live one (memory first, then disk).
+    public func lookup(_ key: String) -> Entry? {
+        let now = ContinuousClock.now
+        let found: Entry? = state.withLock { s in
+            guard let i = s.index[key] else { return nil }
+            if let e = s.nodes[i].expires, e <= now {
+                s.remove(i)
+                s.stats.expirations += 1
+                return nil
+            }
+            s.unlink(i)
+            s.pushFront(i)
+            s.stats.hits += 1
+            return s.nodes[i].entry
+        }
+        if let found { return found }
+        if limits.directory != nil, let (entry, remaining) = readDisk(key) {
+            state.withLock { s in
+                s.stats.hits += 1
+                s.stats.diskHits += 1
+            }
+            insertMemory(key, entry, ttl: remaining)
+            return entry
+        }
+        state.withLock { $0.stats.misses += 1 }
+        return nil
+    }
+
+    /// Keeps `entry` under `key` (in memory, and on disk when configured).
+    /// An entry larger than the byte bound is not kept.
+    public func store(_ key: String, _ entry: Entry) {
+        guard insertMemory(key, entry, ttl: limits.ttl) else { return }
+        state.withLock { $0.stats.stores += 1 }
+        if limits.directory != nil { writeDisk(key, entry) }
+    }
+
+    @discardableResult
+    private func insertMemory(_ key: String, _ entry: Entry, ttl: Duration?) -> Bool {
+        let size = entry.bytes + key.utf8.count
+        guard size <= limits.maxBytes, limits.maxEntries > 0 else { return false }
+        let expires = ttl.map { ContinuousClock.now + $0 }
+        state.withLock { s in
+            if let i = s.index[key] { s.remove(i) }
+            s.insert(Node(key: key, entry: entry, bytes: size, expires: expires, prev: -1, next: -1))
+            while s.stats.entries > limits.maxEntries || s.stats.bytes > limits.maxBytes, s.tail >= 0 {
+                s.remove(s.tail)
+                s.stats.evictions += 1
+            }
+        }
+        return true
+    }
+
+    /// Forgets every entry (memory and disk).
+    public func clear() {
+        state.withLock { s in
+            let stats = s.stats
+            s = State()
+            s.stats = stats
+            s.stats.entries = 0
+            s.stats.bytes = 0
+        }
+        if let dir = limits.directory, let names = try? FileSystem.list(dir) {
+            for n in names where n.hasSuffix(".json") { unlink(FileSystem.join(dir, n)) }
+        }
+    }
+
+    // MARK: Disk store
+
+    private func path(for key: String) -> String? {
+        limits.directory.map { FileSystem.join($0, Digest.hex(key.utf8) + ".json") }
+    }
+
+    private static func wallClock() -> Int { Int(time(nil)) }
+
+    private func readDisk(_ key: String) -> (Entry, Duration?)? {
+        guard let path = path(for: key), FileSystem.exists(path) else { return nil }
+        do {
+            let doc = try JSONValue.parse(bytes: FileSystem.readBytes(path, limit: max(limits.maxBytes, 1 << 20) * 2))
+            // The digest names the file; the key inside proves it is ours.
+            guard doc["version"]?.intValue == 1, doc["key"]?.stringValue == key else { return nil }
+            var remaining: Duration? = nil
+            if let expires = doc["expires_unix"]?.intValue {
+                let left = expires - Self.wallClock()
+                if left <= 0 {
+                    unlink(path)
+                    state.withLock { $0.stats.expirations += 1 }
+                    return nil
+                }
+                remaining = .seconds(left)
+            }
+            let response = try ResponseCodec.decodeResponse(doc["response"] ?? .null)
+            let events = try (doc["events"]?.arrayValue ?? []).map { (e) throws(WireError) in try ResponseCodec.decodeEvent(e) }
+            return (Entry(response: response, events: events), remaining)
+        } catch {
+            LogSink.shared.log(.warning, "cache", "\(path): unreadable cache entry, removed: \(error)")
+            unlink(path)
+            state.withLock { $0.stats.diskErrors += 1 }
+            return nil
+        }
+    }
+
+    private func writeDisk(_ key: String, _ entry: Entry) {
+        guard let dir = limits.directory, let path = path(for: key) else { return }
+        // Two tasks storing the same answer at once: one write is enough.
+        let mine = state.withLock { s -> Bool in s.writing.insert(key).inserted }
+        guard mine else { return }
+        defer { state.withLock { _ = $0.writing.remove(key) } }
+        var doc: JSONObject = [
+            "version": 1, "key": .string(key), "created_unix": .integer(Self.wallClock()),
+            "response": ResponseCodec.encode(entry.response), "events": .array(entry.events.map(ResponseCodec.encode)),
+        ]
+        if let ttl = limits.ttl { doc["expires_unix"] = .integer(Self.wallClock() + max(1, Int(ttl.seconds.rounded(.up)))) }
+        do {
+            try FileSystem.makeDirectories(dir, mode: 0o700)
+            try FileSystem.writeAtomically(path, JSONValue.object(doc).jsonBytes, mode: 0o600)
+        } catch {
+            LogSink.shared.log(.warning, "cache", "cannot write the cache entry: \(error)")
+            state.withLock { $0.stats.diskErrors += 1 }
+            return
+        }
+        let prune = state.withLock { s -> Bool in
+            s.stats.diskWrites += 1
+            s.writesSincePrune += 1
+            if s.writesSincePrune >= 32 {
+                s.writesSincePrune = 0
+                return true
+            }
+            return false
+        }
+        if prune { pruneDisk() }
+    }
+
+    /// Keeps the disk store within the limits: oldest files out first.
+    func pruneDisk() {
+        guard let dir = limits.directory, let names = try? FileSystem.list(dir) else { return }
+        var files: [(path: String, mtime: Int, size: Int)] = []
+        for n in names where n.hasSuffix(".json") {
+            let p = FileSystem.join(dir, n)
+            var st = stat()
+            guard stat(p, &st) == 0 else { continue }
+            files.append((p, Int(st.st_mtim.tv_sec), Int(st.st_size)))
+        }
+        files.sort { $0.mtime > $1.mtime }
+        var count = 0
+        var bytes = 0
+        for f in files {
+            count += 1
+            bytes += f.size
+            if count > limits.maxEntries || bytes > limits.maxBytes { unlink(f.path) }
+        }
+    }
+}
+
+/// Answers repeated requests from a `ResponseCache` instead of the backend
+/// it wraps. A hit costs nothing (`costUSD` 0), carries the usage of the
+/// original answer and `metadata["cache"] = "hit"`; a streaming caller gets
+/// the original events replayed. Only complete answers are kept (not
+/// errors, not answers that finished with `error`).
+public struct CacheBackend: WrappingBackend {
+    public let inner: any ModelBackend
+    public let cache: ResponseCache
+    /// What keys are scoped by (the provider instance's name by default).
+    public let namespace: String
+
+    public init(_ inner: any ModelBackend, cache: ResponseCache, namespace: String? = nil) {
+        self.inner = inner
+        self.cache = cache
+        self.namespace = namespace ?? inner.name
+    }
+
+    static func hit(_ r: ModelResponse) -> ModelResponse {
+        var r = r
+        r.costUSD = 0
+        r.attempts = []
+        r.metadata["cache"] = "hit"
+        return r
+    }
+
+    static func cacheable(_ r: ModelResponse) -> Bool { r.finishReason != .error }
+
+    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+        let key = ResponseCache.key(for: request, namespace: namespace)
+        if let e = cache.lookup(key) { return Self.hit(e.response) }
+        let r = try await inner.complete(request)
+        if Self.cacheable(r) {
+            var stored = r
+            stored.attempts = []
+            cache.store(key, ResponseCache.Entry(response: stored, events: Streams.events(of: stored)))
+        }
+        return r
+    }
+
+    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+        let key = ResponseCache.key(for: request, namespace: namespace)
+        let cache = self.cache
+        let inner = self.inner
+        return Streams.make(provider: inner.name) { out in
+            if let e = cache.lookup(key) {
+                for event in e.events { out.yield(event) }
+                out.yield(.finish(Self.hit(e.response)))
+                return
+            }
+            var recorded: [StreamEvent] = []
+            var restarted = false
+            for try await event in inner.stream(request) {
+                switch event {
+                case .finish(let r):
+                    if Self.cacheable(r) {
+                        var stored = r
+                        stored.attempts = []
+                        // After a restart the events hold a failed attempt's
+                        // beginning too: replay the answer instead.
+                        cache.store(key, ResponseCache.Entry(response: stored, events: restarted ? Streams.events(of: stored) : recorded))
+                    }
+                case .notice(_, let message):
+                    // Diagnostics of that run, not part of the answer.
+                    if message.hasPrefix(RetryPolicy.restartNotice) { restarted = true }
+                default: recorded.append(event)
+                }
+                out.yield(event)
+            }
+        }
+    }
+}

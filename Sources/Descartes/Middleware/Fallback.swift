@@ -1,0 +1,231 @@
+/// When a fallback chain moves on to its next provider.
+public struct FallbackPolicy: Sendable, Hashable {
+    /// The kinds of error that move the chain on. By default every kind but
+    /// `api` (the request itself is at fault: another provider would refuse
+    /// it too) and `cancelled`; so an unconfigured or unreachable provider,
+    /// a missing key, a rate limit or a timeout all move on.
+    public var on: Set<ProviderError.Kind>
+    /// Whether a stream whose answer had begun reaching the caller may move
+    /// on and start again with the next provider (the caller then receives
+    /// a `.notice` beginning with `RetryPolicy.restartNotice`). By default a
+    /// chain moves on only before the first token.
+    public var restartStreams: Bool
+
+    public static let defaultOn: Set<ProviderError.Kind> = Set(ProviderError.Kind.all).subtracting([.api, .cancelled])
+
+    public init(on: Set<ProviderError.Kind> = FallbackPolicy.defaultOn, restartStreams: Bool = false) {
+        self.on = on
+        self.restartStreams = restartStreams
+    }
+}
+
+/// An ordered chain of providers, possibly of different modes (a hosted API,
+/// then a coding-agent CLI, then a local server): each request goes to the
+/// first, and moves on to the next when its error is one the policy names
+/// and nothing of the answer has reached the caller yet.
+///
+/// The response says who answered (`provider`) and what failed before
+/// (`attempts`, oldest first, flattened across retries); when every provider
+/// fails, the last error is thrown with every attempt in its `attempts`.
+///
+/// ```swift
+/// let chain = FallbackBackend(name: "resilient", [
+///     .init(try factory.create("anthropic")),
+///     .init(try factory.create("claude-code-cli"), model: .providerDefault),
+///     .init(try factory.create("ollama"), model: .named("llama3.2")),
+/// ])
+/// ```
+public struct FallbackBackend: ModelBackend {
+    /// One provider of the chain and the model to ask it for.
+    public struct Entry: Sendable {
+        public var backend: any ModelBackend
+        public var model: ModelChoice
+
+        public init(_ backend: any ModelBackend, model: ModelChoice = .request) {
+            self.backend = backend
+            self.model = model
+        }
+    }
+
+    public let name: String
+    public let entries: [Entry]
+    public let policy: FallbackPolicy
+    /// The mode of the first provider.
+    public var mode: ModelProviderMode { entries.first?.backend.mode ?? .api }
+
+    /// - Parameters:
+    ///   - name: the chain's name (e.g. the `fallbacks:` key in providers.yaml).
+    ///   - entries: the providers, in order; at least one.
+    public init(name: String, _ entries: [Entry], policy: FallbackPolicy = FallbackPolicy()) {
+        precondition(!entries.isEmpty, "a fallback chain needs at least one provider")
+        self.name = name
+        self.entries = entries
+        self.policy = policy
+    }
+
+    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+        var log = AttemptLog()
+        let end = request.deadlines.total.map { ContinuousClock.now + $0 }
+        for (i, entry) in entries.enumerated() {
+            let started = ContinuousClock.now
+            guard let r = Self.request(request, for: entry, end: end) else { throw log.giveUp(timedOut(request)) }
+            do {
+                return log.answered(try await entry.backend.complete(r))
+            } catch {
+                let e = wholeRequestTimeout(ProviderError.from(error, provider: entry.backend.name), end: end, limit: request.deadlines.total)
+                if e.kind == .cancelled { throw log.giveUp(e) }
+                log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
+                guard i + 1 < entries.count, policy.on.contains(e.kind), end.map({ $0 > .now }) ?? true else { throw log.giveUp(e) }
+                LogSink.shared.log(
+                    .info, "fallback \(name)", "\(entry.backend.name) failed (\(e.kind)): trying \(entries[i + 1].backend.name)")
+            }
+        }
+        preconditionFailure("unreachable: the loop returns or throws")
+    }
+
+    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+        let entries = self.entries
+        let policy = self.policy
+        let name = self.name
+        let me = self
+        return Streams.make(provider: name) { out in
+            var log = AttemptLog()
+            let end = request.deadlines.total.map { ContinuousClock.now + $0 }
+            for (i, entry) in entries.enumerated() {
+                let started = ContinuousClock.now
+                guard let r = Self.request(request, for: entry, end: end) else { throw log.giveUp(me.timedOut(request)) }
+                do throws(Streams.AttemptFailure) {
+                    try await Streams.forward(
+                        entry.backend.stream(r), to: out, provider: entry.backend.name,
+                        answered: log.answered)
+                    return
+                } catch {
+                    let e = wholeRequestTimeout(error.error, end: end, limit: request.deadlines.total)
+                    let reached = error.outputReached
+                    if e.kind == .cancelled { throw log.giveUp(e) }
+                    log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                    if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
+                    guard i + 1 < entries.count, policy.on.contains(e.kind), !reached || policy.restartStreams,
+                        end.map({ $0 > .now }) ?? true
+                    else {
+                        throw log.giveUp(e)
+                    }
+                    let next = entries[i + 1].backend.name
+                    if reached {
+                        out.yield(.notice(level: "warning", message: "\(RetryPolicy.restartNotice) with \(next) after \(entry.backend.name) failed (\(e.kind)): \(e.message)"))
+                    }
+                    out.yield(.notice(level: "warning", message: "\(entry.backend.name) failed (\(e.kind)): falling back to \(next)"))
+                }
+            }
+        }
+    }
+
+    /// The request for `entry`: its model, and what is left of the whole
+    /// request's total deadline (nil when none is left).
+    static func request(_ request: ModelRequest, for entry: Entry, end: ContinuousClock.Instant?) -> ModelRequest? {
+        var r = entry.model.apply(to: request)
+        if let end {
+            let left = end - ContinuousClock.now
+            if left <= .zero { return nil }
+            r.deadlines.total = left
+        }
+        return r
+    }
+
+    func timedOut(_ request: ModelRequest) -> ProviderError {
+        ProviderError(
+            .timeout, "the total deadline of \(format(request.deadlines.total ?? .zero)) passed", provider: name, deadline: "total")
+    }
+
+    // MARK: Other operations go to the first provider that answers them.
+
+    public func initialize() async throws {
+        try await firstAnswer { try await $0.initialize() }
+    }
+
+    public func healthCheck() async throws -> HealthReport {
+        try await firstAnswer { try await $0.healthCheck() }
+    }
+
+    public func listModels() async throws -> [ModelInfo] {
+        try await firstAnswer { try await $0.listModels() }
+    }
+
+    public func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
+        try await firstAnswer { try await $0.estimateTokens(request) }
+    }
+
+    public func shutdown() async {
+        for e in entries { await e.backend.shutdown() }
+    }
+
+    private func firstAnswer<T: Sendable>(_ op: (any ModelBackend) async throws -> T) async throws -> T {
+        var log = AttemptLog()
+        for (i, entry) in entries.enumerated() {
+            let started = ContinuousClock.now
+            do { return try await op(entry.backend) } catch {
+                let e = ProviderError.from(error, provider: entry.backend.name)
+                if e.kind == .cancelled { throw e }
+                log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                if i == entries.count - 1 { throw log.giveUp(e) }
+            }
+        }
+        throw ProviderError(.backend, "no provider in chain '\(name)'", provider: name)
+    }
+}
+
+/// A backend created on first use: a chain can name a provider that cannot
+/// be created now (a missing API key, a plugin that is not installed) and
+/// still work through its other providers; the creation error is that
+/// provider's failed attempt, every time it is tried.
+public final class LazyBackend: ModelBackend, Sendable {
+    public let name: String
+    public let mode: ModelProviderMode
+    private let make: @Sendable () throws -> any ModelBackend
+    private let state = Mutex<Result<any ModelBackend, ProviderError>?>(nil)
+
+    /// - Parameters:
+    ///   - name: the provider's name, for errors and attempts.
+    ///   - mode: its mode (from its manifest), before it exists.
+    ///   - make: creates it; a thrown error is remembered and rethrown by
+    ///     every operation.
+    public init(name: String, mode: ModelProviderMode, _ make: @escaping @Sendable () throws -> any ModelBackend) {
+        self.name = name
+        self.mode = mode
+        self.make = make
+    }
+
+    /// The backend, created now if it was not yet.
+    public func backend() throws(ProviderError) -> any ModelBackend {
+        let result = state.withLock { s -> Result<any ModelBackend, ProviderError> in
+            if let s { return s }
+            let r: Result<any ModelBackend, ProviderError>
+            do { r = .success(try make()) } catch { r = .failure(ProviderError.from(error, provider: name)) }
+            s = r
+            return r
+        }
+        return try result.get()
+    }
+
+    /// The backend if it was created, without creating it.
+    var created: (any ModelBackend)? {
+        state.withLock { s in if case .success(let b)? = s { return b }; return nil }
+    }
+
+    public func initialize() async throws { try await backend().initialize() }
+    public func healthCheck() async throws -> HealthReport { try await backend().healthCheck() }
+    public func complete(_ request: ModelRequest) async throws -> ModelResponse { try await backend().complete(request) }
+    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+        do { return try backend().stream(request) } catch {
+            return AsyncThrowingStream { $0.finish(throwing: error) }
+        }
+    }
+    public func listModels() async throws -> [ModelInfo] { try await backend().listModels() }
+    public func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
+        try await backend().estimateTokens(request)
+    }
+    public func shutdown() async { await created?.shutdown() }
+}
+
+import Synchronization

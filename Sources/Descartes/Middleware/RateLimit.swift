@@ -1,0 +1,265 @@
+import Synchronization
+
+/// Requests and tokens per minute allowed for one provider.
+public struct RateLimits: Sendable, Hashable, CustomStringConvertible {
+    public var requestsPerMinute: Int?
+    public var tokensPerMinute: Int?
+    /// How many requests may go at once after a quiet period (the bucket's
+    /// size); by default a minute's worth.
+    public var requestBurst: Int?
+    /// The same for tokens.
+    public var tokenBurst: Int?
+
+    public init(requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, requestBurst: Int? = nil, tokenBurst: Int? = nil) {
+        self.requestsPerMinute = requestsPerMinute
+        self.tokensPerMinute = tokensPerMinute
+        self.requestBurst = requestBurst
+        self.tokenBurst = tokenBurst
+    }
+
+    public var isEmpty: Bool { requestsPerMinute == nil && tokensPerMinute == nil }
+
+    public var description: String {
+        var parts: [String] = []
+        if let r = requestsPerMinute { parts.append("\(r) requests/min") }
+        if let t = tokensPerMinute { parts.append("\(t) tokens/min") }
+        return parts.isEmpty ? "unlimited" : parts.joined(separator: ", ")
+    }
+}
+
+/// Token buckets for one provider's requests and tokens per minute, shared
+/// by every task of the process that uses the provider
+/// (`RateLimiter.shared(for:limits:)`).
+///
+/// Reservations are taken in arrival order: a request takes its share at
+/// once, the bucket may go below zero, and the request waits (with
+/// `Task.sleep`, so it never blocks a thread and cancelling ends the wait
+/// and returns the share) until the bucket would have refilled to zero.
+/// Usage reported by the answer corrects the estimate taken up front, and a
+/// provider's `retry-after` pauses every request to it.
+public final class RateLimiter: Sendable {
+    public let limits: RateLimits
+
+    struct Bucket {
+        var level: Double
+        let capacity: Double
+        let perSecond: Double
+
+        init(perMinute: Int, burst: Int?) {
+            capacity = Double(max(1, burst ?? perMinute))
+            perSecond = Double(perMinute) / 60
+            level = capacity
+        }
+
+        mutating func refill(_ elapsed: Duration) {
+            level = min(capacity, level + perSecond * elapsed.seconds)
+        }
+
+        /// How long until the level is back to zero.
+        var deficit: Duration {
+            level >= 0 ? .zero : Duration(secondsDouble: -level / perSecond)
+        }
+    }
+
+    struct State {
+        var requests: Bucket?
+        var tokens: Bucket?
+        var updated = ContinuousClock.now
+        var pausedUntil: ContinuousClock.Instant?
+        var stats = Stats()
+
+        mutating func refill(_ now: ContinuousClock.Instant) {
+            let elapsed = now - updated
+            updated = now
+            requests?.refill(elapsed)
+            tokens?.refill(elapsed)
+        }
+    }
+
+    /// What the limiter has done so far.
+    public struct Stats: Sendable, Hashable {
+        /// Requests let through.
+        public var granted = 0
+        /// Of them, requests that had to wait.
+        public var delayed = 0
+        /// Requests refused because the wait would pass their deadline.
+        public var refused = 0
+        /// Time spent waiting, all requests together.
+        public var waited: Duration = .zero
+        /// Requests waiting now.
+        public var waiting = 0
+    }
+
+    private let state: Mutex<State>
+
+    public init(limits: RateLimits) {
+        self.limits = limits
+        var s = State()
+        s.requests = limits.requestsPerMinute.map { Bucket(perMinute: $0, burst: limits.requestBurst) }
+        s.tokens = limits.tokensPerMinute.map { Bucket(perMinute: $0, burst: limits.tokenBurst) }
+        state = Mutex(s)
+    }
+
+    private static let registry = Mutex<[String: RateLimiter]>([:])
+
+    /// The process-wide limiter of provider `name`: every backend created
+    /// for the same provider shares it. A call with different limits
+    /// replaces the limiter (a reloaded configuration).
+    public static func shared(for name: String, limits: RateLimits) -> RateLimiter {
+        registry.withLock { r in
+            if let existing = r[name], existing.limits == limits { return existing }
+            let l = RateLimiter(limits: limits)
+            r[name] = l
+            return l
+        }
+    }
+
+    public var stats: Stats { state.withLock { $0.stats } }
+
+    /// Takes one request and `tokens` tokens, waiting until the buckets
+    /// allow them.
+    ///
+    /// - Parameter maxWait: the longest acceptable wait (what is left of the
+    ///   request's deadline); a longer one is refused at once.
+    /// - Returns: how long the call waited.
+    /// - Throws: `rateLimited` (with `retryAfter`) when the wait would
+    ///   exceed `maxWait`; `cancelled` when the task is cancelled while
+    ///   waiting. Either way the reservation is given back.
+    @discardableResult
+    public func acquire(tokens: Int, maxWait: Duration? = nil, provider: String? = nil) async throws(ProviderError) -> Duration {
+        let now = ContinuousClock.now
+        let cost = Double(max(0, tokens))
+        let (wait, charged) = state.withLock { s -> (Duration, Double) in
+            s.refill(now)
+            // A request larger than the bucket waits for a full bucket, not forever.
+            let charged = min(cost, s.tokens?.capacity ?? cost)
+            s.requests?.level -= 1
+            s.tokens?.level -= charged
+            var wait = max(s.requests?.deficit ?? .zero, s.tokens?.deficit ?? .zero)
+            if let p = s.pausedUntil, p > now { wait = max(wait, p - now) }
+            if let maxWait, wait > maxWait {
+                s.requests?.level += 1
+                s.tokens?.level += charged
+                s.stats.refused += 1
+                return (wait, -1)
+            }
+            s.stats.granted += 1
+            if wait > .zero {
+                s.stats.delayed += 1
+                s.stats.waiting += 1
+                s.stats.waited += wait
+            }
+            return (wait, charged)
+        }
+        if charged < 0 {
+            throw ProviderError(
+                .rateLimited, "the local rate limit (\(limits)) would delay this request by \(wait.short), past its deadline",
+                provider: provider, retryAfter: wait)
+        }
+        guard wait > .zero else { return .zero }
+        do {
+            try await Task.sleep(for: wait)
+        } catch {
+            state.withLock { s in
+                s.requests?.level += 1
+                s.tokens?.level += charged
+                s.stats.waiting -= 1
+                s.stats.granted -= 1
+            }
+            throw ProviderError(.cancelled, "the request was cancelled while waiting for the rate limit", provider: provider)
+        }
+        state.withLock { $0.stats.waiting -= 1 }
+        return wait
+    }
+
+    /// Corrects the tokens taken for a request once its usage is known
+    /// (`delta` = actual - estimated; negative gives tokens back).
+    public func adjust(tokens delta: Int) {
+        guard delta != 0 else { return }
+        state.withLock { s in
+            s.refill(.now)
+            if var b = s.tokens {
+                b.level = min(b.capacity, b.level - Double(delta))
+                s.tokens = b
+            }
+        }
+    }
+
+    /// Holds every request back until `instant` (a provider's retry-after).
+    public func pause(until instant: ContinuousClock.Instant) {
+        state.withLock { s in
+            if s.pausedUntil.map({ $0 < instant }) ?? true { s.pausedUntil = instant }
+        }
+    }
+}
+
+/// Applies a `RateLimiter` to the backend it wraps: each request (each
+/// attempt, when a retry layer is outside) waits for its share first; the
+/// answer's usage corrects the estimate; a `rateLimited` error with a
+/// retry-after pauses the limiter, so every task stops sending to the
+/// provider for that long.
+public struct RateLimitedBackend: WrappingBackend {
+    public let inner: any ModelBackend
+    public let limiter: RateLimiter
+
+    public init(_ inner: any ModelBackend, limiter: RateLimiter) {
+        self.inner = inner
+        self.limiter = limiter
+    }
+
+    /// Wraps `inner` with the process-wide limiter of its provider name.
+    public init(_ inner: any ModelBackend, limits: RateLimits) {
+        self.init(inner, limiter: .shared(for: inner.name, limits: limits))
+    }
+
+    /// The tokens a request is charged up front: its input (estimated) and
+    /// the output it may produce.
+    static func estimate(_ r: ModelRequest) -> Int { Heuristics.tokens(r).tokens + (r.maxTokens ?? 0) }
+
+    func admit(_ request: ModelRequest) async throws(ProviderError) -> (ModelRequest, Int) {
+        let estimate = Self.estimate(request)
+        let waited = try await limiter.acquire(tokens: estimate, maxWait: request.deadlines.total, provider: inner.name)
+        var r = request
+        if let total = r.deadlines.total, waited > .zero { r.deadlines.total = total - waited }
+        return (r, estimate)
+    }
+
+    func settle(_ result: Result<ModelResponse, ProviderError>, estimate: Int) {
+        switch result {
+        case .success(let response):
+            if response.usage.totalTokens > 0 { limiter.adjust(tokens: response.usage.totalTokens - estimate) }
+        case .failure(let e):
+            if e.kind == .rateLimited, let after = e.retryAfter, e.provider == inner.name || e.provider == nil {
+                limiter.pause(until: .now + after)
+            }
+        }
+    }
+
+    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+        let (r, estimate) = try await admit(request)
+        do {
+            let response = try await inner.complete(r)
+            settle(.success(response), estimate: estimate)
+            return response
+        } catch {
+            settle(.failure(ProviderError.from(error, provider: inner.name)), estimate: estimate)
+            throw error
+        }
+    }
+
+    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+        let me = self
+        return Streams.make(provider: inner.name) { out in
+            let (r, estimate) = try await me.admit(request)
+            do {
+                for try await event in me.inner.stream(r) {
+                    if case .finish(let response) = event { me.settle(.success(response), estimate: estimate) }
+                    out.yield(event)
+                }
+            } catch {
+                me.settle(.failure(ProviderError.from(error, provider: me.inner.name)), estimate: estimate)
+                throw error
+            }
+        }
+    }
+}

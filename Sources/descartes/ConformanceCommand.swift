@@ -1,0 +1,112 @@
+import Descartes
+
+/// `descartes plugins verify --conformance NAME`: the conformance suite.
+enum ConformanceCommand {
+    static let options: [Arguments.Option] = [
+        .init(names: ["--conformance"], takesValue: true),
+        .init(names: ["--spec"], takesValue: true),
+        .init(names: ["--json"], takesValue: false),
+        .init(names: ["--set"], takesValue: true, repeatable: true),
+    ]
+
+    /// Where the spec for a plugin is, in the documented order.
+    /// Where the spec for a plugin is: the manifest's `conformance:`, else
+    /// `conformance/<provider>.yaml` beside the manifest, else in
+    /// `<prefix>/share/descartes/conformance/`; then the same two places
+    /// under the name of the manifest's factory (a provider that only adds
+    /// a manifest to an existing library shares that library's spec).
+    static func specPath(for manifest: PluginManifest) -> (path: String?, tried: [String]) {
+        if let named = manifest.conformance { return (named, [named]) }
+        var tried: [String] = []
+        let prefix = FileSystem.executablePath().map { FileSystem.directory(of: FileSystem.directory(of: $0)) }
+        for name in [manifest.provider, manifest.factory] where !tried.contains(where: { $0.hasSuffix("/\(name).yaml") }) {
+            var candidates = [FileSystem.join(FileSystem.directory(of: manifest.file), "conformance/\(name).yaml")]
+            if let prefix { candidates.append(FileSystem.join(prefix, "share/descartes/conformance/\(name).yaml")) }
+            for c in candidates {
+                tried.append(c)
+                if FileSystem.exists(c) { return (c, tried) }
+            }
+        }
+        return (nil, tried)
+    }
+
+    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
+        let args: Arguments
+        let settings: [String: JSONValue]
+        do throws(UsageError) {
+            args = try Arguments(raw, command: "plugins verify", options: options)
+            settings = try Commands.settings(args)
+        } catch { usageFailure(error) }
+        guard let name = args.value("--conformance"), !name.isEmpty else {
+            usageFailure(UsageError("--conformance needs a plugin NAME", command: "plugins verify"))
+        }
+        if let extra = args.positional.first {
+            usageFailure(UsageError("unexpected argument '\(extra)' (the conformance suite runs one plugin: --conformance NAME)", command: "plugins verify"))
+        }
+        let json = args.flag("--json")
+        let catalog = Commands.catalog(globals)
+        guard let entry = catalog.entry(for: name), let manifest = entry.manifest else {
+            failure(ProviderError(.config, "unknown plugin '\(name)'; installed: \(catalog.availableProviders.joined(separator: ", "))"), json: json)
+        }
+
+        let spec: ConformanceSpec
+        var specNote: String
+        if let given = args.value("--spec") {
+            let path = given.hasPrefix("/") ? given : FileSystem.join(FileSystem.currentDirectory(), given)
+            do { spec = try ConformanceSpec.load(path: path) } catch {
+                Out.err("Error: invalid conformance spec:")
+                for p in error.problems { Out.err("  \(p)") }
+                return .config
+            }
+            specNote = path
+        } else {
+            let (found, tried) = specPath(for: manifest)
+            if let found {
+                do { spec = try ConformanceSpec.load(path: found) } catch {
+                    Out.err("Error: invalid conformance spec:")
+                    for p in error.problems { Out.err("  \(p)") }
+                    return .config
+                }
+                specNote = found
+            } else {
+                spec = .builtIn()
+                specNote = "built-in (one text scenario with the plugin's defaults; none of \(tried.joined(separator: ", ")) exists)"
+            }
+        }
+        let environment = Commands.configuration(globals).environment
+        if !json {
+            Out.line("Conformance of '\(name)' (\(manifest.libraryPath))")
+            Out.line(Out.dim("spec: \(specNote)"))
+        }
+        let results = await Conformance.run(
+            provider: name, catalog: catalog, spec: spec, environment: environment, overrides: settings,
+            report: { r in
+                if !json {
+                    let mark: String
+                    switch r.outcome {
+                    case .pass: mark = Out.green("ok  ")
+                    case .fail: mark = Out.red("FAIL")
+                    case .skip: mark = Out.dim("skip")
+                    }
+                    let padded = r.check + String(repeating: " ", count: max(1, 20 - r.check.count))
+                    Out.line("  \(mark)  \(padded)\(r.detail)")
+                }
+            })
+        let failed = results.filter { $0.outcome == .fail }.count
+        let passed = results.filter { $0.outcome == .pass }.count
+        let skipped = results.filter { $0.outcome == .skip }.count
+        if json {
+            let doc: JSONObject = [
+                "plugin": .string(name), "spec": .string(specNote), "failed": .integer(failed), "passed": .integer(passed), "skipped": .integer(skipped),
+                "checks": .array(
+                    results.map { r in
+                        ["check": .string(r.check), "outcome": .string(r.outcome.rawValue), "detail": .string(r.detail), "duration_ms": .integer(r.duration.milliseconds)]
+                    }),
+            ]
+            Out.line(JSONValue.object(doc).prettyText())
+        } else {
+            Out.line("\(passed) passed, \(failed) failed, \(skipped) skipped")
+        }
+        return failed == 0 ? .ok : .failure
+    }
+}

@@ -1,0 +1,62 @@
+import Descartes
+import Glibc
+
+/// `descartes plugins enable|disable NAME [--system]`: edits the policy file.
+enum PolicyCommand {
+    static func edit(_ sub: String, _ raw: [String], globals: Globals) -> ExitCode {
+        let command = "plugins \(sub)"
+        let args: Arguments
+        do { args = try Arguments(raw, command: command, options: [.init(names: ["--system"], takesValue: false)]) } catch { usageFailure(error) }
+        guard args.positional.count == 1 else { usageFailure(UsageError("expected exactly one plugin NAME (a provider id or a glob)", command: command)) }
+        let name = args.positional[0]
+        guard !name.isEmpty, !name.contains("\n") else { usageFailure(UsageError("invalid plugin NAME", command: command)) }
+        let action = PolicyEditor.Action(rawValue: sub)!
+        let system = args.flag("--system")
+        let file = system ? PluginPolicy.systemFile() : PluginPolicy.userFile()
+
+        // The user's file can only narrow the system's.
+        if !system && action == .enable {
+            var systemPolicy = PluginPolicy()
+            systemPolicy.read(PluginPolicy.systemFile(), scope: .system)
+            let d = systemPolicy.decision(for: name)
+            if !d.enabled {
+                Out.err("Error: cannot enable '\(name)' in your policy (\(file)): the host's policy keeps it off: \(d.reason).")
+                Out.err("Your file can only narrow the host's; to change the host's: descartes plugins enable \(name) --system (as root)")
+                return .config
+            }
+        }
+
+        var text = ""
+        if FileSystem.exists(file) {
+            do { text = try FileSystem.readText(file, limit: 1 << 20) } catch {
+                failure(ProviderError(.config, "cannot read \(file): \(error.reason)"))
+            }
+        }
+        let edit: PolicyEditor.Edit
+        do { edit = try PolicyEditor.apply(action, name: name, to: text, file: file) } catch {
+            Out.err("Error: cannot \(sub) '\(name)' in \(file):")
+            for p in error.problems { Out.err("  \(p)") }
+            return .config
+        }
+        if edit.changes.isEmpty {
+            Out.line("\(file) already \(action == .enable ? "allows" : "disables") '\(name)'; nothing changed.")
+        } else {
+            let mode = FileSystem.info(file).map { mode_t($0.mode & 0o777) } ?? 0o644
+            do {
+                try FileSystem.makeDirectories(FileSystem.directory(of: file))
+                try FileSystem.writeAtomically(file, Array(edit.text.utf8), mode: mode)
+            } catch {
+                let hint = error.errno == EACCES || error.errno == EPERM ? (system ? " (the host's policy needs root)" : "") : ""
+                Out.err("Error: cannot write \(error)\(hint)")
+                return error.errno == EACCES || error.errno == EPERM ? .noPermission : .config
+            }
+            for c in edit.changes { Out.line("\(file): \(c)") }
+        }
+        // What the whole policy now says.
+        let policy = PluginPolicy.standard()
+        let d = policy.decision(for: name)
+        Out.line("'\(name)' is now \(d.enabled ? "enabled" : "disabled"): \(d.reason)")
+        if action == .enable && !d.enabled { return .config }
+        return .ok
+    }
+}

@@ -1,0 +1,177 @@
+import Descartes
+import Glibc
+
+/// The reliability and routing options shared by `complete` and `batch`:
+/// retries, fallbacks, stats, routing explanations, the response cache.
+struct ReliabilityOptions {
+    static let options: [Arguments.Option] = [
+        .init(names: ["--retries"], takesValue: true),
+        .init(names: ["--fallback"], takesValue: true),
+        .init(names: ["--stats"], takesValue: false),
+        .init(names: ["--explain"], takesValue: false),
+        .init(names: ["--no-cache"], takesValue: false),
+    ]
+
+    static let help = """
+          --retries N           Retry retryable errors N times (default 2, or providers.yaml's retry:; 0 disables)
+          --fallback P2[,P3...] Providers to try in order when PROVIDER fails before its first token
+          --stats               Print time to first token, tokens per second, tokens and cost on stderr
+          --explain             Print why a route chose its provider on stderr (also with --verbose)
+          --no-cache            Do not answer from, or store in, the response cache
+        """
+
+    var retries: Int?
+    var fallbacks: [String] = []
+    var stats = false
+    var explain = false
+    var noCache = false
+
+    init(_ args: Arguments, globals: Globals) throws(UsageError) {
+        if let r = try args.int("--retries") {
+            guard r >= 0 else { throw UsageError("--retries must be 0 or more", command: args.command) }
+            retries = r
+        }
+        if let f = args.value("--fallback") {
+            fallbacks = f.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
+            guard !fallbacks.isEmpty else { throw UsageError("--fallback needs provider names, e.g. --fallback ollama,echo", command: args.command) }
+        }
+        stats = args.flag("--stats")
+        explain = args.flag("--explain") || globals.verbose
+        noCache = args.flag("--no-cache")
+    }
+
+    /// The middleware sections of providers.yaml (`retry`, `fallbacks`,
+    /// `routes`, `cache`, `limits`), checked; every problem is printed with
+    /// its file:line:column and the command exits 78, as for the rest of the
+    /// file. Names must lead to a provider instance, an installed plugin, or
+    /// another chain or route.
+    static func settings(_ factory: ProviderFactory, _ globals: Globals) -> ReliabilitySettings {
+        guard let config = factory.configuration else { return ReliabilitySettings() }
+        var problems: [SourceProblem] = []
+        var settings = ReliabilitySettings()
+        do {
+            (settings, problems) = ReliabilitySettings.parse(try config.middlewareSections())
+        } catch {
+            problems = error.problems
+        }
+        if problems.isEmpty {
+            let known = Set(config.instances.map(\.name)).union(factory.catalog.availableProviders)
+            problems = settings.check(knownProviders: known)
+        }
+        if !problems.isEmpty {
+            Out.err("Error: invalid configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s")):")
+            for p in problems { Out.err("  \(p)") }
+            exit(ExitCode.config.rawValue)
+        }
+        return settings
+    }
+
+    /// What `build` makes: the backend to call, the providers behind it (to
+    /// shut down), and the meter `--stats` reads.
+    struct Built {
+        var backend: any ModelBackend
+        var providers: ReliableProviders
+        var meter: UsageMeter?
+    }
+
+    /// The backend for `provider`: its route, chain or middleware stack from
+    /// the settings, then the `--fallback` providers; `config` (`--set`)
+    /// applies to `provider` itself.
+    /// - Parameter audit: wraps the whole (the audit log, when enabled), so a
+    ///   record sees who answered and the attempts before.
+    func build(
+        _ provider: String, config: [String: JSONValue], factory: ProviderFactory, settings: ReliabilitySettings,
+        audit: ((any ModelBackend) -> any ModelBackend)? = nil
+    ) throws(ProviderError) -> Built {
+        var overrides = ReliableProviders.Overrides(retries: retries, noCache: noCache)
+        if explain {
+            overrides.routeObserver = { d in
+                for line in d.description.split(separator: "\n") { Out.err("descartes: \(line)") }
+            }
+        }
+        // Instances of providers.yaml by name (`ProviderFactory.backend`);
+        // --set applies to -p's provider only.
+        let providers = ReliableProviders(settings: settings, factory: factory, overrides: overrides) { name in
+            name == provider ? config : [:]
+        }
+        var backend = try providers.chain(provider, then: fallbacks)
+        if let audit { backend = audit(backend) }
+        var meter: UsageMeter? = nil
+        if stats {
+            let m = UsageMeter()
+            backend = StatsBackend(backend, meter: m)
+            meter = m
+        }
+        return Built(backend: backend, providers: providers, meter: meter)
+    }
+
+    /// `stats` as JSON (for `--json --stats`).
+    static func json(_ s: RequestStats, cache: ResponseCache.Stats?) -> JSONValue {
+        var o: JSONObject = [
+            "provider": .string(s.provider), "model": .string(s.model), "streamed": .bool(s.streamed),
+            "duration_ms": .integer(s.duration.milliseconds), "usage": Wire.encode(s.usage),
+            "failed_attempts": .integer(s.failedAttempts), "cached": .bool(s.cached),
+        ]
+        o["time_to_first_token_ms"] = s.timeToFirstToken.map { .integer($0.milliseconds) } ?? .null
+        o["tokens_per_second"] = s.tokensPerSecond.map { .number(($0 * 10).rounded() / 10) } ?? .null
+        o["cost_usd"] = s.costUSD.map { .number($0) } ?? .null
+        if let c = cache { o["cache"] = ["hits": .integer(c.hits), "misses": .integer(c.misses), "entries": .integer(c.entries)] }
+        return .object(o)
+    }
+
+    /// A response document with its stats added.
+    static func with(stats: RequestStats, cache: ResponseCache.Stats?, _ doc: JSONValue) -> JSONValue {
+        guard case .object(var o) = doc else { return doc }
+        o["stats"] = json(stats, cache: cache)
+        return .object(o)
+    }
+
+    /// `stats` for people, on stderr.
+    static func print(_ s: RequestStats, cache: ResponseCache.Stats?) {
+        var lines: [String] = []
+        var who = "provider \(s.provider)"
+        if !s.model.isEmpty { who += " (\(s.model))" }
+        if s.cached { who += ", from the cache" }
+        if s.failedAttempts > 0 { who += ", after \(s.failedAttempts) failed attempt\(s.failedAttempts == 1 ? "" : "s")" }
+        lines.append(who)
+        var timing = s.timeToFirstToken.map { "time to first token \(formatDuration($0)), " } ?? ""
+        timing += "total \(formatDuration(s.duration))"
+        if let tps = s.tokensPerSecond { timing += ", \(formatRate(tps)) tokens/s" }
+        lines.append(timing)
+        var tokens = "tokens: \(s.usage.inputTokens) in, \(s.usage.outputTokens) out"
+        if s.usage.cacheReadTokens > 0 || s.usage.cacheWriteTokens > 0 {
+            tokens += " (prompt cache: \(s.usage.cacheReadTokens) read, \(s.usage.cacheWriteTokens) written)"
+        }
+        if s.usage.reasoningTokens > 0 { tokens += ", \(s.usage.reasoningTokens) reasoning" }
+        if s.usage.estimated { tokens += " (estimated)" }
+        lines.append(tokens)
+        lines.append("cost: " + (s.costUSD.map { "$\(formatUSD($0))" } ?? "unknown (no prices in the manifest)"))
+        if let c = cache { lines.append("response cache: \(c.hits) hit\(c.hits == 1 ? "" : "s"), \(c.misses) miss\(c.misses == 1 ? "" : "es"), \(c.entries) entr\(c.entries == 1 ? "y" : "ies")") }
+        for l in lines { Out.err("descartes: stats: \(l)") }
+    }
+
+    static func formatDuration(_ d: Duration) -> String {
+        let ms = d.milliseconds
+        if ms < 1000 { return "\(ms) ms" }
+        return "\(Double(ms / 10) / 100) s"
+    }
+
+    static func formatRate(_ r: Double) -> String { "\((r * 10).rounded() / 10)" }
+
+    /// Dollars with six decimals ("0.000123"), without exponent notation.
+    static func formatUSD(_ c: Double) -> String {
+        let micros = Int((c * 1_000_000).rounded())
+        let whole = micros / 1_000_000
+        let frac = String(micros % 1_000_000)
+        return "\(whole).\(String(repeating: "0", count: 6 - frac.count))\(frac)"
+    }
+}
+
+extension StringProtocol {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s.removeFirst() }
+        while s.last == " " { s.removeLast() }
+        return String(s)
+    }
+}
