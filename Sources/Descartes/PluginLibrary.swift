@@ -205,7 +205,7 @@ public final class PluginLoader: Sendable {
 
     public init() {}
 
-    private let digests = Mutex<[String: String]>([:])
+    private let digests = Lock<[String: String]>([:])
 
     /// Checks that the file at `path` has the digest `pin` names (computed
     /// once per file and process).

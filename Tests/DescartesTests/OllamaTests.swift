@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 import Testing
 
 /// libdescartes-ollama.so, loaded through the C ABI, against a scripted
