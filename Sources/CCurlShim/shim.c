@@ -1,5 +1,6 @@
 #include "CCurlShim.h"
 #include <pthread.h>
+#include <sys/prctl.h>
 
 CURLcode descartes_curl_setopt_long(CURL *handle, CURLoption option, long value) {
     return curl_easy_setopt(handle, option, value);
@@ -41,4 +42,8 @@ static void global_init(void) { global_result = curl_global_init(CURL_GLOBAL_DEF
 CURLcode descartes_curl_global_init_once(void) {
     pthread_once(&global_once, global_init);
     return global_result;
+}
+
+void descartes_name_this_thread(const char *name) {
+    prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }

@@ -105,6 +105,9 @@ public final class HTTPClient: @unchecked Sendable {
 
     // MARK: The loop
 
+    /// The name of each client's transfer-loop thread (at most 15 bytes).
+    public static let threadName = "descartes-http"
+
     private func startThread() {
         _ = descartes_curl_global_init_once()
         let m = curl_multi_init()
@@ -117,6 +120,8 @@ public final class HTTPClient: @unchecked Sendable {
         pthread_attr_setstacksize(&attr, 1 << 20)
         pthread_create(&thread, &attr, { arg in
             let client = Unmanaged<HTTPClient>.fromOpaque(arg!).takeRetainedValue()
+            // Named, so `top -H` and the tests can tell the transfer loops apart.
+            descartes_name_this_thread(HTTPClient.threadName)
             client.loop()
             return nil
         }, me)
