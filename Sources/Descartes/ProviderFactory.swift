@@ -1,5 +1,4 @@
 internal import CDescartesPlugin
-import Synchronization
 
 /// Creates backends by provider name: finds the manifest, checks the
 /// configuration against it, loads the library on first use, and asks the
@@ -56,9 +55,8 @@ public struct ProviderFactory: Sendable {
     ///   the instance, each naming file:line:column and the key.
     public func backend(_ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation? = nil) throws(ProviderError) -> any ModelBackend {
         let (plugin, values, at) = try instanceValues(name, overrides: overrides)
-        return try createPluginBackend(
-            plugin, values: values, instance: name, at: at,
-            isolation: isolation ?? isolationOverrides[name] ?? isolationOverrides[plugin] ?? .inProcess)
+        let chosen = effectiveIsolation(plugin: plugin, instance: name, requested: isolation ?? isolationOverrides[name] ?? isolationOverrides[plugin])
+        return try createPluginBackend(plugin, values: values, instance: name, at: at, isolation: chosen)
     }
 
     /// The plugin and the explicit config values for `name` (see `backend`).
@@ -107,7 +105,8 @@ public struct ProviderFactory: Sendable {
     ) throws(ProviderError) -> any ModelBackend {
         try createPluginBackend(
             name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: instance, at: nil,
-            isolation: isolation ?? instance.flatMap { isolationOverrides[$0] } ?? isolationOverrides[name] ?? .inProcess)
+            isolation: effectiveIsolation(
+                plugin: name, instance: nil, requested: isolation ?? instance.flatMap { isolationOverrides[$0] } ?? isolationOverrides[name]))
     }
 
     /// Where a plugin runs.
@@ -118,6 +117,34 @@ public struct ProviderFactory: Sendable {
         /// ABI over a socket: a plugin that crashes, aborts or leaks takes
         /// down only its helper, and its callers get `process` errors.
         case process(ProcessLimits = ProcessLimits())
+    }
+
+    /// Where the plugin `plugin` runs when created as `instance` (a
+    /// providers.yaml instance, or nil), given what the caller asked for
+    /// (`requested`, nil: nothing). The plugin policy's `isolation: process`
+    /// (plugins.yaml) and the instance's (providers.yaml) cannot be undone by
+    /// the caller or a lower file: the plugin runs isolated if any of them
+    /// says so, under the lowest memory limit any of them sets (default
+    /// `ProcessLimits()`). See docs/isolation.md.
+    public func effectiveIsolation(plugin: String, instance: String?, requested: Isolation?) -> Isolation {
+        let d = isolationDecision(plugin: plugin, instance: instance)
+        var limits: ProcessLimits
+        switch requested {
+        case .process(let l)?: limits = l
+        case .inProcess?, nil:
+            guard d.process else { return .inProcess }
+            limits = ProcessLimits()
+        }
+        if let mb = d.memoryMB { limits.memoryMB = min(limits.memoryMB ?? mb, mb) }
+        return .process(limits)
+    }
+
+    /// What the policy files say about where `plugin` (as `instance`) runs,
+    /// with the settings that decided.
+    public func isolationDecision(plugin: String, instance: String?) -> IsolationDecision {
+        var d = catalog.policy.isolation(for: plugin)
+        if let name = instance, let inst = configuration?.instance(name) { d.add(inst.isolation, source: "providers.yaml") }
+        return d
     }
 
     /// The manifest for `name`, or a `config` error listing what is installed.
