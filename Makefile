@@ -164,7 +164,7 @@ sanitize-address:
 
 sanitize-thread:
 	$(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xlinker --export-dynamic
-	DESCARTES_SANITIZER=thread TSAN_OPTIONS=halt_on_error=0 SWIFT_BACKTRACE=enable=no \
+	DESCARTES_SANITIZER=thread TSAN_OPTIONS=halt_on_error=0:handle_segv=0 SWIFT_BACKTRACE=enable=no \
 	  $(SWIFT) test --skip-build --no-parallel --sanitize=thread --build-path .build-tsan $(SAN_ARGS)
 
 # 20,000 requests through one openai instance, sampling resident memory

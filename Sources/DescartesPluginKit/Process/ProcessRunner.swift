@@ -517,6 +517,17 @@ public final class ProcessRunner: @unchecked Sendable {
                         return s.onClosed
                     }
                     for c in callbacks { c() }
+                    // Nobody has claimed the thread to join it (close()
+                    // takes it under the lock): detach, so a host that shuts
+                    // the backend down and never destroys it (a CLI about to
+                    // exit) does not keep a finished, unjoined thread
+                    // (ThreadSanitizer reported it as a leak).
+                    shared.withLock { s in
+                        if let t = s.thread {
+                            pthread_detach(t)
+                            s.thread = nil
+                        }
+                    }
                     return
                 }
             }
