@@ -9,6 +9,9 @@
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench      the benchmark suite against a C libcurl+cJSON client and nginx: docs/benchmarks.md
 #   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
+#   make sanitize   the test suite under AddressSanitizer, then ThreadSanitizer (sanitize-address, sanitize-thread)
+#   make soak       20,000 requests through one instance sampling RSS, and 1,000 in flight at once
+#   make bench-lock Synchronization.Mutex against the project's Lock
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
 #                   share/descartes/ (conformance specs, the C example, the plugin docs),
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
@@ -37,7 +40,7 @@ SHARE_DIR   = share/descartes
 PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/manifest.md docs/conformance.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless
+.PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
 
 all: stage
 
@@ -145,5 +148,39 @@ bench-headless:
 	DESCARTES_BENCH=1 $(SWIFT) test --skip-build --filter HeadlessBenchmarks $(TEST_ARGS)
 
 clean:
-	rm -rf build .build-fuzz
+	rm -rf build .build-fuzz .build-asan .build-tsan
 	$(SWIFT) package clean
+
+# Synchronization.Mutex against the project's Lock (Sources/DescartesCore/Lock.swift),
+# the lock a separate module as in the package, both built with -O.
+bench-lock:
+	@d=$$(mktemp -d) && \
+	$(SWIFT)c -O -parse-as-library -module-name DescartesCore Sources/DescartesCore/Lock.swift -emit-library -static \
+	  -emit-module -emit-module-path $$d/DescartesCore.swiftmodule -o $$d/libDescartesCore.a && \
+	cp support/bench/lock.swift $$d/main.swift && \
+	$(SWIFT)c -O -I $$d $$d/main.swift -L $$d -lDescartesCore -o $$d/bench-lock 2>&1 | grep -v warning; \
+	$$d/bench-lock $(LOCK_CALLS); rm -rf $$d
+
+# The test suite under AddressSanitizer and ThreadSanitizer, each in its own
+# build directory (.build-asan, .build-tsan). The test runner exports its
+# symbols (--export-dynamic) so the sanitized plugins it dlopens find the
+# sanitizer's runtime in it. DESCARTES_SANITIZER tells the tests which
+# sanitizer runs them (docs/hardening.md: what is skipped under each, and why).
+SAN_ARGS ?=
+sanitize: sanitize-address sanitize-thread
+
+sanitize-address:
+	$(SWIFT) build --build-tests --sanitize=address --build-path .build-asan -Xlinker --export-dynamic
+	DESCARTES_SANITIZER=address ASAN_OPTIONS=detect_leaks=0:handle_segv=0 SWIFT_BACKTRACE=enable=no \
+	  $(SWIFT) test --skip-build --no-parallel --sanitize=address --build-path .build-asan $(SAN_ARGS)
+
+sanitize-thread:
+	$(SWIFT) build --build-tests --sanitize=thread --build-path .build-tsan -Xlinker --export-dynamic
+	DESCARTES_SANITIZER=thread TSAN_OPTIONS=halt_on_error=0:handle_segv=0 SWIFT_BACKTRACE=enable=no \
+	  $(SWIFT) test --skip-build --no-parallel --sanitize=thread --build-path .build-tsan $(SAN_ARGS)
+
+# 20,000 requests through one openai instance, sampling resident memory
+# (DESCARTES_SOAK_REQUESTS=N to change); 1,000 in flight at once.
+soak:
+	$(SWIFT) build --build-tests
+	DESCARTES_SOAK=1 $(SWIFT) test --skip-build --filter LoadTests $(TEST_ARGS)

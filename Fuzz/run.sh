@@ -7,20 +7,23 @@
 #
 # Corpora live in Fuzz/corpus/<target>/ (seeded from the provider transcripts
 # and manifests, kept in the repository); a crash is written to
-# Fuzz/crashes/<target>/ and fails the run. Prints executions per target.
+# Fuzz/crashes/<target>/ and fails the run, and every file kept there is
+# replayed before the target runs. Prints executions per target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson chat json manifest)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson chat claude json manifest providers)
 BUILD=.build-fuzz
 B=$BUILD/release
 SHARED="$(cd .. && pwd)/shared/fixtures/provider-transcripts"
 
-swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target DescartesPluginKit >/dev/null
-swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target DescartesOpenAIChat >/dev/null
-swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address --target Descartes >/dev/null
+# -enable-testing: the claude target reaches the kit's internal PluginCall
+# initializer (@testable import), to drive the parser without a host.
+for target in DescartesPluginKit DescartesOpenAIChat Descartes; do
+  swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address -Xswiftc -enable-testing --target "$target" >/dev/null
+done
 
 maps=()
 for t in CCurlShim CProcessShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
@@ -30,8 +33,9 @@ link_for() {
   case "$1" in
     sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
+    claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
-    manifest) echo "$B/DescartesCore.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
+    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
   esac
 }
 
@@ -44,8 +48,18 @@ seed() {
     ndjson) for f in "$SHARED"/*/*.ndjson; do printf '\003' | cat - "$f" > "$dir/$(basename "$f")"; done ;;
     chat) for f in "$SHARED"/{openai,deepseek,groq,mistral,openrouter,zai,openai-compatible}/*.sse; do
             printf '\037' | cat - "$f" > "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
+    claude) for f in Tests/Fixtures/claude-code/*.jsonl; do printf '\000' | cat - "$f" > "$dir/$(basename "$f")"; done
+            printf '\001' | cat - Tests/Fixtures/claude-code/thinking-tool-text.jsonl > "$dir/whole-messages.jsonl"
+            printf '\002' | cat - Tests/Fixtures/claude-code/thinking-tool-text.jsonl | grep -v '"type":"result"' > "$dir/no-result-stderr.jsonl" ;;
     json) for f in "$SHARED"/*/*.json; do cp "$f" "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
     manifest) cp manifests/*.yaml "$dir/" ;;
+    # Every YAML example in the docs (providers.yaml, plugins.yaml, the
+    # middleware sections), one file each.
+    providers) awk -v dir="$dir" '
+        FNR == 1 { base = FILENAME; sub(/.*\//, "", base); sub(/\.md$/, "", base); n = 0 }
+        /^ *```yaml/ { n++; out = sprintf("%s/%s-%02d.yaml", dir, base, n); on = 1; next }
+        /^ *```/ { if (on) close(out); on = 0; next }
+        on { print > out }' docs/*.md ;;
   esac
 }
 
@@ -65,6 +79,16 @@ for t in "${TARGETS[@]}"; do
   log=$BUILD/fuzz-$t.log
   # The Swift crash handler would report on top of libFuzzer (and trips ASan itself).
   export SWIFT_BACKTRACE=enable=no
+  # Every reproducer kept in Fuzz/crashes/<target>/ runs first: a fixed crash
+  # must stay fixed.
+  repro=()
+  for f in "Fuzz/crashes/$t"/*; do [ -f "$f" ] && repro+=("$f"); done
+  if [ ${#repro[@]} -gt 0 ] && ! "$B/fuzz-$t" -timeout=10 "${repro[@]}" >"$log" 2>&1; then
+    echo "fuzz $t: FAILED: a kept reproducer crashes again (see $log)"
+    tail -n 30 "$log"
+    status=1
+    continue
+  fi
   if "$B/fuzz-$t" -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
       -artifact_prefix="Fuzz/crashes/$t/" "Fuzz/corpus/$t" >"$log" 2>&1; then
     runs=$(grep -Eo 'Done [0-9]+ runs' "$log" | tail -n 1 | grep -Eo '[0-9]+')

@@ -13,7 +13,6 @@
 // (ClaudeSession.swift). docs/headless.md is the user's guide.
 import DescartesPluginKit
 import Glibc
-import Synchronization
 
 final class ClaudeCodeBackend: DescartesBackend {
     let context: BackendContext
@@ -203,7 +202,7 @@ final class ClaudeCodeBackend: DescartesBackend {
 
 /// Collects a little output (a version line).
 final class OutputBox: Sendable {
-    private let bytes = Mutex<[UInt8]>([])
+    private let bytes = Lock<[UInt8]>([])
     func append(_ b: UnsafeRawBufferPointer) { bytes.withLock { if $0.count < 4096 { $0.append(contentsOf: b); $0.append(0x0A) } } }
     var text: String { bytes.withLock { b in b.withUnsafeBytes { ANSIStripper.clean($0) } } }
 }

@@ -1,7 +1,6 @@
 // Session mode: one `claude` process kept alive across turns, stream-json in
 // and out, so an agent's later turns do not pay for starting Claude Code.
 import DescartesPluginKit
-import Synchronization
 
 final class ClaudeSession: @unchecked Sendable {
     let id: String
@@ -22,7 +21,7 @@ final class ClaudeSession: @unchecked Sendable {
         var totalCost = 0.0
         var lastUsed = ContinuousClock.now
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     init(
         id: String, scratch: ScratchDirectory?, interruptGrace: Duration, exitGrace: Duration,
@@ -122,7 +121,7 @@ final class ClaudeSession: @unchecked Sendable {
 
 /// The live sessions of one backend.
 final class SessionTable: Sendable {
-    private let sessions = Mutex<[String: ClaudeSession]>([:])
+    private let sessions = Lock<[String: ClaudeSession]>([:])
 
     func get(_ id: String) -> ClaudeSession? { sessions.withLock { $0[id] } }
     func add(_ s: ClaudeSession) { sessions.withLock { $0[s.id] = s } }

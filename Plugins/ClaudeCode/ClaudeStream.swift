@@ -48,6 +48,7 @@ final class ClaudeTurn: @unchecked Sendable {
     private var apiErrorText: String?
     private var lastRetryDelayMs: Int?
     private var stderrBudget = NoticeBudget()
+    private var stdoutBudget = NoticeBudget()
 
     init(call: PluginCall, partial: Bool, costBefore: Double = 0) {
         self.call = call
@@ -90,7 +91,9 @@ final class ClaudeTurn: @unchecked Sendable {
     private func diagnostic(_ text: String) {
         guard !text.isEmpty else { return }
         if diagnostics.count < 20 { diagnostics.append(Wire.excerpt(text, limit: 300)) }
-        if !terminal { call.notice("warning", "claude: \(Wire.excerpt(text, limit: 500))") }
+        // Budgeted like stderr: a child printing garbage without end must
+        // not flood the caller with notices.
+        if !terminal && stdoutBudget.take() { call.notice("warning", "claude: \(Wire.excerpt(text, limit: 500))") }
     }
 
     /// Sub-agents' messages carry the tool use that started them; only the

@@ -8,7 +8,6 @@
 //   text        the prompt on stdin or in a templated argument ({prompt});
 //               stdout is the answer, streamed as it arrives
 import DescartesPluginKit
-import Synchronization
 
 enum WireProtocol: String {
     case jsonLines = "json-lines"
@@ -66,7 +65,7 @@ final class HeadlessCLIBackend: DescartesBackend {
             call.finish(result: ["message": .string("\(exe) is executable"), "details": ["path": .string(exe)]])
             return
         }
-        let out = Mutex<[UInt8]>([])
+        let out = Lock<[UInt8]>([])
         let link = ChildLink()
         do {
             let child = try runner.spawn(

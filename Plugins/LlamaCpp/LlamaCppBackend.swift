@@ -11,7 +11,6 @@
 //   POST /apply-template          llama-server's chat template} usage a stream
 //   POST /extras/tokenize         llama-cpp-python's tokenizer} did not report
 import DescartesOpenAIChat
-import Synchronization
 
 @_cdecl("descartes_plugin_entry")
 public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> UnsafeRawPointer? {
@@ -40,7 +39,7 @@ final class LlamaCppBackend: DescartesBackend, @unchecked Sendable {
         case llamaCppPython(overhead: Int)
         case none
     }
-    private let tokenizer = Mutex<Tokenizer?>(nil)
+    private let tokenizer = Lock<Tokenizer?>(nil)
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context

@@ -10,7 +10,6 @@
 //   server's own tokenizer (or estimates without one) and marks the usage
 //   estimated.
 import DescartesOpenAIChat
-import Synchronization
 
 /// Forwards the dialect's events to the call through an `EventBatcher` (the
 /// chunks one network read brought become one event; flushed after every
@@ -49,7 +48,7 @@ final class LlamaExchange: HTTPResponseHandler, @unchecked Sendable {
     let body: [UInt8]
     let budget: DeadlineBudget
 
-    private let transfer = Mutex<(current: HTTPTransfer?, gotHead: Bool)>((nil, false))
+    private let transfer = Lock<(current: HTTPTransfer?, gotHead: Bool)>((nil, false))
 
     // Loop-thread state of the current attempt.
     private var status = 0

@@ -18,7 +18,6 @@
 // all the lines one network read brought into one event (flushed at the
 // end of every read, so nothing waits for bytes still to come).
 import DescartesPluginKit
-import Synchronization
 
 final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
     let backend: OllamaBackend
@@ -36,7 +35,7 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
         var transfer: HTTPTransfer?
         var gotHead = false
     }
-    private let shared = Mutex(Shared())
+    private let shared = Lock(Shared())
 
     // Loop-thread state of the current attempt.
     private var status = 0

@@ -8,7 +8,6 @@
 // Not the OpenAI-compatible shim (/v1): the native API reports load and
 // eval timings, takes num_ctx and keep_alive, and says which models exist.
 import DescartesPluginKit
-import Synchronization
 
 @_cdecl("descartes_plugin_entry")
 public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> UnsafeRawPointer? {
@@ -43,7 +42,7 @@ final class OllamaBackend: DescartesBackend, @unchecked Sendable {
         /// model whenever num_ctx changes, so sizes only grow.
         var numCtx: [String: Int] = [:]
     }
-    private let catalog = Mutex(Catalog())
+    private let catalog = Lock(Catalog())
 
     /// The smallest context size asked for (what current Ollama releases use
     /// by default; older ones used 2048).

@@ -3,7 +3,8 @@
 // the C ABI exactly as a real plugin would (delays, hangs, errors, tool
 // calls, rule violations). It is built but never installed.
 //
-// The script is the request option "script", a list of steps run in order:
+// The script is the request option "script" (else the config key
+// "default_script", so the CLI can drive it), a list of steps run in order:
 //   "words"               stream the last user message back word by word
 //   "text:<s>"            emit <s> as one text event
 //   "reasoning:<s>"       emit <s> as reasoning
@@ -35,15 +36,14 @@
 // instance runs instead.
 import DescartesPluginKit
 import Glibc
-import Synchronization
 
 final class ScriptedBackend: DescartesBackend {
     let context: BackendContext
     /// Calls running now and initializations so far, reported by the health
     /// check so tests can see cancellation reach the plugin.
-    let counters = Mutex((active: 0, initializations: 0, calls: 0))
-    let sequences = Mutex<[String: Int]>([:])
-    let batches = Mutex<[String: Batch]>([:])
+    let counters = Lock((active: 0, initializations: 0, calls: 0))
+    let sequences = Lock<[String: Int]>([:])
+    let batches = Lock<[String: Batch]>([:])
     let initDelay: Int
     let failInit: String?
 
@@ -89,7 +89,7 @@ final class ScriptedBackend: DescartesBackend {
         if let mine = options["by_instance"]?[context.instance] {
             if options["sequence"] != nil { options["sequence"] = mine } else { options["script"] = mine }
         }
-        var steps = options["script"]?.arrayValue?.compactMap(\.stringValue) ?? ["words"]
+        var steps = options["script"]?.arrayValue?.compactMap(\.stringValue) ?? context.list("default_script") ?? ["words"]
         if let seq = options["sequence"]?.arrayValue, !seq.isEmpty {
             let id = request.options["sequence_id"]?.stringValue ?? "default"
             let n = sequences.withLock { s -> Int in

@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 
 CURLcode descartes_curl_setopt_long(CURL *handle, CURLoption option, long value) {
     return curl_easy_setopt(handle, option, value);
@@ -151,4 +152,8 @@ int descartes_curl_loop_wait(const descartes_curl_loop *loop, int timeout_ms, in
         out++;
     }
     return out;
+}
+
+void descartes_name_this_thread(const char *name) {
+    prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }

@@ -29,7 +29,27 @@ struct child_context {
     const dsc_spawn_request_t *request;
     int error;
     int stage;
+    /* -1, except in the fork path (ThreadSanitizer builds, below): a
+       close-on-exec pipe the child reports a failure through. */
+    int report_fd;
 };
+
+/* Closes every descriptor from 3 up, except `keep` (-1: none). */
+static void close_from_3(int keep) {
+    int ok;
+    if (keep < 3) {
+        ok = syscall(SYS_close_range, 3u, ~0u, 0u) == 0;
+    } else {
+        ok = (keep == 3 || syscall(SYS_close_range, 3u, (unsigned)keep - 1, 0u) == 0)
+            && syscall(SYS_close_range, (unsigned)keep + 1, ~0u, 0u) == 0;
+    }
+    if (ok) return;
+    struct rlimit nofile;
+    long max = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY && (long)nofile.rlim_cur < max)
+        max = (long)nofile.rlim_cur;
+    for (long fd = 3; fd < max; fd++) if (fd != keep) (void)close((int)fd);
+}
 
 static int lower_limit(int resource, uint64_t value, uint64_t hard_extra) {
     struct rlimit current;
@@ -68,13 +88,7 @@ static int child_main(void *arg) {
     if (dup2(r->stdin_fd, 0) < 0 || dup2(r->stdout_fd, 1) < 0 || dup2(r->stderr_fd, 2) < 0) goto fail;
     /* Everything else closes: the host's sockets, files and other children's
        pipes must not leak into this child even when they lack O_CLOEXEC. */
-    if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
-        struct rlimit nofile;
-        long max = 65536;
-        if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY && (long)nofile.rlim_cur < max)
-            max = (long)nofile.rlim_cur;
-        for (long fd = 3; fd < max; fd++) (void)close((int)fd);
-    }
+    close_from_3(ctx->report_fd);
 
     if (r->cwd != NULL) {
         ctx->stage = DSC_STAGE_CHDIR;
@@ -111,8 +125,63 @@ static int child_main(void *arg) {
     execve(r->path, r->argv, r->envp);
 fail:
     ctx->error = errno ? errno : EINVAL;
+    if (ctx->report_fd >= 0) {
+        int report[2] = {ctx->error, ctx->stage};
+        (void)!write(ctx->report_fd, report, sizeof report);
+    }
     _exit(127);
 }
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DSC_SPAWN_WITH_FORK 1
+#endif
+#endif
+
+#ifdef DSC_SPAWN_WITH_FORK
+/* ThreadSanitizer builds only: TSan's clone interceptor treats every clone
+   as a fork, and with CLONE_VM | CLONE_VFORK its runtime fails a CHECK
+   (tsan_rtl.cpp "!thr->slot") and aborts the process. So a sanitized build
+   forks (TSan supports fork followed by exec) and the child reports a
+   failure through a close-on-exec pipe instead of shared memory: the same
+   steps in the child, the same errors and stages to the caller. */
+static int spawn_with_fork(struct child_context *ctx, pid_t *pid, int *stage) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) {
+        *stage = DSC_STAGE_CLONE;
+        return errno;
+    }
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous);
+    pid_t child = fork();
+    if (child == 0) {
+        close(report[0]);
+        ctx->report_fd = report[1];
+        child_main(ctx);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    close(report[1]);
+    if (child < 0) {
+        close(report[0]);
+        *stage = DSC_STAGE_CLONE;
+        return fork_errno;
+    }
+    int got[2] = {0, 0};
+    ssize_t n;
+    do { n = read(report[0], got, sizeof got); } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n == (ssize_t)sizeof got) {
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+        *stage = got[1];
+        return got[0];
+    }
+    *pid = child;
+    return 0;
+}
+#endif
 
 int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
     *pid = -1;
@@ -121,13 +190,17 @@ int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
         *stage = DSC_STAGE_DUP2;
         return EBADF;
     }
+#ifdef DSC_SPAWN_WITH_FORK
+    struct child_context forked = {request, 0, DSC_STAGE_NONE, -1};
+    return spawn_with_fork(&forked, pid, stage);
+#endif
     const size_t stack_size = 128 * 1024;
     void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) {
         *stage = DSC_STAGE_CLONE;
         return errno;
     }
-    struct child_context ctx = {request, 0, DSC_STAGE_NONE};
+    struct child_context ctx = {request, 0, DSC_STAGE_NONE, -1};
 
     /* No signal handler of the host may run in the child while it shares
        the host's memory. */

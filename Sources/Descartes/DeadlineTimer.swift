@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// One thread that fires deadlines for every call in the process.
 ///

@@ -21,7 +21,7 @@ public enum LogLevel: UInt32, Sendable, Comparable, CustomStringConvertible {
 /// passes through `redact` before it leaves the process.
 public final class Redactor: Sendable {
     public static let shared = Redactor()
-    private let secrets = Mutex<[String]>([])
+    private let secrets = Lock<[String]>([])
 
     public init() {}
 
@@ -76,9 +76,9 @@ public final class Redactor: Sendable {
 public final class LogSink: Sendable {
     public static let shared = LogSink()
     private let levelValue = Atomic<UInt32>(LogLevel.warning.rawValue)
-    private let writeLock = Mutex<Void>(())
+    private let writeLock = Lock<Void>(())
     /// Extra destinations (tests capture logs here).
-    private let taps = Mutex<[@Sendable (LogLevel, String, String) -> Void]>([])
+    private let taps = Lock<[@Sendable (LogLevel, String, String) -> Void]>([])
 
     public init() {}
 

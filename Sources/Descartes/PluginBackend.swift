@@ -1,6 +1,5 @@
 internal import CDescartesPlugin
 import Glibc
-import Synchronization
 
 /// A backend living in a plugin library, driven through the C ABI.
 ///
@@ -27,8 +26,8 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         /// Some operation was started, so `shutdown` is owed before `destroy`.
         var used = false
     }
-    private let state = Mutex(State())
-    private let priceCache = Mutex<[String: ModelPrices?]>([:])
+    private let state = Lock(State())
+    private let priceCache = Lock<[String: ModelPrices?]>([:])
 
     init(
         name: String, manifest: PluginManifest, owner: AnyObject, raw: UnsafeMutablePointer<descartes_backend_t>,
@@ -282,7 +281,7 @@ struct StreamSink: Sendable {
 
 /// Forwards task cancellation to a call that may not exist yet.
 final class CancelBox: Sendable {
-    private let state = Mutex<(call: PluginCall?, cancelled: Bool)>((nil, false))
+    private let state = Lock<(call: PluginCall?, cancelled: Bool)>((nil, false))
     func attach(_ call: PluginCall) {
         let cancelled = state.withLock { s -> Bool in
             s.call = call
@@ -329,7 +328,7 @@ final class DetachedFinisher: @unchecked Sendable {
         if handle == nil { Unmanaged<DetachedFinisher>.fromOpaque(ctx).release(); destroyLater() } else { releaseIfReady() }
     }
 
-    private let pending = Mutex<(handle: CallHandle?, terminal: Bool, done: Bool)>((nil, false, false))
+    private let pending = Lock<(handle: CallHandle?, terminal: Bool, done: Bool)>((nil, false, false))
 
     private func releaseIfReady() {
         let h = pending.withLock { p -> CallHandle? in

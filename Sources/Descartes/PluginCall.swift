@@ -1,5 +1,4 @@
 internal import CDescartesPlugin
-import Synchronization
 
 /// One operation in flight in a plugin: the host side of a descartes_call_t.
 ///
@@ -42,7 +41,7 @@ final class PluginCall: @unchecked Sendable {
         /// The scheduled deadline check (a DeadlineTimer token).
         var watchdog: UInt64?
     }
-    private let state: Mutex<State>
+    private let state: Lock<State>
 
     init(
         backend: PluginBackend, op: PluginBackend.Operation, deadlines: Deadlines,
@@ -52,7 +51,7 @@ final class PluginCall: @unchecked Sendable {
         self.op = op
         self.deadlines = deadlines
         self.sink = sink
-        state = Mutex(
+        state = Lock(
             State(continuation: continuation, assembler: ResponseAssembler(provider: backend.name), lastEvent: .now))
     }
 
@@ -168,7 +167,9 @@ final class PluginCall: @unchecked Sendable {
             case DESCARTES_EVENT_NOTICE:
                 let doc = try? JSONValue.parse(bytes)
                 let level = doc?["level"]?.stringValue ?? "info"
-                let message = doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self)
+                // A notice often quotes a child's output or a server's reply,
+                // which may echo a key back: masked like errors are.
+                let message = Redactor.shared.redact(doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self))
                 out = .notice(level: level, message: message)
                 LogSink.shared.log(level == "error" ? .warning : .debug, "provider \(backend.name)", message)
             default:

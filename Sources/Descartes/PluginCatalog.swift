@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Where plugins are looked for, in order. The current directory is never
 /// searched.
@@ -154,7 +153,7 @@ public final class PluginCatalog: Sendable {
     public let trace: [String]
     /// The policy applied.
     public let policy: PluginPolicy
-    private let requiredChecked = Mutex<ProviderError??>(nil)
+    private let requiredChecked = Lock<ProviderError??>(nil)
 
     public init(search: PluginSearch, entries: [CatalogEntry], trace: [String], policy: PluginPolicy = .none) {
         self.search = search

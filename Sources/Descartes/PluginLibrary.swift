@@ -1,6 +1,5 @@
 package import CDescartesPlugin
 import Glibc
-import Synchronization
 
 /// The version of this host, reported to plugins and by `descartes --version`.
 public let descartesVersion = "0.1.0"
@@ -202,11 +201,11 @@ public final class PluginLibrary: @unchecked Sendable {
 /// library is reported once and never retried in a loop.
 public final class PluginLoader: Sendable {
     public static let shared = PluginLoader()
-    private let cache = Mutex<[String: Result<PluginLibrary, PluginLoadError>]>([:])
+    private let cache = Lock<[String: Result<PluginLibrary, PluginLoadError>]>([:])
 
     public init() {}
 
-    private let digests = Mutex<[String: String]>([:])
+    private let digests = Lock<[String: String]>([:])
 
     /// Checks that the file at `path` has the digest `pin` names (computed
     /// once per file and process).

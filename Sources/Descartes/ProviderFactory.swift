@@ -1,5 +1,4 @@
 internal import CDescartesPlugin
-import Synchronization
 
 /// Creates backends by provider name: finds the manifest, checks the
 /// configuration against it, loads the library on first use, and asks the
@@ -16,6 +15,10 @@ public struct ProviderFactory: Sendable {
     public var environment: [String: String]
     /// Named provider instances and their settings (providers.yaml), if any.
     public var configuration: ProvidersConfig?
+    /// Where to run a provider, by instance name (or plugin provider id),
+    /// chosen by the caller (the CLI's `--isolate`): wins over the policy
+    /// files. A call's own `isolation:` argument wins over this.
+    public var isolationOverrides: [String: Isolation] = [:]
 
     public init(
         catalog: PluginCatalog = .discover(), loader: PluginLoader = .shared,
@@ -50,9 +53,10 @@ public struct ProviderFactory: Sendable {
     ///
     /// - Throws: `ProviderError` of kind `config` listing every problem with
     ///   the instance, each naming file:line:column and the key.
-    public func backend(_ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation = .inProcess) throws(ProviderError) -> any ModelBackend {
+    public func backend(_ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation? = nil) throws(ProviderError) -> any ModelBackend {
         let (plugin, values, at) = try instanceValues(name, overrides: overrides)
-        return try createPluginBackend(plugin, values: values, instance: name, at: at, isolation: isolation)
+        let chosen = effectiveIsolation(plugin: plugin, instance: name, requested: isolation ?? isolationOverrides[name] ?? isolationOverrides[plugin])
+        return try createPluginBackend(plugin, values: values, instance: name, at: at, isolation: chosen)
     }
 
     /// The plugin and the explicit config values for `name` (see `backend`).
@@ -97,10 +101,12 @@ public struct ProviderFactory: Sendable {
     /// Creates a backend for provider `name`, under the instance name
     /// `instance` (defaults to the provider id).
     public func create(
-        _ name: String, config: [String: JSONValue] = [:], instance: String? = nil, isolation: Isolation = .inProcess
+        _ name: String, config: [String: JSONValue] = [:], instance: String? = nil, isolation: Isolation? = nil
     ) throws(ProviderError) -> any ModelBackend {
         try createPluginBackend(
-            name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: instance, at: nil, isolation: isolation)
+            name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: instance, at: nil,
+            isolation: effectiveIsolation(
+                plugin: name, instance: nil, requested: isolation ?? instance.flatMap { isolationOverrides[$0] } ?? isolationOverrides[name]))
     }
 
     /// Where a plugin runs.
@@ -111,6 +117,34 @@ public struct ProviderFactory: Sendable {
         /// ABI over a socket: a plugin that crashes, aborts or leaks takes
         /// down only its helper, and its callers get `process` errors.
         case process(ProcessLimits = ProcessLimits())
+    }
+
+    /// Where the plugin `plugin` runs when created as `instance` (a
+    /// providers.yaml instance, or nil), given what the caller asked for
+    /// (`requested`, nil: nothing). The plugin policy's `isolation: process`
+    /// (plugins.yaml) and the instance's (providers.yaml) cannot be undone by
+    /// the caller or a lower file: the plugin runs isolated if any of them
+    /// says so, under the lowest memory limit any of them sets (default
+    /// `ProcessLimits()`). See docs/isolation.md.
+    public func effectiveIsolation(plugin: String, instance: String?, requested: Isolation?) -> Isolation {
+        let d = isolationDecision(plugin: plugin, instance: instance)
+        var limits: ProcessLimits
+        switch requested {
+        case .process(let l)?: limits = l
+        case .inProcess?, nil:
+            guard d.process else { return .inProcess }
+            limits = ProcessLimits()
+        }
+        if let mb = d.memoryMB { limits.memoryMB = min(limits.memoryMB ?? mb, mb) }
+        return .process(limits)
+    }
+
+    /// What the policy files say about where `plugin` (as `instance`) runs,
+    /// with the settings that decided.
+    public func isolationDecision(plugin: String, instance: String?) -> IsolationDecision {
+        var d = catalog.policy.isolation(for: plugin)
+        if let name = instance, let inst = configuration?.instance(name) { d.add(inst.isolation, source: "providers.yaml") }
+        return d
     }
 
     /// The manifest for `name`, or a `config` error listing what is installed.

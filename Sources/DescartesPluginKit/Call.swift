@@ -1,6 +1,5 @@
 @_exported import DescartesCore
 internal import CDescartesPlugin
-import Synchronization
 
 /// One operation in flight, as the plugin sees it: where events go.
 ///
@@ -27,7 +26,7 @@ public final class PluginCall: @unchecked Sendable {
         var cancelled = false
         var cancelHandlers: [@Sendable () -> Void] = []
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     init(onEvent: descartes_event_fn, ctx: UnsafeMutableRawPointer?, owner: BackendBox?) {
         self.onEvent = onEvent

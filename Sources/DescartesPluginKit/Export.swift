@@ -1,6 +1,5 @@
 internal import CDescartesPlugin
 import Glibc
-import Synchronization
 
 /// What a Swift plugin implements: one backend instance.
 ///
@@ -114,7 +113,7 @@ public enum PluginExport {
     /// The library description and factories, built once and kept for the
     /// life of the process (the ABI says so; the host never unloads).
     nonisolated(unsafe) static var library: UnsafeMutablePointer<descartes_library_t>?
-    static let lock = Mutex<Void>(())
+    static let lock = Lock<Void>(())
     nonisolated(unsafe) static var factories: [BackendFactory] = []
 
     public static func entry(
@@ -199,7 +198,7 @@ final class BackendBox: @unchecked Sendable {
         var closing = false
         var shutdownCall: PluginCall?
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     private init(_ impl: any DescartesBackend, context: BackendContext, raw: UnsafeMutablePointer<descartes_backend_t>) {
         self.impl = impl

@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 
 /// `descartes batch -p P requests.jsonl`: one request per line (a Request
 /// document of docs/abi.md), one result per line in input order, each with
@@ -120,7 +119,7 @@ enum BatchCommand {
 
         let quiet = args.flag("--quiet")
         let progress = Progress(total: requests.count, enabled: !quiet)
-        let failed = Mutex(0)
+        let failed = Lock(0)
         let start = ContinuousClock.now
         let runner = BatchRunner(backend: built.backend, concurrency: concurrency, streaming: reliability.stats)
         let task = Task {
@@ -186,7 +185,7 @@ enum BatchCommand {
         let total: Int
         let enabled: Bool
         let tty = isatty(2) != 0
-        let state = Mutex<(last: ContinuousClock.Instant?, latest: BatchRunner.Progress?)>((nil, nil))
+        let state = Lock<(last: ContinuousClock.Instant?, latest: BatchRunner.Progress?)>((nil, nil))
 
         init(total: Int, enabled: Bool) {
             self.total = total

@@ -10,7 +10,7 @@ enum Commands {
         "plugins enable": "descartes plugins enable NAME [--system]",
         "plugins disable": "descartes plugins disable NAME [--system]",
         "complete":
-            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--image FILE|URL]... [--stream] [--json] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
+            "descartes complete -p PROVIDER [-m MODEL] [--system TEXT] [--max-tokens N] [--temperature T] [--tools FILE.json] [--image FILE|URL]... [--stream] [--json] [--isolate [--memory-limit MB]] [--set KEY=VALUE]... [--retries N] [--fallback P2,...] [--stats] PROMPT|-",
         "models": "descartes models -p PROVIDER [--json] [--set KEY=VALUE]...",
         "health": "descartes health [-p PROVIDER] [--json] [--timeout SECONDS] [--set KEY=VALUE]...",
         "tokens": "descartes tokens -p PROVIDER [-m MODEL] [--system TEXT] [--json] [--set KEY=VALUE]... TEXT|-",
@@ -162,6 +162,9 @@ enum Commands {
               --tool-choice C       auto, none, required, or the name of the tool to call
               --image FILE|URL      An image shown with the prompt (repeatable): a PNG, JPEG, GIF
                                     or WebP file, or an http(s) URL; providers with 'vision' only
+              --isolate             Run the plugin in a descartes-plugin-host helper process: if it
+                                    crashes, the answer is a `process` error instead of a crash
+              --memory-limit MB     With --isolate, the helper's address-space limit (default 4096)
             \(ReliabilityOptions.help)
 
             With --json the response names the provider that answered and lists the failed attempts.

@@ -1,7 +1,6 @@
 import Descartes
 @preconcurrency import Dispatch
 import Glibc
-import Synchronization
 
 enum CompleteCommand {
     static let options: [Arguments.Option] = [
@@ -17,6 +16,8 @@ enum CompleteCommand {
         .init(names: ["--tools"], takesValue: true),
         .init(names: ["--tool-choice"], takesValue: true),
         .init(names: ["--image"], takesValue: true, repeatable: true),
+        .init(names: ["--isolate"], takesValue: false),
+        .init(names: ["--memory-limit"], takesValue: true),
     ] + ReliabilityOptions.options
 
     /// `--image FILE|URL`: a file's bytes (PNG, JPEG, GIF or WebP, read from
@@ -56,9 +57,21 @@ enum CompleteCommand {
         let settings: [String: JSONValue]
         var request: ModelRequest
         let reliability: ReliabilityOptions
+        // --isolate: -p's plugin runs in a descartes-plugin-host helper
+        // process; a crash there is a `process` error, not this process's end.
+        // (Without it, the policy files may still isolate it: docs/isolation.md.)
+        var isolation: ProviderFactory.Isolation? = nil
         do throws(UsageError) {
             args = try Arguments(raw, command: "complete", options: options)
             reliability = try ReliabilityOptions(args, globals: globals)
+            if args.flag("--isolate") || args.value("--memory-limit") != nil {
+                var limits = ProcessLimits()
+                if let mb = try args.int("--memory-limit") {
+                    guard mb >= 64 else { throw UsageError("--memory-limit is in MiB, at least 64", command: "complete") }
+                    limits.memoryMB = mb
+                }
+                isolation = .process(limits)
+            }
             guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "complete") }
             prompt = try readPrompt(args)
             settings = try Commands.settings(args)
@@ -103,7 +116,7 @@ enum CompleteCommand {
         let streaming = args.flag("--stream")
 
         let built: ReliabilityOptions.Built
-        do { built = try reliability.build(provider, config: settings, globals: globals) } catch { failure(error, json: json) }
+        do { built = try reliability.build(provider, config: settings, globals: globals, isolation: isolation) } catch { failure(error, json: json) }
         let backend = built.backend
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in
@@ -213,7 +226,7 @@ final class Interrupts: @unchecked Sendable {
     init(_ onInterrupt: @escaping @Sendable () -> Void) {
         signal(SIGINT, SIG_IGN)
         source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        let count = Mutex(0)
+        let count = Lock(0)
         source.setEventHandler {
             if count.withLock({ c in c += 1; return c }) > 1 { exit(ExitCode.interrupted.rawValue) }
             onInterrupt()

@@ -21,6 +21,14 @@ enum PluginsCommand {
                 if let d = e.policy { o["policy"] = ["enabled": .bool(d.enabled), "reason": .string(d.reason)] }
                 if let r = e.requiredBy { o["required_by"] = .string(r.location.description) }
                 if let p = e.pin { o["sha256_pin"] = .string(p.sha256) }
+                if let m = e.manifest {
+                    let d = catalog.policy.isolation(for: m.provider)
+                    o["isolation"] = [
+                        "mode": .string(d.process ? "process" : "in_process"),
+                        "memory_limit_mb": d.memoryMB.map { .integer($0) } ?? .null,
+                        "decided_by": .array(d.reasons.map { .string($0) }),
+                    ]
+                }
                 if !e.problems.isEmpty {
                     o["problems"] = .array(
                         e.problems.map { p in
@@ -51,6 +59,7 @@ enum PluginsCommand {
             var policy = e.policy.map { $0.enabled ? "enabled" : "disabled" } ?? "-"
             if e.requiredBy != nil { policy += ", required" }
             if e.pin != nil { policy += ", pinned" }
+            if let m = e.manifest, catalog.policy.isolation(for: m.provider).process { policy += ", isolated" }
             if let m = e.manifest {
                 rows.append([m.provider, m.version, m.mode.rawValue, "\(m.abi)", status, policy, m.libraryName, keysSummary(m)])
             } else {
@@ -60,6 +69,11 @@ enum PluginsCommand {
         Out.line(Out.table(["NAME", "VERSION", "MODE", "ABI", "STATUS", "POLICY", "LIBRARY", "CONFIG (! required, * secret)"], rows))
         if globals.verbose {
             for e in catalog.entries { if let m = e.manifest, let d = e.policy { Out.err("descartes: policy: \(m.provider): \(d.reason)") } }
+            for e in catalog.entries {
+                guard let m = e.manifest else { continue }
+                let d = catalog.policy.isolation(for: m.provider)
+                if !d.reasons.isEmpty { Out.err("descartes: policy: \(m.provider): \(d.process ? "isolated" : "in process"): \(d.reasons.joined(separator: "; "))") }
+            }
         }
         let broken = catalog.entries.filter { $0.status != .available }
         if !broken.isEmpty {

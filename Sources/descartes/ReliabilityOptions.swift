@@ -82,8 +82,12 @@ struct ReliabilityOptions {
     /// What `complete` and `batch` run: the provider with the middlewares
     /// the options and providers.yaml ask for, audited when the audit log is
     /// on; secrets given with --set are warned about first.
-    func build(_ provider: String, config: [String: JSONValue], globals: Globals) throws(ProviderError) -> Built {
-        let factory = Commands.factory(globals)
+    /// `isolation` (complete's --isolate) overrides how `provider` runs.
+    func build(
+        _ provider: String, config: [String: JSONValue], globals: Globals, isolation: ProviderFactory.Isolation? = nil
+    ) throws(ProviderError) -> Built {
+        var factory = Commands.factory(globals)
+        if let isolation { factory.isolationOverrides[provider] = isolation }
         let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
         Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory)
         return try build(

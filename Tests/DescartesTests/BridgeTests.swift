@@ -1,5 +1,4 @@
 import Descartes
-import Synchronization
 import Testing
 
 /// The host side of the ABI, driven through real plugins: the Swift test

@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 import Testing
 
 /// providers.yaml: search, merge, references, positions in every problem,
@@ -364,7 +363,7 @@ import Testing
         let sections = try c.middlewareSections()
         #expect(Set(sections.keys) == ["retry", "fallbacks", "routes"])
         #expect(sections["retry"]?.json == ["max_attempts": 4, "backoff_ms": 100])
-        let seen = Mutex<[String]>([])
+        let seen = Lock<[String]>([])
         let checker = ConfigSectionChecker(keys: ProvidersConfig.middlewareSections) { nodes, _ in
             seen.withLock { $0 = nodes.keys.sorted() }
             guard let n = nodes["retry"]?["max_attempts"] else { return [] }

@@ -12,7 +12,7 @@ import Testing
         var error: HTTPError?
         var ended = false
         var stopAfter: Int? = nil
-        let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
+        let done = Lock<CheckedContinuation<Void, Never>?>(nil)
         let finished = Atomic<Bool>(false)
 
         func head(status: Int, headers: HTTPHeaders) {

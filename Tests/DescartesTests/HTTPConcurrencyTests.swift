@@ -1,5 +1,4 @@
 import DescartesPluginKit
-import Synchronization
 import Testing
 
 /// Long requests started together on a fresh client run side by side: none
@@ -9,7 +8,7 @@ import Testing
     /// Records when the first body bytes of a transfer arrive.
     final class FirstBytes: HTTPResponseHandler, @unchecked Sendable {
         let started = ContinuousClock.now
-        let first = Mutex<ContinuousClock.Instant?>(nil)
+        let first = Lock<ContinuousClock.Instant?>(nil)
         func head(status: Int, headers: HTTPHeaders) {}
         func body(_ bytes: UnsafeRawBufferPointer) -> Bool {
             first.withLock { if $0 == nil { $0 = .now } }

@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 import Testing
 
 /// libdescartes-ollama.so, loaded through the C ABI, against a scripted
@@ -517,7 +516,7 @@ import Testing
     @Test func runsTheSameInItsOwnProcess() async throws {
         let server = try await Self.server(chat: [try Self.ndjson("chat-stream-text", split: "bytes:7")])
         let dir = PluginDir().addBuilt(provider: "ollama")
-        let b = try dir.factory().create("ollama", config: ["endpoint": .string(server.url)], isolation: .process())
+        let b = try dir.factory().create("ollama", config: ["endpoint": .string(server.url)], isolation: .process(Sanitizer.limits()))
         let c = try await Self.collect(b, ModelRequest(prompt: "Count from 1 to 5", model: "gemma3:1b"))
         try Expected("chat-stream-text").check(#require(c.response), "isolated")
         #expect(try await b.listModels().count == 2)

@@ -1,11 +1,10 @@
 import Descartes
-import Synchronization
 import Testing
 
 /// A value shared between tasks of a test.
 final class Locked<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ value: T) { m = Mutex(value) }
+    private let m: Lock<T>
+    init(_ value: T) { m = Lock(value) }
     func withLock<R: Sendable>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
 }
 

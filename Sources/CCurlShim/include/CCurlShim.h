@@ -40,6 +40,9 @@ const curl_version_info_data *_Nonnull descartes_curl_version_info(void);
 /// many plugins call it and from whichever thread (libcurl's own function is
 /// not thread-safe before 7.84 and not reference-counted across libraries).
 CURLcode descartes_curl_global_init_once(void);
+/* Names the calling thread (what `top -H` and /proc/self/task/N/comm show;
+   at most 15 bytes are kept). */
+void descartes_name_this_thread(const char *_Nonnull name);
 
 /* ---- libcurl's multi_socket interface over epoll -------------------------
  *

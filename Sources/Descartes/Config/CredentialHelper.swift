@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// Runs a provider's `api_key_helper`: a command (argv, never a shell) that
 /// prints the key on its first line, so an OS credential store works without
@@ -21,7 +20,7 @@ public enum CredentialHelper {
     public static let defaultTimeout: Duration = .seconds(10)
     static let outputLimit = 64 * 1024
 
-    private static let cache = Mutex<[String: (secret: Secret, expires: ContinuousClock.Instant)]>([:])
+    private static let cache = Lock<[String: (secret: Secret, expires: ContinuousClock.Instant)]>([:])
 
     public struct Failure: Error, Sendable, CustomStringConvertible {
         public var description: String

@@ -11,11 +11,16 @@ import Glibc
 /// sha256:                                 # pins: the library must have this digest to be loaded
 ///   libdescartes-openai.so: 3f5e...       #   by file name, or by absolute path
 /// ignore_environment_as_root: false       # system file only: see docs/policy.md
+/// plugins:                                # per plugin (globs; in each file the first entry that sets a key decides)
+///   claude-code-cli: {isolation: process, memory_limit_mb: 2048}
+///   "community-*": {isolation: process}
 /// ```
 ///
 /// The user file can only narrow the system's: its `disable`, `required` and
 /// pins add to the system's, and its `enable` list further restricts what
-/// the system allows. It cannot enable what the system disables.
+/// the system allows. It cannot enable what the system disables, nor run in
+/// process what the system isolates (either file's `isolation: process`
+/// isolates; the lower memory limit applies).
 public struct PluginPolicy: Sendable {
     public enum Scope: String, Sendable {
         case system, user
@@ -26,6 +31,16 @@ public struct PluginPolicy: Sendable {
         public var pattern: String
         public var location: SourcePosition
         public var scope: Scope
+
+        public func matches(_ name: String) -> Bool { fnmatch(pattern, name, 0) == 0 }
+    }
+
+    /// A `plugins:` entry: settings for the plugins a glob matches.
+    public struct PluginRule: Sendable {
+        public var pattern: String
+        public var location: SourcePosition
+        public var scope: Scope
+        public var isolation: IsolationSetting
 
         public func matches(_ name: String) -> Bool { fnmatch(pattern, name, 0) == 0 }
     }
@@ -53,6 +68,8 @@ public struct PluginPolicy: Sendable {
     public var required: [Rule] = []
     public var search: [PluginSearch.Directory] = []
     public var pins: [Pin] = []
+    /// Per-plugin settings (`plugins:`), in file order, the system's first.
+    public var pluginRules: [PluginRule] = []
     /// Root ignores `DESCARTES_PLUGIN_PATH` and the user's directories and
     /// files, as setuid processes always do (system file only).
     public var ignoreEnvironmentAsRoot = false
@@ -65,7 +82,9 @@ public struct PluginPolicy: Sendable {
     /// No policy at all: every plugin is enabled.
     public static let none = PluginPolicy()
 
-    static let knownKeys = ["enable", "disable", "required", "search", "sha256", "ignore_environment_as_root"]
+    static let knownKeys = ["enable", "disable", "required", "search", "sha256", "ignore_environment_as_root", "plugins"]
+    /// The keys of a `plugins:` entry.
+    static let pluginKeys = IsolationSetting.keys
 
     // MARK: Loading
 
@@ -184,6 +203,31 @@ public struct PluginPolicy: Sendable {
                 v.problem(node, "'sha256' maps library file names (or absolute paths) to their SHA-256 digests, got a \(node.kindName)")
             }
         }
+        if let node = root["plugins"] {
+            switch node.value {
+            case .mapping(let pairs):
+                for p in pairs {
+                    let pattern = p.key.scalar ?? ""
+                    guard !pattern.isEmpty else {
+                        v.problem(p.key, "'plugins' is keyed by plugin names or globs (strings)")
+                        continue
+                    }
+                    let what = "plugin '\(pattern)'"
+                    guard case .mapping = p.value.value else {
+                        v.problem(p.value, "\(what): its settings are a mapping (\(PluginPolicy.pluginKeys.joined(separator: ", "))), got a \(p.value.kindName)")
+                        continue
+                    }
+                    v.unknownKeys(p.value, allowed: PluginPolicy.pluginKeys, what: "key of \(what)")
+                    var setting = IsolationSetting()
+                    setting.read(isolation: p.value["isolation"], memory: p.value["memory_limit_mb"], what: what, &v)
+                    pluginRules.append(PluginRule(pattern: pattern, location: p.key.location, scope: scope, isolation: setting))
+                }
+            case .scalar(let s, _) where YAMLNode.resolvePlain(s) == .null:
+                break
+            default:
+                v.problem(node, "'plugins' maps plugin names or globs to their settings (\(PluginPolicy.pluginKeys.joined(separator: ", "))), got a \(node.kindName)")
+            }
+        }
         if let b = v.bool(root, "ignore_environment_as_root") {
             if scope == .system { ignoreEnvironmentAsRoot = b } else {
                 v.problem(root["ignore_environment_as_root"]!, "'ignore_environment_as_root' belongs in the system policy (\(PluginPolicy.systemFile())), not a user's")
@@ -225,6 +269,28 @@ public struct PluginPolicy: Sendable {
         }
         if let r = enabledBy { return Decision(enabled: true, reason: "enabled by \(r.location) (enable '\(r.pattern)')") }
         return Decision(enabled: true, reason: files.contains { $0.status == .loaded } ? "enabled: no policy rule disables it" : "enabled: no policy file")
+    }
+
+    /// Where `provider` runs: in each file the first matching `plugins:`
+    /// entry that sets `isolation` (and the first that sets
+    /// `memory_limit_mb`) decides; either file's `process` isolates it, and
+    /// the lower memory limit applies.
+    public func isolation(for provider: String) -> IsolationDecision {
+        var d = IsolationDecision()
+        for scope in [Scope.system, .user] {
+            let mine = pluginRules.filter { $0.scope == scope && $0.matches(provider) }
+            var s = IsolationSetting()
+            if let r = mine.first(where: { $0.isolation.mode != nil }) {
+                s.mode = r.isolation.mode
+                s.modeLocation = r.isolation.modeLocation
+            }
+            if let r = mine.first(where: { $0.isolation.memoryMB != nil }) {
+                s.memoryMB = r.isolation.memoryMB
+                s.memoryLocation = r.isolation.memoryLocation
+            }
+            d.add(s, source: "\(scope) policy")
+        }
+        return d
     }
 
     /// The rule that requires `provider`, if any.

@@ -8,6 +8,9 @@
 ///   lab-vllm:
 ///     plugin: vllm                 # the manifest's provider id, when it differs from the name
 ///     endpoint: http://gpu-box:8000/v1
+///   community-x:
+///     isolation: process           # run it in a descartes-plugin-host helper (docs/isolation.md)
+///     memory_limit_mb: 1024        # the helper's address-space limit
 /// retry: ...                       # sections read by the middleware layer
 /// audit: {enabled: true}
 /// ```
@@ -36,7 +39,7 @@ public struct ProvidersConfig: Sendable {
     public static let topLevelKeys = ["providers", "audit"] + middlewareSections
     /// Keys of an instance that the host reads itself; every other key is
     /// the plugin's configuration, checked against its manifest.
-    public static let instanceKeys = ["plugin", "api_key_helper", "api_key_helper_ttl"]
+    public static let instanceKeys = ["plugin", "api_key_helper", "api_key_helper_ttl"] + IsolationSetting.keys
 
     /// Where a file was looked for and what happened.
     public struct Location: Sendable {
@@ -70,6 +73,8 @@ public struct ProvidersConfig: Sendable {
         public var helper: [String]?
         public var helperLocation: SourcePosition?
         public var helperTTL: Duration
+        /// `isolation` and `memory_limit_mb`, merged key by key.
+        public var isolation = IsolationSetting()
     }
 
     /// Every file looked for, in precedence order.
@@ -322,7 +327,7 @@ public struct ProvidersConfig: Sendable {
             case .mapping(let p): body = p
             case .scalar(let s, _) where YAMLNode.resolvePlain(s) == .null: body = []  // `openai:` with nothing under it
             default:
-                v.problem(pair.value, "provider '\(name)': its settings are a mapping (plugin, api_key_helper and the plugin's config keys), got a \(pair.value.kindName)")
+                v.problem(pair.value, "provider '\(name)': its settings are a mapping (plugin, api_key_helper, isolation and the plugin's config keys), got a \(pair.value.kindName)")
                 continue
             }
             let index: Int
@@ -338,6 +343,8 @@ public struct ProvidersConfig: Sendable {
                 // A higher-precedence file already set it.
                 let seen = inst.entries.contains { $0.key == key } || (key == "plugin" && inst.pluginLocation != nil)
                     || (key == "api_key_helper" && inst.helperLocation != nil)
+                    || (key == "isolation" && inst.isolation.modeLocation != nil)
+                    || (key == "memory_limit_mb" && inst.isolation.memoryLocation != nil)
                 if seen { continue }
                 switch key {
                 case "plugin":
@@ -364,6 +371,10 @@ public struct ProvidersConfig: Sendable {
                         continue
                     }
                     inst.helperTTL = .seconds(secs)
+                case "isolation":
+                    inst.isolation.read(isolation: p.value, memory: nil, what: "provider '\(name)'", &v)
+                case "memory_limit_mb":
+                    inst.isolation.read(isolation: nil, memory: p.value, what: "provider '\(name)'", &v)
                 default:
                     if !PluginManifest.isValidConfigName(key) {
                         v.problem(p.key, "provider '\(name)': '\(key)' is not a config key name (lowercase letters, digits and '_')")

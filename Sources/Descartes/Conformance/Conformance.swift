@@ -1,5 +1,4 @@
 internal import CDescartesPlugin
-import Synchronization
 
 /// The conformance suite: runs one plugin, through its C ABI, through the
 /// battery every plugin must pass (what `descartes plugins verify
@@ -51,13 +50,13 @@ final class Run: @unchecked Sendable {
     let overrides: [String: JSONValue]
     let loader: PluginLoader
     let report: @Sendable (Conformance.Result) -> Void
-    let results = Mutex<[Conformance.Result]>([])
+    let results = Lock<[Conformance.Result]>([])
     /// Every call started, for the event-rule check.
-    let calls = Mutex<[RawCall]>([])
+    let calls = Lock<[RawCall]>([])
     /// Everything the plugin logged.
-    let logs = Mutex<[String]>([])
+    let logs = Lock<[String]>([])
     /// Secret config values, for the leak check.
-    let secrets = Mutex<Set<String>>([])
+    let secrets = Lock<Set<String>>([])
     var manifest: PluginManifest!
     var library: PluginLibrary!
     var servers: [String: ConformanceServer] = [:]

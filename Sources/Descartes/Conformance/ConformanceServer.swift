@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// A small HTTP/1.1 server on 127.0.0.1 that serves what a conformance spec
 /// scripts, so the suite can exercise an HTTP plugin in a wire format the
@@ -51,7 +50,7 @@ final class ConformanceServer: @unchecked Sendable {
 
     let port: Int
     private let listener: Int32
-    private let state = Mutex<(routes: [String: [Response]], requests: [Request], open: Set<Int32>, stopped: Bool)>(([:], [], [], false))
+    private let state = Lock<(routes: [String: [Response]], requests: [Request], open: Set<Int32>, stopped: Bool)>(([:], [], [], false))
 
     var url: String { "http://127.0.0.1:\(port)" }
 

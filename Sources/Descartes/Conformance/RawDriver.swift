@@ -1,6 +1,5 @@
 internal import CDescartesPlugin
 import Glibc
-import Synchronization
 
 /// Drives a plugin backend through the bare C ABI, recording every event
 /// with its time, for the conformance suite. Unlike `PluginBackend` it
@@ -10,7 +9,7 @@ final class RawBackend: @unchecked Sendable {
     let raw: UnsafeMutablePointer<descartes_backend_t>
     let table: HostTable
     let library: PluginLibrary
-    private let destroyed = Mutex(false)
+    private let destroyed = Lock(false)
 
     init(raw: UnsafeMutablePointer<descartes_backend_t>, table: HostTable, library: PluginLibrary) {
         self.raw = raw
@@ -66,7 +65,7 @@ final class RawBackend: @unchecked Sendable {
     /// Calls destroy on a thread of its own; true if it returned in time.
     func destroy(within limit: Duration) async -> Bool {
         if destroyed.withLock({ d in defer { d = true }; return d }) { return true }
-        let done = Mutex(false)
+        let done = Lock(false)
         let raw = self.raw
         let box = UncheckedBox(raw)
         ConformanceServer.spawn {
@@ -110,7 +109,7 @@ final class RawCall: @unchecked Sendable {
         var afterTerminal = 0
         var terminals = 0
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     init(op: RawBackend.Operation) { self.op = op }
 

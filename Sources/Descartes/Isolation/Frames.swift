@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// The protocol between the host and `descartes-plugin-host`, the helper
 /// process that runs an isolated plugin. It carries the C ABI itself, call
@@ -39,7 +38,7 @@ package enum Frame {
 /// Writes frames to a socket; safe from any thread.
 package final class FrameWriter: Sendable {
     package let fd: Int32
-    private let lock = Mutex<Bool>(true)  // false once a write failed
+    private let lock = Lock<Bool>(true)  // false once a write failed
 
     package init(fd: Int32) { self.fd = fd }
 

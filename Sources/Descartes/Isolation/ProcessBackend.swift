@@ -1,6 +1,5 @@
 internal import CDescartesPlugin
 import Glibc
-import Synchronization
 
 /// Resource limits of an isolation helper process.
 public struct ProcessLimits: Sendable, Hashable {
@@ -85,7 +84,7 @@ final class ProcessBackend: @unchecked Sendable {
         var destroyed = false
         var created: Waiter.Reply? = nil
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
     private let waiter = Waiter()
 
     private init(manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits) {

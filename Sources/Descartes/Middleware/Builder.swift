@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Builds backends by name from `ReliabilitySettings`: a route becomes a
 /// `RouterBackend`, a fallback chain a `FallbackBackend`, and a provider the
@@ -44,7 +43,7 @@ public struct ReliableProviders: Sendable {
     public var overrides: Overrides
 
     private final class Leaves: Sendable {
-        let made = Mutex<[String: LazyBackend]>([:])
+        let made = Lock<[String: LazyBackend]>([:])
     }
     private let leaves = Leaves()
 

@@ -139,7 +139,7 @@ public final class ResponseCache: Sendable {
         }
     }
 
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     public init(limits: CacheLimits = CacheLimits()) {
         self.limits = limits

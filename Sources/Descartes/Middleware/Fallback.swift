@@ -183,7 +183,7 @@ public final class LazyBackend: ModelBackend, Sendable {
     public let name: String
     public let mode: ModelProviderMode
     private let make: @Sendable () throws -> any ModelBackend
-    private let state = Mutex<Result<any ModelBackend, ProviderError>?>(nil)
+    private let state = Lock<Result<any ModelBackend, ProviderError>?>(nil)
 
     /// - Parameters:
     ///   - name: the provider's name, for errors and attempts.
@@ -228,4 +228,3 @@ public final class LazyBackend: ModelBackend, Sendable {
     public func shutdown() async { await created?.shutdown() }
 }
 
-import Synchronization

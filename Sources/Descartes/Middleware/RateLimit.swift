@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Requests and tokens per minute allowed for one provider.
 public struct RateLimits: Sendable, Hashable, CustomStringConvertible {
@@ -90,17 +89,17 @@ public final class RateLimiter: Sendable {
         public var waiting = 0
     }
 
-    private let state: Mutex<State>
+    private let state: Lock<State>
 
     public init(limits: RateLimits) {
         self.limits = limits
         var s = State()
         s.requests = limits.requestsPerMinute.map { Bucket(perMinute: $0, burst: limits.requestBurst) }
         s.tokens = limits.tokensPerMinute.map { Bucket(perMinute: $0, burst: limits.tokenBurst) }
-        state = Mutex(s)
+        state = Lock(s)
     }
 
-    private static let registry = Mutex<[String: RateLimiter]>([:])
+    private static let registry = Lock<[String: RateLimiter]>([:])
 
     /// The process-wide limiter of provider `name`: every backend created
     /// for the same provider shares it. A call with different limits

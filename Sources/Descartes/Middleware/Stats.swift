@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Measurements of one request.
 public struct RequestStats: Sendable, Hashable {
@@ -44,7 +43,7 @@ public final class UsageMeter: Sendable {
         public var duration: Duration = .zero
     }
 
-    private let state = Mutex<(totals: Totals, last: RequestStats?)>((Totals(), nil))
+    private let state = Lock<(totals: Totals, last: RequestStats?)>((Totals(), nil))
 
     public init() {}
 

@@ -1,5 +1,4 @@
 import Dispatch
-import Synchronization
 
 /// What is left of a request's deadlines, counted from when the plugin
 /// received it.
@@ -115,7 +114,7 @@ extension HTTPClient {
 
 /// A transfer that may be cancelled before it is known.
 final class TransferBox: Sendable {
-    private let state = Mutex<(transfer: HTTPTransfer?, cancelled: Bool)>((nil, false))
+    private let state = Lock<(transfer: HTTPTransfer?, cancelled: Bool)>((nil, false))
     func set(_ t: HTTPTransfer) {
         if state.withLock({ s -> Bool in
             s.transfer = t

@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Ties one child process to the call it serves.
 ///
@@ -11,7 +10,7 @@ public final class ChildLink: Sendable {
         var exitGrace: Duration?
         var terminate = false
     }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     public init() {}
 

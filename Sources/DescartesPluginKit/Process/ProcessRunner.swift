@@ -1,6 +1,5 @@
 internal import CProcessShim
 import Glibc
-import Synchronization
 
 /// Resource limits and sandboxing for a child process.
 ///
@@ -261,7 +260,7 @@ public final class ProcessRunner: @unchecked Sendable {
         var nextID: UInt64 = 1
         var live = 0
     }
-    private let shared = Mutex(Shared())
+    private let shared = Lock(Shared())
     private let wakeRead: Int32
     private let wakeWrite: Int32
     /// The label in thread names and messages.
@@ -518,6 +517,17 @@ public final class ProcessRunner: @unchecked Sendable {
                         return s.onClosed
                     }
                     for c in callbacks { c() }
+                    // Nobody has claimed the thread to join it (close()
+                    // takes it under the lock): detach, so a host that shuts
+                    // the backend down and never destroys it (a CLI about to
+                    // exit) does not keep a finished, unjoined thread
+                    // (ThreadSanitizer reported it as a leak).
+                    shared.withLock { s in
+                        if let t = s.thread {
+                            pthread_detach(t)
+                            s.thread = nil
+                        }
+                    }
                     return
                 }
             }

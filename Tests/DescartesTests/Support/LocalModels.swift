@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 import Testing
 
 /// A real model served on 127.0.0.1 for the whole test run: llama-cpp-python's
@@ -42,7 +41,7 @@ final class LocalModels: @unchecked Sendable {
 
     struct StartError: Error, CustomStringConvertible { var description: String }
 
-    private static let shared = Mutex<Result<LocalModels, StartError>?>(nil)
+    private static let shared = Lock<Result<LocalModels, StartError>?>(nil)
 
     /// The servers, started on first use (about 5 s) and shared by every test.
     static func get() async throws -> LocalModels {

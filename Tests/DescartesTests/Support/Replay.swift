@@ -1,5 +1,4 @@
 import Descartes
-import Synchronization
 import Testing
 
 /// What a caller saw of one streamed (or completed) answer: the text,
@@ -86,7 +85,7 @@ final class LogCapture: Sendable {
         LogSink.shared.addTap { level, source, message in c.lines.withLock { $0.append("\(level) \(source): \(message)") } }
         return c
     }()
-    let lines = Mutex<[String]>([])
+    let lines = Lock<[String]>([])
     func contains(_ s: String) -> Bool { lines.withLock { $0.contains { $0.contains(s) } } }
 }
 
@@ -121,8 +120,8 @@ struct ServerSlot: Sendable {
     /// "/t17", without a trailing slash.
     let prefix: String
 
-    private static let shared = Mutex<Task<ScriptedServer, Error>?>(nil)
-    private static let counter = Mutex(0)
+    private static let shared = Lock<Task<ScriptedServer, Error>?>(nil)
+    private static let counter = Lock(0)
 
     /// A fresh slot on the shared server.
     static func make() async throws -> ServerSlot {

@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 
 /// A real HTTP server on 127.0.0.1 that serves exactly what a test scripts
 /// (Tests/Servers/scripted_server.py): provider wire formats byte for byte,
@@ -18,7 +17,7 @@ final class ScriptedServer: @unchecked Sendable {
     let pid: pid_t
     private let toChild: Int32
     private let fromChild: Int32
-    private let lock = Mutex<[UInt8]>([])  // bytes read from the child but not yet consumed
+    private let lock = Lock<[UInt8]>([])  // bytes read from the child but not yet consumed
 
     var url: String { "http://127.0.0.1:\(port)" }
 

@@ -1,6 +1,5 @@
 import Descartes
 import Glibc
-import Synchronization
 import Testing
 
 /// Where things are when the tests run.
@@ -247,7 +246,7 @@ enum CCompiler {
     }()
 
     /// Keeps compiled fixtures' directories alive for the whole run.
-    static let keep = Mutex<[TempDir]>([])
+    static let keep = Lock<[TempDir]>([])
 }
 
 /// A plugin directory for a test, holding chosen manifests and libraries.
@@ -282,6 +281,7 @@ final class PluginDir: @unchecked Sendable {
               fail_init: {type: string}
               token: {type: string, secret: true, env: SCRIPTED_TEST_TOKEN}
               timeout_secs: {type: integer}
+              default_script: {type: list}
             \(extraConfig)
             """)
         return self
