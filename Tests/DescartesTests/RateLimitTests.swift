@@ -64,12 +64,17 @@ final class Locked<T: Sendable>: Sendable {
     }
 
     @Test func cancellingAWaitGivesItsShareBack() async throws {
-        // Six a minute: each request after the first waits 10 s more.
-        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 6, requestBurst: 1))
+        // One a minute: the request after the first waits 60 s, longer than
+        // any stall of a loaded machine, so it is still waiting when seen.
+        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 1, requestBurst: 1))
         try await limiter.acquire(tokens: 0)
         let firstAt = ContinuousClock.now
         let waiting = Task { try await limiter.acquire(tokens: 0) }
-        while limiter.stats.waiting == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        let giveUp = ContinuousClock.now + .seconds(30)
+        while limiter.stats.waiting == 0 {
+            try #require(ContinuousClock.now < giveUp, "the second request never started waiting")
+            try await Task.sleep(for: .milliseconds(10))
+        }
         let cancelledAt = ContinuousClock.now
         waiting.cancel()
         let result = await waiting.result
@@ -77,11 +82,11 @@ final class Locked<T: Sendable>: Sendable {
         guard case .failure(let e as ProviderError) = result else { Issue.record("expected cancellation, got \(result)"); return }
         #expect(e.kind == .cancelled)
         // Probe without waiting: the next request would wait what is left of
-        // the first one's 10 s (the cancelled share came back), not 10 s more.
+        // the first one's 60 s (the cancelled share came back), not 60 s more.
         let elapsed = ContinuousClock.now - firstAt
         let probe = try #require(await providerError { try await limiter.acquire(tokens: 0, maxWait: .zero) })
         let left = probe.retryAfter!
-        #expect(left <= .seconds(10) - elapsed + .milliseconds(50), "\(left) after \(elapsed)")
+        #expect(left <= .seconds(60) - elapsed + .milliseconds(50), "\(left) after \(elapsed)")
         #expect(limiter.stats.granted == 1)
         #expect(limiter.stats.refused == 1)
     }
