@@ -76,12 +76,16 @@ enum ProcScan {
 
     static func state(_ pid: Int32) -> String? { stat(pid)?.0 }
 
-    /// Zombie children of this test process.
-    static func zombieChildren() -> [Int32] {
+    /// Zombie children of this test process; with `named`, only those whose
+    /// command name (`/proc/PID/comm`, at most 15 bytes) is that (other
+    /// tests running beside the caller have children of their own).
+    static func zombieChildren(named: String? = nil) -> [Int32] {
         let me = getpid()
         return pids().filter { pid in
-            guard let (s, ppid) = stat(pid) else { return false }
-            return ppid == me && s == "Z"
+            guard let (s, ppid) = stat(pid), ppid == me && s == "Z" else { return false }
+            guard let named else { return true }
+            let comm = read("/proc/\(pid)/comm").map { Array($0.prefix { $0 != 10 }) } ?? []
+            return comm == Array(named.utf8.prefix(15))
         }
     }
 
