@@ -6,7 +6,12 @@
 // Layout (the architecture, as data flows):
 //   Sources/descartes           the CLI
 //   Sources/descartes-plugin-host  runs one plugin in a helper process (isolation: process)
-//   Sources/Descartes           the host library: ModelBackend, PluginHost, ProviderFactory, config
+//   Sources/DescartesConformance  the plugin conformance suite (linked by the CLI and the tests only)
+//   Sources/Descartes           the host library: ModelBackend, ProviderFactory, the middlewares;
+//                                 Host/ (the ABI bridge, isolation), Configuration/ (manifests,
+//                                 providers.yaml, policy), Middleware/
+//   Sources/DescartesSupport    internal (not a product): what host and kit both need
+//                                 (file system, hashing, process spawning, small helpers)
 //   Sources/DescartesCore       value types, JSON, the ABI's JSON documents (shared by host and kit)
 //   Sources/CDescartesPlugin    include/descartes/plugin.h: the C ABI, the contract
 //   Sources/DescartesPluginKit  helps Swift plugins export the ABI (linked statically into each)
@@ -83,9 +88,20 @@ let package = Package(
 
         // MARK: Swift libraries
         .target(name: "DescartesCore", swiftSettings: swiftSettings),
-        .target(name: "Descartes", dependencies: ["DescartesCore", "CDescartesPlugin", "CDescartesHost", "CYaml"], swiftSettings: swiftSettings),
+        // Internal support shared by the host and the kit (no product: nothing
+        // of it is public API, and nothing Swift-typed crosses the C ABI).
+        .target(name: "DescartesSupport", dependencies: ["CDescartesHost", "CProcessShim"], swiftSettings: swiftSettings),
+        .target(
+            name: "Descartes", dependencies: ["DescartesCore", "DescartesSupport", "CDescartesPlugin", "CDescartesHost", "CYaml"],
+            swiftSettings: swiftSettings),
         .target(
             name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
+            swiftSettings: swiftSettings),
+        // The plugin conformance suite (`descartes plugins verify --conformance`),
+        // with its own scripted HTTP server: a tool for plugin authors, not
+        // part of the library an application links.
+        .target(
+            name: "DescartesConformance", dependencies: ["Descartes", "DescartesSupport", "CDescartesPlugin"],
             swiftSettings: swiftSettings),
         // The OpenAI chat-completions dialect (request bodies, chunk parsing,
         // tool-call assembly, finish reasons, the HTTP calls), linked
@@ -93,13 +109,18 @@ let package = Package(
         .target(name: "DescartesOpenAIChat", dependencies: ["DescartesPluginKit"], swiftSettings: swiftSettings),
 
         // MARK: The CLI
-        .executableTarget(name: "descartes", dependencies: ["Descartes"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "descartes", dependencies: ["Descartes", "DescartesConformance", "DescartesSupport"], swiftSettings: swiftSettings),
         // Runs one plugin in its own process (isolation: process).
-        .executableTarget(name: "descartes-plugin-host", dependencies: ["Descartes", "CDescartesPlugin"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "descartes-plugin-host", dependencies: ["Descartes", "DescartesSupport", "CDescartesPlugin"], swiftSettings: swiftSettings),
 
         // MARK: Tests
         // Unit tests reach the kit's building blocks (decoders, HTTP engine)
         // directly; plugins are only ever reached through the C ABI.
-        .testTarget(name: "DescartesTests", dependencies: ["Descartes", "DescartesPluginKit", "DescartesOpenAIChat"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "DescartesTests",
+            dependencies: ["Descartes", "DescartesSupport", "DescartesPluginKit", "DescartesOpenAIChat"],
+            swiftSettings: swiftSettings),
     ] + plugins.map(\.1)
 )

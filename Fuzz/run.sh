@@ -35,7 +35,7 @@ link_for() {
     chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
-    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
+    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
   esac
 }
 

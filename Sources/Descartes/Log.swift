@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import DescartesSupport
 
 /// Log levels, matching DESCARTES_LOG_* in plugin.h.
 public enum LogLevel: UInt32, Sendable, Comparable, CustomStringConvertible {
@@ -108,49 +109,5 @@ public final class LogSink: Sendable {
             }
         }
         for t in taps.withLock({ $0 }) { t(l, source, text) }
-    }
-}
-
-extension String {
-    func replacingAll(_ target: String, with replacement: String) -> String {
-        guard !target.isEmpty else { return self }
-        var out = ""
-        var rest = Substring(self)
-        while let r = rest.range(of: target) {
-            out += rest[..<r.lowerBound]
-            out += replacement
-            rest = rest[r.upperBound...]
-        }
-        out += rest
-        return out
-    }
-}
-
-extension Substring {
-    func range(of target: String) -> Range<Substring.Index>? {
-        let t = Array(target.utf8)
-        guard let first = t.first else { return nil }
-        let u = self.utf8
-        var i = u.startIndex
-        while i != u.endIndex {
-            if u[i] == first {
-                var j = i
-                var k = 0
-                while k < t.count, j != u.endIndex, u[j] == t[k] {
-                    j = u.index(after: j)
-                    k += 1
-                }
-                if k == t.count { return i..<j }
-            }
-            i = u.index(after: i)
-        }
-        return nil
-    }
-}
-
-extension String {
-    func range(of target: String) -> Range<String.Index>? {
-        guard let r = self[...].range(of: target) else { return nil }
-        return r.lowerBound..<r.upperBound
     }
 }

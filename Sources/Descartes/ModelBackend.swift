@@ -1,7 +1,10 @@
 @_exported import DescartesCore
 
 /// A model backend: one configured provider instance behind the common
-/// request, response, stream and error types.
+/// request, response, stream and error types. This is the application side:
+/// what the host library hands an application. (The plugin side is the
+/// kit's `DescartesBackend`, which a Swift plugin implements and the kit
+/// exports through the C ABI.)
 ///
 /// Backends loaded from plugins implement it through the C ABI
 /// (`ProviderFactory.create`); middlewares (retry, fallback, routing, cache,

@@ -1,7 +1,9 @@
 internal import CDescartesPlugin
 import Glibc
 
-/// What a Swift plugin implements: one backend instance.
+/// What a Swift plugin implements: one backend instance. This is the plugin
+/// side; the kit exports it through the C ABI, and the host library wraps
+/// what comes across as a `ModelBackend` (the application side).
 ///
 /// Every method is a non-blocking start: it must return promptly and report
 /// through the `PluginCall` (from any thread, at any later time). The kit

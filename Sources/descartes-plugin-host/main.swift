@@ -1,6 +1,6 @@
 // descartes-plugin-host: runs one plugin in its own process, for
 // `isolation: process`. The host talks to it over fd 3 (a Unix socket) with
-// the frames of Sources/Descartes/Isolation/Frames.swift: it loads the
+// the frames of Sources/Descartes/Host/Isolation/Frames.swift: it loads the
 // library, creates the backend, and relays every operation, cancel and
 // release to the plugin and every event back. If the plugin crashes, aborts
 // or runs out of its memory limit, only this process dies.

@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import DescartesSupport
 
 /// `descartes batch -p P requests.jsonl`: one request per line (a Request
 /// document of docs/abi.md), one result per line in input order, each with

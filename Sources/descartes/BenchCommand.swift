@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Synchronization
+import DescartesSupport
 
 /// `descartes bench`: runs many requests through one provider the way a
 /// Swift caller does (`ProviderFactory` -> the plugin through the C ABI ->

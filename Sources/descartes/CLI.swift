@@ -6,6 +6,7 @@
 // error's kind (see ExitCode).
 import Descartes
 import Glibc
+import DescartesSupport
 
 let topHelp = """
     descartes \(descartesVersion): one interface to every kind of LLM backend, loaded as plugins.

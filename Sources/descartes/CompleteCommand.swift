@@ -1,6 +1,7 @@
 import Descartes
 @preconcurrency import Dispatch
 import Glibc
+import DescartesSupport
 
 enum CompleteCommand {
     static let options: [Arguments.Option] = [

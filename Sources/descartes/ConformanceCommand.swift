@@ -1,4 +1,6 @@
 import Descartes
+import DescartesSupport
+import DescartesConformance
 
 /// `descartes plugins verify --conformance NAME`: the conformance suite.
 enum ConformanceCommand {

@@ -1,4 +1,5 @@
 import Descartes
+import DescartesSupport
 
 /// `descartes log`: the last audit log entries and totals per provider.
 enum LogCommand {

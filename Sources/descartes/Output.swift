@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import DescartesSupport
 
 /// Writes to stdout/stderr with explicit flushing (streamed tokens must
 /// appear as they arrive) and masks secrets on the way out.

@@ -1,4 +1,5 @@
 import Descartes
+import DescartesSupport
 
 enum PluginsCommand {
     static func keysSummary(_ m: PluginManifest) -> String {

@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import DescartesSupport
 
 /// `descartes plugins enable|disable NAME [--system]`: edits the policy file.
 enum PolicyCommand {

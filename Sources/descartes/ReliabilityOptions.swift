@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import DescartesSupport
 
 /// The reliability and routing options shared by `complete` and `batch`:
 /// retries, fallbacks, stats, routing explanations, the response cache.
@@ -180,14 +181,5 @@ struct ReliabilityOptions {
         let whole = micros / 1_000_000
         let frac = String(micros % 1_000_000)
         return "\(whole).\(String(repeating: "0", count: 6 - frac.count))\(frac)"
-    }
-}
-
-extension StringProtocol {
-    var trimmingSpaces: String {
-        var s = Substring(self)
-        while s.first == " " { s.removeFirst() }
-        while s.last == " " { s.removeLast() }
-        return String(s)
     }
 }

@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// The `descartes` executable with the API plugins, pointed at a real
 /// server on 127.0.0.1 through OPENAI_ENDPOINT / ANTHROPIC_ENDPOINT, as a

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The audit log: one owner-only JSON line per request, never a secret;
 /// totals per provider when read back.

@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// The `descartes` executable, run as a user runs it: output and exit codes.
 @Suite struct CLITests {

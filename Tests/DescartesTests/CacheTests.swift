@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The exact-match response cache in front of the scripted plugin.
 @Suite struct CacheTests {

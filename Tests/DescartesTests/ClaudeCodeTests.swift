@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The real `claude` binary, as `../shared/tools/claude-cli.sh` fetches it
 /// (the one bundled in the claude-agent-sdk wheel), or `$DESCARTES_CLAUDE`.

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// providers.yaml: search, merge, references, positions in every problem,
 /// instances used through ProviderFactory, .env, credential helpers.

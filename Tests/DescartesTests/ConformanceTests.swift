@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// The conformance suite, run as plugin authors run it: `descartes plugins
 /// verify --conformance NAME`. Every plugin in the tree passes; a plugin

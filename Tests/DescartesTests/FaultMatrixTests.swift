@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The fault matrix: every class of fault an HTTP provider or a headless
 /// child can produce, run through the real plugins (`openai`, `anthropic`,

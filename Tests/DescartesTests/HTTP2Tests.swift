@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// HTTP/2 where the server offers it: nginx on 127.0.0.1 with TLS (a
 /// certificate of its own CA, trusted through `ca_bundle`) and `http2`, and

@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// The ABI header is the contract: it must compile cleanly as C and C++ with
 /// every warning an error, with nothing but the header itself.

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// Measurements for the headless backends, run on demand (not timed tests):
 ///

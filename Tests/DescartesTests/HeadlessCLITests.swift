@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The generic headless adapter (`headless-cli`) through the built
 /// `libdescartes-headless-cli.so`, with child programs that behave well and

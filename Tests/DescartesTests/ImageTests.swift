@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// Images with user messages: the ABI's `images` member, what each plugin
 /// puts on the wire (checked on the body the scripted server received), the

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// `isolation: process`: a plugin in a `descartes-plugin-host` helper that
 /// crashes, aborts or leaks takes down only its helper.

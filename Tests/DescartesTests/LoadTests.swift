@@ -2,6 +2,7 @@ import Descartes
 import Glibc
 import Synchronization
 import Testing
+import DescartesSupport
 
 /// Load and memory: many requests through one provider instance (the OpenAI
 /// plugin, through the C ABI) against a local server, with other plugins

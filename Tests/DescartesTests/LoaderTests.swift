@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// Every way a plugin can be broken is skipped with a reason naming its
 /// file, and the other plugins keep working.

@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// The "done when", against the prefix `make test` installs into:
 /// a newcomer writes a manifest for an OpenAI-compatible server with no

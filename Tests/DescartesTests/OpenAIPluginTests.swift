@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// libdescartes-openai.so through the C ABI against a real HTTP server on
 /// 127.0.0.1: the ugly parts of the wire format, every error status,

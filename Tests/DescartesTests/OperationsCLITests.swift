@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The operations commands end to end: config show/check, instances used
 /// with -p, the audit log and `descartes log`, the plugin policy as ops

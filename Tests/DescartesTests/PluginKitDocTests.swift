@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// docs/writing-a-plugin.md, run as written against the prefix `make test`
 /// installs: a newcomer builds the C example out of tree from the docs

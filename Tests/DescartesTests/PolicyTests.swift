@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The per-host plugin policy: enable/disable/required/search/pins, the user
 /// file narrowing the system's, elevated processes, file ownership checks,

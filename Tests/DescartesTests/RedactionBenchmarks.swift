@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// What masking secrets costs on the hot path: every streamed text fragment
 /// the CLI prints passes through the redactor. Run with

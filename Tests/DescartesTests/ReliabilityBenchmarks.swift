@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// What the middlewares cost a stream, run on demand (not timed tests):
 ///

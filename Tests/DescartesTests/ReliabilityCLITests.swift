@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// `descartes complete` and `descartes batch` with retries, fallbacks,
 /// stats and provider batches, run as a user runs them.

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// The retry, deadline and fallback layers over the real OpenAI plugin,
 /// against the scripted HTTP server on 127.0.0.1 injecting faults: 429 with

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// Every command, run with a known fake key in every place a key can come
 /// from (environment, .env, ${file:...}, a credential helper, --set, the

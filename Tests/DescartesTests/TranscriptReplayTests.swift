@@ -1,5 +1,6 @@
 import Descartes
 import Testing
+import DescartesSupport
 
 /// Every recorded provider transcript (../shared/fixtures/provider-transcripts,
 /// except Ollama's) replayed byte for byte by a real HTTP server on

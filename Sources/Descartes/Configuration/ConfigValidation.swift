@@ -1,4 +1,5 @@
 import DescartesCore
+import DescartesSupport
 
 /// Checks a provider configuration against its manifest's declared keys.
 public enum ConfigValidation {
@@ -210,14 +211,5 @@ public enum ConfigValidation {
             }
         }
         return out
-    }
-}
-
-extension String {
-    var trimmingSpaces: String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" || f == "\n" || f == "\r" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" || l == "\n" || l == "\r" { s = s.dropLast() }
-        return String(s)
     }
 }

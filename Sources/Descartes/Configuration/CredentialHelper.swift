@@ -1,4 +1,5 @@
 import Glibc
+import DescartesSupport
 
 /// Runs a provider's `api_key_helper`: a command (argv, never a shell) that
 /// prints the key on its first line, so an OS credential store works without

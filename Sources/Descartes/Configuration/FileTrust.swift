@@ -1,4 +1,5 @@
 import Glibc
+import DescartesSupport
 
 /// Whether the process may trust a file another user could have written.
 ///

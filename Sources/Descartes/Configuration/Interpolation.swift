@@ -1,3 +1,4 @@
+import DescartesSupport
 /// Expands references in configuration values:
 ///
 /// | written | becomes |

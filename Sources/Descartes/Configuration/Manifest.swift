@@ -1,4 +1,5 @@
 import DescartesCore
+import DescartesSupport
 
 /// The type of a configuration key, as a manifest declares it.
 public enum ConfigType: String, Sendable, Hashable, CaseIterable {
@@ -234,15 +235,17 @@ public struct PluginManifest: Sendable, Hashable {
 }
 
 /// Collects problems while reading YAML nodes against an expected shape.
-struct NodeValidator {
-    let file: String
-    var problems: [SourceProblem] = []
+package struct NodeValidator {
+    package let file: String
+    package var problems: [SourceProblem] = []
 
-    mutating func problem(_ node: YAMLNode, _ message: String) {
+    package init(file: String) { self.file = file }
+
+    package mutating func problem(_ node: YAMLNode, _ message: String) {
         problems.append(SourceProblem(node.location, message))
     }
 
-    mutating func unknownKeys(_ node: YAMLNode, allowed: [String], what: String) {
+    package mutating func unknownKeys(_ node: YAMLNode, allowed: [String], what: String) {
         guard case .mapping(let pairs) = node.value else { return }
         for p in pairs {
             let k = p.key.scalar ?? ""
@@ -253,11 +256,11 @@ struct NodeValidator {
         }
     }
 
-    mutating func missing(_ node: YAMLNode, _ key: String) {
+    package mutating func missing(_ node: YAMLNode, _ key: String) {
         problem(node, "missing required key '\(key)'")
     }
 
-    mutating func string(_ node: YAMLNode, _ key: String, required: Bool = false) -> String? {
+    package mutating func string(_ node: YAMLNode, _ key: String, required: Bool = false) -> String? {
         guard let n = node[key] else {
             if required { missing(node, key) }
             return nil
@@ -273,7 +276,7 @@ struct NodeValidator {
         return s
     }
 
-    mutating func int(_ node: YAMLNode, _ key: String, required: Bool = false) -> Int? {
+    package mutating func int(_ node: YAMLNode, _ key: String, required: Bool = false) -> Int? {
         guard let n = node[key] else {
             if required { missing(node, key) }
             return nil
@@ -285,7 +288,7 @@ struct NodeValidator {
         return i
     }
 
-    mutating func number(_ node: YAMLNode, _ key: String, required: Bool = false) -> Double? {
+    package mutating func number(_ node: YAMLNode, _ key: String, required: Bool = false) -> Double? {
         guard let n = node[key] else {
             if required { missing(node, key) }
             return nil
@@ -297,7 +300,7 @@ struct NodeValidator {
         return d
     }
 
-    mutating func bool(_ node: YAMLNode, _ key: String) -> Bool? {
+    package mutating func bool(_ node: YAMLNode, _ key: String) -> Bool? {
         guard let n = node[key] else { return nil }
         guard case .bool(let b) = n.json else {
             problem(n, "'\(key)' must be true or false, got \(n.kindName) '\(n.scalar ?? "")'")
@@ -306,7 +309,7 @@ struct NodeValidator {
         return b
     }
 
-    mutating func stringList(_ node: YAMLNode, _ key: String) -> [String]? {
+    package mutating func stringList(_ node: YAMLNode, _ key: String) -> [String]? {
         guard let n = node[key] else { return nil }
         guard case .sequence(let items) = n.value else {
             problem(n, "'\(key)' must be a list of strings, got a \(n.kindName)")
@@ -319,7 +322,7 @@ struct NodeValidator {
         return out
     }
 
-    mutating func configKey(name: String, _ node: YAMLNode) -> ConfigKey? {
+    package mutating func configKey(name: String, _ node: YAMLNode) -> ConfigKey? {
         guard case .mapping = node.value else {
             problem(node, "config key '\(name)' is declared with a mapping: {type: string|integer|number|boolean|list|map, required, default, env, secret, description}")
             return nil
@@ -352,23 +355,3 @@ struct NodeValidator {
     }
 }
 
-/// The closest candidate by edit distance, when close enough to be a typo.
-func closest(_ word: String, in candidates: [String]) -> String? {
-    func distance(_ a: [Character], _ b: [Character]) -> Int {
-        if a.isEmpty { return b.count }
-        if b.isEmpty { return a.count }
-        var prev = Array(0...b.count)
-        for i in 1...a.count {
-            var cur = [i] + Array(repeating: 0, count: b.count)
-            for j in 1...b.count {
-                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
-            }
-            prev = cur
-        }
-        return prev[b.count]
-    }
-    let w = Array(word)
-    let best = candidates.map { ($0, distance(w, Array($0))) }.min { $0.1 < $1.1 }
-    guard let best, best.1 <= max(1, word.count / 3) else { return nil }
-    return best.0
-}

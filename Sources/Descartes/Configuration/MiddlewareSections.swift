@@ -13,7 +13,7 @@ extension ProvidersConfig {
     ///
     /// so `descartes config check` reports its problems with every other.
     public static let sectionCheckers: [ConfigSectionChecker] = [
-        // The reliability layer (Middleware/Config.swift): every problem of
+        // The reliability layer (Configuration/ReliabilitySettings.swift): every problem of
         // the five sections, with positions. Names that lead nowhere are
         // checked where the plugins are known (the CLI, before a request).
         ConfigSectionChecker(keys: ReliabilitySettings.sections) { sections, _ in ReliabilitySettings.parse(sections).1 },

@@ -1,4 +1,5 @@
 import Glibc
+import DescartesSupport
 
 /// The host's plugin policy: `/etc/descartes/plugins.yaml`, narrowed by the
 /// user's `$XDG_CONFIG_HOME/descartes/plugins.yaml`.

@@ -1,3 +1,4 @@
+import DescartesSupport
 /// `providers.yaml`: named provider instances and the settings of the
 /// middlewares, merged from the project, user and system files.
 ///

@@ -1,3 +1,4 @@
+import DescartesSupport
 /// The reliability and routing sections of providers.yaml: `retry:`,
 /// `fallbacks:`, `routes:`, `cache:` and `limits:` (docs/reliability.md).
 ///

@@ -1,4 +1,5 @@
 internal import CDescartesPlugin
+import DescartesSupport
 
 /// One operation in flight in a plugin: the host side of a descartes_call_t.
 ///
@@ -7,7 +8,7 @@ internal import CDescartesPlugin
 /// gives that reference back. The consumer may be answered earlier by the
 /// host itself (a deadline, a cancellation); the plugin's later events are
 /// then dropped, and its terminal event only releases the handle.
-final class PluginCall: @unchecked Sendable {
+final class HostCall: @unchecked Sendable {
     enum Outcome: Sendable {
         case response(ModelResponse)
         case document(JSONValue)
@@ -63,12 +64,12 @@ final class PluginCall: @unchecked Sendable {
         let ctx = Unmanaged.passRetained(self).toOpaque()
         let handle = input.withUnsafeBufferPointer { buf in
             buf.withMemoryRebound(to: CChar.self) { chars in
-                fn(backend.raw, chars.baseAddress, chars.count, PluginCall.onEvent, ctx)
+                fn(backend.raw, chars.baseAddress, chars.count, HostCall.onEvent, ctx)
             }
         }
         guard let handle else {
             // No handle: the ABI says no event will come.
-            Unmanaged<PluginCall>.fromOpaque(ctx).release()
+            Unmanaged<HostCall>.fromOpaque(ctx).release()
             answer(.failure(ProviderError(.backend, "the plugin could not start \(op.rawValue) (it returned no handle)", provider: backend.name)))
             return
         }
@@ -93,7 +94,7 @@ final class PluginCall: @unchecked Sendable {
 
     static let onEvent: descartes_event_fn = { ctx, event in
         guard let ctx, let event else { return }
-        let call = Unmanaged<PluginCall>.fromOpaque(ctx).takeUnretainedValue()
+        let call = Unmanaged<HostCall>.fromOpaque(ctx).takeUnretainedValue()
         call.handle(event)
     }
 
@@ -341,8 +342,9 @@ final class PluginCall: @unchecked Sendable {
 }
 
 /// A plugin's call handle, passed between threads under the call's lock.
-struct CallHandle: @unchecked Sendable {
-    let raw: OpaquePointer
+package struct CallHandle: @unchecked Sendable {
+    package let raw: OpaquePointer
+    package init(raw: OpaquePointer) { self.raw = raw }
 }
 
 func format(_ d: Duration) -> String {

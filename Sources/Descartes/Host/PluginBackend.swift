@@ -3,7 +3,7 @@ import Glibc
 
 /// A backend living in a plugin library, driven through the C ABI.
 ///
-/// Each operation becomes a `PluginCall`: the plugin reports events on its
+/// Each operation becomes a `HostCall`: the plugin reports events on its
 /// own threads, the call turns them into Swift values, checks the ABI's rules
 /// (one terminal event, nothing after it, tool-call order), enforces the
 /// deadlines itself, and hands the result to the waiting task or stream.
@@ -256,14 +256,14 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         return d
     }
 
-    func run(_ op: Operation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?) async throws -> PluginCall.Outcome {
+    func run(_ op: Operation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?) async throws -> HostCall.Outcome {
         guard let fn = function(op) else {
             throw ProviderError(.unsupportedFeature, "the plugin does not implement \(op.rawValue)", provider: name)
         }
         let box = CancelBox()
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<PluginCall.Outcome, Error>) in
-                let call = PluginCall(backend: self, op: op, deadlines: deadlines, continuation: c, sink: streaming)
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<HostCall.Outcome, Error>) in
+                let call = HostCall(backend: self, op: op, deadlines: deadlines, continuation: c, sink: streaming)
                 box.attach(call)
                 call.start(fn, input: input)
             }
@@ -281,8 +281,8 @@ struct StreamSink: Sendable {
 
 /// Forwards task cancellation to a call that may not exist yet.
 final class CancelBox: Sendable {
-    private let state = Lock<(call: PluginCall?, cancelled: Bool)>((nil, false))
-    func attach(_ call: PluginCall) {
+    private let state = Lock<(call: HostCall?, cancelled: Bool)>((nil, false))
+    func attach(_ call: HostCall) {
         let cancelled = state.withLock { s -> Bool in
             s.call = call
             return s.cancelled
@@ -290,7 +290,7 @@ final class CancelBox: Sendable {
         if cancelled { call.terminate(ProviderError(.cancelled, "the request was cancelled", provider: call.backend.name)) }
     }
     func cancel() {
-        let call = state.withLock { s -> PluginCall? in
+        let call = state.withLock { s -> HostCall? in
             s.cancelled = true
             return s.call
         }

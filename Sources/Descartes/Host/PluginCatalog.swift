@@ -1,3 +1,4 @@
+import DescartesSupport
 
 /// Where plugins are looked for, in order. The current directory is never
 /// searched.

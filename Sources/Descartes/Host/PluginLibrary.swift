@@ -1,5 +1,6 @@
 package import CDescartesPlugin
 import Glibc
+import DescartesSupport
 
 /// The version of this host, reported to plugins and by `descartes --version`.
 public let descartesVersion = "0.1.0"
@@ -168,7 +169,7 @@ public final class PluginLibrary: @unchecked Sendable {
         factoryIDs = ids
     }
 
-    func factory(_ id: String) -> UnsafePointer<descartes_factory_t>? {
+    package func factory(_ id: String) -> UnsafePointer<descartes_factory_t>? {
         guard let i = factoryIDs.firstIndex(of: id) else { return nil }
         return library.pointee.factories![i]
     }

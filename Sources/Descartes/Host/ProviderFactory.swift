@@ -1,4 +1,5 @@
 internal import CDescartesPlugin
+import DescartesSupport
 
 /// Creates backends by provider name: finds the manifest, checks the
 /// configuration against it, loads the library on first use, and asks the

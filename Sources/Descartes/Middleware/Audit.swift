@@ -1,4 +1,5 @@
 import Glibc
+import DescartesSupport
 
 /// The `audit:` section of providers.yaml.
 ///

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import DescartesSupport
 
 /// Bounds of a `ResponseCache`.
 public struct CacheLimits: Sendable, Hashable {

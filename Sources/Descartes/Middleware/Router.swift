@@ -1,3 +1,5 @@
+import DescartesSupport
+
 /// A provider a router may choose, with what its manifest says about it.
 public struct RouteCandidate: Sendable {
     public var backend: any ModelBackend
@@ -327,13 +329,4 @@ public struct RouterBackend: ModelBackend {
         try await all.estimateTokens(forwarded(request))
     }
     public func shutdown() async { await all.shutdown() }
-}
-
-extension StringProtocol {
-    var trimmingSpaces: String {
-        var s = Substring(self)
-        while s.first == " " || s.first == "\t" { s.removeFirst() }
-        while s.last == " " || s.last == "\t" { s.removeLast() }
-        return String(s)
-    }
 }

@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import DescartesSupport
 
 extension CCompiler {
     /// `sharedLibrary` without blocking the cooperative pool: the compiler

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 // Drivers of the fault matrix (FaultMatrixTests.swift): how each fault is
 // produced for each kind of provider.

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 extension PluginDir {
     /// A plugin of this repository with its manifest from `manifests/`,

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// A real model served on 127.0.0.1 for the whole test run: llama-cpp-python's
 /// server with the Gemma 3 270M GGUF, and ollama-proxy-plus speaking Ollama's

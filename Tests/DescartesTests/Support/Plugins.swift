@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import DescartesSupport
 
 extension PluginDir {
     /// A Swift plugin built by this package (`libdescartes-<library>.so`)

@@ -1,4 +1,5 @@
 import Descartes
+import DescartesSupport
 
 /// Which sanitizer runs the suite (`make sanitize` sets DESCARTES_SANITIZER).
 enum Sanitizer {

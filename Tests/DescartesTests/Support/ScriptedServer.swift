@@ -1,5 +1,6 @@
 import Descartes
 import Glibc
+import DescartesSupport
 
 /// A real HTTP server on 127.0.0.1 that serves exactly what a test scripts
 /// (Tests/Servers/scripted_server.py): provider wire formats byte for byte,

@@ -1,6 +1,7 @@
 import Descartes
 import Glibc
 import Testing
+import DescartesSupport
 
 /// Where things are when the tests run.
 enum TestEnv {

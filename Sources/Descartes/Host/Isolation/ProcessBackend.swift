@@ -1,5 +1,6 @@
 internal import CDescartesPlugin
 import Glibc
+import DescartesSupport
 
 /// Resource limits of an isolation helper process.
 public struct ProcessLimits: Sendable, Hashable {

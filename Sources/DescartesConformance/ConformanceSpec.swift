@@ -1,3 +1,6 @@
+import DescartesSupport
+import Descartes
+
 /// How the conformance suite exercises one plugin: the configuration to
 /// create it with, and scenarios that make it answer, stream slowly, hang or
 /// fail. The suite knows no provider's wire format; the spec's author does,

@@ -17,7 +17,7 @@ public struct FileSystemError: Error, Sendable, CustomStringConvertible {
 /// The few file-system operations the host needs, on POSIX calls directly
 /// (the host does not link Foundation: it costs 15-20 ms of start-up).
 public enum FileSystem {
-    static func systemError(_ path: String, _ e: Int32 = Glibc.errno) -> FileSystemError {
+    public static func systemError(_ path: String, _ e: Int32 = Glibc.errno) -> FileSystemError {
         FileSystemError(path: path, reason: String(cString: strerror(e)), errno: e)
     }
 

@@ -1,4 +1,5 @@
 internal import CDescartesPlugin
+import Descartes
 import Glibc
 
 /// Drives a plugin backend through the bare C ABI, recording every event

@@ -1,4 +1,6 @@
 import Glibc
+import Descartes
+import DescartesSupport
 
 /// A small HTTP/1.1 server on 127.0.0.1 that serves what a conformance spec
 /// scripts, so the suite can exercise an HTTP plugin in a wire format the

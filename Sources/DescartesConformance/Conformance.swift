@@ -1,4 +1,6 @@
 internal import CDescartesPlugin
+import Descartes
+import DescartesSupport
 
 /// The conformance suite: runs one plugin, through its C ABI, through the
 /// battery every plugin must pass (what `descartes plugins verify
