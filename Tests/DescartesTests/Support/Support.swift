@@ -223,9 +223,9 @@ final class TempDir: @unchecked Sendable {
 enum CCompiler {
     /// Compiles C sources into a shared library (awaiting the compiler on a
     /// thread of its own, not the cooperative pool).
-    static func sharedLibrary(_ sources: [String], output: String, flags: [String] = []) async -> ProcResult {
+    static func sharedLibrary(_ sources: [String], output: String, flags: [String] = [], compiler: String = "cc") async -> ProcResult {
         await Proc.run(
-            ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
+            [compiler, "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
              "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output], timeout: .seconds(120))
     }
 

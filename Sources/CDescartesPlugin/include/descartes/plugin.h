@@ -12,10 +12,27 @@
  *
  *     cc -shared -fPIC $(pkg-config --cflags descartes-plugin) -o libdescartes-x.so x.c
  *
- * The JSON documents that cross this boundary (config, request, response,
- * events, errors, and the results of the other operations) are specified in
- * docs/abi.md, which is part of this contract. The summary of each is repeated
- * next to the function that carries it.
+ * ------------------------------------------------------------------------
+ * Where the contract is written
+ * ------------------------------------------------------------------------
+ *
+ *   this header           the types and functions: for each function its
+ *                         thread tag, since which ABI version, who owns every
+ *                         pointer and whether it may be NULL
+ *   docs/abi.md           the JSON documents that cross the boundary (config,
+ *                         request, events, response, errors, the results of
+ *                         the other operations), the life cycle in one picture,
+ *                         and what the host does with what a plugin sends
+ *                         (defaults, what it rejects and how)
+ *   docs/abi-changelog.md what each ABI version added, and how each side
+ *                         detects it
+ *   docs/manifest.md      the `<name>.yaml` manifest the host reads before it
+ *                         loads anything
+ *
+ * Each JSON document is summarized next to the function that carries it; the
+ * full schema is in docs/abi.md. The host's Swift code (Sources/DescartesCore/
+ * Wire.swift and its readers) implements these pages and adds nothing to them.
+ * All three files are installed with the header (share/descartes/doc).
  *
  * ------------------------------------------------------------------------
  * Shape
@@ -51,6 +68,62 @@
  *    An extension id's struct never changes meaning; a new revision is a new id.
  * 5. A change that cannot follow these rules bumps DESCARTES_ABI_VERSION.
  *
+ * Every function says since which version it exists ("since 1.0"): 1.0 is
+ * DESCARTES_ABI_VERSION 1 as first published; a "1.x" is a later append under
+ * rules 2-4 (same DESCARTES_ABI_VERSION, found by struct_size or extension id).
+ * docs/abi-changelog.md lists each.
+ *
+ * ------------------------------------------------------------------------
+ * Thread tags
+ * ------------------------------------------------------------------------
+ *
+ * The comment of every function starts with one line: its thread tags, joined
+ * by `&`, then the version it appeared in. The tags:
+ *
+ *   [thread-safe]    callable from any thread, concurrently with any other
+ *                    function of the same object and with itself
+ *   [callback-safe]  also callable from inside an event callback, that of the
+ *                    very call concerned included
+ *   [!callback]      never called from inside an event callback
+ *   [exclusive]      never concurrently with any other function of the same
+ *                    object (backend, library)
+ *   [serial]         no other operation of the backend runs meanwhile (the
+ *                    `cancel` and `release` of this call's own handle may)
+ *   [once]           at most once per object (per library, backend or handle)
+ *   [open]           only while the backend is open: after `create` returned
+ *                    it, before its `shutdown` was started
+ *   [ready]          only after the backend's `initialize` ended with RESULT,
+ *                    before its `shutdown` was started
+ *   [!ready]         only while the backend is not ready
+ *   [plugin-thread]  (callbacks the plugin calls) from any thread the plugin
+ *                    owns, or from the thread that started the call before the
+ *                    start function returned; one at a time per call, in order
+ *   [in-call]        (callbacks the plugin calls) synchronously, on the thread
+ *                    of the function it was passed to, before that returns
+ *
+ * The sentences after the tag line say the rest (what may block, ordering).
+ * docs/abi.md has the same rules as one table.
+ *
+ * ------------------------------------------------------------------------
+ * Pointers: NULL and ownership
+ * ------------------------------------------------------------------------
+ *
+ * Every pointer is marked DESCARTES_NONNULL (never NULL) or DESCARTES_NULLABLE
+ * (NULL allowed, with the meaning stated next to it). With clang these are
+ * `_Nonnull` / `_Nullable`, so `-Wnonnull` and `-Wnullability-completeness`
+ * check them; with other compilers, and in the Swift importer (the host must
+ * be able to check what an untrusted plugin hands it), they expand to nothing.
+ * A NULL where the header says DESCARTES_NONNULL is a broken plugin or host;
+ * docs/abi.md says what the host does with one (it never crashes on it).
+ *
+ * Ownership is stated for every pointer with one of these words:
+ *
+ *   borrowed         valid only until the function (or callback) it was
+ *                    passed to returns; copy what you keep
+ *   lives until X    the party that filled it keeps it valid until X
+ *   owned by P       P allocated it and alone frees it (through the function
+ *                    named next to it)
+ *
  * ------------------------------------------------------------------------
  * General rules
  * ------------------------------------------------------------------------
@@ -58,10 +131,8 @@
  * - Strings are UTF-8. A `const char *` documented "NUL-terminated" is; a
  *   pointer passed with a length need not be. JSON payloads are UTF-8 JSON
  *   texts (RFC 8259) passed as pointer + length.
- * - Memory crosses the boundary only as borrowed pointers: whoever allocates
- *   frees, and a pointer received as an argument is valid only until the
- *   function (or callback) it was passed to returns, unless stated otherwise.
- *   Copy what you keep.
+ * - Memory crosses the boundary only as borrowed pointers, unless stated
+ *   otherwise: whoever allocates frees.
  * - Neither side unwinds (C++ exceptions, longjmp), aborts, or exits across
  *   the boundary. Errors are values: an ERROR event, or an error JSON passed
  *   to a callback.
@@ -75,6 +146,20 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* Nullability (see "Pointers" above): clang's `_Nonnull`/`_Nullable`, which
+ * are a clang extension that -pedantic would report, hence the pragma around
+ * this header only. Nothing for other compilers, nor for Swift's importer. */
+#if defined(__clang__) && !defined(__swift__)
+#define DESCARTES_NONNULL _Nonnull
+#define DESCARTES_NULLABLE _Nullable
+#define DESCARTES_NULLABILITY_PRAGMAS 1
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wnullability-extension"
+#else
+#define DESCARTES_NONNULL
+#define DESCARTES_NULLABLE
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -118,48 +203,57 @@ enum {
 
 typedef struct descartes_host descartes_host_t;
 
+/** Filled by the host; lives until the library's `unload` returns (the
+ *  library-level table) or until the backend's `destroy` returns (a
+ *  backend's table, given in descartes_create_args_t). */
 struct descartes_host {
     /** sizeof(descartes_host_t) as the host compiled it. */
     uint32_t struct_size;
     /** The ABI version the host negotiated with this library. */
     uint32_t abi_version;
     /** Host program name and version, NUL-terminated, e.g. "descartes", "0.1.0".
-     *  Valid as long as the table itself. */
-    const char *name;
-    const char *version;
+     *  Live as long as the table. */
+    const char *DESCARTES_NONNULL name;
+    const char *DESCARTES_NONNULL version;
     /** Opaque to the plugin; the host's own context for this table. */
-    void *host_data;
+    void *DESCARTES_NULLABLE host_data;
 
     /**
+     * [thread-safe & callback-safe] since 1.0
+     *
      * Writes one log record. `message` is UTF-8 of `length` bytes, one line
      * without a trailing newline, and must not contain secrets: the host
      * additionally masks every configured secret value it knows, but a plugin
      * must not rely on that.
      *
-     * Ownership: `message` is borrowed for the duration of the call.
-     * Threading: callable from any thread, concurrently, at any time while the
-     *   table is valid (including from inside event callbacks). Never blocks
-     *   on plugin activity. Records below the host's current level are
-     *   dropped cheaply: see `log_level`.
+     * `host`: this table. `message`: borrowed.
+     * Callable at any time while the table lives. Never blocks on plugin
+     * activity. Records below the host's current level are dropped cheaply:
+     * see `log_level`.
      */
-    void (*log)(const descartes_host_t *host, uint32_t level,
-                const char *message, size_t length);
+    void (*DESCARTES_NONNULL log)(const descartes_host_t *DESCARTES_NONNULL host, uint32_t level,
+                                  const char *DESCARTES_NONNULL message, size_t length);
 
     /**
+     * [thread-safe & callback-safe] since 1.0
+     *
      * Returns the most verbose level the host currently records
      * (DESCARTES_LOG_*), so a plugin can skip building messages nobody reads.
-     * Threading: any thread. The value may change over time.
+     * The value may change over time. `host`: this table.
      */
-    uint32_t (*log_level)(const descartes_host_t *host);
+    uint32_t (*DESCARTES_NONNULL log_level)(const descartes_host_t *DESCARTES_NONNULL host);
 
     /**
-     * Returns the host extension with the given id (NUL-terminated, e.g.
-     * "descartes.host.metrics/1"), or NULL if the host does not offer it.
-     * Version 1 hosts offer none; the function exists so that later hosts can
-     * without an ABI bump. The returned pointer lives as long as the table.
-     * Threading: any thread.
+     * [thread-safe & callback-safe] since 1.0
+     *
+     * Returns the host extension with the given id (NUL-terminated, borrowed,
+     * e.g. "descartes.host.metrics/1"), or NULL if the host does not offer it.
+     * 1.0 hosts offer none; the function exists so that later hosts can
+     * without an ABI bump. The returned struct is owned by the host and lives
+     * as long as the table.
      */
-    const void *(*get_extension)(const descartes_host_t *host, const char *id);
+    const void *DESCARTES_NULLABLE (*DESCARTES_NONNULL get_extension)(const descartes_host_t *DESCARTES_NONNULL host,
+                                                                      const char *DESCARTES_NONNULL id);
 };
 
 /* ======================================================================
@@ -176,7 +270,7 @@ struct descartes_host {
  * reasoning and tool calls from the TEXT, REASONING and TOOL_CALL_* events
  * (a `complete` that read a whole body at once simply emits the whole text in
  * one TEXT event); RESULT then carries what the deltas cannot: finish reason,
- * usage, model, id and metadata.
+ * usage, model, id and metadata. All since 1.0.
  */
 enum {
     /** Optional, at most once, before any other event of a completion.
@@ -216,6 +310,8 @@ enum {
     DESCARTES_EVENT_ERROR = 10
 };
 
+/** Filled by the plugin; borrowed by the host for the duration of the event
+ *  callback. */
 typedef struct descartes_event {
     /** sizeof(descartes_event_t) as the plugin compiled it. */
     uint32_t struct_size;
@@ -226,33 +322,41 @@ typedef struct descartes_event {
     uint32_t index;
     /** Reserved, set to 0. */
     uint32_t reserved;
-    /** Payload bytes as documented per type, `data_length` long. May be NULL
+    /** Payload bytes as documented per type, `data_length` long. NULL allowed
      *  when `data_length` is 0. Borrowed: valid only during the callback. */
-    const char *data;
+    const char *DESCARTES_NULLABLE data;
     size_t data_length;
 } descartes_event_t;
 
 /**
+ * [plugin-thread] since 1.0
+ *
  * The event callback the host passes when it starts an operation.
  *
- * `ctx` is the host's pointer, given back unchanged. `event` and everything it
- * points to are borrowed for the duration of the call.
+ * `ctx`: the host's pointer, given back unchanged (the plugin never reads
+ * it). `event` and everything it points to: borrowed.
  *
- * Threading: the plugin may call it from any thread, including the thread
- * that started the operation before the start function has returned. Events
- * of one call are delivered one at a time, in order (never concurrently with
- * each other); events of different calls may be delivered concurrently. The
- * host's callback does not block on network or disk and returns quickly, but
- * it may call `cancel` and `release` for the same call from inside the
- * callback (see `release`).
+ * The plugin may call it from any thread, including the thread that started
+ * the operation before the start function has returned. Events of one call
+ * are delivered one at a time, in order (never concurrently with each other);
+ * events of different calls may be delivered concurrently. The host's
+ * callback does not block on network or disk and returns quickly, but it may
+ * call `cancel` and `release` for the same call from inside the callback
+ * (see `release`).
  */
-typedef void (*descartes_event_fn)(void *ctx, const descartes_event_t *event);
+typedef void (*descartes_event_fn)(void *DESCARTES_NULLABLE ctx,
+                                   const descartes_event_t *DESCARTES_NONNULL event);
 
 /**
- * A callback receiving one UTF-8 JSON document of `length` bytes, borrowed for
- * the duration of the call. Used to report a synchronous error.
+ * [in-call] since 1.0
+ *
+ * A callback receiving one UTF-8 JSON document of `length` bytes (borrowed).
+ * Used to report a synchronous error: called at most once, before the
+ * function it was passed to returns. `ctx`: the caller's pointer, given back
+ * unchanged.
  */
-typedef void (*descartes_json_fn)(void *ctx, const char *json, size_t length);
+typedef void (*descartes_json_fn)(void *DESCARTES_NULLABLE ctx, const char *DESCARTES_NONNULL json,
+                                  size_t length);
 
 /* ======================================================================
  * Backends: one configured instance of a provider.
@@ -260,38 +364,46 @@ typedef void (*descartes_json_fn)(void *ctx, const char *json, size_t length);
 
 typedef struct descartes_backend descartes_backend_t;
 
-/** One operation in flight. Opaque to the host; defined by the plugin. */
+/** One operation in flight. Opaque to the host; defined, allocated and freed
+ *  by the plugin (see `release`). */
 typedef struct descartes_call descartes_call_t;
 
 /**
- * The shape shared by every operation: a non-blocking start.
+ * [open] since 1.0
  *
- * `input`/`input_length`: the operation's JSON input (documented per
- * operation), borrowed for the duration of the call.
- * `on_event`/`ctx`: where the plugin reports; valid until the terminal event's
- * callback has returned.
+ * The shape shared by every operation: a non-blocking start. Each operation
+ * below narrows the tag in its own tag line; these rules hold for all of them.
  *
- * Returns a handle for `cancel` and `release`, and arranges for exactly one
- * terminal event. It returns promptly (it must not wait for the network or a
- * child process); the work happens on threads the plugin owns. If it cannot
- * even allocate a handle it returns NULL and delivers no event at all; the
- * host then reports a `backend` error.
+ * `self`: the backend. `input`/`input_length`: the operation's JSON input
+ * (documented per operation), borrowed. `on_event`/`ctx`: where the plugin
+ * reports; both live until the terminal event's callback has returned.
  *
- * Threading: any thread; every operation may run concurrently with any other
- * operation of the same backend, except that nothing may be started after
- * `shutdown` has been started.
+ * Returns a handle for `cancel` and `release`, owned by the plugin, and
+ * arranges for exactly one terminal event. It returns promptly (it must not
+ * wait for the network or a child process); the work happens on threads the
+ * plugin owns. If it cannot even allocate a handle it returns NULL and
+ * delivers no event at all; the host then reports a `backend` error.
+ *
+ * Every operation may run concurrently with any other operation of the same
+ * backend (but see `initialize`), and nothing is started after `shutdown`
+ * has been started.
  */
-typedef descartes_call_t *(*descartes_operation_fn)(
-    descartes_backend_t *self, const char *input, size_t input_length,
-    descartes_event_fn on_event, void *ctx);
+typedef descartes_call_t *DESCARTES_NULLABLE (*descartes_operation_fn)(
+    descartes_backend_t *DESCARTES_NONNULL self, const char *DESCARTES_NONNULL input, size_t input_length,
+    descartes_event_fn DESCARTES_NONNULL on_event, void *DESCARTES_NULLABLE ctx);
 
+/** Filled by the plugin in `create`; owned by the plugin, lives until its
+ *  `destroy` returns. Every function below is required (DESCARTES_NONNULL)
+ *  except `get_extension`. */
 struct descartes_backend {
     /** sizeof(descartes_backend_t) as the plugin compiled it. */
     uint32_t struct_size;
     /** The plugin's own pointer; the host never reads it. */
-    void *plugin_data;
+    void *DESCARTES_NULLABLE plugin_data;
 
     /**
+     * [open & !ready & serial] since 1.0
+     *
      * Prepares the backend for use: verify the endpoint or the executable,
      * fetch and cache what later calls need (the model list, a version).
      * Called before any other operation, and again only if it failed (the
@@ -302,18 +414,22 @@ struct descartes_backend {
      * ERROR kinds typically: initialization, provider_unavailable,
      * authentication, config.
      */
-    descartes_operation_fn initialize;
+    descartes_operation_fn DESCARTES_NONNULL initialize;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Checks that the backend can serve a request now, with the cheapest real
      * operation that proves it (an authenticated call, `--version` of a CLI).
      * input: JSON {}.
      * RESULT: JSON Health {"message": string, "details"?: object}: healthy.
      * ERROR: not healthy; the error says why.
      */
-    descartes_operation_fn health_check;
+    descartes_operation_fn DESCARTES_NONNULL health_check;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Runs one completion and reports the answer once it is whole (the plugin
      * may use the provider's non-streaming mode). Events: as for `stream`; a
      * plugin that reads the whole answer at once emits it as one TEXT event and
@@ -323,75 +439,95 @@ struct descartes_backend {
      *   "model"?: string, "id"?: string, "cost_usd"?: number,
      *   "metadata"?: object}.
      */
-    descartes_operation_fn complete;
+    descartes_operation_fn DESCARTES_NONNULL complete;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Runs one completion and reports it as it is produced: TEXT,
      * REASONING, TOOL_CALL_*, USAGE and NOTICE events as the provider sends
      * them, then RESULT (Finish, as for `complete`) or ERROR.
      * input: JSON Request.
      */
-    descartes_operation_fn stream;
+    descartes_operation_fn DESCARTES_NONNULL stream;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Lists the models the provider offers.
      * input: JSON {}.
      * RESULT: JSON {"models": [ModelInfo]}, ModelInfo = {"id": string,
      *   "context_length"?: int, "owned_by"?: string, "details"?: object}.
      */
-    descartes_operation_fn list_models;
+    descartes_operation_fn DESCARTES_NONNULL list_models;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Counts or estimates the input tokens of a request.
      * input: JSON Request.
      * RESULT: JSON {"tokens": int, "exact": bool, "method": string} where
      *   method says how the number was obtained (e.g. "server:/tokenize",
      *   "heuristic:chars/4").
      */
-    descartes_operation_fn estimate_tokens;
+    descartes_operation_fn DESCARTES_NONNULL estimate_tokens;
 
     /**
+     * [thread-safe & open & once] since 1.0
+     *
      * Stops accepting work, cancels calls still in flight (each still gets
      * its one terminal event), and releases network connections and child
      * processes. The terminal event of shutdown comes after the terminal
-     * events of every other call of this backend.
+     * events of every other call of this backend. The host calls it once
+     * some operation was started (ready or not); never twice.
      * input: JSON {}. RESULT: JSON {}.
      * After it, the host only calls `cancel`, `release` and `destroy`.
      */
-    descartes_operation_fn shutdown;
+    descartes_operation_fn DESCARTES_NONNULL shutdown;
 
     /**
+     * [thread-safe & callback-safe] since 1.0
+     *
      * Asks the plugin to stop a call as soon as it can. The call still
      * delivers exactly one terminal event: an ERROR of kind "cancelled" if the
      * cancellation won, or whatever terminal event was already on its way.
      * A plugin aborts network transfers and kills child processes promptly.
      *
-     * Always safe for a handle the host has not yet released: before, during
-     * or after the terminal event, more than once, from any thread, including
-     * from inside that call's event callback.
+     * `call`: a handle this backend returned, not yet released. Always safe
+     * for such a handle: before, during or after the terminal event, more
+     * than once, from any thread, including from inside that call's event
+     * callback.
      */
-    void (*cancel)(descartes_backend_t *self, descartes_call_t *call);
+    void (*DESCARTES_NONNULL cancel)(descartes_backend_t *DESCARTES_NONNULL self,
+                                     descartes_call_t *DESCARTES_NONNULL call);
 
     /**
+     * [thread-safe & callback-safe & once] since 1.0
+     *
      * The host is done with `call` and will not pass it to `cancel` again.
      * The host calls it exactly once per handle, after the call's terminal
      * event has been delivered to it -- possibly from inside the terminal
      * event's callback. The plugin frees the call once both the terminal
      * callback has returned and `release` has been called, whichever is last
      * (a reference count of two is the simple way).
-     * Threading: any thread.
      */
-    void (*release)(descartes_backend_t *self, descartes_call_t *call);
+    void (*DESCARTES_NONNULL release)(descartes_backend_t *DESCARTES_NONNULL self,
+                                      descartes_call_t *DESCARTES_NONNULL call);
 
     /**
-     * Returns the backend extension with the given NUL-terminated id (e.g.
-     * "descartes.batch/1"), or NULL if unsupported. The pointer lives as
-     * long as the backend. May be NULL itself (no extensions).
-     * Threading: any thread.
+     * [thread-safe] since 1.0
+     *
+     * Returns the backend extension with the given id (NUL-terminated,
+     * borrowed, e.g. "descartes.batch/1"), or NULL if unsupported. The
+     * returned struct is owned by the plugin and lives as long as the
+     * backend. The function itself may be NULL (no extensions).
      */
-    const void *(*get_extension)(descartes_backend_t *self, const char *id);
+    const void *DESCARTES_NULLABLE (*DESCARTES_NULLABLE get_extension)(descartes_backend_t *DESCARTES_NONNULL self,
+                                                                       const char *DESCARTES_NONNULL id);
 
     /**
+     * [exclusive & !callback & once] since 1.0
+     *
      * Frees the backend. Called once, after every handle has been released
      * (normally after `shutdown`'s terminal event; without `shutdown` when no
      * operation was ever started), never concurrently with any other function
@@ -401,14 +537,14 @@ struct descartes_backend {
      * frees what they touch. No callback of this backend may run after it
      * returns.
      */
-    void (*destroy)(descartes_backend_t *self);
+    void (*DESCARTES_NONNULL destroy)(descartes_backend_t *DESCARTES_NONNULL self);
 };
 
 /* ======================================================================
  * Backend extension "descartes.batch/1": the provider's own batch API.
  * ====================================================================== */
 
-/** The id to pass to descartes_backend_t.get_extension. */
+/** The id to pass to descartes_backend_t.get_extension. Since 1.0. */
 #define DESCARTES_BATCH_EXTENSION_ID "descartes.batch/1"
 
 /**
@@ -418,17 +554,17 @@ struct descartes_backend {
  * their results fetched later, possibly by another process.
  *
  * A backend that offers it returns a pointer to this struct from
- * get_extension(DESCARTES_BATCH_EXTENSION_ID); the pointer lives as long as
- * the backend (a static struct shared by every backend of the plugin is the
- * normal choice: `self` tells them apart). A reader checks struct_size, as
- * for every struct; a NULL function means that step is not offered.
+ * get_extension(DESCARTES_BATCH_EXTENSION_ID); owned by the plugin, it lives
+ * as long as the backend (a static struct shared by every backend of the
+ * plugin is the normal choice: `self` tells them apart). A reader checks
+ * struct_size, as for every struct; a NULL function means that step is not
+ * offered.
  *
- * Every function is an operation exactly like those of descartes_backend_t:
- * it starts without blocking, returns a handle, reports through `on_event`
- * (NOTICE events allowed) and ends with exactly one RESULT or ERROR; the
- * handle is cancelled and released with the backend's own `cancel` and
- * `release`. They may run concurrently with each other and with every other
- * operation (not before `initialize` has succeeded, nor after `shutdown`).
+ * Every function is an operation exactly like those of descartes_backend_t
+ * (descartes_operation_fn: same arguments, ownership and rules): it starts
+ * without blocking, returns a handle, reports through `on_event` (NOTICE
+ * events allowed) and ends with exactly one RESULT or ERROR; the handle is
+ * cancelled and released with the backend's own `cancel` and `release`.
  * Cancelling a call abandons that call (an upload, a download), never the
  * batch: only `cancel_batch` cancels a batch at the provider.
  *
@@ -444,6 +580,8 @@ typedef struct descartes_batch_extension {
     uint32_t struct_size;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Submits a batch.
      * input: JSON {"requests": [{"custom_id": string, "request": Request}, ...]}
      *   (custom_id: unique within the batch, at most 64 characters of
@@ -452,15 +590,19 @@ typedef struct descartes_batch_extension {
      * ERROR: as for `complete` (authentication, api for a request the
      *   provider refuses, rate_limited, ...).
      */
-    descartes_operation_fn submit;
+    descartes_operation_fn DESCARTES_NULLABLE submit;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Reports a batch's progress.
      * input: JSON {"id": string}.  RESULT: BatchStatus.
      */
-    descartes_operation_fn status;
+    descartes_operation_fn DESCARTES_NULLABLE status;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Fetches the results of a batch whose state is "ended" (or "cancelled"
      * or "expired": the requests that finished).
      * input: JSON {"id": string}.
@@ -474,68 +616,80 @@ typedef struct descartes_batch_extension {
      *   manifest's prices times this factor when a result has no cost_usd.
      * ERROR: api when the batch has not ended.
      */
-    descartes_operation_fn results;
+    descartes_operation_fn DESCARTES_NULLABLE results;
 
     /**
+     * [thread-safe & ready] since 1.0
+     *
      * Asks the provider to cancel a batch.
      * input: JSON {"id": string}.  RESULT: BatchStatus (usually "cancelling").
      */
-    descartes_operation_fn cancel_batch;
+    descartes_operation_fn DESCARTES_NULLABLE cancel_batch;
 } descartes_batch_extension_t;
 
 /* ======================================================================
  * Factories: how the host creates backends.
  * ====================================================================== */
 
+/** Filled by the host; borrowed by `create` (keep only `host`). */
 typedef struct descartes_create_args {
     /** sizeof(descartes_create_args_t) as the host compiled it. */
     uint32_t struct_size;
     /** The host table for this backend instance (its log records are
-     *  attributed to the instance). Valid until `destroy` returns: keep it. */
-    const descartes_host_t *host;
+     *  attributed to the instance). Lives until the backend's `destroy`
+     *  returns: keep it. */
+    const descartes_host_t *DESCARTES_NONNULL host;
     /** Provider id from the manifest (e.g. "deepseek" for a manifest that
      *  uses the "openai" factory) and the instance name the user chose
-     *  (e.g. "lab-vllm"); NUL-terminated, borrowed for the call. */
-    const char *provider;
-    const char *instance;
+     *  (e.g. "lab-vllm"); NUL-terminated, borrowed. */
+    const char *DESCARTES_NONNULL provider;
+    const char *DESCARTES_NONNULL instance;
     /** JSON Config: an object holding every key the manifest declares that
      *  has a value (explicit, from the environment, or the default), with the
      *  manifest's types already checked. Secrets are included in clear: never
-     *  log them. Borrowed for the call. */
-    const char *config;
+     *  log them. Borrowed. */
+    const char *DESCARTES_NONNULL config;
     size_t config_length;
 } descartes_create_args_t;
 
 typedef struct descartes_factory descartes_factory_t;
 
+/** Filled by the plugin; owned by the plugin, lives until the process exits
+ *  (static storage). */
 struct descartes_factory {
     /** sizeof(descartes_factory_t) as the plugin compiled it. */
     uint32_t struct_size;
     /** The id a manifest's `factory:` names, NUL-terminated (e.g. "openai"). */
-    const char *id;
+    const char *DESCARTES_NONNULL id;
     /** One line for humans, NUL-terminated. */
-    const char *description;
+    const char *DESCARTES_NONNULL description;
 
     /**
+     * [thread-safe] since 1.0
+     *
      * Creates a backend from a validated configuration. It does no I/O that
      * can block (that belongs in `initialize`); it only checks and stores
-     * the configuration.
+     * the configuration. Concurrent calls to create are allowed.
+     *
+     * `self`: this factory. `args`: borrowed (see descartes_create_args_t).
+     * `on_error`/`error_ctx`: for the failure report, borrowed.
      *
      * Returns the backend, owned by the plugin until the host calls its
      * `destroy`. On failure returns NULL, after calling `on_error` once with
      * a JSON Error (kind "config" for a value the plugin rejects, naming the
      * key).
-     * Threading: any thread; concurrent calls to create are allowed.
      */
-    descartes_backend_t *(*create)(const descartes_factory_t *self,
-                                   const descartes_create_args_t *args,
-                                   descartes_json_fn on_error, void *error_ctx);
+    descartes_backend_t *DESCARTES_NULLABLE (*DESCARTES_NONNULL create)(
+        const descartes_factory_t *DESCARTES_NONNULL self, const descartes_create_args_t *DESCARTES_NONNULL args,
+        descartes_json_fn DESCARTES_NONNULL on_error, void *DESCARTES_NULLABLE error_ctx);
 };
 
 /* ======================================================================
  * The library and its entry point.
  * ====================================================================== */
 
+/** Filled by the plugin; owned by the plugin, lives until the process exits
+ *  (static storage). */
 typedef struct descartes_library {
     /** sizeof(descartes_library_t) as the plugin compiled it. */
     uint32_t struct_size;
@@ -543,42 +697,53 @@ typedef struct descartes_library {
     uint32_t abi_version;
     /** Library name and version (semver), NUL-terminated, e.g. "openai",
      *  "1.2.0". */
-    const char *name;
-    const char *version;
+    const char *DESCARTES_NONNULL name;
+    const char *DESCARTES_NONNULL version;
     /** The factories this library registers, `factory_count` of them, each
-     *  with a distinct id. */
+     *  non-NULL and with a distinct id. The array may be NULL only when
+     *  `factory_count` is 0. Same lifetime as the library struct. */
     uint32_t factory_count;
-    const descartes_factory_t *const *factories;
+    const descartes_factory_t *DESCARTES_NONNULL const *DESCARTES_NULLABLE factories;
+
     /**
+     * [exclusive & !callback & once] since 1.0
+     *
      * Called once before the host forgets the library (at process exit, in
-     * practice), after every backend has been destroyed. May be NULL.
+     * practice), after every backend has been destroyed. May be NULL
+     * (nothing to do).
      */
-    void (*unload)(void);
+    void (*DESCARTES_NULLABLE unload)(void);
 } descartes_library_t;
 
 /**
+ * [exclusive & once] since 1.0
+ *
  * The entry point: the only symbol a plugin library exports.
  *
  * `host_abi_version` is the highest ABI version the host speaks. `host` is a
- * library-level host table (for logging before any backend exists), valid
- * until `unload` returns.
+ * library-level host table (for logging before any backend exists), owned by
+ * the host; it lives until `unload` returns.
  *
- * Returns a library description that lives until the process exits (static
- * storage is the normal choice), with abi_version <= host_abi_version, or
- * NULL to refuse (an ABI it does not implement, or an environment it cannot
- * run in; log the reason first).
+ * Returns a library description owned by the plugin that lives until the
+ * process exits (static storage is the normal choice), with abi_version <=
+ * host_abi_version, or NULL to refuse (an ABI it does not implement, or an
+ * environment it cannot run in; log the reason first).
  *
- * Threading: the host calls it once per process for a given library, before
- * anything else, from one thread.
+ * The host calls it once per process for a given library, before anything
+ * else, from one thread.
  */
-typedef const descartes_library_t *(*descartes_plugin_entry_fn)(
-    uint32_t host_abi_version, const descartes_host_t *host);
+typedef const descartes_library_t *DESCARTES_NULLABLE (*descartes_plugin_entry_fn)(
+    uint32_t host_abi_version, const descartes_host_t *DESCARTES_NONNULL host);
 
-DESCARTES_EXPORT const descartes_library_t *descartes_plugin_entry(
-    uint32_t host_abi_version, const descartes_host_t *host);
+DESCARTES_EXPORT const descartes_library_t *DESCARTES_NULLABLE descartes_plugin_entry(
+    uint32_t host_abi_version, const descartes_host_t *DESCARTES_NONNULL host);
 
 #ifdef __cplusplus
 } /* extern "C" */
+#endif
+
+#ifdef DESCARTES_NULLABILITY_PRAGMAS
+#pragma clang diagnostic pop
 #endif
 
 #endif /* DESCARTES_PLUGIN_H */
