@@ -69,11 +69,8 @@ final class AnthropicBackend: DescartesBackend {
     func stream(_ request: ModelRequest, _ call: PluginCall) {
         let body = AnthropicRequest.encode(request, purpose: .stream, defaultModel: defaultModel, defaultMaxTokens: maxTokens)
         let consumer = MessageStreamConsumer(backend: self, call: call, model: request.model ?? defaultModel)
-        let handler = StreamResponseHandler(call: call, endpoint: settings.endpoint, consumer: consumer)
-        let transfer = http.start(
-            self.request("POST", "messages", body: body, accept: "text/event-stream", timeouts: HTTPTimeouts(request.deadlines)),
-            handler: handler)
-        call.onCancel { transfer.cancel() }
+        StreamResponseHandler(call: call, endpoint: settings.endpoint, consumer: consumer).start(
+            self.request("POST", "messages", body: body, accept: "text/event-stream", timeouts: HTTPTimeouts(request.deadlines)), on: http)
     }
 
     func complete(_ request: ModelRequest, _ call: PluginCall) {

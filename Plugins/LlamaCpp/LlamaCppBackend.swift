@@ -29,6 +29,8 @@ final class LlamaCppBackend: DescartesBackend, @unchecked Sendable {
     /// the tokenizers live.
     let root: String
     let client: HTTPClient
+    /// Completions, over `client`.
+    let chat: ChatClient
 
     /// Which tokenizer endpoint the server has, once known.
     enum Tokenizer: Sendable, Equatable {
@@ -58,6 +60,7 @@ final class LlamaCppBackend: DescartesBackend, @unchecked Sendable {
             requestOptions: ChatRequestOptions(defaultModel: model, maxTokensField: "max_tokens", includeUsage: true),
             captureKeys: ["timings"])
         client = HTTPClient(name: "llamacpp \(context.instance)")
+        chat = ChatClient(server: server, http: client)
         if let w = settings.plainHTTPWarning { context.log(.warning, w) }
     }
 
@@ -309,12 +312,23 @@ final class LlamaCppBackend: DescartesBackend, @unchecked Sendable {
         call.onCancel { task.cancel() }
     }
 
-    func complete(_ request: ModelRequest, _ call: PluginCall) {
-        LlamaExchange(backend: self, call: call, request: request, streaming: false, budget: DeadlineBudget(request.deadlines)).start()
-    }
+    func complete(_ request: ModelRequest, _ call: PluginCall) { chat.complete(request, call, options(request)) }
 
-    func stream(_ request: ModelRequest, _ call: PluginCall) {
-        LlamaExchange(backend: self, call: call, request: request, streaming: true, budget: DeadlineBudget(request.deadlines)).start()
+    func stream(_ request: ModelRequest, _ call: PluginCall) { chat.stream(request, call, options(request)) }
+
+    /// What a local llama.cpp server needs beyond the dialect: while it
+    /// loads its model it answers 503 {"error": {"message": "Loading model",
+    /// "type": "unavailable_error"}}, asked again within the request's
+    /// deadlines; llama-cpp-python's server streams no usage, so the answer
+    /// is then counted with the server's own tokenizer (or estimated
+    /// without one) and the usage marked estimated.
+    func options(_ request: ModelRequest) -> ChatCallOptions {
+        ChatCallOptions(
+            notReady: NotReadyPolicy(server: "the llama.cpp server at \(server.baseURL)", budget: DeadlineBudget(request.deadlines)),
+            unreachable: { [self] in unreachable($0) },
+            countUsage: { [self] answer in
+                await countUsage(request, output: answer.text, outputChunks: answer.textChunks, extraOutput: (answer.reasoningBytes + 3) / 4)
+            })
     }
 
     func shutdown(_ call: PluginCall) {

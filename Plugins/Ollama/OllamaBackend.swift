@@ -33,6 +33,8 @@ final class OllamaBackend: DescartesBackend, @unchecked Sendable {
     let client: HTTPClient
     /// Limits for the small metadata calls (version, tags, show).
     let metaTimeouts: HTTPTimeouts
+    /// The largest answer read, a stream's total too (`max_response_mb`).
+    let maxResponseBytes: Int
 
     private struct Catalog {
         var models: [InstalledModel]? = nil
@@ -71,6 +73,7 @@ final class OllamaBackend: DescartesBackend, @unchecked Sendable {
         let secs = context.int("timeout_secs") ?? 300
         guard secs > 0 else { throw ProviderError(.config, "key 'timeout_secs': must be positive, got \(secs)") }
         metaTimeouts = HTTPTimeouts(connect: 10_000, total: min(30, secs) * 1000)
+        maxResponseBytes = try HTTPSettings.maxResponseBytes(context)
         client = HTTPClient(name: "ollama \(context.instance)")
         if let w = ProviderHTTP.plainHTTPWarning(endpoint: endpoint, hasCredential: apiKey != nil) {
             context.log(.warning, w)
@@ -373,10 +376,16 @@ final class OllamaBackend: DescartesBackend, @unchecked Sendable {
                 return call.fail(error)
             }
             if call.isFinished { return }
-            ChatExchange(
-                backend: self, call: call, streaming: streaming, body: body, model: model, numCtx: numCtx,
-                promptEstimate: estimate, budget: budget
-            ).start()
+            let consumer = ChatConsumer(backend: self, call: call, model: model, numCtx: numCtx, promptEstimate: estimate)
+            // Ollama holds its answer back while it loads the model, and
+            // answers 503 when its queue is full (or a proxy's model loads).
+            let notReady = NotReadyPolicy(server: "Ollama", budget: budget, likelyDoing: "loading '\(model)' into memory")
+            let request = HTTPRequest(
+                method: "POST", url: ProviderHTTP.join(endpoint, "/api/chat"), headers: headers(json: true), body: body,
+                maxResponseBytes: maxResponseBytes)
+            StreamResponseHandler(
+                call: call, endpoint: endpoint, framing: streaming ? .lines : .document, notReady: notReady, consumer: consumer
+            ).start(request, on: client)
         }
         call.onCancel { task.cancel() }
     }

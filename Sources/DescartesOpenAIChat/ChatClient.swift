@@ -64,6 +64,13 @@ public struct ChatServer: Sendable {
         return ChatServer.replacing(secret, with: "[REDACTED]", in: message)
     }
 
+    /// `e` with the credential scrubbed from its message.
+    public func scrub(_ e: ProviderError) -> ProviderError {
+        var e = e
+        e.message = scrub(e.message)
+        return e
+    }
+
     static func replacing(_ target: String, with replacement: String, in text: String) -> String {
         let t = Array(target.utf8)
         let s = Array(text.utf8)
@@ -117,51 +124,29 @@ public final class ChatClient: Sendable {
     // MARK: Completions
 
     /// `POST /chat/completions` with `stream: true`; events as they arrive.
-    public func stream(_ request: ModelRequest, _ call: PluginCall) {
-        let body = ChatRequest.encode(request, stream: true, options: server.requestOptions)
-        let model = request.model ?? server.requestOptions.defaultModel
-        let consumer = ChatStreamConsumer(call: call, server: server, model: model)
-        let handler = StreamResponseHandler(call: call, endpoint: server.baseURL, consumer: consumer)
-        let req = server.request(
-            "POST", "chat/completions", body: body, accept: "text/event-stream", timeouts: HTTPTimeouts(request.deadlines))
-        let transfer = http.start(req, handler: handler)
-        call.onCancel { transfer.cancel() }
+    public func stream(_ request: ModelRequest, _ call: PluginCall, _ options: ChatCallOptions = ChatCallOptions()) {
+        exchange(request, call, stream: true, options)
     }
 
     /// `POST /chat/completions` without streaming: the whole answer at once
     /// (one TEXT event, one start/delta/end per tool call).
-    public func complete(_ request: ModelRequest, _ call: PluginCall) {
-        let body = ChatRequest.encode(request, stream: false, options: server.requestOptions)
-        let model = request.model ?? server.requestOptions.defaultModel
-        let server = self.server
-        let req = server.request("POST", "chat/completions", body: body, timeouts: HTTPTimeouts(request.deadlines))
-        let transfer = http.fetch(req) { result in
-            switch result {
-            case .failure(let e):
-                call.fail(e.providerError(endpoint: server.baseURL))
-            case .success(let r):
-                guard (200..<300).contains(r.status) else {
-                    call.fail(server.httpError(status: r.status, headers: r.headers, body: r.body, method: "POST", path: "chat/completions", model: model))
-                    return
-                }
-                do throws(ProviderError) {
-                    call.finish(try ChatClient.parseWhole(r.body, call, server: server))
-                } catch {
-                    call.fail(error)
-                }
-            }
-        }
-        call.onCancel { transfer.cancel() }
+    public func complete(_ request: ModelRequest, _ call: PluginCall, _ options: ChatCallOptions = ChatCallOptions()) {
+        exchange(request, call, stream: false, options)
     }
 
-    static func parseWhole<S: ChatEventSink>(_ body: [UInt8], _ call: S, server: ChatServer) throws(ProviderError) -> Wire.Finish {
-        var parser = ChatResponseParser(captureKeys: server.captureKeys)
-        let outcome = body.withUnsafeBytes { b in Result { () throws(ProviderError) in try parser.parse(b, call) } }
-        if case .failure(var e) = outcome {
-            e.message = server.scrub(e.message)
-            throw e
-        }
-        return parser.finish(call)
+    /// Both, through the kit's exchange engine: a streamed answer as server-sent
+    /// events, a whole one as one document.
+    func exchange(_ request: ModelRequest, _ call: PluginCall, stream: Bool, _ options: ChatCallOptions) {
+        let body = ChatRequest.encode(request, stream: stream, options: server.requestOptions)
+        let model = request.model ?? server.requestOptions.defaultModel
+        let consumer = ChatStreamConsumer(call: call, server: server, model: model, options: options)
+        let req = server.request(
+            "POST", "chat/completions", body: body, accept: stream ? "text/event-stream" : "application/json",
+            timeouts: HTTPTimeouts(request.deadlines))
+        StreamResponseHandler(
+            call: call, endpoint: server.baseURL, framing: stream ? .serverSentEvents : .document, notReady: options.notReady,
+            consumer: consumer
+        ).start(req, on: http)
     }
 
     // MARK: Models and health
@@ -220,7 +205,65 @@ public final class ChatClient: Sendable {
     }
 }
 
-/// A streamed chat-completions answer, for `StreamResponseHandler`.
+/// What a plugin adds to a chat-completions call beyond the dialect (a local
+/// server's: llama.cpp's).
+public struct ChatCallOptions: Sendable {
+    /// How to wait for a server that is not ready yet (loading its model).
+    public var notReady: NotReadyPolicy?
+    /// The error when nothing answers at the address (say how to start the
+    /// server); nil keeps the kit's.
+    public var unreachable: (@Sendable (HTTPError) -> ProviderError)?
+    /// Counts an answer whose server reported no usage (llama-cpp-python
+    /// streams none): given the answer as the client saw it, returns the
+    /// usage and how it was counted (kept as `usage_counted` in the
+    /// metadata). The call ends once it returns. Nil: such an answer has no
+    /// usage.
+    public var countUsage: (@Sendable (ChatAnswer) async -> (Usage, String))?
+
+    public init(
+        notReady: NotReadyPolicy? = nil, unreachable: (@Sendable (HTTPError) -> ProviderError)? = nil,
+        countUsage: (@Sendable (ChatAnswer) async -> (Usage, String))? = nil
+    ) {
+        self.notReady = notReady
+        self.unreachable = unreachable
+        self.countUsage = countUsage
+    }
+}
+
+/// An answer as the client received it, for counting what the server did not.
+public struct ChatAnswer: Sendable {
+    /// The text, as it arrived.
+    public var text: [UInt8] = []
+    /// How many pieces of text the stream brought (a llama.cpp server sends
+    /// one a token).
+    public var textChunks = 0
+    public var reasoningBytes = 0
+}
+
+/// Forwards the dialect's events to an `EventBatcher`, keeping the answer's
+/// text (`ChatCallOptions.countUsage`).
+final class CountingSink: ChatEventSink {
+    let events: EventBatcher
+    var answer = ChatAnswer()
+
+    init(_ events: EventBatcher) { self.events = events }
+
+    func start(id: String?, model: String?) { events.start(id: id, model: model) }
+    func text(bytes: UnsafeRawBufferPointer) {
+        answer.textChunks += 1
+        answer.text.append(contentsOf: bytes)
+        events.text(bytes: bytes)
+    }
+    func reasoning(bytes: UnsafeRawBufferPointer) {
+        answer.reasoningBytes += bytes.count
+        events.reasoning(bytes: bytes)
+    }
+    func toolCallStart(index: Int, id: String, name: String) { events.toolCallStart(index: index, id: id, name: name) }
+    func toolCallDelta(index: Int, bytes: UnsafeRawBufferPointer) { events.toolCallDelta(index: index, bytes: bytes) }
+    func toolCallEnd(index: Int) { events.toolCallEnd(index: index) }
+}
+
+/// A chat-completions answer, streamed or whole, for `StreamResponseHandler`.
 ///
 /// Fragments go through an `EventBatcher`: the text of all the chunks one
 /// network read carried reaches the host as one event.
@@ -228,12 +271,17 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
     let events: EventBatcher
     let server: ChatServer
     let model: String?
+    let options: ChatCallOptions
+    /// Only when usage may have to be counted.
+    let counter: CountingSink?
     var parser: ChatResponseParser
 
-    init(call: PluginCall, server: ChatServer, model: String?) {
+    init(call: PluginCall, server: ChatServer, model: String?, options: ChatCallOptions) {
         events = EventBatcher(call: call)
         self.server = server
         self.model = model
+        self.options = options
+        counter = options.countUsage == nil ? nil : CountingSink(events)
         parser = ChatResponseParser(captureKeys: server.captureKeys)
     }
 
@@ -241,16 +289,22 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
 
     func event(_ event: SSEDecoder.Event) throws(ProviderError) -> Bool {
         if event.isDone { return true }
-        do throws(ProviderError) { try parser.parse(event.data, events) } catch {
-            var e = error
-            e.message = server.scrub(e.message)
-            throw e
+        do throws(ProviderError) {
+            if let counter { try parser.parse(event.data, counter) } else { try parser.parse(event.data, events) }
+        } catch {
+            throw server.scrub(error)
         }
         return false
     }
 
     func wholeBody(_ body: [UInt8], headers: HTTPHeaders) throws(ProviderError) -> Wire.Finish {
-        try ChatClient.parseWhole(body, events, server: server)
+        let outcome = body.withUnsafeBytes { b in
+            Result { () throws(ProviderError) in
+                if let counter { try parser.parse(b, counter) } else { try parser.parse(b, events) }
+            }
+        }
+        if case .failure(let e) = outcome { throw server.scrub(e) }
+        return result()
     }
 
     func finish(sawTerminal: Bool) throws(ProviderError) -> Wire.Finish {
@@ -259,10 +313,36 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
         if !sawTerminal && parser.rawFinishReason == nil {
             throw ProviderError(.streamClosed, "the stream ended before its last event (no finish_reason and no [DONE])")
         }
-        return parser.finish(events)
+        return result()
+    }
+
+    /// The result; the requested model when the server named none.
+    private func result() -> Wire.Finish {
+        var f = parser.finish(events)
+        if f.model == nil { f.model = model }
+        return f
+    }
+
+    func deliver(_ finish: Wire.Finish, to call: PluginCall) {
+        guard finish.usage == nil, let count = options.countUsage, let answer = counter?.answer else {
+            call.finish(finish)
+            return
+        }
+        Task {
+            var f = finish
+            let (usage, how) = await count(answer)
+            f.usage = usage
+            f.metadata["usage_counted"] = .string(how)
+            call.finish(f)
+        }
     }
 
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8]) -> ProviderError {
         server.httpError(status: status, headers: headers, body: body, method: "POST", path: "chat/completions", model: model)
+    }
+
+    func transportError(_ error: HTTPError, mapped: ProviderError) -> ProviderError {
+        if case .unreachable = error.kind, let unreachable = options.unreachable { return unreachable(error) }
+        return server.scrub(mapped)
     }
 }

@@ -388,6 +388,36 @@ import Testing
         await b.shutdown()
     }
 
+    @Test func anEndlessStreamEndsAtTheSizeCapWithinTheDeadline() async throws {
+        // Lines as fast as the server can send them, never the final one,
+        // and the connection then left open: only the response-size cap
+        // (max_response_mb, as for every HTTP plugin) ends it before the
+        // request's deadline.
+        let line = #"{"model":"gemma3:1b","created_at":"2026-02-01T10:00:00Z","message":{"role":"assistant","content":"and on "},"done":false}"# + "\n"
+        let body = String(repeating: line, count: (4 << 20) / line.utf8.count)
+        let endless = ScriptedServer.Response.stream(body, contentType: "application/x-ndjson").with(["hang_after": .integer(body.utf8.count)])
+        let server = try await Self.server(chat: [endless])
+        let (b, _) = try Self.backend(server, config: ["max_response_mb": 1])
+        var r = ModelRequest(prompt: "hi", model: "gemma3:1b")
+        r.deadlines = Deadlines(total: .seconds(60))
+        let start = ContinuousClock.now
+        var text = 0
+        let e = await providerError {
+            for try await ev in b.stream(r) { if case .textDelta(let t) = ev { text += t.utf8.count } }
+        }
+        #expect(e?.kind == .invalidResponse, "\(String(describing: e))")
+        #expect(e?.message.contains("larger than 1048576 bytes") == true, "\(String(describing: e))")
+        #expect(text > 0 && text < 1 << 20, "\(text) bytes of text")
+        // The cap ended it, not the 60 s deadline.
+        #expect(ContinuousClock.now - start < .seconds(30))
+        await b.shutdown()
+
+        let dir = PluginDir().addBuilt(provider: "ollama")
+        let bad = await providerError { _ = try dir.factory().create("ollama", config: ["endpoint": .string(server.url), "max_response_mb": 0]) }
+        #expect(bad?.kind == .config)
+        #expect(bad?.message.contains("max_response_mb") == true, "\(String(describing: bad))")
+    }
+
     @Test func connectionRefusedAsksWhetherOllamaIsRunning() async throws {
         // A port nothing listens on: bind one, then close it.
         let server = try await ScriptedServer.start()

@@ -68,11 +68,17 @@ public struct HTTPSettings: Sendable {
             }
         }
         extraHeaders = extra
+        maxResponseBytes = try Self.maxResponseBytes(context)
+    }
+
+    /// `max_response_mb` (default 64) in bytes: the largest answer read, a
+    /// stream's total too. For a plugin that reads its other keys itself.
+    public static func maxResponseBytes(_ context: BackendContext) throws(ProviderError) -> Int {
         let mb = context.int("max_response_mb") ?? 64
         guard mb > 0, mb <= 1 << 20 else {
             throw ProviderError(.config, "key 'max_response_mb': must be between 1 and 1048576, got \(mb)")
         }
-        maxResponseBytes = mb << 20
+        return mb << 20
     }
 
     /// Limits for the small calls that carry no deadlines (models, health,

@@ -31,6 +31,17 @@ public protocol StreamConsumer: AnyObject {
     /// The error for a non-2xx answer, from its (bounded) body.
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8]) -> ProviderError
 
+    /// The error for a transfer that failed below the API (`mapped` is the
+    /// kit's mapping): a local server's plugin says how to start the server
+    /// when nothing answers. The default is `mapped`.
+    func transportError(_ error: HTTPError, mapped: ProviderError) -> ProviderError
+
+    /// Ends the call with its result. The default does so at once; a
+    /// consumer that must still look something up (llama.cpp counts an
+    /// answer that reported no usage with the server's tokenizer) finishes
+    /// the call itself once it has it.
+    func deliver(_ finish: Wire.Finish, to call: PluginCall)
+
     /// Emits what the consumer holds back (an `EventBatcher`): called after
     /// the events of each network read, and before the terminal event.
     func flush()
@@ -39,8 +50,100 @@ public protocol StreamConsumer: AnyObject {
 extension StreamConsumer {
     public func begin(status: Int, headers: HTTPHeaders) {}
     public func flush() {}
+    public func event(_ event: SSEDecoder.Event) throws(ProviderError) -> Bool {
+        throw ProviderError(.backend, "this stream reader does not take server-sent events")
+    }
     public func line(_ line: UnsafeRawBufferPointer) throws(ProviderError) -> Bool {
         throw ProviderError(.backend, "this stream reader does not take NDJSON lines")
+    }
+    public func transportError(_ error: HTTPError, mapped: ProviderError) -> ProviderError { mapped }
+    public func deliver(_ finish: Wire.Finish, to call: PluginCall) { call.finish(finish) }
+}
+
+/// How a plugin waits for a server that is not ready yet, within the
+/// request's deadlines (`DeadlineBudget`).
+///
+/// A local server says "not yet" in two ways while it loads a model: it
+/// holds its answer back (Ollama sends the first byte once the model is in
+/// memory), or it answers with a status that says so (llama.cpp's server:
+/// 503 `Loading model`; Ollama with a full queue: 503 `server busy`). With a
+/// policy, `StreamResponseHandler`:
+///
+/// - gives each attempt only what is left of the request's deadlines
+///   (`DeadlineBudget.timeouts()`), so a held-back answer is waited for
+///   until the `first_token` deadline, else the `total` one, and no sooner;
+/// - sends the caller a notice after `patience` without an answer, saying
+///   what the server is probably doing and how long the wait may last;
+/// - asks again after a not-ready answer (the server's Retry-After, else
+///   250 ms doubling to 2 s), with a notice on the first one, while those
+///   deadlines allow (`attemptsWithoutDeadline` attempts when the request has
+///   neither);
+/// - once they have passed, fails with `timeout` naming the deadline, its
+///   limit and the server's last answer.
+///
+/// Only answers before the first byte of a 2xx are asked again: nothing of
+/// the answer has reached the caller then.
+public struct NotReadyPolicy: Sendable {
+    /// Who is waited for, in notices and errors ("Ollama", "the llama.cpp server").
+    public var server: String
+    /// The statuses that mean "not ready yet, ask again".
+    public var statuses: Set<Int>
+    /// When not empty, a status of `statuses` means "not ready" only if its
+    /// body or the error's message contains one of these (ASCII case
+    /// ignored), e.g. `["loading model"]`; any other answer with that status
+    /// fails at once.
+    public var markers: [String]
+    /// What the server is probably doing while it holds its answer back
+    /// ("loading 'gemma3:1b' into memory"), for the notice and the timeout.
+    public var likelyDoing: String?
+    /// The request's deadlines, counted from when the plugin received it.
+    public var budget: DeadlineBudget
+    /// The notice comes after this long without an answer.
+    public var patience: Duration
+    /// Attempts in all when the request has neither a first-token nor a
+    /// total deadline.
+    public var attemptsWithoutDeadline: Int
+
+    public init(
+        server: String, budget: DeadlineBudget, statuses: Set<Int> = [503], markers: [String] = [], likelyDoing: String? = nil,
+        patience: Duration = .seconds(2), attemptsWithoutDeadline: Int = 6
+    ) {
+        self.server = server
+        self.budget = budget
+        self.statuses = statuses
+        self.markers = markers
+        self.likelyDoing = likelyDoing
+        self.patience = patience
+        self.attemptsWithoutDeadline = attemptsWithoutDeadline
+    }
+
+    /// Whether an error answer (its status, body and the error made of it)
+    /// means "not ready yet".
+    public func isNotReady(status: Int, body: [UInt8], error: ProviderError) -> Bool {
+        guard statuses.contains(status) else { return false }
+        if markers.isEmpty { return true }
+        let text = (String(decoding: body.prefix(1 << 16), as: UTF8.self) + "\n" + error.message).lowercased()
+        return markers.contains { text.contains($0.lowercased()) }
+    }
+
+    /// The notice after `patience` without an answer.
+    func silenceNotice() -> String {
+        var text = "no answer after \(DeadlineBudget.format(patience)) from \(server)"
+        if let likelyDoing { text += ": it is probably \(likelyDoing)" }
+        if let b = budget.beforeFirstToken() {
+            text += "; waiting up to the \(b.which.split(separator: "_").joined(separator: " ")) deadline (\(DeadlineBudget.format(b.limit)))"
+        }
+        return text
+    }
+
+    /// What a deadline error before the answer began adds.
+    var beforeAnswer: String {
+        "before \(server) answered" + (likelyDoing.map { " (it may still be \($0))" } ?? "")
+    }
+
+    /// The error once the deadlines passed while the server was not ready.
+    func expired(_ which: String, lastAnswer e: ProviderError) -> ProviderError {
+        budget.expired(which, while: "while \(server) was not ready (last answer: \(e.message))")
     }
 }
 
@@ -63,11 +166,25 @@ extension StreamConsumer {
 ///   `flush()`; `flush()` also follows the events of every network read, so
 ///   a consumer that batches fragments (`EventBatcher`) adds no latency.
 ///
-/// Cancel the call's transfer from `PluginCall.onCancel`.
+/// With a `NotReadyPolicy` it also waits, within the request's deadlines,
+/// for a server that is not ready yet, sending the request again as the
+/// policy says.
+///
+/// Start it with `start(_:on:)`, which also cancels the transfer when the
+/// call is cancelled.
 public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendable {
     public enum Framing: Sendable {
+        /// Server-sent events (`StreamConsumer.event`); a body that starts
+        /// with `{` or `[` is a whole document (`wholeBody`).
         case serverSentEvents
+        /// Newline-delimited JSON (`StreamConsumer.line`). A last line
+        /// without its newline counts if it parses; one that does not means
+        /// the stream was cut (`streamClosed`).
         case lines
+        /// One JSON document, the answer to a request made without
+        /// streaming: collected (up to the request's `maxResponseBytes`) and
+        /// handed to `wholeBody`.
+        case document
     }
 
     let call: PluginCall
@@ -75,6 +192,16 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
     let endpoint: String
     let framing: Framing
     let maxErrorBody: Int
+    let maxLineBytes: Int
+    let notReady: NotReadyPolicy?
+
+    // For asking again.
+    private var client: HTTPClient?
+    private var request: HTTPRequest?
+    private var attempt = 0
+    /// Touched across threads: the transfer in flight (for cancel), which
+    /// attempt it is, and whether its answer has begun (for the notice).
+    private let shared = Lock<(transfer: HTTPTransfer?, generation: Int, gotHead: Bool)>((nil, 0, false))
 
     private enum Mode { case waiting, sniffing, streaming, whole, error }
     private var mode = Mode.waiting
@@ -91,27 +218,60 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
     /// - Parameters:
     ///   - endpoint: named in transport errors (never holds a credential).
     ///   - maxLineBytes: the longest event-stream line or NDJSON line accepted.
+    ///   - notReady: how to wait for a server that is not ready yet (nil:
+    ///     every answer is final).
     public init(
         call: PluginCall, endpoint: String, framing: Framing = .serverSentEvents, maxErrorBody: Int = 1 << 20,
-        maxLineBytes: Int = 16 << 20, consumer: any StreamConsumer
+        maxLineBytes: Int = 16 << 20, notReady: NotReadyPolicy? = nil, consumer: any StreamConsumer
     ) {
         self.call = call
         self.consumer = consumer
         self.endpoint = endpoint
         self.framing = framing
         self.maxErrorBody = maxErrorBody
+        self.maxLineBytes = maxLineBytes
+        self.notReady = notReady
         sse = SSEDecoder(maxLineBytes: maxLineBytes)
         lines = LineDecoder(maxLineBytes: maxLineBytes)
+    }
+
+    /// Sends `request` on `client` with this handler, and cancels the
+    /// transfer when the call is cancelled. With a `NotReadyPolicy` each
+    /// attempt's timeouts are what is left of the policy's budget.
+    public func start(_ request: HTTPRequest, on client: HTTPClient) {
+        self.client = client
+        self.request = request
+        call.onCancel { [self] in shared.withLock { $0.transfer }?.cancel() }
+        send()
+        if let p = notReady {
+            Later.run(after: p.patience) { [self] in
+                guard !call.isFinished, !shared.withLock({ $0.gotHead }) else { return }
+                call.notice("info", p.silenceNotice())
+            }
+        }
+    }
+
+    private func send() {
+        guard let client, var r = request else { return }
+        if let p = notReady { r.timeouts = p.budget.timeouts() }
+        let generation = shared.withLock { s -> Int in
+            s.generation += 1
+            return s.generation
+        }
+        let t = client.start(r, handler: self)
+        shared.withLock { s in if s.generation == generation { s.transfer = t } }
+        if call.isCancelled { t.cancel() }
     }
 
     public func head(status: Int, headers: HTTPHeaders) {
         self.status = status
         self.headers = headers
+        if notReady != nil { shared.withLock { $0.gotHead = true } }
         guard (200..<300).contains(status) else {
             mode = .error
             return
         }
-        mode = framing == .lines ? .streaming : .sniffing
+        mode = bodyMode
         consumer.begin(status: status, headers: headers)
     }
 
@@ -126,8 +286,8 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
             collected.append(contentsOf: bytes)
             return true
         case .waiting:
-            // No head reported (cannot happen with HTTPClient): treat as a stream.
-            mode = .sniffing
+            // No head reported (cannot happen with HTTPClient): read it as a 2xx.
+            mode = bodyMode
             return body(bytes)
         case .sniffing:
             // An event stream starts with a field name, ':' or a blank line;
@@ -147,6 +307,15 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
         }
     }
 
+    /// How a 2xx body is read.
+    private var bodyMode: Mode {
+        switch framing {
+        case .serverSentEvents: return .sniffing
+        case .lines: return .streaming
+        case .document: return .whole
+        }
+    }
+
     private func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
         if head.count < 512 { head.append(contentsOf: bytes.prefix(512 - head.count)) }
         do {
@@ -163,6 +332,8 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
                     events += 1
                     if try consumer.line(l) { try complete(sawTerminal: true) }
                 }
+            case .document:
+                break  // collected in `.whole`
             }
         } catch {
             fail(Self.providerError(error))
@@ -174,18 +345,27 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
 
     public func end(_ error: HTTPError?) {
         if done { return }
-        if let error {
-            if mode == .error && error.kind != .cancelled {
-                // The status says more than the cut of its error body.
-                fail(consumer.httpError(status: status, headers: headers, body: collected))
+        if mode == .error && error?.kind != .cancelled {
+            // The status says more than the cut of its error body.
+            let e = consumer.httpError(status: status, headers: headers, body: collected)
+            if let p = notReady, p.isNotReady(status: status, body: collected, error: e) {
+                askAgain(p, e)
             } else {
-                fail(error.providerError(endpoint: endpoint))
+                fail(e)
             }
+            return
+        }
+        if let error {
+            var mapped = error.providerError(endpoint: endpoint)
+            if let p = notReady {
+                mapped = p.budget.error(for: error, endpoint: endpoint, while: mode == .waiting ? p.beforeAnswer : nil)
+            }
+            fail(consumer.transportError(error, mapped: mapped))
             return
         }
         switch mode {
         case .error:
-            fail(consumer.httpError(status: status, headers: headers, body: collected))
+            break  // handled above
         case .whole:
             do throws(ProviderError) { finish(try consumer.wholeBody(collected, headers: headers)) } catch { fail(error) }
         case .waiting, .sniffing, .streaming:
@@ -198,11 +378,18 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
                         if try consumer.event(e) { try complete(sawTerminal: true) }
                     }
                 case .lines:
-                    try lines.finish { l in
-                        if done { return }
-                        events += 1
-                        if try consumer.line(l) { try complete(sawTerminal: true) }
+                    let pending = lines.pendingBytes
+                    do {
+                        try lines.finish { l in
+                            if done { return }
+                            events += 1
+                            if try consumer.line(l) { try complete(sawTerminal: true) }
+                        }
+                    } catch let e as ProviderError where e.kind == .invalidResponse && !done {
+                        throw ProviderError(.streamClosed, "the stream ended in the middle of a line (\(pending) bytes)")
                     }
+                case .document:
+                    break  // `.whole`
                 }
                 if done { return }
                 if events == 0 && !head.isEmpty {
@@ -226,7 +413,47 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
     private func finish(_ f: Wire.Finish) {
         done = true
         consumer.flush()
-        call.finish(f)
+        consumer.deliver(f, to: call)
+    }
+
+    /// A not-ready answer: ask again after the backoff, within the budget.
+    private func askAgain(_ p: NotReadyPolicy, _ e: ProviderError) {
+        let wait: Duration
+        if let b = p.budget.beforeFirstToken() {
+            if b.left <= .zero {
+                fail(p.expired(b.which, lastAnswer: e))
+                return
+            }
+            wait = min(DeadlineBudget.backoff(attempt: attempt, retryAfter: e.retryAfter), b.left)
+        } else {
+            // No deadline to wait within: a few attempts, then the answer stands.
+            if attempt + 1 >= p.attemptsWithoutDeadline {
+                fail(e)
+                return
+            }
+            wait = DeadlineBudget.backoff(attempt: attempt, retryAfter: e.retryAfter)
+        }
+        if attempt == 0 {
+            call.notice("info", "\(p.server) is not ready (\(e.message)); asking again until the request's deadline")
+        }
+        attempt += 1
+        status = 0
+        headers = HTTPHeaders()
+        collected = []
+        head = []
+        events = 0
+        mode = .waiting
+        sse = SSEDecoder(maxLineBytes: maxLineBytes)
+        lines = LineDecoder(maxLineBytes: maxLineBytes)
+        shared.withLock { $0.gotHead = false }
+        Later.run(after: wait) { [self] in
+            if call.isFinished { return }
+            if let b = p.budget.beforeFirstToken(), b.left <= .zero {
+                fail(p.expired(b.which, lastAnswer: e))
+                return
+            }
+            send()
+        }
     }
 
     private func fail(_ e: ProviderError) {

@@ -1,5 +1,6 @@
-// One /api/chat request in flight: sends it, waits (within the request's
-// deadlines) while the model loads, decodes the answer and reports it.
+// The answer to one /api/chat request, read by the kit's exchange engine
+// (`StreamResponseHandler`: NDJSON through `.lines`, a whole answer through
+// `.document`, waiting for a model that is loading by its `NotReadyPolicy`).
 //
 // Streamed answers are NDJSON, one object per line:
 //   {"model":"gemma3:1b","created_at":"...","message":{"role":"assistant","content":"Okay"},"done":false}
@@ -19,215 +20,71 @@
 // end of every read, so nothing waits for bytes still to come).
 import DescartesPluginKit
 
-final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
+final class ChatConsumer: StreamConsumer, @unchecked Sendable {
     let backend: OllamaBackend
-    let call: PluginCall
-    let streaming: Bool
-    let body: [UInt8]
     let model: String
     let numCtx: Int?
     let promptEstimate: Int
-    let budget: DeadlineBudget
 
-    /// Touched across threads: the transfer (for cancel) and whether the
-    /// response has begun (for the "still loading" notice).
-    private struct Shared {
-        var transfer: HTTPTransfer?
-        var gotHead = false
-    }
-    private let shared = Lock(Shared())
-
-    // Loop-thread state of the current attempt.
-    private var status = 0
-    private var headers = HTTPHeaders()
-    private var errorBody: [UInt8] = []
-    private var whole: [UInt8] = []
-    private var lines = LineDecoder()
-    private var failure: ProviderError?
-    private var attempt = 0
-
-    // Decoding state.
+    // Decoding state (the HTTP client's loop thread).
     private let events: EventBatcher
     private var started = false
     private var modelName: String?
     private var toolCalls = 0
     private var textBytes = 0
-    private var finished = false
+    /// The `done: true` object, once seen.
+    private var final: Final?
 
-    /// The "still waiting" notice comes this long after the request was sent
-    /// without any answer.
-    static let patienceNotice: Duration = .seconds(2)
-
-    init(
-        backend: OllamaBackend, call: PluginCall, streaming: Bool, body: [UInt8], model: String, numCtx: Int?,
-        promptEstimate: Int, budget: DeadlineBudget
-    ) {
+    init(backend: OllamaBackend, call: PluginCall, model: String, numCtx: Int?, promptEstimate: Int) {
         self.backend = backend
-        self.call = call
-        self.streaming = streaming
-        self.body = body
         self.model = model
         self.numCtx = numCtx
         self.promptEstimate = promptEstimate
-        self.budget = budget
         events = EventBatcher(call: call)
     }
 
-    func start() {
-        call.onCancel { [self] in shared.withLock { $0.transfer }?.cancel() }
-        send()
-        Later.run(after: Self.patienceNotice) { [self] in
-            guard !call.isFinished, !shared.withLock({ $0.gotHead }) else { return }
-            var wait = ""
-            if let b = budget.beforeFirstToken() {
-                wait = "; waiting up to the \(b.which.split(separator: "_").joined(separator: " ")) deadline (\(DeadlineBudget.format(b.limit)))"
-            }
-            call.notice(
-                "info",
-                "no answer after \(DeadlineBudget.format(Self.patienceNotice)): Ollama is probably loading '\(model)' into memory\(wait)")
+    // MARK: StreamConsumer
+
+    func flush() { events.flush() }
+
+    func line(_ line: UnsafeRawBufferPointer) throws(ProviderError) -> Bool {
+        do { try object(line) } catch let e as ProviderError { throw e } catch {
+            throw ProviderError(.invalidResponse, "Ollama sent a line that is not a JSON object: \(error)")
         }
+        return final != nil
     }
 
-    private func send() {
-        let request = HTTPRequest(
-            method: "POST", url: ProviderHTTP.join(backend.endpoint, "/api/chat"), headers: backend.headers(json: true),
-            body: body, timeouts: budget.timeouts(), maxResponseBytes: streaming ? 1 << 40 : 64 << 20)
-        let t = backend.client.start(request, handler: self)
-        shared.withLock { $0.transfer = t }
-        if call.isCancelled { t.cancel() }
+    func wholeBody(_ body: [UInt8], headers: HTTPHeaders) throws(ProviderError) -> Wire.Finish {
+        do { try decodeWhole(body) } catch let e as ProviderError { throw e } catch {
+            throw ProviderError(.invalidResponse, "Ollama's answer is not valid JSON: \(error)")
+        }
+        guard final != nil else {
+            throw ProviderError(.streamClosed, "the answer has no final object (\"done\": true): \(ProviderHTTP.excerpt(body))")
+        }
+        return try finish(sawTerminal: true)
     }
 
-    // MARK: HTTPResponseHandler (loop thread)
-
-    func head(status: Int, headers: HTTPHeaders) {
-        self.status = status
-        self.headers = headers
-        shared.withLock { $0.gotHead = true }
+    func finish(sawTerminal: Bool) throws(ProviderError) -> Wire.Finish {
+        guard let final else { throw ProviderError(.streamClosed, "the stream ended before its final line (\"done\": true)") }
+        return complete(final)
     }
 
-    func body(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        if status < 200 || status > 299 {
-            if errorBody.count < 65536 { errorBody.append(contentsOf: bytes.prefix(65536 - errorBody.count)) }
-            return true
-        }
-        if !streaming {
-            whole.append(contentsOf: bytes)
-            return true
-        }
-        do {
-            try lines.feed(bytes) { line in try self.object(line) }
-        } catch let e as ProviderError {
-            failure = e
-            return false
-        } catch {
-            failure = ProviderError(.invalidResponse, "Ollama sent a line that is not a JSON object: \(error)")
-            return false
-        }
-        events.flush()
-        return true
-    }
-
-    func end(_ error: HTTPError?) {
-        events.flush()
-        if call.isFinished { return }
-        if let failure {
-            call.fail(failure)
-            return
-        }
-        if let error {
-            if finished { return }
-            if case .unreachable = error.kind {
-                call.fail(backend.unreachable(error))
-            } else {
-                call.fail(budget.error(for: error, endpoint: backend.endpoint, while: waitingWords))
-            }
-            return
-        }
-        if status < 200 || status > 299 {
-            httpFailure()
-            return
-        }
-        do {
-            if streaming {
-                // A last line without its newline is complete if it parses;
-                // one cut in the middle means the stream was cut.
-                let pending = lines.pendingBytes
-                do { try lines.finish { line in try self.object(line) } } catch where !finished {
-                    call.fail(ProviderError(.streamClosed, "the stream ended in the middle of a line (\(pending) bytes)"))
-                    return
-                }
-            } else {
-                try decodeWhole()
-            }
-        } catch let e as ProviderError {
-            events.flush()
-            call.fail(e)
-            return
-        } catch {
-            events.flush()
-            call.fail(ProviderError(.invalidResponse, "Ollama's answer is not valid JSON: \(error)"))
-            return
-        }
-        events.flush()
-        if !finished {
-            call.fail(
-                ProviderError(
-                    .streamClosed,
-                    streaming
-                        ? "the stream ended before its final line (\"done\": true)"
-                        : "the answer has no final object (\"done\": true): \(ProviderHTTP.excerpt(whole))"))
-        }
-    }
-
-    private var waitingWords: String? {
-        shared.withLock { $0.gotHead } ? nil : "before Ollama answered (it may still be loading '\(model)')"
-    }
-
-    /// A non-2xx answer: 503 (busy, loading) is asked again while the
-    /// deadlines allow; anything else fails with the server's message.
-    private func httpFailure() {
-        var e = ProviderHTTP.error(status: status, headers: headers, body: errorBody, endpoint: backend.endpoint)
+    /// A non-2xx answer: the server's message; an unknown model says how to
+    /// install it.
+    func httpError(status: Int, headers: HTTPHeaders, body: [UInt8]) -> ProviderError {
+        var e = ProviderHTTP.error(status: status, headers: headers, body: body, endpoint: backend.endpoint)
         if status == 404, e.message.contains("not found") {
             e.message += " (install it with `ollama pull \(model)`)"
         }
-        guard status == 503, !started else {
-            call.fail(e)
-            return
-        }
-        guard let b = budget.beforeFirstToken() else {
-            // No deadline at all: a few tries, then give up.
-            if attempt >= 5 { call.fail(e) } else { retry(after: DeadlineBudget.backoff(attempt: attempt, retryAfter: e.retryAfter), e) }
-            return
-        }
-        if b.left <= .zero {
-            call.fail(budget.expired(b.which, while: "while Ollama was not ready (last answer: \(e.message))"))
-            return
-        }
-        retry(after: min(DeadlineBudget.backoff(attempt: attempt, retryAfter: e.retryAfter), b.left), e)
+        return e
     }
 
-    private func retry(after wait: Duration, _ e: ProviderError) {
-        if attempt == 0 {
-            call.notice("info", "Ollama is not ready (\(e.message)); asking again until the request's deadline")
-        }
-        attempt += 1
-        status = 0
-        headers = HTTPHeaders()
-        errorBody = []
-        whole = []
-        lines = LineDecoder()
-        shared.withLock { $0.gotHead = false }
-        Later.run(after: wait) { [self] in
-            if call.isFinished { return }
-            if let b = budget.beforeFirstToken(), b.left <= .zero {
-                call.fail(budget.expired(b.which, while: "while Ollama was not ready (last answer: \(e.message))"))
-                return
-            }
-            send()
-        }
+    func transportError(_ error: HTTPError, mapped: ProviderError) -> ProviderError {
+        if case .unreachable = error.kind { return backend.unreachable(error) }
+        return mapped
     }
 
-    private func decodeWhole() throws {
+    private func decodeWhole(_ whole: [UInt8]) throws {
         try whole.withUnsafeBytes { buf in
             var r = JSONReader(buf)
             r.skipWhitespace()
@@ -262,11 +119,11 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
 
     /// One JSON object: a chunk of the stream or the whole answer.
     private func object(_ line: UnsafeRawBufferPointer) throws {
-        if finished { return }
+        if final != nil { return }
         var r = JSONReader(line)
         try r.beginObject()
         var done = false
-        var final = Final()
+        var last = Final()
         var error: String? = nil
         while let key = try r.nextKey() {
             if key == "message" {
@@ -279,30 +136,25 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
                 let v = try r.readValue()
                 error = v.stringValue ?? v["message"]?.stringValue ?? v.jsonText
             } else if key == "done_reason" {
-                final.doneReason = try r.readOptionalString()
+                last.doneReason = try r.readOptionalString()
             } else if key == "prompt_eval_count" {
-                final.promptEvalCount = try r.readOptionalInt()
+                last.promptEvalCount = try r.readOptionalInt()
             } else if key == "eval_count" {
-                final.evalCount = try r.readOptionalInt()
+                last.evalCount = try r.readOptionalInt()
             } else if key == "total_duration" {
-                final.totalDuration = try r.readOptionalInt()
+                last.totalDuration = try r.readOptionalInt()
             } else if key == "load_duration" {
-                final.loadDuration = try r.readOptionalInt()
+                last.loadDuration = try r.readOptionalInt()
             } else if key == "prompt_eval_duration" {
-                final.promptEvalDuration = try r.readOptionalInt()
+                last.promptEvalDuration = try r.readOptionalInt()
             } else if key == "eval_duration" {
-                final.evalDuration = try r.readOptionalInt()
+                last.evalDuration = try r.readOptionalInt()
             } else {
                 try r.skipValue()
             }
         }
-        if let error {
-            finished = true
-            events.flush()
-            call.fail(ProviderError(.api, "Ollama: \(error)", providerType: "ollama_error"))
-            return
-        }
-        if done { complete(final) }
+        if let error { throw ProviderError(.api, "Ollama: \(error)", providerType: "ollama_error") }
+        if done { final = last }
     }
 
     private func message(_ r: inout JSONReader) throws {
@@ -386,9 +238,8 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
         var evalDuration: Int?
     }
 
-    /// The `done: true` object: finish reason, usage, timings.
-    private func complete(_ f: Final) {
-        finished = true
+    /// The result from the `done: true` object: finish reason, usage, timings.
+    private func complete(_ f: Final) -> Wire.Finish {
         ensureStarted()
         events.flush()
         let reason: FinishReason
@@ -413,10 +264,10 @@ final class ChatExchange: HTTPResponseHandler, @unchecked Sendable {
         if let v = f.doneReason { meta["done_reason"] = .string(v) }
         if let n = numCtx { meta["num_ctx"] = .integer(n) }
         if let n = numCtx, let p = f.promptEvalCount, p >= n {
-            call.notice(
+            events.call.notice(
                 "warning",
                 "the prompt filled the whole context window (num_ctx \(n), \(p) prompt tokens): an Ollama that ignores \"truncate\": false may have cut it; raise num_ctx")
         }
-        call.finish(Wire.Finish(finishReason: reason, usage: usage, model: modelName ?? model, metadata: meta))
+        return Wire.Finish(finishReason: reason, usage: usage, model: modelName ?? model, metadata: meta)
     }
 }
