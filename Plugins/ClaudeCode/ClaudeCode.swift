@@ -16,64 +16,33 @@ import Glibc
 
 final class ClaudeCodeBackend: DescartesBackend {
     let context: BackendContext
-    let config: HeadlessConfig
     let settings: ClaudeSettings
-    let runner: ProcessRunner
+    let agent: HeadlessAgent
     let sessions = SessionTable()
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
-        config = try HeadlessConfig(context, defaultCommand: "claude")
         settings = try ClaudeSettings(context)
-        runner = ProcessRunner(name: context.instance)
+        agent = try HeadlessAgent(context, defaultCommand: "claude", environment: settings.environment)
     }
 
-    deinit {
-        sessions.closeAll()
-        runner.close()
-    }
-
-    var environment: [String: String] { config.environment(settings.environment) }
+    deinit { sessions.closeAll() }
 
     func initialize(_ call: PluginCall) {
-        do {
-            let exe = try config.executable(environment)
-            call.finish(result: ["message": .string("claude at \(exe)")])
-        } catch {
-            call.fail(error)
-        }
+        agent.initialize(call) { "claude at \($0.path)" }
     }
 
     /// `claude --version`, with the backend's environment.
     func healthCheck(_ call: PluginCall) {
-        let env = environment
-        let exe: String
-        do { exe = try config.executable(env) } catch {
-            call.fail(error)
-            return
-        }
-        let out = OutputBox()
-        let link = ChildLink()
-        do {
-            let child = try runner.spawn(
-                config.spec(executable: exe, arguments: ["--version"], environment: env, deadline: .now + .seconds(30)),
-                handlers: ChildHandlers(
-                    stdout: { out.append($0) },
-                    exit: { exit in
-                        let version = out.text
-                        guard exit.succeeded, !version.isEmpty else {
-                            call.fail(exit.error("claude --version"))
-                            return
-                        }
-                        call.finish(result: [
-                            "message": .string("\(version) at \(exe)"),
-                            "details": ["version": .string(version), "path": .string(exe)],
-                        ])
-                    }))
-            link.attach(child)
-            call.onCancel { link.terminate() }
-        } catch {
-            call.fail(error)
+        agent.probe(call, arguments: ["--version"]) { program, exit, version in
+            guard exit.succeeded, !version.isEmpty else {
+                call.fail(exit.error("claude --version"))
+                return
+            }
+            call.finish(result: [
+                "message": .string("\(version) at \(program.path)"),
+                "details": ["version": .string(version), "path": .string(program.path)],
+            ])
         }
     }
 
@@ -83,7 +52,7 @@ final class ClaudeCodeBackend: DescartesBackend {
 
     func shutdown(_ call: PluginCall) {
         sessions.closeAll()
-        runner.shutdown { call.finish(result: [:]) }
+        agent.shutdown(call)
     }
 
     // MARK: Running a turn
@@ -106,41 +75,25 @@ final class ClaudeCodeBackend: DescartesBackend {
     /// the answer ends with the `result` line, and the process then has
     /// `exit_grace_ms` to exit before its group is terminated.
     func runOnce(_ request: ModelRequest, _ call: PluginCall, _ options: ClaudeOptions, _ input: ClaudeInput, partial: Bool) throws(ProviderError) {
-        let env = environment
-        let exe = try config.executable(env)
-        var scratch: ScratchDirectory? = nil
-        var resume: String? = nil
-        if !input.history.isEmpty {
-            let dir = try ScratchDirectory()
-            scratch = dir
-            let id = UUID.random()
-            do { resume = try dir.write("\(id).jsonl", ClaudeInput.transcript(input.history, sessionID: id)) } catch {
-                dir.remove()
-                throw error
-            }
-        }
+        let program = try agent.program()
+        let (scratch, resume) = try Self.resumeFile(input, sessionID: UUID.random())
         let args = claudeArguments(
             settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
-            partial: partial, sessionID: nil, resume: resume, extra: config.args)
+            partial: partial, sessionID: nil, resume: resume, extra: agent.config.args)
         let turn = ClaudeTurn(call: call, partial: partial)
-        let link = ChildLink()
-        let grace = config.exitGrace
-        let transcriptDir = scratch
-        turn.onResult = { _ in link.done(exitWithin: grace) }
-        let spec = config.spec(
-            executable: exe, arguments: args, environment: env, input: input.stdinLines, deadline: config.deadline(request),
-            cwd: options.cwd)
+        let grace = agent.config.exitGrace
+        let spec = agent.spec(
+            program, arguments: args, input: input.stdinLines, deadline: agent.config.deadline(request), cwd: options.cwd)
         do {
-            let child = try runner.spawn(
-                spec,
-                handlers: ChildHandlers(
+            try agent.start(call, spec) { link in
+                turn.onResult = { _ in link.done(exitWithin: grace) }
+                return ChildHandlers(
                     stdout: { turn.line($0) }, stderr: { turn.stderr($0) },
                     exit: { exit in
                         turn.exited(exit)
-                        transcriptDir?.remove()
-                    }))
-            link.attach(child)
-            call.onCancel { link.terminate() }
+                        scratch?.remove()
+                    })
+            }
         } catch {
             scratch?.remove()
             throw error
@@ -160,25 +113,15 @@ final class ClaudeCodeBackend: DescartesBackend {
             return
         }
         try sessions.makeRoom(idle: settings.sessionIdle, limit: settings.maxSessions)
-        let env = environment
-        let exe = try config.executable(env)
+        let program = try agent.program()
         let id = options.sessionID ?? UUID.random()
-        var scratch: ScratchDirectory? = nil
-        var resume: String? = nil
-        if !input.history.isEmpty {
-            let dir = try ScratchDirectory()
-            scratch = dir
-            do { resume = try dir.write("\(id).jsonl", ClaudeInput.transcript(input.history, sessionID: id)) } catch {
-                dir.remove()
-                throw error
-            }
-        }
+        let (scratch, resume) = try Self.resumeFile(input, sessionID: id)
         let args = claudeArguments(
             settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
-            partial: true, sessionID: id, resume: resume, extra: config.args)
+            partial: true, sessionID: id, resume: resume, extra: agent.config.args)
         let table = sessions
         let session = ClaudeSession(
-            id: id, scratch: scratch, interruptGrace: config.killGrace, exitGrace: config.exitGrace,
+            id: id, scratch: scratch, interruptGrace: agent.config.killGrace, exitGrace: agent.config.exitGrace,
             onEnd: { table.remove($0) })
         let turn = ClaudeTurn(call: call, partial: true)
         turn.metadata = [
@@ -186,11 +129,10 @@ final class ClaudeCodeBackend: DescartesBackend {
         ]
         let n = try session.begin(turn, closeAfter: options.endSession)
         turn.metadata["session_turn"] = .integer(n)
-        let spec = config.spec(
-            executable: exe, arguments: args, environment: env, input: input.stdinLines, keepInputOpen: true, cwd: options.cwd)
         do {
-            let child = try runner.spawn(spec, handlers: session.handlers)
-            session.link.attach(child)
+            try agent.spawn(
+                agent.spec(program, arguments: args, input: input.stdinLines, keepInputOpen: true, cwd: options.cwd), link: session.link,
+                handlers: session.handlers)
             sessions.add(session)
             call.onCancel { session.interrupt() }
         } catch {
@@ -198,13 +140,17 @@ final class ClaudeCodeBackend: DescartesBackend {
             throw error
         }
     }
-}
 
-/// Collects a little output (a version line).
-final class OutputBox: Sendable {
-    private let bytes = Lock<[UInt8]>([])
-    func append(_ b: UnsafeRawBufferPointer) { bytes.withLock { if $0.count < 4096 { $0.append(contentsOf: b); $0.append(0x0A) } } }
-    var text: String { bytes.withLock { b in b.withUnsafeBytes { ANSIStripper.clean($0) } } }
+    /// The earlier conversation as a transcript for `--resume`, in a scratch
+    /// directory of its own; nothing when there is none.
+    static func resumeFile(_ input: ClaudeInput, sessionID id: String) throws(ProviderError) -> (ScratchDirectory?, String?) {
+        if input.history.isEmpty { return (nil, nil) }
+        let dir = try ScratchDirectory()
+        do { return (dir, try dir.write("\(id).jsonl", ClaudeInput.transcript(input.history, sessionID: id))) } catch {
+            dir.remove()
+            throw error
+        }
+    }
 }
 
 @_cdecl("descartes_plugin_entry")

@@ -32,8 +32,8 @@ final class ClaudeTurn: @unchecked Sendable {
     var metadata: JSONObject = [:]
 
     // Runner thread only from here on.
-    private(set) var sawResult = false
-    private var terminal = false
+    /// Lines, noise and stderr; the turn's end.
+    private var out: HeadlessOutput
     private var sessionID: String?
     private var initModel: String?
     private var version: String?
@@ -44,33 +44,22 @@ final class ClaudeTurn: @unchecked Sendable {
     private var lastModel: String?
     private var lastMessageID: String?
     private var toolUses: [JSONObject] = []
-    private var diagnostics: [String] = []
     private var apiErrorText: String?
     private var lastRetryDelayMs: Int?
-    private var stderrBudget = NoticeBudget()
-    private var stdoutBudget = NoticeBudget()
 
     init(call: PluginCall, partial: Bool, costBefore: Double = 0) {
         self.call = call
         self.partial = partial
         self.costBefore = costBefore
+        out = HeadlessOutput(call: call, program: "claude", finalEvent: "result")
     }
-
-    var isTerminal: Bool { terminal }
 
     // MARK: Lines
 
     func line(_ bytes: UnsafeRawBufferPointer) {
-        var lo = 0
-        var hi = bytes.count
-        while lo < hi, bytes[lo] == 0x20 || bytes[lo] == 0x09 || bytes[lo] == 0x0D { lo += 1 }
-        while hi > lo, bytes[hi - 1] == 0x20 || bytes[hi - 1] == 0x09 || bytes[hi - 1] == 0x0D { hi -= 1 }
-        if lo == hi { return }
-        let raw = UnsafeRawBufferPointer(rebasing: bytes[lo..<hi])
-        guard raw[0] == UInt8(ascii: "{"), case .object(let o)? = try? JSONValue.parse(raw) else {
-            diagnostic(ANSIStripper.clean(raw))
-            return
-        }
+        // Lines that are not JSON become notices, and part of the error if
+        // the turn fails.
+        guard let o = out.object(bytes) else { return }
         switch o["type"]?.stringValue ?? "" {
         case "system": system(o)
         case "stream_event": if partial && isTopLevel(o) { streamEvent(o) }
@@ -81,20 +70,7 @@ final class ClaudeTurn: @unchecked Sendable {
         }
     }
 
-    func stderr(_ bytes: UnsafeRawBufferPointer) {
-        let text = ANSIStripper.clean(bytes)
-        if !text.isEmpty && !terminal && stderrBudget.take() { call.notice("info", "claude: \(text)") }
-    }
-
-    /// A line that is not JSON: a notice now, and part of the error if the
-    /// turn fails.
-    private func diagnostic(_ text: String) {
-        guard !text.isEmpty else { return }
-        if diagnostics.count < 20 { diagnostics.append(Wire.excerpt(text, limit: 300)) }
-        // Budgeted like stderr: a child printing garbage without end must
-        // not flood the caller with notices.
-        if !terminal && stdoutBudget.take() { call.notice("warning", "claude: \(Wire.excerpt(text, limit: 500))") }
-    }
+    func stderr(_ bytes: UnsafeRawBufferPointer) { out.stderr(bytes) }
 
     /// Sub-agents' messages carry the tool use that started them; only the
     /// main conversation is the answer.
@@ -111,7 +87,7 @@ final class ClaudeTurn: @unchecked Sendable {
             sessionID = o["session_id"]?.stringValue ?? sessionID
             initModel = o["model"]?.stringValue ?? initModel
             version = o["claude_code_version"]?.stringValue ?? version
-            if !started && !terminal {
+            if !started && !out.ended {
                 started = true
                 call.start(id: sessionID, model: initModel)
             }
@@ -120,7 +96,7 @@ final class ClaudeTurn: @unchecked Sendable {
             let maxRetries = o["max_retries"]?.intValue ?? 0
             lastRetryDelayMs = o["retry_delay_ms"]?.intValue
             let status = o["error_status"]?.intValue.map { "status \($0)" } ?? (o["error"]?.stringValue ?? "an error")
-            if !terminal {
+            if !out.ended {
                 call.notice(
                     "warning",
                     "claude: API request failed (\(status)); retry \(attempt) of \(maxRetries) in \(lastRetryDelayMs ?? 0) ms")
@@ -143,7 +119,7 @@ final class ClaudeTurn: @unchecked Sendable {
             guard let d = e["delta"]?.objectValue else { return }
             switch d["type"]?.stringValue {
             case "text_delta": if let t = d["text"]?.stringValue { emitText(t, message: messageID) }
-            case "thinking_delta": if let t = d["thinking"]?.stringValue, !t.isEmpty, !terminal { call.reasoning(t) }
+            case "thinking_delta": if let t = d["thinking"]?.stringValue, !t.isEmpty, !out.ended { call.reasoning(t) }
             default: break  // input_json_delta: the tool use arrives whole in the assistant line
             }
         default:
@@ -152,7 +128,7 @@ final class ClaudeTurn: @unchecked Sendable {
     }
 
     private func emitText(_ t: String, message: String) {
-        guard !t.isEmpty, !terminal else { return }
+        guard !t.isEmpty, !out.ended else { return }
         // Text of a later message of the same turn (after tool use) starts a
         // new paragraph.
         if emittedText && lastTextMessage != message { call.text("\n\n") }
@@ -178,14 +154,14 @@ final class ClaudeTurn: @unchecked Sendable {
             case "text":
                 if !fromStream, let t = block["text"]?.stringValue { emitText(t, message: id) }
             case "thinking":
-                if !fromStream, let t = block["thinking"]?.stringValue, !t.isEmpty, !terminal { call.reasoning(t) }
+                if !fromStream, let t = block["thinking"]?.stringValue, !t.isEmpty, !out.ended { call.reasoning(t) }
             case "tool_use":
                 let input = block["input"] ?? [:]
                 let name = block["name"]?.stringValue ?? ""
                 toolUses.append([
                     "id": block["id"] ?? "", "name": .string(name), "input": input,
                 ])
-                if !terminal { call.notice("info", "claude used tool \(name) \(Wire.excerpt(input.jsonText, limit: 200))") }
+                if !out.ended { call.notice("info", "claude used tool \(name) \(Wire.excerpt(input.jsonText, limit: 200))") }
             default:
                 break
             }
@@ -211,10 +187,8 @@ final class ClaudeTurn: @unchecked Sendable {
     // MARK: The end
 
     private func result(_ o: JSONObject) {
-        sawResult = true
         onResult?(o)
-        guard !terminal else { return }
-        terminal = true
+        guard out.end() else { return }
         let subtype = o["subtype"]?.stringValue ?? "success"
         let isError = o["is_error"]?.boolValue ?? false
         let text = o["result"]?.stringValue ?? apiErrorText ?? ""
@@ -306,17 +280,7 @@ final class ClaudeTurn: @unchecked Sendable {
     /// The process ended. Without a result line the turn failed:
     /// `stream_closed` for a clean exit, otherwise the exit itself.
     func exited(_ exit: ChildExit) {
-        guard !terminal else { return }
-        terminal = true
-        var detail = ""
-        if let apiErrorText { detail += ": " + apiErrorText }
-        if !diagnostics.isEmpty { detail += " (output: " + diagnostics.joined(separator: " | ") + ")" }
-        if exit.reason == .exited && exit.status == 0 && exit.signal == nil {
-            var message = "claude exited with status 0 without a result event\(detail)"
-            if !exit.stderrTail.isEmpty { message += "; stderr: " + exit.stderrTail }
-            call.fail(ProviderError(.streamClosed, message))
-            return
-        }
-        call.fail(exit.error("claude", context: " without a result event\(detail)"))
+        guard out.end() else { return }
+        call.fail(out.unfinished(exit, detail: apiErrorText.map { ": " + $0 } ?? ""))
     }
 }

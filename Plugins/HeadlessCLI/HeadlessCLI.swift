@@ -16,19 +16,15 @@ enum WireProtocol: String {
 
 final class HeadlessCLIBackend: DescartesBackend {
     let context: BackendContext
-    let config: HeadlessConfig
+    let agent: HeadlessAgent
     let wire: WireProtocol
-    let runner: ProcessRunner
     let defaultModel: String?
     let stripANSI: Bool
     let healthArgs: [String]?
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
-        config = try HeadlessConfig(context, defaultCommand: "")
-        guard !config.command.isEmpty else {
-            throw ProviderError(.config, "key 'command' is required: the program to run (a name in PATH or an absolute path)")
-        }
+        agent = try HeadlessAgent(context, defaultCommand: nil)
         let p = context.string("protocol") ?? "json-lines"
         guard let w = WireProtocol(rawValue: p) else {
             throw ProviderError(.config, "key 'protocol': '\(p)' is not a protocol (json-lines, text)")
@@ -37,116 +33,78 @@ final class HeadlessCLIBackend: DescartesBackend {
         defaultModel = context.string("model").flatMap { $0.isEmpty ? nil : $0 }
         stripANSI = context.bool("strip_ansi") ?? true
         healthArgs = context.list("health_args")
-        runner = ProcessRunner(name: context.instance)
     }
 
-    deinit { runner.close() }
-
     func initialize(_ call: PluginCall) {
-        do {
-            let exe = try config.executable(config.environment())
-            call.finish(result: ["message": .string("\(exe) (protocol \(wire.rawValue))")])
-        } catch {
-            call.fail(error)
-        }
+        agent.initialize(call) { "\($0.path) (protocol \(wire.rawValue))" }
     }
 
     /// Resolves the program; with `health_args`, also runs it with them and
     /// requires exit status 0 (the cheapest real proof for a CLI, such as
     /// `--version`).
     func healthCheck(_ call: PluginCall) {
-        let env = config.environment()
-        let exe: String
-        do { exe = try config.executable(env) } catch {
-            call.fail(error)
-            return
-        }
         guard let healthArgs else {
-            call.finish(result: ["message": .string("\(exe) is executable"), "details": ["path": .string(exe)]])
+            do {
+                let exe = try agent.program().path
+                call.finish(result: ["message": .string("\(exe) is executable"), "details": ["path": .string(exe)]])
+            } catch {
+                call.fail(error)
+            }
             return
         }
-        let out = Lock<[UInt8]>([])
-        let link = ChildLink()
-        do {
-            let child = try runner.spawn(
-                config.spec(executable: exe, arguments: healthArgs, environment: env, deadline: .now + .seconds(30)),
-                handlers: ChildHandlers(
-                    stdout: { line in out.withLock { if $0.count < 4096 { $0.append(contentsOf: line); $0.append(0x0A) } } },
-                    exit: { exit in
-                        let text = out.withLock { o in o.withUnsafeBytes { ANSIStripper.clean($0) } }
-                        if exit.succeeded {
-                            call.finish(result: [
-                                "message": .string(text.isEmpty ? "\(exe) ran" : String(text.split(separator: "\n").first ?? "")),
-                                "details": ["path": .string(exe), "output": .string(Wire.excerpt(text, limit: 500))],
-                            ])
-                        } else {
-                            call.fail(exit.error(FileSystemName.base(exe)))
-                        }
-                    }))
-            link.attach(child)
-            call.onCancel { link.terminate() }
-        } catch {
-            call.fail(error)
+        agent.probe(call, arguments: healthArgs) { program, exit, text in
+            if exit.succeeded {
+                call.finish(result: [
+                    "message": .string(text.isEmpty ? "\(program.path) ran" : String(text.split(separator: "\n").first ?? "")),
+                    "details": ["path": .string(program.path), "output": .string(Wire.excerpt(text, limit: 500))],
+                ])
+            } else {
+                call.fail(exit.error(program.name))
+            }
         }
     }
 
     func stream(_ request: ModelRequest, _ call: PluginCall) {
-        let env = config.environment()
-        let exe: String
-        do { exe = try config.executable(env) } catch {
-            call.fail(error)
-            return
-        }
-        let prompt = TextPrompt(request)
-        let model = request.model ?? defaultModel ?? ""
-        var usedPrompt = false
-        var usedSystem = false
-        let args = config.args.map { a -> String in
-            if a.contains("{prompt}") { usedPrompt = true }
-            if a.contains("{system}") { usedSystem = true }
-            return a.replacingAll("{prompt}", with: prompt.conversation)
-                .replacingAll("{system}", with: prompt.system)
-                .replacingAll("{model}", with: model)
-        }
-        let name = FileSystemName.base(exe)
-        let link = ChildLink()
-        let spec: ProcessSpec
-        let handlers: ChildHandlers
-        switch wire {
-        case .jsonLines:
-            var input = Wire.encode(request)
-            input.append(0x0A)
-            spec = config.spec(executable: exe, arguments: args, environment: env, input: input, deadline: config.deadline(request))
-            let session = JSONLinesSession(call: call, link: link, program: name, exitGrace: config.exitGrace)
-            handlers = ChildHandlers(
-                stdout: { session.line($0) }, stderr: { session.stderr($0) }, exit: { session.exited($0) })
-        case .text:
-            var text = ""
-            if !usedPrompt {
-                text = usedSystem || prompt.system.isEmpty ? prompt.conversation : prompt.system + "\n\n" + prompt.conversation
-                if !text.hasSuffix("\n") { text += "\n" }
-            }
-            spec = config.spec(
-                executable: exe, arguments: args, environment: env, input: Array(text.utf8), deadline: config.deadline(request),
-                framing: .chunks)
-            let session = TextSession(
-                call: call, program: name, stripANSI: stripANSI,
-                inputTokens: Heuristics.tokens(request).tokens, model: model)
-            handlers = ChildHandlers(
-                stdout: { session.chunk($0) }, stderr: { session.stderr($0) }, exit: { session.exited($0) })
-        }
         do {
-            let child = try runner.spawn(spec, handlers: handlers)
-            link.attach(child)
-            call.onCancel { link.terminate() }
+            let program = try agent.program()
+            let prompt = TextPrompt(request)
+            let model = request.model ?? defaultModel ?? ""
+            var usedPrompt = false
+            var usedSystem = false
+            let args = agent.config.args.map { a -> String in
+                if a.contains("{prompt}") { usedPrompt = true }
+                if a.contains("{system}") { usedSystem = true }
+                return a.replacingAll("{prompt}", with: prompt.conversation)
+                    .replacingAll("{system}", with: prompt.system)
+                    .replacingAll("{model}", with: model)
+            }
+            let deadline = agent.config.deadline(request)
+            switch wire {
+            case .jsonLines:
+                var input = Wire.encode(request)
+                input.append(0x0A)
+                let grace = agent.config.exitGrace
+                try agent.start(call, agent.spec(program, arguments: args, input: input, deadline: deadline)) { link in
+                    ChildHandlers(JSONLinesSession(call: call, link: link, program: program.name, exitGrace: grace))
+                }
+            case .text:
+                var text = ""
+                if !usedPrompt {
+                    text = usedSystem || prompt.system.isEmpty ? prompt.conversation : prompt.system + "\n\n" + prompt.conversation
+                    if !text.hasSuffix("\n") { text += "\n" }
+                }
+                let session = TextSession(
+                    call: call, program: program.name, stripANSI: stripANSI, inputTokens: Heuristics.tokens(request).tokens, model: model)
+                try agent.start(call, agent.spec(program, arguments: args, input: Array(text.utf8), deadline: deadline, framing: .chunks)) { _ in
+                    ChildHandlers(session)
+                }
+            }
         } catch {
             call.fail(error)
         }
     }
 
-    func shutdown(_ call: PluginCall) {
-        runner.shutdown { call.finish(result: [:]) }
-    }
+    func shutdown(_ call: PluginCall) { agent.shutdown(call) }
 }
 
 /// The request as text for a program that takes one prompt.
@@ -184,41 +142,24 @@ struct TextPrompt {
 }
 
 /// One json-lines call: parses the child's stdout on the runner's thread.
-final class JSONLinesSession: @unchecked Sendable {
+final class JSONLinesSession: ChildReader, @unchecked Sendable {
     let call: PluginCall
     let link: ChildLink
-    let program: String
     let exitGrace: Duration
     // Runner thread only.
-    var terminal = false
-    var nonJSON = 0
-    var firstNonJSON: String?
+    var out: HeadlessOutput
     var nextToolIndex = 0
     var startedTools: Set<Int> = []
-    var stderrBudget = NoticeBudget()
 
     init(call: PluginCall, link: ChildLink, program: String, exitGrace: Duration) {
         self.call = call
         self.link = link
-        self.program = program
         self.exitGrace = exitGrace
+        out = HeadlessOutput(call: call, program: program, finalEvent: "done")
     }
 
-    func line(_ bytes: UnsafeRawBufferPointer) {
-        if terminal { return }
-        var lo = 0
-        var hi = bytes.count
-        while lo < hi, bytes[lo] == 0x20 || bytes[lo] == 0x09 || bytes[lo] == 0x0D { lo += 1 }
-        while hi > lo, bytes[hi - 1] == 0x20 || bytes[hi - 1] == 0x09 || bytes[hi - 1] == 0x0D { hi -= 1 }
-        if lo == hi { return }
-        let doc = try? JSONValue.parse(UnsafeRawBufferPointer(rebasing: bytes[lo..<hi]))
-        guard case .object(let o)? = doc else {
-            let text = ANSIStripper.clean(UnsafeRawBufferPointer(rebasing: bytes[lo..<hi]))
-            nonJSON += 1
-            if firstNonJSON == nil { firstNonJSON = Wire.excerpt(text, limit: 120) }
-            if nonJSON <= 20 { call.notice("warning", "\(program): ignored a stdout line that is not a JSON object: \(Wire.excerpt(text))") }
-            return
-        }
+    func stdout(_ bytes: UnsafeRawBufferPointer) {
+        guard !out.ended, let o = out.object(bytes) else { return }
         handle(o)
     }
 
@@ -264,14 +205,13 @@ final class JSONLinesSession: @unchecked Sendable {
             if doc["finish_reason"] == nil { doc["finish_reason"] = "stop" }
             do {
                 let finish = try Wire.decodeFinish(.object(doc))
-                terminal = true
-                call.finish(finish)
+                if out.end() { call.finish(finish) }
                 link.done(exitWithin: exitGrace)
             } catch {
                 protocolError("done event: \(error)")
             }
         case "error":
-            terminal = true
+            guard out.end() else { return }
             let kind = o["kind"]?.stringValue ?? "backend"
             var e = ProviderError(
                 ProviderError.Kind(rawValue: kind.isEmpty ? "backend" : kind), o["message"]?.stringValue ?? "(no message)",
@@ -293,62 +233,49 @@ final class JSONLinesSession: @unchecked Sendable {
     }
 
     func protocolError(_ message: String) {
-        terminal = true
-        call.fail(ProviderError(.invalidResponse, "\(program): \(message)"))
+        guard out.end() else { return }
+        call.fail(ProviderError(.invalidResponse, "\(out.program): \(message)"))
         link.terminate()
     }
 
-    func stderr(_ bytes: UnsafeRawBufferPointer) {
-        if terminal { return }
-        let text = ANSIStripper.clean(bytes)
-        if !text.isEmpty && stderrBudget.take() { call.notice("info", "\(program): \(text)") }
-    }
+    func stderr(_ bytes: UnsafeRawBufferPointer) { out.stderr(bytes) }
 
     func exited(_ exit: ChildExit) {
         // After done or error the answer stands, whatever the exit status.
-        if terminal { return }
-        terminal = true
-        guard exit.reason == .exited else {
-            call.fail(exit.error(program))
+        guard out.end() else { return }
+        if exit.succeeded && out.nonJSONLines > 0 {
+            let n = out.nonJSONLines
+            call.fail(
+                ProviderError(
+                    .invalidResponse,
+                    "\(out.program) exited without a done event and wrote \(n) stdout line\(n == 1 ? "" : "s") that \(n == 1 ? "is" : "are") not JSON (first: \(out.diagnostics.first ?? "")); it does not speak the json-lines protocol"
+                ))
             return
         }
-        if exit.status == 0 && exit.signal == nil {
-            if nonJSON > 0 {
-                call.fail(
-                    ProviderError(
-                        .invalidResponse,
-                        "\(program) exited without a done event and wrote \(nonJSON) stdout line\(nonJSON == 1 ? "" : "s") that \(nonJSON == 1 ? "is" : "are") not JSON (first: \(firstNonJSON ?? "")); it does not speak the json-lines protocol"
-                    ))
-            } else {
-                call.fail(ProviderError(.streamClosed, "\(program) exited with status 0 without a done event"))
-            }
-            return
-        }
-        call.fail(exit.error(program, context: " without a done event"))
+        call.fail(out.unfinished(exit))
     }
 }
 
 /// One text-protocol call: stdout is the answer, streamed as it arrives.
-final class TextSession: @unchecked Sendable {
+final class TextSession: ChildReader, @unchecked Sendable {
     let call: PluginCall
-    let program: String
     let inputTokens: Int
     let model: String
     // Runner thread only.
+    var out: HeadlessOutput
     var stripper: ANSIStripper?
     var outputBytes = 0
     var scratch: [UInt8] = []
-    var stderrBudget = NoticeBudget()
 
     init(call: PluginCall, program: String, stripANSI: Bool, inputTokens: Int, model: String) {
         self.call = call
-        self.program = program
         self.inputTokens = inputTokens
         self.model = model
+        out = HeadlessOutput(call: call, program: program, finalEvent: "end of output")
         stripper = stripANSI ? ANSIStripper() : nil
     }
 
-    func chunk(_ bytes: UnsafeRawBufferPointer) {
+    func stdout(_ bytes: UnsafeRawBufferPointer) {
         if stripper != nil {
             scratch.removeAll(keepingCapacity: true)
             stripper!.strip(bytes, into: &scratch)
@@ -360,10 +287,7 @@ final class TextSession: @unchecked Sendable {
         }
     }
 
-    func stderr(_ bytes: UnsafeRawBufferPointer) {
-        let text = ANSIStripper.clean(bytes)
-        if !text.isEmpty && stderrBudget.take() { call.notice("info", "\(program): \(text)") }
-    }
+    func stderr(_ bytes: UnsafeRawBufferPointer) { out.stderr(bytes) }
 
     func exited(_ exit: ChildExit) {
         if exit.succeeded {
@@ -373,15 +297,8 @@ final class TextSession: @unchecked Sendable {
                     usage: Usage(inputTokens: inputTokens, outputTokens: (outputBytes + 3) / 4, estimated: true),
                     model: model.isEmpty ? nil : model))
         } else {
-            call.fail(exit.error(program))
+            call.fail(exit.error(out.program))
         }
-    }
-}
-
-enum FileSystemName {
-    static func base(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return path }
-        return String(path[path.index(after: slash)...])
     }
 }
 
