@@ -651,9 +651,40 @@ public struct JSONKey {
 
 // MARK: - Writing
 
+/// What an encoder writes to: JSON text (`JSONWriter`) or a document
+/// (`JSONTreeWriter`). An encoder written once against it produces both, so
+/// no type needs a second encoder, and nothing is encoded to text only to
+/// be parsed back.
+public protocol JSONOutput {
+    mutating func beginObject()
+    mutating func endObject()
+    mutating func beginArray()
+    mutating func endArray()
+    /// A key inside an object; the next write is its value.
+    mutating func key(_ k: String)
+    mutating func value(_ s: String)
+    mutating func value(_ i: Int)
+    mutating func value(_ d: Double)
+    mutating func value(_ b: Bool)
+    mutating func null()
+    mutating func value(_ v: JSONValue)
+}
+
+extension JSONOutput {
+    @inlinable public mutating func beginObject(key k: String) { key(k); beginObject() }
+    @inlinable public mutating func beginArray(key k: String) { key(k); beginArray() }
+
+    /// `"key": value` in one call; nil values are omitted.
+    @inlinable public mutating func field(_ k: String, _ v: String?) { if let v { key(k); value(v) } }
+    @inlinable public mutating func field(_ k: String, _ v: Int?) { if let v { key(k); value(v) } }
+    @inlinable public mutating func field(_ k: String, _ v: Double?) { if let v { key(k); value(v) } }
+    @inlinable public mutating func field(_ k: String, _ v: Bool?) { if let v { key(k); value(v) } }
+    @inlinable public mutating func field(_ k: String, _ v: JSONValue?) { if let v { key(k); value(v) } }
+}
+
 /// Appends JSON text to a byte buffer. Used to build request bodies and ABI
 /// payloads without an intermediate document.
-public struct JSONWriter {
+public struct JSONWriter: JSONOutput {
     public var bytes: [UInt8]
     /// One entry per open container: true while nothing has been written in it.
     private var first: [Bool] = []
@@ -682,10 +713,7 @@ public struct JSONWriter {
     public mutating func endObject() { first.removeLast(); bytes.append(UInt8(ascii: "}")) }
     public mutating func beginArray() { prefix(); bytes.append(UInt8(ascii: "[")); first.append(true) }
     public mutating func endArray() { first.removeLast(); bytes.append(UInt8(ascii: "]")) }
-    public mutating func beginObject(key k: String) { key(k); beginObject() }
-    public mutating func beginArray(key k: String) { key(k); beginArray() }
 
-    /// Writes a key inside an object; the next write is its value.
     public mutating func key(_ k: String) {
         prefix()
         JSONWriter.appendEscaped(k, to: &bytes)
@@ -701,13 +729,6 @@ public struct JSONWriter {
     public mutating func value(_ v: JSONValue) { prefix(); v.write(to: &bytes) }
     /// Writes pre-encoded JSON text as the next value (trusted to be valid).
     public mutating func raw(_ json: some Sequence<UInt8>) { prefix(); bytes.append(contentsOf: json) }
-
-    /// `"key": value` in one call; nil values are omitted.
-    public mutating func field(_ k: String, _ v: String?) { if let v { key(k); value(v) } }
-    public mutating func field(_ k: String, _ v: Int?) { if let v { key(k); value(v) } }
-    public mutating func field(_ k: String, _ v: Double?) { if let v { key(k); value(v) } }
-    public mutating func field(_ k: String, _ v: Bool?) { if let v { key(k); value(v) } }
-    public mutating func field(_ k: String, _ v: JSONValue?) { if let v { key(k); value(v) } }
 
     static let hex: [UInt8] = Array("0123456789abcdef".utf8)
 
@@ -760,6 +781,62 @@ public struct JSONWriter {
     }
 }
 
+/// Builds a `JSONValue` from the same calls `JSONWriter` takes (members in
+/// the order written; a repeated key is kept twice, as the text would be).
+public struct JSONTreeWriter: JSONOutput {
+    /// One open container, and the key it is the value of (nil in an array
+    /// or at the top).
+    private struct Frame {
+        var isObject: Bool
+        var members: [(key: String, value: JSONValue)] = []
+        var items: [JSONValue] = []
+        var key: String?
+    }
+    private var frames: [Frame] = []
+    private var pendingKey: String?
+    /// The document, once its outermost value is complete.
+    public private(set) var value: JSONValue = .null
+
+    public init() {}
+
+    private mutating func add(_ v: JSONValue) {
+        guard !frames.isEmpty else {
+            value = v
+            return
+        }
+        let i = frames.count - 1
+        if frames[i].isObject {
+            frames[i].members.append((key: pendingKey ?? "", value: v))
+            pendingKey = nil
+        } else {
+            frames[i].items.append(v)
+        }
+    }
+
+    private mutating func begin(object: Bool) {
+        frames.append(Frame(isObject: object, key: pendingKey))
+        pendingKey = nil
+    }
+
+    private mutating func end() {
+        guard let f = frames.popLast() else { return }
+        pendingKey = f.key
+        add(f.isObject ? .object(JSONObject(f.members)) : .array(f.items))
+    }
+
+    public mutating func beginObject() { begin(object: true) }
+    public mutating func endObject() { end() }
+    public mutating func beginArray() { begin(object: false) }
+    public mutating func endArray() { end() }
+    public mutating func key(_ k: String) { pendingKey = k }
+    public mutating func value(_ s: String) { add(.string(s)) }
+    public mutating func value(_ i: Int) { add(.integer(i)) }
+    public mutating func value(_ d: Double) { add(.number(d)) }
+    public mutating func value(_ b: Bool) { add(.bool(b)) }
+    public mutating func null() { add(.null) }
+    public mutating func value(_ v: JSONValue) { add(v) }
+}
+
 extension JSONValue {
     /// Appends this value's compact JSON text.
     public func write(to out: inout [UInt8]) {
@@ -793,6 +870,17 @@ extension JSONValue {
         var out: [UInt8] = []
         write(to: &out)
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The same value with every object's members sorted by key: one text
+    /// per meaning (cache keys).
+    package var canonical: JSONValue {
+        switch self {
+        case .array(let a): return .array(a.map(\.canonical))
+        case .object(let o):
+            return .object(JSONObject(o.members.map { (key: $0.key, value: $0.value.canonical) }.sorted { $0.key < $1.key }))
+        default: return self
+        }
     }
 
     /// Compact JSON bytes.

@@ -1,7 +1,14 @@
 // The JSON documents of the C ABI (docs/abi.md), version 1, for the value
-// types of Types.swift. The host encodes requests and decodes results; the
-// plugin kit does the reverse. Decoders are lenient about absent optional
-// fields and strict about types, and name the field at fault.
+// types of Types.swift, and the JSON forms the host writes itself (responses,
+// stream events, errors with their attempts: the CLI's --json output, the
+// response cache, batch results). The host encodes requests and decodes
+// results; the plugin kit does the reverse. Decoders are lenient about
+// absent optional fields and strict about types, and name the field at fault.
+//
+// One encoder per type. Each produces a document (`Wire.json`) or bytes
+// (`Wire.encode`) from the same code: the request, the hot path, through a
+// `JSONOutput` (text without an intermediate document); the rest as a
+// `JSONValue` whose text is the bytes.
 
 extension Duration {
     /// Whole milliseconds, rounded down.
@@ -28,6 +35,17 @@ public enum Wire {
 
     public static func encode(_ r: ModelRequest) -> [UInt8] {
         var w = JSONWriter(capacity: 512)
+        write(r, to: &w)
+        return w.bytes
+    }
+
+    public static func json(_ r: ModelRequest) -> JSONValue {
+        var w = JSONTreeWriter()
+        write(r, to: &w)
+        return w.value
+    }
+
+    static func write<W: JSONOutput>(_ r: ModelRequest, to w: inout W) {
         w.beginObject()
         w.field("model", r.model)
         w.beginArray(key: "messages")
@@ -106,7 +124,6 @@ public enum Wire {
             w.endObject()
         }
         w.endObject()
-        return w.bytes
     }
 
     static func decodeImage(_ v: JSONValue, _ path: String) throws(WireError) -> ImageInput {
@@ -129,7 +146,7 @@ public enum Wire {
         return ImageInput(.data(mediaType: type, base64: data))
     }
 
-    static func writeToolCall(_ c: ToolCall, _ w: inout JSONWriter) {
+    static func writeToolCall<W: JSONOutput>(_ c: ToolCall, _ w: inout W) {
         w.beginObject()
         w.field("id", c.id)
         w.field("name", c.name)
@@ -234,7 +251,9 @@ public enum Wire {
 
     // MARK: Usage
 
-    public static func encode(_ u: Usage) -> JSONValue {
+    public static func encode(_ u: Usage) -> [UInt8] { json(u).jsonBytes }
+
+    public static func json(_ u: Usage) -> JSONValue {
         var o: JSONObject = ["input_tokens": .integer(u.inputTokens), "output_tokens": .integer(u.outputTokens)]
         if u.cacheReadTokens != 0 { o["cache_read_tokens"] = .integer(u.cacheReadTokens) }
         if u.cacheWriteTokens != 0 { o["cache_write_tokens"] = .integer(u.cacheWriteTokens) }
@@ -277,14 +296,16 @@ public enum Wire {
         }
     }
 
-    public static func encode(_ f: Finish) -> [UInt8] {
+    public static func encode(_ f: Finish) -> [UInt8] { json(f).jsonBytes }
+
+    public static func json(_ f: Finish) -> JSONValue {
         var o: JSONObject = ["finish_reason": .string(f.finishReason.rawValue)]
-        if let u = f.usage { o["usage"] = encode(u) }
+        if let u = f.usage { o["usage"] = json(u) }
         if let m = f.model { o["model"] = .string(m) }
         if let id = f.id { o["id"] = .string(id) }
         if let c = f.costUSD { o["cost_usd"] = .number(c) }
         if !f.metadata.isEmpty { o["metadata"] = .object(f.metadata) }
-        return JSONValue.object(o).jsonBytes
+        return .object(o)
     }
 
     public static func decodeFinish(_ v: JSONValue) throws(WireError) -> Finish {
@@ -306,14 +327,21 @@ public enum Wire {
 
     // MARK: Error
 
-    public static func encode(_ e: ProviderError) -> [UInt8] {
+    /// The Error document. `provider` and `attempts` (what failed on the way
+    /// to this error: retries, fallbacks) are the host's; a plugin's errors
+    /// have neither.
+    public static func encode(_ e: ProviderError) -> [UInt8] { json(e).jsonBytes }
+
+    public static func json(_ e: ProviderError) -> JSONValue {
         var o: JSONObject = ["kind": .string(e.kind.rawValue), "message": .string(e.message)]
+        if let p = e.provider { o["provider"] = .string(p) }
         if let s = e.status { o["status"] = .integer(s) }
         if let t = e.providerType { o["provider_type"] = .string(t) }
         if let r = e.retryAfter { o["retry_after_ms"] = .integer(r.milliseconds) }
         if let d = e.deadline { o["deadline"] = .string(d) }
         if !e.details.isEmpty { o["details"] = .array(e.details.map { .string($0) }) }
-        return JSONValue.object(o).jsonBytes
+        if !e.attempts.isEmpty { o["attempts"] = .array(e.attempts.map(json)) }
+        return .object(o)
     }
 
     /// Decodes an Error document. Never fails: a malformed document becomes
@@ -324,24 +352,123 @@ public enum Wire {
             return ProviderError(
                 .invalidResponse, "the plugin reported an error that is not JSON (\(error))", provider: provider)
         }
+        return decodeError(v, provider: provider)
+    }
+
+    /// Decodes an Error document; `provider`, when given, names the
+    /// provider (whatever the document says).
+    public static func decodeError(_ v: JSONValue, provider: String?) -> ProviderError {
         guard case .object(let o) = v, let kind = o["kind"]?.stringValue else {
             return ProviderError(
                 .invalidResponse, "the plugin reported an error without a \"kind\": \(excerpt(v.jsonText))",
                 provider: provider)
         }
         var e = ProviderError(
-            ProviderError.Kind(rawValue: kind), o["message"]?.stringValue ?? "(no message)", provider: provider)
+            ProviderError.Kind(rawValue: kind), o["message"]?.stringValue ?? "(no message)",
+            provider: provider ?? o["provider"]?.stringValue)
         e.status = o["status"]?.intValue
         e.providerType = o["provider_type"]?.stringValue
         if let ms = o["retry_after_ms"]?.intValue { e.retryAfter = .milliseconds(ms) }
         e.deadline = o["deadline"]?.stringValue
         e.details = o["details"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        e.attempts = (o["attempts"]?.arrayValue ?? []).map(decodeAttempt)
         return e
+    }
+
+    /// An attempt that failed before the answer (or the final error).
+    public static func json(_ a: Attempt) -> JSONValue {
+        ["provider": .string(a.provider), "error": json(a.error), "duration_ms": .integer(a.duration.milliseconds)]
+    }
+
+    public static func decodeAttempt(_ v: JSONValue) -> Attempt {
+        Attempt(
+            provider: v["provider"]?.stringValue ?? "", error: decodeError(v["error"] ?? .null, provider: nil),
+            duration: .milliseconds(v["duration_ms"]?.intValue ?? 0))
+    }
+
+    // MARK: Response and stream events (the host's own forms)
+
+    public static func json(_ c: ToolCall) -> JSONValue {
+        var w = JSONTreeWriter()
+        writeToolCall(c, &w)
+        return w.value
+    }
+
+    /// A whole response, as the CLI prints it and the cache stores it.
+    public static func json(_ r: ModelResponse) -> JSONValue {
+        var o: JSONObject = [
+            "provider": .string(r.provider), "model": .string(r.model), "content": .string(r.content),
+            "finish_reason": .string(r.finishReason.rawValue), "usage": json(r.usage),
+            "tool_calls": .array(r.toolCalls.map(json)),
+        ]
+        if let reasoning = r.reasoning { o["reasoning"] = .string(reasoning) }
+        if let id = r.id { o["id"] = .string(id) }
+        o["cost_usd"] = r.costUSD.map { .number($0) } ?? .null
+        o["attempts"] = .array(r.attempts.map(json))
+        if !r.metadata.isEmpty { o["metadata"] = .object(r.metadata) }
+        return .object(o)
+    }
+
+    public static func decodeResponse(_ v: JSONValue) throws(WireError) -> ModelResponse {
+        guard case .object(let o) = v else { throw WireError("response: expected an object") }
+        var r = ModelResponse()
+        r.content = o["content"]?.stringValue ?? ""
+        r.reasoning = o["reasoning"]?.stringValue
+        r.finishReason = FinishReason(rawValue: o["finish_reason"]?.stringValue ?? "stop")
+        if let u = o["usage"], !u.isNull { r.usage = try decodeUsage(u) }
+        r.toolCalls = try (o["tool_calls"]?.arrayValue ?? []).enumerated().map { (i, c) throws(WireError) in
+            try decodeToolCall(c, "response.tool_calls[\(i)]")
+        }
+        r.model = o["model"]?.stringValue ?? ""
+        r.id = o["id"]?.stringValue
+        r.costUSD = o["cost_usd"]?.doubleValue
+        r.provider = o["provider"]?.stringValue ?? ""
+        r.metadata = o["metadata"]?.objectValue ?? [:]
+        r.attempts = (o["attempts"]?.arrayValue ?? []).map(decodeAttempt)
+        return r
+    }
+
+    /// A stream event, as `--json --stream` prints it; `finish` carries the
+    /// whole response.
+    public static func json(_ e: StreamEvent) -> JSONValue {
+        switch e {
+        case .start(let id, let model):
+            var o: JSONObject = ["type": "start"]
+            if let id { o["id"] = .string(id) }
+            if let model { o["model"] = .string(model) }
+            return .object(o)
+        case .textDelta(let t): return ["type": "text", "text": .string(t)]
+        case .reasoningDelta(let t): return ["type": "reasoning", "text": .string(t)]
+        case .toolCallStart(let i, let id, let name): return ["type": "tool_call_start", "index": .integer(i), "id": .string(id), "name": .string(name)]
+        case .toolCallDelta(let i, let a): return ["type": "tool_call_delta", "index": .integer(i), "arguments": .string(a)]
+        case .toolCallEnd(let i): return ["type": "tool_call_end", "index": .integer(i)]
+        case .usage(let u): return ["type": "usage", "usage": json(u)]
+        case .notice(let level, let message): return ["type": "notice", "level": .string(level), "message": .string(message)]
+        case .finish(let r): return ["type": "finish", "response": json(r)]
+        }
+    }
+
+    public static func decodeEvent(_ v: JSONValue) throws(WireError) -> StreamEvent {
+        let index = v["index"]?.intValue ?? 0
+        switch v["type"]?.stringValue {
+        case "start": return .start(id: v["id"]?.stringValue, model: v["model"]?.stringValue)
+        case "text": return .textDelta(v["text"]?.stringValue ?? "")
+        case "reasoning": return .reasoningDelta(v["text"]?.stringValue ?? "")
+        case "tool_call_start": return .toolCallStart(index: index, id: v["id"]?.stringValue ?? "", name: v["name"]?.stringValue ?? "")
+        case "tool_call_delta": return .toolCallDelta(index: index, arguments: v["arguments"]?.stringValue ?? "")
+        case "tool_call_end": return .toolCallEnd(index: index)
+        case "usage": return .usage(try decodeUsage(v["usage"] ?? .null))
+        case "notice": return .notice(level: v["level"]?.stringValue ?? "info", message: v["message"]?.stringValue ?? "")
+        case "finish": return .finish(try decodeResponse(v["response"] ?? .null))
+        case let t: throw WireError("event: unknown type \(t.map { "'\($0)'" } ?? "(none)")")
+        }
     }
 
     // MARK: Other results
 
-    public static func encode(models: [ModelInfo]) -> [UInt8] {
+    public static func encode(models: [ModelInfo]) -> [UInt8] { json(models: models).jsonBytes }
+
+    public static func json(models: [ModelInfo]) -> JSONValue {
         JSONValue.object([
             "models": .array(
                 models.map { m in
@@ -351,7 +478,7 @@ public enum Wire {
                     if !m.details.isEmpty { o["details"] = .object(m.details) }
                     return .object(o)
                 })
-        ]).jsonBytes
+        ])
     }
 
     public static func decodeModels(_ v: JSONValue) throws(WireError) -> [ModelInfo] {
@@ -366,9 +493,10 @@ public enum Wire {
         }
     }
 
-    public static func encode(_ t: TokenEstimate) -> [UInt8] {
-        JSONValue.object(["tokens": .integer(t.tokens), "exact": .bool(t.exact), "method": .string(t.method)])
-            .jsonBytes
+    public static func encode(_ t: TokenEstimate) -> [UInt8] { json(t).jsonBytes }
+
+    public static func json(_ t: TokenEstimate) -> JSONValue {
+        ["tokens": .integer(t.tokens), "exact": .bool(t.exact), "method": .string(t.method)]
     }
 
     public static func decodeTokenEstimate(_ v: JSONValue) throws(WireError) -> TokenEstimate {
@@ -376,10 +504,12 @@ public enum Wire {
         return TokenEstimate(tokens: n, exact: v["exact"]?.boolValue ?? false, method: v["method"]?.stringValue ?? "")
     }
 
-    public static func encode(_ h: HealthReport) -> [UInt8] {
+    public static func encode(_ h: HealthReport) -> [UInt8] { json(h).jsonBytes }
+
+    public static func json(_ h: HealthReport) -> JSONValue {
         var o: JSONObject = ["message": .string(h.message)]
         if !h.details.isEmpty { o["details"] = .object(h.details) }
-        return JSONValue.object(o).jsonBytes
+        return .object(o)
     }
 
     public static func decodeHealth(_ v: JSONValue) -> HealthReport {

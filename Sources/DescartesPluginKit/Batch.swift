@@ -44,7 +44,7 @@ public enum BatchWire {
         if !toolCalls.isEmpty {
             r["tool_calls"] = .array(toolCalls.map { ["id": .string($0.id), "name": .string($0.name), "arguments": .string($0.arguments)] })
         }
-        if let u = finish.usage { r["usage"] = Wire.encode(u) }
+        if let u = finish.usage { r["usage"] = Wire.json(u) }
         if let m = finish.model { r["model"] = .string(m) }
         if let id = finish.id { r["id"] = .string(id) }
         if let c = finish.costUSD { r["cost_usd"] = .number(c) }
@@ -53,7 +53,7 @@ public enum BatchWire {
 
     /// One result: the error of a request.
     public static func result(customID: String, error: ProviderError) -> JSONValue {
-        ["custom_id": .string(customID), "error": (try? JSONValue.parse(bytes: Wire.encode(error))) ?? .null]
+        ["custom_id": .string(customID), "error": Wire.json(error)]
     }
 
     /// The RESULT of `results`.

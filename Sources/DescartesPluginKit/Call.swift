@@ -110,7 +110,7 @@ public final class PluginCall: @unchecked Sendable {
         toolCallEnd(index: index)
     }
 
-    public func usage(_ u: Usage) { emitJSON(UInt32(DESCARTES_EVENT_USAGE), 0, Wire.encode(u).jsonBytes) }
+    public func usage(_ u: Usage) { emitJSON(UInt32(DESCARTES_EVENT_USAGE), 0, Wire.encode(u)) }
 
     /// A diagnostic for the caller ("info", "warning" or "error").
     public func notice(_ level: String = "info", _ message: String) {

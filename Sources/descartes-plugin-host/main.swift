@@ -59,10 +59,7 @@ enum Helper {
     }
 
     static func reply(error: ProviderError?) {
-        let doc: JSONValue = error.map { e in
-            let errorDoc = (try? JSONValue.parse(bytes: Wire.encode(e))) ?? .null
-            return ["error": errorDoc]
-        } ?? [:]
+        let doc: JSONValue = error.map { ["error": Wire.json($0)] } ?? [:]
         _ = writer.send(Frame.created, bytes: doc.jsonBytes)
     }
 

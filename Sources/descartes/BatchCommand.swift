@@ -128,9 +128,9 @@ enum BatchCommand {
                 var o: JSONObject = ["index": .integer(index), "line": .integer(lines[index].line)]
                 if let id = customIDs[index] { o["custom_id"] = .string(id) }
                 switch result {
-                case .success(let r): o["response"] = Render.response(r)
+                case .success(let r): o["response"] = Wire.json(r)
                 case .failure(let e):
-                    o["error"] = Render.error(e)
+                    o["error"] = Wire.json(e)
                     failed.withLock { $0 += 1 }
                 }
                 writeLine(output, JSONValue.object(o).jsonText)

@@ -64,7 +64,7 @@ func usageFailure(_ e: UsageError) -> Never {
 
 func failure(_ e: ProviderError, json: Bool = false) -> Never {
     if json {
-        Out.line(JSONValue.object(["error": Render.error(e)]).jsonText)
+        Out.line(JSONValue.object(["error": Wire.json(e)]).jsonText)
     }
     Out.err("Error: \(e)")
     exit(ExitCode.for(e).rawValue)

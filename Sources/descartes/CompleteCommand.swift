@@ -146,14 +146,14 @@ enum CompleteCommand {
             if streaming && !json { Out.line() }
             if json && streaming {
                 if let stats { Out.line(JSONValue.object(["type": "stats", "stats": ReliabilityOptions.json(stats, cache: cacheStats)]).jsonText) }
-                Out.line(JSONValue.object(["type": "error", "error": Render.error(e)]).jsonText)
+                Out.line(JSONValue.object(["type": "error", "error": Wire.json(e)]).jsonText)
                 Out.err("Error: \(e)")
                 return ExitCode.for(e)
             }
             failure(e, json: json)
         case .success(let r):
             if json {
-                var doc = Render.response(r)
+                var doc = Wire.json(r)
                 if let stats { doc = ReliabilityOptions.with(stats: stats, cache: cacheStats, doc) }
                 if !streaming {
                     Out.line(doc.prettyText())
@@ -179,8 +179,8 @@ enum CompleteCommand {
         func flush() {
             let (t, r) = (text.finish(), reasoning.finish())
             if json {
-                if !r.isEmpty { Out.line(Render.event(.reasoningDelta(r)).jsonText) }
-                if !t.isEmpty { Out.line(Render.event(.textDelta(t)).jsonText) }
+                if !r.isEmpty { Out.line(Wire.json(.reasoningDelta(r)).jsonText) }
+                if !t.isEmpty { Out.line(Wire.json(.textDelta(t)).jsonText) }
             } else {
                 if !r.isEmpty { Out.write(Out.dim(r), to: 2) }
                 if !t.isEmpty { Out.write(t) }
@@ -202,7 +202,7 @@ enum CompleteCommand {
             default: break
             }
             if json {
-                Out.line(Render.event(event).jsonText)
+                Out.line(Wire.json(event).jsonText)
                 if case .finish(let r) = event { return r }
                 continue
             }

@@ -85,7 +85,7 @@ enum HealthCommand {
                     r["skipped"] = .string(s)
                 } else if let e = o.error {
                     r["healthy"] = false
-                    r["error"] = Render.error(e)
+                    r["error"] = Wire.json(e)
                 }
                 return .object(r)
             }

@@ -46,51 +46,9 @@ enum Out {
     }
 }
 
-/// JSON renderings of results for `--json` output (docs/cli.md).
+/// JSON renderings of manifests for `--json` output (results render
+/// through `Wire.json`).
 enum Render {
-    static func usage(_ u: Usage) -> JSONValue { Wire.encode(u) }
-
-    static func toolCall(_ c: ToolCall) -> JSONValue {
-        ["id": .string(c.id), "name": .string(c.name), "arguments": .string(c.arguments)]
-    }
-
-    static func error(_ e: ProviderError) -> JSONValue {
-        var o: JSONObject = ["kind": .string(e.kind.rawValue), "message": .string(e.message)]
-        if let p = e.provider { o["provider"] = .string(p) }
-        if let s = e.status { o["status"] = .integer(s) }
-        if let t = e.providerType { o["provider_type"] = .string(t) }
-        if let r = e.retryAfter { o["retry_after_ms"] = .integer(r.milliseconds) }
-        if let d = e.deadline { o["deadline"] = .string(d) }
-        if !e.details.isEmpty { o["details"] = .array(e.details.map { .string($0) }) }
-        // What failed on the way to this error (retries, fallbacks).
-        if !e.attempts.isEmpty { o["attempts"] = .array(e.attempts.map(ResponseCodec.encode)) }
-        return .object(o)
-    }
-
-    static func response(_ r: ModelResponse) -> JSONValue {
-        var o: JSONObject = [
-            "provider": .string(r.provider), "model": .string(r.model), "content": .string(r.content),
-            "finish_reason": .string(r.finishReason.rawValue), "usage": usage(r.usage),
-            "tool_calls": .array(r.toolCalls.map(toolCall)),
-        ]
-        if let reasoning = r.reasoning { o["reasoning"] = .string(reasoning) }
-        if let id = r.id { o["id"] = .string(id) }
-        o["cost_usd"] = r.costUSD.map { .number($0) } ?? .null
-        o["attempts"] = .array(
-            r.attempts.map { a in
-                ["provider": .string(a.provider), "error": error(a.error), "duration_ms": .integer(a.duration.milliseconds)]
-            })
-        if !r.metadata.isEmpty { o["metadata"] = .object(r.metadata) }
-        return .object(o)
-    }
-
-    /// A stream event as `--json --stream` prints it: the library's event
-    /// document, with the CLI's own rendering of the final response.
-    static func event(_ e: StreamEvent) -> JSONValue {
-        if case .finish(let r) = e { return ["type": "finish", "response": response(r)] }
-        return ResponseCodec.encode(e)
-    }
-
     static func configKey(_ k: ConfigKey) -> JSONValue {
         var o: JSONObject = ["name": .string(k.name), "type": .string(k.type.rawValue), "required": .bool(k.required), "secret": .bool(k.secret)]
         o["default"] = k.defaultValue ?? .null

@@ -203,7 +203,7 @@ enum PluginsCommand {
             } catch {
                 failed += 1
                 rows.append([name, Out.red("FAIL"), error.description])
-                results.append(["name": .string(name), "ok": false, "error": Render.error(error)])
+                results.append(["name": .string(name), "ok": false, "error": Wire.json(error)])
             }
         }
         if args.flag("--json") {

@@ -91,7 +91,7 @@ enum ProviderBatchOptions {
                     case .success(let request): items.append((customID(customIDs[i], i), request))
                     case .failure(let e):
                         bad += 1
-                        BatchCommand.writeLine(output, JSONValue.object(["index": .integer(i), "line": .integer(lines[i]), "error": Render.error(e)]).jsonText)
+                        BatchCommand.writeLine(output, JSONValue.object(["index": .integer(i), "line": .integer(lines[i]), "error": Wire.json(e)]).jsonText)
                     }
                 }
                 guard !items.isEmpty else {
@@ -131,10 +131,10 @@ enum ProviderBatchOptions {
             if let line { o["line"] = .integer(line) }
             o["custom_id"] = .string(cid)
             switch r {
-            case .success(let resp): o["response"] = Render.response(resp)
+            case .success(let resp): o["response"] = Wire.json(resp)
             case .failure(let e):
                 failed += 1
-                o["error"] = Render.error(e)
+                o["error"] = Wire.json(e)
             }
             BatchCommand.writeLine(output, JSONValue.object(o).jsonText)
         }

@@ -126,7 +126,7 @@ struct ReliabilityOptions {
     static func json(_ s: RequestStats, cache: ResponseCache.Stats?) -> JSONValue {
         var o: JSONObject = [
             "provider": .string(s.provider), "model": .string(s.model), "streamed": .bool(s.streamed),
-            "duration_ms": .integer(s.duration.milliseconds), "usage": Wire.encode(s.usage),
+            "duration_ms": .integer(s.duration.milliseconds), "usage": Wire.json(s.usage),
             "failed_attempts": .integer(s.failedAttempts), "cached": .bool(s.cached),
         ]
         o["time_to_first_token_ms"] = s.timeToFirstToken.map { .integer($0.milliseconds) } ?? .null

@@ -143,8 +143,7 @@ public struct ProviderBatches: Sendable {
         var items: [JSONValue] = []
         items.reserveCapacity(requests.count)
         for r in requests {
-            let request = try JSONValue.parse(bytes: Wire.encode(r.request))
-            items.append(["custom_id": .string(r.customID), "request": request])
+            items.append(["custom_id": .string(r.customID), "request": Wire.json(r.request)])
         }
         return try ProviderBatchStatus.decode(try await run(.batchSubmit, ["requests": .array(items)]), provider: provider)
     }
@@ -172,13 +171,13 @@ public struct ProviderBatches: Sendable {
                 throw ProviderError(.invalidResponse, "batch result \(i) has no custom_id", provider: provider)
             }
             if let e = item["error"], !e.isNull {
-                var err = ResponseCodec.decodeError(e)
+                var err = Wire.decodeError(e, provider: nil)
                 err.provider = err.provider ?? provider
                 err.message = Redactor.shared.redact(err.message)
                 return ProviderBatchResult(customID: cid, result: .failure(err))
             }
             do {
-                var r = try ResponseCodec.decodeResponse(item["response"] ?? .null)
+                var r = try Wire.decodeResponse(item["response"] ?? .null)
                 r.provider = provider
                 if r.costUSD == nil, let prices = backend.prices(for: r.model.isEmpty ? (backend.manifest.defaultModel ?? "") : r.model, fallback: nil) {
                     r.costUSD = prices.cost(of: r.usage) * factor

@@ -156,7 +156,7 @@ public final class ResponseCache: Sendable {
         var r = request
         r.deadlines = Deadlines()
         r.metadata = [:]
-        let body = (try? JSONValue.parse(bytes: Wire.encode(r)))?.canonical.jsonText ?? String(decoding: Wire.encode(r), as: UTF8.self)
+        let body = Wire.json(r).canonical.jsonText
         return "\(namespace)\n\(body)"
     }
 
@@ -250,8 +250,8 @@ public final class ResponseCache: Sendable {
                 }
                 remaining = .seconds(left)
             }
-            let response = try ResponseCodec.decodeResponse(doc["response"] ?? .null)
-            let events = try (doc["events"]?.arrayValue ?? []).map { (e) throws(WireError) in try ResponseCodec.decodeEvent(e) }
+            let response = try Wire.decodeResponse(doc["response"] ?? .null)
+            let events = try (doc["events"]?.arrayValue ?? []).map { (e) throws(WireError) in try Wire.decodeEvent(e) }
             return (Entry(response: response, events: events), remaining)
         } catch {
             LogSink.shared.log(.warning, "cache", "\(path): unreadable cache entry, removed: \(error)")
@@ -269,7 +269,7 @@ public final class ResponseCache: Sendable {
         defer { state.withLock { _ = $0.writing.remove(key) } }
         var doc: JSONObject = [
             "version": 1, "key": .string(key), "created_unix": .integer(Self.wallClock()),
-            "response": ResponseCodec.encode(entry.response), "events": .array(entry.events.map(ResponseCodec.encode)),
+            "response": Wire.json(entry.response), "events": .array(entry.events.map(Wire.json)),
         ]
         if let ttl = limits.ttl { doc["expires_unix"] = .integer(Self.wallClock() + max(1, Int(ttl.seconds.rounded(.up)))) }
         do {

@@ -83,7 +83,6 @@ final class ProcessBackend: @unchecked Sendable {
         var held: [(UInt64, [UInt8])]? = nil
         var crashes: [Int] = []
         var destroyed = false
-        var created: Waiter.Reply? = nil
     }
     private let state = Lock(State())
     private let waiter = Waiter()
@@ -181,8 +180,8 @@ final class ProcessBackend: @unchecked Sendable {
         }
         switch waiter.wait(seconds: 30) {
         case .ok: return helper
-        case .error(let bytes):
-            throw bytes.withUnsafeBytes { Wire.decodeError($0, provider: instance) }
+        case .error(let doc):
+            throw Wire.decodeError(doc, provider: instance)
         case .timeout:
             kill(helper.pid, SIGKILL)
             throw ProviderError(.process, "isolation: the plugin host process did not answer within 30 s", provider: instance)
@@ -216,7 +215,7 @@ final class ProcessBackend: @unchecked Sendable {
             switch type {
             case Frame.created:
                 let doc = try? JSONValue.parse(bytes: Array(payload))
-                if let e = doc?["error"] { waiter.signal(.error(e.jsonBytes)) } else { waiter.signal(.ok) }
+                if let e = doc?["error"] { waiter.signal(.error(e)) } else { waiter.signal(.ok) }
             case Frame.event:
                 guard payload.count >= 16 else { continue }
                 let id = payload.le(0, as: UInt64.self)
@@ -503,7 +502,7 @@ enum Thread {
 final class Waiter: @unchecked Sendable {
     enum Reply {
         case ok
-        case error([UInt8])
+        case error(JSONValue)
         case died(String)
         case timeout
     }

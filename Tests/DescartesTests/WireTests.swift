@@ -1,0 +1,103 @@
+import Descartes
+import Testing
+
+/// One codec per type (`Wire`): the document and the bytes come from the
+/// same encoder, and every host-side form decodes back to what was encoded.
+@Suite struct WireTests {
+    static let request = ModelRequest(
+        messages: [
+            .system("be brief"),
+            .user("what is \"this\"?\n", images: [.url("https://example.com/a.png")]),
+            Message(
+                role: .assistant, content: "", toolCalls: [ToolCall(id: "c1", name: "look", arguments: #"{"q":"é"}"#)],
+                reasoning: "hm", reasoningSignature: "sig"),
+            .tool(callID: "c1", "found"),
+        ],
+        model: "m-1", maxTokens: 64, temperature: 0.5, topP: 1, systemPrompt: "sys",
+        tools: [Tool(name: "look", description: "looks", parameters: ["type": "object", "properties": ["q": ["type": "string"]]])],
+        toolChoice: .tool("look"), stop: ["\n\n", "END"], seed: 7, metadata: ["b": "2", "a": "1"],
+        options: ["num_ctx": 4096, "nested": ["x": [1, 2.5, true, .null]]],
+        deadlines: Deadlines(connect: .milliseconds(1500), total: .seconds(30)))
+
+    @Test func theRequestsDocumentIsItsBytes() throws {
+        let bytes = Wire.encode(Self.request)
+        let doc = Wire.json(Self.request)
+        #expect(doc.jsonBytes == bytes)
+        #expect(try JSONValue.parse(bytes: bytes) == doc)
+        #expect(try Wire.decodeRequest(doc) == Self.request)
+        // The minimal request as well (no optional member written).
+        let small = ModelRequest(prompt: "hi")
+        #expect(Wire.json(small).jsonBytes == Wire.encode(small))
+        #expect(Wire.json(small).jsonText == #"{"messages":[{"role":"user","content":"hi"}]}"#)
+    }
+
+    @Test func anErrorKeepsItsProviderAndAttempts() throws {
+        let first = ProviderError(.rateLimited, "slow down", provider: "a", status: 429, retryAfter: .milliseconds(1200))
+        let e = ProviderError(
+            .timeout, "the total deadline of 2 s passed", provider: "b", providerType: "t", deadline: "total",
+            details: ["one", "two"], attempts: [Attempt(provider: "a", error: first, duration: .milliseconds(40))])
+        let doc = Wire.json(e)
+        #expect(doc.jsonBytes == Wire.encode(e))
+        #expect(
+            doc.jsonText
+                == #"{"kind":"timeout","message":"the total deadline of 2 s passed","provider":"b","provider_type":"t","deadline":"total","details":["one","two"],"attempts":[{"provider":"a","error":{"kind":"rate_limited","message":"slow down","provider":"a","status":429,"retry_after_ms":1200},"duration_ms":40}]}"#
+        )
+        let back = Wire.decodeError(doc, provider: nil)
+        #expect(back == e)
+        // The provider the host knows wins over the document's.
+        #expect(Wire.decodeError(doc, provider: "c").provider == "c")
+        // The bytes form decodes the same, and a broken document says so.
+        #expect(Wire.encode(e).withUnsafeBytes { Wire.decodeError($0, provider: nil) } == e)
+        #expect(Wire.decodeError(["message": "x"], provider: "p").kind == .invalidResponse)
+    }
+
+    @Test func responsesAndEventsDecodeToWhatWasEncoded() throws {
+        var r = ModelResponse()
+        r.content = "hello"
+        r.reasoning = "because"
+        r.finishReason = .toolUse
+        r.usage = Usage(inputTokens: 3, outputTokens: 5, cacheReadTokens: 1, reasoningTokens: 2)
+        r.toolCalls = [ToolCall(id: "x", name: "f", arguments: "{}")]
+        r.model = "m"
+        r.id = "r1"
+        r.costUSD = 0.25
+        r.provider = "p"
+        r.metadata = ["session": "s"]
+        r.attempts = [Attempt(provider: "q", error: ProviderError(.api, "no"), duration: .milliseconds(9))]
+        #expect(try Wire.decodeResponse(Wire.json(r)) == r)
+        let events: [StreamEvent] = [
+            .start(id: "i", model: "m"), .textDelta("a"), .reasoningDelta("b"), .toolCallStart(index: 0, id: "x", name: "f"),
+            .toolCallDelta(index: 0, arguments: "{}"), .toolCallEnd(index: 0), .usage(r.usage),
+            .notice(level: "info", message: "n"), .finish(r),
+        ]
+        for e in events { #expect(try Wire.decodeEvent(Wire.json(e)) == e) }
+        #expect(Wire.json(r.toolCalls[0]).jsonText == #"{"id":"x","name":"f","arguments":"{}"}"#)
+    }
+
+    @Test func theTreeWriterBuildsWhatTheTextWriterWrites() throws {
+        func write<W: JSONOutput>(_ w: inout W) {
+            w.beginObject()
+            w.field("a", 1)
+            w.beginArray(key: "list")
+            w.value("x")
+            w.beginObject()
+            w.field("deep", true)
+            w.endObject()
+            w.beginArray()
+            w.endArray()
+            w.null()
+            w.endArray()
+            w.beginObject(key: "empty")
+            w.endObject()
+            w.field("skipped", nil as String?)
+            w.field("n", 2.5)
+            w.endObject()
+        }
+        var text = JSONWriter()
+        var tree = JSONTreeWriter()
+        write(&text)
+        write(&tree)
+        #expect(tree.value.jsonBytes == text.bytes)
+        #expect(text.string == #"{"a":1,"list":["x",{"deep":true},[],null],"empty":{},"n":2.5}"#)
+    }
+}
