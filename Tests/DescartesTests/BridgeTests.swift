@@ -66,47 +66,72 @@ import Testing
         #expect(err.retryAfter == .milliseconds(1500))
     }
 
+    // MARK: Deadlines, on a manual clock: the host's timer fires when the
+    // clock passes a deadline, and never before.
+
+    /// A call made on `clock`, and what it ended with once it ends.
+    func call(_ request: ModelRequest, on clock: ManualClock) throws -> (backend: any ModelBackend, task: Task<ModelResponse, Error>) {
+        let b = try dir.factory(clock: DescartesClock(clock)).create("scripted")
+        return (b, Task { try await b.complete(request) })
+    }
+
     @Test func theTotalDeadlineEndsAHungCallAndCancelsIt() async throws {
-        let b = try scripted()
-        let start = ContinuousClock.now
-        let err = try #require(await providerError { _ = try await b.complete(.script(["hang"], deadlines: Deadlines(total: .milliseconds(300)))) })
-        let took = ContinuousClock.now - start
+        let clock = ManualClock()
+        let (b, task) = try call(.script(["hang"], deadlines: Deadlines(total: .milliseconds(300))), on: clock)
+        try await clock.wait(until: { $0.timers == [.milliseconds(300)] })
+        clock.advance(by: .milliseconds(299))
+        // Not yet: the check is still due, in 1 ms.
+        #expect(clock.pending.timers == [.milliseconds(1)])
+        clock.advance(by: .milliseconds(1))
+        #expect(clock.pending.timers.isEmpty)
+        let err = try #require(await providerError { _ = try await task.value })
         #expect(err.kind == .timeout)
         #expect(err.deadline == "total")
-        // The hang never ends by itself; the bound leaves room for a loaded machine.
-        #expect(took >= .milliseconds(290) && took < .seconds(10), "took \(took)")
+        #expect(err.message == "the total deadline of 300 ms passed")
+        // The plugin's call was cancelled.
         #expect(try await waitIdle(b) == 0)
     }
 
     @Test func theFirstTokenDeadlineFires() async throws {
-        let b = try scripted()
-        let err = try #require(await providerError {
-            _ = try await b.complete(.script(["sleep:2000", "words"], deadlines: Deadlines(firstToken: .milliseconds(200), total: .seconds(10))))
-        })
+        let clock = ManualClock()
+        let (_, task) = try call(.script(["hang"], deadlines: Deadlines(firstToken: .milliseconds(200), total: .seconds(10))), on: clock)
+        // The earliest deadline is the one checked.
+        try await clock.wait(until: { $0.timers == [.milliseconds(200)] })
+        clock.advance(by: .milliseconds(200))
+        let err = try #require(await providerError { _ = try await task.value })
         #expect(err.kind == .timeout)
         #expect(err.deadline == "first_token")
         #expect(err.message == "the first token deadline of 200 ms passed")
     }
 
     @Test func theIdleDeadlineFiresBetweenEvents() async throws {
-        let b = try scripted()
-        var texts: [String] = []
-        let err = try #require(await providerError {
-            for try await e in b.stream(.script(["text:one", "sleep:2000", "text:two"], deadlines: Deadlines(idle: .milliseconds(200)))) {
-                if case .textDelta(let t) = e { texts.append(t) }
+        let clock = ManualClock()
+        let b = try dir.factory(clock: DescartesClock(clock)).create("scripted")
+        let texts = Locked<[String]>([])
+        let task = Task {
+            for try await e in b.stream(.script(["text:one", "hang"], deadlines: Deadlines(idle: .milliseconds(200)))) {
+                if case .textDelta(let t) = e { texts.withLock { $0.append(t) } }
             }
-        })
-        #expect(texts == ["one"])
+        }
+        // Before the first token only the total deadline (the 600 s default)
+        // is checked; from it on, the idle one.
+        try await clock.wait(until: { $0.timers == [.milliseconds(200)] })
+        clock.advance(by: .milliseconds(150))
+        #expect(clock.pending.timers == [.milliseconds(50)])
+        clock.advance(by: .milliseconds(50))
+        let err = try #require(await providerError { try await task.value })
+        #expect(texts.withLock { $0 } == ["one"])
         #expect(err.deadline == "idle")
     }
 
     @Test func aPluginIgnoringCancellationStillCannotHangTheCaller() async throws {
+        // On the real clock and its timer thread, end to end: the plugin
+        // sleeps for 30 s through its cancellation; the caller is answered
+        // at the 200 ms deadline (the bound is generous for a loaded machine).
         let b = try scripted()
         let start = ContinuousClock.now
         let err = try #require(await providerError { _ = try await b.complete(.script(["ignore-cancel", "sleep:30000"], deadlines: Deadlines(total: .milliseconds(200)))) })
         #expect(err.kind == .timeout)
-        // The plugin keeps sleeping for 30 s; the caller is answered at the
-        // deadline (the bound leaves room for a loaded machine).
         #expect(ContinuousClock.now - start < .seconds(10))
     }
 

@@ -8,8 +8,19 @@ import Glibc
 /// deadline. This thread only computes and cancels (the plugin's `cancel` is
 /// documented as prompt), so it stays responsive whatever the pool does. It
 /// also costs one heap entry per call instead of one task.
+///
+/// On a `ManualClock` the action is the manual clock's to run instead, when
+/// a test's `advance` passes `when`: no real time goes by.
 final class DeadlineTimer: @unchecked Sendable {
     static let shared = DeadlineTimer()
+
+    /// A scheduled action, for `cancel`.
+    struct Token: Equatable, Sendable {
+        let id: UInt64
+        let manual: ManualClock?
+
+        static func == (a: Token, b: Token) -> Bool { a.id == b.id && a.manual === b.manual }
+    }
 
     struct Entry {
         var when: ContinuousClock.Instant
@@ -33,10 +44,13 @@ final class DeadlineTimer: @unchecked Sendable {
         pthread_condattr_destroy(&attr)
     }
 
-    /// Runs `action` on the timer thread at `when` (at once if it passed),
-    /// unless cancelled first. Returns a token for `cancel`.
+    /// Runs `action` when `clock` reaches `when` (at once if it passed),
+    /// unless cancelled first: on the timer thread for the real clock, in
+    /// the manual clock's `advance` for a manual one. Returns a token for
+    /// `cancel`.
     @discardableResult
-    func schedule(at when: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) -> UInt64 {
+    func schedule(at when: ContinuousClock.Instant, on clock: DescartesClock, _ action: @escaping @Sendable () -> Void) -> Token {
+        if let manual = clock.manual { return Token(id: manual.schedule(at: when, action), manual: manual) }
         pthread_mutex_lock(&mutex)
         if !started {
             started = true
@@ -49,13 +63,14 @@ final class DeadlineTimer: @unchecked Sendable {
         let isFirst = heap[0].id == id
         pthread_mutex_unlock(&mutex)
         if isFirst { pthread_cond_signal(&cond) }
-        return id
+        return Token(id: id, manual: nil)
     }
 
     /// Forgets a scheduled action (no-op if it already ran).
-    func cancel(_ id: UInt64) {
+    func cancel(_ token: Token) {
+        if let manual = token.manual { return manual.cancel(token.id) }
         pthread_mutex_lock(&mutex)
-        live.remove(id)
+        live.remove(token.id)
         pthread_mutex_unlock(&mutex)
     }
 

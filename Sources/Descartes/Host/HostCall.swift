@@ -18,7 +18,9 @@ final class HostCall: @unchecked Sendable {
     let op: PluginBackend.Operation
     let deadlines: Deadlines
     let sink: StreamSink?
-    let startedAt = ContinuousClock.now
+    /// The backend's clock, which the deadlines are counted on.
+    let clock: DescartesClock
+    let startedAt: ContinuousClock.Instant
 
     private struct State {
         var continuation: CheckedContinuation<Outcome, Error>?
@@ -39,8 +41,8 @@ final class HostCall: @unchecked Sendable {
         var reasoning = UTF8Joiner()
         var gotFirstToken = false
         var lastEvent: ContinuousClock.Instant
-        /// The scheduled deadline check (a DeadlineTimer token).
-        var watchdog: UInt64?
+        /// The scheduled deadline check.
+        var watchdog: DeadlineTimer.Token?
     }
     private let state: Lock<State>
 
@@ -52,8 +54,10 @@ final class HostCall: @unchecked Sendable {
         self.op = op
         self.deadlines = deadlines
         self.sink = sink
+        clock = backend.clock
+        startedAt = clock.now
         state = Lock(
-            State(continuation: continuation, assembler: ResponseAssembler(provider: backend.name), lastEvent: .now))
+            State(continuation: continuation, assembler: ResponseAssembler(provider: backend.name), lastEvent: startedAt))
     }
 
     var isCompletion: Bool { op == .complete || op == .stream }
@@ -117,8 +121,7 @@ final class HostCall: @unchecked Sendable {
                 return false
             }
             if s.answered { return false }
-            let now = ContinuousClock.now
-            s.lastEvent = now
+            s.lastEvent = clock.now
             switch type {
             case DESCARTES_EVENT_TEXT:
                 s.gotFirstToken = true
@@ -249,7 +252,7 @@ final class HostCall: @unchecked Sendable {
 
     /// Gives the consumer its answer, once.
     private func answer(_ outcome: Result<Outcome, ProviderError>) {
-        let (continuation, watchdog) = state.withLock { s -> (CheckedContinuation<Outcome, Error>?, UInt64?) in
+        let (continuation, watchdog) = state.withLock { s -> (CheckedContinuation<Outcome, Error>?, DeadlineTimer.Token?) in
             if s.answered { return (nil, nil) }
             s.answered = true
             defer {
@@ -322,16 +325,16 @@ final class HostCall: @unchecked Sendable {
         if !gotFirst, let f = deadlines.firstToken { consider(startedAt + f, "first_token", f) }
         if gotFirst, let i = deadlines.idle { consider(last + i, "idle", i) }
         guard let next else { return }
-        if ContinuousClock.now >= next.when {
+        if clock.now >= next.when {
             terminate(
                 ProviderError(
                     .timeout, "the \(next.which.replacingAll("_", with: " ")) deadline of \(format(next.limit)) passed",
                     provider: backend.name, deadline: next.which))
             return
         }
-        let token = DeadlineTimer.shared.schedule(at: next.when) { [weak self] in self?.armWatchdog() }
+        let token = DeadlineTimer.shared.schedule(at: next.when, on: clock) { [weak self] in self?.armWatchdog() }
         // One pending check per call: this one replaces any earlier one.
-        let (keep, previous) = state.withLock { s -> (Bool, UInt64?) in
+        let (keep, previous) = state.withLock { s -> (Bool, DeadlineTimer.Token?) in
             if s.answered { return (false, nil) }
             defer { s.watchdog = token }
             return (true, s.watchdog)

@@ -18,6 +18,8 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     let hostTable: HostTable
     /// Deadlines applied when a request sets none of its own.
     let defaultDeadlines: Deadlines
+    /// The clock the deadlines are counted on.
+    let clock: DescartesClock
 
     private struct State {
         var initTask: Task<Void, Error>?
@@ -31,7 +33,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     init(
         name: String, manifest: PluginManifest, owner: AnyObject, raw: UnsafeMutablePointer<descartes_backend_t>,
-        hostTable: HostTable, defaultDeadlines: Deadlines
+        hostTable: HostTable, defaultDeadlines: Deadlines, clock: DescartesClock
     ) {
         self.name = name
         self.mode = manifest.mode
@@ -40,6 +42,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         self.raw = raw
         self.hostTable = hostTable
         self.defaultDeadlines = defaultDeadlines
+        self.clock = clock
     }
 
     deinit {

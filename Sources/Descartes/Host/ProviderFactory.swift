@@ -20,15 +20,21 @@ public struct ProviderFactory: Sendable {
     /// chosen by the caller (the CLI's `--isolate`): wins over the policy
     /// files. A call's own `isolation:` argument wins over this.
     public var isolationOverrides: [String: Isolation] = [:]
+    /// The clock of the backends it creates (their deadlines) and of the
+    /// middlewares `ReliableProviders` builds over them: the real one, or a
+    /// `ManualClock` in tests.
+    public var clock: DescartesClock
 
     public init(
         catalog: PluginCatalog = .discover(), loader: PluginLoader = .shared,
-        environment: [String: String] = Environment.current(), configuration: ProvidersConfig? = nil
+        environment: [String: String] = Environment.current(), configuration: ProvidersConfig? = nil,
+        clock: DescartesClock = .continuous
     ) {
         self.catalog = catalog
         self.loader = loader
         self.environment = environment
         self.configuration = configuration
+        self.clock = clock
     }
 
     /// A factory for this process: plugins found on the standard search path
@@ -210,7 +216,7 @@ public struct ProviderFactory: Sendable {
         }
         var defaults = Deadlines(total: .seconds(600))
         if let t = resolved["timeout_secs"]?.intValue, t > 0 { defaults.total = .seconds(t) }
-        return PluginBackend(name: instanceName, manifest: manifest, owner: owner, raw: raw, hostTable: table, defaultDeadlines: defaults)
+        return PluginBackend(name: instanceName, manifest: manifest, owner: owner, raw: raw, hostTable: table, defaultDeadlines: defaults, clock: clock)
     }
 
     /// What `verify` found.

@@ -12,17 +12,21 @@ import Dispatch
 /// plugin reports a `timeout` naming it (`expired(...)`), as the host would.
 ///
 /// Before the first token the binding limits are `first_token` and
-/// `total`; `connect` and `idle` apply to each attempt as given.
+/// `total`; `connect` and `idle` apply to each attempt as given. Time is
+/// `clock`'s (a `ManualClock` in tests).
 public struct DeadlineBudget: Sendable {
     public let deadlines: Deadlines
+    public let clock: DescartesClock
     public let start: ContinuousClock.Instant
 
-    public init(_ deadlines: Deadlines, start: ContinuousClock.Instant = .now) {
+    /// - Parameter start: when the request arrived (by default `clock`'s now).
+    public init(_ deadlines: Deadlines, clock: DescartesClock = .continuous, start: ContinuousClock.Instant? = nil) {
         self.deadlines = deadlines
-        self.start = start
+        self.clock = clock
+        self.start = start ?? clock.now
     }
 
-    public var elapsed: Duration { ContinuousClock.now - start }
+    public var elapsed: Duration { clock.now - start }
 
     /// The deadline that ends the wait for the first token soonest, and the
     /// time it leaves (zero or negative once it passed); nil when the request

@@ -311,9 +311,9 @@ final class PluginDir: @unchecked Sendable {
         return self
     }
 
-    func factory(environment: [String: String] = [:]) -> ProviderFactory {
+    func factory(environment: [String: String] = [:], clock: DescartesClock = .continuous) -> ProviderFactory {
         let search = PluginSearch(directories: [.init(path: path, origin: "test")])
-        return ProviderFactory(catalog: .discover(search), environment: environment)
+        return ProviderFactory(catalog: .discover(search), environment: environment, clock: clock)
     }
 }
 
