@@ -7,9 +7,9 @@ import DescartesSupport
 @Suite struct CacheTests {
     let dir = PluginDir().addScripted()
 
-    func cached(_ limits: CacheLimits = CacheLimits()) throws -> (CacheBackend, any ModelBackend) {
-        let plugin = try dir.factory().create("scripted")
-        return (CacheBackend(plugin, cache: ResponseCache(limits: limits)), plugin)
+    func cached(_ limits: CacheLimits = CacheLimits(), clock: DescartesClock = .continuous) throws -> (CacheBackend, any ModelBackend) {
+        let plugin = try dir.factory(clock: clock).create("scripted")
+        return (CacheBackend(plugin, cache: ResponseCache(limits: limits, clock: clock)), plugin)
     }
 
     func texts(_ events: [StreamEvent]) -> [String] {
@@ -118,13 +118,37 @@ import DescartesSupport
     }
 
     @Test func entriesExpire() async throws {
-        let (b, plugin) = try cached(CacheLimits(ttl: .seconds(2)))
+        let clock = ManualClock()
+        let (b, plugin) = try cached(CacheLimits(ttl: .seconds(2)), clock: DescartesClock(clock))
         _ = try await b.complete(.script(["text:soon stale"]))
+        clock.advance(by: .milliseconds(1999))
         #expect(try await b.complete(.script(["text:soon stale"])).metadata["cache"] == "hit")
-        try await Task.sleep(for: .milliseconds(2200))
+        clock.advance(by: .milliseconds(1))
         #expect(try await b.complete(.script(["text:soon stale"])).metadata["cache"] == nil)
         #expect(b.cache.stats.expirations == 1)
         #expect(try await pluginCalls(plugin) == 2)
+    }
+
+    @Test func entriesOnDiskExpireToo() async throws {
+        // The disk store outlives the process, so its entries carry a wall
+        // clock time (whole seconds): the manual clock's, moving with it.
+        let clock = ManualClock()
+        let store = TempDir("descartes-cache-ttl")
+        let limits = CacheLimits(ttl: .seconds(2), directory: store.file("responses"))
+        let (first, plugin) = try cached(limits, clock: DescartesClock(clock))
+        let request = ModelRequest.script(["text:kept a while"])
+        _ = try await first.complete(request)
+        clock.advance(by: .milliseconds(1999))
+        // A new cache (a new process) over the same directory finds it, with
+        // the second left.
+        let second = ResponseCache(limits: limits, clock: DescartesClock(clock))
+        #expect(second.lookup(ResponseCache.key(for: request, namespace: plugin.name)) != nil)
+        #expect(second.stats.diskHits == 1)
+        clock.advance(by: .milliseconds(1))
+        let third = ResponseCache(limits: limits, clock: DescartesClock(clock))
+        #expect(third.lookup(ResponseCache.key(for: request, namespace: plugin.name)) == nil)
+        #expect(third.stats.expirations == 1)
+        #expect(try FileSystem.list(store.file("responses")).isEmpty)
     }
 
     @Test func errorsAreNotCached() async throws {

@@ -9,118 +9,122 @@ final class Locked<T: Sendable>: Sendable {
 }
 
 /// Token buckets for requests and tokens per minute, shared by every task.
+/// Time is a manual clock's: each wait is checked exactly and none is spent.
 @Suite struct RateLimitTests {
     let dir = PluginDir().addScripted()
+    let clock = ManualClock()
+    var time: DescartesClock { DescartesClock(clock) }
 
     @Test func requestsAreSpacedByTheRefillRate() async throws {
         // 600 a minute is one every 100 ms, with a bucket of one.
-        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 600, requestBurst: 1))
-        let start = ContinuousClock.now
-        let times = Locked<[Duration]>([])
+        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 600, requestBurst: 1), clock: time)
+        let waits = Locked<[Duration]>([])
         await withTaskGroup(of: Void.self) { g in
             for _ in 0..<5 {
                 g.addTask {
-                    _ = try? await limiter.acquire(tokens: 0)
-                    times.withLock { $0.append(ContinuousClock.now - start) }
+                    let w = try? await limiter.acquire(tokens: 0)
+                    waits.withLock { $0.append(w ?? .seconds(-1)) }
                 }
             }
+            // The first goes at once; the others wait their turn, 100 ms apart.
+            try? await clock.wait(until: { $0.sleeps == [100, 200, 300, 400].map { .milliseconds($0) } })
+            #expect(limiter.stats.waiting == 4)
+            for _ in 0..<4 { clock.advance(by: .milliseconds(100)) }
         }
-        let sorted = times.withLock { $0.sorted() }
-        #expect(sorted.count == 5)
-        // The n-th request may go at n x 100 ms, not before.
-        for (n, t) in sorted.enumerated() { #expect(t >= .milliseconds(100 * n - 10), "request \(n) at \(t)") }
-        #expect(sorted[4] < .seconds(30))
+        #expect(waits.withLock { $0.sorted() } == [0, 100, 200, 300, 400].map { .milliseconds($0) })
         let s = limiter.stats
         #expect(s.granted == 5 && s.delayed == 4 && s.waiting == 0)
+        #expect(s.waited == .seconds(1))
     }
 
     @Test func tokensPerMinuteWaitForTheBucketToRefill() async throws {
         // 6000 tokens a minute = 100 a second; the bucket holds 100.
-        let limiter = RateLimiter(limits: RateLimits(tokensPerMinute: 6000, tokenBurst: 100))
-        let start = ContinuousClock.now
+        let limiter = RateLimiter(limits: RateLimits(tokensPerMinute: 6000, tokenBurst: 100), clock: time)
         #expect(try await limiter.acquire(tokens: 100) == .zero)
-        let waited = try await limiter.acquire(tokens: 50)
-        #expect(waited > .zero && waited <= .milliseconds(500), "\(waited)")
-        // 150 tokens at 100 a second from a bucket of 100: not before 0.5 s.
-        #expect(ContinuousClock.now - start >= .milliseconds(490))
+        // 150 tokens at 100 a second from a bucket of 100: the 50 more wait 0.5 s.
+        let second = Task { try await limiter.acquire(tokens: 50) }
+        try await clock.wait(until: { $0.sleeps == [.milliseconds(500)] })
+        clock.advance(by: .milliseconds(500))
+        #expect(try await second.value == .milliseconds(500))
         // Usage below the estimate gives tokens back: 40 of those 50 return.
         limiter.adjust(tokens: -40)
-        let w2 = try await limiter.acquire(tokens: 40)
-        #expect(w2 < .milliseconds(50), "\(w2)")
+        #expect(try await limiter.acquire(tokens: 40) == .zero)
     }
 
     @Test func aWaitPastTheDeadlineIsRefusedAtOnce() async throws {
-        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 60, requestBurst: 1))
+        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 60, requestBurst: 1), clock: time)
         try await limiter.acquire(tokens: 0)
-        let start = ContinuousClock.now
         let err = try #require(await providerError { try await limiter.acquire(tokens: 0, maxWait: .milliseconds(200), provider: "p") })
         #expect(err.kind == .rateLimited)
         #expect(err.provider == "p")
-        #expect(err.retryAfter! > .milliseconds(500))
-        _ = start
+        #expect(err.retryAfter == .seconds(1))
+        #expect(err.message == "the local rate limit (60 requests/min) would delay this request by 1 s, past its deadline")
         // The refused request took nothing: the next waits one second, not two.
-        let w = try await limiter.acquire(tokens: 0)
-        #expect(w <= .seconds(1), "\(w)")
+        let probe = try #require(await providerError { try await limiter.acquire(tokens: 0, maxWait: .zero) })
+        #expect(probe.retryAfter == .seconds(1))
+        #expect(limiter.stats.granted == 1 && limiter.stats.refused == 2)
     }
 
     @Test func cancellingAWaitGivesItsShareBack() async throws {
-        // One a minute: the request after the first waits 60 s, longer than
-        // any stall of a loaded machine, so it is still waiting when seen.
-        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 1, requestBurst: 1))
+        // One a minute: the request after the first waits 60 s.
+        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 1, requestBurst: 1), clock: time)
         try await limiter.acquire(tokens: 0)
-        let firstAt = ContinuousClock.now
         let waiting = Task { try await limiter.acquire(tokens: 0) }
-        let giveUp = ContinuousClock.now + .seconds(30)
-        while limiter.stats.waiting == 0 {
-            try #require(ContinuousClock.now < giveUp, "the second request never started waiting")
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let cancelledAt = ContinuousClock.now
+        try await clock.wait(until: { $0.sleeps == [.seconds(60)] })
+        clock.advance(by: .seconds(20))
         waiting.cancel()
+        // The wait ended without the clock moving.
+        try await clock.wait(until: { $0.sleeps.isEmpty })
         let result = await waiting.result
-        #expect(ContinuousClock.now - cancelledAt < .seconds(5))
         guard case .failure(let e as ProviderError) = result else { Issue.record("expected cancellation, got \(result)"); return }
         #expect(e.kind == .cancelled)
-        // Probe without waiting: the next request would wait what is left of
-        // the first one's 60 s (the cancelled share came back), not 60 s more.
-        let elapsed = ContinuousClock.now - firstAt
+        // The next request would wait what is left of the first one's 60 s
+        // (the cancelled share came back), not 60 s more.
         let probe = try #require(await providerError { try await limiter.acquire(tokens: 0, maxWait: .zero) })
-        let left = probe.retryAfter!
-        #expect(left <= .seconds(60) - elapsed + .milliseconds(50), "\(left) after \(elapsed)")
+        #expect(probe.retryAfter == .seconds(40))
         #expect(limiter.stats.granted == 1)
         #expect(limiter.stats.refused == 1)
+        #expect(limiter.stats.waiting == 0)
     }
 
     @Test func theLimiterIsSharedByEveryBackendOfAProvider() async throws {
         let limits = RateLimits(requestsPerMinute: 600, requestBurst: 1)
-        let a = RateLimitedBackend(try dir.factory().create("scripted"), limits: limits)
-        let b = RateLimitedBackend(try dir.factory().create("scripted"), limits: limits)
+        let a = RateLimitedBackend(try dir.factory(clock: time).create("scripted"), limits: limits, clock: time)
+        let b = RateLimitedBackend(try dir.factory(clock: time).create("scripted"), limits: limits, clock: time)
         #expect(a.limiter === b.limiter)
-        let start = ContinuousClock.now
-        try await withThrowingTaskGroup(of: ModelResponse.self) { g in
-            for i in 0..<6 { g.addTask { try await (i % 2 == 0 ? a : b).complete(.script(["text:ok"])) } }
-            for try await r in g { #expect(r.content == "ok") }
+        // Another clock (another test's) is another limiter.
+        #expect(RateLimiter.shared(for: "scripted", limits: limits, clock: DescartesClock(ManualClock())) !== a.limiter)
+        let task = Task {
+            try await withThrowingTaskGroup(of: ModelResponse.self) { g in
+                for i in 0..<6 { g.addTask { try await (i % 2 == 0 ? a : b).complete(.script(["text:ok"])) } }
+                var n = 0
+                for try await r in g where r.content == "ok" { n += 1 }
+                return n
+            }
         }
-        #expect(ContinuousClock.now - start >= .milliseconds(490))
-        #expect(a.limiter.stats.granted >= 6)
+        // Six requests through both backends, 100 ms apart whichever they went to.
+        try await clock.wait(until: { $0.sleeps == [100, 200, 300, 400, 500].map { .milliseconds($0) } })
+        clock.advance(by: .milliseconds(500))
+        #expect(try await task.value == 6)
+        #expect(a.limiter.stats.granted == 6 && a.limiter.stats.delayed == 5)
     }
 
     @Test func aProvidersRetryAfterPausesEveryRequestToIt() async throws {
-        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 100_000))
-        let b = RateLimitedBackend(try dir.factory().create("scripted"), limiter: limiter)
+        let limiter = RateLimiter(limits: RateLimits(requestsPerMinute: 100_000), clock: time)
+        let b = RateLimitedBackend(try dir.factory(clock: time).create("scripted"), limiter: limiter)
         let err = try #require(await providerError { _ = try await b.complete(.script(["retry_after:400", "error:rate_limited:slow down"])) })
         #expect(err.kind == .rateLimited)
-        let start = ContinuousClock.now
-        let r = try await b.complete(.script(["text:after the pause"]))
-        #expect(r.content == "after the pause")
-        #expect(ContinuousClock.now - start >= .milliseconds(350))
+        let next = Task { try await b.complete(.script(["text:after the pause"])) }
+        try await clock.wait(until: { $0.sleeps == [.milliseconds(400)] })
+        clock.advance(by: .milliseconds(400))
+        #expect(try await next.value.content == "after the pause")
     }
 
     @Test func usageCorrectsTheEstimate() async throws {
         // Charged up front: the heuristic estimate plus max_tokens (1000);
         // the answer used 5 tokens, so nearly all of it comes back.
-        let limiter = RateLimiter(limits: RateLimits(tokensPerMinute: 60_000, tokenBurst: 1100))
-        let b = RateLimitedBackend(try dir.factory().create("scripted"), limiter: limiter)
+        let limiter = RateLimiter(limits: RateLimits(tokensPerMinute: 60_000, tokenBurst: 1100), clock: time)
+        let b = RateLimitedBackend(try dir.factory(clock: time).create("scripted"), limiter: limiter)
         var request = ModelRequest.script(["text:x"], prompt: "one two")
         request.maxTokens = 1000
         _ = try await b.complete(request)

@@ -20,17 +20,39 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 }
 
 /// The retry middleware against the scripted plugin, through the C ABI:
-/// which errors are retried, how long it waits, what it reports.
+/// which errors are retried, how long it waits, what it reports. Time is a
+/// manual clock's: the host's deadlines and the retry waits happen when the
+/// test moves it, so each wait is checked to the millisecond and none is
+/// spent in real time.
 @Suite struct RetryTests {
     let dir = PluginDir().addScripted()
+    let clock = ManualClock()
 
     func retrying(_ policy: RetryPolicy) throws -> RetryBackend {
-        RetryBackend(try dir.factory().create("scripted"), policy: policy)
+        RetryBackend(try dir.factory(clock: DescartesClock(clock)).create("scripted"), policy: policy, clock: DescartesClock(clock))
     }
 
     /// A policy with exact waits (no jitter).
     static func exact(attempts: Int = 3, initial: Duration = .milliseconds(100)) -> RetryPolicy {
         RetryPolicy(maxAttempts: attempts, initialDelay: initial, jitter: 0)
+    }
+
+    /// Lets each retry wait in `waits` pass once the retry layer sleeps it
+    /// (the only sleep pending, of exactly that length), then returns what
+    /// `task` ended with.
+    func after<T: Sendable, F: Error>(waits: [Duration], _ task: Task<T, F>) async throws -> Result<T, F> {
+        for w in waits {
+            try await clock.wait(until: { $0.sleeps == [w] })
+            clock.advance(by: w)
+        }
+        return await task.result
+    }
+
+    /// Moves the clock past the host's deadline check due in `d` (the only
+    /// one pending, of exactly that length).
+    func passDeadline(_ d: Duration) async throws {
+        try await clock.wait(until: { $0.timers == [d] && $0.sleeps.isEmpty })
+        clock.advance(by: d)
     }
 
     @Test func decisionsFollowTheClassificationAndBackoff() {
@@ -64,10 +86,12 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 
     @Test func rateLimitThenUnavailableThenSuccess() async throws {
         let b = try retrying(Self.exact())
-        let start = ContinuousClock.now
-        let r = try await b.complete(
-            .sequence([["retry_after:400", "error:rate_limited:slow down"], ["error:provider_unavailable:overloaded"], ["words"]], prompt: "third time lucky"))
-        let took = ContinuousClock.now - start
+        let task = Task {
+            try await b.complete(
+                .sequence([["retry_after:400", "error:rate_limited:slow down"], ["error:provider_unavailable:overloaded"], ["words"]], prompt: "third time lucky"))
+        }
+        // 400 ms as the provider asked, then the second backoff step (200 ms).
+        let r = try await after(waits: [.milliseconds(400), .milliseconds(200)], task).get()
         #expect(r.content == "third time lucky")
         #expect(r.provider == "scripted")
         #expect(r.attempts.map(\.error.kind) == [.rateLimited, .providerUnavailable])
@@ -75,21 +99,16 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
         #expect(r.attempts[0].error.retryAfter == .milliseconds(400))
         #expect(r.attempts[0].error.status == 429)
         #expect(try await pluginCalls(b) == 3)
-        // 400 ms as the provider asked, then the second backoff step (200 ms).
-        #expect(took >= .milliseconds(600), "took \(took)")
-        #expect(took < .seconds(30), "took \(took)")  // loose: loaded CI machines
     }
 
     @Test func theRetryAfterOfTheCurrentErrorIsHonoured() async throws {
         // The first 429 asks for 50 ms, the second for 900 ms: the second wait
         // must follow the second answer, not the first.
         let b = try retrying(Self.exact())
-        let start = ContinuousClock.now
-        let r = try await b.complete(
-            .sequence([["retry_after:50", "error:rate_limited:a"], ["retry_after:900", "error:rate_limited:b"], ["text:ok"]]))
+        let task = Task { try await b.complete(.sequence([["retry_after:50", "error:rate_limited:a"], ["retry_after:900", "error:rate_limited:b"], ["text:ok"]])) }
+        let r = try await after(waits: [.milliseconds(50), .milliseconds(900)], task).get()
         #expect(r.content == "ok")
         #expect(r.attempts.map(\.error.retryAfter) == [.milliseconds(50), .milliseconds(900)])
-        #expect(ContinuousClock.now - start >= .milliseconds(950))
     }
 
     @Test(arguments: ["authentication", "config", "api", "invalid_response", "unsupported_feature"])
@@ -103,7 +122,8 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 
     @Test func givingUpReportsEveryAttempt() async throws {
         let b = try retrying(Self.exact(attempts: 3, initial: .milliseconds(20)))
-        let err = try #require(await providerError { _ = try await b.complete(.sequence([["error:provider_unavailable:down"]])) })
+        let task = Task { try await b.complete(.sequence([["error:provider_unavailable:down"]])) }
+        let err = try #require(await providerError { _ = try await after(waits: [.milliseconds(20), .milliseconds(40)], task).get() })
         #expect(err.kind == .providerUnavailable)
         #expect(err.attempts.count == 3)
         #expect(err.attempts.allSatisfy { $0.error.kind == .providerUnavailable && $0.error.attempts.isEmpty })
@@ -113,32 +133,31 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 
     @Test func aRetryAfterBeyondTheCapFailsAtOnce() async throws {
         let b = try retrying(RetryPolicy(maxAttempts: 3, maxRetryAfter: .seconds(2)))
-        // The provider asks for ten minutes; the bound below is loose for loaded machines.
-        let start = ContinuousClock.now
+        // The provider asks for ten minutes: an answer with the clock never
+        // moved is an answer without a wait.
+        let start = clock.now
         let err = try #require(await providerError { _ = try await b.complete(.sequence([["retry_after:600000", "error:rate_limited:quota"]])) })
         #expect(err.kind == .rateLimited)
         #expect(err.retryAfter == .seconds(600))
-        #expect(ContinuousClock.now - start < .seconds(30))
+        #expect(clock.now == start)
         #expect(try await pluginCalls(b) == 1)
     }
 
     @Test func aFirstTokenTimeoutIsRetried() async throws {
         let b = try retrying(Self.exact())
-        // 1.5 s: room for the second attempt's first token on a loaded machine.
-        let deadlines = Deadlines(firstToken: .milliseconds(1500))
-        let start = ContinuousClock.now
-        let r = try await b.complete(.sequence([["hang"], ["text:awake"]], deadlines: deadlines))
+        let task = Task { try await b.complete(.sequence([["hang"], ["text:awake"]], deadlines: Deadlines(firstToken: .milliseconds(1500)))) }
+        try await passDeadline(.milliseconds(1500))
+        let r = try await after(waits: [.milliseconds(100)], task).get()
         #expect(r.content == "awake")
         #expect(r.attempts.map(\.error.deadline) == ["first_token"])
-        #expect(r.attempts[0].duration >= .milliseconds(1490))
-        #expect(ContinuousClock.now - start >= .milliseconds(1590))
+        #expect(r.attempts[0].duration == .milliseconds(1500))
     }
 
     @Test func anIdleTimeoutIsNotRetried() async throws {
         let b = try retrying(Self.exact())
-        let err = try #require(await providerError {
-            _ = try await b.complete(.sequence([["text:begun", "hang"], ["text:never"]], deadlines: Deadlines(idle: .milliseconds(150))))
-        })
+        let task = Task { try await b.complete(.sequence([["text:begun", "hang"], ["text:never"]], deadlines: Deadlines(idle: .milliseconds(150)))) }
+        try await passDeadline(.milliseconds(150))
+        let err = try #require(await providerError { _ = try await task.value })
         #expect(err.deadline == "idle")
         #expect(try await pluginCalls(b) == 1)
     }
@@ -146,57 +165,62 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     @Test func theRequestsTotalDeadlineCoversEveryAttemptAndWait() async throws {
         // Each attempt hangs until its own 300 ms deadline; the caller's 1.3 s
         // total is the whole request's: 300 + 50 + 300 + 100 + 300 + 200 =
-        // 1250 ms, so the fourth attempt gets only the 50 ms left.
+        // 1250 ms, so the fourth attempt gets only the 50 ms left, and the
+        // ten attempts allowed are never reached.
         let b = try retrying(RetryPolicy(maxAttempts: 10, initialDelay: .milliseconds(50), jitter: 0, attemptTimeout: .milliseconds(300)))
-        let start = ContinuousClock.now
-        let err = try #require(await providerError { _ = try await b.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(1300)))) })
-        let took = ContinuousClock.now - start
+        let start = clock.now
+        let task = Task { try await b.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(1300)))) }
+        for (attempt, wait) in [(300, 50), (300, 100), (300, 200)] {
+            try await passDeadline(.milliseconds(attempt))
+            try await clock.wait(until: { $0.sleeps == [.milliseconds(wait)] })
+            clock.advance(by: .milliseconds(wait))
+        }
+        try await passDeadline(.milliseconds(50))
+        let err = try #require(await providerError { _ = try await task.value })
+        #expect(clock.now - start == .milliseconds(1300))
         #expect(err.kind == .timeout)
-        // At least three whole attempts and two waits (1050 ms); and never
-        // the ten attempts allowed (which would take over 3 s even unloaded).
-        #expect(took >= .milliseconds(1040) && took < .seconds(30), "took \(took)")
-        // Four on an idle machine; fewer when a loaded one stretches them.
-        #expect(err.attempts.isEmpty || (err.attempts.count >= 2 && err.attempts.count <= 4), "\(err.attempts)")
-        #expect(err.attempts.dropLast().allSatisfy { $0.duration >= .milliseconds(290) })
+        #expect(err.message == "the total deadline of 1.3 s passed")
+        #expect(err.attempts.map(\.duration) == [300, 300, 300, 50].map { .milliseconds($0) })
         #expect(err.attempts.allSatisfy { $0.error.kind == .timeout && $0.error.deadline == "total" })
+        #expect(try await pluginCalls(b) == 4)
     }
 
     @Test func aTimeoutAtTheEndOfTheRequestNamesTheCallersDeadline() async throws {
-        // Attempts get what is left of the deadline (299 ms of 300): the
-        // error still says what the caller asked for.
+        // Attempts get what is left of the deadline (on a real clock, 299 ms
+        // of 300): the error still says what the caller asked for.
         let b = try retrying(Self.exact())
-        let err = try #require(await providerError { _ = try await b.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(300)))) })
+        let task = Task { try await b.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(300)))) }
+        try await passDeadline(.milliseconds(300))
+        let err = try #require(await providerError { _ = try await task.value })
         #expect(err.kind == .timeout && err.deadline == "total")
         #expect(err.message == "the total deadline of 300 ms passed")
-        let chain = FallbackBackend(name: "c", [.init(b)])
-        let viaChain = try #require(await providerError { _ = try await chain.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(250)))) })
+        let chain = FallbackBackend(name: "c", [.init(b)], clock: DescartesClock(clock))
+        let viaChainTask = Task { try await chain.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(250)))) }
+        try await passDeadline(.milliseconds(250))
+        let viaChain = try #require(await providerError { _ = try await viaChainTask.value })
         #expect(viaChain.message == "the total deadline of 250 ms passed")
     }
 
     @Test func noRetryStartsWhenItsWaitWouldPassTheDeadline() async throws {
         let b = try retrying(RetryPolicy(maxAttempts: 10, initialDelay: .seconds(1), jitter: 0))
-        let start = ContinuousClock.now
-        let err = try #require(await providerError {
-            _ = try await b.complete(.sequence([["sleep:100", "error:provider_unavailable:down"]], deadlines: Deadlines(total: .seconds(3))))
-        })
-        // 100 ms + 1 s + 100 ms = 1.2 s; the next wait (2 s) would pass 3 s:
-        // give up now with the provider's error, rather than sleep into a timeout.
+        let task = Task { try await b.complete(.sequence([["error:provider_unavailable:down"]], deadlines: Deadlines(total: .seconds(3)))) }
+        // 1 s waited; the next wait (2 s) would reach the 3 s deadline: give
+        // up now with the provider's error, rather than sleep into a timeout.
+        let err = try #require(await providerError { _ = try await after(waits: [.seconds(1)], task).get() })
         #expect(err.kind == .providerUnavailable)
-        #expect([0, 2].contains(err.attempts.count))  // one attempt only on a loaded machine (one lists none)
-        #expect(ContinuousClock.now - start < .seconds(15))
+        #expect(err.attempts.count == 2)
+        #expect(clock.pending.sleeps.isEmpty)
     }
 
     @Test func cancellingDuringTheWaitEndsAtOnce() async throws {
         let b = try retrying(RetryPolicy(maxAttempts: 3, initialDelay: .seconds(20), jitter: 0))
         let task = Task { try await b.complete(.sequence([["error:provider_unavailable:down"], ["text:late"]])) }
-        // Until the first attempt has failed and the 20 s wait has begun.
-        let until = ContinuousClock.now + .seconds(20)
-        while try await pluginCalls(b) < 1 && ContinuousClock.now < until { try await Task.sleep(for: .milliseconds(20)) }
-        try await Task.sleep(for: .milliseconds(200))
-        let start = ContinuousClock.now
+        // The first attempt failed and the 20 s wait began.
+        try await clock.wait(until: { $0.sleeps == [.seconds(20)] })
         task.cancel()
+        // The wait ended without the clock moving.
+        try await clock.wait(until: { $0.sleeps.isEmpty })
         let result = await task.result
-        #expect(ContinuousClock.now - start < .seconds(15))
         guard case .failure(let e as ProviderError) = result else { Issue.record("expected an error, got \(result)"); return }
         #expect(e.kind == .cancelled)
         #expect(e.attempts.map(\.error.kind) == [.providerUnavailable, .cancelled])
@@ -217,7 +241,8 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 
     @Test func aStreamClosedBeforeItsFirstTokenIsRetriedUnseen() async throws {
         let b = try retrying(Self.exact())
-        let (events, error) = await collect(b.stream(.sequence([["error:stream_closed:cut before anything"], ["words"]], prompt: "a b")))
+        let task = Task { await collect(b.stream(.sequence([["error:stream_closed:cut before anything"], ["words"]], prompt: "a b"))) }
+        let (events, error) = try await after(waits: [.milliseconds(100)], task).get()
         #expect(error == nil)
         let starts = events.filter { if case .start = $0 { return true }; return false }
         #expect(starts.count == 1)
@@ -244,7 +269,8 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
         var p = Self.exact()
         p.restartStreams = true
         let b = try retrying(p)
-        let (events, error) = await collect(b.stream(.sequence([["text:partial", "error:stream_closed:cut"], ["text:whole answer"]])))
+        let task = Task { await collect(b.stream(.sequence([["text:partial", "error:stream_closed:cut"], ["text:whole answer"]]))) }
+        let (events, error) = try await after(waits: [.milliseconds(100)], task).get()
         #expect(error == nil)
         let notices = events.compactMap { e -> String? in if case .notice(_, let m) = e { return m }; return nil }
         #expect(notices.first?.hasPrefix(RetryPolicy.restartNotice) == true)

@@ -25,6 +25,9 @@ public struct ReliableProviders: Sendable {
     public let manifest: @Sendable (String) -> PluginManifest?
     /// The response cache every cached provider shares, when enabled.
     public let cache: ResponseCache?
+    /// The clock of every middleware built here (waits, deadlines, time to
+    /// live, rate limits).
+    public let clock: DescartesClock
 
     /// What the command line changes.
     public struct Overrides: Sendable {
@@ -50,25 +53,28 @@ public struct ReliableProviders: Sendable {
     public init(
         settings: ReliabilitySettings, overrides: Overrides = Overrides(),
         create: @escaping @Sendable (String) throws -> any ModelBackend,
-        manifest: @escaping @Sendable (String) -> PluginManifest?
+        manifest: @escaping @Sendable (String) -> PluginManifest?,
+        clock: DescartesClock = .continuous
     ) {
         self.settings = settings
         self.overrides = overrides
         self.create = create
         self.manifest = manifest
-        if let c = settings.cache, c.enabled { cache = ResponseCache(limits: c.limits) } else { cache = nil }
+        self.clock = clock
+        if let c = settings.cache, c.enabled { cache = ResponseCache(limits: c.limits, clock: clock) } else { cache = nil }
     }
 
     /// Providers from `factory`: instances of its providers.yaml by name
     /// (`ProviderFactory.backend`), else plugins by provider id, each with
-    /// `config(name)` over its settings.
+    /// `config(name)` over its settings; on the factory's clock.
     public init(
         settings: ReliabilitySettings, factory: ProviderFactory, overrides: Overrides = Overrides(),
         config: @escaping @Sendable (String) -> [String: JSONValue] = { _ in [:] }
     ) {
         self.init(
             settings: settings, overrides: overrides, create: { name in try factory.backend(name, overrides: config(name)) },
-            manifest: { name in try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name) })
+            manifest: { name in try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name) },
+            clock: factory.clock)
     }
 
     /// Providers and settings from providers.yaml (`ProviderFactory.standard()`
@@ -105,7 +111,7 @@ public struct ReliableProviders: Sendable {
         guard !others.isEmpty else { return try backend(primary) }
         let entries = [FallbackBackend.Entry(resolve(primary, depth: 0), model: .request)]
             + others.map { FallbackBackend.Entry(resolve($0, depth: 0), model: .providerDefault) }
-        return FallbackBackend(name: ([primary] + others).joined(separator: ","), entries)
+        return FallbackBackend(name: ([primary] + others).joined(separator: ","), entries, clock: clock)
     }
 
     /// The retry policy of provider `name`.
@@ -138,12 +144,12 @@ public struct ReliableProviders: Sendable {
                 FallbackBackend.Entry(
                     resolve(m.name, depth: depth + 1), model: m.model.map { .named($0) } ?? (i == 0 ? .request : .providerDefault))
             }
-            return FallbackBackend(name: name, entries, policy: chain.policy)
+            return FallbackBackend(name: name, entries, policy: chain.policy, clock: clock)
         }
         var b: any ModelBackend = leaf(name)
-        if let limits = settings.limits[name] { b = RateLimitedBackend(b, limits: limits) }
+        if let limits = settings.limits[name] { b = RateLimitedBackend(b, limits: limits, clock: clock) }
         let retry = retryPolicy(for: name)
-        if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry) }
+        if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry, clock: clock) }
         if let cache, !overrides.noCache, settings.cache?.providers.map({ $0.contains(name) }) ?? true {
             b = CacheBackend(b, cache: cache)
         }

@@ -78,6 +78,9 @@ public final class ResponseCache: Sendable {
     }
 
     public let limits: CacheLimits
+    /// What the time to live is counted on (its `unixTime` for the disk
+    /// store).
+    public let clock: DescartesClock
 
     private struct Node {
         var key: String
@@ -142,8 +145,9 @@ public final class ResponseCache: Sendable {
 
     private let state = Lock(State())
 
-    public init(limits: CacheLimits = CacheLimits()) {
+    public init(limits: CacheLimits = CacheLimits(), clock: DescartesClock = .continuous) {
         self.limits = limits
+        self.clock = clock
     }
 
     public var stats: Stats { state.withLock { $0.stats } }
@@ -162,7 +166,7 @@ public final class ResponseCache: Sendable {
 
     /// The entry for `key`, if there is a live one (memory first, then disk).
     public func lookup(_ key: String) -> Entry? {
-        let now = ContinuousClock.now
+        let now = clock.now
         let found: Entry? = state.withLock { s in
             guard let i = s.index[key] else { return nil }
             if let e = s.nodes[i].expires, e <= now {
@@ -200,7 +204,7 @@ public final class ResponseCache: Sendable {
     private func insertMemory(_ key: String, _ entry: Entry, ttl: Duration?) -> Bool {
         let size = entry.bytes + key.utf8.count
         guard size <= limits.maxBytes, limits.maxEntries > 0 else { return false }
-        let expires = ttl.map { ContinuousClock.now + $0 }
+        let expires = ttl.map { clock.now + $0 }
         state.withLock { s in
             if let i = s.index[key] { s.remove(i) }
             s.insert(Node(key: key, entry: entry, bytes: size, expires: expires, prev: -1, next: -1))
@@ -232,8 +236,6 @@ public final class ResponseCache: Sendable {
         limits.directory.map { FileSystem.join($0, SHA256.hex(key) + ".json") }
     }
 
-    private static func wallClock() -> Int { Int(time(nil)) }
-
     private func readDisk(_ key: String) -> (Entry, Duration?)? {
         guard let path = path(for: key), FileSystem.exists(path) else { return nil }
         do {
@@ -242,7 +244,7 @@ public final class ResponseCache: Sendable {
             guard doc["version"]?.intValue == 1, doc["key"]?.stringValue == key else { return nil }
             var remaining: Duration? = nil
             if let expires = doc["expires_unix"]?.intValue {
-                let left = expires - Self.wallClock()
+                let left = expires - clock.unixTime
                 if left <= 0 {
                     unlink(path)
                     state.withLock { $0.stats.expirations += 1 }
@@ -268,10 +270,10 @@ public final class ResponseCache: Sendable {
         guard mine else { return }
         defer { state.withLock { _ = $0.writing.remove(key) } }
         var doc: JSONObject = [
-            "version": 1, "key": .string(key), "created_unix": .integer(Self.wallClock()),
+            "version": 1, "key": .string(key), "created_unix": .integer(clock.unixTime),
             "response": Wire.json(entry.response), "events": .array(entry.events.map(Wire.json)),
         ]
-        if let ttl = limits.ttl { doc["expires_unix"] = .integer(Self.wallClock() + max(1, Int(ttl.seconds.rounded(.up)))) }
+        if let ttl = limits.ttl { doc["expires_unix"] = .integer(clock.unixTime + max(1, Int(ttl.seconds.rounded(.up)))) }
         do {
             try FileSystem.makeDirectories(dir, mode: 0o700)
             try FileSystem.writeAtomically(path, JSONValue.object(doc).jsonBytes, mode: 0o600)

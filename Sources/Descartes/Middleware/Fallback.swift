@@ -50,33 +50,37 @@ public struct FallbackBackend: ModelBackend {
     public let name: String
     public let entries: [Entry]
     public let policy: FallbackPolicy
+    /// What the request's total deadline is counted on.
+    public let clock: DescartesClock
     /// The mode of the first provider.
     public var mode: ModelProviderMode { entries.first?.backend.mode ?? .api }
 
     /// - Parameters:
     ///   - name: the chain's name (e.g. the `fallbacks:` key in providers.yaml).
     ///   - entries: the providers, in order; at least one.
-    public init(name: String, _ entries: [Entry], policy: FallbackPolicy = FallbackPolicy()) {
+    public init(name: String, _ entries: [Entry], policy: FallbackPolicy = FallbackPolicy(), clock: DescartesClock = .continuous) {
         precondition(!entries.isEmpty, "a fallback chain needs at least one provider")
         self.name = name
         self.entries = entries
         self.policy = policy
+        self.clock = clock
     }
 
     public func complete(_ request: ModelRequest) async throws -> ModelResponse {
         var log = AttemptLog()
-        let end = request.deadlines.total.map { ContinuousClock.now + $0 }
+        let end = request.deadlines.total.map { clock.now + $0 }
         for (i, entry) in entries.enumerated() {
-            let started = ContinuousClock.now
-            guard let r = Self.request(request, for: entry, end: end) else { throw log.giveUp(timedOut(request)) }
+            let started = clock.now
+            guard let r = Self.request(request, for: entry, end: end, clock: clock) else { throw log.giveUp(timedOut(request)) }
             do {
                 return log.answered(try await entry.backend.complete(r))
             } catch {
-                let e = wholeRequestTimeout(ProviderError.from(error, provider: entry.backend.name), end: end, limit: request.deadlines.total)
+                let e = wholeRequestTimeout(
+                    ProviderError.from(error, provider: entry.backend.name), end: end, limit: request.deadlines.total, clock: clock)
                 if e.kind == .cancelled { throw log.giveUp(e) }
-                log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                log.record(e, provider: entry.backend.name, duration: clock.now - started)
                 if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
-                guard i + 1 < entries.count, policy.on.contains(e.kind), end.map({ $0 > .now }) ?? true else { throw log.giveUp(e) }
+                guard i + 1 < entries.count, policy.on.contains(e.kind), end.map({ $0 > clock.now }) ?? true else { throw log.giveUp(e) }
                 LogSink.shared.log(
                     .info, "fallback \(name)", "\(entry.backend.name) failed (\(e.kind)): trying \(entries[i + 1].backend.name)")
             }
@@ -88,26 +92,27 @@ public struct FallbackBackend: ModelBackend {
         let entries = self.entries
         let policy = self.policy
         let name = self.name
+        let clock = self.clock
         let me = self
         return Streams.make(provider: name) { out in
             var log = AttemptLog()
-            let end = request.deadlines.total.map { ContinuousClock.now + $0 }
+            let end = request.deadlines.total.map { clock.now + $0 }
             for (i, entry) in entries.enumerated() {
-                let started = ContinuousClock.now
-                guard let r = Self.request(request, for: entry, end: end) else { throw log.giveUp(me.timedOut(request)) }
+                let started = clock.now
+                guard let r = Self.request(request, for: entry, end: end, clock: clock) else { throw log.giveUp(me.timedOut(request)) }
                 do throws(Streams.AttemptFailure) {
                     try await Streams.forward(
                         entry.backend.stream(r), to: out, provider: entry.backend.name,
                         answered: log.answered)
                     return
                 } catch {
-                    let e = wholeRequestTimeout(error.error, end: end, limit: request.deadlines.total)
+                    let e = wholeRequestTimeout(error.error, end: end, limit: request.deadlines.total, clock: clock)
                     let reached = error.outputReached
                     if e.kind == .cancelled { throw log.giveUp(e) }
-                    log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                    log.record(e, provider: entry.backend.name, duration: clock.now - started)
                     if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
                     guard i + 1 < entries.count, policy.on.contains(e.kind), !reached || policy.restartStreams,
-                        end.map({ $0 > .now }) ?? true
+                        end.map({ $0 > clock.now }) ?? true
                     else {
                         throw log.giveUp(e)
                     }
@@ -123,10 +128,10 @@ public struct FallbackBackend: ModelBackend {
 
     /// The request for `entry`: its model, and what is left of the whole
     /// request's total deadline (nil when none is left).
-    static func request(_ request: ModelRequest, for entry: Entry, end: ContinuousClock.Instant?) -> ModelRequest? {
+    static func request(_ request: ModelRequest, for entry: Entry, end: ContinuousClock.Instant?, clock: DescartesClock) -> ModelRequest? {
         var r = entry.model.apply(to: request)
         if let end {
-            let left = end - ContinuousClock.now
+            let left = end - clock.now
             if left <= .zero { return nil }
             r.deadlines.total = left
         }
@@ -163,11 +168,11 @@ public struct FallbackBackend: ModelBackend {
     private func firstAnswer<T: Sendable>(_ op: (any ModelBackend) async throws -> T) async throws -> T {
         var log = AttemptLog()
         for (i, entry) in entries.enumerated() {
-            let started = ContinuousClock.now
+            let started = clock.now
             do { return try await op(entry.backend) } catch {
                 let e = ProviderError.from(error, provider: entry.backend.name)
                 if e.kind == .cancelled { throw e }
-                log.record(e, provider: entry.backend.name, duration: ContinuousClock.now - started)
+                log.record(e, provider: entry.backend.name, duration: clock.now - started)
                 if i == entries.count - 1 { throw log.giveUp(e) }
             }
         }

@@ -31,13 +31,15 @@ public struct RateLimits: Sendable, Hashable, CustomStringConvertible {
 /// (`RateLimiter.shared(for:limits:)`).
 ///
 /// Reservations are taken in arrival order: a request takes its share at
-/// once, the bucket may go below zero, and the request waits (with
-/// `Task.sleep`, so it never blocks a thread and cancelling ends the wait
-/// and returns the share) until the bucket would have refilled to zero.
+/// once, the bucket may go below zero, and the request waits (a sleep on
+/// `clock`, so it never blocks a thread and cancelling ends the wait and
+/// returns the share) until the bucket would have refilled to zero.
 /// Usage reported by the answer corrects the estimate taken up front, and a
 /// provider's `retry-after` pauses every request to it.
 public final class RateLimiter: Sendable {
     public let limits: RateLimits
+    /// What the buckets refill by and waits are counted on.
+    public let clock: DescartesClock
 
     struct Bucket {
         var level: Double
@@ -63,7 +65,7 @@ public final class RateLimiter: Sendable {
     struct State {
         var requests: Bucket?
         var tokens: Bucket?
-        var updated = ContinuousClock.now
+        var updated: ContinuousClock.Instant
         var pausedUntil: ContinuousClock.Instant?
         var stats = Stats()
 
@@ -91,9 +93,10 @@ public final class RateLimiter: Sendable {
 
     private let state: Lock<State>
 
-    public init(limits: RateLimits) {
+    public init(limits: RateLimits, clock: DescartesClock = .continuous) {
         self.limits = limits
-        var s = State()
+        self.clock = clock
+        var s = State(updated: clock.now)
         s.requests = limits.requestsPerMinute.map { Bucket(perMinute: $0, burst: limits.requestBurst) }
         s.tokens = limits.tokensPerMinute.map { Bucket(perMinute: $0, burst: limits.tokenBurst) }
         state = Lock(s)
@@ -102,12 +105,12 @@ public final class RateLimiter: Sendable {
     private static let registry = Lock<[String: RateLimiter]>([:])
 
     /// The process-wide limiter of provider `name`: every backend created
-    /// for the same provider shares it. A call with different limits
-    /// replaces the limiter (a reloaded configuration).
-    public static func shared(for name: String, limits: RateLimits) -> RateLimiter {
+    /// for the same provider shares it. A call with different limits (a
+    /// reloaded configuration) or another clock replaces the limiter.
+    public static func shared(for name: String, limits: RateLimits, clock: DescartesClock = .continuous) -> RateLimiter {
         registry.withLock { r in
-            if let existing = r[name], existing.limits == limits { return existing }
-            let l = RateLimiter(limits: limits)
+            if let existing = r[name], existing.limits == limits, existing.clock == clock { return existing }
+            let l = RateLimiter(limits: limits, clock: clock)
             r[name] = l
             return l
         }
@@ -126,7 +129,7 @@ public final class RateLimiter: Sendable {
     ///   waiting. Either way the reservation is given back.
     @discardableResult
     public func acquire(tokens: Int, maxWait: Duration? = nil, provider: String? = nil) async throws(ProviderError) -> Duration {
-        let now = ContinuousClock.now
+        let now = clock.now
         let cost = Double(max(0, tokens))
         let (wait, charged) = state.withLock { s -> (Duration, Double) in
             s.refill(now)
@@ -157,7 +160,7 @@ public final class RateLimiter: Sendable {
         }
         guard wait > .zero else { return .zero }
         do {
-            try await Task.sleep(for: wait)
+            try await clock.sleep(until: now + wait)
         } catch {
             state.withLock { s in
                 s.requests?.level += 1
@@ -176,7 +179,7 @@ public final class RateLimiter: Sendable {
     public func adjust(tokens delta: Int) {
         guard delta != 0 else { return }
         state.withLock { s in
-            s.refill(.now)
+            s.refill(clock.now)
             if var b = s.tokens {
                 b.level = min(b.capacity, b.level - Double(delta))
                 s.tokens = b
@@ -184,7 +187,8 @@ public final class RateLimiter: Sendable {
         }
     }
 
-    /// Holds every request back until `instant` (a provider's retry-after).
+    /// Holds every request back until `instant` of `clock` (a provider's
+    /// retry-after).
     public func pause(until instant: ContinuousClock.Instant) {
         state.withLock { s in
             if s.pausedUntil.map({ $0 < instant }) ?? true { s.pausedUntil = instant }
@@ -207,8 +211,8 @@ public struct RateLimitedBackend: WrappingBackend {
     }
 
     /// Wraps `inner` with the process-wide limiter of its provider name.
-    public init(_ inner: any ModelBackend, limits: RateLimits) {
-        self.init(inner, limiter: .shared(for: inner.name, limits: limits))
+    public init(_ inner: any ModelBackend, limits: RateLimits, clock: DescartesClock = .continuous) {
+        self.init(inner, limiter: .shared(for: inner.name, limits: limits, clock: clock))
     }
 
     /// The tokens a request is charged up front: its input (estimated) and
@@ -229,7 +233,7 @@ public struct RateLimitedBackend: WrappingBackend {
             if response.usage.totalTokens > 0 { limiter.adjust(tokens: response.usage.totalTokens - estimate) }
         case .failure(let e):
             if e.kind == .rateLimited, let after = e.retryAfter, e.provider == inner.name || e.provider == nil {
-                limiter.pause(until: .now + after)
+                limiter.pause(until: limiter.clock.now + after)
             }
         }
     }

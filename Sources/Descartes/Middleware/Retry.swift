@@ -128,37 +128,42 @@ public struct RetryPolicy: Sendable, Hashable {
 ///
 /// The request's total deadline (`ModelRequest.deadlines.total`) is the
 /// deadline of the whole request, retries and waits included: each attempt
-/// gets what is left of it. Waits are `Task.sleep`, so cancelling the
-/// calling task ends a wait at once.
+/// gets what is left of it. Waits are sleeps on `clock`, so cancelling the
+/// calling task ends a wait at once, and a test's `ManualClock` decides
+/// when a wait is over.
 public struct RetryBackend: WrappingBackend {
     public let inner: any ModelBackend
     public let policy: RetryPolicy
+    /// What waits and deadlines are counted on.
+    public let clock: DescartesClock
 
-    public init(_ inner: any ModelBackend, policy: RetryPolicy = RetryPolicy()) {
+    public init(_ inner: any ModelBackend, policy: RetryPolicy = RetryPolicy(), clock: DescartesClock = .continuous) {
         self.inner = inner
         self.policy = policy
+        self.clock = clock
     }
 
-    /// The clock of one request: its deadline, from the request's total
-    /// deadline and the policy's budget.
-    struct Clock {
-        let start = ContinuousClock.now
+    /// The deadline of one request, from the request's total deadline and
+    /// the policy's budget.
+    struct RequestDeadline {
+        let clock: DescartesClock
         let end: ContinuousClock.Instant?
         let attemptTimeout: Duration?
 
-        init(_ request: ModelRequest, _ policy: RetryPolicy) {
+        init(_ request: ModelRequest, _ policy: RetryPolicy, clock: DescartesClock) {
+            self.clock = clock
             let candidates = [request.deadlines.total, policy.budget].compactMap { $0 }
-            end = candidates.min().map { ContinuousClock.now + $0 }
+            end = candidates.min().map { clock.now + $0 }
             attemptTimeout = policy.attemptTimeout
         }
 
-        var remaining: Duration? { end.map { $0 - ContinuousClock.now } }
+        var remaining: Duration? { end.map { $0 - clock.now } }
 
         /// `e` worded with the request's own deadline when that is what ended it.
         func explain(_ e: ProviderError, _ request: ModelRequest, _ policy: RetryPolicy) -> ProviderError {
             let total = request.deadlines.total
-            if let t = total, policy.budget.map({ t <= $0 }) ?? true { return wholeRequestTimeout(e, end: end, limit: t) }
-            return wholeRequestTimeout(e, end: end, limit: policy.budget, what: "retry budget")
+            if let t = total, policy.budget.map({ t <= $0 }) ?? true { return wholeRequestTimeout(e, end: end, limit: t, clock: clock) }
+            return wholeRequestTimeout(e, end: end, limit: policy.budget, what: "retry budget", clock: clock)
         }
 
         /// The request for the next attempt, with what is left of the deadline.
@@ -175,23 +180,23 @@ public struct RetryBackend: WrappingBackend {
     }
 
     public func complete(_ request: ModelRequest) async throws -> ModelResponse {
-        let clock = Clock(request, policy)
+        let deadline = RequestDeadline(request, policy, clock: clock)
         var log = AttemptLog()
         var attempt = 0
         while true {
             attempt += 1
-            guard let r = clock.attemptRequest(request) else {
+            guard let r = deadline.attemptRequest(request) else {
                 throw log.giveUp(deadlinePassed(request))
             }
-            let started = ContinuousClock.now
+            let started = clock.now
             do {
                 return log.answered(try await inner.complete(r))
             } catch {
-                let e = clock.explain(ProviderError.from(error, provider: inner.name), request, policy)
+                let e = deadline.explain(ProviderError.from(error, provider: inner.name), request, policy)
                 if e.kind == .cancelled { throw log.giveUp(e) }
-                log.record(e, provider: inner.name, duration: ContinuousClock.now - started)
+                log.record(e, provider: inner.name, duration: clock.now - started)
                 if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: inner.name)) }
-                switch policy.decide(e, attempt: attempt, remaining: clock.remaining) {
+                switch policy.decide(e, attempt: attempt, remaining: deadline.remaining) {
                 case .stop(let reason):
                     LogSink.shared.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
                     throw log.giveUp(e)
@@ -209,26 +214,27 @@ public struct RetryBackend: WrappingBackend {
         let me = self
         let inner = self.inner
         let policy = self.policy
+        let clock = self.clock
         return Streams.make(provider: inner.name) { out in
-            let clock = Clock(request, policy)
+            let deadline = RequestDeadline(request, policy, clock: clock)
             var log = AttemptLog()
             var attempt = 0
             while true {
                 attempt += 1
-                guard let r = clock.attemptRequest(request) else {
+                guard let r = deadline.attemptRequest(request) else {
                     throw log.giveUp(me.deadlinePassed(request))
                 }
-                let started = ContinuousClock.now
+                let started = clock.now
                 do throws(Streams.AttemptFailure) {
                     try await Streams.forward(inner.stream(r), to: out, provider: inner.name, answered: log.answered)
                     return
                 } catch {
-                    let e = clock.explain(error.error, request, policy)
+                    let e = deadline.explain(error.error, request, policy)
                     let reached = error.outputReached
                     if e.kind == .cancelled { throw log.giveUp(e) }
-                    log.record(e, provider: inner.name, duration: ContinuousClock.now - started)
+                    log.record(e, provider: inner.name, duration: clock.now - started)
                     if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: inner.name)) }
-                    switch policy.decide(e, attempt: attempt, outputReached: reached, remaining: clock.remaining) {
+                    switch policy.decide(e, attempt: attempt, outputReached: reached, remaining: deadline.remaining) {
                     case .stop(let reason):
                         LogSink.shared.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
                         throw log.giveUp(e)
@@ -246,7 +252,7 @@ public struct RetryBackend: WrappingBackend {
     }
 
     private func sleep(_ wait: Duration, log: AttemptLog) async throws {
-        do { try await Task.sleep(for: wait) } catch {
+        do { try await clock.sleep(for: wait) } catch {
             throw log.giveUp(ProviderError(.cancelled, "the request was cancelled while waiting to retry", provider: inner.name))
         }
     }

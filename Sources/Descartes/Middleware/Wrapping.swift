@@ -180,8 +180,10 @@ struct AttemptLog: Sendable {
 /// A timeout at the end of a whole request, worded with the deadline the
 /// caller set: each attempt was given what was left of it (299 ms of a
 /// 300 ms deadline), which is not what the caller should read.
-func wholeRequestTimeout(_ e: ProviderError, end: ContinuousClock.Instant?, limit: Duration?, what: String = "total deadline") -> ProviderError {
-    guard e.kind == .timeout, e.deadline == "total", let end, let limit, end - ContinuousClock.now <= .milliseconds(50) else { return e }
+func wholeRequestTimeout(
+    _ e: ProviderError, end: ContinuousClock.Instant?, limit: Duration?, what: String = "total deadline", clock: DescartesClock
+) -> ProviderError {
+    guard e.kind == .timeout, e.deadline == "total", let end, let limit, end - clock.now <= .milliseconds(50) else { return e }
     var e = e
     e.message = "the \(what) of \(format(limit)) passed"
     return e
