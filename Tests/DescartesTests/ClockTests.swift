@@ -1,5 +1,6 @@
 import Descartes
 import DescartesPluginKit
+import DescartesSupport
 import Testing
 
 /// The clock every timed mechanism reads: the manual clock tests drive, and
@@ -106,5 +107,49 @@ import Testing
         let budget = DeadlineBudget(Deadlines(firstToken: .seconds(5), total: .seconds(3)), clock: DescartesClock(clock))
         clock.advance(by: .seconds(1))
         #expect(budget.beforeFirstToken()! == ("total", .seconds(3), .seconds(2)))
+    }
+
+    // MARK: docs/reliability.md
+
+    @Test func theDocsExampleRunsAsWritten() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script([
+            "POST /v1/chat/completions": [
+                .error(503, #"{"error":{"message":"The server is overloaded","type":"server_error"}}"#),
+                .json(#"{"id":"c","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}]}"#),
+            ]
+        ])
+        let plugins = PluginDir().addManifest("openai")
+        let catalog = PluginCatalog.discover(PluginSearch(directories: [.init(path: plugins.path, origin: "test")]))
+        let config: [String: JSONValue] = ["endpoint": .string("\(server.url)/v1"), "api_key": "sk-clock-doc-test-0a1b2c3d"]
+        // docs/reliability.md, begin
+        let clock = ManualClock()
+        let factory = ProviderFactory(catalog: catalog, clock: DescartesClock(clock))
+        let backend = RetryBackend(try factory.create("openai", config: config), policy: RetryPolicy(jitter: 0), clock: DescartesClock(clock))
+
+        let answer = Task { try await backend.complete(ModelRequest(prompt: "Hello")) }
+        // The first attempt gets a 503: the retry layer sleeps its first backoff, 500 ms.
+        try await clock.wait(until: { $0.sleeps == [.milliseconds(500)] })
+        clock.advance(by: .milliseconds(500))
+        print(try await answer.value.content)
+        // docs/reliability.md, end
+        let r = try await answer.value
+        #expect(r.content == "Hello")
+        #expect(r.attempts.map(\.error.status) == [503])
+        #expect(try await server.requests().count == 2)
+        await backend.shutdown()
+
+        // What ran above is the doc's example, as written.
+        let doc = try FileSystem.readText(FileSystem.join(TestEnv.root, "docs/reliability.md"), limit: 1 << 20)
+        let section = try #require(doc.firstRange(of: "\n## Time: one injectable clock\n"))
+        let open = try #require(doc[section.upperBound...].firstRange(of: "```swift\n"))
+        let close = try #require(doc[open.upperBound...].firstRange(of: "\n```\n"))
+        let example = String(doc[open.upperBound..<close.lowerBound])
+        let source = try FileSystem.readText(FileSystem.join(TestEnv.root, "Tests/DescartesTests/ClockTests.swift"), limit: 1 << 20)
+        let begin = try #require(source.firstRange(of: "// docs/reliability.md, begin\n"))
+        let end = try #require(source[begin.upperBound...].firstRange(of: "\n        // docs/reliability.md, end"))
+        let ran = source[begin.upperBound..<end.lowerBound].split(separator: "\n", omittingEmptySubsequences: false)
+            .map { $0.hasPrefix("        ") ? String($0.dropFirst(8)) : String($0) }.joined(separator: "\n")
+        #expect(ran == example)
     }
 }
