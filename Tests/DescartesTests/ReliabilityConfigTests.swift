@@ -246,6 +246,44 @@ import Testing
         #expect(seen.withLock { $0.first?.contains("echo: rejected: lacks tools") } == true)
     }
 
+    @Test func everyMiddlewareRunsOnTheFactorysClock() async throws {
+        let clock = ManualClock()
+        let settings = try ReliabilitySettings.parse(
+            yaml: """
+                retry: {max_attempts: 2, initial_delay: 1s, jitter: 0}
+                cache: {ttl: 60s}
+                limits:
+                  primary: {requests_per_minute: 30, request_burst: 1}
+                fallbacks:
+                  resilient: [primary, backup]
+                """, file: "providers.yaml")
+        let p = ReliableProviders(settings: settings, factory: dir.factory(clock: DescartesClock(clock)))
+        #expect(p.clock == DescartesClock(clock))
+        let b = try p.backend("resilient")
+        // The chain's total deadline: primary hangs until the host's timer
+        // fires at 2 s on the manual clock, and by then the chain's own
+        // deadline has passed too, so it does not move on to backup.
+        let hung = Task { try await b.complete(.perInstance(["primary": ["hang"], "backup": ["text:too late"]], deadlines: Deadlines(total: .seconds(2)))) }
+        try await clock.wait(until: { $0.timers == [.seconds(2)] })
+        clock.advance(by: .seconds(2))
+        let err = try #require(await providerError { _ = try await hung.value })
+        #expect(err.kind == .timeout && err.message == "the total deadline of 2 s passed")
+        #expect(try await pluginCalls(p.backend("backup")) == 0)
+        // The retry waits 1 s, then the rate limit (one request every 2 s) 1 s more.
+        let retried = Task { try await b.complete(.sequence([["error:provider_unavailable:down"], ["text:ok"]])) }
+        try await clock.wait(until: { $0.sleeps == [.seconds(1)] })
+        clock.advance(by: .seconds(1))
+        try await clock.wait(until: { $0.sleeps == [.seconds(1)] })
+        clock.advance(by: .seconds(1))
+        #expect(try await retried.value.content == "ok")
+        // The cache's time to live: a hit, then, 60 s later, a miss.
+        #expect(try await b.complete(.sequence([["error:provider_unavailable:down"], ["text:ok"]])).metadata["cache"] == "hit")
+        clock.advance(by: .seconds(60))
+        let fresh = try await b.complete(.sequence([["error:provider_unavailable:down"], ["text:ok"]]))
+        #expect(fresh.metadata["cache"] == nil && fresh.content == "ok")
+        await p.shutdown()
+    }
+
     @Test func anUnknownProviderNamedDirectlyFailsAtOnce() throws {
         let p = try providers("")
         #expect(throws: ProviderError.self) { _ = try p.backend("nonesuch") }
