@@ -76,8 +76,9 @@ let package = Package(
     targets: [
         // MARK: C: the ABI and system libraries
         .target(name: "CDescartesPlugin", exclude: ["plugin.map"]),
-        // Host-side system calls Swift's Glibc module does not import (getauxval).
-        .target(name: "CDescartesHost"),
+        // Host-side C: system calls Swift's Glibc module does not import (getauxval), and
+        // the operation trampolines of the isolation proxy.
+        .target(name: "CDescartesHost", dependencies: ["CDescartesPlugin"]),
         .systemLibrary(name: "CYaml", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).

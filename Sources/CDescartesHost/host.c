@@ -1,4 +1,33 @@
 #include "CDescartesHost.h"
+#include <stdatomic.h>
 #include <sys/auxv.h>
 
 int descartes_secure_execution(void) { return getauxval(AT_SECURE) != 0; }
+
+static _Atomic(descartes_dispatch_fn) dispatch_fn;
+
+void descartes_set_dispatch(descartes_dispatch_fn dispatch) { atomic_store(&dispatch_fn, dispatch); }
+
+/* One function per code: T(0x10) defines trampoline_0x10, which passes 16. */
+#define T(n)                                                                                                  \
+    static descartes_call_t *trampoline_##n(descartes_backend_t *self, const char *input, size_t length,     \
+                                            descartes_event_fn on_event, void *ctx) {                         \
+        return atomic_load(&dispatch_fn)(self, n, input, length, on_event, ctx);                              \
+    }
+#define T16(h)                                                                                                \
+    T(0x##h##0) T(0x##h##1) T(0x##h##2) T(0x##h##3) T(0x##h##4) T(0x##h##5) T(0x##h##6) T(0x##h##7)           \
+    T(0x##h##8) T(0x##h##9) T(0x##h##a) T(0x##h##b) T(0x##h##c) T(0x##h##d) T(0x##h##e) T(0x##h##f)
+#define N(n) trampoline_##n,
+#define N16(h)                                                                                                \
+    N(0x##h##0) N(0x##h##1) N(0x##h##2) N(0x##h##3) N(0x##h##4) N(0x##h##5) N(0x##h##6) N(0x##h##7)           \
+    N(0x##h##8) N(0x##h##9) N(0x##h##a) N(0x##h##b) N(0x##h##c) N(0x##h##d) N(0x##h##e) N(0x##h##f)
+
+T16(0) T16(1) T16(2) T16(3) T16(4) T16(5) T16(6) T16(7) T16(8)
+
+static const descartes_operation_fn trampolines[DESCARTES_TRAMPOLINES] = {
+    N16(0) N16(1) N16(2) N16(3) N16(4) N16(5) N16(6) N16(7) N16(8)
+};
+
+descartes_operation_fn descartes_trampoline(unsigned code) {
+    return code < DESCARTES_TRAMPOLINES ? trampolines[code] : NULL;
+}

@@ -129,7 +129,7 @@ final class Run: @unchecked Sendable {
         }
     }
 
-    func start(_ b: RawBackend, _ op: RawBackend.Operation, _ input: [UInt8]) -> RawCall {
+    func start(_ b: RawBackend, _ op: BackendOperation, _ input: [UInt8]) -> RawCall {
         let c = b.start(op, input)
         calls.withLock { $0.append(c) }
         return c
@@ -143,7 +143,7 @@ final class Run: @unchecked Sendable {
     }
 
     /// Runs one operation to its end; releases the handle.
-    func finish(_ b: RawBackend, _ op: RawBackend.Operation, _ input: [UInt8], limit: Duration? = nil) async -> (RawCall, RawCall.Event?) {
+    func finish(_ b: RawBackend, _ op: BackendOperation, _ input: [UInt8], limit: Duration? = nil) async -> (RawCall, RawCall.Event?) {
         let c = start(b, op, input)
         let t = await c.waitTerminal(limit ?? answerLimit)
         b.release(c)
@@ -279,7 +279,7 @@ final class Run: @unchecked Sendable {
 
     func checkHealth(_ b: RawBackend) async {
         let t0 = ContinuousClock.now
-        guard b.function(.healthCheck) != nil else {
+        guard BackendOperation.healthCheck.function(in: b.raw) != nil else {
             record("health_check", .skip, "not implemented (optional)", since: t0)
             return
         }
@@ -291,15 +291,15 @@ final class Run: @unchecked Sendable {
     var completeText: String?
 
     func checkComplete(_ b: RawBackend) async {
-        for op in [RawBackend.Operation.complete, .stream] {
+        for op in [BackendOperation.complete, .stream] {
             let t0 = ContinuousClock.now
-            guard b.function(op) != nil else {
-                record(op.rawValue, .fail, "\(op.rawValue) is missing from the backend's table", since: t0)
+            guard op.function(in: b.raw) != nil else {
+                record(op.name, .fail, "\(op.name) is missing from the backend's table", since: t0)
                 continue
             }
             let (c, t) = await finish(b, op, request(spec.text))
             guard let t, t.type == DESCARTES_EVENT_RESULT else {
-                record(op.rawValue, .fail, Run.describe(c, t), since: t0)
+                record(op.name, .fail, Run.describe(c, t), since: t0)
                 continue
             }
             var problems: [String] = []
@@ -312,7 +312,7 @@ final class Run: @unchecked Sendable {
             }
             if op == .complete { completeText = c.text }
             record(
-                op.rawValue, problems.isEmpty ? .pass : .fail,
+                op.name, problems.isEmpty ? .pass : .fail,
                 problems.isEmpty ? "'\(Wire.excerpt(c.text, limit: 60))' in \(textEvents) TEXT event\(textEvents == 1 ? "" : "s"), then \(Wire.excerpt(t.text, limit: 100))" : problems.joined(separator: "; "),
                 since: t0)
         }
@@ -322,18 +322,18 @@ final class Run: @unchecked Sendable {
         let t0 = ContinuousClock.now
         var notes: [String] = []
         var failed: [String] = []
-        for (op, input) in [(RawBackend.Operation.listModels, Array("{}".utf8)), (.estimateTokens, request(spec.text))] {
-            guard b.function(op) != nil else {
-                notes.append("\(op.rawValue): not implemented")
+        for (op, input) in [(BackendOperation.listModels, Array("{}".utf8)), (.estimateTokens, request(spec.text))] {
+            guard op.function(in: b.raw) != nil else {
+                notes.append("\(op.name): not implemented")
                 continue
             }
             let (c, t) = await finish(b, op, input)
             guard let t else {
-                failed.append("\(op.rawValue): no terminal event within \(fmt(answerLimit))")
+                failed.append("\(op.name): no terminal event within \(fmt(answerLimit))")
                 continue
             }
             if t.type == DESCARTES_EVENT_ERROR {
-                notes.append("\(op.rawValue): \(Run.describe(c, t))")
+                notes.append("\(op.name): \(Run.describe(c, t))")
                 continue
             }
             do {
@@ -346,7 +346,7 @@ final class Run: @unchecked Sendable {
                     notes.append("estimate_tokens: \(est.tokens) (\(est.method))")
                 }
             } catch {
-                failed.append("\(op.rawValue): the RESULT does not follow docs/abi.md: \(error)")
+                failed.append("\(op.name): the RESULT does not follow docs/abi.md: \(error)")
             }
         }
         record("optional operations", failed.isEmpty ? .pass : .fail, (failed.isEmpty ? notes : failed).joined(separator: "; "), since: t0)
@@ -626,27 +626,27 @@ final class Run: @unchecked Sendable {
         var failed: [String] = []
         for c in all where !c.noHandle {
             let events = c.events
-            if c.terminalCount == 0 { failed.append("\(c.op.rawValue): no terminal event") }
-            if c.terminalCount > 1 { failed.append("\(c.op.rawValue): \(c.terminalCount) terminal events") }
-            if c.afterTerminal > 0 { failed.append("\(c.op.rawValue): \(c.afterTerminal) event\(c.afterTerminal == 1 ? "" : "s") after the terminal one") }
+            if c.terminalCount == 0 { failed.append("\(c.op.name): no terminal event") }
+            if c.terminalCount > 1 { failed.append("\(c.op.name): \(c.terminalCount) terminal events") }
+            if c.afterTerminal > 0 { failed.append("\(c.op.name): \(c.afterTerminal) event\(c.afterTerminal == 1 ? "" : "s") after the terminal one") }
             var started: Set<Int> = []
             var ended: Set<Int> = []
             for (i, e) in events.enumerated() {
                 switch e.type {
                 case DESCARTES_EVENT_START:
-                    if i != 0 { failed.append("\(c.op.rawValue): START is not the first event") }
+                    if i != 0 { failed.append("\(c.op.name): START is not the first event") }
                 case DESCARTES_EVENT_TOOL_CALL_START:
-                    if !started.insert(e.index).inserted { failed.append("\(c.op.rawValue): tool call \(e.index) started twice") }
+                    if !started.insert(e.index).inserted { failed.append("\(c.op.name): tool call \(e.index) started twice") }
                 case DESCARTES_EVENT_TOOL_CALL_DELTA:
-                    if !started.contains(e.index) || ended.contains(e.index) { failed.append("\(c.op.rawValue): tool call \(e.index) delta outside its start and end") }
+                    if !started.contains(e.index) || ended.contains(e.index) { failed.append("\(c.op.name): tool call \(e.index) delta outside its start and end") }
                 case DESCARTES_EVENT_TOOL_CALL_END:
-                    if !started.contains(e.index) || !ended.insert(e.index).inserted { failed.append("\(c.op.rawValue): tool call \(e.index) ended without a start, or twice") }
+                    if !started.contains(e.index) || !ended.insert(e.index).inserted { failed.append("\(c.op.name): tool call \(e.index) ended without a start, or twice") }
                 case DESCARTES_EVENT_USAGE:
-                    if (try? Wire.decodeUsage(try JSONValue.parse(e.text))) == nil { failed.append("\(c.op.rawValue): a USAGE event is not a Usage document") }
+                    if (try? Wire.decodeUsage(try JSONValue.parse(e.text))) == nil { failed.append("\(c.op.name): a USAGE event is not a Usage document") }
                 case DESCARTES_EVENT_NOTICE:
-                    if (try? JSONValue.parse(e.text))?["message"]?.stringValue == nil { failed.append("\(c.op.rawValue): a NOTICE event has no message") }
+                    if (try? JSONValue.parse(e.text))?["message"]?.stringValue == nil { failed.append("\(c.op.name): a NOTICE event has no message") }
                 case DESCARTES_EVENT_ERROR:
-                    if (try? JSONValue.parse(e.text))?["kind"]?.stringValue == nil { failed.append("\(c.op.rawValue): an ERROR event is not an Error document") }
+                    if (try? JSONValue.parse(e.text))?["kind"]?.stringValue == nil { failed.append("\(c.op.name): an ERROR event is not an Error document") }
                 default: break
                 }
             }
@@ -668,7 +668,7 @@ final class Run: @unchecked Sendable {
         var leaks: [String] = []
         for line in logs.withLock({ $0 }) where values.contains(where: { line.contains($0) }) { leaks.append("a log record") }
         for c in calls.withLock({ $0 }) {
-            for e in c.events where values.contains(where: { e.text.contains($0) }) { leaks.append("a \(c.op.rawValue) event of type \(e.type)") }
+            for e in c.events where values.contains(where: { e.text.contains($0) }) { leaks.append("a \(c.op.name) event of type \(e.type)") }
         }
         record(
             "secrets", leaks.isEmpty ? .pass : .fail,

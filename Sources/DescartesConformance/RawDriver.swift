@@ -18,29 +18,12 @@ final class RawBackend: @unchecked Sendable {
         self.library = library
     }
 
-    enum Operation: String, CaseIterable {
-        case initialize, healthCheck = "health_check", complete, stream, listModels = "list_models", estimateTokens = "estimate_tokens", shutdown
-    }
-
-    func function(_ op: Operation) -> descartes_operation_fn? {
-        let b = raw.pointee
-        switch op {
-        case .initialize: return b.initialize
-        case .healthCheck: return b.health_check
-        case .complete: return b.complete
-        case .stream: return b.stream
-        case .listModels: return b.list_models
-        case .estimateTokens: return b.estimate_tokens
-        case .shutdown: return b.shutdown
-        }
-    }
-
     /// Starts `op`. The call object is deliberately never freed: a plugin
     /// that breaks the rules and reports after its terminal event (or after
     /// release) still lands on valid memory, where the suite counts it.
-    func start(_ op: Operation, _ input: [UInt8]) -> RawCall {
+    func start(_ op: BackendOperation, _ input: [UInt8]) -> RawCall {
         let call = RawCall(op: op)
-        guard let fn = function(op) else {
+        guard let fn = op.function(in: raw) else {
             call.noHandle = true
             return call
         }
@@ -99,7 +82,7 @@ final class RawCall: @unchecked Sendable {
         var isTerminal: Bool { type == DESCARTES_EVENT_RESULT || type == DESCARTES_EVENT_ERROR }
     }
 
-    let op: RawBackend.Operation
+    let op: BackendOperation
     let started = ContinuousClock.now
     var noHandle = false
     private struct State {
@@ -112,7 +95,7 @@ final class RawCall: @unchecked Sendable {
     }
     private let state = Lock(State())
 
-    init(op: RawBackend.Operation) { self.op = op }
+    init(op: BackendOperation) { self.op = op }
 
     static let onEvent: descartes_event_fn = { ctx, event in
         guard let ctx, let event else { return }

@@ -63,16 +63,32 @@ enum Helper {
         _ = writer.send(Frame.created, bytes: doc.jsonBytes)
     }
 
-    static func function(_ b: UnsafeMutablePointer<descartes_backend_t>, _ op: Frame.Op) -> descartes_operation_fn? {
-        switch op {
-        case .initialize: return b.pointee.initialize
-        case .healthCheck: return b.pointee.health_check
-        case .complete: return b.pointee.complete
-        case .stream: return b.pointee.stream
-        case .listModels: return b.pointee.list_models
-        case .estimateTokens: return b.pointee.estimate_tokens
-        case .shutdown: return b.pointee.shutdown
+    /// The functions behind the codes EXTENSION frames gave out.
+    nonisolated(unsafe) static var extensionFunctions: [UInt8: descartes_operation_fn] = [:]
+
+    /// The function behind an operation code: the table's for the backend's
+    /// own operations, the extension's slot for the codes EXTENSION assigned.
+    static func function(_ b: UnsafeMutablePointer<descartes_backend_t>, _ code: UInt8) -> descartes_operation_fn? {
+        if Int(code) < BackendOperation.base.count { return BackendOperation.base[Int(code)].function(in: b) }
+        return extensionFunctions[code]
+    }
+
+    /// Answers EXTENSION: records the slots of extension `id` under the codes
+    /// from `first` and tells the host which slots there are.
+    static func describeExtension(_ b: UnsafeMutablePointer<descartes_backend_t>, first: UInt8, id: String) {
+        var slots = 0
+        var offered: UInt16 = 0
+        if Int(first) >= Frame.firstExtensionCode, Int(first) + BackendExtension.maxSlots <= 256,
+            let ext = BackendExtension.find(id, in: b)
+        {
+            slots = BackendExtension.slots(ext)
+            for k in 0..<slots {
+                guard let fn = BackendExtension.operation(ext, slot: k) else { continue }
+                extensionFunctions[first + UInt8(k)] = fn
+                offered |= 1 << UInt16(k)
+            }
         }
+        _ = writer.send(Frame.extended, bytes: [first, UInt8(slots)] + offered.leBytes)
     }
 
     static func run() -> Never {
@@ -107,12 +123,13 @@ enum Helper {
                     reply(error: ProviderError(.initialization, "cannot load plugin: \(error)", provider: instance))
                 }
             case Frame.start:
-                guard payload.count >= 9, let b = backend, let op = Frame.Op(rawValue: payload[payload.startIndex + 8]) else { continue }
+                guard payload.count >= 9, let b = backend else { continue }
                 let id = payload.le(0, as: UInt64.self)
+                let fn = function(b, payload[payload.startIndex + 8])
                 let input = Array(payload.dropFirst(9))
                 let ctx = UnsafeMutableRawPointer(bitPattern: UInt(id))
                 let handle = input.withUnsafeBufferPointer { buf in
-                    buf.withMemoryRebound(to: CChar.self) { function(b, op)?(b, $0.baseAddress, $0.count, onEvent, ctx) }
+                    buf.withMemoryRebound(to: CChar.self) { fn?(b, $0.baseAddress, $0.count, onEvent, ctx) }
                 }
                 if let handle {
                     handles[id] = handle
@@ -128,6 +145,9 @@ enum Helper {
                         onEvent(ctx, &ev)
                     }
                 }
+            case Frame.extension:
+                guard payload.count >= 1, let b = backend else { continue }
+                describeExtension(b, first: payload[payload.startIndex], id: String(decoding: payload.dropFirst(), as: UTF8.self))
             case Frame.cancel:
                 guard payload.count >= 8, let b = backend, let h = handles[payload.le(0, as: UInt64.self)] else { continue }
                 b.pointee.cancel?(b, h)

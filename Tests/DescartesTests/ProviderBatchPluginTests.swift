@@ -29,7 +29,10 @@ import Testing
     static let errorFile =
         #"{"id":"batch_req_3","custom_id":"third","response":{"status_code":400,"request_id":"req_3","body":{"error":{"message":"max_tokens is too large: 999999.","type":"invalid_request_error","param":"max_tokens","code":null}}},"error":null}"# + "\n"
 
-    @Test func openAIUploadsCreatesPollsAndReadsBothFiles() async throws {
+    /// In process, and isolated in a helper process (which forwards the
+    /// extension by id).
+    @Test(arguments: [ProviderFactory.Isolation.inProcess, .process(Sanitizer.limits())])
+    func openAIUploadsCreatesPollsAndReadsBothFiles(_ isolation: ProviderFactory.Isolation) async throws {
         let server = try await ServerSlot.make()
         try await server.script([
             "POST /v1/files": [.json(#"{"id":"file-in1","object":"file","bytes":1234,"created_at":1764000000,"filename":"batch.jsonl","purpose":"batch"}"#)],
@@ -42,7 +45,8 @@ import Testing
             "GET /v1/files/file-err/content": [.json(Self.errorFile)],
             "POST /v1/batches/batch_abc123/cancel": [Self.openaiBatch("cancelling")],
         ])
-        let backend = try plugins.factory().create("openai", config: ["endpoint": .string("\(server.url)/v1"), "api_key": .string(Self.key)])
+        let backend = try plugins.factory().create(
+            "openai", config: ["endpoint": .string("\(server.url)/v1"), "api_key": .string(Self.key)], isolation: isolation)
         let batches = try ProviderBatches(backend)
         var tooBig = ModelRequest(prompt: "long story")
         tooBig.maxTokens = 999_999

@@ -2,14 +2,19 @@ import Descartes
 import Testing
 
 /// The host's side of the "descartes.batch/1" ABI extension, driven through
-/// the scripted plugin's in-memory batch API.
+/// the scripted plugin's in-memory batch API, in process and isolated (the
+/// helper process forwards extensions by id).
 @Suite struct ProviderBatchTests {
     let dir = PluginDir().addScripted().addEcho()
 
-    func batches() throws -> ProviderBatches { try ProviderBatches(try dir.factory().create("scripted")) }
+    static let places: [ProviderFactory.Isolation] = [.inProcess, .process(Sanitizer.limits())]
 
-    @Test func submitPollFetchMatchedByCustomID() async throws {
-        let b = try batches()
+    func batches(_ isolation: ProviderFactory.Isolation = .inProcess) throws -> ProviderBatches {
+        try ProviderBatches(try dir.factory().create("scripted", isolation: isolation))
+    }
+
+    @Test(arguments: places) func submitPollFetchMatchedByCustomID(_ isolation: ProviderFactory.Isolation) async throws {
+        let b = try batches(isolation)
         var first = ModelRequest.script(["text:x"], prompt: "one two", options: ["batch_polls": 3])
         first.model = "scripted-small"
         let submitted = try await b.submit([
@@ -41,8 +46,8 @@ import Testing
         #expect(e.kind == .api && e.message == "context too long")
     }
 
-    @Test func cancelAndErrors() async throws {
-        let b = try batches()
+    @Test(arguments: places) func cancelAndErrors(_ isolation: ProviderFactory.Isolation) async throws {
+        let b = try batches(isolation)
         let s = try await b.submit([("only", .script(["text:x"], options: ["batch_polls": 100]))])
         let c = try await b.cancel(s.id)
         #expect(c.state == .cancelled)
@@ -59,8 +64,24 @@ import Testing
         #expect(err.details == ["custom_id 'ok-1' appears twice", "custom_id 'bad id!': 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'"])
     }
 
-    @Test func aPluginWithoutTheExtensionSaysSo() throws {
-        #expect(throws: ProviderError.self) { _ = try ProviderBatches(try dir.factory().create("echo")) }
+    @Test func anIsolatedPluginKeepsItsExtensionAcrossARestart() async throws {
+        let backend = try dir.factory().create("scripted", isolation: .process(Sanitizer.limits()))
+        let b = try ProviderBatches(backend)
+        let first = try await b.submit([("a", .script(["text:x"], prompt: "one"))])
+        #expect(try await b.status(first.id).state == .ended)
+        // The helper dies; the next call starts a new one, which learns the
+        // extension again before the batch call reaches it.
+        let crash = try #require(await providerError { _ = try await backend.complete(.script(["crash:segv"])) })
+        #expect(crash.kind == .process)
+        let again = try await b.submit([("b", .script(["text:x"], prompt: "two words"))])
+        #expect(again.id == "batch_1")  // a new plugin instance: its batches start over
+        let results = try await b.results(try await b.wait(again.id, every: .milliseconds(10)).id)
+        #expect(try results.map { try $0.result.get().content } == ["two words"])
+        await backend.shutdown()
+    }
+
+    @Test(arguments: places) func aPluginWithoutTheExtensionSaysSo(_ isolation: ProviderFactory.Isolation) throws {
+        #expect(throws: ProviderError.self) { _ = try ProviderBatches(try dir.factory().create("echo", isolation: isolation)) }
         do { _ = try ProviderBatches(try dir.factory().create("echo")) } catch {
             #expect(error.kind == .unsupportedFeature)
             #expect(error.message == "provider 'echo' has no batch API (its plugin does not offer descartes.batch/1)")

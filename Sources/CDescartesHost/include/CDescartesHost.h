@@ -1,9 +1,29 @@
-// System calls the host needs that Swift's Glibc module does not import.
+// What the host needs in C: system calls Swift's Glibc module does not
+// import, and C function pointers Swift cannot make one by one.
 #ifndef DESCARTES_CDESCARTESHOST_H
 #define DESCARTES_CDESCARTESHOST_H
+
+#include <descartes/plugin.h>
 
 /// getauxval(AT_SECURE): non-zero when the process runs in secure-execution
 /// mode (setuid, setgid, or file capabilities), as glibc's secure_getenv sees it.
 int descartes_secure_execution(void);
+
+/// How many operation trampolines there are (codes 0 to this - 1).
+#define DESCARTES_TRAMPOLINES 144
+
+/// Where every trampoline goes: the operation `code` of `self`.
+typedef descartes_call_t *_Nullable (*descartes_dispatch_fn)(
+    descartes_backend_t *_Nonnull self, unsigned code, const char *_Nonnull input, size_t input_length,
+    descartes_event_fn _Nonnull on_event, void *_Nullable ctx);
+
+/// Sets the dispatcher (once, before any trampoline is called).
+void descartes_set_dispatch(descartes_dispatch_fn _Nonnull dispatch);
+
+/// An operation function that calls the dispatcher with `code` (an ABI
+/// operation function cannot carry a context, so the isolation proxy gives
+/// each operation it forwards a function of its own); NULL when `code` is
+/// out of range.
+descartes_operation_fn _Nullable descartes_trampoline(unsigned code);
 
 #endif

@@ -15,7 +15,7 @@ final class HostCall: @unchecked Sendable {
     }
 
     let backend: PluginBackend
-    let op: PluginBackend.Operation
+    let op: BackendOperation
     let deadlines: Deadlines
     let sink: StreamSink?
     /// The backend's clock, which the deadlines are counted on.
@@ -47,7 +47,7 @@ final class HostCall: @unchecked Sendable {
     private let state: Lock<State>
 
     init(
-        backend: PluginBackend, op: PluginBackend.Operation, deadlines: Deadlines,
+        backend: PluginBackend, op: BackendOperation, deadlines: Deadlines,
         continuation: CheckedContinuation<Outcome, Error>, sink: StreamSink?
     ) {
         self.backend = backend
@@ -60,8 +60,7 @@ final class HostCall: @unchecked Sendable {
             State(continuation: continuation, assembler: ResponseAssembler(provider: backend.name), lastEvent: startedAt))
     }
 
-    var isCompletion: Bool { op == .complete || op == .stream }
-
+    
     // MARK: Starting
 
     func start(_ fn: descartes_operation_fn, input: [UInt8]) {
@@ -74,7 +73,7 @@ final class HostCall: @unchecked Sendable {
         guard let handle else {
             // No handle: the ABI says no event will come.
             Unmanaged<HostCall>.fromOpaque(ctx).release()
-            answer(.failure(ProviderError(.backend, "the plugin could not start \(op.rawValue) (it returned no handle)", provider: backend.name)))
+            answer(.failure(ProviderError(.backend, "the plugin could not start \(op.name) (it returned no handle)", provider: backend.name)))
             return
         }
         let (releaseNow, cancelNow) = state.withLock { s -> (Bool, Bool) in
@@ -238,9 +237,9 @@ final class HostCall: @unchecked Sendable {
     private func decodeResult(_ bytes: UnsafeRawBufferPointer) -> Result<Decoded, ProviderError> {
         let doc: JSONValue
         do { doc = try JSONValue.parse(bytes) } catch {
-            return .failure(ProviderError(.invalidResponse, "the plugin's \(op.rawValue) result is not JSON (\(error))", provider: backend.name))
+            return .failure(ProviderError(.invalidResponse, "the plugin's \(op.name) result is not JSON (\(error))", provider: backend.name))
         }
-        guard isCompletion else { return .success(.document(doc)) }
+        guard op.isCompletion else { return .success(.document(doc)) }
         do {
             return .success(.finish(try Wire.decodeFinish(doc)))
         } catch {

@@ -55,28 +55,6 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     // MARK: Operations
 
-    enum Operation: String {
-        case initialize, healthCheck = "health_check", complete, stream, listModels = "list_models",
-            estimateTokens = "estimate_tokens", shutdown
-        // The "descartes.batch/1" extension (ProviderBatch.swift).
-        case batchSubmit = "batch submit", batchStatus = "batch status", batchResults = "batch results",
-            batchCancel = "batch cancel"
-    }
-
-    func function(_ op: Operation) -> descartes_operation_fn? {
-        let b = raw.pointee
-        switch op {
-        case .initialize: return b.initialize
-        case .healthCheck: return b.health_check
-        case .complete: return b.complete
-        case .stream: return b.stream
-        case .listModels: return b.list_models
-        case .estimateTokens: return b.estimate_tokens
-        case .shutdown: return b.shutdown
-        case .batchSubmit, .batchStatus, .batchResults, .batchCancel: return batchFunction(op)
-        }
-    }
-
     func initialize() async throws {
         let task: Task<Void, Error>? = state.withLock { s in
             if s.initialized { return nil }
@@ -253,15 +231,15 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     }
 
     /// Runs an operation whose result is a JSON document.
-    func document(_ op: Operation, input: [UInt8], deadlines: Deadlines, checkShutdown: Bool = true) async throws -> JSONValue {
+    func document(_ op: BackendOperation, input: [UInt8], deadlines: Deadlines, checkShutdown: Bool = true) async throws -> JSONValue {
         let outcome = try await run(op, input: input, deadlines: deadlines, streaming: nil)
         guard case .document(let d) = outcome else { preconditionFailure() }
         return d
     }
 
-    func run(_ op: Operation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?) async throws -> HostCall.Outcome {
-        guard let fn = function(op) else {
-            throw ProviderError(.unsupportedFeature, "the plugin does not implement \(op.rawValue)", provider: name)
+    func run(_ op: BackendOperation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?) async throws -> HostCall.Outcome {
+        guard let fn = op.function(in: raw) else {
+            throw ProviderError(.unsupportedFeature, "the plugin does not implement \(op.name)", provider: name)
         }
         let box = CancelBox()
         return try await withTaskCancellationHandler {

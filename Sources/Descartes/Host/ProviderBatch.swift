@@ -88,13 +88,14 @@ public struct ProviderBatches: Sendable {
 
     /// The batch API of `backend` (middlewares around it are looked
     /// through).
-    /// - Throws: `unsupportedFeature` when its plugin offers none (or runs
-    ///   isolated in a helper process, which does not forward extensions).
+    /// - Throws: `unsupportedFeature` when its plugin offers none. (A plugin
+    ///   isolated in a helper process offers what it offers in process: the
+    ///   helper forwards every extension.)
     public init(_ backend: any ModelBackend) throws(ProviderError) {
         var current: any ModelBackend = backend
         for _ in 0..<16 {
             if let p = current as? PluginBackend {
-                guard p.batchExtension != nil else {
+                guard BackendExtension.find(BackendOperation.batchExtension, in: p.raw) != nil else {
                     throw ProviderError(
                         .unsupportedFeature, "provider '\(p.name)' has no batch API (its plugin does not offer descartes.batch/1)",
                         provider: p.name)
@@ -130,7 +131,7 @@ public struct ProviderBatches: Sendable {
         }
     }
 
-    func run(_ op: PluginBackend.Operation, _ input: JSONValue) async throws -> JSONValue {
+    func run(_ op: BackendOperation, _ input: JSONValue) async throws -> JSONValue {
         try backend.checkOpen()
         try await backend.initialize()
         return try await backend.document(op, input: input.jsonBytes, deadlines: backend.defaultDeadlines)
@@ -206,24 +207,11 @@ public struct ProviderBatches: Sendable {
     }
 }
 
-extension PluginBackend {
-    /// The plugin's "descartes.batch/1" extension, if it offers one.
-    var batchExtension: UnsafePointer<descartes_batch_extension_t>? {
-        guard let get = raw.pointee.get_extension, let p = get(raw, "descartes.batch/1") else { return nil }
-        let ext = p.assumingMemoryBound(to: descartes_batch_extension_t.self)
-        // Version 1 of the struct has all four functions.
-        guard ext.pointee.struct_size >= UInt32(MemoryLayout<descartes_batch_extension_t>.size) else { return nil }
-        return ext
-    }
-
-    func batchFunction(_ op: Operation) -> descartes_operation_fn? {
-        guard let e = batchExtension?.pointee else { return nil }
-        switch op {
-        case .batchSubmit: return e.submit
-        case .batchStatus: return e.status
-        case .batchResults: return e.results
-        case .batchCancel: return e.cancel_batch
-        default: return nil
-        }
-    }
+extension BackendOperation {
+    /// The "descartes.batch/1" extension: its struct's four operations.
+    static let batchExtension = "descartes.batch/1"
+    static let batchSubmit = BackendOperation("batch submit", .extensionSlot(id: batchExtension, slot: 0))
+    static let batchStatus = BackendOperation("batch status", .extensionSlot(id: batchExtension, slot: 1))
+    static let batchResults = BackendOperation("batch results", .extensionSlot(id: batchExtension, slot: 2))
+    static let batchCancel = BackendOperation("batch cancel", .extensionSlot(id: batchExtension, slot: 3))
 }

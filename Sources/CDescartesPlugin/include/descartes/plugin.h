@@ -66,6 +66,9 @@
  * 4. Capabilities added later without a new ABI version are found by string
  *    id with a revision suffix ("descartes.batch/1") through get_extension().
  *    An extension id's struct never changes meaning; a new revision is a new id.
+ *    A backend extension's struct is `uint32_t struct_size` followed by
+ *    descartes_operation_fn members only, so the host can call (and forward
+ *    to an isolated plugin) any extension's operations by id and slot.
  * 5. A change that cannot follow these rules bumps DESCARTES_ABI_VERSION.
  *
  * Every function says since which version it exists ("since 1.0"): 1.0 is

@@ -7,12 +7,21 @@ import Glibc
 ///     frame = u32 length (little-endian, of what follows) | u8 type | payload
 ///
 /// host -> helper                         helper -> host
-///   CREATE   JSON {library, factory,        CREATED  JSON {} | {"error": Error}
-///            provider, instance, config}
-///   START    u64 call | u8 op | input       EVENT    u64 call | u32 type | u32 index | data
-///   CANCEL   u64 call                       LOG      u32 level | message
-///   RELEASE  u64 call
-///   DESTROY  (empty)                        (the helper exits after DESTROY)
+///   CREATE    JSON {library, factory,       CREATED   JSON {} | {"error": Error}
+///             provider, instance, config}
+///   EXTENSION u8 first | id (UTF-8)         EXTENDED  u8 first | u8 slots | u16 offered
+///   START     u64 call | u8 code | input    EVENT     u64 call | u32 type | u32 index | data
+///   CANCEL    u64 call                      LOG       u32 level | message
+///   RELEASE   u64 call
+///   DESTROY   (empty)                       (the helper exits after DESTROY)
+///
+/// An operation's code is its index in `BackendOperation.base` (0-6) for
+/// the operations of descartes_backend_t. Extensions are forwarded by id,
+/// whatever they are: EXTENSION asks the helper for the backend's extension
+/// `id` and gives it the codes `first ..< first + 16` for its slots; the
+/// helper answers how many slots the plugin's struct has and which of them
+/// (bit k of `offered`) are not NULL (`slots` 0: no such extension). START
+/// with code `first + k` then runs slot k.
 ///
 /// A socket (not pipes) so that writing to a helper that died returns an
 /// error instead of raising SIGPIPE in the host (MSG_NOSIGNAL).
@@ -22,17 +31,21 @@ package enum Frame {
     package static let cancel: UInt8 = 3
     package static let release: UInt8 = 4
     package static let destroy: UInt8 = 5
+    package static let `extension`: UInt8 = 6
     package static let created: UInt8 = 10
     package static let event: UInt8 = 11
     package static let log: UInt8 = 12
+    package static let extended: UInt8 = 13
 
     /// The largest frame accepted (a corrupt length never allocates more).
     package static let maxLength = 256 << 20
 
-    /// Operation codes in START.
-    package enum Op: UInt8 {
-        case initialize = 0, healthCheck, complete, stream, listModels, estimateTokens, shutdown
-    }
+    /// The code of the first slot of the first extension; each extension
+    /// gets a block of `BackendExtension.maxSlots` codes after it.
+    package static let firstExtensionCode = 16
+    /// How many extensions one isolated backend can forward (the codes end
+    /// where the host's operation trampolines do).
+    package static let maxExtensions = 8
 }
 
 /// Writes frames to a socket; safe from any thread.

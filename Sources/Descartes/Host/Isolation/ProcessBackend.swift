@@ -1,4 +1,5 @@
 internal import CDescartesPlugin
+internal import CDescartesHost
 import Glibc
 import DescartesSupport
 
@@ -27,10 +28,14 @@ public struct ProcessLimits: Sendable, Hashable {
 /// deadlines and rule checks) drives an isolated plugin exactly as it drives
 /// an in-process one.
 ///
+/// Extensions are forwarded by id (`get_extension` asks the helper), so an
+/// isolated plugin offers every extension it offers in process.
+///
 /// When the helper dies (a crash, an abort, the memory limit), every call
 /// in flight ends with a `process` error naming the signal, and the next
-/// operation starts a new helper (replaying `initialize` first if it had
-/// succeeded). Three crashes within a minute stop the restarts.
+/// operation starts a new helper (replaying the extensions and `initialize`
+/// first if it had succeeded). Three crashes within a minute stop the
+/// restarts.
 final class ProcessBackend: @unchecked Sendable {
     let raw: UnsafeMutablePointer<descartes_backend_t>
     let manifest: PluginManifest
@@ -55,7 +60,8 @@ final class ProcessBackend: @unchecked Sendable {
     /// The host side of one call.
     final class ProxyCall: @unchecked Sendable {
         let id: UInt64
-        let op: Frame.Op
+        /// The operation's code (Frames.swift).
+        let code: UInt8
         let onEvent: descartes_event_fn?
         let ctx: UnsafeMutableRawPointer?
         /// Guarded by the backend's state lock.
@@ -63,11 +69,11 @@ final class ProcessBackend: @unchecked Sendable {
         /// Internal calls (the replayed initialize) have no host callback.
         let internalDone: (@Sendable (Bool, [UInt8]) -> Void)?
         init(
-            id: UInt64, op: Frame.Op, onEvent: descartes_event_fn?, ctx: UnsafeMutableRawPointer?,
+            id: UInt64, code: UInt8, onEvent: descartes_event_fn?, ctx: UnsafeMutableRawPointer?,
             internalDone: (@Sendable (Bool, [UInt8]) -> Void)? = nil
         ) {
             self.id = id
-            self.op = op
+            self.code = code
             self.onEvent = onEvent
             self.ctx = ctx
             self.internalDone = internalDone
@@ -83,9 +89,15 @@ final class ProcessBackend: @unchecked Sendable {
         var held: [(UInt64, [UInt8])]? = nil
         var crashes: [Int] = []
         var destroyed = false
+        /// The extensions asked for, in order: their first code and the
+        /// struct handed to the host (nil: the plugin has none by that id).
+        var extensions: [(id: String, first: UInt8, table: UnsafeMutableRawPointer?)] = []
     }
     private let state = Lock(State())
     private let waiter = Waiter()
+    /// One extension question at a time, and its answer.
+    private let extensionQuery = Lock(())
+    private let extensionWaiter = Waiter()
 
     private init(manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits) {
         self.manifest = manifest
@@ -182,6 +194,8 @@ final class ProcessBackend: @unchecked Sendable {
         case .ok: return helper
         case .error(let doc):
             throw Wire.decodeError(doc, provider: instance)
+        case .extension:
+            throw ProviderError(.process, "isolation: the plugin host process answered CREATE with EXTENDED", provider: instance)
         case .timeout:
             kill(helper.pid, SIGKILL)
             throw ProviderError(.process, "isolation: the plugin host process did not answer within 30 s", provider: instance)
@@ -222,6 +236,9 @@ final class ProcessBackend: @unchecked Sendable {
                 let type = payload.le(8, as: UInt32.self)
                 let index = payload.le(12, as: UInt32.self)
                 deliver(id, type: type, index: index, data: payload.dropFirst(16))
+            case Frame.extended:
+                guard payload.count >= 4 else { continue }
+                extensionWaiter.signal(.extension(slots: Int(payload[payload.startIndex + 1]), offered: payload.le(2, as: UInt16.self)))
             case Frame.log:
                 guard payload.count >= 4 else { continue }
                 let level = LogLevel(rawValue: min(4, payload.le(0, as: UInt32.self))) ?? .info
@@ -239,7 +256,7 @@ final class ProcessBackend: @unchecked Sendable {
             guard let c = s.calls[id], !c.terminal else { return nil }
             if terminal {
                 c.terminal = true
-                if c.op == .initialize && type == UInt32(DESCARTES_EVENT_RESULT) { s.initialized = true }
+                if c.code == Self.initializeCode && type == UInt32(DESCARTES_EVENT_RESULT) { s.initialized = true }
             }
             return c
         }
@@ -277,6 +294,7 @@ final class ProcessBackend: @unchecked Sendable {
         close(helper.fd)
         pthread_detach(helper.thread)
         waiter.signal(.died(why))
+        extensionWaiter.signal(.died(why))
         let (orphans, destroyed) = state.withLock { s -> ([ProxyCall], Bool) in
             guard s.helper === helper else { return ([], s.destroyed) }
             s.helper = nil
@@ -305,7 +323,7 @@ final class ProcessBackend: @unchecked Sendable {
 
     // MARK: Operations
 
-    private func startCall(_ op: Frame.Op, _ input: UnsafePointer<CChar>?, _ length: Int, _ onEvent: descartes_event_fn?, _ ctx: UnsafeMutableRawPointer?) -> OpaquePointer? {
+    private func startCall(_ code: UInt8, _ input: UnsafePointer<CChar>?, _ length: Int, _ onEvent: descartes_event_fn?, _ ctx: UnsafeMutableRawPointer?) -> OpaquePointer? {
         let data = input.map { Array(UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
         enum Plan {
             case send(Helper, [UInt8])
@@ -315,10 +333,10 @@ final class ProcessBackend: @unchecked Sendable {
         let (call, plan): (ProxyCall, Plan) = state.withLock { s in
             let id = s.nextID
             s.nextID += 1
-            let call = ProxyCall(id: id, op: op, onEvent: onEvent, ctx: ctx)
+            let call = ProxyCall(id: id, code: code, onEvent: onEvent, ctx: ctx)
             s.calls[id] = call
             var frame = id.leBytes
-            frame.append(op.rawValue)
+            frame.append(code)
             frame.append(contentsOf: data)
             if s.destroyed { return (call, .fail(ProviderError(.backend, "the backend was destroyed", provider: instance))) }
             if s.helper == nil && s.held == nil {
@@ -334,7 +352,7 @@ final class ProcessBackend: @unchecked Sendable {
                 // thread, which may be Swift's cooperative pool); calls wait
                 // in `held` until the new helper is ready.
                 s.held = []
-                relaunch(replayInitialize: s.initialized && op != .initialize)
+                relaunch(replayInitialize: s.initialized && code != Self.initializeCode)
             }
             if s.held != nil {
                 s.held!.append((id, frame))
@@ -368,7 +386,13 @@ final class ProcessBackend: @unchecked Sendable {
                 releaseHeld(failing: Wire.encode(error))
                 return
             }
-            state.withLock { $0.helper = helper }
+            // The extensions first (the codes of held calls refer to them),
+            // on the socket ahead of any START.
+            let known = state.withLock { s -> [(String, UInt8)] in
+                s.helper = helper
+                return s.extensions.filter { $0.table != nil }.map { ($0.id, $0.first) }
+            }
+            for (id, first) in known { _ = helper.writer.send(Frame.extension, bytes: [first] + Array(id.utf8)) }
             guard replayInitialize else {
                 releaseHeld(failing: nil)
                 return
@@ -376,13 +400,13 @@ final class ProcessBackend: @unchecked Sendable {
             let id = state.withLock { s -> UInt64 in
                 let id = s.nextID
                 s.nextID += 1
-                s.calls[id] = ProxyCall(id: id, op: .initialize, onEvent: nil, ctx: nil) { [weak self] ok, bytes in
+                s.calls[id] = ProxyCall(id: id, code: Self.initializeCode, onEvent: nil, ctx: nil) { [weak self] ok, bytes in
                     self?.releaseHeld(failing: ok ? nil : bytes)
                 }
                 return id
             }
             var frame = id.leBytes
-            frame.append(Frame.Op.initialize.rawValue)
+            frame.append(Self.initializeCode)
             frame.append(contentsOf: Array("{}".utf8))
             _ = helper.writer.send(Frame.start, bytes: frame)
         }
@@ -454,27 +478,75 @@ final class ProcessBackend: @unchecked Sendable {
             }
             if alive { kill(helper.pid, SIGKILL) }
         }
+        for e in state.withLock({ $0.extensions }) { e.table?.deallocate() }
         raw.deinitialize(count: 1)
         raw.deallocate()
     }
 
+    // MARK: Extensions
+
+    /// `get_extension`: the helper is asked once per id; the struct built
+    /// from its answer has the plugin's slots, each a trampoline to the
+    /// code that runs that slot in the helper. Nil when the plugin has no
+    /// such extension (or the helper is not running to ask).
+    private func extensionTable(_ id: String) -> UnsafeRawPointer? {
+        extensionQuery.withLock { _ -> UnsafeRawPointer? in
+            let (known, helper, first) = state.withLock { s -> (UnsafeMutableRawPointer??, Helper?, Int) in
+                (s.extensions.first { $0.id == id }.map(\.table), s.helper, Frame.firstExtensionCode + s.extensions.count * BackendExtension.maxSlots)
+            }
+            if let known { return known.map { UnsafeRawPointer($0) } }
+            guard let helper else { return nil }
+            guard first + BackendExtension.maxSlots <= Int(DESCARTES_TRAMPOLINES) else {
+                LogSink.shared.log(.warning, "provider \(instance)", "isolation: more than \(Frame.maxExtensions) extensions asked for; '\(id)' is not forwarded")
+                return nil
+            }
+            extensionWaiter.reset()
+            guard helper.writer.send(Frame.extension, bytes: [UInt8(first)] + Array(id.utf8)) else { return nil }
+            guard case .extension(let slots, let offered) = extensionWaiter.wait(seconds: 30) else { return nil }
+            var table: UnsafeMutableRawPointer? = nil
+            if slots > 0 {
+                let stride = MemoryLayout<UnsafeRawPointer>.stride
+                let size = BackendExtension.firstSlotOffset + slots * stride
+                let t = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: MemoryLayout<UnsafeRawPointer>.alignment)
+                t.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+                t.storeBytes(of: UInt32(size), as: UInt32.self)
+                for k in 0..<slots where offered & (1 << UInt16(k)) != 0 {
+                    t.storeBytes(
+                        of: descartes_trampoline(UInt32(first + k)), toByteOffset: BackendExtension.firstSlotOffset + k * stride,
+                        as: descartes_operation_fn?.self)
+                }
+                table = t
+            }
+            state.withLock { $0.extensions.append((id, UInt8(first), table)) }
+            return table.map { UnsafeRawPointer($0) }
+        }
+    }
+
+    /// The code of `initialize` (its index in the table).
+    static let initializeCode = UInt8(BackendOperation.base.firstIndex(of: .initialize)!)
+
+    /// Every trampoline lands here: the proxy is `self`'s plugin_data.
+    private static let dispatch: Void = descartes_set_dispatch { s, code, input, length, onEvent, ctx in
+        me(s).startCall(UInt8(code), input, length, onEvent, ctx)
+    }
+
+    private static func me(_ s: UnsafeMutablePointer<descartes_backend_t>?) -> ProcessBackend {
+        Unmanaged<ProcessBackend>.fromOpaque(s!.pointee.plugin_data!).takeUnretainedValue()
+    }
+
+    /// The proxy's descartes_backend_t: each operation of the table is the
+    /// trampoline of its code.
     private func installVTable() {
+        _ = Self.dispatch
         raw.pointee.struct_size = UInt32(MemoryLayout<descartes_backend_t>.size)
         raw.pointee.plugin_data = Unmanaged.passUnretained(self).toOpaque()
-        func me(_ s: UnsafeMutablePointer<descartes_backend_t>?) -> ProcessBackend {
-            Unmanaged<ProcessBackend>.fromOpaque(s!.pointee.plugin_data!).takeUnretainedValue()
+        for (code, _) in BackendOperation.base.enumerated() {
+            BackendOperation.set(code, of: raw, to: descartes_trampoline(UInt32(code)))
         }
-        raw.pointee.initialize = { s, i, n, f, c in me(s).startCall(.initialize, i, n, f, c) }
-        raw.pointee.health_check = { s, i, n, f, c in me(s).startCall(.healthCheck, i, n, f, c) }
-        raw.pointee.complete = { s, i, n, f, c in me(s).startCall(.complete, i, n, f, c) }
-        raw.pointee.stream = { s, i, n, f, c in me(s).startCall(.stream, i, n, f, c) }
-        raw.pointee.list_models = { s, i, n, f, c in me(s).startCall(.listModels, i, n, f, c) }
-        raw.pointee.estimate_tokens = { s, i, n, f, c in me(s).startCall(.estimateTokens, i, n, f, c) }
-        raw.pointee.shutdown = { s, i, n, f, c in me(s).startCall(.shutdown, i, n, f, c) }
-        raw.pointee.cancel = { s, call in me(s).forward(Frame.cancel, call) }
-        raw.pointee.release = { s, call in me(s).release(call) }
-        raw.pointee.get_extension = { _, _ in nil }
-        raw.pointee.destroy = { s in me(s).destroy() }
+        raw.pointee.cancel = { s, call in ProcessBackend.me(s).forward(Frame.cancel, call) }
+        raw.pointee.release = { s, call in ProcessBackend.me(s).release(call) }
+        raw.pointee.get_extension = { s, id in ProcessBackend.me(s).extensionTable(String(cString: id!)) }
+        raw.pointee.destroy = { s in ProcessBackend.me(s).destroy() }
     }
 }
 
@@ -503,6 +575,8 @@ final class Waiter: @unchecked Sendable {
     enum Reply {
         case ok
         case error(JSONValue)
+        /// EXTENDED: how many slots, and which are offered.
+        case `extension`(slots: Int, offered: UInt16)
         case died(String)
         case timeout
     }
