@@ -12,7 +12,7 @@
 //                                 providers.yaml, policy), Middleware/
 //   Sources/DescartesSupport    internal (not a product): what host and kit both need
 //                                 (file system, hashing, process spawning, small helpers)
-//   Sources/DescartesCore       value types, JSON, the ABI's JSON documents (shared by host and kit)
+//   Sources/DescartesCore       value types, JSON, the ABI's JSON documents, the clock (shared by host and kit)
 //   Sources/CDescartesPlugin    include/descartes/plugin.h: the C ABI, the contract
 //   Sources/DescartesPluginKit  helps Swift plugins export the ABI (linked statically into each)
 //   Plugins/<Name>              one libdescartes-<name>.so per plugin
