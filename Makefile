@@ -8,6 +8,7 @@
 #   make test       build (debug), install into build/test-prefix, run the whole test suite
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench      the benchmark suite against a C libcurl+cJSON client and nginx: docs/benchmarks.md
+#                   (stages descartes-bench in build/prefix/bin beside descartes; make install leaves it out)
 #   make bench-headless   claude session turn vs fresh spawn, process runtime round trip
 #   make sanitize   the test suite under AddressSanitizer, then ThreadSanitizer (sanitize-address, sanitize-thread)
 #   make soak       20,000 requests through one instance sampling RSS, and 1,000 in flight at once
@@ -40,7 +41,7 @@ SHARE_DIR   = share/descartes
 PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/abi-changelog.md docs/manifest.md docs/conformance.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
+.PHONY: all build stage stage-bench run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
 
 all: stage
 
@@ -138,8 +139,13 @@ fuzz:
 # and libcjson-dev from apt when they are missing (as root). BENCH_ARGS, e.g.
 # "--runs 7 --only 1,2 --wait-quiet 600", goes to bench/run.py.
 BENCH_ARGS ?=
-bench: stage
+bench: stage-bench
 	python3 bench/run.py --skip-build $(BENCH_ARGS)
+
+# The stage plus descartes-bench beside descartes (so it finds the staged
+# plugins as descartes does); `make install` does not install it.
+stage-bench: stage
+	cp $(BIN_DIR)/descartes-bench $(STAGE)/bin/
 
 # Headless backends: a session turn of claude against a fresh spawn, and the
 # process runtime's own round trip (needs the claude binary, see .ci/run).

@@ -5,6 +5,8 @@
 //
 // Layout (the architecture, as data flows):
 //   Sources/descartes           the CLI
+//   Sources/DescartesCommandLine   its command table (every option declared once), shared with descartes-bench
+//   Sources/descartes-bench     times requests through a provider (make bench; not installed)
 //   Sources/descartes-plugin-host  runs one plugin in a helper process (isolation: process)
 //   Sources/DescartesConformance  the plugin conformance suite (linked by the CLI and the tests only)
 //   Sources/Descartes           the host library: ModelBackend, ProviderFactory, the middlewares;
@@ -70,6 +72,8 @@ let package = Package(
     products: [
         .executable(name: "descartes", targets: ["descartes"]),
         .executable(name: "descartes-plugin-host", targets: ["descartes-plugin-host"]),
+        // Times requests through a provider (`make bench`); not installed.
+        .executable(name: "descartes-bench", targets: ["descartes-bench"]),
         .library(name: "Descartes", targets: ["Descartes"]),
         .library(name: "DescartesPluginKit", targets: ["DescartesPluginKit"]),
     ] + plugins.map(\.0),
@@ -110,8 +114,15 @@ let package = Package(
         .target(name: "DescartesOpenAIChat", dependencies: ["DescartesPluginKit"], swiftSettings: swiftSettings),
 
         // MARK: The CLI
+        // Every command and option declared once (parsing, usage, help and
+        // usage errors are made from the table), output, exit statuses and
+        // provider setup: what `descartes` and `descartes-bench` share.
+        .target(name: "DescartesCommandLine", dependencies: ["Descartes", "DescartesCore", "DescartesSupport"], swiftSettings: swiftSettings),
         .executableTarget(
-            name: "descartes", dependencies: ["Descartes", "DescartesConformance", "DescartesSupport"], swiftSettings: swiftSettings),
+            name: "descartes", dependencies: ["Descartes", "DescartesCommandLine", "DescartesConformance", "DescartesSupport"],
+            swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "descartes-bench", dependencies: ["Descartes", "DescartesCommandLine", "DescartesSupport"], swiftSettings: swiftSettings),
         // Runs one plugin in its own process (isolation: process).
         .executableTarget(
             name: "descartes-plugin-host", dependencies: ["Descartes", "DescartesSupport", "CDescartesPlugin"], swiftSettings: swiftSettings),

@@ -32,6 +32,9 @@ BUILD = os.path.join(ROOT, "build", "bench")
 DATA = os.path.join(BUILD, "data")
 PREFIX = os.path.join(ROOT, "build", "prefix")
 DESCARTES = os.path.join(PREFIX, "bin", "descartes")
+# Staged beside descartes by `make bench` (not installed), so it finds the
+# staged plugins the way descartes does.
+BENCH = os.path.join(PREFIX, "bin", "descartes-bench")
 BASELINE = os.path.join(BUILD, "baseline")
 REPLAY = os.path.join(BUILD, "replay")
 KEY = "sk-bench-0123456789abcdef"
@@ -93,8 +96,10 @@ def ensure_tools():
 def build(skip):
     os.makedirs(BUILD, exist_ok=True)
     if not skip:
-        log("building the release prefix (make stage)")
-        run(["make", "--no-print-directory", "stage"], cwd=ROOT, capture=False)
+        log("building the release prefix with descartes-bench (make stage-bench)")
+        run(["make", "--no-print-directory", "stage-bench"], cwd=ROOT, capture=False)
+    if not os.path.exists(BENCH):
+        sys.exit(f"bench: {BENCH} is missing: run `make stage-bench` (or `make bench`)")
     cc = os.environ.get("CC", "cc")
     run([cc, "-O2", "-Wall", "-Wextra", "-o", BASELINE, os.path.join(ROOT, "bench/baseline.c"), "-lcurl", "-lcjson"])
     run([cc, "-O2", "-Wall", "-Wextra", "-o", REPLAY, os.path.join(ROOT, "bench/replay.c")])
@@ -193,7 +198,7 @@ class Suite:
         base = "/openai/complete/v1"
         d, b = self.pair(
             "1-sequential",
-            [DESCARTES, "bench", "-p", "openai", "--set", f"endpoint={self.url(base)}", "-n", str(SEQUENTIAL),
+            [BENCH, "-p", "openai", "--set", f"endpoint={self.url(base)}", "-n", str(SEQUENTIAL),
              "--prompt", PROMPT, "--expect", self.expect("complete.txt"), "--json"],
             [BASELINE, "complete", self.url(base + "/chat/completions"), str(SEQUENTIAL), "--expect", self.expect("complete.txt")])
         ours, theirs = median([r["requests_per_second"] for r in d]), median([r["requests_per_second"] for r in b])
@@ -218,7 +223,7 @@ class Suite:
             log(f"workload 2: one stream of {n:,} chunks, {label}")
             d, b = self.pair(
                 f"2-stream-{fmt}",
-                [DESCARTES, "bench", "-p", fmt, "--set", f"endpoint={self.url(path)}", "--stream", "-n", "1",
+                [BENCH, "-p", fmt, "--set", f"endpoint={self.url(path)}", "--stream", "-n", "1",
                  "--prompt", PROMPT, "--expect", self.expect(f"{fmt}-{n}.txt"), "--json"] + self.model_args(fmt),
                 [BASELINE, "stream", fmt, self.url(path + tail), "1", "--expect", self.expect(f"{fmt}-{n}.txt")])
             ours = n / median([r["seconds"] for r in d])
@@ -237,7 +242,7 @@ class Suite:
         path = f"/openai/stream-{n}/v1"
         d, b = self.pair(
             "3-concurrent",
-            [DESCARTES, "bench", "-p", "openai", "--set", f"endpoint={self.url(path)}", "--stream", "-n", str(k), "-c", str(k),
+            [BENCH, "-p", "openai", "--set", f"endpoint={self.url(path)}", "--stream", "-n", str(k), "-c", str(k),
              "--prompt", PROMPT, "--expect", self.expect(f"openai-{n}.txt"), "--json"],
             [BASELINE, "stream", "openai", self.url(path + "/chat/completions"), str(k), "--concurrency", str(k),
              "--expect", self.expect(f"openai-{n}.txt")])
@@ -321,7 +326,7 @@ class Suite:
 
         def plugin_cmd(command, n, extra_env, session=False):
             env_map = ",".join(f"{k}={v}" for k, v in dict(quiet, **extra_env).items())
-            return [DESCARTES, "bench", "-p", "claude-code-cli", "--set", f"command={command}", "--set", "tools=",
+            return [BENCH, "-p", "claude-code-cli", "--set", f"command={command}", "--set", "tools=",
                     "--set", f"cwd={work}", "--set", f"env={env_map}", "--set", "max_retries=0", "-n", str(n),
                     "--prompt", PROMPT, "--json"] + (["--session"] if session else [])
 
@@ -399,11 +404,11 @@ def profile(name, server):
         for f in files:
             if f.endswith(".so") or d.endswith("/bin"):
                 run(["strip", "--strip-debug", os.path.join(d, f)])
-    exe = os.path.join(prof, "bin", "descartes")
+    exe = os.path.join(prof, "bin", "descartes-bench")
     u = server.base
     if name == "sequential":
         small, large, unit = 1, 1001, "request"
-        ours = lambda n: [exe, "bench", "-p", "openai", "--set", f"endpoint={u}/openai/complete/v1", "-n", str(n), "--json"]
+        ours = lambda n: [exe, "-p", "openai", "--set", f"endpoint={u}/openai/complete/v1", "-n", str(n), "--json"]
         theirs = lambda n: [BASELINE, "complete", f"{u}/openai/complete/v1/chat/completions", str(n)]
     elif name.startswith("stream-"):
         fmt = name.split("-", 1)[1]
@@ -411,12 +416,12 @@ def profile(name, server):
                       "anthropic": ("/anthropic/stream-{}/v1", "/messages"),
                       "ollama": ("/ollama/stream-{}", "/api/chat")}[fmt]
         small, large, unit = 2000, 100_000, "chunk"
-        ours = lambda n: [exe, "bench", "-p", fmt, "--set", f"endpoint={u}{path.format(n)}", "--stream", "-n", "1",
+        ours = lambda n: [exe, "-p", fmt, "--set", f"endpoint={u}{path.format(n)}", "--stream", "-n", "1",
                           "--json"] + Suite.model_args(fmt)
         theirs = lambda n: [BASELINE, "stream", fmt, f"{u}{path.format(n)}{tail}", "1"]
     elif name == "concurrent":
         small, large, unit = 1, 200, "stream of 2,000 chunks"
-        ours = lambda n: [exe, "bench", "-p", "openai", "--set", f"endpoint={u}/openai/stream-2000/v1", "--stream", "-n", str(n),
+        ours = lambda n: [exe, "-p", "openai", "--set", f"endpoint={u}/openai/stream-2000/v1", "--stream", "-n", str(n),
                           "-c", str(n), "--json"]
         theirs = lambda n: [BASELINE, "stream", "openai", f"{u}/openai/stream-2000/v1/chat/completions", str(n), "--concurrency", str(n)]
     else:
@@ -514,7 +519,7 @@ def write_doc(suite, path, info, load_before, load_after, started, elapsed):
     w("## The commands that made these numbers")
     w("")
     w("With nginx from bench/nginx.conf.in on the port shown (run.py picks a free one) and the bodies of")
-    w("bench/gen.py under build/bench/data; descartes is the release build staged by `make stage`.")
+    w("bench/gen.py under build/bench/data; descartes and descartes-bench are the release builds staged by `make bench`.")
     w("")
     w("```sh")
     for key, ours, theirs in suite.commands:

@@ -1,4 +1,5 @@
 import Descartes
+import DescartesCommandLine
 import Glibc
 import DescartesSupport
 
@@ -6,67 +7,27 @@ import DescartesSupport
 /// document of docs/abi.md), one result per line in input order, each with
 /// its index and a response or an error; progress on stderr.
 enum BatchCommand {
-    static let options: [Arguments.Option] = [
-        .init(names: ["--provider", "-p"], takesValue: true),
-        .init(names: ["--model", "-m"], takesValue: true),
-        .init(names: ["--concurrency", "-c"], takesValue: true),
-        .init(names: ["--output", "-o"], takesValue: true),
-        .init(names: ["--set"], takesValue: true, repeatable: true),
-        .init(names: ["--timeout"], takesValue: true),
-        .init(names: ["--quiet", "-q"], takesValue: false),
-    ] + ReliabilityOptions.options + ProviderBatchOptions.options
-
-    static let help = """
-        Usage: \(Commands.usages["batch"]!)
-
-        Runs every request of FILE (or stdin with '-'): one JSON Request per line, as in
-        docs/abi.md ({"messages": [...], "model"?, "max_tokens"?, ...}; a "custom_id" member is
-        echoed back). Writes one JSON line per request, in input order:
-          {"index": 0, "line": 1, "response": {...}}      or
-          {"index": 1, "line": 2, "error": {"kind": ..., "message": ...}}
-        A request that fails, or a line that is not a request, does not stop the others.
-        Progress goes to stderr. Exit status 0 when every request succeeded, 1 when some
-        failed, and the usual statuses when none could run.
-
-        Options:
-          -p, --provider NAME   The provider, fallback chain or route (required)
-          -m, --model MODEL     The model for requests that name none
-          -c, --concurrency N   Requests in flight at once (default 4)
-          -o, --output FILE     Write the results to FILE instead of stdout
-          --set KEY=VALUE       A config value for the provider (repeatable)
-          --timeout SECONDS     Total deadline of each request, retries included
-          -q, --quiet           No progress on stderr
-        \(ReliabilityOptions.help)
-
-        \(ProviderBatchOptions.help)
-        """
-
-    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         let reliability: ReliabilityOptions
         let settings: [String: JSONValue]
         let concurrency: Int
         var timeout: Duration? = nil
         do throws(UsageError) {
-            args = try Arguments(raw, command: "batch", options: options)
             reliability = try ReliabilityOptions(args, globals: globals)
-            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "batch") }
             // --status, --results and --cancel name a batch; FILE is optional for them.
-            let needsFile = !(args.value("--status") != nil || args.value("--results") != nil || args.value("--cancel") != nil)
-            guard args.positional.count == 1 || (!needsFile && args.positional.isEmpty) else {
-                throw UsageError(args.positional.isEmpty ? "missing FILE (or '-' for stdin)" : "one FILE only", command: "batch")
-            }
+            let needsFile = !(args.value(.status) != nil || args.value(.results) != nil || args.value(.cancel) != nil)
+            if needsFile && args.positional.isEmpty { throw args.mistake("missing FILE (or '-' to read it from stdin)") }
             settings = try Commands.settings(args)
-            concurrency = try args.int("--concurrency") ?? 4
-            guard concurrency >= 1 else { throw UsageError("--concurrency must be at least 1", command: "batch") }
-            if let t = try args.double("--timeout") {
-                guard t > 0 else { throw UsageError("--timeout must be positive", command: "batch") }
+            concurrency = try args.int(.concurrency) ?? 4
+            guard concurrency >= 1 else { throw args.mistake("--concurrency must be at least 1") }
+            if let t = try args.double(.timeout) {
+                guard t > 0 else { throw args.mistake("--timeout must be positive") }
                 timeout = .milliseconds(Int(t * 1000))
             }
             if ProviderBatchOptions.wanted(args) { try ProviderBatchOptions.check(args, reliability: reliability) }
         } catch { usageFailure(error) }
-        let provider = args.value("--provider")!
-        let model = args.value("--model")
+        let provider = args.value(.provider)!
+        let model = args.value(.model)
 
         // Read the whole input first: a missing file is reported before anything runs.
         var bytes: [UInt8] = []
@@ -98,7 +59,7 @@ enum BatchCommand {
         let customIDs: [String?] = lines.map { (try? JSONValue.parse($0.text))?["custom_id"]?.stringValue }
 
         let output: Int32
-        if let file = args.value("--output") {
+        if let file = args.value(.output) {
             output = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             if output < 0 {
                 Out.err("Error: cannot write \(file): \(String(cString: strerror(errno)))")
@@ -118,7 +79,7 @@ enum BatchCommand {
         let built: ReliabilityOptions.Built
         do { built = try reliability.build(provider, config: settings, globals: globals) } catch { failure(error) }
 
-        let quiet = args.flag("--quiet")
+        let quiet = args.flag(.quiet)
         let progress = Progress(total: requests.count, enabled: !quiet)
         let failed = Lock(0)
         let start = ContinuousClock.now

@@ -1,26 +1,10 @@
 import Descartes
+import DescartesCommandLine
 @preconcurrency import Dispatch
 import Glibc
 import DescartesSupport
 
 enum CompleteCommand {
-    static let options: [Arguments.Option] = [
-        .init(names: ["--provider", "-p"], takesValue: true),
-        .init(names: ["--model", "-m"], takesValue: true),
-        .init(names: ["--stream"], takesValue: false),
-        .init(names: ["--json"], takesValue: false),
-        .init(names: ["--set"], takesValue: true, repeatable: true),
-        .init(names: ["--timeout"], takesValue: true),
-        .init(names: ["--system"], takesValue: true),
-        .init(names: ["--max-tokens"], takesValue: true),
-        .init(names: ["--temperature"], takesValue: true),
-        .init(names: ["--tools"], takesValue: true),
-        .init(names: ["--tool-choice"], takesValue: true),
-        .init(names: ["--image"], takesValue: true, repeatable: true),
-        .init(names: ["--isolate"], takesValue: false),
-        .init(names: ["--memory-limit"], takesValue: true),
-    ] + ReliabilityOptions.options
-
     /// `--image FILE|URL`: a file's bytes (PNG, JPEG, GIF or WebP, read from
     /// its first bytes) or an http(s) URL the provider fetches.
     static func image(_ arg: String) throws(ToolsFile.Problem) -> ImageInput {
@@ -32,7 +16,9 @@ enum CompleteCommand {
         do { return try ImageInput(bytes: bytes) } catch { throw ToolsFile.Problem(message: "--image \(arg): \(error)") }
     }
 
-    static func readPrompt(_ args: Arguments, command: String = "complete") throws(UsageError) -> String {
+    /// PROMPT (or TEXT): the words joined, or stdin for '-'. The parser
+    /// made sure there is at least one.
+    static func readPrompt(_ args: Arguments) -> String {
         if args.positional == ["-"] {
             var bytes: [UInt8] = []
             var buf = [UInt8](repeating: 0, count: 65536)
@@ -46,14 +32,10 @@ enum CompleteCommand {
             while text.hasSuffix("\n") { text.removeLast() }
             return text
         }
-        guard !args.positional.isEmpty else {
-            throw UsageError("missing \(command == "complete" ? "PROMPT" : "TEXT") (or '-' to read it from stdin)", command: command)
-        }
         return args.positional.joined(separator: " ")
     }
 
-    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         let prompt: String
         let settings: [String: JSONValue]
         var request: ModelRequest
@@ -63,58 +45,56 @@ enum CompleteCommand {
         // (Without it, the policy files may still isolate it: docs/isolation.md.)
         var isolation: ProviderFactory.Isolation? = nil
         do throws(UsageError) {
-            args = try Arguments(raw, command: "complete", options: options)
             reliability = try ReliabilityOptions(args, globals: globals)
-            if args.flag("--isolate") || args.value("--memory-limit") != nil {
+            if args.flag(.isolate) || args.value(.memoryLimit) != nil {
                 var limits = ProcessLimits()
-                if let mb = try args.int("--memory-limit") {
-                    guard mb >= 64 else { throw UsageError("--memory-limit is in MiB, at least 64", command: "complete") }
+                if let mb = try args.int(.memoryLimit) {
+                    guard mb >= 64 else { throw args.mistake("--memory-limit is in MiB, at least 64") }
                     limits.memoryMB = mb
                 }
                 isolation = .process(limits)
             }
-            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "complete") }
-            prompt = try readPrompt(args)
+            prompt = readPrompt(args)
             settings = try Commands.settings(args)
-            request = ModelRequest(prompt: prompt, model: args.value("--model"))
-            if let t = try args.double("--timeout") {
-                guard t > 0 else { throw UsageError("--timeout must be positive", command: "complete") }
+            request = ModelRequest(prompt: prompt, model: args.value(.model))
+            if let t = try args.double(.timeout) {
+                guard t > 0 else { throw args.mistake("--timeout must be positive") }
                 request.deadlines.total = .milliseconds(Int(t * 1000))
             }
-            request.systemPrompt = args.value("--system")
-            if let n = try args.int("--max-tokens") {
-                guard n > 0 else { throw UsageError("--max-tokens must be positive", command: "complete") }
+            request.systemPrompt = args.value(.systemPrompt)
+            if let n = try args.int(.maxTokens) {
+                guard n > 0 else { throw args.mistake("--max-tokens must be positive") }
                 request.maxTokens = n
             }
-            if let t = try args.double("--temperature") {
-                guard t >= 0, t.isFinite else { throw UsageError("--temperature must be a number >= 0", command: "complete") }
+            if let t = try args.double(.temperature) {
+                guard t >= 0 else { throw args.mistake("--temperature must be a number >= 0") }
                 request.temperature = t
             }
-            if let c = args.value("--tool-choice") {
+            if let c = args.value(.toolChoice) {
                 switch c {
                 case "auto": request.toolChoice = .auto
                 case "none": request.toolChoice = ToolChoice.none
                 case "required": request.toolChoice = .required
-                case "": throw UsageError("--tool-choice needs auto, none, required or a tool name", command: "complete")
+                case "": throw args.mistake("--tool-choice needs auto, none, required or a tool name")
                 default: request.toolChoice = .tool(c)
                 }
             }
         } catch { usageFailure(error) }
-        if let file = args.value("--tools") {
+        if let file = args.value(.tools) {
             do throws(ToolsFile.Problem) { request.tools = try ToolsFile.load(file) } catch {
                 Out.err("Error: \(error.message)")
                 exit(ExitCode.dataError.rawValue)
             }
         }
         do throws(ToolsFile.Problem) {
-            for arg in args.all("--image") { request.messages[request.messages.count - 1].images.append(try image(arg)) }
+            for arg in args.all(.image) { request.messages[request.messages.count - 1].images.append(try image(arg)) }
         } catch {
             Out.err("Error: \(error.message)")
             exit(ExitCode.dataError.rawValue)
         }
-        let provider = args.value("--provider")!
-        let json = args.flag("--json")
-        let streaming = args.flag("--stream")
+        let provider = args.value(.provider)!
+        let json = args.flag(.json)
+        let streaming = args.flag(.stream)
 
         let built: ReliabilityOptions.Built
         do { built = try reliability.build(provider, config: settings, globals: globals, isolation: isolation) } catch { failure(error, json: json) }

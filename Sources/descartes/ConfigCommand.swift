@@ -1,4 +1,5 @@
 import Descartes
+import DescartesCommandLine
 
 /// `descartes config show|check`: the merged providers.yaml and its problems.
 enum ConfigCommand {
@@ -106,10 +107,7 @@ enum ConfigCommand {
         return (view, problems)
     }
 
-    static func show(_ raw: [String], globals: Globals) -> ExitCode {
-        let args: Arguments
-        do { args = try Arguments(raw, command: "config show", options: [.init(names: ["--json"], takesValue: false)]) } catch { usageFailure(error) }
-        guard args.positional.count <= 1 else { usageFailure(UsageError("expected at most one provider NAME", command: "config show")) }
+    static func show(_ args: Arguments, globals: Globals) -> ExitCode {
         let config = ProvidersConfig.load(.init(explicitFile: globals.configFile))
         let catalog = Commands.catalog(globals)
         var problems = config.problems
@@ -139,7 +137,7 @@ enum ConfigCommand {
             }
         }
 
-        if args.flag("--json") {
+        if args.flag(.json) {
             var files: [JSONValue] = []
             for l in config.locations {
                 var o: JSONObject = ["path": .string(l.path), "scope": .string(l.scope.rawValue)]
@@ -178,15 +176,7 @@ enum ConfigCommand {
 
         Out.line(Out.bold("Configuration files") + " (the first overrides the others):")
         var rows: [[String]] = []
-        for l in config.locations {
-            let status: String
-            switch l.status {
-            case .loaded: status = "read"
-            case .missing: status = "not found"
-            case .refused(let why): status = "refused: \(why)"
-            }
-            rows.append(["  " + l.path, l.scope.rawValue, status])
-        }
+        for l in config.locations { rows.append(["  " + l.path, l.scope.rawValue, Commands.describe(l.status)]) }
         Out.line(Out.table(["  FILE", "SCOPE", "STATUS"], rows))
         if let env = config.interpolator.dotenvFile {
             Out.line("  \(env)  (.env, \(config.interpolator.dotenv.count) variable\(config.interpolator.dotenv.count == 1 ? "" : "s"))")
@@ -226,14 +216,11 @@ enum ConfigCommand {
         return .ok
     }
 
-    static func check(_ raw: [String], globals: Globals) -> ExitCode {
-        let args: Arguments
-        do { args = try Arguments(raw, command: "config check", options: [.init(names: ["--json"], takesValue: false)]) } catch { usageFailure(error) }
-        if let extra = args.positional.first { usageFailure(UsageError("unexpected argument '\(extra)'", command: "config check")) }
+    static func check(_ args: Arguments, globals: Globals) -> ExitCode {
         let config = ProvidersConfig.load(.init(explicitFile: globals.configFile))
         let catalog = Commands.catalog(globals)
         let problems = config.check(catalog: catalog)
-        if args.flag("--json") {
+        if args.flag(.json) {
             Out.line(JSONValue.object(["files": .array(config.loadedFiles.map { .string($0) }), "problems": .array(problems.map(problemJSON))]).prettyText())
         } else if problems.isEmpty {
             let files = config.loadedFiles

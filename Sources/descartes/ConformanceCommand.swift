@@ -1,16 +1,10 @@
 import Descartes
+import DescartesCommandLine
 import DescartesSupport
 import DescartesConformance
 
 /// `descartes plugins verify --conformance NAME`: the conformance suite.
 enum ConformanceCommand {
-    static let options: [Arguments.Option] = [
-        .init(names: ["--conformance"], takesValue: true),
-        .init(names: ["--spec"], takesValue: true),
-        .init(names: ["--json"], takesValue: false),
-        .init(names: ["--set"], takesValue: true, repeatable: true),
-    ]
-
     /// Where the spec for a plugin is, in the documented order.
     /// Where the spec for a plugin is: the manifest's `conformance:`, else
     /// `conformance/<provider>.yaml` beside the manifest, else in
@@ -32,20 +26,16 @@ enum ConformanceCommand {
         return (nil, tried)
     }
 
-    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         let settings: [String: JSONValue]
-        do throws(UsageError) {
-            args = try Arguments(raw, command: "plugins verify", options: options)
-            settings = try Commands.settings(args)
-        } catch { usageFailure(error) }
-        guard let name = args.value("--conformance"), !name.isEmpty else {
-            usageFailure(UsageError("--conformance needs a plugin NAME", command: "plugins verify"))
+        do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        guard let name = args.value(.conformance), !name.isEmpty else {
+            usageFailure(args.mistake("--conformance needs a plugin NAME"))
         }
         if let extra = args.positional.first {
-            usageFailure(UsageError("unexpected argument '\(extra)' (the conformance suite runs one plugin: --conformance NAME)", command: "plugins verify"))
+            usageFailure(args.mistake("unexpected argument '\(extra)' (the conformance suite runs one plugin: --conformance NAME)"))
         }
-        let json = args.flag("--json")
+        let json = args.flag(.json)
         let catalog = Commands.catalog(globals)
         guard let entry = catalog.entry(for: name), let manifest = entry.manifest else {
             failure(ProviderError(.config, "unknown plugin '\(name)'; installed: \(catalog.availableProviders.joined(separator: ", "))"), json: json)
@@ -53,7 +43,7 @@ enum ConformanceCommand {
 
         let spec: ConformanceSpec
         var specNote: String
-        if let given = args.value("--spec") {
+        if let given = args.value(.spec) {
             let path = given.hasPrefix("/") ? given : FileSystem.join(FileSystem.currentDirectory(), given)
             do { spec = try ConformanceSpec.load(path: path) } catch {
                 Out.err("Error: invalid conformance spec:")

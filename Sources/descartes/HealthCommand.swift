@@ -1,4 +1,5 @@
 import Descartes
+import DescartesCommandLine
 
 /// `descartes health [-p PROVIDER]`: a real call to each provider (an
 /// authenticated request for an API, the server for a local one) saying
@@ -15,22 +16,19 @@ enum HealthCommand {
         var skipped: String?
     }
 
-    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         let settings: [String: JSONValue]
         let timeout: Double
         do throws(UsageError) {
-            args = try Arguments(raw, command: "health", options: ProviderCommand.common + [.init(names: ["--timeout"], takesValue: true)])
-            if let extra = args.positional.first { throw UsageError("unexpected argument '\(extra)'", command: "health") }
             settings = try Commands.settings(args)
-            timeout = try args.double("--timeout") ?? 20
-            guard timeout > 0 else { throw UsageError("--timeout must be positive", command: "health") }
+            timeout = try args.double(.timeout) ?? 20
+            guard timeout > 0 else { throw args.mistake("--timeout must be positive") }
         } catch { usageFailure(error) }
-        let json = args.flag("--json")
+        let json = args.flag(.json)
         let catalog = Commands.catalog(globals)
         let factory = ProviderFactory(catalog: catalog)
 
-        if let name = args.value("--provider") {
+        if let name = args.value(.provider) {
             let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
             let outcome = await check(name, backend, timeout: timeout)
             await backend.shutdown()
@@ -39,7 +37,7 @@ enum HealthCommand {
             return .ok
         }
 
-        if !settings.isEmpty { usageFailure(UsageError("--set needs -p PROVIDER (each provider has its own keys)", command: "health")) }
+        if !settings.isEmpty { usageFailure(args.mistake("--set needs -p PROVIDER (each provider has its own keys)")) }
         let names = catalog.availableProviders
         let outcomes = await withTaskGroup(of: Outcome.self) { g in
             for name in names {

@@ -1,22 +1,18 @@
 import Descartes
+import DescartesCommandLine
 import DescartesSupport
 
 /// `descartes log`: the last audit log entries and totals per provider.
 enum LogCommand {
-    static func run(_ raw: [String], globals: Globals) -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) -> ExitCode {
         let count: Int
         do throws(UsageError) {
-            args = try Arguments(
-                raw, command: "log",
-                options: [.init(names: ["-n", "--lines"], takesValue: true), .init(names: ["--json"], takesValue: false), .init(names: ["--file"], takesValue: true)])
-            count = try args.int("-n") ?? 20
-            guard count >= 0 else { throw UsageError("-n needs a number of entries (0 or more)", command: "log") }
+            count = try args.int(.lines) ?? 20
+            guard count >= 0 else { throw args.mistake("-n needs a number of entries (0 or more)") }
         } catch { usageFailure(error) }
-        if let extra = args.positional.first { usageFailure(UsageError("unexpected argument '\(extra)'", command: "log")) }
 
         let file: String
-        if let f = args.value("--file") {
+        if let f = args.value(.file) {
             file = f.hasPrefix("/") ? f : FileSystem.join(FileSystem.currentDirectory(), f)
         } else {
             let config = Commands.configuration(globals)
@@ -33,7 +29,7 @@ enum LogCommand {
             file = settings.file
         }
         guard FileSystem.exists(file) else {
-            if args.flag("--json") {
+            if args.flag(.json) {
                 Out.line(JSONValue.object(["file": .string(file), "entries": .array([]), "totals": .array([])]).prettyText())
             } else {
                 Out.line("No audit entries yet (\(file) does not exist).")
@@ -45,7 +41,7 @@ enum LogCommand {
             failure(ProviderError(.config, "cannot read the audit log: \(error)"))
         }
 
-        if args.flag("--json") {
+        if args.flag(.json) {
             let totals: [JSONValue] = summary.totals.map { t in
                 [
                     "instance": .string(t.instance), "requests": .integer(t.totals.requests), "errors": .integer(t.totals.errors),

@@ -1,19 +1,14 @@
 import Descartes
+import DescartesCommandLine
 
 /// `descartes models -p PROVIDER`: the models the provider offers now (its
 /// own list, e.g. GET /models), with what the manifest knows about each.
 enum ModelsCommand {
-    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         let settings: [String: JSONValue]
-        do throws(UsageError) {
-            args = try Arguments(raw, command: "models", options: ProviderCommand.common)
-            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "models") }
-            if let extra = args.positional.first { throw UsageError("unexpected argument '\(extra)'", command: "models") }
-            settings = try Commands.settings(args)
-        } catch { usageFailure(error) }
-        let name = args.value("--provider")!
-        let json = args.flag("--json")
+        do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        let name = args.value(.provider)!
+        let json = args.flag(.json)
         let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
         let factory = Commands.factory(globals)
         let manifest = try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name)

@@ -1,50 +1,7 @@
 import Descartes
+import DescartesCommandLine
 import Glibc
 import DescartesSupport
-
-/// Writes to stdout/stderr with explicit flushing (streamed tokens must
-/// appear as they arrive) and masks secrets on the way out.
-enum Out {
-    static func write(_ s: String, to fd: Int32 = 1) {
-        var text = Redactor.shared.redact(s)
-        text.withUTF8 { buf in
-            var off = 0
-            while off < buf.count {
-                let n = Glibc.write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return
-                }
-                off += n
-            }
-        }
-    }
-    static func line(_ s: String = "") { write(s + "\n") }
-    static func err(_ s: String) { write(s + "\n", to: 2) }
-
-    static let colour: Bool = {
-        isatty(1) != 0 && Environment.get("NO_COLOR").map(\.isEmpty) ?? true && Environment.get("TERM") != "dumb"
-    }()
-
-    static func bold(_ s: String) -> String { colour ? "\u{1B}[1m\(s)\u{1B}[0m" : s }
-    static func dim(_ s: String) -> String { colour ? "\u{1B}[2m\(s)\u{1B}[0m" : s }
-    static func red(_ s: String) -> String { colour ? "\u{1B}[31m\(s)\u{1B}[0m" : s }
-    static func green(_ s: String) -> String { colour ? "\u{1B}[32m\(s)\u{1B}[0m" : s }
-
-    /// Left-aligned columns, two spaces apart.
-    static func table(_ header: [String], _ rows: [[String]]) -> String {
-        var widths = header.map(\.count)
-        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
-        func fmt(_ r: [String]) -> String {
-            var out = ""
-            for (i, c) in r.enumerated() {
-                if i == r.count - 1 { out += c } else { out += c + String(repeating: " ", count: widths[i] - c.count + 2) }
-            }
-            return out
-        }
-        return ([bold(fmt(header))] + rows.map(fmt)).joined(separator: "\n")
-    }
-}
 
 /// JSON renderings of manifests for `--json` output (results render
 /// through `Wire.json`).

@@ -1,4 +1,5 @@
 import Descartes
+import DescartesCommandLine
 import DescartesSupport
 
 enum PluginsCommand {
@@ -6,13 +7,10 @@ enum PluginsCommand {
         m.config.map { k in k.name + (k.required ? "!" : "") + (k.secret ? "*" : "") }.joined(separator: " ")
     }
 
-    static func list(_ raw: [String], globals: Globals) -> ExitCode {
-        let args: Arguments
-        do { args = try Arguments(raw, command: "plugins list", options: [.init(names: ["--json"], takesValue: false)]) } catch { usageFailure(error) }
-        if let extra = args.positional.first { usageFailure(UsageError("unexpected argument '\(extra)'", command: "plugins list")) }
+    static func list(_ args: Arguments, globals: Globals) -> ExitCode {
         let catalog = Commands.catalog(globals)
 
-        if args.flag("--json") {
+        if args.flag(.json) {
             let plugins: [JSONValue] = catalog.entries.map { e in
                 var o = e.manifest.map(Render.manifest) ?? JSONObject()
                 o["manifest"] = .string(e.file)
@@ -97,10 +95,7 @@ enum PluginsCommand {
         return .ok
     }
 
-    static func info(_ raw: [String], globals: Globals) -> ExitCode {
-        let args: Arguments
-        do { args = try Arguments(raw, command: "plugins info", options: [.init(names: ["--json"], takesValue: false)]) } catch { usageFailure(error) }
-        guard args.positional.count == 1 else { usageFailure(UsageError("expected exactly one plugin NAME", command: "plugins info")) }
+    static func info(_ args: Arguments, globals: Globals) -> ExitCode {
         let name = args.positional[0]
         let catalog = Commands.catalog(globals)
         guard let entry = catalog.entry(for: name), let m = entry.manifest else {
@@ -112,7 +107,7 @@ enum PluginsCommand {
             }
             failure(ProviderError(.config, "unknown plugin '\(name)'; installed: \(catalog.availableProviders.joined(separator: ", "))"))
         }
-        if args.flag("--json") {
+        if args.flag(.json) {
             var o = Render.manifest(m)
             o["manifest"] = .string(entry.file)
             o["status"] = .string(entry.status.label)
@@ -153,13 +148,7 @@ enum PluginsCommand {
         return .ok
     }
 
-    static func verify(_ raw: [String], globals: Globals) -> ExitCode {
-        let args: Arguments
-        do {
-            args = try Arguments(
-                raw, command: "plugins verify",
-                options: [.init(names: ["--json"], takesValue: false), .init(names: ["--set"], takesValue: true, repeatable: true)])
-        } catch { usageFailure(error) }
+    static func verify(_ args: Arguments, globals: Globals) -> ExitCode {
         let settings: [String: JSONValue]
         do { settings = try Commands.settings(args) } catch { usageFailure(error) }
         let catalog = Commands.catalog(globals)
@@ -206,7 +195,7 @@ enum PluginsCommand {
                 results.append(["name": .string(name), "ok": false, "error": Wire.json(error)])
             }
         }
-        if args.flag("--json") {
+        if args.flag(.json) {
             Out.line(JSONValue.object(["results": .array(results), "failed": .integer(failed)]).prettyText())
         } else {
             Out.line(Out.table(["NAME", "RESULT", "DETAIL"], rows))

@@ -1,18 +1,16 @@
 import Descartes
+import DescartesCommandLine
 import Glibc
 import DescartesSupport
 
 /// `descartes plugins enable|disable NAME [--system]`: edits the policy file.
 enum PolicyCommand {
-    static func edit(_ sub: String, _ raw: [String], globals: Globals) -> ExitCode {
-        let command = "plugins \(sub)"
-        let args: Arguments
-        do { args = try Arguments(raw, command: command, options: [.init(names: ["--system"], takesValue: false)]) } catch { usageFailure(error) }
-        guard args.positional.count == 1 else { usageFailure(UsageError("expected exactly one plugin NAME (a provider id or a glob)", command: command)) }
+    static func edit(_ args: Arguments, globals: Globals) -> ExitCode {
+        let sub = args.command.words.last!
         let name = args.positional[0]
-        guard !name.isEmpty, !name.contains("\n") else { usageFailure(UsageError("invalid plugin NAME", command: command)) }
+        guard !name.isEmpty, !name.contains("\n") else { usageFailure(args.mistake("invalid plugin NAME")) }
         let action = PolicyEditor.Action(rawValue: sub)!
-        let system = args.flag("--system")
+        let system = args.flag(.systemPolicy)
         let file = system ? PluginPolicy.systemFile() : PluginPolicy.userFile()
 
         // The user's file can only narrow the system's.

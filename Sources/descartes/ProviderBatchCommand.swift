@@ -1,45 +1,22 @@
 import Descartes
+import DescartesCommandLine
 import Glibc
 
 /// `descartes batch --provider-batch`: the provider's own batch API
 /// (submit, poll, fetch) instead of running the requests here.
 enum ProviderBatchOptions {
-    static let options: [Arguments.Option] = [
-        .init(names: ["--provider-batch"], takesValue: false),
-        .init(names: ["--submit-only"], takesValue: false),
-        .init(names: ["--status"], takesValue: true),
-        .init(names: ["--results"], takesValue: true),
-        .init(names: ["--cancel"], takesValue: true),
-        .init(names: ["--poll-interval"], takesValue: true),
-    ]
-
-    static let help = """
-        Provider batch APIs (OpenAI /v1/batches, Anthropic /v1/messages/batches: cheaper, within 24 h):
-          --provider-batch        Submit FILE as one provider batch, poll until it ends, then write
-                                  the results as above (custom ids: each line's "custom_id", else req-N)
-          --submit-only           With --provider-batch: submit, print the batch's status as JSON, exit
-          --status ID             Print the status of batch ID as JSON
-          --results ID            Wait for batch ID to end, then write its results (in FILE's order
-                                  when FILE is given, else as the provider lists them)
-          --cancel ID             Ask the provider to cancel batch ID
-          --poll-interval SECONDS How often to poll (default 30)
-        """
-
     static func wanted(_ args: Arguments) -> Bool {
-        args.flag("--provider-batch") || args.value("--status") != nil || args.value("--results") != nil || args.value("--cancel") != nil
+        args.flag(.providerBatch) || args.value(.status) != nil || args.value(.results) != nil || args.value(.cancel) != nil
     }
 
     /// Usage mistakes, before anything runs.
     static func check(_ args: Arguments, reliability: ReliabilityOptions) throws(UsageError) {
-        let modes = [args.flag("--provider-batch"), args.value("--status") != nil, args.value("--results") != nil, args.value("--cancel") != nil]
+        let modes = [args.flag(.providerBatch), args.value(.status) != nil, args.value(.results) != nil, args.value(.cancel) != nil]
         guard modes.filter({ $0 }).count == 1 else {
-            throw UsageError("use one of --provider-batch, --status, --results and --cancel", command: "batch")
+            throw args.mistake("use one of --provider-batch, --status, --results and --cancel")
         }
-        if args.flag("--submit-only") && !args.flag("--provider-batch") {
-            throw UsageError("--submit-only goes with --provider-batch", command: "batch")
-        }
-        if !reliability.fallbacks.isEmpty { throw UsageError("--fallback does not apply to a provider batch", command: "batch") }
-        if let p = try args.double("--poll-interval"), p <= 0 { throw UsageError("--poll-interval must be positive", command: "batch") }
+        if !reliability.fallbacks.isEmpty { throw args.mistake("--fallback does not apply to a provider batch") }
+        if let p = try args.double(.pollInterval), p <= 0 { throw args.mistake("--poll-interval must be positive") }
     }
 
     /// The custom id of request `index`: the line's own, or req-INDEX.
@@ -65,22 +42,22 @@ enum ProviderBatchOptions {
         _ args: Arguments, batches: ProviderBatches, provider: String, requests: [Result<ModelRequest, ProviderError>],
         lines: [Int], customIDs: [String?], output: Int32
     ) async -> ExitCode {
-        let interval = Duration.milliseconds(Int(((try? args.double("--poll-interval")) ?? 30) * 1000))
-        let quiet = args.flag("--quiet")
+        let interval = Duration.milliseconds(Int(((try? args.double(.pollInterval)) ?? 30) * 1000))
+        let quiet = args.flag(.quiet)
         func progress(_ s: ProviderBatchStatus) { if !quiet { Out.err("descartes: batch: \(s)") } }
 
         do {
-            if let id = args.value("--status") {
+            if let id = args.value(.status) {
                 Out.line(statusJSON(try await batches.status(id)).jsonText)
                 return .ok
             }
-            if let id = args.value("--cancel") {
+            if let id = args.value(.cancel) {
                 let s = try await batches.cancel(id)
                 Out.line(statusJSON(s).jsonText)
                 return .ok
             }
             let id: String
-            if let given = args.value("--results") {
+            if let given = args.value(.results) {
                 id = given
             } else {
                 // Lines that are not requests are reported now; the rest go.
@@ -100,7 +77,7 @@ enum ProviderBatchOptions {
                 }
                 let submitted = try await batches.submit(items)
                 progress(submitted)
-                if args.flag("--submit-only") {
+                if args.flag(.submitOnly) {
                     Out.line(statusJSON(submitted).jsonText)
                     return bad == 0 ? .ok : .failure
                 }

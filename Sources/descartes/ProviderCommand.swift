@@ -1,14 +1,9 @@
 import Descartes
+import DescartesCommandLine
 
-/// What `models`, `health` and `tokens` share: parsing `-p`, `--set` and
-/// `--json`, and creating the backend.
+/// What `models`, `health` and `tokens` share: creating the backend, a
+/// timeout.
 enum ProviderCommand {
-    static let common: [Arguments.Option] = [
-        .init(names: ["--provider", "-p"], takesValue: true),
-        .init(names: ["--json"], takesValue: false),
-        .init(names: ["--set"], takesValue: true, repeatable: true),
-    ]
-
     /// The backend for `-p` (a providers.yaml instance or a plugin id), or
     /// the process exits with the error.
     static func backend(_ name: String, _ settings: [String: JSONValue], globals: Globals, json: Bool) -> any ModelBackend {

@@ -1,26 +1,11 @@
 import Descartes
+import DescartesCommandLine
 import Glibc
 import DescartesSupport
 
 /// The reliability and routing options shared by `complete` and `batch`:
 /// retries, fallbacks, stats, routing explanations, the response cache.
 struct ReliabilityOptions {
-    static let options: [Arguments.Option] = [
-        .init(names: ["--retries"], takesValue: true),
-        .init(names: ["--fallback"], takesValue: true),
-        .init(names: ["--stats"], takesValue: false),
-        .init(names: ["--explain"], takesValue: false),
-        .init(names: ["--no-cache"], takesValue: false),
-    ]
-
-    static let help = """
-          --retries N           Retry retryable errors N times (default 2, or providers.yaml's retry:; 0 disables)
-          --fallback P2[,P3...] Providers to try in order when PROVIDER fails before its first token
-          --stats               Print time to first token, tokens per second, tokens and cost on stderr
-          --explain             Print why a route chose its provider on stderr (also with --verbose)
-          --no-cache            Do not answer from, or store in, the response cache
-        """
-
     var retries: Int?
     var fallbacks: [String] = []
     var stats = false
@@ -28,17 +13,17 @@ struct ReliabilityOptions {
     var noCache = false
 
     init(_ args: Arguments, globals: Globals) throws(UsageError) {
-        if let r = try args.int("--retries") {
-            guard r >= 0 else { throw UsageError("--retries must be 0 or more", command: args.command) }
+        if let r = try args.int(.retries) {
+            guard r >= 0 else { throw args.mistake("--retries must be 0 or more") }
             retries = r
         }
-        if let f = args.value("--fallback") {
+        if let f = args.value(.fallback) {
             fallbacks = f.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
-            guard !fallbacks.isEmpty else { throw UsageError("--fallback needs provider names, e.g. --fallback ollama,echo", command: args.command) }
+            guard !fallbacks.isEmpty else { throw args.mistake("--fallback needs provider names, e.g. --fallback ollama,echo") }
         }
-        stats = args.flag("--stats")
-        explain = args.flag("--explain") || globals.verbose
-        noCache = args.flag("--no-cache")
+        stats = args.flag(.stats)
+        explain = args.flag(.explain) || globals.verbose
+        noCache = args.flag(.noCache)
     }
 
     /// The middleware sections of providers.yaml (`retry`, `fallbacks`,

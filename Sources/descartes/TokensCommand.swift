@@ -1,27 +1,17 @@
 import Descartes
+import DescartesCommandLine
 
 /// `descartes tokens -p PROVIDER TEXT`: the input tokens of TEXT sent as
 /// one user message, counted by the provider when it can (Anthropic's
 /// count_tokens) and estimated otherwise; the method says which.
 enum TokensCommand {
-    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         let settings: [String: JSONValue]
-        var request: ModelRequest
-        do throws(UsageError) {
-            args = try Arguments(
-                raw, command: "tokens",
-                options: ProviderCommand.common + [
-                    .init(names: ["--model", "-m"], takesValue: true), .init(names: ["--system"], takesValue: true),
-                ])
-            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "tokens") }
-            let text = try CompleteCommand.readPrompt(args, command: "tokens")
-            settings = try Commands.settings(args)
-            request = ModelRequest(prompt: text, model: args.value("--model"))
-            request.systemPrompt = args.value("--system")
-        } catch { usageFailure(error) }
-        let name = args.value("--provider")!
-        let json = args.flag("--json")
+        do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        var request = ModelRequest(prompt: CompleteCommand.readPrompt(args), model: args.value(.model))
+        request.systemPrompt = args.value(.systemPrompt)
+        let name = args.value(.provider)!
+        let json = args.flag(.json)
         let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
         let result: Result<TokenEstimate, ProviderError>
         do { result = .success(try await backend.estimateTokens(request)) } catch let e as ProviderError { result = .failure(e) } catch {

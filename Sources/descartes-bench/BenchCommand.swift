@@ -1,9 +1,10 @@
 import Descartes
+import DescartesCommandLine
 import Glibc
 import Synchronization
 import DescartesSupport
 
-/// `descartes bench`: runs many requests through one provider the way a
+/// `descartes-bench`: runs many requests through one provider the way a
 /// Swift caller does (`ProviderFactory` -> the plugin through the C ABI ->
 /// `ModelBackend.complete` / `stream`) and reports what it cost: requests per
 /// second, per-request latency, peak RSS, the most threads the process had,
@@ -11,21 +12,6 @@ import DescartesSupport
 /// `make bench` (bench/run.py) drives it against a local nginx and compares it
 /// with a C client (bench/baseline.c) doing the same work; docs/benchmarks.md.
 enum BenchCommand {
-    static let options: [Arguments.Option] = [
-        .init(names: ["--provider", "-p"], takesValue: true),
-        .init(names: ["--model", "-m"], takesValue: true),
-        .init(names: ["--set"], takesValue: true, repeatable: true),
-        .init(names: ["--stream"], takesValue: false),
-        .init(names: ["--requests", "-n"], takesValue: true),
-        .init(names: ["--concurrency", "-c"], takesValue: true),
-        .init(names: ["--warmup"], takesValue: true),
-        .init(names: ["--session"], takesValue: false),
-        .init(names: ["--expect"], takesValue: true),
-        .init(names: ["--prompt"], takesValue: true),
-        .init(names: ["--timeout"], takesValue: true),
-        .init(names: ["--json"], takesValue: false),
-    ]
-
     struct Settings {
         var requests = 100
         var concurrency = 1
@@ -35,34 +21,31 @@ enum BenchCommand {
         var request = ModelRequest(prompt: "Say hello to the benchmark in one short sentence.")
     }
 
-    static func run(_ raw: [String], globals: Globals) async -> ExitCode {
-        let args: Arguments
+    static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         var s = Settings()
         let config: [String: JSONValue]
         do throws(UsageError) {
-            args = try Arguments(raw, command: "bench", options: options)
-            guard args.value("--provider") != nil else { throw UsageError("missing -p PROVIDER", command: "bench") }
-            guard args.positional.isEmpty else { throw UsageError("unexpected argument '\(args.positional[0])' (the prompt is --prompt TEXT)", command: "bench") }
+            guard args.positional.isEmpty else { throw args.mistake("unexpected argument '\(args.positional[0])' (the prompt is --prompt TEXT)") }
             config = try Commands.settings(args)
-            s.requests = try args.int("--requests") ?? s.requests
-            s.concurrency = try args.int("--concurrency") ?? s.concurrency
-            s.warmup = try args.int("--warmup") ?? s.warmup
-            guard s.requests > 0 else { throw UsageError("--requests must be positive", command: "bench") }
-            guard s.concurrency > 0 else { throw UsageError("--concurrency must be positive", command: "bench") }
-            guard s.warmup >= 0 else { throw UsageError("--warmup must not be negative", command: "bench") }
-            s.streaming = args.flag("--stream")
-            s.session = args.flag("--session")
-            if s.session && s.concurrency > 1 { throw UsageError("--session runs one turn at a time (no --concurrency)", command: "bench") }
-            s.request = ModelRequest(prompt: args.value("--prompt") ?? "Say hello to the benchmark in one short sentence.", model: args.value("--model"))
-            if let t = try args.double("--timeout") {
-                guard t > 0 else { throw UsageError("--timeout must be positive", command: "bench") }
+            s.requests = try args.int(.requests) ?? s.requests
+            s.concurrency = try args.int(.concurrency) ?? s.concurrency
+            s.warmup = try args.int(.warmup) ?? s.warmup
+            guard s.requests > 0 else { throw args.mistake("--requests must be positive") }
+            guard s.concurrency > 0 else { throw args.mistake("--concurrency must be positive") }
+            guard s.warmup >= 0 else { throw args.mistake("--warmup must not be negative") }
+            s.streaming = args.flag(.stream)
+            s.session = args.flag(.session)
+            if s.session && s.concurrency > 1 { throw args.mistake("--session runs one turn at a time (no --concurrency)") }
+            s.request = ModelRequest(prompt: args.value(.prompt) ?? "Say hello to the benchmark in one short sentence.", model: args.value(.model))
+            if let t = try args.double(.timeout) {
+                guard t > 0 else { throw args.mistake("--timeout must be positive") }
                 s.request.deadlines.total = .milliseconds(Int(t * 1000))
             }
         } catch { usageFailure(error) }
-        let json = args.flag("--json")
-        let provider = args.value("--provider")!
+        let json = args.flag(.json)
+        let provider = args.value(.provider)!
         var expected: [UInt8]? = nil
-        if let file = args.value("--expect") {
+        if let file = args.value(.expect) {
             do { expected = Array(try FileSystem.readText(file, limit: 1 << 30).utf8) } catch {
                 Out.err("Error: --expect: \(error)")
                 return .dataError

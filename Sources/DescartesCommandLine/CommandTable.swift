@@ -1,0 +1,353 @@
+// Every command and option of `descartes` and `descartes-bench`, each
+// declared once. Parsing, usage lines, `--help`, `--help --json` and usage
+// errors are made from this table (CommandLine.swift); the commands' code
+// reads the parsed values by option (`args.value(.provider)`).
+
+/// Every command, by the words that run it.
+package enum CommandID: String, Sendable, CaseIterable {
+    case descartes = "descartes"
+    case plugins = "descartes plugins"
+    case pluginsList = "descartes plugins list"
+    case pluginsInfo = "descartes plugins info"
+    case pluginsVerify = "descartes plugins verify"
+    case pluginsEnable = "descartes plugins enable"
+    case pluginsDisable = "descartes plugins disable"
+    case complete = "descartes complete"
+    case models = "descartes models"
+    case health = "descartes health"
+    case tokens = "descartes tokens"
+    case batch = "descartes batch"
+    case config = "descartes config"
+    case configShow = "descartes config show"
+    case configCheck = "descartes config check"
+    case log = "descartes log"
+    case bench = "descartes-bench"
+}
+
+// MARK: Options
+
+extension Option {
+    // Global: taken by every command, anywhere before `--`.
+    package static let verbose = Option("--verbose", short: "-v", help: "Narrate plugin discovery and loading on stderr (accepted anywhere)")
+    package static let config = Option(
+        "--config", value: "FILE", help: "Read this providers.yaml instead of looking for the project, user and system ones")
+    package static let helpFlag = Option("--help", short: "-h", help: "Show help (also after any command; with --json, as JSON)")
+    package static let version = Option("--version", help: "Print the version")
+    /// What every command's help lists under "Global options".
+    package static let globals: [Option] = [verbose, config, helpFlag]
+
+    // The provider and the request.
+    package static let provider = Option(
+        "--provider", short: "-p", value: "PROVIDER", help: "The provider: an instance of providers.yaml, or a plugin",
+        in: [
+            .complete: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
+            .batch: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
+            .models: .required, .tokens: .required, .bench: .required,
+            .health: .key("Check this provider only (the exit status is then its error's)"),
+        ])
+    package static let model = Option(
+        "--model", short: "-m", value: "MODEL", help: "The model (default: the provider's)",
+        in: [.complete: .plain, .tokens: "The model to count for", .batch: "The model for requests that name none", .bench: .plain])
+    package static let systemPrompt = Option(
+        "--system", value: "TEXT", help: "A system prompt", in: [.complete: .plain, .tokens: "A system prompt to count too"])
+    package static let maxTokens = Option("--max-tokens", value: "N", help: "The most tokens to generate", in: [.complete: .plain])
+    package static let temperature = Option("--temperature", value: "T", help: "Sampling temperature", in: [.complete: .plain])
+    package static let tools = Option(
+        "--tools", value: "FILE.json",
+        help: """
+            Tools the model may call: a JSON array of
+            {"name", "description", "parameters"} (parameters: a JSON Schema object)
+            """, in: [.complete: .plain])
+    package static let toolChoice = Option(
+        "--tool-choice", value: "C", help: "auto, none, required, or the name of the tool to call", in: [.complete: .plain])
+    package static let image = Option(
+        "--image", value: "FILE|URL",
+        help: """
+            An image shown with the prompt: a PNG, JPEG, GIF or WebP file,
+            or an http(s) URL; providers with 'vision' only
+            """, repeatable: true, in: [.complete: .plain])
+    package static let prompt = Option(
+        "--prompt", value: "TEXT", help: "The user message (default a short sentence)", in: [.bench: .plain])
+
+    // How it runs and what is printed.
+    package static let stream = Option(
+        "--stream", help: "Print text as it arrives", in: [.complete: .plain, .bench: "Stream each answer (default: complete)"])
+    package static let session = Option(
+        "--session",
+        help: """
+            Headless providers with sessions: the first request starts
+            a session (timed apart), the timed ones are its later turns
+            """, in: [.bench: .plain])
+    package static let json = Option(
+        "--json", help: "Print the result as JSON",
+        in: [
+            .pluginsList: .key("One JSON document: {\"plugins\": [...], \"search\": [...]}"),
+            .pluginsInfo: .key("The manifest as JSON"),
+            .pluginsVerify: .key("Results as JSON"),
+            .complete: "Print the response as JSON; with --stream, one JSON event per line",
+            .models: "{\"provider\": ..., \"models\": [{\"id\", \"context_length\", \"owned_by\", ...}]}",
+            .health: "{\"results\": [{\"name\", \"healthy\", \"message\"|\"error\"|\"skipped\", ...}], ...}",
+            .tokens: "{\"provider\", \"tokens\", \"exact\", \"method\"}",
+            .configShow: .key("One JSON document"),
+            .configCheck: "{\"problems\": [{\"file\", \"line\", \"column\", \"message\"}]}",
+            .log: .key("{\"entries\": [...], \"totals\": [...]}"),
+            .bench: """
+                One JSON object: requests, seconds, requests_per_second,
+                cpu_seconds, events, text_bytes, text_matches, peak_rss_kb,
+                threads_peak, latency_ms {median, mean, min, max}
+                """,
+        ])
+    package static let set = Option(
+        "--set", value: "KEY=VALUE", help: "A config value for the provider", repeatable: true,
+        in: [
+            .complete: .plain, .models: .plain, .tokens: .plain, .batch: .plain, .bench: .plain,
+            .health: "A config value for the provider given with -p",
+            .pluginsVerify: "A config value for the named plugins",
+        ])
+    package static let timeout = Option(
+        "--timeout", value: "SECONDS", help: "Total deadline of each request",
+        in: [
+            .complete: "Total deadline, retries and fallbacks included (default: the provider's timeout, or 600)",
+            .batch: "Total deadline of each request, retries included",
+            .health: "Give up on a provider after this long (default 20)",
+            .bench: .plain,
+        ])
+    package static let isolate = Option(
+        "--isolate",
+        help: """
+            Run the plugin in a descartes-plugin-host helper process: if it
+            crashes, the answer is a `process` error instead of a crash
+            """, in: [.complete: .plain])
+    package static let memoryLimit = Option(
+        "--memory-limit", value: "MB", help: "With --isolate, the helper's address-space limit (default 4096)", in: [.complete: .plain])
+    package static let concurrency = Option(
+        "--concurrency", short: "-c", value: "N", help: "Requests in flight at once",
+        in: [.batch: "Requests in flight at once (default 4)", .bench: "Requests in flight at once (default 1)"])
+    package static let output = Option(
+        "--output", short: "-o", value: "FILE", help: "Write the results to FILE instead of stdout", in: [.batch: .plain])
+    package static let quiet = Option("--quiet", short: "-q", help: "No progress on stderr", in: [.batch: .plain])
+
+    // The benchmark.
+    package static let requests = Option("--requests", short: "-n", value: "N", help: "Requests to time (default 100)", in: [.bench: .plain])
+    package static let warmup = Option(
+        "--warmup", value: "N", help: "Untimed requests first (default 1: loads the plugin, connects)", in: [.bench: .plain])
+    package static let expect = Option(
+        "--expect", value: "FILE",
+        help: """
+            Check that every answer's text equals FILE byte for byte
+            (exit 1 if one differs)
+            """, in: [.bench: .plain])
+
+    // Reliability and routing (complete, batch).
+    static let reliability: [CommandID: Use] = [.complete: .plain, .batch: .plain]
+    package static let retries = Option(
+        "--retries", value: "N", help: "Retry retryable errors N times (default 2, or providers.yaml's retry:; 0 disables)", in: reliability)
+    package static let fallback = Option(
+        "--fallback", value: "P2[,P3...]", help: "Providers to try in order when PROVIDER fails before its first token", in: reliability)
+    package static let stats = Option(
+        "--stats", help: "Print time to first token, tokens per second, tokens and cost on stderr", in: reliability)
+    package static let explain = Option(
+        "--explain", help: "Print why a route chose its provider on stderr (also with --verbose)", in: reliability)
+    package static let noCache = Option("--no-cache", help: "Do not answer from, or store in, the response cache", in: reliability)
+
+    // The provider's own batch API (batch).
+    static let providerBatches = "Provider batch APIs (OpenAI /v1/batches, Anthropic /v1/messages/batches: cheaper, within 24 h)"
+    package static let providerBatch = Option(
+        "--provider-batch",
+        help: """
+            Submit FILE as one provider batch, poll until it ends, then write
+            the results as above (custom ids: each line's "custom_id", else req-N)
+            """, section: providerBatches, in: [.batch: .plain])
+    package static let submitOnly = Option(
+        "--submit-only", help: "Submit, print the batch's status as JSON, exit", needs: "--provider-batch", section: providerBatches,
+        in: [.batch: .plain])
+    package static let status = Option(
+        "--status", value: "ID", help: "Print the status of batch ID as JSON", section: providerBatches, in: [.batch: .plain])
+    package static let results = Option(
+        "--results", value: "ID",
+        help: """
+            Wait for batch ID to end, then write its results (in FILE's order
+            when FILE is given, else as the provider lists them)
+            """, section: providerBatches, in: [.batch: .plain])
+    package static let cancel = Option(
+        "--cancel", value: "ID", help: "Ask the provider to cancel batch ID", section: providerBatches, in: [.batch: .plain])
+    package static let pollInterval = Option(
+        "--poll-interval", value: "SECONDS", help: "How often to poll (default 30)", section: providerBatches, in: [.batch: .plain])
+
+    // Plugins and configuration.
+    package static let conformance = Option(
+        "--conformance", value: "NAME", help: "Run the conformance suite for plugin NAME (instead of verifying)",
+        in: [.pluginsVerify: .key])
+    package static let spec = Option("--spec", value: "FILE", help: "With --conformance: the conformance spec to use", needs: "--conformance", in: [.pluginsVerify: .plain])
+    package static let systemPolicy = Option(
+        "--system", help: "Edit /etc/descartes/plugins.yaml (the host's policy; needs root)",
+        in: [.pluginsEnable: .plain, .pluginsDisable: .plain])
+    package static let lines = Option("--lines", short: "-n", value: "N", help: "How many entries to show (default 20)", in: [.log: .key])
+    package static let file = Option("--file", value: "FILE", help: "Read this audit log instead of the configured one", in: [.log: .plain])
+
+    /// Every option, in the order help lists them.
+    package static let all: [Option] = [
+        provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, image, prompt,
+        requests, concurrency, stream, session, warmup, expect, json, output, quiet, set, timeout, isolate, memoryLimit,
+        retries, fallback, stats, explain, noCache,
+        providerBatch, submitOnly, status, results, cancel, pollInterval,
+        conformance, spec, systemPolicy, lines, file,
+    ]
+}
+
+// MARK: Commands
+
+extension Command {
+    package static let all: [Command] = [
+        Command(
+            .descartes, summary: "One interface to every kind of LLM backend, loaded as plugins",
+            about: "",
+            notes: """
+                Exit status: 0 ok, 64 usage, 65 bad request data, 69 provider unavailable,
+                70 internal error, 75 rate limited or timed out, 77 authentication, 78 configuration.
+
+                Plugins are searched in $DESCARTES_PLUGIN_PATH, ~/.local/share/descartes/plugins,
+                <prefix>/lib/descartes/plugins (next to this executable), then the system directories;
+                never the current directory; /etc/descartes/plugins.yaml can enable, disable and require
+                them. See 'descartes plugins list --verbose'.
+
+                Provider instances and middleware settings come from .descartes/providers.yaml (project),
+                ~/.config/descartes/providers.yaml (user) and /etc/descartes/providers.yaml (system), the
+                earlier overriding the later; keys also from the environment and .env. See 'descartes config show'.
+
+                Benchmarks: descartes-bench, a separate executable built by 'make bench' (docs/benchmarks.md).
+                """),
+        Command(.plugins, summary: "List, inspect, verify, enable and disable plugins", about: ""),
+        Command(
+            .pluginsList, summary: "List installed plugins (reads manifests only; loads nothing)",
+            about: """
+                Lists every manifest found on the plugin search path with its name, version,
+                mode, ABI, status and library, and its config keys (! required, * secret).
+                Discovery reads YAML only: a broken library cannot crash this command.
+                """),
+        Command(
+            .pluginsInfo, summary: "Show one plugin's manifest: models, prices, config keys",
+            arguments: [Argument("NAME", .one, help: "The plugin (its provider id)")],
+            about: """
+                Shows a plugin's manifest: library, factory, capabilities, models with
+                context sizes and prices, and config keys with type, default and env.
+                """),
+        Command(
+            .pluginsVerify, summary: "Load, negotiate and create each plugin; or run one through the conformance suite",
+            arguments: [Argument("NAME", .many, help: "The plugins to verify (default: every available one)")],
+            about: """
+                For each plugin (all available ones when no NAME is given): loads the
+                library, negotiates the ABI, finds the factory and creates a backend from
+                the defaults, the environment and --set values. Exits 1 if any fails.
+
+                A plugin that loads but lacks a required config value (an API key) is
+                reported as "ok, needs config" with what to set, and does not fail.
+
+                With --conformance NAME it runs the plugin through the conformance suite
+                instead (docs/conformance.md): ABI negotiation, config validation, complete,
+                stream, exactly one terminal event, cancellation, deadlines, errors mapped,
+                concurrent requests, shutdown with requests in flight, no secret leaked. It
+                prints each check and exits 1 if any fails. The plugin is exercised through
+                the scenarios of its spec: --spec FILE, else the manifest's 'conformance:',
+                else conformance/NAME.yaml beside the manifest, else
+                <prefix>/share/descartes/conformance/NAME.yaml, else a built-in text check.
+                """),
+        Command(
+            .pluginsEnable, summary: "Allow a plugin in the policy file (undo a disable)",
+            arguments: [Argument("NAME", .one, help: "A provider id or a glob")],
+            about: """
+                Edits the plugin policy so NAME is allowed: removes it from the file's
+                'disable' list and, when the file has an 'enable' list, adds it there.
+                Without --system the user's file is edited
+                ($XDG_CONFIG_HOME/descartes/plugins.yaml), which can only narrow the system
+                policy: a plugin the system disables stays disabled.
+                """),
+        Command(
+            .pluginsDisable, summary: "Forbid a plugin in the policy file",
+            arguments: [Argument("NAME", .one, help: "A provider id or a glob")],
+            about: """
+                Edits the plugin policy so NAME is disabled: adds it to the file's 'disable'
+                list and removes it from its 'enable' list. The plugin then shows as
+                disabled in 'plugins list', with the file and line.
+                """),
+        Command(
+            .complete, summary: "Run one completion (--stream to print text as it arrives)",
+            arguments: [Argument("PROMPT", .words, help: "The user message (several words are joined with spaces)", stdin: true)],
+            about: "Sends PROMPT (or stdin with '-') as one user message and prints the answer.",
+            notes: """
+                With --json the response names the provider that answered and lists the failed attempts.
+                Tool calls the model makes are printed after the text as
+                "tool call ID: NAME(ARGUMENTS)" (with --json, in "tool_calls").
+                """),
+        Command(
+            .models, summary: "List the models a provider offers now",
+            about: """
+                Lists the models the provider offers now (asking the provider, e.g. GET /models),
+                with context sizes and whether the manifest knows each.
+                """),
+        Command(
+            .health, summary: "Check with a real call that providers can serve requests",
+            about: """
+                Checks with a real call (authenticated, for an API) that a provider can serve a
+                request now, and says why not. Without -p, checks every available provider at
+                once; providers missing a required key (an API key not in the environment) are
+                reported as skipped. Exits non-zero when a checked provider is unhealthy.
+                """),
+        Command(
+            .tokens, summary: "Count (or estimate) the input tokens of a text",
+            arguments: [Argument("TEXT", .words, help: "The text, sent as one user message", stdin: true)],
+            about: """
+                Counts the input tokens of TEXT (or stdin with '-') sent as one user message:
+                exactly when the provider can count (Anthropic's count_tokens), else an
+                estimate of about four characters per token. The method is printed.
+                """),
+        Command(
+            .batch, summary: "Run one request per line of FILE (JSON lines), results in order",
+            arguments: [Argument("FILE", .optional, help: "JSON lines, one Request each (not needed with --status, --results or --cancel)", stdin: true)],
+            about: """
+                Runs every request of FILE (or stdin with '-'): one JSON Request per line, as in
+                docs/abi.md ({"messages": [...], "model"?, "max_tokens"?, ...}; a "custom_id" member is
+                echoed back). Writes one JSON line per request, in input order:
+                  {"index": 0, "line": 1, "response": {...}}      or
+                  {"index": 1, "line": 2, "error": {"kind": ..., "message": ...}}
+                A request that fails, or a line that is not a request, does not stop the others.
+                Progress goes to stderr. Exit status 0 when every request succeeded, 1 when some
+                failed, and the usual statuses when none could run.
+                """),
+        Command(.config, summary: "The configuration: what is set where, and what is wrong", about: ""),
+        Command(
+            .configShow, summary: "The merged providers.yaml, where each value came from, secrets masked",
+            arguments: [Argument("NAME", .optional, help: "Only this provider instance (or plugin)")],
+            about: """
+                Prints the merged providers.yaml: the files read (project, user, system, or
+                --config), each provider instance with its plugin and every config key it
+                will get, with where the value came from (file:line:column and the
+                reference it was expanded from, an environment variable, .env, a default),
+                and the middleware and audit sections. Secrets print as [REDACTED].
+                Credential helpers are not run.
+                """),
+        Command(
+            .configCheck, summary: "Report every problem in the configuration files, each with file:line:column",
+            about: """
+                Reads every configuration file, expands every reference, checks every
+                instance against its plugin's manifest and every section, and lists all
+                problems found, each as file:line:column: message. Exits 78 if any.
+                """),
+        Command(
+            .log, summary: "The last audit log entries and totals per provider",
+            about: """
+                Shows the last entries of the audit log (providers.yaml 'audit:' section)
+                and totals per provider instance: requests, errors, tokens, cost.
+                """),
+        Command(
+            .bench, summary: "Time requests through a provider",
+            about: """
+                Runs N requests (-n) through the provider as a Swift caller does
+                (ModelBackend.complete, or stream with --stream, joining the text deltas)
+                and reports the cost: wall and CPU time, requests/s, per-request latency,
+                peak RSS and the most threads the process had. `make bench` builds it and
+                runs it against nginx beside a C client doing the same work; see
+                docs/benchmarks.md. Not installed by `make install`.
+                """),
+    ]
+}

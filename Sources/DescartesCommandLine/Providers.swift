@@ -1,0 +1,81 @@
+// Reading the configuration and creating providers the way every command
+// does: plugin discovery narrated with --verbose, providers.yaml with its
+// problems reported (exit 78), --set values, the audit log.
+import Descartes
+import Glibc
+
+package enum Commands {
+    /// Discovers plugins, narrating with --verbose.
+    package static func catalog(_ globals: Globals) -> PluginCatalog {
+        let catalog = PluginCatalog.discover()
+        if globals.verbose {
+            for line in catalog.trace { Out.err("descartes: discovery: \(line)") }
+        }
+        return catalog
+    }
+
+    /// Reads providers.yaml (and .env); on any problem in the files prints
+    /// every one and exits 78.
+    package static func configuration(_ globals: Globals) -> ProvidersConfig {
+        let config = ProvidersConfig.load(.init(explicitFile: globals.configFile))
+        if globals.verbose {
+            for l in config.locations { Out.err("descartes: config: \(l.path) (\(l.scope.rawValue)): \(describe(l.status))") }
+            if let env = config.interpolator.dotenvFile { Out.err("descartes: config: \(env): \(config.interpolator.dotenv.count) variables") }
+        }
+        if !config.problems.isEmpty {
+            Out.err("Error: invalid configuration (\(config.problems.count) problem\(config.problems.count == 1 ? "" : "s")):")
+            for p in config.problems { Out.err("  \(p)") }
+            exit(ExitCode.config.rawValue)
+        }
+        return config
+    }
+
+    /// What became of a configuration file, in words.
+    package static func describe(_ status: ProvidersConfig.Location.Status) -> String {
+        switch status {
+        case .loaded: return "read"
+        case .missing: return "not found"
+        case .refused(let why): return "refused: \(why)"
+        }
+    }
+
+    /// The plugins and the configuration, for commands that create backends.
+    package static func factory(_ globals: Globals) -> ProviderFactory {
+        let config = configuration(globals)
+        return ProviderFactory(catalog: catalog(globals), environment: config.environment, configuration: config)
+    }
+
+    /// `--set KEY=VALUE` values as config.
+    package static func settings(_ args: Arguments) throws(UsageError) -> [String: JSONValue] {
+        var out: [String: JSONValue] = [:]
+        for s in args.all(.set) {
+            guard let eq = s.firstIndex(of: "="), eq != s.startIndex else {
+                throw args.mistake("--set needs KEY=VALUE, got '\(s)'")
+            }
+            out[String(s[..<eq])] = .string(String(s[s.index(after: eq)...]))
+        }
+        return out
+    }
+
+    /// `--set` puts values in argv, which other users can read (ps): say so
+    /// for a key the manifest marks secret.
+    package static func warnAboutSecretsOnTheCommandLine(_ settings: [String: JSONValue], plugin: String, factory: ProviderFactory) {
+        guard let m = try? factory.manifest(for: plugin) else { return }
+        for key in settings.keys.sorted() where m.configKey(key)?.secret == true {
+            Out.err(
+                "descartes: warning: --set \(key)=... puts a secret on the command line, where other users can read it (ps); "
+                    + "use an environment variable\(m.configKey(key)!.env.first.map { " (\($0))" } ?? ""), .env, or ${file:...} in providers.yaml")
+        }
+    }
+
+    /// The audit log when providers.yaml enables it.
+    package static func auditLog(_ config: ProvidersConfig?) throws(ProviderError) -> AuditLog? {
+        guard let config else { return nil }
+        do {
+            let settings = try config.auditSettings()
+            return settings.enabled ? AuditLog(settings) : nil
+        } catch {
+            throw ProviderError(.config, "invalid 'audit' section (\(error.problems.count) problem\(error.problems.count == 1 ? "" : "s"))", details: error.problems.map(\.description))
+        }
+    }
+}
