@@ -95,12 +95,12 @@ let package = Package(
         .target(name: "DescartesCore", swiftSettings: swiftSettings),
         // Internal support shared by the host and the kit (no product: nothing
         // of it is public API, and nothing Swift-typed crosses the C ABI).
-        .target(name: "DescartesSupport", dependencies: ["CDescartesHost", "CProcessShim"], swiftSettings: swiftSettings),
+        .target(name: "DescartesSupport", dependencies: ["DescartesCore", "CProcessShim"], swiftSettings: swiftSettings),
         .target(
             name: "Descartes", dependencies: ["DescartesCore", "DescartesSupport", "CDescartesPlugin", "CDescartesHost", "CYaml"],
             swiftSettings: swiftSettings),
         .target(
-            name: "DescartesPluginKit", dependencies: ["DescartesCore", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
+            name: "DescartesPluginKit", dependencies: ["DescartesCore", "DescartesSupport", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
             swiftSettings: swiftSettings),
         // The plugin conformance suite (`descartes plugins verify --conformance`),
         // with its own scripted HTTP server: a tool for plugin authors, not

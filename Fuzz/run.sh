@@ -31,11 +31,11 @@ common=(-O -sanitize=fuzzer,address -parse-as-library -I "$B/Modules" -I Sources
 
 link_for() {
   case "$1" in
-    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
-    chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
-    claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
+    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
+    chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
+    claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
-    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o -lyaml" ;;
+    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o $B/CProcessShim.build/*.o -lyaml" ;;
   esac
 }
 

@@ -1,8 +1,5 @@
 #include "CDescartesHost.h"
 #include <stdatomic.h>
-#include <sys/auxv.h>
-
-int descartes_secure_execution(void) { return getauxval(AT_SECURE) != 0; }
 
 static _Atomic(descartes_dispatch_fn) dispatch_fn;
 

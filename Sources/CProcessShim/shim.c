@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 #include <pthread.h>
 
@@ -34,13 +35,13 @@ struct child_context {
     int report_fd;
 };
 
-/* Closes every descriptor from 3 up, except `keep` (-1: none). */
-static void close_from_3(int keep) {
+/* Closes every descriptor from `first` up, except `keep` (-1: none). */
+static void close_from(int first, int keep) {
     int ok;
-    if (keep < 3) {
-        ok = syscall(SYS_close_range, 3u, ~0u, 0u) == 0;
+    if (keep < first) {
+        ok = syscall(SYS_close_range, (unsigned)first, ~0u, 0u) == 0;
     } else {
-        ok = (keep == 3 || syscall(SYS_close_range, 3u, (unsigned)keep - 1, 0u) == 0)
+        ok = (keep == first || syscall(SYS_close_range, (unsigned)first, (unsigned)keep - 1, 0u) == 0)
             && syscall(SYS_close_range, (unsigned)keep + 1, ~0u, 0u) == 0;
     }
     if (ok) return;
@@ -48,7 +49,7 @@ static void close_from_3(int keep) {
     long max = 65536;
     if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY && (long)nofile.rlim_cur < max)
         max = (long)nofile.rlim_cur;
-    for (long fd = 3; fd < max; fd++) if (fd != keep) (void)close((int)fd);
+    for (long fd = first; fd < max; fd++) if (fd != keep) (void)close((int)fd);
 }
 
 static int lower_limit(int resource, uint64_t value, uint64_t hard_extra) {
@@ -86,9 +87,14 @@ static int child_main(void *arg) {
 
     ctx->stage = DSC_STAGE_DUP2;
     if (dup2(r->stdin_fd, 0) < 0 || dup2(r->stdout_fd, 1) < 0 || dup2(r->stderr_fd, 2) < 0) goto fail;
+    if (r->fd3 >= 0) {
+        /* dup2 onto itself keeps close-on-exec: clear it instead. (The
+           report pipe of the fork path is kept above 3.) */
+        if (r->fd3 == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(r->fd3, 3) < 0) goto fail;
+    }
     /* Everything else closes: the host's sockets, files and other children's
        pipes must not leak into this child even when they lack O_CLOEXEC. */
-    close_from_3(ctx->report_fd);
+    close_from(r->fd3 >= 0 ? 4 : 3, ctx->report_fd);
 
     if (r->cwd != NULL) {
         ctx->stage = DSC_STAGE_CHDIR;
@@ -150,6 +156,18 @@ static int spawn_with_fork(struct child_context *ctx, pid_t *pid, int *stage) {
     if (pipe2(report, O_CLOEXEC) != 0) {
         *stage = DSC_STAGE_CLONE;
         return errno;
+    }
+    /* The child's end must not be (or become) its fd 3. */
+    if (report[1] <= 3) {
+        int moved = fcntl(report[1], F_DUPFD_CLOEXEC, 4);
+        int saved = errno;
+        close(report[1]);
+        if (moved < 0) {
+            close(report[0]);
+            *stage = DSC_STAGE_CLONE;
+            return saved;
+        }
+        report[1] = moved;
     }
     sigset_t all, previous;
     sigfillset(&all);
@@ -290,3 +308,7 @@ void dsc_thread_setup(const char *name) {
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     (void)pthread_setname_np(pthread_self(), name);
 }
+
+int dsc_secure_execution(void) { return getauxval(AT_SECURE) != 0; }
+
+int dsc_dup_above(int fd, int min) { return fcntl(fd, F_DUPFD_CLOEXEC, min); }

@@ -80,7 +80,7 @@ final class ConformanceServer: @unchecked Sendable {
         port = Int(UInt16(bigEndian: addr.sin_port))
         listener = fd
         state.withLock { $0.routes = routes }
-        ConformanceServer.spawn { [self] in acceptLoop() }
+        detachThread { [self] in acceptLoop() }
     }
 
     /// Stops accepting, and ends every open connection.
@@ -100,23 +100,6 @@ final class ConformanceServer: @unchecked Sendable {
 
     var requests: [Request] { state.withLock { $0.requests } }
 
-    static func spawn(_ body: @escaping @Sendable () -> Void) {
-        final class Box: @unchecked Sendable {
-            let body: @Sendable () -> Void
-            init(_ b: @escaping @Sendable () -> Void) { body = b }
-        }
-        var tid = pthread_t()
-        let arg = Unmanaged.passRetained(Box(body)).toOpaque()
-        if pthread_create(&tid, nil, { p in
-            Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()
-            return nil
-        }, arg) == 0 {
-            pthread_detach(tid)
-        } else {
-            Unmanaged<Box>.fromOpaque(arg).release()
-        }
-    }
-
     private func acceptLoop() {
         while true {
             let c = accept(listener, nil, nil)
@@ -135,7 +118,7 @@ final class ConformanceServer: @unchecked Sendable {
                 close(c)
                 return
             }
-            ConformanceServer.spawn { [self] in
+            detachThread { [self] in
                 serve(c)
                 state.withLock { _ = $0.open.remove(c) }
                 close(c)

@@ -1,5 +1,6 @@
 internal import CDescartesPlugin
 import Descartes
+import DescartesSupport
 import Glibc
 
 /// Drives a plugin backend through the bare C ABI, recording every event
@@ -52,7 +53,7 @@ final class RawBackend: @unchecked Sendable {
         let done = Lock(false)
         let raw = self.raw
         let box = UncheckedBox(raw)
-        ConformanceServer.spawn {
+        detachThread {
             box.value.pointee.destroy?(box.value)
             done.withLock { $0 = true }
         }

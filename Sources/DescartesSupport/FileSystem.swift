@@ -1,5 +1,5 @@
 import Glibc
-internal import CDescartesHost
+internal import CProcessShim
 
 /// A file-system failure, naming the path and the system's reason.
 public struct FileSystemError: Error, Sendable, CustomStringConvertible {
@@ -47,7 +47,7 @@ public enum FileSystem {
 
     /// Writes `bytes` to `path` atomically (a temporary file renamed over it),
     /// with the given permissions.
-    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(FileSystemError) {
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: Glibc.mode_t = 0o644) throws(FileSystemError) {
         let tmp = path + ".tmp.\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         if fd < 0 { throw systemError(tmp) }
@@ -139,7 +139,7 @@ public enum FileSystem {
     public static func executablePath() -> String? { realPath("/proc/self/exe") }
 
     /// Creates a directory and its parents.
-    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(FileSystemError) {
+    public static func makeDirectories(_ path: String, mode: Glibc.mode_t = 0o755) throws(FileSystemError) {
         if isDirectory(path) { return }
         let parent = directory(of: path)
         if parent != path && parent != "." && parent != "/" { try makeDirectories(parent, mode: mode) }
@@ -176,7 +176,7 @@ public enum Environment {
     /// containers and CI jobs) is not in this mode; the host policy decides
     /// whether root counts as elevated (see PluginSearch).
     public static var isSecureExecution: Bool {
-        descartes_secure_execution() != 0 || getuid() != geteuid() || getgid() != getegid()
+        dsc_secure_execution() != 0 || getuid() != geteuid() || getgid() != getegid()
     }
 
     public static var isRoot: Bool { geteuid() == 0 }

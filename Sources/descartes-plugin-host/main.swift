@@ -5,10 +5,11 @@
 // release to the plugin and every event back. If the plugin crashes, aborts
 // or runs out of its memory limit, only this process dies.
 //
-//   descartes-plugin-host [--parent PID] [--memory-mb N] [--open-files N] [--cpu-seconds N]
+//   descartes-plugin-host [--parent PID]
 //
-// It is started by the host, never by hand: it exits when the host closes
-// the socket.
+// It is started by the host, never by hand, with its resource limits
+// already applied (between fork and exec, Sources/DescartesSupport/Spawn.swift),
+// and exits when the host closes the socket.
 import Descartes
 internal import CDescartesPlugin
 import Glibc
@@ -26,30 +27,6 @@ enum Helper {
         head += event.pointee.index.leBytes
         let data = UnsafeRawBufferPointer(start: event.pointee.data, count: event.pointee.data == nil ? 0 : event.pointee.data_length)
         head.withUnsafeBytes { h in _ = writer.send(Frame.event, h, data) }
-    }
-
-    static func applyLimits(_ args: [String]) {
-        var i = 0
-        while i + 1 < args.count {
-            let value = UInt(args[i + 1]) ?? 0
-            var resource: Int32? = nil
-            var amount = value
-            switch args[i] {
-            case "--memory-mb":
-                resource = Int32(RLIMIT_AS.rawValue)
-                amount = value << 20
-            case "--open-files": resource = Int32(RLIMIT_NOFILE.rawValue)
-            case "--cpu-seconds": resource = Int32(RLIMIT_CPU.rawValue)
-            default: break
-            }
-            if let resource, value > 0 {
-                var rl = rlimit(rlim_cur: rlim_t(amount), rlim_max: rlim_t(amount))
-                if setrlimit(__rlimit_resource_t(UInt32(resource)), &rl) != 0 {
-                    log(.warning, "cannot set \(args[i]) \(value): \(String(cString: strerror(errno)))")
-                }
-            }
-            i += 2
-        }
     }
 
     static func log(_ level: LogLevel, _ message: String) {
@@ -92,7 +69,6 @@ enum Helper {
     }
 
     static func run() -> Never {
-        applyLimits(Array(CommandLine.arguments.dropFirst()))
         var reader = FrameReader(fd: 3)
         var backend: UnsafeMutablePointer<descartes_backend_t>? = nil
         var handles: [UInt64: OpaquePointer] = [:]

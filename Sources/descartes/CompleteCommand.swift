@@ -47,10 +47,10 @@ enum CompleteCommand {
         do throws(UsageError) {
             reliability = try ReliabilityOptions(args, globals: globals)
             if args.flag(.isolate) || args.value(.memoryLimit) != nil {
-                var limits = ProcessLimits()
+                var limits = ProcessLimits.isolatedPlugin
                 if let mb = try args.int(.memoryLimit) {
                     guard mb >= 64 else { throw args.mistake("--memory-limit is in MiB, at least 64") }
-                    limits.memoryMB = mb
+                    limits.memoryBytes = mb << 20
                 }
                 isolation = .process(limits)
             }

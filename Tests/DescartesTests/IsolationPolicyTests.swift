@@ -115,12 +115,12 @@ import Testing
         // A memory limit alone does not isolate.
         #expect(f.effectiveIsolation(plugin: "scripted", instance: "plain", requested: nil) == .inProcess)
         // The instance isolates; the policy's lower limit applies.
-        #expect(f.effectiveIsolation(plugin: "scripted", instance: "boxed", requested: nil) == .process(ProcessLimits(memoryMB: 1024)))
+        #expect(f.effectiveIsolation(plugin: "scripted", instance: "boxed", requested: nil) == .process(ProcessLimits(memoryBytes: 1024 << 20)))
         // The policy isolates echo even when the caller asks for in process.
-        #expect(f.effectiveIsolation(plugin: "echo", instance: nil, requested: .inProcess) == .process(ProcessLimits()))
+        #expect(f.effectiveIsolation(plugin: "echo", instance: nil, requested: .inProcess) == .process(.isolatedPlugin))
         // The caller's own limit is lowered by the files', never raised.
-        #expect(f.effectiveIsolation(plugin: "scripted", instance: "plain", requested: .process(ProcessLimits(memoryMB: 512))) == .process(ProcessLimits(memoryMB: 512)))
-        #expect(f.effectiveIsolation(plugin: "scripted", instance: "boxed", requested: .process(ProcessLimits(memoryMB: 4096))) == .process(ProcessLimits(memoryMB: 1024)))
+        #expect(f.effectiveIsolation(plugin: "scripted", instance: "plain", requested: .process(ProcessLimits(memoryBytes: 512 << 20))) == .process(ProcessLimits(memoryBytes: 512 << 20)))
+        #expect(f.effectiveIsolation(plugin: "scripted", instance: "boxed", requested: .process(ProcessLimits(memoryBytes: 4096 << 20))) == .process(ProcessLimits(memoryBytes: 1024 << 20)))
     }
 
     // MARK: The crash test, by policy

@@ -8,7 +8,7 @@ import DescartesSupport
 @Suite struct IsolationTests {
     let dir = PluginDir().addScripted().addEcho()
 
-    func isolated(_ config: [String: JSONValue] = [:], limits: ProcessLimits = ProcessLimits()) throws -> any ModelBackend {
+    func isolated(_ config: [String: JSONValue] = [:], limits: ProcessLimits = .isolatedPlugin) throws -> any ModelBackend {
         try dir.factory(environment: ["SCRIPTED_TEST_TOKEN": "tok-isolated-secret-987654"]).create("scripted", config: config, isolation: .process(Sanitizer.limits(limits)))
     }
 
@@ -71,7 +71,7 @@ import DescartesSupport
 
     @Test(.disabled(if: Sanitizer.active, "a sanitized helper cannot start under RLIMIT_AS (its shadow memory)"))
     func aLeakingPluginHitsItsMemoryLimitInsteadOfTheMachine() async throws {
-        let b = try isolated(limits: ProcessLimits(memoryMB: 512))
+        let b = try isolated(limits: ProcessLimits(memoryBytes: 512 << 20))
         let start = ContinuousClock.now
         let err = try #require(await providerError { _ = try await b.complete(.script(["leak"])) })
         #expect(err.kind == .process)

@@ -1,13 +1,9 @@
-// What the host needs in C: system calls Swift's Glibc module does not
-// import, and C function pointers Swift cannot make one by one.
+// What the host needs in C: C function pointers Swift cannot make one by
+// one (the isolation proxy's operation trampolines).
 #ifndef DESCARTES_CDESCARTESHOST_H
 #define DESCARTES_CDESCARTESHOST_H
 
 #include <descartes/plugin.h>
-
-/// getauxval(AT_SECURE): non-zero when the process runs in secure-execution
-/// mode (setuid, setgid, or file capabilities), as glibc's secure_getenv sees it.
-int descartes_secure_execution(void);
 
 /// How many operation trampolines there are (codes 0 to this - 1).
 #define DESCARTES_TRAMPOLINES 144

@@ -1,6 +1,7 @@
-// Process primitives for the plugin kit's child-process runtime
-// (Sources/DescartesPluginKit/Process), written in C because Swift cannot
-// express them safely or its Glibc module does not import them.
+// Process primitives for every child the project starts (the kit's
+// child-process runtime, the isolation helper, credential helpers: all
+// through Sources/DescartesSupport/Spawn.swift), written in C because Swift
+// cannot express them safely or its Glibc module does not import them.
 //
 // Why each function exists:
 //
@@ -24,8 +25,10 @@
 //    closed pipe returns EPIPE instead of killing the process with SIGPIPE;
 //    and pthread_setname_np (not imported by Swift's Glibc module) so the
 //    thread can be recognised in /proc and debuggers.
-//  - dsc_nonblock: fcntl(F_SETFL, O_NONBLOCK) (variadic fcntl is not callable
-//    from Swift).
+//  - dsc_nonblock, dsc_dup_above: fcntl(F_SETFL, O_NONBLOCK) and
+//    fcntl(F_DUPFD_CLOEXEC) (variadic fcntl is not callable from Swift).
+//  - dsc_secure_execution: getauxval(AT_SECURE), which Swift's Glibc module
+//    does not import.
 #ifndef DESCARTES_CPROCESSSHIM_H
 #define DESCARTES_CPROCESSSHIM_H
 
@@ -62,6 +65,9 @@ typedef struct dsc_spawn_request {
     int stdin_fd;
     int stdout_fd;
     int stderr_fd;
+    /// A descriptor (any number) installed as the child's fd 3, or -1: the
+    /// isolation helper's socket.
+    int fd3;
     /// Non-zero: prctl(PR_SET_NO_NEW_PRIVS) in the child (setuid bits and file
     /// capabilities are ignored by its execve and by everything it runs).
     int no_new_privs;
@@ -80,7 +86,7 @@ typedef struct dsc_spawn_request {
 
 /// Starts a child in a new process group (its pid is the group id) with
 /// default signal dispositions, an empty signal mask, the given descriptors
-/// as 0, 1, 2 and every other descriptor closed.
+/// as 0, 1, 2 (and 3, when fd3 is set) and every other descriptor closed.
 ///
 /// Returns 0 and the child's pid in *pid, or an errno value with the failing
 /// step in *stage (a child that failed before execve has been reaped).
@@ -105,8 +111,16 @@ int dsc_pipe(int fds[_Nonnull 2]);
 /// Sets O_NONBLOCK on fd. 0 or -1 and errno.
 int dsc_nonblock(int fd);
 
+/// fcntl(fd, F_DUPFD_CLOEXEC, min): a copy of fd at the lowest free
+/// descriptor >= min, close-on-exec; -1 and errno on failure.
+int dsc_dup_above(int fd, int min);
+
 /// Blocks every signal in the calling thread and names it (at most 15 bytes).
 void dsc_thread_setup(const char *_Nonnull name);
+
+/// getauxval(AT_SECURE): non-zero when the process runs in secure-execution
+/// mode (setuid, setgid, or file capabilities), as glibc's secure_getenv sees it.
+int dsc_secure_execution(void);
 
 #ifdef __cplusplus
 }

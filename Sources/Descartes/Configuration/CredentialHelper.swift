@@ -49,7 +49,7 @@ public enum CredentialHelper {
         }
         let r: ChildProcess.Result
         do { r = try ChildProcess.run(argv, timeout: timeout, outputLimit: outputLimit) } catch {
-            throw Failure(description: "api_key_helper '\(program)': \(error)")
+            throw Failure(description: "api_key_helper '\(program)': cannot run it: \(error)")
         }
         let tail = Redactor.shared.redact(String(decoding: r.stderr.suffix(400), as: UTF8.self).trimmingSpaces)
         if r.timedOut {
@@ -79,56 +79,36 @@ enum ChildProcess {
         var timedOut: Bool
     }
 
-    struct SpawnError: Error, CustomStringConvertible {
-        var description: String
-    }
-
     static func run(_ argv: [String], timeout: Duration, outputLimit: Int) throws(SpawnError) -> Result {
-        var outPipe: [Int32] = [-1, -1]
-        var errPipe: [Int32] = [-1, -1]
-        guard pipe(&outPipe) == 0, pipe(&errPipe) == 0 else {
-            throw SpawnError(description: "pipe: \(String(cString: strerror(errno)))")
+        // A bare name is looked up in PATH's absolute entries (never the
+        // current directory); a path is taken as it is.
+        guard let path = argv[0].contains("/") ? argv[0] : Spawner.search(argv[0], in: Environment.get("PATH")) else {
+            throw SpawnError(errno: ENOENT, step: "not found in PATH")
         }
-        for fd in outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        posix_spawnattr_setpgroup(&attr, 0)
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attr, &noSignals)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGPIPE, SIGINT, SIGTERM, SIGCHLD] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-
-        let cargs = argv.map { strdup($0) } + [nil]
-        defer { for p in cargs { free(p) } }
-        var pid: pid_t = 0
-        var rc = posix_spawnp(&pid, argv[0], &actions, &attr, cargs, environ)
-        // A script written a moment ago may still be open for writing in a
-        // child another thread is starting ("text file busy"): try again.
-        for _ in 0..<20 where rc == ETXTBSY {
-            usleep(25_000)
-            rc = posix_spawnp(&pid, argv[0], &actions, &attr, cargs, environ)
+        let outPipe = try Spawner.pipe()
+        let errPipe: (read: Int32, write: Int32)
+        do throws(SpawnError) { errPipe = try Spawner.pipe() } catch {
+            close(outPipe.read)
+            close(outPipe.write)
+            throw error
         }
-        close(outPipe[1])
-        close(errPipe[1])
-        guard rc == 0 else {
-            close(outPipe[0])
-            close(errPipe[0])
-            throw SpawnError(description: "cannot run it: \(String(cString: strerror(rc)))")
+        let pid: pid_t
+        do throws(SpawnError) {
+            // Its own process group (killed whole at the timeout), no
+            // limits, the host's environment.
+            pid = try Spawner.spawn(
+                SpawnRequest(
+                    path: path, arguments: argv, environment: Environment.current(), stdin: -1, stdout: outPipe.write,
+                    stderr: errPipe.write, limits: ProcessLimits(noNewPrivileges: false)))
+        } catch {
+            for fd in [outPipe.read, outPipe.write, errPipe.read, errPipe.write] { close(fd) }
+            throw error
         }
+        close(outPipe.write)
+        close(errPipe.write)
         var out: [UInt8] = []
         var err: [UInt8] = []
-        var fds = [pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0), pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: outPipe.read, events: Int16(POLLIN), revents: 0), pollfd(fd: errPipe.read, events: Int16(POLLIN), revents: 0)]
         var open = 2
         var buf = [UInt8](repeating: 0, count: 16384)
         let deadline = ContinuousClock.now + timeout

@@ -123,7 +123,7 @@ public struct ProviderFactory: Sendable {
         /// In a `descartes-plugin-host` helper process that speaks the same
         /// ABI over a socket: a plugin that crashes, aborts or leaks takes
         /// down only its helper, and its callers get `process` errors.
-        case process(ProcessLimits = ProcessLimits())
+        case process(ProcessLimits = .isolatedPlugin)
     }
 
     /// Where the plugin `plugin` runs when created as `instance` (a
@@ -132,7 +132,7 @@ public struct ProviderFactory: Sendable {
     /// (plugins.yaml) and the instance's (providers.yaml) cannot be undone by
     /// the caller or a lower file: the plugin runs isolated if any of them
     /// says so, under the lowest memory limit any of them sets (default
-    /// `ProcessLimits()`). See docs/isolation.md.
+    /// `ProcessLimits.isolatedPlugin`). See docs/isolation.md.
     public func effectiveIsolation(plugin: String, instance: String?, requested: Isolation?) -> Isolation {
         let d = isolationDecision(plugin: plugin, instance: instance)
         var limits: ProcessLimits
@@ -140,9 +140,9 @@ public struct ProviderFactory: Sendable {
         case .process(let l)?: limits = l
         case .inProcess?, nil:
             guard d.process else { return .inProcess }
-            limits = ProcessLimits()
+            limits = .isolatedPlugin
         }
-        if let mb = d.memoryMB { limits.memoryMB = min(limits.memoryMB ?? mb, mb) }
+        if let mb = d.memoryMB { limits.memoryBytes = min(limits.memoryBytes ?? (mb << 20), mb << 20) }
         return .process(limits)
     }
 

@@ -1,4 +1,5 @@
 import Glibc
+internal import DescartesSupport
 
 /// What every HTTP provider plugin needs besides its wire format: error
 /// mapping by status, Retry-After parsing, bounded excerpts of bodies, and
@@ -161,32 +162,5 @@ public enum ProviderHTTP {
         var p = Substring(path)
         while p.hasPrefix("/") { p = p.dropFirst() }
         return b + "/" + p
-    }
-}
-
-extension String {
-    var trimmingSpaces: String {
-        var s = Substring(self)
-        while let c = s.first, c == " " || c == "\t" { s = s.dropFirst() }
-        while let c = s.last, c == " " || c == "\t" { s = s.dropLast() }
-        return String(s)
-    }
-
-    func range(of target: String) -> Range<String.Index>? {
-        let t = Array(target.utf8)
-        guard !t.isEmpty else { return nil }
-        let u = utf8
-        var i = u.startIndex
-        while i != u.endIndex {
-            var j = i
-            var k = 0
-            while k < t.count, j != u.endIndex, u[j] == t[k] {
-                j = u.index(after: j)
-                k += 1
-            }
-            if k == t.count { return i..<j }
-            i = u.index(after: i)
-        }
-        return nil
     }
 }

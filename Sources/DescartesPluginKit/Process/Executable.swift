@@ -1,4 +1,5 @@
 import Glibc
+internal import DescartesSupport
 
 /// Finds the program a headless backend runs.
 ///
@@ -22,32 +23,20 @@ public enum Executable {
                     "key 'command': '\(command)' is a relative path; give an absolute path or a bare name looked up in PATH (the current directory is never searched)"
                 )
             }
-            if let problem = problem(command) {
+            if let problem = Spawner.problem(command) {
                 throw ProviderError(.providerUnavailable, "cannot run '\(command)': \(problem)")
             }
             return command
         }
+        if let found = Spawner.search(command, in: searchPath) { return found }
         let dirs = (searchPath ?? "").split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         let usable = dirs.filter { $0.hasPrefix("/") }
-        for dir in usable {
-            let candidate = dir.hasSuffix("/") ? dir + command : dir + "/" + command
-            if problem(candidate) == nil { return candidate }
-        }
         let skipped = dirs.count - usable.count
         let note = skipped > 0 ? "; \(skipped) empty or relative entr\(skipped == 1 ? "y" : "ies") ignored" : ""
         throw ProviderError(
             .providerUnavailable,
             "'\(command)' was not found in PATH (searched: \(usable.isEmpty ? "nothing" : usable.joined(separator: ":"))\(note)); install it or set 'command' to its absolute path"
         )
-    }
-
-    /// Why `path` cannot be executed, or nil when it can.
-    static func problem(_ path: String) -> String? {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return String(cString: strerror(errno)) }
-        guard st.st_mode & S_IFMT == S_IFREG else { return "not a regular file" }
-        guard access(path, X_OK) == 0 else { return "not executable (\(String(cString: strerror(errno))))" }
-        return nil
     }
 }
 
@@ -90,14 +79,5 @@ public enum ChildEnvironment {
     }
 
     /// The host process's environment now.
-    public static func host() -> [String: String] {
-        var out: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            p += 1
-        }
-        return out
-    }
+    public static func host() -> [String: String] { Environment.current() }
 }

@@ -1,46 +1,6 @@
 internal import CProcessShim
+internal import DescartesSupport
 import Glibc
-
-/// Resource limits and sandboxing for a child process.
-///
-/// `noNewPrivileges` and the rlimits are applied inside the child between
-/// fork and exec (see `Sources/CProcessShim`), so there is no window in which
-/// the child runs without them. `maxOutputBytes` is enforced by the reader:
-/// a child that writes more to stdout and stderr together is killed.
-public struct ProcessLimits: Sendable, Hashable {
-    /// `prctl(PR_SET_NO_NEW_PRIVS)`: setuid bits and file capabilities are
-    /// ignored by everything the child runs.
-    public var noNewPrivileges: Bool
-    /// RLIMIT_CPU, seconds of CPU time (SIGXCPU, then SIGKILL a second later).
-    public var cpuSeconds: Int?
-    /// RLIMIT_AS, bytes of address space.
-    public var memoryBytes: Int?
-    /// RLIMIT_NOFILE, open descriptors.
-    public var openFiles: Int?
-    /// RLIMIT_FSIZE, the largest file the child may write.
-    public var fileSizeBytes: Int?
-    /// RLIMIT_NPROC (counted per user by the kernel, threads included).
-    public var processes: Int?
-    /// Bytes of stdout and stderr together before the child is killed.
-    public var maxOutputBytes: Int?
-    /// Scheduling niceness (1-19): a background agent yields the CPU to
-    /// the host. Only ever raised.
-    public var niceness: Int?
-
-    public init(
-        noNewPrivileges: Bool = true, cpuSeconds: Int? = nil, memoryBytes: Int? = nil, openFiles: Int? = nil,
-        fileSizeBytes: Int? = nil, processes: Int? = nil, maxOutputBytes: Int? = nil, niceness: Int? = nil
-    ) {
-        self.noNewPrivileges = noNewPrivileges
-        self.cpuSeconds = cpuSeconds
-        self.memoryBytes = memoryBytes
-        self.openFiles = openFiles
-        self.fileSizeBytes = fileSizeBytes
-        self.processes = processes
-        self.maxOutputBytes = maxOutputBytes
-        self.niceness = niceness
-    }
-}
 
 /// What to run. Never a shell: `executable` is the resolved absolute path
 /// given to `execve`, `arguments` its argv after argv[0].
@@ -130,7 +90,7 @@ public struct ChildExit: Sendable, CustomStringConvertible {
 
     /// "exited with status 1", "killed by signal 15 (SIGTERM)".
     public var statusDescription: String {
-        if let signal { return "killed by signal \(signal) (\(ChildExit.signalName(signal)))" }
+        if let signal { return "killed by signal \(signal) (\(signalName(signal)))" }
         return "exited with status \(status ?? -1)"
     }
 
@@ -138,25 +98,6 @@ public struct ChildExit: Sendable, CustomStringConvertible {
 
     public var succeeded: Bool { reason == .exited && status == 0 && signal == nil }
 
-    static func signalName(_ s: Int32) -> String {
-        switch s {
-        case SIGHUP: return "SIGHUP"
-        case SIGINT: return "SIGINT"
-        case SIGQUIT: return "SIGQUIT"
-        case SIGILL: return "SIGILL"
-        case SIGABRT: return "SIGABRT"
-        case SIGBUS: return "SIGBUS"
-        case SIGFPE: return "SIGFPE"
-        case SIGKILL: return "SIGKILL"
-        case SIGSEGV: return "SIGSEGV"
-        case SIGPIPE: return "SIGPIPE"
-        case SIGALRM: return "SIGALRM"
-        case SIGTERM: return "SIGTERM"
-        case SIGXCPU: return "SIGXCPU"
-        case SIGXFSZ: return "SIGXFSZ"
-        default: return "signal \(s)"
-        }
-    }
 
     /// The error a headless backend reports for this exit when the child
     /// did not deliver its answer: `timeout`, `cancelled`, or `process` with
@@ -308,57 +249,46 @@ public final class ProcessRunner: @unchecked Sendable {
             defer { s.nextID += 1 }
             return s.nextID
         }
-        var inPipe: [Int32] = [-1, -1]
-        var outPipe: [Int32] = [-1, -1]
-        var errPipe: [Int32] = [-1, -1]
-        func closeAll() { for fd in inPipe + outPipe + errPipe where fd >= 0 { Glibc.close(fd) } }
-        guard dsc_pipe(&inPipe) == 0, dsc_pipe(&outPipe) == 0, dsc_pipe(&errPipe) == 0 else {
-            let e = errno
-            closeAll()
-            throw ProviderError(.process, "cannot create pipes for \(spec.executable): \(String(cString: strerror(e)))")
+        var pipes: [(read: Int32, write: Int32)] = []
+        do throws(SpawnError) {
+            for _ in 0..<3 { pipes.append(try Spawner.pipe()) }
+        } catch {
+            for p in pipes { Glibc.close(p.read); Glibc.close(p.write) }
+            throw ProviderError(.process, "cannot create pipes for \(spec.executable): \(error)")
         }
+        let (inPipe, outPipe, errPipe) = (pipes[0], pipes[1], pipes[2])
 
-        let argv = [spec.argv0 ?? spec.executable] + spec.arguments
-        let envp = spec.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         let begin = ContinuousClock.now
-        var pid: pid_t = -1
-        var stage: Int32 = 0
-        let rc = withCStrings(argv) { cargv in
-            withCStrings(envp) { cenv in
-                spec.executable.withCString { path in
-                    withOptionalCString(spec.workingDirectory) { cwd in
-                        var r = dsc_spawn_request_t(
-                            path: path, argv: cargv, envp: cenv, cwd: cwd, stdin_fd: inPipe[0], stdout_fd: outPipe[1],
-                            stderr_fd: errPipe[1], no_new_privs: spec.limits.noNewPrivileges ? 1 : 0,
-                            cpu_seconds: UInt64(max(0, spec.limits.cpuSeconds ?? 0)),
-                            address_space: UInt64(max(0, spec.limits.memoryBytes ?? 0)),
-                            open_files: UInt64(max(0, spec.limits.openFiles ?? 0)),
-                            file_size: UInt64(max(0, spec.limits.fileSizeBytes ?? 0)),
-                            processes: UInt64(max(0, spec.limits.processes ?? 0)),
-                            nice: Int32(min(19, max(0, spec.limits.niceness ?? 0))))
-                        return dsc_spawn(&r, &pid, &stage)
-                    }
-                }
-            }
+        let spawned: Result<pid_t, SpawnError>
+        do throws(SpawnError) {
+            spawned = .success(
+                try Spawner.spawn(
+                    SpawnRequest(
+                        path: spec.executable, arguments: [spec.argv0 ?? spec.executable] + spec.arguments, environment: spec.environment,
+                        workingDirectory: spec.workingDirectory, stdin: inPipe.read, stdout: outPipe.write, stderr: errPipe.write,
+                        limits: spec.limits)))
+        } catch {
+            spawned = .failure(error)
         }
         let spawnDuration = ContinuousClock.now - begin
         // The child's ends are its own now (or it failed).
-        Glibc.close(inPipe[0])
-        Glibc.close(outPipe[1])
-        Glibc.close(errPipe[1])
-        guard rc == 0 else {
-            Glibc.close(inPipe[1])
-            Glibc.close(outPipe[0])
-            Glibc.close(errPipe[0])
-            throw ProviderError(.process, "cannot start \(spec.executable): \(Self.stageName(stage, spec)): \(String(cString: strerror(rc)))")
+        Glibc.close(inPipe.read)
+        Glibc.close(outPipe.write)
+        Glibc.close(errPipe.write)
+        guard case .success(let pid) = spawned else {
+            Glibc.close(inPipe.write)
+            Glibc.close(outPipe.read)
+            Glibc.close(errPipe.read)
+            if case .failure(let e) = spawned { throw ProviderError(.process, "cannot start \(spec.executable): \(e)") }
+            preconditionFailure()
         }
-        _ = dsc_nonblock(inPipe[1])
-        _ = dsc_nonblock(outPipe[0])
-        _ = dsc_nonblock(errPipe[0])
+        _ = dsc_nonblock(inPipe.write)
+        _ = dsc_nonblock(outPipe.read)
+        _ = dsc_nonblock(errPipe.read)
         let pidfd = usePidfd ? dsc_pidfd_open(pid) : -1
         let child = ChildProcess(pid: pid, id: id, runner: self, spawnDuration: spawnDuration, startedAt: begin)
         let state = ChildState(
-            id: id, pid: pid, pidfd: pidfd, stdin: inPipe[1], stdout: outPipe[0], stderr: errPipe[0], spec: spec,
+            id: id, pid: pid, pidfd: pidfd, stdin: inPipe.write, stdout: outPipe.read, stderr: errPipe.read, spec: spec,
             handlers: handlers, started: begin)
         // Checked and queued under one lock: a child is either seen by the
         // loop (which ends it at shutdown) or refused here.
@@ -373,20 +303,6 @@ public final class ProcessRunner: @unchecked Sendable {
             throw ProviderError(.backend, "the backend is shutting down")
         }
         return child
-    }
-
-    static func stageName(_ stage: Int32, _ spec: ProcessSpec) -> String {
-        switch Int(stage) {
-        case DSC_STAGE_CLONE: return "fork"
-        case DSC_STAGE_SETPGID: return "setpgid"
-        case DSC_STAGE_DUP2: return "dup2"
-        case DSC_STAGE_CHDIR: return "chdir \(spec.workingDirectory ?? "")"
-        case DSC_STAGE_RLIMIT: return "setrlimit"
-        case DSC_STAGE_NO_NEW_PRIVS: return "prctl(PR_SET_NO_NEW_PRIVS)"
-        case DSC_STAGE_EXEC: return "execve"
-        case DSC_STAGE_NICE: return "setpriority"
-        default: return "spawn"
-        }
     }
 
     // MARK: Commands
@@ -899,18 +815,4 @@ final class ChildState: @unchecked Sendable {
         while let f = bytes.first, f & 0xC0 == 0x80 { bytes.removeFirst() }
         return bytes.withUnsafeBytes { ANSIStripper.clean($0) }
     }
-}
-
-// MARK: C strings
-
-func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
-    pointers.append(nil)
-    defer { for p in pointers { free(p) } }
-    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
-}
-
-func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
-    guard let s else { return body(nil) }
-    return s.withCString { body($0) }
 }

@@ -22,9 +22,9 @@ enum Sanitizer {
     /// Limits for isolation helpers: a sanitized helper reserves terabytes
     /// of address space for its shadow memory, so it cannot start under an
     /// RLIMIT_AS.
-    static func limits(_ l: ProcessLimits = ProcessLimits()) -> ProcessLimits {
+    static func limits(_ l: ProcessLimits = .isolatedPlugin) -> ProcessLimits {
         var l = l
-        if active { l.memoryMB = nil }
+        if active { l.memoryBytes = nil }
         return l
     }
 }

@@ -3,23 +3,6 @@ internal import CDescartesHost
 import Glibc
 import DescartesSupport
 
-/// Resource limits of an isolation helper process.
-public struct ProcessLimits: Sendable, Hashable {
-    /// Address-space limit (RLIMIT_AS) in MiB: a plugin that leaks without
-    /// bound fails inside its helper instead of exhausting the machine.
-    public var memoryMB: Int?
-    /// Open files (RLIMIT_NOFILE).
-    public var openFiles: Int?
-    /// CPU seconds (RLIMIT_CPU).
-    public var cpuSeconds: Int?
-
-    public init(memoryMB: Int? = 4096, openFiles: Int? = nil, cpuSeconds: Int? = nil) {
-        self.memoryMB = memoryMB
-        self.openFiles = openFiles
-        self.cpuSeconds = cpuSeconds
-    }
-}
-
 /// A backend running in a `descartes-plugin-host` helper process.
 ///
 /// It is itself a `descartes_backend_t`: every operation, cancel and release
@@ -145,31 +128,24 @@ final class ProcessBackend: @unchecked Sendable {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
             throw ProviderError(.process, "isolation: socketpair failed: \(String(cString: strerror(errno)))", provider: instance)
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, 2, 1)  // a plugin printing to stdout goes to stderr
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 3)
-        var argv = [path, "--parent", String(getpid())]
-        if let m = limits.memoryMB { argv += ["--memory-mb", String(m)] }
-        if let f = limits.openFiles { argv += ["--open-files", String(f)] }
-        if let c = limits.cpuSeconds { argv += ["--cpu-seconds", String(c)] }
-        let cargs = argv.map { strdup($0) } + [nil]
-        defer { for a in cargs { free(a) } }
-        var pid: pid_t = 0
+        // stdin from /dev/null; a plugin printing to stdout goes to stderr;
+        // the socket as fd 3; the limits applied between fork and exec.
         // The Swift runtime's crash backtracer would print a report and hold
         // the dying helper for seconds; off unless the user asked for it.
         var env = Environment.current()
         if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
-        let cenv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { for e in cenv { free(e) } }
-        let rc = posix_spawn(&pid, path, &actions, nil, cargs, cenv)
-        close(fds[1])
-        guard rc == 0 else {
+        let pid: pid_t
+        do throws(SpawnError) {
+            pid = try Spawner.spawn(
+                SpawnRequest(
+                    path: path, arguments: [path, "--parent", String(getpid())], environment: env, stdin: -1, stdout: 2, stderr: 2,
+                    fd3: fds[1], limits: limits))
+        } catch {
             close(fds[0])
-            throw ProviderError(.process, "isolation: cannot start \(path): \(String(cString: strerror(rc)))", provider: instance)
+            close(fds[1])
+            throw ProviderError(.process, "isolation: cannot start \(path): \(error)", provider: instance)
         }
+        close(fds[1])
         let helper = Helper(pid: pid, fd: fds[0])
         waiter.reset()
         startReader(helper)
@@ -378,7 +354,7 @@ final class ProcessBackend: @unchecked Sendable {
     /// if it had been initialized, then sends the held calls (or fails them
     /// with the reason the restart failed).
     private func relaunch(replayInitialize: Bool) {
-        Thread.detach { [self] in
+        let restart: @Sendable () -> Void = { [self] in
             let helper: Helper
             do throws(ProviderError) {
                 helper = try spawnAndCreate()
@@ -410,6 +386,9 @@ final class ProcessBackend: @unchecked Sendable {
             frame.append(contentsOf: Array("{}".utf8))
             _ = helper.writer.send(Frame.start, bytes: frame)
         }
+        // On a thread of its own (the caller holds the state lock, and may
+        // be on Swift's cooperative pool); without one, on a task.
+        if !detachThread(restart) { Task.detached { restart() } }
     }
 
     /// Sends the calls held during a restart, or ends them with `error`.
@@ -550,26 +529,6 @@ final class ProcessBackend: @unchecked Sendable {
     }
 }
 
-/// Runs a closure on a new detached thread.
-enum Thread {
-    static func detach(_ body: @escaping @Sendable () -> Void) {
-        final class Box: @unchecked Sendable {
-            let body: @Sendable () -> Void
-            init(_ b: @escaping @Sendable () -> Void) { body = b }
-        }
-        var tid = pthread_t()
-        let arg = Unmanaged.passRetained(Box(body)).toOpaque()
-        if pthread_create(&tid, nil, { p in
-            Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()
-            return nil
-        }, arg) == 0 {
-            pthread_detach(tid)
-        } else {
-            Unmanaged<Box>.fromOpaque(arg).takeRetainedValue().body()
-        }
-    }
-}
-
 /// A one-shot rendezvous between a caller and the reader thread.
 final class Waiter: @unchecked Sendable {
     enum Reply {
@@ -619,19 +578,4 @@ func monotonicSeconds() -> Int {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec
-}
-
-func signalName(_ s: Int32) -> String {
-    switch s {
-    case SIGSEGV: return "SIGSEGV"
-    case SIGABRT: return "SIGABRT"
-    case SIGKILL: return "SIGKILL"
-    case SIGBUS: return "SIGBUS"
-    case SIGILL: return "SIGILL"
-    case SIGFPE: return "SIGFPE"
-    case SIGTERM: return "SIGTERM"
-    case SIGTRAP: return "SIGTRAP"
-    case SIGXCPU: return "SIGXCPU"
-    default: return "signal \(s)"
-    }
 }
