@@ -27,7 +27,7 @@ done
 
 maps=()
 for t in CCurlShim CProcessShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
-common=(-O -sanitize=fuzzer,address -parse-as-library -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml "${maps[@]}")
+common=(-O -sanitize=fuzzer,address -parse-as-library -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml -I Sources/CDescartesPlugin/include "${maps[@]}")
 
 link_for() {
   case "$1" in
