@@ -28,8 +28,9 @@
 // Scripts that change from one call to the next (retries, fallbacks, caches):
 // the option "sequence" is a list of scripts; the n-th call (0-based) carrying
 // the same option "sequence_id" (default "default") runs script n, the last
-// one repeating. The health check reports "calls" (completions started) and
-// "sequences" ({id: calls so far}).
+// one repeating. The health check reports "calls" (completions started),
+// "sequences" ({id: calls so far}) and "alive" ({instance: backends of this
+// library not yet freed}: the host's destroy, seen from the plugin).
 //
 // Chains of several providers: the option "by_instance" maps an instance
 // name to the script (or, with "sequence", the list of scripts) that
@@ -46,15 +47,21 @@ final class ScriptedBackend: DescartesBackend {
     let batches = Lock<[String: Batch]>([:])
     let initDelay: Int
     let failInit: String?
+    /// Backends of this library alive, by instance name.
+    static let alive = Lock<[String: Int]>([:])
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
         initDelay = context.int("init_delay_ms") ?? 0
         failInit = context.string("fail_init")
+        // Counted before a throw: deinit runs for a rejected one too.
+        Self.alive.withLock { $0[context.instance, default: 0] += 1 }
         if context.string("greeting") == "reject" {
             throw ProviderError(.config, "key 'greeting': the value 'reject' is rejected by the plugin")
         }
     }
+
+    deinit { Self.alive.withLock { $0[context.instance, default: 0] -= 1 } }
 
     func initialize(_ call: PluginCall) {
         counters.withLock { $0.initializations += 1 }
@@ -71,11 +78,13 @@ final class ScriptedBackend: DescartesBackend {
     func healthCheck(_ call: PluginCall) {
         let c = counters.withLock { $0 }
         let seqs = sequences.withLock { $0 }
+        let alive = Self.alive.withLock { $0 }
         call.finish(result: [
             "message": .string("scripted backend '\(context.instance)' is healthy"),
             "details": [
                 "active": .integer(c.active), "initializations": .integer(c.initializations), "calls": .integer(c.calls),
                 "sequences": .object(JSONObject(seqs.sorted { $0.key < $1.key }.map { (key: $0.key, value: .integer($0.value)) })),
+                "alive": .object(JSONObject(alive.sorted { $0.key < $1.key }.map { (key: $0.key, value: .integer($0.value)) })),
             ],
         ])
     }

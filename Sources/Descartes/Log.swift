@@ -17,11 +17,14 @@ public enum LogLevel: UInt32, Sendable, Comparable, CustomStringConvertible {
     }
 }
 
-/// Masks secret values in text. Every secret the host resolves (API keys,
-/// tokens) is registered here, and every log line, error message and trace
-/// passes through `redact` before it leaves the process.
+/// Masks secret values in text. Every secret a `ProviderFactory` resolves
+/// (API keys, tokens) is registered in the factory's redactor (its
+/// `LogSink`'s), and every log line, error message and trace of the
+/// backends it builds passes through `redact` before it leaves them. The
+/// list lives as long as the redactor: a factory's secrets go with it.
+/// Credential shapes (`Authorization: Bearer ...`, `sk-...`) are masked by
+/// every redactor, even an empty one.
 public final class Redactor: Sendable {
-    public static let shared = Redactor()
     private let secrets = Lock<[String]>([])
 
     public init() {}
@@ -73,16 +76,48 @@ public final class Redactor: Sendable {
     }
 }
 
-/// Where log records go: stderr, one line each, prefixed with the source.
+/// Where a factory's log records go, and which secrets they are masked
+/// with. A `ProviderFactory` owns one (`ProviderFactory.log`) and hands it
+/// to every backend and middleware it builds, and to the plugins' host
+/// tables (the ABI's `log` callback of a backend reaches its factory's
+/// sink); nothing in the library logs to a process-wide destination.
+///
+/// By default records are written to stderr, one line each
+/// (`descartes: SOURCE: LEVEL: TEXT`), from `warning` up. An application
+/// passes its own handler to route them to its logger:
+///
+/// ```swift
+/// let log = LogSink(level: .info) { level, source, message in
+///     print("[\(level)] \(source): \(message)")
+/// }
+/// let factory = ProviderFactory(log: log)
+/// ```
+///
+/// The handler gets the message already redacted, and may be called from any
+/// thread (plugin threads included): it must not block for long.
 public final class LogSink: Sendable {
-    public static let shared = LogSink()
-    private let levelValue = Atomic<UInt32>(LogLevel.warning.rawValue)
+    /// Receives one record: its level, its source ("provider openai",
+    /// "retry openai", "cache") and its redacted text.
+    public typealias Handler = @Sendable (_ level: LogLevel, _ source: String, _ message: String) -> Void
+
+    /// The secrets masked in every record (and by what the factory returns).
+    public let redactor: Redactor
+    private let levelValue: Atomic<UInt32>
+    private let handler: Handler?
     private let writeLock = Lock<Void>(())
     /// Extra destinations (tests capture logs here).
-    private let taps = Lock<[@Sendable (LogLevel, String, String) -> Void]>([])
+    private let taps = Lock<[Handler]>([])
 
-    public init() {}
+    /// A sink at `level` masking with `redactor`; records go to `handler`,
+    /// or to stderr when it is nil.
+    public init(level: LogLevel = .warning, redactor: Redactor = Redactor(), handler: Handler? = nil) {
+        self.redactor = redactor
+        self.levelValue = Atomic(level.rawValue)
+        self.handler = handler
+    }
 
+    /// The most detailed level passed on (plugins ask for it through the
+    /// ABI's `log_level` and skip what is below).
     public var level: LogLevel {
         get { LogLevel(rawValue: levelValue.load(ordering: .relaxed)) ?? .warning }
         set { levelValue.store(newValue.rawValue, ordering: .relaxed) }
@@ -90,15 +125,20 @@ public final class LogSink: Sendable {
 
     public func isEnabled(_ l: LogLevel) -> Bool { l.rawValue <= levelValue.load(ordering: .relaxed) }
 
-    public func addTap(_ tap: @escaping @Sendable (LogLevel, String, String) -> Void) {
+    /// Also passes every record (after redaction) to `tap`.
+    public func addTap(_ tap: @escaping Handler) {
         taps.withLock { $0.append(tap) }
     }
 
     /// Logs `message` from `source` (e.g. "plugin openai") after redaction.
     public func log(_ l: LogLevel, _ source: String, _ message: @autoclosure () -> String) {
         guard isEnabled(l) else { return }
-        let text = Redactor.shared.redact(message())
-        let line = "descartes: \(source): \(l): \(text)\n"
+        let text = redactor.redact(message())
+        if let handler { handler(l, source, text) } else { writeToStandardError("descartes: \(source): \(l): \(text)\n") }
+        for t in taps.withLock({ $0 }) { t(l, source, text) }
+    }
+
+    private func writeToStandardError(_ line: String) {
         writeLock.withLock { _ in
             var bytes = Array(line.utf8)
             var off = 0
@@ -108,6 +148,5 @@ public final class LogSink: Sendable {
                 off += n
             }
         }
-        for t in taps.withLock({ $0 }) { t(l, source, text) }
     }
 }

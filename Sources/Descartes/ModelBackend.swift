@@ -60,3 +60,22 @@ extension ModelBackend {
         throw ProviderError(.streamClosed, "the stream ended without a finish event", provider: name)
     }
 }
+
+/// Runs `body` with `backend` and shuts the backend down when `body` returns
+/// or throws (or its task is cancelled), before this returns: for a backend
+/// from a plugin, the plugin's `shutdown` and then its `destroy`; for a
+/// middleware, the shutdown of what it wraps. See also
+/// `ProviderFactory.withBackend(_:overrides:isolation:_:)`.
+///
+/// - Throws: what `body` threw.
+public func withBackend<B: ModelBackend, T>(_ backend: B, _ body: (B) async throws -> T) async throws -> T {
+    let result: T
+    do {
+        result = try await body(backend)
+    } catch {
+        await backend.shutdown()
+        throw error
+    }
+    await backend.shutdown()
+    return result
+}

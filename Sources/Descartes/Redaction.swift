@@ -191,7 +191,7 @@ public struct StreamRedactor: Sendable {
     static let maxHeldRun = 512
     static let contextBytes = 64
 
-    public init(_ redactor: Redactor = .shared) { self.redactor = redactor }
+    public init(_ redactor: Redactor) { self.redactor = redactor }
 
     /// The part of everything pushed so far that can be shown, masked.
     public mutating func push(_ text: String) -> String {

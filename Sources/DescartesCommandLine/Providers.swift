@@ -42,7 +42,8 @@ package enum Commands {
     /// The plugins and the configuration, for commands that create backends.
     package static func factory(_ globals: Globals) -> ProviderFactory {
         let config = configuration(globals)
-        return ProviderFactory(catalog: catalog(globals), environment: config.environment, configuration: config)
+        return ProviderFactory(
+            catalog: catalog(globals), loader: Out.loader, environment: config.environment, configuration: config, logSink: Out.logSink)
     }
 
     /// `--set KEY=VALUE` values as config.
@@ -73,7 +74,7 @@ package enum Commands {
         guard let config else { return nil }
         do {
             let settings = try config.auditSettings()
-            return settings.enabled ? AuditLog(settings) : nil
+            return settings.enabled ? AuditLog(settings, logSink: Out.logSink) : nil
         } catch {
             throw ProviderError(.config, "invalid 'audit' section (\(error.problems.count) problem\(error.problems.count == 1 ? "" : "s"))", details: error.problems.map(\.description))
         }

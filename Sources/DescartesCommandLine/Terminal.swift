@@ -8,8 +8,15 @@ import Glibc
 /// Writes to stdout/stderr with explicit flushing (streamed tokens must
 /// appear as they arrive) and masks secrets on the way out.
 package enum Out {
+    /// The program's one log sink: every factory the CLI builds logs to it
+    /// (stderr; `--verbose` lowers it to debug) and registers the secrets
+    /// it resolves in its redactor, which masks everything printed.
+    package static let logSink = LogSink()
+    /// The program's plugin loader, whose libraries log to `logSink` too.
+    package static let loader = PluginLoader(logSink: logSink)
+
     package static func write(_ s: String, to fd: Int32 = 1) {
-        var text = Redactor.shared.redact(s)
+        var text = logSink.redactor.redact(s)
         text.withUTF8 { buf in
             var off = 0
             while off < buf.count {
@@ -152,7 +159,7 @@ package func start(_ command: Command) -> (Globals, [String]) {
     let globals: Globals
     let rest: [String]
     do { (globals, rest) = try Globals.extract(Array(CommandLine.arguments.dropFirst()), for: command) } catch { usageFailure(error) }
-    if globals.verbose { LogSink.shared.level = .debug }
+    if globals.verbose { Out.logSink.level = .debug }
     return (globals, rest)
 }
 

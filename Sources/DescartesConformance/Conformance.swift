@@ -35,9 +35,6 @@ public enum Conformance {
         overrides: [String: JSONValue] = [:], loader: PluginLoader = .shared, report: @escaping @Sendable (Result) -> Void = { _ in }
     ) async -> [Result] {
         let run = Run(provider: provider, catalog: catalog, spec: spec, environment: environment, overrides: overrides, loader: loader, report: report)
-        let level = LogSink.shared.level
-        LogSink.shared.level = .trace  // plugins log everything to the suite's sink (checked for secrets)
-        defer { LogSink.shared.level = level }
         await run.all()
         return run.results.withLock { $0 }
     }
@@ -57,6 +54,10 @@ final class Run: @unchecked Sendable {
     let calls = Lock<[RawCall]>([])
     /// Everything the plugin logged.
     let logs = Lock<[String]>([])
+    /// The suite's own sink: plugins log everything to it (`trace`; the
+    /// records are kept in `logs` and checked for secrets), and its redactor
+    /// masks the spec's secrets in the results.
+    let logSink = LogSink(level: .trace)
     /// Secret config values, for the leak check.
     let secrets = Lock<Set<String>>([])
     var manifest: PluginManifest!
@@ -82,7 +83,7 @@ final class Run: @unchecked Sendable {
     let answerLimit: Duration = .seconds(30)
 
     func record(_ check: String, _ outcome: Conformance.Result.Outcome, _ detail: String, since start: ContinuousClock.Instant) {
-        let r = Conformance.Result(check: check, outcome: outcome, detail: Redactor.shared.redact(detail), duration: .now - start)
+        let r = Conformance.Result(check: check, outcome: outcome, detail: logSink.redactor.redact(detail), duration: .now - start)
         results.withLock { $0.append(r) }
         report(r)
     }
@@ -108,7 +109,7 @@ final class Run: @unchecked Sendable {
         let outcome = ConfigValidation.check(manifest: manifest, instance: provider, values: values, environment: environment, at: s.location)
         if !outcome.details.isEmpty { return .failure(Why(outcome.details.joined(separator: "; "))) }
         secrets.withLock { set in for v in outcome.secrets where v.utf8.count >= 4 { set.insert(v) } }
-        for v in outcome.secrets { Redactor.shared.register(v) }
+        for v in outcome.secrets { logSink.redactor.register(v) }
         return .success(JSONValue.object(outcome.config).jsonBytes)
     }
 
@@ -117,9 +118,9 @@ final class Run: @unchecked Sendable {
         switch configBytes(s) {
         case .failure(let why): return .failure(ProviderError(.config, why.text))
         case .success(let bytes):
-            let table = HostTable(source: "conformance \(provider)") { [self] level, text in self.logs.withLock { $0.append("\(level): \(text)") } }
+            let table = HostTable(source: "conformance \(provider)", log: logSink) { [self] level, text in self.logs.withLock { $0.append("\(level): \(text)") } }
             do throws(ProviderError) {
-                let raw = try library.createBackend(factory: manifest.factory, provider: provider, instance: provider, config: bytes, table: table)
+                let raw = try library.createBackend(factory: manifest.factory, provider: provider, instance: provider, config: bytes, table: table, redactor: logSink.redactor)
                 let b = RawBackend(raw: raw, table: table, library: library)
                 backends.append(b)
                 return .success(b)

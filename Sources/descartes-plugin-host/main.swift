@@ -29,6 +29,13 @@ enum Helper {
         head.withUnsafeBytes { h in _ = writer.send(Frame.event, h, data) }
     }
 
+    /// Every record goes back to the host, which masks it with its factory's
+    /// secrets and logs it to that factory's sink, at the level the host
+    /// asked for in CREATE.
+    static let sink = LogSink(level: .warning) { level, _, message in log(level, message) }
+    /// The library-level table's records go back to the host too.
+    static let loader = PluginLoader(logSink: sink)
+
     static func log(_ level: LogLevel, _ message: String) {
         var bytes = level.rawValue.leBytes
         bytes += Array(message.utf8)
@@ -83,15 +90,15 @@ enum Helper {
                     reply(error: ProviderError(.backend, "isolation: a malformed CREATE frame"))
                     continue
                 }
-                if let level = doc["log_level"]?.intValue, let l = LogLevel(rawValue: UInt32(level)) { LogSink.shared.level = l }
+                if let level = doc["log_level"]?.intValue, let l = LogLevel(rawValue: UInt32(level)) { sink.level = l }
                 let instance = doc["instance"]?.stringValue ?? factory
-                let t = HostTable(source: "provider \(instance)") { level, text in log(level, text) }
+                let t = HostTable(source: "provider \(instance)", log: sink) { level, text in log(level, text) }
                 table = t
                 do {
-                    let lib = try PluginLoader.shared.load(path: library)
+                    let lib = try loader.load(path: library)
                     backend = try lib.createBackend(
                         factory: factory, provider: doc["provider"]?.stringValue ?? factory, instance: instance,
-                        config: doc["config"]?.jsonBytes ?? Array("{}".utf8), table: t)
+                        config: doc["config"]?.jsonBytes ?? Array("{}".utf8), table: t, redactor: sink.redactor)
                     reply(error: nil)
                 } catch let e as ProviderError {
                     reply(error: e)

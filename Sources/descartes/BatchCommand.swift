@@ -123,7 +123,7 @@ enum BatchCommand {
             Out.line(text)
             return
         }
-        var bytes = Array((Redactor.shared.redact(text) + "\n").utf8)
+        var bytes = Array((Out.logSink.redactor.redact(text) + "\n").utf8)
         var off = 0
         while off < bytes.count {
             let n = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + off, $0.count - off) }

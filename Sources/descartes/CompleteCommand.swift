@@ -154,8 +154,8 @@ enum CompleteCommand {
     /// Text and reasoning go through a `StreamRedactor` each, so a secret
     /// the model repeats is masked even when it is cut across two deltas.
     static func streamOut(_ backend: any ModelBackend, _ request: ModelRequest, json: Bool) async throws -> ModelResponse {
-        var text = StreamRedactor()
-        var reasoning = StreamRedactor()
+        var text = StreamRedactor(Out.logSink.redactor)
+        var reasoning = StreamRedactor(Out.logSink.redactor)
         func flush() {
             let (t, r) = (text.finish(), reasoning.finish())
             if json {

@@ -71,7 +71,7 @@ enum ConformanceCommand {
             Out.line(Out.dim("spec: \(specNote)"))
         }
         let results = await Conformance.run(
-            provider: name, catalog: catalog, spec: spec, environment: environment, overrides: settings,
+            provider: name, catalog: catalog, spec: spec, environment: environment, overrides: settings, loader: Out.loader,
             report: { r in
                 if !json {
                     let mark: String

@@ -26,7 +26,7 @@ enum HealthCommand {
         } catch { usageFailure(error) }
         let json = args.flag(.json)
         let catalog = Commands.catalog(globals)
-        let factory = ProviderFactory(catalog: catalog)
+        let factory = ProviderFactory(catalog: catalog, loader: Out.loader, logSink: Out.logSink)
 
         if let name = args.value(.provider) {
             let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)

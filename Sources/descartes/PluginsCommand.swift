@@ -152,7 +152,7 @@ enum PluginsCommand {
         let settings: [String: JSONValue]
         do { settings = try Commands.settings(args) } catch { usageFailure(error) }
         let catalog = Commands.catalog(globals)
-        let factory = ProviderFactory(catalog: catalog)
+        let factory = ProviderFactory(catalog: catalog, loader: Out.loader, logSink: Out.logSink)
         var names = args.positional
         var results: [JSONValue] = []
         var failed = 0

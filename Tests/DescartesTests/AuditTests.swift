@@ -61,9 +61,10 @@ import DescartesSupport
 
     @Test func promptsAndRepliesWhenConfiguredButNeverASecret() async throws {
         let dir = TempDir()
-        let log = AuditLog(settings(dir, prompts: true, replies: true))
-        Redactor.shared.register("sk-audit-test-key-0123456789")
-        let echo = log.wrap(try plugins.factory().create("echo"), plugin: "echo")
+        let factory = plugins.factory()
+        let log = AuditLog(settings(dir, prompts: true, replies: true), logSink: factory.logSink)
+        factory.redactor.register("sk-audit-test-key-0123456789")
+        let echo = log.wrap(try factory.create("echo"), plugin: "echo")
         _ = try await echo.complete(ModelRequest(prompt: "my key is sk-audit-test-key-0123456789 ok"))
         let records = try lines(log.settings.file)
         #expect(records[0]["prompt"]?[0]?["role"] == "user")

@@ -277,13 +277,16 @@ import DescartesSupport
         let withEnv = ProviderFactory(catalog: .discover(search), environment: ["KEYED_TEST_API_KEY": "sk-env-0123456789"], configuration: config)
         #expect(try await withEnv.backend("k1").complete(ModelRequest(prompt: "ok")).content == "ok")
         #expect(try await withEnv.backend("keyed").complete(ModelRequest(prompt: "ok")).content == "ok")
-        #expect(Redactor.shared.redact("sk-env-0123456789") == "[REDACTED]")
+        // Registered in that factory's redactor (LifetimeTests: not in any other).
+        #expect(withEnv.redactor.redact("sk-env-0123456789") == "[REDACTED]")
     }
 
     /// A helper's key, fetched off the cooperative pool (helpers run synchronously).
-    func key(_ argv: [String], ttl: Duration, timeout: Duration = CredentialHelper.defaultTimeout) async -> Result<Secret, CredentialHelper.Failure> {
+    func key(
+        _ argv: [String], ttl: Duration, timeout: Duration = CredentialHelper.defaultTimeout, redactor: Redactor = Redactor()
+    ) async -> Result<Secret, CredentialHelper.Failure> {
         (try? await Proc.offPool { () -> Result<Secret, CredentialHelper.Failure> in
-            do throws(CredentialHelper.Failure) { return .success(try CredentialHelper.key(argv, ttl: ttl, timeout: timeout)) } catch { return .failure(error) }
+            do throws(CredentialHelper.Failure) { return .success(try CredentialHelper.key(argv, ttl: ttl, timeout: timeout, redactor: redactor)) } catch { return .failure(error) }
         }) ?? .failure(CredentialHelper.Failure(description: "offPool failed"))
     }
 
@@ -292,7 +295,8 @@ import DescartesSupport
         let counter = dir.file("runs")
         let helper = dir.write(
             "helper.sh", "#!/bin/sh\necho run >> \(counter)\nprintf 'sk-helper-%s\\nsecond line\\n' \"$1\"\n", mode: 0o755)
-        let k = try await key([helper, "a b; rm -rf /"], ttl: .seconds(60)).get()
+        let redactor = Redactor()
+        let k = try await key([helper, "a b; rm -rf /"], ttl: .seconds(60), redactor: redactor).get()
         // The argument reached the helper as one argv element: no shell.
         #expect(k.reveal() == "sk-helper-a b; rm -rf /")
         #expect("\(k)" == "[REDACTED]")
@@ -300,8 +304,8 @@ import DescartesSupport
         #expect(try FileSystem.readText(counter, limit: 100) == "run\n", "cached for the TTL")
         _ = try await key([helper, "a b; rm -rf /"], ttl: .zero).get()
         #expect(try FileSystem.readText(counter, limit: 100) == "run\nrun\n", "a zero TTL runs it every time")
-        // What the helper printed is masked from now on.
-        #expect(Redactor.shared.redact("got sk-helper-a b; rm -rf / here").hasPrefix("got [REDACTED]"))
+        // What the helper printed is masked from now on, by the caller's redactor.
+        #expect(redactor.redact("got sk-helper-a b; rm -rf / here").hasPrefix("got [REDACTED]"))
 
         let failing = dir.write("fail.sh", "#!/bin/sh\necho 'vault locked: token sk-leaked-0123456789abc' >&2\nexit 3\n", mode: 0o755)
         guard case .failure(let error) = await key([failing], ttl: .zero) else {
@@ -350,7 +354,7 @@ import DescartesSupport
         let factory = ProviderFactory(
             catalog: .discover(PluginSearch(directories: [.init(path: plugins.path, origin: "test")])), environment: [:], configuration: config)
         #expect(try await factory.backend("viahelper").complete(ModelRequest(prompt: "with a helper")).content == "with a helper")
-        #expect(Redactor.shared.redact("sk-from-helper-98765") == "[REDACTED]")
+        #expect(factory.redactor.redact("sk-from-helper-98765") == "[REDACTED]")
         let both = try #require(await providerError { _ = try factory.backend("both") })
         #expect(both.details.first?.contains("both 'api_key' and 'api_key_helper' are set") == true)
         #expect(config.instance("both")?.helper == [helper, "--flag"])

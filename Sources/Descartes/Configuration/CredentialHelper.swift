@@ -28,13 +28,20 @@ public enum CredentialHelper {
         public init(description: String) { self.description = description }
     }
 
-    /// The key the helper prints, from the cache when it is fresh.
-    public static func key(_ argv: [String], ttl: Duration = defaultTTL, timeout: Duration = defaultTimeout) throws(Failure) -> Secret {
+    /// The key the helper prints, from the cache when it is fresh; it is
+    /// registered in `redactor` (the caller's factory's), which also masks
+    /// the helper's stderr quoted in a failure.
+    public static func key(
+        _ argv: [String], ttl: Duration = defaultTTL, timeout: Duration = defaultTimeout, redactor: Redactor = Redactor()
+    ) throws(Failure) -> Secret {
         let cacheKey = argv.joined(separator: "\u{0}")
         let now = ContinuousClock.now
-        if ttl > .zero, let hit = cache.withLock({ $0[cacheKey] }), hit.expires > now { return hit.secret }
-        let secret = try run(argv, timeout: timeout)
-        Redactor.shared.register(secret)
+        if ttl > .zero, let hit = cache.withLock({ $0[cacheKey] }), hit.expires > now {
+            redactor.register(hit.secret)
+            return hit.secret
+        }
+        let secret = try run(argv, timeout: timeout, redactor: redactor)
+        redactor.register(secret)
         if ttl > .zero { cache.withLock { $0[cacheKey] = (secret, now + ttl) } }
         return secret
     }
@@ -42,7 +49,7 @@ public enum CredentialHelper {
     /// Forgets cached keys (tests; a long-lived process after a rotation).
     public static func clearCache() { cache.withLock { $0.removeAll() } }
 
-    static func run(_ argv: [String], timeout: Duration) throws(Failure) -> Secret {
+    static func run(_ argv: [String], timeout: Duration, redactor: Redactor) throws(Failure) -> Secret {
         guard let program = argv.first, !program.isEmpty else { throw Failure(description: "api_key_helper is empty") }
         if Environment.isSecureExecution && !program.hasPrefix("/") {
             throw Failure(description: "api_key_helper '\(program)' must be an absolute path when the process runs setuid/setgid")
@@ -51,7 +58,7 @@ public enum CredentialHelper {
         do { r = try ChildProcess.run(argv, timeout: timeout, outputLimit: outputLimit) } catch {
             throw Failure(description: "api_key_helper '\(program)': cannot run it: \(error)")
         }
-        let tail = Redactor.shared.redact(String(decoding: r.stderr.suffix(400), as: UTF8.self).trimmingSpaces)
+        let tail = redactor.redact(String(decoding: r.stderr.suffix(400), as: UTF8.self).trimmingSpaces)
         if r.timedOut {
             throw Failure(description: "api_key_helper '\(program)' did not finish within \(format(timeout)) and was killed")
         }

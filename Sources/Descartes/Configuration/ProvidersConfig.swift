@@ -402,7 +402,8 @@ public struct ProvidersConfig: Sendable {
 
     /// Expands an instance's values (and runs its `api_key_helper` when
     /// `runHelper` and no `api_key` is written). Reports every problem.
-    public func resolve(_ instance: Instance, runHelper: Bool = true) -> Result<Resolved, SourceError> {
+    /// The helper's key is registered in `redactor` (a factory passes its own).
+    public func resolve(_ instance: Instance, runHelper: Bool = true, redactor: Redactor = Redactor()) -> Result<Resolved, SourceError> {
         var problems: [SourceProblem] = []
         var values: [String: ConfigValidation.Explicit] = [:]
         for e in instance.entries {
@@ -423,7 +424,7 @@ public struct ProvidersConfig: Sendable {
                 problems.append(SourceProblem(at, "provider '\(instance.name)': both 'api_key' and 'api_key_helper' are set; keep one"))
             } else if runHelper {
                 do {
-                    let key = try CredentialHelper.key(helper, ttl: instance.helperTTL)
+                    let key = try CredentialHelper.key(helper, ttl: instance.helperTTL, redactor: redactor)
                     var x = ConfigValidation.Explicit(value: .string(key.reveal()), origin: "api_key_helper \(helper[0]) (\(at))")
                     x.position = at
                     x.secret = true

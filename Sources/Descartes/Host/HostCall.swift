@@ -58,7 +58,11 @@ final class HostCall: @unchecked Sendable {
         startedAt = clock.now
         state = Lock(
             State(continuation: continuation, assembler: ResponseAssembler(provider: backend.name), lastEvent: startedAt))
+        backend.callStarted()
     }
+
+    /// The call no longer touches the plugin's backend: `shutdown` may destroy it.
+    deinit { backend.callEnded() }
 
     
     // MARK: Starting
@@ -172,9 +176,9 @@ final class HostCall: @unchecked Sendable {
                 let level = doc?["level"]?.stringValue ?? "info"
                 // A notice often quotes a child's output or a server's reply,
                 // which may echo a key back: masked like errors are.
-                let message = Redactor.shared.redact(doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self))
+                let message = backend.log.redactor.redact(doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self))
                 out = .notice(level: level, message: message)
-                LogSink.shared.log(level == "error" ? .warning : .debug, "provider \(backend.name)", message)
+                backend.log.log(level == "error" ? .warning : .debug, "provider \(backend.name)", message)
             default:
                 break  // Unknown event types are ignored (a newer plugin).
             }
@@ -182,7 +186,7 @@ final class HostCall: @unchecked Sendable {
         }
         if let violation {
             if !state.withLock({ $0.pluginDone }) { terminate(violation) } else {
-                LogSink.shared.log(.warning, "provider \(backend.name)", violation.message)
+                backend.log.log(.warning, "provider \(backend.name)", violation.message)
             }
             return
         }
@@ -197,7 +201,7 @@ final class HostCall: @unchecked Sendable {
         if success {
             decoded = decodeResult(bytes)
         } else {
-            decoded = .failure(Redactor.shared.redact(Wire.decodeError(bytes, provider: backend.name)))
+            decoded = .failure(backend.log.redactor.redact(Wire.decodeError(bytes, provider: backend.name)))
         }
         var outcome: Result<Outcome, ProviderError> = .failure(ProviderError(.backend, "unreachable", provider: backend.name))
         let (handle, duplicate) = state.withLock { s -> (CallHandle?, Bool) in
@@ -220,7 +224,7 @@ final class HostCall: @unchecked Sendable {
             return (h, false)
         }
         if duplicate {
-            LogSink.shared.log(.warning, "provider \(backend.name)", "the plugin sent a second terminal event; ignored")
+            backend.log.log(.warning, "provider \(backend.name)", "the plugin sent a second terminal event; ignored")
             return
         }
         answer(outcome)

@@ -7,6 +7,17 @@ import Glibc
 /// own threads, the call turns them into Swift values, checks the ABI's rules
 /// (one terminal event, nothing after it, tool-call order), enforces the
 /// deadlines itself, and hands the result to the waiting task or stream.
+///
+/// Its life ends in `shutdown()`: the plugin's `shutdown` (once some
+/// operation was started), then, when every call has let go of the plugin's
+/// backend, its `destroy`, on the task that called `shutdown`
+/// (`ProviderFactory.withBackend` does this on every path). `deinit` starts
+/// nothing: a backend never used is destroyed there and then; one that was
+/// used and dropped without `shutdown()` is reported (a warning on the
+/// factory's sink) and left allocated in the plugin, with its connections
+/// or child processes, until the process exits. (It cannot be shut down
+/// there: the last reference may go inside a plugin's event callback, where
+/// `destroy` is not allowed, and a shutdown waits for the plugin.)
 final class PluginBackend: ModelBackend, @unchecked Sendable {
     let name: String
     let mode: ModelProviderMode
@@ -20,6 +31,9 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     let defaultDeadlines: Deadlines
     /// The clock the deadlines are counted on.
     let clock: DescartesClock
+    /// The factory's sink: the plugin's records, the host's warnings about
+    /// it, and the redactor of its errors and notices.
+    let log: LogSink
 
     private struct State {
         var initTask: Task<Void, Error>?
@@ -27,13 +41,18 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         var shutDown = false
         /// Some operation was started, so `shutdown` is owed before `destroy`.
         var used = false
+        /// The plugin's `destroy` has run: `raw` is gone.
+        var destroyed = false
     }
+    /// Calls alive (each `HostCall` from its creation to its deinit), and
+    /// who waits for them all to end (`shutdown`, before `destroy`).
+    private let calls = Lock<(live: Int, waiters: [CallsEnded])>((0, []))
     private let state = Lock(State())
     private let priceCache = Lock<[String: ModelPrices?]>([:])
 
     init(
         name: String, manifest: PluginManifest, owner: AnyObject, raw: UnsafeMutablePointer<descartes_backend_t>,
-        hostTable: HostTable, defaultDeadlines: Deadlines, clock: DescartesClock
+        hostTable: HostTable, defaultDeadlines: Deadlines, clock: DescartesClock, log: LogSink
     ) {
         self.name = name
         self.mode = manifest.mode
@@ -43,19 +62,85 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         self.hostTable = hostTable
         self.defaultDeadlines = defaultDeadlines
         self.clock = clock
+        self.log = log
     }
 
     deinit {
-        // No call is in flight (each retains the backend), but this may run
-        // on a plugin thread inside a callback, where `destroy` is not
-        // allowed: shut down (if the owner did not) and destroy elsewhere.
-        let finisher = DetachedFinisher(raw: raw, table: hostTable, owner: owner)
-        if state.withLock({ $0.shutDown || !$0.used }) { finisher.destroyLater() } else { finisher.start() }
+        // Nothing asynchronous here (see the type's comment). No call is in
+        // flight: each retains the backend.
+        let s = state.withLock { $0 }
+        if s.destroyed { return }
+        if !s.used {
+            // No operation ever started, so no plugin callback is on the
+            // stack and `destroy` needs no `shutdown` first.
+            raw.pointee.destroy?(raw)
+            return
+        }
+        log.log(
+            .warning, "provider \(name)",
+            s.shutDown
+                ? "released before its calls ended after shutdown(); the plugin's backend is left allocated until the process exits"
+                : "released without shutdown(); the plugin's backend (its connections and child processes) is left allocated "
+                    + "until the process exits: call shutdown() or use ProviderFactory.withBackend")
+    }
+
+    /// How long `shutdown` waits, after the plugin's own shutdown ended, for
+    /// the host's last calls to let go before it destroys the backend.
+    static let destroyWait: Duration = .seconds(5)
+
+    /// Counts a call as alive (`HostCall.init`).
+    func callStarted() { calls.withLock { $0.live += 1 } }
+
+    /// Counts a call as gone (`HostCall.deinit`), waking `shutdown` after the last.
+    func callEnded() {
+        let waiters = calls.withLock { c -> [CallsEnded] in
+            c.live -= 1
+            guard c.live == 0 else { return [] }
+            defer { c.waiters = [] }
+            return c.waiters
+        }
+        for w in waiters { w.signal(true) }
+    }
+
+    /// Waits until no call is alive, or `limit` of real time passed (a
+    /// plugin that never ends a call). Whether they all ended.
+    private func callsEnded(within limit: Duration) async -> Bool {
+        let w = CallsEnded()
+        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            w.attach(c)
+            let none = calls.withLock { s -> Bool in
+                if s.live == 0 { return true }
+                s.waiters.append(w)
+                return false
+            }
+            if none { w.signal(true); return }
+            let token = DeadlineTimer.shared.schedule(at: .now + limit, on: .continuous) { w.signal(false) }
+            w.onSignal = { DeadlineTimer.shared.cancel(token) }
+        }
+    }
+
+    /// Destroys the plugin's backend once no call holds it (the end of
+    /// `shutdown`); leaves it allocated, with a warning, if a call never ends.
+    private func destroyWhenCallsEnd() async {
+        guard await callsEnded(within: Self.destroyWait) else {
+            log.log(
+                .warning, "provider \(name)",
+                "a call did not end within \(format(Self.destroyWait)) of shutdown; the plugin's backend is left allocated until the process exits")
+            return
+        }
+        let destroy = state.withLock { s -> Bool in
+            if s.destroyed { return false }
+            s.destroyed = true
+            return true
+        }
+        // On a task of our own: never inside a plugin's callback.
+        if destroy { raw.pointee.destroy?(raw) }
     }
 
     // MARK: Operations
 
     func initialize() async throws {
+        try checkOpen()
         let task: Task<Void, Error>? = state.withLock { s in
             if s.initialized { return nil }
             if let t = s.initTask { return t }
@@ -141,16 +226,23 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     }
 
     func shutdown() async {
-        // A backend that never started an operation has nothing to shut down.
-        let skip = state.withLock { s -> Bool in
+        let (again, used) = state.withLock { s -> (Bool, Bool) in
             defer { s.shutDown = true }
-            return s.shutDown || !s.used
+            return (s.shutDown, s.used)
         }
-        if skip { return }
-        // Let an initialization under way finish first (the ABI starts
-        // nothing while initialize runs).
-        if let t = state.withLock({ $0.initTask }) { _ = try? await t.value }
-        _ = try? await document(.shutdown, input: Array("{}".utf8), deadlines: Deadlines(total: .seconds(30)), checkShutdown: false)
+        if again { return }
+        // A backend that never started an operation has nothing to shut down.
+        if used {
+            // Let an initialization under way finish first (the ABI starts
+            // nothing while initialize runs).
+            // Not cancelled with the calling task (`withBackend` shuts down
+            // a cancelled body's backend): the shutdown has its own deadline.
+            await Task { [self] in
+                if let t = state.withLock({ $0.initTask }) { _ = try? await t.value }
+                _ = try? await document(.shutdown, input: Array("{}".utf8), deadlines: Deadlines(total: .seconds(30)), checkShutdown: false)
+            }.value
+        }
+        await destroyWhenCallsEnd()
     }
 
     func complete(_ request: ModelRequest) async throws -> ModelResponse {
@@ -279,58 +371,28 @@ final class CancelBox: Sendable {
     }
 }
 
-/// Shuts down and destroys a backend nobody holds any more, on a thread of
-/// its own (destroy must not run inside a plugin callback).
-final class DetachedFinisher: @unchecked Sendable {
-    let raw: UnsafeMutablePointer<descartes_backend_t>
-    let table: HostTable
-    let owner: AnyObject
-    init(raw: UnsafeMutablePointer<descartes_backend_t>, table: HostTable, owner: AnyObject) {
-        self.raw = raw
-        self.table = table
-        self.owner = owner
+/// Wakes `shutdown` once, when the backend's last call ended or its wait
+/// ran out.
+final class CallsEnded: @unchecked Sendable {
+    private let state = Lock<(continuation: CheckedContinuation<Bool, Never>?, done: Bool)>((nil, false))
+    /// Run once, at the signal (cancels the timer).
+    var onSignal: (@Sendable () -> Void)? {
+        get { hook.withLock { $0 } }
+        set { hook.withLock { $0 = newValue } }
     }
+    private let hook = Lock<(@Sendable () -> Void)?>(nil)
 
-    func start() {
-        guard let shutdown = raw.pointee.shutdown else {
-            destroyLater()
-            return
+    func attach(_ c: CheckedContinuation<Bool, Never>) { state.withLock { $0.continuation = c } }
+
+    func signal(_ ended: Bool) {
+        let c = state.withLock { s -> CheckedContinuation<Bool, Never>? in
+            if s.done { return nil }
+            s.done = true
+            defer { s.continuation = nil }
+            return s.continuation
         }
-        let ctx = Unmanaged.passRetained(self).toOpaque()
-        let handle = shutdown(raw, "{}", 2, { ctx, event in
-            guard let ctx, let event else { return }
-            let t = event.pointee.type
-            guard t == UInt32(DESCARTES_EVENT_RESULT) || t == UInt32(DESCARTES_EVENT_ERROR) else { return }
-            let me = Unmanaged<DetachedFinisher>.fromOpaque(ctx).takeRetainedValue()
-            me.pending.withLock { $0.terminal = true }
-            me.releaseIfReady()
-        }, ctx)
-        pending.withLock { $0.handle = handle.map { CallHandle(raw: $0) } }
-        if handle == nil { Unmanaged<DetachedFinisher>.fromOpaque(ctx).release(); destroyLater() } else { releaseIfReady() }
-    }
-
-    private let pending = Lock<(handle: CallHandle?, terminal: Bool, done: Bool)>((nil, false, false))
-
-    private func releaseIfReady() {
-        let h = pending.withLock { p -> CallHandle? in
-            guard p.terminal, let h = p.handle, !p.done else { return nil }
-            p.done = true
-            return h
-        }
-        guard let h else { return }
-        raw.pointee.release?(raw, h.raw)
-        destroyLater()
-    }
-
-    func destroyLater() {
-        // A thread of our own: never inside the plugin's callback.
-        let box = Unmanaged.passRetained(self).toOpaque()
-        var tid = pthread_t()
-        let rc = pthread_create(&tid, nil, { arg in
-            let me = Unmanaged<DetachedFinisher>.fromOpaque(arg!).takeRetainedValue()
-            me.raw.pointee.destroy?(me.raw)
-            return nil
-        }, box)
-        if rc == 0 { pthread_detach(tid) } else { Unmanaged<DetachedFinisher>.fromOpaque(box).release() }
+        guard let c else { return }
+        hook.withLock { $0 }?()
+        c.resume(returning: ended)
     }
 }

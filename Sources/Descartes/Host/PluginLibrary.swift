@@ -40,18 +40,22 @@ final class CString: @unchecked Sendable {
 }
 
 /// A host table (descartes_host_t) for one library or one backend instance,
-/// with its log source. It stays allocated until released by its owner.
+/// with its log source and the sink its records go to (a backend's: its
+/// factory's). It stays allocated until released by its owner.
 package final class HostTable: @unchecked Sendable {
     let table: UnsafeMutablePointer<descartes_host_t>
     let source: String
-    /// Where records go instead of the process's LogSink (the isolation
-    /// helper forwards them to the host).
+    /// The level plugins ask for, and where records go unless `sink` takes them.
+    let log: LogSink
+    /// Where records go instead of `log` (the isolation helper forwards them
+    /// to the host; the conformance suite keeps them).
     let sink: (@Sendable (LogLevel, String) -> Void)?
     private let name = CString("descartes")
     private let version = CString(descartesVersion)
 
-    package init(source: String, sink: (@Sendable (LogLevel, String) -> Void)? = nil) {
+    package init(source: String, log: LogSink, sink: (@Sendable (LogLevel, String) -> Void)? = nil) {
         self.source = source
+        self.log = log
         self.sink = sink
         table = .allocate(capacity: 1)
         table.initialize(to: descartes_host_t())
@@ -64,11 +68,14 @@ package final class HostTable: @unchecked Sendable {
             guard let host, let data = host.pointee.host_data else { return }
             let me = Unmanaged<HostTable>.fromOpaque(data).takeUnretainedValue()
             let l = LogLevel(rawValue: min(level, 4)) ?? .trace
-            guard LogSink.shared.isEnabled(l) else { return }
+            guard me.log.isEnabled(l) else { return }
             let text = message.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: length), as: UTF8.self) } ?? ""
-            if let sink = me.sink { sink(l, text) } else { LogSink.shared.log(l, me.source, text) }
+            if let sink = me.sink { sink(l, text) } else { me.log.log(l, me.source, text) }
         }
-        table.pointee.log_level = { _ in LogSink.shared.level.rawValue }
+        table.pointee.log_level = { host in
+            guard let host, let data = host.pointee.host_data else { return LogLevel.warning.rawValue }
+            return Unmanaged<HostTable>.fromOpaque(data).takeUnretainedValue().log.level.rawValue
+        }
         table.pointee.get_extension = { _, _ in nil }
     }
 
@@ -86,7 +93,7 @@ public final class PluginLibrary: @unchecked Sendable {
     /// - Throws: the plugin's own error (create's `on_error`), its message
     ///   prefixed with the library's path.
     package func createBackend(
-        factory id: String, provider: String, instance: String, config configBytes: [UInt8], table: HostTable
+        factory id: String, provider: String, instance: String, config configBytes: [UInt8], table: HostTable, redactor: Redactor
     ) throws(ProviderError) -> UnsafeMutablePointer<descartes_backend_t> {
         guard let factory = factory(id) else {
             throw ProviderError(
@@ -120,7 +127,7 @@ public final class PluginLibrary: @unchecked Sendable {
                 ? ProviderError(.initialization, "the plugin refused the configuration without saying why", provider: instance)
                 : errorBox.bytes.withUnsafeBytes { Wire.decodeError($0, provider: instance) }
             e.message = "\(path): create failed: \(e.message)"
-            throw Redactor.shared.redact(e)
+            throw redactor.redact(e)
         }
         guard raw.pointee.struct_size >= UInt32(MemoryLayout<descartes_backend_t>.offset(of: \.destroy)!) else {
             throw ProviderError(
@@ -175,7 +182,7 @@ public final class PluginLibrary: @unchecked Sendable {
     }
 
     /// Loads and negotiates the library at `path`.
-    static func load(path: String) throws(PluginLoadError) -> PluginLibrary {
+    static func load(path: String, log: LogSink) throws(PluginLoadError) -> PluginLibrary {
         guard FileSystem.exists(path) else {
             throw PluginLoadError(.missingLibrary, path: path, "no such file")
         }
@@ -190,7 +197,7 @@ public final class PluginLibrary: @unchecked Sendable {
         }
         typealias Entry = @convention(c) (UInt32, UnsafePointer<descartes_host_t>?) -> UnsafePointer<descartes_library_t>?
         let entry = unsafeBitCast(sym, to: Entry.self)
-        let table = HostTable(source: "plugin \(FileSystem.basename(path))")
+        let table = HostTable(source: "plugin \(FileSystem.basename(path))", log: log)
         guard let lib = entry(DESCARTES_ABI_VERSION, table.table) else {
             throw PluginLoadError(.negotiationRefused, path: path, "descartes_plugin_entry returned NULL for ABI version \(DESCARTES_ABI_VERSION)")
         }
@@ -200,11 +207,19 @@ public final class PluginLibrary: @unchecked Sendable {
 
 /// Loads each library once per process and remembers failures, so one bad
 /// library is reported once and never retried in a loop.
+///
+/// A library is loaded once per process (its entry point runs once), so the
+/// loader is normally shared (`shared`). What a plugin logs through its
+/// library-level host table (outside any backend) goes to the loader's
+/// `logSink`; what it logs for a backend goes to the sink of the factory that
+/// created the backend.
 public final class PluginLoader: Sendable {
     public static let shared = PluginLoader()
     private let cache = Lock<[String: Result<PluginLibrary, PluginLoadError>]>([:])
+    /// Where the library-level records of the libraries it loads go.
+    public let logSink: LogSink
 
-    public init() {}
+    public init(logSink: LogSink = LogSink()) { self.logSink = logSink }
 
     private let digests = Lock<[String: String]>([:])
 
@@ -235,7 +250,7 @@ public final class PluginLoader: Sendable {
         let result = cache.withLock { c -> Result<PluginLibrary, PluginLoadError> in
             if let r = c[key] { return r }
             let r: Result<PluginLibrary, PluginLoadError>
-            do throws(PluginLoadError) { r = .success(try PluginLibrary.load(path: path)) } catch { r = .failure(error) }
+            do throws(PluginLoadError) { r = .success(try PluginLibrary.load(path: path, log: logSink)) } catch { r = .failure(error) }
             c[key] = r
             return r
         }

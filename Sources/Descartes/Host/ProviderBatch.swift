@@ -95,6 +95,7 @@ public struct ProviderBatches: Sendable {
         var current: any ModelBackend = backend
         for _ in 0..<16 {
             if let p = current as? PluginBackend {
+                try p.checkOpen()
                 guard BackendExtension.find(BackendOperation.batchExtension, in: p.raw) != nil else {
                     throw ProviderError(
                         .unsupportedFeature, "provider '\(p.name)' has no batch API (its plugin does not offer descartes.batch/1)",
@@ -174,7 +175,7 @@ public struct ProviderBatches: Sendable {
             if let e = item["error"], !e.isNull {
                 var err = Wire.decodeError(e, provider: nil)
                 err.provider = err.provider ?? provider
-                err.message = Redactor.shared.redact(err.message)
+                err.message = backend.log.redactor.redact(err.message)
                 return ProviderBatchResult(customID: cid, result: .failure(err))
             }
             do {

@@ -24,17 +24,28 @@ public struct ProviderFactory: Sendable {
     /// middlewares `ReliableProviders` builds over them: the real one, or a
     /// `ManualClock` in tests.
     public var clock: DescartesClock
+    /// Where the backends and middlewares it builds log (plugins' records
+    /// through the ABI included), and the redactor that masks the secrets it
+    /// resolves: registered here, not in any process-wide list, and released
+    /// with the factory and its backends. By default a sink of its own that
+    /// writes warnings and errors to stderr; pass one to route records to
+    /// your logger (`LogSink(level:handler:)`).
+    public let logSink: LogSink
+    /// The factory's redactor (`logSink.redactor`): masks every secret the
+    /// factory resolved, and credential shapes, in text you print.
+    public var redactor: Redactor { logSink.redactor }
 
     public init(
         catalog: PluginCatalog = .discover(), loader: PluginLoader = .shared,
         environment: [String: String] = Environment.current(), configuration: ProvidersConfig? = nil,
-        clock: DescartesClock = .continuous
+        clock: DescartesClock = .continuous, logSink: LogSink = LogSink()
     ) {
         self.catalog = catalog
         self.loader = loader
         self.environment = environment
         self.configuration = configuration
         self.clock = clock
+        self.logSink = logSink
     }
 
     /// A factory for this process: plugins found on the standard search path
@@ -43,14 +54,14 @@ public struct ProviderFactory: Sendable {
     ///
     /// - Throws: `ProviderError` of kind `config` listing every problem in
     ///   the configuration files, each with file:line:column.
-    public static func standard(configFile: String? = nil) throws(ProviderError) -> ProviderFactory {
+    public static func standard(configFile: String? = nil, logSink: LogSink = LogSink()) throws(ProviderError) -> ProviderFactory {
         let config = ProvidersConfig.load(.init(explicitFile: configFile))
         if !config.problems.isEmpty {
             throw ProviderError(
                 .config, "invalid configuration (\(config.problems.count) problem\(config.problems.count == 1 ? "" : "s"))",
                 details: config.problems.map(\.description))
         }
-        return ProviderFactory(catalog: .discover(.standard()), environment: config.environment, configuration: config)
+        return ProviderFactory(catalog: .discover(.standard()), environment: config.environment, configuration: config, logSink: logSink)
     }
 
     /// Creates the backend `name` names: an instance of providers.yaml
@@ -74,7 +85,7 @@ public struct ProviderFactory: Sendable {
         var plugin = name
         var at: SourcePosition? = nil
         if let config = configuration, let inst = config.instance(name) {
-            switch config.resolve(inst, runHelper: runHelper) {
+            switch config.resolve(inst, runHelper: runHelper, redactor: redactor) {
             case .failure(let e):
                 throw ProviderError(
                     .config,
@@ -114,6 +125,36 @@ public struct ProviderFactory: Sendable {
             name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: instance, at: nil,
             isolation: effectiveIsolation(
                 plugin: name, instance: nil, requested: isolation ?? instance.flatMap { isolationOverrides[$0] } ?? isolationOverrides[name]))
+    }
+
+    /// Creates the backend `name` names (as `backend(_:overrides:isolation:)`
+    /// does), runs `body` with it, and shuts it down when `body` returns or
+    /// throws (or its task is cancelled): the plugin's `shutdown`, then its
+    /// `destroy`, before this returns. The scoped way to use a backend; a
+    /// backend dropped without `shutdown()` stays allocated in its plugin
+    /// until the process exits.
+    ///
+    /// ```swift
+    /// let answer = try await ProviderFactory().withBackend("echo") { backend in
+    ///     try await backend.complete(ModelRequest(prompt: "Hello"))
+    /// }
+    /// ```
+    ///
+    /// - Throws: the creation error (`ProviderError`), or what `body` threw.
+    public func withBackend<T>(
+        _ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation? = nil,
+        _ body: (any ModelBackend) async throws -> T
+    ) async throws -> T {
+        let backend = try backend(name, overrides: overrides, isolation: isolation)
+        let result: T
+        do {
+            result = try await body(backend)
+        } catch {
+            await backend.shutdown()
+            throw error
+        }
+        await backend.shutdown()
+        return result
     }
 
     /// Where a plugin runs.
@@ -176,17 +217,17 @@ public struct ProviderFactory: Sendable {
         isolation: Isolation = .inProcess
     ) throws(ProviderError) -> PluginBackend {
         let instanceName = instance ?? name
-        for v in values.values where v.secret { if case .string(let s) = v.value { Redactor.shared.register(s) } }
+        for v in values.values where v.secret { if case .string(let s) = v.value { redactor.register(s) } }
         try catalog.checkRequired(loader: loader)
         let manifest = try manifest(for: name)
         let outcome = try ConfigValidation.resolve(manifest: manifest, instance: instanceName, values: values, environment: environment, at: at)
         let resolved = outcome.config
-        for s in outcome.secrets { Redactor.shared.register(s) }
+        for s in outcome.secrets { redactor.register(s) }
 
         let configBytes = JSONValue.object(resolved).jsonBytes
         let raw: UnsafeMutablePointer<descartes_backend_t>
         let owner: AnyObject
-        let table = HostTable(source: "provider \(instanceName)")
+        let table = HostTable(source: "provider \(instanceName)", log: logSink)
         let pin = catalog.entry(for: name)?.pin
         switch isolation {
         case .inProcess:
@@ -200,7 +241,7 @@ public struct ProviderFactory: Sendable {
                     "\(library.path): unknown factory '\(manifest.factory)' (named by \(manifest.file)); the library registers: \(library.factoryIDs.joined(separator: ", "))",
                     provider: instanceName)
             }
-            raw = try library.createBackend(factory: manifest.factory, provider: name, instance: instanceName, config: configBytes, table: table)
+            raw = try library.createBackend(factory: manifest.factory, provider: name, instance: instanceName, config: configBytes, table: table, redactor: redactor)
             owner = library
         case .process(let limits):
             // The helper process loads the library: check its pin here first.
@@ -210,13 +251,13 @@ public struct ProviderFactory: Sendable {
                 }
             }
             let proxy = try ProcessBackend.start(
-                manifest: manifest, provider: name, instance: instanceName, config: configBytes, limits: limits)
+                manifest: manifest, provider: name, instance: instanceName, config: configBytes, limits: limits, log: logSink)
             raw = proxy.raw
             owner = proxy
         }
         var defaults = Deadlines(total: .seconds(600))
         if let t = resolved["timeout_secs"]?.intValue, t > 0 { defaults.total = .seconds(t) }
-        return PluginBackend(name: instanceName, manifest: manifest, owner: owner, raw: raw, hostTable: table, defaultDeadlines: defaults, clock: clock)
+        return PluginBackend(name: instanceName, manifest: manifest, owner: owner, raw: raw, hostTable: table, defaultDeadlines: defaults, clock: clock, log: logSink)
     }
 
     /// What `verify` found.

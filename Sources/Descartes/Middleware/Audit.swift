@@ -79,12 +79,18 @@ extension ProvidersConfig {
 public final class AuditLog: Sendable {
     public let settings: AuditSettings
 
-    public init(_ settings: AuditSettings) { self.settings = settings }
+    /// Masks every line (its redactor) and hears of failed writes.
+    public let logSink: LogSink
+
+    public init(_ settings: AuditSettings, logSink: LogSink = LogSink()) {
+        self.settings = settings
+        self.logSink = logSink
+    }
 
     /// Appends one record as one line, with a single write(2) on a file
     /// opened O_APPEND, so concurrent processes do not interleave records.
     public func append(_ record: JSONObject) throws(FileSystemError) {
-        let line = Redactor.shared.redact(JSONValue.object(record).jsonText) + "\n"
+        let line = logSink.redactor.redact(JSONValue.object(record).jsonText) + "\n"
         let dir = FileSystem.directory(of: settings.file)
         if !FileSystem.isDirectory(dir) { try FileSystem.makeDirectories(dir, mode: 0o700) }
         let fd = open(settings.file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
@@ -176,7 +182,7 @@ public final class AuditLog: Sendable {
 
     func write(_ record: JSONObject, source: String) {
         do { try append(record) } catch {
-            LogSink.shared.log(.warning, source, "cannot write the audit log: \(error)")
+            logSink.log(.warning, source, "cannot write the audit log: \(error)")
         }
     }
 }

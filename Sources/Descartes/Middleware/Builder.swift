@@ -28,6 +28,8 @@ public struct ReliableProviders: Sendable {
     /// The clock of every middleware built here (waits, deadlines, time to
     /// live, rate limits).
     public let clock: DescartesClock
+    /// Where every middleware built here logs (the factory's sink).
+    public let logSink: LogSink
 
     /// What the command line changes.
     public struct Overrides: Sendable {
@@ -54,19 +56,21 @@ public struct ReliableProviders: Sendable {
         settings: ReliabilitySettings, overrides: Overrides = Overrides(),
         create: @escaping @Sendable (String) throws -> any ModelBackend,
         manifest: @escaping @Sendable (String) -> PluginManifest?,
-        clock: DescartesClock = .continuous
+        clock: DescartesClock = .continuous, logSink: LogSink = LogSink()
     ) {
         self.settings = settings
         self.overrides = overrides
         self.create = create
         self.manifest = manifest
         self.clock = clock
-        if let c = settings.cache, c.enabled { cache = ResponseCache(limits: c.limits, clock: clock) } else { cache = nil }
+        self.logSink = logSink
+        if let c = settings.cache, c.enabled { cache = ResponseCache(limits: c.limits, clock: clock, logSink: logSink) } else { cache = nil }
     }
 
     /// Providers from `factory`: instances of its providers.yaml by name
     /// (`ProviderFactory.backend`), else plugins by provider id, each with
-    /// `config(name)` over its settings; on the factory's clock.
+    /// `config(name)` over its settings; on the factory's clock, logging to
+    /// the factory's sink.
     public init(
         settings: ReliabilitySettings, factory: ProviderFactory, overrides: Overrides = Overrides(),
         config: @escaping @Sendable (String) -> [String: JSONValue] = { _ in [:] }
@@ -74,7 +78,7 @@ public struct ReliableProviders: Sendable {
         self.init(
             settings: settings, overrides: overrides, create: { name in try factory.backend(name, overrides: config(name)) },
             manifest: { name in try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name) },
-            clock: factory.clock)
+            clock: factory.clock, logSink: factory.logSink)
     }
 
     /// Providers and settings from providers.yaml (`ProviderFactory.standard()`
@@ -111,7 +115,7 @@ public struct ReliableProviders: Sendable {
         guard !others.isEmpty else { return try backend(primary) }
         let entries = [FallbackBackend.Entry(resolve(primary, depth: 0), model: .request)]
             + others.map { FallbackBackend.Entry(resolve($0, depth: 0), model: .providerDefault) }
-        return FallbackBackend(name: ([primary] + others).joined(separator: ","), entries, clock: clock)
+        return FallbackBackend(name: ([primary] + others).joined(separator: ","), entries, clock: clock, logSink: logSink)
     }
 
     /// The retry policy of provider `name`.
@@ -137,19 +141,19 @@ public struct ReliableProviders: Sendable {
                 }
                 return RouteCandidate(b, manifest: manifest, model: m.model)
             }
-            return RouterBackend(name: name, candidates: candidates, policy: route.policy, observer: overrides.routeObserver)
+            return RouterBackend(name: name, candidates: candidates, policy: route.policy, observer: overrides.routeObserver, logSink: logSink)
         }
         if let chain = settings.fallbacks[name] {
             let entries = chain.chain.enumerated().map { (i, m) in
                 FallbackBackend.Entry(
                     resolve(m.name, depth: depth + 1), model: m.model.map { .named($0) } ?? (i == 0 ? .request : .providerDefault))
             }
-            return FallbackBackend(name: name, entries, policy: chain.policy, clock: clock)
+            return FallbackBackend(name: name, entries, policy: chain.policy, clock: clock, logSink: logSink)
         }
         var b: any ModelBackend = leaf(name)
         if let limits = settings.limits[name] { b = RateLimitedBackend(b, limits: limits, clock: clock) }
         let retry = retryPolicy(for: name)
-        if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry, clock: clock) }
+        if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry, clock: clock, logSink: logSink) }
         if let cache, !overrides.noCache, settings.cache?.providers.map({ $0.contains(name) }) ?? true {
             b = CacheBackend(b, cache: cache)
         }

@@ -145,9 +145,13 @@ public final class ResponseCache: Sendable {
 
     private let state = Lock(State())
 
-    public init(limits: CacheLimits = CacheLimits(), clock: DescartesClock = .continuous) {
+    /// Where it reports disk entries it cannot read or write (warnings).
+    public let logSink: LogSink
+
+    public init(limits: CacheLimits = CacheLimits(), clock: DescartesClock = .continuous, logSink: LogSink = LogSink()) {
         self.limits = limits
         self.clock = clock
+        self.logSink = logSink
     }
 
     public var stats: Stats { state.withLock { $0.stats } }
@@ -256,7 +260,7 @@ public final class ResponseCache: Sendable {
             let events = try (doc["events"]?.arrayValue ?? []).map { (e) throws(WireError) in try Wire.decodeEvent(e) }
             return (Entry(response: response, events: events), remaining)
         } catch {
-            LogSink.shared.log(.warning, "cache", "\(path): unreadable cache entry, removed: \(error)")
+            logSink.log(.warning, "cache", "\(path): unreadable cache entry, removed: \(error)")
             unlink(path)
             state.withLock { $0.stats.diskErrors += 1 }
             return nil
@@ -278,7 +282,7 @@ public final class ResponseCache: Sendable {
             try FileSystem.makeDirectories(dir, mode: 0o700)
             try FileSystem.writeAtomically(path, JSONValue.object(doc).jsonBytes, mode: 0o600)
         } catch {
-            LogSink.shared.log(.warning, "cache", "cannot write the cache entry: \(error)")
+            logSink.log(.warning, "cache", "cannot write the cache entry: \(error)")
             state.withLock { $0.stats.diskErrors += 1 }
             return
         }

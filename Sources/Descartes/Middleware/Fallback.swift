@@ -52,18 +52,24 @@ public struct FallbackBackend: ModelBackend {
     public let policy: FallbackPolicy
     /// What the request's total deadline is counted on.
     public let clock: DescartesClock
+    /// Where it says which provider it tries next (info).
+    public let logSink: LogSink
     /// The mode of the first provider.
     public var mode: ModelProviderMode { entries.first?.backend.mode ?? .api }
 
     /// - Parameters:
     ///   - name: the chain's name (e.g. the `fallbacks:` key in providers.yaml).
     ///   - entries: the providers, in order; at least one.
-    public init(name: String, _ entries: [Entry], policy: FallbackPolicy = FallbackPolicy(), clock: DescartesClock = .continuous) {
+    public init(
+        name: String, _ entries: [Entry], policy: FallbackPolicy = FallbackPolicy(), clock: DescartesClock = .continuous,
+        logSink: LogSink = LogSink()
+    ) {
         precondition(!entries.isEmpty, "a fallback chain needs at least one provider")
         self.name = name
         self.entries = entries
         self.policy = policy
         self.clock = clock
+        self.logSink = logSink
     }
 
     public func complete(_ request: ModelRequest) async throws -> ModelResponse {
@@ -81,7 +87,7 @@ public struct FallbackBackend: ModelBackend {
                 log.record(e, provider: entry.backend.name, duration: clock.now - started)
                 if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
                 guard i + 1 < entries.count, policy.on.contains(e.kind), end.map({ $0 > clock.now }) ?? true else { throw log.giveUp(e) }
-                LogSink.shared.log(
+                logSink.log(
                     .info, "fallback \(name)", "\(entry.backend.name) failed (\(e.kind)): trying \(entries[i + 1].backend.name)")
             }
         }

@@ -136,11 +136,16 @@ public struct RetryBackend: WrappingBackend {
     public let policy: RetryPolicy
     /// What waits and deadlines are counted on.
     public let clock: DescartesClock
+    /// Where it says why it gives up (debug) and what it waits for (info).
+    public let logSink: LogSink
 
-    public init(_ inner: any ModelBackend, policy: RetryPolicy = RetryPolicy(), clock: DescartesClock = .continuous) {
+    public init(
+        _ inner: any ModelBackend, policy: RetryPolicy = RetryPolicy(), clock: DescartesClock = .continuous, logSink: LogSink = LogSink()
+    ) {
         self.inner = inner
         self.policy = policy
         self.clock = clock
+        self.logSink = logSink
     }
 
     /// The deadline of one request, from the request's total deadline and
@@ -198,10 +203,10 @@ public struct RetryBackend: WrappingBackend {
                 if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: inner.name)) }
                 switch policy.decide(e, attempt: attempt, remaining: deadline.remaining) {
                 case .stop(let reason):
-                    LogSink.shared.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
+                    logSink.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
                     throw log.giveUp(e)
                 case .retry(let wait):
-                    LogSink.shared.log(
+                    logSink.log(
                         .info, "retry \(inner.name)",
                         "attempt \(attempt) failed (\(e.kind)\(e.status.map { " \($0)" } ?? "")): retrying in \(wait.short)")
                     try await sleep(wait, log: log)
@@ -236,7 +241,7 @@ public struct RetryBackend: WrappingBackend {
                     if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: inner.name)) }
                     switch policy.decide(e, attempt: attempt, outputReached: reached, remaining: deadline.remaining) {
                     case .stop(let reason):
-                        LogSink.shared.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
+                        logSink.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
                         throw log.giveUp(e)
                     case .retry(let wait):
                         let what = "\(e.kind)\(e.status.map { " (\($0))" } ?? "")"

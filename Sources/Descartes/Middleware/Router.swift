@@ -187,23 +187,26 @@ public struct RouterBackend: ModelBackend {
     public let policy: RoutePolicy
     /// Told every decision (the CLI prints it for `--explain`).
     public let observer: (@Sendable (RouteDecision) -> Void)?
+    /// Where it logs each decision (info).
+    public let logSink: LogSink
 
     public var mode: ModelProviderMode { candidates.first?.backend.mode ?? .api }
 
     public init(
         name: String, candidates: [RouteCandidate], policy: RoutePolicy = RoutePolicy(),
-        observer: (@Sendable (RouteDecision) -> Void)? = nil
+        observer: (@Sendable (RouteDecision) -> Void)? = nil, logSink: LogSink = LogSink()
     ) {
         precondition(!candidates.isEmpty, "a route needs at least one candidate")
         self.name = name
         self.candidates = candidates
         self.policy = policy
         self.observer = observer
+        self.logSink = logSink
     }
 
     /// The same router, telling `observer` its decisions.
     public func observed(by observer: @escaping @Sendable (RouteDecision) -> Void) -> RouterBackend {
-        RouterBackend(name: name, candidates: candidates, policy: policy, observer: observer)
+        RouterBackend(name: name, candidates: candidates, policy: policy, observer: observer, logSink: logSink)
     }
 
     /// The capabilities `request` needs.
@@ -287,7 +290,7 @@ public struct RouterBackend: ModelBackend {
                 .unsupportedFeature, "no provider of route '\(name)' can serve this request", provider: name, details: why)
         }
         if chosen.count == 1 { return (first.backend, first.model) }
-        return (FallbackBackend(name: name, chosen.map { FallbackBackend.Entry($0.backend, model: $0.model) }), .request)
+        return (FallbackBackend(name: name, chosen.map { FallbackBackend.Entry($0.backend, model: $0.model) }, logSink: logSink), .request)
     }
 
     /// Routing facts leave the request: `metadata["requires"]` is the
@@ -301,7 +304,7 @@ public struct RouterBackend: ModelBackend {
     func route(_ request: ModelRequest) throws(ProviderError) -> (any ModelBackend, ModelRequest) {
         let d = decide(request)
         observer?(d)
-        LogSink.shared.log(.info, "route \(name)", d.description)
+        logSink.log(.info, "route \(name)", d.description)
         let (backend, model) = try target(d)
         return (backend, model.apply(to: forwarded(request)))
     }
@@ -320,7 +323,7 @@ public struct RouterBackend: ModelBackend {
         }
     }
 
-    var all: FallbackBackend { FallbackBackend(name: name, candidates.map { .init($0.backend, model: $0.model) }) }
+    var all: FallbackBackend { FallbackBackend(name: name, candidates.map { .init($0.backend, model: $0.model) }, logSink: logSink) }
 
     public func initialize() async throws { try await all.initialize() }
     public func healthCheck() async throws -> HealthReport { try await all.healthCheck() }

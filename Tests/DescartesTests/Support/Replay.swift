@@ -78,13 +78,16 @@ extension ScriptedServer.Response {
     }
 }
 
-/// Captures host log records (plugin warnings) during a test.
+/// Captures host log records (plugin warnings) during a test: the sink of
+/// the factories `PluginDir.factory()` makes (stderr as by default, plus
+/// `lines`).
 final class LogCapture: Sendable {
     static let shared: LogCapture = {
         let c = LogCapture()
-        LogSink.shared.addTap { level, source, message in c.lines.withLock { $0.append("\(level) \(source): \(message)") } }
+        c.sink.addTap { level, source, message in c.lines.withLock { $0.append("\(level) \(source): \(message)") } }
         return c
     }()
+    let sink = LogSink()
     let lines = Lock<[String]>([])
     func contains(_ s: String) -> Bool { lines.withLock { $0.contains { $0.contains(s) } } }
 }

@@ -313,7 +313,7 @@ final class PluginDir: @unchecked Sendable {
 
     func factory(environment: [String: String] = [:], clock: DescartesClock = .continuous) -> ProviderFactory {
         let search = PluginSearch(directories: [.init(path: path, origin: "test")])
-        return ProviderFactory(catalog: .discover(search), environment: environment, clock: clock)
+        return ProviderFactory(catalog: .discover(search), environment: environment, clock: clock, logSink: LogCapture.shared.sink)
     }
 }
 

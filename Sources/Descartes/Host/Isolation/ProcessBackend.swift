@@ -26,6 +26,8 @@ final class ProcessBackend: @unchecked Sendable {
     let instance: String
     let config: [UInt8]
     let limits: ProcessLimits
+    /// The factory's sink: the helper's records and the proxy's warnings.
+    let log: LogSink
 
     /// One running helper process and its reader thread.
     final class Helper: @unchecked Sendable {
@@ -82,7 +84,8 @@ final class ProcessBackend: @unchecked Sendable {
     private let extensionQuery = Lock(())
     private let extensionWaiter = Waiter()
 
-    private init(manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits) {
+    private init(manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink) {
+        self.log = log
         self.manifest = manifest
         self.provider = provider
         self.instance = instance
@@ -94,9 +97,9 @@ final class ProcessBackend: @unchecked Sendable {
 
     /// Starts a helper, creates the backend in it, and returns the proxy.
     static func start(
-        manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits
+        manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink
     ) throws(ProviderError) -> ProcessBackend {
-        let p = ProcessBackend(manifest: manifest, provider: provider, instance: instance, config: config, limits: limits)
+        let p = ProcessBackend(manifest: manifest, provider: provider, instance: instance, config: config, limits: limits, log: log)
         p.installVTable()
         let helper = try p.spawnAndCreate()
         p.state.withLock { $0.helper = helper }
@@ -156,7 +159,7 @@ final class ProcessBackend: @unchecked Sendable {
         create["factory"] = .string(manifest.factory)
         create["provider"] = .string(provider)
         create["instance"] = .string(instance)
-        create["log_level"] = .integer(Int(LogSink.shared.level.rawValue))
+        create["log_level"] = .integer(Int(log.level.rawValue))
         var doc = JSONValue.object(create).jsonBytes
         // Append the config document as raw JSON (it is already validated JSON).
         doc.removeLast()
@@ -218,7 +221,7 @@ final class ProcessBackend: @unchecked Sendable {
             case Frame.log:
                 guard payload.count >= 4 else { continue }
                 let level = LogLevel(rawValue: min(4, payload.le(0, as: UInt32.self))) ?? .info
-                LogSink.shared.log(level, "provider \(instance) (isolated)", String(decoding: payload.dropFirst(4), as: UTF8.self))
+                log.log(level, "provider \(instance) (isolated)", String(decoding: payload.dropFirst(4), as: UTF8.self))
             default:
                 continue
             }
@@ -281,7 +284,7 @@ final class ProcessBackend: @unchecked Sendable {
         }
         if destroyed { return }
         if !orphans.isEmpty {
-            LogSink.shared.log(.warning, "provider \(instance)", "the isolated plugin host process \(why); \(orphans.count) call(s) failed")
+            log.log(.warning, "provider \(instance)", "the isolated plugin host process \(why); \(orphans.count) call(s) failed")
         }
         let error = ProviderError(
             .process, "the isolated plugin process for '\(instance)' (\(FileSystem.basename(manifest.libraryPath))) \(why)",
@@ -476,7 +479,7 @@ final class ProcessBackend: @unchecked Sendable {
             if let known { return known.map { UnsafeRawPointer($0) } }
             guard let helper else { return nil }
             guard first + BackendExtension.maxSlots <= Int(DESCARTES_TRAMPOLINES) else {
-                LogSink.shared.log(.warning, "provider \(instance)", "isolation: more than \(Frame.maxExtensions) extensions asked for; '\(id)' is not forwarded")
+                log.log(.warning, "provider \(instance)", "isolation: more than \(Frame.maxExtensions) extensions asked for; '\(id)' is not forwarded")
                 return nil
             }
             extensionWaiter.reset()
