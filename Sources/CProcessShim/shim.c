@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/auxv.h>
@@ -33,6 +34,9 @@ struct child_context {
     /* -1, except in the fork path (ThreadSanitizer builds, below): a
        close-on-exec pipe the child reports a failure through. */
     int report_fd;
+    /* The host's pid: the child exits at once if its parent is no longer
+       the host once its parent-death signal is set. */
+    pid_t host;
 };
 
 /* Closes every descriptor from `first` up, except `keep` (-1: none). */
@@ -84,6 +88,14 @@ static int child_main(void *arg) {
 
     ctx->stage = DSC_STAGE_SETPGID;
     if (setpgid(0, 0) != 0) goto fail;
+
+    /* The child must not outlive the host: SIGKILL when its parent dies.
+       (The "parent" is the thread that cloned it, hence the spawner thread
+       below, which never exits.) If the host died before this line, the
+       signal will never come: exit now. */
+    ctx->stage = DSC_STAGE_PDEATHSIG;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) goto fail;
+    if (getppid() != ctx->host) _exit(127);
 
     ctx->stage = DSC_STAGE_DUP2;
     if (dup2(r->stdin_fd, 0) < 0 || dup2(r->stdout_fd, 1) < 0 || dup2(r->stderr_fd, 2) < 0) goto fail;
@@ -201,7 +213,7 @@ static int spawn_with_fork(struct child_context *ctx, pid_t *pid, int *stage) {
 }
 #endif
 
-int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
+static int spawn_here(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
     *pid = -1;
     *stage = DSC_STAGE_NONE;
     if (request->stdin_fd < 3 || request->stdout_fd < 3 || request->stderr_fd < 3) {
@@ -209,7 +221,7 @@ int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
         return EBADF;
     }
 #ifdef DSC_SPAWN_WITH_FORK
-    struct child_context forked = {request, 0, DSC_STAGE_NONE, -1};
+    struct child_context forked = {request, 0, DSC_STAGE_NONE, -1, getpid()};
     return spawn_with_fork(&forked, pid, stage);
 #endif
     const size_t stack_size = 128 * 1024;
@@ -218,7 +230,7 @@ int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
         *stage = DSC_STAGE_CLONE;
         return errno;
     }
-    struct child_context ctx = {request, 0, DSC_STAGE_NONE, -1};
+    struct child_context ctx = {request, 0, DSC_STAGE_NONE, -1, getpid()};
 
     /* No signal handler of the host may run in the child while it shares
        the host's memory. */
@@ -244,6 +256,180 @@ int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
     return 0;
 }
 
+/* ---- The spawner thread ------------------------------------------------
+   PR_SET_PDEATHSIG fires when the *thread* that created the child exits,
+   not the process: a child cloned from a worker thread the runtime later
+   retires would be killed with it. So every clone happens on one thread
+   that lives as long as the process (all signals blocked), and callers
+   hand it their request and wait. A clone with CLONE_VFORK returns as soon
+   as the child has called execve, so the queue is never long. */
+static pthread_mutex_t spawner_callers = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t spawner_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t spawner_cond = PTHREAD_COND_INITIALIZER;
+static pthread_once_t spawner_once = PTHREAD_ONCE_INIT;
+static int spawner_ready = 0;
+static struct {
+    const dsc_spawn_request_t *request;
+    pid_t pid;
+    int stage;
+    int rc;
+    int pending; /* 1: posted, 0: answered */
+} spawner_job;
+
+static void reaper_add(pid_t pid);
+
+static void *spawner_main(void *unused) {
+    (void)unused;
+    (void)pthread_setname_np(pthread_self(), "dsc-spawner");
+    pthread_mutex_lock(&spawner_lock);
+    for (;;) {
+        while (spawner_job.pending != 1) pthread_cond_wait(&spawner_cond, &spawner_lock);
+        spawner_job.rc = spawn_here(spawner_job.request, &spawner_job.pid, &spawner_job.stage);
+        if (spawner_job.rc == 0) reaper_add(spawner_job.pid);
+        spawner_job.pending = 0;
+        pthread_cond_broadcast(&spawner_cond);
+    }
+    return NULL;
+}
+
+static void spawner_start(void) {
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous); /* inherited by the new thread */
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t thread;
+    spawner_ready = pthread_create(&thread, &attr, spawner_main, NULL) == 0;
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+}
+
+int dsc_spawn(const dsc_spawn_request_t *request, pid_t *pid, int *stage) {
+    pthread_once(&spawner_once, spawner_start);
+    if (!spawner_ready) {
+        *pid = -1;
+        *stage = DSC_STAGE_CLONE;
+        return EAGAIN;
+    }
+    pthread_mutex_lock(&spawner_callers);
+    pthread_mutex_lock(&spawner_lock);
+    spawner_job.request = request;
+    spawner_job.pending = 1;
+    pthread_cond_broadcast(&spawner_cond);
+    while (spawner_job.pending != 0) pthread_cond_wait(&spawner_cond, &spawner_lock);
+    int rc = spawner_job.rc;
+    *pid = spawner_job.pid;
+    *stage = spawner_job.stage;
+    pthread_mutex_unlock(&spawner_lock);
+    pthread_mutex_unlock(&spawner_callers);
+    return rc;
+}
+
+/* ---- The reaper ---------------------------------------------------------
+   PR_SET_PDEATHSIG kills a child when the host dies, but not what that
+   child started (a shell's own children, an agent's tool processes), and
+   a SIGKILLed host runs no code at all. So the first spawn forks a reaper:
+   a copy of the host that runs no Swift, only read, kill and _exit. Every
+   child's pid (its process group: dsc_spawn makes it a group leader) is
+   sent to it; dsc_reap withdraws it before reaping (so a group id is never
+   killed after it may have been reused). When the host's end of the socket
+   closes -- the host exited or was killed, however -- the reaper sends
+   SIGKILL to every group still registered and exits. */
+#define REAPER_MAX 16384
+static int reaper_fd = -1;
+static pthread_mutex_t reaper_lock = PTHREAD_MUTEX_INITIALIZER;
+static int reaper_started = 0;
+
+static void reaper_run(int fd) {
+    static pid_t groups[REAPER_MAX];
+    int count = 0;
+    int32_t msg[2];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, (char *)msg + have, sizeof msg - have);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        have += (size_t)n;
+        if (have < sizeof msg) continue;
+        have = 0;
+        pid_t pid = (pid_t)msg[1];
+        if (msg[0] == 1) {
+            if (count < REAPER_MAX) groups[count++] = pid;
+        } else {
+            for (int i = 0; i < count; i++) {
+                if (groups[i] == pid) { groups[i] = groups[--count]; break; }
+            }
+        }
+    }
+    for (int i = 0; i < count; i++) (void)kill(-groups[i], SIGKILL);
+    _exit(0);
+}
+
+/* Called with reaper_lock held. */
+static void reaper_start(void) {
+    reaper_started = 1;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return;
+    int host_end = fcntl(sv[0], F_DUPFD_CLOEXEC, 3);
+    close(sv[0]);
+    if (host_end < 0) { close(sv[1]); return; }
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous);
+    pid_t child = fork();
+    if (child == 0) {
+        /* Only async-signal-safe calls from here on. Terminal and
+           termination signals are ignored: the reaper's job is to outlive
+           the host by the moment it takes to end its children. */
+        struct sigaction ign;
+        memset(&ign, 0, sizeof ign);
+        ign.sa_handler = SIG_IGN;
+        (void)sigaction(SIGINT, &ign, NULL);
+        (void)sigaction(SIGTERM, &ign, NULL);
+        (void)sigaction(SIGHUP, &ign, NULL);
+        (void)sigaction(SIGQUIT, &ign, NULL);
+        (void)sigaction(SIGPIPE, &ign, NULL);
+        (void)prctl(PR_SET_NAME, "descartes-reaper", 0, 0, 0);
+        /* A group of its own: a host that is itself a child of a host (the
+           isolation helper) is killed with its group by its parent's
+           reaper, and its own reaper must survive that to end its children. */
+        (void)setpgid(0, 0);
+        int fd = sv[1];
+        if (fd != 3) {
+            if (dup2(fd, 3) < 0) _exit(1);
+            fd = 3;
+        }
+        (void)close(0);
+        (void)close(1);
+        (void)close(2);
+        close_from(4, -1);
+        sigset_t none;
+        sigemptyset(&none);
+        (void)sigprocmask(SIG_SETMASK, &none, NULL);
+        reaper_run(fd);
+    }
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    close(sv[1]);
+    if (child < 0) { close(host_end); return; }
+    reaper_fd = host_end;
+}
+
+static void reaper_send(int32_t op, pid_t pid) {
+    pthread_mutex_lock(&reaper_lock);
+    if (!reaper_started && op == 1) reaper_start();
+    if (reaper_fd >= 0) {
+        int32_t msg[2] = {op, (int32_t)pid};
+        ssize_t n;
+        do { n = send(reaper_fd, msg, sizeof msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+        if (n != (ssize_t)sizeof msg) { close(reaper_fd); reaper_fd = -1; }
+    }
+    pthread_mutex_unlock(&reaper_lock);
+}
+
+static void reaper_add(pid_t pid) { reaper_send(1, pid); }
+void dsc_forget(pid_t pid) { reaper_send(0, pid); }
+
 int dsc_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
 int dsc_exited(pid_t pid) {
@@ -260,6 +446,11 @@ int dsc_exited(pid_t pid) {
 int dsc_reap(pid_t pid, int nohang, int *exit_code, int *signal) {
     int status = 0;
     pid_t r;
+    if (nohang) {
+        int gone = dsc_exited(pid);
+        if (gone == 0) return 0;
+    }
+    dsc_forget(pid);
     do {
         r = waitpid(pid, &status, nohang ? WNOHANG : 0);
     } while (r < 0 && errno == EINTR);

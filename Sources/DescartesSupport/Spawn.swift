@@ -52,7 +52,8 @@ package struct SpawnError: Error, Sendable, CustomStringConvertible {
 /// here. Over `dsc_spawn` (Sources/CProcessShim): the child runs in a new
 /// process group with default signal dispositions, an empty signal mask,
 /// only the descriptors it is given, and its limits applied between fork
-/// and exec.
+/// and exec. It gets SIGKILL when the host dies (PR_SET_PDEATHSIG), and a
+/// reaper process kills its whole group if the host dies before reaping it.
 package enum Spawner {
     /// Starts the child and returns its pid once it has called `execve`.
     /// A script written a moment ago may still be open for writing in a
@@ -106,6 +107,11 @@ package enum Spawner {
         return pid
     }
 
+    /// Call before reaping a child started here with your own `waitpid`:
+    /// withdraws it from the reaper that kills the process group of every
+    /// unreaped child when the host dies (see `dsc_spawn`).
+    package static func forget(_ pid: Glibc.pid_t) { dsc_forget(pid) }
+
     static func stepName(_ stage: Int32, _ r: SpawnRequest) -> String {
         switch Int(stage) {
         case DSC_STAGE_CLONE: return "fork"
@@ -116,6 +122,7 @@ package enum Spawner {
         case DSC_STAGE_NO_NEW_PRIVS: return "prctl(PR_SET_NO_NEW_PRIVS)"
         case DSC_STAGE_EXEC: return "execve"
         case DSC_STAGE_NICE: return "setpriority"
+        case DSC_STAGE_PDEATHSIG: return "prctl(PR_SET_PDEATHSIG)"
         default: return "spawn"
         }
     }

@@ -150,4 +150,12 @@ enum Helper {
     }
 }
 
+// SIGTERM, SIGHUP and SIGINT end the helper at once with 128 + the signal:
+// the children its plugin started are then killed by the reaper
+// (Sources/CProcessShim), and the host sees the helper gone. (The helper
+// runs in its own process group, so a terminal's signals do not reach it;
+// when the host dies it gets SIGKILL, PR_SET_PDEATHSIG.)
+for sig in [SIGTERM, SIGHUP, SIGINT] {
+    signal(sig) { s in _exit(128 + s) }
+}
 Helper.run()

@@ -102,6 +102,7 @@ enum BatchCommand {
         interrupts.stop()
         progress.finish(elapsed: ContinuousClock.now - start)
         await built.providers.shutdown()
+        interrupts.exitIfTerminated()
         if let meter = built.meter { printTotals(meter.totals, elapsed: ContinuousClock.now - start, cache: built.providers.cache?.stats) }
         return failed.withLock { $0 } == 0 ? .ok : .failure
     }

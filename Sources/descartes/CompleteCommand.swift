@@ -117,6 +117,7 @@ enum CompleteCommand {
         let result = await task.value
         interrupts.stop()
         await built.providers.shutdown()
+        interrupts.exitIfTerminated()
         let stats = built.meter?.last
         let cacheStats = built.providers.cache?.stats
         if let stats, !json { ReliabilityOptions.print(stats, cache: cacheStats) }
@@ -199,25 +200,49 @@ enum CompleteCommand {
     }
 }
 
-/// Ctrl-C cancels the request (the plugin stops its transfer or child); a
-/// second Ctrl-C exits at once.
+/// Ctrl-C, SIGTERM and SIGHUP cancel the request (the plugin stops its
+/// transfer or ends its child's process group); a second one exits at once.
+/// After a SIGTERM or SIGHUP the command exits with 128 + the signal once
+/// the backends are shut down (`exitIfTerminated`). Children the plugins
+/// started never outlive the process either way: a reaper kills their
+/// groups when it dies (Sources/CProcessShim).
 final class Interrupts: @unchecked Sendable {
-    private let source: DispatchSourceSignal
+    static let handled: [Int32] = [SIGINT, SIGTERM, SIGHUP]
+    private let sources: [DispatchSourceSignal]
+    private let received = Lock<Int32>(0)
 
     init(_ onInterrupt: @escaping @Sendable () -> Void) {
-        signal(SIGINT, SIG_IGN)
-        source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
         let count = Lock(0)
-        source.setEventHandler {
-            if count.withLock({ c in c += 1; return c }) > 1 { exit(ExitCode.interrupted.rawValue) }
-            onInterrupt()
+        let received = self.received
+        sources = Self.handled.map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                received.withLock { if $0 == 0 { $0 = sig } }
+                if count.withLock({ c in c += 1; return c }) > 1 { exit(128 + sig) }
+                onInterrupt()
+            }
+            source.resume()
+            return source
         }
-        source.resume()
     }
 
     func stop() {
-        source.cancel()
-        signal(SIGINT, SIG_DFL)
+        for s in sources { s.cancel() }
+        for sig in Self.handled { signal(sig, SIG_DFL) }
+    }
+
+    /// The first signal received, 0 for none.
+    var receivedSignal: Int32 { received.withLock { $0 } }
+
+    /// Exits with 128 + the signal when the command was ended by SIGTERM or
+    /// SIGHUP (Ctrl-C keeps the command's own `interrupted` status).
+    func exitIfTerminated() {
+        let s = receivedSignal
+        if s == SIGTERM || s == SIGHUP {
+            Out.err("descartes: ended by \(signalName(s))")
+            exit(128 + s)
+        }
     }
 }
 

@@ -12,6 +12,9 @@
 //    stack, all signals blocked around it, only async-signal-safe system
 //    calls in the child) and adds those two steps before execve. Swift code
 //    must never run between fork and exec, hence C.
+//    It also sets PR_SET_PDEATHSIG in the child (from one long-lived spawner
+//    thread) and registers it with a reaper process, so no child outlives the
+//    host, even one killed with SIGKILL.
 //  - dsc_pidfd_open: pidfd_open(2) has no glibc wrapper on Debian 12; a pidfd
 //    lets one poll(2) loop wait for every child's exit without SIGCHLD
 //    handlers (a plugin must not install process-wide signal handlers).
@@ -49,7 +52,8 @@ enum {
     DSC_STAGE_RLIMIT = 5,
     DSC_STAGE_NO_NEW_PRIVS = 6,
     DSC_STAGE_EXEC = 7,
-    DSC_STAGE_NICE = 8
+    DSC_STAGE_NICE = 8,
+    DSC_STAGE_PDEATHSIG = 9
 };
 
 /// What to start. Every pointer is borrowed for the call.
@@ -88,10 +92,22 @@ typedef struct dsc_spawn_request {
 /// default signal dispositions, an empty signal mask, the given descriptors
 /// as 0, 1, 2 (and 3, when fd3 is set) and every other descriptor closed.
 ///
+/// The child gets PR_SET_PDEATHSIG(SIGKILL) (the clone runs on one
+/// long-lived thread of the process, so the signal means "the host died",
+/// not "the calling thread ended"), and its pid is registered with the
+/// process's reaper, forked at the first spawn: when the host dies however
+/// it dies, the reaper SIGKILLs the process group of every child not yet
+/// reaped (its grandchildren included). Reap children with dsc_reap, or call
+/// dsc_forget before waitpid.
+///
 /// Returns 0 and the child's pid in *pid, or an errno value with the failing
 /// step in *stage (a child that failed before execve has been reaped).
 /// Thread-safe; blocks only until the child has called execve.
 int dsc_spawn(const dsc_spawn_request_t *_Nonnull request, pid_t *_Nonnull pid, int *_Nonnull stage);
+
+/// Withdraws pid from the reaper (see dsc_spawn): call it before reaping a
+/// child with waitpid yourself (dsc_reap does it).
+void dsc_forget(pid_t pid);
 
 /// pidfd_open(pid, 0) with O_CLOEXEC semantics; -1 and errno on failure.
 int dsc_pidfd_open(pid_t pid);

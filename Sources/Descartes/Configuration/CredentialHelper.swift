@@ -145,6 +145,7 @@ enum ChildProcess {
         }
         for f in fds where f.fd >= 0 { close(f.fd) }
         var status: Int32 = 0
+        Spawner.forget(pid)
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let exited = status & 0x7f == 0
         return Result(status: exited ? (status >> 8) & 0xff : 128 + (status & 0x7f), stdout: out, stderr: err, timedOut: timedOut)

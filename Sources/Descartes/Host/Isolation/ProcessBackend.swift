@@ -262,6 +262,7 @@ final class ProcessBackend: @unchecked Sendable {
     private func helperDied(_ helper: Helper) {
         var status: Int32 = 0
         var why = "exited"
+        Spawner.forget(helper.pid)
         if waitpid(helper.pid, &status, 0) == helper.pid {
             if status & 0x7f != 0 {
                 let sig = status & 0x7f
