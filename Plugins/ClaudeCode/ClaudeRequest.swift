@@ -40,7 +40,10 @@ struct ClaudeSettings: Sendable {
         disallowedTools = c.list("disallowed_tools")
         permissionMode = text("permission_mode")
         apiKey = text("api_key")
-        maxRetries = c.int("max_retries")
+        // 0 unless set: nested retries (Claude Code's ten inside each of the
+        // host's attempts) would make a permanent 429 take minutes; the
+        // host's policy decides (docs/headless.md, "Retries").
+        maxRetries = c.int("max_retries") ?? 0
         if let r = maxRetries, r < 0 { throw ProviderError(.config, "key 'max_retries': must not be negative, got \(r)") }
         persistSessions = c.bool("persist_sessions") ?? false
         let idle = c.int("session_idle_secs") ?? 900

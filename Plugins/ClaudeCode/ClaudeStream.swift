@@ -46,6 +46,14 @@ final class ClaudeTurn: @unchecked Sendable {
     private var toolUses: [JSONObject] = []
     private var apiErrorText: String?
     private var lastRetryDelayMs: Int?
+    private var toolNames: [String] = []
+
+    static func distinct(_ names: [String]) -> [String] {
+        var seen: Set<String> = []
+        return names.filter { seen.insert($0).inserted }
+    }
+
+    private func fail(_ e: ProviderError) { call.fail(out.marked(e)) }
 
     init(call: PluginCall, partial: Bool, costBefore: Double = 0) {
         self.call = call
@@ -133,6 +141,7 @@ final class ClaudeTurn: @unchecked Sendable {
         // new paragraph.
         if emittedText && lastTextMessage != message { call.text("\n\n") }
         call.text(t)
+        if !emittedText { out.did("written text") }
         emittedText = true
         lastTextMessage = message
     }
@@ -161,6 +170,10 @@ final class ClaudeTurn: @unchecked Sendable {
                 toolUses.append([
                     "id": block["id"] ?? "", "name": .string(name), "input": input,
                 ])
+                // Claude Code runs the tool as soon as it has this line: a
+                // turn failing after it must not run again.
+                toolNames.append(name)
+                out.did("run tools: " + Self.distinct(toolNames).joined(separator: ", "), replacing: "run tools: ")
                 if !out.ended { call.notice("info", "claude used tool \(name) \(Wire.excerpt(input.jsonText, limit: 200))") }
             default:
                 break
@@ -195,14 +208,14 @@ final class ClaudeTurn: @unchecked Sendable {
         let errors = o["errors"]?.arrayValue?.compactMap(\.stringValue) ?? []
 
         if let status = o["api_error_status"]?.intValue {
-            call.fail(apiError(status: status, type: o["api_error_type"]?.stringValue, message: text.isEmpty ? "API error \(status)" : text))
+            fail(apiError(status: status, type: o["api_error_type"]?.stringValue, message: text.isEmpty ? "API error \(status)" : text))
             return
         }
         var reason: FinishReason
         switch subtype {
         case "success":
             if isError {
-                call.fail(ProviderError(.api, text.isEmpty ? "Claude Code reported an error without a message" : text, providerType: subtype))
+                fail(ProviderError(.api, text.isEmpty ? "Claude Code reported an error without a message" : text, providerType: subtype))
                 return
             }
             reason = finishReason(o["stop_reason"]?.stringValue)
@@ -214,7 +227,7 @@ final class ClaudeTurn: @unchecked Sendable {
             reason = FinishReason(rawValue: "max_budget")
         default:
             let message = (errors + [text]).filter { !$0.isEmpty }.joined(separator: "; ")
-            call.fail(ProviderError(.backend, "Claude Code ended the turn with \(subtype)\(message.isEmpty ? "" : ": " + message)", providerType: subtype))
+            fail(ProviderError(.backend, "Claude Code ended the turn with \(subtype)\(message.isEmpty ? "" : ": " + message)", providerType: subtype))
             return
         }
         var meta = metadata
@@ -281,6 +294,6 @@ final class ClaudeTurn: @unchecked Sendable {
     /// `stream_closed` for a clean exit, otherwise the exit itself.
     func exited(_ exit: ChildExit) {
         guard out.end() else { return }
-        call.fail(out.unfinished(exit, detail: apiErrorText.map { ": " + $0 } ?? ""))
+        fail(out.unfinished(exit, detail: apiErrorText.map { ": " + $0 } ?? ""))
     }
 }

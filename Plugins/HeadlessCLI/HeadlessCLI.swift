@@ -21,6 +21,10 @@ final class HeadlessCLIBackend: DescartesBackend {
     let defaultModel: String?
     let stripANSI: Bool
     let healthArgs: [String]?
+    /// `repeatable`: false (the default) when the program may act (an
+    /// agent): a failure after it started carries a side effect, so the
+    /// host never runs it again behind the caller's back.
+    let repeatable: Bool
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
@@ -33,6 +37,12 @@ final class HeadlessCLIBackend: DescartesBackend {
         defaultModel = context.string("model").flatMap { $0.isEmpty ? nil : $0 }
         stripANSI = context.bool("strip_ansi") ?? true
         healthArgs = context.list("health_args")
+        repeatable = context.bool("repeatable") ?? false
+    }
+
+    /// The side effect every failure of a started, non-repeatable program has.
+    func ranProgram(_ name: String) -> [String] {
+        repeatable ? [] : ["started \(name), which may have acted (set repeatable: true if running it twice is harmless)"]
     }
 
     func initialize(_ call: PluginCall) {
@@ -85,7 +95,7 @@ final class HeadlessCLIBackend: DescartesBackend {
                 input.append(0x0A)
                 let grace = agent.config.exitGrace
                 try agent.start(call, agent.spec(program, arguments: args, input: input, deadline: deadline)) { link in
-                    ChildHandlers(JSONLinesSession(call: call, link: link, program: program.name, exitGrace: grace))
+                    ChildHandlers(JSONLinesSession(call: call, link: link, program: program.name, exitGrace: grace, ran: ranProgram(program.name)))
                 }
             case .text:
                 var text = ""
@@ -94,7 +104,8 @@ final class HeadlessCLIBackend: DescartesBackend {
                     if !text.hasSuffix("\n") { text += "\n" }
                 }
                 let session = TextSession(
-                    call: call, program: program.name, stripANSI: stripANSI, inputTokens: Heuristics.tokens(request).tokens, model: model)
+                    call: call, program: program.name, stripANSI: stripANSI, inputTokens: Heuristics.tokens(request).tokens, model: model,
+                    ran: ranProgram(program.name))
                 try agent.start(call, agent.spec(program, arguments: args, input: Array(text.utf8), deadline: deadline, framing: .chunks)) { _ in
                     ChildHandlers(session)
                 }
@@ -150,13 +161,18 @@ final class JSONLinesSession: ChildReader, @unchecked Sendable {
     var out: HeadlessOutput
     var nextToolIndex = 0
     var startedTools: Set<Int> = []
+    /// The side effects of any failure of the started program (see `repeatable`).
+    let ran: [String]
 
-    init(call: PluginCall, link: ChildLink, program: String, exitGrace: Duration) {
+    init(call: PluginCall, link: ChildLink, program: String, exitGrace: Duration, ran: [String]) {
         self.call = call
         self.link = link
         self.exitGrace = exitGrace
+        self.ran = ran
         out = HeadlessOutput(call: call, program: program, finalEvent: "done")
     }
+
+    func fail(_ e: ProviderError) { call.fail(out.marked(e, extra: ran)) }
 
     func stdout(_ bytes: UnsafeRawBufferPointer) {
         guard !out.ended, let o = out.object(bytes) else { return }
@@ -169,7 +185,10 @@ final class JSONLinesSession: ChildReader, @unchecked Sendable {
         case "start":
             call.start(id: o["id"]?.stringValue, model: o["model"]?.stringValue)
         case "text":
-            if let t = o["text"]?.stringValue, !t.isEmpty { call.text(t) }
+            if let t = o["text"]?.stringValue, !t.isEmpty {
+                call.text(t)
+                out.did("written text")
+            }
         case "reasoning":
             if let t = o["text"]?.stringValue, !t.isEmpty { call.reasoning(t) }
         case "tool_call":
@@ -217,7 +236,14 @@ final class JSONLinesSession: ChildReader, @unchecked Sendable {
                 ProviderError.Kind(rawValue: kind.isEmpty ? "backend" : kind), o["message"]?.stringValue ?? "(no message)",
                 status: o["status"]?.intValue, providerType: o["provider_type"]?.stringValue)
             if let ms = o["retry_after_ms"]?.intValue { e.retryAfter = .milliseconds(ms) }
-            call.fail(e)
+            // The program may say what it had done ("side_effects": [...]; an
+            // empty list: nothing, the request may be repeated).
+            if let said = o["side_effects"]?.arrayValue {
+                e.sideEffects = said.compactMap(\.stringValue)
+                call.fail(out.marked(e))
+            } else {
+                fail(e)
+            }
             link.done(exitWithin: exitGrace)
         default:
             break  // a type from a later revision of the protocol
@@ -234,7 +260,7 @@ final class JSONLinesSession: ChildReader, @unchecked Sendable {
 
     func protocolError(_ message: String) {
         guard out.end() else { return }
-        call.fail(ProviderError(.invalidResponse, "\(out.program): \(message)"))
+        fail(ProviderError(.invalidResponse, "\(out.program): \(message)"))
         link.terminate()
     }
 
@@ -245,14 +271,14 @@ final class JSONLinesSession: ChildReader, @unchecked Sendable {
         guard out.end() else { return }
         if exit.succeeded && out.nonJSONLines > 0 {
             let n = out.nonJSONLines
-            call.fail(
+            fail(
                 ProviderError(
                     .invalidResponse,
                     "\(out.program) exited without a done event and wrote \(n) stdout line\(n == 1 ? "" : "s") that \(n == 1 ? "is" : "are") not JSON (first: \(out.diagnostics.first ?? "")); it does not speak the json-lines protocol"
                 ))
             return
         }
-        call.fail(out.unfinished(exit))
+        fail(out.unfinished(exit))
     }
 }
 
@@ -266,8 +292,10 @@ final class TextSession: ChildReader, @unchecked Sendable {
     var stripper: ANSIStripper?
     var outputBytes = 0
     var scratch: [UInt8] = []
+    let ran: [String]
 
-    init(call: PluginCall, program: String, stripANSI: Bool, inputTokens: Int, model: String) {
+    init(call: PluginCall, program: String, stripANSI: Bool, inputTokens: Int, model: String, ran: [String]) {
+        self.ran = ran
         self.call = call
         self.inputTokens = inputTokens
         self.model = model
@@ -297,7 +325,7 @@ final class TextSession: ChildReader, @unchecked Sendable {
                     usage: Usage(inputTokens: inputTokens, outputTokens: (outputBytes + 3) / 4, estimated: true),
                     model: model.isEmpty ? nil : model))
         } else {
-            call.fail(exit.error(out.program))
+            call.fail(out.marked(exit.error(out.program), extra: ran + (outputBytes > 0 ? ["written text"] : [])))
         }
     }
 }

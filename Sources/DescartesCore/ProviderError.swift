@@ -70,10 +70,16 @@ public struct ProviderError: Error, Sendable, Hashable, CustomStringConvertible 
     /// one last, when a middleware (retry, fallback) made more than one; empty
     /// when the error comes from a single attempt.
     public var attempts: [Attempt]
+    /// What the failed request had already done that running it again would
+    /// do twice ("ran tools: Bash", "streamed text"): an agent's turn that
+    /// acted before it failed. Non-empty: never retried or sent to a
+    /// fallback behind the caller's back, whatever the kind.
+    public var sideEffects: [String]
 
     public init(
         _ kind: Kind, _ message: String, provider: String? = nil, status: Int? = nil, providerType: String? = nil,
-        retryAfter: Duration? = nil, deadline: String? = nil, details: [String] = [], attempts: [Attempt] = []
+        retryAfter: Duration? = nil, deadline: String? = nil, details: [String] = [], attempts: [Attempt] = [],
+        sideEffects: [String] = []
     ) {
         self.kind = kind
         self.message = message
@@ -84,6 +90,7 @@ public struct ProviderError: Error, Sendable, Hashable, CustomStringConvertible 
         self.deadline = deadline
         self.details = details
         self.attempts = attempts
+        self.sideEffects = sideEffects
     }
 
     public var description: String {
@@ -104,8 +111,9 @@ public struct ProviderError: Error, Sendable, Hashable, CustomStringConvertible 
     }
 
     /// Whether retrying the same request may succeed (before any output
-    /// reached the caller).
+    /// reached the caller). Never when the request had side effects.
     public var isRetryable: Bool {
+        if !sideEffects.isEmpty { return false }
         switch kind {
         case .rateLimited, .providerUnavailable, .timeout, .streamClosed: return true
         case .http: return true

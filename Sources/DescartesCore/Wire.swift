@@ -340,6 +340,7 @@ public enum Wire {
         if let r = e.retryAfter { o["retry_after_ms"] = .integer(r.milliseconds) }
         if let d = e.deadline { o["deadline"] = .string(d) }
         if !e.details.isEmpty { o["details"] = .array(e.details.map { .string($0) }) }
+        if !e.sideEffects.isEmpty { o["side_effects"] = .array(e.sideEffects.map { .string($0) }) }
         if !e.attempts.isEmpty { o["attempts"] = .array(e.attempts.map(json)) }
         return .object(o)
     }
@@ -371,6 +372,7 @@ public enum Wire {
         if let ms = o["retry_after_ms"]?.intValue { e.retryAfter = .milliseconds(ms) }
         e.deadline = o["deadline"]?.stringValue
         e.details = o["details"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        e.sideEffects = o["side_effects"]?.arrayValue?.compactMap(\.stringValue) ?? []
         e.attempts = (o["attempts"]?.arrayValue ?? []).map(decodeAttempt)
         return e
     }

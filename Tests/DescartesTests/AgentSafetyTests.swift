@@ -82,4 +82,103 @@ import DescartesSupport
         #expect(gone, "left running: \(left.map { "\($0) \(Self.comm($0))" })")
         for pid in left { kill(pid, SIGKILL) }
     }
+
+    // MARK: No turn runs twice
+
+    static func lines(_ path: String) -> Int {
+        ((try? FileSystem.readText(path, limit: 1 << 20)) ?? "").split(separator: "\n").count
+    }
+
+    static let quickRetry = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(10), jitter: 0)
+
+    /// A json-lines agent that appends a line to a file, then fails with a
+    /// 500-type error: the retry middleware does not run it again (the file
+    /// has one line) and the error says why; with `repeatable: true` it is
+    /// retried (three lines), so the check above can fail.
+    @Test func anAgentThatActedIsNeverRetried() async throws {
+        let dir = TempDir("descartes-once")
+        let log = dir.file("effects.log")
+        let agent = dir.write("agent.sh", """
+            #!/bin/sh
+            cat >/dev/null
+            echo ran >> "$EFFECTS_LOG"
+            echo '{"type":"error","kind":"provider_unavailable","status":500,"message":"upstream 500"}'
+            """, mode: 0o755)
+        func backend(_ repeatable: Bool) throws -> any ModelBackend {
+            try Self.plugins.factory().create(
+                "headless-cli",
+                config: ["command": .string(agent), "env": ["EFFECTS_LOG": .string(log)], "repeatable": .bool(repeatable)])
+        }
+        let once = RetryBackend(try backend(false), policy: Self.quickRetry)
+        let e = await providerError { _ = try await once.complete(ModelRequest(prompt: "append a line")) }
+        #expect(e?.kind == .providerUnavailable)
+        #expect(e?.status == 500)
+        #expect(e?.message.contains("the turn had already started agent.sh, which may have acted") == true, "\(String(describing: e))")
+        #expect(e?.sideEffects.isEmpty == false)
+        #expect(Self.lines(log) == 1)
+        // Nor does a fallback chain hand the same turn to its next provider.
+        let chain = FallbackBackend(name: "chain", [.init(try backend(false)), .init(try backend(false))])
+        _ = await providerError { _ = try await chain.complete(ModelRequest(prompt: "append a line")) }
+        #expect(Self.lines(log) == 2)
+        // A program declared repeatable is retried as before.
+        let again = RetryBackend(try backend(true), policy: Self.quickRetry)
+        _ = await providerError { _ = try await again.complete(ModelRequest(prompt: "append a line")) }
+        #expect(Self.lines(log) == 5)
+        await once.shutdown()
+        await chain.shutdown()
+        await again.shutdown()
+    }
+
+    /// Claude Code's stream-json for a turn that ran Bash and then hit an
+    /// API 500 (the shapes of HEADLESS-NOTES: the tool_use, its result, a
+    /// synthetic assistant message, a `result` with `subtype: success`,
+    /// `is_error` and `api_error_status`, exit 1). The fake appends to a
+    /// file, as the Bash tool would have: one line after the retry layer.
+    @Test func aClaudeTurnThatRanToolsIsNeverRetried() async throws {
+        let dir = TempDir("descartes-once-claude")
+        let log = dir.file("effects.log")
+        let sid = "0b6f2a3e-1111-4222-8333-944445555666"
+        let claude = dir.write("claude", """
+            #!/bin/sh
+            cat >/dev/null
+            echo '{"type":"system","subtype":"init","session_id":"\(sid)","model":"claude-haiku-4-5","tools":["Bash"],"claude_code_version":"2.1.331"}'
+            echo '{"type":"assistant","message":{"model":"claude-haiku-4-5","id":"msg_1","type":"message","role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"echo ran >> effects.log"}}]},"parent_tool_use_id":null,"session_id":"\(sid)"}'
+            echo ran >> "$EFFECTS_LOG"
+            echo '{"type":"user","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"","is_error":false}]},"parent_tool_use_id":null,"session_id":"\(sid)"}'
+            echo '{"type":"assistant","message":{"model":"<synthetic>","id":"msg_2","type":"message","role":"assistant","content":[{"type":"text","text":"API Error: 500 Internal server error"}]},"parent_tool_use_id":null,"session_id":"\(sid)","is_api_error_message":true}'
+            echo '{"type":"result","subtype":"success","is_error":true,"api_error_status":500,"duration_ms":12,"num_turns":2,"result":"API Error: 500 Internal server error","session_id":"\(sid)","total_cost_usd":0}'
+            exit 1
+            """, mode: 0o755)
+        let inner = try ClaudeHarness.plugins.factory().create(
+            "claude-code-cli", config: ["command": .string(claude), "env": ["EFFECTS_LOG": .string(log)]])
+        let b = RetryBackend(inner, policy: Self.quickRetry)
+        let e = await providerError { _ = try await b.complete(ModelRequest(prompt: "append a line")) }
+        #expect(e?.kind == .providerUnavailable)
+        #expect(e?.status == 500)
+        #expect(e?.message.contains("the turn had already run tools: Bash") == true, "\(String(describing: e))")
+        #expect(e?.sideEffects == ["run tools: Bash"])
+        #expect(Self.lines(log) == 1)
+        // The same 500 before any tool ran is retried (three attempts).
+        let clean = dir.write("claude-clean", """
+            #!/bin/sh
+            cat >/dev/null
+            echo "attempt max_retries=$CLAUDE_CODE_MAX_RETRIES" >> "$EFFECTS_LOG"
+            echo '{"type":"system","subtype":"init","session_id":"\(sid)","model":"claude-haiku-4-5","tools":[]}'
+            echo '{"type":"result","subtype":"success","is_error":true,"api_error_status":500,"result":"API Error: 500","session_id":"\(sid)"}'
+            exit 1
+            """, mode: 0o755)
+        let attempts = dir.file("attempts.log")
+        let retried = RetryBackend(
+            try ClaudeHarness.plugins.factory().create(
+                "claude-code-cli", config: ["command": .string(clean), "env": ["EFFECTS_LOG": .string(attempts)]]),
+            policy: Self.quickRetry)
+        let e2 = await providerError { _ = try await retried.complete(ModelRequest(prompt: "hi")) }
+        #expect(e2?.kind == .providerUnavailable)
+        #expect(e2?.sideEffects == [])
+        #expect(Self.lines(attempts) == 3)
+        // Claude Code's own retries are off unless configured: the host's policy decides.
+        #expect((try? FileSystem.readText(attempts, limit: 4096))?.hasPrefix("attempt max_retries=0\n") == true)
+        await b.shutdown()
+        await retried.shutdown()
+    }
 }

@@ -61,7 +61,10 @@ import DescartesSupport
         let b = try script("echo_events.py")
         var request = ModelRequest(prompt: "x")
         request.options = [
-            "error": ["kind": "rate_limited", "message": "slow down", "status": 429, "retry_after_ms": 1500, "provider_type": "rate_limit_error"]
+            "error": [
+                "kind": "rate_limited", "message": "slow down", "status": 429, "retry_after_ms": 1500, "provider_type": "rate_limit_error",
+                "side_effects": [],
+            ]
         ]
         let e = await providerError { _ = try await b.complete(request) }
         #expect(e?.kind == .rateLimited)
@@ -69,6 +72,13 @@ import DescartesSupport
         #expect(e?.retryAfter == .milliseconds(1500))
         #expect(e?.providerType == "rate_limit_error")
         #expect(e?.message == "slow down")
+        #expect(e?.sideEffects == [])  // the program said it had done nothing: retryable
+        #expect(e?.isRetryable == true)
+        // Without "side_effects" the program may have acted (an agent): not repeatable.
+        request.options = ["error": ["kind": "rate_limited", "message": "slow down", "status": 429]]
+        let acted = await providerError { _ = try await b.complete(request) }
+        #expect(acted?.message.hasPrefix("slow down (the turn had already started echo_events.py, which may have acted") == true, "\(String(describing: acted))")
+        #expect(acted?.isRetryable == false)
         await b.shutdown()
     }
 

@@ -86,7 +86,7 @@ public struct FallbackBackend: ModelBackend {
                 if e.kind == .cancelled { throw log.giveUp(e) }
                 log.record(e, provider: entry.backend.name, duration: clock.now - started)
                 if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
-                guard i + 1 < entries.count, policy.on.contains(e.kind), end.map({ $0 > clock.now }) ?? true else { throw log.giveUp(e) }
+                guard i + 1 < entries.count, policy.on.contains(e.kind), e.sideEffects.isEmpty, end.map({ $0 > clock.now }) ?? true else { throw log.giveUp(e) }
                 logSink.log(
                     .info, "fallback \(name)", "\(entry.backend.name) failed (\(e.kind)): trying \(entries[i + 1].backend.name)")
             }
@@ -117,7 +117,7 @@ public struct FallbackBackend: ModelBackend {
                     if e.kind == .cancelled { throw log.giveUp(e) }
                     log.record(e, provider: entry.backend.name, duration: clock.now - started)
                     if Task.isCancelled { throw log.giveUp(ProviderError(.cancelled, "the request was cancelled", provider: entry.backend.name)) }
-                    guard i + 1 < entries.count, policy.on.contains(e.kind), !reached || policy.restartStreams,
+                    guard i + 1 < entries.count, policy.on.contains(e.kind), e.sideEffects.isEmpty, !reached || policy.restartStreams,
                         end.map({ $0 > clock.now }) ?? true
                     else {
                         throw log.giveUp(e)

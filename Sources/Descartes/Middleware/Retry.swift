@@ -6,6 +6,8 @@ import Glibc
 /// (by default rate limited, provider unavailable, timeout, stream closed
 /// and HTTP transport failures: `ProviderError.isRetryable`), except
 ///
+/// - an error with `sideEffects` (an agent's turn that had already run
+///   tools or written its answer): running it again would do that twice,
 /// - an `idle` timeout: the model had started answering and stalled,
 /// - anything after part of the answer reached the caller of a stream, unless
 ///   `restartStreams` is set,
@@ -88,6 +90,9 @@ public struct RetryPolicy: Sendable, Hashable {
         _ error: ProviderError, attempt: Int, outputReached: Bool = false, remaining: Duration? = nil,
         random: Double = Double.random(in: 0..<1)
     ) -> Decision {
+        if !error.sideEffects.isEmpty {
+            return .stop(reason: "the request had side effects (\(error.sideEffects.joined(separator: "; "))); it is never repeated")
+        }
         guard retryOn.contains(error.kind) else {
             return .stop(reason: "\(error.kind) errors are not retried")
         }

@@ -27,6 +27,10 @@ public struct HeadlessOutput {
     /// The first of them (20, each at most 300 characters), escape codes
     /// removed: for the error if the turn fails.
     public private(set) var diagnostics: [String] = []
+    /// What the turn has done that running it again would do twice ("run
+    /// tools: Bash", "written text"), each completing "the turn had already
+    /// ...": see `marked`.
+    public private(set) var sideEffects: [String] = []
     private var stderrNotices = NoticeBudget()
     private var stdoutNotices = NoticeBudget()
 
@@ -64,6 +68,29 @@ public struct HeadlessOutput {
         if ended { return }
         let text = ANSIStripper.clean(line)
         if !text.isEmpty && stderrNotices.take() { call.notice("info", "\(program): \(text)") }
+    }
+
+    /// Records something the turn did that must not happen twice (once
+    /// per distinct text; `replacing` a prefix updates an entry, e.g. the
+    /// list of tools run so far).
+    public mutating func did(_ what: String, replacing prefix: String? = nil) {
+        if let prefix, let i = sideEffects.firstIndex(where: { $0.hasPrefix(prefix) }) {
+            sideEffects[i] = what
+        } else if !sideEffects.contains(what) {
+            sideEffects.append(what)
+        }
+    }
+
+    /// `e` as the turn's failure: with its side effects (`sideEffects`, plus
+    /// `extra`) in `ProviderError.sideEffects` and said in the message ("the
+    /// turn had already run tools: Bash; it is not run again"), so the
+    /// host's retry and fallback middlewares never repeat it.
+    public func marked(_ e: ProviderError, extra: [String] = []) -> ProviderError {
+        var e = e
+        for s in sideEffects + extra where !e.sideEffects.contains(s) { e.sideEffects.append(s) }
+        guard !e.sideEffects.isEmpty, e.kind != .cancelled else { return e }
+        e.message += " (the turn had already \(e.sideEffects.joined(separator: " and ")); it is not run again)"
+        return e
     }
 
     /// Marks the turn ended. True the first time: emit the terminal event
