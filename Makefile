@@ -13,6 +13,8 @@
 #   make sanitize   the test suite under AddressSanitizer, then ThreadSanitizer (sanitize-address, sanitize-thread)
 #   make soak       20,000 requests through one instance sampling RSS, and 1,000 in flight at once
 #   make bench-lock Synchronization.Mutex against the project's Lock
+#   make api-check  fail when docs/api/Descartes.txt (the library's public API) is stale
+#   make api        rewrite docs/api/Descartes.txt (support/api-listing.sh)
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
 #                   share/descartes/ (conformance specs, the C example, the plugin docs),
 #                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
@@ -41,7 +43,7 @@ SHARE_DIR   = share/descartes
 PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/abi-changelog.md docs/manifest.md docs/conformance.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
-.PHONY: all build stage stage-bench run test check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
+.PHONY: all build stage stage-bench run test check api api-check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
 
 all: stage
 
@@ -125,6 +127,18 @@ check: test-deps
 	$(MAKE) --no-print-directory test
 	$(MAKE) --no-print-directory run
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15
+
+# The public API of the Descartes library, one declaration a line
+# (support/api-listing.sh, from the debug build's symbol graph): `api`
+# rewrites docs/api/Descartes.txt, `api-check` fails when it is stale.
+api:
+	$(SWIFT) build --target Descartes
+	support/api-listing.sh docs/api/Descartes.txt
+
+api-check:
+	$(SWIFT) build --target Descartes
+	@support/api-listing.sh - | diff -u docs/api/Descartes.txt - \
+	    || { echo "docs/api/Descartes.txt is stale: the public API changed; run 'make api' and review the diff" >&2; exit 1; }
 
 # libFuzzer targets (Fuzz/*.swift) against the package's own modules with
 # AddressSanitizer, FUZZ_SECONDS each; corpora in Fuzz/corpus, crashes in

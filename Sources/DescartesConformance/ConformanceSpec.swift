@@ -56,7 +56,7 @@ public struct ConformanceSpec: Sendable {
         /// For error scenarios: `complete` (the default) or `stream`.
         public var operation = "complete"
         /// Config keys over the spec's base config (unexpanded).
-        public var config: [(key: String, node: YAMLNode)]
+        package var config: [(key: String, node: YAMLNode)]
         var routes: [String: [ConformanceServer.Response]]?
         public var expect: Expectation
         public var location: SourcePosition
@@ -64,7 +64,7 @@ public struct ConformanceSpec: Sendable {
 
     public var file: String
     public var provider: String?
-    public var config: [(key: String, node: YAMLNode)] = []
+    package var config: [(key: String, node: YAMLNode)] = []
     public var model: String?
     public var text: Scenario
     public var slow: Scenario?

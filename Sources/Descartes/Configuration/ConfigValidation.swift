@@ -2,15 +2,15 @@ import DescartesCore
 import DescartesSupport
 
 /// Checks a provider configuration against its manifest's declared keys.
-public enum ConfigValidation {
-    public enum Coerced: Sendable {
+package enum ConfigValidation {
+    package enum Coerced: Sendable {
         case success(JSONValue)
         case failure(String)
     }
 
     /// Converts `value` to `type`. Strings (from the command line and the
     /// environment) are parsed; other mismatches fail.
-    public static func coerce(_ value: JSONValue, to type: ConfigType) -> Coerced {
+    package static func coerce(_ value: JSONValue, to type: ConfigType) -> Coerced {
         switch (type, value) {
         case (.string, .string): return .success(value)
         case (.string, .integer(let i)): return .success(.string(String(i)))
@@ -76,39 +76,39 @@ public enum ConfigValidation {
 
     /// A value given for a config key: on the command line (`--set`), in
     /// code, or in providers.yaml (then with its positions).
-    public struct Explicit: Sendable {
-        public var value: JSONValue
+    package struct Explicit: Sendable {
+        package var value: JSONValue
         /// Where it came from, for messages: "config", "--set",
         /// "file:line:column".
-        public var origin: String
+        package var origin: String
         /// The value's and the key's positions in a file, when it came from one.
-        public var position: SourcePosition?
-        public var keyPosition: SourcePosition?
+        package var position: SourcePosition?
+        package var keyPosition: SourcePosition?
         /// The value must be masked even if the manifest does not declare the
         /// key secret (it came from `${file:...}` or a credential helper).
-        public var secret: Bool = false
+        package var secret: Bool = false
         /// The references it was expanded from (`${OPENAI_API_KEY}`).
-        public var via: [String] = []
+        package var via: [String] = []
 
-        public init(value: JSONValue, origin: String = "config") {
+        package init(value: JSONValue, origin: String = "config") {
             self.value = value
             self.origin = origin
         }
     }
 
     /// What checking a configuration found.
-    public struct Outcome: Sendable {
+    package struct Outcome: Sendable {
         /// The config object the plugin receives.
-        public var config: JSONObject
+        package var config: JSONObject
         /// Secret values in it (for redaction).
-        public var secrets: [String]
+        package var secrets: [String]
         /// Where each key's value came from: "file:line:column",
         /// "environment variable X", "default", "--set", "config".
-        public var sources: [String: String]
+        package var sources: [String: String]
         /// Every problem, positioned when the value came from a file.
-        public var problems: [SourceProblem]
+        package var problems: [SourceProblem]
         /// The same problems as lines for an error's details.
-        public var details: [String]
+        package var details: [String]
     }
 
     /// The configuration a plugin receives: explicit values, then each key's
@@ -117,7 +117,7 @@ public enum ConfigValidation {
     ///
     /// - Returns: the config object and the secret values it holds (for
     ///   redaction).
-    public static func resolve(
+    package static func resolve(
         manifest: PluginManifest, instance: String, explicit: [String: JSONValue], environment: [String: String]
     ) throws(ProviderError) -> (config: JSONObject, secrets: [String]) {
         let r = try resolve(
@@ -129,7 +129,7 @@ public enum ConfigValidation {
     /// may come from a file: problems with a value or key carry its
     /// file:line:column; missing keys are reported at `at` (where the
     /// instance is defined), when given.
-    public static func resolve(
+    package static func resolve(
         manifest: PluginManifest, instance: String, values: [String: Explicit], environment: [String: String], at: SourcePosition?
     ) throws(ProviderError) -> Outcome {
         let r = check(manifest: manifest, instance: instance, values: values, environment: environment, at: at)
@@ -143,7 +143,7 @@ public enum ConfigValidation {
     }
 
     /// Checks without throwing; see `resolve`.
-    public static func check(
+    package static func check(
         manifest: PluginManifest, instance: String, values: [String: Explicit], environment: [String: String], at: SourcePosition?
     ) -> Outcome {
         var out = Outcome(config: JSONObject(), secrets: [], sources: [:], problems: [], details: [])

@@ -16,22 +16,22 @@ import DescartesSupport
 /// `timeout` to finish. Its output is a `Secret`, cached in this process for
 /// the TTL (never written anywhere). A failure names the command (argv[0]
 /// only) and the last lines of its stderr, redacted.
-public enum CredentialHelper {
-    public static let defaultTTL: Duration = .seconds(300)
-    public static let defaultTimeout: Duration = .seconds(10)
+package enum CredentialHelper {
+    package static let defaultTTL: Duration = .seconds(300)
+    package static let defaultTimeout: Duration = .seconds(10)
     static let outputLimit = 64 * 1024
 
     private static let cache = Lock<[String: (secret: Secret, expires: ContinuousClock.Instant)]>([:])
 
-    public struct Failure: Error, Sendable, CustomStringConvertible {
-        public var description: String
-        public init(description: String) { self.description = description }
+    package struct Failure: Error, Sendable, CustomStringConvertible {
+        package var description: String
+        package init(description: String) { self.description = description }
     }
 
     /// The key the helper prints, from the cache when it is fresh; it is
     /// registered in `redactor` (the caller's factory's), which also masks
     /// the helper's stderr quoted in a failure.
-    public static func key(
+    package static func key(
         _ argv: [String], ttl: Duration = defaultTTL, timeout: Duration = defaultTimeout, redactor: Redactor = Redactor()
     ) throws(Failure) -> Secret {
         let cacheKey = argv.joined(separator: "\u{0}")
@@ -47,7 +47,7 @@ public enum CredentialHelper {
     }
 
     /// Forgets cached keys (tests; a long-lived process after a rotation).
-    public static func clearCache() { cache.withLock { $0.removeAll() } }
+    package static func clearCache() { cache.withLock { $0.removeAll() } }
 
     static func run(_ argv: [String], timeout: Duration, redactor: Redactor) throws(Failure) -> Secret {
         guard let program = argv.first, !program.isEmpty else { throw Failure(description: "api_key_helper is empty") }

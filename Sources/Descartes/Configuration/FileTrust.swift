@@ -12,14 +12,14 @@ import DescartesSupport
 /// less privileged user could have put it there: the Vulkan loader's rule.
 /// See docs/policy.md for why root without setuid still honours
 /// `DESCARTES_PLUGIN_PATH` and the user's directories under these checks.
-public enum FileTrust {
+package enum FileTrust {
     /// Whether the checks apply to this process.
-    public static var enforced: Bool { Environment.isRoot || Environment.isSecureExecution }
+    package static var enforced: Bool { Environment.isRoot || Environment.isSecureExecution }
 
     /// Why `path` (a file or directory) cannot be trusted, or nil when it
     /// can. Checks the file the path resolves to, and the directories
     /// holding it and the path.
-    public static func problem(_ path: String) -> String? {
+    package static func problem(_ path: String) -> String? {
         var seen: Set<String> = []
         // The file a symlink leads to and its directory, then the directory
         // holding the link (whoever can write there can replace the link).

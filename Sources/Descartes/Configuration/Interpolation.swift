@@ -13,14 +13,14 @@ import DescartesSupport
 /// environment, then the project's `.env` file. A relative `${file:...}` path is relative to
 /// the directory of the file the value is written in; `~/` is the home
 /// directory.
-public struct Interpolator: Sendable {
-    public var environment: [String: String]
-    public var dotenv: [String: String]
-    public var extra: [String: String]
+package struct Interpolator: Sendable {
+    package var environment: [String: String]
+    package var dotenv: [String: String]
+    package var extra: [String: String]
     /// `.env`'s path, for saying where a value came from.
-    public var dotenvFile: String?
+    package var dotenvFile: String?
 
-    public init(environment: [String: String], dotenv: [String: String] = [:], extra: [String: String] = [:], dotenvFile: String? = nil) {
+    package init(environment: [String: String], dotenv: [String: String] = [:], extra: [String: String] = [:], dotenvFile: String? = nil) {
         self.environment = environment
         self.dotenv = dotenv
         self.extra = extra
@@ -28,22 +28,22 @@ public struct Interpolator: Sendable {
     }
 
     /// The result of expanding one value.
-    public struct Expansion: Sendable {
-        public var text: String
+    package struct Expansion: Sendable {
+        package var text: String
         /// A `${file:...}` contributed to the value: treat it as a secret.
-        public var fromFile: Bool
+        package var fromFile: Bool
         /// The references used, as written (`${ANTHROPIC_API_KEY}`), for
         /// `config show`.
-        public var references: [String]
+        package var references: [String]
         /// Where each variable was found ("environment", ".env").
-        public var origins: [String]
+        package var origins: [String]
     }
 
     /// The largest file `${file:...}` reads.
-    public static let fileLimit = 64 * 1024
+    package static let fileLimit = 64 * 1024
 
     /// A variable's value and where it was found.
-    public func lookup(_ name: String) -> (value: String, origin: String)? {
+    package func lookup(_ name: String) -> (value: String, origin: String)? {
         if let v = extra[name] { return (v, "built-in") }
         if let v = environment[name] { return (v, "environment") }
         if let v = dotenv[name] { return (v, dotenvFile.map { "\($0)" } ?? ".env") }
@@ -51,12 +51,12 @@ public struct Interpolator: Sendable {
     }
 
     /// Whether `text` holds anything to expand.
-    public static func needsExpansion(_ text: String) -> Bool { text.utf8.contains(UInt8(ascii: "$")) }
+    package static func needsExpansion(_ text: String) -> Bool { text.utf8.contains(UInt8(ascii: "$")) }
 
     /// Expands `text`, written at `position` (for messages) in a file whose
     /// directory is `baseDirectory`. `what` names the value in problems
     /// ("key 'api_key' of provider 'anthropic'").
-    public func expand(_ text: String, at position: SourcePosition, what: String, baseDirectory: String) -> Result<Expansion, SourceError> {
+    package func expand(_ text: String, at position: SourcePosition, what: String, baseDirectory: String) -> Result<Expansion, SourceError> {
         var state = Expansion(text: "", fromFile: false, references: [], origins: [])
         let chars = Array(text.unicodeScalars)
         var problem: SourceProblem? = nil
@@ -175,7 +175,7 @@ public struct Interpolator: Sendable {
 }
 
 extension Interpolator {
-    public func expandNode(_ node: YAMLNode, what: String, problems: inout [SourceProblem], secret: inout Bool, via: inout [String]) -> YAMLNode? {
+    package func expandNode(_ node: YAMLNode, what: String, problems: inout [SourceProblem], secret: inout Bool, via: inout [String]) -> YAMLNode? {
         switch node.value {
         case .scalar(let s, let quoted):
             guard Interpolator.needsExpansion(s) else { return node }
@@ -222,8 +222,8 @@ extension Interpolator {
 /// name, values unquoted (trimmed; ` #` starts a comment), in single quotes
 /// (taken literally) or in double quotes (`\n`, `\t`, `\"`, `\\` escapes).
 /// Values are not interpolated.
-public enum DotEnv {
-    public static func parse(_ text: String, file: String) -> (values: [String: String], problems: [SourceProblem]) {
+package enum DotEnv {
+    package static func parse(_ text: String, file: String) -> (values: [String: String], problems: [SourceProblem]) {
         var values: [String: String] = [:]
         var problems: [SourceProblem] = []
         var lineNo = 0

@@ -3,31 +3,31 @@
 /// helper's address-space limit `memory_limit_mb`. Read from a plugin's
 /// entry under `plugins:` in plugins.yaml and from a provider instance in
 /// providers.yaml (docs/isolation.md).
-public struct IsolationSetting: Sendable, Equatable {
-    public enum Mode: String, Sendable, Equatable {
+package struct IsolationSetting: Sendable, Equatable {
+    package enum Mode: String, Sendable, Equatable {
         case inProcess = "in_process"
         case process
     }
 
     /// The keys it is written with.
-    public static let keys = ["isolation", "memory_limit_mb"]
+    package static let keys = ["isolation", "memory_limit_mb"]
     /// The smallest helper a Swift runtime starts in (the CLI's
     /// `--memory-limit` has the same floor).
-    public static let minimumMemoryMB = 64
+    package static let minimumMemoryMB = 64
 
-    public var mode: Mode?
-    public var modeLocation: SourcePosition?
+    package var mode: Mode?
+    package var modeLocation: SourcePosition?
     /// `memory_limit_mb`: applies when the plugin runs isolated (whoever
     /// chose that).
-    public var memoryMB: Int?
-    public var memoryLocation: SourcePosition?
+    package var memoryMB: Int?
+    package var memoryLocation: SourcePosition?
 
-    public init(mode: Mode? = nil, memoryMB: Int? = nil) {
+    package init(mode: Mode? = nil, memoryMB: Int? = nil) {
         self.mode = mode
         self.memoryMB = memoryMB
     }
 
-    public var isEmpty: Bool { mode == nil && memoryMB == nil }
+    package var isEmpty: Bool { mode == nil && memoryMB == nil }
 
     /// Reads `isolation` (when `isolation` is given) and `memory_limit_mb`
     /// (when `memory` is), reporting a bad value at its node; `what` names
@@ -57,15 +57,15 @@ public struct IsolationSetting: Sendable, Equatable {
 }
 
 /// What the policy files decide about where one plugin runs, and why.
-public struct IsolationDecision: Sendable, Equatable {
+package struct IsolationDecision: Sendable, Equatable {
     /// Run it in a helper process.
-    public var process: Bool
+    package var process: Bool
     /// The helper's memory limit in MiB, when a file sets one.
-    public var memoryMB: Int?
+    package var memoryMB: Int?
     /// The settings that decided, each as "file:line:col (what)".
-    public var reasons: [String]
+    package var reasons: [String]
 
-    public init(process: Bool = false, memoryMB: Int? = nil, reasons: [String] = []) {
+    package init(process: Bool = false, memoryMB: Int? = nil, reasons: [String] = []) {
         self.process = process
         self.memoryMB = memoryMB
         self.reasons = reasons

@@ -82,7 +82,7 @@ public struct ManifestModel: Sendable, Hashable {
 /// provider without loading its library. See docs/manifest.md.
 public struct PluginManifest: Sendable, Hashable {
     /// The manifest versions this host reads.
-    public static let supportedVersions = 1...1
+    package static let supportedVersions = 1...1
 
     /// The manifest file.
     public var file: String
@@ -103,14 +103,14 @@ public struct PluginManifest: Sendable, Hashable {
     public var config: [ConfigKey]
     /// The plugin's conformance spec (docs/conformance.md), resolved
     /// relative to the manifest, when the manifest names one.
-    public var conformance: String? = nil
+    package var conformance: String? = nil
 
     public func configKey(_ name: String) -> ConfigKey? { config.first { $0.name == name } }
     public func model(_ id: String) -> ManifestModel? { models.first { $0.id == id } }
 
     /// Reads and validates a manifest file. Throws `SourceError` listing
     /// every problem found, each with file:line:column.
-    public static func load(path: String) throws(SourceError) -> PluginManifest {
+    package static func load(path: String) throws(SourceError) -> PluginManifest {
         let text: String
         do { text = try FileSystem.readText(path, limit: 1 << 20) } catch {
             throw SourceError([SourceProblem(SourcePosition(file: path, line: 1, column: 1), "\(error)")])
@@ -126,7 +126,7 @@ public struct PluginManifest: Sendable, Hashable {
     static let knownModelFields = ["id", "context", "max_output", "price", "capabilities"]
     static let knownPriceFields = ["input", "output", "cache_read", "cache_write"]
 
-    public static func parse(_ text: String, file: String) throws(SourceError) -> PluginManifest {
+    package static func parse(_ text: String, file: String) throws(SourceError) -> PluginManifest {
         guard let root = try YAML.parse(text, file: file) else {
             throw SourceError([SourceProblem(SourcePosition(file: file, line: 1, column: 1), "the manifest is empty")])
         }

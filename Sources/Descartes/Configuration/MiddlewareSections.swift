@@ -12,7 +12,7 @@ extension ProvidersConfig {
     /// ```
     ///
     /// so `descartes config check` reports its problems with every other.
-    public static let sectionCheckers: [ConfigSectionChecker] = [
+    package static let sectionCheckers: [ConfigSectionChecker] = [
         // The reliability layer (Configuration/ReliabilitySettings.swift): every problem of
         // the five sections, with positions. Names that lead nowhere are
         // checked where the plugins are known (the CLI, before a request).

@@ -22,66 +22,66 @@ import DescartesSupport
 /// the system allows. It cannot enable what the system disables, nor run in
 /// process what the system isolates (either file's `isolation: process`
 /// isolates; the lower memory limit applies).
-public struct PluginPolicy: Sendable {
-    public enum Scope: String, Sendable {
+package struct PluginPolicy: Sendable {
+    package enum Scope: String, Sendable {
         case system, user
     }
 
     /// One pattern and where it is written.
-    public struct Rule: Sendable {
-        public var pattern: String
-        public var location: SourcePosition
-        public var scope: Scope
+    package struct Rule: Sendable {
+        package var pattern: String
+        package var location: SourcePosition
+        package var scope: Scope
 
-        public func matches(_ name: String) -> Bool { fnmatch(pattern, name, 0) == 0 }
+        package func matches(_ name: String) -> Bool { fnmatch(pattern, name, 0) == 0 }
     }
 
     /// A `plugins:` entry: settings for the plugins a glob matches.
-    public struct PluginRule: Sendable {
-        public var pattern: String
-        public var location: SourcePosition
-        public var scope: Scope
-        public var isolation: IsolationSetting
+    package struct PluginRule: Sendable {
+        package var pattern: String
+        package var location: SourcePosition
+        package var scope: Scope
+        package var isolation: IsolationSetting
 
-        public func matches(_ name: String) -> Bool { fnmatch(pattern, name, 0) == 0 }
+        package func matches(_ name: String) -> Bool { fnmatch(pattern, name, 0) == 0 }
     }
 
-    public struct Pin: Sendable {
+    package struct Pin: Sendable {
         /// A library file name (`libdescartes-openai.so`) or absolute path.
-        public var library: String
+        package var library: String
         /// 64 lowercase hex digits.
-        public var sha256: String
-        public var location: SourcePosition
+        package var sha256: String
+        package var location: SourcePosition
     }
 
     /// A policy file and what became of it.
-    public struct File: Sendable {
-        public var path: String
-        public var scope: Scope
-        public var status: ProvidersConfig.Location.Status
+    package struct File: Sendable {
+        package var path: String
+        package var scope: Scope
+        package var status: ProvidersConfig.Location.Status
     }
 
-    public var files: [File] = []
+    package var files: [File] = []
     /// Allowlists: the system's and the user's (nil when a file has none).
-    public var systemEnable: [Rule]?
-    public var userEnable: [Rule]?
-    public var disable: [Rule] = []
-    public var required: [Rule] = []
-    public var search: [PluginSearch.Directory] = []
-    public var pins: [Pin] = []
+    package var systemEnable: [Rule]?
+    package var userEnable: [Rule]?
+    package var disable: [Rule] = []
+    package var required: [Rule] = []
+    package var search: [PluginSearch.Directory] = []
+    package var pins: [Pin] = []
     /// Per-plugin settings (`plugins:`), in file order, the system's first.
-    public var pluginRules: [PluginRule] = []
+    package var pluginRules: [PluginRule] = []
     /// Root ignores `DESCARTES_PLUGIN_PATH` and the user's directories and
     /// files, as setuid processes always do (system file only).
-    public var ignoreEnvironmentAsRoot = false
+    package var ignoreEnvironmentAsRoot = false
     /// Problems in the files. A policy with problems fails closed: no plugin
     /// is enabled.
-    public var problems: [SourceProblem] = []
+    package var problems: [SourceProblem] = []
 
-    public init() {}
+    package init() {}
 
     /// No policy at all: every plugin is enabled.
-    public static let none = PluginPolicy()
+    package static let none = PluginPolicy()
 
     static let knownKeys = ["enable", "disable", "required", "search", "sha256", "ignore_environment_as_root", "plugins"]
     /// The keys of a `plugins:` entry.
@@ -89,17 +89,17 @@ public struct PluginPolicy: Sendable {
 
     // MARK: Loading
 
-    public static func systemFile(environment: [String: String] = Environment.current()) -> String {
+    package static func systemFile(environment: [String: String] = Environment.current()) -> String {
         FileSystem.join(ProvidersConfig.systemDirectory(environment: environment), "plugins.yaml")
     }
 
-    public static func userFile(environment: [String: String] = Environment.current()) -> String {
+    package static func userFile(environment: [String: String] = Environment.current()) -> String {
         FileSystem.join(ProvidersConfig.userDirectory(environment: environment), "plugins.yaml")
     }
 
     /// The host's policy: the system file, then (unless the process runs
     /// setuid, or as root with `ignore_environment_as_root`) the user's.
-    public static func standard(environment: [String: String] = Environment.current()) -> PluginPolicy {
+    package static func standard(environment: [String: String] = Environment.current()) -> PluginPolicy {
         var policy = PluginPolicy()
         policy.read(systemFile(environment: environment), scope: .system)
         if Environment.isSecureExecution || (Environment.isRoot && policy.ignoreEnvironmentAsRoot) {
@@ -111,7 +111,7 @@ public struct PluginPolicy: Sendable {
     }
 
     /// Adds a file's rules to the policy (a missing file adds nothing).
-    public mutating func read(_ path: String, scope: Scope) {
+    package mutating func read(_ path: String, scope: Scope) {
         guard FileSystem.exists(path) else {
             files.append(File(path: path, scope: scope, status: .missing))
             return
@@ -131,7 +131,7 @@ public struct PluginPolicy: Sendable {
     }
 
     /// Adds rules from a file's text.
-    public mutating func add(_ text: String, file: String, scope: Scope) {
+    package mutating func add(_ text: String, file: String, scope: Scope) {
         let root: YAMLNode
         do {
             guard let r = try YAML.parse(text, file: file) else { return }
@@ -241,16 +241,16 @@ public struct PluginPolicy: Sendable {
 
     /// Whether a plugin may be used, and why, in words that name the file
     /// and line that decided.
-    public struct Decision: Sendable, Equatable {
-        public var enabled: Bool
-        public var reason: String
-        public init(enabled: Bool, reason: String) {
+    package struct Decision: Sendable, Equatable {
+        package var enabled: Bool
+        package var reason: String
+        package init(enabled: Bool, reason: String) {
             self.enabled = enabled
             self.reason = reason
         }
     }
 
-    public func decision(for provider: String) -> Decision {
+    package func decision(for provider: String) -> Decision {
         if !problems.isEmpty {
             return Decision(enabled: false, reason: "the plugin policy is invalid (\(problems[0])); no plugin is enabled until it is fixed")
         }
@@ -276,7 +276,7 @@ public struct PluginPolicy: Sendable {
     /// entry that sets `isolation` (and the first that sets
     /// `memory_limit_mb`) decides; either file's `process` isolates it, and
     /// the lower memory limit applies.
-    public func isolation(for provider: String) -> IsolationDecision {
+    package func isolation(for provider: String) -> IsolationDecision {
         var d = IsolationDecision()
         for scope in [Scope.system, .user] {
             let mine = pluginRules.filter { $0.scope == scope && $0.matches(provider) }
@@ -295,10 +295,10 @@ public struct PluginPolicy: Sendable {
     }
 
     /// The rule that requires `provider`, if any.
-    public func requirement(for provider: String) -> Rule? { required.first { $0.matches(provider) } }
+    package func requirement(for provider: String) -> Rule? { required.first { $0.matches(provider) } }
 
     /// The pin for a library, by absolute path first, then file name.
-    public func pin(for libraryPath: String) -> Pin? {
+    package func pin(for libraryPath: String) -> Pin? {
         let real = FileSystem.realPath(libraryPath) ?? libraryPath
         return pins.first { $0.library == libraryPath || $0.library == real }
             ?? pins.first { !$0.library.hasPrefix("/") && $0.library == FileSystem.basename(real) }

@@ -1,17 +1,17 @@
 /// Edits a plugin policy file's `enable` and `disable` lists in place, for
 /// `descartes plugins enable|disable`. Only the lines of the list items
 /// change: comments, order and the rest of the file are kept.
-public enum PolicyEditor {
-    public enum Action: String, Sendable {
+package enum PolicyEditor {
+    package enum Action: String, Sendable {
         case enable, disable
     }
 
     /// What an edit did.
-    public struct Edit: Sendable {
+    package struct Edit: Sendable {
         /// The file's new text.
-        public var text: String
+        package var text: String
         /// What changed, in words; empty when the file already said so.
-        public var changes: [String]
+        package var changes: [String]
     }
 
     /// Applies `action` for `name` (a provider id or a glob) to a policy
@@ -23,7 +23,7 @@ public enum PolicyEditor {
     ///
     /// - Throws: `SourceError` when the file is not a valid policy, or when
     ///   another `disable` pattern would still match `name`.
-    public static func apply(_ action: Action, name: String, to text: String, file: String) throws(SourceError) -> Edit {
+    package static func apply(_ action: Action, name: String, to text: String, file: String) throws(SourceError) -> Edit {
         var doc = Document(text: text, file: file)
         try doc.parse()
         var changes: [String] = []

@@ -36,69 +36,69 @@ public struct ProvidersConfig: Sendable {
     /// Sections read by the middleware layer (retry, fallback chains,
     /// routing, cache, rate limits); this loader merges them, expands their
     /// references and hands them over as `YAMLNode`s (see `section(_:)`).
-    public static let middlewareSections = ["retry", "fallbacks", "routes", "cache", "limits"]
-    public static let topLevelKeys = ["providers", "audit"] + middlewareSections
+    package static let middlewareSections = ["retry", "fallbacks", "routes", "cache", "limits"]
+    package static let topLevelKeys = ["providers", "audit"] + middlewareSections
     /// Keys of an instance that the host reads itself; every other key is
     /// the plugin's configuration, checked against its manifest.
-    public static let instanceKeys = ["plugin", "api_key_helper", "api_key_helper_ttl"] + IsolationSetting.keys
+    package static let instanceKeys = ["plugin", "api_key_helper", "api_key_helper_ttl"] + IsolationSetting.keys
 
     /// Where a file was looked for and what happened.
-    public struct Location: Sendable {
-        public enum Scope: String, Sendable {
+    package struct Location: Sendable {
+        package enum Scope: String, Sendable {
             case explicit = "--config", project, user, system
         }
-        public enum Status: Sendable, Equatable {
+        package enum Status: Sendable, Equatable {
             case loaded, missing
             case refused(String)
         }
-        public var path: String
-        public var scope: Scope
-        public var status: Status
+        package var path: String
+        package var scope: Scope
+        package var status: Status
     }
 
     /// One instance as the files define it (references not yet expanded).
-    public struct Instance: Sendable {
-        public struct Entry: Sendable {
-            public var key: String
-            public var keyNode: YAMLNode
-            public var node: YAMLNode
+    package struct Instance: Sendable {
+        package struct Entry: Sendable {
+            package var key: String
+            package var keyNode: YAMLNode
+            package var node: YAMLNode
         }
-        public var name: String
+        package var name: String
         /// Where the instance is named in the highest-precedence file.
-        public var location: SourcePosition
+        package var location: SourcePosition
         /// The plugin (manifest provider id); the instance name by default.
-        public var plugin: String
-        public var pluginLocation: SourcePosition?
+        package var plugin: String
+        package var pluginLocation: SourcePosition?
         /// The plugin's config keys, merged across files.
-        public var entries: [Entry]
-        public var helper: [String]?
-        public var helperLocation: SourcePosition?
-        public var helperTTL: Duration
+        package var entries: [Entry]
+        package var helper: [String]?
+        package var helperLocation: SourcePosition?
+        package var helperTTL: Duration
         /// `isolation` and `memory_limit_mb`, merged key by key.
-        public var isolation = IsolationSetting()
+        package var isolation = IsolationSetting()
     }
 
     /// Every file looked for, in precedence order.
-    public var locations: [Location]
-    public var instances: [Instance]
+    package var locations: [Location]
+    package var instances: [Instance]
     /// Merged top-level sections other than `providers`, by key.
-    public var sections: [String: YAMLNode]
+    package var sections: [String: YAMLNode]
     /// Expands references; knows the environment and `.env`.
-    public var interpolator: Interpolator
+    package var interpolator: Interpolator
     /// The project directory (nearest ancestor with `.descartes/`), if any.
-    public var projectDirectory: String?
+    package var projectDirectory: String?
     /// Problems found while loading (syntax, structure, refused files).
     public var problems: [SourceProblem]
 
-    public var loadedFiles: [String] { locations.filter { $0.status == .loaded }.map(\.path) }
+    package var loadedFiles: [String] { locations.filter { $0.status == .loaded }.map(\.path) }
 
-    public func instance(_ name: String) -> Instance? { instances.first { $0.name == name } }
+    package func instance(_ name: String) -> Instance? { instances.first { $0.name == name } }
 
     /// The environment for manifests' `env` variables: the process
     /// environment over `.env`.
     public var environment: [String: String] { interpolator.dotenv.merging(interpolator.environment) { _, process in process } }
 
-    public init(
+    package init(
         locations: [Location] = [], instances: [Instance] = [], sections: [String: YAMLNode] = [:],
         interpolator: Interpolator = Interpolator(environment: [:]), projectDirectory: String? = nil, problems: [SourceProblem] = []
     ) {
@@ -124,23 +124,25 @@ public struct ProvidersConfig: Sendable {
         /// the invoking user controls the working directory and $HOME).
         public var systemOnly: Bool
 
+        /// `systemOnly` nil: when the process runs setuid/setgid, or as root
+        /// under a policy that says so (docs/policy.md).
         public init(
             explicitFile: String? = nil, currentDirectory: String = FileSystem.currentDirectory(),
             environment: [String: String] = Environment.current(), systemDirectory: String? = nil,
-            systemOnly: Bool = ProvidersConfig.ignoresUserFiles
+            systemOnly: Bool? = nil
         ) {
             self.explicitFile = explicitFile
             self.currentDirectory = currentDirectory
             self.environment = environment
             self.systemDirectory = systemDirectory ?? ProvidersConfig.systemDirectory(environment: environment)
-            self.systemOnly = systemOnly
+            self.systemOnly = systemOnly ?? ProvidersConfig.ignoresUserFiles
         }
     }
 
     /// Whether the project and user files and `.env` are ignored: when the
     /// process runs setuid/setgid, or as root on a host whose system policy
     /// sets `ignore_environment_as_root` (see docs/policy.md).
-    public static var ignoresUserFiles: Bool {
+    package static var ignoresUserFiles: Bool {
         if Environment.isSecureExecution { return true }
         guard Environment.isRoot else { return false }
         var system = PluginPolicy()
@@ -152,21 +154,21 @@ public struct ProvidersConfig: Sendable {
     /// with `DESCARTES_SYSTEM_CONFIG_DIR` (to try a policy before
     /// installing it, and for tests); root and setuid processes always use
     /// `/etc/descartes`.
-    public static func systemDirectory(environment: [String: String] = Environment.current()) -> String {
+    package static func systemDirectory(environment: [String: String] = Environment.current()) -> String {
         if !FileTrust.enforced, let d = environment["DESCARTES_SYSTEM_CONFIG_DIR"], d.hasPrefix("/") { return d }
         return "/etc/descartes"
     }
 
     /// The user's config directory: `$XDG_CONFIG_HOME/descartes`, by default
     /// `~/.config/descartes`.
-    public static func userDirectory(environment: [String: String]) -> String {
+    package static func userDirectory(environment: [String: String]) -> String {
         if let x = environment["XDG_CONFIG_HOME"], x.hasPrefix("/") { return FileSystem.join(x, "descartes") }
         let home = environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? Environment.homeDirectory
         return FileSystem.join(home, ".config/descartes")
     }
 
     /// The nearest directory, from `start` up, that holds `.descartes/`.
-    public static func projectDirectory(from start: String) -> String? {
+    package static func projectDirectory(from start: String) -> String? {
         var dir = start
         while true {
             if FileSystem.isDirectory(FileSystem.join(dir, ".descartes")) { return dir }
@@ -177,7 +179,7 @@ public struct ProvidersConfig: Sendable {
     }
 
     /// The files to read, highest precedence first.
-    public static func searchPaths(_ o: Options) -> (paths: [(String, Location.Scope)], project: String?) {
+    package static func searchPaths(_ o: Options) -> (paths: [(String, Location.Scope)], project: String?) {
         if let f = o.explicitFile {
             let path = f.hasPrefix("/") ? f : FileSystem.join(o.currentDirectory, f)
             return ([(path, .explicit)], o.systemOnly ? nil : projectDirectory(from: o.currentDirectory))
@@ -269,7 +271,7 @@ public struct ProvidersConfig: Sendable {
 
     /// Merges parsed documents, highest precedence first, checking their
     /// structure.
-    public static func merge(_ documents: [(file: String, root: YAMLNode)], problems: inout [SourceProblem]) -> ProvidersConfig {
+    package static func merge(_ documents: [(file: String, root: YAMLNode)], problems: inout [SourceProblem]) -> ProvidersConfig {
         var v = NodeValidator(file: "")
         var instances: [Instance] = []
         var sections: [String: YAMLNode] = [:]
@@ -391,19 +393,19 @@ public struct ProvidersConfig: Sendable {
     // MARK: Using an instance
 
     /// An instance's values with references expanded.
-    public struct Resolved: Sendable {
-        public var name: String
-        public var plugin: String
-        public var location: SourcePosition
-        public var values: [String: ConfigValidation.Explicit]
+    package struct Resolved: Sendable {
+        package var name: String
+        package var plugin: String
+        package var location: SourcePosition
+        package var values: [String: ConfigValidation.Explicit]
         /// The key the credential helper fills, when it was not run.
-        public var helperPending: [String]?
+        package var helperPending: [String]?
     }
 
     /// Expands an instance's values (and runs its `api_key_helper` when
     /// `runHelper` and no `api_key` is written). Reports every problem.
     /// The helper's key is registered in `redactor` (a factory passes its own).
-    public func resolve(_ instance: Instance, runHelper: Bool = true, redactor: Redactor = Redactor()) -> Result<Resolved, SourceError> {
+    package func resolve(_ instance: Instance, runHelper: Bool = true, redactor: Redactor = Redactor()) -> Result<Resolved, SourceError> {
         var problems: [SourceProblem] = []
         var values: [String: ConfigValidation.Explicit] = [:]
         for e in instance.entries {
@@ -464,7 +466,7 @@ public struct ProvidersConfig: Sendable {
     /// reports its problems with the others.
     ///
     /// - Throws: `SourceError` listing every reference that cannot be expanded.
-    public func section(_ key: String) throws(SourceError) -> YAMLNode? {
+    package func section(_ key: String) throws(SourceError) -> YAMLNode? {
         guard let node = sections[key] else { return nil }
         var problems: [SourceProblem] = []
         var secret = false
@@ -480,7 +482,7 @@ public struct ProvidersConfig: Sendable {
     ///
     /// - Throws: `SourceError` listing every reference that cannot be
     ///   expanded, in all of them.
-    public func middlewareSections() throws(SourceError) -> [String: YAMLNode] {
+    package func middlewareSections() throws(SourceError) -> [String: YAMLNode] {
         var out: [String: YAMLNode] = [:]
         var problems: [SourceProblem] = []
         for key in ProvidersConfig.middlewareSections {
@@ -495,7 +497,7 @@ public struct ProvidersConfig: Sendable {
     /// Every problem in the configuration: the files' structure, every
     /// instance's references and values against its plugin's manifest, and
     /// each section's own checks. What `descartes config check` prints.
-    public func check(catalog: PluginCatalog, checkers: [ConfigSectionChecker] = ProvidersConfig.sectionCheckers) -> [SourceProblem] {
+    package func check(catalog: PluginCatalog, checkers: [ConfigSectionChecker] = ProvidersConfig.sectionCheckers) -> [SourceProblem] {
         var all = problems
         for inst in instances {
             switch resolve(inst, runHelper: false) {
@@ -540,14 +542,14 @@ public struct ProvidersConfig: Sendable {
 /// library: the middleware layer owns `retry`, `fallbacks`, `routes`,
 /// `cache` and `limits`, and checks them together (a fallback chain names
 /// routes and instances).
-public struct ConfigSectionChecker: Sendable {
+package struct ConfigSectionChecker: Sendable {
     /// The sections it reads.
-    public var keys: [String]
+    package var keys: [String]
     /// Returns every problem in the (merged, expanded) sections present,
     /// each with the file:line:column of the node at fault.
-    public var check: @Sendable ([String: YAMLNode], ProvidersConfig) -> [SourceProblem]
+    package var check: @Sendable ([String: YAMLNode], ProvidersConfig) -> [SourceProblem]
 
-    public init(keys: [String], check: @escaping @Sendable ([String: YAMLNode], ProvidersConfig) -> [SourceProblem]) {
+    package init(keys: [String], check: @escaping @Sendable ([String: YAMLNode], ProvidersConfig) -> [SourceProblem]) {
         self.keys = keys
         self.check = check
     }

@@ -19,7 +19,7 @@ public struct ReliabilitySettings: Sendable {
     public init() {}
 
     /// The sections this type reads, in the order of the docs.
-    public static let sections = ["retry", "fallbacks", "routes", "cache", "limits"]
+    package static let sections = ["retry", "fallbacks", "routes", "cache", "limits"]
 
     /// One provider of a chain or route, as configured.
     public struct Member: Sendable, Hashable {
@@ -59,7 +59,7 @@ public struct ReliabilitySettings: Sendable {
     /// - Returns: the settings and every problem found; the settings hold
     ///   whatever was valid.
     /// - Parameter home: the home directory `~` in `cache.directory` expands to.
-    public static func parse(_ sections: [String: YAMLNode], home: String = Environment.homeDirectory) -> (ReliabilitySettings, [SourceProblem]) {
+    package static func parse(_ sections: [String: YAMLNode], home: String = Environment.homeDirectory) -> (ReliabilitySettings, [SourceProblem]) {
         var p = SettingsParser(home: home)
         if let n = sections["retry"] { p.retry(n) }
         if let n = sections["fallbacks"] { p.fallbacks(n) }
@@ -84,7 +84,7 @@ public struct ReliabilitySettings: Sendable {
     /// Problems with the names the settings use: references to providers
     /// that do not exist (`known`: the providers that can be created),
     /// chains and routes named like a provider.
-    public func check(knownProviders known: Set<String>) -> [SourceProblem] {
+    package func check(knownProviders known: Set<String>) -> [SourceProblem] {
         var problems: [SourceProblem] = []
         let usable = known.union(definedNames)
         func ref(_ m: Member, _ what: String) {

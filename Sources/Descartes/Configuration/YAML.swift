@@ -34,22 +34,22 @@ public struct SourceError: Error, Sendable, CustomStringConvertible {
 }
 
 /// A node of a YAML document, with its position.
-public struct YAMLNode: Sendable {
-    public enum Value: Sendable {
+package struct YAMLNode: Sendable {
+    package enum Value: Sendable {
         /// A scalar and whether it was quoted (quoted scalars are always strings).
         case scalar(String, quoted: Bool)
         case sequence([YAMLNode])
         case mapping([(key: YAMLNode, value: YAMLNode)])
     }
-    public var value: Value
-    public var location: SourcePosition
+    package var value: Value
+    package var location: SourcePosition
 
     /// A scalar's text, or nil for collections.
-    public var scalar: String? { if case .scalar(let s, _) = value { return s }; return nil }
+    package var scalar: String? { if case .scalar(let s, _) = value { return s }; return nil }
 
     /// The YAML 1.2 core-schema reading of a scalar: null, bool, int, float or
     /// string. Collections become arrays and objects.
-    public var json: JSONValue {
+    package var json: JSONValue {
         switch value {
         case .scalar(let s, let quoted):
             return quoted ? .string(s) : YAMLNode.resolvePlain(s)
@@ -60,7 +60,7 @@ public struct YAMLNode: Sendable {
         }
     }
 
-    public var kindName: String {
+    package var kindName: String {
         switch value {
         case .scalar(let s, let quoted): return quoted ? "string" : YAMLNode.resolvePlain(s).typeName
         case .sequence: return "list"
@@ -70,7 +70,7 @@ public struct YAMLNode: Sendable {
 
     /// How YAML's core schema reads an unquoted scalar: null, bool,
     /// integer, float or string.
-    public static func resolvePlain(_ s: String) -> JSONValue {
+    package static func resolvePlain(_ s: String) -> JSONValue {
         switch s {
         case "", "~", "null", "Null", "NULL": return .null
         case "true", "True", "TRUE": return .bool(true)
@@ -92,7 +92,7 @@ public struct YAMLNode: Sendable {
     }
 
     /// For mappings: the value for `key`, or nil.
-    public subscript(key: String) -> YAMLNode? {
+    package subscript(key: String) -> YAMLNode? {
         if case .mapping(let pairs) = value {
             for p in pairs where p.key.scalar == key { return p.value }
         }
@@ -101,21 +101,21 @@ public struct YAMLNode: Sendable {
 }
 
 /// Parses YAML with libyaml.
-public enum YAML {
+package enum YAML {
     /// The most nodes one file may expand to (aliases included), so a
     /// "billion laughs" document fails instead of exhausting memory.
-    public static let maxNodes = 100_000
+    package static let maxNodes = 100_000
     /// The deepest nesting accepted.
-    public static let maxDepth = 128
+    package static let maxDepth = 128
 
     /// Parses the first document of `text`. Returns nil for an empty file.
     /// Throws `SourceError` naming file, line and column on invalid YAML.
-    public static func parse(_ text: String, file: String) throws(SourceError) -> YAMLNode? {
+    package static func parse(_ text: String, file: String) throws(SourceError) -> YAMLNode? {
         var bytes = Array(text.utf8)
         return try parse(bytes: &bytes, file: file)
     }
 
-    public static func parse(bytes: inout [UInt8], file: String) throws(SourceError) -> YAMLNode? {
+    package static func parse(bytes: inout [UInt8], file: String) throws(SourceError) -> YAMLNode? {
         var parser = yaml_parser_t()
         guard yaml_parser_initialize(&parser) == 1 else {
             throw SourceError([SourceProblem(SourcePosition(file: file, line: 1, column: 1), "cannot initialize the YAML parser")])

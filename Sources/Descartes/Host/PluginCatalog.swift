@@ -24,7 +24,7 @@ public struct PluginSearch: Sendable {
     }
 
     /// The system directories, searched last.
-    public static let systemDirectories = ["/usr/local/lib/descartes/plugins", "/usr/lib/descartes/plugins"]
+    package static let systemDirectories = ["/usr/local/lib/descartes/plugins", "/usr/lib/descartes/plugins"]
 
     /// The documented search order:
     /// 1. `$DESCARTES_PLUGIN_PATH` (colon-separated absolute paths),
@@ -40,7 +40,7 @@ public struct PluginSearch: Sendable {
     /// With `elevated` (setuid/setgid always; root when the system policy
     /// sets `ignore_environment_as_root`) 1, 2 and the user policy's
     /// directories are skipped. See docs/policy.md.
-    public static func standard(
+    package static func standard(
         environment: [String: String] = Environment.current(), executable: String? = FileSystem.executablePath(),
         elevated: Bool? = nil, policy: PluginPolicy = .none
     ) -> PluginSearch {
@@ -88,8 +88,8 @@ public struct PluginSearch: Sendable {
 }
 
 /// One manifest file found during discovery.
-public struct CatalogEntry: Sendable {
-    public enum Status: Sendable, Equatable {
+package struct CatalogEntry: Sendable {
+    package enum Status: Sendable, Equatable {
         /// Valid manifest, library file present, ABI spoken by this host.
         case available
         /// The manifest could not be read or is invalid.
@@ -106,7 +106,7 @@ public struct CatalogEntry: Sendable {
         /// with elevated privileges (see `FileTrust`).
         case refused(String)
 
-        public var label: String {
+        package var label: String {
             switch self {
             case .available: return "available"
             case .invalid: return "invalid manifest"
@@ -119,20 +119,20 @@ public struct CatalogEntry: Sendable {
         }
     }
 
-    public var file: String
-    public var directory: PluginSearch.Directory
-    public var manifest: PluginManifest?
-    public var problems: [SourceProblem]
-    public var status: Status
+    package var file: String
+    package var directory: PluginSearch.Directory
+    package var manifest: PluginManifest?
+    package var problems: [SourceProblem]
+    package var status: Status
     /// What the plugin policy says about it (for entries with a manifest).
-    public var policy: PluginPolicy.Decision?
+    package var policy: PluginPolicy.Decision?
     /// The policy rule that requires it, if any.
-    public var requiredBy: PluginPolicy.Rule?
+    package var requiredBy: PluginPolicy.Rule?
     /// The SHA-256 digest the policy pins its library to, if any.
-    public var pin: PluginPolicy.Pin?
+    package var pin: PluginPolicy.Pin?
 
     /// One line saying why the entry is not available.
-    public var reason: String? {
+    package var reason: String? {
         switch status {
         case .available: return nil
         case .invalid: return problems.map(\.description).joined(separator: "; ")
@@ -148,15 +148,15 @@ public struct CatalogEntry: Sendable {
 /// The plugins found on disk, from their manifests alone. Building a catalog
 /// never loads a library (discovery cannot crash the host).
 public final class PluginCatalog: Sendable {
-    public let search: PluginSearch
-    public let entries: [CatalogEntry]
+    package let search: PluginSearch
+    package let entries: [CatalogEntry]
     /// What discovery did, step by step (printed by `--verbose`).
-    public let trace: [String]
+    package let trace: [String]
     /// The policy applied.
-    public let policy: PluginPolicy
+    package let policy: PluginPolicy
     private let requiredChecked = Lock<ProviderError??>(nil)
 
-    public init(search: PluginSearch, entries: [CatalogEntry], trace: [String], policy: PluginPolicy = .none) {
+    package init(search: PluginSearch, entries: [CatalogEntry], trace: [String], policy: PluginPolicy = .none) {
         self.search = search
         self.entries = entries
         self.trace = trace
@@ -164,7 +164,7 @@ public final class PluginCatalog: Sendable {
     }
 
     /// The entry that serves `provider`, if any (available or not).
-    public func entry(for provider: String) -> CatalogEntry? {
+    package func entry(for provider: String) -> CatalogEntry? {
         entries.first { $0.manifest?.provider == provider && !isShadowed($0) }
     }
 
@@ -189,7 +189,10 @@ public final class PluginCatalog: Sendable {
     /// applies `policy`. When the process runs with elevated privileges,
     /// directories, manifests and libraries another user could have written
     /// are refused (`FileTrust`).
-    public static func discover(_ search: PluginSearch, policy: PluginPolicy = .none) -> PluginCatalog {
+    public static func discover(_ search: PluginSearch) -> PluginCatalog { discover(search, policy: .none) }
+
+    /// The plugins `search` finds, under `policy`.
+    package static func discover(_ search: PluginSearch, policy: PluginPolicy) -> PluginCatalog {
         var trace = search.notes
         for f in policy.files {
             switch f.status {
@@ -269,7 +272,7 @@ public final class PluginCatalog: Sendable {
     /// What is wrong with the plugins the policy requires, read from the
     /// manifests alone: each required name (or glob) must match an
     /// available plugin. Empty when all is well.
-    public var requiredProblems: [String] {
+    package var requiredProblems: [String] {
         var out: [String] = []
         for rule in policy.required {
             let matching = entries.filter { e in e.manifest.map { rule.matches($0.provider) } ?? false }
@@ -288,7 +291,7 @@ public final class PluginCatalog: Sendable {
     /// Checks, once per catalog, that every required plugin is available
     /// and loads (PAM's "required": one missing or failing is an error for
     /// every provider).
-    public func checkRequired(loader: PluginLoader) throws(ProviderError) {
+    package func checkRequired(loader: PluginLoader) throws(ProviderError) {
         if policy.required.isEmpty { return }
         let cached = requiredChecked.withLock { $0 }
         if let cached {

@@ -9,8 +9,8 @@ public let descartesVersion = "0.1.0"
 public let descartesABIVersion: Int = Int(DESCARTES_ABI_VERSION)
 
 /// Why a plugin library could not be used. The message always names the file.
-public struct PluginLoadError: Error, Sendable, CustomStringConvertible {
-    public enum Reason: String, Sendable {
+package struct PluginLoadError: Error, Sendable, CustomStringConvertible {
+    package enum Reason: String, Sendable {
         case missingLibrary = "library missing"
         case notSharedObject = "not a loadable shared object"
         case noEntrySymbol = "no entry symbol"
@@ -21,15 +21,15 @@ public struct PluginLoadError: Error, Sendable, CustomStringConvertible {
         case insecure = "insecure file"
         case checksumMismatch = "checksum mismatch"
     }
-    public var reason: Reason
-    public var path: String
-    public var detail: String
-    public init(_ reason: Reason, path: String, _ detail: String) {
+    package var reason: Reason
+    package var path: String
+    package var detail: String
+    package init(_ reason: Reason, path: String, _ detail: String) {
         self.reason = reason
         self.path = path
         self.detail = detail
     }
-    public var description: String { "\(path): \(reason.rawValue): \(detail)" }
+    package var description: String { "\(path): \(reason.rawValue): \(detail)" }
 }
 
 /// A C string that lives as long as this object.
@@ -88,7 +88,7 @@ package final class HostTable: @unchecked Sendable {
 /// A plugin library loaded with dlopen and negotiated. It is never unloaded
 /// (Swift images cannot be dlclose'd safely), so its tables stay valid for
 /// the life of the process.
-public final class PluginLibrary: @unchecked Sendable {
+package final class PluginLibrary: @unchecked Sendable {
     /// Creates a backend with factory `id` from a validated configuration.
     /// - Throws: the plugin's own error (create's `on_error`), its message
     ///   prefixed with the library's path.
@@ -137,11 +137,11 @@ public final class PluginLibrary: @unchecked Sendable {
         return raw
     }
 
-    public let path: String
-    public let name: String
-    public let version: String
-    public let abiVersion: Int
-    public let factoryIDs: [String]
+    package let path: String
+    package let name: String
+    package let version: String
+    package let abiVersion: Int
+    package let factoryIDs: [String]
     let library: UnsafePointer<descartes_library_t>
     let hostTable: HostTable
     let handle: UnsafeMutableRawPointer
@@ -225,7 +225,7 @@ public final class PluginLoader: Sendable {
 
     /// Checks that the file at `path` has the digest `pin` names (computed
     /// once per file and process).
-    public func verify(path: String, sha256 pin: PluginPolicy.Pin) throws(PluginLoadError) {
+    package func verify(path: String, sha256 pin: PluginPolicy.Pin) throws(PluginLoadError) {
         let key = FileSystem.realPath(path) ?? path
         var digest = digests.withLock { $0[key] }
         if digest == nil {
@@ -242,7 +242,7 @@ public final class PluginLoader: Sendable {
 
     /// Loads the library at `path` once per process. With `sha256`, the
     /// file's digest must match the policy's pin first.
-    public func load(path: String, sha256 pin: PluginPolicy.Pin? = nil) throws(PluginLoadError) -> PluginLibrary {
+    package func load(path: String, sha256 pin: PluginPolicy.Pin? = nil) throws(PluginLoadError) -> PluginLibrary {
         let key = FileSystem.realPath(path) ?? path
         if let pin { try verify(path: path, sha256: pin) }
         // dlopen and entry run under the lock: the ABI says the entry is

@@ -78,7 +78,7 @@ public struct ProviderFactory: Sendable {
     }
 
     /// The plugin and the explicit config values for `name` (see `backend`).
-    public func instanceValues(
+    package func instanceValues(
         _ name: String, overrides: [String: JSONValue] = [:], runHelper: Bool = true
     ) throws(ProviderError) -> (plugin: String, values: [String: ConfigValidation.Explicit], at: SourcePosition?) {
         var values: [String: ConfigValidation.Explicit] = [:]
@@ -174,7 +174,7 @@ public struct ProviderFactory: Sendable {
     /// the caller or a lower file: the plugin runs isolated if any of them
     /// says so, under the lowest memory limit any of them sets (default
     /// `ProcessLimits.isolatedPlugin`). See docs/isolation.md.
-    public func effectiveIsolation(plugin: String, instance: String?, requested: Isolation?) -> Isolation {
+    package func effectiveIsolation(plugin: String, instance: String?, requested: Isolation?) -> Isolation {
         let d = isolationDecision(plugin: plugin, instance: instance)
         var limits: ProcessLimits
         switch requested {
@@ -189,7 +189,7 @@ public struct ProviderFactory: Sendable {
 
     /// What the policy files say about where `plugin` (as `instance`) runs,
     /// with the settings that decided.
-    public func isolationDecision(plugin: String, instance: String?) -> IsolationDecision {
+    package func isolationDecision(plugin: String, instance: String?) -> IsolationDecision {
         var d = catalog.policy.isolation(for: plugin)
         if let name = instance, let inst = configuration?.instance(name) { d.add(inst.isolation, source: "providers.yaml") }
         return d
@@ -261,13 +261,13 @@ public struct ProviderFactory: Sendable {
     }
 
     /// What `verify` found.
-    public struct Verification: Sendable {
-        public var library: String
-        public var version: String
-        public var factories: [String]
+    package struct Verification: Sendable {
+        package var library: String
+        package var version: String
+        package var factories: [String]
         /// Required config keys with no value (the plugin loads, but cannot
         /// be created until they are set), each with where to set it.
-        public var missingConfig: [String]
+        package var missingConfig: [String]
     }
 
     /// Loads and negotiates the library of `name`, finds its factory, and
@@ -276,7 +276,7 @@ public struct ProviderFactory: Sendable {
     ///
     /// - Throws: any failure to load, negotiate or create, except that
     ///   required keys without a value are reported in `missingConfig`.
-    public func verify(_ name: String, config: [String: JSONValue] = [:]) throws(ProviderError) -> Verification {
+    package func verify(_ name: String, config: [String: JSONValue] = [:]) throws(ProviderError) -> Verification {
         let manifest = try manifest(for: name)
         let library: PluginLibrary
         do { library = try loader.load(path: manifest.libraryPath, sha256: catalog.entry(for: name)?.pin) } catch {

@@ -37,7 +37,7 @@ public struct AuditSettings: Sendable, Equatable {
     }
 
     /// Reads the (expanded) section; nil means the defaults (disabled).
-    public static func read(_ node: YAMLNode?, environment: [String: String] = Environment.current()) -> Result<AuditSettings, SourceError> {
+    package static func read(_ node: YAMLNode?, environment: [String: String] = Environment.current()) -> Result<AuditSettings, SourceError> {
         var s = AuditSettings(file: defaultFile(environment: environment))
         guard let node else { return .success(s) }
         var v = NodeValidator(file: node.location.file)
@@ -265,26 +265,26 @@ final class AuditedBackend: ModelBackend, Sendable {
 }
 
 /// Reads an audit log back: the records, and totals per provider instance.
-public struct AuditSummary: Sendable {
-    public struct Totals: Sendable, Equatable {
-        public var requests = 0
-        public var errors = 0
-        public var inputTokens = 0
-        public var outputTokens = 0
-        public var costUSD = 0.0
-        public init() {}
+package struct AuditSummary: Sendable {
+    package struct Totals: Sendable, Equatable {
+        package var requests = 0
+        package var errors = 0
+        package var inputTokens = 0
+        package var outputTokens = 0
+        package var costUSD = 0.0
+        package init() {}
     }
 
     /// The last records, oldest first.
-    public var recent: [JSONValue]
+    package var recent: [JSONValue]
     /// Per instance, over the whole file.
-    public var totals: [(instance: String, totals: Totals)]
-    public var records = 0
+    package var totals: [(instance: String, totals: Totals)]
+    package var records = 0
     /// Lines that are not audit records (a torn write, an edit by hand).
-    public var unreadable = 0
+    package var unreadable = 0
 
     /// Reads `file`, keeping the last `last` records.
-    public static func read(_ file: String, last: Int) throws(FileSystemError) -> AuditSummary {
+    package static func read(_ file: String, last: Int) throws(FileSystemError) -> AuditSummary {
         let fd = open(file, O_RDONLY | O_CLOEXEC)
         if fd < 0 { throw FileSystem.systemError(file) }
         defer { close(fd) }

@@ -34,11 +34,11 @@ public struct CacheLimits: Sendable, Hashable {
 public final class ResponseCache: Sendable {
     /// A cached answer: the response and the stream events that produced it
     /// (without the finish event), replayed to a streaming caller.
-    public struct Entry: Sendable, Hashable {
-        public var response: ModelResponse
-        public var events: [StreamEvent]
+    package struct Entry: Sendable, Hashable {
+        package var response: ModelResponse
+        package var events: [StreamEvent]
 
-        public init(response: ModelResponse, events: [StreamEvent]) {
+        package init(response: ModelResponse, events: [StreamEvent]) {
             self.response = response
             self.events = events
         }
@@ -160,7 +160,7 @@ public final class ResponseCache: Sendable {
     /// the request as canonical JSON (members sorted, absent and default
     /// fields alike), without what does not change the answer (deadlines,
     /// the caller's metadata labels).
-    public static func key(for request: ModelRequest, namespace: String) -> String {
+    package static func key(for request: ModelRequest, namespace: String) -> String {
         var r = request
         r.deadlines = Deadlines()
         r.metadata = [:]
@@ -169,7 +169,7 @@ public final class ResponseCache: Sendable {
     }
 
     /// The entry for `key`, if there is a live one (memory first, then disk).
-    public func lookup(_ key: String) -> Entry? {
+    package func lookup(_ key: String) -> Entry? {
         let now = clock.now
         let found: Entry? = state.withLock { s in
             guard let i = s.index[key] else { return nil }
@@ -198,7 +198,7 @@ public final class ResponseCache: Sendable {
 
     /// Keeps `entry` under `key` (in memory, and on disk when configured).
     /// An entry larger than the byte bound is not kept.
-    public func store(_ key: String, _ entry: Entry) {
+    package func store(_ key: String, _ entry: Entry) {
         guard insertMemory(key, entry, ttl: limits.ttl) else { return }
         state.withLock { $0.stats.stores += 1 }
         if limits.directory != nil { writeDisk(key, entry) }

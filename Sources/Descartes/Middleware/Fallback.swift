@@ -190,9 +190,9 @@ public struct FallbackBackend: ModelBackend {
 /// be created now (a missing API key, a plugin that is not installed) and
 /// still work through its other providers; the creation error is that
 /// provider's failed attempt, every time it is tried.
-public final class LazyBackend: ModelBackend, Sendable {
-    public let name: String
-    public let mode: ModelProviderMode
+package final class LazyBackend: ModelBackend, Sendable {
+    package let name: String
+    package let mode: ModelProviderMode
     private let make: @Sendable () throws -> any ModelBackend
     private let state = Lock<Result<any ModelBackend, ProviderError>?>(nil)
 
@@ -201,14 +201,14 @@ public final class LazyBackend: ModelBackend, Sendable {
     ///   - mode: its mode (from its manifest), before it exists.
     ///   - make: creates it; a thrown error is remembered and rethrown by
     ///     every operation.
-    public init(name: String, mode: ModelProviderMode, _ make: @escaping @Sendable () throws -> any ModelBackend) {
+    package init(name: String, mode: ModelProviderMode, _ make: @escaping @Sendable () throws -> any ModelBackend) {
         self.name = name
         self.mode = mode
         self.make = make
     }
 
     /// The backend, created now if it was not yet.
-    public func backend() throws(ProviderError) -> any ModelBackend {
+    package func backend() throws(ProviderError) -> any ModelBackend {
         let result = state.withLock { s -> Result<any ModelBackend, ProviderError> in
             if let s { return s }
             let r: Result<any ModelBackend, ProviderError>
@@ -224,18 +224,18 @@ public final class LazyBackend: ModelBackend, Sendable {
         state.withLock { s in if case .success(let b)? = s { return b }; return nil }
     }
 
-    public func initialize() async throws { try await backend().initialize() }
-    public func healthCheck() async throws -> HealthReport { try await backend().healthCheck() }
-    public func complete(_ request: ModelRequest) async throws -> ModelResponse { try await backend().complete(request) }
-    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    package func initialize() async throws { try await backend().initialize() }
+    package func healthCheck() async throws -> HealthReport { try await backend().healthCheck() }
+    package func complete(_ request: ModelRequest) async throws -> ModelResponse { try await backend().complete(request) }
+    package func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
         do { return try backend().stream(request) } catch {
             return AsyncThrowingStream { $0.finish(throwing: error) }
         }
     }
-    public func listModels() async throws -> [ModelInfo] { try await backend().listModels() }
-    public func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
+    package func listModels() async throws -> [ModelInfo] { try await backend().listModels() }
+    package func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
         try await backend().estimateTokens(request)
     }
-    public func shutdown() async { await created?.shutdown() }
+    package func shutdown() async { await created?.shutdown() }
 }
 

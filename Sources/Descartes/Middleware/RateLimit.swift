@@ -128,7 +128,7 @@ public final class RateLimiter: Sendable {
     ///   exceed `maxWait`; `cancelled` when the task is cancelled while
     ///   waiting. Either way the reservation is given back.
     @discardableResult
-    public func acquire(tokens: Int, maxWait: Duration? = nil, provider: String? = nil) async throws(ProviderError) -> Duration {
+    package func acquire(tokens: Int, maxWait: Duration? = nil, provider: String? = nil) async throws(ProviderError) -> Duration {
         let now = clock.now
         let cost = Double(max(0, tokens))
         let (wait, charged) = state.withLock { s -> (Duration, Double) in
@@ -176,7 +176,7 @@ public final class RateLimiter: Sendable {
 
     /// Corrects the tokens taken for a request once its usage is known
     /// (`delta` = actual - estimated; negative gives tokens back).
-    public func adjust(tokens delta: Int) {
+    package func adjust(tokens delta: Int) {
         guard delta != 0 else { return }
         state.withLock { s in
             s.refill(clock.now)
@@ -189,7 +189,7 @@ public final class RateLimiter: Sendable {
 
     /// Holds every request back until `instant` of `clock` (a provider's
     /// retry-after).
-    public func pause(until instant: ContinuousClock.Instant) {
+    package func pause(until instant: ContinuousClock.Instant) {
         state.withLock { s in
             if s.pausedUntil.map({ $0 < instant }) ?? true { s.pausedUntil = instant }
         }

@@ -74,7 +74,7 @@ public struct RetryPolicy: Sendable, Hashable {
     public static let none = RetryPolicy(maxAttempts: 1)
 
     /// What to do after a failure.
-    public enum Decision: Sendable, Hashable {
+    package enum Decision: Sendable, Hashable {
         case retry(after: Duration)
         case stop(reason: String)
     }
@@ -86,7 +86,7 @@ public struct RetryPolicy: Sendable, Hashable {
     ///   - remaining: time left before the request's total deadline or the
     ///     budget, if either is set.
     ///   - random: a number in 0..<1 (the jitter's randomness).
-    public func decide(
+    package func decide(
         _ error: ProviderError, attempt: Int, outputReached: Bool = false, remaining: Duration? = nil,
         random: Double = Double.random(in: 0..<1)
     ) -> Decision {

@@ -122,7 +122,7 @@ enum Streams {
 extension ProviderError {
     /// `error` as a `ProviderError`: task cancellation becomes `cancelled`,
     /// anything else `backend`.
-    public static func from(_ error: any Error, provider: String?) -> ProviderError {
+    package static func from(_ error: any Error, provider: String?) -> ProviderError {
         if let e = error as? ProviderError { return e }
         if error is CancellationError { return ProviderError(.cancelled, "the request was cancelled", provider: provider) }
         return ProviderError(.backend, "\(error)", provider: provider)
