@@ -679,15 +679,7 @@ final class Run: @unchecked Sendable {
 }
 
 /// A duration for people: "<1 ms", "12 ms", "1.25 s".
-func fmt(_ d: Duration) -> String {
-    let us = d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
-    if us < 1000 { return "<1 ms" }
-    if us < 1_000_000 { return "\(us / 1000) ms" }
-    let centis = us / 10_000
-    var frac = centis % 100 < 10 ? "0\(centis % 100)" : "\(centis % 100)"
-    while frac.hasSuffix("0") { frac.removeLast() }
-    return frac.isEmpty ? "\(centis / 100) s" : "\(centis / 100).\(frac) s"
-}
+func fmt(_ d: Duration) -> String { d.shortText }
 
 /// A reason, as an error value.
 struct Why: Error {

@@ -1,6 +1,8 @@
 // Small text helpers shared by the host, the kit and the tools (the host
 // links no Foundation). `package`: none of this is public API.
 
+import DescartesCore
+
 extension StringProtocol {
     /// The text without leading and trailing spaces, tabs, CRs and LFs.
     package var trimmingSpaces: String {
@@ -76,4 +78,28 @@ package func closest(_ word: String, in candidates: [String]) -> String? {
     let best = candidates.map { ($0, distance(w, Array($0))) }.min { $0.1 < $1.1 }
     guard let best, best.1 <= max(1, word.count / 3) else { return nil }
     return best.0
+}
+
+extension Duration {
+    /// As a message names a deadline or a wait, exact to the millisecond:
+    /// "300 ms", "2 s", "1.5 s". The host's and the kit's errors use it.
+    package var exactText: String {
+        let ms = milliseconds
+        if ms % 1000 == 0 { return "\(ms / 1000) s" }
+        if ms >= 1000 { return "\(Double(ms) / 1000) s" }
+        return "\(ms) ms"
+    }
+
+    /// For a summary or a table, to the hundredth of a second (cut, not
+    /// rounded): "<1 ms", "12 ms", "1.25 s", "2 s". The CLI's stats and the
+    /// conformance report use it.
+    package var shortText: String {
+        let us = components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000
+        if us < 1000 { return "<1 ms" }
+        if us < 1_000_000 { return "\(us / 1000) ms" }
+        let centis = us / 10_000
+        var frac = centis % 100 < 10 ? "0\(centis % 100)" : "\(centis % 100)"
+        while frac.hasSuffix("0") { frac.removeLast() }
+        return frac.isEmpty ? "\(centis / 100) s" : "\(centis / 100).\(frac) s"
+    }
 }

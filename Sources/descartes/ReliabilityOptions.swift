@@ -152,11 +152,7 @@ struct ReliabilityOptions {
         for l in lines { Out.err("descartes: stats: \(l)") }
     }
 
-    static func formatDuration(_ d: Duration) -> String {
-        let ms = d.milliseconds
-        if ms < 1000 { return "\(ms) ms" }
-        return "\(Double(ms / 10) / 100) s"
-    }
+    static func formatDuration(_ d: Duration) -> String { d.shortText }
 
     static func formatRate(_ r: Double) -> String { "\((r * 10).rounded() / 10)" }
 

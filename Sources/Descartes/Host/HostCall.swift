@@ -353,9 +353,5 @@ package struct CallHandle: @unchecked Sendable {
     package init(raw: OpaquePointer) { self.raw = raw }
 }
 
-func format(_ d: Duration) -> String {
-    let ms = d.milliseconds
-    if ms % 1000 == 0 { return "\(ms / 1000) s" }
-    if ms >= 1000 { return "\(Double(ms) / 1000) s" }
-    return "\(ms) ms"
-}
+/// A duration in an error message ("300 ms", "1.5 s"): `Duration.exactText`.
+func format(_ d: Duration) -> String { d.exactText }

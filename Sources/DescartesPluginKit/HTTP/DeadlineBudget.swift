@@ -1,4 +1,5 @@
 import Dispatch
+internal import DescartesSupport
 
 /// What is left of a request's deadlines, counted from when the plugin
 /// received it.
@@ -75,12 +76,7 @@ public struct DeadlineBudget: Sendable {
     }
 
     /// "1.5 s", "300 ms", "2 s".
-    public static func format(_ d: Duration) -> String {
-        let ms = d.milliseconds
-        if ms % 1000 == 0 { return "\(ms / 1000) s" }
-        if ms >= 1000 { return "\(Double(ms) / 1000) s" }
-        return "\(ms) ms"
-    }
+    public static func format(_ d: Duration) -> String { d.exactText }
 
     /// How long to wait before asking again after the `attempt`-th "not yet"
     /// (0-based): the server's Retry-After when it gave one, else 250 ms
