@@ -215,7 +215,7 @@ final class ClaudeTurn: @unchecked Sendable {
         switch subtype {
         case "success":
             if isError {
-                fail(ProviderError(.api, text.isEmpty ? "Claude Code reported an error without a message" : text, providerType: subtype))
+                fail(statuslessError(o, text: text))
                 return
             }
             reason = finishReason(o["stop_reason"]?.stringValue)
@@ -275,6 +275,30 @@ final class ClaudeTurn: @unchecked Sendable {
             inputTokens: input + cacheRead + cacheWrite, outputTokens: u["output_tokens"]?.intValue ?? 0,
             cacheReadTokens: cacheRead, cacheWriteTokens: cacheWrite,
             reasoningTokens: u["output_tokens_details"]?["thinking_tokens"]?.intValue ?? 0)
+    }
+
+    /// Markers of a failed connection in Claude Code's error text (Node's
+    /// error codes and its own wording), for versions that do not say
+    /// `api_error: connection_failed`.
+    static let connectionMarkers = [
+        "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "EPIPE",
+        "Connection error", "Connection refused", "Connection dropped", "socket hang up", "fetch failed",
+    ]
+
+    /// An error `result` without an HTTP status. Claude Code 2.1.331 says
+    /// `"api_error_status": null, "api_error": "connection_failed"` (and
+    /// "API Error: Connection refused ... (ECONNREFUSED)" or "Connection
+    /// dropped (ECONNRESET)") when it could not reach the API: the provider
+    /// is unavailable, which is retried (when nothing ran). Anything else is
+    /// `api`, typed with `api_error` when there is one (never the subtype
+    /// "success").
+    private func statuslessError(_ o: JSONObject, text: String) -> ProviderError {
+        let apiError = o["api_error"]?.stringValue
+        let message = text.isEmpty ? "Claude Code reported an error without a message" : text
+        if apiError == "connection_failed" || Self.connectionMarkers.contains(where: { text.contains($0) }) {
+            return ProviderError(.providerUnavailable, message, providerType: apiError ?? "connection_failed")
+        }
+        return ProviderError(.api, message, providerType: apiError ?? o["terminal_reason"]?.stringValue)
     }
 
     private func apiError(status: Int, type: String?, message: String) -> ProviderError {
