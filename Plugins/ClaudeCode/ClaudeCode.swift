@@ -102,40 +102,99 @@ final class ClaudeCodeBackend: DescartesBackend {
 
     /// A turn of a session: continue the live process, or start one (with
     /// the request's earlier conversation when it has one).
+    ///
+    /// One turn at a time per session, and one process per session id: a
+    /// turn that finds its session busy (a concurrent turn, or a cancelled
+    /// or timed-out one whose interrupt has not been answered yet), or its
+    /// process being started or on its way out, waits for it, polling every
+    /// 20 ms, until the request's deadline (cancelling the request ends the
+    /// wait).
     func runInSession(_ request: ModelRequest, _ call: PluginCall, _ options: ClaudeOptions, _ input: ClaudeInput) throws(ProviderError) {
-        if let id = options.sessionID, let session = sessions.get(id), session.isAlive {
+        guard let id = options.sessionID else {
+            // A new session: a new id, nobody else can hold it.
+            let id = UUID.random()
+            _ = sessions.claim(id)
+            try startSession(id: id, restarted: false, request, call, options, input)
+            return
+        }
+        if try tryTurn(id: id, request, call, options, input) { return }
+        let deadline = agent.config.deadline(request)
+        let task = Task.detached { [self] in
+            while true {
+                do {
+                    try await Task.sleep(for: .milliseconds(20))
+                } catch {
+                    return call.fail(ProviderError(.cancelled, "the request was cancelled while waiting for session \(id)"))
+                }
+                if let deadline, ContinuousClock.now >= deadline {
+                    return call.fail(
+                        ProviderError(.timeout, "session \(id) was still busy with another turn when the deadline passed", deadline: "total"))
+                }
+                do throws(ProviderError) {
+                    if try tryTurn(id: id, request, call, options, input) { return }
+                } catch {
+                    return call.fail(error)
+                }
+            }
+        }
+        call.onCancel { task.cancel() }
+    }
+
+    /// Runs the turn now if session `id` can take it: true when it was
+    /// started, false when the caller must wait.
+    private func tryTurn(id: String, _ request: ModelRequest, _ call: PluginCall, _ options: ClaudeOptions, _ input: ClaudeInput) throws(ProviderError) -> Bool {
+        switch sessions.claim(id) {
+        case .starting:
+            return false
+        case .yours:
+            try startSession(id: id, restarted: true, request, call, options, input)
+            return true
+        case .session(let session):
+            // A process that is exiting (interrupt unanswered, end_session)
+            // leaves the table when it has been reaped; then a new one starts.
+            guard session.isAlive else { return false }
             let turn = ClaudeTurn(call: call, partial: true, costBefore: session.totalCost)
             turn.metadata = ["session_id": .string(id), "session_spawned": false]
-            let n = try session.begin(turn, closeAfter: options.endSession)
+            let begun: Int?
+            do { begun = try session.begin(turn, closeAfter: options.endSession) } catch { return false }
+            guard let n = begun else { return false }
             turn.metadata["session_turn"] = .integer(n)
             session.link.child?.write(input.stdinLines)
             call.onCancel { session.interrupt() }
-            return
+            return true
         }
-        try sessions.makeRoom(idle: settings.sessionIdle, limit: settings.maxSessions)
-        let program = try agent.program()
-        let id = options.sessionID ?? UUID.random()
-        let (scratch, resume) = try Self.resumeFile(input, sessionID: id)
-        let args = claudeArguments(
-            settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
-            partial: true, sessionID: id, resume: resume, extra: agent.config.args)
-        let table = sessions
-        let session = ClaudeSession(
-            id: id, scratch: scratch, interruptGrace: agent.config.killGrace, exitGrace: agent.config.exitGrace,
-            onEnd: { table.remove($0) })
-        let turn = ClaudeTurn(call: call, partial: true)
-        turn.metadata = [
-            "session_id": .string(id), "session_spawned": true, "session_restarted": .bool(options.sessionID != nil),
-        ]
-        let n = try session.begin(turn, closeAfter: options.endSession)
-        turn.metadata["session_turn"] = .integer(n)
+    }
+
+    /// Starts the process of session `id` (claimed by the caller) with this turn.
+    private func startSession(
+        id: String, restarted: Bool, _ request: ModelRequest, _ call: PluginCall, _ options: ClaudeOptions, _ input: ClaudeInput
+    ) throws(ProviderError) {
+        var scratch: ScratchDirectory? = nil
         do {
+            try sessions.makeRoom(idle: settings.sessionIdle, limit: settings.maxSessions)
+            let program = try agent.program()
+            let (dir, resume) = try Self.resumeFile(input, sessionID: id)
+            scratch = dir
+            let args = claudeArguments(
+                settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
+                partial: true, sessionID: id, resume: resume, extra: agent.config.args)
+            let table = sessions
+            let session = ClaudeSession(
+                id: id, scratch: dir, interruptGrace: agent.config.killGrace, exitGrace: agent.config.exitGrace,
+                onEnd: { table.remove($0) })
+            let turn = ClaudeTurn(call: call, partial: true)
+            turn.metadata = [
+                "session_id": .string(id), "session_spawned": true, "session_restarted": .bool(restarted),
+            ]
+            let n = try session.begin(turn, closeAfter: options.endSession) ?? 1
+            turn.metadata["session_turn"] = .integer(n)
             try agent.spawn(
                 agent.spec(program, arguments: args, input: input.stdinLines, keepInputOpen: true, cwd: options.cwd), link: session.link,
                 handlers: session.handlers)
             sessions.add(session)
             call.onCancel { session.interrupt() }
         } catch {
+            sessions.abandon(id)
             scratch?.remove()
             throw error
         }

@@ -41,13 +41,12 @@ final class ClaudeSession: @unchecked Sendable {
     var totalCost: Double { state.withLock { $0.totalCost } }
 
     /// Makes `turn` the current one; `input` (its user lines) is written
-    /// once the process exists. Returns the turn's number in the session.
-    func begin(_ turn: ClaudeTurn, closeAfter: Bool) throws(ProviderError) -> Int {
-        let n = try state.withLock { s throws(ProviderError) -> Int in
+    /// once the process exists. Returns the turn's number in the session,
+    /// or nil while another turn runs (the caller waits its turn).
+    func begin(_ turn: ClaudeTurn, closeAfter: Bool) throws(ProviderError) -> Int? {
+        let n = try state.withLock { s throws(ProviderError) -> Int? in
             guard s.alive && !s.closing else { throw ProviderError(.backend, "session \(id) has ended") }
-            guard !s.busy else {
-                throw ProviderError(.backend, "session \(id) is busy with another turn (one turn at a time per session)")
-            }
+            if s.busy { return nil }
             s.busy = true
             s.turn = turn
             s.turns += 1
@@ -55,7 +54,7 @@ final class ClaudeSession: @unchecked Sendable {
             if closeAfter { s.closeAfterTurn = true }
             return s.turns
         }
-        turn.onResult = { [weak self] o in self?.turnEnded(o) }
+        if n != nil { turn.onResult = { [weak self] o in self?.turnEnded(o) } }
         return n
     }
 
@@ -122,9 +121,38 @@ final class ClaudeSession: @unchecked Sendable {
 /// The live sessions of one backend.
 final class SessionTable: Sendable {
     private let sessions = Lock<[String: ClaudeSession]>([:])
+    /// Ids whose process is being started: one process per id at a time.
+    private let starting = Lock<Set<String>>([])
+
+    /// What a turn for `id` finds.
+    enum Claim {
+        /// A live session (it may be busy or on its way out).
+        case session(ClaudeSession)
+        /// Another turn is starting a process under this id: wait.
+        case starting
+        /// Nothing: the caller now starts the process, then calls `add` (or `abandon`).
+        case yours
+    }
+
+    func claim(_ id: String) -> Claim {
+        // Lock order: starting, then sessions.
+        starting.withLock { st in
+            if let s = sessions.withLock({ $0[id] }) { return .session(s) }
+            if st.contains(id) { return .starting }
+            st.insert(id)
+            return .yours
+        }
+    }
+
+    func abandon(_ id: String) { _ = starting.withLock { $0.remove(id) } }
 
     func get(_ id: String) -> ClaudeSession? { sessions.withLock { $0[id] } }
-    func add(_ s: ClaudeSession) { sessions.withLock { $0[s.id] = s } }
+    func add(_ s: ClaudeSession) {
+        starting.withLock { st in
+            sessions.withLock { $0[s.id] = s }
+            st.remove(s.id)
+        }
+    }
     func remove(_ id: String) { sessions.withLock { $0[id] = nil } }
     /// Removes `s` if it is still the session under its id (a restarted
     /// session may have taken the id since).
