@@ -25,6 +25,10 @@ final class HeadlessCLIBackend: DescartesBackend {
     /// agent): a failure after it started carries a side effect, so the
     /// host never runs it again behind the caller's back.
     let repeatable: Bool
+    /// `args` with `--` before the argument that starts with `{prompt}`
+    /// (`end_options`, default true), so a prompt like `--help` is the
+    /// prompt, not an option of the program.
+    let arguments: [String]
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
@@ -38,6 +42,24 @@ final class HeadlessCLIBackend: DescartesBackend {
         stripANSI = context.bool("strip_ansi") ?? true
         healthArgs = context.list("health_args")
         repeatable = context.bool("repeatable") ?? false
+        arguments = try Self.separated(agent.config.args, endOptions: context.bool("end_options") ?? true)
+    }
+
+    /// `args` with `--` inserted before the first argument that starts with
+    /// `{prompt}` (unless a `--` comes before it already). Options after it
+    /// would become operands: refused, as `config`, naming them.
+    static func separated(_ args: [String], endOptions: Bool) throws(ProviderError) -> [String] {
+        guard endOptions, let i = args.firstIndex(where: { $0.hasPrefix("{prompt}") }), !args[..<i].contains("--") else { return args }
+        let later = args[(i + 1)...].filter { $0.hasPrefix("-") }
+        if !later.isEmpty {
+            throw ProviderError(
+                .config,
+                "key 'args': \(later.map { "'\($0)'" }.joined(separator: ", ")) after {prompt} would be read as \(later.count == 1 ? "an operand" : "operands") once '--' is inserted before the prompt (so a prompt such as --help is not taken as an option); move \(later.count == 1 ? "it" : "them") before {prompt}, or set end_options: false"
+            )
+        }
+        var out = args
+        out.insert("--", at: i)
+        return out
     }
 
     /// The side effect every failure of a started, non-repeatable program has.
@@ -81,7 +103,7 @@ final class HeadlessCLIBackend: DescartesBackend {
             let model = request.model ?? defaultModel ?? ""
             var usedPrompt = false
             var usedSystem = false
-            let args = agent.config.args.map { a -> String in
+            let args = arguments.map { a -> String in
                 if a.contains("{prompt}") { usedPrompt = true }
                 if a.contains("{system}") { usedSystem = true }
                 return a.replacingAll("{prompt}", with: prompt.conversation)

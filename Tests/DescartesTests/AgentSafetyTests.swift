@@ -181,4 +181,40 @@ import DescartesSupport
         await b.shutdown()
         await retried.shutdown()
     }
+
+    // MARK: A prompt is never an option
+
+    /// A text CLI taking its prompt as an argument (argparse, like most):
+    /// a prompt of `--help` is the prompt (`--` goes before it by default),
+    /// and options after `{prompt}`, which `--` would turn into operands,
+    /// are refused before anything runs.
+    @Test func aPromptArgumentIsNeverTakenAsAnOption() async throws {
+        let dir = TempDir("descartes-dashdash")
+        let cli = dir.write("ask.py", """
+            #!/usr/bin/env python3
+            import argparse
+            p = argparse.ArgumentParser(prog="ask")
+            p.add_argument("-m", "--model", default="none")
+            p.add_argument("prompt")
+            a = p.parse_args()
+            print("model=%s prompt=%s" % (a.model, a.prompt))
+            """, mode: 0o755)
+        let b = try Self.plugins.factory().create(
+            "headless-cli", config: ["command": .string(cli), "protocol": "text", "args": ["-m", "{model}", "{prompt}"], "model": "tiny"])
+        let r = try await b.complete(ModelRequest(prompt: "--help"))
+        #expect(r.content == "model=tiny prompt=--help\n", "\(r.content)")
+        await b.shutdown()
+        let e = await providerError {
+            _ = try Self.plugins.factory().create(
+                "headless-cli", config: ["command": .string(cli), "protocol": "text", "args": ["{prompt}", "-m", "x"]])
+        }
+        #expect(e?.kind == .config)
+        #expect(e?.message.contains("'-m' after {prompt}") == true, "\(String(describing: e))")
+        // The old behaviour, asked for explicitly: the program sees an option.
+        let unsafe = try Self.plugins.factory().create(
+            "headless-cli", config: ["command": .string(cli), "protocol": "text", "args": ["{prompt}"], "end_options": false])
+        let u = try await unsafe.complete(ModelRequest(prompt: "--help"))
+        #expect(u.content.hasPrefix("usage: ask"), "\(u.content)")
+        await unsafe.shutdown()
+    }
 }

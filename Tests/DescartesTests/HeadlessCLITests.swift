@@ -209,7 +209,11 @@ import DescartesSupport
     // MARK: Text protocol
 
     @Test func textProtocolTemplatesThePromptAndStripsEscapes() async throws {
-        let b = try backend(["command": "printf", "protocol": "text", "args": [#"\033[1mbold\033[0m %s|%s"#, "{prompt}", "{model}"], "model": "tiny"])
+        // (printf takes no `--` after its format: end_options off.)
+        let b = try backend([
+            "command": "printf", "protocol": "text", "args": [#"\033[1mbold\033[0m %s|%s"#, "{prompt}", "{model}"], "model": "tiny",
+            "end_options": false,
+        ])
         let c = await collect(b.stream(ModelRequest(prompt: "hello there")))
         let r = try #require(c.response, "\(String(describing: c.error))")
         #expect(r.content == "bold hello there|tiny")
