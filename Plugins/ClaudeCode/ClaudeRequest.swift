@@ -39,6 +39,7 @@ struct ClaudeSettings: Sendable {
         allowedTools = c.list("allowed_tools")
         disallowedTools = c.list("disallowed_tools")
         permissionMode = text("permission_mode")
+        try Self.checkPermissionMode(permissionMode, "key 'permission_mode'")
         apiKey = text("api_key")
         // 0 unless set: nested retries (Claude Code's ten inside each of the
         // host's attempts) would make a permanent 429 take minutes; the
@@ -64,6 +65,19 @@ struct ClaudeSettings: Sendable {
 }
 
 /// What the caller asked for in `ModelRequest.options` (docs/headless.md).
+extension ClaudeSettings {
+    /// The values `claude --permission-mode` takes (Claude Code 2.1.331:
+    /// its --help lists all but `default`, which it also accepts).
+    static let permissionModes = ["default", "acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan"]
+
+    /// Refuses an unknown mode before anything is spawned (Claude Code would
+    /// exit 1 with a usage error, reported as `process`).
+    static func checkPermissionMode(_ mode: String?, _ what: String) throws(ProviderError) {
+        guard let mode, !permissionModes.contains(mode) else { return }
+        throw ProviderError(.config, "\(what): '\(mode)' is not a permission mode (\(permissionModes.joined(separator: ", ")))")
+    }
+}
+
 struct ClaudeOptions {
     /// Start a session (a process kept alive across turns).
     var startSession = false
@@ -92,6 +106,7 @@ struct ClaudeOptions {
             maxTurns = n
         }
         permissionMode = o["permission_mode"]?.stringValue
+        try ClaudeSettings.checkPermissionMode(permissionMode, "request option 'permission_mode'")
         allowedTools = try strings("allowed_tools")
         disallowedTools = try strings("disallowed_tools")
         if let d = o["cwd"]?.stringValue, !d.isEmpty {

@@ -237,7 +237,12 @@ final class ClaudeTurn: @unchecked Sendable {
         for k in ["num_turns", "duration_ms", "duration_api_ms", "stop_reason", "terminal_reason", "total_cost_usd"] {
             if let v = o[k], !v.isNull { meta[k] = v }
         }
-        if let denials = o["permission_denials"]?.arrayValue, !denials.isEmpty { meta["permission_denials"] = .array(denials) }
+        if let denials = o["permission_denials"]?.arrayValue, !denials.isEmpty {
+            meta["permission_denials"] = .array(denials)
+            // A turn that ended without a tool it was refused did not do
+            // what was asked: not `stop`.
+            if reason == .stop { reason = .toolDenied }
+        }
         if !errors.isEmpty { meta["errors"] = .array(errors.map { .string($0) }) }
         if !toolUses.isEmpty { meta["tool_uses"] = .array(toolUses.map { .object($0) }) }
         call.finish(

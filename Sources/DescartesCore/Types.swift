@@ -189,6 +189,10 @@ public struct FinishReason: RawRepresentable, Sendable, Hashable, CustomStringCo
     public static let contentFilter = FinishReason(rawValue: "content_filter")
     /// The answer ended because of an error.
     public static let error = FinishReason(rawValue: "error")
+    /// An agent ended its turn after it was refused a tool it asked for
+    /// (Claude Code's `permission_denials`): the answer is what it said
+    /// without it.
+    public static let toolDenied = FinishReason(rawValue: "tool_denied")
 
     public var description: String { rawValue }
 }

@@ -147,6 +147,11 @@ enum CompleteCommand {
                 for c in r.toolCalls { Out.line(Out.dim("tool call \(c.id): \(c.name)(\(c.arguments))")) }
                 if r.finishReason == .maxTokens { Out.err("descartes: the answer was cut at the token limit") }
             }
+            if r.finishReason == .toolDenied {
+                let names = (r.metadata["permission_denials"]?.arrayValue ?? []).compactMap { $0["tool_name"]?.stringValue }
+                Out.err("descartes: \(provider): the agent was denied \(names.isEmpty ? "a tool" : names.joined(separator: ", ")) (finish_reason tool_denied)")
+                return .noPermission
+            }
             return .ok
         }
     }

@@ -217,4 +217,60 @@ import DescartesSupport
         #expect(u.content.hasPrefix("usage: ask"), "\(u.content)")
         await unsafe.shutdown()
     }
+
+    // MARK: Refused before spawning, denied tools
+
+    /// A bad permission_mode is `config` naming the key and the allowed
+    /// values, before anything runs (the command does not even exist); a
+    /// missing program is `config` too, and the retry layer does not ask
+    /// again.
+    @Test func badConfigAndAMissingProgramAreRefusedOnce() async throws {
+        let e = await providerError {
+            _ = try ClaudeHarness.plugins.factory().create(
+                "claude-code-cli", config: ["command": "/nonexistent/claude", "permission_mode": "bogus"])
+        }
+        #expect(e?.kind == .config)
+        #expect(e?.message.contains("key 'permission_mode': 'bogus' is not a permission mode (default, acceptEdits") == true, "\(String(describing: e))")
+        // (`true` would run, and end without a result, if the option were not refused first.)
+        let runs = try ClaudeHarness.plugins.factory().create("claude-code-cli", config: ["command": "/bin/true"])
+        var request = ModelRequest(prompt: "x")
+        request.options = ["permission_mode": "yolo"]
+        let o = await providerError { _ = try await runs.complete(request) }
+        await runs.shutdown()
+        let b = try ClaudeHarness.plugins.factory().create("claude-code-cli", config: ["command": "/nonexistent/claude"])
+        #expect(o?.kind == .config)
+        #expect(o?.message.contains("request option 'permission_mode': 'yolo'") == true, "\(String(describing: o))")
+        let missing = RetryBackend(b, policy: Self.quickRetry)
+        let m = await providerError { _ = try await missing.complete(ModelRequest(prompt: "x")) }
+        #expect(m?.kind == .config)
+        #expect(m?.message.contains("cannot run '/nonexistent/claude'") == true, "\(String(describing: m))")
+        #expect(m?.attempts.count ?? 0 <= 1)  // asked once
+        await missing.shutdown()
+    }
+
+    /// A turn in which Claude Code was refused a tool ends with
+    /// `tool_denied`, not `stop`; the CLI prints the answer, names the tool
+    /// and exits 77.
+    @Test func aDeniedToolIsItsOwnFinishReason() async throws {
+        let dir = TempDir("descartes-denied")
+        let sid = "0b6f2a3e-1111-4222-8333-944445555777"
+        let claude = dir.write("claude", """
+            #!/bin/sh
+            cat >/dev/null
+            echo '{"type":"system","subtype":"init","session_id":"\(sid)","model":"claude-haiku-4-5","tools":["Write"]}'
+            echo '{"type":"assistant","message":{"model":"claude-haiku-4-5","id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"I could not write the file."}]},"parent_tool_use_id":null,"session_id":"\(sid)"}'
+            echo '{"type":"result","subtype":"success","is_error":false,"stop_reason":"end_turn","result":"I could not write the file.","session_id":"\(sid)","permission_denials":[{"tool_name":"Write","tool_use_id":"toolu_9","tool_input":{"file_path":"/tmp/x","content":"y"}}],"usage":{"input_tokens":5,"output_tokens":7}}'
+            """, mode: 0o755)
+        let b = try ClaudeHarness.plugins.factory().create("claude-code-cli", config: ["command": .string(claude)])
+        let r = try await b.complete(ModelRequest(prompt: "write /tmp/x"))
+        #expect(r.finishReason == .toolDenied)
+        #expect(r.metadata["permission_denials"]?[0]?["tool_name"] == "Write")
+        await b.shutdown()
+        let cli = await Proc.descartes(
+            ["complete", "-p", "claude-code-cli", "--set", "command=\(claude)", "--json", "write /tmp/x"],
+            env: ["DESCARTES_PLUGIN_PATH": ClaudeHarness.plugins.path])
+        #expect(cli.status == 77, "\(cli)")
+        #expect((try? JSONValue.parse(cli.stdout))?["finish_reason"] == "tool_denied", "\(cli.stdout)")
+        #expect(cli.stderr.contains("the agent was denied Write"), "\(cli.stderr)")
+    }
 }

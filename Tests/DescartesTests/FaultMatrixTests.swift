@@ -236,7 +236,7 @@ enum FaultMatrix {
         add("flood", "a flood of output", "`yes KEY` forever (max_output_mb: 8)", .error(.process))
         add("hang", "hangs", "some output, then sleeps (total deadline 1.5 s)", .error(.timeout, deadline: "total"), bound: .milliseconds(1500) + slack)
         add("trickle", "a byte a second", "some output, then a byte a second (idle deadline 500 ms)", .error(.timeout, deadline: "idle"), bound: .milliseconds(500) + slack)
-        add("missing", "the program is missing", "command names no file", .error(.providerUnavailable))
+        add("missing", "the program is missing", "command names no file", .error(.config))
         return out
     }
 

@@ -268,10 +268,11 @@ import DescartesSupport
         #expect(r.content == dir.path + "\n")
         await b.shutdown()
 
-        // Not found: providerUnavailable, naming what was searched.
+        // Not found: config (never retried), naming what was searched.
         let missing = try backend(["command": "descartes-no-such-program", "protocol": "text"])
         let e = await providerError { _ = try await missing.complete(ModelRequest(prompt: "x")) }
-        #expect(e?.kind == .providerUnavailable)
+        #expect(e?.kind == .config)
+        #expect(e?.isRetryable == false)
         #expect(e?.message.contains("not found in PATH") == true)
 
         // A relative command is refused when the backend is created.
@@ -285,7 +286,7 @@ import DescartesSupport
             let rel = String(fixtures.dropFirst(cwd.count + 1))
             let b2 = try backend(["command": "echo_events.py", "env": ["PATH": .string("\(rel)::/usr/bin:/bin")]])
             let e2 = await providerError { _ = try await b2.complete(ModelRequest(prompt: "x")) }
-            #expect(e2?.kind == .providerUnavailable)
+            #expect(e2?.kind == .config)
             #expect(e2?.message.contains("2 empty or relative entries ignored") == true, "\(String(describing: e2))")
             let b3 = try backend(["command": "echo_events.py", "env": ["PATH": .string("\(fixtures):/usr/bin:/bin")]])
             #expect(try await b3.complete(ModelRequest(prompt: "found")).content == "found")

@@ -11,9 +11,9 @@ internal import DescartesSupport
 public enum Executable {
     /// Resolves `command` against `searchPath` (a `PATH` value).
     ///
-    /// - Throws: `config` for an empty or relative command, and
-    ///   `providerUnavailable` when it cannot be found or run (naming the
-    ///   directories searched).
+    /// - Throws: `config`: an empty or relative command, or one that cannot
+    ///   be found or run (naming the directories searched). A retry would
+    ///   find the same nothing, so it is not a retryable kind.
     public static func resolve(_ command: String, searchPath: String?) throws(ProviderError) -> String {
         guard !command.isEmpty else { throw ProviderError(.config, "key 'command': the command is empty") }
         if command.contains("/") {
@@ -24,7 +24,7 @@ public enum Executable {
                 )
             }
             if let problem = Spawner.problem(command) {
-                throw ProviderError(.providerUnavailable, "cannot run '\(command)': \(problem)")
+                throw ProviderError(.config, "key 'command': cannot run '\(command)': \(problem)")
             }
             return command
         }
@@ -34,8 +34,8 @@ public enum Executable {
         let skipped = dirs.count - usable.count
         let note = skipped > 0 ? "; \(skipped) empty or relative entr\(skipped == 1 ? "y" : "ies") ignored" : ""
         throw ProviderError(
-            .providerUnavailable,
-            "'\(command)' was not found in PATH (searched: \(usable.isEmpty ? "nothing" : usable.joined(separator: ":"))\(note)); install it or set 'command' to its absolute path"
+            .config,
+            "key 'command': '\(command)' was not found in PATH (searched: \(usable.isEmpty ? "nothing" : usable.joined(separator: ":"))\(note)); install it or set 'command' to its absolute path"
         )
     }
 }
