@@ -1,4 +1,5 @@
 import Descartes
+import DescartesSupport
 import Testing
 
 /// What a factory owns and when a backend ends: each factory's log sink and
@@ -140,5 +141,36 @@ import Testing
         do { _ = try f.create("scripted", instance: "lifetime-never-used") }
         #expect(try await waitAlive("lifetime-never-used", 0, in: f) == 0)
         #expect(!records.contains("lifetime-never-used"), "\(records.all)")
+    }
+
+    // MARK: README.md
+
+    /// The README's example, compiled here as written (it is not run: it
+    /// searches the standard plugin path).
+    func readmeExample() async throws {
+        // README.md, begin
+        let log = LogSink(level: .info) { level, source, message in
+            print("\(level) \(source): \(message)")  // or your logger; secrets are already masked
+        }
+        let factory = ProviderFactory(logSink: log)
+        let reply = try await factory.withBackend("echo") { backend in
+            try await backend.complete(ModelRequest(prompt: "Hello"))
+        }
+        // README.md, end
+        _ = reply
+    }
+
+    @Test func theReadmeExampleIsTheOneCompiledHere() throws {
+        let readme = try FileSystem.readText(FileSystem.join(TestEnv.root, "README.md"), limit: 1 << 20)
+        let intro = try #require(readme.firstRange(of: "`withBackend` shuts a backend down"))
+        let open = try #require(readme[intro.upperBound...].firstRange(of: "```swift\n"))
+        let close = try #require(readme[open.upperBound...].firstRange(of: "\n```\n"))
+        let example = String(readme[open.upperBound..<close.lowerBound])
+        let source = try FileSystem.readText(FileSystem.join(TestEnv.root, "Tests/DescartesTests/LifetimeTests.swift"), limit: 1 << 20)
+        let begin = try #require(source.firstRange(of: "// README.md, begin\n"))
+        let end = try #require(source[begin.upperBound...].firstRange(of: "\n        // README.md, end"))
+        let compiled = source[begin.upperBound..<end.lowerBound].split(separator: "\n", omittingEmptySubsequences: false)
+            .map { $0.hasPrefix("        ") ? String($0.dropFirst(8)) : String($0) }.joined(separator: "\n")
+        #expect(compiled == example)
     }
 }
