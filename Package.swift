@@ -85,6 +85,8 @@ let package = Package(
         .target(name: "CDescartesHost", dependencies: ["CDescartesPlugin"]),
         .systemLibrary(name: "CYaml", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // The audit and spend ledger's database (docs/configuration.md, "Why SQLite").
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
         // Child-process primitives Swift cannot express (spawn with no_new_privs
@@ -96,8 +98,11 @@ let package = Package(
         // Internal support shared by the host and the kit (no product: nothing
         // of it is public API, and nothing Swift-typed crosses the C ABI).
         .target(name: "DescartesSupport", dependencies: ["DescartesCore", "CProcessShim"], swiftSettings: swiftSettings),
+        // A small wrapper over SQLite (open, bind, step, transactions), internal
+        // to the package: the host's audit ledger uses it; plugins never link it.
+        .target(name: "DescartesSQLite", dependencies: ["CSQLite"], swiftSettings: swiftSettings),
         .target(
-            name: "Descartes", dependencies: ["DescartesCore", "DescartesSupport", "CDescartesPlugin", "CDescartesHost", "CYaml"],
+            name: "Descartes", dependencies: ["DescartesCore", "DescartesSupport", "DescartesSQLite", "CDescartesPlugin", "CDescartesHost", "CYaml"],
             swiftSettings: swiftSettings),
         .target(
             name: "DescartesPluginKit", dependencies: ["DescartesCore", "DescartesSupport", "CDescartesPlugin", "CCurlShim", "CProcessShim"],
@@ -132,7 +137,7 @@ let package = Package(
         // directly; plugins are only ever reached through the C ABI.
         .testTarget(
             name: "DescartesTests",
-            dependencies: ["Descartes", "DescartesSupport", "DescartesPluginKit", "DescartesOpenAIChat"],
+            dependencies: ["Descartes", "DescartesSupport", "DescartesPluginKit", "DescartesOpenAIChat", "DescartesCommandLine"],
             swiftSettings: swiftSettings),
     ] + plugins.map(\.1)
 )

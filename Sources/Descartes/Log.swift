@@ -61,6 +61,17 @@ public final class Redactor: Sendable {
         return Redactor.redactKeyShapes(out)
     }
 
+    /// `text` with the registered secrets masked, and nothing else: for
+    /// text that is documentation, not data (a manifest's descriptions,
+    /// where "Authorization: Bearer ..." is an example to keep).
+    package func redactRegistered(_ text: String) -> String {
+        var out = text
+        for s in registered() where s.utf8.count <= out.utf8.count && out[...].range(of: s) != nil {
+            out = out.replacingAll(s, with: Redactor.mask)
+        }
+        return out
+    }
+
     /// Masks values that look like credentials even when we were never told
     /// about them (a server echoing a key back): see `KeyShapes`.
     static func redactKeyShapes(_ text: String) -> String { KeyShapes.redact(text) }

@@ -44,10 +44,14 @@ extension Option {
             .batch: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
             .models: .required, .tokens: .required, .bench: .required,
             .health: .key("Check this provider only (the exit status is then its error's)"),
+            .log: "Only attempts by this provider, or that came through this chain or route",
         ])
     package static let model = Option(
         "--model", short: "-m", value: "MODEL", help: "The model (default: the provider's)",
-        in: [.complete: .plain, .tokens: "The model to count for", .batch: "The model for requests that name none", .bench: .plain])
+        in: [
+            .complete: .plain, .tokens: "The model to count for", .batch: "The model for requests that name none", .bench: .plain,
+            .log: "Only attempts with this model",
+        ])
     package static let systemPrompt = Option(
         "--system", value: "TEXT", help: "A system prompt", in: [.complete: .plain, .tokens: "A system prompt to count too"])
     package static let maxTokens = Option("--max-tokens", value: "N", help: "The most tokens to generate", in: [.complete: .plain])
@@ -183,7 +187,19 @@ extension Option {
         "--system", help: "Edit /etc/descartes/plugins.yaml (the host's policy; needs root)",
         in: [.pluginsEnable: .plain, .pluginsDisable: .plain])
     package static let lines = Option("--lines", short: "-n", value: "N", help: "How many entries to show (default 20)", in: [.log: .key])
-    package static let file = Option("--file", value: "FILE", help: "Read this audit log instead of the configured one", in: [.log: .plain])
+    package static let file = Option(
+        "--file", value: "FILE", help: "Read this audit ledger (SQLite) or JSON-lines log instead of the configured ledger", in: [.log: .plain])
+    package static let label = Option(
+        "--label", value: "KEY=VALUE",
+        help: "A label of the request (its metadata: agent, team, ...), recorded in the audit ledger", repeatable: true,
+        in: [
+            .complete: .plain,
+            .log: "Only requests with this label (repeat: all of them), e.g. --label team=infra",
+        ])
+    package static let since = Option(
+        "--since", value: "AGE", help: "Only requests of the last AGE: 30m, 1h, 1d, 1w (or seconds)", in: [.log: .plain])
+    package static let groupBy = Option(
+        "--group-by", value: "WHAT", help: "Totals per provider (default), model, day, via (chain or route) or label:NAME", in: [.log: .plain])
 
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
@@ -191,7 +207,7 @@ extension Option {
         requests, concurrency, stream, session, warmup, expect, json, output, quiet, set, timeout, isolate, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
-        conformance, spec, systemPolicy, lines, file,
+        conformance, spec, systemPolicy, lines, file, label, since, groupBy,
     ]
 }
 
@@ -336,8 +352,12 @@ extension Command {
         Command(
             .log, summary: "The last audit log entries and totals per provider",
             about: """
-                Shows the last entries of the audit log (providers.yaml 'audit:' section)
-                and totals per provider instance: requests, errors, tokens, cost.
+                Shows the last attempts recorded in the audit ledger (providers.yaml
+                'audit:' section; SQLite) and totals: requests, attempts, errors,
+                tokens (prompt-cache reads and writes apart), cost (unknown when no
+                price is known), cache hits. Filter with -p, -m, --label, --since;
+                group with --group-by, e.g. what agent X cost this week:
+                descartes log --label agent=X --since 1w --group-by model
                 """),
         Command(
             .bench, summary: "Time requests through a provider",

@@ -40,10 +40,25 @@ package enum Commands {
     }
 
     /// The plugins and the configuration, for commands that create backends.
-    package static func factory(_ globals: Globals) -> ProviderFactory {
+    package static func factory(_ globals: Globals) -> ProviderFactory { setup(globals).factory }
+
+    /// What every command that uses providers starts from: the plugins, the
+    /// configuration (files, `.env`, environment) and the middleware
+    /// sections, checked as `descartes config check` checks them
+    /// (`ProvidersConfig.startupProblems`): on any problem, every one is
+    /// printed and the process exits 78.
+    package static func setup(_ globals: Globals) -> Setup {
         let config = configuration(globals)
-        return ProviderFactory(
-            catalog: catalog(globals), loader: Out.loader, environment: config.environment, configuration: config, logSink: Out.logSink)
+        let catalog = catalog(globals)
+        let problems = config.startupProblems(catalog: catalog)
+        if !problems.isEmpty {
+            Out.err("Error: invalid configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s")):")
+            for p in problems { Out.err("  \(p)") }
+            exit(ExitCode.config.rawValue)
+        }
+        let factory = ProviderFactory(
+            catalog: catalog, loader: Out.loader, environment: config.environment, configuration: config, logSink: Out.logSink)
+        return Setup(factory: factory, settings: config.reliabilitySettings(catalog: catalog).0)
     }
 
     /// `--set KEY=VALUE` values as config.
@@ -74,9 +89,51 @@ package enum Commands {
         guard let config else { return nil }
         do {
             let settings = try config.auditSettings()
-            return settings.enabled ? AuditLog(settings, logSink: Out.logSink) : nil
+            // A record names the plugin of the provider that answered (an
+            // instance's, or the plugin itself).
+            return settings.enabled ? AuditLog(settings, logSink: Out.logSink, plugins: { config.instance($0)?.plugin ?? $0 }) : nil
         } catch {
             throw ProviderError(.config, "invalid 'audit' section (\(error.problems.count) problem\(error.problems.count == 1 ? "" : "s"))", details: error.problems.map(\.description))
         }
+    }
+}
+
+/// The plugins, the configuration and its middleware settings: what a
+/// provider name (an instance, a plugin, a fallback chain, a route) means
+/// for every command.
+package struct Setup: Sendable {
+    package var factory: ProviderFactory
+    package let settings: ReliabilitySettings
+
+    package init(factory: ProviderFactory, settings: ReliabilitySettings) {
+        self.factory = factory
+        self.settings = settings
+    }
+
+    /// What `name` names, or the process exits 78 with a did-you-mean over
+    /// instances, chains, routes and plugins.
+    package func resolve(_ name: String, json: Bool = false) -> ProviderName {
+        do { return try factory.resolveName(name, settings: settings) } catch { failure(error, json: json) }
+    }
+
+    /// The providers of the configuration, `config` (`--set`) going to the
+    /// provider named `target`.
+    package func providers(
+        _ overrides: ReliableProviders.Overrides = .init(), target: String? = nil, config: [String: JSONValue] = [:]
+    ) -> ReliableProviders {
+        ReliableProviders(settings: settings, factory: factory, overrides: overrides) { name in name == target ? config : [:] }
+    }
+
+    /// The backend for one name as `models`, `tokens` and `health` use it:
+    /// no retries, no response cache; a chain or route as configured.
+    /// `--set` values need a provider, not a chain or route.
+    package func probe(_ name: String, settings config: [String: JSONValue], json: Bool) -> (backend: any ModelBackend, providers: ReliableProviders) {
+        let what = resolve(name, json: json)
+        if !config.isEmpty, what.plugin == nil {
+            failure(ProviderError(.config, "--set applies to one provider; '\(name)' is a \(what)", provider: name), json: json)
+        }
+        if let plugin = what.plugin { Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory) }
+        let providers = self.providers(.init(retries: 0, noCache: true), target: name, config: config)
+        do { return (try providers.backend(name), providers) } catch { failure(error, json: json) }
     }
 }

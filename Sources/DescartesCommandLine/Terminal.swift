@@ -15,8 +15,11 @@ package enum Out {
     /// The program's plugin loader, whose libraries log to `logSink` too.
     package static let loader = PluginLoader(logSink: logSink)
 
-    package static func write(_ s: String, to fd: Int32 = 1) {
-        var text = logSink.redactor.redact(s)
+    package static func write(_ s: String, to fd: Int32 = 1) { raw(logSink.redactor.redact(s), to: fd) }
+
+    /// Writes text already masked.
+    private static func raw(_ s: String, to fd: Int32 = 1) {
+        var text = s
         text.withUTF8 { buf in
             var off = 0
             while off < buf.count {
@@ -30,6 +33,10 @@ package enum Out {
         }
     }
     package static func line(_ s: String = "") { write(s + "\n") }
+    /// A line of documentation (a manifest's own text): registered secrets
+    /// are masked, but not text shaped like a credential, which there is an
+    /// example ("Authorization: Bearer $KEY"), not a value.
+    package static func documentation(_ s: String = "") { raw(logSink.redactor.redactRegistered(s) + "\n") }
     package static func err(_ s: String) { write(s + "\n", to: 2) }
 
     package static let colour: Bool = {
@@ -57,8 +64,13 @@ package enum Out {
 }
 
 /// Exit statuses, from sysexits(3).
-package enum ExitCode: Int32, Sendable {
+/// Every exit status the CLI uses; README.md ("Exit statuses") lists each
+/// one, and ExitCodeTests checks the table against this enum and walks a
+/// path to every status.
+package enum ExitCode: Int32, Sendable, CaseIterable {
     case ok = 0
+    /// A check found failures: health (a provider unhealthy), plugins
+    /// list/verify, conformance, batch (some requests failed), bench --expect.
     case failure = 1
     case usage = 64
     case dataError = 65
@@ -67,6 +79,8 @@ package enum ExitCode: Int32, Sendable {
     case software = 70
     case cantCreate = 73
     case tempFail = 75
+    /// The provider's answer broke the protocol (a malformed stream or document).
+    case protocolError = 76
     case noPermission = 77
     case config = 78
     case interrupted = 130
@@ -79,6 +93,7 @@ package enum ExitCode: Int32, Sendable {
         case .rateLimited, .timeout: return .tempFail
         case .providerUnavailable, .initialization, .http, .streamClosed, .process: return .unavailable
         case .api, .unsupportedFeature: return .dataError
+        case .invalidResponse, .json: return .protocolError
         case .cancelled: return .interrupted
         default: return .software
         }

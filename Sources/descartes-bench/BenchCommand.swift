@@ -54,13 +54,14 @@ enum BenchCommand {
 
         // The path `descartes complete` takes: providers.yaml and the
         // environment, --set on top, the audit log if one is configured.
-        let factory = Commands.factory(globals)
+        // A chain or route name works as for `complete` (no retries and no
+        // response cache: they would distort the measurement).
+        let setup = Commands.setup(globals)
+        let (created, providers) = setup.probe(provider, settings: config, json: json)
         let backend: any ModelBackend
         do {
-            let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
-            Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory)
-            let created = try factory.backend(provider, overrides: config)
-            backend = try Commands.auditLog(factory.configuration).map { $0.wrap(created, plugin: plugin) } ?? created
+            let plugin = setup.resolve(provider, json: json).plugin ?? provider
+            backend = try Commands.auditLog(setup.factory.configuration).map { $0.wrap(created, plugin: plugin) } ?? created
         } catch { failure(error, json: json) }
 
         let outcome: Result<Report, ProviderError>
@@ -71,7 +72,7 @@ enum BenchCommand {
         } catch {
             outcome = .failure(ProviderError(.backend, "\(error)", provider: provider))
         }
-        await backend.shutdown()
+        await providers.shutdown()
         var report: Report
         switch outcome {
         case .failure(let e): failure(e, json: json)

@@ -62,6 +62,11 @@ enum CompleteCommand {
                 request.deadlines.total = .milliseconds(Int(t * 1000))
             }
             request.systemPrompt = args.value(.systemPrompt)
+            // --label KEY=VALUE: the request's metadata, recorded in the audit ledger.
+            for l in args.all(.label) {
+                guard let eq = l.firstIndex(of: "="), eq != l.startIndex else { throw args.mistake("--label needs KEY=VALUE, got '\(l)'") }
+                request.metadata[String(l[..<eq])] = String(l[l.index(after: eq)...])
+            }
             if let n = try args.int(.maxTokens) {
                 guard n > 0 else { throw args.mistake("--max-tokens must be positive") }
                 request.maxTokens = n

@@ -3,10 +3,17 @@ import DescartesCommandLine
 
 /// `descartes config show|check`: the merged providers.yaml and its problems.
 enum ConfigCommand {
-    /// Config keys whose values are masked even when no manifest says so.
+    /// Keys whose values are masked when no manifest types them (a key
+    /// the plugin does not declare, a section's key): one of the words of
+    /// the name (split at '_', '-' and '.') names a credential. Words, not
+    /// substrings: `max_tokens` and `max_tokens_field` are not secrets,
+    /// `api_token` and `password` are. A key the manifest declares is
+    /// masked when it is typed secret (or its value came from a secret
+    /// source), whatever its name.
     static func looksSecret(_ key: String) -> Bool {
-        let k = key.lowercased()
-        return ["key", "token", "secret", "password", "passwd", "credential"].contains { k.contains($0) }
+        let words = key.lowercased().split(whereSeparator: { $0 == "_" || $0 == "-" || $0 == "." }).map(String.init)
+        let credentials: Set<String> = ["key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials", "authorization"]
+        return words.contains { credentials.contains($0) }
     }
 
     /// One key of an instance, as shown.
@@ -95,7 +102,7 @@ enum ConfigCommand {
                 continue
             }
             guard let value = outcome.config[key.name] else { continue }
-            let secret = key.secret || values[key.name]?.secret == true || looksSecret(key.name)
+            let secret = key.secret || values[key.name]?.secret == true
             let source = describe(outcome.sources[key.name] ?? "?", key: key.name, values: values, config: config, manifest: manifest)
             view.keys.append(Shown(key: key.name, value: value, secret: secret, source: source))
         }

@@ -25,39 +25,42 @@ enum HealthCommand {
             guard timeout > 0 else { throw args.mistake("--timeout must be positive") }
         } catch { usageFailure(error) }
         let json = args.flag(.json)
-        let catalog = Commands.catalog(globals)
-        let factory = ProviderFactory(catalog: catalog, loader: Out.loader, logSink: Out.logSink)
+        let setup = Commands.setup(globals)
 
         if let name = args.value(.provider) {
-            let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
+            let (backend, providers) = setup.probe(name, settings: settings, json: json)
             let outcome = await check(name, backend, timeout: timeout)
-            await backend.shutdown()
+            await providers.shutdown()
             print([outcome], json: json)
             if let e = outcome.error { return ExitCode.for(e) }
             return .ok
         }
 
         if !settings.isEmpty { usageFailure(args.mistake("--set needs -p PROVIDER (each provider has its own keys)")) }
-        let names = catalog.availableProviders
+        // The configuration's instances, and the plugins no instance uses
+        // (an instance stands for its plugin).
+        let instances = setup.factory.configuration?.instances ?? []
+        let used = Set(instances.map(\.plugin))
+        let names = instances.map(\.name) + setup.factory.catalog.availableProviders.filter { !used.contains($0) && !instances.map(\.name).contains($0) }
+        let providers = setup.providers(.init(retries: 0, noCache: true))
         let outcomes = await withTaskGroup(of: Outcome.self) { g in
             for name in names {
                 g.addTask {
                     let backend: any ModelBackend
-                    do throws(ProviderError) { backend = try factory.create(name) } catch {
+                    do throws(ProviderError) { backend = try providers.backend(name) } catch {
                         if error.kind == .config, !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) {
                             return Outcome(name: name, skipped: "not configured: " + error.details.joined(separator: "; "))
                         }
                         return Outcome(name: name, error: error)
                     }
-                    let o = await check(name, backend, timeout: timeout)
-                    await backend.shutdown()
-                    return o
+                    return await check(name, backend, timeout: timeout)
                 }
             }
             var all: [Outcome] = []
             for await o in g { all.append(o) }
             return all.sorted { $0.name < $1.name }
         }
+        await providers.shutdown()
         print(outcomes, json: json)
         return outcomes.contains { $0.error != nil } ? .failure : .ok
     }

@@ -9,14 +9,13 @@ enum ModelsCommand {
         do { settings = try Commands.settings(args) } catch { usageFailure(error) }
         let name = args.value(.provider)!
         let json = args.flag(.json)
-        let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
-        let factory = Commands.factory(globals)
-        let manifest = try? factory.manifest(for: factory.configuration?.instance(name)?.plugin ?? name)
+        let (backend, providers) = ProviderCommand.backend(name, settings, globals: globals, json: json)
+        let manifest = providers.manifest(name)
         let result: Result<[ModelInfo], ProviderError>
         do { result = .success(try await backend.listModels()) } catch let e as ProviderError { result = .failure(e) } catch {
             result = .failure(ProviderError(.backend, "\(error)", provider: name))
         }
-        await backend.shutdown()
+        await providers.shutdown()
         switch result {
         case .failure(let e):
             failure(e, json: json)

@@ -112,30 +112,30 @@ enum PluginsCommand {
             o["manifest"] = .string(entry.file)
             o["status"] = .string(entry.status.label)
             o["reason"] = entry.reason.map { .string($0) } ?? .null
-            Out.line(JSONValue.object(o).prettyText())
+            Out.documentation(JSONValue.object(o).prettyText())
             return .ok
         }
-        Out.line("\(Out.bold(m.provider)) \(m.version) (\(m.mode.rawValue) mode, plugin ABI \(m.abi))")
-        if !m.description.isEmpty { Out.line(m.description) }
-        Out.line("")
-        Out.line("manifest:      \(entry.file)")
-        Out.line("library:       \(m.libraryPath)")
-        Out.line("factory:       \(m.factory)")
-        Out.line("status:        \(entry.status.label)\(entry.reason.map { " (\($0))" } ?? "")")
-        Out.line("capabilities:  \(m.capabilities.isEmpty ? "-" : m.capabilities.joined(separator: ", "))")
-        Out.line("default model: \(m.defaultModel ?? "-")")
+        Out.documentation("\(Out.bold(m.provider)) \(m.version) (\(m.mode.rawValue) mode, plugin ABI \(m.abi))")
+        if !m.description.isEmpty { Out.documentation(m.description) }
+        Out.documentation("")
+        Out.documentation("manifest:      \(entry.file)")
+        Out.documentation("library:       \(m.libraryPath)")
+        Out.documentation("factory:       \(m.factory)")
+        Out.documentation("status:        \(entry.status.label)\(entry.reason.map { " (\($0))" } ?? "")")
+        Out.documentation("capabilities:  \(m.capabilities.isEmpty ? "-" : m.capabilities.joined(separator: ", "))")
+        Out.documentation("default model: \(m.defaultModel ?? "-")")
         if !m.models.isEmpty {
-            Out.line("")
+            Out.documentation("")
             let rows = m.models.map { model -> [String] in
                 let price = model.prices.map { p in
                     "$\(p.input) in / $\(p.output) out" + (p.cacheRead.map { " / $\($0) cache read" } ?? "") + (p.cacheWrite.map { " / $\($0) cache write" } ?? "")
                 } ?? "-"
                 return [model.id, model.contextLength.map(String.init) ?? "-", price]
             }
-            Out.line(Out.table(["MODEL", "CONTEXT", "PRICE (USD per million tokens)"], rows))
+            Out.documentation(Out.table(["MODEL", "CONTEXT", "PRICE (USD per million tokens)"], rows))
         }
         if !m.config.isEmpty {
-            Out.line("")
+            Out.documentation("")
             let rows = m.config.map { k -> [String] in
                 [
                     k.name, k.type.rawValue, k.required ? "yes" : "no", k.secret ? "yes" : "no",
@@ -143,7 +143,7 @@ enum PluginsCommand {
                     k.description,
                 ]
             }
-            Out.line(Out.table(["KEY", "TYPE", "REQUIRED", "SECRET", "DEFAULT", "ENV", "DESCRIPTION"], rows))
+            Out.documentation(Out.table(["KEY", "TYPE", "REQUIRED", "SECRET", "DEFAULT", "ENV", "DESCRIPTION"], rows))
         }
         return .ok
     }

@@ -13,6 +13,21 @@ enum PolicyCommand {
         let system = args.flag(.systemPolicy)
         let file = system ? PluginPolicy.systemFile() : PluginPolicy.userFile()
 
+        // A plain name must be a plugin that is installed (whatever the
+        // policy says of it now); a glob may match none yet.
+        if !name.contains(where: { "*?[".contains($0) }) {
+            let catalog = Commands.catalog(globals)
+            let installed = Set(catalog.entries.compactMap { $0.manifest?.provider }).sorted()
+            if !installed.contains(name) {
+                let hint = closest(name, in: installed).map { " Did you mean '\($0)'?" } ?? ""
+                failure(
+                    ProviderError(
+                        .config,
+                        "cannot \(sub) '\(name)': no plugin '\(name)' is installed (\(installed.isEmpty ? "no plugins are installed" : "installed: \(installed.joined(separator: ", "))"); searched \(catalog.search.directories.map(\.path).joined(separator: ", ")))\(hint); "
+                            + "a glob (e.g. '\(name)*') is written as given"))
+            }
+        }
+
         // The user's file can only narrow the system's.
         if !system && action == .enable {
             var systemPolicy = PluginPolicy()

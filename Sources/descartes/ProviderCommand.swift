@@ -4,16 +4,11 @@ import DescartesCommandLine
 /// What `models`, `health` and `tokens` share: creating the backend, a
 /// timeout.
 enum ProviderCommand {
-    /// The backend for `-p` (a providers.yaml instance or a plugin id), or
-    /// the process exits with the error.
-    static func backend(_ name: String, _ settings: [String: JSONValue], globals: Globals, json: Bool) -> any ModelBackend {
-        let factory = Commands.factory(globals)
-        do {
-            Commands.warnAboutSecretsOnTheCommandLine(settings, plugin: factory.configuration?.instance(name)?.plugin ?? name, factory: factory)
-            return try factory.backend(name, overrides: settings)
-        } catch {
-            failure(error, json: json)
-        }
+    /// The backend for `-p` (an instance, a plugin, a fallback chain or a
+    /// route: `Setup.resolve`), or the process exits with the error. Shut
+    /// down the providers when done.
+    static func backend(_ name: String, _ settings: [String: JSONValue], globals: Globals, json: Bool) -> (backend: any ModelBackend, providers: ReliableProviders) {
+        Commands.setup(globals).probe(name, settings: settings, json: json)
     }
 
     /// Runs `body` and returns its result, or a `timeout` error once

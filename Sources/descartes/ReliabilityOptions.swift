@@ -26,32 +26,6 @@ struct ReliabilityOptions {
         noCache = args.flag(.noCache)
     }
 
-    /// The middleware sections of providers.yaml (`retry`, `fallbacks`,
-    /// `routes`, `cache`, `limits`), checked; every problem is printed with
-    /// its file:line:column and the command exits 78, as for the rest of the
-    /// file. Names must lead to a provider instance, an installed plugin, or
-    /// another chain or route.
-    static func settings(_ factory: ProviderFactory, _ globals: Globals) -> ReliabilitySettings {
-        guard let config = factory.configuration else { return ReliabilitySettings() }
-        var problems: [SourceProblem] = []
-        var settings = ReliabilitySettings()
-        do {
-            (settings, problems) = ReliabilitySettings.parse(try config.middlewareSections())
-        } catch {
-            problems = error.problems
-        }
-        if problems.isEmpty {
-            let known = Set(config.instances.map(\.name)).union(factory.catalog.availableProviders)
-            problems = settings.check(knownProviders: known)
-        }
-        if !problems.isEmpty {
-            Out.err("Error: invalid configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s")):")
-            for p in problems { Out.err("  \(p)") }
-            exit(ExitCode.config.rawValue)
-        }
-        return settings
-    }
-
     /// What `build` makes: the backend to call, the providers behind it (to
     /// shut down), and the meter `--stats` reads.
     struct Built {
@@ -72,13 +46,16 @@ struct ReliabilityOptions {
     func build(
         _ provider: String, config: [String: JSONValue], globals: Globals, isolation: ProviderFactory.Isolation? = nil
     ) throws(ProviderError) -> Built {
-        var factory = Commands.factory(globals)
-        if let isolation { factory.isolationOverrides[provider] = isolation }
-        let plugin = factory.configuration?.instance(provider)?.plugin ?? provider
-        Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory)
+        var setup = Commands.setup(globals)
+        // Every name, -p's and --fallback's, is checked before anything runs.
+        let what = try setup.factory.resolveName(provider, settings: setup.settings)
+        for name in fallbacks { _ = try setup.factory.resolveName(name, settings: setup.settings) }
+        if let isolation { setup.factory.isolationOverrides[provider] = isolation }
+        let plugin = what.plugin ?? provider
+        Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: setup.factory)
         return try build(
-            provider, config: config, factory: factory, settings: ReliabilityOptions.settings(factory, globals),
-            audit: Commands.auditLog(factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
+            provider, config: config, factory: setup.factory, settings: setup.settings,
+            audit: Commands.auditLog(setup.factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
     }
 
     func build(

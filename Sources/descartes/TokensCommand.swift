@@ -12,12 +12,12 @@ enum TokensCommand {
         request.systemPrompt = args.value(.systemPrompt)
         let name = args.value(.provider)!
         let json = args.flag(.json)
-        let backend = ProviderCommand.backend(name, settings, globals: globals, json: json)
+        let (backend, providers) = ProviderCommand.backend(name, settings, globals: globals, json: json)
         let result: Result<TokenEstimate, ProviderError>
         do { result = .success(try await backend.estimateTokens(request)) } catch let e as ProviderError { result = .failure(e) } catch {
             result = .failure(ProviderError(.backend, "\(error)", provider: name))
         }
-        await backend.shutdown()
+        await providers.shutdown()
         switch result {
         case .failure(let e):
             failure(e, json: json)

@@ -146,8 +146,9 @@ import DescartesSupport
         let r = await cli(["log"], in: p.path)
         #expect(r.status == 0, "\(r)")
         let lines = r.stdout.split(separator: "\n").map(String.init)
-        #expect(lines.first == "\(log): 3 entries")
-        #expect(lines.contains { $0.contains(" e1 ") && $0.contains("stop") && $0.contains("2/2") })
+        // `log` answers from the ledger beside the JSON-lines export.
+        #expect(lines.first == "\(state.file("audit/audit.sqlite3")): 3 entries")
+        #expect(lines.contains { $0.contains(" e1 ") && $0.contains(" ok ") && $0.contains("2/2") })
         #expect(lines.contains { $0.contains(" e2 ") && $0.contains("error: timeout") })
         #expect(lines.contains { $0.hasPrefix("e1 ") && $0.split(separator: " ", omittingEmptySubsequences: true).prefix(5) == ["e1", "2", "0", "3", "3"] }, "\(r.stdout)")
         #expect(lines.contains { $0.hasPrefix("e2 ") && $0.split(separator: " ", omittingEmptySubsequences: true).prefix(3) == ["e2", "1", "1"] })

@@ -141,6 +141,21 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
         #expect(err.retryAfter == .seconds(600))
         #expect(clock.now == start)
         #expect(try await pluginCalls(b) == 1)
+        // The error says why a 429 ended the request (issue 17).
+        #expect(err.message.hasPrefix("quota (not retried: the provider asked to wait "), "\(err.message)")
+        #expect(err.message.hasSuffix("more than the 2 s allowed)"), "\(err.message)")
+    }
+
+    @Test func aRateLimitWhoseWaitWouldPassTheDeadlineSaysSo() async throws {
+        let b = try retrying(RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(10), jitter: 0))
+        let err = try #require(
+            await providerError {
+                _ = try await b.complete(.sequence([["retry_after:5000", "error:rate_limited:slow down"]], deadlines: Deadlines(total: .seconds(2))))
+            })
+        #expect(err.kind == .rateLimited)
+        #expect(err.message.hasPrefix("slow down (not retried: waiting "), "\(err.message)")
+        #expect(err.message.contains("would pass the deadline"), "\(err.message)")
+        #expect(try await pluginCalls(b) == 1)
     }
 
     @Test func aFirstTokenTimeoutIsRetried() async throws {

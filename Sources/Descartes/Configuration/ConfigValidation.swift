@@ -143,8 +143,12 @@ package enum ConfigValidation {
     }
 
     /// Checks without throwing; see `resolve`.
+    /// - Parameter unexpanded: keys written whose value could not be read
+    ///   (an unset `${VAR}`, reported by the caller): neither missing nor
+    ///   checked for type here, but still checked against the manifest's keys.
     package static func check(
-        manifest: PluginManifest, instance: String, values: [String: Explicit], environment: [String: String], at: SourcePosition?
+        manifest: PluginManifest, instance: String, values: [String: Explicit], environment: [String: String], at: SourcePosition?,
+        unexpanded: Set<String> = []
     ) -> Outcome {
         var out = Outcome(config: JSONObject(), secrets: [], sources: [:], problems: [], details: [])
         func problem(_ position: SourcePosition?, _ message: String) {
@@ -157,6 +161,10 @@ package enum ConfigValidation {
             }
         }
         let known = manifest.config.map(\.name)
+        for name in unexpanded.subtracting(values.keys).sorted() where manifest.configKey(name) == nil {
+            let hint = closest(name, in: known).map { " (did you mean '\($0)'?)" } ?? ""
+            problem(at, "unknown key '\(name)' for provider '\(instance)'\(hint); its plugin '\(manifest.provider)' (\(manifest.file)) declares: \(known.joined(separator: ", "))")
+        }
         for name in values.keys.sorted() where manifest.configKey(name) == nil {
             let hint = closest(name, in: known).map { " (did you mean '\($0)'?)" } ?? ""
             let list = known.isEmpty ? "it declares none" : "it declares: \(known.joined(separator: ", "))"
@@ -168,7 +176,7 @@ package enum ConfigValidation {
                 problem(nil, "unknown key '\(name)'\(hint); \(list)")
             }
         }
-        for key in manifest.config {
+        for key in manifest.config where !unexpanded.contains(key.name) || values[key.name] != nil {
             var raw: JSONValue? = nil
             var source = "config"
             var position: SourcePosition? = nil

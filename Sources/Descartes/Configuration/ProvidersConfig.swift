@@ -406,13 +406,25 @@ public struct ProvidersConfig: Sendable {
     /// `runHelper` and no `api_key` is written). Reports every problem.
     /// The helper's key is registered in `redactor` (a factory passes its own).
     package func resolve(_ instance: Instance, runHelper: Bool = true, redactor: Redactor = Redactor()) -> Result<Resolved, SourceError> {
+        let (resolved, problems, _) = expandInstance(instance, runHelper: runHelper, redactor: redactor)
+        if !problems.isEmpty { return .failure(SourceError(problems)) }
+        return .success(resolved)
+    }
+
+    /// `resolve` without stopping at the first bad key: what expanded, every
+    /// problem, and the keys written whose value could not be expanded.
+    func expandInstance(_ instance: Instance, runHelper: Bool, redactor: Redactor) -> (Resolved, [SourceProblem], unexpanded: Set<String>) {
         var problems: [SourceProblem] = []
+        var unexpanded: Set<String> = []
         var values: [String: ConfigValidation.Explicit] = [:]
         for e in instance.entries {
             var secret = false
             var via: [String] = []
             let what = "key '\(e.key)' of provider '\(instance.name)'"
-            guard let value = expand(e.node, what: what, problems: &problems, secret: &secret, via: &via) else { continue }
+            guard let value = expand(e.node, what: what, problems: &problems, secret: &secret, via: &via) else {
+                unexpanded.insert(e.key)
+                continue
+            }
             var x = ConfigValidation.Explicit(value: value, origin: e.node.location.description)
             x.position = e.node.location
             x.keyPosition = e.keyNode.location
@@ -439,8 +451,7 @@ public struct ProvidersConfig: Sendable {
                 pending = helper
             }
         }
-        if !problems.isEmpty { return .failure(SourceError(problems)) }
-        return .success(Resolved(name: instance.name, plugin: instance.plugin, location: instance.location, values: values, helperPending: pending))
+        return (Resolved(name: instance.name, plugin: instance.plugin, location: instance.location, values: values, helperPending: pending), problems, unexpanded)
     }
 
     /// A node's value as JSON with references expanded in every scalar.
@@ -498,42 +509,8 @@ public struct ProvidersConfig: Sendable {
     /// instance's references and values against its plugin's manifest, and
     /// each section's own checks. What `descartes config check` prints.
     package func check(catalog: PluginCatalog, checkers: [ConfigSectionChecker] = ProvidersConfig.sectionCheckers) -> [SourceProblem] {
-        var all = problems
-        for inst in instances {
-            switch resolve(inst, runHelper: false) {
-            case .failure(let e): all += e.problems
-            case .success(let r):
-                guard let entry = catalog.entry(for: inst.plugin), let manifest = entry.manifest else {
-                    let installed = catalog.availableProviders
-                    let hint = closest(inst.plugin, in: installed).map { " (did you mean '\($0)'?)" } ?? ""
-                    all.append(
-                        SourceProblem(
-                            inst.pluginLocation ?? inst.location,
-                            "provider '\(inst.name)': no plugin '\(inst.plugin)' is installed\(hint); installed: \(installed.joined(separator: ", "))"))
-                    continue
-                }
-                var values = r.values
-                if r.helperPending != nil, manifest.configKey("api_key") != nil {
-                    values["api_key"] = ConfigValidation.Explicit(value: .string("(from api_key_helper)"), origin: "api_key_helper")
-                }
-                let outcome = ConfigValidation.check(manifest: manifest, instance: inst.name, values: values, environment: environment, at: inst.location)
-                all += outcome.problems
-            }
-        }
-        var expanded: [String: YAMLNode] = [:]
-        for (key, _) in sections.sorted(by: { $0.key < $1.key }) {
-            do {
-                guard let node = try section(key) else { continue }
-                expanded[key] = node
-                if key == "audit" {
-                    if case .failure(let e) = AuditSettings.read(node) { all += e.problems }
-                }
-            } catch { all += error.problems }
-        }
-        for checker in checkers {
-            let mine = expanded.filter { checker.keys.contains($0.key) }
-            if !mine.isEmpty { all += checker.check(mine, self) }
-        }
+        var all = startupProblems(catalog: catalog, checkers: checkers)
+        for inst in instances { all += problems(of: inst, catalog: catalog).filter { !all.contains($0) } }
         return all
     }
 }

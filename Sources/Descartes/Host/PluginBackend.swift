@@ -173,9 +173,15 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     /// What the host checks of a request before any plugin sees it: images
     /// only on user messages, and only for a plugin whose manifest says it
-    /// takes them (`vision`), so none is dropped silently by a plugin that
-    /// does not know the member.
+    /// takes them (`vision`), tools only for one that says `tools`, so none
+    /// is dropped silently by a plugin that does not know the member.
     func checkRequest(_ r: ModelRequest) throws(ProviderError) {
+        if !r.tools.isEmpty, !manifest.capabilities.contains("tools") {
+            throw ProviderError(
+                .unsupportedFeature,
+                "'\(name)' does not take tools (the request has \(r.tools.count)): its manifest \(manifest.file) lists no 'tools' capability",
+                provider: name)
+        }
         guard let i = r.messages.firstIndex(where: { !$0.images.isEmpty }) else { return }
         if let j = r.messages.firstIndex(where: { !$0.images.isEmpty && $0.role != .user }) {
             throw ProviderError(.api, "messages[\(j)] (\(r.messages[j].role.rawValue)): only user messages carry images", provider: name)

@@ -53,15 +53,19 @@ public struct ProviderFactory: Sendable {
     /// locations (or `configFile` alone).
     ///
     /// - Throws: `ProviderError` of kind `config` listing every problem in
-    ///   the configuration files, each with file:line:column.
+    ///   the configuration files, each with file:line:column: what
+    ///   `ProvidersConfig.startupProblems` finds, as every command does.
     public static func standard(configFile: String? = nil, logSink: LogSink = LogSink()) throws(ProviderError) -> ProviderFactory {
         let config = ProvidersConfig.load(.init(explicitFile: configFile))
-        if !config.problems.isEmpty {
+        let catalog = PluginCatalog.discover(.standard())
+        // What every command of the CLI checks when it starts.
+        let problems = config.startupProblems(catalog: catalog)
+        if !problems.isEmpty {
             throw ProviderError(
-                .config, "invalid configuration (\(config.problems.count) problem\(config.problems.count == 1 ? "" : "s"))",
-                details: config.problems.map(\.description))
+                .config, "invalid configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s"))",
+                details: problems.map(\.description))
         }
-        return ProviderFactory(catalog: .discover(.standard()), environment: config.environment, configuration: config, logSink: logSink)
+        return ProviderFactory(catalog: catalog, environment: config.environment, configuration: config, logSink: logSink)
     }
 
     /// Creates the backend `name` names: an instance of providers.yaml

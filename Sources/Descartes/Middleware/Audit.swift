@@ -6,27 +6,33 @@ import DescartesSupport
 /// ```yaml
 /// audit:
 ///   enabled: true
-///   file: ~/.local/state/descartes/audit.jsonl   # the default ($XDG_STATE_HOME/descartes/audit.jsonl)
-///   prompts: false     # also record the request's messages
-///   replies: false     # also record the answer's text
+///   database: ~/.local/state/descartes/audit.sqlite3  # the ledger (default: $XDG_STATE_HOME/descartes/audit.sqlite3,
+///                                                     #  or beside `file` when only that is set)
+///   file: ~/.local/state/descartes/audit.jsonl   # the JSON-lines export (default $XDG_STATE_HOME/descartes/audit.jsonl)
+///   prompts: false     # also record the request's messages (JSON lines only)
+///   replies: false     # also record the answer's text (JSON lines only)
 /// ```
 public struct AuditSettings: Sendable, Equatable {
     public var enabled: Bool = false
-    /// Absolute path of the log.
+    /// Absolute path of the JSON-lines log (one line per request: the export).
     public var file: String
+    /// Absolute path of the SQLite ledger (one row per attempt: what
+    /// `descartes log` reads).
+    public var database: String
     public var prompts: Bool = false
     public var replies: Bool = false
     /// Where `file` was set (or nil for the default).
     public var fileLocation: SourcePosition?
 
-    public init(file: String, enabled: Bool = false, prompts: Bool = false, replies: Bool = false) {
+    public init(file: String, database: String? = nil, enabled: Bool = false, prompts: Bool = false, replies: Bool = false) {
         self.file = file
+        self.database = database ?? FileSystem.join(FileSystem.directory(of: file), "audit.sqlite3")
         self.enabled = enabled
         self.prompts = prompts
         self.replies = replies
     }
 
-    static let knownKeys = ["enabled", "file", "prompts", "replies"]
+    static let knownKeys = ["enabled", "file", "database", "prompts", "replies"]
 
     /// `$XDG_STATE_HOME/descartes/audit.jsonl`, by default
     /// `~/.local/state/descartes/audit.jsonl`.
@@ -34,6 +40,12 @@ public struct AuditSettings: Sendable, Equatable {
         if let x = environment["XDG_STATE_HOME"], x.hasPrefix("/") { return FileSystem.join(x, "descartes/audit.jsonl") }
         let home = environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? Environment.homeDirectory
         return FileSystem.join(home, ".local/state/descartes/audit.jsonl")
+    }
+
+    /// `$XDG_STATE_HOME/descartes/audit.sqlite3`, by default
+    /// `~/.local/state/descartes/audit.sqlite3`.
+    public static func defaultDatabase(environment: [String: String] = Environment.current()) -> String {
+        FileSystem.join(FileSystem.directory(of: defaultFile(environment: environment)), "audit.sqlite3")
     }
 
     /// Reads the (expanded) section; nil means the defaults (disabled).
@@ -56,6 +68,13 @@ public struct AuditSettings: Sendable, Equatable {
             if !path.hasPrefix("/") { path = FileSystem.join(FileSystem.directory(of: at.file), path) }
             s.file = path
             s.fileLocation = at
+            s.database = FileSystem.join(FileSystem.directory(of: path), "audit.sqlite3")
+        }
+        if let f = v.string(node, "database") {
+            var path = f
+            if path.hasPrefix("~/") { path = FileSystem.join(Environment.homeDirectory, String(path.dropFirst(2))) }
+            if !path.hasPrefix("/") { path = FileSystem.join(FileSystem.directory(of: node["database"]!.location.file), path) }
+            s.database = path
         }
         if !v.problems.isEmpty { return .failure(SourceError(v.problems)) }
         return .success(s)
@@ -69,8 +88,10 @@ extension ProvidersConfig {
     }
 }
 
-/// The audit log: one JSON line per request, appended to a file only its
-/// owner can read (mode 0600, in a directory created 0700).
+/// The audit log: one row per attempt in the SQLite ledger
+/// (`AuditLedger`, what `descartes log` reads), and one JSON line per
+/// request appended to a file only its owner can read (mode 0600, in a
+/// directory created 0700), the export for other tools.
 ///
 /// A record holds the time, provider instance, plugin, model, outcome or
 /// error kind, tokens, cost, duration and the attempts and fallback chain;
@@ -82,9 +103,18 @@ public final class AuditLog: Sendable {
     /// Masks every line (its redactor) and hears of failed writes.
     public let logSink: LogSink
 
-    public init(_ settings: AuditSettings, logSink: LogSink = LogSink()) {
+    /// The ledger (`settings.database`).
+    public let ledger: AuditLedger
+
+    /// The plugin of a provider instance (nil: not known), to name the
+    /// plugin of the provider that actually answered.
+    let plugins: @Sendable (String) -> String?
+
+    public init(_ settings: AuditSettings, logSink: LogSink = LogSink(), plugins: @escaping @Sendable (String) -> String? = { _ in nil }) {
         self.settings = settings
         self.logSink = logSink
+        self.plugins = plugins
+        ledger = AuditLedger(file: settings.database)
     }
 
     /// Appends one record as one line, with a single write(2) on a file
@@ -139,9 +169,22 @@ public final class AuditLog: Sendable {
         operation: String, instance: String, plugin: String, request: ModelRequest, started: String, duration: Duration,
         result: Result<ModelResponse, ProviderError>
     ) -> JSONObject {
+        // The provider that answered (or failed last), and its plugin.
+        let answered: String
+        switch result {
+        case .success(let r): answered = r.provider.isEmpty ? instance : r.provider
+        case .failure(let e): answered = e.attempts.last?.provider ?? e.provider ?? instance
+        }
         var o: JSONObject = [
-            "time": .string(started), "instance": .string(instance), "plugin": .string(plugin), "operation": .string(operation),
+            "time": .string(started), "instance": .string(instance),
+            "plugin": .string(answered == instance ? plugin : (plugins(answered) ?? plugin)), "operation": .string(operation),
         ]
+        if answered != instance {
+            o["provider"] = .string(answered)
+        }
+        if !request.metadata.isEmpty {
+            o["labels"] = .object(JSONObject(request.metadata.sorted { $0.key < $1.key }.map { (key: $0.key, value: JSONValue.string($0.value)) }))
+        }
         switch result {
         case .success(let r):
             o["model"] = .string(r.model.isEmpty ? (request.model ?? "") : r.model)
@@ -185,6 +228,21 @@ public final class AuditLog: Sendable {
             logSink.log(.warning, source, "cannot write the audit log: \(error)")
         }
     }
+
+    /// Records one request: its attempts in the ledger, one line in the
+    /// JSON-lines export.
+    func finish(
+        operation: String, instance: String, plugin: String, request: ModelRequest, started: String, unixMS: Int, duration: Duration,
+        result: Result<ModelResponse, ProviderError>
+    ) {
+        let rows = AuditLedger.rows(
+            operation: operation, name: instance, request: request, unixMS: unixMS, duration: duration, result: result,
+            plugin: { [plugins] p in p == instance ? plugin : plugins(p) })
+        do { try ledger.append(rows) } catch {
+            logSink.log(.warning, "audit", "cannot write the audit ledger: \(logSink.redactor.redact(error.description))")
+        }
+        write(record(operation: operation, instance: instance, plugin: plugin, request: request, started: started, duration: duration, result: result), source: "audit")
+    }
 }
 
 /// A backend whose completions are recorded in the audit log.
@@ -215,14 +273,15 @@ final class AuditedBackend: ModelBackend, Sendable {
 
     func complete(_ request: ModelRequest) async throws -> ModelResponse {
         let started = AuditLog.timestamp()
+        let unixMS = AuditLedger.nowUnixMS()
         let t0 = ContinuousClock.now
         do {
             let r = try await inner.complete(request)
-            log.write(log.record(operation: "complete", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: .success(r)), source: "audit")
+            log.finish(operation: "complete", instance: name, plugin: plugin, request: request, started: started, unixMS: unixMS, duration: .now - t0, result: .success(r))
             return r
         } catch {
             let e = AuditedBackend.providerError(error, name)
-            log.write(log.record(operation: "complete", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: .failure(e)), source: "audit")
+            log.finish(operation: "complete", instance: name, plugin: plugin, request: request, started: started, unixMS: unixMS, duration: .now - t0, result: .failure(e))
             throw error
         }
     }
@@ -230,14 +289,15 @@ final class AuditedBackend: ModelBackend, Sendable {
     func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
         let (stream, continuation) = AsyncThrowingStream<StreamEvent, Error>.makeStream(bufferingPolicy: .unbounded)
         let started = AuditLog.timestamp()
+        let unixMS = AuditLedger.nowUnixMS()
         let t0 = ContinuousClock.now
         let task = Task { [inner, log, plugin, name] in
             // The record is written before the caller sees the end of the
             // stream, so a caller that exits right after still has it.
             func write(_ result: Result<ModelResponse, ProviderError>) {
-                log.write(
-                    log.record(operation: "stream", instance: name, plugin: plugin, request: request, started: started, duration: .now - t0, result: result),
-                    source: "audit")
+                log.finish(
+                    operation: "stream", instance: name, plugin: plugin, request: request, started: started, unixMS: unixMS, duration: .now - t0,
+                    result: result)
             }
             var written = false
             do {

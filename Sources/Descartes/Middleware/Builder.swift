@@ -88,11 +88,8 @@ public struct ReliableProviders: Sendable {
     public init(factory: ProviderFactory, overrides: Overrides = Overrides()) throws(SourceError) {
         var settings = ReliabilitySettings()
         if let config = factory.configuration {
-            let (s, problems) = ReliabilitySettings.parse(try config.middlewareSections())
+            let (s, problems) = config.reliabilitySettings(catalog: factory.catalog)
             if !problems.isEmpty { throw SourceError(problems) }
-            let known = Set(config.instances.map(\.name)).union(factory.catalog.availableProviders)
-            let unknown = s.check(knownProviders: known)
-            if !unknown.isEmpty { throw SourceError(unknown) }
             settings = s
         }
         self.init(settings: settings, factory: factory, overrides: overrides)

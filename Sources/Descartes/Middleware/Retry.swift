@@ -123,6 +123,19 @@ public struct RetryPolicy: Sendable, Hashable {
     }
 }
 
+extension RetryPolicy {
+    /// `e` saying why it was not retried, for a rate limit or an error with
+    /// a `retry-after` whose kind is retried and attempts were left (the
+    /// hint above `maxRetryAfter`, or its wait past the deadline): without
+    /// it a 429 that ends the request looks like one the policy forgot.
+    func saysWhyNot(_ e: ProviderError, reason: String, attempt: Int) -> ProviderError {
+        guard e.kind == .rateLimited || e.retryAfter != nil, retryOn.contains(e.kind), attempt < maxAttempts else { return e }
+        var e = e
+        e.message += " (not retried: \(reason))"
+        return e
+    }
+}
+
 /// Retries failed requests of the backend it wraps, as its `RetryPolicy`
 /// says, and reports every failed attempt (`ModelResponse.attempts`, or
 /// `ProviderError.attempts` when it gives up).
@@ -209,7 +222,7 @@ public struct RetryBackend: WrappingBackend {
                 switch policy.decide(e, attempt: attempt, remaining: deadline.remaining) {
                 case .stop(let reason):
                     logSink.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
-                    throw log.giveUp(e)
+                    throw policy.saysWhyNot(log.giveUp(e), reason: reason, attempt: attempt)
                 case .retry(let wait):
                     logSink.log(
                         .info, "retry \(inner.name)",
@@ -247,7 +260,7 @@ public struct RetryBackend: WrappingBackend {
                     switch policy.decide(e, attempt: attempt, outputReached: reached, remaining: deadline.remaining) {
                     case .stop(let reason):
                         logSink.log(.debug, "retry \(inner.name)", "giving up after attempt \(attempt): \(reason)")
-                        throw log.giveUp(e)
+                        throw policy.saysWhyNot(log.giveUp(e), reason: reason, attempt: attempt)
                     case .retry(let wait):
                         let what = "\(e.kind)\(e.status.map { " (\($0))" } ?? "")"
                         if reached {
