@@ -46,6 +46,16 @@ public protocol ModelBackend: Sendable {
 }
 
 extension ModelBackend {
+    /// One user message, answered whole: `try await backend.complete("Hello").text`.
+    public func complete(_ prompt: String, model: String? = nil) async throws -> ModelResponse {
+        try await complete(ModelRequest(prompt: prompt, model: model))
+    }
+
+    /// One user message, streamed.
+    public func stream(_ prompt: String, model: String? = nil) -> AsyncThrowingStream<StreamEvent, Error> {
+        stream(ModelRequest(prompt: prompt, model: model))
+    }
+
     /// Counts (or estimates) the tokens of a text sent as one user message.
     public func estimateTokens(_ text: String) async throws -> TokenEstimate {
         try await estimateTokens(ModelRequest(prompt: text))

@@ -171,6 +171,13 @@ public struct ModelRequest: Sendable, Hashable {
     public init(prompt: String, model: String? = nil) {
         self.init(messages: [.user(prompt)], model: model)
     }
+
+    /// A one-message request with a system prompt:
+    /// `ModelRequest(prompt: "Summarize this", system: "You are terse.")`.
+    public init(prompt: String, system: String?, model: String? = nil) {
+        self.init(messages: [.user(prompt)], model: model)
+        systemPrompt = system
+    }
 }
 
 /// Why the model stopped. An "open enum": new reasons can be added without
@@ -339,4 +346,9 @@ public struct HealthReport: Sendable, Hashable {
         self.details = details
         self.latency = latency
     }
+}
+
+extension ModelResponse {
+    /// The answer's text (`content`).
+    public var text: String { content }
 }

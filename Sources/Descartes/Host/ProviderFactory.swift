@@ -204,7 +204,13 @@ public struct ProviderFactory: Sendable {
         guard let entry = catalog.entry(for: name) else {
             let installed = catalog.availableProviders
             let list = installed.isEmpty ? "no plugins are installed" : "installed: \(installed.joined(separator: ", "))"
-            let hint = closest(name, in: installed).map { " Did you mean '\($0)'?" } ?? ""
+            var hint = closest(name, in: installed).map { " Did you mean '\($0)'?" } ?? ""
+            if installed.isEmpty {
+                // A library user's first stumble: a SwiftPM build installs no manifests.
+                hint += " Plugins are manifests (NAME.yaml) found in $DESCARTES_PLUGIN_PATH (colon-separated directories),"
+                    + " ~/.local/share/descartes/plugins, then the installed prefix's lib/descartes/plugins"
+                    + " (make install puts them there; docs/manifest.md): set DESCARTES_PLUGIN_PATH to a directory holding them."
+            }
             throw ProviderError(
                 .config,
                 "unknown provider '\(name)' (\(list); searched \(catalog.search.directories.map(\.path).joined(separator: ", ")))\(hint)",
