@@ -24,23 +24,26 @@ import DescartesSupport
     }
 
     @Test func aFailingProviderFallsBackAndJSONSaysWhoAnswered() async throws {
-        let r = await cli(["complete", "-p", "scripted", "--set", "fail_init=down for maintenance", "--fallback", "nonesuch,echo", "--json", "answered by echo"])
+        let r = await cli(["complete", "-p", "scripted", "--set", "fail_init=down for maintenance", "--fallback", "echo", "--json", "answered by echo"])
         #expect(r.status == 0, "\(r)")
         let doc = try JSONValue.parse(r.stdout)
         #expect(doc["provider"] == "echo")
         #expect(doc["content"] == "answered by echo")
         let attempts = try #require(doc["attempts"]?.arrayValue)
-        #expect(attempts.map { $0["provider"]?.stringValue } == ["scripted", "nonesuch"])
+        #expect(attempts.map { $0["provider"]?.stringValue } == ["scripted"])
         #expect(attempts[0]["error"]?["kind"] == "initialization")
         #expect(attempts[0]["error"]?["message"] == "down for maintenance")
-        #expect(attempts[1]["error"]?["kind"] == "config")
+        // A --fallback name that leads nowhere is refused before anything runs (issue 17).
+        let unknown = await cli(["complete", "-p", "scripted", "--fallback", "nonesuch,echo", "--json", "x"])
+        #expect(unknown.status == 78, "\(unknown)")
+        #expect(try JSONValue.parse(unknown.stdout)["error"]?["message"]?.stringValue?.hasPrefix("unknown provider 'nonesuch'") == true)
     }
 
     @Test func whenEveryProviderFailsTheErrorListsTheAttempts() async throws {
-        let r = await cli(["complete", "-p", "scripted", "--set", "fail_init=broken", "--fallback", "nonesuch", "--json", "hi"])
-        #expect(r.status == 78)  // the last error: an unknown provider is a configuration error
+        let r = await cli(["complete", "-p", "scripted", "--set", "fail_init=broken", "--fallback", "scripted", "--json", "hi"])
+        #expect(r.status == 69)  // the last error: the provider cannot start
         let doc = try JSONValue.parse(r.stdout)
-        #expect(doc["error"]?["attempts"]?.arrayValue?.map { $0["provider"]?.stringValue } == ["scripted", "nonesuch"])
+        #expect(doc["error"]?["attempts"]?.arrayValue?.map { $0["provider"]?.stringValue } == ["scripted", "scripted"])
         #expect(r.stderr.contains("attempt 1: scripted: initialization"))
     }
 
