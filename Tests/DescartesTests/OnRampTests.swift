@@ -1,5 +1,6 @@
 import Descartes
 import Foundation
+import DescartesSupport
 import Testing
 
 /// The Swift on-ramp (issue 17): complete("text"), response.text,
@@ -47,5 +48,61 @@ import Testing
             #expect(error.message.contains("DESCARTES_PLUGIN_PATH"), "\(error.message)")
             #expect(error.message.contains("no plugins are installed"), "\(error.message)")
         }
+    }
+}
+
+/// README.md's fallback example, compiled here as written, and the same
+/// chain run with a provider that cannot be created (issue 17: the old
+/// example threw while being built, so it never fell back).
+@Suite struct ReadmeFallbackTests {
+    func readmeExample() async throws {
+        // README.md, begin
+        let settings = try ReliabilitySettings.parse(yaml: """
+            retry: {max_attempts: 4}
+            fallbacks:
+              resilient:
+                chain: [anthropic, {provider: ollama, model: "llama3.2"}]
+            """, file: "inline")
+        let providers = ReliableProviders(settings: settings, factory: try ProviderFactory.standard())
+        let answer = try await providers.backend("resilient").complete("Hello")
+        print(answer.text, answer.provider)   // who answered; answer.attempts: who failed first
+        await providers.shutdown()
+        // README.md, end
+    }
+
+    @Test func theReadmeExampleIsTheOneCompiledHere() throws {
+        let readme = try FileSystem.readText(FileSystem.join(TestEnv.root, "README.md"), limit: 1 << 20)
+        let intro = try #require(readme.firstRange(of: "From Swift, a chain's providers are created on first use"))
+        let open = try #require(readme[intro.upperBound...].firstRange(of: "```swift\n"))
+        let close = try #require(readme[open.upperBound...].firstRange(of: "\n```\n"))
+        let example = String(readme[open.upperBound..<close.lowerBound])
+        let source = try FileSystem.readText(FileSystem.join(TestEnv.root, "Tests/DescartesTests/OnRampTests.swift"), limit: 1 << 20)
+        let begin = try #require(source.firstRange(of: "// README.md, begin\n"))
+        let end = try #require(source[begin.upperBound...].firstRange(of: "\n        // README.md, end"))
+        let compiled = source[begin.upperBound..<end.lowerBound].split(separator: "\n", omittingEmptySubsequences: false)
+            .map { $0.hasPrefix("        ") ? String($0.dropFirst(8)) : String($0) }.joined(separator: "\n")
+        #expect(compiled == example)
+    }
+
+    @Test func aProviderThatCannotBeCreatedFallsBack() async throws {
+        let plugins = PluginDir().addEcho().addManifest("anthropic")
+        let settings = try ReliabilitySettings.parse(yaml: """
+            retry: {max_attempts: 4}
+            fallbacks:
+              resilient:
+                chain: [anthropic, echo]
+            """, file: "inline")
+        // No ANTHROPIC_API_KEY: anthropic cannot be created.
+        let providers = ReliableProviders(settings: settings, factory: plugins.factory(environment: [:]))
+        let answer = try await providers.backend("resilient").complete("Hello there")
+        #expect(answer.text == "Hello there")
+        #expect(answer.provider == "echo")
+        #expect(answer.attempts.map(\.provider) == ["anthropic"])
+        #expect(answer.attempts.first?.error.kind == .config)
+        await providers.shutdown()
+        // Config values from interpolated strings.
+        let base = "http://127.0.0.1:9"
+        let config: [String: JSONValue] = ["endpoint": "\(base)/v1"]
+        #expect(config["endpoint"] == .string("http://127.0.0.1:9/v1"))
     }
 }
