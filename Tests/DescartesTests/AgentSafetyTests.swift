@@ -273,4 +273,58 @@ import DescartesSupport
         #expect((try? JSONValue.parse(cli.stdout))?["finish_reason"] == "tool_denied", "\(cli.stdout)")
         #expect(cli.stderr.contains("the agent was denied Write"), "\(cli.stderr)")
     }
+
+    // MARK: Secrets given to a CLI stay secret
+
+    /// A token handed to a generic CLI through `env` (plainly, or from
+    /// `${file:}` in providers.yaml) or kept with `pass_env` is masked when
+    /// the program echoes it: in the error (stderr tail), and in the answer
+    /// the CLI prints.
+    @Test func credentialsGivenThroughEnvAreMaskedEverywhere() async throws {
+        let dir = TempDir("descartes-envsecret")
+        let token = "tok-agent-secret-5551234-abcdef"
+        let kept = "tok-passed-secret-7778889-uvwxyz"
+        let leaky = dir.write("leaky.sh", """
+            #!/bin/sh
+            cat >/dev/null
+            echo "using $MY_SERVICE_TOKEN and $KEPT_API_KEY"
+            echo "auth failed for $MY_SERVICE_TOKEN / $KEPT_API_KEY" >&2
+            exit "${LEAKY_EXIT:-1}"
+            """, mode: 0o755)
+        let factory = Self.plugins.factory(environment: ["KEPT_API_KEY": kept, "PATH": "/usr/bin:/bin"])
+        let b = try factory.create(
+            "headless-cli",
+            config: [
+                "command": .string(leaky), "protocol": "text", "env": ["MY_SERVICE_TOKEN": .string(token)],
+                "pass_env": ["KEPT_API_KEY"],
+            ])
+        let e = try #require(await providerError { _ = try await b.complete(ModelRequest(prompt: "x")) })
+        #expect(e.message.contains("auth failed for"), "\(e)")
+        #expect(!e.message.contains(token) && !e.message.contains(kept), "\(e)")
+        await b.shutdown()
+
+        // Through the CLI, the token from a file named in providers.yaml:
+        // the answer and the error are masked.
+        let tokenFile = dir.write("token", token + "\n")
+        let config = dir.write("providers.yaml", """
+            providers:
+              leaky:
+                plugin: headless-cli
+                command: \(leaky)
+                protocol: text
+                env:
+                  MY_SERVICE_TOKEN: ${file:\(tokenFile)}
+                  LEAKY_EXIT: "0"
+            """)
+        let ok = await Proc.descartes(["--config", config, "complete", "-p", "leaky", "x"], env: ["DESCARTES_PLUGIN_PATH": Self.plugins.path])
+        #expect(ok.status == 0, "\(ok)")
+        #expect(ok.stdout.hasPrefix("using "), "\(ok.stdout)")
+        #expect(!ok.stdout.contains(token) && !ok.stderr.contains(token), "\(ok)")
+        let failed = await Proc.descartes(
+            ["--config", config, "complete", "-p", "leaky", "--set", "env=MY_SERVICE_TOKEN=\(token),LEAKY_EXIT=3", "x"],
+            env: ["DESCARTES_PLUGIN_PATH": Self.plugins.path])
+        #expect(failed.status != 0, "\(failed)")
+        #expect(failed.stderr.contains("auth failed for"), "\(failed.stderr)")
+        #expect(!failed.stdout.contains(token) && !failed.stderr.contains(token), "\(failed)")
+    }
 }

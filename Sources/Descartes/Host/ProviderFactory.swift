@@ -222,6 +222,30 @@ public struct ProviderFactory: Sendable {
         return m
     }
 
+    /// A credential a headless plugin hands its child through `env`
+    /// (`GITHUB_TOKEN=...`, however it was written: plain, `${env:}`,
+    /// `${file:}`) or keeps from the host's environment with `pass_env` is a
+    /// secret like any other: a program that echoes it in an error or its
+    /// output has it masked. Names as the child's environment scrubs them
+    /// (ending in `_KEY`, `_APIKEY`, `_TOKEN`, `_SECRET`, `_PASSWORD`,
+    /// `_PASSWD`, `_CREDENTIALS`).
+    func registerChildCredentials(_ config: JSONObject) {
+        let suffixes = ["_KEY", "_APIKEY", "_TOKEN", "_SECRET", "_PASSWORD", "_PASSWD", "_CREDENTIALS"]
+        func credential(_ name: String) -> Bool {
+            let upper = name.uppercased()
+            return suffixes.contains { upper.hasSuffix($0) } || ["KEY", "TOKEN", "SECRET", "PASSWORD", "APIKEY"].contains(upper)
+        }
+        if case .object(let env)? = config["env"] {
+            for (k, v) in env where credential(k) { if let s = v.stringValue, !s.isEmpty { redactor.register(s) } }
+        }
+        if case .array(let kept)? = config["pass_env"] {
+            let patterns = kept.compactMap(\.stringValue)
+            for (k, v) in environment where credential(k) && !v.isEmpty {
+                if patterns.contains(where: { p in p.hasSuffix("*") ? k.hasPrefix(String(p.dropLast())) : k == p }) { redactor.register(v) }
+            }
+        }
+    }
+
     func createPluginBackend(
         _ name: String, values: [String: ConfigValidation.Explicit], instance: String?, at: SourcePosition?,
         isolation: Isolation = .inProcess
@@ -233,6 +257,7 @@ public struct ProviderFactory: Sendable {
         let outcome = try ConfigValidation.resolve(manifest: manifest, instance: instanceName, values: values, environment: environment, at: at)
         let resolved = outcome.config
         for s in outcome.secrets { redactor.register(s) }
+        registerChildCredentials(resolved)
 
         let configBytes = JSONValue.object(resolved).jsonBytes
         let raw: UnsafeMutablePointer<descartes_backend_t>
