@@ -32,17 +32,63 @@ final class ClaudeCodeBackend: DescartesBackend {
         agent.initialize(call) { "claude at \($0.path)" }
     }
 
-    /// `claude --version`, with the backend's environment.
+    /// `claude --version`, then one cheap real turn with the backend's
+    /// environment (`-p --output-format json --max-turns 1 --tools=`, a
+    /// one-word answer): healthy only if Claude Code reached its model with
+    /// its credentials. `health_turn: false` checks the version only and
+    /// says so.
     func healthCheck(_ call: PluginCall) {
-        agent.probe(call, arguments: ["--version"]) { program, exit, version in
+        let settings = self.settings
+        agent.probe(call, arguments: ["--version"]) { [agent] program, exit, version in
             guard exit.succeeded, !version.isEmpty else {
                 call.fail(exit.error("claude --version"))
                 return
             }
-            call.finish(result: [
-                "message": .string("\(version) at \(program.path)"),
-                "details": ["version": .string(version), "path": .string(program.path)],
-            ])
+            var details: JSONObject = ["version": .string(version), "path": .string(program.path)]
+            guard settings.healthTurn else {
+                details["checked"] = "version"
+                call.finish(result: [
+                    "message": .string("\(version) at \(program.path); only `claude --version` was checked (health_turn: false): the API and the credentials were not"),
+                    "details": .object(details),
+                ])
+                return
+            }
+            var args = ["-p", "--output-format", "json", "--max-turns", "1", "--tools=", "--no-session-persistence"]
+            if let m = settings.model { args += ["--model", m] }
+            args.append("Reply with the single word OK.")
+            let started = ContinuousClock.now
+            let base = details
+            agent.probe(call, arguments: args, timeout: .seconds(60)) { _, turnExit, output in
+                var details = base
+                let doc = (try? JSONValue.parse(output))?.objectValue
+                let text = doc?["result"]?.stringValue ?? ""
+                if turnExit.succeeded, doc?["is_error"]?.boolValue != true {
+                    details["checked"] = "turn"
+                    details["turn_ms"] = .integer((ContinuousClock.now - started).milliseconds)
+                    if let m = doc?["modelUsage"]?.objectValue?.keys.sorted().first { details["model"] = .string(m) }
+                    call.finish(result: [
+                        "message": .string("\(version) at \(program.path) answered a one-turn request"),
+                        "details": .object(details),
+                    ])
+                    return
+                }
+                guard let doc, doc["is_error"]?.boolValue == true else {
+                    call.fail(turnExit.error("claude -p (health turn)", context: output.isEmpty ? "" : ": " + Wire.excerpt(output, limit: 500)))
+                    return
+                }
+                let message = "the health turn failed: " + (text.isEmpty ? "Claude Code reported an error" : text)
+                let status = doc["api_error_status"]?.intValue
+                let apiError = doc["api_error"]?.stringValue
+                let kind: ProviderError.Kind
+                switch status {
+                case 401?, 403?: kind = .authentication
+                case 429?: kind = .rateLimited
+                case let s? where s >= 500 || s == 408: kind = .providerUnavailable
+                case _?: kind = .api
+                case nil: kind = apiError == "connection_failed" ? .providerUnavailable : .api
+                }
+                call.fail(ProviderError(kind, message, status: status, providerType: apiError))
+            }
         }
     }
 

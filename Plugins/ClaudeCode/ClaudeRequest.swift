@@ -22,6 +22,8 @@ struct ClaudeSettings: Sendable {
     var persistSessions: Bool
     var sessionIdle: Duration
     var maxSessions: Int
+    /// `health_turn` (default true): the health check runs one real turn.
+    var healthTurn: Bool
 
     init(_ c: BackendContext) throws(ProviderError) {
         func text(_ k: String) -> String? { c.string(k).flatMap { $0.isEmpty ? nil : $0 } }
@@ -47,6 +49,7 @@ struct ClaudeSettings: Sendable {
         maxRetries = c.int("max_retries") ?? 0
         if let r = maxRetries, r < 0 { throw ProviderError(.config, "key 'max_retries': must not be negative, got \(r)") }
         persistSessions = c.bool("persist_sessions") ?? false
+        healthTurn = c.bool("health_turn") ?? true
         let idle = c.int("session_idle_secs") ?? 900
         guard idle > 0 else { throw ProviderError(.config, "key 'session_idle_secs': must be positive, got \(idle)") }
         sessionIdle = .seconds(idle)

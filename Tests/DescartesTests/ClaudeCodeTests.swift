@@ -435,11 +435,29 @@ final class ClaudeHarness: @unchecked Sendable {
         await b.shutdown()
     }
 
+    /// Health is one real turn: healthy when the API answers, unhealthy
+    /// with the API's error kind when it refuses (the version alone said
+    /// healthy against a dead endpoint).
     @Test func healthCheckAndModelsFromTheManifest() async throws {
         let h = try await ClaudeHarness()
+        try await h.serve([
+            ClaudeHarness.sse("messages-stream-text.sse"),
+            ClaudeHarness.error(401, type: "authentication_error", "invalid x-api-key"),
+        ])
         let b = try h.backend()
         let health = try await b.healthCheck()
         #expect(health.message.contains("(Claude Code)"), "\(health)")
+        #expect(health.message.contains("answered a one-turn request"), "\(health)")
+        #expect(health.details["checked"] == "turn")
+        #expect(try await h.server.requests().count == 1)
+        let e = await providerError { _ = try await b.healthCheck() }
+        #expect(e?.kind == .authentication, "\(String(describing: e))")
+        #expect(e?.message.contains("the health turn failed") == true, "\(String(describing: e))")
+        // Version only, when asked, and it says so.
+        let versionOnly = try h.backend(["health_turn": false])
+        let v = try await versionOnly.healthCheck()
+        #expect(v.message.contains("only `claude --version` was checked"), "\(v)")
+        await versionOnly.shutdown()
         let models = try await b.listModels()
         #expect(models.map(\.id).contains("sonnet"))
         #expect(models.first?.details["source"] == "manifest")
