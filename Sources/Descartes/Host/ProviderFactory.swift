@@ -224,11 +224,12 @@ public struct ProviderFactory: Sendable {
 
     /// A credential a headless plugin hands its child through `env`
     /// (`GITHUB_TOKEN=...`, however it was written: plain, `${env:}`,
-    /// `${file:}`) or keeps from the host's environment with `pass_env` is a
-    /// secret like any other: a program that echoes it in an error or its
-    /// output has it masked. Names as the child's environment scrubs them
-    /// (ending in `_KEY`, `_APIKEY`, `_TOKEN`, `_SECRET`, `_PASSWORD`,
-    /// `_PASSWD`, `_CREDENTIALS`).
+    /// `${file:}`) is a secret like any other: a program that echoes it in
+    /// an error or its output has it masked. Names as the child's
+    /// environment scrubs them (ending in `_KEY`, `_APIKEY`, `_TOKEN`,
+    /// `_SECRET`, `_PASSWORD`, `_PASSWD`, `_CREDENTIALS`). (A variable kept
+    /// from the host's environment with `pass_env` is the caller's explicit
+    /// choice and is not registered.)
     func registerChildCredentials(_ config: JSONObject) {
         let suffixes = ["_KEY", "_APIKEY", "_TOKEN", "_SECRET", "_PASSWORD", "_PASSWD", "_CREDENTIALS"]
         func credential(_ name: String) -> Bool {
@@ -237,12 +238,6 @@ public struct ProviderFactory: Sendable {
         }
         if case .object(let env)? = config["env"] {
             for (k, v) in env where credential(k) { if let s = v.stringValue, !s.isEmpty { redactor.register(s) } }
-        }
-        if case .array(let kept)? = config["pass_env"] {
-            let patterns = kept.compactMap(\.stringValue)
-            for (k, v) in environment where credential(k) && !v.isEmpty {
-                if patterns.contains(where: { p in p.hasSuffix("*") ? k.hasPrefix(String(p.dropLast())) : k == p }) { redactor.register(v) }
-            }
         }
     }
 
