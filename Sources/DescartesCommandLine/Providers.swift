@@ -56,8 +56,9 @@ package enum Commands {
             for p in problems { Out.err("  \(p)") }
             exit(ExitCode.config.rawValue)
         }
-        let factory = ProviderFactory(
+        var factory = ProviderFactory(
             catalog: catalog, loader: Out.loader, environment: config.environment, configuration: config, logSink: Out.logSink)
+        factory.operationDeadline = globals.operationDeadline
         return Setup(factory: factory, settings: config.reliabilitySettings(catalog: catalog).0)
     }
 

@@ -124,11 +124,18 @@ package struct Globals: Sendable {
     package var verbose = false
     /// `--config FILE`, made absolute: read this providers.yaml instead of searching.
     package var configFile: String?
+    /// The command's `--timeout` in seconds, when it has one: also the
+    /// host's deadline on loading, creating, initializing and shutting down
+    /// plugins (`ProviderFactory.operationDeadline`).
+    package var timeout: Double?
 
     package init(verbose: Bool = false, configFile: String? = nil) {
         self.verbose = verbose
         self.configFile = configFile
     }
+
+    /// `timeout` as the factory's operation deadline.
+    package var operationDeadline: Duration? { timeout.map { .milliseconds(Int($0 * 1000)) } }
 
     /// Takes the global options out of `args` (anywhere before `--`) and
     /// returns them with the rest. Mistakes are reported against `command`

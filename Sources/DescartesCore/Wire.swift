@@ -356,6 +356,18 @@ public enum Wire {
         return decodeError(v, provider: provider)
     }
 
+    /// An Error document from a plugin: a `kind` outside the ABI's list
+    /// becomes `invalid_response`, its message naming the kind the plugin
+    /// sent (docs/abi.md, "Documents").
+    public static func decodePluginError(_ bytes: UnsafeRawBufferPointer, provider: String?) -> ProviderError {
+        var e = decodeError(bytes, provider: provider)
+        if !ProviderError.Kind.all.contains(e.kind) {
+            e.message = "the plugin reported an error of unknown kind '\(e.kind.rawValue)': \(e.message)"
+            e.kind = .invalidResponse
+        }
+        return e
+    }
+
     /// Decodes an Error document; `provider`, when given, names the
     /// provider (whatever the document says).
     public static func decodeError(_ v: JSONValue, provider: String?) -> ProviderError {

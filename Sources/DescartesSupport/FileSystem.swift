@@ -27,8 +27,7 @@ public enum FileSystem {
     }
 
     public static func readBytes(_ path: String, limit: Int) throws(FileSystemError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw systemError(path) }
+        let fd = try openRegular(path)
         defer { close(fd) }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -43,6 +42,51 @@ public enum FileSystem {
             if out.count > limit { throw FileSystemError(path: path, reason: "file is larger than \(limit) bytes") }
         }
         return out
+    }
+
+    /// Opens `path` for reading without blocking (a FIFO with no writer
+    /// would hang `open` and `read` forever) and refuses it unless it is a
+    /// regular file: the error names the path and what it is ("a FIFO").
+    /// The descriptor returned is blocking again, close-on-exec.
+    public static func openRegular(_ path: String) throws(FileSystemError) -> Int32 {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+        if fd < 0 { throw systemError(path) }
+        var st = stat()
+        if fstat(fd, &st) != 0 {
+            let e = systemError(path)
+            close(fd)
+            throw e
+        }
+        if st.st_mode & S_IFMT != S_IFREG {
+            close(fd)
+            throw FileSystemError(path: path, reason: "is \(typeName(st.st_mode)), not a regular file")
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return fd
+    }
+
+    /// Refuses `path` unless it is a regular file (following symlinks),
+    /// without opening it: for files another component opens (dlopen).
+    public static func checkRegular(_ path: String) throws(FileSystemError) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw systemError(path) }
+        if st.st_mode & S_IFMT != S_IFREG {
+            throw FileSystemError(path: path, reason: "is \(typeName(st.st_mode)), not a regular file")
+        }
+    }
+
+    /// What a file of mode `mode` is, for messages.
+    public static func typeName(_ mode: UInt32) -> String {
+        switch mode & S_IFMT {
+        case S_IFREG: return "a regular file"
+        case S_IFDIR: return "a directory"
+        case S_IFIFO: return "a FIFO"
+        case S_IFSOCK: return "a socket"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFLNK: return "a symbolic link"
+        default: return "a special file"
+        }
     }
 
     /// Writes `bytes` to `path` atomically (a temporary file renamed over it),

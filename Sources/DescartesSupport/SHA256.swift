@@ -110,8 +110,7 @@ public struct SHA256: Sendable {
 
     /// The digest of a file, read in blocks.
     public static func file(_ path: String) throws(FileSystemError) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw FileSystem.systemError(path) }
+        let fd = try FileSystem.openRegular(path)
         defer { close(fd) }
         var s = SHA256()
         var buf = [UInt8](repeating: 0, count: 1 << 16)

@@ -21,3 +21,114 @@ package func detachThread(_ body: @escaping @Sendable () -> Void) -> Bool {
     pthread_detach(tid)
     return true
 }
+
+/// Threads that call into plugins, so that a plugin function that never
+/// returns blocks one of these and not its caller (Swift's cooperative pool,
+/// a caller waiting on its deadline).
+///
+/// A job goes to an idle worker when there is one, else to a new worker:
+/// a worker stuck forever in a plugin is never waited for, and the pool
+/// keeps working without it. Workers idle for 10 s exit.
+package final class PluginThreads: @unchecked Sendable {
+    package static let shared = PluginThreads()
+
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var jobs: [@Sendable () -> Void] = []
+    private var idle = 0
+
+    private init() {
+        pthread_mutex_init(&mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(&cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+
+    /// Runs `job` on a worker. When no thread can be made, runs it here.
+    package func run(_ job: @escaping @Sendable () -> Void) {
+        pthread_mutex_lock(&mutex)
+        if idle > jobs.count {
+            jobs.append(job)
+            pthread_mutex_unlock(&mutex)
+            pthread_cond_signal(&cond)
+            return
+        }
+        pthread_mutex_unlock(&mutex)
+        if !detachThread({ [self] in
+            job()
+            work()
+        }) { job() }
+    }
+
+    private func work() {
+        pthread_mutex_lock(&mutex)
+        while true {
+            idle += 1
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            ts.tv_sec += 10
+            var timedOut = false
+            while jobs.isEmpty && !timedOut {
+                timedOut = pthread_cond_timedwait(&cond, &mutex, &ts) == ETIMEDOUT
+            }
+            idle -= 1
+            if jobs.isEmpty {
+                pthread_mutex_unlock(&mutex)
+                return
+            }
+            let job = jobs.removeFirst()
+            pthread_mutex_unlock(&mutex)
+            job()
+            pthread_mutex_lock(&mutex)
+        }
+    }
+
+    /// Runs `job` on a worker and waits for it at most `seconds` (real
+    /// time). Returns its result, or nil when it did not return in time:
+    /// the job is then abandoned (it keeps its thread until it returns, if
+    /// ever) and its result, if any, dropped.
+    package func run<T: Sendable>(within seconds: Double, _ job: @escaping @Sendable () -> T) -> T? {
+        let slot = Slot<T>()
+        run {
+            let v = job()
+            pthread_mutex_lock(&slot.mutex)
+            slot.value = v
+            slot.done = true
+            pthread_cond_broadcast(&slot.cond)
+            pthread_mutex_unlock(&slot.mutex)
+        }
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let whole = seconds.rounded(.down)
+        ts.tv_sec += Int(whole)
+        ts.tv_nsec += Int((seconds - whole) * 1e9)
+        if ts.tv_nsec >= 1_000_000_000 {
+            ts.tv_sec += 1
+            ts.tv_nsec -= 1_000_000_000
+        }
+        pthread_mutex_lock(&slot.mutex)
+        defer { pthread_mutex_unlock(&slot.mutex) }
+        while !slot.done {
+            if pthread_cond_timedwait(&slot.cond, &slot.mutex, &ts) == ETIMEDOUT && !slot.done { return nil }
+        }
+        return slot.value
+    }
+}
+
+/// Where a job run by `PluginThreads.run(within:)` leaves its result.
+private final class Slot<T>: @unchecked Sendable {
+    var mutex = pthread_mutex_t()
+    var cond = pthread_cond_t()
+    var value: T?
+    var done = false
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(&cond, &attr)
+        pthread_condattr_destroy(&attr)
+    }
+}

@@ -22,6 +22,7 @@ enum BenchCommand {
     }
 
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        var globals = globals
         var s = Settings()
         let config: [String: JSONValue]
         do throws(UsageError) {
@@ -40,6 +41,7 @@ enum BenchCommand {
             if let t = try args.double(.timeout) {
                 guard t > 0 else { throw args.mistake("--timeout must be positive") }
                 s.request.deadlines.total = .milliseconds(Int(t * 1000))
+                globals.timeout = t
             }
         } catch { usageFailure(error) }
         let json = args.flag(.json)

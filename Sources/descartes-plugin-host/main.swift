@@ -76,6 +76,10 @@ enum Helper {
     }
 
     static func run() -> Never {
+        // The socket is the host's line to this process only: nothing the
+        // plugin starts (system(), a server it spawns) inherits it, so it
+        // closes when this process dies.
+        _ = fcntl(3, F_SETFD, FD_CLOEXEC)
         var reader = FrameReader(fd: 3)
         var backend: UnsafeMutablePointer<descartes_backend_t>? = nil
         var handles: [UInt64: OpaquePointer] = [:]

@@ -8,6 +8,7 @@ import DescartesSupport
 /// its index and a response or an error; progress on stderr.
 enum BatchCommand {
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        var globals = globals
         let reliability: ReliabilityOptions
         let settings: [String: JSONValue]
         let concurrency: Int
@@ -23,6 +24,7 @@ enum BatchCommand {
             if let t = try args.double(.timeout) {
                 guard t > 0 else { throw args.mistake("--timeout must be positive") }
                 timeout = .milliseconds(Int(t * 1000))
+                globals.timeout = t
             }
             if ProviderBatchOptions.wanted(args) { try ProviderBatchOptions.check(args, reliability: reliability) }
         } catch { usageFailure(error) }

@@ -36,6 +36,7 @@ enum CompleteCommand {
     }
 
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        var globals = globals
         let prompt: String
         let settings: [String: JSONValue]
         var request: ModelRequest
@@ -60,6 +61,7 @@ enum CompleteCommand {
             if let t = try args.double(.timeout) {
                 guard t > 0 else { throw args.mistake("--timeout must be positive") }
                 request.deadlines.total = .milliseconds(Int(t * 1000))
+                globals.timeout = t
             }
             request.systemPrompt = args.value(.systemPrompt)
             // --label KEY=VALUE: the request's metadata, recorded in the audit ledger.

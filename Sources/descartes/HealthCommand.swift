@@ -17,6 +17,7 @@ enum HealthCommand {
     }
 
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        var globals = globals
         let settings: [String: JSONValue]
         let timeout: Double
         do throws(UsageError) {
@@ -24,6 +25,7 @@ enum HealthCommand {
             timeout = try args.double(.timeout) ?? 20
             guard timeout > 0 else { throw args.mistake("--timeout must be positive") }
         } catch { usageFailure(error) }
+        globals.timeout = timeout
         let json = args.flag(.json)
         let setup = Commands.setup(globals)
 

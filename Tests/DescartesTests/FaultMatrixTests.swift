@@ -303,6 +303,7 @@ enum FaultMatrix {
             both streamed and with `complete`. Ollama's stream is NDJSON, so its \"events\" are lines.
 
             """
+        s += HostFaults.document()
         return s
     }
 }

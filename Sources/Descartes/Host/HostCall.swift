@@ -21,6 +21,8 @@ final class HostCall: @unchecked Sendable {
     /// The backend's clock, which the deadlines are counted on.
     let clock: DescartesClock
     let startedAt: ContinuousClock.Instant
+    /// The call's number in `CallRegistry` (the plugin's context), once started.
+    private(set) var id: UInt64 = 0
 
     private struct State {
         var continuation: CheckedContinuation<Outcome, Error>?
@@ -43,6 +45,13 @@ final class HostCall: @unchecked Sendable {
         var lastEvent: ContinuousClock.Instant
         /// The scheduled deadline check.
         var watchdog: DeadlineTimer.Token?
+        /// The plugin's operation function returned.
+        var startReturned = false
+        /// A deadline passed while the operation function had not returned.
+        var stuck = false
+        /// Events and bytes received (CallLimits).
+        var events = 0
+        var bytes = 0
     }
     private let state: Lock<State>
 
@@ -67,16 +76,38 @@ final class HostCall: @unchecked Sendable {
     
     // MARK: Starting
 
+    /// Starts the operation on one of the plugin threads, with the
+    /// deadlines already counting: a plugin whose function never returns
+    /// holds that thread, not the caller, who gets `timeout` naming the
+    /// operation when the deadline passes (and the backend is quarantined).
     func start(_ fn: descartes_operation_fn, input: [UInt8]) {
-        let ctx = Unmanaged.passRetained(self).toOpaque()
+        // The plugin's context is the call's number in the registry, not a
+        // pointer: an event after the terminal one (a broken plugin) finds
+        // nothing there and is logged and dropped, never a freed object.
+        id = CallRegistry.shared.register(self)
+        backend.noteInFlight(1)
+        armWatchdog()
+        PluginThreads.shared.run { [self] in invoke(fn, input: input) }
+    }
+
+    private func invoke(_ fn: descartes_operation_fn, input: [UInt8]) {
+        let ctx = UnsafeMutableRawPointer(bitPattern: UInt(id))!
         let handle = input.withUnsafeBufferPointer { buf in
             buf.withMemoryRebound(to: CChar.self) { chars in
                 fn(backend.raw, chars.baseAddress, chars.count, HostCall.onEvent, ctx)
             }
         }
+        let late = state.withLock { s -> Bool in
+            s.startReturned = true
+            return s.stuck
+        }
+        if late {
+            backend.log.log(.warning, "provider \(backend.name)", "the plugin's \(op.name) returned after its deadline had passed")
+        }
         guard let handle else {
             // No handle: the ABI says no event will come.
-            Unmanaged<HostCall>.fromOpaque(ctx).release()
+            CallRegistry.shared.unregister(UInt64(UInt(bitPattern: ctx)), provider: backend.name, log: backend.log)
+            backend.noteInFlight(-1)
             answer(.failure(ProviderError(.backend, "the plugin could not start \(op.name) (it returned no handle)", provider: backend.name)))
             return
         }
@@ -94,14 +125,17 @@ final class HostCall: @unchecked Sendable {
         }
         if releaseNow { backend.raw.pointee.release?(backend.raw, handle) }
         if cancelNow { cancelPlugin(handle) }
-        armWatchdog()
     }
 
     // MARK: Events from the plugin
 
     static let onEvent: descartes_event_fn = { ctx, event in
-        guard let ctx, let event else { return }
-        let call = Unmanaged<HostCall>.fromOpaque(ctx).takeUnretainedValue()
+        guard let event else { return }
+        let id = UInt64(UInt(bitPattern: ctx))
+        guard let call = CallRegistry.shared.call(id) else {
+            CallRegistry.shared.late(id, type: event.pointee.type)
+            return
+        }
         call.handle(event)
     }
 
@@ -125,6 +159,22 @@ final class HostCall: @unchecked Sendable {
             }
             if s.answered { return false }
             s.lastEvent = clock.now
+            // The host's own bounds on what one call may send.
+            s.events += 1
+            s.bytes += bytes.count
+            let limits = backend.callLimits
+            if s.events > limits.maxEvents {
+                violation = ProviderError(
+                    .invalidResponse, "the plugin sent more than \(limits.maxEvents) events in one \(op.name) call (the host's limit, CallLimits.maxEvents); the call was ended",
+                    provider: backend.name)
+                return false
+            }
+            if s.bytes > limits.maxBytes {
+                violation = ProviderError(
+                    .invalidResponse, "the plugin sent more than \(limits.maxBytes % (1 << 20) == 0 ? "\(limits.maxBytes >> 20) MiB" : "\(limits.maxBytes) bytes") in one \(op.name) call (the host's limit, CallLimits.maxBytes); the call was ended",
+                    provider: backend.name)
+                return false
+            }
             switch type {
             case DESCARTES_EVENT_TEXT:
                 s.gotFirstToken = true
@@ -201,12 +251,14 @@ final class HostCall: @unchecked Sendable {
         if success {
             decoded = decodeResult(bytes)
         } else {
-            decoded = .failure(backend.log.redactor.redact(Wire.decodeError(bytes, provider: backend.name)))
+            decoded = .failure(backend.log.redactor.redact(Wire.decodePluginError(bytes, provider: backend.name)))
         }
         var outcome: Result<Outcome, ProviderError> = .failure(ProviderError(.backend, "unreachable", provider: backend.name))
+        var endsFlight = false  // the first terminal event: the call is no longer in flight
         let (handle, duplicate) = state.withLock { s -> (CallHandle?, Bool) in
             if s.pluginDone { return (nil, true) }
             s.pluginDone = true
+            endsFlight = true
             switch decoded {
             case .failure(let e): outcome = .failure(e)
             case .success(.document(let d)): outcome = .success(.document(d))
@@ -228,9 +280,10 @@ final class HostCall: @unchecked Sendable {
             return
         }
         answer(outcome)
+        if endsFlight { backend.noteInFlight(-1) }
         if let handle { backend.raw.pointee.release?(backend.raw, handle.raw) }
         // The plugin's reference (taken in start) ends here.
-        Unmanaged.passUnretained(self).release()
+        CallRegistry.shared.unregister(id, provider: backend.name, log: backend.log)
     }
 
     private enum Decoded {
@@ -329,6 +382,18 @@ final class HostCall: @unchecked Sendable {
         if gotFirst, let i = deadlines.idle { consider(last + i, "idle", i) }
         guard let next else { return }
         if clock.now >= next.when {
+            let stuck = state.withLock { s -> Bool in
+                if !s.startReturned && !s.answered { s.stuck = true }
+                return s.stuck
+            }
+            if stuck {
+                // The plugin's function itself has not returned: nothing it
+                // was given can stop it. Abandon the call, quarantine the backend.
+                let why = "the plugin's \(op.name) did not return within the \(next.which.replacingAll("_", with: " ")) deadline of \(format(next.limit))"
+                backend.quarantine(why)
+                answer(.failure(ProviderError(.timeout, why, provider: backend.name, deadline: next.which)))
+                return
+            }
             terminate(
                 ProviderError(
                     .timeout, "the \(next.which.replacingAll("_", with: " ")) deadline of \(format(next.limit)) passed",
@@ -355,3 +420,51 @@ package struct CallHandle: @unchecked Sendable {
 
 /// A duration in an error message ("300 ms", "1.5 s"): `Duration.exactText`.
 func format(_ d: Duration) -> String { d.exactText }
+
+/// The calls a plugin may still send events to, by number: the context a
+/// plugin gets is that number, so an event for a call that has ended (after
+/// its terminal event, which the ABI forbids) is found to be late, logged and
+/// dropped instead of touching freed memory (docs/abi.md, "Events").
+final class CallRegistry: @unchecked Sendable {
+    static let shared = CallRegistry()
+    private static let shardCount = 16
+    private let shards: [Lock<[UInt64: HostCall]>] = (0..<CallRegistry.shardCount).map { _ in Lock([:]) }
+    private let counter = Lock<UInt64>(0)
+    /// The providers of the calls that ended last, for the message about a
+    /// late event (a bounded memory).
+    private let ended = Lock<(names: [UInt64: (String, LogSink)], order: [UInt64])>(([:], []))
+
+    func register(_ call: HostCall) -> UInt64 {
+        let id = counter.withLock { n -> UInt64 in
+            n += 1
+            return n
+        }
+        shards[Int(id % UInt64(Self.shardCount))].withLock { $0[id] = call }
+        return id
+    }
+
+    func call(_ id: UInt64) -> HostCall? {
+        shards[Int(id % UInt64(Self.shardCount))].withLock { $0[id] }
+    }
+
+    func unregister(_ id: UInt64, provider: String, log: LogSink) {
+        _ = shards[Int(id % UInt64(Self.shardCount))].withLock { $0.removeValue(forKey: id) }
+        ended.withLock { e in
+            e.names[id] = (provider, log)
+            e.order.append(id)
+            if e.order.count > 1024 {
+                let old = e.order.prefix(512)
+                for o in old { e.names.removeValue(forKey: o) }
+                e.order.removeFirst(512)
+            }
+        }
+    }
+
+    /// An event for call `id`, which is not in flight: logged and dropped.
+    func late(_ id: UInt64, type: UInt32) {
+        // A call ended long ago (past the memory) has no one to tell.
+        guard let (name, log) = ended.withLock({ $0.names[id] }) else { return }
+        let what = type == UInt32(DESCARTES_EVENT_RESULT) || type == UInt32(DESCARTES_EVENT_ERROR) ? "a second terminal event" : "an event (type \(type))"
+        log.log(.warning, "provider \(name)", "the plugin sent \(what) after the call's terminal event; dropped")
+    }
+}

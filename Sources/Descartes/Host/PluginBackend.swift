@@ -1,5 +1,6 @@
 internal import CDescartesPlugin
 import Glibc
+import DescartesSupport
 
 /// A backend living in a plugin library, driven through the C ABI.
 ///
@@ -34,6 +35,12 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     /// The factory's sink: the plugin's records, the host's warnings about
     /// it, and the redactor of its errors and notices.
     let log: LogSink
+    /// The host's own deadline for operations no request bounds
+    /// (`initialize` for health checks and model lists, `shutdown`,
+    /// `destroy`): the factory's `operationDeadline`.
+    let hostDeadline: Duration?
+    /// The most one call may send.
+    let callLimits: CallLimits
 
     private struct State {
         var initTask: Task<Void, Error>?
@@ -43,6 +50,11 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         var used = false
         /// The plugin's `destroy` has run: `raw` is gone.
         var destroyed = false
+        /// Why the backend is not used any more (a plugin function that did
+        /// not return by its deadline), or nil.
+        var quarantined: String?
+        /// Calls started whose terminal event has not come yet.
+        var inFlight = 0
     }
     /// Calls alive (each `HostCall` from its creation to its deinit), and
     /// who waits for them all to end (`shutdown`, before `destroy`).
@@ -52,8 +64,11 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     init(
         name: String, manifest: PluginManifest, owner: AnyObject, raw: UnsafeMutablePointer<descartes_backend_t>,
-        hostTable: HostTable, defaultDeadlines: Deadlines, clock: DescartesClock, log: LogSink
+        hostTable: HostTable, defaultDeadlines: Deadlines, clock: DescartesClock, log: LogSink,
+        hostDeadline: Duration? = nil, callLimits: CallLimits = CallLimits()
     ) {
+        self.hostDeadline = hostDeadline
+        self.callLimits = callLimits
         self.name = name
         self.mode = manifest.mode
         self.manifest = manifest
@@ -70,6 +85,9 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         // flight: each retains the backend.
         let s = state.withLock { $0 }
         if s.destroyed { return }
+        // A quarantined plugin is stuck in one of its functions: destroy
+        // (which waits for the plugin's threads) would hang this thread.
+        if s.quarantined != nil { return }
         if !s.used {
             // No operation ever started, so no plugin callback is on the
             // stack and `destroy` needs no `shutdown` first.
@@ -120,12 +138,14 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     }
 
     /// Destroys the plugin's backend once no call holds it (the end of
-    /// `shutdown`); leaves it allocated, with a warning, if a call never ends.
-    private func destroyWhenCallsEnd() async {
-        guard await callsEnded(within: Self.destroyWait) else {
+    /// `shutdown`); leaves it allocated, with a warning, if a call never ends
+    /// within `wait`. `destroy` itself runs on a plugin thread under the
+    /// same bound: a plugin whose destroy never returns is abandoned there.
+    private func destroyWhenCallsEnd(within wait: Duration) async {
+        guard await callsEnded(within: wait) else {
             log.log(
                 .warning, "provider \(name)",
-                "a call did not end within \(format(Self.destroyWait)) of shutdown; the plugin's backend is left allocated until the process exits")
+                "a call did not end within \(format(wait)) of shutdown; the plugin's backend is left allocated until the process exits")
             return
         }
         let destroy = state.withLock { s -> Bool in
@@ -133,27 +153,75 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
             s.destroyed = true
             return true
         }
-        // On a task of our own: never inside a plugin's callback.
-        if destroy { raw.pointee.destroy?(raw) }
+        guard destroy, let fn = raw.pointee.destroy else { return }
+        // Never inside a plugin's callback; never on the caller's thread.
+        let target = CallHandle(raw: OpaquePointer(raw))
+        let done = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            PluginThreads.shared.run {
+                let ok = PluginThreads.shared.run(within: Double(wait.milliseconds) / 1000) {
+                    fn(UnsafeMutablePointer<descartes_backend_t>(target.raw))
+                    return true
+                }
+                c.resume(returning: ok != nil)
+            }
+        }
+        if !done {
+            log.log(.warning, "provider \(name)", "the plugin's destroy did not return within \(format(wait)); abandoned")
+        }
     }
 
     // MARK: Operations
 
-    func initialize() async throws {
+    /// The deadlines of an operation no request bounds: the defaults, the
+    /// total one no later than the host's own deadline.
+    var operationDeadlines: Deadlines {
+        var d = defaultDeadlines
+        if let h = hostDeadline { d.total = min(d.total ?? h, h) }
+        return d
+    }
+
+    /// Puts the backend out of use: a plugin function did not return by its
+    /// deadline, so nothing it holds can be trusted to end. Every later
+    /// operation fails at once saying why, and neither `shutdown` nor
+    /// `destroy` is called (they would block too); an isolated plugin's
+    /// helper process is killed.
+    func quarantine(_ why: String) {
+        let first = state.withLock { s -> Bool in
+            if s.quarantined != nil { return false }
+            s.quarantined = why
+            return true
+        }
+        guard first else { return }
+        log.log(.warning, "provider \(name)", "quarantined: \(why)")
+        (owner as? ProcessBackend)?.abandon()
+    }
+
+    /// Counts calls started whose terminal event is still owed.
+    func noteInFlight(_ delta: Int) {
+        state.withLock { $0.inFlight += delta }
+    }
+
+    func initialize() async throws { try await initialize(nil) }
+
+    /// Initializes the backend once, under `deadlines` (those of the request
+    /// that needs it, or `operationDeadlines`). A waiter whose task is
+    /// cancelled cancels the initialization (the next operation tries again).
+    func initialize(_ deadlines: Deadlines?) async throws {
         try checkOpen()
         let task: Task<Void, Error>? = state.withLock { s in
             if s.initialized { return nil }
             if let t = s.initTask { return t }
             s.used = true
+            let d = deadlines ?? operationDeadlines
             let t = Task { [self] in
-                _ = try await self.document(.initialize, input: Array("{}".utf8), deadlines: defaultDeadlines)
+                _ = try await self.document(.initialize, input: Array("{}".utf8), deadlines: d)
             }
             s.initTask = t
             return t
         }
         guard let task else { return }
         do {
-            try await task.value
+            try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
             state.withLock {
                 $0.initialized = true
                 $0.initTask = nil
@@ -166,6 +234,9 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     }
 
     func checkOpen() throws(ProviderError) {
+        if let why = state.withLock({ $0.quarantined }) {
+            throw ProviderError(.backend, "'\(name)' is quarantined (\(why)); create a new instance", provider: name)
+        }
         if state.withLock({ $0.shutDown }) {
             throw ProviderError(.backend, "the backend has been shut down", provider: name)
         }
@@ -198,7 +269,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         try checkOpen()
         try await initialize()
         let start = ContinuousClock.now
-        let doc = try await document(.healthCheck, input: Array("{}".utf8), deadlines: defaultDeadlines)
+        let doc = try await document(.healthCheck, input: Array("{}".utf8), deadlines: operationDeadlines)
         var report = Wire.decodeHealth(doc)
         report.latency = ContinuousClock.now - start
         return report
@@ -209,7 +280,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         try await initialize()
         let doc: JSONValue
         do {
-            doc = try await document(.listModels, input: Array("{}".utf8), deadlines: defaultDeadlines)
+            doc = try await document(.listModels, input: Array("{}".utf8), deadlines: operationDeadlines)
         } catch let e as ProviderError where e.kind == .unsupportedFeature && !manifest.models.isEmpty {
             // A plugin with no way to ask its provider (a CLI run headless)
             // lists the models its manifest declares.
@@ -224,7 +295,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
         try checkOpen()
-        try await initialize()
+        try await initialize(effectiveDeadlines(request))
         let doc = try await document(.estimateTokens, input: Wire.encode(request), deadlines: effectiveDeadlines(request))
         do { return try Wire.decodeTokenEstimate(doc) } catch {
             throw ProviderError(.invalidResponse, "estimate_tokens: \(error)", provider: name)
@@ -237,26 +308,47 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
             return (s.shutDown, s.used)
         }
         if again { return }
+        // At most 30 s, or the host's deadline if shorter; 500 ms when
+        // calls are still in flight: shutdown cancels them and waits for
+        // their ends, which a plugin that honours cancellation sends at
+        // once (one that ignores it, or a helper stuck in the plugin, would
+        // otherwise hold the caller for the whole deadline).
+        let base = min(hostDeadline ?? .seconds(30), .seconds(30))
+        var limit = base
         // A backend that never started an operation has nothing to shut down.
-        if used {
+        if used && state.withLock({ $0.quarantined == nil }) {
             // Let an initialization under way finish first (the ABI starts
             // nothing while initialize runs).
             // Not cancelled with the calling task (`withBackend` shuts down
             // a cancelled body's backend): the shutdown has its own deadline.
-            await Task { [self] in
+            let computed = await Task { [self] () -> Duration in
                 if let t = state.withLock({ $0.initTask }) { _ = try? await t.value }
-                _ = try? await document(.shutdown, input: Array("{}".utf8), deadlines: Deadlines(total: .seconds(30)), checkShutdown: false)
+                var limit = base
+                if state.withLock({ $0.inFlight > 0 }) { limit = min(limit, .milliseconds(500)) }
+                guard state.withLock({ $0.quarantined == nil }) else { return limit }
+                do {
+                    _ = try await document(.shutdown, input: Array("{}".utf8), deadlines: Deadlines(total: limit), checkShutdown: false)
+                } catch let e as ProviderError where e.kind == .timeout {
+                    quarantine("its shutdown did not answer within \(format(limit))")
+                } catch {}
+                return limit
             }.value
+            limit = computed
         }
-        await destroyWhenCallsEnd()
+        if state.withLock({ $0.quarantined != nil }) {
+            // Stuck in a function: no destroy (it would block too, and calls
+            // still hold the table). An isolated plugin's helper was killed.
+            return
+        }
+        await destroyWhenCallsEnd(within: min(Self.destroyWait, limit))
     }
 
     func complete(_ request: ModelRequest) async throws -> ModelResponse {
         try checkOpen()
         try checkRequest(request)
-        try await initialize()
         var request = request
         request.deadlines = effectiveDeadlines(request)
+        try await initialize(request.deadlines)
         let outcome = try await run(.complete, input: Wire.encode(request), deadlines: request.deadlines, streaming: nil)
         guard case .response(let r) = outcome else { preconditionFailure() }
         return decorate(r, request: request)
@@ -271,7 +363,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
             do {
                 try checkOpen()
                 try checkRequest(req)
-                try await initialize()
+                try await initialize(req.deadlines)
                 let sink = StreamSink(continuation: continuation, decorate: { [self] r in decorate(r, request: req) })
                 _ = try await run(.stream, input: Wire.encode(req), deadlines: req.deadlines, streaming: sink)
             } catch {
@@ -400,5 +492,21 @@ final class CallsEnded: @unchecked Sendable {
         guard let c else { return }
         hook.withLock { $0 }?()
         c.resume(returning: ended)
+    }
+}
+
+/// The host's bounds on what one plugin call may send, whatever the plugin's
+/// own limits (`max_response_mb` and the like): past either, the call ends
+/// with `invalid_response` saying which, and the plugin is asked to stop.
+/// Set on `ProviderFactory.callLimits`.
+public struct CallLimits: Sendable, Hashable {
+    /// Events of any type (a token is usually one event).
+    public var maxEvents: Int
+    /// Bytes of event data (text, reasoning, tool arguments, documents).
+    public var maxBytes: Int
+    /// 4,000,000 events and 64 MiB (what the HTTP plugins read at most).
+    public init(maxEvents: Int = 4_000_000, maxBytes: Int = 64 << 20) {
+        self.maxEvents = maxEvents
+        self.maxBytes = maxBytes
     }
 }

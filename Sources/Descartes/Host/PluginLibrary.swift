@@ -20,6 +20,8 @@ package struct PluginLoadError: Error, Sendable, CustomStringConvertible {
         case unknownFactory = "unknown factory"
         case insecure = "insecure file"
         case checksumMismatch = "checksum mismatch"
+        case notRegular = "not a regular file"
+        case timedOut = "did not load in time"
     }
     package var reason: Reason
     package var path: String
@@ -93,7 +95,8 @@ package final class PluginLibrary: @unchecked Sendable {
     /// - Throws: the plugin's own error (create's `on_error`), its message
     ///   prefixed with the library's path.
     package func createBackend(
-        factory id: String, provider: String, instance: String, config configBytes: [UInt8], table: HostTable, redactor: Redactor
+        factory id: String, provider: String, instance: String, config configBytes: [UInt8], table: HostTable, redactor: Redactor,
+        within: Duration? = nil
     ) throws(ProviderError) -> UnsafeMutablePointer<descartes_backend_t> {
         guard let factory = factory(id) else {
             throw ProviderError(
@@ -101,7 +104,40 @@ package final class PluginLibrary: @unchecked Sendable {
                 provider: instance)
         }
         let errorBox = ErrorBox()
-        let raw: UnsafeMutablePointer<descartes_backend_t>? = provider.withCString { providerC in
+        // On a plugin thread, under a deadline: a create that never returns
+        // is abandoned (its thread with it) and the caller told so.
+        let limit = within ?? PluginLoader.defaultLoadDeadline
+        struct Created: @unchecked Sendable { let raw: UnsafeMutablePointer<descartes_backend_t>? }
+        let f = CallHandle(raw: OpaquePointer(factory))
+        let outcome = PluginThreads.shared.run(within: Double(limit.milliseconds) / 1000) { () -> Created in
+            Created(raw: Self.callCreate(UnsafePointer<descartes_factory_t>(f.raw), provider: provider, instance: instance, config: configBytes, table: table, errorBox: errorBox))
+        }
+        guard let outcome else {
+            throw ProviderError(
+                .timeout, "\(path): the plugin's create (factory '\(id)') did not return within \(format(limit))",
+                provider: instance, deadline: "total")
+        }
+        let raw = outcome.raw
+        guard let raw else {
+            var e = errorBox.bytes.isEmpty
+                ? ProviderError(.initialization, "the plugin refused the configuration without saying why", provider: instance)
+                : errorBox.bytes.withUnsafeBytes { Wire.decodePluginError($0, provider: instance) }
+            e.message = "\(path): create failed: \(e.message)"
+            throw redactor.redact(e)
+        }
+        guard raw.pointee.struct_size >= UInt32(MemoryLayout<descartes_backend_t>.offset(of: \.destroy)!) else {
+            throw ProviderError(
+                .initialization, "\(path): the backend's struct_size \(raw.pointee.struct_size) is smaller than version 1 of descartes_backend_t",
+                provider: instance)
+        }
+        return raw
+    }
+
+    private static func callCreate(
+        _ factory: UnsafePointer<descartes_factory_t>, provider: String, instance: String, config configBytes: [UInt8], table: HostTable,
+        errorBox: ErrorBox
+    ) -> UnsafeMutablePointer<descartes_backend_t>? {
+        provider.withCString { providerC in
             instance.withCString { instanceC in
                 configBytes.withUnsafeBufferPointer { cfg in
                     cfg.withMemoryRebound(to: CChar.self) { cfgChars in
@@ -122,19 +158,6 @@ package final class PluginLibrary: @unchecked Sendable {
                 }
             }
         }
-        guard let raw else {
-            var e = errorBox.bytes.isEmpty
-                ? ProviderError(.initialization, "the plugin refused the configuration without saying why", provider: instance)
-                : errorBox.bytes.withUnsafeBytes { Wire.decodeError($0, provider: instance) }
-            e.message = "\(path): create failed: \(e.message)"
-            throw redactor.redact(e)
-        }
-        guard raw.pointee.struct_size >= UInt32(MemoryLayout<descartes_backend_t>.offset(of: \.destroy)!) else {
-            throw ProviderError(
-                .initialization, "\(path): the backend's struct_size \(raw.pointee.struct_size) is smaller than version 1 of descartes_backend_t",
-                provider: instance)
-        }
-        return raw
     }
 
     package let path: String
@@ -185,6 +208,10 @@ package final class PluginLibrary: @unchecked Sendable {
     static func load(path: String, log: LogSink) throws(PluginLoadError) -> PluginLibrary {
         guard FileSystem.exists(path) else {
             throw PluginLoadError(.missingLibrary, path: path, "no such file")
+        }
+        // dlopen of a FIFO blocks until a writer comes: only regular files.
+        do { try FileSystem.checkRegular(path) } catch {
+            throw PluginLoadError(.notRegular, path: path, error.reason)
         }
         // RTLD_LOCAL: a plugin's symbols never satisfy another plugin's.
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
@@ -240,20 +267,38 @@ public final class PluginLoader: Sendable {
         }
     }
 
+    /// How long dlopen and `descartes_plugin_entry` may take when the
+    /// caller gives no deadline.
+    public static let defaultLoadDeadline: Duration = .seconds(30)
+
     /// Loads the library at `path` once per process. With `sha256`, the
-    /// file's digest must match the policy's pin first.
-    package func load(path: String, sha256 pin: PluginPolicy.Pin? = nil) throws(PluginLoadError) -> PluginLibrary {
+    /// file's digest must match the policy's pin first. dlopen and the
+    /// entry point run on a plugin thread: when they have not returned
+    /// `within` (default 30 s) the library is refused (and stays refused).
+    package func load(path: String, sha256 pin: PluginPolicy.Pin? = nil, within: Duration? = nil) throws(PluginLoadError) -> PluginLibrary {
         let key = FileSystem.realPath(path) ?? path
         if let pin { try verify(path: path, sha256: pin) }
+        let limit = within ?? Self.defaultLoadDeadline
         // dlopen and entry run under the lock: the ABI says the entry is
         // called once per library, from one thread.
         let result = cache.withLock { c -> Result<PluginLibrary, PluginLoadError> in
             if let r = c[key] { return r }
-            let r: Result<PluginLibrary, PluginLoadError>
-            do throws(PluginLoadError) { r = .success(try PluginLibrary.load(path: path, log: logSink)) } catch { r = .failure(error) }
+            let sink = logSink
+            let loaded = PluginThreads.shared.run(within: Double(limit.milliseconds) / 1000) { () -> LoadResult in
+                do throws(PluginLoadError) { return LoadResult(try PluginLibrary.load(path: path, log: sink)) } catch { return LoadResult(error) }
+            }
+            let r = loaded?.result
+                ?? .failure(PluginLoadError(.timedOut, path: path, "dlopen or descartes_plugin_entry did not return within \(format(limit))"))
             c[key] = r
             return r
         }
         return try result.get()
     }
+}
+
+/// A load's outcome, passed back from the plugin thread.
+private struct LoadResult: @unchecked Sendable {
+    let result: Result<PluginLibrary, PluginLoadError>
+    init(_ l: PluginLibrary) { result = .success(l) }
+    init(_ e: PluginLoadError) { result = .failure(e) }
 }

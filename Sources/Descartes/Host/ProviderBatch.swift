@@ -135,7 +135,7 @@ public struct ProviderBatches: Sendable {
     func run(_ op: BackendOperation, _ input: JSONValue) async throws -> JSONValue {
         try backend.checkOpen()
         try await backend.initialize()
-        return try await backend.document(op, input: input.jsonBytes, deadlines: backend.defaultDeadlines)
+        return try await backend.document(op, input: input.jsonBytes, deadlines: backend.operationDeadlines)
     }
 
     /// Submits `requests`, each under its `customID`.

@@ -34,6 +34,17 @@ public struct ProviderFactory: Sendable {
     /// The factory's redactor (`logSink.redactor`): masks every secret the
     /// factory resolved, and credential shapes, in text you print.
     public var redactor: Redactor { logSink.redactor }
+    /// The host's deadline for each plugin operation no request bounds:
+    /// loading the library (dlopen and its entry point), `create`,
+    /// `initialize` for a health check or a model list, `shutdown` (at most
+    /// 30 s). Nil: 30 s for loading and `create`, the provider's own
+    /// timeout (`timeout_secs`, default 600 s) for the others. The CLI sets
+    /// it from `--timeout`. A plugin function still running when it passes
+    /// is abandoned and its backend quarantined (docs/fault-matrix.md).
+    public var operationDeadline: Duration?
+    /// The most one call to a plugin may send (events, bytes), whatever the
+    /// plugin's own limits.
+    public var callLimits = CallLimits()
 
     public init(
         catalog: PluginCatalog = .discover(), loader: PluginLoader = .shared,
@@ -262,7 +273,7 @@ public struct ProviderFactory: Sendable {
         switch isolation {
         case .inProcess:
             let library: PluginLibrary
-            do { library = try loader.load(path: manifest.libraryPath, sha256: pin) } catch {
+            do { library = try loader.load(path: manifest.libraryPath, sha256: pin, within: operationDeadline) } catch {
                 throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: instanceName)
             }
             if library.factory(manifest.factory) == nil {
@@ -271,7 +282,9 @@ public struct ProviderFactory: Sendable {
                     "\(library.path): unknown factory '\(manifest.factory)' (named by \(manifest.file)); the library registers: \(library.factoryIDs.joined(separator: ", "))",
                     provider: instanceName)
             }
-            raw = try library.createBackend(factory: manifest.factory, provider: name, instance: instanceName, config: configBytes, table: table, redactor: redactor)
+            raw = try library.createBackend(
+                factory: manifest.factory, provider: name, instance: instanceName, config: configBytes, table: table, redactor: redactor,
+                within: operationDeadline)
             owner = library
         case .process(let limits):
             // The helper process loads the library: check its pin here first.
@@ -281,13 +294,16 @@ public struct ProviderFactory: Sendable {
                 }
             }
             let proxy = try ProcessBackend.start(
-                manifest: manifest, provider: name, instance: instanceName, config: configBytes, limits: limits, log: logSink)
+                manifest: manifest, provider: name, instance: instanceName, config: configBytes, limits: limits, log: logSink,
+                createWithin: operationDeadline ?? PluginLoader.defaultLoadDeadline)
             raw = proxy.raw
             owner = proxy
         }
         var defaults = Deadlines(total: .seconds(600))
         if let t = resolved["timeout_secs"]?.intValue, t > 0 { defaults.total = .seconds(t) }
-        return PluginBackend(name: instanceName, manifest: manifest, owner: owner, raw: raw, hostTable: table, defaultDeadlines: defaults, clock: clock, log: logSink)
+        return PluginBackend(
+            name: instanceName, manifest: manifest, owner: owner, raw: raw, hostTable: table, defaultDeadlines: defaults, clock: clock, log: logSink,
+            hostDeadline: operationDeadline, callLimits: callLimits)
     }
 
     /// What `verify` found.
@@ -309,7 +325,7 @@ public struct ProviderFactory: Sendable {
     package func verify(_ name: String, config: [String: JSONValue] = [:]) throws(ProviderError) -> Verification {
         let manifest = try manifest(for: name)
         let library: PluginLibrary
-        do { library = try loader.load(path: manifest.libraryPath, sha256: catalog.entry(for: name)?.pin) } catch {
+        do { library = try loader.load(path: manifest.libraryPath, sha256: catalog.entry(for: name)?.pin, within: operationDeadline) } catch {
             throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: name)
         }
         var result = Verification(library: library.name, version: library.version, factories: library.factoryIDs, missingConfig: [])

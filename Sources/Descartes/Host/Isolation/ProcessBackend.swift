@@ -28,6 +28,8 @@ final class ProcessBackend: @unchecked Sendable {
     let limits: ProcessLimits
     /// The factory's sink: the helper's records and the proxy's warnings.
     let log: LogSink
+    /// How long loading the library and `create` may take in the helper.
+    let createWithin: Duration
 
     /// One running helper process and its reader thread.
     final class Helper: @unchecked Sendable {
@@ -35,6 +37,9 @@ final class ProcessBackend: @unchecked Sendable {
         let fd: Int32
         let writer: FrameWriter
         var thread = pthread_t()
+        /// True once `fd` is closed (guards the exit watcher's shutdown
+        /// against a reused descriptor number).
+        let closed = Lock(false)
         init(pid: pid_t, fd: Int32) {
             self.pid = pid
             self.fd = fd
@@ -84,8 +89,12 @@ final class ProcessBackend: @unchecked Sendable {
     private let extensionQuery = Lock(())
     private let extensionWaiter = Waiter()
 
-    private init(manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink) {
+    private init(
+        manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink,
+        createWithin: Duration
+    ) {
         self.log = log
+        self.createWithin = createWithin
         self.manifest = manifest
         self.provider = provider
         self.instance = instance
@@ -97,9 +106,11 @@ final class ProcessBackend: @unchecked Sendable {
 
     /// Starts a helper, creates the backend in it, and returns the proxy.
     static func start(
-        manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink
+        manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink,
+        createWithin: Duration = PluginLoader.defaultLoadDeadline
     ) throws(ProviderError) -> ProcessBackend {
-        let p = ProcessBackend(manifest: manifest, provider: provider, instance: instance, config: config, limits: limits, log: log)
+        let p = ProcessBackend(
+            manifest: manifest, provider: provider, instance: instance, config: config, limits: limits, log: log, createWithin: createWithin)
         p.installVTable()
         let helper = try p.spawnAndCreate()
         p.state.withLock { $0.helper = helper }
@@ -152,6 +163,12 @@ final class ProcessBackend: @unchecked Sendable {
         let helper = Helper(pid: pid, fd: fds[0])
         waiter.reset()
         startReader(helper)
+        // The helper's death is noticed at once, not when its socket closes
+        // (a child the plugin started may hold it): its end of the socket
+        // is shut down, so the reader sees the end and reports the death.
+        watchExit(pid: pid) {
+            helper.closed.withLock { closed in if !closed { _ = Glibc.shutdown(helper.fd, Int32(SHUT_RDWR)) } }
+        }
 
         // CREATE: the configuration (secrets included) travels over the socket, never in argv.
         var create = JSONObject()
@@ -169,7 +186,7 @@ final class ProcessBackend: @unchecked Sendable {
         guard helper.writer.send(Frame.create, bytes: doc) else {
             throw ProviderError(.process, "isolation: the plugin host process exited before it could be configured", provider: instance)
         }
-        switch waiter.wait(seconds: 30) {
+        switch waiter.wait(seconds: Double(createWithin.milliseconds) / 1000) {
         case .ok: return helper
         case .error(let doc):
             throw Wire.decodeError(doc, provider: instance)
@@ -177,7 +194,9 @@ final class ProcessBackend: @unchecked Sendable {
             throw ProviderError(.process, "isolation: the plugin host process answered CREATE with EXTENDED", provider: instance)
         case .timeout:
             kill(helper.pid, SIGKILL)
-            throw ProviderError(.process, "isolation: the plugin host process did not answer within 30 s", provider: instance)
+            throw ProviderError(
+                .timeout, "isolation: the plugin's create (loading \(manifest.libraryPath)) did not return within \(format(createWithin)); its helper process was killed",
+                provider: instance, deadline: "total")
         case .died(let why):
             throw ProviderError(.process, "isolation: the plugin host process \(why) while loading \(manifest.libraryPath)", provider: instance)
         }
@@ -271,7 +290,13 @@ final class ProcessBackend: @unchecked Sendable {
                 why = "exited with status \((status >> 8) & 0xff)"
             }
         }
-        close(helper.fd)
+        // What the plugin started in the helper's process group (its own:
+        // the spawner makes one per child) goes with it.
+        kill(-helper.pid, SIGKILL)
+        helper.closed.withLock { closed in
+            closed = true
+            close(helper.fd)
+        }
         pthread_detach(helper.thread)
         waiter.signal(.died(why))
         extensionWaiter.signal(.died(why))
@@ -444,6 +469,12 @@ final class ProcessBackend: @unchecked Sendable {
         state.withLock { _ = $0.calls.removeValue(forKey: call.id) }
     }
 
+    /// Kills the helper (its backend was quarantined: a plugin function
+    /// did not return by its deadline). Calls in flight end with `process`.
+    func abandon() {
+        if let helper = state.withLock({ $0.helper }) { kill(helper.pid, SIGKILL) }
+    }
+
     /// Stops the helper: DESTROY, then wait for it to exit (killing it after
     /// five seconds), and join the reader.
     private func destroy() {
@@ -565,12 +596,18 @@ final class Waiter: @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
-    func wait(seconds: Int) -> Reply {
+    func wait(seconds: Double) -> Reply {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        ts.tv_sec += seconds
+        let whole = seconds.rounded(.down)
+        ts.tv_sec += Int(whole)
+        ts.tv_nsec += Int((seconds - whole) * 1e9)
+        if ts.tv_nsec >= 1_000_000_000 {
+            ts.tv_sec += 1
+            ts.tv_nsec -= 1_000_000_000
+        }
         while reply == nil {
             if pthread_cond_timedwait(&cond, &mutex, &ts) == ETIMEDOUT { return .timeout }
         }

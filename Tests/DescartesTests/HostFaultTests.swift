@@ -1,0 +1,340 @@
+import Descartes
+import Glibc
+import Testing
+import DescartesSupport
+
+/// Faults of the plugin itself, not of its server: a plugin function that
+/// never returns, events after the end, files that are not files. Each case
+/// is a row of `docs/fault-matrix.md` ("Host faults"), with the test that
+/// runs it. The plugin is `Tests/Fixtures/plugins/blocker.c`.
+enum HostFaults {
+    struct Case {
+        var fault: String
+        var how: String
+        var outcome: String
+        var test: String
+    }
+
+    static let cases: [Case] = [
+        Case(
+            fault: "dlopen or the entry point never returns", how: "`descartes_plugin_entry` hangs",
+            outcome: "`initialization` naming the library, within the operation deadline", test: "aHangingEntryPointIsAbandoned"),
+        Case(
+            fault: "`create` never returns", how: "the factory's create hangs",
+            outcome: "`timeout` naming create, within the operation deadline", test: "aHangingCreateIsAbandoned"),
+        Case(
+            fault: "`initialize` never returns", how: "initialize's function hangs",
+            outcome: "`timeout` naming initialize at the request's deadline; the instance is quarantined",
+            test: "aHangingInitializeIsAbandonedAndQuarantined"),
+        Case(
+            fault: "`initialize` never answers", how: "returns a handle, never sends its terminal event, ignores cancel",
+            outcome: "`timeout` at the request's deadline; shutdown gives up after 500 ms (a call is still in flight)", test: "aSilentInitializeEndsAtTheDeadline"),
+        Case(
+            fault: "an operation's function never returns", how: "complete's and stream's function hangs",
+            outcome: "`timeout` naming complete or stream; the instance is quarantined", test: "aHangingStartIsAbandoned"),
+        Case(
+            fault: "`shutdown` never answers", how: "shutdown's function hangs",
+            outcome: "shutdown returns at the operation deadline (30 s at most); the instance is quarantined",
+            test: "aHangingShutdownIsBounded"),
+        Case(
+            fault: "each of the above through the CLI", how: "`descartes complete` and `health` with `--timeout 3`, in process and `--isolate`",
+            outcome: "the command ends within 5 s", test: "noCommandOutlivesItsTimeout"),
+        Case(
+            fault: "a plugin sending too much", how: "more events or bytes in one call than `CallLimits` allows (default 4,000,000 events, 64 MiB)",
+            outcome: "`invalid_response` naming the limit; the plugin is asked to stop", test: "aPluginSendingTooMuchIsCutByTheHost"),
+        Case(
+            fault: "events after the terminal event", how: "a TEXT and a second RESULT after the host released the call",
+            outcome: "logged and dropped; the answer stands", test: "eventsAfterTheEndAreDropped"),
+        Case(
+            fault: "an isolated plugin starts a child, then crashes", how: "system(\"sleep 317 &\"), then SIGSEGV",
+            outcome: "`process` naming SIGSEGV at once (the socket is close-on-exec, a pidfd watches the helper); the child is killed with the helper's process group",
+            test: "aDeadHelperIsNoticedAtOnceAndItsChildrenGo"),
+        Case(
+            fault: "an error kind outside the ABI's list", how: "an ERROR event with `kind: made_up`",
+            outcome: "`invalid_response` naming the kind", test: "anUnknownErrorKindIsAnInvalidResponse"),
+        Case(
+            fault: "a FIFO named `*.yaml` in a plugin directory", how: "`mkfifo x.yaml`",
+            outcome: "listed as invalid (\"is a FIFO, not a regular file\"); other plugins work", test: "aFIFOIsNotAManifest"),
+        Case(
+            fault: "a manifest whose `library` is a FIFO", how: "`library:` names a FIFO",
+            outcome: "`initialization` naming the path and \"a FIFO\", in process and isolated", test: "aFIFOIsNotALibrary"),
+        Case(
+            fault: "`${file:}` naming a FIFO", how: "providers.yaml reads a secret from a FIFO",
+            outcome: "a `config` problem naming the path and \"a FIFO\"", test: "aFIFOIsNotASecretFile"),
+    ]
+
+    static func document() -> String {
+        var s = """
+
+            ## Host faults
+
+            Faults of a plugin itself rather than of its server, run by
+            `Tests/DescartesTests/HostFaultTests.swift` against `Tests/Fixtures/plugins/blocker.c`
+            (a C plugin that hangs where it is told to) and the file system. The host owns
+            every deadline: a plugin function that has not returned when its deadline passes
+            is abandoned on its thread (every plugin operation runs on a host thread, never on
+            the caller's), the caller gets `timeout` naming the operation, and the instance is
+            quarantined (every later operation fails at once saying why; an isolated plugin's
+            helper is killed). Loading and `create` are bounded by the factory's
+            `operationDeadline` (the CLI's `--timeout`, else 30 s).
+
+            | # | fault | what the plugin does | outcome | test |
+            | --- | --- | --- | --- | --- |
+
+            """
+        for (i, c) in cases.enumerated() {
+            s += "| H\(i + 1) | \(c.fault) | \(c.how) | \(c.outcome) | `\(c.test)` |\n"
+        }
+        return s
+    }
+}
+
+/// The blocker plugin, compiled once for the run.
+enum Blocker {
+    static let library: String = {
+        let dir = TempDir("descartes-blocker")
+        let out = dir.file("libdescartes-blocker.so")
+        let r = Proc.runBlocking(
+            ["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread", "-I",
+             FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include"),
+             FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/blocker.c"), "-o", out], env: nil, stdin: nil, timeout: .seconds(120))
+        precondition(r.status == 0, "cannot compile the blocker plugin: \(r)")
+        CCompiler.keep.withLock { $0.append(dir) }
+        return out
+    }()
+
+    static func manifest(library: String = Blocker.library) -> String {
+        """
+        manifest_version: 1
+        provider: blocker
+        version: 0.0.1
+        library: \(library)
+        abi: 1
+        mode: local
+        capabilities: [stream]
+        config:
+          block: {type: string}
+        """
+    }
+}
+
+@Suite(.timeLimit(.minutes(5))) struct HostFaultTests {
+    let dir: PluginDir = {
+        let d = PluginDir().addEcho()
+        d.dir.write("blocker.yaml", Blocker.manifest())
+        return d
+    }()
+
+    func factory(_ deadline: Duration? = nil) -> ProviderFactory {
+        var f = dir.factory()
+        f.operationDeadline = deadline
+        return f
+    }
+
+    func request(_ ms: Int) -> ModelRequest {
+        ModelRequest(messages: [.user("hi")], deadlines: Deadlines(total: .milliseconds(ms)))
+    }
+
+    func cli(_ args: [String], env: [String: String] = [:]) async -> ProcResult {
+        var e = env
+        if e["DESCARTES_PLUGIN_PATH"] == nil { e["DESCARTES_PLUGIN_PATH"] = dir.path }
+        e["HOME"] = e["HOME"] ?? "/nonexistent"
+        return await Proc.descartes(args, env: e, timeout: .seconds(60))
+    }
+
+    @Test func aHangingEntryPointIsAbandoned() async {
+        // In a process of its own: the hung entry point stays hung.
+        let r = await cli(["complete", "-p", "blocker", "--timeout", "1", "hi"], env: ["BLOCKER_BLOCK_ENTRY": "1"])
+        #expect(r.status != 0, "\(r)")
+        #expect(r.stderr.contains("did not load in time: dlopen or descartes_plugin_entry did not return within 1 s"), "\(r)")
+        #expect(r.duration < .seconds(3 * Sanitizer.timeScale), "\(r.duration)")
+    }
+
+    @Test func aHangingCreateIsAbandoned() async throws {
+        let start = ContinuousClock.now
+        let e = try #require(await providerError { _ = try factory(.milliseconds(300)).create("blocker", config: ["block": "create"]) })
+        #expect(e.kind == .timeout)
+        #expect(e.message.contains("the plugin's create (factory 'blocker') did not return within 300 ms"), "\(e.message)")
+        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
+        // The isolated helper is killed.
+        let i = try #require(
+            await providerError { _ = try factory(.milliseconds(500)).create("blocker", config: ["block": "create"], isolation: .process()) })
+        #expect(i.kind == .timeout)
+        #expect(i.message.contains("did not return within 500 ms; its helper process was killed"), "\(i.message)")
+    }
+
+    @Test func aHangingInitializeIsAbandonedAndQuarantined() async throws {
+        let b = try factory().create("blocker", config: ["block": "initialize"])
+        let start = ContinuousClock.now
+        let e = try #require(await providerError { _ = try await b.complete(request(300)) })
+        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
+        #expect(e.kind == .timeout && e.deadline == "total")
+        #expect(e.message == "the plugin's initialize did not return within the total deadline of 300 ms", "\(e.message)")
+        let q = try #require(await providerError { _ = try await b.complete(request(300)) })
+        #expect(q.kind == .backend)
+        #expect(q.message.contains("'blocker' is quarantined (the plugin's initialize did not return"), "\(q.message)")
+        let shutdownStart = ContinuousClock.now
+        await b.shutdown()
+        #expect(ContinuousClock.now - shutdownStart < .milliseconds(500))
+    }
+
+    @Test func aSilentInitializeEndsAtTheDeadline() async throws {
+        let b = try factory().create("blocker", config: ["block": "initialize-silent"])
+        let start = ContinuousClock.now
+        let e = try #require(await providerError { _ = try await b.complete(request(300)) })
+        #expect(e.kind == .timeout && e.deadline == "total", "\(e)")
+        // shutdown waits 500 ms at most: a call is still in flight (the plugin ignored its cancellation).
+        await b.shutdown()
+        #expect(ContinuousClock.now - start < .seconds(3 * Sanitizer.timeScale))
+    }
+
+    @Test(arguments: [false, true]) func aHangingStartIsAbandoned(_ streaming: Bool) async throws {
+        let b = try factory().create("blocker", config: ["block": "start"])
+        let start = ContinuousClock.now
+        let e = try #require(
+            await providerError {
+                if streaming { for try await _ in b.stream(request(300)) {} } else { _ = try await b.complete(request(300)) }
+            })
+        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
+        #expect(e.kind == .timeout)
+        #expect(e.message == "the plugin's \(streaming ? "stream" : "complete") did not return within the total deadline of 300 ms", "\(e.message)")
+        await b.shutdown()
+    }
+
+    @Test func aHangingShutdownIsBounded() async throws {
+        _ = LogCapture.shared
+        let b = try factory(.milliseconds(400)).create("blocker", config: ["block": "shutdown"])
+        #expect(try await b.complete(request(2000)).content == "ok")
+        let start = ContinuousClock.now
+        await b.shutdown()
+        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
+        #expect(LogCapture.shared.contains("quarantined: the plugin's shutdown did not return within the total deadline of 400 ms"))
+    }
+
+    @Test func noCommandOutlivesItsTimeout() async {
+        var runs: [(String, [String])] = []
+        for block in ["create", "initialize", "initialize-silent", "start", "shutdown"] {
+            for isolate in [false, true] {
+                let extra = isolate ? ["--isolate"] : []
+                runs.append((block, ["complete", "-p", "blocker", "--set", "block=\(block)", "--timeout", "3"] + extra + ["hi"]))
+                runs.append((block, ["complete", "-p", "blocker", "--set", "block=\(block)", "--timeout", "3", "--stream"] + extra + ["hi"]))
+            }
+            runs.append((block, ["health", "-p", "blocker", "--set", "block=\(block)", "--timeout", "3"]))
+        }
+        // Six at a time: the machine may have two cores.
+        var results: [(String, [String], ProcResult)] = []
+        for batch in stride(from: 0, to: runs.count, by: 6) {
+            results += await withTaskGroup(of: (String, [String], ProcResult).self) { g in
+                for (block, args) in runs[batch..<min(batch + 6, runs.count)] { g.addTask { (block, args, await cli(args)) } }
+                var all: [(String, [String], ProcResult)] = []
+                for await r in g { all.append(r) }
+                return all
+            }
+        }
+        for (block, args, r) in results {
+            #expect(r.duration < .seconds(5 * Sanitizer.timeScale), "\(args.joined(separator: " ")) took \(r.duration): \(r)")
+            // health calls no complete: a plugin hanging there answers it.
+            if block == "shutdown" || (block == "start" && args[0] == "health") {
+                #expect(r.status == 0, "\(args): \(r)")
+            } else {
+                #expect(r.status != 0, "\(args): \(r)")
+                #expect(r.stderr.contains("timeout") || r.stdout.contains("timeout"), "\(args): \(r)")
+            }
+        }
+    }
+
+    @Test func eventsAfterTheEndAreDropped() async throws {
+        _ = LogCapture.shared
+        let b = try factory().create("blocker", config: ["block": "late"])
+        for _ in 0..<5 {
+            let r = try await b.complete(request(5000))
+            #expect(r.content == "ok")
+        }
+        // The late events arrive 200 ms after each answer.
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(LogCapture.shared.contains("the plugin sent an event (type 2) after the call's terminal event; dropped"))
+        #expect(LogCapture.shared.contains("the plugin sent a second terminal event after the call's terminal event; dropped"))
+        #expect(try await b.complete(request(5000)).content == "ok")
+        await b.shutdown()
+    }
+
+    @Test func aPluginSendingTooMuchIsCutByTheHost() async throws {
+        var f = factory()
+        f.callLimits = CallLimits(maxEvents: 1_000_000, maxBytes: 1000)
+        let long = ModelRequest(messages: [.user(String(repeating: "word ", count: 400))])
+        let e = try #require(await providerError { _ = try await f.create("echo").complete(long) })
+        #expect(e.kind == .invalidResponse)
+        #expect(e.message == "the plugin sent more than 1000 bytes in one complete call (the host's limit, CallLimits.maxBytes); the call was ended", "\(e.message)")
+        f.callLimits = CallLimits(maxEvents: 5)
+        let s = try #require(await providerError { for try await _ in try f.create("echo").stream(long) {} })
+        #expect(s.kind == .invalidResponse)
+        #expect(s.message == "the plugin sent more than 5 events in one stream call (the host's limit, CallLimits.maxEvents); the call was ended", "\(s.message)")
+        // Under the limits, the same answer is whole.
+        f.callLimits = CallLimits()
+        #expect(try await f.create("echo").complete(long).content.count >= 1999)
+    }
+
+    /// The processes running `sleep 317` (what the plugin's system() starts).
+    static func sleepers() -> [Int32] {
+        ((try? FileSystem.list("/proc")) ?? []).compactMap { Int32($0) }.filter { pid in
+            (try? FileSystem.readText("/proc/\(pid)/cmdline", limit: 4096)) == "sleep\u{0}317\u{0}"
+        }
+    }
+
+    @Test func aDeadHelperIsNoticedAtOnceAndItsChildrenGo() async throws {
+        let b = try factory().create("blocker", config: ["block": "system-crash"], isolation: .process())
+        let start = ContinuousClock.now
+        let e = try #require(await providerError { _ = try await b.complete(request(10_000)) })
+        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale), "\(ContinuousClock.now - start)")
+        #expect(e.kind == .process, "\(e)")
+        #expect(e.message.contains("was killed by signal 11 (SIGSEGV)"), "\(e.message)")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(Self.sleepers().isEmpty, "the plugin's children were left running: \(Self.sleepers())")
+        await b.shutdown()
+    }
+
+    @Test func anUnknownErrorKindIsAnInvalidResponse() async throws {
+        let d = PluginDir().addScripted()
+        let b = try d.factory().create("scripted")
+        let e = try #require(await providerError { _ = try await b.complete(.script(["error:made_up:it broke"])) })
+        #expect(e.kind == .invalidResponse)
+        #expect(e.message == "the plugin reported an error of unknown kind 'made_up': it broke", "\(e.message)")
+        await b.shutdown()
+    }
+
+    @Test func aFIFOIsNotAManifest() async throws {
+        let fifo = dir.dir.file("fifo.yaml")
+        #expect(mkfifo(fifo, 0o644) == 0)
+        let r = await cli(["complete", "-p", "echo", "hi"])
+        #expect(r.status == 0, "\(r)")
+        #expect(r.duration < .seconds(5 * Sanitizer.timeScale))
+        let list = await cli(["plugins", "list"])
+        #expect(list.stdout.contains("is a FIFO, not a regular file") || list.stderr.contains("is a FIFO, not a regular file"), "\(list)")
+    }
+
+    @Test func aFIFOIsNotALibrary() async throws {
+        let d = PluginDir()
+        let fifo = d.dir.file("libdescartes-fifo.so")
+        #expect(mkfifo(fifo, 0o644) == 0)
+        d.dir.write("blocker.yaml", Blocker.manifest(library: fifo))
+        for extra in [[], ["--isolate"]] {
+            let r = await cli(["complete", "-p", "blocker", "--timeout", "3"] + extra + ["hi"], env: ["DESCARTES_PLUGIN_PATH": d.path])
+            #expect(r.status != 0, "\(r)")
+            #expect(r.stderr.contains("\(fifo)") && r.stderr.contains("is a FIFO, not a regular file"), "\(r)")
+            #expect(r.duration < .seconds(5 * Sanitizer.timeScale), "\(r.duration)")
+        }
+    }
+
+    @Test func aFIFOIsNotASecretFile() async throws {
+        let work = TempDir("descartes-fifo-config")
+        let fifo = work.file("secret")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        work.write("providers.yaml", "providers:\n  b:\n    plugin: blocker\n    block: ${file:\(fifo)}\n")
+        for args in [["config", "check"], ["complete", "-p", "b", "--timeout", "3", "hi"]] {
+            let r = await cli(["--config", work.file("providers.yaml")] + args)
+            #expect(r.status != 0, "\(r)")
+            #expect((r.stdout + r.stderr).contains("is a FIFO, not a regular file"), "\(r)")
+            #expect(r.duration < .seconds(5 * Sanitizer.timeScale), "\(r.duration)")
+        }
+    }
+}
