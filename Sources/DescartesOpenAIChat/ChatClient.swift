@@ -304,6 +304,7 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
             }
         }
         if case .failure(let e) = outcome { throw server.scrub(e) }
+        if let why = parser.emptiness { throw ProviderError(.invalidResponse, "HTTP 200, but \(why)") }
         return result()
     }
 
@@ -313,6 +314,7 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
         if !sawTerminal && parser.rawFinishReason == nil {
             throw ProviderError(.streamClosed, "the stream ended before its last event (no finish_reason and no [DONE])")
         }
+        if let why = parser.emptiness { throw ProviderError(.invalidResponse, "HTTP 200, but \(why)") }
         return result()
     }
 

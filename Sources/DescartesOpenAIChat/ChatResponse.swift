@@ -56,6 +56,21 @@ public struct ChatResponseParser {
     public var captureKeys: [StaticString]
     /// True once the answer carried a refusal.
     public private(set) var refused = false
+    /// True once a `choices` entry was read.
+    public private(set) var sawChoice = false
+    /// True once some text or reasoning was emitted.
+    public private(set) var emitted = false
+
+    /// Why the answer so far is not one, or nil: no `choices` at all, or
+    /// neither text, reasoning nor a tool call with a finish reason (or
+    /// none) that does not explain it (`length`, `content_filter` and
+    /// the like do).
+    public var emptiness: String? {
+        if !sawChoice { return "the answer has no choices" }
+        if emitted || !slots.isEmpty { return nil }
+        guard rawFinishReason == nil || rawFinishReason == "stop" else { return nil }
+        return "the answer is empty (no text, no tool call) with finish_reason \(rawFinishReason.map { "'\($0)'" } ?? "absent")"
+    }
 
     private var groqUsage: Usage?
     private var started = false
@@ -153,6 +168,7 @@ public struct ChatResponseParser {
                 continue
             }
             first = false
+            sawChoice = true
             try r.beginObject()
             while let k = try r.nextKey() {
                 if k == "delta" || k == "message" {
@@ -175,6 +191,7 @@ public struct ChatResponseParser {
                     try r.withStringBytes { b in
                         if b.count > 0 {
                             ensureStarted(sink)
+                            emitted = true
                             sink.text(bytes: b)
                         }
                     }
@@ -186,6 +203,7 @@ public struct ChatResponseParser {
                     try r.withStringBytes { b in
                         if b.count > 0 {
                             ensureStarted(sink)
+                            emitted = true
                             sink.reasoning(bytes: b)
                         }
                     }
@@ -200,6 +218,7 @@ public struct ChatResponseParser {
                         if b.count > 0 {
                             refused = true
                             ensureStarted(sink)
+                            emitted = true
                             sink.text(bytes: b)
                         }
                     }
@@ -228,6 +247,7 @@ public struct ChatResponseParser {
                     try r.withStringBytes { b in
                         if b.count > 0 {
                             ensureStarted(sink)
+                            emitted = true
                             sink.text(bytes: b)
                         }
                     }
@@ -237,6 +257,7 @@ public struct ChatResponseParser {
                         try r.withStringBytes { b in
                             if b.count > 0 {
                                 ensureStarted(sink)
+                                emitted = true
                                 sink.reasoning(bytes: b)
                             }
                         }
@@ -253,6 +274,7 @@ public struct ChatResponseParser {
                                     try r.withStringBytes { b in
                                         if b.count > 0 {
                                             ensureStarted(sink)
+                                            emitted = true
                                             sink.reasoning(bytes: b)
                                         }
                                     }

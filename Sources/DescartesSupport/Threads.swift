@@ -48,23 +48,36 @@ package final class PluginThreads: @unchecked Sendable {
 
     /// Runs `job` on a worker. When no thread can be made, runs it here.
     package func run(_ job: @escaping @Sendable () -> Void) {
+        // Every job goes through the queue, so no thread keeps a job (and
+        // what it captured) alive after running it.
         pthread_mutex_lock(&mutex)
-        if idle > jobs.count {
-            jobs.append(job)
-            pthread_mutex_unlock(&mutex)
+        jobs.append(job)
+        let needThread = idle < jobs.count
+        pthread_mutex_unlock(&mutex)
+        if !needThread {
             pthread_cond_signal(&cond)
             return
         }
-        pthread_mutex_unlock(&mutex)
-        if !detachThread({ [self] in
-            job()
-            work()
-        }) { job() }
+        if !detachThread({ [self] in work() }) {
+            // No thread: run what is queued here.
+            pthread_mutex_lock(&mutex)
+            let queued = jobs
+            jobs.removeAll()
+            pthread_mutex_unlock(&mutex)
+            for j in queued { j() }
+        }
     }
 
     private func work() {
         pthread_mutex_lock(&mutex)
         while true {
+            if !jobs.isEmpty {
+                let job = jobs.removeFirst()
+                pthread_mutex_unlock(&mutex)
+                job()
+                pthread_mutex_lock(&mutex)
+                continue
+            }
             idle += 1
             var ts = timespec()
             clock_gettime(CLOCK_MONOTONIC, &ts)

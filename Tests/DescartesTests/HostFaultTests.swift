@@ -24,7 +24,7 @@ enum HostFaults {
             outcome: "`timeout` naming create, within the operation deadline", test: "aHangingCreateIsAbandoned"),
         Case(
             fault: "`initialize` never returns", how: "initialize's function hangs",
-            outcome: "`timeout` naming initialize at the request's deadline; the instance is quarantined",
+            outcome: "`timeout` naming initialize at the request's deadline; still running 1 s later, the instance is quarantined",
             test: "aHangingInitializeIsAbandonedAndQuarantined"),
         Case(
             fault: "`initialize` never answers", how: "returns a handle, never sends its terminal event, ignores cancel",
@@ -52,6 +52,10 @@ enum HostFaults {
         Case(
             fault: "an error kind outside the ABI's list", how: "an ERROR event with `kind: made_up`",
             outcome: "`invalid_response` naming the kind", test: "anUnknownErrorKindIsAnInvalidResponse"),
+        Case(
+            fault: "an HTTP 200 that answers nothing", how: "`choices: []`, or empty content with finish_reason `stop` (OpenAI dialect)",
+            outcome: "`invalid_response` saying which (an empty answer cut by `length` stays an answer)",
+            test: "OpenAIPluginTests.emptySuccessfulAnswersAreInvalidResponses"),
         Case(
             fault: "a FIFO named `*.yaml` in a plugin directory", how: "`mkfifo x.yaml`",
             outcome: "listed as invalid (\"is a FIFO, not a regular file\"); other plugins work", test: "aFIFOIsNotAManifest"),
@@ -147,7 +151,7 @@ enum Blocker {
         let r = await cli(["complete", "-p", "blocker", "--timeout", "1", "hi"], env: ["BLOCKER_BLOCK_ENTRY": "1"])
         #expect(r.status != 0, "\(r)")
         #expect(r.stderr.contains("did not load in time: dlopen or descartes_plugin_entry did not return within 1 s"), "\(r)")
-        #expect(r.duration < .seconds(3 * Sanitizer.timeScale), "\(r.duration)")
+        #expect(r.duration < .seconds(5 * Sanitizer.timeScale), "\(r.duration)")
     }
 
     @Test func aHangingCreateIsAbandoned() async throws {
@@ -155,7 +159,7 @@ enum Blocker {
         let e = try #require(await providerError { _ = try factory(.milliseconds(300)).create("blocker", config: ["block": "create"]) })
         #expect(e.kind == .timeout)
         #expect(e.message.contains("the plugin's create (factory 'blocker') did not return within 300 ms"), "\(e.message)")
-        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
+        #expect(ContinuousClock.now - start < .seconds(5 * Sanitizer.timeScale))
         // The isolated helper is killed.
         let i = try #require(
             await providerError { _ = try factory(.milliseconds(500)).create("blocker", config: ["block": "create"], isolation: .process()) })
@@ -167,15 +171,17 @@ enum Blocker {
         let b = try factory().create("blocker", config: ["block": "initialize"])
         let start = ContinuousClock.now
         let e = try #require(await providerError { _ = try await b.complete(request(300)) })
-        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
+        #expect(ContinuousClock.now - start < .seconds(5 * Sanitizer.timeScale))
         #expect(e.kind == .timeout && e.deadline == "total")
         #expect(e.message == "the plugin's initialize did not return within the total deadline of 300 ms", "\(e.message)")
+        // Still running a second later: quarantined.
+        try await Task.sleep(for: .milliseconds(1500))
         let q = try #require(await providerError { _ = try await b.complete(request(300)) })
         #expect(q.kind == .backend)
         #expect(q.message.contains("'blocker' is quarantined (the plugin's initialize did not return"), "\(q.message)")
         let shutdownStart = ContinuousClock.now
         await b.shutdown()
-        #expect(ContinuousClock.now - shutdownStart < .milliseconds(500))
+        #expect(ContinuousClock.now - shutdownStart < .seconds(2 * Sanitizer.timeScale))
     }
 
     @Test func aSilentInitializeEndsAtTheDeadline() async throws {
@@ -185,7 +191,7 @@ enum Blocker {
         #expect(e.kind == .timeout && e.deadline == "total", "\(e)")
         // shutdown waits 500 ms at most: a call is still in flight (the plugin ignored its cancellation).
         await b.shutdown()
-        #expect(ContinuousClock.now - start < .seconds(3 * Sanitizer.timeScale))
+        #expect(ContinuousClock.now - start < .seconds(5 * Sanitizer.timeScale))
     }
 
     @Test(arguments: [false, true]) func aHangingStartIsAbandoned(_ streaming: Bool) async throws {
@@ -195,7 +201,7 @@ enum Blocker {
             await providerError {
                 if streaming { for try await _ in b.stream(request(300)) {} } else { _ = try await b.complete(request(300)) }
             })
-        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
+        #expect(ContinuousClock.now - start < .seconds(5 * Sanitizer.timeScale))
         #expect(e.kind == .timeout)
         #expect(e.message == "the plugin's \(streaming ? "stream" : "complete") did not return within the total deadline of 300 ms", "\(e.message)")
         await b.shutdown()
@@ -207,8 +213,8 @@ enum Blocker {
         #expect(try await b.complete(request(2000)).content == "ok")
         let start = ContinuousClock.now
         await b.shutdown()
-        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale))
-        #expect(LogCapture.shared.contains("quarantined: the plugin's shutdown did not return within the total deadline of 400 ms"))
+        #expect(ContinuousClock.now - start < .seconds(5 * Sanitizer.timeScale))
+        #expect(LogCapture.shared.contains("quarantined: its shutdown did not answer within 400 ms"))
     }
 
     @Test func noCommandOutlivesItsTimeout() async {
@@ -285,7 +291,7 @@ enum Blocker {
         let b = try factory().create("blocker", config: ["block": "system-crash"], isolation: .process())
         let start = ContinuousClock.now
         let e = try #require(await providerError { _ = try await b.complete(request(10_000)) })
-        #expect(ContinuousClock.now - start < .seconds(2 * Sanitizer.timeScale), "\(ContinuousClock.now - start)")
+        #expect(ContinuousClock.now - start < .seconds(5 * Sanitizer.timeScale), "\(ContinuousClock.now - start)")
         #expect(e.kind == .process, "\(e)")
         #expect(e.message.contains("was killed by signal 11 (SIGSEGV)"), "\(e.message)")
         try await Task.sleep(for: .milliseconds(300))

@@ -319,6 +319,34 @@ import DescartesSupport
         await b.shutdown()
     }
 
+    /// An HTTP 200 that answers nothing is not an answer (issue 16): no
+    /// `choices`, or an empty message with finish_reason `stop`. An empty
+    /// message cut by `length` is one (the reason explains it).
+    @Test func emptySuccessfulAnswersAreInvalidResponses() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script([
+            "POST /v1/chat/completions": [
+                .json(#"{"id":"chatcmpl-1","model":"m","choices":[]}"#),
+                .json(#"{"id":"chatcmpl-1","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"stop"}]}"#),
+                .stream("data: " + Self.chunk(#"{"content":""}"#, finish: "stop") + "\n\ndata: [DONE]\n\n"),
+                .json(#"{"id":"chatcmpl-1","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"length"}]}"#),
+            ]
+        ])
+        let b = try backend(server)
+        let none = await Observed.complete(b, ModelRequest(prompt: "x"))
+        #expect(none.error?.kind == .invalidResponse, "\(none)")
+        #expect(none.error?.message.contains("HTTP 200, but the answer has no choices") == true, "\(none)")
+        let empty = await Observed.complete(b, ModelRequest(prompt: "x"))
+        #expect(empty.error?.kind == .invalidResponse, "\(empty)")
+        #expect(empty.error?.message.contains("the answer is empty (no text, no tool call) with finish_reason 'stop'") == true, "\(empty)")
+        let streamed = await Observed.stream(b, ModelRequest(prompt: "x"))
+        #expect(streamed.error?.kind == .invalidResponse, "\(streamed)")
+        let cut = await Observed.complete(b, ModelRequest(prompt: "x"))
+        #expect(cut.error == nil, "\(cut)")
+        #expect(cut.response?.finishReason == .maxTokens)
+        await b.shutdown()
+    }
+
     @Test func unparseableAnswersAreInvalidResponsesWithAnExcerpt() async throws {
         let server = try await ServerSlot.make()
         let html = "<html><body>" + String(repeating: "Bad gateway page. ", count: 200) + "</body></html>"

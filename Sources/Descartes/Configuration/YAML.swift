@@ -134,10 +134,23 @@ package enum YAML {
         /// Anchored nodes and their expanded sizes (in nodes).
         var anchors: [String: (node: YAMLNode, size: Int)] = [:]
         var nodeCount = 0
-        // Stack of open collections.
-        enum Frame {
-            case sequence(YAMLNode, [YAMLNode], anchor: String?)
-            case mapping(YAMLNode, [(key: YAMLNode, value: YAMLNode)], pendingKey: YAMLNode?, anchor: String?)
+        /// An open collection. A class, so that adding a child appends in
+        /// place (an enum payload taken out and put back copied the array:
+        /// quadratic in the children), with the mapping's keys in a set for
+        /// the duplicate check (a scan of the pairs was quadratic too).
+        final class Frame {
+            let head: YAMLNode
+            let anchor: String?
+            let isMapping: Bool
+            var items: [YAMLNode] = []
+            var pairs: [(key: YAMLNode, value: YAMLNode)] = []
+            var keys: Set<String> = []
+            var pendingKey: YAMLNode?
+            init(head: YAMLNode, anchor: String?, isMapping: Bool) {
+                self.head = head
+                self.anchor = anchor
+                self.isMapping = isMapping
+            }
         }
         /// Expanded size of each open collection, parallel to `stack`.
         var sizes: [Int] = []
@@ -170,27 +183,23 @@ package enum YAML {
             nodeCount += size
             if nodeCount > YAML.maxNodes { throw error(mark, "document expands to more than \(YAML.maxNodes) nodes") }
             if !sizes.isEmpty { sizes[sizes.count - 1] += size }
-            guard let top = stack.popLast() else {
+            guard let top = stack.last else {
                 root = node
                 return
             }
-            switch top {
-            case .sequence(let head, var items, let anchor):
-                items.append(node)
-                stack.append(.sequence(head, items, anchor: anchor))
-            case .mapping(let head, var pairs, let pendingKey, let anchor):
-                if let k = pendingKey {
-                    if pairs.contains(where: { $0.key.scalar != nil && $0.key.scalar == k.scalar }) {
-                        throw SourceError([SourceProblem(k.location, "duplicate key '\(k.scalar ?? "")'")])
-                    }
-                    pairs.append((key: k, value: node))
-                    stack.append(.mapping(head, pairs, pendingKey: nil, anchor: anchor))
-                } else {
-                    guard node.scalar != nil else {
-                        throw SourceError([SourceProblem(node.location, "mapping keys must be scalars")])
-                    }
-                    stack.append(.mapping(head, pairs, pendingKey: node, anchor: anchor))
+            if !top.isMapping {
+                top.items.append(node)
+            } else if let k = top.pendingKey {
+                if let key = k.scalar, !top.keys.insert(key).inserted {
+                    throw SourceError([SourceProblem(k.location, "duplicate key '\(key)'")])
                 }
+                top.pairs.append((key: k, value: node))
+                top.pendingKey = nil
+            } else {
+                guard node.scalar != nil else {
+                    throw SourceError([SourceProblem(node.location, "mapping keys must be scalars")])
+                }
+                top.pendingKey = node
             }
         }
 
@@ -226,13 +235,15 @@ package enum YAML {
                 case YAML_SEQUENCE_START_EVENT:
                     if stack.count >= YAML.maxDepth { throw error(mark, "nesting deeper than \(YAML.maxDepth) levels") }
                     let head = YAMLNode(value: .sequence([]), location: loc(mark))
-                    stack.append(.sequence(head, [], anchor: YAML.Builder.cstr(event.data.sequence_start.anchor)))
+                    stack.append(Frame(head: head, anchor: YAML.Builder.cstr(event.data.sequence_start.anchor), isMapping: false))
                     sizes.append(1)
                 case YAML_SEQUENCE_END_EVENT:
-                    guard case .sequence(var head, let items, let anchor)? = stack.popLast() else {
+                    guard let frame = stack.popLast(), !frame.isMapping else {
                         throw error(mark, "unbalanced sequence")
                     }
-                    head.value = .sequence(items)
+                    var head = frame.head
+                    let anchor = frame.anchor
+                    head.value = .sequence(frame.items)
                     let size = sizes.removeLast()
                     if let anchor { anchors[anchor] = (head, size) }
                     nodeCount -= size - 1  // the children were counted as they were added
@@ -240,13 +251,15 @@ package enum YAML {
                 case YAML_MAPPING_START_EVENT:
                     if stack.count >= YAML.maxDepth { throw error(mark, "nesting deeper than \(YAML.maxDepth) levels") }
                     let head = YAMLNode(value: .mapping([]), location: loc(mark))
-                    stack.append(.mapping(head, [], pendingKey: nil, anchor: YAML.Builder.cstr(event.data.mapping_start.anchor)))
+                    stack.append(Frame(head: head, anchor: YAML.Builder.cstr(event.data.mapping_start.anchor), isMapping: true))
                     sizes.append(1)
                 case YAML_MAPPING_END_EVENT:
-                    guard case .mapping(var head, let pairs, _, let anchor)? = stack.popLast() else {
+                    guard let frame = stack.popLast(), frame.isMapping else {
                         throw error(mark, "unbalanced mapping")
                     }
-                    head.value = .mapping(pairs)
+                    var head = frame.head
+                    let anchor = frame.anchor
+                    head.value = .mapping(frame.pairs)
                     let size = sizes.removeLast()
                     if let anchor { anchors[anchor] = (head, size) }
                     nodeCount -= size - 1  // the children were counted as they were added

@@ -366,6 +366,10 @@ final class HostCall: @unchecked Sendable {
 
     // MARK: Deadlines
 
+    /// How long (real time) a plugin function may still run after its
+    /// deadline answered the caller before the backend is quarantined.
+    static let stuckGrace: Duration = .seconds(1)
+
     /// Schedules a check at the earliest deadline still relevant. Idle and
     /// first-token deadlines move as events arrive, so the check re-arms
     /// itself until the call is answered or a deadline really passed.
@@ -387,11 +391,16 @@ final class HostCall: @unchecked Sendable {
                 return s.stuck
             }
             if stuck {
-                // The plugin's function itself has not returned: nothing it
-                // was given can stop it. Abandon the call, quarantine the backend.
+                // The plugin's function itself has not returned. The caller
+                // gets its answer now; if the function is still running a
+                // second later (real time: a loaded machine may start it
+                // late), nothing it was given can stop it: the backend is
+                // quarantined.
                 let why = "the plugin's \(op.name) did not return within the \(next.which.replacingAll("_", with: " ")) deadline of \(format(next.limit))"
-                backend.quarantine(why)
-                answer(.failure(ProviderError(.timeout, why, provider: backend.name, deadline: next.which)))
+                terminate(ProviderError(.timeout, why, provider: backend.name, deadline: next.which))
+                DeadlineTimer.shared.schedule(at: .now + Self.stuckGrace, on: .continuous) { [self] in
+                    if !state.withLock({ $0.startReturned }) { backend.quarantine(why) }
+                }
                 return
             }
             terminate(

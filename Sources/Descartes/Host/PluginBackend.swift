@@ -203,8 +203,9 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     func initialize() async throws { try await initialize(nil) }
 
-    /// Initializes the backend once, under `deadlines` (those of the request
-    /// that needs it, or `operationDeadlines`). A waiter whose task is
+    /// Initializes the backend once, under `deadlines` (the total deadline
+    /// of the request that needs it: its first-token and idle deadlines are
+    /// about its own answer; or `operationDeadlines`). A waiter whose task is
     /// cancelled cancels the initialization (the next operation tries again).
     func initialize(_ deadlines: Deadlines?) async throws {
         try checkOpen()
@@ -295,7 +296,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
         try checkOpen()
-        try await initialize(effectiveDeadlines(request))
+        try await initialize(Deadlines(total: effectiveDeadlines(request).total))
         let doc = try await document(.estimateTokens, input: Wire.encode(request), deadlines: effectiveDeadlines(request))
         do { return try Wire.decodeTokenEstimate(doc) } catch {
             throw ProviderError(.invalidResponse, "estimate_tokens: \(error)", provider: name)
@@ -348,7 +349,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         try checkRequest(request)
         var request = request
         request.deadlines = effectiveDeadlines(request)
-        try await initialize(request.deadlines)
+        try await initialize(Deadlines(total: request.deadlines.total))
         let outcome = try await run(.complete, input: Wire.encode(request), deadlines: request.deadlines, streaming: nil)
         guard case .response(let r) = outcome else { preconditionFailure() }
         return decorate(r, request: request)
@@ -363,7 +364,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
             do {
                 try checkOpen()
                 try checkRequest(req)
-                try await initialize(req.deadlines)
+                try await initialize(Deadlines(total: req.deadlines.total))
                 let sink = StreamSink(continuation: continuation, decorate: { [self] r in decorate(r, request: req) })
                 _ = try await run(.stream, input: Wire.encode(req), deadlines: req.deadlines, streaming: sink)
             } catch {
