@@ -57,6 +57,13 @@ enum HostFaults {
             outcome: "`invalid_response` saying which (an empty answer cut by `length` stays an answer)",
             test: "OpenAIPluginTests.emptySuccessfulAnswersAreInvalidResponses"),
         Case(
+            fault: "a password in an endpoint URL", how: "`endpoint: https://user:pass@host/v1`",
+            outcome: "a `config` problem at config time naming the key and the `api_key`/`headers` way; the password is never shown",
+            test: "credentialsInAURLAreRefusedAtConfigTime"),
+        Case(
+            fault: "a secret echoed into an answer that is cached", how: "the answer quotes the instance's secret token",
+            outcome: "the cache file holds `[REDACTED]`, never the secret", test: "ReliabilityCLITests.theDiskCacheHoldsNoSecret"),
+        Case(
             fault: "a FIFO named `*.yaml` in a plugin directory", how: "`mkfifo x.yaml`",
             outcome: "listed as invalid (\"is a FIFO, not a regular file\"); other plugins work", test: "aFIFOIsNotAManifest"),
         Case(
@@ -306,6 +313,20 @@ enum Blocker {
         #expect(e.kind == .invalidResponse)
         #expect(e.message == "the plugin reported an error of unknown kind 'made_up': it broke", "\(e.message)")
         await b.shutdown()
+    }
+
+    @Test func credentialsInAURLAreRefusedAtConfigTime() async throws {
+        let d = PluginDir().addManifest("openai")
+        let e = try #require(await providerError {
+            _ = try d.factory().create("openai", config: ["endpoint": "https://user:hunter2-url-pass@127.0.0.1:9/v1", "api_key": "sk-x"])
+        })
+        #expect(e.kind == .config)
+        let text = e.message + " " + e.details.joined(separator: " ")
+        #expect(text.contains("key 'endpoint' from config is a URL with credentials in it (user:password@host); put the key in 'api_key' (or a header in 'headers'), not in the URL"), "\(text)")
+        #expect(!text.contains("hunter2-url-pass"))
+        // An '@' in the path is no credential.
+        #expect(!ConfigValidation.hasCredentials("https://127.0.0.1:9/v1/@models"))
+        #expect(ConfigValidation.hasCredentials("HTTP://a@127.0.0.1"))
     }
 
     @Test func aFIFOIsNotAManifest() async throws {

@@ -149,6 +149,23 @@ import DescartesSupport
         #expect(n.stderr.contains("\(names):2:17: fallback chain 'chain' names 'ecko', which is not a provider, fallback chain or route (did you mean 'echo'?)"), "\(n.stderr)")
     }
 
+    /// A secret the factory knows never rests in the cache directory, even
+    /// when the answer quotes it (issue 16: a server echoing the key).
+    @Test func theDiskCacheHoldsNoSecret() async throws {
+        let secret = "tok-cache-rest-5b7c9d1e3f"
+        let config = configured("cache: {directory: \(work.file("cache-secret"))}\nproviders:\n  leaky: {plugin: scripted, token: \(secret)}\n")
+        let r = await cli(["--config", config, "complete", "-p", "leaky", "--json", "the key is \(secret) here"])
+        #expect(r.status == 0, "\(r)")
+        #expect(!r.stdout.contains(secret))
+        let files = try FileSystem.list(work.file("cache-secret"))
+        #expect(!files.isEmpty)
+        for f in files {
+            let text = try FileSystem.readText(FileSystem.join(work.file("cache-secret"), f), limit: 1 << 20)
+            #expect(!text.contains(secret), "\(f) holds the secret: \(text.prefix(300))")
+            #expect(text.contains("[REDACTED]"), "\(text.prefix(300))")
+        }
+    }
+
     @Test func theDiskCacheAnswersTheNextProcess() async throws {
         let config = configured("cache: {directory: \(work.file("cache"))}\n")
         let first = await cli(["--config", config, "complete", "-p", "scripted", "--json", "cache this answer"])

@@ -143,6 +143,17 @@ package enum ConfigValidation {
     }
 
     /// Checks without throwing; see `resolve`.
+    /// An http(s) URL whose authority carries user information
+    /// (`https://user:pass@host/...`): refused, since URLs end up in errors,
+    /// logs and `config show`.
+    package static func hasCredentials(_ s: String) -> Bool {
+        let lower = s.lowercased()
+        guard lower.hasPrefix("http://") || lower.hasPrefix("https://") else { return false }
+        let rest = s[s.index(s.firstIndex(of: ":")!, offsetBy: 3)...]
+        let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        return authority.contains("@")
+    }
+
     /// - Parameter unexpanded: keys written whose value could not be read
     ///   (an unset `${VAR}`, reported by the caller): neither missing nor
     ///   checked for type here, but still checked against the manifest's keys.
@@ -206,6 +217,16 @@ package enum ConfigValidation {
             }
             switch coerce(raw, to: key.type) {
             case .success(let v):
+                if case .string(let url) = v, hasCredentials(url) {
+                    // Never shown: the URL holds a password.
+                    let fix = "put the key in 'api_key' (or a header in 'headers'), not in the URL"
+                    if position != nil {
+                        problem(position, "key '\(key.name)' of provider '\(instance)' is a URL with credentials in it (user:password@host); \(fix)")
+                    } else {
+                        problem(nil, "key '\(key.name)' from \(source) is a URL with credentials in it (user:password@host); \(fix)")
+                    }
+                    continue
+                }
                 out.config[key.name] = v
                 out.sources[key.name] = source
                 if secret, case .string(let s) = v, !s.isEmpty { out.secrets.append(s) }

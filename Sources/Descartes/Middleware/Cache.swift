@@ -280,7 +280,10 @@ public final class ResponseCache: Sendable {
         if let ttl = limits.ttl { doc["expires_unix"] = .integer(clock.unixTime + max(1, Int(ttl.seconds.rounded(.up)))) }
         do {
             try FileSystem.makeDirectories(dir, mode: 0o700)
-            try FileSystem.writeAtomically(path, JSONValue.object(doc).jsonBytes, mode: 0o600)
+            // At rest, never a secret the factory knows (a server that
+            // echoes the key back): the file holds the redacted answer.
+            let text = logSink.redactor.redact(String(decoding: JSONValue.object(doc).jsonBytes, as: UTF8.self))
+            try FileSystem.writeAtomically(path, Array(text.utf8), mode: 0o600)
         } catch {
             logSink.log(.warning, "cache", "cannot write the cache entry: \(error)")
             state.withLock { $0.stats.diskErrors += 1 }
