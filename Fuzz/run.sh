@@ -21,13 +21,21 @@ SHARED="$(cd .. && pwd)/shared/fixtures/provider-transcripts"
 
 # -enable-testing: the claude target reaches the kit's internal PluginCall
 # initializer (@testable import), to drive the parser without a host.
+mkdir -p "$BUILD"
 for target in DescartesPluginKit DescartesOpenAIChat Descartes; do
-  swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address -Xswiftc -enable-testing --target "$target" >/dev/null
+  if ! swift build -c release --build-path "$BUILD" --sanitize fuzzer --sanitize address -Xswiftc -enable-testing --target "$target" >"$BUILD/swift-build.log" 2>&1; then
+    grep -E "error:" "$BUILD/swift-build.log" | head -n 20
+    echo "fuzz: building $target failed (see $BUILD/swift-build.log)"
+    exit 1
+  fi
 done
 
+# The targets reach the host's `package` declarations (YAML, ConfigValidation,
+# the catalog): compile them as part of the package SwiftPM just built.
+pkg=$(grep -o 'package-name","[^"]*' "$BUILD/release.yaml" | head -n 1 | cut -d'"' -f3)
 maps=()
 for t in CCurlShim CProcessShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
-common=(-O -sanitize=fuzzer,address -parse-as-library -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml -I Sources/CDescartesPlugin/include "${maps[@]}")
+common=(-O -sanitize=fuzzer,address -parse-as-library -package-name "$pkg" -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml -I Sources/CSQLite -I Sources/CDescartesPlugin/include "${maps[@]}")
 
 link_for() {
   case "$1" in
@@ -35,7 +43,7 @@ link_for() {
     chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
-    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o $B/CProcessShim.build/*.o -lyaml" ;;
+    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesSQLite.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o $B/CProcessShim.build/*.o -lyaml -lsqlite3" ;;
   esac
 }
 
@@ -65,6 +73,8 @@ seed() {
 
 status=0
 for t in "${TARGETS[@]}"; do
+  # A target that no longer compiles must fail, not run an old binary.
+  rm -f "$B/fuzz-$t"
   # shellcheck disable=SC2046
   swiftc "${common[@]}" "Fuzz/$t.swift" $(eval echo $(link_for "$t")) -o "$B/fuzz-$t" 2>&1 | grep -v "Cannot export local symbol" || true
   seed "$t"

@@ -59,7 +59,7 @@ package enum Spawner {
     /// A script written a moment ago may still be open for writing in a
     /// child another thread is starting ("text file busy"): that is retried
     /// for half a second.
-    package static func spawn(_ r: SpawnRequest) throws(SpawnError) -> Glibc.pid_t {
+    package static func spawn(_ r: SpawnRequest) throws(SpawnError) -> Int32 {
         // dsc_spawn takes descriptors >= 3 for 0, 1, 2 (so installing one can
         // never clobber another): copies of any below.
         var copies: [Int32] = []
@@ -110,7 +110,7 @@ package enum Spawner {
     /// Call before reaping a child started here with your own `waitpid`:
     /// withdraws it from the reaper that kills the process group of every
     /// unreaped child when the host dies (see `dsc_spawn`).
-    package static func forget(_ pid: Glibc.pid_t) { dsc_forget(pid) }
+    package static func forget(_ pid: Int32) { dsc_forget(pid) }
 
     static func stepName(_ stage: Int32, _ r: SpawnRequest) -> String {
         switch Int(stage) {
