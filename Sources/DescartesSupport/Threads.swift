@@ -39,11 +39,7 @@ package final class PluginThreads: @unchecked Sendable {
 
     private init() {
         pthread_mutex_init(&mutex, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(&cond, &attr)
-        pthread_condattr_destroy(&attr)
+        initMonotonicCondition(&cond)
     }
 
     /// Runs `job` on a worker. When no thread can be made, runs it here.
@@ -112,15 +108,7 @@ package final class PluginThreads: @unchecked Sendable {
             pthread_cond_broadcast(&slot.cond)
             pthread_mutex_unlock(&slot.mutex)
         }
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let whole = seconds.rounded(.down)
-        ts.tv_sec += Int(whole)
-        ts.tv_nsec += Int((seconds - whole) * 1e9)
-        if ts.tv_nsec >= 1_000_000_000 {
-            ts.tv_sec += 1
-            ts.tv_nsec -= 1_000_000_000
-        }
+        var ts = monotonicDeadline(after: seconds)
         pthread_mutex_lock(&slot.mutex)
         defer { pthread_mutex_unlock(&slot.mutex) }
         while !slot.done {
@@ -138,10 +126,6 @@ private final class Slot<T>: @unchecked Sendable {
     var done = false
     init() {
         pthread_mutex_init(&mutex, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(&cond, &attr)
-        pthread_condattr_destroy(&attr)
+        initMonotonicCondition(&cond)
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import DescartesSupport
 
 /// One thread that fires deadlines for every call in the process.
 ///
@@ -37,11 +38,7 @@ final class DeadlineTimer: @unchecked Sendable {
 
     private init() {
         pthread_mutex_init(&mutex, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(&cond, &attr)
-        pthread_condattr_destroy(&attr)
+        initMonotonicCondition(&cond)
     }
 
     /// Runs `action` when `clock` reaches `when` (at once if it passed),

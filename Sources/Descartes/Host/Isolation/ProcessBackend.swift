@@ -580,7 +580,7 @@ final class Waiter: @unchecked Sendable {
 
     init() {
         pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
+        initMonotonicCondition(&cond)
     }
 
     func reset() {
@@ -599,15 +599,7 @@ final class Waiter: @unchecked Sendable {
     func wait(seconds: Double) -> Reply {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        let whole = seconds.rounded(.down)
-        ts.tv_sec += Int(whole)
-        ts.tv_nsec += Int((seconds - whole) * 1e9)
-        if ts.tv_nsec >= 1_000_000_000 {
-            ts.tv_sec += 1
-            ts.tv_nsec -= 1_000_000_000
-        }
+        var ts = monotonicDeadline(after: seconds)
         while reply == nil {
             if pthread_cond_timedwait(&cond, &mutex, &ts) == ETIMEDOUT { return .timeout }
         }
