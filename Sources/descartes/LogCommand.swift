@@ -87,7 +87,7 @@ enum LogCommand {
                 let tokens = e.inputTokens.map { "\($0)/\(e.outputTokens ?? 0)" } ?? "-"
                 let labels = e.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
                 return [
-                    timestamp(e.unixMS), e.provider, e.model ?? "-", outcome, tokens, cost(e.costUSD), "\(e.durationMS) ms", e.via ?? "",
+                    AuditLog.timestamp(unixMS: e.unixMS), e.provider, e.model ?? "-", outcome, tokens, cost(e.costUSD), "\(e.durationMS) ms", e.via ?? "",
                     labels,
                 ]
             }
@@ -115,7 +115,7 @@ enum LogCommand {
 
     static func json(_ e: AuditLedger.Row) -> JSONValue {
         var o: JSONObject = [
-            "time": .string(timestamp(e.unixMS)), "request_id": .string(e.requestID), "operation": .string(e.operation),
+            "time": .string(AuditLog.timestamp(unixMS: e.unixMS)), "request_id": .string(e.requestID), "operation": .string(e.operation),
             "provider": .string(e.provider), "outcome": .string(e.outcome),
         ]
         o["via"] = e.via.map { .string($0) } ?? .null
@@ -170,19 +170,6 @@ enum LogCommand {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec / 1_000_000)
-    }
-
-    /// RFC 3339 UTC with milliseconds.
-    static func timestamp(_ unixMS: Int) -> String {
-        var t = time_t(unixMS / 1000)
-        var tm = Glibc.tm()
-        gmtime_r(&t, &tm)
-        func pad(_ v: Int, _ w: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, w - s.count)) + s
-        }
-        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
-            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(unixMS % 1000, 3))Z"
     }
 
     /// A JSON-lines log (`--file` naming the export): its last entries and

@@ -160,16 +160,7 @@ public struct ProviderFactory: Sendable {
         _ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation? = nil,
         _ body: (any ModelBackend) async throws -> T
     ) async throws -> T {
-        let backend = try backend(name, overrides: overrides, isolation: isolation)
-        let result: T
-        do {
-            result = try await body(backend)
-        } catch {
-            await backend.shutdown()
-            throw error
-        }
-        await backend.shutdown()
-        return result
+        try await Descartes.withBackend(try backend(name, overrides: overrides, isolation: isolation), body)
     }
 
     /// Where a plugin runs.

@@ -155,14 +155,22 @@ public final class AuditLog: Sendable {
     static func timestamp() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        var t = ts.tv_sec
+        return timestamp(unixMS: Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec / 1_000_000))
+    }
+
+    /// A time in milliseconds since the epoch as RFC 3339 UTC with milliseconds
+    /// (what the log's `time` field holds; `descartes log` prints the ledger's
+    /// times the same way).
+    package static func timestamp(unixMS: Int) -> String {
+        var t = time_t(unixMS / 1000)
         var tm = Glibc.tm()
         gmtime_r(&t, &tm)
-        func pad(_ v: Int32, _ w: Int) -> String {
+        func pad(_ v: Int, _ w: Int) -> String {
             let s = String(v)
             return String(repeating: "0", count: max(0, w - s.count)) + s
         }
-        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+        return "\(pad(Int(tm.tm_year) + 1900, 4))-\(pad(Int(tm.tm_mon) + 1, 2))-\(pad(Int(tm.tm_mday), 2))T"
+            + "\(pad(Int(tm.tm_hour), 2)):\(pad(Int(tm.tm_min), 2)):\(pad(Int(tm.tm_sec), 2)).\(pad(unixMS % 1000, 3))Z"
     }
 
     func record(
