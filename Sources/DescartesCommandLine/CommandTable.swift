@@ -98,7 +98,8 @@ extension Option {
             .bench: """
                 One JSON object: requests, seconds, requests_per_second,
                 cpu_seconds, events, text_bytes, text_matches, peak_rss_kb,
-                threads_peak, latency_ms {median, mean, min, max}
+                threads_peak, threads_peak_by_name {thread name: most at once},
+                latency_ms {median, mean, min, max}
                 """,
         ])
     package static let set = Option(

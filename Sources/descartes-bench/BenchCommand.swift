@@ -101,6 +101,7 @@ enum BenchCommand {
         var events: Int
         var peakRSSKB: Int
         var threadsPeak: Int
+        var threadsPeakByName: [String: Int]
         var firstTurn: Double?
         var textMatches: Bool?
 
@@ -124,6 +125,7 @@ enum BenchCommand {
                 "events": .integer(events), "text_bytes": .integer(textBytes),
                 "text_matches": textMatches.map { .bool($0) } ?? .null,
                 "peak_rss_kb": .integer(peakRSSKB), "threads_peak": .integer(threadsPeak),
+                "threads_peak_by_name": .object(JSONObject(threadsPeakByName.sorted { $0.key < $1.key }.map { (key: $0.key, value: JSONValue.integer($0.value)) })),
                 "latency_ms": ["median": ms(st.median), "mean": ms(st.mean), "min": ms(st.min), "max": ms(st.max)],
             ]
             if let f = firstTurn { o["session_first_turn_ms"] = ms(f) }
@@ -205,10 +207,11 @@ enum BenchCommand {
         }
         let seconds = (ContinuousClock.now - start).secondsDouble
         let cpu = cpuSeconds() - cpu0
-        let threads = sampler?.stop() ?? ThreadSampler.count()
+        let threads = sampler?.stop() ?? (total: ThreadSampler.count(), byName: ThreadSampler.byName())
         return Report(
             seconds: seconds, cpuSeconds: cpu, latencies: results.map(\.latency), texts: results.map(\.answer.text),
-            events: results.reduce(0) { $0 + $1.answer.events }, peakRSSKB: ProcStatus.field("VmHWM"), threadsPeak: threads,
+            events: results.reduce(0) { $0 + $1.answer.events }, peakRSSKB: ProcStatus.field("VmHWM"), threadsPeak: threads.total,
+            threadsPeakByName: threads.byName,
             firstTurn: first)
     }
 
@@ -274,30 +277,65 @@ extension Duration {
 final class ThreadSampler: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let peak = Atomic<Int>(0)
+    /// The most threads of each name seen at once (`/proc/self/task/*/comm`):
+    /// tells the plugin's transfer loops ("descartes-http") from the host's
+    /// call threads and the Swift runtime's.
+    private let peaks = Mutex<[String: Int]>([:])
     private var thread = pthread_t()
+    /// The sampler's own thread id, left out of the counts by name.
+    fileprivate let ownThread = Atomic<Int>(0)
 
     init() {
         peak.store(Self.count(), ordering: .relaxed)
         let me = Unmanaged.passRetained(self).toOpaque()
         pthread_create(&thread, nil, { arg in
             let s = Unmanaged<ThreadSampler>.fromOpaque(arg!).takeRetainedValue()
+            s.ownThread.store(ThreadSampler.thisThreadID(), ordering: .relaxed)
             while !s.stopping.load(ordering: .relaxed) {
-                let n = ThreadSampler.count() - 1
-                if n > s.peak.load(ordering: .relaxed) { s.peak.store(n, ordering: .relaxed) }
+                s.sample()
                 usleep(10_000)
             }
             return nil
         }, me)
     }
 
-    /// Stops sampling; returns the most threads seen (the sampler excluded).
-    func stop() -> Int {
+    private func sample() {
+        let n = Self.count() - 1
+        if n > peak.load(ordering: .relaxed) { peak.store(n, ordering: .relaxed) }
+        let now = Self.byName(except: ownThread.load(ordering: .relaxed))
+        peaks.withLock { p in for (name, c) in now where c > p[name, default: 0] { p[name] = c } }
+    }
+
+    /// Stops sampling; returns the most threads seen (the sampler excluded)
+    /// and the most of each name.
+    func stop() -> (total: Int, byName: [String: Int]) {
         stopping.store(true, ordering: .relaxed)
         pthread_join(thread, nil)
-        return max(peak.load(ordering: .relaxed), Self.count())
+        sample()
+        return (total: max(peak.load(ordering: .relaxed), Self.count() - 1), byName: peaks.withLock { $0 })
     }
 
     static func count() -> Int { ProcStatus.field("Threads") }
+
+    /// The calling thread's id, from /proc/thread-self ("PID/task/TID").
+    static func thisThreadID() -> Int {
+        var buf = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/thread-self", &buf, buf.count - 1)
+        guard n > 0 else { return 0 }
+        let link = String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return link.split(separator: "/").last.flatMap { Int($0) } ?? 0
+    }
+
+    /// The threads of this process now, counted by name.
+    static func byName(except skipped: Int = 0) -> [String: Int] {
+        var out: [String: Int] = [:]
+        for tid in (try? FileSystem.list("/proc/self/task")) ?? [] where tid != String(skipped) {
+            guard var name = try? FileSystem.readText("/proc/self/task/\(tid)/comm", limit: 64) else { continue }
+            if name.hasSuffix("\n") { name.removeLast() }
+            out[name, default: 0] += 1
+        }
+        return out
+    }
 }
 
 /// A number from /proc/self/status: "Threads" (threads now), "VmHWM" (the
