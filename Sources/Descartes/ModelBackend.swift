@@ -20,25 +20,25 @@ public protocol ModelBackend: Sendable {
 
     /// Prepares the backend (verifies the endpoint or executable, caches the
     /// model list). Idempotent; other operations call it first when needed.
-    func initialize() async throws
+    func initialize() async throws(ProviderError)
 
     /// Checks that the backend can serve a request now, with a real call.
     /// - Throws: `ProviderError` saying why it cannot.
-    func healthCheck() async throws -> HealthReport
+    func healthCheck() async throws(ProviderError) -> HealthReport
 
     /// Runs a request and returns the whole answer.
-    func complete(_ request: ModelRequest) async throws -> ModelResponse
+    func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse
 
     /// Runs a request and streams its events as they arrive. The stream ends
-    /// with `.finish(response)` or throws a `ProviderError`. Stopping the
-    /// iteration early cancels the request.
-    func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error>
+    /// with `.finish(response)` or throws a `ProviderError` (the sequence's
+    /// `Failure`). Stopping the iteration early cancels the request.
+    func stream(_ request: ModelRequest) -> ModelStream
 
     /// The models the provider offers.
-    func listModels() async throws -> [ModelInfo]
+    func listModels() async throws(ProviderError) -> [ModelInfo]
 
     /// Counts (or estimates) the input tokens of a request.
-    func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate
+    func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate
 
     /// Finishes or cancels requests in flight and releases resources. The
     /// backend serves nothing afterwards.
@@ -47,23 +47,23 @@ public protocol ModelBackend: Sendable {
 
 extension ModelBackend {
     /// One user message, answered whole: `try await backend.complete("Hello").text`.
-    public func complete(_ prompt: String, model: String? = nil) async throws -> ModelResponse {
+    public func complete(_ prompt: String, model: String? = nil) async throws(ProviderError) -> ModelResponse {
         try await complete(ModelRequest(prompt: prompt, model: model))
     }
 
     /// One user message, streamed.
-    public func stream(_ prompt: String, model: String? = nil) -> AsyncThrowingStream<StreamEvent, Error> {
+    public func stream(_ prompt: String, model: String? = nil) -> ModelStream {
         stream(ModelRequest(prompt: prompt, model: model))
     }
 
     /// Counts (or estimates) the tokens of a text sent as one user message.
-    public func estimateTokens(_ text: String) async throws -> TokenEstimate {
+    public func estimateTokens(_ text: String) async throws(ProviderError) -> TokenEstimate {
         try await estimateTokens(ModelRequest(prompt: text))
     }
 
     /// Collects a stream into its final response (for callers that want the
     /// stream's timing but the whole answer).
-    public func collect(_ request: ModelRequest) async throws -> ModelResponse {
+    public func collect(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         for try await event in stream(request) {
             if case .finish(let response) = event { return response }
         }
@@ -88,4 +88,69 @@ public func withBackend<B: ModelBackend, T>(_ backend: B, _ body: (B) async thro
     }
     await backend.shutdown()
     return result
+}
+
+/// The events of one streamed request: an `AsyncSequence` whose `Failure` is
+/// `ProviderError`, so `for try await event in backend.stream(request)`
+/// throws only `ProviderError`. Stopping the iteration early (or cancelling
+/// the iterating task) cancels the request.
+///
+/// A backend implemented in an application builds one from an
+/// `AsyncThrowingStream` (`ModelStream(stream, provider: name)`) or with
+/// `ModelStream.makeStream(provider:)`; whatever else the underlying stream
+/// throws reaches the caller as a `ProviderError` (task cancellation as
+/// `cancelled`, anything else as `backend`).
+public struct ModelStream: AsyncSequence, Sendable {
+    public typealias Element = StreamEvent
+    public typealias Failure = ProviderError
+    /// What feeds a stream made by `makeStream(provider:)`.
+    public typealias Continuation = AsyncThrowingStream<StreamEvent, any Error>.Continuation
+
+    private let base: AsyncThrowingStream<StreamEvent, any Error>
+    private let provider: String?
+
+    /// The events of `base`; an error it throws that is not a
+    /// `ProviderError` is reported as one of `provider`.
+    public init(_ base: AsyncThrowingStream<StreamEvent, any Error>, provider: String?) {
+        self.base = base
+        self.provider = provider
+    }
+
+    /// A stream that fails at once with `error`.
+    public init(failing error: ProviderError) {
+        self.init(AsyncThrowingStream { $0.finish(throwing: error) }, provider: error.provider)
+    }
+
+    /// A stream and the continuation that feeds it (unbounded buffering).
+    public static func makeStream(provider: String?) -> (stream: ModelStream, continuation: Continuation) {
+        let (s, c) = AsyncThrowingStream<StreamEvent, any Error>.makeStream(bufferingPolicy: .unbounded)
+        return (ModelStream(s, provider: provider), c)
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        public typealias Element = StreamEvent
+        public typealias Failure = ProviderError
+        var base: AsyncThrowingStream<StreamEvent, any Error>.AsyncIterator
+        let provider: String?
+
+        public mutating func next() async throws(ProviderError) -> StreamEvent? {
+            do { return try await base.next() } catch { throw ProviderError.from(error, provider: provider) }
+        }
+
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws(ProviderError) -> StreamEvent? {
+            do { return try await base.next(isolation: actor) } catch { throw ProviderError.from(error, provider: provider) }
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: base.makeAsyncIterator(), provider: provider)
+    }
+}
+
+extension ProviderError {
+    /// Runs `body`, reporting what it throws as a `ProviderError` of
+    /// `provider` (see `from(_:provider:)`).
+    package static func catching<T>(provider: String?, _ body: () async throws -> T) async throws(ProviderError) -> T {
+        do { return try await body() } catch { throw from(error, provider: provider) }
+    }
 }

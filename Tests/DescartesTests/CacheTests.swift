@@ -16,7 +16,7 @@ import DescartesSupport
         events.compactMap { if case .textDelta(let t) = $0 { return t }; return nil }
     }
 
-    func all(_ s: AsyncThrowingStream<StreamEvent, Error>) async throws -> [StreamEvent] {
+    func all(_ s: ModelStream) async throws -> [StreamEvent] {
         var out: [StreamEvent] = []
         for try await e in s { out.append(e) }
         return out

@@ -106,3 +106,47 @@ import Testing
         #expect(config["endpoint"] == .string("http://127.0.0.1:9/v1"))
     }
 }
+
+/// Typed throws on the Swift API (issue 17): every operation of a backend
+/// throws `ProviderError` and a stream's `Failure` is `ProviderError`, so a
+/// caller reads `error.kind` without casting. (On a tree where they threw
+/// `any Error`, this does not compile.)
+@Suite struct TypedThrowsTests {
+    let plugins = PluginDir().addEcho()
+
+    @Test func everyOperationThrowsProviderError() async throws {
+        let backend = try plugins.factory().backend("echo")
+        await backend.shutdown()
+        var kinds: [ProviderError.Kind] = []
+        do { try await backend.initialize() } catch { kinds.append(error.kind) }
+        do { _ = try await backend.healthCheck() } catch { kinds.append(error.kind) }
+        do { _ = try await backend.complete("hello") } catch { kinds.append(error.kind) }
+        do { _ = try await backend.listModels() } catch { kinds.append(error.kind) }
+        do { _ = try await backend.estimateTokens("hello") } catch { kinds.append(error.kind) }
+        do { _ = try await backend.collect(ModelRequest(prompt: "hello")) } catch { kinds.append(error.kind) }
+        do {
+            for try await _ in backend.stream("hello") {}
+        } catch {
+            let typed: ProviderError = error
+            kinds.append(typed.kind)
+        }
+        // Shut down: each operation says so, as a ProviderError.
+        #expect(kinds == Array(repeating: .backend, count: 7), "\(kinds)")
+        #expect(ModelStream.Failure.self == ProviderError.self)
+    }
+
+    @Test func aStreamReportsOtherErrorsAsProviderErrors() async {
+        struct Odd: Error {}
+        let (stream, continuation) = ModelStream.makeStream(provider: "mine")
+        continuation.yield(.textDelta("a"))
+        continuation.finish(throwing: Odd())
+        var seen = 0
+        do {
+            for try await _ in stream { seen += 1 }
+            Issue.record("the stream did not fail")
+        } catch {
+            #expect(error.kind == .backend && error.provider == "mine", "\(error)")
+        }
+        #expect(seen == 1)
+    }
+}

@@ -248,13 +248,13 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 
     // MARK: Streams
 
-    func collect(_ s: AsyncThrowingStream<StreamEvent, Error>) async -> (events: [StreamEvent], error: ProviderError?) {
+    func collect(_ s: ModelStream) async -> (events: [StreamEvent], error: ProviderError?) {
         var events: [StreamEvent] = []
         do {
             for try await e in s { events.append(e) }
             return (events, nil)
         } catch {
-            return (events, error as? ProviderError)
+            return (events, error)
         }
     }
 

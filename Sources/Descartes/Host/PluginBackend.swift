@@ -201,13 +201,13 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         state.withLock { $0.inFlight += delta }
     }
 
-    func initialize() async throws { try await initialize(nil) }
+    func initialize() async throws(ProviderError) { try await initialize(nil) }
 
     /// Initializes the backend once, under `deadlines` (the total deadline
     /// of the request that needs it: its first-token and idle deadlines are
     /// about its own answer; or `operationDeadlines`). A waiter whose task is
     /// cancelled cancels the initialization (the next operation tries again).
-    func initialize(_ deadlines: Deadlines?) async throws {
+    func initialize(_ deadlines: Deadlines?) async throws(ProviderError) {
         try checkOpen()
         let task: Task<Void, Error>? = state.withLock { s in
             if s.initialized { return nil }
@@ -230,7 +230,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         } catch {
             // The next operation tries again (the server may be back by then).
             state.withLock { $0.initTask = nil }
-            throw error
+            throw ProviderError.from(error, provider: name)
         }
     }
 
@@ -266,17 +266,19 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         }
     }
 
-    func healthCheck() async throws -> HealthReport {
+    func healthCheck() async throws(ProviderError) -> HealthReport {
         try checkOpen()
         try await initialize()
         let start = ContinuousClock.now
-        let doc = try await document(.healthCheck, input: Array("{}".utf8), deadlines: operationDeadlines)
+        let doc = try await ProviderError.catching(provider: name) {
+            try await document(.healthCheck, input: Array("{}".utf8), deadlines: operationDeadlines)
+        }
         var report = Wire.decodeHealth(doc)
         report.latency = ContinuousClock.now - start
         return report
     }
 
-    func listModels() async throws -> [ModelInfo] {
+    func listModels() async throws(ProviderError) -> [ModelInfo] {
         try checkOpen()
         try await initialize()
         let doc: JSONValue
@@ -288,16 +290,20 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
             return manifest.models.map { m in
                 ModelInfo(id: m.id, contextLength: m.contextLength, ownedBy: manifest.provider, details: ["source": "manifest"])
             }
+        } catch {
+            throw ProviderError.from(error, provider: name)
         }
         do { return try Wire.decodeModels(doc) } catch {
             throw ProviderError(.invalidResponse, "list_models: \(error)", provider: name)
         }
     }
 
-    func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
+    func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try checkOpen()
         try await initialize(Deadlines(total: effectiveDeadlines(request).total))
-        let doc = try await document(.estimateTokens, input: Wire.encode(request), deadlines: effectiveDeadlines(request))
+        let doc = try await ProviderError.catching(provider: name) {
+            try await document(.estimateTokens, input: Wire.encode(request), deadlines: effectiveDeadlines(request))
+        }
         do { return try Wire.decodeTokenEstimate(doc) } catch {
             throw ProviderError(.invalidResponse, "estimate_tokens: \(error)", provider: name)
         }
@@ -344,19 +350,22 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         await destroyWhenCallsEnd(within: min(Self.destroyWait, limit))
     }
 
-    func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         try checkOpen()
         try checkRequest(request)
         var request = request
         request.deadlines = effectiveDeadlines(request)
         try await initialize(Deadlines(total: request.deadlines.total))
-        let outcome = try await run(.complete, input: Wire.encode(request), deadlines: request.deadlines, streaming: nil)
+        let input = request
+        let outcome = try await ProviderError.catching(provider: name) {
+            try await run(.complete, input: Wire.encode(input), deadlines: input.deadlines, streaming: nil)
+        }
         guard case .response(let r) = outcome else { preconditionFailure() }
         return decorate(r, request: request)
     }
 
-    func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
-        let (stream, continuation) = AsyncThrowingStream<StreamEvent, Error>.makeStream(bufferingPolicy: .unbounded)
+    func stream(_ request: ModelRequest) -> ModelStream {
+        let (stream, continuation) = ModelStream.makeStream(provider: name)
         var request = request
         request.deadlines = effectiveDeadlines(request)
         let req = request
@@ -447,7 +456,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
 /// The stream a `stream` call feeds.
 struct StreamSink: Sendable {
-    let continuation: AsyncThrowingStream<StreamEvent, Error>.Continuation
+    let continuation: ModelStream.Continuation
     let decorate: @Sendable (ModelResponse) -> ModelResponse
 }
 

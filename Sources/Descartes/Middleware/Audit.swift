@@ -267,10 +267,10 @@ final class AuditedBackend: ModelBackend, Sendable {
 
     var name: String { inner.name }
     var mode: ModelProviderMode { inner.mode }
-    func initialize() async throws { try await inner.initialize() }
-    func healthCheck() async throws -> HealthReport { try await inner.healthCheck() }
-    func listModels() async throws -> [ModelInfo] { try await inner.listModels() }
-    func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate { try await inner.estimateTokens(request) }
+    func initialize() async throws(ProviderError) { try await inner.initialize() }
+    func healthCheck() async throws(ProviderError) -> HealthReport { try await inner.healthCheck() }
+    func listModels() async throws(ProviderError) -> [ModelInfo] { try await inner.listModels() }
+    func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate { try await inner.estimateTokens(request) }
     func shutdown() async { await inner.shutdown() }
 
     static func providerError(_ error: Error, _ name: String) -> ProviderError {
@@ -279,7 +279,7 @@ final class AuditedBackend: ModelBackend, Sendable {
         return ProviderError(.backend, "\(error)", provider: name)
     }
 
-    func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         let started = AuditLog.timestamp()
         let unixMS = AuditLedger.nowUnixMS()
         let t0 = ContinuousClock.now
@@ -294,8 +294,8 @@ final class AuditedBackend: ModelBackend, Sendable {
         }
     }
 
-    func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
-        let (stream, continuation) = AsyncThrowingStream<StreamEvent, Error>.makeStream(bufferingPolicy: .unbounded)
+    func stream(_ request: ModelRequest) -> ModelStream {
+        let (stream, continuation) = ModelStream.makeStream(provider: name)
         let started = AuditLog.timestamp()
         let unixMS = AuditLedger.nowUnixMS()
         let t0 = ContinuousClock.now

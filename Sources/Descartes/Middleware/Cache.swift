@@ -349,7 +349,7 @@ public struct CacheBackend: WrappingBackend {
 
     static func cacheable(_ r: ModelResponse) -> Bool { r.finishReason != .error }
 
-    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         let key = ResponseCache.key(for: request, namespace: namespace)
         if let e = cache.lookup(key) { return Self.hit(e.response) }
         let r = try await inner.complete(request)
@@ -361,7 +361,7 @@ public struct CacheBackend: WrappingBackend {
         return r
     }
 
-    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    public func stream(_ request: ModelRequest) -> ModelStream {
         let key = ResponseCache.key(for: request, namespace: namespace)
         let cache = self.cache
         let inner = self.inner

@@ -72,7 +72,7 @@ public struct FallbackBackend: ModelBackend {
         self.logSink = logSink
     }
 
-    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         var log = AttemptLog()
         let end = request.deadlines.total.map { clock.now + $0 }
         for (i, entry) in entries.enumerated() {
@@ -94,7 +94,7 @@ public struct FallbackBackend: ModelBackend {
         preconditionFailure("unreachable: the loop returns or throws")
     }
 
-    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    public func stream(_ request: ModelRequest) -> ModelStream {
         let entries = self.entries
         let policy = self.policy
         let name = self.name
@@ -151,27 +151,27 @@ public struct FallbackBackend: ModelBackend {
 
     // MARK: Other operations go to the first provider that answers them.
 
-    public func initialize() async throws {
-        try await firstAnswer { try await $0.initialize() }
+    public func initialize() async throws(ProviderError) {
+        try await firstAnswer { (b) throws(ProviderError) in try await b.initialize() }
     }
 
-    public func healthCheck() async throws -> HealthReport {
-        try await firstAnswer { try await $0.healthCheck() }
+    public func healthCheck() async throws(ProviderError) -> HealthReport {
+        try await firstAnswer { (b) throws(ProviderError) in try await b.healthCheck() }
     }
 
-    public func listModels() async throws -> [ModelInfo] {
-        try await firstAnswer { try await $0.listModels() }
+    public func listModels() async throws(ProviderError) -> [ModelInfo] {
+        try await firstAnswer { (b) throws(ProviderError) in try await b.listModels() }
     }
 
-    public func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
-        try await firstAnswer { try await $0.estimateTokens(request) }
+    public func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
+        try await firstAnswer { (b) throws(ProviderError) in try await b.estimateTokens(request) }
     }
 
     public func shutdown() async {
         for e in entries { await e.backend.shutdown() }
     }
 
-    private func firstAnswer<T: Sendable>(_ op: (any ModelBackend) async throws -> T) async throws -> T {
+    private func firstAnswer<T: Sendable>(_ op: (any ModelBackend) async throws(ProviderError) -> T) async throws(ProviderError) -> T {
         var log = AttemptLog()
         for (i, entry) in entries.enumerated() {
             let started = clock.now
@@ -224,16 +224,16 @@ package final class LazyBackend: ModelBackend, Sendable {
         state.withLock { s in if case .success(let b)? = s { return b }; return nil }
     }
 
-    package func initialize() async throws { try await backend().initialize() }
-    package func healthCheck() async throws -> HealthReport { try await backend().healthCheck() }
-    package func complete(_ request: ModelRequest) async throws -> ModelResponse { try await backend().complete(request) }
-    package func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    package func initialize() async throws(ProviderError) { try await backend().initialize() }
+    package func healthCheck() async throws(ProviderError) -> HealthReport { try await backend().healthCheck() }
+    package func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse { try await backend().complete(request) }
+    package func stream(_ request: ModelRequest) -> ModelStream {
         do { return try backend().stream(request) } catch {
-            return AsyncThrowingStream { $0.finish(throwing: error) }
+            return ModelStream(failing: error)
         }
     }
-    package func listModels() async throws -> [ModelInfo] { try await backend().listModels() }
-    package func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
+    package func listModels() async throws(ProviderError) -> [ModelInfo] { try await backend().listModels() }
+    package func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try await backend().estimateTokens(request)
     }
     package func shutdown() async { await created?.shutdown() }

@@ -238,7 +238,7 @@ public struct RateLimitedBackend: WrappingBackend {
         }
     }
 
-    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         let (r, estimate) = try await admit(request)
         do {
             let response = try await inner.complete(r)
@@ -250,7 +250,7 @@ public struct RateLimitedBackend: WrappingBackend {
         }
     }
 
-    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    public func stream(_ request: ModelRequest) -> ModelStream {
         let me = self
         return Streams.make(provider: inner.name) { out in
             let (r, estimate) = try await me.admit(request)

@@ -202,7 +202,7 @@ public struct RetryBackend: WrappingBackend {
         }
     }
 
-    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         let deadline = RequestDeadline(request, policy, clock: clock)
         var log = AttemptLog()
         var attempt = 0
@@ -233,7 +233,7 @@ public struct RetryBackend: WrappingBackend {
         }
     }
 
-    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    public func stream(_ request: ModelRequest) -> ModelStream {
         let me = self
         let inner = self.inner
         let policy = self.policy
@@ -274,7 +274,7 @@ public struct RetryBackend: WrappingBackend {
         }
     }
 
-    private func sleep(_ wait: Duration, log: AttemptLog) async throws {
+    private func sleep(_ wait: Duration, log: AttemptLog) async throws(ProviderError) {
         do { try await clock.sleep(for: wait) } catch {
             throw log.giveUp(ProviderError(.cancelled, "the request was cancelled while waiting to retry", provider: inner.name))
         }

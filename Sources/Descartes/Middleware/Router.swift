@@ -309,26 +309,26 @@ public struct RouterBackend: ModelBackend {
         return (backend, model.apply(to: forwarded(request)))
     }
 
-    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         let (backend, r) = try route(request)
         return try await backend.complete(r)
     }
 
-    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    public func stream(_ request: ModelRequest) -> ModelStream {
         do {
             let (backend, r) = try route(request)
             return backend.stream(r)
         } catch {
-            return AsyncThrowingStream { $0.finish(throwing: error) }
+            return ModelStream(failing: error)
         }
     }
 
     var all: FallbackBackend { FallbackBackend(name: name, candidates.map { .init($0.backend, model: $0.model) }, logSink: logSink) }
 
-    public func initialize() async throws { try await all.initialize() }
-    public func healthCheck() async throws -> HealthReport { try await all.healthCheck() }
-    public func listModels() async throws -> [ModelInfo] { try await all.listModels() }
-    public func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
+    public func initialize() async throws(ProviderError) { try await all.initialize() }
+    public func healthCheck() async throws(ProviderError) -> HealthReport { try await all.healthCheck() }
+    public func listModels() async throws(ProviderError) -> [ModelInfo] { try await all.listModels() }
+    public func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try await all.estimateTokens(forwarded(request))
     }
     public func shutdown() async { await all.shutdown() }

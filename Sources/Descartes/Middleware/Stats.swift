@@ -96,7 +96,7 @@ public struct StatsBackend: WrappingBackend {
             usage: Usage(), costUSD: nil, cached: false, failedAttempts: max(0, e.attempts.count - 1), error: e.kind)
     }
 
-    public func complete(_ request: ModelRequest) async throws -> ModelResponse {
+    public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         let start = ContinuousClock.now
         do {
             let r = try await inner.complete(request)
@@ -108,7 +108,7 @@ public struct StatsBackend: WrappingBackend {
         }
     }
 
-    public func stream(_ request: ModelRequest) -> AsyncThrowingStream<StreamEvent, Error> {
+    public func stream(_ request: ModelRequest) -> ModelStream {
         let inner = self.inner
         let meter = self.meter
         return Streams.make(provider: inner.name) { out in

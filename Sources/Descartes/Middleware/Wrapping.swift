@@ -12,10 +12,10 @@ public protocol WrappingBackend: ModelBackend {
 extension WrappingBackend {
     public var name: String { inner.name }
     public var mode: ModelProviderMode { inner.mode }
-    public func initialize() async throws { try await inner.initialize() }
-    public func healthCheck() async throws -> HealthReport { try await inner.healthCheck() }
-    public func listModels() async throws -> [ModelInfo] { try await inner.listModels() }
-    public func estimateTokens(_ request: ModelRequest) async throws -> TokenEstimate {
+    public func initialize() async throws(ProviderError) { try await inner.initialize() }
+    public func healthCheck() async throws(ProviderError) -> HealthReport { try await inner.healthCheck() }
+    public func listModels() async throws(ProviderError) -> [ModelInfo] { try await inner.listModels() }
+    public func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try await inner.estimateTokens(request)
     }
     public func shutdown() async { await inner.shutdown() }
@@ -23,7 +23,7 @@ extension WrappingBackend {
 
 /// Stream plumbing for middlewares.
 enum Streams {
-    typealias Continuation = AsyncThrowingStream<StreamEvent, Error>.Continuation
+    typealias Continuation = ModelStream.Continuation
 
     /// A stream fed by `body` on a task of its own. The stream finishes when
     /// `body` returns and throws what `body` throws (as a `ProviderError`).
@@ -31,8 +31,8 @@ enum Streams {
     /// `body` awaits (the inner stream, a backoff sleep).
     static func make(
         provider: String, _ body: @escaping @Sendable (Continuation) async throws -> Void
-    ) -> AsyncThrowingStream<StreamEvent, Error> {
-        let (stream, continuation) = AsyncThrowingStream<StreamEvent, Error>.makeStream(bufferingPolicy: .unbounded)
+    ) -> ModelStream {
+        let (stream, continuation) = ModelStream.makeStream(provider: provider)
         let task = Task {
             do {
                 try await body(continuation)
@@ -69,7 +69,7 @@ enum Streams {
     /// another shows the caller one start; notices pass at once.
     /// - Throws: `AttemptFailure`.
     static func forward(
-        _ stream: AsyncThrowingStream<StreamEvent, Error>, to out: Continuation, provider: String,
+        _ stream: ModelStream, to out: Continuation, provider: String,
         answered: (ModelResponse) -> ModelResponse
     ) async throws(AttemptFailure) {
         var reached = false

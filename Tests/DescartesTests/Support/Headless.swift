@@ -129,17 +129,16 @@ struct Collected {
     var textDeltas: Int { events.filter { if case .textDelta = $0 { return true } else { return false } }.count }
 }
 
-func collect(_ stream: AsyncThrowingStream<StreamEvent, Error>) async -> Collected {
+func collect(_ stream: ModelStream) async -> Collected {
     var c = Collected()
     do {
         for try await e in stream {
             c.events.append(e)
             if case .finish(let r) = e { c.response = r }
         }
-    } catch let e as ProviderError {
-        c.error = e
     } catch {
-        c.error = ProviderError(.backend, "\(error)")
+        // The stream's Failure is ProviderError: nothing else can arrive.
+        c.error = error
     }
     return c
 }

@@ -33,10 +33,8 @@ struct Observed: CustomStringConvertible {
                 default: break
                 }
             }
-        } catch let e as ProviderError {
-            o.error = e
         } catch {
-            o.error = ProviderError(.backend, "\(error)")
+            o.error = error
         }
         o.toolCalls = order.map { calls[$0]! }
         if let r = o.response { o.toolCalls = r.toolCalls }
@@ -52,10 +50,8 @@ struct Observed: CustomStringConvertible {
             o.text = r.content
             o.reasoning = r.reasoning ?? ""
             o.toolCalls = r.toolCalls
-        } catch let e as ProviderError {
-            o.error = e
         } catch {
-            o.error = ProviderError(.backend, "\(error)")
+            o.error = error
         }
         return o
     }
