@@ -57,6 +57,9 @@ let plugins: [(Product, Target)] = [
     plugin("openai", dir: "OpenAI", target: "OpenAIPlugin", dependencies: ["DescartesOpenAIChat"]),
     // The Anthropic Messages API.
     plugin("anthropic", dir: "Anthropic", target: "AnthropicPlugin"),
+    // Google's Gemini: the Gemini API (factory "gemini") and Vertex AI
+    // (factory "vertex") over one wire format.
+    plugin("gemini", dir: "Gemini", target: "GeminiPlugin"),
     // Ollama over its native API (/api/chat NDJSON, /api/tags, /api/show).
     plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
     // llama.cpp's server (llama-server, llama-cpp-python) over the shared OpenAI chat dialect.
