@@ -253,7 +253,7 @@ final class MessageStreamConsumer: StreamConsumer, @unchecked Sendable {
         guard sawTerminal else {
             throw ProviderError(.streamClosed, "the stream ended before message_stop")
         }
-        return state.finish(call)
+        return try state.finish(call)
     }
 
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8]) -> ProviderError {

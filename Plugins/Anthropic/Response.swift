@@ -38,6 +38,8 @@ struct AnthropicStream {
     // Usage as Anthropic reports it (input excludes cache reads and writes).
     var input = 0, cacheWrite = 0, cacheRead = 0, output = 0, thinking = 0
     var sawUsage = false
+    /// True once some text or reasoning came (tool calls are counted in `tools`).
+    var said = false
 
     /// Handles one event; returns true for `message_stop`.
     mutating func event(_ e: SSEDecoder.Event, _ call: EventBatcher) throws(ProviderError) -> Bool {
@@ -146,10 +148,16 @@ struct AnthropicStream {
         switch block["type"]?.stringValue {
         case "text":
             blocks[index] = .text
-            if let t = block["text"]?.stringValue, !t.isEmpty { call.text(t) }
+            if let t = block["text"]?.stringValue, !t.isEmpty {
+                said = true
+                call.text(t)
+            }
         case "thinking":
             blocks[index] = .thinking
-            if let t = block["thinking"]?.stringValue, !t.isEmpty { call.reasoning(t) }
+            if let t = block["thinking"]?.stringValue, !t.isEmpty {
+                said = true
+                call.reasoning(t)
+            }
             if let s = block["signature"]?.stringValue { signature = Array(s.utf8) }
         case "redacted_thinking":
             blocks[index] = .other
@@ -196,12 +204,22 @@ struct AnthropicStream {
         while let k = try r.nextKey() {
             if k == "text" {
                 if case .text = block {
-                    try r.withStringBytes { if $0.count > 0 { call.text(bytes: $0) } }
+                    try r.withStringBytes { b in
+                        if b.count > 0 {
+                            said = true
+                            call.text(bytes: b)
+                        }
+                    }
                 } else {
                     try r.skipValue()
                 }
             } else if k == "thinking" {
-                try r.withStringBytes { if $0.count > 0 { call.reasoning(bytes: $0) } }
+                try r.withStringBytes { b in
+                    if b.count > 0 {
+                        said = true
+                        call.reasoning(bytes: b)
+                    }
+                }
             } else if k == "partial_json" {
                 if case .tool(let i, _, let input) = block {
                     var any = false
@@ -259,7 +277,10 @@ struct AnthropicStream {
 
     /// Ends the message: tool calls still open are ended, and the Finish
     /// carries the mapped stop reason, the usage and the thinking signature.
-    mutating func finish(_ call: EventBatcher) -> Wire.Finish {
+    /// A message that said nothing (no text, thinking or tool call) with a
+    /// stop reason that does not explain it (`end_turn`, `stop_sequence`,
+    /// none) is `invalid_response` (`EmptyAnswer`, the OpenAI dialect's rule).
+    mutating func finish(_ call: EventBatcher) throws(ProviderError) -> Wire.Finish {
         ensureStarted(call)
         for (index, block) in blocks.sorted(by: { $0.key < $1.key }) {
             if case .tool(let i, let saw, let input) = block {
@@ -269,6 +290,7 @@ struct AnthropicStream {
             }
         }
         let reason = Self.finishReason(stopReason)
+        try EmptyAnswer.check(said: said || tools > 0 || !redactedThinking.isEmpty, finish: reason, field: "stop_reason", raw: stopReason)
         var meta = JSONObject()
         if let raw = stopReason, raw != reason.rawValue { meta["provider_finish_reason"] = .string(raw) }
         if let s = stopSequence { meta["stop_sequence"] = .string(s) }
@@ -359,6 +381,7 @@ struct AnthropicStream {
         }
         if !reasoning.isEmpty { call.reasoning(reasoning) }
         if !text.isEmpty { call.text(text) }
-        return s.finish(call)
+        s.said = !reasoning.isEmpty || !text.isEmpty
+        return try s.finish(call)
     }
 }

@@ -64,12 +64,12 @@ public struct ChatResponseParser {
     /// Why the answer so far is not one, or nil: no `choices` at all, or
     /// neither text, reasoning nor a tool call with a finish reason (or
     /// none) that does not explain it (`length`, `content_filter` and
-    /// the like do).
+    /// the like do; the rule is `EmptyAnswer`'s, shared by every dialect).
     public var emptiness: String? {
         if !sawChoice { return "the answer has no choices" }
-        if emitted || !slots.isEmpty { return nil }
-        guard rawFinishReason == nil || rawFinishReason == "stop" else { return nil }
-        return "the answer is empty (no text, no tool call) with finish_reason \(rawFinishReason.map { "'\($0)'" } ?? "absent")"
+        return EmptyAnswer.problem(
+            said: emitted || !slots.isEmpty, finish: Self.finishReason(rawFinishReason, hasToolCalls: !slots.isEmpty),
+            field: "finish_reason", raw: rawFinishReason)
     }
 
     private var groqUsage: Usage?

@@ -186,6 +186,44 @@ import Testing
         await b.shutdown()
     }
 
+    /// An HTTP 200 that says nothing (no content blocks, or an empty text
+    /// block) with `end_turn` is no answer; `max_tokens` or a refusal
+    /// explains an empty one (issue 16, the OpenAI dialect's rule).
+    @Test func emptySuccessfulAnswersAreInvalidResponses() async throws {
+        func message(_ content: String, _ stop: String) -> String {
+            #"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":\#(content),"stop_reason":"\#(stop)","usage":{"input_tokens":3,"output_tokens":0}}"#
+        }
+        var empty = Self.event("message_start", Self.messageStart)
+        empty += Self.event("content_block_start", #"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#)
+        empty += Self.event("content_block_stop", #"{"type":"content_block_stop","index":0}"#)
+        empty += Self.event("message_delta", #"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":0}}"#)
+        empty += Self.event("message_stop", #"{"type":"message_stop"}"#)
+        let server = try await ServerSlot.make()
+        try await server.script([
+            "POST /v1/messages": [
+                .json(message("[]", "end_turn")),
+                .json(message(#"[{"type":"text","text":""}]"#, "end_turn")),
+                .stream(empty),
+                .json(message("[]", "max_tokens")),
+                .json(message("[]", "refusal")),
+            ]
+        ])
+        let b = try backend(server)
+        let none = await Observed.complete(b, ModelRequest(prompt: "x"))
+        #expect(none.error?.kind == .invalidResponse, "\(none)")
+        #expect(none.error?.message == "HTTP 200, but the answer is empty (no text, no tool call) with stop_reason 'end_turn'", "\(none)")
+        let blank = await Observed.complete(b, ModelRequest(prompt: "x"))
+        #expect(blank.error?.kind == .invalidResponse, "\(blank)")
+        let streamed = await Observed.stream(b, ModelRequest(prompt: "x"))
+        #expect(streamed.error?.kind == .invalidResponse, "\(streamed)")
+        #expect(streamed.error?.message.contains("with stop_reason 'end_turn'") == true, "\(streamed)")
+        let cut = await Observed.complete(b, ModelRequest(prompt: "x"))
+        #expect(cut.error == nil && cut.response?.finishReason == .maxTokens, "\(cut)")
+        let refused = await Observed.complete(b, ModelRequest(prompt: "x"))
+        #expect(refused.error == nil && refused.response?.finishReason == .contentFilter, "\(refused)")
+        await b.shutdown()
+    }
+
     // MARK: Errors
 
     @Test(arguments: [

@@ -72,6 +72,10 @@ enum HostFaults {
         Case(
             fault: "`${file:}` naming a FIFO", how: "providers.yaml reads a secret from a FIFO",
             outcome: "a `config` problem naming the path and \"a FIFO\"", test: "aFIFOIsNotASecretFile"),
+        Case(
+            fault: "an HTTP 200 that answers nothing (Anthropic)", how: "`content: []`, or one empty text block, with stop_reason `end_turn`, streamed or not",
+            outcome: "`invalid_response` naming the stop reason; `max_tokens` or `refusal` explains an empty answer (one rule with the OpenAI dialect: `EmptyAnswer` in the kit)",
+            test: "AnthropicPluginTests.emptySuccessfulAnswersAreInvalidResponses"),
     ]
 
     static func document() -> String {
