@@ -1,5 +1,9 @@
 #include "CDescartesHost.h"
+#include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 static _Atomic(descartes_dispatch_fn) dispatch_fn;
 
@@ -27,4 +31,25 @@ static const descartes_operation_fn trampolines[DESCARTES_TRAMPOLINES] = {
 
 descartes_operation_fn descartes_trampoline(unsigned code) {
     return code < DESCARTES_TRAMPOLINES ? trampolines[code] : NULL;
+}
+
+int descartes_protect_secrets(int whole_process) {
+    int failed = 0;
+    struct rlimit core;
+    if (getrlimit(RLIMIT_CORE, &core) != 0) core.rlim_max = 0;
+    core.rlim_cur = 0;
+    if (whole_process) core.rlim_max = 0;
+    if (setrlimit(RLIMIT_CORE, &core) != 0) failed = 1;
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) failed = 1;
+    if (whole_process) {
+        static const int crashes[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGQUIT, SIGSYS};
+        struct sigaction dfl;
+        for (size_t i = 0; i < sizeof crashes / sizeof crashes[0]; i++) {
+            sigemptyset(&dfl.sa_mask);
+            dfl.sa_flags = 0;
+            dfl.sa_handler = SIG_DFL;
+            if (sigaction(crashes[i], &dfl, NULL) != 0) failed = 1;
+        }
+    }
+    return failed ? -1 : 0;
 }

@@ -9,6 +9,8 @@ import Glibc
 @main
 struct Bench {
     static func main() {
+        // Keys are loaded from here on: no core file or crash report may hold them.
+        SecretsAtRest.protect(crashReport: false)
         let command = Command.named(.bench)
         let (globals, rest) = start(command)
         if rest.first == Option.version.name {

@@ -76,6 +76,8 @@ enum Helper {
     }
 
     static func run() -> Never {
+        // The CREATE frame brings the plugin's secrets: no core file or crash report may hold them.
+        SecretsAtRest.protect(crashReport: false)
         // The socket is the host's line to this process only: nothing the
         // plugin starts (system(), a server it spawns) inherits it, so it
         // closes when this process dies.

@@ -12,6 +12,8 @@ import Glibc
 @main
 struct Main {
     static func main() {
+        // Keys are loaded from here on: no core file or crash report may hold them.
+        SecretsAtRest.protect(crashReport: false)
         let root = Command.named(.descartes)
         let (globals, args) = start(root)
 

@@ -76,6 +76,14 @@ enum HostFaults {
             fault: "an HTTP 200 that answers nothing (Anthropic)", how: "`content: []`, or one empty text block, with stop_reason `end_turn`, streamed or not",
             outcome: "`invalid_response` naming the stop reason; `max_tokens` or `refusal` explains an empty answer (one rule with the OpenAI dialect: `EmptyAnswer` in the kit)",
             test: "AnthropicPluginTests.emptySuccessfulAnswersAreInvalidResponses"),
+        Case(
+            fault: "a plugin crashes inside `descartes` while registers point at the key", how: "SIGSEGV with rdi and rsi at the config's `token`; the core limit raised before the start",
+            outcome: "no Swift crash report and no core file (dumpable 0, `RLIMIT_CORE` 0, crash signals back to SIG_DFL); with `DESCARTES_ALLOW_CORE_DUMPS=1` the control finds the key in both",
+            test: "aCrashLeavesTheKeyInNoCoreFileAndNoCrashReport"),
+        Case(
+            fault: "keys held by live processes", how: "`complete --isolate` hangs in the plugin while the CLI and its helper hold the key",
+            outcome: "both have a core limit of 0, soft and hard; with `DESCARTES_ALLOW_CORE_DUMPS=1` the limit they were started with",
+            test: "whileKeysAreHeldNoCoreLimitIsLeft"),
     ]
 
     static func document() -> String {
@@ -129,6 +137,7 @@ enum Blocker {
         capabilities: [stream]
         config:
           block: {type: string}
+          token: {type: string, secret: true}
         """
     }
 }
@@ -333,6 +342,124 @@ enum Blocker {
         #expect(ConfigValidation.hasCredentials("HTTP://a@127.0.0.1"))
     }
 
+    // MARK: Secrets at rest in memory
+
+    /// The blocker's secret in the secrets-at-rest tests (from the environment, as a key would be).
+    static let token = "sk-at-rest-5c0ffee0ddba11-never-shown"
+
+    /// `descartes ARGS` run from `work` through sh, the soft core limit raised
+    /// first as far as the hard one allows (dumps enabled for the test), the
+    /// key in BLOCKER_TOKEN.
+    func runWithDumps(_ args: [String], in work: TempDir, allow: Bool) async -> ProcResult {
+        var e = Environment.current()
+        e["DESCARTES_PLUGIN_PATH"] = dir.path
+        e["HOME"] = "/nonexistent"
+        e["NO_COLOR"] = "1"
+        e["BLOCKER_TOKEN"] = Self.token
+        e[SecretsAtRest.allowVariable] = allow ? "1" : nil
+        let script = "ulimit -S -c unlimited 2>/dev/null || ulimit -S -c \"$(ulimit -H -c)\"; cd \"$1\" || exit 99; shift; exec \"$@\""
+        return await Proc.run(["/bin/sh", "-c", script, "sh", work.path, TestEnv.descartes] + args, env: e, timeout: .seconds(60))
+    }
+
+    /// The core files in `dir` (core_pattern `core` or `core.%p`-like: written where the process ran).
+    static func cores(in dir: String) -> [String] {
+        ((try? FileSystem.list(dir)) ?? []).filter { $0.hasPrefix("core") }.map { FileSystem.join(dir, $0) }
+    }
+
+    static func holds(_ path: String, _ needle: String) -> Bool {
+        guard let bytes = try? FileSystem.readBytes(path, limit: 1 << 30) else { return false }
+        let n = Array(needle.utf8)
+        guard bytes.count >= n.count else { return false }
+        return bytes.withUnsafeBytes { b in
+            var i = 0
+            while i + n.count <= b.count {
+                if b[i] == n[0] && b[i..<(i + n.count)].elementsEqual(n) { return true }
+                i += 1
+            }
+            return false
+        }
+    }
+
+    /// A plugin crashing inside `descartes` while two registers point at
+    /// the key (as in issue 16's report: the Swift crash report printed 16
+    /// key bytes next to a register): with dumps turned off (the default)
+    /// there is no crash report and no core file, even with the core limit
+    /// raised before the process started. With DESCARTES_ALLOW_CORE_DUMPS=1
+    /// (the control: what the test looks for is there to find) the report
+    /// and, where the sandbox allows cores in the working directory, the
+    /// core file hold the key.
+    @Test(arguments: [false, true]) func aCrashLeavesTheKeyInNoCoreFileAndNoCrashReport(_ allowed: Bool) async throws {
+        let work = TempDir("descartes-core")
+        work.write("providers.yaml", "providers:\n  crash: {plugin: blocker, block: crash-holding-key, token: \"${BLOCKER_TOKEN}\"}\n")
+        let r = await runWithDumps(["--config", work.file("providers.yaml"), "complete", "-p", "crash", "hi"], in: work, allow: allowed)
+        #expect(r.signal == SIGSEGV, "\(r)")
+        let shown = String(Self.token.prefix(16))
+        let hex = Self.token.utf8.prefix(16).map { String($0, radix: 16) }.joined(separator: " ")
+        let cores = Self.cores(in: work.path)
+        let pattern = (try? FileSystem.readText("/proc/sys/kernel/core_pattern", limit: 4096)) ?? ""
+        if !allowed {
+            #expect(!r.stderr.contains(shown) && !r.stderr.contains(hex), "the crash output holds the key: \(r.stderr)")
+            #expect(!r.stderr.contains("Program crashed"), "\(r.stderr)")
+            #expect(cores.isEmpty, "core files were written: \(cores)")
+        } else {
+            if r.stderr.contains("Program crashed") {
+                #expect(r.stderr.contains(shown), "the control's crash report shows no key: \(r.stderr)")
+            }
+            if pattern.hasPrefix("core") {
+                var limit = rlimit()
+                getrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &limit)
+                if limit.rlim_max > 1 << 20 {
+                    #expect(!cores.isEmpty, "the control wrote no core file (core_pattern \(pattern))")
+                    #expect(cores.contains { Self.holds($0, Self.token) }, "the control's core file holds no key")
+                }
+            }
+        }
+    }
+
+    /// The core-file limit line of `/proc/PID/limits`.
+    static func coreLimit(_ pid: String) -> String? {
+        (try? FileSystem.readText("/proc/\(pid)/limits", limit: 8192))?.split(separator: "\n")
+            .first { $0.hasPrefix("Max core file size") }.map(String.init)
+    }
+
+    /// While `descartes` and its isolation helper hold a key (a call hangs
+    /// in the plugin), both have a core limit of 0, soft and hard; with
+    /// DESCARTES_ALLOW_CORE_DUMPS=1 they keep the limit they were started with.
+    @Test(arguments: [false, true]) func whileKeysAreHeldNoCoreLimitIsLeft(_ allowed: Bool) async throws {
+        let work = TempDir("descartes-core-limit")
+        let marker = "limits-marker-\(allowed)-\(getpid())"
+        work.write("providers.yaml", "providers:\n  hang: {plugin: blocker, block: start, token: \"${BLOCKER_TOKEN}\"}\n")
+        var env = ["BLOCKER_TOKEN": Self.token]
+        if allowed { env[SecretsAtRest.allowVariable] = "1" }
+        let run = Task { await cli(["--config", work.file("providers.yaml"), "complete", "-p", "hang", "--timeout", "3", "--isolate", marker], env: env) }
+        var seen: (cli: String, helper: String)? = nil
+        for _ in 0..<100 where seen == nil {
+            try await Task.sleep(for: .milliseconds(20))
+            let procs = ((try? FileSystem.list("/proc")) ?? []).filter { Int32($0) != nil }
+            guard let cli = procs.first(where: { ((try? FileSystem.readText("/proc/\($0)/cmdline", limit: 8192)) ?? "").contains(marker) }) else { continue }
+            guard let helper = procs.first(where: { pid in
+                ((try? FileSystem.readText("/proc/\(pid)/status", limit: 8192)) ?? "").contains("\nPPid:\t\(cli)\n")
+                    && ((try? FileSystem.readText("/proc/\(pid)/cmdline", limit: 8192)) ?? "").contains("descartes-plugin-host")
+            }) else { continue }
+            try await Task.sleep(for: .milliseconds(200))  // the helper has read its CREATE frame
+            seen = (cli, helper)
+        }
+        let found = try #require(seen, "the CLI and its helper were not seen")
+        let mine = try #require(Self.coreLimit("self"))
+        for pid in [found.cli, found.helper] {
+            let line = try #require(Self.coreLimit(pid))
+            let fields = line.split(separator: " ").map(String.init)  // Max core file size SOFT HARD bytes
+            if allowed {
+                #expect(line == mine, "\(pid): \(line) (the test runs with \(mine))")
+            } else {
+                #expect(fields.count >= 6 && fields[4] == "0" && fields[5] == "0", "\(pid): \(line)")
+            }
+        }
+        let r = await run.value
+        #expect(r.status != 0, "\(r)")
+        #expect(!r.stderr.contains(Self.token))
+    }
+
     @Test func aFIFOIsNotAManifest() async throws {
         let fifo = dir.dir.file("fifo.yaml")
         #expect(mkfifo(fifo, 0o644) == 0)
@@ -369,3 +496,4 @@ enum Blocker {
         }
     }
 }
+

@@ -22,4 +22,13 @@ void descartes_set_dispatch(descartes_dispatch_fn _Nonnull dispatch);
 /// out of range.
 descartes_operation_fn _Nullable descartes_trampoline(unsigned code);
 
+/// Keeps the secrets this process holds out of core files and out of other
+/// processes' reach: prctl(PR_SET_DUMPABLE, 0) (variadic, which Swift
+/// cannot call) and a soft RLIMIT_CORE of 0. With `whole_process` (an
+/// executable, not a library inside someone's host) the hard limit goes to
+/// 0 too and the crash signals' handlers back to SIG_DFL, so the Swift
+/// runtime's crash report (which prints the memory its registers point
+/// at) does not run. Returns 0, or -1 when a step failed.
+int descartes_protect_secrets(int whole_process);
+
 #endif

@@ -248,6 +248,8 @@ public struct ProviderFactory: Sendable {
         isolation: Isolation = .inProcess
     ) throws(ProviderError) -> PluginBackend {
         let instanceName = instance ?? name
+        // Secrets are loaded from here on: none may rest in a core file.
+        SecretsAtRest.protect()
         for v in values.values where v.secret { if case .string(let s) = v.value { redactor.register(s) } }
         try catalog.checkRequired(loader: loader)
         let manifest = try manifest(for: name)

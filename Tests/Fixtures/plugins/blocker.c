@@ -10,6 +10,9 @@
  *                    call, sends a TEXT event on it (an ABI violation)
  *   system-crash     complete starts `sleep 317` with system() in the
  *                    background, then crashes (SIGSEGV)
+ *   crash-holding-key complete crashes (SIGSEGV) with two registers (rdi,
+ *                    rsi) pointing at the config's "token" value, the way
+ *                    a crash inside an HTTP client holds the key
  * The environment variable BLOCKER_BLOCK_ENTRY=1 makes descartes_plugin_entry
  * itself hang. Anything else answers "ok". Never installed. */
 #define _GNU_SOURCE
@@ -26,6 +29,7 @@
 typedef struct {
     descartes_backend_t base;
     char block[64];
+    char *config; /* a copy, with its NUL */
 } backend_t;
 
 struct descartes_call {
@@ -34,6 +38,16 @@ struct descartes_call {
     void *ctx;
     int late;
 };
+
+/* Faults with the key's address in rdi and rsi (elsewhere: just faults). */
+static __attribute__((noinline)) void crash_holding(const char *key) {
+#if defined(__x86_64__)
+    __asm__ volatile("movq %0, %%rdi\n\tmovq %0, %%rsi\n\tmovb $0, 0" : : "r"(key) : "rdi", "rsi", "memory");
+#else
+    (void)key;
+#endif
+    raise(SIGSEGV);
+}
 
 static void hang(void) {
     for (;;) pause();
@@ -100,6 +114,10 @@ static descartes_call_t *op_complete(descartes_backend_t *s, const char *i, size
         }
         raise(SIGSEGV);
     }
+    if (blocks(b, "crash-holding-key")) {
+        const char *key = strstr(b->config, "\"token\":\"");
+        crash_holding(key ? key + 9 : b->config);
+    }
     if (blocks(b, "late")) {
         descartes_call_t *c = calloc(1, sizeof *c);
         if (!c) return NULL;
@@ -141,7 +159,10 @@ static void op_release(descartes_backend_t *self, descartes_call_t *c) {
     unref(c);
 }
 
-static void op_destroy(descartes_backend_t *self) { free(self); }
+static void op_destroy(descartes_backend_t *self) {
+    free(((backend_t *)self)->config);
+    free(self);
+}
 
 static descartes_backend_t *create(const descartes_factory_t *f, const descartes_create_args_t *a, descartes_json_fn on_error, void *ectx) {
     (void)f;
@@ -149,6 +170,12 @@ static descartes_backend_t *create(const descartes_factory_t *f, const descartes
     (void)ectx;
     backend_t *b = calloc(1, sizeof *b);
     if (!b) return NULL;
+    b->config = calloc(1, a->config_length + 1);
+    if (!b->config) {
+        free(b);
+        return NULL;
+    }
+    memcpy(b->config, a->config, a->config_length);
     const char *p = memmem(a->config, a->config_length, "\"block\":\"", 9);
     if (p) {
         p += 9;
