@@ -115,6 +115,8 @@ extension Option {
             .complete: "Total deadline, retries and fallbacks included (default: the provider's timeout, or 600)",
             .batch: "Total deadline of each request, retries included",
             .health: "Give up on a provider after this long (default 20)",
+            .models: "Give up after this long (default 30)",
+            .tokens: "Give up after this long (default 30)",
             .bench: .plain,
         ])
     package static let isolate = Option(

@@ -5,16 +5,21 @@ import DescartesCommandLine
 /// own list, e.g. GET /models), with what the manifest knows about each.
 enum ModelsCommand {
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        var globals = globals
         let settings: [String: JSONValue]
-        do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        let timeout: Double
+        do throws(UsageError) {
+            settings = try Commands.settings(args)
+            timeout = try args.double(.timeout) ?? 30
+            guard timeout > 0 else { throw args.mistake("--timeout must be positive") }
+        } catch { usageFailure(error) }
+        // Also the host's deadline on loading, initializing and shutting down the plugin.
+        globals.timeout = timeout
         let name = args.value(.provider)!
         let json = args.flag(.json)
         let (backend, providers) = ProviderCommand.backend(name, settings, globals: globals, json: json)
         let manifest = providers.manifest(name)
-        let result: Result<[ModelInfo], ProviderError>
-        do { result = .success(try await backend.listModels()) } catch let e as ProviderError { result = .failure(e) } catch {
-            result = .failure(ProviderError(.backend, "\(error)", provider: name))
-        }
+        let result = await ProviderCommand.withTimeout(timeout, provider: name) { try await backend.listModels() }
         await providers.shutdown()
         switch result {
         case .failure(let e):

@@ -6,17 +6,24 @@ import DescartesCommandLine
 /// count_tokens) and estimated otherwise; the method says which.
 enum TokensCommand {
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        var globals = globals
         let settings: [String: JSONValue]
-        do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        let timeout: Double
+        do throws(UsageError) {
+            settings = try Commands.settings(args)
+            timeout = try args.double(.timeout) ?? 30
+            guard timeout > 0 else { throw args.mistake("--timeout must be positive") }
+        } catch { usageFailure(error) }
+        // Also the host's deadline on loading, initializing and shutting down the plugin.
+        globals.timeout = timeout
         var request = ModelRequest(prompt: CompleteCommand.readPrompt(args), model: args.value(.model))
         request.systemPrompt = args.value(.systemPrompt)
         let name = args.value(.provider)!
         let json = args.flag(.json)
         let (backend, providers) = ProviderCommand.backend(name, settings, globals: globals, json: json)
-        let result: Result<TokenEstimate, ProviderError>
-        do { result = .success(try await backend.estimateTokens(request)) } catch let e as ProviderError { result = .failure(e) } catch {
-            result = .failure(ProviderError(.backend, "\(error)", provider: name))
-        }
+        request.deadlines.total = .milliseconds(Int(timeout * 1000))
+        let asked = request
+        let result = await ProviderCommand.withTimeout(timeout, provider: name) { try await backend.estimateTokens(asked) }
         await providers.shutdown()
         switch result {
         case .failure(let e):

@@ -84,6 +84,10 @@ enum HostFaults {
             fault: "keys held by live processes", how: "`complete --isolate` hangs in the plugin while the CLI and its helper hold the key",
             outcome: "both have a core limit of 0, soft and hard; with `DESCARTES_ALLOW_CORE_DUMPS=1` the limit they were started with",
             test: "whileKeysAreHeldNoCoreLimitIsLeft"),
+        Case(
+            fault: "every command against every hang", how: "`health`, `models`, `tokens` and `descartes-bench` against each hanging function above, in process and `isolation: process`; every command against Ollama and llama.cpp with a loopback server that never answers or never accepts",
+            outcome: "each ends within 5 s with `--timeout 3` (`models` and `tokens` take `--timeout`, default 30 s; they used to hang for good); the completion's error names the 3 s deadline",
+            test: "noCommandOutlivesItsTimeoutWhateverHangs"),
     ]
 
     static func document() -> String {
@@ -267,6 +271,90 @@ enum Blocker {
                 #expect(r.stderr.contains("timeout") || r.stdout.contains("timeout"), "\(args): \(r)")
             }
         }
+    }
+
+    /// The rest of "no command outlives --timeout 3": `health`, `models`,
+    /// `tokens` and `descartes-bench` against every hanging plugin
+    /// function, in process and isolated (`isolation: process` in
+    /// providers.yaml, which every command honours); and every command
+    /// against the shipped Ollama and llama.cpp plugins talking to a
+    /// loopback server that never answers (connection made, request sent)
+    /// or never accepts (its queue full: connecting hangs). Before issue 16,
+    /// `models` and `tokens` had no `--timeout` and hung for good on a
+    /// plugin whose initialize never answered, and the local-server
+    /// plugins took 30 s with `--timeout 4`. Run ten at a time.
+    @Test func noCommandOutlivesItsTimeoutWhateverHangs() async throws {
+        let d = PluginDir().addManifest("ollama").addManifest("llamacpp")
+        d.dir.write("blocker.yaml", Blocker.manifest())
+        let silent = DeafListener(full: false)
+        let blackhole = DeafListener(full: true)
+        var yaml = "providers:\n"
+        let blocks = ["create", "initialize", "initialize-silent", "start", "shutdown"]
+        for block in blocks {
+            yaml += "  b-\(block): {plugin: blocker, block: \(block)}\n"
+            yaml += "  b-\(block)-iso: {plugin: blocker, block: \(block), isolation: process}\n"
+        }
+        for (server, port) in [("silent", silent.port), ("blackhole", blackhole.port)] {
+            for plugin in ["ollama", "llamacpp"] {
+                yaml += "  \(plugin)-\(server): {plugin: \(plugin), endpoint: \"http://127.0.0.1:\(port)\", model: m}\n"
+                yaml += "  \(plugin)-\(server)-iso: {plugin: \(plugin), endpoint: \"http://127.0.0.1:\(port)\", model: m, isolation: process}\n"
+            }
+        }
+        let config = d.dir.write("providers.yaml", yaml)
+        func command(_ name: String, _ provider: String) -> [String] {
+            switch name {
+            case "complete": return [TestEnv.descartes, "--config", config, "complete", "-p", provider, "--timeout", "3", "hi"]
+            case "stream": return [TestEnv.descartes, "--config", config, "complete", "-p", provider, "--timeout", "3", "--stream", "hi"]
+            case "tokens": return [TestEnv.descartes, "--config", config, "tokens", "-p", provider, "--timeout", "3", "hi"]
+            case "bench":
+                return [CommandLineTests.bench, "--config", config, "-p", provider, "-n", "1", "--warmup", "0", "--timeout", "3"]
+            default: return [TestEnv.descartes, "--config", config, name, "-p", provider, "--timeout", "3"]
+            }
+        }
+        var runs: [(provider: String, argv: [String])] = []
+        for name in ["health", "models", "tokens", "bench"] {
+            for block in blocks { for iso in ["", "-iso"] { runs.append(("b-\(block)\(iso)", command(name, "b-\(block)\(iso)"))) } }
+        }
+        for name in ["complete", "stream", "health", "models", "tokens", "bench"] {
+            for server in ["silent", "blackhole"] {
+                for plugin in ["ollama", "llamacpp"] {
+                    for iso in name == "complete" ? ["", "-iso"] : [""] {
+                        runs.append(("\(plugin)-\(server)\(iso)", command(name, "\(plugin)-\(server)\(iso)")))
+                    }
+                }
+            }
+        }
+        var env = Environment.current()
+        env["DESCARTES_PLUGIN_PATH"] = d.path
+        env["HOME"] = "/nonexistent"
+        env["NO_COLOR"] = "1"
+        let e = env
+        var results: [(String, [String], ProcResult)] = []
+        for batch in stride(from: 0, to: runs.count, by: 10) {
+            results += await withTaskGroup(of: (String, [String], ProcResult).self) { g in
+                for (provider, argv) in runs[batch..<min(batch + 10, runs.count)] {
+                    g.addTask { (provider, argv, await Proc.run(argv, env: e, timeout: .seconds(60))) }
+                }
+                var all: [(String, [String], ProcResult)] = []
+                for await r in g { all.append(r) }
+                return all
+            }
+        }
+        for (provider, argv, r) in results {
+            let shown = argv.dropFirst().joined(separator: " ")
+            #expect(r.duration < .seconds(5 * Sanitizer.timeScale), "\(shown) took \(r.duration): \(r)")
+            #expect(r.status != 64, "\(shown): a usage error (every command takes --timeout): \(r)")
+            let base = provider.hasSuffix("-iso") ? String(provider.dropLast(4)) : provider
+            // A plugin hanging in create or initialize fails every command; one hanging in start or shutdown answers some.
+            if ["b-create", "b-initialize", "b-initialize-silent"].contains(base) || !base.hasPrefix("b-") {
+                #expect(r.status != 0, "\(shown): \(r)")
+            }
+            // A server that never answers: the error names the caller's deadline.
+            if !base.hasPrefix("b-") && argv.contains("complete") {
+                #expect(r.stderr.contains("timeout") && r.stderr.contains("3 s"), "\(shown): \(r)")
+            }
+        }
+        _ = (silent, blackhole)
     }
 
     @Test func eventsAfterTheEndAreDropped() async throws {
@@ -497,3 +585,41 @@ enum Blocker {
     }
 }
 
+/// A loopback listener that never accepts. `full: false`: its queue has
+/// room, so a client connects, sends its request and never hears back (a
+/// silent server). `full: true`: its one-place queue is already taken, so
+/// the kernel drops further SYNs and connecting hangs.
+final class DeafListener: @unchecked Sendable {
+    let fd: Int32
+    let port: Int
+    private let fillers: [Int32]
+
+    init(full: Bool) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        listen(fd, full ? 0 : 128)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        var fillers: [Int32] = []
+        if full {
+            for _ in 0..<3 {
+                let c = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                _ = fcntl(c, F_SETFL, O_NONBLOCK)
+                _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(c, $0, len) } }
+                fillers.append(c)
+            }
+            usleep(100_000)
+        }
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: addr.sin_port))
+        self.fillers = fillers
+    }
+
+    deinit {
+        for f in fillers { close(f) }
+        close(fd)
+    }
+}
