@@ -4,7 +4,8 @@ import DescartesSupport
 import Glibc
 
 /// `descartes log`: the last attempts in the audit ledger (SQLite) and
-/// totals, filtered and grouped; `--file` may name a JSON-lines export.
+/// totals, filtered and grouped; `--file` may name a JSON-lines export,
+/// which is loaded into a temporary ledger and read the same way.
 enum LogCommand {
     static func run(_ args: Arguments, globals: Globals) -> ExitCode {
         let count: Int
@@ -25,22 +26,29 @@ enum LogCommand {
             }
             if let g = args.value(.groupBy) {
                 guard let by = AuditLedger.GroupBy(g) else {
-                    throw args.mistake("--group-by needs provider, model, day, via or label:NAME, got '\(g)'")
+                    throw args.mistake("--group-by needs provider, model, day, via, gateway_key or label:NAME, got '\(g)'")
                 }
                 groupBy = by
             }
         } catch { usageFailure(error) }
-        let filtered = query.provider != nil || query.model != nil || !query.labels.isEmpty || query.sinceUnixMS != nil
-            || args.value(.groupBy) != nil
 
         let file: String
+        var ledger: AuditLedger
+        // A JSON-lines export, loaded into a temporary ledger.
+        var export: (load: AuditLedger.ExportLoad, directory: String)?
         if let f = args.value(.file) {
             file = f.hasPrefix("/") ? f : FileSystem.join(FileSystem.currentDirectory(), f)
+            ledger = AuditLedger(file: file)
             if FileSystem.exists(file) && !AuditLedger.isDatabase(file) {
-                if filtered {
-                    usageFailure(args.mistake("\(file) is a JSON-lines log: -p, -m, --label, --since and --group-by need the SQLite ledger"))
+                var template = Array(FileSystem.join(Environment.get("TMPDIR").flatMap { $0.hasPrefix("/") ? $0 : nil } ?? "/tmp", "descartes-log.XXXXXX").utf8CString)
+                guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
+                    failure(ProviderError(.config, "cannot read the audit log \(file): cannot create a temporary directory: \(String(cString: strerror(errno)))"))
                 }
-                return jsonLines(file, count: count, args: args)
+                ledger = AuditLedger(file: FileSystem.join(dir, "export.sqlite3"))
+                do { export = (try ledger.load(export: file), dir) } catch {
+                    removeScratch(dir)
+                    failure(ProviderError(.config, "cannot read the audit log \(file): \(error)"))
+                }
             }
         } else {
             let config = Commands.configuration(globals)
@@ -55,8 +63,9 @@ enum LogCommand {
                 return .config
             }
             file = settings.database
+            ledger = AuditLedger(file: file)
         }
-        let ledger = AuditLedger(file: file)
+        defer { if let export { removeScratch(export.directory) } }
         let recent: [AuditLedger.Row]
         let totals: [AuditLedger.Totals]
         let records: Int
@@ -65,14 +74,19 @@ enum LogCommand {
             totals = try ledger.totals(query, groupBy: groupBy)
             records = try ledger.count()
         } catch {
+            if let export { removeScratch(export.directory) }
             failure(ProviderError(.config, "cannot read the audit ledger: \(error)"))
         }
 
         if args.flag(.json) {
-            let doc: JSONObject = [
+            var doc: JSONObject = [
                 "file": .string(file), "records": .integer(records), "group_by": .string(groupBy.description),
                 "entries": .array(recent.map(json)), "totals": .array(totals.map { json($0, groupBy) }),
             ]
+            if let export {
+                doc["export_records"] = .integer(export.load.records)
+                doc["unreadable_lines"] = .integer(export.load.unreadable)
+            }
             Out.line(JSONValue.object(doc).prettyText())
             return .ok
         }
@@ -80,7 +94,8 @@ enum LogCommand {
             Out.line("No audit entries yet (\(file) does not exist).")
             return .ok
         }
-        Out.line(Out.dim("\(file): \(records) entr\(records == 1 ? "y" : "ies")"))
+        let unreadable = export.map { $0.load.unreadable > 0 ? ", \($0.load.unreadable) unreadable line\($0.load.unreadable == 1 ? "" : "s")" : "" } ?? ""
+        Out.line(Out.dim("\(file): \(records) entr\(records == 1 ? "y" : "ies")\(unreadable)"))
         if !recent.isEmpty {
             let rows: [[String]] = recent.map { e in
                 let outcome = e.outcome == "ok" ? (e.cached ? "ok (cache hit)" : "ok") : "error: \(e.errorKind ?? "?")"
@@ -100,6 +115,7 @@ enum LogCommand {
         case .model: heading = "MODEL"
         case .day: heading = "DAY"
         case .via: heading = "VIA"
+        case .gatewayKey: heading = "GATEWAY KEY"
         case .label(let n): heading = n.uppercased()
         }
         let rows: [[String]] = totals.map { t in
@@ -135,6 +151,7 @@ enum LogCommand {
         o["cached"] = .bool(e.cached)
         o["duration_ms"] = .integer(e.durationMS)
         o["labels"] = .object(JSONObject(e.labels.sorted { $0.key < $1.key }.map { (key: $0.key, value: JSONValue.string($0.value)) }))
+        o["gateway_key"] = e.gatewayKey.map { .string($0) } ?? .null
         o["final"] = .bool(e.final)
         return .object(o)
     }
@@ -172,58 +189,12 @@ enum LogCommand {
         return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec / 1_000_000)
     }
 
-    /// A JSON-lines log (`--file` naming the export): its last entries and
-    /// totals per instance.
-    static func jsonLines(_ file: String, count: Int, args: Arguments) -> ExitCode {
-        guard FileSystem.exists(file) else {
-            if args.flag(.json) {
-                Out.line(JSONValue.object(["file": .string(file), "entries": .array([]), "totals": .array([])]).prettyText())
-            } else {
-                Out.line("No audit entries yet (\(file) does not exist).")
-            }
-            return .ok
+    /// Removes the temporary ledger an export was loaded into.
+    static func removeScratch(_ dir: String) {
+        for name in ["export.sqlite3", "export.sqlite3-wal", "export.sqlite3-shm", "export.sqlite3-journal"] {
+            unlink(FileSystem.join(dir, name))
         }
-        let summary: AuditSummary
-        do { summary = try AuditSummary.read(file, last: count) } catch {
-            failure(ProviderError(.config, "cannot read the audit log: \(error)"))
-        }
-
-        if args.flag(.json) {
-            let totals: [JSONValue] = summary.totals.map { t in
-                [
-                    "instance": .string(t.instance), "requests": .integer(t.totals.requests), "errors": .integer(t.totals.errors),
-                    "input_tokens": .integer(t.totals.inputTokens), "output_tokens": .integer(t.totals.outputTokens),
-                    "cost_usd": .number(t.totals.costUSD),
-                ]
-            }
-            let doc: JSONObject = [
-                "file": .string(file), "entries": .array(summary.recent), "totals": .array(totals),
-                "records": .integer(summary.records), "unreadable_lines": .integer(summary.unreadable),
-            ]
-            Out.line(JSONValue.object(doc).prettyText())
-            return .ok
-        }
-
-        Out.line(Out.dim("\(file): \(summary.records) entr\(summary.records == 1 ? "y" : "ies")\(summary.unreadable > 0 ? ", \(summary.unreadable) unreadable line\(summary.unreadable == 1 ? "" : "s")" : "")"))
-        if !summary.recent.isEmpty {
-            let rows: [[String]] = summary.recent.map { e in
-                let outcome = e["outcome"]?.stringValue == "ok"
-                    ? (e["finish_reason"]?.stringValue ?? "ok") : "error: \(e["error_kind"]?.stringValue ?? "?")"
-                let tokens = e["tokens"]?.objectValue.map { t in "\(t["input"]?.intValue ?? 0)/\(t["output"]?.intValue ?? 0)" } ?? "-"
-                let chain = e["chain"]?.arrayValue?.compactMap(\.stringValue) ?? []
-                return [
-                    e["time"]?.stringValue ?? "?", e["instance"]?.stringValue ?? "?", e["model"]?.stringValue ?? "-", outcome, tokens,
-                    cost(e["cost_usd"]?.doubleValue), "\(e["duration_ms"]?.intValue ?? 0) ms", chain.count > 1 ? chain.joined(separator: " > ") : "",
-                ]
-            }
-            Out.line(Out.table(["TIME", "PROVIDER", "MODEL", "OUTCOME", "TOKENS IN/OUT", "COST", "DURATION", "CHAIN"], rows))
-            Out.line("")
-        }
-        let rows: [[String]] = summary.totals.map { t in
-            [t.instance, "\(t.totals.requests)", "\(t.totals.errors)", "\(t.totals.inputTokens)", "\(t.totals.outputTokens)", cost(t.totals.costUSD)]
-        }
-        Out.line(Out.table(["PROVIDER", "REQUESTS", "ERRORS", "INPUT TOKENS", "OUTPUT TOKENS", "COST (USD)"], rows))
-        return .ok
+        rmdir(dir)
     }
 
     /// Dollars with enough digits for fractions of a cent.

@@ -105,32 +105,6 @@ import DescartesSupport
         #expect(records.first?["error_kind"] == "cancelled")
     }
 
-    @Test func theSummaryTotalsPerProvider() throws {
-        let dir = TempDir()
-        let file = dir.write(
-            "audit.jsonl",
-            """
-            {"instance":"a","outcome":"ok","tokens":{"input":10,"output":5},"cost_usd":0.5}
-            {"instance":"b","outcome":"error","error_kind":"timeout","tokens":null,"cost_usd":null}
-            not json
-            {"instance":"a","outcome":"ok","tokens":{"input":1,"output":2},"cost_usd":0.25}
-
-            """)
-        let s = try AuditSummary.read(file, last: 2)
-        #expect(s.records == 3)
-        #expect(s.unreadable == 1)
-        #expect(s.recent.count == 2)
-        #expect(s.recent.last?["tokens"]?["input"] == 1)
-        #expect(s.totals.map(\.instance) == ["a", "b"])
-        var a = AuditSummary.Totals()
-        a.requests = 2
-        a.inputTokens = 11
-        a.outputTokens = 7
-        a.costUSD = 0.75
-        #expect(s.totals[0].totals == a)
-        #expect(s.totals[1].totals.errors == 1)
-    }
-
     @Test func theSectionIsReadWithPositions() throws {
         let root = try #require(try YAML.parse("audit:\n  enabled: yes please\n  file: logs/a.jsonl\n  prompt: true\n", file: "/cfg/providers.yaml"))
         guard case .failure(let e) = AuditSettings.read(root["audit"]) else { Issue.record("accepted"); return }

@@ -190,8 +190,10 @@ public final class AuditLog: Sendable {
         if answered != instance {
             o["provider"] = .string(answered)
         }
-        if !request.metadata.isEmpty {
-            o["labels"] = .object(JSONObject(request.metadata.sorted { $0.key < $1.key }.map { (key: $0.key, value: JSONValue.string($0.value)) }))
+        var labels = request.metadata
+        if let key = labels.removeValue(forKey: AuditLedger.gatewayKeyLabel) { o["gateway_key"] = .string(key) }
+        if !labels.isEmpty {
+            o["labels"] = .object(JSONObject(labels.sorted { $0.key < $1.key }.map { (key: $0.key, value: JSONValue.string($0.value)) }))
         }
         switch result {
         case .success(let r):
@@ -204,6 +206,7 @@ public final class AuditLog: Sendable {
                 "reasoning": .integer(r.usage.reasoningTokens),
             ]
             o["cost_usd"] = r.costUSD.map { .number($0) } ?? .null
+            o["cached"] = .bool(r.metadata["cache"] == "hit")
             o["duration_ms"] = .integer(duration.milliseconds)
             o["attempts"] = .array(
                 r.attempts.map { a in
@@ -219,8 +222,12 @@ public final class AuditLog: Sendable {
             o["tokens"] = .null
             o["cost_usd"] = .null
             o["duration_ms"] = .integer(duration.milliseconds)
-            o["attempts"] = .array([])
-            o["chain"] = .array([.string(e.provider ?? instance)])
+            // The attempts that failed before the last (which is the error).
+            o["attempts"] = .array(
+                e.attempts.dropLast().map { a in
+                    ["provider": .string(a.provider), "error_kind": .string(a.error.kind.rawValue), "duration_ms": .integer(a.duration.milliseconds)]
+                })
+            o["chain"] = .array((e.attempts.isEmpty ? [e.provider ?? instance] : e.attempts.map(\.provider)).map { .string($0) })
         }
         if settings.prompts {
             var messages: [JSONValue] = []
@@ -329,75 +336,5 @@ final class AuditedBackend: ModelBackend, Sendable {
             if case .cancelled = termination { task.cancel() }
         }
         return stream
-    }
-}
-
-/// Reads an audit log back: the records, and totals per provider instance.
-package struct AuditSummary: Sendable {
-    package struct Totals: Sendable, Equatable {
-        package var requests = 0
-        package var errors = 0
-        package var inputTokens = 0
-        package var outputTokens = 0
-        package var costUSD = 0.0
-        package init() {}
-    }
-
-    /// The last records, oldest first.
-    package var recent: [JSONValue]
-    /// Per instance, over the whole file.
-    package var totals: [(instance: String, totals: Totals)]
-    package var records = 0
-    /// Lines that are not audit records (a torn write, an edit by hand).
-    package var unreadable = 0
-
-    /// Reads `file`, keeping the last `last` records.
-    package static func read(_ file: String, last: Int) throws(FileSystemError) -> AuditSummary {
-        let fd = open(file, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw FileSystem.systemError(file) }
-        defer { close(fd) }
-        var summary = AuditSummary(recent: [], totals: [])
-        var byInstance: [String: Totals] = [:]
-        var order: [String] = []
-        var pending: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 1 << 16)
-        func consume(_ line: ArraySlice<UInt8>) {
-            guard !line.isEmpty else { return }
-            guard let doc = try? JSONValue.parse(bytes: Array(line)), let inst = doc["instance"]?.stringValue else {
-                summary.unreadable += 1
-                return
-            }
-            summary.records += 1
-            if byInstance[inst] == nil { order.append(inst) }
-            var t = byInstance[inst] ?? Totals()
-            t.requests += 1
-            if doc["outcome"]?.stringValue != "ok" { t.errors += 1 }
-            t.inputTokens += doc["tokens"]?["input"]?.intValue ?? 0
-            t.outputTokens += doc["tokens"]?["output"]?.intValue ?? 0
-            t.costUSD += doc["cost_usd"]?.doubleValue ?? 0
-            byInstance[inst] = t
-            if last > 0 {
-                summary.recent.append(doc)
-                if summary.recent.count > last { summary.recent.removeFirst(summary.recent.count - last) }
-            }
-        }
-        while true {
-            let n = Glibc.read(fd, &buf, buf.count)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw FileSystem.systemError(file)
-            }
-            if n == 0 { break }
-            pending.append(contentsOf: buf[0..<n])
-            var start = 0
-            while let nl = pending[start...].firstIndex(of: 0x0A) {
-                consume(pending[start..<nl])
-                start = nl + 1
-            }
-            pending.removeFirst(start)
-        }
-        consume(pending[...])
-        summary.totals = order.map { ($0, byInstance[$0]!) }
-        return summary
     }
 }

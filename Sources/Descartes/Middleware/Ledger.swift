@@ -40,6 +40,10 @@ public final class AuditLedger: Sendable {
         public var cached: Bool
         public var durationMS: Int
         public var labels: [String: String]
+        /// The name (or id) of the key a server such as the gateway served
+        /// the request for, from the request's `gateway_key` label
+        /// (`AuditLedger.gatewayKeyLabel`); never the key itself.
+        public var gatewayKey: String?
         /// The request's last attempt (the answer, or the error it ended with).
         public var final: Bool
 
@@ -47,7 +51,7 @@ public final class AuditLedger: Sendable {
             unixMS: Int, requestID: String, operation: String, via: String? = nil, provider: String, plugin: String? = nil, model: String? = nil,
             outcome: String, errorKind: String? = nil, status: Int? = nil, inputTokens: Int? = nil, outputTokens: Int? = nil,
             cacheReadTokens: Int? = nil, cacheWriteTokens: Int? = nil, reasoningTokens: Int? = nil, costUSD: Double? = nil,
-            cached: Bool = false, durationMS: Int = 0, labels: [String: String] = [:], final: Bool = true
+            cached: Bool = false, durationMS: Int = 0, labels: [String: String] = [:], gatewayKey: String? = nil, final: Bool = true
         ) {
             self.unixMS = unixMS
             self.requestID = requestID
@@ -68,6 +72,7 @@ public final class AuditLedger: Sendable {
             self.cached = cached
             self.durationMS = durationMS
             self.labels = labels
+            self.gatewayKey = gatewayKey
             self.final = final
         }
     }
@@ -79,26 +84,33 @@ public final class AuditLedger: Sendable {
         public var labels: [(name: String, value: String)] = []
         /// Rows at or after this time (Unix milliseconds).
         public var sinceUnixMS: Int?
-        public init(provider: String? = nil, model: String? = nil, labels: [(name: String, value: String)] = [], sinceUnixMS: Int? = nil) {
+        /// Rows served for this gateway key (its name).
+        public var gatewayKey: String?
+        public init(
+            provider: String? = nil, model: String? = nil, labels: [(name: String, value: String)] = [], sinceUnixMS: Int? = nil,
+            gatewayKey: String? = nil
+        ) {
             self.provider = provider
             self.model = model
             self.labels = labels
             self.sinceUnixMS = sinceUnixMS
+            self.gatewayKey = gatewayKey
         }
     }
 
     /// How totals are grouped.
     public enum GroupBy: Sendable, Equatable {
-        case provider, model, day, via
+        case provider, model, day, via, gatewayKey
         case label(String)
 
-        /// `provider`, `model`, `day`, `via`, or `label:NAME`.
+        /// `provider`, `model`, `day`, `via`, `gateway_key`, or `label:NAME`.
         public init?(_ text: String) {
             switch text {
             case "provider": self = .provider
             case "model": self = .model
             case "day": self = .day
             case "via", "chain", "route": self = .via
+            case "gateway_key", "key": self = .gatewayKey
             default:
                 guard text.hasPrefix("label:"), text.count > 6 else { return nil }
                 self = .label(String(text.dropFirst(6)))
@@ -111,6 +123,7 @@ public final class AuditLedger: Sendable {
             case .model: return "model"
             case .day: return "day"
             case .via: return "via"
+            case .gatewayKey: return "gateway_key"
             case .label(let n): return "label:\(n)"
             }
         }
@@ -133,6 +146,13 @@ public final class AuditLedger: Sendable {
         public var unknownCost = 0
         public var cacheHits = 0
     }
+
+    /// The reserved `metadata` label a server that serves requests for API
+    /// keys of its own (the gateway) sets to the key's name or id, never
+    /// the key: the ledger keeps it in the `gateway_key` column (not among
+    /// the labels), so `descartes log --group-by gateway_key` answers what
+    /// each key spent.
+    public static let gatewayKeyLabel = "gateway_key"
 
     public let file: String
     private let connection: Lock<SQLiteDatabase?>
@@ -165,7 +185,8 @@ public final class AuditLedger: Sendable {
             cached INTEGER NOT NULL DEFAULT 0,
             duration_ms INTEGER NOT NULL DEFAULT 0,
             labels TEXT NOT NULL DEFAULT '{}',
-            final INTEGER NOT NULL DEFAULT 1
+            final INTEGER NOT NULL DEFAULT 1,
+            gateway_key TEXT
         );
         CREATE INDEX IF NOT EXISTS attempts_time ON attempts (unix_ms);
         CREATE INDEX IF NOT EXISTS attempts_request ON attempts (request_id);
@@ -190,7 +211,13 @@ public final class AuditLedger: Sendable {
                     // for the others' short transactions (busy timeout).
                     _ = try db.query("PRAGMA journal_mode=WAL")
                     try db.execute("PRAGMA synchronous=NORMAL")
-                    try db.transaction { () throws(SQLiteError) in try db.execute(Self.schema) }
+                    try db.transaction { () throws(SQLiteError) in
+                        try db.execute(Self.schema)
+                        // A ledger made before the gateway_key column gains it
+                        // (in the same transaction: one process adds it).
+                        let columns = try db.query("PRAGMA table_info(attempts)").compactMap { $0.count > 1 ? $0[1].string : nil }
+                        if !columns.contains("gateway_key") { try db.execute("ALTER TABLE attempts ADD COLUMN gateway_key TEXT") }
+                    }
                 }
                 c = db
             }
@@ -213,15 +240,15 @@ public final class AuditLedger: Sendable {
                         """
                         INSERT INTO attempts (unix_ms, time, request_id, operation, via, provider, plugin, model, outcome, error_kind, status,
                             input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, cached, duration_ms,
-                            labels, final)
-                        VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', ? / 1000.0, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            labels, final, gateway_key)
+                        VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', ? / 1000.0, 'unixepoch'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                         [
                             .integer(r.unixMS), .integer(r.unixMS), .text(r.requestID), .text(r.operation), Self.text(r.via), .text(r.provider),
                             Self.text(r.plugin), Self.text(r.model), .text(r.outcome), Self.text(r.errorKind), Self.int(r.status),
                             Self.int(r.inputTokens), Self.int(r.outputTokens), Self.int(r.cacheReadTokens), Self.int(r.cacheWriteTokens),
                             Self.int(r.reasoningTokens), r.costUSD.map { .real($0) } ?? .null, .integer(r.cached ? 1 : 0), .integer(r.durationMS),
-                            .text(labels), .integer(r.final ? 1 : 0),
+                            .text(labels), .integer(r.final ? 1 : 0), Self.text(r.gatewayKey),
                         ])
                 }
             }
@@ -252,6 +279,10 @@ public final class AuditLedger: Sendable {
             clauses.append("unix_ms >= ?")
             values.append(.integer(s))
         }
+        if let k = q.gatewayKey {
+            clauses.append("gateway_key = ?")
+            values.append(.text(k))
+        }
         return (clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND "), values)
     }
 
@@ -276,6 +307,7 @@ public final class AuditLedger: Sendable {
         case .provider?: key = "provider"
         case .model?: key = "model"
         case .via?: key = "via"
+        case .gatewayKey?: key = "gateway_key"
         case .day?: key = "strftime('%Y-%m-%d', unix_ms / 1000, 'unixepoch')"
         case .label(let n)?:
             key = "json_extract(labels, ?)"
@@ -316,7 +348,7 @@ public final class AuditLedger: Sendable {
         let (whereClause, values) = Self.filter(q)
         let sql = """
             SELECT unix_ms, request_id, operation, via, provider, plugin, model, outcome, error_kind, status, input_tokens, output_tokens,
-                cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, cached, duration_ms, labels, final
+                cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, cached, duration_ms, labels, final, gateway_key
             FROM attempts \(whereClause) ORDER BY id DESC LIMIT ?
             """
         let rows = try withDatabase(create: false) { db throws(SQLiteError) in try db.query(sql, values + [.integer(count)]) }
@@ -330,7 +362,7 @@ public final class AuditLedger: Sendable {
                 plugin: r[5].string, model: r[6].string, outcome: r[7].string ?? "", errorKind: r[8].string, status: r[9].int,
                 inputTokens: r[10].int, outputTokens: r[11].int, cacheReadTokens: r[12].int, cacheWriteTokens: r[13].int,
                 reasoningTokens: r[14].int, costUSD: r[15].double, cached: r[16].int == 1, durationMS: r[17].int ?? 0, labels: labels,
-                final: r[19].int == 1)
+                gatewayKey: r[20].string, final: r[19].int == 1)
         }
     }
 
@@ -376,12 +408,14 @@ public final class AuditLedger: Sendable {
     ) -> [Row] {
         let id = requestID()
         func via(_ provider: String) -> String? { provider == name ? nil : name }
+        var labels = request.metadata
+        let gatewayKey = labels.removeValue(forKey: gatewayKeyLabel)
         var rows: [Row] = []
         func failed(_ a: Attempt, final: Bool) -> Row {
             Row(
                 unixMS: unixMS, requestID: id, operation: operation, via: via(a.provider), provider: a.provider, plugin: plugin(a.provider),
                 model: request.model, outcome: "error", errorKind: a.error.kind.rawValue, status: a.error.status,
-                durationMS: a.duration.milliseconds, labels: request.metadata, final: final)
+                durationMS: a.duration.milliseconds, labels: labels, gatewayKey: gatewayKey, final: final)
         }
         switch result {
         case .success(let r):
@@ -394,7 +428,7 @@ public final class AuditLedger: Sendable {
                     model: r.model.isEmpty ? request.model : r.model, outcome: "ok", inputTokens: r.usage.inputTokens,
                     outputTokens: r.usage.outputTokens, cacheReadTokens: r.usage.cacheReadTokens, cacheWriteTokens: r.usage.cacheWriteTokens,
                     reasoningTokens: r.usage.reasoningTokens, costUSD: r.costUSD, cached: r.metadata["cache"] == "hit",
-                    durationMS: max(0, (duration - spent).milliseconds), labels: request.metadata, final: true))
+                    durationMS: max(0, (duration - spent).milliseconds), labels: labels, gatewayKey: gatewayKey, final: true))
         case .failure(let e):
             if e.attempts.isEmpty {
                 rows.append(failed(Attempt(provider: e.provider ?? name, error: e, duration: duration), final: true))
