@@ -184,7 +184,8 @@ import DescartesSupport
         let s = PluginSearch.standard(
             environment: ["DESCARTES_PLUGIN_PATH": "/opt/a:relative/b::/opt/c", "HOME": "/home/u"], executable: "/usr/local/bin/descartes", elevated: false)
         #expect(s.directories.map(\.path) == [
-            "/opt/a", "/opt/c", "/home/u/.local/share/descartes/plugins", "/usr/local/lib/descartes/plugins", "/usr/lib/descartes/plugins",
+            "/opt/a", "/opt/c", "/home/u/.local/share/descartes/plugins", "/home/u/.local/lib/descartes/plugins",
+            "/usr/local/lib/descartes/plugins", "/usr/lib/descartes/plugins",
         ])
         #expect(s.notes.contains { $0.contains("ignoring relative entry 'relative/b'") })
         let elevated = PluginSearch.standard(environment: ["DESCARTES_PLUGIN_PATH": "/opt/a", "HOME": "/home/u"], executable: "/opt/x/bin/descartes", elevated: true)

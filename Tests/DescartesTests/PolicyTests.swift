@@ -132,10 +132,10 @@ import DescartesSupport
         let env = ["DESCARTES_PLUGIN_PATH": "/env/plugins", "HOME": "/home/u"]
         let normal = PluginSearch.standard(environment: env, executable: "/usr/bin/descartes", elevated: false, policy: p)
         #expect(normal.directories.map(\.path) == [
-            "/env/plugins", "/home/u/.local/share/descartes/plugins", "/home/u/plugins", "/opt/descartes/plugins", "/usr/lib/descartes/plugins",
-            "/usr/local/lib/descartes/plugins",
+            "/env/plugins", "/home/u/.local/share/descartes/plugins", "/home/u/.local/lib/descartes/plugins", "/home/u/plugins",
+            "/opt/descartes/plugins", "/usr/lib/descartes/plugins", "/usr/local/lib/descartes/plugins",
         ])
-        #expect(normal.directories[3].origin == "policy /etc/descartes/plugins.yaml:1:10")
+        #expect(normal.directories[4].origin == "policy /etc/descartes/plugins.yaml:1:10")
         let elevated = PluginSearch.standard(environment: env, executable: "/usr/bin/descartes", elevated: true, policy: p)
         #expect(elevated.directories.map(\.path) == ["/opt/descartes/plugins", "/usr/lib/descartes/plugins", "/usr/local/lib/descartes/plugins"])
         #expect(elevated.notes.contains("ignoring DESCARTES_PLUGIN_PATH: the process runs with elevated privileges"))

@@ -8,9 +8,15 @@ public struct PluginSearch: Sendable {
         /// Why this directory is searched ("DESCARTES_PLUGIN_PATH",
         /// "user data directory", "install prefix", "system").
         public var origin: String
-        public init(path: String, origin: String) {
+        /// Where a manifest's relative `library:` is found instead of beside
+        /// the manifest (a SwiftPM build: the package's manifests, the
+        /// libraries the build made); a manifest whose library is not there
+        /// is skipped. nil: beside the manifest.
+        public var libraries: String?
+        public init(path: String, origin: String, libraries: String? = nil) {
             self.path = path
             self.origin = origin
+            self.libraries = libraries
         }
     }
 
@@ -29,13 +35,17 @@ public struct PluginSearch: Sendable {
     /// The documented search order:
     /// 1. `$DESCARTES_PLUGIN_PATH` (colon-separated absolute paths),
     /// 2. the user's data directory (`$XDG_DATA_HOME/descartes/plugins`,
-    ///    default `~/.local/share/descartes/plugins`),
+    ///    default `~/.local/share/descartes/plugins`), then the user's
+    ///    install prefix (`~/.local/lib/descartes/plugins`:
+    ///    `make install PREFIX=~/.local`),
     /// 3. the install prefix relative to the executable
     ///    (`<prefix>/bin/descartes` -> `<prefix>/lib/descartes/plugins`),
     /// 4. the system directories (`/usr/local/lib/...`, `/usr/lib/...`).
     ///
     /// The plugin policy's `search` directories come after 2 (the user
-    /// file's) and before 3 (the system file's).
+    /// file's) and before 3 (the system file's). When none of these holds a
+    /// usable plugin, a SwiftPM build searches its own plugins last
+    /// (`PluginCatalog.discover()`, `swiftPMBuild(executable:)`).
     ///
     /// With `elevated` (setuid/setgid always; root when the system policy
     /// sets `ignore_environment_as_root`) 1, 2 and the user policy's
@@ -70,6 +80,8 @@ public struct PluginSearch: Sendable {
                 dataHome = FileSystem.join(environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? Environment.homeDirectory, ".local/share")
             }
             dirs.append(Directory(path: FileSystem.join(dataHome, "descartes/plugins"), origin: "user data directory"))
+            let home = environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? Environment.homeDirectory
+            dirs.append(Directory(path: FileSystem.join(home, ".local/lib/descartes/plugins"), origin: "user install prefix"))
         }
         for d in policy.search where d.origin.hasPrefix("user policy") {
             if elevated { notes.append("ignoring \(d.path) (\(d.origin)): the process runs with elevated privileges") } else { dirs.append(d) }
@@ -84,6 +96,37 @@ public struct PluginSearch: Sendable {
         var seen: Set<String> = []
         dirs = dirs.filter { d in seen.insert(FileSystem.realPath(d.path) ?? d.path).inserted }
         return PluginSearch(directories: dirs, notes: notes)
+    }
+
+    /// The plugins of a SwiftPM build (`swift build`, `swift run`): for an
+    /// executable in `<package>/.build/...`, the manifests of the Descartes
+    /// package (`<package>/manifests` when the package is Descartes itself,
+    /// else `<package>/.build/checkouts/*/manifests` of the Descartes
+    /// dependency), with the libraries the build made beside the executable
+    /// (`libdescartes-openai.so`, ...; a manifest whose library was not built
+    /// is skipped). nil when the executable is not in a SwiftPM build.
+    public static func swiftPMBuild(executable: String) -> Directory? {
+        let bin = FileSystem.directory(of: executable)
+        var dir = bin
+        var root: String?
+        while dir.count > 1 {
+            if dir.hasSuffix("/.build") {
+                root = FileSystem.directory(of: dir)
+                break
+            }
+            dir = FileSystem.directory(of: dir)
+        }
+        guard let root else { return nil }
+        var packages = [root]
+        let checkouts = FileSystem.join(root, ".build/checkouts")
+        if let names = try? FileSystem.list(checkouts) { packages += names.sorted().map { FileSystem.join(checkouts, $0) } }
+        for p in packages
+        where FileSystem.exists(FileSystem.join(p, "Sources/CDescartesPlugin/include/descartes/plugin.h"))
+            && FileSystem.isDirectory(FileSystem.join(p, "manifests"))
+        {
+            return Directory(path: FileSystem.join(p, "manifests"), origin: "SwiftPM build, libraries in \(bin)", libraries: bin)
+        }
+        return nil
     }
 }
 
@@ -180,9 +223,27 @@ public final class PluginCatalog: Sendable {
 
     /// The host's plugins: the standard search path under the host's policy
     /// (`PluginPolicy.standard()`).
+    ///
+    /// When the standard search finds no usable plugin and this process is a
+    /// SwiftPM build (`PluginSearch.swiftPMBuild(executable:)`), the build's
+    /// own plugins are searched last, so a library user's `swift run` finds
+    /// the plugins the build made with no `DESCARTES_PLUGIN_PATH` (not with
+    /// elevated privileges).
     public static func discover() -> PluginCatalog {
         let policy = PluginPolicy.standard()
-        return discover(.standard(policy: policy), policy: policy)
+        return discover(.standard(policy: policy), policy: policy).withSwiftPMBuild()
+    }
+
+    /// This catalog or, when it has no usable plugin, the same search with
+    /// the SwiftPM build of `executable` last.
+    package func withSwiftPMBuild(executable: String? = FileSystem.executablePath()) -> PluginCatalog {
+        guard availableProviders.isEmpty, !Environment.isSecureExecution, !Environment.isRoot || !policy.ignoreEnvironmentAsRoot,
+            let exe = executable, let build = PluginSearch.swiftPMBuild(executable: exe)
+        else { return self }
+        var s = search
+        s.directories.append(build)
+        s.notes.append("no plugin installed: searching the SwiftPM build of \(exe)")
+        return PluginCatalog.discover(s, policy: policy)
     }
 
     /// Discovers manifests (`*.yaml`, `*.yml`) in the search directories and
@@ -234,7 +295,14 @@ public final class PluginCatalog: Sendable {
                     continue
                 }
                 do {
-                    let m = try PluginManifest.load(path: file)
+                    var m = try PluginManifest.load(path: file)
+                    if let libraries = dir.libraries, !m.libraryName.hasPrefix("/") {
+                        m.libraryPath = FileSystem.join(libraries, m.libraryName)
+                        guard FileSystem.exists(m.libraryPath) else {
+                            trace.append("  \(name): skipped (\(m.libraryName) was not built)")
+                            continue
+                        }
+                    }
                     entry.manifest = m
                     let decision = policy.decision(for: m.provider)
                     entry.policy = decision

@@ -68,7 +68,7 @@ public struct ProviderFactory: Sendable {
     ///   `ProvidersConfig.startupProblems` finds, as every command does.
     public static func standard(configFile: String? = nil, logSink: LogSink = LogSink()) throws(ProviderError) -> ProviderFactory {
         let config = ProvidersConfig.load(.init(explicitFile: configFile))
-        let catalog = PluginCatalog.discover(.standard())
+        let catalog = PluginCatalog.discover(.standard()).withSwiftPMBuild()
         // What every command of the CLI checks when it starts.
         let problems = config.startupProblems(catalog: catalog)
         if !problems.isEmpty {
@@ -210,8 +210,9 @@ public struct ProviderFactory: Sendable {
             if installed.isEmpty {
                 // A library user's first stumble: a SwiftPM build installs no manifests.
                 hint += " Plugins are manifests (NAME.yaml) found in $DESCARTES_PLUGIN_PATH (colon-separated directories),"
-                    + " ~/.local/share/descartes/plugins, then the installed prefix's lib/descartes/plugins"
-                    + " (make install puts them there; docs/manifest.md): set DESCARTES_PLUGIN_PATH to a directory holding them."
+                    + " ~/.local/share/descartes/plugins, ~/.local/lib/descartes/plugins, the executable's ../lib/descartes/plugins,"
+                    + " /usr/local/lib/descartes/plugins, /usr/lib/descartes/plugins, then a SwiftPM build's own (make install puts them"
+                    + " in PREFIX/lib/descartes/plugins; docs/manifest.md): set DESCARTES_PLUGIN_PATH to a directory holding them."
             }
             throw ProviderError(
                 .config,
