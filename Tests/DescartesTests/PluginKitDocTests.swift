@@ -22,7 +22,8 @@ import DescartesSupport
                     out.append((l, body))
                     lang = nil
                 } else {
-                    lang = String(line.dropFirst(3))
+                    // The language, without the fence's attribute (DocExamplesTests).
+                    lang = String(line.dropFirst(3).prefix { $0 != " " })
                     body = ""
                 }
             } else if lang != nil {
