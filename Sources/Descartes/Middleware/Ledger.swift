@@ -204,7 +204,13 @@ public final class AuditLedger: Sendable {
                         }
                     }
                 }
-                let db = try SQLiteDatabase(path: file, create: create, readOnly: !create)
+                var db = try SQLiteDatabase(path: file, create: create, readOnly: !create)
+                if !create, try !Self.hasGatewayKey(db) {
+                    // A ledger made before the gateway_key column, read
+                    // first: it gains the column as a writer would add it.
+                    db = try SQLiteDatabase(path: file, create: false, readOnly: false)
+                    try db.transaction { () throws(SQLiteError) in try Self.addGatewayKey(db) }
+                }
                 if create {
                     // WAL: readers do not block the writer nor the writer
                     // them; several processes append at once, each waiting
@@ -215,14 +221,25 @@ public final class AuditLedger: Sendable {
                         try db.execute(Self.schema)
                         // A ledger made before the gateway_key column gains it
                         // (in the same transaction: one process adds it).
-                        let columns = try db.query("PRAGMA table_info(attempts)").compactMap { $0.count > 1 ? $0[1].string : nil }
-                        if !columns.contains("gateway_key") { try db.execute("ALTER TABLE attempts ADD COLUMN gateway_key TEXT") }
+                        try Self.addGatewayKey(db)
                     }
                 }
                 c = db
             }
             return try body(c!)
         }
+    }
+
+    /// Whether the attempts table has the gateway_key column (true when
+    /// there is no table yet: nothing to add it to).
+    static func hasGatewayKey(_ db: SQLiteDatabase) throws(SQLiteError) -> Bool {
+        let columns = try db.query("PRAGMA table_info(attempts)")
+        return columns.isEmpty || columns.contains { $0.count > 1 && $0[1].string == "gateway_key" }
+    }
+
+    /// Adds the gateway_key column to a ledger made before it (call in a transaction).
+    static func addGatewayKey(_ db: SQLiteDatabase) throws(SQLiteError) {
+        if try !hasGatewayKey(db) { try db.execute("ALTER TABLE attempts ADD COLUMN gateway_key TEXT") }
     }
 
     /// Appends the attempts of one request in one transaction.
