@@ -283,11 +283,18 @@ import DescartesSupport
         let b = try plugins.factory().create("openai", config: ["endpoint": .string("http://127.0.0.1:\(port)/v1"), "api_key": .string(Self.key)])
         var r = ModelRequest(prompt: "x")
         r.deadlines = Deadlines(connect: .milliseconds(300), total: .seconds(20))
+        // The backend's first call, untimed: it also pays for initialize and
+        // the process's first use of the plugin's code, which under load took
+        // 1.2-2.8 s where the same call made a second time took 0.33-0.42 s
+        // (issue 16; alone both take ~0.3 s). What is timed is the connect
+        // deadline, not that warm-up.
+        let first = await Observed.stream(b, r)
+        #expect(first.error?.deadline == "connect", "\(first)")
         let start = ContinuousClock.now
         let seen = await Observed.stream(b, r)
         #expect(seen.error?.kind == .timeout, "\(seen)")
         #expect(seen.error?.deadline == "connect")
-        #expect(ContinuousClock.now - start < .seconds(5))  // the connect limit, not the 20 s total
+        #expect(ContinuousClock.now - start < .seconds(5), "\(seen)")  // the connect limit, not the 20 s total
         await b.shutdown()
     }
 
