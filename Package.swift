@@ -9,6 +9,8 @@
 //   Sources/descartes-bench     times requests through a provider (make bench; not installed)
 //   Sources/descartes-plugin-host  runs one plugin in a helper process (isolation: process)
 //   Sources/DescartesConformance  the plugin conformance suite (linked by the CLI and the tests only)
+//   Sources/DescartesGateway    `descartes serve`: the OpenAI- and Anthropic-compatible gateway
+//                                 (over libmicrohttpd; linked by the CLI and the tests only)
 //   Sources/Descartes           the host library: ModelBackend, ProviderFactory, the middlewares;
 //                                 Host/ (the ABI bridge, isolation), Configuration/ (manifests,
 //                                 providers.yaml, policy), Middleware/
@@ -90,6 +92,11 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The audit and spend ledger's database (docs/configuration.md, "Why SQLite").
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // The gateway's HTTP server (docs/gateway.md, "Why libmicrohttpd"), and the
+        // small C layer over it (its daemon starts through a variadic function,
+        // and suspend/resume has rules best kept in one place).
+        .systemLibrary(name: "CMicroHTTPD", pkgConfig: "libmicrohttpd", providers: [.apt(["libmicrohttpd-dev"])]),
+        .target(name: "CHTTPServer", dependencies: ["CMicroHTTPD"]),
         // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
         // Child-process primitives Swift cannot express (spawn with no_new_privs
@@ -116,6 +123,12 @@ let package = Package(
         .target(
             name: "DescartesConformance", dependencies: ["Descartes", "DescartesSupport", "CDescartesPlugin"],
             swiftSettings: swiftSettings),
+        // `descartes serve`: OpenAI chat completions and Anthropic Messages in
+        // front of every backend, chain and route (docs/gateway.md). Only the
+        // CLI and the tests link it (and with it libmicrohttpd).
+        .target(
+            name: "DescartesGateway", dependencies: ["Descartes", "DescartesCore", "DescartesSupport", "CHTTPServer"],
+            swiftSettings: swiftSettings),
         // The OpenAI chat-completions dialect (request bodies, chunk parsing,
         // tool-call assembly, finish reasons, the HTTP calls), linked
         // statically into every plugin that speaks it.
@@ -127,7 +140,7 @@ let package = Package(
         // provider setup: what `descartes` and `descartes-bench` share.
         .target(name: "DescartesCommandLine", dependencies: ["Descartes", "DescartesCore", "DescartesSupport"], swiftSettings: swiftSettings),
         .executableTarget(
-            name: "descartes", dependencies: ["Descartes", "DescartesCommandLine", "DescartesConformance", "DescartesSupport"],
+            name: "descartes", dependencies: ["Descartes", "DescartesCommandLine", "DescartesConformance", "DescartesGateway", "DescartesSupport"],
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "descartes-bench", dependencies: ["Descartes", "DescartesCommandLine", "DescartesSupport"], swiftSettings: swiftSettings),
@@ -140,7 +153,7 @@ let package = Package(
         // directly; plugins are only ever reached through the C ABI.
         .testTarget(
             name: "DescartesTests",
-            dependencies: ["Descartes", "DescartesSupport", "DescartesPluginKit", "DescartesOpenAIChat", "DescartesCommandLine"],
+            dependencies: ["Descartes", "DescartesSupport", "DescartesPluginKit", "DescartesOpenAIChat", "DescartesCommandLine", "DescartesGateway"],
             swiftSettings: swiftSettings),
     ] + plugins.map(\.1)
 )

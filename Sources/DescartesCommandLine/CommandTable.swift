@@ -21,6 +21,7 @@ package enum CommandID: String, Sendable, CaseIterable {
     case configShow = "descartes config show"
     case configCheck = "descartes config check"
     case log = "descartes log"
+    case serve = "descartes serve"
     case bench = "descartes-bench"
 }
 
@@ -204,13 +205,19 @@ extension Option {
     package static let groupBy = Option(
         "--group-by", value: "WHAT", help: "Totals per provider (default), model, day, via (chain or route) or label:NAME", in: [.log: .plain])
 
+    // The gateway (serve).
+    package static let listen = Option(
+        "--listen", value: "HOST:PORT",
+        help: "Listen here (default: providers.yaml's server.listen, else 127.0.0.1:4000; port 0 picks a free one)",
+        in: [.serve: .plain])
+
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, image, prompt,
         requests, concurrency, stream, session, warmup, expect, json, output, quiet, set, timeout, isolate, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
-        conformance, spec, systemPolicy, lines, file, label, since, groupBy,
+        conformance, spec, systemPolicy, lines, file, label, since, groupBy, listen,
     ]
 }
 
@@ -361,6 +368,21 @@ extension Command {
                 price is known), cache hits. Filter with -p, -m, --label, --since;
                 group with --group-by, e.g. what agent X cost this week:
                 descartes log --label agent=X --since 1w --group-by model
+                """),
+        Command(
+            .serve, summary: "Serve every provider over the OpenAI and Anthropic HTTP APIs (a gateway)",
+            about: """
+                Serves every provider instance, plugin, fallback chain and route of the
+                configuration as a model name over OpenAI's chat completions
+                (POST /v1/chat/completions, GET /v1/models) and Anthropic's Messages
+                (POST /v1/messages, POST /v1/messages/count_tokens), streams included, so
+                the official SDKs and agent CLIs work unchanged. A client asks for a name
+                ("echo", "resilient") or NAME/MODEL ("openai/gpt-4o-mini"). Settings and
+                keys come from providers.yaml's server: section; without keys only a
+                loopback address is served. One JSON access-log line per request goes to
+                stderr. SIGINT or SIGTERM: stop accepting, let requests finish within
+                server.shutdown_grace_secs (default 10), cancel the rest, exit 0.
+                See docs/gateway.md.
                 """),
         Command(
             .bench, summary: "Time requests through a provider",

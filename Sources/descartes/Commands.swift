@@ -27,6 +27,7 @@ extension Commands {
         case .configShow: return ConfigCommand.show(args, globals: globals)
         case .configCheck: return ConfigCommand.check(args, globals: globals)
         case .log: return LogCommand.run(args, globals: globals)
+        case .serve: return await ServeCommand.run(args, globals: globals)
         case .descartes, .plugins, .config, .bench: preconditionFailure("resolve returns a command of descartes, never a group")
         }
     }

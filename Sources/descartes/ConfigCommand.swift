@@ -170,7 +170,7 @@ enum ConfigCommand {
             }
             var sectionDoc = JSONObject()
             for s in sections {
-                sectionDoc[s.key] = ["value": masked((s.node ?? s.raw).json), "source": .string(s.raw.location.description)]
+                sectionDoc[s.key] = ["value": masked(shown(s)), "source": .string(s.raw.location.description)]
             }
             let doc: JSONObject = [
                 "files": .array(files), "dotenv": config.interpolator.dotenvFile.map { .string($0) } ?? .null,
@@ -204,7 +204,7 @@ enum ConfigCommand {
         }
         for s in sections {
             lines.append(("\(s.key):", s.raw.location.description))
-            for l in block(masked((s.node ?? s.raw).json), indent: 2) { lines.append((l, "")) }
+            for l in block(masked(shown(s)), indent: 2) { lines.append((l, "")) }
         }
         let width = min(56, lines.map { $0.0.count }.max() ?? 0)
         for (text, comment) in lines {
@@ -244,6 +244,12 @@ enum ConfigCommand {
     }
 
     /// Masks the values of secret-looking keys in a section.
+    /// A section as shown: expanded, except `server:` (its keys' secrets are
+    /// references by rule; the references are shown, never the values).
+    static func shown(_ s: (key: String, node: YAMLNode?, raw: YAMLNode)) -> JSONValue {
+        (s.key == "server" ? s.raw : s.node ?? s.raw).json
+    }
+
     static func masked(_ v: JSONValue) -> JSONValue {
         switch v {
         case .object(let o):

@@ -58,7 +58,8 @@ extension ProvidersConfig {
     package func startupProblems(catalog: PluginCatalog, checkers: [ConfigSectionChecker] = ProvidersConfig.sectionCheckers) -> [SourceProblem] {
         var all = problems
         var expanded: [String: YAMLNode] = [:]
-        for (key, _) in sections.sorted(by: { $0.key < $1.key }) {
+        // `server:` is descartes serve's alone (checked there, and by `check`).
+        for (key, _) in sections.sorted(by: { $0.key < $1.key }) where key != "server" {
             do {
                 guard let node = try section(key) else { continue }
                 expanded[key] = node

@@ -37,7 +37,7 @@ public struct ProvidersConfig: Sendable {
     /// routing, cache, rate limits); this loader merges them, expands their
     /// references and hands them over as `YAMLNode`s (see `section(_:)`).
     package static let middlewareSections = ["retry", "fallbacks", "routes", "cache", "limits"]
-    package static let topLevelKeys = ["providers", "audit"] + middlewareSections
+    package static let topLevelKeys = ["providers", "audit", "server"] + middlewareSections
     /// Keys of an instance that the host reads itself; every other key is
     /// the plugin's configuration, checked against its manifest.
     package static let instanceKeys = ["plugin", "api_key_helper", "api_key_helper_ttl"] + IsolationSetting.keys
@@ -527,6 +527,12 @@ public struct ProvidersConfig: Sendable {
     /// each section's own checks. What `descartes config check` prints.
     package func check(catalog: PluginCatalog, checkers: [ConfigSectionChecker] = ProvidersConfig.sectionCheckers) -> [SourceProblem] {
         var all = startupProblems(catalog: catalog, checkers: checkers)
+        // `server:` (descartes serve's), which other commands do not read.
+        if sections["server"] != nil {
+            do {
+                if case .failure(let e) = GatewaySettings.read(try section("server"), raw: sections["server"]) { all += e.problems }
+            } catch { all += error.problems }
+        }
         for inst in instances { all += problems(of: inst, catalog: catalog).filter { !all.contains($0) } }
         return all
     }

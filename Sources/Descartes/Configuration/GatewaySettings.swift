@@ -1,0 +1,173 @@
+import DescartesSupport
+import Glibc
+
+/// The `server:` section of providers.yaml: what `descartes serve` listens
+/// on and who may call it.
+///
+/// ```yaml
+/// server:
+///   listen: 127.0.0.1:4000        # HOST:PORT (default 127.0.0.1:4000; --listen overrides)
+///   threads: 2                    # libmicrohttpd's polling threads
+///   max_body_mb: 32               # larger request bodies are refused with 413
+///   idle_timeout_secs: 120        # idle keep-alive connections are closed
+///   shutdown_grace_secs: 10       # on SIGINT/SIGTERM, requests in flight get this long
+///   keys:                         # without keys, only a loopback address is served
+///     team-a: ${TEAM_A_KEY}       # NAME: secret, from the environment or a file only
+///     team-b:
+///       secret: ${file:/run/secrets/team-b}
+///       models: ["openai/*", "local-*"]   # model names it may use (globs; default all)
+/// ```
+///
+/// Read by `descartes serve` (Sources/DescartesGateway); here so that
+/// `descartes config check` reports its problems with the others'. Other
+/// commands do not read it: an unset key variable stops only `serve`.
+package struct GatewaySettings: Sendable {
+    package struct Key: Sendable {
+        package var name: String
+        package var secret: [UInt8]
+        /// Globs over model names; empty: every model.
+        package var models: [String]
+
+        package init(name: String, secret: String, models: [String] = []) {
+            self.name = name
+            self.secret = Array(secret.utf8)
+            self.models = models
+        }
+
+        /// Whether this key may use `model`.
+        package func allows(_ model: String) -> Bool {
+            models.isEmpty || models.contains { fnmatch($0, model, 0) == 0 }
+        }
+    }
+
+    package var host = "127.0.0.1"
+    package var port = 4000
+    package var threads = 2
+    package var maxBodyBytes = 32 << 20
+    package var idleTimeoutSeconds = 120
+    package var shutdownGrace: Duration = .seconds(10)
+    package var keys: [Key] = []
+
+    package init() {}
+
+    static let knownKeys = ["listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys"]
+
+    /// Splits `HOST:PORT` (`[::1]:4000` for IPv6; a bare port means
+    /// 127.0.0.1). Nil when it is not one.
+    package static func listenAddress(_ s: String) -> (host: String, port: Int)? {
+        if let p = Int(s), (0...65535).contains(p) { return ("127.0.0.1", p) }
+        var host: Substring
+        var portText: Substring
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]"), s[s.index(after: close)...].hasPrefix(":") else { return nil }
+            host = s[s.index(after: s.startIndex)..<close]
+            portText = s[s.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = s.lastIndex(of: ":") else { return nil }
+            host = s[..<colon]
+            portText = s[s.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = Int(portText), (0...65535).contains(port) else { return nil }
+        return (String(host), port)
+    }
+
+    /// Whether `host` is a loopback address (127.0.0.0/8, ::1, localhost).
+    package static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// Reads the (expanded) section; `raw` is the same section before
+    /// references were expanded, to check that secrets come from the
+    /// environment or a file. Nil: the defaults.
+    package static func read(_ node: YAMLNode?, raw: YAMLNode?) -> Result<GatewaySettings, SourceError> {
+        var s = GatewaySettings()
+        guard let node else { return .success(s) }
+        var v = NodeValidator(file: node.location.file)
+        guard case .mapping = node.value else {
+            v.problem(node, "'server' is a mapping: {listen: 127.0.0.1:4000, keys: {NAME: ${VAR}}, max_body_mb: 32}")
+            return .failure(SourceError(v.problems))
+        }
+        v.unknownKeys(node, allowed: knownKeys, what: "key of 'server'")
+        if let l = v.string(node, "listen") {
+            if let (h, p) = listenAddress(l) { (s.host, s.port) = (h, p) } else {
+                v.problem(node["listen"]!, "server.listen is HOST:PORT (127.0.0.1:4000, [::1]:4000), got '\(l)'")
+            }
+        }
+        if let t = v.int(node, "threads") {
+            if (1...64).contains(t) { s.threads = t } else { v.problem(node["threads"]!, "server.threads is 1 to 64, got \(t)") }
+        }
+        if let mb = v.int(node, "max_body_mb") {
+            if (1...1024).contains(mb) { s.maxBodyBytes = mb << 20 } else { v.problem(node["max_body_mb"]!, "server.max_body_mb is 1 to 1024, got \(mb)") }
+        }
+        if let t = v.int(node, "idle_timeout_secs") {
+            if (1...3600).contains(t) { s.idleTimeoutSeconds = t } else { v.problem(node["idle_timeout_secs"]!, "server.idle_timeout_secs is 1 to 3600, got \(t)") }
+        }
+        if let t = v.int(node, "shutdown_grace_secs") {
+            if (0...3600).contains(t) { s.shutdownGrace = .seconds(t) } else { v.problem(node["shutdown_grace_secs"]!, "server.shutdown_grace_secs is 0 to 3600, got \(t)") }
+        }
+        if let keys = node["keys"] {
+            guard case .mapping(let pairs) = keys.value else {
+                v.problem(keys, "server.keys is a mapping of key names to secrets: {team-a: ${TEAM_A_KEY}}")
+                return .failure(SourceError(v.problems))
+            }
+            for (k, value) in pairs {
+                guard let name = k.scalar, !name.isEmpty else {
+                    v.problem(k, "a key name under server.keys is a string")
+                    continue
+                }
+                var secret: String?
+                var models: [String] = []
+                var secretNode = value
+                if case .mapping = value.value {
+                    v.unknownKeys(value, allowed: ["secret", "models"], what: "key of server.keys.\(name)")
+                    secret = v.string(value, "secret", required: true)
+                    models = v.stringList(value, "models") ?? []
+                    secretNode = value["secret"] ?? value
+                } else {
+                    secret = value.scalar
+                }
+                let rawSecret = raw?["keys"]?[name].flatMap { $0["secret"] ?? $0 }
+                if let rs = rawSecret?.scalar, !rs.contains("${") {
+                    v.problem(
+                        rawSecret!,
+                        "server.keys.\(name): the secret is written in the file; give it from the environment or a file (${VAR}, ${file:/path})")
+                    continue
+                }
+                guard let secret, !secret.isEmpty else {
+                    v.problem(secretNode, "server.keys.\(name): the secret is empty (is its variable set?)")
+                    continue
+                }
+                guard secret.utf8.count >= 16 else {
+                    v.problem(secretNode, "server.keys.\(name): the secret is shorter than 16 characters")
+                    continue
+                }
+                if s.keys.contains(where: { $0.secret == Array(secret.utf8) }) {
+                    v.problem(secretNode, "server.keys.\(name): the same secret as another key")
+                    continue
+                }
+                s.keys.append(Key(name: name, secret: secret, models: models))
+            }
+        }
+        if !v.problems.isEmpty { return .failure(SourceError(v.problems)) }
+        return .success(s)
+    }
+
+    /// The key `secret` belongs to (compared in constant time), or nil.
+    package func key(for secret: String) -> Key? {
+        let given = Array(secret.utf8)
+        var found: Key?
+        for k in keys {
+            var diff = UInt8(given.count == k.secret.count ? 0 : 1)
+            for i in 0..<k.secret.count { diff |= k.secret[i] ^ (i < given.count ? given[i] : 0) }
+            if diff == 0 { found = k }
+        }
+        return found
+    }
+}
+
+extension ProvidersConfig {
+    /// The `server:` section (defaults when no file has one).
+    package func gatewaySettings() throws(SourceError) -> GatewaySettings {
+        try GatewaySettings.read(try section("server"), raw: sections["server"]).get()
+    }
+}

@@ -1,0 +1,323 @@
+import Descartes
+
+/// Anthropic's Messages API (`POST /v1/messages`,
+/// `POST /v1/messages/count_tokens`) in and out.
+enum AnthropicMessages {
+    struct Parsed: Sendable {
+        var request: ModelRequest
+        var model: String
+        var stream: Bool
+    }
+
+    /// Members passed to the backend as provider options, as given (an
+    /// Anthropic upstream takes them).
+    static let passedThrough = ["thinking", "top_k", "service_tier", "container", "mcp_servers"]
+
+    /// - Parameter countOnly: `count_tokens` (no `max_tokens`, no `stream`).
+    static func parse(_ doc: JSONValue, countOnly: Bool = false) throws(GatewayError) -> Parsed {
+        guard case .object(let o) = doc else { throw .invalidRequest("the body is a JSON object") }
+        guard let model = o["model"]?.stringValue, !model.isEmpty else { throw .invalidRequest("model: Field required") }
+        guard let list = o["messages"]?.arrayValue else { throw .invalidRequest("messages: Field required") }
+        var r = ModelRequest(messages: [])
+        if !countOnly {
+            guard let max = o["max_tokens"]?.intValue, max > 0 else { throw .invalidRequest("max_tokens: Field required (a positive integer)") }
+            r.maxTokens = max
+        }
+        switch o["system"] {
+        case .string(let s)?: r.systemPrompt = s
+        case .array(let blocks)?:
+            r.systemPrompt = try blocks.map { b throws(GatewayError) -> String in
+                guard b["type"]?.stringValue == "text", let t = b["text"]?.stringValue else {
+                    throw .invalidRequest("system: only text blocks are supported")
+                }
+                return t
+            }.joined(separator: "\n\n")
+        case nil, .null?: break
+        default: throw .invalidRequest("system: a string or an array of text blocks")
+        }
+        for (i, m) in list.enumerated() {
+            let at = "messages.\(i)"
+            guard let role = m["role"]?.stringValue, role == "user" || role == "assistant" else {
+                throw .invalidRequest("\(at).role: 'user' or 'assistant'")
+            }
+            let blocks: [JSONValue]
+            switch m["content"] {
+            case .string(let s)?: blocks = [["type": "text", "text": .string(s)]]
+            case .array(let a)?: blocks = a
+            default: throw .invalidRequest("\(at).content: a string or an array of content blocks")
+            }
+            if role == "user" {
+                var text = ""
+                var images: [ImageInput] = []
+                for (j, b) in blocks.enumerated() {
+                    switch b["type"]?.stringValue {
+                    case "text": text += b["text"]?.stringValue ?? ""
+                    case "image": images.append(try image(b["source"], at: "\(at).content.\(j)"))
+                    case "tool_result":
+                        guard let id = b["tool_use_id"]?.stringValue else { throw .invalidRequest("\(at).content.\(j).tool_use_id: Field required") }
+                        var output: String
+                        switch b["content"] {
+                        case .string(let s)?: output = s
+                        case .array(let parts)?: output = parts.compactMap { $0["type"]?.stringValue == "text" ? $0["text"]?.stringValue : nil }.joined()
+                        default: output = ""
+                        }
+                        if b["is_error"]?.boolValue == true { output = "Error: " + output }
+                        r.messages.append(.tool(callID: id, output))
+                    default:
+                        throw .invalidRequest("\(at).content.\(j): block type '\(b["type"]?.stringValue ?? "?")' is not supported (text, image, tool_result)")
+                    }
+                }
+                if !text.isEmpty || !images.isEmpty || !blocks.contains(where: { $0["type"]?.stringValue == "tool_result" }) {
+                    r.messages.append(.user(text, images: images))
+                }
+            } else {
+                var msg = Message.assistant("")
+                for (j, b) in blocks.enumerated() {
+                    switch b["type"]?.stringValue {
+                    case "text": msg.content += b["text"]?.stringValue ?? ""
+                    case "tool_use":
+                        guard let id = b["id"]?.stringValue, let name = b["name"]?.stringValue else {
+                            throw .invalidRequest("\(at).content.\(j): a tool_use block needs id and name")
+                        }
+                        msg.toolCalls.append(ToolCall(id: id, name: name, arguments: (b["input"] ?? [:]).jsonText))
+                    case "thinking":
+                        msg.reasoning = (msg.reasoning ?? "") + (b["thinking"]?.stringValue ?? "")
+                        if let s = b["signature"]?.stringValue { msg.reasoningSignature = s }
+                    case "redacted_thinking": break
+                    default:
+                        throw .invalidRequest("\(at).content.\(j): block type '\(b["type"]?.stringValue ?? "?")' is not supported (text, tool_use, thinking)")
+                    }
+                }
+                r.messages.append(msg)
+            }
+        }
+        guard !r.messages.isEmpty else { throw .invalidRequest("messages: at least one message is required") }
+        r.temperature = o["temperature"]?.doubleValue
+        r.topP = o["top_p"]?.doubleValue
+        r.stop = o["stop_sequences"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        for (i, t) in (o["tools"]?.arrayValue ?? []).enumerated() {
+            guard let name = t["name"]?.stringValue else { throw .invalidRequest("tools.\(i).name: Field required") }
+            if let type = t["type"]?.stringValue, type != "custom" {
+                throw .invalidRequest("tools.\(i): server tools ('\(type)') are not supported by the gateway; custom tools only")
+            }
+            r.tools.append(Tool(name: name, description: t["description"]?.stringValue ?? "", parameters: t["input_schema"] ?? ["type": "object", "properties": [:]]))
+        }
+        if let c = o["tool_choice"], !c.isNull {
+            switch c["type"]?.stringValue {
+            case "auto": r.toolChoice = .auto
+            case "any": r.toolChoice = .required
+            case "none": r.toolChoice = ToolChoice.none
+            case "tool":
+                guard let name = c["name"]?.stringValue else { throw .invalidRequest("tool_choice.name: Field required") }
+                r.toolChoice = .tool(name)
+            default: throw .invalidRequest("tool_choice.type: auto, any, tool or none")
+            }
+        }
+        if let user = o["metadata"]?["user_id"]?.stringValue { r.metadata["user"] = user }
+        for key in passedThrough { if let v = o[key], !v.isNull { r.options[key] = v } }
+        return Parsed(request: r, model: model, stream: !countOnly && o["stream"]?.boolValue == true)
+    }
+
+    static func image(_ source: JSONValue?, at: String) throws(GatewayError) -> ImageInput {
+        switch source?["type"]?.stringValue {
+        case "base64":
+            guard let type = source?["media_type"]?.stringValue, ImageInput.mediaTypes.contains(type), let data = source?["data"]?.stringValue else {
+                throw .invalidRequest("\(at).source: media_type (image/png, image/jpeg, image/gif, image/webp) and data are required")
+            }
+            return ImageInput(.data(mediaType: type, base64: data))
+        case "url":
+            guard let url = source?["url"]?.stringValue, url.hasPrefix("https://") || url.hasPrefix("http://") else {
+                throw .invalidRequest("\(at).source.url: an http(s) URL")
+            }
+            return .url(url)
+        default: throw .invalidRequest("\(at).source.type: base64 or url")
+        }
+    }
+
+    static func stopReason(_ f: FinishReason) -> String {
+        switch f {
+        case .maxTokens: return "max_tokens"
+        case .toolUse: return "tool_use"
+        case .contentFilter: return "refusal"
+        default: return "end_turn"
+        }
+    }
+
+    /// Anthropic counts cache reads and writes apart from `input_tokens`.
+    static func usage(_ u: Usage) -> JSONValue {
+        [
+            "input_tokens": .integer(max(0, u.inputTokens - u.cacheReadTokens - u.cacheWriteTokens)), "output_tokens": .integer(u.outputTokens),
+            "cache_creation_input_tokens": .integer(u.cacheWriteTokens), "cache_read_input_tokens": .integer(u.cacheReadTokens),
+        ]
+    }
+
+    static func message(_ r: ModelResponse, id: String, model: String) -> JSONValue {
+        var content: [JSONValue] = []
+        if let reasoning = r.reasoning, !reasoning.isEmpty {
+            content.append(["type": "thinking", "thinking": .string(reasoning), "signature": .string(r.metadata["reasoning_signature"]?.stringValue ?? "")])
+        }
+        if !r.content.isEmpty || r.toolCalls.isEmpty { content.append(["type": "text", "text": .string(r.content)]) }
+        for c in r.toolCalls {
+            content.append(["type": "tool_use", "id": .string(c.id), "name": .string(c.name), "input": c.parsedArguments ?? [:]])
+        }
+        return [
+            "id": .string(id), "type": "message", "role": "assistant", "model": .string(model), "content": .array(content),
+            "stop_reason": .string(stopReason(r.finishReason)), "stop_sequence": .null, "usage": usage(r.usage),
+        ]
+    }
+
+    /// Turns stream events into Anthropic's SSE events: `message_start`,
+    /// then per content block `content_block_start`, `content_block_delta`s
+    /// and `content_block_stop` (a `ping` after the first block starts), then
+    /// `message_delta` and `message_stop`.
+    struct EventWriter {
+        let id: String
+        let model: String
+        private var started = false
+        /// The open block: its index and kind ("text", "thinking", "tool_use").
+        private var open: (index: Int, kind: String)?
+        private var nextIndex = 0
+        /// Upstream tool-call index -> block index.
+        private var toolBlocks: [Int: Int] = [:]
+
+        init(id: String, model: String) {
+            self.id = id
+            self.model = model
+        }
+
+        static func sse(_ name: String, _ doc: JSONValue) -> [UInt8] {
+            var out = Array("event: \(name)\ndata: ".utf8)
+            doc.write(to: &out)
+            out.append(contentsOf: [10, 10])
+            return out
+        }
+
+        private mutating func start() -> [UInt8] {
+            guard !started else { return [] }
+            started = true
+            let message: JSONValue = [
+                "id": .string(id), "type": "message", "role": "assistant", "model": .string(model), "content": [], "stop_reason": .null,
+                "stop_sequence": .null, "usage": ["input_tokens": 0, "output_tokens": 0],
+            ]
+            return Self.sse("message_start", ["type": "message_start", "message": message])
+        }
+
+        private mutating func close() -> [UInt8] {
+            guard let o = open else { return [] }
+            open = nil
+            return Self.sse("content_block_stop", ["type": "content_block_stop", "index": .integer(o.index)])
+        }
+
+        private mutating func openBlock(_ kind: String, _ block: JSONValue) -> (Int, [UInt8]) {
+            var out = close()
+            let index = nextIndex
+            nextIndex += 1
+            open = (index, kind)
+            out += Self.sse("content_block_start", ["type": "content_block_start", "index": .integer(index), "content_block": block])
+            if index == 0 { out += Self.sse("ping", ["type": "ping"]) }
+            return (index, out)
+        }
+
+        private mutating func ensure(_ kind: String, _ block: JSONValue) -> (Int, [UInt8]) {
+            if let o = open, o.kind == kind { return (o.index, []) }
+            return openBlock(kind, block)
+        }
+
+        mutating func bytes(_ event: StreamEvent) -> [UInt8] {
+            switch event {
+            case .start, .usage, .notice: return []
+            default: break
+            }
+            var out = start()
+            switch event {
+            case .textDelta(let t):
+                let (i, b) = ensure("text", ["type": "text", "text": ""])
+                out += b
+                out += Self.sse("content_block_delta", ["type": "content_block_delta", "index": .integer(i), "delta": ["type": "text_delta", "text": .string(t)]])
+            case .reasoningDelta(let t):
+                let (i, b) = ensure("thinking", ["type": "thinking", "thinking": ""])
+                out += b
+                out += Self.sse(
+                    "content_block_delta", ["type": "content_block_delta", "index": .integer(i), "delta": ["type": "thinking_delta", "thinking": .string(t)]])
+            case .toolCallStart(let index, let callID, let name):
+                let (i, b) = openBlock("tool_use", ["type": "tool_use", "id": .string(callID), "name": .string(name), "input": [:]])
+                toolBlocks[index] = i
+                out += b
+            case .toolCallDelta(let index, let arguments):
+                guard let i = toolBlocks[index] else { break }
+                out += Self.sse(
+                    "content_block_delta",
+                    ["type": "content_block_delta", "index": .integer(i), "delta": ["type": "input_json_delta", "partial_json": .string(arguments)]])
+            case .toolCallEnd(let index):
+                if let i = toolBlocks[index], open?.index == i { out += close() }
+            case .finish(let r):
+                if nextIndex == 0 { out += ensure("text", ["type": "text", "text": ""]).1 }
+                out += close()
+                out += Self.sse(
+                    "message_delta",
+                    ["type": "message_delta", "delta": ["stop_reason": .string(stopReason(r.finishReason)), "stop_sequence": .null], "usage": usage(r.usage)])
+                out += Self.sse("message_stop", ["type": "message_stop"])
+            case .start, .usage, .notice: break
+            }
+            return out
+        }
+
+        /// A failure after the stream began: Anthropic's `error` event.
+        static func error(_ e: GatewayError) -> [UInt8] { sse("error", e.anthropic) }
+    }
+}
+
+extension Gateway {
+    func messages(_ request: HTTPRequest, _ exchange: HTTPExchange, key: GatewaySettings.Key?, _ record: inout AccessRecord) async {
+        let parsed: AnthropicMessages.Parsed
+        let target: (backend: any ModelBackend, name: String, model: String?)
+        do throws(GatewayError) {
+            parsed = try AnthropicMessages.parse(try body(request))
+            record.model = parsed.model
+            target = try self.target(parsed.model, key: key)
+        } catch {
+            return send(error, .anthropic, exchange, &record)
+        }
+        var modelRequest = parsed.request
+        if let m = target.model { modelRequest.model = m }
+        if let key { modelRequest.metadata["gateway_key"] = key.name }
+        record.stream = parsed.stream
+        let id = "msg_" + Self.randomID()
+        if !parsed.stream {
+            do {
+                let r = try await target.backend.complete(modelRequest)
+                record.usage = r.usage
+                json(200, AnthropicMessages.message(r, id: id, model: parsed.model), exchange, &record)
+            } catch {
+                send(GatewayError(ProviderError.from(error, provider: target.name)), .anthropic, exchange, &record)
+            }
+            return
+        }
+        var writer = AnthropicMessages.EventWriter(id: id, model: parsed.model)
+        await stream(target.backend, modelRequest, name: target.name, exchange, &record, dialect: .anthropic) { event in
+            writer.bytes(event)
+        } failure: { e in
+            AnthropicMessages.EventWriter.error(e)
+        }
+    }
+
+    func countTokens(_ request: HTTPRequest, _ exchange: HTTPExchange, key: GatewaySettings.Key?, _ record: inout AccessRecord) async {
+        let parsed: AnthropicMessages.Parsed
+        let target: (backend: any ModelBackend, name: String, model: String?)
+        do throws(GatewayError) {
+            parsed = try AnthropicMessages.parse(try body(request), countOnly: true)
+            record.model = parsed.model
+            target = try self.target(parsed.model, key: key)
+        } catch {
+            return send(error, .anthropic, exchange, &record)
+        }
+        var modelRequest = parsed.request
+        if let m = target.model { modelRequest.model = m }
+        do {
+            let estimate = try await target.backend.estimateTokens(modelRequest)
+            json(200, ["input_tokens": .integer(estimate.tokens)], exchange, &record)
+        } catch {
+            send(GatewayError(ProviderError.from(error, provider: target.name)), .anthropic, exchange, &record)
+        }
+    }
+}

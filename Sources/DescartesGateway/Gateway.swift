@@ -1,0 +1,396 @@
+import Descartes
+import DescartesSupport
+import Glibc
+
+/// `descartes serve`: every provider instance, plugin, fallback chain and
+/// route of the configuration behind OpenAI's chat completions and
+/// Anthropic's Messages, over libmicrohttpd (docs/gateway.md).
+///
+/// The gateway owns no provider logic: a model name is resolved the way the
+/// CLI resolves `-p` (`ProviderFactory.resolveName`), its backend is built
+/// once by `ReliableProviders` (with the middlewares providers.yaml gives it,
+/// audited when the audit log is on) and shared by every request; a request
+/// is translated into a `ModelRequest`, and the backend's answer or events
+/// back into the caller's protocol.
+package final class Gateway: Sendable {
+    package let settings: GatewaySettings
+    let factory: ProviderFactory
+    let reliability: ReliabilitySettings
+    let providers: ReliableProviders
+    let audit: AuditLog?
+    /// One line per request (JSON), never a secret.
+    let accessLog: @Sendable (String) -> Void
+    private let backends = Lock<[String: any ModelBackend]>([:])
+    private let inFlight = Lock<[ObjectIdentifier: HTTPExchange]>([:])
+    private let draining = Lock(false)
+    private let server = Lock<HTTPServer?>(nil)
+
+    package init(
+        settings: GatewaySettings, factory: ProviderFactory, reliability: ReliabilitySettings, audit: AuditLog?,
+        accessLog: @escaping @Sendable (String) -> Void
+    ) {
+        self.settings = settings
+        self.factory = factory
+        self.reliability = reliability
+        self.providers = ReliableProviders(settings: reliability, factory: factory)
+        self.audit = audit
+        self.accessLog = accessLog
+        for k in settings.keys { factory.logSink.redactor.register(String(decoding: k.secret, as: UTF8.self)) }
+    }
+
+    package struct StartError: Error, CustomStringConvertible {
+        package var description: String
+    }
+
+    /// Binds and starts serving. Returns the port (the one chosen for port 0).
+    /// Without keys, only a loopback address is served.
+    package func start() throws(StartError) -> Int {
+        if settings.keys.isEmpty && !GatewaySettings.isLoopback(settings.host) {
+            throw StartError(
+                description:
+                    "refusing to serve \(settings.host) without keys: anyone who can reach it could use every provider; "
+                    + "add server.keys to providers.yaml (docs/gateway.md), or listen on 127.0.0.1")
+        }
+        do {
+            let s = try HTTPServer(
+                host: settings.host, port: settings.port, threads: settings.threads, bodyLimit: settings.maxBodyBytes,
+                idleTimeoutSeconds: settings.idleTimeoutSeconds
+            ) { [self] request, exchange in handle(request, exchange) }
+            server.withLock { $0 = s }
+            return s.port
+        } catch {
+            throw StartError(description: error.description)
+        }
+    }
+
+    /// Stops accepting, lets requests in flight finish within `grace`, then
+    /// cancels the rest (their upstream calls are cancelled), stops the
+    /// server and shuts every backend down.
+    package func shutdown(grace: Duration) async {
+        draining.withLock { $0 = true }
+        guard let s = server.withLock({ $0 }) else {
+            await providers.shutdown()
+            return
+        }
+        s.quiesce()
+        let clock = ContinuousClock()
+        let deadline = clock.now + grace
+        while s.active > 0 && clock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if s.active > 0 {
+            for e in inFlight.withLock({ Array($0.values) }) { e.cancel() }
+            let hard = clock.now + .seconds(5)
+            while s.active > 0 && clock.now < hard { try? await Task.sleep(for: .milliseconds(20)) }
+        }
+        // libmicrohttpd must not be stopped with a request waiting for its
+        // answer; if one is still out (a backend ignoring cancellation past
+        // its deadline), the process ends without stopping it.
+        if s.active == 0 { s.stop() }
+        await providers.shutdown()
+    }
+
+    // MARK: Requests
+
+    /// Which protocol's error shape a path answers with.
+    enum Dialect { case openAI, anthropic }
+
+    func handle(_ request: HTTPRequest, _ exchange: HTTPExchange) {
+        let id = ObjectIdentifier(exchange)
+        inFlight.withLock { $0[id] = exchange }
+        exchange.run { [self] in
+            var record = AccessRecord(request: request)
+            await route(request, exchange, &record)
+            inFlight.withLock { _ = $0.removeValue(forKey: id) }
+            record.finish(clientGone: exchange.clientGone)
+            accessLog(record.line)
+        }
+    }
+
+    func route(_ request: HTTPRequest, _ exchange: HTTPExchange, _ record: inout AccessRecord) async {
+        let path = request.path
+        let dialect: Dialect = path.hasPrefix("/v1/messages") ? .anthropic : .openAI
+        func fail(_ e: GatewayError) { send(e, dialect, exchange, &record) }
+        let endpoints: [String: String] = [
+            "/v1/chat/completions": "POST", "/chat/completions": "POST", "/v1/models": "GET", "/models": "GET", "/health": "GET",
+            "/v1/messages": "POST", "/v1/messages/count_tokens": "POST",
+        ]
+        guard let method = endpoints[path] else {
+            return fail(.notFound("no endpoint \(request.method) \(path) (docs/gateway.md lists them)"))
+        }
+        guard request.method == method || (method == "GET" && request.method == "HEAD") else {
+            return fail(.methodNotAllowed("\(path) takes \(method), not \(request.method)"))
+        }
+        if path == "/health" {
+            return json(200, ["status": "ok"], exchange, &record)
+        }
+        if draining.withLock({ $0 }) { return fail(.unavailable("the gateway is shutting down")) }
+        let key: GatewaySettings.Key?
+        switch authenticate(request) {
+        case .success(let k): key = k
+        case .failure(let e): return fail(e)
+        }
+        record.key = key?.name
+        if request.bodyTooLarge { return fail(.tooLarge(settings.maxBodyBytes)) }
+        switch path {
+        case "/v1/models", "/models":
+            return json(200, models(for: key), exchange, &record)
+        case "/v1/chat/completions", "/chat/completions":
+            await chat(request, exchange, key: key, &record)
+        case "/v1/messages":
+            await messages(request, exchange, key: key, &record)
+        case "/v1/messages/count_tokens":
+            await countTokens(request, exchange, key: key, &record)
+        default:
+            fail(.notFound("no endpoint \(request.method) \(path)"))
+        }
+    }
+
+    /// The key a request presents (`Authorization: Bearer KEY` or
+    /// `x-api-key: KEY`); with no keys configured, nil (loopback only).
+    func authenticate(_ request: HTTPRequest) -> Result<GatewaySettings.Key?, GatewayError> {
+        if settings.keys.isEmpty { return .success(nil) }
+        var presented: String?
+        if let a = request.headers["authorization"] {
+            let parts = a.split(separator: " ", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == "bearer" { presented = String(parts[1]).trimmingSpaces }
+        }
+        if presented == nil { presented = request.headers["x-api-key"]?.trimmingSpaces }
+        guard let presented, !presented.isEmpty else {
+            return .failure(.unauthorized("a gateway key is required: Authorization: Bearer KEY, or x-api-key: KEY"))
+        }
+        guard let key = settings.key(for: presented) else { return .failure(.unauthorized("the gateway key is not valid")) }
+        return .success(key)
+    }
+
+    /// The body as JSON.
+    func body(_ request: HTTPRequest) throws(GatewayError) -> JSONValue {
+        guard !request.body.isEmpty else { throw .invalidRequest("the request has no body (a JSON object)") }
+        do { return try JSONValue.parse(bytes: request.body) } catch { throw .invalidRequest("the body is not JSON: \(error)") }
+    }
+
+    /// The backend for a model name and the model to ask it for: a name the
+    /// configuration knows (instance, plugin, chain, route) as a whole, else
+    /// `NAME/MODEL` with NAME one of those.
+    func target(_ model: String, key: GatewaySettings.Key?) throws(GatewayError) -> (backend: any ModelBackend, name: String, model: String?) {
+        if let key, !key.allows(model) {
+            throw .forbidden("the gateway key '\(key.name)' may not use the model '\(model)'")
+        }
+        var name = model
+        var upstreamModel: String? = nil
+        if (try? factory.resolveName(model, settings: reliability)) == nil {
+            guard let slash = model.firstIndex(of: "/"), (try? factory.resolveName(String(model[..<slash]), settings: reliability)) != nil else {
+                throw .notFound(
+                    "the model '\(model)' does not exist: use a provider instance, plugin, fallback chain or route of the gateway's configuration, "
+                        + "or PROVIDER/MODEL (GET /v1/models lists them)", code: "model_not_found", param: "model")
+            }
+            name = String(model[..<slash])
+            upstreamModel = String(model[model.index(after: slash)...])
+        }
+        do throws(ProviderError) {
+            return (try backend(name), name, upstreamModel)
+        } catch {
+            throw GatewayError(error)
+        }
+    }
+
+    /// The shared backend of a name, built on first use.
+    func backend(_ name: String) throws(ProviderError) -> any ModelBackend {
+        if let b = backends.withLock({ $0[name] }) { return b }
+        var b = try providers.backend(name)
+        if let audit {
+            let plugin = (try? factory.resolveName(name, settings: reliability))?.plugin ?? name
+            b = audit.wrap(b, plugin: plugin)
+        }
+        return backends.withLock { made in
+            if let existing = made[name] { return existing }
+            made[name] = b
+            return b
+        }
+    }
+
+    /// `GET /v1/models`: every name a client may ask for (those its key
+    /// allows), and `NAME/MODEL` for the models each provider's manifest lists.
+    func models(for key: GatewaySettings.Key?) -> JSONValue {
+        var names: [String] = []
+        let config = factory.configuration
+        let instances = config?.instances.map(\.name) ?? []
+        names += instances
+        names += reliability.fallbacks.keys.sorted()
+        names += reliability.routes.keys.sorted()
+        names += factory.catalog.availableProviders.filter { !instances.contains($0) }
+        var withModels: [String] = []
+        for n in names {
+            withModels.append(n)
+            let plugin = config?.instance(n)?.plugin ?? n
+            if let m = try? factory.manifest(for: plugin) {
+                for model in m.models { withModels.append("\(n)/\(model.id)") }
+            }
+        }
+        var seen = Set<String>()
+        let data: [JSONValue] = withModels.filter { seen.insert($0).inserted && (key?.allows($0) ?? true) }.map {
+            ["id": .string($0), "object": "model", "created": 0, "owned_by": "descartes"]
+        }
+        return ["object": "list", "data": .array(data)]
+    }
+
+    // MARK: OpenAI chat completions
+
+    func chat(_ request: HTTPRequest, _ exchange: HTTPExchange, key: GatewaySettings.Key?, _ record: inout AccessRecord) async {
+        let parsed: OpenAIChat.Parsed
+        let target: (backend: any ModelBackend, name: String, model: String?)
+        do throws(GatewayError) {
+            parsed = try OpenAIChat.parse(try body(request))
+            record.model = parsed.model
+            target = try self.target(parsed.model, key: key)
+        } catch {
+            return send(error, .openAI, exchange, &record)
+        }
+        var modelRequest = parsed.request
+        if let m = target.model { modelRequest.model = m }
+        if let key { modelRequest.metadata["gateway_key"] = key.name }
+        record.stream = parsed.stream
+        let id = "chatcmpl-" + Self.randomID()
+        let created = Int(time(nil))
+        if !parsed.stream {
+            do {
+                let r = try await target.backend.complete(modelRequest)
+                record.usage = r.usage
+                json(200, OpenAIChat.completion(r, id: id, model: parsed.model, created: created), exchange, &record)
+            } catch {
+                send(GatewayError(ProviderError.from(error, provider: target.name)), .openAI, exchange, &record)
+            }
+            return
+        }
+        var writer = OpenAIChat.ChunkWriter(id: id, model: parsed.model, created: created, includeUsage: parsed.includeUsage)
+        await stream(target.backend, modelRequest, name: target.name, exchange, &record, dialect: .openAI) { event in
+            writer.bytes(event)
+        } failure: { e in
+            OpenAIChat.ChunkWriter.error(e)
+        }
+    }
+
+    static let sseHeaders: [(String, String)] = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
+    /// A client that has not taken this much of its stream is waited for;
+    /// one that takes nothing for `slowClientLimit` is dropped (its
+    /// upstream call cancelled).
+    static let backlogLimit = 1 << 20
+    static let slowClientLimit: Duration = .seconds(30)
+
+    /// Streams a backend's events to the client through `encode`. The
+    /// response starts with the first event that has bytes, so an error
+    /// before it (retries and fallbacks included) is an HTTP error status;
+    /// a later one is the protocol's error event (`failure`). The client
+    /// going away ends the iteration, which cancels the upstream call.
+    func stream(
+        _ backend: any ModelBackend, _ request: ModelRequest, name: String, _ exchange: HTTPExchange, _ record: inout AccessRecord,
+        dialect: Dialect, encode: (StreamEvent) -> [UInt8], failure: (GatewayError) -> [UInt8]
+    ) async {
+        var begun = false
+        var finished = false
+        do {
+            events: for try await event in backend.stream(request) {
+                let bytes = encode(event)
+                if case .finish(let r) = event {
+                    record.usage = r.usage
+                    finished = true
+                }
+                if bytes.isEmpty { continue }
+                if !begun {
+                    begun = true
+                    record.status = 200
+                    guard exchange.begin(status: 200, headers: Self.sseHeaders) else { break }
+                }
+                guard var backlog = exchange.write(bytes) else { break }
+                if backlog > Self.backlogLimit {
+                    let clock = ContinuousClock()
+                    let giveUp = clock.now + Self.slowClientLimit
+                    while backlog > Self.backlogLimit {
+                        if clock.now > giveUp || Task.isCancelled { break events }
+                        try? await Task.sleep(for: .milliseconds(5))
+                        guard let b = exchange.write([]) else { break events }
+                        backlog = b
+                    }
+                }
+                if finished { break }
+            }
+        } catch {
+            let e = GatewayError(ProviderError.from(error, provider: name))
+            record.error = e.kind
+            if !begun { return send(e, dialect, exchange, &record) }
+            _ = exchange.write(failure(e))
+        }
+        if !begun {
+            // Cancelled before anything was sent (the client went away, or shutdown).
+            return send(GatewayError(ProviderError(.cancelled, "the request was cancelled", provider: name)), dialect, exchange, &record)
+        }
+        exchange.end()
+    }
+
+    // MARK: Answers
+
+    func json(_ status: Int, _ doc: JSONValue, _ exchange: HTTPExchange, _ record: inout AccessRecord, headers: [(String, String)] = []) {
+        record.status = status
+        exchange.respond(status: status, headers: [("Content-Type", "application/json")] + headers, body: doc.jsonBytes)
+    }
+
+    func send(_ e: GatewayError, _ dialect: Dialect, _ exchange: HTTPExchange, _ record: inout AccessRecord) {
+        record.status = e.status
+        record.error = record.error ?? e.kind
+        let doc = dialect == .anthropic ? e.anthropic : e.openAI
+        exchange.respond(status: e.status, headers: e.headers, body: doc.jsonBytes)
+    }
+
+    static func randomID() -> String {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<12).map { _ in UInt8.random(in: 0...255, using: &rng) }.map { b in
+            let h = String(b, radix: 16)
+            return b < 16 ? "0" + h : h
+        }.joined()
+    }
+}
+
+/// One access-log line: who asked what, and how it went. No body, no key
+/// secret: the key's name only.
+struct AccessRecord {
+    let start = ContinuousClock.now
+    var method: String
+    var path: String
+    var peer: String
+    var status = 0
+    var key: String?
+    var model: String?
+    var stream = false
+    var usage: Usage?
+    var error: String?
+    var clientGone = false
+
+    init(request: HTTPRequest) {
+        method = request.method
+        path = request.path
+        peer = request.peer
+    }
+
+    static func unixMS() -> Int {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    }
+
+    mutating func finish(clientGone: Bool) { self.clientGone = clientGone }
+
+    var line: String {
+        var o: JSONObject = [
+            "time": .string(AuditLog.timestamp(unixMS: Self.unixMS())), "peer": .string(peer), "method": .string(method), "path": .string(path),
+            "status": .integer(status), "duration_ms": .integer((ContinuousClock.now - start).milliseconds),
+        ]
+        if let key { o["key"] = .string(key) }
+        if let model { o["model"] = .string(model) }
+        if stream { o["stream"] = true }
+        if let usage {
+            o["input_tokens"] = .integer(usage.inputTokens)
+            o["output_tokens"] = .integer(usage.outputTokens)
+        }
+        if let error { o["error"] = .string(error) }
+        if clientGone { o["client_gone"] = true }
+        return JSONValue.object(o).jsonText
+    }
+}

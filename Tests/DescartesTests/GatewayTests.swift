@@ -1,0 +1,115 @@
+import Descartes
+import Glibc
+import Testing
+import DescartesSupport
+
+/// `descartes serve` (docs/gateway.md): the official OpenAI and Anthropic
+/// Python SDKs against the gateway (Tests/Gateway/test_sdk.py starts one
+/// gateway and one scripted upstream for its whole suite, on 127.0.0.1),
+/// and the refusals of `serve` and its `server:` section.
+@Suite struct GatewayTests {
+    let plugins = PluginDir().addEcho()
+
+    @Test func theOfficialSDKsWorkAgainstTheGateway() async throws {
+        let sdks = await Proc.run(["python3", "-c", "import openai, anthropic, httpx"], timeout: .seconds(60))
+        try #require(
+            sdks.status == 0,
+            "the openai and anthropic Python SDKs are not installed (support/deps.sh test installs them): \(sdks.stderr)")
+        let plugins = PluginDir().addEcho().addManifest("openai")
+        defer { withExtendedLifetime(plugins) {} }
+        var env = Environment.current()
+        env["DESCARTES"] = TestEnv.descartes
+        env["DESCARTES_PLUGIN_PATH"] = plugins.path
+        env["HOME"] = "/nonexistent"
+        let r = await Proc.run(
+            ["python3", "-u", FileSystem.join(TestEnv.root, "Tests/Gateway/test_sdk.py"), "-v"], env: env, timeout: .seconds(300))
+        #expect(r.status == 0, "\(r.stderr)\n\(r.stdout)")
+        // unittest's summary: every test ran, none failed.
+        #expect(r.stderr.contains("\nOK\n") || r.stderr.hasSuffix("\nOK"), "\(r.stderr)")
+        #expect(r.stderr.contains("Ran 17 tests"), "\(r.stderr)")
+    }
+
+    /// README.md's gateway example, run as written: `descartes serve` (with
+    /// `--listen 127.0.0.1:0` added so the test takes a free port, and that
+    /// port put in the example's URL), then the Python example against it.
+    @Test func theReadmeExampleRuns() async throws {
+        let readme = try FileSystem.readText(FileSystem.join(TestEnv.root, "README.md"), limit: 1 << 20)
+        let section = try #require(readme.firstRange(of: "## The gateway: `descartes serve`"))
+        let sh = try #require(readme[section.upperBound...].firstRange(of: "```sh checked-by: theReadmeExampleRuns\n"))
+        let shEnd = try #require(readme[sh.upperBound...].firstRange(of: "\n```\n"))
+        let command = readme[sh.upperBound..<shEnd.lowerBound].split(separator: "#")[0].split(separator: " ").map(String.init)
+        #expect(command == ["descartes", "serve"])
+        let py = try #require(readme[shEnd.upperBound...].firstRange(of: "```python\n"))
+        let pyEnd = try #require(readme[py.upperBound...].firstRange(of: "\n```\n"))
+        let example = String(readme[py.upperBound..<pyEnd.lowerBound])
+        let driver = """
+            import os, subprocess, sys
+            gw = subprocess.Popen([os.environ["DESCARTES"], "serve", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            line = gw.stdout.readline().decode().split()
+            try:
+                exec(os.environ["EXAMPLE"].replace("http://127.0.0.1:4000", line[-1]))
+            finally:
+                gw.terminate()
+                sys.stderr.write("serve exited %d\\n" % gw.wait(timeout=20))
+            """
+        var env = Environment.current()
+        env["DESCARTES"] = TestEnv.descartes
+        env["DESCARTES_PLUGIN_PATH"] = plugins.path
+        env["HOME"] = "/nonexistent"
+        env["EXAMPLE"] = example
+        let dir = TempDir("descartes-readme")
+        let r = await Proc.run(["env", "-C", dir.path, "python3", "-c", driver], env: env, timeout: .seconds(60))
+        #expect(r.status == 0, "\(r)")
+        #expect(r.stdout == "Hello gateway\n", "\(r)")
+        #expect(r.stderr.contains("serve exited 0"), "\(r)")
+    }
+
+    func serve(_ args: [String], yaml: String? = nil, env: [String: String] = [:]) async -> (ProcResult, TempDir) {
+        let dir = TempDir("descartes-serve")
+        var full = env
+        full["DESCARTES_PLUGIN_PATH"] = plugins.path
+        full["HOME"] = "/nonexistent"
+        let config = dir.write("providers.yaml", yaml ?? "providers: {}\n")
+        return (await Proc.descartes(["serve", "--config", config] + args, env: full, timeout: .seconds(30)), dir)
+    }
+
+    @Test func withoutKeysOnlyLoopbackIsServed() async {
+        let (r, _) = await serve(["--listen", "0.0.0.0:0"])
+        #expect(r.status == 69, "\(r)")
+        #expect(r.stderr.contains("refusing to serve 0.0.0.0 without keys"), "\(r)")
+    }
+
+    @Test func aKeyWrittenInTheFileIsRefused() async {
+        let (r, dir) = await serve(
+            ["--listen", "127.0.0.1:0"],
+            yaml: """
+                server:
+                  keys:
+                    team-a: literal-secret-in-the-file-0123
+                """)
+        #expect(r.status == 78, "\(r)")
+        #expect(r.stderr.contains("\(dir.file("providers.yaml")):3:13: server.keys.team-a: the secret is written in the file"), "\(r)")
+        #expect(!r.stderr.contains("literal-secret-in-the-file-0123"), "\(r)")
+    }
+
+    @Test func otherCommandsDoNotNeedTheGatewaysKeys() async {
+        let (r, _) = await serve([], yaml: "server:\n  keys:\n    team-a: ${UNSET_GATEWAY_KEY_VARIABLE}\n")
+        #expect(r.status == 78, "\(r)")
+        #expect(r.stderr.contains("UNSET_GATEWAY_KEY_VARIABLE"), "\(r)")
+        let dir = TempDir("descartes-serve")
+        let config = dir.write("providers.yaml", "server:\n  keys:\n    team-a: ${UNSET_GATEWAY_KEY_VARIABLE}\n")
+        let complete = await Proc.descartes(
+            ["complete", "--config", config, "-p", "echo", "hi"], env: ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"])
+        #expect(complete.status == 0, "\(complete)")
+        #expect(complete.stdout == "hi\n", "\(complete)")
+    }
+
+    @Test func listenAddresses() {
+        #expect(GatewaySettings.listenAddress("127.0.0.1:4000")! == ("127.0.0.1", 4000))
+        #expect(GatewaySettings.listenAddress("[::1]:80")! == ("::1", 80))
+        #expect(GatewaySettings.listenAddress("8080")! == ("127.0.0.1", 8080))
+        #expect(GatewaySettings.listenAddress("host") == nil)
+        #expect(GatewaySettings.listenAddress("h:99999") == nil)
+        #expect(GatewaySettings.isLoopback("127.0.0.1") && GatewaySettings.isLoopback("::1") && !GatewaySettings.isLoopback("0.0.0.0"))
+    }
+}

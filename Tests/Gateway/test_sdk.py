@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""The official OpenAI and Anthropic Python SDKs against `descartes serve`.
+
+Run by Tests/DescartesTests/GatewayTests.swift (or by hand):
+
+    DESCARTES=.build/debug/descartes DESCARTES_PLUGIN_PATH=DIR python3 Tests/Gateway/test_sdk.py -v
+
+DIR holds the echo plugin and the openai plugin (manifest and library). One
+gateway and one scripted upstream (Tests/Servers/scripted_server.py) are
+started for the whole suite, both on 127.0.0.1; the `upstream` provider is
+the OpenAI plugin pointed at the scripted server, whose answers each test
+scripts. Everything is loopback; nothing is recorded from elsewhere.
+"""
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import anthropic
+import httpx
+import openai
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+KEY_A = "gw-test-key-team-a-0123456789"
+KEY_B = "gw-test-key-team-b-0123456789"
+UPSTREAM_KEY = "sk-upstream-test-key-abcdef"
+
+state = {}
+
+
+def read_line(proc, timeout=30.0):
+    """One stdout line of `proc`, or fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while time.time() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if not r:
+            if proc.poll() is not None:
+                break
+            continue
+        ch = os.read(fd, 1)
+        if not ch:
+            break
+        if ch == b"\n":
+            return buf.decode()
+        buf += ch
+    raise RuntimeError(f"no line from {proc.args[0]} within {timeout} s (got {buf!r})")
+
+
+class Upstream:
+    """The scripted server, controlled over its stdin."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", os.path.join(ROOT, "Tests/Servers/scripted_server.py"), "--port", "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = read_line(self.proc)
+        assert line.startswith("PORT "), line
+        self.port = int(line.split()[1])
+
+    def command(self, doc):
+        self.proc.stdin.write((json.dumps(doc) + "\n").encode())
+        self.proc.stdin.flush()
+        reply = read_line(self.proc)
+        if reply.startswith("ERROR"):
+            raise RuntimeError(reply)
+        return reply
+
+    def script(self, *responses):
+        self.command({"cmd": "reset"})
+        self.command({"cmd": "script", "routes": {"POST /v1/chat/completions": list(responses)}})
+
+    def requests(self):
+        return json.loads(self.command({"cmd": "requests"}))
+
+    def closed(self):
+        return json.loads(self.command({"cmd": "closed"}))
+
+    def stop(self):
+        try:
+            self.command({"cmd": "quit"})
+        except Exception:
+            pass
+        self.proc.kill()
+        self.proc.wait()
+
+
+def setUpModule():
+    upstream = Upstream()
+    tmp = tempfile.TemporaryDirectory(prefix="descartes-gateway-")
+    config = os.path.join(tmp.name, "providers.yaml")
+    with open(config, "w") as f:
+        f.write(f"""\
+providers:
+  upstream:
+    plugin: openai
+    endpoint: http://127.0.0.1:{upstream.port}/v1
+    api_key: ${{UPSTREAM_KEY}}
+retry: {{max_attempts: 1}}
+server:
+  listen: 127.0.0.1:0
+  keys:
+    team-a: ${{GW_KEY_A}}
+    team-b:
+      secret: ${{GW_KEY_B}}
+      models: ["echo", "echo/*"]
+""")
+    env = dict(os.environ)
+    env.update({"GW_KEY_A": KEY_A, "GW_KEY_B": KEY_B, "UPSTREAM_KEY": UPSTREAM_KEY, "NO_COLOR": "1"})
+    log = open(os.path.join(tmp.name, "access.log"), "w+")
+    gateway = subprocess.Popen(
+        [os.environ.get("DESCARTES", "descartes"), "serve", "--config", config],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env, cwd=tmp.name)
+    try:
+        line = read_line(gateway)
+    except RuntimeError:
+        gateway.kill()
+        log.seek(0)
+        raise RuntimeError("descartes serve did not start: " + log.read())
+    assert line.startswith("listening on http://127.0.0.1:"), line
+    state.update(upstream=upstream, tmp=tmp, gateway=gateway, log=log, url=line.split()[-1])
+
+
+def tearDownModule():
+    gateway = state["gateway"]
+    gateway.terminate()  # SIGTERM: graceful shutdown
+    try:
+        status = gateway.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        gateway.kill()
+        status = "hung"
+    state["upstream"].stop()
+    state["log"].seek(0)
+    log = state["log"].read()
+    # The access log names keys, never their secrets (nor the upstream's).
+    for secret in (KEY_A, KEY_B, UPSTREAM_KEY):
+        assert secret not in log, "a secret reached the access log"
+    assert '"key":"team-a"' in log, log[-2000:]
+    assert status == 0, f"descartes serve exited {status} after SIGTERM:\n{log[-2000:]}"
+    state["tmp"].cleanup()
+
+
+def oai(key=KEY_A, **kw):
+    return openai.OpenAI(base_url=state["url"] + "/v1", api_key=key, max_retries=0, timeout=30, **kw)
+
+
+def ant(key=KEY_A, **kw):
+    return anthropic.Anthropic(base_url=state["url"], api_key=key, max_retries=0, timeout=30, **kw)
+
+
+def sse(*docs):
+    return "".join(f"data: {json.dumps(d)}\n\n" for d in docs) + "data: [DONE]\n\n"
+
+
+def chunk(delta, finish=None, usage=None):
+    d = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if usage is not None:
+        d["choices"] = []
+        d["usage"] = usage
+    return d
+
+
+TOOL_STREAM = sse(
+    chunk({"role": "assistant", "content": None}),
+    chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+    chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+    chunk({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+    chunk({}, finish="tool_calls"),
+    chunk(None, usage={"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}),
+)
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def sse_response(body, **kw):
+    r = {"status": 200, "headers": {"content-type": "text/event-stream"}, "body": body}
+    r.update(kw)
+    return r
+
+
+class OpenAISDK(unittest.TestCase):
+    def test_complete_through_echo(self):
+        r = oai().chat.completions.create(model="echo", messages=[{"role": "user", "content": "hello there gateway"}])
+        self.assertEqual(r.choices[0].message.content, "hello there gateway")
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        self.assertEqual(r.object, "chat.completion")
+        self.assertGreater(r.usage.total_tokens, 0)
+
+    def test_stream_with_usage(self):
+        chunks = list(oai().chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "one two three"}], stream=True,
+            stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, "one two three")
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(finishes, ["stop"])
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertGreater(chunks[-1].usage.completion_tokens, 0)
+
+    def test_models_list(self):
+        ids = [m.id for m in oai().models.list()]
+        for name in ("echo", "upstream", "upstream/gpt-4o-mini"):
+            self.assertIn(name, ids)
+        # team-b sees only what it may use.
+        self.assertEqual(sorted(m.id for m in oai(KEY_B).models.list()), ["echo", "echo/echo-1"])
+
+    def test_tool_call_complete(self):
+        state["upstream"].script({"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]}}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}})})
+        r = oai().chat.completions.create(
+            model="upstream", messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER_TOOL])
+        msg = r.choices[0].message
+        self.assertEqual(r.choices[0].finish_reason, "tool_calls")
+        self.assertEqual(msg.tool_calls[0].id, "call_9")
+        self.assertEqual(msg.tool_calls[0].function.name, "get_weather")
+        self.assertEqual(json.loads(msg.tool_calls[0].function.arguments), {"city": "Oslo"})
+        self.assertEqual(r.usage.prompt_tokens, 20)
+        # The gateway sent the tools on, and not its own key nor the client's.
+        sent = state["upstream"].requests()[-1]
+        body = json.loads(sent["body"])
+        self.assertEqual(body["tools"][0]["function"]["name"], "get_weather")
+        auth = [v for k, v in sent["headers"] if k.lower() == "authorization"]
+        self.assertEqual(auth, ["Bearer " + UPSTREAM_KEY])
+
+    def test_streamed_tool_call_deltas(self):
+        state["upstream"].script(sse_response(TOOL_STREAM, split="bytes:13"))
+        stream = oai().chat.completions.create(
+            model="upstream/gpt-4o-mini", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER_TOOL],
+            stream=True, stream_options={"include_usage": True})
+        args = ""
+        names = []
+        finish = None
+        usage = None
+        for c in stream:
+            if c.usage:
+                usage = c.usage
+            if not c.choices:
+                continue
+            for tc in c.choices[0].delta.tool_calls or []:
+                if tc.function.name:
+                    names.append((tc.index, tc.id, tc.function.name))
+                args += tc.function.arguments or ""
+            finish = c.choices[0].finish_reason or finish
+        self.assertEqual(names, [(0, "call_1", "get_weather")])
+        self.assertEqual(json.loads(args), {"city": "Paris"})
+        self.assertEqual(finish, "tool_calls")
+        self.assertEqual(usage.completion_tokens, 7)
+        self.assertEqual(json.loads(state["upstream"].requests()[-1]["body"])["model"], "gpt-4o-mini")
+
+    def test_errors_are_the_sdks_exceptions(self):
+        with self.assertRaises(openai.AuthenticationError):
+            oai(key="not-a-key-of-this-gateway").chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(openai.PermissionDeniedError) as e:
+            oai(KEY_B).chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}])
+        self.assertIn("team-b", str(e.exception))
+        with self.assertRaises(openai.NotFoundError) as e:
+            oai().chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(e.exception.code, "model_not_found")
+        with self.assertRaises(openai.BadRequestError):
+            oai().chat.completions.create(model="echo", messages=[])
+
+    def test_upstream_errors_map_to_statuses(self):
+        up = state["upstream"]
+        up.script({"status": 429, "headers": {"retry-after": "7", "content-type": "application/json"},
+                   "body": json.dumps({"error": {"message": "slow down", "type": "rate_limit_error"}})})
+        with self.assertRaises(openai.RateLimitError) as e:
+            oai().chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(e.exception.response.headers.get("retry-after"), "7")
+        # The upstream refusing the gateway's key is the gateway's problem (502), not the client's (401).
+        up.script({"status": 401, "headers": {"content-type": "application/json"},
+                   "body": json.dumps({"error": {"message": "bad key", "type": "invalid_request_error"}})})
+        with self.assertRaises(openai.APIStatusError) as e:
+            oai().chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(e.exception.status_code, 502)
+        self.assertNotIn(UPSTREAM_KEY, str(e.exception))
+
+    def test_error_mid_stream(self):
+        body = "data: " + json.dumps(chunk({"role": "assistant", "content": "partial "})) + "\n\n"
+        state["upstream"].script(sse_response(body + "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"more\"}}]}\n\n",
+                                              close_after=len(body) + 10))
+        got = ""
+        with self.assertRaises(openai.APIError):
+            for c in oai().chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}], stream=True):
+                if c.choices:
+                    got += c.choices[0].delta.content or ""
+        self.assertEqual(got, "partial ")
+
+    def test_client_disconnect_cancels_upstream(self):
+        up = state["upstream"]
+        first = "data: " + json.dumps(chunk({"role": "assistant", "content": "tick "})) + "\n\n"
+        pieces = [{"data": first}] + [{"data": "data: " + json.dumps(chunk({"content": "tick "})) + "\n\n", "delay_ms": 300}] * 40
+        up.script({"status": 200, "headers": {"content-type": "text/event-stream"}, "chunks": pieces, "framing": "chunked"})
+        stream = oai().chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}], stream=True)
+        for c in stream:
+            if c.choices and c.choices[0].delta.content:
+                break
+        stream.close()
+        conn = up.requests()[-1]["connection"]
+        deadline = time.time() + 8
+        while time.time() < deadline and conn not in up.closed():
+            time.sleep(0.1)
+        self.assertIn(conn, up.closed(), "the upstream request was not cancelled when the client went away")
+
+
+class AnthropicSDK(unittest.TestCase):
+    def test_message_through_echo(self):
+        m = ant().messages.create(model="echo", max_tokens=100, messages=[{"role": "user", "content": "hello from claude sdk"}])
+        self.assertEqual(m.type, "message")
+        self.assertEqual(m.content[0].text, "hello from claude sdk")
+        self.assertEqual(m.stop_reason, "end_turn")
+        self.assertGreater(m.usage.output_tokens, 0)
+
+    def test_stream_event_sequence(self):
+        # The event names on the wire (the SDK drops pings, so read them raw).
+        with httpx.stream("POST", state["url"] + "/v1/messages", headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
+                          json={"model": "echo", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "a b c"}]}) as r:
+            self.assertEqual(r.headers["content-type"], "text/event-stream")
+            names = [line[len("event: "):] for line in r.iter_lines() if line.startswith("event: ")]
+        self.assertEqual(names[:3], ["message_start", "content_block_start", "ping"])
+        self.assertEqual(names[-3:], ["content_block_stop", "message_delta", "message_stop"])
+        self.assertEqual(names[3:-3], ["content_block_delta"] * 3)
+        events = list(ant().messages.create(
+            model="echo", max_tokens=100, messages=[{"role": "user", "content": "a b c"}], stream=True))
+        self.assertEqual("".join(e.delta.text for e in events if e.type == "content_block_delta"), "a b c")
+        with ant().messages.stream(model="echo", max_tokens=100, messages=[{"role": "user", "content": "x y"}]) as s:
+            self.assertEqual("".join(s.text_stream), "x y")
+            self.assertEqual(s.get_final_message().stop_reason, "end_turn")
+
+    def test_tool_use_with_input_json_delta(self):
+        state["upstream"].script(sse_response(TOOL_STREAM, split="bytes:17"))
+        tools = [{"name": "get_weather", "description": "Weather in a city",
+                  "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+        with ant().messages.stream(model="upstream", max_tokens=100, tools=tools,
+                                   messages=[{"role": "user", "content": "Weather in Paris?"}]) as s:
+            deltas = [e.delta.partial_json for e in s if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+            final = s.get_final_message()
+        self.assertEqual(json.loads("".join(deltas)), {"city": "Paris"})
+        self.assertEqual(final.stop_reason, "tool_use")
+        block = final.content[-1]
+        self.assertEqual((block.type, block.id, block.name, block.input), ("tool_use", "call_1", "get_weather", {"city": "Paris"}))
+        sent = json.loads(state["upstream"].requests()[-1]["body"])
+        self.assertEqual(sent["tools"][0]["function"]["name"], "get_weather")
+
+    def test_tool_result_turn(self):
+        state["upstream"].script({"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "It is sunny."}}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 4, "total_tokens": 34}})})
+        m = ant().messages.create(model="upstream", max_tokens=100, messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny, 21 C"}]}])
+        self.assertEqual(m.content[0].text, "It is sunny.")
+        sent = json.loads(state["upstream"].requests()[-1]["body"])
+        roles = [x["role"] for x in sent["messages"]]
+        self.assertEqual(roles, ["user", "assistant", "tool"])
+        self.assertEqual(sent["messages"][2]["tool_call_id"], "call_1")
+
+    def test_count_tokens(self):
+        r = ant().messages.count_tokens(model="echo", messages=[{"role": "user", "content": "count these words please"}])
+        self.assertGreater(r.input_tokens, 0)
+
+    def test_errors(self):
+        with self.assertRaises(anthropic.AuthenticationError):
+            ant(key="wrong-key-for-this-gateway").messages.create(model="echo", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(anthropic.NotFoundError):
+            ant().messages.create(model="nope", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(anthropic.PermissionDeniedError):
+            ant(KEY_B).messages.create(model="upstream", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        state["upstream"].script({"status": 429, "headers": {"retry-after": "3", "content-type": "application/json"},
+                                  "body": json.dumps({"error": {"message": "slow down"}})})
+        with self.assertRaises(anthropic.RateLimitError) as e:
+            ant().messages.create(model="upstream", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(e.exception.response.headers.get("retry-after"), "3")
+        self.assertEqual(e.exception.body["error"]["type"], "rate_limit_error")
+
+
+class Keys(unittest.TestCase):
+    def test_bearer_and_x_api_key_and_none(self):
+        url = state["url"] + "/v1/models"
+        self.assertEqual(httpx.get(url, headers={"Authorization": "Bearer " + KEY_A}).status_code, 200)
+        self.assertEqual(httpx.get(url, headers={"x-api-key": KEY_A}).status_code, 200)
+        r = httpx.get(url)
+        self.assertEqual(r.status_code, 401)
+        self.assertEqual(r.json()["error"]["code"], "invalid_api_key")
+        self.assertEqual(httpx.get(state["url"] + "/health").status_code, 200)
+
+    def test_body_limit_and_unknown_path(self):
+        r = httpx.post(state["url"] + "/v1/chat/completions", headers={"x-api-key": KEY_A}, content=b"x" * (33 << 20))
+        self.assertEqual(r.status_code, 413)
+        r = httpx.get(state["url"] + "/v1/nothing", headers={"x-api-key": KEY_A})
+        self.assertEqual(r.status_code, 404)
+
+
+if __name__ == "__main__":
+    unittest.main()
