@@ -52,12 +52,15 @@ package enum SQLiteValue: Sendable, Equatable {
 package final class SQLiteDatabase: @unchecked Sendable {
     private var db: OpaquePointer?
     package let path: String
+    /// How long a statement waits for another connection's lock.
+    package let busyTimeoutMS: Int32
 
     /// Opens (creating it when `create`) the database at `path`, with the
     /// file mode `mode` for a new file, waiting up to `busyTimeoutMS` for
     /// another writer's lock before failing with SQLITE_BUSY.
     package init(path: String, create: Bool = true, readOnly: Bool = false, mode: mode_t = 0o600, busyTimeoutMS: Int32 = 10_000) throws(SQLiteError) {
         self.path = path
+        self.busyTimeoutMS = busyTimeoutMS
         // A new file gets `mode` (SQLite would create it 0644 under the umask).
         if create && !readOnly && access(path, F_OK) != 0 {
             let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
@@ -151,6 +154,22 @@ package final class SQLiteDatabase: @unchecked Sendable {
         } catch {
             try? execute("ROLLBACK")
             throw error
+        }
+    }
+
+    /// Runs `body` again while it fails with SQLITE_BUSY, up to the busy
+    /// timeout. For the statements SQLite answers BUSY without calling the
+    /// busy handler: switching a database that other processes have open
+    /// to WAL (`PRAGMA journal_mode=WAL`) needs an exclusive lock and fails
+    /// at once when another connection holds any.
+    package func retryingWhileBusy<T>(_ body: () throws(SQLiteError) -> T) throws(SQLiteError) -> T {
+        let start = ContinuousClock.now
+        while true {
+            do {
+                return try body()
+            } catch where error.code & 0xff == SQLITE_BUSY && ContinuousClock.now - start < .milliseconds(busyTimeoutMS) {
+                usleep(5_000)
+            }
         }
     }
 

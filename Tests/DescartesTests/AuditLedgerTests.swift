@@ -2,6 +2,8 @@ import Descartes
 import Glibc
 import Testing
 import DescartesSupport
+import DescartesSQLite
+import Synchronization
 
 /// The audit and spend ledger in SQLite (issue 17): one row per attempt,
 /// labels, the provider that answered and the chain it came through,
@@ -143,5 +145,37 @@ import DescartesSupport
         // The export has one line per request too.
         let exported = try FileSystem.readText(work.file("state/descartes/audit.jsonl"), limit: 1 << 24).split(separator: "\n")
         #expect(exported.count == 120)
+    }
+
+    /// The first writers of a new ledger race to switch it to WAL, which
+    /// SQLite answers with BUSY at once (no busy handler) while another
+    /// connection holds any lock: the switch waits like every other write
+    /// instead of losing the row (seen as 118 of 120 rows under load).
+    @Test func aNewLedgerOpenElsewhereStillTakesTheFirstRow() throws {
+        let file = work.file("race/audit.sqlite3")
+        try FileSystem.makeDirectories(work.file("race"), mode: 0o700)
+        // Another process's connection, in the rollback journal a new file
+        // starts with, in the middle of a write (BEGIN IMMEDIATE holds the
+        // RESERVED lock; without the retry the switch fails in 4 ms).
+        let other = try SQLiteDatabase(path: file)
+        try other.execute("CREATE TABLE held (x); BEGIN IMMEDIATE;")
+        let ledger = AuditLedger(file: file)
+        let row = AuditLedger.Row(unixMS: 1_700_000_000_000, requestID: "r1", operation: "complete", provider: "e1", outcome: "ok")
+        let done = Mutex<Result<Void, AuditLedgerError>?>(nil)
+        Proc.onThread {
+            let r = Result { () throws(AuditLedgerError) in try ledger.append([row]) }
+            done.withLock { $0 = r }
+        }
+        usleep(300_000)
+        #expect(done.withLock { $0 } == nil, "the append should wait while the other connection holds its lock")
+        try other.execute("COMMIT")
+        var waited = 0
+        while done.withLock({ $0 }) == nil && waited < 10_000 {
+            usleep(10_000)
+            waited += 10
+        }
+        let result = try #require(done.withLock { $0 })
+        if case .failure(let e) = result { Issue.record("the append failed: \(e)") }
+        #expect(try ledger.count() == 1)
     }
 }

@@ -215,7 +215,9 @@ public final class AuditLedger: Sendable {
                     // WAL: readers do not block the writer nor the writer
                     // them; several processes append at once, each waiting
                     // for the others' short transactions (busy timeout).
-                    _ = try db.query("PRAGMA journal_mode=WAL")
+                    // (Switching to WAL answers BUSY at once while another
+                    // process has the new file open: retried.)
+                    _ = try db.retryingWhileBusy { () throws(SQLiteError) in try db.query("PRAGMA journal_mode=WAL") }
                     try db.execute("PRAGMA synchronous=NORMAL")
                     try db.transaction { () throws(SQLiteError) in
                         try db.execute(Self.schema)
