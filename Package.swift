@@ -62,6 +62,8 @@ let plugins: [(Product, Target)] = [
     // Google's Gemini: the Gemini API (factory "gemini") and Vertex AI
     // (factory "vertex") over one wire format.
     plugin("gemini", dir: "Gemini", target: "GeminiPlugin"),
+    // Amazon Bedrock's Converse API, signed with SigV4 (DescartesSupport's SHA-256 and HMAC).
+    plugin("bedrock", dir: "Bedrock", target: "BedrockPlugin", dependencies: ["DescartesSupport"]),
     // Ollama over its native API (/api/chat NDJSON, /api/tags, /api/show).
     plugin("ollama", dir: "Ollama", target: "OllamaPlugin"),
     // llama.cpp's server (llama-server, llama-cpp-python) over the shared OpenAI chat dialect.

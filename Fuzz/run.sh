@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson chat claude json manifest providers)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse ndjson eventstream chat claude json manifest providers)
 BUILD=.build-fuzz
 B=$BUILD/release
 SHARED="$(cd .. && pwd)/shared/fixtures/provider-transcripts"
@@ -39,7 +39,7 @@ common=(-O -sanitize=fuzzer,address -parse-as-library -package-name "$pkg" -I "$
 
 link_for() {
   case "$1" in
-    sse|ndjson) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
+    sse|ndjson|eventstream) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
@@ -54,6 +54,7 @@ seed() {
   case "$t" in
     sse) for f in "$SHARED"/*/*.sse; do printf '\007' | cat - "$f" > "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
     ndjson) for f in "$SHARED"/*/*.ndjson; do printf '\003' | cat - "$f" > "$dir/$(basename "$f")"; done ;;
+    eventstream) for f in conformance/bedrock/*.bin; do printf '\004' | cat - "$f" > "$dir/$(basename "$f")"; done ;;
     chat) for f in "$SHARED"/{openai,deepseek,groq,mistral,openrouter,zai,openai-compatible}/*.sse; do
             printf '\037' | cat - "$f" > "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
     claude) for f in Tests/Fixtures/claude-code/*.jsonl; do printf '\000' | cat - "$f" > "$dir/$(basename "$f")"; done

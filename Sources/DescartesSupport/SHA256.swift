@@ -44,6 +44,35 @@ public struct SHA256: Sendable {
 
     public mutating func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0) } }
 
+    /// The digest as 32 bytes.
+    public mutating func finalizeBytes() -> [UInt8] {
+        _ = finalize()
+        var out: [UInt8] = []
+        out.reserveCapacity(32)
+        for word in h {
+            for s in stride(from: 24, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: word >> UInt32(s))) }
+        }
+        return out
+    }
+
+    /// HMAC-SHA256 (RFC 2104) of `message` under `key` (AWS Signature Version 4).
+    public static func hmac(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
+        var k = key
+        if k.count > 64 {
+            var s = SHA256()
+            s.update(k)
+            k = s.finalizeBytes()
+        }
+        k += [UInt8](repeating: 0, count: 64 - k.count)
+        var inner = SHA256()
+        inner.update(k.map { $0 ^ 0x36 })
+        inner.update(message)
+        var outer = SHA256()
+        outer.update(k.map { $0 ^ 0x5c })
+        outer.update(inner.finalizeBytes())
+        return outer.finalizeBytes()
+    }
+
     /// The digest as 64 lowercase hex digits.
     public mutating func finalize() -> String {
         let bits = length &* 8

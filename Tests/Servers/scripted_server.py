@@ -38,6 +38,11 @@ RESPONSE (every member optional):
     hang_after: N                  send headers and N body bytes, then stall forever
     trickle_ms: int                send the body one byte at a time, this far apart
     keep_alive: bool (true)        allow another request on the connection
+    sigv4: {"secret_key", "session_token"?}   verify the request's AWS Signature
+                                   Version 4 with botocore's own signer (imported only
+                                   then) before answering; a request signed wrongly gets
+                                   AWS's 403 InvalidSignatureException instead. The
+                                   request's log entry gets "sigv4": "ok" or why not.
 """
 import argparse
 import asyncio
@@ -165,6 +170,13 @@ async def serve(reader, writer):
                                    "body": body.decode("utf-8", "replace"), "connection": conn_id,
                                    "time": time.monotonic()})
             r = STATE.next_response(method, path)
+            if r.get("sigv4") is not None:
+                problem = sigv4_problem(method, target, headers, body, r["sigv4"])
+                STATE.requests[-1]["sigv4"] = problem or "ok"
+                if problem:
+                    r = {"status": 403, "headers": [["content-type", "application/json"],
+                                                    ["x-amzn-ErrorType", "InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.coral.service/"]],
+                         "body": json.dumps({"message": "The request signature we calculated does not match the signature you provided. " + problem})}
             try:
                 keep = await respond(reader, writer, r, method)
             except ConnectionError:
@@ -177,6 +189,53 @@ async def serve(reader, writer):
             writer.close()
         except Exception:
             pass
+
+
+def sigv4_problem(method, target, headers, body, expect):
+    """None when the request carries a valid SigV4 signature for the scripted
+    secret key (and session token), else what is wrong. The signature is
+    recomputed by botocore's SigV4Auth from the request as received, over the
+    headers the request says it signed, at the time it says it signed."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    lower = {}
+    for k, v in headers:
+        lower.setdefault(k.lower(), v)
+    auth = lower.get("authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return "no AWS4-HMAC-SHA256 Authorization header"
+    fields = {}
+    for part in auth[len("AWS4-HMAC-SHA256 "):].split(","):
+        k, _, v = part.strip().partition("=")
+        fields[k] = v
+    try:
+        access_key, date, region, service, terminal = fields["Credential"].split("/")
+        signed = fields["SignedHeaders"].split(";")
+        signature = fields["Signature"]
+    except (KeyError, ValueError):
+        return "a malformed Authorization header"
+    stamp = lower.get("x-amz-date")
+    if not stamp or not stamp.startswith(date) or terminal != "aws4_request":
+        return "X-Amz-Date and the credential scope disagree"
+    if "host" not in signed or "x-amz-date" not in signed:
+        return "host and x-amz-date must be signed"
+    token = expect.get("session_token")
+    if token is not None and (lower.get("x-amz-security-token") != token or "x-amz-security-token" not in signed):
+        return "the session token is missing or not signed"
+    if "access_key" in expect and access_key != expect["access_key"]:
+        return "unknown access key"
+    for k in ("region", "service"):
+        if k in expect and expect[k] != {"region": region, "service": service}[k]:
+            return "the credential scope names %s %r" % (k, {"region": region, "service": service}[k])
+    request = AWSRequest(method=method, url="http://" + lower.get("host", "") + target,
+                         headers={k: v for k, v in headers if k.lower() in signed}, data=body)
+    request.context["timestamp"] = stamp
+    signer = SigV4Auth(Credentials(access_key, expect["secret_key"], token), service, region)
+    wanted = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    if wanted != signature:
+        return "(botocore computed %s for canonical request %r)" % (wanted, signer.canonical_request(request))
+    return None
 
 
 async def stall(reader):

@@ -18,6 +18,10 @@ public protocol StreamConsumer: AnyObject {
     /// Returns true when it was the terminal line.
     func line(_ line: UnsafeRawBufferPointer) throws(ProviderError) -> Bool
 
+    /// One message of a 2xx answer (framing `.eventStream`, AWS's binary
+    /// event stream). Returns true when it was the terminal message.
+    func message(_ message: EventStreamDecoder.Message) throws(ProviderError) -> Bool
+
     /// A 2xx answer that is one JSON document rather than an event stream
     /// (a server that ignored `stream: true`): parse it, emit its events,
     /// and return the result.
@@ -55,6 +59,9 @@ extension StreamConsumer {
     }
     public func line(_ line: UnsafeRawBufferPointer) throws(ProviderError) -> Bool {
         throw ProviderError(.backend, "this stream reader does not take NDJSON lines")
+    }
+    public func message(_ message: EventStreamDecoder.Message) throws(ProviderError) -> Bool {
+        throw ProviderError(.backend, "this stream reader does not take event-stream messages")
     }
     public func transportError(_ error: HTTPError, mapped: ProviderError) -> ProviderError { mapped }
     public func deliver(_ finish: Wire.Finish, to call: PluginCall) { call.finish(finish) }
@@ -181,6 +188,11 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
         /// without its newline counts if it parses; one that does not means
         /// the stream was cut (`streamClosed`).
         case lines
+        /// AWS's binary event stream (`application/vnd.amazon.eventstream`,
+        /// `StreamConsumer.message`), every message's CRCs checked; a body
+        /// that starts with `{` is a whole document (`wholeBody`). A body
+        /// that ends inside a message was cut (`streamClosed`).
+        case eventStream
         /// One JSON document, the answer to a request made without
         /// streaming: collected (up to the request's `maxResponseBytes`) and
         /// handed to `wholeBody`.
@@ -213,6 +225,7 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
     private var events = 0
     private var sse: SSEDecoder
     private var lines: LineDecoder
+    private var frames = EventStreamDecoder()
     private var done = false
 
     /// - Parameters:
@@ -310,7 +323,7 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
     /// How a 2xx body is read.
     private var bodyMode: Mode {
         switch framing {
-        case .serverSentEvents: return .sniffing
+        case .serverSentEvents, .eventStream: return .sniffing
         case .lines: return .streaming
         case .document: return .whole
         }
@@ -331,6 +344,12 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
                     if done { return }
                     events += 1
                     if try consumer.line(l) { try complete(sawTerminal: true) }
+                }
+            case .eventStream:
+                try frames.feed(bytes) { m in
+                    if done { return }
+                    events += 1
+                    if try consumer.message(m) { try complete(sawTerminal: true) }
                 }
             case .document:
                 break  // collected in `.whole`
@@ -388,6 +407,10 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
                     } catch let e as ProviderError where e.kind == .invalidResponse && !done {
                         throw ProviderError(.streamClosed, "the stream ended in the middle of a line (\(pending) bytes)")
                     }
+                case .eventStream:
+                    if !done && frames.pendingBytes > 0 {
+                        throw ProviderError(.streamClosed, "the stream ended inside an event-stream message (\(frames.pendingBytes) bytes of it)")
+                    }
                 case .document:
                     break  // `.whole`
                 }
@@ -395,7 +418,7 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
                 if events == 0 && !head.isEmpty {
                     throw ProviderError(
                         .invalidResponse,
-                        "HTTP \(status): the answer is not \(framing == .lines ? "JSON lines" : "an event stream"): \(ProviderHTTP.excerpt(head))",
+                        "HTTP \(status): the answer is not \(framing == .lines ? "JSON lines" : framing == .eventStream ? "an AWS event stream" : "an event stream"): \(ProviderHTTP.excerpt(head))",
                         status: status)
                 }
                 try complete(sawTerminal: false)
@@ -445,6 +468,7 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
         mode = .waiting
         sse = SSEDecoder(maxLineBytes: maxLineBytes)
         lines = LineDecoder(maxLineBytes: maxLineBytes)
+        frames = EventStreamDecoder()
         shared.withLock { $0.gotHead = false }
         Later.run(after: wait) { [self] in
             if call.isFinished { return }
