@@ -70,14 +70,16 @@ import Testing
     // clock passes a deadline, and never before.
 
     /// A call made on `clock`, and what it ended with once it ends.
-    func call(_ request: ModelRequest, on clock: ManualClock) throws -> (backend: any ModelBackend, task: Task<ModelResponse, Error>) {
+    /// (Initialized first: see RetryTests.retrying.)
+    func call(_ request: ModelRequest, on clock: ManualClock) async throws -> (backend: any ModelBackend, task: Task<ModelResponse, Error>) {
         let b = try dir.factory(clock: DescartesClock(clock)).create("scripted")
+        try await b.initialize()
         return (b, Task { try await b.complete(request) })
     }
 
     @Test func theTotalDeadlineEndsAHungCallAndCancelsIt() async throws {
         let clock = ManualClock()
-        let (b, task) = try call(.script(["hang"], deadlines: Deadlines(total: .milliseconds(300))), on: clock)
+        let (b, task) = try await call(.script(["hang"], deadlines: Deadlines(total: .milliseconds(300))), on: clock)
         try await clock.wait(until: { $0.timers == [.milliseconds(300)] })
         clock.advance(by: .milliseconds(299))
         // Not yet: the check is still due, in 1 ms.
@@ -94,7 +96,7 @@ import Testing
 
     @Test func theFirstTokenDeadlineFires() async throws {
         let clock = ManualClock()
-        let (_, task) = try call(.script(["hang"], deadlines: Deadlines(firstToken: .milliseconds(200), total: .seconds(10))), on: clock)
+        let (_, task) = try await call(.script(["hang"], deadlines: Deadlines(firstToken: .milliseconds(200), total: .seconds(10))), on: clock)
         // The earliest deadline is the one checked.
         try await clock.wait(until: { $0.timers == [.milliseconds(200)] })
         clock.advance(by: .milliseconds(200))

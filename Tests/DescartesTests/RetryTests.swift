@@ -28,8 +28,14 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     let dir = PluginDir().addScripted()
     let clock = ManualClock()
 
-    func retrying(_ policy: RetryPolicy) throws -> RetryBackend {
-        RetryBackend(try dir.factory(clock: DescartesClock(clock)).create("scripted"), policy: policy, clock: DescartesClock(clock))
+    /// The scripted backend, initialized, behind a retry layer. Initialized
+    /// first: a first request's lazy initialization runs under its own
+    /// check on the clock, which `pending` cannot tell from the call's, so a
+    /// test could move the clock past initialize's check instead of the call's.
+    func retrying(_ policy: RetryPolicy) async throws -> RetryBackend {
+        let plugin = try dir.factory(clock: DescartesClock(clock)).create("scripted")
+        try await plugin.initialize()
+        return RetryBackend(plugin, policy: policy, clock: DescartesClock(clock))
     }
 
     /// A policy with exact waits (no jitter).
@@ -85,7 +91,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func rateLimitThenUnavailableThenSuccess() async throws {
-        let b = try retrying(Self.exact())
+        let b = try await retrying(Self.exact())
         let task = Task {
             try await b.complete(
                 .sequence([["retry_after:400", "error:rate_limited:slow down"], ["error:provider_unavailable:overloaded"], ["words"]], prompt: "third time lucky"))
@@ -104,7 +110,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     @Test func theRetryAfterOfTheCurrentErrorIsHonoured() async throws {
         // The first 429 asks for 50 ms, the second for 900 ms: the second wait
         // must follow the second answer, not the first.
-        let b = try retrying(Self.exact())
+        let b = try await retrying(Self.exact())
         let task = Task { try await b.complete(.sequence([["retry_after:50", "error:rate_limited:a"], ["retry_after:900", "error:rate_limited:b"], ["text:ok"]])) }
         let r = try await after(waits: [.milliseconds(50), .milliseconds(900)], task).get()
         #expect(r.content == "ok")
@@ -113,7 +119,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
 
     @Test(arguments: ["authentication", "config", "api", "invalid_response", "unsupported_feature"])
     func nonRetryableErrorsAreNotRetried(_ kind: String) async throws {
-        let b = try retrying(Self.exact(attempts: 5))
+        let b = try await retrying(Self.exact(attempts: 5))
         let err = try #require(await providerError { _ = try await b.complete(.sequence([["error:\(kind):no"], ["text:never"]])) })
         #expect(err.kind.rawValue == kind)
         #expect(err.attempts.isEmpty)
@@ -121,7 +127,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func givingUpReportsEveryAttempt() async throws {
-        let b = try retrying(Self.exact(attempts: 3, initial: .milliseconds(20)))
+        let b = try await retrying(Self.exact(attempts: 3, initial: .milliseconds(20)))
         let task = Task { try await b.complete(.sequence([["error:provider_unavailable:down"]])) }
         let err = try #require(await providerError { _ = try await after(waits: [.milliseconds(20), .milliseconds(40)], task).get() })
         #expect(err.kind == .providerUnavailable)
@@ -132,7 +138,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func aRetryAfterBeyondTheCapFailsAtOnce() async throws {
-        let b = try retrying(RetryPolicy(maxAttempts: 3, maxRetryAfter: .seconds(2)))
+        let b = try await retrying(RetryPolicy(maxAttempts: 3, maxRetryAfter: .seconds(2)))
         // The provider asks for ten minutes: an answer with the clock never
         // moved is an answer without a wait.
         let start = clock.now
@@ -147,7 +153,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func aRateLimitWhoseWaitWouldPassTheDeadlineSaysSo() async throws {
-        let b = try retrying(RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(10), jitter: 0))
+        let b = try await retrying(RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(10), jitter: 0))
         let err = try #require(
             await providerError {
                 _ = try await b.complete(.sequence([["retry_after:5000", "error:rate_limited:slow down"]], deadlines: Deadlines(total: .seconds(2))))
@@ -159,7 +165,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func aFirstTokenTimeoutIsRetried() async throws {
-        let b = try retrying(Self.exact())
+        let b = try await retrying(Self.exact())
         let task = Task { try await b.complete(.sequence([["hang"], ["text:awake"]], deadlines: Deadlines(firstToken: .milliseconds(1500)))) }
         try await passDeadline(.milliseconds(1500))
         let r = try await after(waits: [.milliseconds(100)], task).get()
@@ -169,7 +175,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func anIdleTimeoutIsNotRetried() async throws {
-        let b = try retrying(Self.exact())
+        let b = try await retrying(Self.exact())
         let task = Task { try await b.complete(.sequence([["text:begun", "hang"], ["text:never"]], deadlines: Deadlines(idle: .milliseconds(150)))) }
         try await passDeadline(.milliseconds(150))
         let err = try #require(await providerError { _ = try await task.value })
@@ -182,7 +188,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
         // total is the whole request's: 300 + 50 + 300 + 100 + 300 + 200 =
         // 1250 ms, so the fourth attempt gets only the 50 ms left, and the
         // ten attempts allowed are never reached.
-        let b = try retrying(RetryPolicy(maxAttempts: 10, initialDelay: .milliseconds(50), jitter: 0, attemptTimeout: .milliseconds(300)))
+        let b = try await retrying(RetryPolicy(maxAttempts: 10, initialDelay: .milliseconds(50), jitter: 0, attemptTimeout: .milliseconds(300)))
         let start = clock.now
         let task = Task { try await b.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(1300)))) }
         for (attempt, wait) in [(300, 50), (300, 100), (300, 200)] {
@@ -207,7 +213,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     @Test func aTimeoutAtTheEndOfTheRequestNamesTheCallersDeadline() async throws {
         // Attempts get what is left of the deadline (on a real clock, 299 ms
         // of 300): the error still says what the caller asked for.
-        let b = try retrying(Self.exact())
+        let b = try await retrying(Self.exact())
         let task = Task { try await b.complete(.sequence([["hang"]], deadlines: Deadlines(total: .milliseconds(300)))) }
         try await passDeadline(.milliseconds(300))
         let err = try #require(await providerError { _ = try await task.value })
@@ -221,7 +227,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func noRetryStartsWhenItsWaitWouldPassTheDeadline() async throws {
-        let b = try retrying(RetryPolicy(maxAttempts: 10, initialDelay: .seconds(1), jitter: 0))
+        let b = try await retrying(RetryPolicy(maxAttempts: 10, initialDelay: .seconds(1), jitter: 0))
         let task = Task { try await b.complete(.sequence([["error:provider_unavailable:down"]], deadlines: Deadlines(total: .seconds(3)))) }
         // 1 s waited; the next wait (2 s) would reach the 3 s deadline: give
         // up now with the provider's error, rather than sleep into a timeout.
@@ -232,7 +238,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func cancellingDuringTheWaitEndsAtOnce() async throws {
-        let b = try retrying(RetryPolicy(maxAttempts: 3, initialDelay: .seconds(20), jitter: 0))
+        let b = try await retrying(RetryPolicy(maxAttempts: 3, initialDelay: .seconds(20), jitter: 0))
         let task = Task { try await b.complete(.sequence([["error:provider_unavailable:down"], ["text:late"]])) }
         // The first attempt failed and the 20 s wait began.
         try await clock.wait(until: { $0.sleeps == [.seconds(20)] })
@@ -259,7 +265,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func aStreamClosedBeforeItsFirstTokenIsRetriedUnseen() async throws {
-        let b = try retrying(Self.exact())
+        let b = try await retrying(Self.exact())
         let task = Task { await collect(b.stream(.sequence([["error:stream_closed:cut before anything"], ["words"]], prompt: "a b"))) }
         let (events, error) = try await after(waits: [.milliseconds(100)], task).get()
         #expect(error == nil)
@@ -275,7 +281,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     }
 
     @Test func aStreamIsNeverRetriedOnceTextReachedTheCaller() async throws {
-        let b = try retrying(Self.exact(attempts: 5))
+        let b = try await retrying(Self.exact(attempts: 5))
         let (events, error) = await collect(b.stream(.sequence([["words", "error:stream_closed:cut mid-stream"], ["text:again"]], prompt: "one two")))
         #expect(error?.kind == .streamClosed)
         #expect(error?.message == "cut mid-stream")
@@ -287,7 +293,7 @@ func pluginCalls(_ b: any ModelBackend) async throws -> Int {
     @Test func aStreamRestartsWhenAskedTo() async throws {
         var p = Self.exact()
         p.restartStreams = true
-        let b = try retrying(p)
+        let b = try await retrying(p)
         let task = Task { await collect(b.stream(.sequence([["text:partial", "error:stream_closed:cut"], ["text:whole answer"]]))) }
         let (events, error) = try await after(waits: [.milliseconds(100)], task).get()
         #expect(error == nil)
