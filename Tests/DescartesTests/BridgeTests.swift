@@ -134,7 +134,8 @@ import Testing
         let start = ContinuousClock.now
         let err = try #require(await providerError { _ = try await b.complete(.script(["ignore-cancel", "sleep:30000"], deadlines: Deadlines(total: .milliseconds(200)))) })
         #expect(err.kind == .timeout)
-        #expect(ContinuousClock.now - start < .seconds(10))
+        // (10.5 s was seen in a clean CI run under the full suite's load.)
+        #expect(ContinuousClock.now - start < .seconds(20))
     }
 
     @Test func cancellingTheTaskCancelsThePluginCall() async throws {

@@ -250,7 +250,12 @@ enum Blocker {
         let start = ContinuousClock.now
         await b.shutdown()
         #expect(ContinuousClock.now - start < Self.answerBound)
-        #expect(LogCapture.shared.contains("quarantined: its shutdown did not answer within 400 ms"))
+        // Quarantined either way: the shutdown answered nothing within 400 ms,
+        // or (on a loaded machine) the plugin's function had not even
+        // returned a second after its deadline.
+        #expect(
+            LogCapture.shared.contains("quarantined: its shutdown did not answer within 400 ms")
+                || LogCapture.shared.contains("quarantined: the plugin's shutdown did not return within the total deadline of 400 ms"))
     }
 
     @Test func noCommandOutlivesItsTimeout() async {
