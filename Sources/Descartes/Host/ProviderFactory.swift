@@ -315,7 +315,9 @@ public struct ProviderFactory: Sendable {
     /// without running a request: what `plugins verify` does.
     ///
     /// - Throws: any failure to load, negotiate or create, except that
-    ///   required keys without a value are reported in `missingConfig`.
+    ///   required keys without a value are reported in `missingConfig`, and
+    ///   so is a `config` refusal of the plugin's create when no
+    ///   configuration was given.
     package func verify(_ name: String, config: [String: JSONValue] = [:]) throws(ProviderError) -> Verification {
         let manifest = try manifest(for: name)
         let library: PluginLibrary
@@ -326,10 +328,17 @@ public struct ProviderFactory: Sendable {
         do {
             _ = try createPluginBackend(name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: nil, at: nil)
         } catch {
-            guard error.kind == .config, !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) else {
+            guard error.kind == .config else { throw error }
+            if !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) {
+                result.missingConfig = error.details
+            } else if config.isEmpty {
+                // Given no configuration at all, the plugin's own create
+                // asked for some (Bedrock without AWS credentials): it
+                // loaded and answered; what it needs is configuration.
+                result.missingConfig = [error.message]
+            } else {
                 throw error
             }
-            result.missingConfig = error.details
         }
         return result
     }
