@@ -111,7 +111,7 @@ package final class Gateway: Sendable {
         func fail(_ e: GatewayError) { send(e, dialect, exchange, &record) }
         let endpoints: [String: String] = [
             "/v1/chat/completions": "POST", "/chat/completions": "POST", "/v1/models": "GET", "/models": "GET", "/health": "GET",
-            "/v1/messages": "POST", "/v1/messages/count_tokens": "POST",
+            "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/responses": "POST", "/responses": "POST",
         ]
         guard let method = endpoints[path] else {
             return fail(.notFound("no endpoint \(request.method) \(path) (docs/gateway.md lists them)"))
@@ -135,6 +135,8 @@ package final class Gateway: Sendable {
             return json(200, models(for: key), exchange, &record)
         case "/v1/chat/completions", "/chat/completions":
             await chat(request, exchange, key: key, &record)
+        case "/v1/responses", "/responses":
+            await responses(request, exchange, key: key, &record)
         case "/v1/messages":
             await messages(request, exchange, key: key, &record)
         case "/v1/messages/count_tokens":

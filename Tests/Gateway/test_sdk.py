@@ -314,6 +314,111 @@ class OpenAISDK(unittest.TestCase):
         self.assertIn(conn, up.closed(), "the upstream request was not cancelled when the client went away")
 
 
+RESPONSES_TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+class OpenAIResponses(unittest.TestCase):
+    def test_response_through_echo(self):
+        r = oai().responses.create(model="echo", input="hello responses api", instructions="Answer briefly.")
+        self.assertEqual(r.object, "response")
+        self.assertTrue(r.id.startswith("resp_"), r.id)
+        self.assertEqual(r.status, "completed")
+        self.assertEqual(r.output_text, "hello responses api")
+        self.assertEqual(r.output[0].type, "message")
+        self.assertEqual(r.output[0].content[0].type, "output_text")
+        self.assertEqual(r.instructions, "Answer briefly.")
+        self.assertEqual(r.model, "echo")
+        self.assertGreater(r.usage.total_tokens, 0)
+        self.assertEqual(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens)
+
+    def test_stream_event_sequence(self):
+        events = list(oai().responses.create(model="echo", input=[{"role": "user", "content": "a b c"}], stream=True))
+        types = [e.type for e in events]
+        self.assertEqual(types[:4], ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"])
+        self.assertEqual(types[4:7], ["response.output_text.delta"] * 3)
+        self.assertEqual(types[7:], ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                                     "response.completed"])
+        self.assertEqual([e.sequence_number for e in events], list(range(len(events))))
+        self.assertEqual("".join(e.delta for e in events if e.type == "response.output_text.delta"), "a b c")
+        item_id = events[2].item.id
+        self.assertTrue(all(e.item_id == item_id for e in events if e.type == "response.output_text.delta"))
+        self.assertEqual(events[7].text, "a b c")
+        done = events[-1].response
+        self.assertEqual((done.status, done.output_text, done.id), ("completed", "a b c", events[0].response.id))
+        self.assertGreater(done.usage.output_tokens, 0)
+        # The SDK's own accumulating helper.
+        with oai().responses.stream(model="echo", input="x y z") as s:
+            final = s.get_final_response()
+        self.assertEqual(final.output_text, "x y z")
+
+    def test_streamed_function_call(self):
+        state["upstream"].script(sse_response(TOOL_STREAM, split="bytes:11"))
+        events = list(oai().responses.create(model="upstream", input="Weather in Paris?", tools=[RESPONSES_TOOL], stream=True))
+        types = [e.type for e in events]
+        self.assertEqual([e.sequence_number for e in events], list(range(len(events))))
+        added = [e for e in events if e.type == "response.output_item.added"]
+        self.assertEqual(len(added), 1)
+        self.assertEqual((added[0].item.type, added[0].item.call_id, added[0].item.name), ("function_call", "call_1", "get_weather"))
+        deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+        self.assertGreaterEqual(len(deltas), 1)
+        self.assertEqual(json.loads("".join(deltas)), {"city": "Paris"})
+        self.assertEqual(types[-3:], ["response.function_call_arguments.done", "response.output_item.done", "response.completed"])
+        call = events[-1].response.output[0]
+        self.assertEqual((call.type, call.call_id, call.name, json.loads(call.arguments)), ("function_call", "call_1", "get_weather", {"city": "Paris"}))
+        self.assertEqual(events[-1].response.usage.output_tokens, 7)
+        sent = json.loads(state["upstream"].requests()[-1]["body"])
+        self.assertEqual(sent["tools"][0]["function"]["name"], "get_weather")
+
+    def test_function_call_output_turn(self):
+        state["upstream"].script({"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "It is sunny."}}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 4, "total_tokens": 34}})})
+        r = oai().responses.create(model="upstream/gpt-4o-mini", instructions="You report weather.", tools=[RESPONSES_TOOL], input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 21 C"}])
+        self.assertEqual(r.output_text, "It is sunny.")
+        self.assertEqual(r.usage.input_tokens, 30)
+        sent = json.loads(state["upstream"].requests()[-1]["body"])
+        self.assertEqual(sent["model"], "gpt-4o-mini")
+        self.assertEqual([m["role"] for m in sent["messages"]], ["system", "user", "assistant", "tool"])
+        self.assertEqual(sent["messages"][0]["content"], "You report weather.")
+        self.assertEqual(sent["messages"][2]["tool_calls"][0]["id"], "call_1")
+        self.assertEqual(sent["messages"][3]["tool_call_id"], "call_1")
+        self.assertEqual(sent["messages"][3]["content"], "sunny, 21 C")
+
+    def test_errors(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            oai().responses.create(model="echo", input="x", previous_response_id="resp_123")
+        self.assertIn("previous_response_id", str(e.exception))
+        with self.assertRaises(openai.BadRequestError) as e:
+            oai().responses.create(model="echo", input="x", tools=[{"type": "web_search"}])
+        self.assertIn("web_search", str(e.exception))
+        with self.assertRaises(openai.NotFoundError):
+            oai().responses.create(model="no-such-model", input="x")
+        with self.assertRaises(openai.PermissionDeniedError):
+            oai(KEY_B).responses.create(model="upstream", input="x")
+        up = state["upstream"]
+        up.script({"status": 429, "headers": {"retry-after": "5", "content-type": "application/json"},
+                   "body": json.dumps({"error": {"message": "slow down", "type": "rate_limit_error"}})})
+        with self.assertRaises(openai.RateLimitError) as e:
+            oai().responses.create(model="upstream", input="x", stream=True)
+        self.assertEqual(e.exception.response.headers.get("retry-after"), "5")
+        # After the stream began: an error event, then response.failed with the output so far.
+        body = "data: " + json.dumps(chunk({"role": "assistant", "content": "partial "})) + "\n\n"
+        up.script(sse_response(body + "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"more\"}}]}\n\n",
+                               close_after=len(body) + 10))
+        events = list(oai().responses.create(model="upstream", input="x", stream=True))
+        self.assertEqual([e.type for e in events[-2:]], ["error", "response.failed"])
+        self.assertEqual([e.sequence_number for e in events], list(range(len(events))))
+        failed = events[-1].response
+        self.assertEqual(failed.status, "failed")
+        self.assertEqual(failed.error.code, "server_error")
+        self.assertEqual(failed.output[0].content[0].text, "partial ")
+
+
 class AnthropicSDK(unittest.TestCase):
     def test_message_through_echo(self):
         m = ant().messages.create(model="echo", max_tokens=100, messages=[{"role": "user", "content": "hello from claude sdk"}])
