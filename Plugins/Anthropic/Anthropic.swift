@@ -143,7 +143,7 @@ final class AnthropicBackend: DescartesBackend {
     }
 
     func fetchModels(_ call: PluginCall, afterID: String?, pages: Int, into models: [ModelInfo]) {
-        let path = "models?limit=1000" + (afterID.map { "&after_id=\(Self.queryEscaped($0))" } ?? "")
+        let path = "models?limit=1000" + (afterID.map { "&after_id=\(ProviderHTTP.percentEncoded($0))" } ?? "")
         let endpoint = settings.endpoint
         let transfer = http.fetch(request("GET", path)) { [self] result in
             switch result {
@@ -206,21 +206,6 @@ final class AnthropicBackend: DescartesBackend {
     func shutdown(_ call: PluginCall) {
         http.shutdown()
         call.finish(result: [:])
-    }
-
-    static func queryEscaped(_ s: String) -> String {
-        var out = ""
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            default:
-                let hex = Array("0123456789ABCDEF".utf8)
-                out += "%" + String(decoding: [hex[Int(b >> 4)], hex[Int(b & 15)]], as: UTF8.self)
-            }
-        }
-        return out
     }
 }
 

@@ -51,7 +51,7 @@ final class BedrockBackend: DescartesBackend {
         guard let model = requested ?? defaultModel, !model.isEmpty else {
             throw ProviderError(.api, "no model: the request names none and key 'model' is not set")
         }
-        return (model, "model/\(SigV4.uriEncode(model))/\(action)")
+        return (model, "model/\(ProviderHTTP.percentEncoded(model))/\(action)")
     }
 
     /// A signed request.

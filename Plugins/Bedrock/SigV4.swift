@@ -119,7 +119,7 @@ enum SigV4 {
         let signedNames = signed.map(\.0).joined(separator: ";")
         var payload = SHA256()
         payload.update(body)
-        let canonicalURI = path.split(separator: "/", omittingEmptySubsequences: false).map { uriEncode(String($0)) }.joined(separator: "/")
+        let canonicalURI = path.split(separator: "/", omittingEmptySubsequences: false).map { ProviderHTTP.percentEncoded(String($0)) }.joined(separator: "/")
         let canonical = [
             method, canonicalURI.isEmpty ? "/" : canonicalURI, "",
             signed.map { "\($0.0):\($0.1)\n" }.joined(), signedNames, payload.finalize(),
@@ -150,22 +150,6 @@ enum SigV4 {
         var path = String(rest[slash...])
         if let q = path.firstIndex(of: "?") { path = String(path[..<q]) }
         return (authority.lowercased(), path.isEmpty ? "/" : path)
-    }
-
-    /// RFC 3986 percent-encoding of everything but the unreserved characters.
-    static func uriEncode(_ s: String) -> String {
-        var out = ""
-        let hexDigits = Array("0123456789ABCDEF".utf8)
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            default:
-                out += "%" + String(decoding: [hexDigits[Int(b >> 4)], hexDigits[Int(b & 15)]], as: UTF8.self)
-            }
-        }
-        return out
     }
 
     static func hex(_ bytes: [UInt8]) -> String {

@@ -188,7 +188,7 @@ final class GeminiBackend: DescartesBackend {
     }
 
     func fetchModels(_ call: PluginCall, pageToken: String?, pages: Int, into models: [ModelInfo]) {
-        let path = "models?pageSize=1000" + (pageToken.map { "&pageToken=\(Self.queryEscaped($0))" } ?? "")
+        let path = "models?pageSize=1000" + (pageToken.map { "&pageToken=\(ProviderHTTP.percentEncoded($0))" } ?? "")
         let endpoint = settings.endpoint
         let transfer = http.fetch(request("GET", path)) { [self] result in
             switch result {
@@ -270,21 +270,6 @@ final class GeminiBackend: DescartesBackend {
     func shutdown(_ call: PluginCall) {
         http.shutdown()
         call.finish(result: [:])
-    }
-
-    static func queryEscaped(_ s: String) -> String {
-        var out = ""
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            default:
-                let hex = Array("0123456789ABCDEF".utf8)
-                out += "%" + String(decoding: [hex[Int(b >> 4)], hex[Int(b & 15)]], as: UTF8.self)
-            }
-        }
-        return out
     }
 }
 

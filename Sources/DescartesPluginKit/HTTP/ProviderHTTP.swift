@@ -155,6 +155,26 @@ public enum ProviderHTTP {
         return "the API key will be sent unencrypted over plain http:// to \(host(of: endpoint) ?? endpoint); use https:// unless this network is trusted"
     }
 
+    /// RFC 3986 percent-encoding of everything but the unreserved characters
+    /// (`A-Z a-z 0-9 - _ . ~`), for a query value or a path segment (a model
+    /// id with `:` or `/`, a page token). Upper-case hex digits, as SigV4's
+    /// canonical URI requires.
+    public static func percentEncoded(_ s: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(s.utf8.count)
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
+                out.append(b)
+            default:
+                out += [UInt8(ascii: "%"), hex[Int(b >> 4)], hex[Int(b & 15)]]
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// `base` + "/" + `path`, with exactly one slash between them.
     public static func join(_ base: String, _ path: String) -> String {
         var b = Substring(base)
