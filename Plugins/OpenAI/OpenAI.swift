@@ -4,6 +4,9 @@
 // manifest naming this library with its own default endpoint and key
 // variable (manifests/deepseek.yaml is one); no code.
 //
+// Azure OpenAI is the second factory, "azure" (Azure.swift): the same
+// dialect at Azure's URLs with Azure's credentials.
+//
 // The dialect itself (request bodies, chunk parsing, tool-call assembly,
 // finish reasons, error mapping) is DescartesOpenAIChat, which this library
 // links statically.
@@ -14,10 +17,13 @@ final class OpenAIBackend: DescartesBackend {
     let settings: HTTPSettings
     let http: HTTPClient
     let chat: ChatClient
+    let azure: Bool
 
-    init(_ context: BackendContext) throws(ProviderError) {
+    /// `azure`: Azure OpenAI's URLs and credentials (Azure.swift).
+    init(_ context: BackendContext, azure: Bool = false) throws(ProviderError) {
         self.context = context
-        settings = try HTTPSettings(context, defaultEndpoint: "https://api.openai.com/v1")
+        self.azure = azure
+        settings = try HTTPSettings(context, defaultEndpoint: azure ? "https://invalid.openai.azure.com" : "https://api.openai.com/v1")
         var headers: [(String, String)] = [("User-Agent", "descartes-openai/\(OpenAIBackend.version)")]
         if let key = settings.apiKey { headers.append(("Authorization", "Bearer \(key)")) }
         if let org = context.string("organization"), !org.isEmpty { headers.append(("OpenAI-Organization", org)) }
@@ -29,23 +35,38 @@ final class OpenAIBackend: DescartesBackend {
             throw ProviderError(.config, "key 'max_tokens_field': '\(field)' is neither max_tokens nor max_completion_tokens")
         }
         let options = ChatRequestOptions(
-            defaultModel: context.string("model"), maxTokensField: field,
+            defaultModel: azure ? context.string("deployment") ?? context.string("model") : context.string("model"), maxTokensField: field,
             includeUsage: context.bool("stream_usage") ?? true)
         http = HTTPClient(name: "\(context.provider):\(context.instance)")
-        chat = ChatClient(
-            server: ChatServer(
+        let server =
+            azure
+            ? try Azure.server(context, settings: settings, options: options)
+            : ChatServer(
                 baseURL: settings.endpoint, headers: headers, secret: settings.apiKey, caBundle: settings.caBundle,
                 proxy: settings.proxy, maxResponseBytes: settings.maxResponseBytes, defaultTimeouts: settings.defaultTimeouts, requestOptions: options,
-                modelsPath: context.string("models_path") ?? "models"),
-            http: http)
+                modelsPath: context.string("models_path") ?? "models")
+        chat = ChatClient(server: server, http: http)
         if let warning = settings.plainHTTPWarning { context.log(.warning, warning) }
     }
 
     static let version = "1.0.0"
 
     func healthCheck(_ call: PluginCall) { chat.healthCheck(call, provider: context.instance) }
-    func complete(_ request: ModelRequest, _ call: PluginCall) { chat.complete(request, call) }
-    func stream(_ request: ModelRequest, _ call: PluginCall) { chat.stream(request, call) }
+    func complete(_ request: ModelRequest, _ call: PluginCall) {
+        if let e = missingDeployment(request) { return call.fail(e) }
+        chat.complete(request, call)
+    }
+
+    func stream(_ request: ModelRequest, _ call: PluginCall) {
+        if let e = missingDeployment(request) { return call.fail(e) }
+        chat.stream(request, call)
+    }
+
+    /// Azure names the deployment in the URL or the body: a request must name one.
+    func missingDeployment(_ request: ModelRequest) -> ProviderError? {
+        guard azure, (request.model ?? chat.server.requestOptions.defaultModel ?? "").isEmpty else { return nil }
+        return ProviderError(.api, "no deployment: the request names no model and key 'deployment' is not set")
+    }
     func listModels(_ call: PluginCall) { chat.listModels(call) }
 
     func shutdown(_ call: PluginCall) {
@@ -59,6 +80,9 @@ public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> Un
     PluginExport.entry(abi: abi, host: host, name: "openai", version: OpenAIBackend.version, factories: [
         BackendFactory(id: "openai", description: "OpenAI chat completions and OpenAI-compatible servers") {
             try OpenAIBackend($0)
-        }
+        },
+        BackendFactory(id: "azure", description: "Azure OpenAI chat completions (deployment or v1 URLs, api-key or Entra ID)") {
+            try OpenAIBackend($0, azure: true)
+        },
     ])
 }

@@ -20,17 +20,36 @@ public struct ChatServer: Sendable {
     public var requestOptions: ChatRequestOptions
     /// Top-level members of chunks kept in the Finish metadata.
     public var captureKeys: [StaticString]
-    /// The model list's path relative to `baseURL` ("models").
+    /// The model list's path relative to `baseURL` ("models"), or a whole
+    /// URL.
     public var modelsPath: String
+    /// Appended to every URL as its query (Azure's `api-version=...`), or nil.
+    public var query: String?
+    /// The completions path for a model, relative to `baseURL`
+    /// ("chat/completions"; Azure's deployment form puts the deployment in
+    /// the path).
+    public var chatPath: @Sendable (_ model: String?) -> String
+    /// Members of `choices[0]` kept in the Finish metadata, as last seen
+    /// non-empty (Azure's `content_filter_results`).
+    public var choiceCaptureKeys: [StaticString]
+    /// Turns a non-2xx answer's error into a more telling one (Azure's
+    /// content-filter refusals); gets the mapped error and the body.
+    public var refineError: (@Sendable (ProviderError, [UInt8]) -> ProviderError)?
 
     public init(
         baseURL: String, headers: [(String, String)] = [], secret: String? = nil, caBundle: String? = nil,
         proxy: String? = nil, maxResponseBytes: Int = 64 << 20,
         defaultTimeouts: HTTPTimeouts = HTTPTimeouts(connect: 10_000, total: 60_000),
         requestOptions: ChatRequestOptions = ChatRequestOptions(), captureKeys: [StaticString] = [],
-        modelsPath: String = "models"
+        modelsPath: String = "models", query: String? = nil,
+        chatPath: @escaping @Sendable (_ model: String?) -> String = { _ in "chat/completions" },
+        choiceCaptureKeys: [StaticString] = [], refineError: (@Sendable (ProviderError, [UInt8]) -> ProviderError)? = nil
     ) {
         self.modelsPath = modelsPath
+        self.query = query
+        self.chatPath = chatPath
+        self.choiceCaptureKeys = choiceCaptureKeys
+        self.refineError = refineError
         self.baseURL = baseURL
         self.headers = headers
         self.secret = secret
@@ -42,8 +61,14 @@ public struct ChatServer: Sendable {
         self.captureKeys = captureKeys
     }
 
-    /// `baseURL` + `path`.
-    public func url(_ path: String) -> String { ProviderHTTP.join(baseURL, path) }
+    /// `baseURL` + `path` (a path that is a whole URL as it is), with
+    /// `query` appended.
+    public func url(_ path: String) -> String {
+        let lower = path.lowercased()
+        let u = lower.hasPrefix("https://") || lower.hasPrefix("http://") ? path : ProviderHTTP.join(baseURL, path)
+        guard let query, !query.isEmpty else { return u }
+        return u + (u.contains("?") ? "&" : "?") + query
+    }
 
     /// An HTTP request to `path` with this server's headers and transport settings.
     public func request(
@@ -97,6 +122,7 @@ public struct ChatServer: Sendable {
     /// model, or an endpoint without `/v1`), and the credential scrubbed.
     public func httpError(status: Int, headers: HTTPHeaders, body: [UInt8], method: String, path: String, model: String?) -> ProviderError {
         var e = ProviderHTTP.error(status: status, headers: headers, body: body, endpoint: baseURL)
+        if let refineError { e = refineError(e, body) }
         if status == 404 {
             var notes: [String] = []
             if let model, !e.message.contains(model) { notes.append("model '\(model)'") }
@@ -139,9 +165,10 @@ public final class ChatClient: Sendable {
     func exchange(_ request: ModelRequest, _ call: PluginCall, stream: Bool, _ options: ChatCallOptions) {
         let body = ChatRequest.encode(request, stream: stream, options: server.requestOptions)
         let model = request.model ?? server.requestOptions.defaultModel
-        let consumer = ChatStreamConsumer(call: call, server: server, model: model, options: options)
+        let path = server.chatPath(model)
+        let consumer = ChatStreamConsumer(call: call, server: server, model: model, path: path, options: options)
         let req = server.request(
-            "POST", "chat/completions", body: body, accept: stream ? "text/event-stream" : "application/json",
+            "POST", path, body: body, accept: stream ? "text/event-stream" : "application/json",
             timeouts: HTTPTimeouts(request.deadlines))
         StreamResponseHandler(
             call: call, endpoint: server.baseURL, framing: stream ? .serverSentEvents : .document, notReady: options.notReady,
@@ -271,18 +298,20 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
     let events: EventBatcher
     let server: ChatServer
     let model: String?
+    let path: String
     let options: ChatCallOptions
     /// Only when usage may have to be counted.
     let counter: CountingSink?
     var parser: ChatResponseParser
 
-    init(call: PluginCall, server: ChatServer, model: String?, options: ChatCallOptions) {
+    init(call: PluginCall, server: ChatServer, model: String?, path: String, options: ChatCallOptions) {
         events = EventBatcher(call: call)
         self.server = server
         self.model = model
+        self.path = path
         self.options = options
         counter = options.countUsage == nil ? nil : CountingSink(events)
-        parser = ChatResponseParser(captureKeys: server.captureKeys)
+        parser = ChatResponseParser(captureKeys: server.captureKeys, choiceCaptureKeys: server.choiceCaptureKeys)
     }
 
     func flush() { events.flush() }
@@ -340,7 +369,7 @@ final class ChatStreamConsumer: StreamConsumer, @unchecked Sendable {
     }
 
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8]) -> ProviderError {
-        server.httpError(status: status, headers: headers, body: body, method: "POST", path: "chat/completions", model: model)
+        server.httpError(status: status, headers: headers, body: body, method: "POST", path: path, model: model)
     }
 
     func transportError(_ error: HTTPError, mapped: ProviderError) -> ProviderError {

@@ -14,6 +14,11 @@ public protocol ChatEventSink: AnyObject {
 }
 
 extension PluginCall: ChatEventSink {}
+
+extension String {
+    /// Nil for the empty string.
+    fileprivate var nonEmpty: String? { isEmpty ? nil : self }
+}
 extension EventBatcher: ChatEventSink {}
 
 /// Reads chat-completions chunks (or one whole body) and emits text,
@@ -54,6 +59,9 @@ public struct ChatResponseParser {
     /// Top-level member names whose values go into the Finish metadata
     /// (llama.cpp's `timings`, for example). Compared without allocating.
     public var captureKeys: [StaticString]
+    /// Member names of `choices[0]` whose values go into the Finish
+    /// metadata, as last seen non-empty (Azure's `content_filter_results`).
+    public var choiceCaptureKeys: [StaticString]
     /// True once the answer carried a refusal.
     public private(set) var refused = false
     /// True once a `choices` entry was read.
@@ -86,8 +94,9 @@ public struct ChatResponseParser {
         var pending: [UInt8] = []
     }
 
-    public init(captureKeys: [StaticString] = []) {
+    public init(captureKeys: [StaticString] = [], choiceCaptureKeys: [StaticString] = []) {
         self.captureKeys = captureKeys
+        self.choiceCaptureKeys = choiceCaptureKeys
         scratch.reserveCapacity(256)
     }
 
@@ -110,9 +119,10 @@ public struct ChatResponseParser {
                 } else if key == "usage" {
                     if r.peekKind() == .object { usage = try readUsage(&r) } else { try r.skipValue() }
                 } else if key == "id" {
-                    if id == nil, r.peekKind() == .string { id = try r.readString() } else { try r.skipValue() }
+                    // Azure's first chunk (prompt filter results) has "id": "" and "model": "".
+                    if id == nil, r.peekKind() == .string { id = try r.readString().nonEmpty } else { try r.skipValue() }
                 } else if key == "model" {
-                    if model == nil, r.peekKind() == .string { model = try r.readString() } else { try r.skipValue() }
+                    if model == nil, r.peekKind() == .string { model = try r.readString().nonEmpty } else { try r.skipValue() }
                 } else if key == "error" {
                     if r.peekKind() == .object || r.peekKind() == .string { inBandError = try r.readValue() } else { try r.skipValue() }
                 } else if key == "x_groq" {
@@ -138,7 +148,9 @@ public struct ChatResponseParser {
             throw ProviderError(
                 .invalidResponse, "unreadable chat-completions data (\(error)): \(ProviderHTTP.excerpt(Array(data)))")
         }
-        ensureStarted(sink)
+        // A chunk with no choice (Azure's prompt filter results come first,
+        // before the id is known) does not start the answer.
+        if sawChoice || usage != nil || inBandError != nil { ensureStarted(sink) }
         if let inBandError { throw ChatResponseParser.inBandError(inBandError) }
     }
 
@@ -175,6 +187,9 @@ public struct ChatResponseParser {
                     if r.peekKind() == .object { try delta(&r, sink) } else { try r.skipValue() }
                 } else if k == "finish_reason" {
                     if r.peekKind() == .string { rawFinishReason = try r.readString() } else { try r.skipValue() }
+                } else if !choiceCaptureKeys.isEmpty, let name = choiceCaptureKeys.first(where: { k.equals($0) }) {
+                    let v = try r.readValue()
+                    if v.objectValue.map({ !$0.isEmpty }) ?? (v != .null) { captured[name.description] = v }
                 } else {
                     try r.skipValue()
                 }

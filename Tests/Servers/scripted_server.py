@@ -43,6 +43,12 @@ RESPONSE (every member optional):
                                    then) before answering; a request signed wrongly gets
                                    AWS's 403 InvalidSignatureException instead. The
                                    request's log entry gets "sigv4": "ok" or why not.
+    azure: {"api_key" | "bearer", "api_version"?}   answer as Azure OpenAI does a
+                                   request without the scripted credential (401 with
+                                   Azure's body for the api-key header or the Entra ID
+                                   bearer token) or, when api_version is given, without
+                                   ?api-version=THAT (404 "Resource not found"). The
+                                   request's log entry gets "azure": "ok" or why not.
 """
 import argparse
 import asyncio
@@ -177,6 +183,11 @@ async def serve(reader, writer):
                     r = {"status": 403, "headers": [["content-type", "application/json"],
                                                     ["x-amzn-ErrorType", "InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.coral.service/"]],
                          "body": json.dumps({"message": "The request signature we calculated does not match the signature you provided. " + problem})}
+            if r.get("azure") is not None:
+                problem, r2 = azure_problem(query, headers, r["azure"])
+                STATE.requests[-1]["azure"] = problem or "ok"
+                if problem:
+                    r = r2
             try:
                 keep = await respond(reader, writer, r, method)
             except ConnectionError:
@@ -189,6 +200,30 @@ async def serve(reader, writer):
             writer.close()
         except Exception:
             pass
+
+
+def azure_problem(query, headers, expect):
+    """(None, None) when the request carries Azure OpenAI's scripted credential
+    and API version, else (why not, Azure's answer)."""
+    from urllib.parse import parse_qs
+    lower = {}
+    for k, v in headers:
+        lower.setdefault(k.lower(), v)
+    version = expect.get("api_version")
+    got = parse_qs(query).get("api-version")
+    if version is not None and got != [version]:
+        return ("api-version is %r, not %r" % (got, version),
+                {"status": 404, "headers": [["content-type", "application/json"]],
+                 "body": '{"error":{"code":"404","message": "Resource not found"}}'})
+    if "api_key" in expect and lower.get("api-key") != expect["api_key"]:
+        return ("no or a wrong api-key header",
+                {"status": 401, "headers": [["content-type", "application/json"]],
+                 "body": json.dumps({"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}})})
+    if "bearer" in expect and lower.get("authorization") != "Bearer " + expect["bearer"]:
+        return ("no or a wrong bearer token",
+                {"status": 401, "headers": [["content-type", "application/json"], ["www-authenticate", "Bearer"]],
+                 "body": json.dumps({"error": {"code": "401", "message": "Unauthorized. Access token is missing, invalid, audience is incorrect (https://cognitiveservices.azure.com), or have expired."}})})
+    return (None, None)
 
 
 def sigv4_problem(method, target, headers, body, expect):

@@ -142,6 +142,9 @@ final class ScriptedServer: @unchecked Sendable {
         /// When the server read it (seconds on the server's monotonic clock):
         /// differences between requests are what a test compares.
         var time: Double = 0
+        /// The server's verdict on an `azure` response's credential and
+        /// version ("ok" or why not), when the response had one.
+        var azure: String? = nil
         func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
         var json: JSONValue? { try? JSONValue.parse(body) }
     }
@@ -161,7 +164,7 @@ final class ScriptedServer: @unchecked Sendable {
                 method: i["method"]?.stringValue ?? "", path: i["path"]?.stringValue ?? "", query: i["query"]?.stringValue ?? "",
                 headers: (i["headers"]?.arrayValue ?? []).map { ($0[0]?.stringValue ?? "", $0[1]?.stringValue ?? "") },
                 body: i["body"]?.stringValue ?? "", connection: i["connection"]?.intValue ?? 0,
-                time: i["time"]?.doubleValue ?? 0)
+                time: i["time"]?.doubleValue ?? 0, azure: i["azure"]?.stringValue)
         }
     }
 
