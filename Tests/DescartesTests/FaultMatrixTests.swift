@@ -42,7 +42,7 @@ import DescartesSupport
         }
         // 2. Within its bound.
         let bound = c.bound * Sanitizer.timeScale
-        #expect(elapsed < bound, "\(c): took \(elapsed), bound \(bound)")
+        expectWithin(elapsed, bound, "\(c): took \(elapsed), bound \(bound)")
         if let cli = o.cli {
             if case .error(let kind, _) = c.outcome {
                 #expect(cli.status != 0, "\(c): the CLI succeeded: \(cli)")
@@ -52,7 +52,7 @@ import DescartesSupport
             }
             // The CLI sets only a total deadline (--timeout), the longest of any case's.
             let cliBound = (max(c.bound, FaultMatrix.httpDeadlines.total!, FaultMatrix.headlessTotal) + FaultMatrix.slack) * Sanitizer.timeScale
-            #expect(cli.duration < cliBound, "\(c): the CLI took \(cli.duration)")
+            expectWithin(cli.duration, cliBound, "\(c): the CLI took \(cli.duration)")
         }
         // 3. No secret anywhere.
         let logs = log.lines.withLock { Array($0[logStart...]) }

@@ -108,7 +108,7 @@ import Testing
         }
         #expect(ok == 100)
         // 100 transfers of 100 ms each, concurrently: far less than 10 s.
-        #expect(ContinuousClock.now - start < .seconds(5))
+        expectWithin(ContinuousClock.now - start, .seconds(5))
     }
 
     @Test func connectionRefusedIsUnreachable() async throws {
@@ -137,13 +137,13 @@ import Testing
         let hang = await run(client, HTTPRequest(url: "\(server.url)/hang", timeouts: HTTPTimeouts(firstByte: 200)))
         #expect(hang.error?.kind == .timeout("first_token"))
         #expect(ContinuousClock.now - start >= .milliseconds(190))
-        #expect(ContinuousClock.now - start < .seconds(10))
+        expectWithin(ContinuousClock.now - start, .seconds(10))
 
         start = ContinuousClock.now
         let trickle = await run(client, HTTPRequest(url: "\(server.url)/trickle", timeouts: HTTPTimeouts(idle: 200)))
         #expect(trickle.error?.kind == .timeout("idle"))
         #expect(trickle.error?.afterHeaders == true)
-        #expect(ContinuousClock.now - start < .seconds(10))
+        expectWithin(ContinuousClock.now - start, .seconds(10))
 
         let total = await run(client, HTTPRequest(url: "\(server.url)/slow", timeouts: HTTPTimeouts(total: 200)))
         #expect(total.error?.kind == .timeout("total"))
@@ -202,7 +202,7 @@ import Testing
         transfer.cancel()  // twice is fine
         await r.wait()
         #expect(r.error?.kind == .cancelled)
-        #expect(ContinuousClock.now - start < .seconds(5))
+        expectWithin(ContinuousClock.now - start, .seconds(5))
     }
 
     @Test func aHandlerCanStopTheTransfer() async throws {

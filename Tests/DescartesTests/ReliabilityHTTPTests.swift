@@ -159,7 +159,8 @@ import DescartesSupport
         let took = ContinuousClock.now - start
         #expect(seen.error?.kind == .timeout)
         #expect(seen.error?.deadline == "total")
-        #expect(took >= .milliseconds(1100) && took < .seconds(30), "took \(took)")
+        #expect(took >= .milliseconds(1100))
+        expectWithin(took, .seconds(30))
         // Each hung attempt was abandoned at its deadline and the next sent.
         // (Two or more on an idle machine; a loaded one may fit only one.)
         let n = try await server.requests().count
@@ -245,7 +246,7 @@ import DescartesSupport
         #expect(doc["attempts"]?[0]?["error"]?["kind"] == "rate_limited")
         #expect(doc["attempts"]?[0]?["error"]?["retry_after_ms"] == 600_000)
         #expect(doc["stats"]?["failed_attempts"] == 1)
-        #expect(ContinuousClock.now - start < .seconds(30))
+        expectWithin(ContinuousClock.now - start, .seconds(30))
         #expect(!r.stdout.contains(Self.key) && !r.stderr.contains(Self.key))
         #expect(try await server.requests().count == 1)
     }
