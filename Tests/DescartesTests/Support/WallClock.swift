@@ -18,7 +18,7 @@ func expectWithin(
     let what = comment()
     // Near misses are printed, so that a bound about to fail is seen
     // before it does.
-    if elapsed >= bound / 2 && elapsed < bound {
+    if elapsed >= bound * 4 / 5 && elapsed < bound {
         print("wall clock: \(Test.current?.name ?? "a test") took \(elapsed) of its \(bound) bound (\(sourceLocation.fileName):\(sourceLocation.line))")
     }
     #expect(elapsed < bound, "took \(elapsed), bound \(bound)\(what.isEmpty ? "" : ": \(what)")", sourceLocation: sourceLocation)
