@@ -110,19 +110,22 @@ uninstall:
 # Tests/timed-tests.txt) run after the rest, TIMED_WIDTH at a time: started
 # together with the whole suite on two cores, a call due in 300 ms was seen
 # answered 5 s late, which says nothing about the product. The real-model
-# suite (RealModelTests) runs last, on its own: a model generating tokens
-# takes both cores. With TEST_ARGS (a --filter), one run as asked.
+# suite (RealModelTests) and the real agent CLIs against the gateway
+# (RealAgentTests) run last, on their own: a model generating tokens or a
+# Node.js agent starting takes both cores. With TEST_ARGS (a --filter), one
+# run as asked.
 TEST_PREFIX := $(abspath build/test-prefix)
 TIMED := \.($(shell sed -e 's/\#.*//' -e '/^ *$$/d' Tests/timed-tests.txt | paste -sd'|'))
 TIMED_WIDTH ?= 4
+LAST := RealModelTests|RealAgentTests
 test:
 	$(MAKE) --no-print-directory install CONFIG=debug STAGE=build/stage-debug PREFIX=$(TEST_PREFIX) DESTDIR=
 	$(SWIFT) build --build-tests
 ifeq ($(strip $(TEST_ARGS)),)
-	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) DESCARTES_TEST_PHASE=untimed $(SWIFT) test --skip-build --skip RealModelTests --skip '$(TIMED)'
+	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) DESCARTES_TEST_PHASE=untimed $(SWIFT) test --skip-build --skip '$(LAST)' --skip '$(TIMED)'
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) DESCARTES_TEST_PHASE=timed SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(TIMED_WIDTH) \
-		$(SWIFT) test --skip-build --filter '$(TIMED)' --skip RealModelTests
-	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build --filter RealModelTests
+		$(SWIFT) test --skip-build --filter '$(TIMED)' --skip '$(LAST)'
+	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build --filter '$(LAST)'
 else
 	DESCARTES_TEST_PREFIX=$(TEST_PREFIX) $(SWIFT) test --skip-build $(TEST_ARGS)
 endif

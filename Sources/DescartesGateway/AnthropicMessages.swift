@@ -37,7 +37,7 @@ enum AnthropicMessages {
         }
         for (i, m) in list.enumerated() {
             let at = "messages.\(i)"
-            guard let role = m["role"]?.stringValue, role == "user" || role == "assistant" else {
+            guard let role = m["role"]?.stringValue, ["user", "assistant", "system"].contains(role) else {
                 throw .invalidRequest("\(at).role: 'user' or 'assistant'")
             }
             let blocks: [JSONValue]
@@ -45,6 +45,12 @@ enum AnthropicMessages {
             case .string(let s)?: blocks = [["type": "text", "text": .string(s)]]
             case .array(let a)?: blocks = a
             default: throw .invalidRequest("\(at).content: a string or an array of content blocks")
+            }
+            if role == "system" {
+                // Not Anthropic's own form, but Claude Code sends it (and
+                // does not retry without it): a system message in place.
+                r.messages.append(.system(blocks.compactMap { $0["type"]?.stringValue == "text" ? $0["text"]?.stringValue : nil }.joined()))
+                continue
             }
             if role == "user" {
                 var text = ""
@@ -278,6 +284,7 @@ extension Gateway {
         } catch {
             return send(error, .anthropic, exchange, &record)
         }
+        record.provider = target.name
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
         if let key { modelRequest.metadata["gateway_key"] = key.name }
@@ -287,6 +294,7 @@ extension Gateway {
             do {
                 let r = try await target.backend.complete(modelRequest)
                 record.usage = r.usage
+                record.costUSD = r.costUSD
                 json(200, AnthropicMessages.message(r, id: id, model: parsed.model), exchange, &record)
             } catch {
                 send(GatewayError(ProviderError.from(error, provider: target.name)), .anthropic, exchange, &record)
@@ -311,6 +319,7 @@ extension Gateway {
         } catch {
             return send(error, .anthropic, exchange, &record)
         }
+        record.provider = target.name
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
         do {

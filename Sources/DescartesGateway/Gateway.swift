@@ -24,6 +24,8 @@ package final class Gateway: Sendable {
     private let inFlight = Lock<[ObjectIdentifier: HTTPExchange]>([:])
     private let draining = Lock(false)
     private let server = Lock<HTTPServer?>(nil)
+    /// What `GET /metrics` shows.
+    let metrics = GatewayMetrics()
 
     package init(
         settings: GatewaySettings, factory: ProviderFactory, reliability: ReliabilitySettings, audit: AuditLog?,
@@ -96,11 +98,13 @@ package final class Gateway: Sendable {
     func handle(_ request: HTTPRequest, _ exchange: HTTPExchange) {
         let id = ObjectIdentifier(exchange)
         inFlight.withLock { $0[id] = exchange }
+        metrics.begin()
         exchange.run { [self] in
             var record = AccessRecord(request: request)
             await route(request, exchange, &record)
             inFlight.withLock { _ = $0.removeValue(forKey: id) }
             record.finish(clientGone: exchange.clientGone)
+            metrics.record(record)
             accessLog(record.line)
         }
     }
@@ -112,6 +116,7 @@ package final class Gateway: Sendable {
         let endpoints: [String: String] = [
             "/v1/chat/completions": "POST", "/chat/completions": "POST", "/v1/models": "GET", "/models": "GET", "/health": "GET",
             "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/responses": "POST", "/responses": "POST",
+            "/ready": "GET", "/metrics": "GET",
         ]
         guard let method = endpoints[path] else {
             return fail(.notFound("no endpoint \(request.method) \(path) (docs/gateway.md lists them)"))
@@ -135,6 +140,12 @@ package final class Gateway: Sendable {
             return json(200, models(for: key), exchange, &record)
         case "/v1/chat/completions", "/chat/completions":
             await chat(request, exchange, key: key, &record)
+        case "/ready":
+            await ready(exchange, &record)
+        case "/metrics":
+            record.status = 200
+            exchange.respond(
+                status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(metrics.render().utf8))
         case "/v1/responses", "/responses":
             await responses(request, exchange, key: key, &record)
         case "/v1/messages":
@@ -246,6 +257,7 @@ package final class Gateway: Sendable {
         } catch {
             return send(error, .openAI, exchange, &record)
         }
+        record.provider = target.name
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
         if let key { modelRequest.metadata["gateway_key"] = key.name }
@@ -256,6 +268,7 @@ package final class Gateway: Sendable {
             do {
                 let r = try await target.backend.complete(modelRequest)
                 record.usage = r.usage
+                record.costUSD = r.costUSD
                 json(200, OpenAIChat.completion(r, id: id, model: parsed.model, created: created), exchange, &record)
             } catch {
                 send(GatewayError(ProviderError.from(error, provider: target.name)), .openAI, exchange, &record)
@@ -293,12 +306,14 @@ package final class Gateway: Sendable {
                 let bytes = encode(event)
                 if case .finish(let r) = event {
                     record.usage = r.usage
+                    record.costUSD = r.costUSD
                     finished = true
                 }
                 if bytes.isEmpty { continue }
                 if !begun {
                     begun = true
                     record.status = 200
+                    record.firstByte = .now
                     guard exchange.begin(status: 200, headers: Self.sseHeaders) else { break }
                 }
                 guard var backlog = exchange.write(bytes) else { break }
@@ -364,6 +379,11 @@ struct AccessRecord {
     var usage: Usage?
     var error: String?
     var clientGone = false
+    /// The configuration's name the model resolved to (nil: it did not).
+    var provider: String?
+    var costUSD: Double?
+    /// When a stream sent its first content.
+    var firstByte: ContinuousClock.Instant?
 
     init(request: HTTPRequest) {
         method = request.method

@@ -524,6 +524,7 @@ extension Gateway {
         } catch {
             return send(error, .openAI, exchange, &record)
         }
+        record.provider = target.name
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
         if let key { modelRequest.metadata["gateway_key"] = key.name }
@@ -534,6 +535,7 @@ extension Gateway {
             do {
                 let r = try await target.backend.complete(modelRequest)
                 record.usage = r.usage
+                record.costUSD = r.costUSD
                 json(200, OpenAIResponses.response(r, id: id, model: parsed.model, created: created, echo: parsed.echo), exchange, &record)
             } catch {
                 send(GatewayError(ProviderError.from(error, provider: target.name)), .openAI, exchange, &record)

@@ -39,7 +39,7 @@ enum ServeCommand {
         // The address on stdout (a script or test reads it: port 0 picks one);
         // everything else on stderr.
         Out.line("listening on http://\(host):\(port)")
-        Out.err("descartes serve: OpenAI (/v1/chat/completions, /v1/models) and Anthropic (/v1/messages) on http://\(host):\(port); \(keys)")
+        Out.err("descartes serve: OpenAI (/v1/chat/completions, /v1/responses, /v1/models), Anthropic (/v1/messages), /health, /ready, /metrics on http://\(host):\(port); \(keys)")
 
         let stop = AsyncStream<Int32>.makeStream()
         let interrupts = Interrupts { stop.continuation.yield(0) }

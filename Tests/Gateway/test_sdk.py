@@ -13,6 +13,7 @@ scripts. Everything is loopback; nothing is recorded from elsewhere.
 """
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -418,6 +419,34 @@ class OpenAIResponses(unittest.TestCase):
         self.assertEqual(failed.error.code, "server_error")
         self.assertEqual(failed.output[0].content[0].text, "partial ")
 
+    def test_client_disconnect_cancels_upstream_on_every_stream(self):
+        # The chat completions case is test_client_disconnect_cancels_upstream; the same for Responses and Messages.
+        up = state["upstream"]
+        first = "data: " + json.dumps(chunk({"role": "assistant", "content": "tick "})) + "\n\n"
+        pieces = [{"data": first}] + [{"data": "data: " + json.dumps(chunk({"content": "tick "})) + "\n\n", "delay_ms": 300}] * 80
+
+        def responses():
+            stream = oai().responses.create(model="upstream", input="x", stream=True)
+            for e in stream:
+                if e.type == "response.output_text.delta":
+                    break
+            stream.close()
+
+        def messages():
+            stream = ant().messages.create(model="upstream", max_tokens=100, messages=[{"role": "user", "content": "x"}], stream=True)
+            for e in stream:
+                if e.type == "content_block_delta":
+                    break
+            stream.close()
+
+        for name, run in (("responses", responses), ("messages", messages)):
+            up.script({"status": 200, "headers": {"content-type": "text/event-stream"}, "chunks": pieces, "framing": "chunked"})
+            run()
+            conn = up.requests()[-1]["connection"]
+            deadline = time.time() + 10
+            while time.time() < deadline and conn not in up.closed():
+                time.sleep(0.1)
+            self.assertIn(conn, up.closed(), f"{name}: the upstream request was not cancelled when the client went away")
 
 class AnthropicSDK(unittest.TestCase):
     def test_message_through_echo(self):
@@ -507,6 +536,100 @@ class Keys(unittest.TestCase):
         self.assertEqual(r.status_code, 413)
         r = httpx.get(state["url"] + "/v1/nothing", headers={"x-api-key": KEY_A})
         self.assertEqual(r.status_code, 404)
+
+
+METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*)\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def scrape(key=KEY_A):
+    """GET /metrics parsed: {(name, frozenset(labels)): value}, every line checked against the text format."""
+    r = httpx.get(state["url"] + "/metrics", headers={"Authorization": "Bearer " + key})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4"), r.headers["content-type"]
+    samples = {}
+    types = {}
+    for line in r.text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            types[name] = kind
+            continue
+        if line.startswith("# HELP ") or not line:
+            continue
+        m = METRIC_LINE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        labels = frozenset(LABEL.findall(m.group(3) or ""))
+        samples[(m.group(1), labels)] = float(m.group(4))
+    return r.text, samples, types
+
+
+def value(samples, name, **labels):
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+class Operations(unittest.TestCase):
+    def test_metrics(self):
+        _, before, _ = scrape()
+        oai().chat.completions.create(model="echo", messages=[{"role": "user", "content": "count me in"}])
+        list(oai().responses.create(model="echo", input="and me too", stream=True))
+        with self.assertRaises(openai.NotFoundError):
+            oai().chat.completions.create(model="no-such-model-for-metrics", messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(openai.AuthenticationError):
+            oai(key="not-a-key-of-this-gateway-at-all").models.list()
+        text, after, types = scrape()
+        # Every family is typed; histograms have buckets, _sum and _count.
+        for (name, _) in after:
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            self.assertTrue(name in types or base in types, name)
+        chat = dict(endpoint="/v1/chat/completions", provider="echo", model="echo", key="team-a")
+        self.assertEqual(value(after, "descartes_gateway_requests_total", status="200", **chat)
+                         - value(before, "descartes_gateway_requests_total", status="200", **chat), 1)
+        resp = dict(endpoint="/v1/responses", provider="echo", model="echo", key="team-a")
+        self.assertEqual(value(after, "descartes_gateway_requests_total", **resp) - value(before, "descartes_gateway_requests_total", **resp), 1)
+        # An unknown model is not a label value (a client cannot make up series).
+        self.assertNotIn("no-such-model-for-metrics", text)
+        self.assertEqual(value(after, "descartes_gateway_errors_total", kind="not_found", key="team-a", model="")
+                         - value(before, "descartes_gateway_errors_total", kind="not_found", key="team-a", model=""), 1)
+        self.assertEqual(value(after, "descartes_gateway_errors_total", kind="unauthorized")
+                         - value(before, "descartes_gateway_errors_total", kind="unauthorized"), 1)
+        for t in ("input", "output"):
+            self.assertGreater(value(after, "descartes_gateway_tokens_total", provider="echo", key="team-a", type=t)
+                               - value(before, "descartes_gateway_tokens_total", provider="echo", key="team-a", type=t), 0)
+        # The stream's time to first token; histogram buckets are cumulative and end at the count.
+        ttft = dict(endpoint="/v1/responses", provider="echo", model="echo")
+        self.assertEqual(value(after, "descartes_gateway_time_to_first_token_seconds_count", **ttft)
+                         - value(before, "descartes_gateway_time_to_first_token_seconds_count", **ttft), 1)
+        buckets = sorted(((float(dict(ls)["le"]), v) for (n, ls), v in after.items()
+                          if n == "descartes_gateway_request_duration_seconds_bucket" and set(ttft.items()) <= set(ls)))
+        self.assertEqual([v for _, v in buckets], sorted(v for _, v in buckets))
+        self.assertEqual(buckets[-1], (float("inf"), value(after, "descartes_gateway_request_duration_seconds_count", **ttft)))
+        self.assertGreaterEqual(value(after, "descartes_gateway_requests_in_flight"), 1)
+        # Key names, never secrets; without a key, 401.
+        for secret in (KEY_A, KEY_B, UPSTREAM_KEY):
+            self.assertNotIn(secret, text)
+        self.assertEqual(httpx.get(state["url"] + "/metrics").status_code, 401)
+
+    def test_ready(self):
+        up = state["upstream"]
+        up.command({"cmd": "reset"})
+        up.command({"cmd": "script", "routes": {"GET /v1/models": [{"status": 200, "headers": {"content-type": "application/json"},
+                                                                    "body": json.dumps({"object": "list", "data": [{"id": "gpt-4o-mini"}]})}]}})
+        r = httpx.get(state["url"] + "/ready", headers={"x-api-key": KEY_A}, timeout=30)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["status"], "ready")
+        self.assertEqual(r.json()["providers"]["upstream"]["status"], "ok")
+        self.assertEqual(up.requests()[-1]["path"], "/v1/models")
+        # The upstream refusing its health check: not ready (503), the error kind named.
+        up.command({"cmd": "reset"})
+        up.command({"cmd": "script", "routes": {"GET /v1/models": [{"status": 500, "headers": {"content-type": "application/json"},
+                                                                    "body": json.dumps({"error": {"message": "down"}})}]}})
+        r = httpx.get(state["url"] + "/ready", headers={"x-api-key": KEY_A}, timeout=30)
+        self.assertEqual(r.status_code, 503, r.text)
+        self.assertEqual(r.json()["status"], "unavailable")
+        self.assertEqual(r.json()["providers"]["upstream"]["status"], "unavailable")
+        self.assertNotIn(UPSTREAM_KEY, r.text)
+        self.assertEqual(httpx.get(state["url"] + "/ready").status_code, 401)
 
 
 if __name__ == "__main__":

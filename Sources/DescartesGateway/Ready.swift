@@ -1,0 +1,84 @@
+import Descartes
+
+extension Gateway {
+    /// How long one provider's health check may take in `GET /ready`.
+    static let readyTimeout: Duration = .seconds(5)
+
+    /// The names `GET /ready` checks: the provider instances of
+    /// providers.yaml; without any, every plugin found (as `descartes
+    /// health`), those that need configuration they lack skipped.
+    func readyNames() -> [String] {
+        let instances = factory.configuration?.instances ?? []
+        if !instances.isEmpty { return instances.map(\.name) }
+        return factory.catalog.availableProviders.sorted()
+    }
+
+    /// `GET /ready`: each provider's own health check (at most
+    /// `readyTimeout` each, all at once). 200 `ready` when every one
+    /// answered, 200 `degraded` when some did, 503 `unavailable` when none
+    /// did. A backend without a health check counts as reachable (`unknown`).
+    func ready(_ exchange: HTTPExchange, _ record: inout AccessRecord) async {
+        struct Outcome: Sendable {
+            var name: String
+            var doc: JSONObject
+            var ok: Bool?
+        }
+        let names = readyNames()
+        let outcomes = await withTaskGroup(of: Outcome.self) { g in
+            for name in names {
+                g.addTask { [self] in
+                    let b: any ModelBackend
+                    do throws(ProviderError) { b = try backend(name) } catch {
+                        if error.kind == .config, !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) {
+                            return Outcome(name: name, doc: ["status": "skipped", "message": .string("not configured")], ok: nil)
+                        }
+                        return Outcome(name: name, doc: ["status": "unavailable", "error": .string(error.kind.rawValue), "message": .string(error.message)], ok: false)
+                    }
+                    let start = ContinuousClock.now
+                    switch await Self.withTimeout(Self.readyTimeout, provider: name, { () async throws(ProviderError) -> HealthReport in try await b.healthCheck() }) {
+                    case .success(let r):
+                        return Outcome(name: name, doc: ["status": "ok", "latency_ms": .integer(r.latency == .zero ? (ContinuousClock.now - start).milliseconds : r.latency.milliseconds)], ok: true)
+                    case .failure(let e) where e.kind == .unsupportedFeature:
+                        return Outcome(name: name, doc: ["status": "unknown", "message": "the backend has no health check"], ok: nil)
+                    case .failure(let e):
+                        return Outcome(
+                            name: name,
+                            doc: ["status": "unavailable", "error": .string(e.kind.rawValue), "message": .string(e.message), "latency_ms": .integer((ContinuousClock.now - start).milliseconds)],
+                            ok: false)
+                    }
+                }
+            }
+            var all: [Outcome] = []
+            for await o in g { all.append(o) }
+            return all.sorted { $0.name < $1.name }
+        }
+        let failed = outcomes.filter { $0.ok == false }.count
+        let checked = outcomes.filter { $0.ok != nil }.count
+        let status = failed == 0 ? "ready" : failed < checked ? "degraded" : "unavailable"
+        var providers = JSONObject()
+        for o in outcomes { providers[o.name] = .object(o.doc) }
+        if status == "unavailable" { record.error = "not_ready" }
+        json(status == "unavailable" ? 503 : 200, ["status": .string(status), "providers": .object(providers)], exchange, &record)
+    }
+
+    /// `body`'s result, or a `timeout` error once `limit` has passed (the
+    /// body's task is then cancelled, which cancels the plugin's call).
+    static func withTimeout<T: Sendable>(
+        _ limit: Duration, provider: String, _ body: @escaping @Sendable () async throws(ProviderError) -> T
+    ) async -> Result<T, ProviderError> {
+        await withTaskGroup(of: Result<T, ProviderError>?.self) { g in
+            g.addTask {
+                do throws(ProviderError) { return .success(try await body()) } catch { return .failure(error) }
+            }
+            g.addTask {
+                try? await Task.sleep(for: limit)
+                if Task.isCancelled { return nil }
+                return .failure(ProviderError(.timeout, "no health check answer within \(limit)", provider: provider, deadline: "total"))
+            }
+            var result: Result<T, ProviderError>? = nil
+            while result == nil, let next = await g.next() { result = next }
+            g.cancelAll()
+            return result!
+        }
+    }
+}
