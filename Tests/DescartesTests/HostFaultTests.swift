@@ -141,6 +141,7 @@ enum Blocker {
         capabilities: [stream]
         config:
           block: {type: string}
+          gate: {type: string}
           token: {type: string, secret: true}
         """
     }
@@ -183,6 +184,28 @@ enum Blocker {
         #expect(r.status != 0, "\(r)")
         #expect(r.stderr.contains("did not load in time: dlopen or descartes_plugin_entry did not return within 1 s"), "\(r)")
         expectWithin(r.duration, .seconds(5 * Sanitizer.timeScale))
+    }
+
+    /// A request's total deadline counts from the request, not from the
+    /// call that follows a lazy initialize: 600 ms of initializing leave
+    /// 400 ms of a 1 s total (on the manual clock, no wall-clock bound).
+    @Test func theTotalDeadlineIncludesALazyInitialize() async throws {
+        let clock = ManualClock()
+        let gate = TempDir("descartes-gate")
+        let b = try dir.factory(clock: DescartesClock(clock)).create(
+            "blocker", config: ["block": "gated-initialize", "gate": .string(gate.file("open"))])
+        let task = Task { try await b.complete(request(1000)) }
+        // initialize runs under the request's total.
+        try await clock.wait(until: { $0.timers == [.seconds(1)] })
+        clock.advance(by: .milliseconds(600))
+        gate.write("open", "")
+        // complete is called with what is left of the total.
+        try await clock.wait(until: { $0.timers == [.milliseconds(400)] })
+        clock.advance(by: .milliseconds(400))
+        let e = try #require(await providerError { _ = try await task.value })
+        #expect(e.kind == .timeout)
+        #expect(e.deadline == "total")
+        await b.shutdown()
     }
 
     @Test func aHangingCreateIsAbandoned() async throws {
@@ -232,6 +255,8 @@ enum Blocker {
 
     @Test(arguments: [false, true]) func aHangingStartIsAbandoned(_ streaming: Bool) async throws {
         let b = try factory().create("blocker", config: ["block": "start"])
+        // Initialized first: the 300 ms are the hung call's alone.
+        try await b.initialize()
         let start = ContinuousClock.now
         let e = try #require(
             await providerError {

@@ -21,6 +21,9 @@ final class HostCall: @unchecked Sendable {
     /// The backend's clock, which the deadlines are counted on.
     let clock: DescartesClock
     let startedAt: ContinuousClock.Instant
+    /// Where the total deadline counts from: the request's start, which
+    /// comes before this call when the backend was initialized first.
+    let totalFrom: ContinuousClock.Instant
     /// The call's number in `CallRegistry` (the plugin's context), once started.
     private(set) var id: UInt64 = 0
 
@@ -57,7 +60,7 @@ final class HostCall: @unchecked Sendable {
 
     init(
         backend: PluginBackend, op: BackendOperation, deadlines: Deadlines,
-        continuation: CheckedContinuation<Outcome, Error>, sink: StreamSink?
+        continuation: CheckedContinuation<Outcome, Error>, sink: StreamSink?, totalFrom: ContinuousClock.Instant? = nil
     ) {
         self.backend = backend
         self.op = op
@@ -65,6 +68,7 @@ final class HostCall: @unchecked Sendable {
         self.sink = sink
         clock = backend.clock
         startedAt = clock.now
+        self.totalFrom = totalFrom ?? startedAt
         state = Lock(
             State(continuation: continuation, assembler: ResponseAssembler(provider: backend.name), lastEvent: startedAt))
         backend.callStarted()
@@ -381,7 +385,7 @@ final class HostCall: @unchecked Sendable {
         func consider(_ t: ContinuousClock.Instant, _ name: String, _ limit: Duration) {
             if next == nil || t < next!.when { next = (t, name, limit) }
         }
-        if let t = deadlines.total { consider(startedAt + t, "total", t) }
+        if let t = deadlines.total { consider(totalFrom + t, "total", t) }
         if !gotFirst, let f = deadlines.firstToken { consider(startedAt + f, "first_token", f) }
         if gotFirst, let i = deadlines.idle { consider(last + i, "idle", i) }
         guard let next else { return }

@@ -355,10 +355,11 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         try checkRequest(request)
         var request = request
         request.deadlines = effectiveDeadlines(request)
+        let began = clock.now
         try await initialize(Deadlines(total: request.deadlines.total))
         let input = request
         let outcome = try await ProviderError.catching(provider: name) {
-            try await run(.complete, input: Wire.encode(input), deadlines: input.deadlines, streaming: nil)
+            try await run(.complete, input: Wire.encode(input), deadlines: input.deadlines, streaming: nil, totalFrom: began)
         }
         guard case .response(let r) = outcome else { preconditionFailure() }
         return decorate(r, request: request)
@@ -369,13 +370,14 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         var request = request
         request.deadlines = effectiveDeadlines(request)
         let req = request
+        let began = clock.now
         let task = Task { [self] in
             do {
                 try checkOpen()
                 try checkRequest(req)
                 try await initialize(Deadlines(total: req.deadlines.total))
                 let sink = StreamSink(continuation: continuation, decorate: { [self] r in decorate(r, request: req) })
-                _ = try await run(.stream, input: Wire.encode(req), deadlines: req.deadlines, streaming: sink)
+                _ = try await run(.stream, input: Wire.encode(req), deadlines: req.deadlines, streaming: sink, totalFrom: began)
             } catch {
                 continuation.finish(throwing: error)
             }
@@ -437,14 +439,24 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         return d
     }
 
-    func run(_ op: BackendOperation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?) async throws -> HostCall.Outcome {
+    /// Runs an operation under `deadlines`, its total counted from
+    /// `totalFrom` (the request's start, before a lazy initialize) or now.
+    /// A total already spent ends the request here, the plugin not called.
+    func run(
+        _ op: BackendOperation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?, totalFrom: ContinuousClock.Instant? = nil
+    ) async throws -> HostCall.Outcome {
         guard let fn = op.function(in: raw) else {
             throw ProviderError(.unsupportedFeature, "the plugin does not implement \(op.name)", provider: name)
+        }
+        if let from = totalFrom, let total = deadlines.total, clock.now >= from + total {
+            throw ProviderError(
+                .timeout, "the total deadline of \(format(total)) passed while '\(name)' was being initialized; the \(op.name) call was not made",
+                provider: name, deadline: "total")
         }
         let box = CancelBox()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<HostCall.Outcome, Error>) in
-                let call = HostCall(backend: self, op: op, deadlines: deadlines, continuation: c, sink: streaming)
+                let call = HostCall(backend: self, op: op, deadlines: deadlines, continuation: c, sink: streaming, totalFrom: totalFrom)
                 box.attach(call)
                 call.start(fn, input: input)
             }

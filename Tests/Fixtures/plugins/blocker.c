@@ -4,6 +4,9 @@
  *   create           create never returns
  *   initialize       initialize's function never returns
  *   initialize-silent initialize returns a handle, never answers, ignores cancel
+ *   gated-initialize initialize answers once the file named by config "gate"
+ *                    exists; complete and stream never answer (a handle,
+ *                    cancel ignored)
  *   start            complete's and stream's function never returns
  *   shutdown         shutdown's function never returns
  *   late             complete answers, then, after the host released the
@@ -29,6 +32,7 @@
 typedef struct {
     descartes_backend_t base;
     char block[64];
+    char gate[512];
     char *config; /* a copy, with its NUL */
 } backend_t;
 
@@ -91,14 +95,52 @@ static descartes_call_t *answer(descartes_event_fn f, void *ctx, const char *tex
     return c;
 }
 
+struct gated {
+    descartes_call_t *call;
+    char gate[512];
+};
+
+static void *gate_worker(void *arg) {
+    struct gated *g = arg;
+    while (access(g->gate, F_OK) != 0) usleep(5000);
+    emit(g->call->on_event, g->call->ctx, DESCARTES_EVENT_RESULT, "{}");
+    unref(g->call);
+    free(g);
+    return NULL;
+}
+
+static descartes_call_t *silent(void) {
+    descartes_call_t *c = calloc(1, sizeof *c);
+    if (c) atomic_init(&c->refs, 1);
+    return c;
+}
+
 static descartes_call_t *op_init(descartes_backend_t *s, const char *i, size_t n, descartes_event_fn f, void *ctx) {
     (void)i;
     (void)n;
     backend_t *b = (backend_t *)s;
     if (blocks(b, "initialize")) hang();
-    if (blocks(b, "initialize-silent")) {
-        descartes_call_t *c = calloc(1, sizeof *c);
-        if (c) atomic_init(&c->refs, 1);
+    if (blocks(b, "initialize-silent")) return silent();
+    if (blocks(b, "gated-initialize")) {
+        descartes_call_t *c = silent();
+        struct gated *g = calloc(1, sizeof *g);
+        pthread_t t;
+        if (!c || !g) {
+            free(c);
+            free(g);
+            return NULL;
+        }
+        atomic_init(&c->refs, 2);
+        c->on_event = f;
+        c->ctx = ctx;
+        g->call = c;
+        memcpy(g->gate, b->gate, sizeof g->gate);
+        if (pthread_create(&t, NULL, gate_worker, g) != 0) {
+            free(c);
+            free(g);
+            return NULL;
+        }
+        pthread_detach(t);
         return c;
     }
     return answer(f, ctx, NULL, "{}");
@@ -109,6 +151,7 @@ static descartes_call_t *op_complete(descartes_backend_t *s, const char *i, size
     (void)n;
     backend_t *b = (backend_t *)s;
     if (blocks(b, "start")) hang();
+    if (blocks(b, "gated-initialize")) return silent();
     if (blocks(b, "system-crash")) {
         if (system("sleep 317 &") != 0) { /* started in the background either way */
         }
@@ -181,6 +224,12 @@ static descartes_backend_t *create(const descartes_factory_t *f, const descartes
         p += 9;
         size_t k = 0;
         while (p < a->config + a->config_length && *p != '"' && k + 1 < sizeof b->block) b->block[k++] = *p++;
+    }
+    p = memmem(a->config, a->config_length, "\"gate\":\"", 8);
+    if (p) {
+        p += 8;
+        size_t k = 0;
+        while (p < a->config + a->config_length && *p != '"' && k + 1 < sizeof b->gate) b->gate[k++] = *p++;
     }
     if (blocks(b, "create")) hang();
     b->base.struct_size = sizeof(descartes_backend_t);
