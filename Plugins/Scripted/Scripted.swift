@@ -75,6 +75,24 @@ final class ScriptedBackend: DescartesBackend {
         }
     }
 
+    /// Embeds each input as [characters, words, vowels] (cut to
+    /// `dimensions`); an input "error:<kind>:<msg>" fails the call that way.
+    func embed(_ request: EmbeddingRequest, _ call: PluginCall) {
+        if let bad = request.inputs.first(where: { $0.hasPrefix("error:") }) {
+            let parts = bad.split(separator: ":", maxSplits: 2).map(String.init)
+            return call.fail(ProviderError(ProviderError.Kind(rawValue: parts.count > 1 ? parts[1] : "backend"), parts.count > 2 ? parts[2] : "scripted"))
+        }
+        var vectors = request.inputs.map { text -> [Float] in
+            [Float(text.count), Float(text.split(separator: " ").count), Float(text.filter { "aeiou".contains($0) }.count)]
+        }
+        if let d = request.dimensions { vectors = vectors.map { Array($0.prefix(d)) } }
+        let words = request.inputs.reduce(0) { $0 + $1.split(separator: " ").count }
+        call.finish(
+            embeddings: Embeddings(
+                vectors: vectors, dimensions: request.dimensions.map { min($0, 3) } ?? 3, model: request.model ?? "scripted-embed",
+                usage: Usage(inputTokens: words)))
+    }
+
     func healthCheck(_ call: PluginCall) {
         let c = counters.withLock { $0 }
         let seqs = sequences.withLock { $0 }

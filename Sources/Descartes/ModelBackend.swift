@@ -40,12 +40,27 @@ public protocol ModelBackend: Sendable {
     /// Counts (or estimates) the input tokens of a request.
     func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate
 
+    /// Embeds a batch of texts: one vector per input, in order (ABI 1.1).
+    /// The default, for backends that cannot, throws `unsupportedFeature`;
+    /// so does a plugin built against ABI 1.0.
+    func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings
+
     /// Finishes or cancels requests in flight and releases resources. The
     /// backend serves nothing afterwards.
     func shutdown() async
 }
 
 extension ModelBackend {
+    public func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
+        throw ProviderError(.unsupportedFeature, "'\(name)' cannot embed text", provider: name)
+    }
+
+    /// Embeds texts with the provider's default embedding model (or `model`):
+    /// `try await backend.embed(["a", "b"]).vectors`.
+    public func embed(_ inputs: [String], model: String? = nil) async throws(ProviderError) -> Embeddings {
+        try await embed(EmbeddingRequest(inputs, model: model))
+    }
+
     /// One user message, answered whole: `try await backend.complete("Hello").text`.
     public func complete(_ prompt: String, model: String? = nil) async throws(ProviderError) -> ModelResponse {
         try await complete(ModelRequest(prompt: prompt, model: model))

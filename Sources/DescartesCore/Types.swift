@@ -352,3 +352,46 @@ extension ModelResponse {
     /// The answer's text (`content`).
     public var text: String { content }
 }
+
+/// What to embed (ABI 1.1): a batch of texts, one vector each.
+public struct EmbeddingRequest: Sendable, Hashable {
+    /// The texts, in order; the answer has one vector per text, in the same order.
+    public var inputs: [String]
+    /// The embedding model; nil: the provider's default embedding model.
+    public var model: String?
+    /// Shorter vectors, for models that can give them (OpenAI's
+    /// text-embedding-3 family); nil: the model's own size.
+    public var dimensions: Int?
+    /// Deadlines; unset ones take the backend's defaults.
+    public var deadlines: Deadlines
+
+    public init(_ inputs: [String], model: String? = nil, dimensions: Int? = nil, deadlines: Deadlines = Deadlines()) {
+        self.inputs = inputs
+        self.model = model
+        self.dimensions = dimensions
+        self.deadlines = deadlines
+    }
+}
+
+/// The answer to an `EmbeddingRequest`: one vector per input, in order.
+public struct Embeddings: Sendable, Hashable {
+    /// One vector per input text, each `dimensions` long.
+    public var vectors: [[Float]]
+    /// The length of every vector.
+    public var dimensions: Int
+    /// The model that answered, as the provider names it ("" when it did not say).
+    public var model: String
+    /// The input tokens the provider counted (`inputTokens`; `estimated`
+    /// when it reported none and the plugin estimated them).
+    public var usage: Usage
+    /// The provider instance that answered.
+    public var provider: String
+
+    public init(vectors: [[Float]], dimensions: Int? = nil, model: String = "", usage: Usage = Usage(), provider: String = "") {
+        self.vectors = vectors
+        self.dimensions = dimensions ?? vectors.first?.count ?? 0
+        self.model = model
+        self.usage = usage
+        self.provider = provider
+    }
+}

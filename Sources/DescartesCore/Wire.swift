@@ -530,6 +530,85 @@ public enum Wire {
         HealthReport(message: v["message"]?.stringValue ?? "healthy", details: v["details"]?.objectValue ?? [:])
     }
 
+    // MARK: Embeddings (ABI 1.1: the input and RESULT of `embed`)
+
+    /// The Embed input document: {"input": [string], "model"?, "dimensions"?, "deadlines"?}.
+    public static func json(_ r: EmbeddingRequest) -> JSONValue {
+        var o: JSONObject = ["input": .array(r.inputs.map { .string($0) })]
+        if let m = r.model { o["model"] = .string(m) }
+        if let d = r.dimensions { o["dimensions"] = .integer(d) }
+        if !r.deadlines.isEmpty {
+            var d = JSONObject()
+            if let v = r.deadlines.connect { d["connect_ms"] = .integer(v.milliseconds) }
+            if let v = r.deadlines.firstToken { d["first_token_ms"] = .integer(v.milliseconds) }
+            if let v = r.deadlines.idle { d["idle_ms"] = .integer(v.milliseconds) }
+            if let v = r.deadlines.total { d["total_ms"] = .integer(v.milliseconds) }
+            o["deadlines"] = .object(d)
+        }
+        return .object(o)
+    }
+
+    public static func encode(_ r: EmbeddingRequest) -> [UInt8] { json(r).jsonBytes }
+
+    public static func decodeEmbeddingRequest(_ v: JSONValue) throws(WireError) -> EmbeddingRequest {
+        guard case .object(let o) = v else { throw WireError("embed: expected an object") }
+        guard case .array(let items)? = o["input"] else { throw WireError("embed.input: expected an array of strings") }
+        var inputs: [String] = []
+        for (i, item) in items.enumerated() {
+            guard let s = item.stringValue else { throw WireError("embed.input[\(i)]: expected a string, got \(item.typeName)") }
+            inputs.append(s)
+        }
+        var r = EmbeddingRequest(inputs, model: try string(o, "model", in: "embed"), dimensions: try int(o, "dimensions", in: "embed"))
+        if let d = o["deadlines"] {
+            guard case .object(let dobj) = d else { throw WireError("embed.deadlines: expected an object") }
+            func ms(_ k: String) throws(WireError) -> Duration? { try int(dobj, k, in: "embed.deadlines").map { .milliseconds($0) } }
+            r.deadlines = Deadlines(
+                connect: try ms("connect_ms"), firstToken: try ms("first_token_ms"), idle: try ms("idle_ms"), total: try ms("total_ms"))
+        }
+        return r
+    }
+
+    /// The Embeddings RESULT: {"embeddings": [[number]], "dimensions": int,
+    /// "model"?: string, "usage"?: Usage}. Numbers are written in the
+    /// shortest form that reads back as the same Float.
+    public static func json(_ e: Embeddings) -> JSONValue {
+        var o: JSONObject = [
+            "embeddings": .array(e.vectors.map { v in .array(v.map { .number(Double($0.description) ?? Double($0)) }) }),
+            "dimensions": .integer(e.dimensions),
+        ]
+        if !e.model.isEmpty { o["model"] = .string(e.model) }
+        o["usage"] = json(e.usage)
+        return .object(o)
+    }
+
+    public static func encode(_ e: Embeddings) -> [UInt8] { json(e).jsonBytes }
+
+    /// Reads an Embeddings RESULT; every vector must be an array of finite
+    /// numbers as long as `dimensions` (or, without it, as the first).
+    public static func decodeEmbeddings(_ v: JSONValue) throws(WireError) -> Embeddings {
+        guard case .object(let o) = v else { throw WireError("embeddings: expected an object") }
+        guard case .array(let rows)? = o["embeddings"] else { throw WireError("embeddings: expected {\"embeddings\": [[number]], ...}") }
+        var vectors: [[Float]] = []
+        vectors.reserveCapacity(rows.count)
+        let declared = try int(o, "dimensions", in: "embeddings")
+        for (i, row) in rows.enumerated() {
+            guard case .array(let items) = row else { throw WireError("embeddings[\(i)]: expected an array of numbers, got \(row.typeName)") }
+            var vector: [Float] = []
+            vector.reserveCapacity(items.count)
+            for (j, x) in items.enumerated() {
+                guard let d = x.doubleValue, d.isFinite else { throw WireError("embeddings[\(i)][\(j)]: expected a finite number, got \(x.typeName)") }
+                vector.append(Float(d))
+            }
+            let expected = declared ?? vectors.first?.count ?? vector.count
+            guard vector.count == expected else {
+                throw WireError("embeddings[\(i)]: \(vector.count) numbers, but the vectors have \(expected) dimensions")
+            }
+            vectors.append(vector)
+        }
+        let usage = try o["usage"].map { (u) throws(WireError) in try decodeUsage(u) } ?? Usage()
+        return Embeddings(vectors: vectors, dimensions: declared ?? vectors.first?.count ?? 0, model: try string(o, "model", in: "embeddings") ?? "", usage: usage)
+    }
+
     // MARK: Helpers
 
     static func string(_ o: JSONObject, _ k: String, in path: String) throws(WireError) -> String? {

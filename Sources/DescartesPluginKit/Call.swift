@@ -125,6 +125,9 @@ public final class PluginCall: @unchecked Sendable {
     /// Ends an operation successfully with a result document.
     public func finish(result: JSONValue) { terminal(UInt32(DESCARTES_EVENT_RESULT), result.jsonBytes) }
 
+    /// Ends an `embed` successfully (ABI 1.1).
+    public func finish(embeddings: Embeddings) { terminal(UInt32(DESCARTES_EVENT_RESULT), Wire.encode(embeddings)) }
+
     /// Ends an operation successfully with pre-encoded JSON.
     public func finish(json: [UInt8]) { terminal(UInt32(DESCARTES_EVENT_RESULT), json) }
 

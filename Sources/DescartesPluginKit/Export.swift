@@ -12,8 +12,8 @@ import Glibc
 ///
 /// Default implementations: `initialize` and `shutdown` succeed at once,
 /// `complete` runs `stream` (the host assembles the same answer),
-/// `estimateTokens` uses the `Heuristics.tokens` estimate, and `healthCheck`
-/// and `listModels` report `unsupportedFeature`.
+/// `estimateTokens` uses the `Heuristics.tokens` estimate, and `healthCheck`,
+/// `listModels` and `embed` report `unsupportedFeature`.
 public protocol DescartesBackend: AnyObject, Sendable {
     func initialize(_ call: PluginCall)
     func healthCheck(_ call: PluginCall)
@@ -21,6 +21,9 @@ public protocol DescartesBackend: AnyObject, Sendable {
     func stream(_ request: ModelRequest, _ call: PluginCall)
     func listModels(_ call: PluginCall)
     func estimateTokens(_ request: ModelRequest, _ call: PluginCall)
+    /// Embeds `request.inputs` (ABI 1.1): finish with
+    /// `call.finish(embeddings:)`, one vector per input, in order.
+    func embed(_ request: EmbeddingRequest, _ call: PluginCall)
     /// Called after every other call of this backend has ended (the kit
     /// cancels those still running first). Release connections and children.
     func shutdown(_ call: PluginCall)
@@ -37,6 +40,9 @@ extension DescartesBackend {
     }
     public func estimateTokens(_ request: ModelRequest, _ call: PluginCall) {
         call.finish(json: Wire.encode(Heuristics.tokens(request)))
+    }
+    public func embed(_ request: EmbeddingRequest, _ call: PluginCall) {
+        call.fail(ProviderError(.unsupportedFeature, "this backend cannot embed text"))
     }
     public func shutdown(_ call: PluginCall) { call.finish(result: [:]) }
 }
@@ -230,6 +236,15 @@ final class BackendBox: @unchecked Sendable {
         raw.pointee.estimate_tokens = { s, i, n, f, c in
             BackendBox.start(s, i, n, f, c) { b, input, call in
                 if let r = BackendBox.request(input, call) { b.impl.estimateTokens(r, call) }
+            }
+        }
+        raw.pointee.embed = { s, i, n, f, c in
+            BackendBox.start(s, i, n, f, c) { b, input, call in
+                do {
+                    b.impl.embed(try Wire.decodeEmbeddingRequest(JSONValue.parse(input)), call)
+                } catch {
+                    call.fail(ProviderError(.json, "the embed document is invalid: \(error)"))
+                }
             }
         }
         raw.pointee.shutdown = { s, i, n, f, c in

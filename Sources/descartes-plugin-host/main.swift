@@ -114,7 +114,8 @@ enum Helper {
             case Frame.start:
                 guard payload.count >= 9, let b = backend else { continue }
                 let id = payload.le(0, as: UInt64.self)
-                let fn = function(b, payload[payload.startIndex + 8])
+                let code = payload[payload.startIndex + 8]
+                let fn = function(b, code)
                 let input = Array(payload.dropFirst(9))
                 let ctx = UnsafeMutableRawPointer(bitPattern: UInt(id))
                 let handle = input.withUnsafeBufferPointer { buf in
@@ -124,7 +125,14 @@ enum Helper {
                     handles[id] = handle
                 } else {
                     // No handle means no event will come: end the call here.
-                    let e = Wire.encode(ProviderError(.backend, "the plugin could not start the operation (it returned no handle)"))
+                    // No function: an operation the plugin does not offer
+                    // (NULL, or appended after the header it was built with),
+                    // answered as the host answers it in process.
+                    let name = Int(code) < BackendOperation.base.count ? BackendOperation.base[Int(code)].name : "operation \(code)"
+                    let e = Wire.encode(
+                        fn == nil
+                            ? ProviderError(.unsupportedFeature, "the plugin does not implement \(name)")
+                            : ProviderError(.backend, "the plugin could not start the operation (it returned no handle)"))
                     var ev = descartes_event_t()
                     ev.struct_size = UInt32(MemoryLayout<descartes_event_t>.size)
                     ev.type = UInt32(DESCARTES_EVENT_ERROR)

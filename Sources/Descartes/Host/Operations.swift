@@ -5,8 +5,9 @@ package import CDescartesPlugin
 /// process (`ProcessBackend`, `descartes-plugin-host`) and the conformance
 /// suite's raw driver.
 ///
-/// An operation is either one of the seven operation functions of
-/// `descartes_backend_t` or slot `k` of an extension struct: plugin.h's rule
+/// An operation is either one of the operation functions of
+/// `descartes_backend_t` (seven since 1.0, `embed` appended in 1.1) or
+/// slot `k` of an extension struct: plugin.h's rule
 /// for backend extensions is `uint32_t struct_size` followed by
 /// `descartes_operation_fn` members only, so any extension (the batch API
 /// now, others later) is a list of operations the host can call, and forward
@@ -39,10 +40,12 @@ package struct BackendOperation: Hashable, Sendable, CustomStringConvertible {
     package static let listModels = BackendOperation("list_models", .backend(4))
     package static let estimateTokens = BackendOperation("estimate_tokens", .backend(5))
     package static let shutdown = BackendOperation("shutdown", .backend(6))
+    /// Since ABI 1.1: absent from a 1.0 plugin's (shorter) struct.
+    package static let embed = BackendOperation("embed", .backend(7))
 
     /// The operations of descartes_backend_t, in the order of its fields. An
     /// operation's index here is its code in the isolation frames.
-    package static let base: [BackendOperation] = [initialize, healthCheck, complete, stream, listModels, estimateTokens, shutdown]
+    package static let base: [BackendOperation] = [initialize, healthCheck, complete, stream, listModels, estimateTokens, shutdown, embed]
 
     /// Where in descartes_backend_t the function of base operation `index`
     /// is: the one place the fields are named. (Read and written as an
@@ -56,7 +59,8 @@ package struct BackendOperation: Hashable, Sendable, CustomStringConvertible {
         case 3: field = \.stream
         case 4: field = \.list_models
         case 5: field = \.estimate_tokens
-        default: field = \.shutdown
+        case 6: field = \.shutdown
+        default: field = \.embed
         }
         return MemoryLayout<descartes_backend_t>.offset(of: field)!
     }
@@ -74,7 +78,11 @@ package struct BackendOperation: Hashable, Sendable, CustomStringConvertible {
     package func function(in backend: UnsafeMutablePointer<descartes_backend_t>) -> descartes_operation_fn? {
         switch place {
         case .backend(let i):
-            return UnsafeRawPointer(backend).load(fromByteOffset: Self.offset(i), as: descartes_operation_fn?.self)
+            // A member the plugin's struct does not reach (appended after the
+            // header it was built with) is not provided: DESCARTES_HAS_FIELD.
+            let at = Self.offset(i)
+            guard Int(backend.pointee.struct_size) >= at + MemoryLayout<descartes_operation_fn?>.size else { return nil }
+            return UnsafeRawPointer(backend).load(fromByteOffset: at, as: descartes_operation_fn?.self)
         case .extensionSlot(let id, let slot):
             guard let ext = BackendExtension.find(id, in: backend) else { return nil }
             return BackendExtension.operation(ext, slot: slot)

@@ -309,6 +309,27 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         }
     }
 
+    func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
+        try checkOpen()
+        var request = request
+        request.deadlines = effectiveDeadlines(request.deadlines)
+        try await initialize(Deadlines(total: request.deadlines.total))
+        let input = request
+        let doc = try await ProviderError.catching(provider: name) {
+            try await document(.embed, input: Wire.encode(input), deadlines: input.deadlines)
+        }
+        var answer: Embeddings
+        do { answer = try Wire.decodeEmbeddings(doc) } catch {
+            throw ProviderError(.invalidResponse, "embed: \(error)", provider: name)
+        }
+        guard answer.vectors.count == request.inputs.count else {
+            throw ProviderError(
+                .invalidResponse, "embed: \(answer.vectors.count) vectors for \(request.inputs.count) inputs", provider: name)
+        }
+        answer.provider = name
+        return answer
+    }
+
     func shutdown() async {
         let (again, used) = state.withLock { s -> (Bool, Bool) in
             defer { s.shutDown = true }
@@ -390,8 +411,10 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
 
     // MARK: Plumbing
 
-    func effectiveDeadlines(_ r: ModelRequest) -> Deadlines {
-        var d = r.deadlines
+    func effectiveDeadlines(_ r: ModelRequest) -> Deadlines { effectiveDeadlines(r.deadlines) }
+
+    func effectiveDeadlines(_ d: Deadlines) -> Deadlines {
+        var d = d
         if d.connect == nil { d.connect = defaultDeadlines.connect }
         if d.firstToken == nil { d.firstToken = defaultDeadlines.firstToken }
         if d.idle == nil { d.idle = defaultDeadlines.idle }

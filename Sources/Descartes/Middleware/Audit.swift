@@ -278,6 +278,7 @@ final class AuditedBackend: ModelBackend, Sendable {
     func healthCheck() async throws(ProviderError) -> HealthReport { try await inner.healthCheck() }
     func listModels() async throws(ProviderError) -> [ModelInfo] { try await inner.listModels() }
     func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate { try await inner.estimateTokens(request) }
+    func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings { try await inner.embed(request) }
     func shutdown() async { await inner.shutdown() }
 
     static func providerError(_ error: Error, _ name: String) -> ProviderError {

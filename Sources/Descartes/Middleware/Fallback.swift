@@ -167,6 +167,10 @@ public struct FallbackBackend: ModelBackend {
         try await firstAnswer { (b) throws(ProviderError) in try await b.estimateTokens(request) }
     }
 
+    public func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
+        try await firstAnswer { (b) throws(ProviderError) in try await b.embed(request) }
+    }
+
     public func shutdown() async {
         for e in entries { await e.backend.shutdown() }
     }
@@ -236,6 +240,7 @@ package final class LazyBackend: ModelBackend, Sendable {
     package func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try await backend().estimateTokens(request)
     }
+    package func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings { try await backend().embed(request) }
     package func shutdown() async { await created?.shutdown() }
 }
 

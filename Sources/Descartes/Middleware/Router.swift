@@ -331,5 +331,6 @@ public struct RouterBackend: ModelBackend {
     public func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try await all.estimateTokens(forwarded(request))
     }
+    public func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings { try await all.embed(request) }
     public func shutdown() async { await all.shutdown() }
 }

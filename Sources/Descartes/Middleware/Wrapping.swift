@@ -18,6 +18,7 @@ extension WrappingBackend {
     public func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try await inner.estimateTokens(request)
     }
+    public func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings { try await inner.embed(request) }
     public func shutdown() async { await inner.shutdown() }
 }
 

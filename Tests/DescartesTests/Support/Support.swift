@@ -246,6 +246,21 @@ enum CCompiler {
         return out
     }()
 
+    /// The C example plugin as of ABI 1.0, compiled against the frozen 1.0
+    /// header (Tests/Fixtures/abi-1.0), never the current one: what a third
+    /// party built before 1.1 existed. Compiled once for this run.
+    static let abi10EchoLibrary: String = {
+        let dir = TempDir("descartes-abi10")
+        let out = dir.file("libdescartes-echo10.so")
+        let fixture = FileSystem.join(TestEnv.root, "Tests/Fixtures/abi-1.0")
+        let r = Proc.runBlocking(
+            ["cc", "-std=c11", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread", "-I", fixture,
+             FileSystem.join(fixture, "echo.c"), "-o", out], env: nil, stdin: nil, timeout: .seconds(120))
+        precondition(r.status == 0, "cannot compile the ABI 1.0 echo plugin: \(r)")
+        keep.withLock { $0.append(dir) }
+        return out
+    }()
+
     /// Keeps compiled fixtures' directories alive for the whole run.
     static let keep = Lock<[TempDir]>([])
 }
@@ -294,6 +309,21 @@ final class PluginDir: @unchecked Sendable {
         dir.symlink(CCompiler.echoLibrary, "libdescartes-echo.so")
         let manifest = try! FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/echo.yaml"), limit: 1 << 20)
         dir.write("echo.yaml", manifest)
+        return self
+    }
+
+    /// The ABI 1.0 echo plugin (`CCompiler.abi10EchoLibrary`) as provider
+    /// `provider`, with the echo manifest.
+    @discardableResult
+    func addEcho10(provider: String = "echo10") -> PluginDir {
+        dir.symlink(CCompiler.abi10EchoLibrary, "libdescartes-\(provider).so")
+        let manifest = try! FileSystem.readText(FileSystem.join(TestEnv.root, "manifests/echo.yaml"), limit: 1 << 20)
+        let lines = manifest.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
+            if line == "provider: echo" { return "provider: \(provider)" }
+            if line.hasPrefix("library: ") { return "library: libdescartes-\(provider).so" }
+            return String(line)
+        }
+        dir.write("\(provider).yaml", lines.joined(separator: "\n"))
         return self
     }
 

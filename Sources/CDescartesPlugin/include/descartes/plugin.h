@@ -1,5 +1,5 @@
 /*
- * descartes/plugin.h -- the Descartes backend plugin ABI, version 1.
+ * descartes/plugin.h -- the Descartes backend plugin ABI, version 1 (1.1).
  *
  * This header is the contract between the Descartes host (the `descartes`
  * CLI, or any program using the Swift `Descartes` library) and a backend
@@ -170,6 +170,12 @@ extern "C" {
 
 /** The ABI version this header describes. */
 #define DESCARTES_ABI_VERSION 1u
+
+/** The 1.x revision this header describes (1.1: the backend's `embed`).
+ *  Informational, for `#if` in a plugin's source: nothing is negotiated with
+ *  it. Each side finds what the other has by struct_size (DESCARTES_HAS_FIELD)
+ *  and extension id, never by this number. Since 1.1. */
+#define DESCARTES_ABI_MINOR 1u
 
 /** The symbol the host looks up with dlsym(). */
 #define DESCARTES_PLUGIN_ENTRY_SYMBOL "descartes_plugin_entry"
@@ -397,7 +403,7 @@ typedef descartes_call_t *DESCARTES_NULLABLE (*descartes_operation_fn)(
 
 /** Filled by the plugin in `create`; owned by the plugin, lives until its
  *  `destroy` returns. Every function below is required (DESCARTES_NONNULL)
- *  except `get_extension`. */
+ *  except `get_extension` and those appended since 1.0 (`embed`). */
 struct descartes_backend {
     /** sizeof(descartes_backend_t) as the plugin compiled it. */
     uint32_t struct_size;
@@ -541,6 +547,29 @@ struct descartes_backend {
      * returns.
      */
     void (*DESCARTES_NONNULL destroy)(descartes_backend_t *DESCARTES_NONNULL self);
+
+    /* ---- Appended in 1.1. A host reads a member below only when
+     * DESCARTES_HAS_FIELD(self, descartes_backend_t, member) says the
+     * plugin's struct_size covers it: a plugin built against the 1.0 header
+     * filled a shorter struct, and the host treats the member as NULL. ---- */
+
+    /**
+     * [thread-safe & ready] since 1.1
+     *
+     * Embeds a batch of texts: one vector per input, in order.
+     * input: JSON Embed {"input": [string], "model"?: string (the
+     *   provider's default embedding model when absent), "dimensions"?: int
+     *   (shorter vectors, for models that can give them), "deadlines"?:
+     *   object (as in a Request)}.
+     * RESULT: JSON Embeddings {"embeddings": [[number], ...] (as many as
+     *   inputs, each `dimensions` numbers long), "dimensions": int,
+     *   "model"?: string, "usage"?: Usage (input_tokens)}.
+     * ERROR: as for `complete`; unsupported_feature when the configured
+     *   model or provider cannot embed.
+     * May be NULL (the backend cannot embed): the host then answers
+     * unsupported_feature itself, as it does for a 1.0 plugin.
+     */
+    descartes_operation_fn DESCARTES_NULLABLE embed;
 };
 
 /* ======================================================================

@@ -15,7 +15,7 @@ import Glibc
 ///   RELEASE   u64 call
 ///   DESTROY   (empty)                       (the helper exits after DESTROY)
 ///
-/// An operation's code is its index in `BackendOperation.base` (0-6) for
+/// An operation's code is its index in `BackendOperation.base` (0-7: the seven of 1.0, then `embed`) for
 /// the operations of descartes_backend_t. Extensions are forwarded by id,
 /// whatever they are: EXTENSION asks the helper for the backend's extension
 /// `id` and gives it the codes `first ..< first + 16` for its slots; the
