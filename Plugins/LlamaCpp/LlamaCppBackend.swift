@@ -270,6 +270,13 @@ final class LlamaCppBackend: DescartesBackend, @unchecked Sendable {
         call.onCancel { task.cancel() }
     }
 
+    /// POST /v1/embeddings (ABI 1.1): the server must run with embeddings
+    /// on (`llama-server --embeddings`; llama-cpp-python's server has them).
+    /// It embeds with the model it was started with, whatever the name sent.
+    func embed(_ request: EmbeddingRequest, _ call: PluginCall) {
+        chat.embed(request, call, defaultModel: server.requestOptions.defaultModel ?? "default", modelKey: "model")
+    }
+
     func listModels(_ call: PluginCall) {
         let task = Task { [self] in
             switch await models() {

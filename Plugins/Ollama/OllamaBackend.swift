@@ -305,6 +305,50 @@ final class OllamaBackend: DescartesBackend, @unchecked Sendable {
         call.onCancel { task.cancel() }
     }
 
+    /// POST /api/embed (ABI 1.1): {"model", "input": [...], "dimensions"?}
+    /// -> {"model", "embeddings": [[number]], "prompt_eval_count"}. The model
+    /// must be installed, as for a chat (the error lists what is).
+    func embed(_ request: EmbeddingRequest, _ call: PluginCall) {
+        let task = Task { [self] in
+            let model: String
+            switch await installedModel(for: ModelRequest(prompt: "", model: request.model)) {
+            case .failure(let e): return call.fail(e)
+            case .success(let m): model = m
+            }
+            var body: JSONObject = ["model": .string(model), "input": .array(request.inputs.map { .string($0) })]
+            if let d = request.dimensions { body["dimensions"] = .integer(d) }
+            let http = HTTPRequest(
+                method: "POST", url: ProviderHTTP.join(endpoint, "/api/embed"), headers: headers(json: true),
+                body: JSONValue.object(body).jsonBytes, timeouts: HTTPTimeouts(request.deadlines), maxResponseBytes: 256 << 20)
+            switch await client.fetch(http) {
+            case .failure(let e):
+                if case .unreachable = e.kind { return call.fail(unreachable(e)) }
+                var pe = e.providerError(endpoint: endpoint)
+                pe.message = "POST /api/embed: \(pe.message)"
+                call.fail(pe)
+            case .success(let r):
+                guard (200...299).contains(r.status) else {
+                    var pe = ProviderHTTP.error(status: r.status, headers: r.headers, body: r.body, endpoint: endpoint)
+                    pe.message = "POST /api/embed: \(pe.message)"
+                    return call.fail(pe)
+                }
+                do {
+                    let doc = try JSONValue.parse(bytes: r.body)
+                    var e = try Wire.decodeEmbeddings(doc)
+                    guard e.vectors.count == request.inputs.count else {
+                        return call.fail(
+                            ProviderError(.invalidResponse, "POST /api/embed: \(e.vectors.count) embeddings for \(request.inputs.count) inputs", status: r.status))
+                    }
+                    if let n = doc["prompt_eval_count"]?.intValue { e.usage.inputTokens = n }
+                    call.finish(embeddings: e)
+                } catch {
+                    call.fail(ProviderError(.invalidResponse, "POST /api/embed: \(error): \(ProviderHTTP.excerpt(r.body))", status: r.status))
+                }
+            }
+        }
+        call.onCancel { task.cancel() }
+    }
+
     func listModels(_ call: PluginCall) {
         let task = Task { [self] in
             let models: [InstalledModel]

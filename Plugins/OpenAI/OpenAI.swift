@@ -69,6 +69,14 @@ final class OpenAIBackend: DescartesBackend {
     }
     func listModels(_ call: PluginCall) { chat.listModels(call) }
 
+    /// POST /embeddings (ABI 1.1). The model: the request's, else key
+    /// `embedding_model` (Azure: the deployment, which names the model).
+    func embed(_ request: EmbeddingRequest, _ call: PluginCall) {
+        chat.embed(
+            request, call, defaultModel: azure ? context.string("deployment") : context.string("embedding_model"),
+            modelKey: azure ? "deployment" : "embedding_model")
+    }
+
     func shutdown(_ call: PluginCall) {
         http.shutdown()
         call.finish(result: [:])

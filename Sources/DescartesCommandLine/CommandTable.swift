@@ -16,6 +16,7 @@ package enum CommandID: String, Sendable, CaseIterable {
     case models = "descartes models"
     case health = "descartes health"
     case tokens = "descartes tokens"
+    case embed = "descartes embed"
     case batch = "descartes batch"
     case config = "descartes config"
     case configShow = "descartes config show"
@@ -43,14 +44,14 @@ extension Option {
         in: [
             .complete: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
             .batch: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
-            .models: .required, .tokens: .required, .bench: .required,
+            .models: .required, .tokens: .required, .embed: .required, .bench: .required,
             .health: .key("Check this provider only (the exit status is then its error's)"),
             .log: "Only attempts by this provider, or that came through this chain or route",
         ])
     package static let model = Option(
         "--model", short: "-m", value: "MODEL", help: "The model (default: the provider's)",
         in: [
-            .complete: .plain, .tokens: "The model to count for", .batch: "The model for requests that name none", .bench: .plain,
+            .complete: .plain, .tokens: "The model to count for", .embed: "The embedding model (default: the provider's)", .batch: "The model for requests that name none", .bench: .plain,
             .log: "Only attempts with this model",
         ])
     package static let systemPrompt = Option(
@@ -106,7 +107,7 @@ extension Option {
     package static let set = Option(
         "--set", value: "KEY=VALUE", help: "A config value for the provider", repeatable: true,
         in: [
-            .complete: .plain, .models: .plain, .tokens: .plain, .batch: .plain, .bench: .plain,
+            .complete: .plain, .models: .plain, .tokens: .plain, .embed: .plain, .batch: .plain, .bench: .plain,
             .health: "A config value for the provider given with -p",
             .pluginsVerify: "A config value for the named plugins",
         ])
@@ -118,6 +119,7 @@ extension Option {
             .health: "Give up on a provider after this long (default 20)",
             .models: "Give up after this long (default 30)",
             .tokens: "Give up after this long (default 30)",
+            .embed: "Give up after this long (default 60)",
             .bench: .plain,
         ])
     package static let isolate = Option(
@@ -326,6 +328,16 @@ extension Command {
                 Counts the input tokens of TEXT (or stdin with '-') sent as one user message:
                 exactly when the provider can count (Anthropic's count_tokens), else an
                 estimate of about four characters per token. The method is printed.
+                """),
+        Command(
+            .embed, summary: "Embed texts: one vector per text, printed as JSON",
+            arguments: [Argument("TEXT", .many, help: "The texts, one per argument ('-': one per line of stdin)", stdin: true)],
+            about: """
+                Embeds each TEXT (or each non-empty line of stdin with '-') with the provider's
+                embedding model and prints one JSON document: {"provider", "model", "dimensions",
+                "usage": {"input_tokens", ...}, "embeddings": [[number, ...], ...]}, one vector per
+                text, in order. A provider that cannot embed (or a plugin built against ABI 1.0)
+                fails with unsupported_feature.
                 """),
         Command(
             .batch, summary: "Run one request per line of FILE (JSON lines), results in order",

@@ -23,6 +23,7 @@ extension Commands {
         case .models: return await ModelsCommand.run(args, globals: globals)
         case .health: return await HealthCommand.run(args, globals: globals)
         case .tokens: return await TokensCommand.run(args, globals: globals)
+        case .embed: return await EmbedCommand.run(args, globals: globals)
         case .batch: return await BatchCommand.run(args, globals: globals)
         case .configShow: return ConfigCommand.show(args, globals: globals)
         case .configCheck: return ConfigCommand.check(args, globals: globals)

@@ -569,4 +569,34 @@ import Testing
         #expect(out.pieces.count >= 5, "\(out.pieces.count) reads")
         #expect(spread > .milliseconds(600), "\(spread)")
     }
+
+    // MARK: Embeddings (ABI 1.1)
+
+    @Test func embedsThroughApiEmbed() async throws {
+        let s = try await ScriptedServer.start()
+        try await s.script([
+            "GET /api/version": [.json(Self.version)],
+            "GET /api/tags": [.json(Self.tags(["embeddinggemma:latest", "gemma3:1b"]))],
+            "POST /api/embed": [
+                .json(#"{"model":"embeddinggemma:latest","embeddings":[[0.010071029,-0.0017594862,0.05007221],[-0.0098027075,0.06042469,0.025257962]],"total_duration":14143917,"load_duration":1019500,"prompt_eval_count":8}"#),
+                .json(#"{"error":"\"nosuch\" does not support embeddings"}"#, status: 400),
+            ],
+        ])
+        let (b, _) = try Self.backend(s)
+        let e = try await b.embed(["Why is the sky blue?", "Why is the grass green?"], model: "embeddinggemma")
+        #expect(e.vectors == [[0.010071029, -0.0017594862, 0.05007221], [-0.0098027075, 0.06042469, 0.025257962]])
+        #expect(e.dimensions == 3)
+        #expect(e.model == "embeddinggemma:latest")
+        #expect(e.usage.inputTokens == 8)
+        let sent = try #require(try await s.requests().last(where: { $0.path == "/api/embed" })?.json)
+        #expect(sent["model"]?.stringValue == "embeddinggemma:latest")
+        #expect(sent["input"] == ["Why is the sky blue?", "Why is the grass green?"])
+        let refused = try #require(await providerError { _ = try await b.embed(["x"], model: "gemma3:1b") })
+        #expect(refused.kind == .api, "\(refused)")
+        #expect(refused.message.contains("does not support embeddings"), "\(refused.message)")
+        // A model that is not installed is named with what is.
+        let missing = try #require(await providerError { _ = try await b.embed(["x"], model: "nomic-embed-text") })
+        #expect(missing.message.contains("ollama pull nomic-embed-text"), "\(missing.message)")
+        await b.shutdown()
+    }
 }
