@@ -18,7 +18,16 @@ enum OpenAIResponses {
         /// Request members the `response` object repeats (instructions,
         /// tools, tool_choice, temperature, ...).
         var echo: JSONObject
+        /// Function name -> the `namespace` tool it came from.
+        var namespaces: [String: String] = [:]
     }
+
+    /// OpenAI's hosted tools: the gateway cannot run them, so they are not
+    /// offered to the model (Codex sends `web_search` on every request).
+    static let hostedTools: Set<String> = [
+        "web_search", "web_search_preview", "web_search_2025_08_26", "file_search", "code_interpreter", "image_generation", "computer",
+        "computer_use_preview", "mcp", "local_shell", "tool_search",
+    ]
 
     static let toolChoiceForms = "tool_choice is auto, none, required or {\"type\": \"function\", \"name\"}"
 
@@ -53,19 +62,43 @@ enum OpenAIResponses {
         guard !r.messages.isEmpty else { throw .invalidRequest("'input' has no message", param: "input") }
 
         var echo: JSONObject = [:]
+        var namespaces: [String: String] = [:]
         r.maxTokens = o["max_output_tokens"]?.intValue
         r.temperature = o["temperature"]?.doubleValue
         r.topP = o["top_p"]?.doubleValue
-        for (i, t) in (o["tools"]?.arrayValue ?? []).enumerated() {
-            let type = t["type"]?.stringValue ?? "?"
-            guard type == "function" else {
-                throw .invalidRequest("tools[\(i)]: tool type '\(type)' is not supported by the gateway (function)", param: "tools")
-            }
+        func function(_ t: JSONValue, at: String, namespace: String?) throws(GatewayError) {
             guard let name = t["name"]?.stringValue, !name.isEmpty else {
-                throw .invalidRequest("tools[\(i)] is {\"type\": \"function\", \"name\", \"parameters\", ...}", param: "tools")
+                throw .invalidRequest("\(at) is {\"type\": \"function\", \"name\", \"parameters\", ...}", param: "tools")
+            }
+            guard !r.tools.contains(where: { $0.name == name }) else {
+                throw .invalidRequest("\(at): a second tool named '\(name)' (names are unique, namespaces included)", param: "tools")
             }
             let parameters = t["parameters"].flatMap { $0.isNull ? nil : $0 } ?? ["type": "object", "properties": [:]]
             r.tools.append(Tool(name: name, description: t["description"]?.stringValue ?? "", parameters: parameters))
+            if let namespace { namespaces[name] = namespace }
+        }
+        for (i, t) in (o["tools"]?.arrayValue ?? []).enumerated() {
+            let type = t["type"]?.stringValue ?? "?"
+            switch type {
+            case "function": try function(t, at: "tools[\(i)]", namespace: nil)
+            case "namespace":
+                // Functions grouped under a name: offered as functions; a
+                // call names its namespace again.
+                guard let ns = t["name"]?.stringValue else { throw .invalidRequest("tools[\(i)]: a namespace tool needs a name", param: "tools") }
+                for (j, f) in (t["tools"]?.arrayValue ?? []).enumerated() {
+                    guard f["type"]?.stringValue ?? "function" == "function" else {
+                        throw .invalidRequest(
+                            "tools[\(i)].tools[\(j)]: tool type '\(f["type"]?.stringValue ?? "?")' is not supported in a namespace (function)", param: "tools")
+                    }
+                    try function(f, at: "tools[\(i)].tools[\(j)]", namespace: ns)
+                }
+            case _ where hostedTools.contains(type):
+                continue
+            default:
+                throw .invalidRequest(
+                    "tools[\(i)]: tool type '\(type)' is not supported by the gateway (function, namespace; OpenAI's hosted tools are left out)",
+                    param: "tools")
+            }
         }
         if let tools = o["tools"]?.arrayValue { echo["tools"] = .array(tools) }
         switch o["tool_choice"] {
@@ -109,7 +142,7 @@ enum OpenAIResponses {
         for k in ["instructions", "temperature", "top_p", "max_output_tokens", "parallel_tool_calls", "reasoning", "user", "safety_identifier"] {
             if let v = o[k], !v.isNull { echo[k] = v }
         }
-        return Parsed(request: r, model: model, stream: o["stream"]?.boolValue ?? false, echo: echo)
+        return Parsed(request: r, model: model, stream: o["stream"]?.boolValue ?? false, echo: echo, namespaces: namespaces)
     }
 
     /// `input` as an array: messages (with or without `type: message`),
@@ -249,19 +282,21 @@ enum OpenAIResponses {
         ]
     }
 
-    static func functionCallItem(id: String, call: ToolCall, status: String) -> JSONValue {
-        [
+    static func functionCallItem(id: String, call: ToolCall, status: String, namespaces: [String: String] = [:]) -> JSONValue {
+        var o: JSONObject = [
             "id": .string(id), "type": "function_call", "status": .string(status), "call_id": .string(call.id), "name": .string(call.name),
             "arguments": .string(call.arguments),
         ]
+        if let ns = namespaces[call.name] { o["namespace"] = .string(ns) }
+        return .object(o)
     }
 
     /// A whole answer's output items: reasoning, the message, the function calls.
-    static func output(_ r: ModelResponse) -> [JSONValue] {
+    static func output(_ r: ModelResponse, namespaces: [String: String] = [:]) -> [JSONValue] {
         var items: [JSONValue] = []
         if let reasoning = r.reasoning, !reasoning.isEmpty { items.append(reasoningItem(id: "rs_" + Gateway.randomID(), text: reasoning, status: "completed")) }
         if !r.content.isEmpty || r.toolCalls.isEmpty { items.append(messageItem(id: "msg_" + Gateway.randomID(), text: r.content, status: "completed")) }
-        for c in r.toolCalls { items.append(functionCallItem(id: "fc_" + Gateway.randomID(), call: c, status: "completed")) }
+        for c in r.toolCalls { items.append(functionCallItem(id: "fc_" + Gateway.randomID(), call: c, status: "completed", namespaces: namespaces)) }
         return items
     }
 
@@ -294,9 +329,11 @@ enum OpenAIResponses {
     }
 
     /// A whole answer as a `response`.
-    static func response(_ r: ModelResponse, id: String, model: String, created: Int, echo: JSONObject) -> JSONValue {
+    static func response(_ r: ModelResponse, id: String, model: String, created: Int, echo: JSONObject, namespaces: [String: String] = [:]) -> JSONValue {
         let (status, incomplete) = status(r.finishReason)
-        return response(id: id, model: model, created: created, echo: echo, status: status, output: output(r), usage: r.usage, incomplete: incomplete)
+        return response(
+            id: id, model: model, created: created, echo: echo, status: status, output: output(r, namespaces: namespaces), usage: r.usage,
+            incomplete: incomplete)
     }
 
     /// Turns stream events into the Responses event sequence:
@@ -312,6 +349,7 @@ enum OpenAIResponses {
         let model: String
         let created: Int
         let echo: JSONObject
+        var namespaces: [String: String] = [:]
         private var sequence = 0
         private var started = false
         private enum Kind { case message, reasoning, call(Int) }
@@ -350,7 +388,7 @@ enum OpenAIResponses {
             switch item.kind {
             case .message: return messageItem(id: item.id, text: item.text, status: status)
             case .reasoning: return reasoningItem(id: item.id, text: item.text, status: status)
-            case .call: return functionCallItem(id: item.id, call: item.call ?? ToolCall(id: "", name: "", arguments: ""), status: status)
+            case .call: return functionCallItem(id: item.id, call: item.call ?? ToolCall(id: "", name: "", arguments: ""), status: status, namespaces: namespaces)
             }
         }
 
@@ -536,13 +574,17 @@ extension Gateway {
                 let r = try await target.backend.complete(modelRequest)
                 record.usage = r.usage
                 record.costUSD = r.costUSD
-                json(200, OpenAIResponses.response(r, id: id, model: parsed.model, created: created, echo: parsed.echo), exchange, &record)
+                json(
+                    200, OpenAIResponses.response(r, id: id, model: parsed.model, created: created, echo: parsed.echo, namespaces: parsed.namespaces),
+                    exchange, &record)
             } catch {
                 send(GatewayError(ProviderError.from(error, provider: target.name)), .openAI, exchange, &record)
             }
             return
         }
-        let writer = Lock(OpenAIResponses.EventWriter(id: id, model: parsed.model, created: created, echo: parsed.echo))
+        var w = OpenAIResponses.EventWriter(id: id, model: parsed.model, created: created, echo: parsed.echo)
+        w.namespaces = parsed.namespaces
+        let writer = Lock(w)
         await stream(target.backend, modelRequest, name: target.name, exchange, &record, dialect: .openAI) { event in
             writer.withLock { $0.bytes(event) }
         } failure: { e in

@@ -395,8 +395,8 @@ class OpenAIResponses(unittest.TestCase):
             oai().responses.create(model="echo", input="x", previous_response_id="resp_123")
         self.assertIn("previous_response_id", str(e.exception))
         with self.assertRaises(openai.BadRequestError) as e:
-            oai().responses.create(model="echo", input="x", tools=[{"type": "web_search"}])
-        self.assertIn("web_search", str(e.exception))
+            oai().responses.create(model="echo", input="x", tools=[RESPONSES_TOOL, RESPONSES_TOOL])
+        self.assertIn("a second tool named 'get_weather'", str(e.exception))
         with self.assertRaises(openai.NotFoundError):
             oai().responses.create(model="no-such-model", input="x")
         with self.assertRaises(openai.PermissionDeniedError):
@@ -418,6 +418,25 @@ class OpenAIResponses(unittest.TestCase):
         self.assertEqual(failed.status, "failed")
         self.assertEqual(failed.error.code, "server_error")
         self.assertEqual(failed.output[0].content[0].text, "partial ")
+
+    def test_namespaced_function_and_hosted_tools(self):
+        # Codex sends functions grouped in a namespace tool and OpenAI's hosted web_search on every request.
+        state["upstream"].script({"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]}}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}})})
+        ns = {"type": "namespace", "name": "weather", "description": "Weather tools", "tools": [
+            {"type": "function", "name": "get_weather", "description": "Weather in a city", "strict": False,
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]}
+        r = oai().responses.create(model="upstream", input="Weather in Rome?", tools=[ns, {"type": "web_search"}])
+        call = r.output[0]
+        self.assertEqual((call.type, call.call_id, call.name, call.namespace), ("function_call", "call_7", "get_weather", "weather"))
+        sent = json.loads(state["upstream"].requests()[-1]["body"])
+        self.assertEqual([t["function"]["name"] for t in sent["tools"]], ["get_weather"])
+        with self.assertRaises(openai.BadRequestError) as e:
+            oai().responses.create(model="echo", input="x", tools=[{"type": "custom", "name": "apply_patch"}])
+        self.assertIn("'custom'", str(e.exception))
 
     def test_client_disconnect_cancels_upstream_on_every_stream(self):
         # The chat completions case is test_client_disconnect_cancels_upstream; the same for Responses and Messages.
