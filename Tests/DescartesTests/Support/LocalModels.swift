@@ -1,3 +1,4 @@
+import CProcessShim
 import Descartes
 import Glibc
 import Testing
@@ -62,9 +63,9 @@ final class LocalModels: @unchecked Sendable {
     private static func start() -> Result<LocalModels, StartError> {
         var inPipe: [Int32] = [0, 0]
         var outPipe: [Int32] = [0, 0]
-        pipe(&inPipe)
-        pipe(&outPipe)
-        for fd in inPipe + outPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // Close-on-exec from the start (see Proc.runBlocking).
+        dsc_pipe(&inPipe)
+        dsc_pipe(&outPipe)
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)

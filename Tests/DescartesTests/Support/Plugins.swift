@@ -1,3 +1,4 @@
+import CProcessShim
 import Descartes
 import Glibc
 import DescartesSupport
@@ -42,9 +43,9 @@ extension Proc {
         let start = ContinuousClock.now
         var outPipe: [Int32] = [0, 0]
         var errPipe: [Int32] = [0, 0]
-        pipe(&outPipe)
-        pipe(&errPipe)
-        for fd in outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // Close-on-exec from the start (see Proc.runBlocking).
+        dsc_pipe(&outPipe)
+        dsc_pipe(&errPipe)
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)

@@ -1,3 +1,4 @@
+import CProcessShim
 import Descartes
 import Glibc
 import Testing
@@ -74,9 +75,10 @@ enum Proc {
         var errPipe: [Int32] = [0, 0]
         for i in 0..<3 {
             var fds: [Int32] = [0, 0]
-            pipe(&fds)
-            _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+            // Close-on-exec from the start: with pipe() then fcntl(), a
+            // spawn on another thread in between inherits the write end and
+            // this read never sees its end of file.
+            dsc_pipe(&fds)
             if i == 0 { inPipe = fds } else if i == 1 { outPipe = fds } else { errPipe = fds }
         }
         var actions = posix_spawn_file_actions_t()
