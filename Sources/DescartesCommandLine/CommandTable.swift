@@ -121,6 +121,7 @@ extension Option {
             .tokens: "Give up after this long (default 30)",
             .embed: "Give up after this long (default 60)",
             .bench: .plain,
+            .pluginsVerify: "Give up on loading or creating each plugin after this long (default 30)",
         ])
     package static let isolate = Option(
         "--isolate",

@@ -32,6 +32,9 @@ enum ConformanceCommand {
         guard let name = args.value(.conformance), !name.isEmpty else {
             usageFailure(args.mistake("--conformance needs a plugin NAME"))
         }
+        if args.value(.timeout) != nil {
+            usageFailure(args.mistake("--timeout bounds verifying, not --conformance (the suite's checks have their own deadlines)"))
+        }
         if let extra = args.positional.first {
             usageFailure(args.mistake("unexpected argument '\(extra)' (the conformance suite runs one plugin: --conformance NAME)"))
         }

@@ -150,9 +150,18 @@ enum PluginsCommand {
 
     static func verify(_ args: Arguments, globals: Globals) -> ExitCode {
         let settings: [String: JSONValue]
-        do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        let timeout: Double
+        do throws(UsageError) {
+            settings = try Commands.settings(args)
+            timeout = try args.double(.timeout) ?? 30
+            guard timeout > 0 else { throw args.mistake("--timeout must be positive") }
+        } catch { usageFailure(error) }
         let catalog = Commands.catalog(globals)
-        let factory = ProviderFactory(catalog: catalog, loader: Out.loader, logSink: Out.logSink)
+        var factory = ProviderFactory(catalog: catalog, loader: Out.loader, logSink: Out.logSink)
+        // Each plugin's load (dlopen and its entry point) and create run
+        // under this deadline: a plugin that hangs there is a failed row,
+        // and the others are still verified.
+        factory.operationDeadline = .milliseconds(Int(timeout * 1000))
         var names = args.positional
         var results: [JSONValue] = []
         var failed = 0

@@ -88,6 +88,15 @@ enum HostFaults {
             fault: "every command against every hang", how: "`health`, `models`, `tokens` and `descartes-bench` against each hanging function above, in process and `isolation: process`; every command against Ollama and llama.cpp with a loopback server that never answers or never accepts",
             outcome: "each ends within 5 s with `--timeout 3` (`models` and `tokens` take `--timeout`, default 30 s; they used to hang for good); the completion's error names the 3 s deadline",
             test: "noCommandOutlivesItsTimeoutWhateverHangs"),
+        Case(
+            fault: "a plugin crashes in `descartes-bench`, or in an isolated plugin's helper, while registers point at the key",
+            how: "as H19, run by `descartes-bench` in process and by `complete --isolate` (the helper started with an unlimited core limit: its parent runs with the switch)",
+            outcome: "no crash report and no core file where `core_pattern` writes (the helper protects itself; the CLI reports `process` naming SIGSEGV); with `DESCARTES_ALLOW_CORE_DUMPS=1` in the crashing process the control's core file holds the key",
+            test: "aCrashInTheBenchOrAnIsolatedHelperLeavesTheKeyInNoCoreFile"),
+        Case(
+            fault: "`batch` and `plugins verify` against every hang", how: "`batch --timeout 3` as H21 (each hanging function, in process and isolated; Ollama and llama.cpp against the silent and never-accepting servers); `plugins verify --timeout 3` with a hanging entry point or create beside echo",
+            outcome: "each command ends at its deadline (the request's line is a `timeout` error; a hanging create fails the command with 75 naming create); `verify` takes `--timeout` (default 30 s): the hanging plugin is a failed row naming the deadline and the others are still verified",
+            test: "neitherBatchNorVerifyOutlivesItsTimeout"),
     ]
 
     static func document() -> String {
