@@ -92,8 +92,10 @@ extension ModelBackend {
 /// middleware, the shutdown of what it wraps. See also
 /// `ProviderFactory.withBackend(_:overrides:isolation:_:)`.
 ///
-/// - Throws: what `body` threw.
-public func withBackend<B: ModelBackend, T>(_ backend: B, _ body: (B) async throws -> T) async throws -> T {
+/// - Throws: what `body` threw, as its own type (`E`: a body that throws
+///   only `ProviderError`, annotated `throws(ProviderError)`, makes this
+///   throw `ProviderError`).
+public func withBackend<B: ModelBackend, T, E: Error>(_ backend: B, _ body: (B) async throws(E) -> T) async throws(E) -> T {
     let result: T
     do {
         result = try await body(backend)

@@ -68,7 +68,8 @@ public struct ProviderFactory: Sendable {
     ///   `ProvidersConfig.startupProblems` finds, as every command does.
     public static func standard(configFile: String? = nil, logSink: LogSink = LogSink()) throws(ProviderError) -> ProviderFactory {
         let config = ProvidersConfig.load(.init(explicitFile: configFile))
-        let catalog = PluginCatalog.discover(.standard()).withSwiftPMBuild()
+        // The CLI's catalog: the standard search under the host's plugin policy.
+        let catalog = PluginCatalog.discover()
         // What every command of the CLI checks when it starts.
         let problems = config.startupProblems(catalog: catalog)
         if !problems.isEmpty {
@@ -116,19 +117,25 @@ public struct ProviderFactory: Sendable {
         return (plugin, values, at)
     }
 
-    /// Creates a backend for `name` with the standard plugin search.
+    /// Creates the backend `name` names as the CLI does:
+    /// `try standard().backend(name, overrides: config)`. The standard plugin
+    /// search under the host's policy, providers.yaml (an instance by name,
+    /// its settings) and `.env` from the standard locations.
     ///
     /// - Parameters:
-    ///   - name: a provider id from a manifest (`openai`, `anthropic`,
-    ///     `claude-code-cli`, `ollama`, `headless-cli`, ...).
-    ///   - config: values for the manifest's config keys; absent keys come
-    ///     from their environment variables, then their defaults.
+    ///   - name: an instance of providers.yaml, or a provider id from a
+    ///     manifest (`openai`, `anthropic`, `claude-code-cli`, `ollama`,
+    ///     `headless-cli`, ...).
+    ///   - config: values for the manifest's config keys, over the file's;
+    ///     absent keys come from their environment variables (and `.env`),
+    ///     then their defaults.
     /// - Throws: `ProviderError` of kind `config` listing every problem at
-    ///   once (unknown provider, missing required key, unknown key, wrong
-    ///   type), naming the manifest file; of kind `initialization` when the
-    ///   library cannot be loaded or refuses the configuration.
+    ///   once (in the configuration files, as `standard()`; unknown
+    ///   provider, missing required key, unknown key, wrong type, naming
+    ///   the manifest file); of kind `initialization` when the library
+    ///   cannot be loaded or refuses the configuration.
     public static func create(_ name: String, config: [String: JSONValue] = [:]) throws(ProviderError) -> any ModelBackend {
-        try ProviderFactory().create(name, config: config)
+        try standard().backend(name, overrides: config)
     }
 
     /// Creates a backend for provider `name`, under the instance name
