@@ -152,7 +152,7 @@ import Testing
         let log = LogSink(level: .info) { level, source, message in
             print("\(level) \(source): \(message)")  // or your logger; secrets are already masked
         }
-        let factory = ProviderFactory(logSink: log)
+        let factory = try ProviderFactory.standard(logSink: log)
         let reply = try await factory.withBackend("echo") { backend in
             try await backend.complete(ModelRequest(prompt: "Hello"))
         }
