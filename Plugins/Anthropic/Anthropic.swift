@@ -40,28 +40,12 @@ final class AnthropicBackend: DescartesBackend {
     // MARK: HTTP
 
     func request(_ method: String, _ path: String, body: [UInt8] = [], accept: String = "application/json", timeouts: HTTPTimeouts? = nil) -> HTTPRequest {
-        var h = headers
-        if !body.isEmpty { h.append(("Content-Type", "application/json")) }
-        h.append(("Accept", accept))
-        return HTTPRequest(
-            method: method, url: ProviderHTTP.join(settings.endpoint, path), headers: h, body: body,
-            timeouts: timeouts ?? settings.defaultTimeouts, maxResponseBytes: settings.maxResponseBytes, caBundle: settings.caBundle,
-            proxy: settings.proxy)
+        settings.request(method, path, headers: headers, body: body, accept: accept, timeouts: timeouts)
     }
 
     /// The error for a non-2xx answer; a 404 names the model and the URL.
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8], path: String, model: String?) -> ProviderError {
-        var e = ProviderHTTP.error(status: status, headers: headers, body: body, endpoint: settings.endpoint)
-        if status == 404 {
-            var notes: [String] = []
-            if let model, !e.message.contains(model) { notes.append("model '\(model)'") }
-            notes.append(ProviderHTTP.join(settings.endpoint, path))
-            e.message += " (\(notes.joined(separator: ", ")))"
-        }
-        if let key = settings.apiKey, key.utf8.count >= 4, e.message.contains(key) {
-            e.message = e.message.split(separator: key, omittingEmptySubsequences: false).joined(separator: "[REDACTED]")
-        }
-        return e
+        settings.explained(ProviderHTTP.error(status: status, headers: headers, body: body, endpoint: settings.endpoint), status: status, path: path, model: model)
     }
 
     // MARK: Operations
@@ -193,11 +177,7 @@ final class AnthropicBackend: DescartesBackend {
                     call.fail(ProviderError(.invalidResponse, "GET \(ProviderHTTP.join(endpoint, "models")): not a model list: \(ProviderHTTP.excerpt(r.body))", status: r.status))
                     return
                 }
-                let ms = (ContinuousClock.now - start).milliseconds
-                call.finish(result: [
-                    "message": .string("\(instance): GET \(ProviderHTTP.join(endpoint, "models")) answered \(r.status) in \(ms) ms"),
-                    "details": ["endpoint": .string(endpoint), "status": .integer(r.status), "latency_ms": .integer(ms)],
-                ])
+                call.finish(result: settings.healthReport(instance: instance, "GET", "models", status: r.status, since: start))
             }
         }
         call.onCancel { transfer.cancel() }

@@ -71,17 +71,9 @@ final class BedrockBackend: DescartesBackend {
     }
 
     func httpError(status: Int, headers: HTTPHeaders, body: [UInt8], path: String, model: String?) -> ProviderError {
-        var e = BedrockErrors.error(status: status, headers: headers, body: body)
-        if status == 404 {
-            var notes: [String] = []
-            if let model, !e.message.contains(model) { notes.append("model '\(model)'") }
-            notes.append(ProviderHTTP.join(settings.endpoint, path))
-            e.message += " (\(notes.joined(separator: ", ")))"
-        }
-        for secret in [settings.apiKey, credentials?.secretAccessKey, credentials?.sessionToken].compactMap({ $0 }) where secret.utf8.count >= 4 && e.message.contains(secret) {
-            e.message = e.message.split(separator: secret, omittingEmptySubsequences: false).joined(separator: "[REDACTED]")
-        }
-        return e
+        settings.explained(
+            BedrockErrors.error(status: status, headers: headers, body: body), status: status, path: path, model: model,
+            secrets: [credentials?.secretAccessKey, credentials?.sessionToken])
     }
 
     // MARK: Operations
@@ -132,11 +124,7 @@ final class BedrockBackend: DescartesBackend {
                     call.fail(httpError(status: r.status, headers: r.headers, body: r.body, path: target.path, model: target.model))
                     return
                 }
-                let ms = (ContinuousClock.now - start).milliseconds
-                call.finish(result: [
-                    "message": .string("\(instance): POST \(ProviderHTTP.join(endpoint, target.path)) answered \(r.status) in \(ms) ms"),
-                    "details": ["endpoint": .string(endpoint), "status": .integer(r.status), "latency_ms": .integer(ms)],
-                ])
+                call.finish(result: settings.healthReport(instance: instance, "POST", target.path, status: r.status, since: start))
             }
         }
         call.onCancel { transfer.cancel() }

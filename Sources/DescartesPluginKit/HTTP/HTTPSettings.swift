@@ -94,3 +94,52 @@ public struct HTTPSettings: Sendable {
         ProviderHTTP.plainHTTPWarning(endpoint: endpoint, hasCredential: apiKey != nil)
     }
 }
+
+extension HTTPSettings {
+    /// A request to `endpoint`/`path` with the plugin's `headers`
+    /// (credentials and version headers, then `extraHeaders`), a
+    /// Content-Type for a body, `Accept`, and these settings' response
+    /// limit, CA bundle and proxy; `timeouts` default to `defaultTimeouts`.
+    public func request(
+        _ method: String, _ path: String, headers: [(String, String)], body: [UInt8] = [], accept: String = "application/json",
+        timeouts: HTTPTimeouts? = nil
+    ) -> HTTPRequest {
+        var h = headers
+        if !body.isEmpty { h.append(("Content-Type", "application/json")) }
+        h.append(("Accept", accept))
+        return HTTPRequest(
+            method: method, url: ProviderHTTP.join(endpoint, path), headers: h, body: body, timeouts: timeouts ?? defaultTimeouts,
+            maxResponseBytes: maxResponseBytes, caBundle: caBundle, proxy: proxy)
+    }
+
+    /// `e`, a provider's mapping of a non-2xx answer to `path`, made
+    /// actionable and safe: a 404 whose message names neither is given the
+    /// model and the URL; the credential, and any of `secrets`, that the
+    /// server echoed back is masked.
+    public func explained(_ e: ProviderError, status: Int, path: String, model: String?, secrets: [String?] = []) -> ProviderError {
+        var e = e
+        if status == 404 {
+            var notes: [String] = []
+            if let model, !e.message.contains(model) { notes.append("model '\(model)'") }
+            notes.append(ProviderHTTP.join(endpoint, path))
+            e.message += " (\(notes.joined(separator: ", ")))"
+        }
+        for secret in ([apiKey] + secrets).compactMap({ $0 }) where secret.utf8.count >= 4 && e.message.contains(secret) {
+            e.message = e.message.split(separator: secret, omittingEmptySubsequences: false).joined(separator: "[REDACTED]")
+        }
+        return e
+    }
+}
+
+extension HTTPSettings {
+    /// A health check's result for a probe of `method` `path` that `status`
+    /// answered: the message `health` prints and the details it reports
+    /// (endpoint, status, latency since `start`).
+    public func healthReport(instance: String, _ method: String, _ path: String, status: Int, since start: ContinuousClock.Instant) -> JSONValue {
+        let ms = (ContinuousClock.now - start).milliseconds
+        return [
+            "message": .string("\(instance): \(method) \(ProviderHTTP.join(endpoint, path)) answered \(status) in \(ms) ms"),
+            "details": ["endpoint": .string(endpoint), "status": .integer(status), "latency_ms": .integer(ms)],
+        ]
+    }
+}
