@@ -145,13 +145,19 @@ public struct ModelRequest: Sendable, Hashable {
     /// Ollama's `num_ctx`, Anthropic's `cache_control` hints).
     public var options: JSONObject
     public var deadlines: Deadlines
+    /// What shape the answer must have (since ABI 1.1): free text (the
+    /// default), any JSON object, or JSON matching a schema. Only plugins
+    /// whose manifest lists the `structured_output` capability are sent
+    /// anything but `.text`; others refuse it with `unsupported_feature`.
+    public var responseFormat: ResponseFormat
 
     public init(
         messages: [Message], model: String? = nil, maxTokens: Int? = nil, temperature: Double? = nil,
         topP: Double? = nil, systemPrompt: String? = nil, tools: [Tool] = [], toolChoice: ToolChoice? = nil,
         stop: [String] = [], seed: Int? = nil, metadata: [String: String] = [:], options: JSONObject = [:],
-        deadlines: Deadlines = Deadlines()
+        deadlines: Deadlines = Deadlines(), responseFormat: ResponseFormat = .text
     ) {
+        self.responseFormat = responseFormat
         self.messages = messages
         self.model = model
         self.maxTokens = maxTokens
@@ -394,4 +400,17 @@ public struct Embeddings: Sendable, Hashable {
         self.usage = usage
         self.provider = provider
     }
+}
+
+/// The shape a request asks the answer to have (`ModelRequest.responseFormat`).
+public enum ResponseFormat: Sendable, Hashable {
+    /// Free text.
+    case text
+    /// A JSON object, of any shape.
+    case json
+    /// JSON matching `schema` (a JSON Schema object), under `name` (what
+    /// providers that want one call it: letters, digits, `_` and `-`).
+    /// `strict`: ask the provider to enforce the schema exactly where it can
+    /// (OpenAI's strict mode).
+    case jsonSchema(name: String, schema: JSONValue, strict: Bool = true)
 }

@@ -115,6 +115,7 @@ public enum Wire {
             w.endObject()
         }
         if !r.options.isEmpty { w.field("options", .object(r.options)) }
+        if r.responseFormat != .text { w.field("response_format", json(r.responseFormat)) }
         if !r.deadlines.isEmpty {
             w.beginObject(key: "deadlines")
             w.field("connect_ms", r.deadlines.connect?.milliseconds)
@@ -226,6 +227,7 @@ public enum Wire {
                 r.metadata[m.key] = s
             }
         }
+        if let f = o["response_format"] { r.responseFormat = try decodeResponseFormat(f) }
         if let opts = o["options"] {
             guard case .object(let oo) = opts else { throw WireError("request.options: expected an object") }
             r.options = oo
@@ -528,6 +530,37 @@ public enum Wire {
 
     public static func decodeHealth(_ v: JSONValue) -> HealthReport {
         HealthReport(message: v["message"]?.stringValue ?? "healthy", details: v["details"]?.objectValue ?? [:])
+    }
+
+    // MARK: Response format (ABI 1.1: the Request's "response_format")
+
+    /// {"type": "text"} | {"type": "json"} | {"type": "json_schema",
+    /// "name": string, "schema": object, "strict": bool}.
+    public static func json(_ f: ResponseFormat) -> JSONValue {
+        switch f {
+        case .text: return ["type": "text"]
+        case .json: return ["type": "json"]
+        case .jsonSchema(let name, let schema, let strict):
+            return ["type": "json_schema", "name": .string(name), "schema": schema, "strict": .bool(strict)]
+        }
+    }
+
+    public static func decodeResponseFormat(_ v: JSONValue) throws(WireError) -> ResponseFormat {
+        guard case .object(let o) = v else { throw WireError("request.response_format: expected an object, got \(v.typeName)") }
+        switch try string(o, "type", in: "request.response_format") {
+        case "text"?: return .text
+        case "json"?: return .json
+        case "json_schema"?:
+            guard let name = try string(o, "name", in: "request.response_format"), !name.isEmpty else {
+                throw WireError("request.response_format.name: a json_schema format needs a name")
+            }
+            guard case .object? = o["schema"] else {
+                throw WireError("request.response_format.schema: expected a JSON Schema object, got \(o["schema"]?.typeName ?? "nothing")")
+            }
+            return .jsonSchema(name: name, schema: o["schema"]!, strict: o["strict"]?.boolValue ?? true)
+        case let t:
+            throw WireError("request.response_format.type: expected \"text\", \"json\" or \"json_schema\", got \(t.map { "\"\($0)\"" } ?? "nothing")")
+        }
     }
 
     // MARK: Embeddings (ABI 1.1: the input and RESULT of `embed`)

@@ -108,6 +108,15 @@ public enum ChatRequest {
             }
             mark("tool_choice")
         }
+        switch r.responseFormat {
+        case .text: break
+        case .json:
+            w.field("response_format", ["type": "json_object"] as JSONValue)
+            mark("response_format")
+        case .jsonSchema(let name, let schema, let strict):
+            w.field("response_format", ["type": "json_schema", "json_schema": ["name": .string(name), "schema": schema, "strict": .bool(strict)]] as JSONValue)
+            mark("response_format")
+        }
         for source in [o.extraBody, r.options] {
             for m in source where !written.contains(m.key) {
                 w.field(m.key, m.value)

@@ -254,6 +254,12 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
                 "'\(name)' does not take tools (the request has \(r.tools.count)): its manifest \(manifest.file) lists no 'tools' capability",
                 provider: name)
         }
+        if r.responseFormat != .text, !manifest.capabilities.contains("structured_output") {
+            throw ProviderError(
+                .unsupportedFeature,
+                "'\(name)' does not take a response format (the request asks for \(r.responseFormat.kindName)): its manifest \(manifest.file) lists no 'structured_output' capability",
+                provider: name)
+        }
         guard let i = r.messages.firstIndex(where: { !$0.images.isEmpty }) else { return }
         if let j = r.messages.firstIndex(where: { !$0.images.isEmpty && $0.role != .user }) {
             throw ProviderError(.api, "messages[\(j)] (\(r.messages[j].role.rawValue)): only user messages carry images", provider: name)
@@ -553,5 +559,16 @@ public struct CallLimits: Sendable, Hashable {
     public init(maxEvents: Int = 4_000_000, maxBytes: Int = 64 << 20) {
         self.maxEvents = maxEvents
         self.maxBytes = maxBytes
+    }
+}
+
+extension ResponseFormat {
+    /// "JSON", "JSON matching schema 'person'", for messages.
+    var kindName: String {
+        switch self {
+        case .text: return "text"
+        case .json: return "JSON"
+        case .jsonSchema(let name, _, _): return "JSON matching schema '\(name)'"
+        }
     }
 }
