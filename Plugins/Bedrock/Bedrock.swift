@@ -3,6 +3,7 @@
 //
 //   POST {endpoint}/model/{modelId}/converse-stream   stream (application/vnd.amazon.eventstream)
 //   POST {endpoint}/model/{modelId}/converse          complete
+//   GET  {control_endpoint}/foundation-models         list_models
 //
 // Every request is signed with AWS Signature Version 4 (SigV4.swift: our
 // own signer, and why), service `bedrock`, with credentials from the config
@@ -22,6 +23,8 @@ final class BedrockBackend: DescartesBackend {
     let credentials: AWSCredentials?
     let headers: [(String, String)]
     let defaultModel: String?
+    /// The control plane (`ListFoundationModels`), `https://bedrock.{region}.amazonaws.com`.
+    let controlEndpoint: String
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
@@ -40,6 +43,14 @@ final class BedrockBackend: DescartesBackend {
         }
         headers = h + settings.extraHeaders
         defaultModel = context.string("model")
+        var control = context.string("control_endpoint").flatMap { $0.isEmpty ? nil : $0 } ?? "https://bedrock.\(region).amazonaws.com"
+        while control.hasSuffix("/") { control.removeLast() }
+        guard control.lowercased().hasPrefix("https://") || control.lowercased().hasPrefix("http://"), ProviderHTTP.host(of: control) != nil,
+            !control.contains("?")
+        else {
+            throw ProviderError(.config, "key 'control_endpoint': '\(control)' is not an http:// or https:// URL with a host and no query")
+        }
+        controlEndpoint = control
         http = HTTPClient(name: "bedrock:\(context.instance)")
         if let c = credentials { context.log(.debug, "signing with \(c)") }
         if let warning = ProviderHTTP.plainHTTPWarning(endpoint: settings.endpoint, hasCredential: true) { context.log(.warning, warning) }
@@ -54,19 +65,25 @@ final class BedrockBackend: DescartesBackend {
         return (model, "model/\(ProviderHTTP.percentEncoded(model))/\(action)")
     }
 
-    /// A signed request.
-    func request(_ path: String, body: [UInt8], accept: String, timeouts: HTTPTimeouts) -> HTTPRequest {
-        let url = ProviderHTTP.join(settings.endpoint, path)
+    /// A signed request (a POST to the runtime; `method: "GET"` with `url`
+    /// for the control plane).
+    func request(
+        _ path: String, body: [UInt8], accept: String, timeouts: HTTPTimeouts, method: String = "POST", url whole: String? = nil
+    ) -> HTTPRequest {
+        let url = whole ?? ProviderHTTP.join(settings.endpoint, path)
         var h = headers
-        var signed: [(String, String)] = [("Content-Type", "application/json")]
-        h.append(("Content-Type", "application/json"))
+        var signed: [(String, String)] = []
+        if method == "POST" {
+            h.append(("Content-Type", "application/json"))
+            signed.append(("Content-Type", "application/json"))
+        }
         h.append(("Accept", accept))
         signed.append(("Accept", accept))
         if let c = credentials {
-            h += SigV4.sign(method: "POST", url: url, headers: signed, body: body, credentials: c, region: region, service: "bedrock")
+            h += SigV4.sign(method: method, url: url, headers: signed, body: body, credentials: c, region: region, service: "bedrock")
         }
         return HTTPRequest(
-            method: "POST", url: url, headers: h, body: body, timeouts: timeouts, maxResponseBytes: settings.maxResponseBytes,
+            method: method, url: url, headers: h, body: body, timeouts: timeouts, maxResponseBytes: settings.maxResponseBytes,
             caBundle: settings.caBundle, proxy: settings.proxy)
     }
 
@@ -125,6 +142,45 @@ final class BedrockBackend: DescartesBackend {
                     return
                 }
                 call.finish(result: settings.healthReport(instance: instance, "POST", target.path, status: r.status, since: start))
+            }
+        }
+        call.onCancel { transfer.cancel() }
+    }
+
+    /// `GET {control_endpoint}/foundation-models` (`ListFoundationModels`,
+    /// signed like the runtime's calls): the models with text output, their
+    /// provider as the owner, and how they can be invoked in the details
+    /// (`ON_DEMAND` ids work as they are; `INFERENCE_PROFILE`-only models
+    /// need a profile id such as `us.` + the id).
+    func listModels(_ call: PluginCall) {
+        let url = controlEndpoint + "/foundation-models"
+        let transfer = http.fetch(request("", body: [], accept: "application/json", timeouts: settings.defaultTimeouts, method: "GET", url: url)) {
+            [self] result in
+            switch result {
+            case .failure(let e): call.fail(e.providerError(endpoint: controlEndpoint))
+            case .success(let r):
+                guard (200..<300).contains(r.status) else {
+                    var e = httpError(status: r.status, headers: r.headers, body: r.body, path: "", model: nil)
+                    e.message += " (GET \(url))"
+                    call.fail(e)
+                    return
+                }
+                guard let doc = try? JSONValue.parse(bytes: r.body), let list = doc["modelSummaries"]?.arrayValue else {
+                    call.fail(ProviderError(.invalidResponse, "GET \(url): not a model list: \(ProviderHTTP.excerpt(r.body))", status: r.status))
+                    return
+                }
+                let models = list.compactMap { m -> ModelInfo? in
+                    guard let id = m["modelId"]?.stringValue else { return nil }
+                    let outputs = m["outputModalities"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                    guard outputs.isEmpty || outputs.contains("TEXT") else { return nil }
+                    var details = JSONObject()
+                    for k in ["modelName", "inferenceTypesSupported", "responseStreamingSupported", "inputModalities"] {
+                        if let v = m[k] { details[k] = v }
+                    }
+                    if let status = m["modelLifecycle"]?["status"] { details["lifecycle"] = status }
+                    return ModelInfo(id: id, ownedBy: m["providerName"]?.stringValue, details: details)
+                }
+                call.finish(json: Wire.encode(models: models))
             }
         }
         call.onCancel { transfer.cancel() }

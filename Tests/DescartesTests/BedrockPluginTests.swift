@@ -266,6 +266,29 @@ import Testing
         #expect(third.error?.message.contains("messageStop") == true)
         await b.shutdown()
     }
+
+    /// `ListFoundationModels` on the control plane, signed (the server
+    /// checks the signature with botocore): text models only, the provider
+    /// as the owner.
+    @Test func listsTheFoundationModelsWithASignedGET() async throws {
+        let server = try await ServerSlot.make()
+        let body = #"{"modelSummaries":[{"customizationsSupported":[],"inferenceTypesSupported":["INFERENCE_PROFILE"],"inputModalities":["TEXT","IMAGE"],"modelArn":"arn:aws:bedrock:eu-west-3::foundation-model/anthropic.claude-sonnet-4-5-20250929-v1:0","modelId":"anthropic.claude-sonnet-4-5-20250929-v1:0","modelLifecycle":{"status":"ACTIVE"},"modelName":"Claude Sonnet 4.5","outputModalities":["TEXT"],"providerName":"Anthropic","responseStreamingSupported":true},{"customizationsSupported":[],"inferenceTypesSupported":["ON_DEMAND"],"inputModalities":["TEXT"],"modelArn":"arn:aws:bedrock:eu-west-3::foundation-model/amazon.titan-embed-text-v2:0","modelId":"amazon.titan-embed-text-v2:0","modelLifecycle":{"status":"ACTIVE"},"modelName":"Titan Text Embeddings V2","outputModalities":["EMBEDDING"],"providerName":"Amazon","responseStreamingSupported":false}]}"#
+        try await server.script(["GET /control/foundation-models": [Self.signed(.json(body))]])
+        let b = try backend(server, ["control_endpoint": .string("\(server.url)/control")])
+        let models = try await b.listModels()
+        #expect(models.map(\.id) == ["anthropic.claude-sonnet-4-5-20250929-v1:0"])
+        #expect(models.first?.ownedBy == "Anthropic")
+        #expect(models.first?.details["inferenceTypesSupported"] == ["INFERENCE_PROFILE"])
+        let sent = try #require(try await server.requests().first)
+        #expect(sent.method == "GET")
+        #expect(sent.header("authorization")?.contains("SignedHeaders=accept;host;x-amz-date;x-amz-security-token,") == true)
+        await b.shutdown()
+        // A wrong secret: the server's botocore check refuses it, as AWS does.
+        let wrong = try backend(server, ["control_endpoint": .string("\(server.url)/control"), "secret_access_key": "wrong/secret/key/0000000000000000000000"])
+        let e = await providerError { _ = try await wrong.listModels() }
+        #expect(e?.kind == .authentication, "\(String(describing: e))")
+        await wrong.shutdown()
+    }
 }
 
 /// The kit's decoder of AWS's binary event stream, directly.
