@@ -5,7 +5,8 @@
 // variable (manifests/deepseek.yaml is one); no code.
 //
 // Azure OpenAI is the second factory, "azure" (Azure.swift): the same
-// dialect at Azure's URLs with Azure's credentials.
+// dialect at Azure's URLs with Azure's credentials. The third,
+// "openai-responses" (Responses.swift), speaks OpenAI's Responses API.
 //
 // The dialect itself (request bodies, chunk parsing, tool-call assembly,
 // finish reasons, error mapping) is DescartesOpenAIChat, which this library
@@ -24,11 +25,7 @@ final class OpenAIBackend: DescartesBackend {
         self.context = context
         self.azure = azure
         settings = try HTTPSettings(context, defaultEndpoint: azure ? "https://invalid.openai.azure.com" : "https://api.openai.com/v1")
-        var headers: [(String, String)] = [("User-Agent", "descartes-openai/\(OpenAIBackend.version)")]
-        if let key = settings.apiKey { headers.append(("Authorization", "Bearer \(key)")) }
-        if let org = context.string("organization"), !org.isEmpty { headers.append(("OpenAI-Organization", org)) }
-        if let project = context.string("project"), !project.isEmpty { headers.append(("OpenAI-Project", project)) }
-        headers += settings.extraHeaders
+        let headers = Self.headers(context, settings)
 
         let field = context.string("max_tokens_field") ?? "max_tokens"
         guard field == "max_tokens" || field == "max_completion_tokens" else {
@@ -50,6 +47,16 @@ final class OpenAIBackend: DescartesBackend {
     }
 
     static let version = "1.0.0"
+
+    /// OpenAI's headers: the key as a bearer token, `organization` and
+    /// `project`, then the configured extra headers.
+    static func headers(_ context: BackendContext, _ settings: HTTPSettings) -> [(String, String)] {
+        var headers: [(String, String)] = [("User-Agent", "descartes-openai/\(version)")]
+        if let key = settings.apiKey { headers.append(("Authorization", "Bearer \(key)")) }
+        if let org = context.string("organization"), !org.isEmpty { headers.append(("OpenAI-Organization", org)) }
+        if let project = context.string("project"), !project.isEmpty { headers.append(("OpenAI-Project", project)) }
+        return headers + settings.extraHeaders
+    }
 
     func healthCheck(_ call: PluginCall) { chat.healthCheck(call, provider: context.instance) }
     func complete(_ request: ModelRequest, _ call: PluginCall) {
@@ -91,6 +98,9 @@ public func descartesPluginEntry(_ abi: UInt32, _ host: UnsafeRawPointer?) -> Un
         },
         BackendFactory(id: "azure", description: "Azure OpenAI chat completions (deployment or v1 URLs, api-key or Entra ID)") {
             try OpenAIBackend($0, azure: true)
+        },
+        BackendFactory(id: "openai-responses", description: "OpenAI Responses API (reasoning items across turns, previous_response_id)") {
+            try ResponsesBackend($0)
         },
     ])
 }
