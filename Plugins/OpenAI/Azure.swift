@@ -50,11 +50,11 @@ enum Azure {
         }
         headers += settings.extraHeaders
         let dated = version != "v1" && version != "preview"
-        let chatPath: @Sendable (String?) -> String
+        let modelPath: @Sendable (String?, String) -> String
         if dated {
-            chatPath = { model in "deployments/\(ProviderHTTP.percentEncoded(model ?? ""))/chat/completions" }
+            modelPath = { model, operation in "deployments/\(ProviderHTTP.percentEncoded(model ?? ""))/\(operation)" }
         } else {
-            chatPath = { _ in "chat/completions" }
+            modelPath = { _, operation in operation }
         }
         let query: String? = version == "v1" ? nil : "api-version=\(version)"
         let base = endpoint + (dated ? "/openai" : "/openai/v1")
@@ -62,7 +62,7 @@ enum Azure {
         return ChatServer(
             baseURL: base, headers: headers, secret: settings.apiKey, caBundle: settings.caBundle, proxy: settings.proxy,
             maxResponseBytes: settings.maxResponseBytes, defaultTimeouts: settings.defaultTimeouts, requestOptions: options,
-            captureKeys: ["prompt_filter_results"], modelsPath: "models", query: query, chatPath: chatPath,
+            captureKeys: ["prompt_filter_results"], modelsPath: "models", query: query, modelPath: modelPath,
             choiceCaptureKeys: ["content_filter_results"], refineError: refine)
     }
 

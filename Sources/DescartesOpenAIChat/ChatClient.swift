@@ -25,10 +25,10 @@ public struct ChatServer: Sendable {
     public var modelsPath: String
     /// Appended to every URL as its query (Azure's `api-version=...`), or nil.
     public var query: String?
-    /// The completions path for a model, relative to `baseURL`
-    /// ("chat/completions"; Azure's deployment form puts the deployment in
-    /// the path).
-    public var chatPath: @Sendable (_ model: String?) -> String
+    /// The path of an operation ("chat/completions", "embeddings") for a
+    /// model, relative to `baseURL`: the operation itself, except where the
+    /// server puts the model in the path (Azure's deployment form).
+    public var modelPath: @Sendable (_ model: String?, _ operation: String) -> String
     /// Members of `choices[0]` kept in the Finish metadata, as last seen
     /// non-empty (Azure's `content_filter_results`).
     public var choiceCaptureKeys: [StaticString]
@@ -42,12 +42,12 @@ public struct ChatServer: Sendable {
         defaultTimeouts: HTTPTimeouts = HTTPTimeouts(connect: 10_000, total: 60_000),
         requestOptions: ChatRequestOptions = ChatRequestOptions(), captureKeys: [StaticString] = [],
         modelsPath: String = "models", query: String? = nil,
-        chatPath: @escaping @Sendable (_ model: String?) -> String = { _ in "chat/completions" },
+        modelPath: @escaping @Sendable (_ model: String?, _ operation: String) -> String = { _, operation in operation },
         choiceCaptureKeys: [StaticString] = [], refineError: (@Sendable (ProviderError, [UInt8]) -> ProviderError)? = nil
     ) {
         self.modelsPath = modelsPath
         self.query = query
-        self.chatPath = chatPath
+        self.modelPath = modelPath
         self.choiceCaptureKeys = choiceCaptureKeys
         self.refineError = refineError
         self.baseURL = baseURL
@@ -165,7 +165,7 @@ public final class ChatClient: Sendable {
     func exchange(_ request: ModelRequest, _ call: PluginCall, stream: Bool, _ options: ChatCallOptions) {
         let body = ChatRequest.encode(request, stream: stream, options: server.requestOptions)
         let model = request.model ?? server.requestOptions.defaultModel
-        let path = server.chatPath(model)
+        let path = server.modelPath(model, "chat/completions")
         let consumer = ChatStreamConsumer(call: call, server: server, model: model, path: path, options: options)
         let req = server.request(
             "POST", path, body: body, accept: stream ? "text/event-stream" : "application/json",

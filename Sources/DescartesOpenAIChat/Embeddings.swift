@@ -16,7 +16,7 @@ extension ChatClient {
         var body: JSONObject = ["model": .string(model), "input": .array(request.inputs.map { .string($0) }), "encoding_format": "float"]
         if let d = request.dimensions { body["dimensions"] = .integer(d) }
         let server = self.server
-        let path = "embeddings"
+        let path = server.modelPath(model, "embeddings")
         let req = server.request("POST", path, body: JSONValue.object(body).jsonBytes, timeouts: HTTPTimeouts(request.deadlines))
         let count = request.inputs.count
         let transfer = http.fetch(req) { result in

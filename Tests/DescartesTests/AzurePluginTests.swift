@@ -206,6 +206,19 @@ import Testing
         await b.shutdown()
     }
 
+    @Test func embeddingsGoToTheDeploymentsEmbeddingsPath() async throws {
+        let server = try await ServerSlot.make()
+        let answer = #"{"data":[{"embedding":[0.25,-0.5],"index":0,"object":"embedding"}],"model":"text-embedding-3-small","object":"list","usage":{"prompt_tokens":2,"total_tokens":2}}"#
+        try await server.script([
+            "/openai/deployments/emb-small/embeddings": [.json(answer).with(["azure": ["api_key": .string(Self.key), "api_version": .string(Self.version)]])]
+        ].keyed("POST"))
+        let b = try azure(server)
+        let e = try await b.embed(EmbeddingRequest(["hello"], model: "emb-small"))
+        #expect(e.vectors == [[0.25, -0.5]])
+        #expect(try await server.requests().first?.azure == "ok")
+        await b.shutdown()
+    }
+
     @Test func badSettingsAreConfigErrorsNamingTheKey() async throws {
         let server = try await ServerSlot.make()
         func fails(_ extra: [String: JSONValue], _ key: String) {
