@@ -4,7 +4,7 @@ import DescartesSupport
 
 /// OpenAI's Responses API (factory `openai-responses` of libdescartes-openai.so)
 /// through the C ABI against the loopback scripted server: recorded streams
-/// and bodies of the real API (../shared/fixtures/provider-transcripts/openai-responses,
+/// and bodies of the real API (Tests/Fixtures/recorded/openai-responses,
 /// from pydantic-ai's cassettes, README there) replayed byte for byte, whole
 /// and cut into 1- and 7-byte pieces, against the sidecars its reference
 /// extractor computed from the final response objects; and scripted events
@@ -21,9 +21,15 @@ import DescartesSupport
     }
 
     static let dir = "openai-responses"
+    /// Recordings kept in the repository (the shared fixtures have none of this API).
+    static let recorded = FileSystem.join(TestEnv.root, "Tests/Fixtures/recorded")
+
+    static func recording(_ name: String) throws -> String {
+        try FileSystem.readText(FileSystem.join(recorded, name), limit: 1 << 26)
+    }
 
     static func files() -> [String] {
-        let all = (try? FileSystem.list(FileSystem.join(TestEnv.transcripts, dir))) ?? []
+        let all = (try? FileSystem.list(FileSystem.join(recorded, dir))) ?? []
         return all.filter { ($0.hasSuffix(".sse") || $0.hasSuffix(".json")) && !$0.hasSuffix(".request.json") && !$0.hasSuffix(".expected.json") }
             .sorted()
     }
@@ -70,9 +76,9 @@ import DescartesSupport
         var checked = 0
         for file in Self.files() {
             let stem = String(file.prefix(upTo: file.lastIndex(of: ".")!))
-            let body = try TestEnv.transcript("\(Self.dir)/\(file)")
-            let expected = try JSONValue.parse(TestEnv.transcript("\(Self.dir)/\(stem).expected.json"))
-            let recorded = try JSONValue.parse(TestEnv.transcript("\(Self.dir)/\(stem).request.json"))
+            let body = try Self.recording("\(Self.dir)/\(file)")
+            let expected = try JSONValue.parse(Self.recording("\(Self.dir)/\(stem).expected.json"))
+            let recorded = try JSONValue.parse(Self.recording("\(Self.dir)/\(stem).request.json"))
             let request = Self.modelRequest(recorded)
             let status = file.contains("-error-") ? Int(file.split(separator: "-")[2].prefix(3)) ?? 400 : 200
             // 1-byte pieces only for the smaller streams (the 190 KB one is 190,000 sends).
