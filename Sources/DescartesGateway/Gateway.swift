@@ -116,7 +116,7 @@ package final class Gateway: Sendable {
         let endpoints: [String: String] = [
             "/v1/chat/completions": "POST", "/chat/completions": "POST", "/v1/models": "GET", "/models": "GET", "/health": "GET",
             "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/responses": "POST", "/responses": "POST",
-            "/ready": "GET", "/metrics": "GET",
+            "/ready": "GET", "/metrics": "GET", "/v1/embeddings": "POST", "/embeddings": "POST",
         ]
         guard let method = endpoints[path] else {
             return fail(.notFound("no endpoint \(request.method) \(path) (docs/gateway.md lists them)"))
@@ -140,6 +140,8 @@ package final class Gateway: Sendable {
             return json(200, models(for: key), exchange, &record)
         case "/v1/chat/completions", "/chat/completions":
             await chat(request, exchange, key: key, &record)
+        case "/v1/embeddings", "/embeddings":
+            await embeddings(request, exchange, key: key, &record)
         case "/ready":
             await ready(exchange, &record)
         case "/metrics":

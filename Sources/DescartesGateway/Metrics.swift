@@ -40,7 +40,7 @@ final class GatewayMetrics: Sendable {
     private let state = Lock(State())
     static let endpoints: Set<String> = [
         "/v1/chat/completions", "/chat/completions", "/v1/responses", "/responses", "/v1/models", "/models", "/v1/messages",
-        "/v1/messages/count_tokens", "/health", "/ready", "/metrics",
+        "/v1/messages/count_tokens", "/health", "/ready", "/metrics", "/v1/embeddings", "/embeddings",
     ]
 
     /// `name="value",...` with Prometheus' escapes (backslash, quote, newline).

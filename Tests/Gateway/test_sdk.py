@@ -5,16 +5,18 @@ Run by Tests/DescartesTests/GatewayTests.swift (or by hand):
 
     DESCARTES=.build/debug/descartes DESCARTES_PLUGIN_PATH=DIR python3 Tests/Gateway/test_sdk.py -v
 
-DIR holds the echo plugin and the openai plugin (manifest and library). One
+DIR holds the echo, scripted and openai plugins (manifest and library). One
 gateway and one scripted upstream (Tests/Servers/scripted_server.py) are
 started for the whole suite, both on 127.0.0.1; the `upstream` provider is
 the OpenAI plugin pointed at the scripted server, whose answers each test
 scripts. Everything is loopback; nothing is recorded from elsewhere.
 """
+import base64
 import json
 import os
 import re
 import select
+import struct
 import subprocess
 import sys
 import tempfile
@@ -104,6 +106,9 @@ providers:
     endpoint: http://127.0.0.1:{upstream.port}/v1
     api_key: ${{UPSTREAM_KEY}}
 retry: {{max_attempts: 1}}
+audit:
+  enabled: true
+  file: {os.path.join(tmp.name, "audit.jsonl")}
 server:
   listen: 127.0.0.1:0
   keys:
@@ -649,6 +654,86 @@ class Operations(unittest.TestCase):
         self.assertEqual(r.json()["providers"]["upstream"]["status"], "unavailable")
         self.assertNotIn(UPSTREAM_KEY, r.text)
         self.assertEqual(httpx.get(state["url"] + "/ready").status_code, 401)
+
+
+def decode_base64_floats(text):
+    raw = base64.b64decode(text)
+    return list(struct.unpack("<%df" % (len(raw) // 4), raw))
+
+
+class Embeddings(unittest.TestCase):
+    """POST /v1/embeddings through the scripted plugin, whose vectors are
+    [characters, words, vowels] of each text and whose usage is the words."""
+
+    def test_a_string_and_a_list_through_the_sdk(self):
+        sent = []
+        client = oai(http_client=httpx.Client(event_hooks={"request": [lambda r: sent.append(json.loads(r.read()))]}))
+        r = client.embeddings.create(model="scripted", input="hello world")
+        # openai==3.63.0 asks for base64 when encoding_format is not given, and decodes it.
+        self.assertEqual(sent[-1]["encoding_format"], "base64")
+        self.assertEqual(r.object, "list")
+        self.assertEqual(r.model, "scripted")
+        self.assertEqual([(d.object, d.index, d.embedding) for d in r.data], [("embedding", 0, [11.0, 2.0, 3.0])])
+        self.assertEqual((r.usage.prompt_tokens, r.usage.total_tokens), (2, 2))
+        r = client.embeddings.create(model="scripted", input=["hello world", "a", "one two three"], encoding_format="float")
+        self.assertEqual(sent[-1]["input"], ["hello world", "a", "one two three"])
+        self.assertEqual([d.index for d in r.data], [0, 1, 2])
+        self.assertEqual([d.embedding for d in r.data], [[11.0, 2.0, 3.0], [1.0, 1.0, 1.0], [13.0, 3.0, 5.0]])
+        self.assertEqual((r.usage.prompt_tokens, r.usage.total_tokens), (6, 6))
+
+    def test_base64_is_little_endian_float32(self):
+        r = oai().embeddings.create(model="scripted", input=["a b", "hello world"], encoding_format="base64")
+        self.assertEqual([decode_base64_floats(d.embedding) for d in r.data], [[3.0, 2.0, 1.0], [11.0, 2.0, 3.0]])
+        raw = httpx.post(state["url"] + "/v1/embeddings", headers={"x-api-key": KEY_A},
+                         json={"model": "scripted", "input": "hello world"}).json()
+        # Without encoding_format: floats, as OpenAI answers.
+        self.assertEqual(raw["data"], [{"object": "embedding", "index": 0, "embedding": [11.0, 2.0, 3.0]}])
+        self.assertEqual(raw["usage"], {"prompt_tokens": 2, "total_tokens": 2})
+
+    def test_model_and_dimensions_reach_the_backend(self):
+        r = oai().embeddings.create(model="scripted/tiny", input="hello world", dimensions=2, encoding_format="float")
+        self.assertEqual(r.model, "scripted/tiny")
+        self.assertEqual(r.data[0].embedding, [11.0, 2.0])
+        with open(os.path.join(state["tmp"].name, "audit.jsonl")) as f:
+            lines = [json.loads(line) for line in f if '"embed"' in line]
+        self.assertTrue(any(d["operation"] == "embed" and d["model"] == "tiny" and d["tokens"]["input"] == 2 for d in lines), lines)
+
+    def test_errors(self):
+        # A backend that cannot embed: 400 in OpenAI's shape, naming the model.
+        with self.assertRaises(openai.BadRequestError) as e:
+            oai().embeddings.create(model="echo", input="text")
+        self.assertIn("'echo'", e.exception.body["message"])
+        self.assertEqual(e.exception.body["type"], "invalid_request_error")
+        self.assertEqual(e.exception.body["param"], "model")
+        # Token arrays are refused clearly.
+        for tokens in ([1, 2, 3], [[1, 2], [3]]):
+            r = httpx.post(state["url"] + "/v1/embeddings", headers={"x-api-key": KEY_A}, json={"model": "scripted", "input": tokens})
+            self.assertEqual(r.status_code, 400, r.text)
+            self.assertIn("token", r.json()["error"]["message"])
+            self.assertEqual(r.json()["error"]["param"], "input")
+        for body, param in (({"model": "scripted"}, "input"), ({"input": "x"}, "model"), ({"model": "scripted", "input": []}, "input"),
+                            ({"model": "scripted", "input": "x", "encoding_format": "int8"}, "encoding_format"),
+                            ({"model": "scripted", "input": "x", "dimensions": 0}, "dimensions")):
+            r = httpx.post(state["url"] + "/v1/embeddings", headers={"x-api-key": KEY_A}, json=body)
+            self.assertEqual((r.status_code, r.json()["error"]["param"]), (400, param), r.text)
+        # Keys and their model globs apply; unknown models are 404; the backend's errors map as for chat.
+        with self.assertRaises(openai.PermissionDeniedError):
+            oai(KEY_B).embeddings.create(model="scripted", input="x")
+        with self.assertRaises(openai.NotFoundError):
+            oai().embeddings.create(model="no-such-embedder", input="x")
+        with self.assertRaises(openai.RateLimitError):
+            oai().embeddings.create(model="scripted", input=["fine", "error:rate_limited:too many texts"])
+        with self.assertRaises(openai.AuthenticationError):
+            oai(key="not-a-key-of-this-gateway-at-all").embeddings.create(model="scripted", input="x")
+
+    def test_metrics(self):
+        _, before, _ = scrape()
+        oai().embeddings.create(model="scripted", input=["one two three", "four"])
+        _, after, _ = scrape()
+        who = dict(endpoint="/v1/embeddings", provider="scripted", model="scripted", key="team-a", status="200")
+        self.assertEqual(value(after, "descartes_gateway_requests_total", **who) - value(before, "descartes_gateway_requests_total", **who), 1)
+        tokens = dict(provider="scripted", key="team-a", type="input")
+        self.assertEqual(value(after, "descartes_gateway_tokens_total", **tokens) - value(before, "descartes_gateway_tokens_total", **tokens), 4)
 
 
 if __name__ == "__main__":

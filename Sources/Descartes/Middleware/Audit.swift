@@ -278,8 +278,25 @@ final class AuditedBackend: ModelBackend, Sendable {
     func healthCheck() async throws(ProviderError) -> HealthReport { try await inner.healthCheck() }
     func listModels() async throws(ProviderError) -> [ModelInfo] { try await inner.listModels() }
     func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate { try await inner.estimateTokens(request) }
-    func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings { try await inner.embed(request) }
     func shutdown() async { await inner.shutdown() }
+
+    /// An embedding is recorded as operation "embed": its model, input
+    /// tokens and outcome (no texts, whatever `prompts` says).
+    func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
+        let started = AuditLog.timestamp()
+        let unixMS = AuditLedger.nowUnixMS()
+        let t0 = ContinuousClock.now
+        let asked = ModelRequest(messages: [], model: request.model)
+        do {
+            let e = try await inner.embed(request)
+            let r = ModelResponse(usage: e.usage, model: e.model, provider: e.provider)
+            log.finish(operation: "embed", instance: name, plugin: plugin, request: asked, started: started, unixMS: unixMS, duration: .now - t0, result: .success(r))
+            return e
+        } catch {
+            log.finish(operation: "embed", instance: name, plugin: plugin, request: asked, started: started, unixMS: unixMS, duration: .now - t0, result: .failure(error))
+            throw error
+        }
+    }
 
     static func providerError(_ error: Error, _ name: String) -> ProviderError {
         if let e = error as? ProviderError { return e }
