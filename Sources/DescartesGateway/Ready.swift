@@ -5,25 +5,30 @@ extension Gateway {
     static let readyTimeout: Duration = .seconds(5)
 
     /// The names `GET /ready` checks: the provider instances of
-    /// providers.yaml; without any, every plugin found (as `descartes
-    /// health`), those that need configuration they lack skipped.
-    func readyNames() -> [String] {
+    /// providers.yaml (`configured` true); without any, every plugin found
+    /// (as `descartes health`), those that need configuration they lack
+    /// skipped (`configured` false).
+    func readyNames() -> (names: [String], configured: Bool) {
         let instances = factory.configuration?.instances ?? []
-        if !instances.isEmpty { return instances.map(\.name) }
-        return factory.catalog.availableProviders.sorted()
+        if !instances.isEmpty { return (instances.map(\.name), true) }
+        return (factory.catalog.availableProviders.sorted(), false)
     }
 
     /// `GET /ready`: each provider's own health check (at most
     /// `readyTimeout` each, all at once). 200 `ready` when every one
     /// answered, 200 `degraded` when some did, 503 `unavailable` when none
     /// did. A backend without a health check counts as reachable (`unknown`).
+    /// With no instance configured, the installed plugins are checked at
+    /// their defaults, and one that cannot be reached there (an Ollama that
+    /// is not running) is reported without making the gateway `degraded`:
+    /// nobody asked for it; `unavailable` still means none answered.
     func ready(_ exchange: HTTPExchange, _ record: inout AccessRecord) async {
         struct Outcome: Sendable {
             var name: String
             var doc: JSONObject
             var ok: Bool?
         }
-        let names = readyNames()
+        let (names, configured) = readyNames()
         let outcomes = await withTaskGroup(of: Outcome.self) { g in
             for name in names {
                 g.addTask { [self] in
@@ -54,7 +59,7 @@ extension Gateway {
         }
         let failed = outcomes.filter { $0.ok == false }.count
         let checked = outcomes.filter { $0.ok != nil }.count
-        let status = failed == 0 ? "ready" : failed < checked ? "degraded" : "unavailable"
+        let status = failed == 0 ? "ready" : failed == checked ? "unavailable" : configured ? "degraded" : "ready"
         var providers = JSONObject()
         for o in outcomes { providers[o.name] = .object(o.doc) }
         if status == "unavailable" { record.error = "not_ready" }
