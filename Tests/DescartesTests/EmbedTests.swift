@@ -156,5 +156,48 @@ import Testing
         #expect(e.provider == "scripted")
         await chain.shutdown()
     }
+
+    /// A chain embeds with its first provider that can embed and does not
+    /// fall back when that one fails: the next provider's vectors would be
+    /// in another model's space (before, a 503 from the first sent the
+    /// request on, and an index got vectors of two models).
+    @Test func aChainDoesNotMixVectorsOfTwoModels() async throws {
+        struct Down: ModelBackend {
+            var name: String { "down" }
+            var mode: ModelProviderMode { .local }
+            func initialize() async throws(ProviderError) {}
+            func healthCheck() async throws(ProviderError) -> HealthReport { HealthReport(message: "ok") }
+            func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse { ModelResponse(content: "x") }
+            func stream(_ request: ModelRequest) -> ModelStream { ModelStream(failing: ProviderError(.backend, "no")) }
+            func listModels() async throws(ProviderError) -> [ModelInfo] { [] }
+            func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate { TokenEstimate(tokens: 1, exact: false, method: "x") }
+            func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
+                throw ProviderError(.providerUnavailable, "HTTP 503", provider: "down")
+            }
+            func shutdown() async {}
+        }
+        let scripted = try dir.factory().create("scripted")
+        let chain = FallbackBackend(name: "chain", [.init(Down()), .init(scripted)])
+        let err = try #require(await providerError { _ = try await chain.embed(["a b"]) })
+        #expect(err.kind == .providerUnavailable)
+        #expect(err.provider == "down")
+        // Nothing that can embed at all: the refusal says so for the chain.
+        struct Mute: ModelBackend {
+            var name: String { "mute" }
+            var mode: ModelProviderMode { .local }
+            func initialize() async throws(ProviderError) {}
+            func healthCheck() async throws(ProviderError) -> HealthReport { HealthReport(message: "ok") }
+            func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse { ModelResponse(content: "x") }
+            func stream(_ request: ModelRequest) -> ModelStream { ModelStream(failing: ProviderError(.backend, "no")) }
+            func listModels() async throws(ProviderError) -> [ModelInfo] { [] }
+            func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate { TokenEstimate(tokens: 1, exact: false, method: "x") }
+            func shutdown() async {}
+        }
+        let none = FallbackBackend(name: "none", [.init(Mute()), .init(Mute())])
+        let refused = try #require(await providerError { _ = try await none.embed(["a"]) })
+        #expect(refused.kind == .unsupportedFeature)
+        #expect(refused.message == "no provider in chain 'none' can embed text")
+        await chain.shutdown()
+    }
 }
 

@@ -167,8 +167,20 @@ public struct FallbackBackend: ModelBackend {
         try await firstAnswer { (b) throws(ProviderError) in try await b.estimateTokens(request) }
     }
 
+    /// The first provider that can embed answers; a failure is not passed
+    /// on to the next one, whose vectors would live in another model's space
+    /// (an index built from a mix of them ranks nonsense). Only a provider
+    /// that cannot embed at all (`unsupported_feature`) is passed over.
     public func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
-        try await firstAnswer { (b) throws(ProviderError) in try await b.embed(request) }
+        var log = AttemptLog()
+        for entry in entries {
+            let started = clock.now
+            do { return try await entry.backend.embed(request) } catch {
+                log.record(error, provider: entry.backend.name, duration: clock.now - started)
+                guard error.kind == .unsupportedFeature else { throw log.giveUp(error) }
+            }
+        }
+        throw log.giveUp(ProviderError(.unsupportedFeature, "no provider in chain '\(name)' can embed text", provider: name))
     }
 
     public func shutdown() async {
