@@ -203,25 +203,13 @@ public struct ChatResponseParser {
             if k == "content" {
                 switch r.peekKind() {
                 case .string:
-                    try r.withStringBytes { b in
-                        if b.count > 0 {
-                            ensureStarted(sink)
-                            emitted = true
-                            sink.text(bytes: b)
-                        }
-                    }
+                    try emitString(&r, sink, as: .text)
                 case .array: try contentParts(&r, sink)
                 default: try r.skipValue()
                 }
             } else if k == "reasoning_content" || k == "reasoning" {
                 if r.peekKind() == .string {
-                    try r.withStringBytes { b in
-                        if b.count > 0 {
-                            ensureStarted(sink)
-                            emitted = true
-                            sink.reasoning(bytes: b)
-                        }
-                    }
+                    try emitString(&r, sink, as: .reasoning)
                 } else {
                     try r.skipValue()
                 }
@@ -229,14 +217,7 @@ public struct ChatResponseParser {
                 if r.peekKind() == .array { try toolCalls(&r, sink) } else { try r.skipValue() }
             } else if k == "refusal" {
                 if r.peekKind() == .string {
-                    try r.withStringBytes { b in
-                        if b.count > 0 {
-                            refused = true
-                            ensureStarted(sink)
-                            emitted = true
-                            sink.text(bytes: b)
-                        }
-                    }
+                    if try emitString(&r, sink, as: .text) { refused = true }
                 } else {
                     try r.skipValue()
                 }
@@ -244,6 +225,26 @@ public struct ChatResponseParser {
                 try r.skipValue()
             }
         }
+    }
+
+    private enum Part { case text, reasoning }
+
+    /// The string at `r`, sent to `sink` as text or reasoning unless it is
+    /// empty; whether anything was sent.
+    @discardableResult
+    private mutating func emitString<S: ChatEventSink>(_ r: inout JSONReader, _ sink: S, as part: Part) throws -> Bool {
+        var sent = false
+        try r.withStringBytes { b in
+            guard b.count > 0 else { return }
+            ensureStarted(sink)
+            emitted = true
+            sent = true
+            switch part {
+            case .text: sink.text(bytes: b)
+            case .reasoning: sink.reasoning(bytes: b)
+            }
+        }
+        return sent
     }
 
     /// `content` as a list of parts: `{"type":"text","text":...}` is text,
@@ -259,23 +260,11 @@ public struct ChatResponseParser {
             try r.beginObject()
             while let k = try r.nextKey() {
                 if k == "text", r.peekKind() == .string {
-                    try r.withStringBytes { b in
-                        if b.count > 0 {
-                            ensureStarted(sink)
-                            emitted = true
-                            sink.text(bytes: b)
-                        }
-                    }
+                    try emitString(&r, sink, as: .text)
                 } else if k == "thinking" {
                     switch r.peekKind() {
                     case .string:
-                        try r.withStringBytes { b in
-                            if b.count > 0 {
-                                ensureStarted(sink)
-                                emitted = true
-                                sink.reasoning(bytes: b)
-                            }
-                        }
+                        try emitString(&r, sink, as: .reasoning)
                     case .array:
                         try r.beginArray()
                         while try r.nextElement() {
@@ -286,13 +275,7 @@ public struct ChatResponseParser {
                             try r.beginObject()
                             while let tk = try r.nextKey() {
                                 if tk == "text", r.peekKind() == .string {
-                                    try r.withStringBytes { b in
-                                        if b.count > 0 {
-                                            ensureStarted(sink)
-                                            emitted = true
-                                            sink.reasoning(bytes: b)
-                                        }
-                                    }
+                                    try emitString(&r, sink, as: .reasoning)
                                 } else {
                                     try r.skipValue()
                                 }
