@@ -72,6 +72,8 @@ let plugins: [(Product, Target)] = [
     // through the kit's process runtime.
     plugin("claude-code", dir: "ClaudeCode", target: "ClaudeCodePlugin"),
     plugin("headless-cli", dir: "HeadlessCLI", target: "HeadlessCLIPlugin"),
+    // Any Agent Client Protocol agent (JSON-RPC 2.0 over the child's stdio).
+    plugin("acp", dir: "ACP", target: "ACPPlugin", dependencies: ["DescartesSupport"]),
 ]
 
 let package = Package(
