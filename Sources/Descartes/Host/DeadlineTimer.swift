@@ -84,18 +84,31 @@ final class DeadlineTimer: @unchecked Sendable {
     private func loop() {
         pthread_mutex_lock(&mutex)
         while true {
-            // Drop cancelled entries at the top.
-            while let top = heap.first, !live.contains(top.id) { _ = pop() }
+            // Drop cancelled entries at the top. They are released outside
+            // the lock: an entry's action may hold the last reference to a
+            // call whose deinit cancels another token of this timer (a
+            // HostCall ending its backend's calls), which takes the lock.
+            var dropped: [Entry] = []
+            while let top = heap.first, !live.contains(top.id) { dropped.append(pop()) }
+            if !dropped.isEmpty {
+                pthread_mutex_unlock(&mutex)
+                dropped.removeAll()
+                pthread_mutex_lock(&mutex)
+                continue
+            }
             guard let top = heap.first else {
                 pthread_cond_wait(&cond, &mutex)
                 continue
             }
             let now = ContinuousClock.now
             if top.when <= now {
-                let e = pop()
-                live.remove(e.id)
-                pthread_mutex_unlock(&mutex)
-                e.action()
+                // The entry (and what its action holds) goes before the lock is taken again.
+                do {
+                    let e = pop()
+                    live.remove(e.id)
+                    pthread_mutex_unlock(&mutex)
+                    e.action()
+                }
                 pthread_mutex_lock(&mutex)
                 continue
             }
