@@ -36,7 +36,8 @@ final class DeadlineTimer: @unchecked Sendable {
     private var nextID: UInt64 = 1
     private var started = false
 
-    private init() {
+    /// The process has one (`shared`); tests make their own.
+    init() {
         pthread_mutex_init(&mutex, nil)
         initMonotonicCondition(&cond)
     }

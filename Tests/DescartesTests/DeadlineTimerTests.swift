@@ -1,0 +1,41 @@
+@testable import Descartes
+import DescartesCore
+import Testing
+
+/// The timer thread behind every host deadline (Sources/Descartes/Host/DeadlineTimer.swift).
+@Suite struct DeadlineTimerTests {
+    /// Holds the only reference an action has to something whose release
+    /// cancels another token of the same timer, as a HostCall's does.
+    final class CancelsOnRelease: Sendable {
+        let timer: DeadlineTimer
+        let other: DeadlineTimer.Token
+        init(_ timer: DeadlineTimer, _ other: DeadlineTimer.Token) {
+            self.timer = timer
+            self.other = other
+        }
+        deinit { timer.cancel(other) }
+    }
+
+    /// A cancelled entry dropped by the timer thread may release the last
+    /// reference to a call whose deinit cancels another token of the same
+    /// timer. The thread used to drop it while holding its own lock, and
+    /// cancel took that lock again: the thread deadlocked and no deadline of
+    /// the process fired again (seen as a 10 minute stall of the test suite).
+    @Test func releasingADroppedEntryMayCancelAnotherToken() async throws {
+        let timer = DeadlineTimer()  // its own: a regression deadlocks this one only
+        let clock = DescartesClock.continuous
+        let far = timer.schedule(at: .now + .seconds(3600), on: clock) {}
+        var holder: CancelsOnRelease? = CancelsOnRelease(timer, far)
+        let dropped = timer.schedule(at: .now + .milliseconds(200), on: clock) { [holder] in _ = holder }
+        holder = nil
+        // Scheduled before the drop, so that the test never waits on the
+        // timer's lock itself.
+        let fired = Lock(false)
+        timer.schedule(at: .now + .milliseconds(600), on: clock) { fired.withLock { $0 = true } }
+        timer.cancel(dropped)  // the timer thread drops it at 200 ms, releasing the holder
+        // Polled rather than awaited: in the failure this guards against the
+        // action never runs, and the test must fail, not wait for it.
+        for _ in 0..<200 where !fired.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(fired.withLock { $0 }, "an entry scheduled after the dropped one never fired: the timer thread is stuck")
+    }
+}
