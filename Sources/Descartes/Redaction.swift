@@ -12,7 +12,8 @@
 ///   (at least 8 characters and a digit, or at least 20 characters);
 /// - well-known key prefixes at a word boundary: `sk-` (OpenAI, Anthropic's
 ///   `sk-ant-`), `AIza` (Google), `ghp_`/`gho_`/`ghs_`/`ghu_`/`github_pat_`,
-///   `xox?-` (Slack), `hf_`, `gsk_`, `xai-`, `glpat-`, `r8_`, `AKIA` (AWS).
+///   `xox?-` (Slack), `hf_`, `gsk_`, `xai-`, `glpat-`, `r8_`, `AKIA` (AWS),
+///   `dsk-` (the keys `descartes keys create` issues).
 ///
 /// It works on bytes, allocates only when it masks something, and leaves
 /// ordinary prose alone ("risk-averse", "max_tokens: 100", "api_key (string)").
@@ -35,7 +36,7 @@ enum KeyShapes {
     static let prefixes: [(prefix: [UInt8], minimum: Int)] = [
         ("sk-", 8), ("AIza", 30), ("ghp_", 20), ("gho_", 20), ("ghs_", 20), ("ghu_", 20), ("github_pat_", 20),
         ("xoxb-", 10), ("xoxp-", 10), ("xoxa-", 10), ("xoxs-", 10), ("hf_", 20), ("gsk_", 20), ("xai-", 20),
-        ("glpat-", 20), ("r8_", 20), ("AKIA", 16),
+        ("glpat-", 20), ("r8_", 20), ("AKIA", 16), ("dsk-", 32),
     ].map { (Array($0.0.utf8), $0.1) }
 
     static let bearer = Array("bearer ".utf8)

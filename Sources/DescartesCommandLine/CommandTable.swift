@@ -23,6 +23,10 @@ package enum CommandID: String, Sendable, CaseIterable {
     case configCheck = "descartes config check"
     case log = "descartes log"
     case serve = "descartes serve"
+    case keys = "descartes keys"
+    case keysCreate = "descartes keys create"
+    case keysList = "descartes keys list"
+    case keysRevoke = "descartes keys revoke"
     case bench = "descartes-bench"
 }
 
@@ -97,6 +101,7 @@ extension Option {
             .configShow: .key("One JSON document"),
             .configCheck: "{\"problems\": [{\"file\", \"line\", \"column\", \"message\"}]}",
             .log: .key("{\"entries\": [...], \"totals\": [...]}"),
+            .keysList: "{\"database\", \"keys\": [{\"name\", \"models\", \"rpm\", \"tpm\", \"budget_usd\", \"period\", \"spent_usd\", \"labels\", \"created\", \"revoked\"}]}",
             .bench: """
                 One JSON object: requests, seconds, requests_per_second,
                 cpu_seconds, events, text_bytes, text_matches, peak_rss_kb,
@@ -202,6 +207,7 @@ extension Option {
         in: [
             .complete: .plain,
             .log: "Only requests with this label (repeat: all of them), e.g. --label team=infra",
+            .keysCreate: "A label every request made with the key carries to the audit ledger (repeatable), e.g. --label team=a",
         ])
     package static let since = Option(
         "--since", value: "AGE", help: "Only requests of the last AGE: 30m, 1h, 1d, 1w (or seconds)", in: [.log: .plain])
@@ -214,6 +220,18 @@ extension Option {
         help: "Listen here (default: providers.yaml's server.listen, else 127.0.0.1:4000; port 0 picks a free one)",
         in: [.serve: .plain])
 
+    // Gateway keys (keys create).
+    package static let keyName = Option("--name", value: "NAME", help: "The key's name (access log, metrics, audit ledger)", in: [.keysCreate: .required])
+    package static let budgetUSD = Option(
+        "--budget-usd", value: "USD", help: "Refuse the key's requests once it has spent this much (in its --period)", in: [.keysCreate: .plain])
+    package static let rpm = Option("--rpm", value: "N", help: "Requests per minute the key may make", in: [.keysCreate: .plain])
+    package static let tpm = Option("--tpm", value: "N", help: "Tokens (input and output) per minute the key may use", in: [.keysCreate: .plain])
+    package static let models = Option(
+        "--models", value: "GLOBS", help: "Model names the key may use, comma-separated globs ('openai/*,local-*'; default every model)",
+        in: [.keysCreate: .plain])
+    package static let period = Option(
+        "--period", value: "PERIOD", help: "What --budget-usd counts: day, month (UTC) or total (default)", in: [.keysCreate: .plain])
+
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, image, prompt,
@@ -221,6 +239,7 @@ extension Option {
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
         conformance, spec, systemPolicy, lines, file, label, since, groupBy, listen,
+        keyName, budgetUSD, rpm, tpm, models, period,
     ]
 }
 
@@ -397,6 +416,25 @@ extension Command {
                 server.shutdown_grace_secs (default 10), cancel the rest, exit 0.
                 See docs/gateway.md.
                 """),
+        Command(.keys, summary: "Issue, list and revoke the gateway's keys (descartes serve)", about: ""),
+        Command(
+            .keysCreate, summary: "Issue a gateway key: printed once, only its hash is kept",
+            about: """
+                Issues a key for 'descartes serve' (dsk- and 256 random bits) and prints it once on
+                stdout; only its SHA-256 is stored, in server.keys_database of providers.yaml
+                (default $XDG_STATE_HOME/descartes/gateway-keys.sqlite3). A running gateway accepts
+                it at once. Limits: --models (403 for others), --rpm and --tpm (429 with
+                Retry-After), --budget-usd (refused once spent: the cost of each answered request
+                is debited). --label values reach the audit ledger with every request.
+                See docs/gateway.md.
+                """),
+        Command(
+            .keysList, summary: "List the gateway's issued keys (never the keys themselves)",
+            about: "Lists each issued key: name, models, limits, budget and spend in its period, created, revoked."),
+        Command(
+            .keysRevoke, summary: "Revoke a gateway key: a running gateway refuses it from its next request",
+            arguments: [Argument("NAME", .one, help: "The key's name")],
+            about: "Revokes the key NAME (its record stays, marked revoked, for the spend history)."),
         Command(
             .bench, summary: "Time requests through a provider",
             about: """

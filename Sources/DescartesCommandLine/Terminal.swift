@@ -38,6 +38,9 @@ package enum Out {
     /// example ("Authorization: Bearer $KEY"), not a value.
     package static func documentation(_ s: String = "") { raw(logSink.redactor.redactRegistered(s) + "\n") }
     package static func err(_ s: String) { write(s + "\n", to: 2) }
+    /// A secret the user asked to see, unmasked, on stdout: the gateway key
+    /// `descartes keys create` issues, printed this once.
+    package static func issuedSecret(_ s: String) { raw(s + "\n") }
 
     package static let colour: Bool = {
         isatty(1) != 0 && Environment.get("NO_COLOR").map(\.isEmpty) ?? true && Environment.get("TERM") != "dumb"

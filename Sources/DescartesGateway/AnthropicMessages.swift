@@ -287,7 +287,7 @@ extension Gateway {
         record.provider = target.name
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
-        if let key { modelRequest.metadata["gateway_key"] = key.name }
+        if let key { key.label(&modelRequest.metadata) }
         record.stream = parsed.stream
         let id = "msg_" + Self.randomID()
         if !parsed.stream {

@@ -18,6 +18,11 @@ struct GatewayError: Error, Sendable {
     var retryAfter: Int?
     /// The backend error's kind, for the access log.
     var kind: String
+    /// Anthropic's status when it differs from OpenAI's (402 for a spent budget).
+    var anthropicStatus: Int?
+
+    /// The status for a protocol.
+    func status(_ anthropic: Bool) -> Int { anthropic ? anthropicStatus ?? status : status }
 
     init(
         status: Int, openAIType: String, anthropicType: String, message: String, code: String? = nil, param: String? = nil,
@@ -64,6 +69,18 @@ struct GatewayError: Error, Sendable {
             status: 413, openAIType: "invalid_request_error", anthropicType: "request_too_large",
             message: "the request body is larger than the gateway's limit of \(limit) bytes (server.max_body_mb in providers.yaml)",
             kind: "too_large")
+    }
+
+    /// A gateway key's budget is spent: what OpenAI answers for an account
+    /// out of credit (429 `insufficient_quota`), and Anthropic's 402
+    /// `billing_error`; with `x-should-retry: false`, which both SDKs obey
+    /// (retrying cannot help).
+    static func budgetSpent(_ message: String) -> GatewayError {
+        var e = GatewayError(
+            status: 429, openAIType: "insufficient_quota", anthropicType: "billing_error", message: message, code: "insufficient_quota",
+            kind: "budget_spent")
+        e.anthropicStatus = 402
+        return e
     }
 
     static func unavailable(_ message: String) -> GatewayError {
@@ -146,6 +163,7 @@ struct GatewayError: Error, Sendable {
         var h: [(String, String)] = [("Content-Type", "application/json")]
         if let r = retryAfter { h.append(("Retry-After", String(r))) }
         if status == 401 { h.append(("WWW-Authenticate", "Bearer")) }
+        if kind == "budget_spent" { h.append(("x-should-retry", "false")) }
         return h
     }
 }

@@ -26,9 +26,15 @@ package final class Gateway: Sendable {
     private let server = Lock<HTTPServer?>(nil)
     /// What `GET /metrics` shows.
     let metrics = GatewayMetrics()
+    /// The configured and the issued keys, their limits and spend.
+    package let keys: KeyRing
 
+    /// - Parameters:
+    ///   - keyStore: where issued keys are (`descartes keys create`); nil: none.
+    ///   - notice: operational messages (stderr).
     package init(
         settings: GatewaySettings, factory: ProviderFactory, reliability: ReliabilitySettings, audit: AuditLog?,
+        keyStore: (any GatewayKeyStore)? = nil, notice: @escaping @Sendable (String) -> Void = { _ in },
         accessLog: @escaping @Sendable (String) -> Void
     ) {
         self.settings = settings
@@ -37,6 +43,7 @@ package final class Gateway: Sendable {
         self.providers = ReliableProviders(settings: reliability, factory: factory)
         self.audit = audit
         self.accessLog = accessLog
+        self.keys = KeyRing(configured: settings.keys, store: keyStore, loopback: GatewaySettings.isLoopback(settings.host), notice: notice)
         for k in settings.keys { factory.logSink.redactor.register(String(decoding: k.secret, as: UTF8.self)) }
     }
 
@@ -47,11 +54,11 @@ package final class Gateway: Sendable {
     /// Binds and starts serving. Returns the port (the one chosen for port 0).
     /// Without keys, only a loopback address is served.
     package func start() throws(StartError) -> Int {
-        if settings.keys.isEmpty && !GatewaySettings.isLoopback(settings.host) {
+        if !keys.loopback && !keys.any {
             throw StartError(
                 description:
                     "refusing to serve \(settings.host) without keys: anyone who can reach it could use every provider; "
-                    + "add server.keys to providers.yaml (docs/gateway.md), or listen on 127.0.0.1")
+                    + "issue one (descartes keys create --name NAME) or add server.keys to providers.yaml (docs/gateway.md), or listen on 127.0.0.1")
         }
         do {
             let s = try HTTPServer(
@@ -135,6 +142,10 @@ package final class Gateway: Sendable {
         }
         record.key = key?.name
         if request.bodyTooLarge { return fail(.tooLarge(settings.maxBodyBytes)) }
+        if let key, request.method == "POST" {
+            do throws(GatewayError) { try await keys.admit(key) } catch { return fail(error) }
+        }
+        defer { if let key { keys.settle(key, usage: record.usage, costUSD: record.costUSD) } }
         switch path {
         case "/v1/models", "/models":
             return json(200, models(for: key), exchange, &record)
@@ -160,9 +171,9 @@ package final class Gateway: Sendable {
     }
 
     /// The key a request presents (`Authorization: Bearer KEY` or
-    /// `x-api-key: KEY`); with no keys configured, nil (loopback only).
+    /// `x-api-key: KEY`); with no key configured or issued, nil (loopback only).
     func authenticate(_ request: HTTPRequest) -> Result<GatewaySettings.Key?, GatewayError> {
-        if settings.keys.isEmpty { return .success(nil) }
+        if !keys.required { return .success(nil) }
         var presented: String?
         if let a = request.headers["authorization"] {
             let parts = a.split(separator: " ", maxSplits: 1)
@@ -172,7 +183,7 @@ package final class Gateway: Sendable {
         guard let presented, !presented.isEmpty else {
             return .failure(.unauthorized("a gateway key is required: Authorization: Bearer KEY, or x-api-key: KEY"))
         }
-        guard let key = settings.key(for: presented) else { return .failure(.unauthorized("the gateway key is not valid")) }
+        guard let key = keys.key(for: presented) else { return .failure(.unauthorized("the gateway key is not valid")) }
         return .success(key)
     }
 
@@ -262,7 +273,7 @@ package final class Gateway: Sendable {
         record.provider = target.name
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
-        if let key { modelRequest.metadata["gateway_key"] = key.name }
+        if let key { key.label(&modelRequest.metadata) }
         record.stream = parsed.stream
         let id = "chatcmpl-" + Self.randomID()
         let created = Int(time(nil))
@@ -352,10 +363,11 @@ package final class Gateway: Sendable {
     }
 
     func send(_ e: GatewayError, _ dialect: Dialect, _ exchange: HTTPExchange, _ record: inout AccessRecord) {
-        record.status = e.status
+        let status = e.status(dialect == .anthropic)
+        record.status = status
         record.error = record.error ?? e.kind
         let doc = dialect == .anthropic ? e.anthropic : e.openAI
-        exchange.respond(status: e.status, headers: e.headers, body: doc.jsonBytes)
+        exchange.respond(status: status, headers: e.headers, body: doc.jsonBytes)
     }
 
     static func randomID() -> String {

@@ -29,7 +29,10 @@ extension Commands {
         case .configCheck: return ConfigCommand.check(args, globals: globals)
         case .log: return LogCommand.run(args, globals: globals)
         case .serve: return await ServeCommand.run(args, globals: globals)
-        case .descartes, .plugins, .config, .bench: preconditionFailure("resolve returns a command of descartes, never a group")
+        case .keysCreate: return KeysCommand.create(args, globals: globals)
+        case .keysList: return KeysCommand.list(args, globals: globals)
+        case .keysRevoke: return KeysCommand.revoke(args, globals: globals)
+        case .descartes, .plugins, .config, .keys, .bench: preconditionFailure("resolve returns a command of descartes, never a group")
         }
     }
 

@@ -28,6 +28,7 @@ enum ServeCommand {
         do { audit = try Commands.auditLog(config) } catch { failure(error, json: false) }
         let gateway = Gateway(
             settings: settings, factory: setup.factory, reliability: setup.settings, audit: audit,
+            keyStore: SQLiteGatewayKeyStore(path: settings.keysDatabase), notice: { Out.err($0) },
             accessLog: { line in Out.err(line) })
         let port: Int
         do { port = try gateway.start() } catch {
@@ -35,7 +36,10 @@ enum ServeCommand {
             return .unavailable
         }
         let host = settings.host.contains(":") ? "[\(settings.host)]" : settings.host
-        let keys = settings.keys.isEmpty ? "no keys (loopback only)" : "\(settings.keys.count) key\(settings.keys.count == 1 ? "" : "s")"
+        let keys =
+            gateway.keys.any
+            ? "\(settings.keys.count) configured key\(settings.keys.count == 1 ? "" : "s"), issued keys from \(settings.keysDatabase)"
+            : "no keys (loopback only until one is issued)"
         // The address on stdout (a script or test reads it: port 0 picks one);
         // everything else on stderr.
         Out.line("listening on http://\(host):\(port)")

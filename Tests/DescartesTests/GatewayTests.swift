@@ -26,7 +26,7 @@ import DescartesSupport
         #expect(r.status == 0, "\(r.stderr)\n\(r.stdout)")
         // unittest's summary: every test ran, none failed.
         #expect(r.stderr.contains("\nOK\n") || r.stderr.hasSuffix("\nOK"), "\(r.stderr)")
-        #expect(r.stderr.contains("Ran 31 tests"), "\(r.stderr)")
+        #expect(r.stderr.contains("Ran 36 tests"), "\(r.stderr)")
     }
 
     /// README.md's gateway example, run as written: `descartes serve` (with
@@ -132,6 +132,50 @@ import DescartesSupport
             ["complete", "--config", config, "-p", "echo", "hi"], env: ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"])
         #expect(complete.status == 0, "\(complete)")
         #expect(complete.stdout == "hi\n", "\(complete)")
+    }
+
+    /// `descartes keys`: the key printed once on stdout, only its hash in a
+    /// file only its owner reads, usage errors naming the option.
+    @Test func keysAreIssuedListedAndRevoked() async throws {
+        let dir = TempDir("descartes-keys")
+        let config = dir.write("providers.yaml", "server:\n  keys_database: state/keys.sqlite3\n")
+        let env = ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"]
+        let empty = await Proc.descartes(["keys", "list", "--config", config], env: env)
+        #expect(empty.status == 0 && empty.stdout.contains("no gateway keys issued"), "\(empty)")
+        let made = await Proc.descartes(
+            ["keys", "create", "--config", config, "--name", "ci", "--budget-usd", "5", "--period", "month", "--rpm", "60", "--models", "echo, openai/*"],
+            env: env)
+        #expect(made.status == 0, "\(made)")
+        let key = String(made.stdout.split(separator: "\n").first ?? "")
+        #expect(key.hasPrefix("dsk-") && key.count == 68 && key.dropFirst(4).allSatisfy(\.isHexDigit), "\(made)")
+        #expect(!made.stderr.contains(key), "\(made)")
+        let file = dir.file("state/keys.sqlite3")
+        var st = stat()
+        #expect(stat(file, &st) == 0 && st.st_mode & 0o777 == 0o600)
+        #expect(stat(dir.file("state"), &st) == 0 && st.st_mode & 0o777 == 0o700)
+        let bytes = try FileSystem.readText(file, limit: 1 << 20)
+        #expect(!bytes.contains(String(key.dropFirst(4))))
+        #expect(bytes.contains(StoredGatewayKey.hash(of: key)))
+        let list = await Proc.descartes(["keys", "list", "--config", config], env: env)
+        #expect(list.status == 0, "\(list)")
+        #expect(list.stdout.contains("ci") && list.stdout.contains("echo,openai/*") && list.stdout.contains("$5.0/month") && !list.stdout.contains(key), "\(list)")
+        let again = await Proc.descartes(["keys", "create", "--config", config, "--name", "ci"], env: env)
+        #expect(again.status == 78 && again.stderr.contains("a gateway key named 'ci' exists already"), "\(again)")
+        for (args, message) in [
+            (["--name", "x", "--period", "week", "--budget-usd", "1"], "--period needs day, month or total, got 'week'"),
+            (["--name", "x", "--period", "day"], "--period goes with --budget-usd"),
+            (["--name", "x", "--rpm", "0"], "--rpm needs a number of requests above 0"),
+            (["--name", "has space"], "--name needs a name of printable characters"),
+            (["--name", "x", "--label", "gateway_key=y"], "--label gateway_key is the gateway's own"),
+        ] {
+            let r = await Proc.descartes(["keys", "create", "--config", config] + args, env: env)
+            #expect(r.status == 64 && r.stderr.contains(message), "\(args): \(r)")
+        }
+        let revoked = await Proc.descartes(["keys", "revoke", "--config", config, "ci"], env: env)
+        #expect(revoked.status == 0, "\(revoked)")
+        let after = await Proc.descartes(["keys", "list", "--config", config, "--json"], env: env)
+        let doc = try JSONValue.parse(after.stdout)
+        #expect(doc["keys"]?[0]?["revoked"]?.stringValue != nil, "\(after)")
     }
 
     @Test func listenAddresses() {

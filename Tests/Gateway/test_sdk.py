@@ -111,6 +111,7 @@ audit:
   file: {os.path.join(tmp.name, "audit.jsonl")}
 server:
   listen: 127.0.0.1:0
+  keys_database: {os.path.join(tmp.name, "keys.sqlite3")}
   keys:
     team-a: ${{GW_KEY_A}}
     team-b:
@@ -119,6 +120,13 @@ server:
 """)
     env = dict(os.environ)
     env.update({"GW_KEY_A": KEY_A, "GW_KEY_B": KEY_B, "UPSTREAM_KEY": UPSTREAM_KEY, "NO_COLOR": "1"})
+    state.update(config=config, env=env)
+    # Keys issued by the CLI before the gateway starts (others are issued and
+    # revoked while it runs).
+    issued = {}
+    for name, args in ISSUED.items():
+        issued[name] = keys_cli("create", "--name", name, *args).stdout.strip()
+    state["issued"] = issued
     log = open(os.path.join(tmp.name, "access.log"), "w+")
     gateway = subprocess.Popen(
         [os.environ.get("DESCARTES", "descartes"), "serve", "--config", config],
@@ -145,11 +153,29 @@ def tearDownModule():
     state["log"].seek(0)
     log = state["log"].read()
     # The access log names keys, never their secrets (nor the upstream's).
-    for secret in (KEY_A, KEY_B, UPSTREAM_KEY):
+    for secret in (KEY_A, KEY_B, UPSTREAM_KEY, *state["issued"].values(), *state.get("more_issued", [])):
         assert secret not in log, "a secret reached the access log"
     assert '"key":"team-a"' in log, log[-2000:]
     assert status == 0, f"descartes serve exited {status} after SIGTERM:\n{log[-2000:]}"
     state["tmp"].cleanup()
+
+
+# Keys issued with `descartes keys create` (server.keys_database), by name: their options.
+ISSUED = {
+    "issued-a": ["--models", "echo,echo/*,scripted", "--label", "team=a", "--label", "agent=sdk-test"],
+    "issued-rpm": ["--rpm", "2"],
+    "issued-tpm": ["--tpm", "40"],
+    "issued-budget": ["--budget-usd", "0.001", "--models", "upstream*"],
+}
+
+
+def keys_cli(*args, check=True):
+    """`descartes keys ARGS` against the suite's providers.yaml."""
+    p = subprocess.run([os.environ.get("DESCARTES", "descartes"), "keys", *args, "--config", state["config"]],
+                       env=state["env"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"descartes keys {' '.join(args)} exited {p.returncode}: {p.stderr}")
+    return p
 
 
 def oai(key=KEY_A, **kw):
@@ -734,6 +760,111 @@ class Embeddings(unittest.TestCase):
         self.assertEqual(value(after, "descartes_gateway_requests_total", **who) - value(before, "descartes_gateway_requests_total", **who), 1)
         tokens = dict(provider="scripted", key="team-a", type="input")
         self.assertEqual(value(after, "descartes_gateway_tokens_total", **tokens) - value(before, "descartes_gateway_tokens_total", **tokens), 4)
+
+
+def answer_costing(prompt_tokens, completion_tokens):
+    """An upstream chat completion of gpt-4o-mini with this usage (its manifest prices it)."""
+    return {"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+        "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "priced"}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}})}
+
+
+class IssuedKeys(unittest.TestCase):
+    """Keys from `descartes keys create`: their models, labels, limits, budget and revocation."""
+
+    def test_models_and_labels(self):
+        key = state["issued"]["issued-a"]
+        self.assertRegex(key, r"^dsk-[0-9a-f]{64}$")
+        r = oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": "labelled issued request"}])
+        self.assertEqual(r.choices[0].message.content, "labelled issued request")
+        self.assertEqual(ant(key).messages.create(model="echo", max_tokens=20, messages=[{"role": "user", "content": "hi"}]).content[0].text, "hi")
+        with self.assertRaises(openai.PermissionDeniedError) as e:
+            oai(key).chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}])
+        self.assertIn("'issued-a' may not use the model 'upstream'", str(e.exception))
+        with self.assertRaises(anthropic.PermissionDeniedError):
+            ant(key).messages.create(model="upstream", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        # The key's labels (over the client's own metadata of the same name) and its name reach the audit log.
+        oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": "with metadata"}],
+                                         metadata={"team": "forged", "ticket": "T-1"})
+        with open(os.path.join(state["tmp"].name, "audit.jsonl")) as f:
+            mine = [json.loads(line) for line in f if '"issued-a"' in line]
+        self.assertTrue(any(d.get("labels") == {"team": "a", "agent": "sdk-test"} for d in mine), mine)
+        self.assertTrue(any(d.get("labels") == {"team": "a", "agent": "sdk-test", "ticket": "T-1"} for d in mine), mine)
+        self.assertTrue(all(d["gateway_key"] == "issued-a" for d in mine), mine)
+        # The list shows names, limits and spend; never a key.
+        listed = keys_cli("list")
+        self.assertIn("issued-a", listed.stdout)
+        for k in state["issued"].values():
+            self.assertNotIn(k, listed.stdout + listed.stderr)
+            self.assertNotIn(k[4:], open(os.path.join(state["tmp"].name, "keys.sqlite3"), "rb").read().decode("latin-1"))
+
+    def test_requests_per_minute(self):
+        key = state["issued"]["issued-rpm"]
+        for _ in range(2):
+            oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(openai.RateLimitError) as e:
+            oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+        self.assertGreaterEqual(int(e.exception.response.headers["retry-after"]), 1)
+        self.assertIn("'issued-rpm' is over its rate limit (2 requests/min)", str(e.exception))
+        self.assertEqual(e.exception.body["type"], "rate_limit_error")
+        with self.assertRaises(anthropic.RateLimitError) as e:
+            ant(key).messages.create(model="echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        self.assertGreaterEqual(int(e.exception.response.headers["retry-after"]), 1)
+        # GET /v1/models is not a request to a model: not counted, not refused.
+        self.assertEqual(httpx.get(state["url"] + "/v1/models", headers={"x-api-key": key}).status_code, 200)
+
+    def test_tokens_per_minute(self):
+        key = state["issued"]["issued-tpm"]
+        words = " ".join(f"word{i}" for i in range(60))
+        r = oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": words}])
+        self.assertGreater(r.usage.total_tokens, 40)
+        with self.assertRaises(openai.RateLimitError) as e:
+            oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+        self.assertIn("40 tokens/min", str(e.exception))
+        self.assertGreaterEqual(int(e.exception.response.headers["retry-after"]), 1)
+
+    def test_budget(self):
+        key = state["issued"]["issued-budget"]
+        # 2,000 input and 1,000 output tokens of gpt-4o-mini: $0.0003 + $0.0006 = $0.0009, under the $0.001 budget.
+        state["upstream"].script(answer_costing(2000, 1000), answer_costing(2000, 1000))
+        self.assertEqual(oai(key).chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}]).choices[0].message.content, "priced")
+        self.assertEqual(oai(key).chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}]).choices[0].message.content, "priced")
+        # $0.0018 spent: refused, in each protocol's own shape, and not retried by the SDKs.
+        with self.assertRaises(openai.RateLimitError) as e:
+            openai.OpenAI(base_url=state["url"] + "/v1", api_key=key, max_retries=2, timeout=30).chat.completions.create(
+                model="upstream", messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(e.exception.code, "insufficient_quota")
+        self.assertEqual(e.exception.body["type"], "insufficient_quota")
+        self.assertIn("'issued-budget' has spent its budget of $0.001", str(e.exception))
+        with self.assertRaises(anthropic.APIStatusError) as e:
+            ant(key).messages.create(model="upstream", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(e.exception.status_code, 402)
+        self.assertEqual(e.exception.body["error"]["type"], "billing_error")
+        self.assertEqual(len(state["upstream"].requests()), 2)  # the refused ones never went upstream
+        # The spend is kept in the store, where `keys list` reads it.
+        listed = json.loads(keys_cli("list", "--json").stdout)
+        spent = {k["name"]: k["spent_usd"] for k in listed["keys"]}
+        self.assertAlmostEqual(spent["issued-budget"], 0.0018, places=6)
+
+    def test_revocation_applies_without_a_restart(self):
+        key = keys_cli("create", "--name", "short-lived").stdout.strip()
+        state.setdefault("more_issued", []).append(key)
+        self.assertEqual(oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}]).choices[0].message.content, "x")
+        keys_cli("revoke", "short-lived")
+        with self.assertRaises(openai.AuthenticationError):
+            oai(key).chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(anthropic.AuthenticationError):
+            ant(key).messages.create(model="echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        listed = json.loads(keys_cli("list", "--json").stdout)
+        self.assertTrue(any(k["name"] == "short-lived" and k["revoked"] for k in listed["keys"]), listed)
+        # A configured key's name cannot be issued; revoking an unknown name fails.
+        p = keys_cli("create", "--name", "team-a", check=False)
+        self.assertEqual(p.returncode, 78, p.stderr)
+        self.assertIn("configures a gateway key named 'team-a'", p.stderr)
+        p = keys_cli("revoke", "short-lived", check=False)
+        self.assertEqual(p.returncode, 78, p.stderr)
+        self.assertIn("no active gateway key named 'short-lived'", p.stderr)
 
 
 if __name__ == "__main__":

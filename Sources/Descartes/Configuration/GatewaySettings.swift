@@ -11,6 +11,7 @@ import Glibc
 ///   max_body_mb: 32               # larger request bodies are refused with 413
 ///   idle_timeout_secs: 120        # idle keep-alive connections are closed
 ///   shutdown_grace_secs: 10       # on SIGINT/SIGTERM, requests in flight get this long
+///   keys_database: PATH           # keys issued by `descartes keys` (default: the state directory)
 ///   keys:                         # without keys, only a loopback address is served
 ///     team-a: ${TEAM_A_KEY}       # NAME: secret, from the environment or a file only
 ///     team-b:
@@ -27,11 +28,39 @@ package struct GatewaySettings: Sendable {
         package var secret: [UInt8]
         /// Globs over model names; empty: every model.
         package var models: [String]
+        /// Requests and tokens per minute (none: unlimited).
+        package var limits = RateLimits()
+        /// Labels every request made with the key carries to the audit ledger.
+        package var labels: [String: String] = [:]
+        package var budgetUSD: Double?
+        package var period: BudgetPeriod = .total
+        /// The key store's id of an issued key (nil: a key of providers.yaml).
+        package var storeID: String?
 
         package init(name: String, secret: String, models: [String] = []) {
             self.name = name
             self.secret = Array(secret.utf8)
             self.models = models
+        }
+
+        /// An issued key as the gateway uses it (no secret: it is known by its hash).
+        package init(_ stored: StoredGatewayKey) {
+            name = stored.name
+            secret = []
+            models = stored.models
+            limits = RateLimits(requestsPerMinute: stored.requestsPerMinute, tokensPerMinute: stored.tokensPerMinute)
+            labels = stored.labels
+            budgetUSD = stored.budgetUSD
+            period = stored.period
+            storeID = stored.id
+        }
+
+        /// Marks a request's metadata as made with this key: its labels
+        /// (over the client's own of the same name) and its name as
+        /// `gateway_key`, which the audit ledger keeps.
+        package func label(_ metadata: inout [String: String]) {
+            for (k, v) in labels { metadata[k] = v }
+            metadata[AuditLedger.gatewayKeyLabel] = name
         }
 
         /// Whether this key may use `model`.
@@ -47,10 +76,32 @@ package struct GatewaySettings: Sendable {
     package var idleTimeoutSeconds = 120
     package var shutdownGrace: Duration = .seconds(10)
     package var keys: [Key] = []
+    /// The SQLite file of the keys `descartes keys create` issues.
+    package var keysDatabase = GatewaySettings.defaultKeysDatabase()
 
     package init() {}
 
-    static let knownKeys = ["listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys"]
+    static let knownKeys = ["listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys", "keys_database"]
+
+    /// `gateway-keys.sqlite3` in the state directory the audit ledger uses
+    /// (`$XDG_STATE_HOME/descartes`, by default `~/.local/state/descartes`).
+    package static func defaultKeysDatabase(environment: [String: String] = Environment.current()) -> String {
+        FileSystem.join(FileSystem.directory(of: AuditSettings.defaultFile(environment: environment)), "gateway-keys.sqlite3")
+    }
+
+    /// `server.keys_database` of a (raw or expanded) `server:` section: a
+    /// path (`~/` is the home directory; a relative one is relative to the
+    /// file), else the default. Read apart from the rest so that
+    /// `descartes keys` needs none of the configured keys' variables.
+    package static func keysDatabase(_ node: YAMLNode?, environment: [String: String] = Environment.current()) -> Result<String, SourceError> {
+        guard let n = node?["keys_database"] else { return .success(defaultKeysDatabase(environment: environment)) }
+        guard var path = n.scalar, !path.isEmpty, !path.contains("${") else {
+            return .failure(SourceError([SourceProblem(n.location, "server.keys_database is a file path (no ${...} references), e.g. ~/.local/state/descartes/gateway-keys.sqlite3")]))
+        }
+        if path.hasPrefix("~/") { path = FileSystem.join(Environment.homeDirectory, String(path.dropFirst(2))) }
+        if !path.hasPrefix("/") { path = FileSystem.join(FileSystem.directory(of: n.location.file), path) }
+        return .success(path)
+    }
 
     /// Splits `HOST:PORT` (`[::1]:4000` for IPv6; a bare port means
     /// 127.0.0.1). Nil when it is not one.
@@ -88,6 +139,10 @@ package struct GatewaySettings: Sendable {
             return .failure(SourceError(v.problems))
         }
         v.unknownKeys(node, allowed: knownKeys, what: "key of 'server'")
+        switch keysDatabase(raw ?? node) {
+        case .success(let p): s.keysDatabase = p
+        case .failure(let e): for p in e.problems { v.problems.append(p) }
+        }
         if let l = v.string(node, "listen") {
             if let (h, p) = listenAddress(l) { (s.host, s.port) = (h, p) } else {
                 v.problem(node["listen"]!, "server.listen is HOST:PORT (127.0.0.1:4000, [::1]:4000), got '\(l)'")
@@ -152,8 +207,8 @@ package struct GatewaySettings: Sendable {
         return .success(s)
     }
 
-    /// The key `secret` belongs to (compared in constant time), or nil.
-    package func key(for secret: String) -> Key? {
+    /// The key of `keys` that `secret` belongs to, compared in constant time.
+    package static func key(for secret: String, in keys: [Key]) -> Key? {
         let given = Array(secret.utf8)
         var found: Key?
         for k in keys {
@@ -168,6 +223,21 @@ package struct GatewaySettings: Sendable {
 extension ProvidersConfig {
     /// The `server:` section (defaults when no file has one).
     package func gatewaySettings() throws(SourceError) -> GatewaySettings {
-        try GatewaySettings.read(try section("server"), raw: sections["server"]).get()
+        var s = try GatewaySettings.read(try section("server"), raw: sections["server"]).get()
+        s.keysDatabase = try gatewayKeysDatabase()
+        return s
+    }
+
+    /// The issued keys' database (server.keys_database, else the default),
+    /// without expanding the rest of the section.
+    package func gatewayKeysDatabase() throws(SourceError) -> String {
+        try GatewaySettings.keysDatabase(sections["server"], environment: environment).get()
+    }
+
+    /// The names of the keys providers.yaml configures (server.keys), read
+    /// without their secrets.
+    package var configuredGatewayKeyNames: [String] {
+        guard case .mapping(let pairs)? = sections["server"]?["keys"]?.value else { return [] }
+        return pairs.compactMap { $0.key.scalar }
     }
 }
