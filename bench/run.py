@@ -5,7 +5,7 @@ same work (bench/baseline.c, libcurl + cJSON), both against nginx on
 Writes the table to docs/benchmarks.md and every run to
 build/bench/results.json.
 
-    bench/run.py [--runs 5] [--only 1,2,3,4,5,6] [--out docs/benchmarks.md]
+    bench/run.py [--runs 5] [--only 1,2,3,4,5,6,7] [--out docs/benchmarks.md]
                  [--wait-quiet SECONDS] [--skip-build]
     bench/run.py --profile sequential|stream-openai|stream-anthropic|stream-ollama|concurrent [--skip-build]
 
@@ -37,6 +37,7 @@ DESCARTES = os.path.join(PREFIX, "bin", "descartes")
 BENCH = os.path.join(PREFIX, "bin", "descartes-bench")
 BASELINE = os.path.join(BUILD, "baseline")
 REPLAY = os.path.join(BUILD, "replay")
+LOADGEN = os.path.join(BUILD, "loadgen")
 KEY = "sk-bench-0123456789abcdef"
 PROMPT = "Say hello to the benchmark in one short sentence."
 
@@ -103,6 +104,7 @@ def build(skip):
     cc = os.environ.get("CC", "cc")
     run([cc, "-O2", "-Wall", "-Wextra", "-o", BASELINE, os.path.join(ROOT, "bench/baseline.c"), "-lcurl", "-lcjson"])
     run([cc, "-O2", "-Wall", "-Wextra", "-o", REPLAY, os.path.join(ROOT, "bench/replay.c")])
+    run([cc, "-O2", "-Wall", "-Wextra", "-o", LOADGEN, os.path.join(ROOT, "bench/loadgen.c")])
     log("generating the bodies (bench/gen.py)")
     run([sys.executable, os.path.join(ROOT, "bench/gen.py"), DATA])
 
@@ -521,7 +523,7 @@ def write_doc(suite, path, info, load_before, load_after, started, elapsed):
     w("With nginx from bench/nginx.conf.in on the port shown (run.py picks a free one) and the bodies of")
     w("bench/gen.py under build/bench/data; descartes and descartes-bench are the release builds staged by `make bench`.")
     w("")
-    w("```sh")
+    w("```sh no-run: the commands of one recorded benchmark run (its ports, its build)")
     for key, ours, theirs in suite.commands:
         w(f"# {key}")
         w(shorten(ours))
@@ -536,10 +538,24 @@ def write_doc(suite, path, info, load_before, load_after, started, elapsed):
         f.write("\n".join(lines) + marker + rest)
 
 
+def write_gateway_doc(section, path):
+    """Puts workload 7's section after the kept marker (replacing the last one), so runs of the other workloads keep it."""
+    doc = open(path).read()
+    marker = "<!-- the rest of this file is kept by bench/run.py -->"
+    start, end = "<!-- gateway: ", "<!-- /gateway -->\n"
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + section + doc[doc.index(end) + len(end):]
+    else:
+        head, rest = doc.split(marker, 1) if marker in doc else (doc, "")
+        doc = head + marker + "\n\n" + section + rest
+    with open(path, "w") as f:
+        f.write(doc)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", default="1,2,3,4,5,6")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="the workloads (7: the gateway against LiteLLM, bench/gateway.py)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="wait up to this long for a 1-minute load average under 1.5 before measuring")
@@ -580,6 +596,13 @@ def main():
             suite.one_shot()
         if 6 in only:
             suite.headless()
+        gateway = None
+        if 7 in only:
+            sys.path.insert(0, os.path.join(ROOT, "bench"))
+            from gateway import GatewayBench
+            gateway = GatewayBench(suite, ROOT, BUILD, DATA, DESCARTES, LOADGEN)
+            gateway.run()
+            suite.raw["7-gateway"] = gateway.results
     finally:
         server.stop()
     load_after = os.getloadavg()
@@ -588,7 +611,12 @@ def main():
     with open(os.path.join(BUILD, "results.json"), "w") as f:
         json.dump({"machine": info, "load_before": load_before, "load_after": load_after, "runs": suite.raw,
                    "rows": suite.rows}, f, indent=1)
-    write_doc(suite, args.out, info, load_before, load_after, started, elapsed)
+    if only - {7}:
+        write_doc(suite, args.out, info, load_before, load_after, started, elapsed)
+    if gateway is not None:
+        write_gateway_doc(gateway.markdown(started, load_before), args.out)
+        for k, (ok, what) in gateway.table()[1].items():
+            print(f"gateway: {k:60} {what:>40} {'ok' if ok else 'MISSED'}")
     for r in suite.rows:
         ratio = f"{r['ratio']:.2f}x" if isinstance(r["ratio"], float) else ""
         met = {True: "ok", False: "MISSED", None: ""}[r["met"]]
