@@ -96,6 +96,9 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The audit and spend ledger's database (docs/configuration.md, "Why SQLite").
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // The Redis client of providers.yaml's `shared:` section (docs/scaling.md, "Why hiredis"):
+        // linked (a build dependency; a Redis server is needed only with `shared:`).
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         // The gateway's HTTP server (docs/gateway.md, "Why libmicrohttpd"), and the
         // small C layer over it (its daemon starts through a variadic function,
         // and suspend/resume has rules best kept in one place).
@@ -116,7 +119,8 @@ let package = Package(
         // to the package: the host's audit ledger uses it; plugins never link it.
         .target(name: "DescartesSQLite", dependencies: ["CSQLite"], swiftSettings: swiftSettings),
         .target(
-            name: "Descartes", dependencies: ["DescartesCore", "DescartesSupport", "DescartesSQLite", "CDescartesPlugin", "CDescartesHost", "CYaml"],
+            name: "Descartes",
+            dependencies: ["DescartesCore", "DescartesSupport", "DescartesSQLite", "CDescartesPlugin", "CDescartesHost", "CYaml", "CHiredis"],
             swiftSettings: swiftSettings),
         .target(
             name: "DescartesPluginKit", dependencies: ["DescartesCore", "DescartesSupport", "CDescartesPlugin", "CCurlShim", "CProcessShim"],

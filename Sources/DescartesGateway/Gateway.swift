@@ -158,7 +158,7 @@ package final class Gateway: Sendable {
         case "/metrics":
             record.status = 200
             exchange.respond(
-                status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(metrics.render().utf8))
+                status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(metrics.render(shared: providers.sharedStore?.stats).utf8))
         case "/v1/responses", "/responses":
             await responses(request, exchange, key: key, &record)
         case "/v1/messages":

@@ -105,7 +105,9 @@ final class GatewayMetrics: Sendable {
     }
 
     /// The text exposition.
-    func render() -> String {
+    /// The text of `GET /metrics`; `shared`: the shared store's counters
+    /// when providers.yaml has a `shared:` section.
+    func render(shared: SharedStore.Stats? = nil) -> String {
         let s = state.withLock { $0 }
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) {
@@ -138,6 +140,16 @@ final class GatewayMetrics: Sendable {
         counters("descartes_gateway_client_gone_total", s.clientGone) { String($0) }
         family("descartes_gateway_requests_in_flight", "gauge", "Requests being answered now.")
         out += "descartes_gateway_requests_in_flight \(s.inFlight)\n"
+        if let shared {
+            family("descartes_shared_store_up", "gauge", "1 while the shared store (providers.yaml shared:) answers, 0 during an outage.")
+            out += "descartes_shared_store_up \(shared.available ? 1 : 0)\n"
+            family("descartes_shared_store_round_trips_total", "counter", "Round trips to the shared store that got their replies.")
+            out += "descartes_shared_store_round_trips_total \(shared.roundTrips)\n"
+            family("descartes_shared_store_failures_total", "counter", "Calls to the shared store that failed or were skipped during an outage.")
+            out += "descartes_shared_store_failures_total \(shared.failures)\n"
+            family("descartes_shared_store_outages_total", "counter", "Outages of the shared store (each told once in the log).")
+            out += "descartes_shared_store_outages_total \(shared.outages)\n"
+        }
         return out
     }
 }

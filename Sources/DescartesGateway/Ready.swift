@@ -59,11 +59,24 @@ extension Gateway {
         }
         let failed = outcomes.filter { $0.ok == false }.count
         let checked = outcomes.filter { $0.ok != nil }.count
-        let status = failed == 0 ? "ready" : failed == checked ? "unavailable" : configured ? "degraded" : "ready"
+        var status = failed == 0 ? "ready" : failed == checked ? "unavailable" : configured ? "degraded" : "ready"
         var providers = JSONObject()
         for o in outcomes { providers[o.name] = .object(o.doc) }
+        var doc: JSONObject = ["status": "", "providers": .object(providers)]
+        // The shared store (providers.yaml shared:): while it is down, requests
+        // go on under local limits (degraded) or are refused (on_failure: closed).
+        if let store = self.providers.sharedStore {
+            switch store.ping(timeout: Self.readyTimeout) {
+            case .success(let latency):
+                doc["shared_store"] = ["status": "ok", "store": .string(store.settings.store), "latency_ms": .integer(latency.milliseconds)]
+            case .failure(let f):
+                doc["shared_store"] = ["status": "unavailable", "store": .string(store.settings.store), "message": .string(f.message)]
+                if store.settings.onFailure == .closed { status = "unavailable" } else if status == "ready" { status = "degraded" }
+            }
+        }
+        doc["status"] = .string(status)
         if status == "unavailable" { record.error = "not_ready" }
-        json(status == "unavailable" ? 503 : 200, ["status": .string(status), "providers": .object(providers)], exchange, &record)
+        json(status == "unavailable" ? 503 : 200, .object(doc), exchange, &record)
     }
 
     /// `body`'s result, or a `timeout` error once `limit` has passed (the

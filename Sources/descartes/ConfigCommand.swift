@@ -244,10 +244,10 @@ enum ConfigCommand {
     }
 
     /// Masks the values of secret-looking keys in a section.
-    /// A section as shown: expanded, except `server:` (its keys' secrets are
-    /// references by rule; the references are shown, never the values).
+    /// A section as shown: expanded, except `server:` and `shared:` (their
+    /// secrets are references by rule; the references are shown, never the values).
     static func shown(_ s: (key: String, node: YAMLNode?, raw: YAMLNode)) -> JSONValue {
-        (s.key == "server" ? s.raw : s.node ?? s.raw).json
+        (s.key == "server" || s.key == "shared" ? s.raw : s.node ?? s.raw).json
     }
 
     static func masked(_ v: JSONValue) -> JSONValue {

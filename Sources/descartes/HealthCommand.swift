@@ -8,6 +8,8 @@ import DescartesCommandLine
 /// Without `-p`, every available provider is checked at once; those that
 /// cannot even be created because a required key has no value (no API key
 /// in the environment) are listed as not configured, not as failures.
+/// With a `shared:` section, the shared store is checked too (a PING), as
+/// the row "shared store".
 enum HealthCommand {
     struct Outcome: Sendable {
         var name: String
@@ -33,8 +35,10 @@ enum HealthCommand {
             let (backend, providers) = setup.probe(name, settings: settings, json: json)
             let outcome = await check(name, backend, timeout: timeout)
             await providers.shutdown()
-            print([outcome], json: json)
+            let store = checkStore(setup.settings, timeout: timeout)
+            print([outcome] + (store.map { [$0] } ?? []), json: json)
             if let e = outcome.error { return ExitCode.for(e) }
+            if let e = store?.error { return ExitCode.for(e) }
             return .ok
         }
 
@@ -63,8 +67,22 @@ enum HealthCommand {
             return all.sorted { $0.name < $1.name }
         }
         await providers.shutdown()
-        print(outcomes, json: json)
-        return outcomes.contains { $0.error != nil } ? .failure : .ok
+        let all = outcomes + (checkStore(setup.settings, timeout: timeout).map { [$0] } ?? [])
+        print(all, json: json)
+        return all.contains { $0.error != nil } ? .failure : .ok
+    }
+
+    /// The shared store's row: a PING within the timeout (and the store's
+    /// own command timeout), naming the store without credentials.
+    static func checkStore(_ settings: ReliabilitySettings, timeout: Double) -> Outcome? {
+        guard let s = settings.shared else { return nil }
+        let name = "shared store"
+        switch SharedStore.shared(s, logSink: Out.logSink).ping(timeout: .milliseconds(Int(timeout * 1000))) {
+        case .success(let latency):
+            return Outcome(name: name, report: HealthReport(message: s.store, details: ["on_failure": .string(s.onFailure.rawValue)], latency: latency))
+        case .failure(let f):
+            return Outcome(name: name, error: ProviderError(.providerUnavailable, f.message, provider: name))
+        }
     }
 
     static func check(_ name: String, _ backend: any ModelBackend, timeout: Double) async -> Outcome {

@@ -1,6 +1,8 @@
 import DescartesSupport
 /// The reliability and routing sections of providers.yaml: `retry:`,
-/// `fallbacks:`, `routes:`, `cache:` and `limits:` (docs/reliability.md).
+/// `fallbacks:`, `routes:`, `cache:` and `limits:` (docs/reliability.md),
+/// and `shared:`, the store that shares limits, cool-downs and the cache
+/// between processes (docs/scaling.md).
 ///
 /// The providers.yaml loader hands each section's node to `parse`, which
 /// reports every problem at once with its file, line and column;
@@ -13,13 +15,17 @@ public struct ReliabilitySettings: Sendable {
     public var routes: [String: RouteSpec] = [:]
     public var cache: CacheSpec?
     public var limits: [String: RateLimits] = [:]
+    /// The shared store (`shared:`); nil: every process keeps its own state.
+    public var shared: SharedSettings?
+    /// Spend budgets per request label (`budgets:`).
+    public var budgets = BudgetSettings()
     /// Where each name was defined, for messages about it.
     public var locations: [String: SourcePosition] = [:]
 
     public init() {}
 
     /// The sections this type reads, in the order of the docs.
-    package static let sections = ["retry", "fallbacks", "routes", "cache", "limits"]
+    package static let sections = ["retry", "fallbacks", "routes", "cache", "limits", "shared", "budgets"]
 
     /// One provider of a chain or route, as configured.
     public struct Member: Sendable, Hashable {
@@ -66,6 +72,8 @@ public struct ReliabilitySettings: Sendable {
         if let n = sections["routes"] { p.routes(n) }
         if let n = sections["cache"] { p.cache(n) }
         if let n = sections["limits"] { p.limits(n) }
+        if let n = sections["shared"] { p.shared(n) }
+        if let n = sections["budgets"] { p.budgets(n) }
         p.crossCheck()
         return (p.settings, p.v.problems)
     }
@@ -345,6 +353,78 @@ struct SettingsParser {
             }
             settings.limits[name] = l
             settings.locations["limits:\(name)"] = p.key.location
+        }
+    }
+
+    // MARK: shared
+
+    static let sharedKeys = ["store", "prefix", "username", "password", "connect_timeout", "command_timeout", "on_failure", "retry_interval"]
+
+    mutating func shared(_ n: YAMLNode) {
+        guard mapping(n, "shared") != nil else { return }
+        v.unknownKeys(n, allowed: Self.sharedKeys, what: "shared setting")
+        var s = SharedSettings()
+        var valid = true
+        if let store = v.string(n, "store", required: true) {
+            switch SharedSettings.parseURL(store) {
+            case .success(let a): (s.host, s.port, s.database) = (a.host, a.port, a.db)
+            case .failure(let why):
+                v.problem(n["store"]!, "shared.store: \(why.message)")
+                valid = false
+            }
+        } else { valid = false }
+        if let p = v.string(n, "prefix") {
+            if p.isEmpty || p.contains(where: { $0 == " " || $0 == "\n" }) {
+                v.problem(n["prefix"]!, "shared.prefix must be non-empty, without spaces, got '\(p)'")
+            } else { s.prefix = p }
+        }
+        s.username = v.string(n, "username")
+        if let pw = v.string(n, "password") {
+            if pw.isEmpty { v.problem(n["password"]!, "shared.password is empty (is its variable set?)") } else { s.password = Secret(pw) }
+        }
+        for (key, path) in [("connect_timeout", \SharedSettings.connectTimeout), ("command_timeout", \.commandTimeout), ("retry_interval", \.retryInterval)] {
+            if let d = duration(n, key) {
+                if d <= .zero || d > .seconds(60) {
+                    v.problem(n[key]!, "shared.\(key) must be more than 0 and at most 60s, got '\(n[key]!.scalar ?? "")'")
+                } else { s[keyPath: path] = d }
+            }
+        }
+        if let f = v.string(n, "on_failure") {
+            if let p = SharedSettings.OnFailure(rawValue: f) { s.onFailure = p } else {
+                v.problem(n["on_failure"]!, "shared.on_failure is 'open' (go on under local limits) or 'closed' (refuse requests), got '\(f)'")
+            }
+        }
+        if valid { settings.shared = s }
+    }
+
+    // MARK: budgets
+
+    mutating func budgets(_ n: YAMLNode) {
+        guard mapping(n, "budgets") != nil else { return }
+        v.unknownKeys(n, allowed: ["period", "labels"], what: "budgets setting")
+        if let p = v.string(n, "period") {
+            if let period = BudgetSettings.Period(rawValue: p) { settings.budgets.period = period } else {
+                v.problem(n["period"]!, "budgets.period is day, month or total (UTC), got '\(p)'")
+            }
+        }
+        guard let labels = n["labels"], let pairs = mapping(labels, "budgets.labels") else { return }
+        for p in pairs {
+            let name = p.key.scalar ?? ""
+            guard let eq = name.firstIndex(of: "="), eq != name.startIndex, name.index(after: eq) != name.endIndex else {
+                v.problem(p.key, "a budget is named LABEL=VALUE (team=research, agent=reviewer), got '\(name)'")
+                continue
+            }
+            let usd: Double?
+            switch p.value.json {
+            case .integer(let i): usd = Double(i)
+            case .number(let d): usd = d
+            default: usd = nil
+            }
+            guard let usd, usd > 0, usd.isFinite else {
+                v.problem(p.value, "budgets.labels.\(name) is an amount of US dollars above 0 (5.00), got '\(p.value.scalar ?? p.value.kindName)'")
+                continue
+            }
+            settings.budgets.labels[name] = usd
         }
     }
 

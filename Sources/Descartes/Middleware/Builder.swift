@@ -4,8 +4,12 @@
 /// stack of middlewares its settings give it:
 ///
 ///     CacheBackend            (cache.enabled and the provider is cached)
+///      BudgetBackend          (budgets.labels; the spend of the process, or with
+///                              `shared:` of every process)
 ///       RetryBackend          (retry, or retry.providers.NAME; not with 1 attempt)
-///         RateLimitedBackend  (limits.NAME; shared by the whole process)
+///         RateLimitedBackend  (limits.NAME; shared by the whole process, and with
+///                              `shared:` by every process: then every provider has
+///                              one, for the shared cool-down)
 ///           the plugin backend
 ///
 /// A provider is created once per `ReliableProviders` (chains and routes
@@ -25,6 +29,10 @@ public struct ReliableProviders: Sendable {
     public let manifest: @Sendable (String) -> PluginManifest?
     /// The response cache every cached provider shares, when enabled.
     public let cache: ResponseCache?
+    /// The shared store (`shared:`), when configured.
+    public let sharedStore: SharedStore?
+    /// What the budgets (`budgets:`) count spend with.
+    public let spend: SpendCounter
     /// The clock of every middleware built here (waits, deadlines, time to
     /// live, rate limits).
     public let clock: DescartesClock
@@ -64,7 +72,12 @@ public struct ReliableProviders: Sendable {
         self.manifest = manifest
         self.clock = clock
         self.logSink = logSink
-        if let c = settings.cache, c.enabled { cache = ResponseCache(limits: c.limits, clock: clock, logSink: logSink) } else { cache = nil }
+        let store = settings.shared.map { SharedStore.shared($0, logSink: logSink) }
+        sharedStore = store
+        spend = store.map { SpendCounter(shared: SharedSpend(store: $0)) } ?? .process
+        if let c = settings.cache, c.enabled {
+            cache = ResponseCache(limits: c.limits, clock: clock, logSink: logSink, shared: store.map { SharedCache(store: $0, ttl: c.limits.ttl) })
+        } else { cache = nil }
     }
 
     /// Providers from `factory`: instances of its providers.yaml by name
@@ -148,9 +161,16 @@ public struct ReliableProviders: Sendable {
             return FallbackBackend(name: name, entries, policy: chain.policy, clock: clock, logSink: logSink)
         }
         var b: any ModelBackend = leaf(name)
-        if let limits = settings.limits[name] { b = RateLimitedBackend(b, limits: limits, clock: clock) }
+        if let store = sharedStore {
+            let limits = settings.limits[name] ?? RateLimits()
+            b = RateLimitedBackend(
+                b, limiter: .shared(for: name, limits: limits, clock: clock), shared: SharedLimits(store: store, provider: name, limits: limits))
+        } else if let limits = settings.limits[name] {
+            b = RateLimitedBackend(b, limits: limits, clock: clock)
+        }
         let retry = retryPolicy(for: name)
         if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry, clock: clock, logSink: logSink) }
+        if !settings.budgets.labels.isEmpty { b = BudgetBackend(b, settings: settings.budgets, counter: spend, clock: clock) }
         if let cache, !overrides.noCache, settings.cache?.providers.map({ $0.contains(name) }) ?? true {
             b = CacheBackend(b, cache: cache)
         }

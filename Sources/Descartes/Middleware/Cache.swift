@@ -72,6 +72,9 @@ public final class ResponseCache: Sendable {
         public var diskWrites = 0
         /// Disk reads or writes that failed (the cache then works from memory).
         public var diskErrors = 0
+        /// Of the hits, those read from the shared store (`shared:`).
+        public var sharedHits = 0
+        public var sharedWrites = 0
         /// Entries and bytes in memory now.
         public var entries = 0
         public var bytes = 0
@@ -148,10 +151,19 @@ public final class ResponseCache: Sendable {
     /// Where it reports disk entries it cannot read or write (warnings).
     public let logSink: LogSink
 
-    public init(limits: CacheLimits = CacheLimits(), clock: DescartesClock = .continuous, logSink: LogSink = LogSink()) {
+    /// The shared store's part of the cache (`shared:`): looked up after
+    /// memory and before the disk, written with every store.
+    package let shared: SharedCache?
+
+    public convenience init(limits: CacheLimits = CacheLimits(), clock: DescartesClock = .continuous, logSink: LogSink = LogSink()) {
+        self.init(limits: limits, clock: clock, logSink: logSink, shared: nil)
+    }
+
+    package init(limits: CacheLimits, clock: DescartesClock, logSink: LogSink, shared: SharedCache?) {
         self.limits = limits
         self.clock = clock
         self.logSink = logSink
+        self.shared = shared
     }
 
     public var stats: Stats { state.withLock { $0.stats } }
@@ -184,6 +196,14 @@ public final class ResponseCache: Sendable {
             return s.nodes[i].entry
         }
         if let found { return found }
+        if let shared, let (doc, remaining) = shared.get(key), let entry = Self.entry(doc, key: key) {
+            state.withLock { s in
+                s.stats.hits += 1
+                s.stats.sharedHits += 1
+            }
+            insertMemory(key, entry, ttl: remaining)
+            return entry
+        }
         if limits.directory != nil, let (entry, remaining) = readDisk(key) {
             state.withLock { s in
                 s.stats.hits += 1
@@ -201,7 +221,35 @@ public final class ResponseCache: Sendable {
     package func store(_ key: String, _ entry: Entry) {
         guard insertMemory(key, entry, ttl: limits.ttl) else { return }
         state.withLock { $0.stats.stores += 1 }
+        if let shared {
+            // At rest, never a secret the factory knows (as on disk).
+            let text = logSink.redactor.redact(String(decoding: JSONValue.object(document(key, entry)).jsonBytes, as: UTF8.self))
+            if shared.set(key, Array(text.utf8)) { state.withLock { $0.stats.sharedWrites += 1 } }
+        }
         if limits.directory != nil { writeDisk(key, entry) }
+    }
+
+    /// An entry as the disk store and the shared store keep it.
+    func document(_ key: String, _ entry: Entry) -> JSONObject {
+        var doc: JSONObject = [
+            "version": 1, "key": .string(key), "created_unix": .integer(clock.unixTime),
+            "response": Wire.json(entry.response), "events": .array(entry.events.map(Wire.json)),
+        ]
+        if let ttl = limits.ttl { doc["expires_unix"] = .integer(clock.unixTime + max(1, Int(ttl.seconds.rounded(.up)))) }
+        return doc
+    }
+
+    /// The entry of a document (nil when it is not one for `key`).
+    static func entry(_ doc: JSONValue, key: String) -> Entry? {
+        // The digest names the file or the Redis key; the key inside proves it is ours.
+        guard doc["version"]?.intValue == 1, doc["key"]?.stringValue == key else { return nil }
+        guard let response = try? Wire.decodeResponse(doc["response"] ?? .null) else { return nil }
+        var events: [StreamEvent] = []
+        for e in doc["events"]?.arrayValue ?? [] {
+            guard let ev = try? Wire.decodeEvent(e) else { return nil }
+            events.append(ev)
+        }
+        return Entry(response: response, events: events)
     }
 
     @discardableResult
@@ -273,11 +321,7 @@ public final class ResponseCache: Sendable {
         let mine = state.withLock { s -> Bool in s.writing.insert(key).inserted }
         guard mine else { return }
         defer { state.withLock { _ = $0.writing.remove(key) } }
-        var doc: JSONObject = [
-            "version": 1, "key": .string(key), "created_unix": .integer(clock.unixTime),
-            "response": Wire.json(entry.response), "events": .array(entry.events.map(Wire.json)),
-        ]
-        if let ttl = limits.ttl { doc["expires_unix"] = .integer(clock.unixTime + max(1, Int(ttl.seconds.rounded(.up)))) }
+        let doc = document(key, entry)
         do {
             try FileSystem.makeDirectories(dir, mode: 0o700)
             // At rest, never a secret the factory knows (a server that

@@ -201,13 +201,25 @@ public final class RateLimiter: Sendable {
 /// answer's usage corrects the estimate; a `rateLimited` error with a
 /// retry-after pauses the limiter, so every task stops sending to the
 /// provider for that long.
+///
+/// With `shared` (providers.yaml's `shared:` section) the buckets and the
+/// pause are the shared store's, for every process and host: `limiter`
+/// then serves only while the store does not answer (`on_failure: open`).
 public struct RateLimitedBackend: WrappingBackend {
     public let inner: any ModelBackend
     public let limiter: RateLimiter
+    /// The same limits in the shared store, checked instead of `limiter`
+    /// while the store answers.
+    package let shared: SharedLimits?
 
     public init(_ inner: any ModelBackend, limiter: RateLimiter) {
+        self.init(inner, limiter: limiter, shared: nil)
+    }
+
+    package init(_ inner: any ModelBackend, limiter: RateLimiter, shared: SharedLimits?) {
         self.inner = inner
         self.limiter = limiter
+        self.shared = shared
     }
 
     /// Wraps `inner` with the process-wide limiter of its provider name.
@@ -219,33 +231,74 @@ public struct RateLimitedBackend: WrappingBackend {
     /// the output it may produce.
     static func estimate(_ r: ModelRequest) -> Int { Heuristics.tokens(r).tokens + (r.maxTokens ?? 0) }
 
-    func admit(_ request: ModelRequest) async throws(ProviderError) -> (ModelRequest, Int) {
-        let estimate = Self.estimate(request)
-        let waited = try await limiter.acquire(tokens: estimate, maxWait: request.deadlines.total, provider: inner.name)
-        var r = request
-        if let total = r.deadlines.total, waited > .zero { r.deadlines.total = total - waited }
-        return (r, estimate)
+    /// What a request took: its estimate, and whether from the shared store.
+    struct Admission {
+        var estimate: Int
+        var shared: Bool
     }
 
-    func settle(_ result: Result<ModelResponse, ProviderError>, estimate: Int) {
+    func admit(_ request: ModelRequest) async throws(ProviderError) -> (ModelRequest, Admission) {
+        let estimate = Self.estimate(request)
+        var viaShared = false
+        let waited: Duration
+        if let shared, let w = try await acquireShared(shared, tokens: estimate, maxWait: request.deadlines.total) {
+            waited = w
+            viaShared = true
+        } else {
+            waited = try await limiter.acquire(tokens: estimate, maxWait: request.deadlines.total, provider: inner.name)
+        }
+        var r = request
+        if let total = r.deadlines.total, waited > .zero { r.deadlines.total = total - waited }
+        return (r, Admission(estimate: estimate, shared: viaShared))
+    }
+
+    /// The wait the shared store grants (slept here), or nil when the store
+    /// does not answer and `on_failure` is `open` (the local limiter then decides).
+    func acquireShared(_ shared: SharedLimits, tokens: Int, maxWait: Duration?) async throws(ProviderError) -> Duration? {
+        switch shared.acquire(tokens: tokens, maxWait: maxWait) {
+        case .unavailable(let f):
+            if shared.store.settings.onFailure == .open { return nil }
+            throw ProviderError(.providerUnavailable, "\(f.message) (shared.on_failure: closed refuses requests while it is)", provider: inner.name)
+        case .refused(let wait):
+            throw ProviderError(
+                .rateLimited, "the shared rate limit (\(limits(shared))) would delay this request by \(wait.short), past its deadline",
+                provider: inner.name, retryAfter: wait)
+        case .wait(let wait, let charged):
+            guard wait > .zero else { return .zero }
+            do { try await limiter.clock.sleep(for: wait) } catch {
+                shared.adjust(requests: -1, tokens: -charged)
+                throw ProviderError(.cancelled, "the request was cancelled while waiting for the rate limit", provider: inner.name)
+            }
+            return wait
+        }
+    }
+
+    func limits(_ shared: SharedLimits) -> String {
+        shared.limits.isEmpty ? "a cool-down" : "\(shared.limits)"
+    }
+
+    func settle(_ result: Result<ModelResponse, ProviderError>, _ admission: Admission) {
         switch result {
         case .success(let response):
-            if response.usage.totalTokens > 0 { limiter.adjust(tokens: response.usage.totalTokens - estimate) }
+            guard response.usage.totalTokens > 0 else { return }
+            let delta = response.usage.totalTokens - admission.estimate
+            if admission.shared, let shared { shared.adjust(tokens: delta) } else { limiter.adjust(tokens: delta) }
         case .failure(let e):
             if e.kind == .rateLimited, let after = e.retryAfter, e.provider == inner.name || e.provider == nil {
                 limiter.pause(until: limiter.clock.now + after)
+                shared?.pause(for: after)
             }
         }
     }
 
     public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
-        let (r, estimate) = try await admit(request)
+        let (r, admission) = try await admit(request)
         do {
             let response = try await inner.complete(r)
-            settle(.success(response), estimate: estimate)
+            settle(.success(response), admission)
             return response
         } catch {
-            settle(.failure(ProviderError.from(error, provider: inner.name)), estimate: estimate)
+            settle(.failure(ProviderError.from(error, provider: inner.name)), admission)
             throw error
         }
     }
@@ -253,14 +306,14 @@ public struct RateLimitedBackend: WrappingBackend {
     public func stream(_ request: ModelRequest) -> ModelStream {
         let me = self
         return Streams.make(provider: inner.name) { out in
-            let (r, estimate) = try await me.admit(request)
+            let (r, admission) = try await me.admit(request)
             do {
                 for try await event in me.inner.stream(r) {
-                    if case .finish(let response) = event { me.settle(.success(response), estimate: estimate) }
+                    if case .finish(let response) = event { me.settle(.success(response), admission) }
                     out.yield(event)
                 }
             } catch {
-                me.settle(.failure(ProviderError.from(error, provider: me.inner.name)), estimate: estimate)
+                me.settle(.failure(ProviderError.from(error, provider: me.inner.name)), admission)
                 throw error
             }
         }

@@ -1,0 +1,182 @@
+/// One provider's rate limits and cool-down kept in the shared store, so
+/// that every process and host with the same `shared:` section draws from
+/// the same buckets (`RateLimitedBackend.shared`).
+///
+/// The algorithm is GCRA (the generic cell rate algorithm): per bucket the
+/// store keeps one number, the theoretical arrival time (TAT), instead of a
+/// level and a timestamp. A request costing `n` moves the TAT by `n`
+/// emission intervals (60 s / per-minute limit) from max(TAT, now) and may
+/// go when the TAT is within a burst's worth of intervals of now: the same
+/// arithmetic as the in-process token bucket (`RateLimiter`: level =
+/// burst - (TAT - now) / interval), hence the same waits. GCRA rather than
+/// a sliding window because it needs one key and one small write per
+/// bucket, reserves ahead (so a request knows at once how long to wait,
+/// which is the in-process limiter's semantics) and has no window edges to
+/// double a burst.
+///
+/// Each check is one Lua script on the server (atomic; the server's TIME is
+/// the clock, so hosts' clocks do not matter): both buckets and the
+/// provider's pause, one round trip.
+package struct SharedLimits: Sendable {
+    package let store: SharedStore
+    package let provider: String
+    package let limits: RateLimits
+
+    package init(store: SharedStore, provider: String, limits: RateLimits) {
+        self.store = store
+        self.provider = provider
+        self.limits = limits
+    }
+
+    /// Keys share a hash tag, so a Redis Cluster keeps one provider's keys
+    /// on one node (a script's keys must be).
+    var pauseKey: [UInt8] { store.key("limit", "{\(provider)}", "pause") }
+    var requestsKey: [UInt8] { store.key("limit", "{\(provider)}", "requests") }
+    var tokensKey: [UInt8] { store.key("limit", "{\(provider)}", "tokens") }
+
+    /// KEYS: the pause, then one per bucket. ARGV: the longest wait in µs
+    /// (-1: none), then per bucket: µs per unit, capacity, cost. Returns
+    /// {granted (1/0), wait µs}; a refusal changes nothing.
+    package static let acquireScript = LuaScript(
+        """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local maxwait = tonumber(ARGV[1])
+        local wait = 0
+        local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if paused > now then wait = paused - now end
+        local tats = {}
+        for i = 2, #KEYS do
+          local a = 2 + (i - 2) * 3
+          local interval = tonumber(ARGV[a])
+          local capacity = tonumber(ARGV[a + 1])
+          local cost = math.min(tonumber(ARGV[a + 2]), capacity)
+          local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+          if tat < now then tat = now end
+          tat = tat + cost * interval
+          local w = tat - capacity * interval - now
+          if w > wait then wait = w end
+          tats[i] = tat
+        end
+        if maxwait >= 0 and wait > maxwait then return {0, math.ceil(wait)} end
+        for i = 2, #KEYS do
+          redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
+        end
+        return {1, math.ceil(wait)}
+        """)
+
+    /// KEYS: buckets. ARGV: per bucket: µs per unit, units to add (negative
+    /// gives back). The TAT never goes below now (a bucket is never fuller
+    /// than its burst).
+    package static let adjustScript = LuaScript(
+        """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        for i = 1, #KEYS do
+          local interval = tonumber(ARGV[i * 2 - 1])
+          local units = tonumber(ARGV[i * 2])
+          local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+          if tat < now then tat = now end
+          tat = tat + units * interval
+          if tat > now then
+            redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+          else
+            redis.call('DEL', KEYS[i])
+          end
+        end
+        return 1
+        """)
+
+    /// KEYS: the pause. ARGV: µs from now. Keeps the later of the two.
+    package static let pauseScript = LuaScript(
+        """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local untilT = now + tonumber(ARGV[1])
+        local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if cur >= untilT then return 0 end
+        redis.call('SET', KEYS[1], string.format('%.0f', untilT), 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1)
+        return 1
+        """)
+
+    /// µs per request or token, and the bucket's size, as `RateLimiter.Bucket`.
+    static func bucket(perMinute: Int, burst: Int?) -> (interval: Double, capacity: Int) {
+        (60_000_000 / Double(perMinute), max(1, burst ?? perMinute))
+    }
+
+    var buckets: [(key: [UInt8], interval: Double, capacity: Int, tokens: Bool)] {
+        var out: [(key: [UInt8], interval: Double, capacity: Int, tokens: Bool)] = []
+        if let r = limits.requestsPerMinute {
+            let b = Self.bucket(perMinute: r, burst: limits.requestBurst)
+            out.append((requestsKey, b.interval, b.capacity, false))
+        }
+        if let t = limits.tokensPerMinute {
+            let b = Self.bucket(perMinute: t, burst: limits.tokenBurst)
+            out.append((tokensKey, b.interval, b.capacity, true))
+        }
+        return out
+    }
+
+    static func number(_ d: Double) -> String { luaNumber(d) }
+
+    /// The outcome of a check in the store.
+    package enum Outcome: Sendable {
+        /// Granted: wait this long first.
+        case wait(Duration, charged: Int)
+        /// The wait would pass `maxWait`: nothing was taken.
+        case refused(Duration)
+        /// The store did not answer.
+        case unavailable(SharedStoreFailure)
+    }
+
+    /// Takes one request and `tokens` tokens in the store (one round trip).
+    package func acquire(tokens: Int, maxWait: Duration?) -> Outcome {
+        var args = [maxWait.map { String($0.microseconds) } ?? "-1"]
+        var keys = [pauseKey]
+        var charged = 0
+        for b in buckets {
+            let cost = b.tokens ? min(max(0, tokens), b.capacity) : 1
+            if b.tokens { charged = cost }
+            keys.append(b.key)
+            args += [Self.number(b.interval), String(b.capacity), String(cost)]
+        }
+        switch store.eval(Self.acquireScript, keys: keys, args: args, deadline: maxWait) {
+        case .failure(let f): return .unavailable(f)
+        case .success(let v):
+            guard let a = v.items, a.count == 2, let granted = a[0].int, let us = a[1].int else {
+                return .unavailable(SharedStoreFailure(message: "unexpected answer from the rate-limit script: \(v)"))
+            }
+            let wait = Duration.microseconds(max(0, us))
+            return granted == 1 ? .wait(wait, charged: charged) : .refused(wait)
+        }
+    }
+
+    /// Adds `tokens` to the token bucket and `requests` to the request
+    /// bucket (negative: gives them back), e.g. the usage's correction of
+    /// the estimate, or a cancelled wait's reservation.
+    package func adjust(requests: Int = 0, tokens: Int = 0) {
+        var keys: [[UInt8]] = []
+        var args: [String] = []
+        for b in buckets {
+            let units = b.tokens ? tokens : requests
+            guard units != 0 else { continue }
+            keys.append(b.key)
+            args += [Self.number(b.interval), String(units)]
+        }
+        if keys.isEmpty { return }
+        _ = store.eval(Self.adjustScript, keys: keys, args: args)
+    }
+
+    /// Pauses the provider for every process for `duration` (a `Retry-After`).
+    package func pause(for duration: Duration) {
+        _ = store.eval(Self.pauseScript, keys: [pauseKey], args: [String(max(1, duration.microseconds))])
+    }
+}
+
+/// A non-negative number as Lua's tonumber reads it, to the thousandth,
+/// without exponent notation.
+func luaNumber(_ d: Double) -> String {
+    let milli = Int((max(0, d) * 1000).rounded())
+    let frac = String(milli % 1000)
+    return "\(milli / 1000).\(String(repeating: "0", count: 3 - frac.count))\(frac)"
+}

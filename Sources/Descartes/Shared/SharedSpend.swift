@@ -1,0 +1,32 @@
+/// Spend counters in the shared store (`SpendCounter.shared`): one Redis
+/// float per budget and period (`descartes:spend:team=research:2026-12-07`),
+/// read with MGET before a request and raised with INCRBYFLOAT (atomic on
+/// the server, so two hosts debiting at once both count) after its answer,
+/// expiring an hour after its period ends.
+package struct SharedSpend: Sendable {
+    package let store: SharedStore
+
+    package init(store: SharedStore) { self.store = store }
+
+    func key(_ id: String) -> [UInt8] { store.key("spend", id) }
+
+    /// What each of `ids` spent so far (one round trip).
+    func spent(_ ids: [String], deadline: Duration?) -> Result<[Double], SharedStoreFailure> {
+        store.run([[Array("MGET".utf8)] + ids.map(key)], deadline: deadline).map { replies in
+            let values = replies.first?.items ?? []
+            return ids.indices.map { i in
+                i < values.count ? values[i].bytes.flatMap { Double(String(decoding: $0, as: UTF8.self)) } ?? 0 : 0
+            }
+        }
+    }
+
+    /// Adds `usd` to each of `ids` (one round trip).
+    func debit(_ ids: [String], usd: Double, ttlSeconds: Int?) {
+        var commands: [[[UInt8]]] = []
+        for id in ids {
+            commands.append([Array("INCRBYFLOAT".utf8), key(id), Array(String(usd).utf8)])
+            if let ttlSeconds { commands.append([Array("EXPIRE".utf8), key(id), Array(String(ttlSeconds).utf8)]) }
+        }
+        _ = store.run(commands)
+    }
+}
