@@ -99,7 +99,8 @@ struct GeminiStream {
     /// `STOP` -> stop (toolUse when the answer called functions);
     /// `MAX_TOKENS` -> maxTokens; the safety stops (`SAFETY`, `RECITATION`,
     /// `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII`, `IMAGE_SAFETY`,
-    /// `IMAGE_PROHIBITED_CONTENT`, `IMAGE_RECITATION`) -> contentFilter;
+    /// `IMAGE_PROHIBITED_CONTENT`, `IMAGE_RECITATION`, and Vertex AI's
+    /// `MODEL_ARMOR`: a Model Armor template blocked the answer) -> contentFilter;
     /// `MALFORMED_FUNCTION_CALL`, `UNEXPECTED_TOOL_CALL` -> error; others
     /// (`LANGUAGE`, `OTHER`...) lowercased as they are.
     static func finishReason(_ raw: String?) -> FinishReason {
@@ -107,7 +108,7 @@ struct GeminiStream {
         case nil, "STOP", "FINISH_REASON_UNSPECIFIED": return .stop
         case "MAX_TOKENS": return .maxTokens
         case "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT",
-            "IMAGE_RECITATION":
+            "IMAGE_RECITATION", "MODEL_ARMOR":
             return .contentFilter
         case "MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS": return .error
         case let r?: return FinishReason(rawValue: r.lowercased())
