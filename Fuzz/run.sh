@@ -35,7 +35,7 @@ done
 pkg=$(grep -o 'package-name","[^"]*' "$BUILD/release.yaml" | head -n 1 | cut -d'"' -f3)
 maps=()
 for t in CCurlShim CProcessShim CDescartesPlugin CDescartesHost; do maps+=(-Xcc "-fmodule-map-file=$B/$t.build/module.modulemap"); done
-common=(-O -sanitize=fuzzer,address -parse-as-library -package-name "$pkg" -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml -I Sources/CSQLite -I Sources/CDescartesPlugin/include "${maps[@]}")
+common=(-O -sanitize=fuzzer,address -parse-as-library -package-name "$pkg" -I "$B/Modules" -I Sources/CCurl -I Sources/CYaml -I Sources/CSQLite -I Sources/CHiredis -I Sources/CDescartesPlugin/include "${maps[@]}")
 
 link_for() {
   case "$1" in
@@ -43,7 +43,7 @@ link_for() {
     chat) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/DescartesOpenAIChat.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     claude) echo "Plugins/ClaudeCode/ClaudeStream.swift $B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesPluginKit.build/*.swift.o $B/CCurlShim.build/*.o $B/CProcessShim.build/*.o -lcurl" ;;
     json) echo "$B/DescartesCore.build/*.swift.o" ;;
-    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesSQLite.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o $B/CProcessShim.build/*.o -lyaml -lsqlite3" ;;
+    manifest|providers) echo "$B/DescartesCore.build/*.swift.o $B/DescartesSupport.build/*.swift.o $B/DescartesSQLite.build/*.swift.o $B/Descartes.build/*.swift.o $B/CDescartesHost.build/*.o $B/CDescartesPlugin.build/*.o $B/CProcessShim.build/*.o -lyaml -lsqlite3 -lhiredis" ;;
   esac
 }
 
