@@ -149,13 +149,38 @@ public struct ModelStream: AsyncSequence, Sendable {
         public typealias Failure = ProviderError
         var base: AsyncThrowingStream<StreamEvent, any Error>.AsyncIterator
         let provider: String?
+        /// A `finish` event was returned: the end after it is the normal one.
+        var finished = false
 
         public mutating func next() async throws(ProviderError) -> StreamEvent? {
-            do { return try await base.next() } catch { throw ProviderError.from(error, provider: provider) }
+            let event: StreamEvent?
+            do { event = try await base.next() } catch { throw ProviderError.from(error, provider: provider) }
+            return try checked(event)
         }
 
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(ProviderError) -> StreamEvent? {
-            do { return try await base.next(isolation: actor) } catch { throw ProviderError.from(error, provider: provider) }
+            let event: StreamEvent?
+            do { event = try await base.next(isolation: actor) } catch { throw ProviderError.from(error, provider: provider) }
+            return try checked(event)
+        }
+
+        /// `AsyncThrowingStream` answers a cancelled consumer with the end of
+        /// the sequence (nil), not an error, and it does so at once: the
+        /// producer's own `cancelled` error (the plugin's answer to its
+        /// cancel) comes after the stream has already ended and is lost. So
+        /// an end without a `finish` event while the iterating task is
+        /// cancelled is the cancellation, reported as `cancelled`, whichever
+        /// side got there first.
+        private mutating func checked(_ event: StreamEvent?) throws(ProviderError) -> StreamEvent? {
+            guard let event else {
+                if !finished && Task.isCancelled {
+                    finished = true
+                    throw ProviderError(.cancelled, "the request was cancelled", provider: provider)
+                }
+                return nil
+            }
+            if case .finish = event { finished = true }
+            return event
         }
     }
 

@@ -134,6 +134,13 @@ extension Option {
             Run the plugin in a descartes-plugin-host helper process: if it
             crashes, the answer is a `process` error instead of a crash
             """, in: [.complete: .plain])
+    package static let inProcess = Option(
+        "--in-process",
+        help: """
+            Load and run the plugins in this process instead of a
+            descartes-plugin-host helper each (for a debugger; a crash
+            then ends the command)
+            """, in: [.pluginsVerify: .plain, .health: .plain])
     package static let memoryLimit = Option(
         "--memory-limit", value: "MB", help: "With --isolate, the helper's address-space limit (default 4096)", in: [.complete: .plain])
     package static let concurrency = Option(
@@ -235,7 +242,7 @@ extension Option {
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, image, prompt,
-        requests, concurrency, stream, session, warmup, expect, json, output, quiet, set, timeout, isolate, memoryLimit,
+        requests, concurrency, stream, session, warmup, expect, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
         conformance, spec, systemPolicy, lines, file, label, since, groupBy, listen,
@@ -287,6 +294,9 @@ extension Command {
                 For each plugin (all available ones when no NAME is given): loads the
                 library, negotiates the ABI, finds the factory and creates a backend from
                 the defaults, the environment and --set values. Exits 1 if any fails.
+                Each plugin is verified in a descartes-plugin-host helper process of its
+                own, so one that crashes while loading is a failed row naming the signal
+                and the others are still verified (--in-process: in this process).
 
                 A plugin that loads but lacks a required config value (an API key) is
                 reported as "ok, needs config" with what to set, and does not fail.

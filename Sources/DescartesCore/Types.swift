@@ -343,6 +343,12 @@ public struct TokenEstimate: Sendable, Hashable {
 
 /// The outcome of a successful health check.
 public struct HealthReport: Sendable, Hashable {
+    /// The detail set to `false` when the plugin has no health check of its
+    /// own (`health_check` NULL or `unsupported_feature`): the backend
+    /// initialized and nothing more was checked.
+    public static let implementedKey = "implemented"
+    /// False when the plugin has no health check (see `implementedKey`).
+    public var implemented: Bool { details[Self.implementedKey] != .bool(false) }
     public var message: String
     public var details: JSONObject
     public var latency: Duration

@@ -42,9 +42,13 @@ enum Helper {
         _ = writer.send(Frame.log, bytes: bytes)
     }
 
-    static func reply(error: ProviderError?) {
-        let doc: JSONValue = error.map { ["error": Wire.json($0)] } ?? [:]
-        _ = writer.send(Frame.created, bytes: doc.jsonBytes)
+    /// CREATED: the library's description once it loaded (what `plugins
+    /// verify` reports, even when create then refused), and the error.
+    static func reply(error: ProviderError?, library: PluginLibrary? = nil) {
+        var doc = JSONObject()
+        if let error { doc["error"] = Wire.json(error) }
+        if let library { doc["library"] = library.report }
+        _ = writer.send(Frame.created, bytes: JSONValue.object(doc).jsonBytes)
     }
 
     /// The functions behind the codes EXTENSION frames gave out.
@@ -100,16 +104,18 @@ enum Helper {
                 let instance = doc["instance"]?.stringValue ?? factory
                 let t = HostTable(source: "provider \(instance)", log: sink) { level, text in log(level, text) }
                 table = t
+                var loaded: PluginLibrary? = nil
                 do {
                     let lib = try loader.load(path: library)
+                    loaded = lib
                     backend = try lib.createBackend(
                         factory: factory, provider: doc["provider"]?.stringValue ?? factory, instance: instance,
                         config: doc["config"]?.jsonBytes ?? Array("{}".utf8), table: t, redactor: sink.redactor)
-                    reply(error: nil)
+                    reply(error: nil, library: lib)
                 } catch let e as ProviderError {
-                    reply(error: e)
+                    reply(error: e, library: loaded)
                 } catch {
-                    reply(error: ProviderError(.initialization, "cannot load plugin: \(error)", provider: instance))
+                    reply(error: ProviderError(.initialization, "cannot load plugin: \(error)", provider: instance), library: loaded)
                 }
             case Frame.start:
                 guard payload.count >= 9, let b = backend else { continue }

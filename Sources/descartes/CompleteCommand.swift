@@ -179,33 +179,40 @@ enum CompleteCommand {
                 if !t.isEmpty { Out.write(t) }
             }
         }
-        for try await event in backend.stream(request) {
-            var event = event
-            switch event {
-            case .textDelta(let t):
-                let shown = text.push(t)
-                if shown.isEmpty { continue }
-                event = .textDelta(shown)
-            case .reasoningDelta(let t):
-                let shown = reasoning.push(t)
-                if shown.isEmpty { continue }
-                event = .reasoningDelta(shown)
-            case .toolCallStart, .finish:
-                flush()
-            default: break
+        // Text held back for redaction is shown (masked) before an error
+        // is: the caller sees everything the plugin sent before the failure.
+        do {
+            for try await event in backend.stream(request) {
+                var event = event
+                switch event {
+                case .textDelta(let t):
+                    let shown = text.push(t)
+                    if shown.isEmpty { continue }
+                    event = .textDelta(shown)
+                case .reasoningDelta(let t):
+                    let shown = reasoning.push(t)
+                    if shown.isEmpty { continue }
+                    event = .reasoningDelta(shown)
+                case .toolCallStart, .finish:
+                    flush()
+                default: break
+                }
+                if json {
+                    Out.line(Wire.json(event).jsonText)
+                    if case .finish(let r) = event { return r }
+                    continue
+                }
+                switch event {
+                case .textDelta(let t): Out.write(t)
+                case .reasoningDelta(let t): Out.write(Out.dim(t), to: 2)
+                case .notice(let level, let message): Out.err("descartes: \(backend.name): \(level): \(message)")
+                case .finish(let r): return r
+                default: break
+                }
             }
-            if json {
-                Out.line(Wire.json(event).jsonText)
-                if case .finish(let r) = event { return r }
-                continue
-            }
-            switch event {
-            case .textDelta(let t): Out.write(t)
-            case .reasoningDelta(let t): Out.write(Out.dim(t), to: 2)
-            case .notice(let level, let message): Out.err("descartes: \(backend.name): \(level): \(message)")
-            case .finish(let r): return r
-            default: break
-            }
+        } catch {
+            flush()
+            throw error
         }
         flush()
         throw ProviderError(.streamClosed, "the stream ended without a finish event", provider: backend.name)

@@ -29,7 +29,11 @@ enum HealthCommand {
         } catch { usageFailure(error) }
         globals.timeout = timeout
         let json = args.flag(.json)
-        let setup = Commands.setup(globals)
+        var setup = Commands.setup(globals)
+        // Each plugin in a helper process of its own (issue 16): one that
+        // crashes while loading is that provider's failure, and the others
+        // are still checked. --in-process: in this process.
+        if !args.flag(.inProcess) { setup.factory.defaultIsolation = .process(.isolatedPlugin) }
 
         if let name = args.value(.provider) {
             let (backend, providers) = setup.probe(name, settings: settings, json: json)
@@ -96,7 +100,12 @@ enum HealthCommand {
         if json {
             let results: [JSONValue] = outcomes.map { o in
                 var r: JSONObject = ["name": .string(o.name)]
-                if let rep = o.report {
+                if let rep = o.report, !rep.implemented {
+                    // No health check of its own: neither healthy nor not.
+                    r["healthy"] = .null
+                    r["implemented"] = false
+                    r["message"] = .string(rep.message)
+                } else if let rep = o.report {
                     r["healthy"] = true
                     r["message"] = .string(rep.message)
                     r["latency_ms"] = .integer(rep.latency.milliseconds)
@@ -112,13 +121,15 @@ enum HealthCommand {
             }
             Out.line(
                 JSONValue.object([
-                    "results": .array(results), "healthy": .integer(outcomes.filter { $0.report != nil }.count),
+                    "results": .array(results), "healthy": .integer(outcomes.filter { $0.report?.implemented == true }.count),
+                    "not_implemented": .integer(outcomes.filter { $0.report?.implemented == false }.count),
                     "unhealthy": .integer(outcomes.filter { $0.error != nil }.count),
                     "skipped": .integer(outcomes.filter { $0.skipped != nil }.count),
                 ]).prettyText())
             return
         }
         let rows = outcomes.map { o -> [String] in
+            if let r = o.report, !r.implemented { return [o.name, "not implemented", "-", r.message] }
             if let r = o.report { return [o.name, Out.green("healthy"), "\(r.latency.milliseconds) ms", r.message] }
             if let s = o.skipped { return [o.name, "skipped", "-", s] }
             let e = o.error!

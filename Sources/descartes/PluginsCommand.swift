@@ -187,7 +187,7 @@ enum PluginsCommand {
         for name in names {
             if globals.verbose { Out.err("descartes: verify: loading \(name)") }
             do {
-                let r = try factory.verify(name, config: settings)
+                let r = try factory.verify(name, config: settings, isolated: !args.flag(.inProcess))
                 let loaded = "\(r.library) \(r.version), factories: \(r.factories.joined(separator: ", "))"
                 if r.missingConfig.isEmpty {
                     rows.append([name, Out.green("ok"), loaded])

@@ -276,8 +276,18 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         try checkOpen()
         try await initialize()
         let start = ContinuousClock.now
-        let doc = try await ProviderError.catching(provider: name) {
-            try await document(.healthCheck, input: Array("{}".utf8), deadlines: operationDeadlines)
+        let doc: JSONValue
+        do {
+            doc = try await document(.healthCheck, input: Array("{}".utf8), deadlines: operationDeadlines)
+        } catch let e as ProviderError where e.kind == .unsupportedFeature {
+            // health_check is optional (docs/abi.md): a plugin without one
+            // (NULL, or answering unsupported_feature) is not unhealthy; it
+            // initialized, and nothing more was checked.
+            return HealthReport(
+                message: "not implemented by the plugin (\(e.message)); it initialized, nothing more was checked",
+                details: [HealthReport.implementedKey: false], latency: ContinuousClock.now - start)
+        } catch {
+            throw ProviderError.from(error, provider: name)
         }
         var report = Wire.decodeHealth(doc)
         report.latency = ContinuousClock.now - start
@@ -307,8 +317,17 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
         try checkOpen()
         try await initialize(Deadlines(total: effectiveDeadlines(request).total))
-        let doc = try await ProviderError.catching(provider: name) {
-            try await document(.estimateTokens, input: Wire.encode(request), deadlines: effectiveDeadlines(request))
+        let doc: JSONValue
+        do {
+            doc = try await document(.estimateTokens, input: Wire.encode(request), deadlines: effectiveDeadlines(request))
+        } catch let e as ProviderError where e.kind == .unsupportedFeature {
+            // estimate_tokens is optional: the documented default is the
+            // host's heuristic, and the method says why it was used.
+            var estimate = Heuristics.tokens(request)
+            estimate.method += " (the plugin does not count tokens: \(e.message))"
+            return estimate
+        } catch {
+            throw ProviderError.from(error, provider: name)
         }
         do { return try Wire.decodeTokenEstimate(doc) } catch {
             throw ProviderError(.invalidResponse, "estimate_tokens: \(error)", provider: name)

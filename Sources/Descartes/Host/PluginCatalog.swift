@@ -211,6 +211,16 @@ public final class PluginCatalog: Sendable {
         entries.first { $0.manifest?.provider == provider && !isShadowed($0) }
     }
 
+    /// The entry for `provider` whatever its status: the one `entry(for:)`
+    /// finds, else a manifest discovery could not read whose file is
+    /// `<provider>.yaml` (or `.yml`). So `plugins verify NAME`, `info NAME`
+    /// and `--conformance NAME` say why NAME is refused, as `plugins list`
+    /// does, instead of "unknown provider".
+    package func anyEntry(for provider: String) -> CatalogEntry? {
+        if let e = entry(for: provider) { return e }
+        return entries.first { $0.manifest == nil && [provider + ".yaml", provider + ".yml"].contains(FileSystem.basename($0.file)) }
+    }
+
     func isShadowed(_ e: CatalogEntry) -> Bool {
         if case .shadowed = e.status { return true }
         return false

@@ -20,6 +20,11 @@ public struct ProviderFactory: Sendable {
     /// chosen by the caller (the CLI's `--isolate`): wins over the policy
     /// files. A call's own `isolation:` argument wins over this.
     public var isolationOverrides: [String: Isolation] = [:]
+    /// Where a plugin runs when neither the caller nor an override asks
+    /// (nil: in process, unless the policy files isolate it). `health` and
+    /// `plugins verify` set `.process`: a plugin crashing while it loads is
+    /// then that provider's failure, not the command's end.
+    package var defaultIsolation: Isolation? = nil
     /// The clock of the backends it creates (their deadlines) and of the
     /// middlewares `ReliableProviders` builds over them: the real one, or a
     /// `ManualClock` in tests.
@@ -89,7 +94,8 @@ public struct ProviderFactory: Sendable {
     ///   the instance, each naming file:line:column and the key.
     public func backend(_ name: String, overrides: [String: JSONValue] = [:], isolation: Isolation? = nil) throws(ProviderError) -> any ModelBackend {
         let (plugin, values, at) = try instanceValues(name, overrides: overrides)
-        let chosen = effectiveIsolation(plugin: plugin, instance: name, requested: isolation ?? isolationOverrides[name] ?? isolationOverrides[plugin])
+        let chosen = effectiveIsolation(
+            plugin: plugin, instance: name, requested: isolation ?? isolationOverrides[name] ?? isolationOverrides[plugin] ?? defaultIsolation)
         return try createPluginBackend(plugin, values: values, instance: name, at: at, isolation: chosen)
     }
 
@@ -146,7 +152,7 @@ public struct ProviderFactory: Sendable {
         try createPluginBackend(
             name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: instance, at: nil,
             isolation: effectiveIsolation(
-                plugin: name, instance: nil, requested: isolation ?? instance.flatMap { isolationOverrides[$0] } ?? isolationOverrides[name]))
+                plugin: name, instance: nil, requested: isolation ?? instance.flatMap { isolationOverrides[$0] } ?? isolationOverrides[name] ?? defaultIsolation))
     }
 
     /// Creates the backend `name` names (as `backend(_:overrides:isolation:)`
@@ -210,7 +216,7 @@ public struct ProviderFactory: Sendable {
 
     /// The manifest for `name`, or a `config` error listing what is installed.
     public func manifest(for name: String) throws(ProviderError) -> PluginManifest {
-        guard let entry = catalog.entry(for: name) else {
+        guard let entry = catalog.anyEntry(for: name) else {
             let installed = catalog.availableProviders
             let list = installed.isEmpty ? "no plugins are installed" : "installed: \(installed.joined(separator: ", "))"
             var hint = closest(name, in: installed).map { " Did you mean '\($0)'?" } ?? ""
@@ -227,7 +233,9 @@ public struct ProviderFactory: Sendable {
                 provider: name)
         }
         guard let m = entry.manifest, entry.status == .available else {
-            throw ProviderError(.initialization, "provider '\(name)' is not usable: \(entry.file): \(entry.reason ?? entry.status.label)", provider: name)
+            throw ProviderError(
+                .initialization, "provider '\(name)' is not usable: \(entry.file): \(entry.status.label)\(entry.problems.isEmpty ? entry.reason.map { " (\($0))" } ?? "" : "")",
+                provider: name, details: entry.problems.map(\.description))
         }
         return m
     }
@@ -253,7 +261,7 @@ public struct ProviderFactory: Sendable {
 
     func createPluginBackend(
         _ name: String, values: [String: ConfigValidation.Explicit], instance: String?, at: SourcePosition?,
-        isolation: Isolation = .inProcess
+        isolation: Isolation = .inProcess, libraryReport: LibraryReport? = nil
     ) throws(ProviderError) -> PluginBackend {
         let instanceName = instance ?? name
         // Secrets are loaded from here on: none may rest in a core file.
@@ -277,6 +285,7 @@ public struct ProviderFactory: Sendable {
             do { library = try loader.load(path: manifest.libraryPath, sha256: pin, within: operationDeadline) } catch {
                 throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: instanceName)
             }
+            libraryReport?.set(library.report)
             if library.factory(manifest.factory) == nil {
                 throw ProviderError(
                     .initialization,
@@ -296,7 +305,7 @@ public struct ProviderFactory: Sendable {
             }
             let proxy = try ProcessBackend.start(
                 manifest: manifest, provider: name, instance: instanceName, config: configBytes, limits: limits, log: logSink,
-                createWithin: operationDeadline ?? PluginLoader.defaultLoadDeadline)
+                createWithin: operationDeadline ?? PluginLoader.defaultLoadDeadline, libraryReport: libraryReport)
             raw = proxy.raw
             owner = proxy
         }
@@ -319,35 +328,72 @@ public struct ProviderFactory: Sendable {
 
     /// Loads and negotiates the library of `name`, finds its factory, and
     /// creates a backend from `config`, the environment and the defaults,
-    /// without running a request: what `plugins verify` does.
+    /// without running a request: what `plugins verify` does. `isolated`
+    /// (the CLI's default) does all of it in a `descartes-plugin-host`
+    /// helper process, so a plugin that crashes in its entry point or its
+    /// create fails with a `process` error naming the signal instead of
+    /// ending the caller; the backend is destroyed at once either way.
     ///
     /// - Throws: any failure to load, negotiate or create, except that
     ///   required keys without a value are reported in `missingConfig`, and
     ///   so is a `config` refusal of the plugin's create when no
     ///   configuration was given.
-    package func verify(_ name: String, config: [String: JSONValue] = [:]) throws(ProviderError) -> Verification {
+    package func verify(_ name: String, config: [String: JSONValue] = [:], isolated: Bool = false) throws(ProviderError) -> Verification {
         let manifest = try manifest(for: name)
-        let library: PluginLibrary
-        do { library = try loader.load(path: manifest.libraryPath, sha256: catalog.entry(for: name)?.pin, within: operationDeadline) } catch {
-            throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: name)
+        let report = LibraryReport()
+        if !isolated {
+            // Loaded here first so that a library that cannot load says so
+            // before any config is looked at (isolated, the helper does it).
+            do { report.set(try loader.load(path: manifest.libraryPath, sha256: catalog.entry(for: name)?.pin, within: operationDeadline).report) } catch {
+                throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: name)
+            }
         }
-        var result = Verification(library: library.name, version: library.version, factories: library.factoryIDs, missingConfig: [])
+        var missing: [String] = []
         do {
-            _ = try createPluginBackend(name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: nil, at: nil)
+            _ = try createPluginBackend(
+                name, values: config.mapValues { ConfigValidation.Explicit(value: $0) }, instance: nil, at: nil,
+                isolation: isolated ? .process(.isolatedPlugin) : .inProcess, libraryReport: report)
         } catch {
             guard error.kind == .config else { throw error }
             if !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) {
-                result.missingConfig = error.details
-            } else if config.isEmpty {
+                missing = error.details
+            } else if config.isEmpty && report.library != nil {
                 // Given no configuration at all, the plugin's own create
                 // asked for some (Bedrock without AWS credentials): it
                 // loaded and answered; what it needs is configuration.
-                result.missingConfig = [error.message]
+                missing = [error.message]
             } else {
                 throw error
             }
         }
-        return result
+        var library = report.library
+        if library == nil && isolated {
+            // Refused before the helper started (a required key without a
+            // value): the library is described by a helper of its own.
+            library = try describeIsolated(manifest, name: name)
+        }
+        guard let library else { throw ProviderError(.initialization, "\(manifest.libraryPath): the library did not describe itself", provider: name) }
+        return Verification(
+            library: library["name"]?.stringValue ?? "", version: library["version"]?.stringValue ?? "",
+            factories: library["factories"]?.arrayValue?.compactMap(\.stringValue) ?? [], missingConfig: missing)
+    }
+
+    /// Loads the library of `manifest` in a helper process and creates
+    /// nothing: CREATE naming a factory no library can register (its id
+    /// starts with NUL) is answered with the library's description and an
+    /// unknown-factory refusal, and the helper exits.
+    private func describeIsolated(_ manifest: PluginManifest, name: String) throws(ProviderError) -> JSONValue? {
+        let report = LibraryReport()
+        var probe = manifest
+        probe.factory = "\u{0}describe"
+        do {
+            _ = try ProcessBackend.start(
+                manifest: probe, provider: name, instance: name, config: Array("{}".utf8), limits: .isolatedPlugin, log: logSink,
+                createWithin: operationDeadline ?? PluginLoader.defaultLoadDeadline, libraryReport: report)
+        } catch {
+            if report.library == nil { throw error }
+        }
+        return report.library
     }
 }
 

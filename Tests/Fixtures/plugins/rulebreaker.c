@@ -6,6 +6,12 @@
  *   ignore-cancel    cancel does nothing; a stream whose prompt is "slow"
  *                    sends one word, then finishes 4 s later regardless
  *   log-secret       logs its api_key at debug level
+ *   blocking-start   complete's and stream's functions do the whole call on
+ *                    the caller's thread after a 300 ms "connect", events
+ *                    and all, before returning (the ABI's first rule broken)
+ *   crash-stream     stream crashes the process (SIGSEGV)
+ * Built with -DRULEBREAKER_CRASH_IN_ENTRY, descartes_plugin_entry itself
+ * crashes (SIGSEGV), before the host learns anything about the library.
  * Every call runs on a thread of its own; everything else follows the ABI
  * (release after the terminal event, shutdown waits for its calls, destroy
  * for its threads). Never installed. */
@@ -13,6 +19,7 @@
 #include <descartes/plugin.h>
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +126,14 @@ static descartes_call_t *start(descartes_backend_t *self, int op, const char *in
     pthread_mutex_lock(&b->lock);
     b->workers++;
     pthread_mutex_unlock(&b->lock);
+    if (op == OP_STREAM && breaks(b, "crash-stream")) raise(SIGSEGV);
+    if (op == OP_STREAM && breaks(b, "blocking-start")) {
+        /* The handle is the caller's once this returns; the worker's own
+         * reference is given back as it ends, as on a thread. */
+        usleep(300000);
+        worker(c);
+        return c;
+    }
     pthread_t t;
     if (pthread_create(&t, NULL, worker, c) != 0) {
         pthread_mutex_lock(&b->lock);
@@ -194,5 +209,8 @@ static const descartes_library_t library = {sizeof(descartes_library_t), 1, "rul
 
 DESCARTES_EXPORT const descartes_library_t *descartes_plugin_entry(uint32_t v, const descartes_host_t *host) {
     (void)host;
+#ifdef RULEBREAKER_CRASH_IN_ENTRY
+    raise(SIGSEGV);
+#endif
     return v >= 1 ? &library : NULL;
 }

@@ -433,8 +433,10 @@ struct descartes_backend {
      * input: JSON {}.
      * RESULT: JSON Health {"message": string, "details"?: object}: healthy.
      * ERROR: not healthy; the error says why.
+     * Optional: NULL (or an unsupported_feature ERROR) is reported by
+     * `descartes health` as "not implemented", not as unhealthy.
      */
-    descartes_operation_fn DESCARTES_NONNULL health_check;
+    descartes_operation_fn DESCARTES_NULLABLE health_check;
 
     /**
      * [thread-safe & ready] since 1.0
@@ -478,8 +480,10 @@ struct descartes_backend {
      * RESULT: JSON {"tokens": int, "exact": bool, "method": string} where
      *   method says how the number was obtained (e.g. "server:/tokenize",
      *   "heuristic:chars/4").
+     * Optional: NULL (or an unsupported_feature ERROR) makes the host use its
+     * own chars/4 heuristic, its method saying so.
      */
-    descartes_operation_fn DESCARTES_NONNULL estimate_tokens;
+    descartes_operation_fn DESCARTES_NULLABLE estimate_tokens;
 
     /**
      * [thread-safe & open & once] since 1.0

@@ -7,13 +7,16 @@ import Glibc
 ///     frame = u32 length (little-endian, of what follows) | u8 type | payload
 ///
 /// host -> helper                         helper -> host
-///   CREATE    JSON {library, factory,       CREATED   JSON {} | {"error": Error}
+///   CREATE    JSON {library, factory,       CREATED   JSON {"library"?: Library, "error"?: Error}
 ///             provider, instance, config}
 ///   EXTENSION u8 first | id (UTF-8)         EXTENDED  u8 first | u8 slots | u16 offered
 ///   START     u64 call | u8 code | input    EVENT     u64 call | u32 type | u32 index | data
 ///   CANCEL    u64 call                      LOG       u32 level | message
 ///   RELEASE   u64 call
 ///   DESTROY   (empty)                       (the helper exits after DESTROY)
+///
+/// CREATED's `library` (once the library loaded, even when create then
+/// failed): {"name", "version", "abi", "factories": [id]}, for `plugins verify`.
 ///
 /// An operation's code is its index in `BackendOperation.base` (0-7: the seven of 1.0, then `embed`) for
 /// the operations of descartes_backend_t. Extensions are forwarded by id,

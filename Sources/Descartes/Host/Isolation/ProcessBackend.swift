@@ -30,6 +30,9 @@ final class ProcessBackend: @unchecked Sendable {
     let log: LogSink
     /// How long loading the library and `create` may take in the helper.
     let createWithin: Duration
+    /// Where the helper's description of the library goes (CREATED's
+    /// `library`), when someone asked (`plugins verify`).
+    let libraryReport: LibraryReport?
 
     /// One running helper process and its reader thread.
     final class Helper: @unchecked Sendable {
@@ -91,8 +94,9 @@ final class ProcessBackend: @unchecked Sendable {
 
     private init(
         manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink,
-        createWithin: Duration
+        createWithin: Duration, libraryReport: LibraryReport?
     ) {
+        self.libraryReport = libraryReport
         self.log = log
         self.createWithin = createWithin
         self.manifest = manifest
@@ -107,10 +111,11 @@ final class ProcessBackend: @unchecked Sendable {
     /// Starts a helper, creates the backend in it, and returns the proxy.
     static func start(
         manifest: PluginManifest, provider: String, instance: String, config: [UInt8], limits: ProcessLimits, log: LogSink,
-        createWithin: Duration = PluginLoader.defaultLoadDeadline
+        createWithin: Duration = PluginLoader.defaultLoadDeadline, libraryReport: LibraryReport? = nil
     ) throws(ProviderError) -> ProcessBackend {
         let p = ProcessBackend(
-            manifest: manifest, provider: provider, instance: instance, config: config, limits: limits, log: log, createWithin: createWithin)
+            manifest: manifest, provider: provider, instance: instance, config: config, limits: limits, log: log, createWithin: createWithin,
+            libraryReport: libraryReport)
         p.installVTable()
         let helper = try p.spawnAndCreate()
         p.state.withLock { $0.helper = helper }
@@ -189,6 +194,8 @@ final class ProcessBackend: @unchecked Sendable {
         switch waiter.wait(seconds: Double(createWithin.milliseconds) / 1000) {
         case .ok: return helper
         case .error(let doc):
+            // Nothing was created: the helper exits (DESTROY with no backend).
+            _ = helper.writer.send(Frame.destroy, bytes: [])
             throw Wire.decodeError(doc, provider: instance)
         case .extension:
             throw ProviderError(.process, "isolation: the plugin host process answered CREATE with EXTENDED", provider: instance)
@@ -227,6 +234,7 @@ final class ProcessBackend: @unchecked Sendable {
             switch type {
             case Frame.created:
                 let doc = try? JSONValue.parse(bytes: Array(payload))
+                if let l = doc?["library"], let report = libraryReport { report.set(l) }
                 if let e = doc?["error"] { waiter.signal(.error(e)) } else { waiter.signal(.ok) }
             case Frame.event:
                 guard payload.count >= 16 else { continue }
@@ -611,4 +619,20 @@ func monotonicSeconds() -> Int {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec
+}
+
+extension PluginLibrary {
+    /// The library as CREATED describes it (Frames.swift).
+    package var report: JSONValue {
+        ["name": .string(name), "version": .string(version), "abi": .integer(abiVersion), "factories": .array(factoryIDs.map { .string($0) })]
+    }
+}
+
+/// What the library of a backend being created said about itself, filled
+/// in process or from the helper's CREATED: name, version, ABI, factories.
+package final class LibraryReport: Sendable {
+    private let value = Lock<JSONValue?>(nil)
+    package init() {}
+    func set(_ v: JSONValue) { value.withLock { $0 = v } }
+    package var library: JSONValue? { value.withLock { $0 } }
 }
