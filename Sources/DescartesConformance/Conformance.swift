@@ -32,9 +32,11 @@ public enum Conformance {
     /// - Returns: every result.
     public static func run(
         provider: String, catalog: PluginCatalog, spec: ConformanceSpec, environment: [String: String],
-        overrides: [String: JSONValue] = [:], loader: PluginLoader = .shared, report: @escaping @Sendable (Result) -> Void = { _ in }
+        overrides: [String: JSONValue] = [:], loader: PluginLoader = .shared, progress: @escaping @Sendable (String) -> Void = { _ in },
+        report: @escaping @Sendable (Result) -> Void = { _ in }
     ) async -> [Result] {
         let run = Run(provider: provider, catalog: catalog, spec: spec, environment: environment, overrides: overrides, loader: loader, report: report)
+        run.progress = progress
         await run.all()
         return run.results.withLock { $0 }
     }
@@ -49,7 +51,18 @@ final class Run: @unchecked Sendable {
     let overrides: [String: JSONValue]
     let loader: PluginLoader
     let report: @Sendable (Conformance.Result) -> Void
+    /// A line before each check (the CLI prints it on stderr).
+    var progress: @Sendable (String) -> Void = { _ in }
     let results = Lock<[Conformance.Result]>([])
+    /// Start functions that did not return within `spec.startLimit`, by
+    /// operation; and whether the `start` check has failed already.
+    let lateStarts = Lock<(byOp: [String: Int], reported: Bool)>(([:], false))
+    /// After this many late starts of one function the suite says so at
+    /// once: one late start can be a loaded machine preempting the call, a
+    /// plugin that blocks does it every time.
+    static let lateStartsToFail = 3
+    /// When the suite began, for its budget.
+    let began = ContinuousClock.now
     /// Every call started, for the event-rule check.
     let calls = Lock<[RawCall]>([])
     /// Everything the plugin logged.
@@ -92,7 +105,10 @@ final class Run: @unchecked Sendable {
 
     /// The expanded, validated config for a scenario, as the plugin gets it.
     func configBytes(_ s: ConformanceSpec.Scenario) -> Swift.Result<[UInt8], Why> {
-        let server = servers[s.name]?.url ?? ""
+        // A scenario without a server of its own (an invalid_config case)
+        // gets the text scenario's: its `${server}` is a working endpoint,
+        // so each case is refused for what it changes, not for an empty URL.
+        let server = servers[s.name]?.url ?? servers[spec.text.name]?.url ?? ""
         let interp = Interpolator(environment: environment, extra: ["server": server, "spec_dir": FileSystem.directory(of: spec.file)])
         var values: [String: ConfigValidation.Explicit] = [:]
         var problems: [SourceProblem] = []
@@ -131,15 +147,88 @@ final class Run: @unchecked Sendable {
     }
 
     func start(_ b: RawBackend, _ op: BackendOperation, _ input: [UInt8]) -> RawCall {
-        let c = b.start(op, input)
+        let c = b.start(op, input, bound: spec.startLimit) { [self] c in lateStart(c) }
         calls.withLock { $0.append(c) }
         return c
     }
+
+    /// A start function still running past `spec.startLimit`: on the third
+    /// time for one function the `start` check fails, at once, naming it.
+    func lateStart(_ c: RawCall) {
+        let (n, report) = lateStarts.withLock { l -> (Int, Bool) in
+            l.byOp[c.op.name, default: 0] += 1
+            let n = l.byOp[c.op.name]!
+            let report = n == Self.lateStartsToFail && !l.reported
+            if report { l.reported = true }
+            return (n, report)
+        }
+        guard report else { return }
+        record(
+            "start", .fail,
+            "the plugin's \(c.op.name) did not return within \(fmt(spec.startLimit)) \(n) times (this time still running after \(fmt(c.startDuration ?? .zero))): a start function must return its handle at once and do the work on the plugin's own threads (docs/abi.md); the suite goes on",
+            since: c.started)
+    }
+
+    /// How long the start functions took, over every call of the run: fails
+    /// when one function was late `lateStartsToFail` times (already said) or
+    /// on every call (one called only once or twice).
+    func checkStartTimes() {
+        let t0 = ContinuousClock.now
+        var byOp: [String: [Duration]] = [:]
+        var order: [String] = []
+        for c in calls.withLock({ $0 }) {
+            guard let d = c.startDuration else { continue }
+            if byOp[c.op.name] == nil { order.append(c.op.name) }
+            byOp[c.op.name, default: []].append(d)
+        }
+        let limit = spec.startLimit
+        var slow: [String] = []
+        var notes: [String] = []
+        for op in order {
+            let times = byOp[op]!
+            let late = times.filter { $0 > limit }.count
+            let slowest = times.max()!
+            if late >= Self.lateStartsToFail || late == times.count {
+                slow.append("\(op): \(late) of \(times.count) calls took longer than \(fmt(limit)) to return (slowest \(fmt(slowest)), fastest \(fmt(times.min()!)))")
+            } else {
+                notes.append("\(op) \(fmt(slowest))")
+            }
+        }
+        let already = lateStarts.withLock { $0.reported }
+        if slow.isEmpty {
+            record("start", .pass, "every start function returned within \(fmt(limit)); slowest: \(notes.joined(separator: ", "))", since: t0)
+        } else {
+            record(already ? "start times" : "start", .fail, slow.joined(separator: "; ") + " (limit \(fmt(limit)), spec 'start_limit_ms')", since: t0)
+        }
+    }
+
+    /// Runs one check unless the suite's budget has passed (then the first
+    /// check not run fails saying so, and the rest are not run).
+    var overBudget = false
+    func step(_ name: String, _ body: () async -> Void) async {
+        let elapsed = ContinuousClock.now - began
+        if elapsed > spec.budget {
+            if !overBudget {
+                overBudget = true
+                record(name, .fail, "not run: the suite's budget of \(fmt(spec.budget)) passed (\(fmt(elapsed)) elapsed; spec 'budget_s'); neither were the checks after it", since: .now)
+            }
+            return
+        }
+        progress("\(name) (\(fmt(elapsed)) of the \(fmt(spec.budget)) budget spent)")
+        await body()
+    }
+
+    /// What the suite sends when a spec expects the system prompt and
+    /// max_tokens on the wire (distinctive, so they are found in the body).
+    static let systemPromptProbe = "Conformance system prompt 5e1d: answer briefly."
+    static let maxTokensProbe = 173
 
     func request(_ s: ConformanceSpec.Scenario, deadlines: Deadlines = Deadlines()) -> [UInt8] {
         var r = ModelRequest(prompt: s.prompt, model: spec.model)
         r.options = s.options
         r.deadlines = deadlines
+        if s.request?.systemPrompt == true { r.systemPrompt = Self.systemPromptProbe }
+        if s.request?.maxTokens == true { r.maxTokens = Self.maxTokensProbe }
         return Wire.encode(r)
     }
 
@@ -152,7 +241,11 @@ final class Run: @unchecked Sendable {
     }
 
     static func describe(_ c: RawCall, _ t: RawCall.Event?) -> String {
-        guard let t else { return c.noHandle ? "the plugin returned no handle" : "no terminal event" }
+        guard let t else {
+            if c.noHandle || c.returnedNoHandle { return "the plugin returned no handle" }
+            if !c.hasReturned { return "no terminal event, and its \(c.op.name) function has not returned (after \(fmt(c.startDuration ?? .zero)))" }
+            return "no terminal event"
+        }
         if t.type == DESCARTES_EVENT_ERROR, let e = c.error { return "ERROR \(e.kind)\(e.status.map { " (\($0))" } ?? ""): \(Wire.excerpt(e.message, limit: 160))" }
         return "RESULT \(Wire.excerpt(t.text, limit: 160))"
     }
@@ -208,17 +301,20 @@ final class Run: @unchecked Sendable {
         }
         defer { for s in servers.values { s.stop() } }
 
+        progress("config (creating the backend)")
         guard let text = await checkConfig() else { await cleanUp(); return }
-        await checkInitialize(text)
-        if !skipped("health_check") { await checkHealth(text) }
-        await checkComplete(text)
-        if !skipped("optional operations") { await checkOptional(text) }
-        if !skipped("concurrency") { await checkConcurrency(text) }
-        if !skipped("errors") { await checkErrors() }
-        if !skipped("cancel") { await checkCancel() }
-        if !skipped("deadlines") { await checkDeadlines() }
-        if !skipped("shutdown") { await checkShutdown() }
+        await step("initialize") { await checkInitialize(text) }
+        if !skipped("health_check") { await step("health_check") { await checkHealth(text) } }
+        await step("complete") { await checkComplete(text) }
+        if spec.text.request != nil { await step("request") { checkRequests() } }
+        if !skipped("optional operations") { await step("optional operations") { await checkOptional(text) } }
+        if !skipped("concurrency") { await step("concurrency") { await checkConcurrency(text) } }
+        if !skipped("errors") { await step("errors") { await checkErrors() } }
+        if !skipped("cancel") { await step("cancel") { await checkCancel() } }
+        if !skipped("deadlines") { await step("deadlines") { await checkDeadlines() } }
+        if !skipped("shutdown") { await step("shutdown") { await checkShutdown() } }
         await cleanUp()
+        checkStartTimes()
         await checkEvents()
         if !skipped("secrets") { checkSecrets() }
     }
@@ -248,7 +344,7 @@ final class Run: @unchecked Sendable {
             let want = s.expect.kind ?? "config"
             switch configBytes(s) {
             case .failure(let why):
-                notes.append("'\(s.name)' refused by the manifest (\(Wire.excerpt(why.text, limit: 100)))")
+                notes.append("'\(s.name)' refused by the manifest (\(why.text))")
             case .success:
                 switch create(s) {
                 case .success(let b):
@@ -256,10 +352,12 @@ final class Run: @unchecked Sendable {
                     backends.removeAll { $0 === b }
                     _ = await b.destroy(within: tolerance)
                 case .failure(let e):
+                    // The whole refusal, details too: they name the key.
+                    let said = e.message + (e.details.isEmpty ? "" : ": " + e.details.joined(separator: "; "))
                     if e.kind.rawValue == want {
-                        notes.append("'\(s.name)' refused: \(Wire.excerpt(e.message, limit: 100))")
+                        notes.append("'\(s.name)' refused: \(said)")
                     } else {
-                        failed.append("'\(s.name)' refused with \(e.kind), the spec expects \(want): \(e.message)")
+                        failed.append("'\(s.name)' refused with \(e.kind), the spec expects \(want): \(said)")
                     }
                 }
             }
@@ -291,7 +389,13 @@ final class Run: @unchecked Sendable {
     /// The answer text of the text scenario, from `complete`.
     var completeText: String?
 
+    /// How many requests the text scenario's server had received before
+    /// `complete` ran: `request` checks those of complete and stream only
+    /// (not a health check's or initialize's).
+    var requestsBeforeComplete = 0
+
     func checkComplete(_ b: RawBackend) async {
+        requestsBeforeComplete = servers[spec.text.name]?.requests.count ?? 0
         for op in [BackendOperation.complete, .stream] {
             let t0 = ContinuousClock.now
             guard op.function(in: b.raw) != nil else {
@@ -316,6 +420,113 @@ final class Run: @unchecked Sendable {
                 op.name, problems.isEmpty ? .pass : .fail,
                 problems.isEmpty ? "'\(Wire.excerpt(c.text, limit: 60))' in \(textEvents) TEXT event\(textEvents == 1 ? "" : "s"), then \(Wire.excerpt(t.text, limit: 100))" : problems.joined(separator: "; "),
                 since: t0)
+        }
+    }
+
+    /// The text scenario's `request:` expectations, against every request
+    /// its server received (from complete and stream). Header values are
+    /// never printed (a key is a header value): only their names.
+    func checkRequests() {
+        let t0 = ContinuousClock.now
+        guard let want = spec.text.request, let server = servers[spec.text.name] else { return }
+        let all = Array(server.requests.dropFirst(requestsBeforeComplete))
+        let received = all.filter { r in (want.method.map { $0 == r.method } ?? true) && (want.paths.isEmpty || want.paths.contains(r.path)) }
+        let route = "\(want.method ?? "*") \(want.paths.isEmpty ? "*" : want.paths.joined(separator: " or "))"
+        guard !received.isEmpty else {
+            let got = uniqued(all.map { "\($0.method) \($0.path)" }).joined(separator: ", ")
+            record("request", .fail, "no \(route) request reached the text scenario's server (it received: \(got.isEmpty ? "nothing" : got))", since: t0)
+            return
+        }
+        var failed: [String] = []
+        for (i, r) in received.enumerated() {
+            let which = received.count == 1 ? "the request" : "request \(i + 1) of \(received.count) (\(r.method) \(r.path))"
+            var wrong: [String] = []
+            let query = Self.queryItems(r.query)
+            for q in want.query {
+                guard let got = query.first(where: { $0.0 == q.name })?.1 else {
+                    wrong.append("query parameter '\(q.name)' missing (query: '\(Wire.excerpt(r.query, limit: 200))')")
+                    continue
+                }
+                if q.value != "*" && got != q.value { wrong.append("query parameter '\(q.name)' is '\(got)', expected '\(q.value)'") }
+            }
+            for h in want.headers {
+                let got = r.headers.filter { $0.0.lowercased() == h.name }.map(\.1)
+                if got.isEmpty {
+                    wrong.append("header '\(h.name)' missing (sent: \(r.headers.map { $0.0.lowercased() }.joined(separator: ", ")))")
+                } else if h.value != "*" && !got.contains(h.value) {
+                    wrong.append("header '\(h.name)' does not have the value the spec expects (values are not shown: they may be keys)")
+                }
+            }
+            let doc = try? JSONValue.parse(bytes: r.body)
+            if (!want.body.isEmpty || want.maxTokens) && doc == nil {
+                wrong.append("the body is not JSON (\(r.body.count) bytes)")
+            }
+            if let doc {
+                for b in want.body {
+                    guard let got = JSONPath.value(b.path, in: doc) else {
+                        wrong.append("body member \(b.path) missing")
+                        continue
+                    }
+                    if b.value != "*" && !Self.sameJSON(got, b.value) { wrong.append("body member \(b.path) is \(Wire.excerpt(got.jsonText, limit: 120)), expected \(b.value.jsonText)") }
+                }
+                if want.maxTokens && !Self.contains(doc, number: Self.maxTokensProbe) {
+                    wrong.append("max_tokens (\(Self.maxTokensProbe), sent with the request) is nowhere in the body")
+                }
+            }
+            if want.systemPrompt && !String(decoding: r.body, as: UTF8.self).contains(Self.systemPromptProbe) {
+                wrong.append("the system prompt ('\(Self.systemPromptProbe)', sent with the request) is not in the body: it was dropped")
+            }
+            if !wrong.isEmpty { failed.append("\(which): \(wrong.joined(separator: ", "))") }
+        }
+        var checked: [String] = []
+        checked.append(route)
+        if !want.query.isEmpty { checked.append("query \(want.query.map(\.name).joined(separator: ", "))") }
+        if !want.headers.isEmpty { checked.append("headers \(want.headers.map(\.name).joined(separator: ", "))") }
+        if !want.body.isEmpty { checked.append("body \(want.body.map(\.path).joined(separator: ", "))") }
+        if want.systemPrompt { checked.append("the system prompt") }
+        if want.maxTokens { checked.append("max_tokens") }
+        record(
+            "request", failed.isEmpty ? .pass : .fail,
+            failed.isEmpty ? "\(received.count) request\(received.count == 1 ? "" : "s") carried \(checked.joined(separator: "; "))" : Array(uniqued(failed).prefix(3)).joined(separator: "; "),
+            since: t0)
+    }
+
+    /// `a=1&b=x%20y` as (name, value) pairs, percent-decoded.
+    static func queryItems(_ query: String) -> [(String, String)] {
+        query.split(separator: "&").map { item in
+            let parts = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            func decode(_ s: Substring) -> String {
+                var out: [UInt8] = []
+                var bytes = Array(s.utf8)[...]
+                while let b = bytes.popFirst() {
+                    if b == UInt8(ascii: "%"), bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
+                        out.append(v)
+                        bytes = bytes.dropFirst(2)
+                    } else {
+                        out.append(b == UInt8(ascii: "+") ? UInt8(ascii: " ") : b)
+                    }
+                }
+                return String(decoding: out, as: UTF8.self)
+            }
+            return (decode(parts[0]), parts.count > 1 ? decode(parts[1]) : "")
+        }
+    }
+
+    /// Equal as JSON values, numbers compared by value (1 and 1.0 alike).
+    static func sameJSON(_ a: JSONValue, _ b: JSONValue) -> Bool {
+        if a == b { return true }
+        if let x = a.doubleValue, let y = b.doubleValue, a.stringValue == nil, b.stringValue == nil { return x == y }
+        return false
+    }
+
+    /// Whether `number` is the value of some member or element of `doc`.
+    static func contains(_ doc: JSONValue, number: Int) -> Bool {
+        switch doc {
+        case .integer(let n): return n == number
+        case .number(let d): return d == Double(number)
+        case .array(let items): return items.contains { contains($0, number: number) }
+        case .object(let o): return o.members.contains { contains($0.value, number: number) }
+        default: return false
         }
     }
 
@@ -610,7 +821,7 @@ final class Run: @unchecked Sendable {
     /// Shuts down and destroys every backend still open.
     func cleanUp() async {
         for b in backends {
-            let s = b.start(.shutdown, Array("{}".utf8))
+            let s = b.start(.shutdown, Array("{}".utf8), bound: spec.startLimit) { _ in }
             if await s.waitTerminal(.seconds(10)) != nil {
                 b.release(s)
                 _ = await b.destroy(within: .seconds(5))
@@ -625,7 +836,7 @@ final class Run: @unchecked Sendable {
         try? await Task.sleep(for: .milliseconds(300))
         let all = calls.withLock { $0 }
         var failed: [String] = []
-        for c in all where !c.noHandle {
+        for c in all where !c.noHandle && !c.returnedNoHandle {
             let events = c.events
             if c.terminalCount == 0 { failed.append("\(c.op.name): no terminal event") }
             if c.terminalCount > 1 { failed.append("\(c.op.name): \(c.terminalCount) terminal events") }

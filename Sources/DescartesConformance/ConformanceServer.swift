@@ -48,6 +48,8 @@ final class ConformanceServer: @unchecked Sendable {
         var path: String
         var headers: [(String, String)]
         var body: [UInt8]
+        /// The query string (after '?', not decoded), "" for none.
+        var query = ""
     }
 
     let port: Int
@@ -206,7 +208,11 @@ final class ConformanceServer: @unchecked Sendable {
         }
         func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name }?.1 }
         var target = String(first[1])
-        if let q = target.firstIndex(of: "?") { target = String(target[..<q]) }
+        var query = ""
+        if let q = target.firstIndex(of: "?") {
+            query = String(target[target.index(after: q)...])
+            target = String(target[..<q])
+        }
         if header("expect")?.lowercased() == "100-continue" { _ = writeAll(fd, Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) }
         var body: [UInt8] = []
         if header("transfer-encoding")?.lowercased() == "chunked" {
@@ -228,7 +234,7 @@ final class ConformanceServer: @unchecked Sendable {
             body = Array(buffer[0..<n])
             buffer.removeFirst(n)
         }
-        return Request(method: String(first[0]), path: target, headers: headers, body: body)
+        return Request(method: String(first[0]), path: target, headers: headers, body: body, query: query)
     }
 
     private func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {

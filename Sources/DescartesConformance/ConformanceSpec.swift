@@ -60,6 +60,32 @@ public struct ConformanceSpec: Sendable {
         var routes: [String: [ConformanceServer.Response]]?
         public var expect: Expectation
         public var location: SourcePosition
+        /// What every request the plugin sends to this scenario's server
+        /// must carry (the text scenario only).
+        public var request: RequestExpectation?
+    }
+
+    /// `request:` of the text scenario: what reaches the wire. Every
+    /// request the text scenario's server receives is checked.
+    public struct RequestExpectation: Sendable {
+        /// Which requests are checked: those with this method and one of
+        /// these paths (nil, empty: any). Others the scenario's server gets
+        /// (a health check, a model list) are not.
+        public var method: String?
+        public var paths: [String] = []
+        /// Query parameters that must be present, with their value ("*": any).
+        public var query: [(name: String, value: String)] = []
+        /// Headers that must be present (names case-insensitive), with their
+        /// value ("*": any). Values are never printed, only named.
+        public var headers: [(name: String, value: String)] = []
+        /// Body members by JSON path (`$.messages[0].role`), with their value
+        /// ("*": present, any value).
+        public var body: [(path: String, value: JSONValue)] = []
+        /// The suite sends a system prompt and expects it in the body.
+        public var systemPrompt = false
+        /// The suite sends max_tokens and expects the number in the body.
+        public var maxTokens = false
+        public var location: SourcePosition
     }
 
     public var file: String
@@ -73,6 +99,13 @@ public struct ConformanceSpec: Sendable {
     public var invalidConfigs: [Scenario] = []
     public var concurrency = 8
     public var tolerance: Duration = .seconds(2)
+    /// How long a start function (initialize, complete, stream, ...) may
+    /// take to return its handle: the ABI's first rule is that it returns
+    /// at once, the work going on the plugin's own threads.
+    public var startLimit: Duration = .milliseconds(50)
+    /// The whole suite's wall-clock budget: checks not started when it has
+    /// passed are not run, and the suite fails saying so.
+    public var budget: Duration = .seconds(300)
     /// Checks the spec's author skips, each with the reason printed in its
     /// place (for a test fixture, not a provider: a provider's spec skips
     /// nothing it can be asked to do).
@@ -93,8 +126,9 @@ public struct ConformanceSpec: Sendable {
                 location: SourcePosition(file: file, line: 1, column: 1)))
     }
 
-    static let knownKeys = ["provider", "config", "model", "scenarios", "invalid_config", "concurrency", "tolerance_ms", "skip"]
-    static let scenarioKeys = ["name", "prompt", "options", "operation", "config", "server", "expect"]
+    static let knownKeys = ["provider", "config", "model", "scenarios", "invalid_config", "concurrency", "tolerance_ms", "start_limit_ms", "budget_s", "skip"]
+    static let scenarioKeys = ["name", "prompt", "options", "operation", "config", "server", "expect", "request"]
+    static let requestKeys = ["method", "path", "query", "headers", "body", "system_prompt", "max_tokens"]
     static let responseKeys = ["status", "reason", "headers", "body", "body_file", "chunks", "split", "chunk_delay_ms", "framing", "delay_ms", "action", "match"]
 
     public static func load(path: String) throws(SourceError) -> ConformanceSpec {
@@ -125,6 +159,12 @@ public struct ConformanceSpec: Sendable {
         if let t = v.int(root, "tolerance_ms") {
             if t < 0 { v.problem(root["tolerance_ms"]!, "'tolerance_ms' is a number of milliseconds") } else { spec.tolerance = .milliseconds(t) }
         }
+        if let t = v.int(root, "start_limit_ms") {
+            if t < 1 { v.problem(root["start_limit_ms"]!, "'start_limit_ms' is a positive number of milliseconds") } else { spec.startLimit = .milliseconds(t) }
+        }
+        if let t = v.int(root, "budget_s") {
+            if t < 1 { v.problem(root["budget_s"]!, "'budget_s' is a positive number of seconds") } else { spec.budget = .seconds(t) }
+        }
         if let sk = root["skip"] {
             if case .mapping(let pairs) = sk.value {
                 for p in pairs {
@@ -151,6 +191,12 @@ public struct ConformanceSpec: Sendable {
                     switch key {
                     case "text", "slow", "hang":
                         guard let s = scenario(key, p.value, dir: dir, &v) else { continue }
+                        if key != "text", let r = p.value["request"] {
+                            v.problem(r, "'request' expectations belong to the text scenario (its requests are the ones checked)")
+                        }
+                        if key == "text", let r = s.request, s.routes == nil {
+                            v.problems.append(SourceProblem(r.location, "'request' needs the scenario's 'server': the suite checks what that server receives"))
+                        }
                         if key == "text" { spec.text = s } else if key == "slow" { spec.slow = s } else { spec.hang = s }
                     case "errors":
                         guard case .sequence(let items) = p.value.value else {
@@ -222,6 +268,7 @@ public struct ConformanceSpec: Sendable {
                 v.problem(e, "'expect' is a mapping: {text, contains} for answers, {kind, status, retry_after_ms} for errors")
             }
         }
+        if let r = node["request"] { s.request = request(r, &v) }
         if let server = node["server"] {
             guard case .mapping = server.value else {
                 v.problem(server, "'server' is a mapping: {routes: {\"METHOD /path\": [RESPONSE, ...]}}")
@@ -251,6 +298,56 @@ public struct ConformanceSpec: Sendable {
             s.routes = routes
         }
         return s
+    }
+
+    static func request(_ node: YAMLNode, _ v: inout NodeValidator) -> RequestExpectation? {
+        guard case .mapping = node.value else {
+            v.problem(node, "'request' is a mapping (\(requestKeys.joined(separator: ", ")))")
+            return nil
+        }
+        v.unknownKeys(node, allowed: requestKeys, what: "request key")
+        var r = RequestExpectation(location: node.location)
+        r.method = v.string(node, "method")
+        if let p = node["path"] {
+            switch p.value {
+            case .sequence(let items): r.paths = items.compactMap(\.scalar)
+            default: r.paths = p.scalar.map { [$0] } ?? []
+            }
+            if r.paths.isEmpty || r.paths.contains(where: { !$0.hasPrefix("/") }) {
+                v.problem(p, "'path' is a path starting with '/', or a list of them (the query goes in 'query')")
+            }
+        }
+        func pairs(_ key: String) -> [(String, String)] {
+            guard let m = node[key] else { return [] }
+            guard case .mapping(let items) = m.value else {
+                v.problem(m, "'\(key)' maps names to values (\"*\": present with any value)")
+                return []
+            }
+            return items.map { ($0.key.scalar ?? "", $0.value.scalar ?? $0.value.json.jsonText) }
+        }
+        r.query = pairs("query").map { (name: $0.0, value: $0.1) }
+        r.headers = pairs("headers").map { (name: $0.0.lowercased(), value: $0.1) }
+        if let b = node["body"] {
+            if case .mapping(let items) = b.value {
+                for item in items {
+                    let path = item.key.scalar ?? ""
+                    if JSONPath.parse(path) == nil {
+                        v.problem(item.key, "'\(path)' is not a JSON path like $.messages[0].content")
+                        continue
+                    }
+                    r.body.append((path: path, value: item.value.json))
+                }
+            } else {
+                v.problem(b, "'body' maps JSON paths ($.model, $.messages[0].role) to values (\"*\": present)")
+            }
+        }
+        if let sp = node["system_prompt"] {
+            if case .bool(let on) = sp.json { r.systemPrompt = on } else { v.problem(sp, "'system_prompt' is true or false") }
+        }
+        if let mt = node["max_tokens"] {
+            if case .bool(let on) = mt.json { r.maxTokens = on } else { v.problem(mt, "'max_tokens' is true or false") }
+        }
+        return r
     }
 
     static func response(_ node: YAMLNode, dir: String, _ v: inout NodeValidator) -> ConformanceServer.Response? {
@@ -334,5 +431,49 @@ public struct ConformanceSpec: Sendable {
             }
         }
         return r
+    }
+}
+
+/// A JSON path as request expectations write it: `$`, then `.name` or
+/// `[index]` steps (`$.messages[0].content`; the leading `$.` optional).
+enum JSONPath {
+    enum Step: Equatable {
+        case member(String)
+        case index(Int)
+    }
+
+    static func parse(_ text: String) -> [Step]? {
+        var rest = Substring(text)
+        if rest.hasPrefix("$") { rest = rest.dropFirst() } else { rest = "." + rest }
+        var steps: [Step] = []
+        while let c = rest.first {
+            if c == "." {
+                rest = rest.dropFirst()
+                let name = rest.prefix { $0 != "." && $0 != "[" }
+                guard !name.isEmpty else { return nil }
+                steps.append(.member(String(name)))
+                rest = rest.dropFirst(name.count)
+            } else if c == "[" {
+                guard let close = rest.firstIndex(of: "]"), let n = Int(rest[rest.index(after: rest.startIndex)..<close]), n >= 0 else { return nil }
+                steps.append(.index(n))
+                rest = rest[rest.index(after: close)...]
+            } else {
+                return nil
+            }
+        }
+        return steps.isEmpty ? nil : steps
+    }
+
+    /// The value at `path` in `doc`, or nil.
+    static func value(_ path: String, in doc: JSONValue) -> JSONValue? {
+        guard let steps = parse(path) else { return nil }
+        var v: JSONValue? = doc
+        for s in steps {
+            switch s {
+            case .member(let name): v = v?[name]
+            case .index(let i): v = v?[i]
+            }
+        }
+        return v
     }
 }

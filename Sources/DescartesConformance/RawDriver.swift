@@ -19,29 +19,57 @@ final class RawBackend: @unchecked Sendable {
         self.library = library
     }
 
-    /// Starts `op`. The call object is deliberately never freed: a plugin
-    /// that breaks the rules and reports after its terminal event (or after
-    /// release) still lands on valid memory, where the suite counts it.
-    func start(_ op: BackendOperation, _ input: [UInt8]) -> RawCall {
+    /// Starts `op` on a thread of its own and waits for its start function
+    /// to return, at most `bound` from when it was called; past that the
+    /// call goes on without its handle (cancel and release wait for it) and
+    /// `late` is told at once. The call object is deliberately never freed:
+    /// a plugin that breaks the rules and reports after its terminal event
+    /// (or after release) still lands on valid memory, where the suite
+    /// counts it.
+    func start(_ op: BackendOperation, _ input: [UInt8], bound: Duration, late: @escaping @Sendable (RawCall) -> Void) -> RawCall {
         let call = RawCall(op: op)
         guard let fn = op.function(in: raw) else {
             call.noHandle = true
             return call
         }
         let ctx = Unmanaged.passRetained(call).toOpaque()
-        let handle = input.withUnsafeBufferPointer { buf in
-            buf.withMemoryRebound(to: CChar.self) { fn(raw, $0.baseAddress, $0.count, RawCall.onEvent, ctx) }
+        let args = UncheckedBox((raw, fn, ctx))
+        let started = detachThread {
+            let (raw, fn, ctx) = args.value
+            call.calling()
+            let handle = input.withUnsafeBufferPointer { buf in
+                buf.withMemoryRebound(to: CChar.self) { fn(raw, $0.baseAddress, $0.count, RawCall.onEvent, ctx) }
+            }
+            let (cancel, release) = call.returned(handle)
+            if let handle, cancel { raw.pointee.cancel?(raw, handle) }
+            if let handle, release { raw.pointee.release?(raw, handle) }
         }
-        call.setHandle(handle)
+        guard started else {
+            call.noHandle = true
+            return call
+        }
+        // The bound counts from the call itself, not from the thread's
+        // creation (a loaded machine may start the thread late).
+        let giveUp = ContinuousClock.now + .seconds(5)
+        while !call.hasReturned {
+            let now = ContinuousClock.now
+            if let at = call.calledAt, now - at > bound {
+                late(call)
+                break
+            }
+            if now > giveUp { break }
+            usleep(200)
+        }
         return call
     }
 
     func cancel(_ call: RawCall) {
-        guard let h = call.handle, !call.isReleased else { return }
+        guard let h = call.handleForCancel() else { return }
         raw.pointee.cancel?(raw, h)
     }
 
-    /// Releases a call's handle once its terminal event has come.
+    /// Releases a call's handle once its terminal event has come (when its
+    /// start function returns, if it has not yet).
     func release(_ call: RawCall) {
         guard call.terminalCount > 0, let h = call.takeHandleForRelease() else { return }
         raw.pointee.release?(raw, h)
@@ -90,6 +118,12 @@ final class RawCall: @unchecked Sendable {
         var events: [Event] = []
         var handle: CallHandle?
         var released = false
+        /// When the start function was called and when it returned.
+        var calledAt: ContinuousClock.Instant?
+        var returnedAt: ContinuousClock.Instant?
+        /// Asked for before the start function returned.
+        var cancelWanted = false
+        var releaseWanted = false
         /// Events after the first terminal one, and how many terminal events.
         var afterTerminal = 0
         var terminals = 0
@@ -113,14 +147,49 @@ final class RawCall: @unchecked Sendable {
         }
     }
 
-    func setHandle(_ h: OpaquePointer?) {
+    func calling() { state.withLock { $0.calledAt = .now } }
+
+    /// The start function returned `h`: whether a cancel and a release
+    /// asked for meanwhile are now due.
+    func returned(_ h: OpaquePointer?) -> (cancel: Bool, release: Bool) {
         let wrapped = h.map { CallHandle(raw: $0) }
-        state.withLock { $0.handle = wrapped }
+        return state.withLock { s in
+            s.handle = wrapped
+            s.returnedAt = .now
+            if h == nil { return (false, false) }
+            let release = s.releaseWanted && !s.released
+            if release { s.released = true }
+            return (s.cancelWanted && !release, release)
+        }
+    }
+    var calledAt: ContinuousClock.Instant? { state.withLock { $0.calledAt } }
+    var hasReturned: Bool { state.withLock { $0.returnedAt != nil } }
+    /// How long the start function took (so far, while it has not returned).
+    var startDuration: Duration? {
+        state.withLock { s in s.calledAt.map { (s.returnedAt ?? .now) - $0 } }
     }
     var handle: OpaquePointer? { state.withLock { $0.handle }?.raw }
     var isReleased: Bool { state.withLock { $0.released } }
+
+    /// The handle to cancel now, or nil (the start function has not
+    /// returned: cancelled when it does; or released already).
+    func handleForCancel() -> OpaquePointer? {
+        state.withLock { s -> CallHandle? in
+            if s.returnedAt == nil {
+                s.cancelWanted = true
+                return nil
+            }
+            guard !s.released else { return nil }
+            return s.handle
+        }?.raw
+    }
+
     func takeHandleForRelease() -> OpaquePointer? {
         let h = state.withLock { s -> CallHandle? in
+            if s.returnedAt == nil {
+                s.releaseWanted = true
+                return nil
+            }
             guard !s.released, let h = s.handle else { return nil }
             s.released = true
             return h
@@ -141,12 +210,15 @@ final class RawCall: @unchecked Sendable {
         events.first { $0.type == DESCARTES_EVENT_TEXT || $0.type == DESCARTES_EVENT_REASONING || $0.type == DESCARTES_EVENT_TOOL_CALL_START }
     }
 
+    /// The start function returned NULL (no event will come).
+    var returnedNoHandle: Bool { state.withLock { $0.returnedAt != nil && $0.handle == nil } }
+
     /// The terminal event, waiting up to `limit` for it.
     func waitTerminal(_ limit: Duration) async -> Event? {
         let until = ContinuousClock.now + limit
         while true {
             if let t = terminal { return t }
-            if noHandle || ContinuousClock.now >= until { return nil }
+            if noHandle || returnedNoHandle || ContinuousClock.now >= until { return nil }
             try? await Task.sleep(for: .milliseconds(2))
         }
     }

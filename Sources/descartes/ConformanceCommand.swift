@@ -40,8 +40,10 @@ enum ConformanceCommand {
         }
         let json = args.flag(.json)
         let catalog = Commands.catalog(globals)
-        guard let entry = catalog.entry(for: name), let manifest = entry.manifest else {
-            failure(ProviderError(.config, "unknown plugin '\(name)'; installed: \(catalog.availableProviders.joined(separator: ", "))"), json: json)
+        // An unknown name, or one discovery refused, with the reason `plugins list` gives.
+        let manifest: PluginManifest
+        do { manifest = try ProviderFactory(catalog: catalog, loader: Out.loader, logSink: Out.logSink).manifest(for: name) } catch {
+            failure(error, json: json)
         }
 
         let spec: ConformanceSpec
@@ -75,6 +77,7 @@ enum ConformanceCommand {
         }
         let results = await Conformance.run(
             provider: name, catalog: catalog, spec: spec, environment: environment, overrides: settings, loader: Out.loader,
+            progress: { line in Out.err(Out.dim("descartes: conformance: \(line)")) },
             report: { r in
                 if !json {
                     let mark: String

@@ -1,0 +1,113 @@
+import Descartes
+import Testing
+import DescartesSupport
+
+/// Mutant plugins, each failed by the conformance suite with a message that
+/// names its fault (issue 20): what a request carries (mutant.c, an
+/// OpenAI-compatible C plugin with one fault per config value), a start
+/// function that blocks (rulebreaker.c), and `invalid_config` cases
+/// refused for what they change.
+@Suite struct KitConformanceTests {
+    let plugins = PluginDir()
+
+    init() async {
+        let mutant = await CCompiler.compile(
+            [FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/mutant.c")], output: plugins.dir.file("libdescartes-mutant.so"), flags: ["-Wl,--no-as-needed", "-lcurl"])
+        #expect(mutant.status == 0, "\(mutant)")
+        plugins.dir.write(
+            "mutant.yaml",
+            """
+            manifest_version: 1
+            provider: mutant
+            version: 0.0.1
+            library: libdescartes-mutant.so
+            abi: 1
+            mode: api
+            config:
+              endpoint: {type: string, required: true}
+              api_key: {type: string, secret: true}
+              model: {type: string}
+              fault: {type: string}
+            """)
+        let rb = await CCompiler.compile(
+            [FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/rulebreaker.c")], output: plugins.dir.file("libdescartes-rulebreaker.so"))
+        #expect(rb.status == 0, "\(rb)")
+        plugins.dir.write(
+            "rulebreaker.yaml",
+            "manifest_version: 1\nprovider: rulebreaker\nversion: 0.0.1\nlibrary: libdescartes-rulebreaker.so\nabi: 1\nmode: local\nconfig:\n  breaks: {type: string}\n  api_key: {type: string, secret: true}\n")
+    }
+
+    func conformance(_ name: String, spec: String, _ extra: [String] = [], pluginPath: Bool = true) async -> ProcResult {
+        await Proc.descartes(
+            ["plugins", "verify", "--conformance", name, "--spec", FileSystem.join(TestEnv.root, spec)] + extra,
+            env: pluginPath ? ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"] : ["HOME": "/nonexistent"], timeout: .seconds(180))
+    }
+
+    /// The row of `check`: its outcome and detail.
+    func row(_ r: ProcResult, _ check: String) -> (outcome: String, detail: String)? {
+        for line in r.stdout.split(separator: "\n") where line.hasPrefix("  ") {
+            let body = line.dropFirst(2)
+            let outcome = String(body.prefix(4)).trimmingCharacters()
+            let rest = body.dropFirst(6)
+            if String(rest.prefix(20)).trimmingCharacters() == check { return (outcome, String(rest.dropFirst(20))) }
+        }
+        return nil
+    }
+
+    @Test func theCorrectMutantPassesItsRequestChecks() async {
+        let r = await conformance("mutant", spec: "Tests/Fixtures/conformance/mutant.yaml")
+        #expect(r.status == 0, "\(r)")
+        #expect(row(r, "request")?.outcome == "ok", "\(r.stdout)")
+        #expect(row(r, "request")?.detail.contains("headers authorization") == true, "\(r.stdout)")
+    }
+
+    @Test(arguments: [
+        ("no-key", "header 'authorization' missing"),
+        ("no-system", "the system prompt ('Conformance system prompt 5e1d: answer briefly.', sent with the request) is not in the body: it was dropped"),
+        ("no-max-tokens", "max_tokens (173, sent with the request) is nowhere in the body"),
+    ])
+    func aRequestFaultIsNamed(_ fault: String, _ message: String) async {
+        let r = await conformance("mutant", spec: "Tests/Fixtures/conformance/mutant.yaml", ["--set", "fault=\(fault)"])
+        #expect(r.status == 1, "\(fault): \(r)")
+        let request = row(r, "request")
+        #expect(request?.outcome == "FAIL", "\(fault): \(r.stdout)")
+        #expect(request?.detail.contains(message) == true, "\(fault): \(r.stdout)")
+        // The key is never printed, whatever the fault.
+        #expect(!r.stdout.contains("sk-mutant-conformance-0123456789abcdef") && !r.stderr.contains("sk-mutant-conformance-0123456789abcdef"))
+        // The rest of the run is not disturbed.
+        #expect(row(r, "stream")?.outcome == "ok", "\(fault): \(r.stdout)")
+    }
+
+    /// A stream function that does the whole request before returning is
+    /// named at once (the third late call), and the suite goes on: a
+    /// plugin that blocked once made it silent for minutes and then blamed
+    /// concurrency.
+    @Test func aBlockingStartIsNamedAtOnceAndTheSuiteGoesOn() async {
+        let r = await conformance("rulebreaker", spec: "Tests/Fixtures/conformance/rulebreaker.yaml", ["--set", "breaks=blocking-start"])
+        #expect(r.status == 1, "\(r)")
+        let start = row(r, "start")
+        #expect(start?.outcome == "FAIL", "\(r.stdout)")
+        #expect(start?.detail.hasPrefix("the plugin's stream did not return within 50 ms 3 times") == true, "\(r.stdout)")
+        // Printed when it happened, before the checks after it.
+        let lines = r.stdout.split(separator: "\n")
+        let at = lines.firstIndex { $0.contains(" start ") && $0.contains("FAIL") }
+        let shutdown = lines.firstIndex { $0.contains(" shutdown ") }
+        #expect(at != nil && shutdown != nil && at! < shutdown!, "\(r.stdout)")
+        #expect(row(r, "start times")?.detail.contains("stream: ") == true, "\(r.stdout)")
+        #expect(row(r, "concurrency")?.outcome == "ok", "not blamed on concurrency: \(r.stdout)")
+        // Progress on stderr.
+        #expect(r.stderr.contains("descartes: conformance: cancel ("), "\(r.stderr)")
+    }
+
+    /// An `invalid_config` case is refused for the key it changes, with the
+    /// refusal quoted whole: `${server}` is the text scenario's server there
+    /// (it was empty, so every case was refused on `endpoint`).
+    @Test func invalidConfigCasesAreRefusedForWhatTheyChange() async {
+        let r = await conformance("bedrock", spec: "conformance/bedrock.yaml", pluginPath: false)
+        #expect(r.status == 0, "\(r)")
+        let config = row(r, "config")?.detail ?? ""
+        #expect(config.contains("'not a region' refused:") && config.contains("key 'region': 'us-east-1/../x' is not an AWS region"), "\(r.stdout)")
+        #expect(config.contains("key 'secret_access_key': missing while 'access_key_id' is set"), "\(r.stdout)")
+        #expect(!config.contains("key 'endpoint'"), "\(r.stdout)")
+    }
+}
