@@ -189,7 +189,13 @@ enum PluginsCommand {
             do {
                 let r = try factory.verify(name, config: settings, isolated: !args.flag(.inProcess))
                 let loaded = "\(r.library) \(r.version), factories: \(r.factories.joined(separator: ", "))"
-                if r.missingConfig.isEmpty {
+                if !r.undeclaredKeys.isEmpty, let own = r.ownManifest {
+                    // Keys the library does not know: a value set for one is ignored or refused.
+                    let why = "config key\(r.undeclaredKeys.count == 1 ? "" : "s") \(r.undeclaredKeys.map { "'\($0)'" }.joined(separator: ", ")) of \((try? factory.manifest(for: name).file) ?? name) \(r.undeclaredKeys.count == 1 ? "is" : "are") not declared by the library's own manifest \(own)"
+                    failed += 1
+                    rows.append([name, Out.red("FAIL"), "\(loaded); \(why)"])
+                    results.append(["name": .string(name), "ok": false, "library": .string(r.library), "version": .string(r.version), "undeclared_config": .array(r.undeclaredKeys.map { .string($0) }), "error": ["kind": "config", "message": .string(why)]])
+                } else if r.missingConfig.isEmpty {
                     rows.append([name, Out.green("ok"), loaded])
                 } else {
                     rows.append([name, "ok, needs config", "\(loaded); " + r.missingConfig.joined(separator: "; ")])

@@ -211,6 +211,27 @@ public final class PluginCatalog: Sendable {
         entries.first { $0.manifest?.provider == provider && !isShadowed($0) }
     }
 
+    /// The first directory of the search path (its libraries directory,
+    /// for a build tree) holding a file named `name`.
+    static func findLibrary(_ name: String, in directories: [PluginSearch.Directory]) -> String? {
+        for d in directories {
+            let candidate = FileSystem.join(d.libraries ?? d.path, name)
+            if FileSystem.exists(candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// The manifest a library ships with for `factory`: an available entry
+    /// whose provider is the factory's id, over the same library file. A
+    /// manifest-only provider (groq.yaml over libdescartes-openai.so) is
+    /// checked against it: the keys that one declares are the keys the
+    /// library knows.
+    package func ownManifest(of m: PluginManifest) -> PluginManifest? {
+        entries.lazy.compactMap(\.manifest).first { o in
+            o.provider == m.factory && o.factory == m.factory && o.libraryPath == m.libraryPath && o.file != m.file
+        }
+    }
+
     /// The entry for `provider` whatever its status: the one `entry(for:)`
     /// finds, else a manifest discovery could not read whose file is
     /// `<provider>.yaml` (or `.yml`). So `plugins verify NAME`, `info NAME`
@@ -312,6 +333,16 @@ public final class PluginCatalog: Sendable {
                             trace.append("  \(name): skipped (\(m.libraryName) was not built)")
                             continue
                         }
+                    }
+                    if !m.libraryName.contains("/"), !FileSystem.exists(m.libraryPath),
+                        let found = Self.findLibrary(m.libraryName, in: search.directories)
+                    {
+                        // A bare file name, as Vulkan ICD manifests name
+                        // theirs: the manifest's directory first, then the
+                        // plugin search path (a manifest-only provider over
+                        // libdescartes-openai.so survives a moved prefix).
+                        m.libraryPath = found
+                        trace.append("  \(name): \(m.libraryName) is not beside the manifest; found in the plugin search path: \(found)")
                     }
                     entry.manifest = m
                     let decision = policy.decision(for: m.provider)

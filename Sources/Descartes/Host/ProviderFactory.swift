@@ -324,6 +324,10 @@ public struct ProviderFactory: Sendable {
         /// Required config keys with no value (the plugin loads, but cannot
         /// be created until they are set), each with where to set it.
         package var missingConfig: [String]
+        /// Config keys this manifest declares that the library's own
+        /// manifest (`ownManifest`) does not: the library does not know them.
+        package var undeclaredKeys: [String] = []
+        package var ownManifest: String? = nil
     }
 
     /// Loads and negotiates the library of `name`, finds its factory, and
@@ -373,9 +377,14 @@ public struct ProviderFactory: Sendable {
             library = try describeIsolated(manifest, name: name)
         }
         guard let library else { throw ProviderError(.initialization, "\(manifest.libraryPath): the library did not describe itself", provider: name) }
-        return Verification(
+        var result = Verification(
             library: library["name"]?.stringValue ?? "", version: library["version"]?.stringValue ?? "",
             factories: library["factories"]?.arrayValue?.compactMap(\.stringValue) ?? [], missingConfig: missing)
+        if let own = catalog.ownManifest(of: manifest) {
+            result.ownManifest = own.file
+            result.undeclaredKeys = manifest.config.map(\.name).filter { own.configKey($0) == nil }
+        }
+        return result
     }
 
     /// Loads the library of `manifest` in a helper process and creates
