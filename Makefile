@@ -40,7 +40,9 @@ BIN_DIR     = $(shell $(SWIFT) build -c $(CONFIG) --show-bin-path)
 PLUGIN_DIR  = lib/descartes/plugins
 SHARE_DIR   = share/descartes
 # What a plugin author reads, installed in share/descartes/doc.
-PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/abi-changelog.md docs/manifest.md docs/conformance.md
+# Every doc these name is installed with them (KitDocsTests checks it).
+PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/abi-changelog.md docs/manifest.md docs/conformance.md \
+	docs/isolation.md docs/policy.md docs/configuration.md docs/reliability.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
 .PHONY: all build stage stage-bench run test check api api-check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
