@@ -392,6 +392,12 @@ public struct ProviderFactory: Sendable {
     /// starts with NUL) is answered with the library's description and an
     /// unknown-factory refusal, and the helper exits.
     private func describeIsolated(_ manifest: PluginManifest, name: String) throws(ProviderError) -> JSONValue? {
+        // A library the policy pins is checked before any helper loads it.
+        if let pin = catalog.entry(for: name)?.pin {
+            do { try loader.verify(path: manifest.libraryPath, sha256: pin) } catch {
+                throw ProviderError(.initialization, "cannot load plugin for '\(name)': \(error)", provider: name)
+            }
+        }
         let report = LibraryReport()
         var probe = manifest
         probe.factory = "\u{0}describe"
