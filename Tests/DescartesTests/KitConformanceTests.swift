@@ -87,7 +87,7 @@ import DescartesSupport
         #expect(r.status == 1, "\(r)")
         let start = row(r, "start")
         #expect(start?.outcome == "FAIL", "\(r.stdout)")
-        #expect(start?.detail.hasPrefix("the plugin's stream did not return within 50 ms 3 times") == true, "\(r.stdout)")
+        #expect(start?.detail.hasPrefix("the plugin's stream did not return within 200 ms (4 x start_limit_ms 50 ms) 3 times") == true, "\(r.stdout)")
         // Printed when it happened, before the checks after it.
         let lines = r.stdout.split(separator: "\n")
         let at = lines.firstIndex { $0.contains(" start ") && $0.contains("FAIL") }

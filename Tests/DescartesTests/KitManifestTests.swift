@@ -29,7 +29,7 @@ import DescartesSupport
         mode: api
         config:
           endpoint: {type: string, default: "http://127.0.0.1:9/v1"}
-          api_key: {type: string, secret: true, default: lab-key-0123456789}
+          api_key: {type: string, secret: true}
         \(extraKey.map { "  \($0): {type: string, default: x}" } ?? "")
         """
     }
