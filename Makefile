@@ -30,7 +30,7 @@ DESTDIR ?=
 VERSION := 0.1.0
 
 # Swift plugin products (dynamic libraries libdescartes-<name>.so) that are installed.
-SWIFT_PLUGINS := openai anthropic gemini bedrock ollama llamacpp claude-code headless-cli acp
+SWIFT_PLUGINS := openai anthropic gemini bedrock ollama llamacpp claude-code headless-cli acp codex
 # C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
 C_PLUGINS := echo
 

@@ -74,6 +74,7 @@ let plugins: [(Product, Target)] = [
     plugin("headless-cli", dir: "HeadlessCLI", target: "HeadlessCLIPlugin"),
     // Any Agent Client Protocol agent (JSON-RPC 2.0 over the child's stdio).
     plugin("acp", dir: "ACP", target: "ACPPlugin", dependencies: ["DescartesSupport"]),
+    plugin("codex", dir: "CodexCLI", target: "CodexCLIPlugin"),
 ]
 
 let package = Package(

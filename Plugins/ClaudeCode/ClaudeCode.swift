@@ -122,7 +122,7 @@ final class ClaudeCodeBackend: DescartesBackend {
     /// `exit_grace_ms` to exit before its group is terminated.
     func runOnce(_ request: ModelRequest, _ call: PluginCall, _ options: ClaudeOptions, _ input: ClaudeInput, partial: Bool) throws(ProviderError) {
         let program = try agent.program()
-        let (scratch, resume) = try Self.resumeFile(input, sessionID: UUID.random())
+        let (scratch, resume) = try Self.resumeFile(input, sessionID: AgentID.random())
         let args = claudeArguments(
             settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
             partial: partial, sessionID: nil, resume: resume, extra: agent.config.args)
@@ -158,32 +158,14 @@ final class ClaudeCodeBackend: DescartesBackend {
     func runInSession(_ request: ModelRequest, _ call: PluginCall, _ options: ClaudeOptions, _ input: ClaudeInput) throws(ProviderError) {
         guard let id = options.sessionID else {
             // A new session: a new id, nobody else can hold it.
-            let id = UUID.random()
+            let id = AgentID.random()
             _ = sessions.claim(id)
             try startSession(id: id, restarted: false, request, call, options, input)
             return
         }
-        if try tryTurn(id: id, request, call, options, input) { return }
-        let deadline = agent.config.deadline(request)
-        let task = Task.detached { [self] in
-            while true {
-                do {
-                    try await Task.sleep(for: .milliseconds(20))
-                } catch {
-                    return call.fail(ProviderError(.cancelled, "the request was cancelled while waiting for session \(id)"))
-                }
-                if let deadline, ContinuousClock.now >= deadline {
-                    return call.fail(
-                        ProviderError(.timeout, "session \(id) was still busy with another turn when the deadline passed", deadline: "total"))
-                }
-                do throws(ProviderError) {
-                    if try tryTurn(id: id, request, call, options, input) { return }
-                } catch {
-                    return call.fail(error)
-                }
-            }
+        try agent.whenFree(call, deadline: agent.config.deadline(request), "session \(id)") { [self] () throws(ProviderError) -> Bool in
+            try tryTurn(id: id, request, call, options, input)
         }
-        call.onCancel { task.cancel() }
     }
 
     /// Runs the turn now if session `id` can take it: true when it was
@@ -250,7 +232,7 @@ final class ClaudeCodeBackend: DescartesBackend {
     /// directory of its own; nothing when there is none.
     static func resumeFile(_ input: ClaudeInput, sessionID id: String) throws(ProviderError) -> (ScratchDirectory?, String?) {
         if input.history.isEmpty { return (nil, nil) }
-        let dir = try ScratchDirectory()
+        let dir = try ScratchDirectory(prefix: "descartes-claude")
         do { return (dir, try dir.write("\(id).jsonl", ClaudeInput.transcript(input.history, sessionID: id))) } catch {
             dir.remove()
             throw error

@@ -116,7 +116,7 @@ struct ClaudeOptions {
             guard d.hasPrefix("/") else { throw ProviderError(.config, "request option 'cwd': '\(d)' is not an absolute path") }
             cwd = d
         }
-        if let s = sessionID, !UUID.isValid(s) {
+        if let s = sessionID, !AgentID.isValid(s) {
             throw ProviderError(.config, "request option 'session_id': '\(s)' is not a session id this backend returned")
         }
     }
@@ -189,7 +189,7 @@ struct ClaudeInput {
         var parent: String? = nil
         var pendingResults: [JSONValue] = []
         func entry(_ type: String, _ message: JSONObject) {
-            let uuid = UUID.random()
+            let uuid = AgentID.random()
             let o: JSONObject = [
                 "parentUuid": parent.map { .string($0) } ?? .null, "isSidechain": false, "type": .string(type),
                 "message": .object(message), "uuid": .string(uuid), "sessionId": .string(sessionID), "userType": "external",
@@ -262,71 +262,4 @@ func claudeArguments(
     if !s.persistSessions { a.append("--no-session-persistence") }
     if let resume { a += ["--resume", resume] } else if let sessionID { a += ["--session-id", sessionID] }
     return a + extra
-}
-
-/// Version 4 UUIDs (the form `--session-id` requires).
-enum UUID {
-    static func random() -> String {
-        var g = SystemRandomNumberGenerator()
-        var b = (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }
-        b[6] = (b[6] & 0x0F) | 0x40
-        b[8] = (b[8] & 0x3F) | 0x80
-        let hex = b.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
-        return hex[0..<4].joined() + "-" + hex[4..<6].joined() + "-" + hex[6..<8].joined() + "-" + hex[8..<10].joined()
-            + "-" + hex[10..<16].joined()
-    }
-
-    static func isValid(_ s: String) -> Bool {
-        let u = Array(s.utf8)
-        guard u.count == 36 else { return false }
-        for (i, c) in u.enumerated() {
-            if [8, 13, 18, 23].contains(i) {
-                if c != UInt8(ascii: "-") { return false }
-            } else if !((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)) {
-                return false
-            }
-        }
-        return true
-    }
-}
-
-/// A private directory for a transcript, removed with its contents.
-final class ScratchDirectory: @unchecked Sendable {
-    let path: String
-
-    init() throws(ProviderError) {
-        let base = ChildEnvironment.host()["TMPDIR"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? "/tmp"
-        var template = Array("\(base)/descartes-claude-XXXXXX".utf8CString)
-        guard let p = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw ProviderError(.process, "cannot create a directory in \(base): \(String(cString: strerror(errno)))")
-        }
-        path = String(cString: p)
-    }
-
-    /// Writes `bytes` to `name` (mode 0600) and returns its path.
-    func write(_ name: String, _ bytes: [UInt8]) throws(ProviderError) -> String {
-        let file = path + "/" + name
-        let fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ProviderError(.process, "cannot write \(file): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw ProviderError(.process, "cannot write \(file): \(String(cString: strerror(errno)))") }
-            off += n
-        }
-        return file
-    }
-
-    func remove() {
-        if let d = opendir(path) {
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
-                if name != "." && name != ".." { unlink(path + "/" + name) }
-            }
-            closedir(d)
-        }
-        rmdir(path)
-    }
 }

@@ -96,7 +96,7 @@ final class ClaudeSession: @unchecked Sendable {
     func interrupt() {
         guard let child = link.child, state.withLock({ $0.busy }) else { return }
         let request: JSONValue = [
-            "type": "control_request", "request_id": .string("descartes-\(UUID.random())"),
+            "type": "control_request", "request_id": .string("descartes-\(AgentID.random())"),
             "request": ["subtype": "interrupt"],
         ]
         var line = request.jsonBytes

