@@ -27,6 +27,9 @@ package enum CommandID: String, Sendable, CaseIterable {
     case keysCreate = "descartes keys create"
     case keysList = "descartes keys list"
     case keysRevoke = "descartes keys revoke"
+    case sessions = "descartes sessions"
+    case sessionsList = "descartes sessions list"
+    case sessionsClose = "descartes sessions close"
     case bench = "descartes-bench"
 }
 
@@ -88,6 +91,14 @@ extension Option {
             Headless providers with sessions: the first request starts
             a session (timed apart), the timed ones are its later turns
             """, in: [.bench: .plain])
+    /// complete's `--session` takes a value; descartes-bench's is a flag
+    /// (`session` above): one name, two commands, each parsed on its own.
+    package static let continueSession = Option(
+        "--session", value: "ID|new",
+        help: """
+            Agents with sessions (claude-code-cli, codex-cli): 'new' starts one
+            and prints its id; an id continues it ('descartes sessions list')
+            """, in: [.complete: .plain])
     package static let json = Option(
         "--json", help: "Print the result as JSON",
         in: [
@@ -102,6 +113,7 @@ extension Option {
             .configCheck: "{\"problems\": [{\"file\", \"line\", \"column\", \"message\"}]}",
             .log: .key("{\"entries\": [...], \"totals\": [...]}"),
             .keysList: "{\"database\", \"keys\": [{\"name\", \"models\", \"rpm\", \"tpm\", \"budget_usd\", \"period\", \"spent_usd\", \"labels\", \"created\", \"revoked\"}]}",
+            .sessionsList: .key("{\"directory\", \"sessions\": [{\"id\", \"provider\", \"turns\", \"created\", \"updated\"}]}"),
             .bench: """
                 One JSON object: requests, seconds, requests_per_second,
                 cpu_seconds, events, text_bytes, text_matches, peak_rss_kb,
@@ -242,7 +254,7 @@ extension Option {
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, image, prompt,
-        requests, concurrency, stream, session, warmup, expect, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
+        requests, concurrency, stream, session, continueSession, warmup, expect, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
         conformance, spec, systemPolicy, lines, file, label, since, groupBy, listen,
@@ -445,6 +457,23 @@ extension Command {
             .keysRevoke, summary: "Revoke a gateway key: a running gateway refuses it from its next request",
             arguments: [Argument("NAME", .one, help: "The key's name")],
             about: "Revokes the key NAME (its record stays, marked revoked, for the spend history)."),
+        Command(.sessions, summary: "Agent sessions started with complete --session: list and close them", about: ""),
+        Command(
+            .sessionsList, summary: "The stored agent sessions, most recently used first",
+            about: """
+                Lists the sessions 'descartes complete --session new' started and later turns
+                continued: id, provider, turns, when last used, the first prompt. They are kept
+                in $XDG_STATE_HOME/descartes/sessions (default ~/.local/state/descartes/sessions),
+                one file each with the conversation, so a session outlives the process that
+                started it. See docs/headless.md.
+                """),
+        Command(
+            .sessionsClose, summary: "Forget stored agent sessions",
+            arguments: [Argument("ID", .many, help: "The sessions to close")],
+            about: """
+                Removes each session's file: its id can no longer be continued with --session.
+                Codex keeps its own copy of the thread in its CODEX_HOME.
+                """),
         Command(
             .bench, summary: "Time requests through a provider",
             about: """

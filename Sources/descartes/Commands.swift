@@ -32,7 +32,9 @@ extension Commands {
         case .keysCreate: return KeysCommand.create(args, globals: globals)
         case .keysList: return KeysCommand.list(args, globals: globals)
         case .keysRevoke: return KeysCommand.revoke(args, globals: globals)
-        case .descartes, .plugins, .config, .keys, .bench: preconditionFailure("resolve returns a command of descartes, never a group")
+        case .sessionsList: return SessionsCommand.list(args, globals: globals)
+        case .sessionsClose: return SessionsCommand.close(args, globals: globals)
+        case .descartes, .plugins, .config, .keys, .sessions, .bench: preconditionFailure("resolve returns a command of descartes, never a group")
         }
     }
 

@@ -102,6 +102,13 @@ enum CompleteCommand {
         let provider = args.value(.provider)!
         let json = args.flag(.json)
         let streaming = args.flag(.stream)
+        // --session: an agent's conversation kept between invocations.
+        let session: StoredSession?
+        if let s = args.value(.continueSession) {
+            do { session = try sessionTurn(s, provider: provider, request: &request, globals: globals) } catch { failure(error, json: json) }
+        } else {
+            session = nil
+        }
 
         let built: ReliabilityOptions.Built
         do { built = try reliability.build(provider, config: settings, globals: globals, isolation: isolation) } catch { failure(error, json: json) }
@@ -154,6 +161,20 @@ enum CompleteCommand {
                 for c in r.toolCalls { Out.line(Out.dim("tool call \(c.id): \(c.name)(\(c.arguments))")) }
                 if r.finishReason == .maxTokens { Out.err("descartes: the answer was cut at the token limit") }
             }
+            if var session {
+                guard let id = r.metadata["session_id"]?.stringValue, SessionStore.isValidID(id) else {
+                    Out.err("descartes: \(provider) returned no session id: the session was not saved")
+                    return .software
+                }
+                if session.turns == 0 { session.id = id }
+                session.turns += 1
+                session.updated = SessionStore.now
+                session.messages += [.user(prompt), .assistant(r.content)]
+                do { try SessionStore.save(session) } catch { failure(error, json: json) }
+                if !json {
+                    Out.err("descartes: session \(id), turn \(session.turns) (continue: descartes complete -p \(provider) --session \(id) ...)")
+                }
+            }
             if r.finishReason == .toolDenied {
                 let names = (r.metadata["permission_denials"]?.arrayValue ?? []).compactMap { $0["tool_name"]?.stringValue }
                 Out.err("descartes: \(provider): the agent was denied \(names.isEmpty ? "a tool" : names.joined(separator: ", ")) (finish_reason tool_denied)")
@@ -161,6 +182,45 @@ enum CompleteCommand {
             }
             return .ok
         }
+    }
+
+    /// `--session new|ID`: the provider must be an agent with sessions (its
+    /// manifest says `sessions`). `new` asks it to start one; an id loads the
+    /// stored conversation, which goes before the prompt (Claude Code
+    /// replays it in a new process; Codex resumes its saved thread and
+    /// needs only the prompt), and asks to continue it.
+    static func sessionTurn(_ arg: String, provider: String, request: inout ModelRequest, globals: Globals) throws(ProviderError) -> StoredSession {
+        var stored: StoredSession? = nil
+        if arg != "new" {
+            let s = try SessionStore.load(arg)
+            guard s.provider == provider else {
+                throw ProviderError(.config, "--session \(arg) belongs to provider '\(s.provider)', not '\(provider)'", provider: provider)
+            }
+            stored = s
+        }
+        let setup = Commands.setup(globals)
+        let plugin: String
+        switch try setup.factory.resolveName(provider, settings: setup.settings) {
+        case .plugin(let p), .instance(_, let p): plugin = p
+        default: throw ProviderError(.config, "--session needs one agent provider, not a fallback chain or a route ('\(provider)')", provider: provider)
+        }
+        let manifest = try setup.factory.manifest(for: plugin)
+        guard manifest.capabilities.contains("sessions") else {
+            let agents = setup.factory.catalog.availableProviders.filter {
+                (try? setup.factory.manifest(for: $0))?.capabilities.contains("sessions") == true
+            }
+            throw ProviderError(
+                .unsupportedFeature,
+                "--session: \(plugin) has no sessions (its manifest lacks the capability 'sessions'; agents with sessions: \(agents.joined(separator: ", ")))",
+                provider: provider)
+        }
+        guard let stored else {
+            request.options["session"] = true
+            return StoredSession(id: "", provider: provider, plugin: plugin, now: SessionStore.now)
+        }
+        request.messages = stored.messages + request.messages
+        request.options["session_id"] = .string(arg)
+        return stored
     }
 
     /// Streams events to stdout as they arrive; returns the final response.

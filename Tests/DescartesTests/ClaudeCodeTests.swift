@@ -414,6 +414,32 @@ final class ClaudeHarness: @unchecked Sendable {
         await b.shutdown()
     }
 
+    /// The real claude under the default permission mode with -p: the model
+    /// asks for Write, Claude Code refuses it (nobody to ask), and the
+    /// answer says tool_denied with the denial in metadata; no file is made.
+    @Test func aWriteTheRealClaudeRefusesIsToolDenied() async throws {
+        let h = try await ClaudeHarness()
+        let target = h.work.file("denied.txt")
+        let input: JSONValue = ["file_path": .string(target), "content": "should not exist"]
+        func event(_ name: String, _ data: JSONValue) -> String { "event: \(name)\ndata: \(data.jsonText)\n\n" }
+        let toolUse = [
+            event("message_start", ["type": "message_start", "message": ["id": "msg_w1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "content": [], "stop_reason": .null, "usage": ["input_tokens": 10, "output_tokens": 1]]]),
+            event("content_block_start", ["type": "content_block_start", "index": 0, "content_block": ["type": "tool_use", "id": "toolu_w1", "name": "Write", "input": [:]]]),
+            event("content_block_delta", ["type": "content_block_delta", "index": 0, "delta": ["type": "input_json_delta", "partial_json": .string(input.jsonText)]]),
+            event("content_block_stop", ["type": "content_block_stop", "index": 0]),
+            event("message_delta", ["type": "message_delta", "delta": ["stop_reason": "tool_use"], "usage": ["output_tokens": 20]]),
+            event("message_stop", ["type": "message_stop"]),
+        ].joined()
+        try await h.serve([.stream(toolUse), ClaudeHarness.sse("messages-stream-text.sse")])
+        let b = try h.backend(["tools": ["Write"]])
+        let r = try await b.complete(ModelRequest(prompt: "write the file"))
+        #expect(r.finishReason == .toolDenied, "\(r.metadata)")
+        let denials = r.metadata["permission_denials"]?.arrayValue ?? []
+        #expect(denials.first?["tool_name"]?.stringValue == "Write", "\(r.metadata)")
+        #expect(!FileSystem.exists(target))
+        await b.shutdown()
+    }
+
     @Test func configurationAndRequestReachClaude() async throws {
         let h = try await ClaudeHarness()
         try await h.serve([ClaudeHarness.sse("messages-stream-text.sse")])
