@@ -88,6 +88,9 @@ final class ACPBackend: DescartesBackend {
 
     deinit { closeAll() }
 
+    /// session/request_permission goes to the host when the request has a policy.
+    var asksApprovals: Bool { true }
+
     func initialize(_ call: PluginCall) {
         agent.initialize(call) { "ACP agent \($0.path)" }
     }
@@ -199,7 +202,9 @@ final class ACPBackend: DescartesBackend {
         if options.wantsSession {
             meta["session_spawned"] = .bool(spawned)
         }
-        let approver: ACPApprover = FixedApprover(allow: settings.allowByDefault)
+        // The host's policy when the request carries one (ABI 1.2), else
+        // the `permissions` key.
+        let approver: ACPApprover = request.approval?.asksHost == true ? HostApprover() : FixedApprover(allow: settings.allowByDefault)
         let table = sessions
         let turn = ACPTurn(call: call, connection: conn, sessionID: session, approver: approver, metadata: meta) { failed in
             conn.link.child?.setDeadline(nil)

@@ -321,7 +321,7 @@ enum ACPErrors {
     /// | -32600, -32602 | invalid request or params | config |
     /// | -32700 | parse error (of what we sent) | backend |
     /// | -32002 | resource not found | api |
-    /// | -32603, others | internal error | by the HTTP status the data or message names (401/403 authentication, 429 rate_limited, 5xx provider_unavailable), else api |
+    /// | -32603, others | internal error | by the HTTP status the data or message names (401/403 authentication, 429 rate_limited, 5xx provider_unavailable), else by the text ("invalid api key", "unauthorized": authentication; "rate limit": rate_limited), else api |
     static func map(_ e: RPCError, method: String, program: String) -> ProviderError {
         var text = "\(program) answered \(method) with error \(e.code)"
         if !e.message.isEmpty { text += ": \(e.message)" }
@@ -337,10 +337,16 @@ enum ACPErrors {
         }
         let status = httpStatus(e)
         let kind: ProviderError.Kind
+        let lower = text.lowercased()
         switch status {
         case 401?, 403?: kind = .authentication
         case 429?: kind = .rateLimited
         case let s? where s >= 500 || s == 408: kind = .providerUnavailable
+        // Without a status, what agents say (Mistral's vibe answers a bad
+        // key with its own code -31002 "Invalid API key").
+        case nil where ["invalid api key", "incorrect api key", "unauthorized", "authentication failed"].contains(where: lower.contains):
+            kind = .authentication
+        case nil where lower.contains("rate limit"): kind = .rateLimited
         default: kind = .api
         }
         return ProviderError(kind, text, status: status, providerType: type)
@@ -348,7 +354,8 @@ enum ACPErrors {
 
     /// An HTTP status the agent reports with an internal error: a
     /// `status`, `status_code` or `statusCode` number in `data`, or
-    /// "status 429" / "HTTP 503" / "Error code: 401" in the text.
+    /// "status 429" / "HTTP 503" / "Error code: 401" / "Client error '400"
+    /// in the text.
     static func httpStatus(_ e: RPCError) -> Int? {
         if case .object(let d)? = e.data {
             for k in ["status", "status_code", "statusCode", "http_status"] {
@@ -357,7 +364,8 @@ enum ACPErrors {
         }
         let text = e.message + " " + (e.data?.stringValue ?? e.data?.jsonText ?? "")
         let lower = Array(text.lowercased().utf8)
-        for marker in ["status code ", "status ", "http ", "error code: ", "status_code="] {
+        // httpx (Python agents) says "Client error '429 Too Many Requests'".
+        for marker in ["status code ", "status ", "http ", "error code: ", "status_code=", "client error '", "server error '"] {
             let m = Array(marker.utf8)
             var i = 0
             while i + m.count + 3 <= lower.count {

@@ -163,18 +163,18 @@ final class ACPTurn: @unchecked Sendable {
         let title = tool["title"]?.stringValue ?? known?["title"]?.stringValue ?? toolID
         let input = tool["rawInput"] ?? known?["input"] ?? .object([:])
         let kind = tool["kind"]?.stringValue ?? known?["kind"]?.stringValue
-        let question = ApprovalQuestion(id: toolID.isEmpty ? key : toolID, tool: title, input: input, kind: kind)
+        let question = ApprovalRequest(id: toolID.isEmpty ? key : toolID, tool: title, input: input, kind: kind)
         approver.decide(question, call) { [self] allow, reason in
             answer(key, allow: allow, reason: reason, options: options, question: question)
         }
     }
 
     /// Answers permission request `key` once: `allow` nil is `cancelled`.
-    private func answer(_ key: String, allow: Bool?, reason: String?, options: [JSONValue], question: ApprovalQuestion? = nil) {
+    private func answer(_ key: String, allow: Bool?, reason: String?, options: [JSONValue], question: ApprovalRequest? = nil) {
         let id = state.withLock { s -> JSONValue? in
             guard let id = s.asking.removeValue(forKey: key) else { return nil }
             if allow == false, let q = question {
-                var d: JSONObject = ["tool_call_id": .string(q.id), "tool": .string(q.tool), "input": q.input]
+                var d: JSONObject = ["tool_call_id": .string(q.id), "tool_name": .string(q.tool), "input": q.input]
                 if let reason { d["reason"] = .string(reason) }
                 s.denials.append(d)
             }
@@ -300,28 +300,30 @@ final class ACPTurn: @unchecked Sendable {
     }
 }
 
-/// What the agent asks to do, as the approver sees it.
-struct ApprovalQuestion: Sendable {
-    /// The tool call's id.
-    var id: String
-    /// The tool call's title (ACP gives tools no other name).
-    var tool: String
-    var input: JSONValue
-    /// ACP's tool kind (read, edit, execute, ...).
-    var kind: String?
-}
-
 /// Decides the agent's permission requests.
 protocol ACPApprover: Sendable {
     /// Calls `answer` once: allowed or not, with a reason for a denial.
-    func decide(_ q: ApprovalQuestion, _ call: PluginCall, _ answer: @escaping @Sendable (Bool, String?) -> Void)
+    func decide(_ q: ApprovalRequest, _ call: PluginCall, _ answer: @escaping @Sendable (Bool, String?) -> Void)
 }
 
 /// The backend's `permissions` setting: every request allowed, or every
 /// request denied.
 struct FixedApprover: ACPApprover {
     let allow: Bool
-    func decide(_ q: ApprovalQuestion, _ call: PluginCall, _ answer: @escaping @Sendable (Bool, String?) -> Void) {
+    func decide(_ q: ApprovalRequest, _ call: PluginCall, _ answer: @escaping @Sendable (Bool, String?) -> Void) {
         answer(allow, allow ? nil : "denied by the backend's permissions setting (deny)")
+    }
+}
+
+/// The request's approval policy, applied by the host (ABI 1.2): each
+/// permission request becomes an APPROVAL event.
+struct HostApprover: ACPApprover {
+    func decide(_ q: ApprovalRequest, _ call: PluginCall, _ answer: @escaping @Sendable (Bool, String?) -> Void) {
+        call.askApproval(q) { d in
+            switch d {
+            case .allow: answer(true, nil)
+            case .deny(let reason): answer(false, reason)
+            }
+        }
     }
 }

@@ -28,6 +28,9 @@ final class ClaudeCodeBackend: DescartesBackend {
 
     deinit { sessions.closeAll() }
 
+    /// can_use_tool control requests go to the host (one-shot requests).
+    var asksApprovals: Bool { true }
+
     func initialize(_ call: PluginCall) {
         agent.initialize(call) { "claude at \($0.path)" }
     }
@@ -104,10 +107,15 @@ final class ClaudeCodeBackend: DescartesBackend {
     // MARK: Running a turn
 
     func run(_ request: ModelRequest, _ call: PluginCall, partial: Bool) {
-        do {
+        do throws(ProviderError) {
             let options = try ClaudeOptions(request.options)
             let input = try ClaudeInput(request)
             if options.wantsSession {
+                if request.approval != nil {
+                    throw ProviderError(
+                        .unsupportedFeature,
+                        "claude-code-cli asks the caller to approve tools in one-shot requests only; a session turn cannot carry an approval policy yet")
+                }
                 try runInSession(request, call, options, input)
             } else {
                 try runOnce(request, call, options, input, partial: partial)
@@ -123,16 +131,24 @@ final class ClaudeCodeBackend: DescartesBackend {
     func runOnce(_ request: ModelRequest, _ call: PluginCall, _ options: ClaudeOptions, _ input: ClaudeInput, partial: Bool) throws(ProviderError) {
         let program = try agent.program()
         let (scratch, resume) = try Self.resumeFile(input, sessionID: AgentID.random())
+        let asksHost = request.approval?.asksHost == true
         let args = claudeArguments(
             settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
-            partial: partial, sessionID: nil, resume: resume, extra: agent.config.args)
+            partial: partial, sessionID: nil, resume: resume, extra: agent.config.args, hostApprovals: asksHost)
         let turn = ClaudeTurn(call: call, partial: partial)
+        turn.asksHost = asksHost
         let grace = agent.config.exitGrace
+        // With approvals, stdin stays open for the control responses until the result.
         let spec = agent.spec(
-            program, arguments: args, input: input.stdinLines, deadline: agent.config.deadline(request), cwd: options.cwd)
+            program, arguments: args, input: input.stdinLines, keepInputOpen: asksHost, deadline: agent.config.deadline(request),
+            cwd: options.cwd)
         do {
             try agent.start(call, spec) { link in
-                turn.onResult = { _ in link.done(exitWithin: grace) }
+                turn.respond = { link.child?.write($0) }
+                turn.onResult = { _ in
+                    if asksHost { link.child?.closeInput() }
+                    link.done(exitWithin: grace)
+                }
                 return ChildHandlers(
                     stdout: { turn.line($0) }, stderr: { turn.stderr($0) },
                     exit: { exit in

@@ -241,7 +241,7 @@ struct ClaudeInput {
 /// The command line for one process.
 func claudeArguments(
     settings s: ClaudeSettings, options o: ClaudeOptions, model: String?, system: String?, partial: Bool,
-    sessionID: String?, resume: String?, extra: [String]
+    sessionID: String?, resume: String?, extra: [String], hostApprovals: Bool = false
 ) -> [String] {
     var a = ["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json"]
     if partial { a.append("--include-partial-messages") }
@@ -260,6 +260,8 @@ func claudeArguments(
     if let t = o.disallowedTools ?? s.disallowedTools, !t.isEmpty { a.append("--disallowed-tools=" + t.joined(separator: ",")) }
     if let m = o.permissionMode ?? s.permissionMode { a += ["--permission-mode", m] }
     if !s.persistSessions { a.append("--no-session-persistence") }
+    // Permission prompts come to us as can_use_tool control requests.
+    if hostApprovals { a += ["--permission-prompt-tool", "stdio"] }
     if let resume { a += ["--resume", resume] } else if let sessionID { a += ["--session-id", sessionID] }
     return a + extra
 }

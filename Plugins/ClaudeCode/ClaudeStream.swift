@@ -30,6 +30,13 @@ final class ClaudeTurn: @unchecked Sendable {
     var onResult: (@Sendable (JSONObject) -> Void)?
     /// Extra metadata for the response (session, spawn timing).
     var metadata: JSONObject = [:]
+    /// The request carries an approval policy: can_use_tool control
+    /// requests are asked of the host (ABI 1.2); otherwise denied.
+    var asksHost = false
+    /// Writes a line to claude's stdin (control responses).
+    var respond: (@Sendable ([UInt8]) -> Void)?
+    /// Tool uses the host refused (answers come on the host's thread).
+    private let hostDenials = Lock<[JSONValue]>([])
 
     // Runner thread only from here on.
     /// Lines, noise and stderr; the turn's end.
@@ -74,6 +81,7 @@ final class ClaudeTurn: @unchecked Sendable {
         case "assistant": if isTopLevel(o) { assistant(o) }
         case "user": if isTopLevel(o) { user(o) }
         case "result": result(o)
+        case "control_request": controlRequest(o)
         default: break  // control_response, rate_limit_event, later additions
         }
     }
@@ -197,6 +205,41 @@ final class ClaudeTurn: @unchecked Sendable {
         }
     }
 
+    // MARK: Approvals
+
+    /// `can_use_tool` (with `--permission-prompt-tool stdio`): the host's
+    /// policy decides; the answer is a control_response with behavior
+    /// allow (the input unchanged) or deny (the reason as its message).
+    private func controlRequest(_ o: JSONObject) {
+        guard let req = o["request"]?.objectValue, req["subtype"]?.stringValue == "can_use_tool",
+            let id = o["request_id"]?.stringValue
+        else { return }
+        let tool = req["tool_name"]?.stringValue ?? ""
+        let input = req["input"] ?? .object([:])
+        let respond = self.respond
+        let denials = hostDenials
+        let answer: @Sendable (ApprovalDecision) -> Void = { d in
+            let inner: JSONValue
+            switch d {
+            case .allow: inner = ["behavior": "allow", "updatedInput": input]
+            case .deny(let reason):
+                inner = ["behavior": "deny", "message": .string(reason)]
+                denials.withLock { $0.append(["tool_name": .string(tool), "tool_use_id": req["tool_use_id"] ?? .null, "tool_input": input, "reason": .string(reason)]) }
+            }
+            let line: JSONValue = [
+                "type": "control_response", "response": ["subtype": "success", "request_id": .string(id), "response": inner],
+            ]
+            var bytes = line.jsonBytes
+            bytes.append(0x0A)
+            respond?(bytes)
+        }
+        if asksHost {
+            call.askApproval(ApprovalRequest(id: id, tool: tool, input: input)) { answer($0) }
+        } else {
+            answer(.deny(reason: "the request carries no approval policy"))
+        }
+    }
+
     // MARK: The end
 
     private func result(_ o: JSONObject) {
@@ -237,7 +280,8 @@ final class ClaudeTurn: @unchecked Sendable {
         for k in ["num_turns", "duration_ms", "duration_api_ms", "stop_reason", "terminal_reason", "total_cost_usd"] {
             if let v = o[k], !v.isNull { meta[k] = v }
         }
-        if let denials = o["permission_denials"]?.arrayValue, !denials.isEmpty {
+        let refused = hostDenials.withLock { $0 }
+        if let denials = o["permission_denials"]?.arrayValue.map({ $0.isEmpty ? refused : $0 }) ?? (refused.isEmpty ? nil : refused), !denials.isEmpty {
             meta["permission_denials"] = .array(denials)
             // A turn that ended without a tool it was refused did not do
             // what was asked: not `stop`.

@@ -228,6 +228,11 @@ extension Option {
             .log: "Only requests with this label (repeat: all of them), e.g. --label team=infra",
             .keysCreate: "A label every request made with the key carries to the audit ledger (repeatable), e.g. --label team=a",
         ])
+    package static let approve = Option(
+        "--approve", value: "POLICY",
+        help: """
+            How an agent's tool uses are approved: allow, deny, ask (a y/N question on the terminal; refused when stdin is not a terminal), or rules such as 'Bash(git *)' or 'Read' allowing only what they match (repeatable; with ask, what no rule allows is asked)
+            """, repeatable: true, in: [.complete: .plain])
     package static let since = Option(
         "--since", value: "AGE", help: "Only requests of the last AGE: 30m, 1h, 1d, 1w (or seconds)", in: [.log: .plain])
     package static let groupBy = Option(
@@ -257,7 +262,7 @@ extension Option {
         requests, concurrency, stream, session, continueSession, warmup, expect, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
-        conformance, spec, systemPolicy, lines, file, label, since, groupBy, listen,
+        conformance, spec, systemPolicy, lines, file, label, approve, since, groupBy, listen,
         keyName, budgetUSD, rpm, tpm, models, period,
     ]
 }

@@ -150,6 +150,11 @@ public struct ModelRequest: Sendable, Hashable {
     /// whose manifest lists the `structured_output` capability are sent
     /// anything but `.text`; others refuse it with `unsupported_feature`.
     public var responseFormat: ResponseFormat
+    /// How the agent's tool uses are approved (since ABI 1.2): nil, the
+    /// default, asks nobody (the agent follows its own configuration).
+    /// Only plugins that can ask (their backend has `answer_approval`) are
+    /// sent it; see `ApprovalPolicy`.
+    public var approval: ApprovalPolicy?
 
     public init(
         messages: [Message], model: String? = nil, maxTokens: Int? = nil, temperature: Double? = nil,

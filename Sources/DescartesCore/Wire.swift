@@ -116,6 +116,8 @@ public enum Wire {
         }
         if !r.options.isEmpty { w.field("options", .object(r.options)) }
         if r.responseFormat != .text { w.field("response_format", json(r.responseFormat)) }
+        // ABI 1.2: the host answers APPROVAL events for this request.
+        if r.approval != nil { w.field("approvals", "host" as String) }
         if !r.deadlines.isEmpty {
             w.beginObject(key: "deadlines")
             w.field("connect_ms", r.deadlines.connect?.milliseconds)
@@ -228,6 +230,10 @@ public enum Wire {
             }
         }
         if let f = o["response_format"] { r.responseFormat = try decodeResponseFormat(f) }
+        if let a = o["approvals"] {
+            guard a.stringValue == "host" else { throw WireError("request.approvals: expected \"host\", got \(a.jsonText)") }
+            r.approval = .host
+        }
         if let opts = o["options"] {
             guard case .object(let oo) = opts else { throw WireError("request.options: expected an object") }
             r.options = oo

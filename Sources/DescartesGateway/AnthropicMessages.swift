@@ -288,6 +288,8 @@ extension Gateway {
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
         if let key { key.label(&modelRequest.metadata) }
+        // Approvals are the gateway's configuration, never the client's.
+        modelRequest.approval = settings.approvals[target.name]
         record.stream = parsed.stream
         let id = "msg_" + Self.randomID()
         if !parsed.stream {

@@ -274,6 +274,8 @@ package final class Gateway: Sendable {
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
         if let key { key.label(&modelRequest.metadata) }
+        // Approvals are the gateway's configuration, never the client's.
+        modelRequest.approval = settings.approvals[target.name]
         record.stream = parsed.stream
         let id = "chatcmpl-" + Self.randomID()
         let created = Int(time(nil))

@@ -566,6 +566,8 @@ extension Gateway {
         var modelRequest = parsed.request
         if let m = target.model { modelRequest.model = m }
         if let key { key.label(&modelRequest.metadata) }
+        // Approvals are the gateway's configuration, never the client's.
+        modelRequest.approval = settings.approvals[target.name]
         record.stream = parsed.stream
         let id = "resp_" + Self.randomID()
         let created = Int(time(nil))

@@ -25,6 +25,8 @@ public final class PluginCall: @unchecked Sendable {
         var terminated = false
         var cancelled = false
         var cancelHandlers: [@Sendable () -> Void] = []
+        /// Approval requests sent and not answered yet, by id (ABI 1.2).
+        var approvals: [String: @Sendable (ApprovalDecision) -> Void] = [:]
     }
     private let state = Lock(State())
 
@@ -65,6 +67,45 @@ public final class PluginCall: @unchecked Sendable {
         guard let handlers else { return }
         for h in handlers { h() }
         fail(ProviderError(.cancelled, "the request was cancelled"))
+        denyOpenApprovals("the request was cancelled")
+    }
+
+    // MARK: Approvals (ABI 1.2)
+
+    /// Asks the host to approve a tool use (an APPROVAL event) and calls
+    /// `answer` once with its decision, on the host's thread. Ask only when
+    /// the request's `approval` is `.host` (the host said it answers).
+    /// A call that ends (cancelled, or its terminal event) before the host
+    /// answers gets `.deny` with the reason.
+    public func askApproval(_ q: ApprovalRequest, _ answer: @escaping @Sendable (ApprovalDecision) -> Void) {
+        let open = state.withLock { s -> Bool in
+            if s.terminated || s.cancelled { return false }
+            s.approvals[q.id] = answer
+            return true
+        }
+        guard open else { return answer(.deny(reason: "the request had ended")) }
+        var o: JSONObject = ["id": .string(q.id), "tool": .string(q.tool), "input": q.input]
+        if let k = q.kind { o["kind"] = .string(k) }
+        emitJSON(UInt32(DESCARTES_EVENT_APPROVAL), 0, JSONValue.object(o).jsonBytes)
+    }
+
+    /// The host's `answer_approval`: {"id", "allow", "reason"?}.
+    func answerApproval(_ bytes: UnsafeRawBufferPointer) {
+        guard let doc = try? JSONValue.parse(bytes), let id = doc["id"]?.stringValue else { return }
+        guard let answer = state.withLock({ $0.approvals.removeValue(forKey: id) }) else { return }
+        if doc["allow"]?.boolValue == true {
+            answer(.allow)
+        } else {
+            answer(.deny(reason: doc["reason"]?.stringValue ?? "denied by the caller"))
+        }
+    }
+
+    private func denyOpenApprovals(_ why: String) {
+        let open = state.withLock { s -> [@Sendable (ApprovalDecision) -> Void] in
+            defer { s.approvals = [:] }
+            return Array(s.approvals.values)
+        }
+        for a in open { a(.deny(reason: why)) }
     }
 
     // MARK: Events
@@ -162,6 +203,7 @@ public final class PluginCall: @unchecked Sendable {
         }
         guard first else { return }
         bytes.withUnsafeBytes { deliverOrQueue(type, 0, $0, terminal: true) }
+        denyOpenApprovals("the request had ended")
         owner?.finished(self)
     }
 

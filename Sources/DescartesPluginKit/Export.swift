@@ -27,6 +27,11 @@ public protocol DescartesBackend: AnyObject, Sendable {
     /// Called after every other call of this backend has ended (the kit
     /// cancels those still running first). Release connections and children.
     func shutdown(_ call: PluginCall)
+    /// True for a backend that asks the host to approve tool uses
+    /// (`PluginCall.askApproval`, ABI 1.2): only then does the kit fill
+    /// `answer_approval`, so the host sends it requests' approval policies
+    /// (and refuses them for an agent backend that cannot ask).
+    var asksApprovals: Bool { get }
 }
 
 extension DescartesBackend {
@@ -45,6 +50,7 @@ extension DescartesBackend {
         call.fail(ProviderError(.unsupportedFeature, "this backend cannot embed text"))
     }
     public func shutdown(_ call: PluginCall) { call.finish(result: [:]) }
+    public var asksApprovals: Bool { false }
 }
 
 /// What a backend is created with.
@@ -256,6 +262,11 @@ final class BackendBox: @unchecked Sendable {
             guard let call else { return }
             Unmanaged<PluginCall>.fromOpaque(UnsafeRawPointer(call)).takeUnretainedValue().cancel()
         }
+        if impl.asksApprovals { raw.pointee.answer_approval = { _, call, json, length in
+            guard let call, let json else { return }
+            Unmanaged<PluginCall>.fromOpaque(UnsafeRawPointer(call)).takeUnretainedValue()
+                .answerApproval(UnsafeRawBufferPointer(start: json, count: length))
+        } }
         raw.pointee.release = { _, call in
             guard let call else { return }
             Unmanaged<PluginCall>.fromOpaque(UnsafeRawPointer(call)).release()

@@ -42,12 +42,23 @@ enum Helper {
         _ = writer.send(Frame.log, bytes: bytes)
     }
 
+    /// The plugin's `answer_approval` (ABI 1.2), when its table reaches it.
+    static func answerApproval(_ b: UnsafeMutablePointer<descartes_backend_t>)
+        -> (@convention(c) (UnsafeMutablePointer<descartes_backend_t>?, OpaquePointer?, UnsafePointer<CChar>?, Int) -> Void)?
+    {
+        let at = MemoryLayout<descartes_backend_t>.offset(of: \.answer_approval)!
+        guard Int(b.pointee.struct_size) >= at + MemoryLayout<UnsafeRawPointer?>.size else { return nil }
+        return b.pointee.answer_approval
+    }
+
     /// CREATED: the library's description once it loaded (what `plugins
-    /// verify` reports, even when create then refused), and the error.
-    static func reply(error: ProviderError?, library: PluginLibrary? = nil) {
+    /// verify` reports, even when create then refused), the error, and
+    /// whether the plugin answers approvals (ABI 1.2).
+    static func reply(error: ProviderError?, library: PluginLibrary? = nil, answersApprovals: Bool = false) {
         var doc = JSONObject()
         if let error { doc["error"] = Wire.json(error) }
         if let library { doc["library"] = library.report }
+        if error == nil && answersApprovals { doc["answer_approval"] = true }
         _ = writer.send(Frame.created, bytes: JSONValue.object(doc).jsonBytes)
     }
 
@@ -111,7 +122,7 @@ enum Helper {
                     backend = try lib.createBackend(
                         factory: factory, provider: doc["provider"]?.stringValue ?? factory, instance: instance,
                         config: doc["config"]?.jsonBytes ?? Array("{}".utf8), table: t, redactor: sink.redactor)
-                    reply(error: nil, library: lib)
+                    reply(error: nil, library: lib, answersApprovals: answerApproval(backend!) != nil)
                 } catch let e as ProviderError {
                     reply(error: e, library: loaded)
                 } catch {
@@ -154,6 +165,12 @@ enum Helper {
             case Frame.cancel:
                 guard payload.count >= 8, let b = backend, let h = handles[payload.le(0, as: UInt64.self)] else { continue }
                 b.pointee.cancel?(b, h)
+            case Frame.answer:
+                guard payload.count >= 8, let b = backend, let h = handles[payload.le(0, as: UInt64.self)], let fn = answerApproval(b) else {
+                    continue
+                }
+                let json = Array(payload.dropFirst(8))
+                json.withUnsafeBufferPointer { buf in buf.withMemoryRebound(to: CChar.self) { fn(b, h, $0.baseAddress, $0.count) } }
             case Frame.release:
                 guard payload.count >= 8, let b = backend, let h = handles.removeValue(forKey: payload.le(0, as: UInt64.self)) else { continue }
                 b.pointee.release?(b, h)

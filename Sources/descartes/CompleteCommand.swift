@@ -69,6 +69,8 @@ enum CompleteCommand {
                 guard let eq = l.firstIndex(of: "="), eq != l.startIndex else { throw args.mistake("--label needs KEY=VALUE, got '\(l)'") }
                 request.metadata[String(l[..<eq])] = String(l[l.index(after: eq)...])
             }
+            let approvals = args.all(.approve)
+            if !approvals.isEmpty { request.approval = try approvalPolicy(approvals, args) }
             if let n = try args.int(.maxTokens) {
                 guard n > 0 else { throw args.mistake("--max-tokens must be positive") }
                 request.maxTokens = n
@@ -221,6 +223,30 @@ enum CompleteCommand {
         request.messages = stored.messages + request.messages
         request.options["session_id"] = .string(arg)
         return stored
+    }
+
+    /// `--approve` values as a policy: `allow`, `deny`, `ask`, or rules
+    /// (with `ask`: what no rule allows is asked on the terminal).
+    static func approvalPolicy(_ values: [String], _ args: Arguments) throws(UsageError) -> ApprovalPolicy {
+        let words = Set(values.filter { ["allow", "deny", "ask"].contains($0) })
+        let patterns = values.filter { !["allow", "deny", "ask"].contains($0) }
+        if words.count > 1 || (!words.isEmpty && !patterns.isEmpty && !words.contains("ask")) {
+            throw args.mistake("--approve: allow and deny stand alone; combine rules only with each other or with ask, got \(values.joined(separator: " "))")
+        }
+        if words == ["allow"] { return .allowAll }
+        if words == ["deny"] { return .denyAll }
+        let rules: ApprovalPolicy?
+        do throws(ProviderError) { rules = patterns.isEmpty ? nil : try ApprovalPolicy.rules(patterns) } catch {
+            throw args.mistake("--approve: \(error.message)")
+        }
+        guard words.contains("ask") else { return rules! }
+        guard isatty(0) != 0 else {
+            throw args.mistake("--approve ask asks on the terminal, but stdin is not a terminal; use allow, deny or rules such as 'Bash(git *)'")
+        }
+        return .handler { q in
+            if let rules, case .allow = await rules.decide(q) { return .allow }
+            return await TerminalApproval.ask(q)
+        }
     }
 
     /// Streams events to stdout as they arrive; returns the final response.

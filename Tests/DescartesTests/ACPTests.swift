@@ -202,7 +202,7 @@ final class ACPHarness: @unchecked Sendable {
         let denied = try await b.complete(ModelRequest(prompt: "TOOL first"))
         #expect(denied.content == "not allowed")
         #expect(denied.finishReason == .toolDenied)
-        #expect(denied.metadata["permission_denials"]?[0]?["tool"] == "append line")
+        #expect(denied.metadata["permission_denials"]?[0]?["tool_name"] == "append line")
         #expect(denied.metadata["tool_calls"]?[0]?["status"] == "failed")
         #expect(!FileSystem.exists(h.sideEffects))
 
@@ -245,5 +245,149 @@ final class ACPHarness: @unchecked Sendable {
         #expect(notACP?.kind == .streamClosed, "\(String(describing: notACP))")
         #expect(notACP?.message.contains("before answering initialize") == true)
         await cat.shutdown()
+    }
+
+    // MARK: Approvals (ABI 1.2)
+
+    /// The agent's session/request_permission becomes an APPROVAL event;
+    /// the request's policy denies it: the tool does not run, the turn ends
+    /// tool_denied, the reason reaches the metadata and a notice.
+    @Test(arguments: [false, true])
+    func anApprovalAskedAndDeniedByThePolicy(isolated: Bool) async throws {
+        let h = try ACPHarness()
+        // The backend's own setting would allow it: the request's policy wins.
+        let b = try ACPHarness.plugins.factory().create(
+            "acp", config: h.config(["permissions": "allow"]), isolation: isolated ? ProviderFactory.Isolation.process() : ProviderFactory.Isolation.inProcess)
+        var r = ModelRequest(prompt: "TOOL forbidden")
+        r.approval = .denyAll
+        let c = await collect(b.stream(r))
+        let out = try #require(c.response, "\(String(describing: c.error))")
+        #expect(out.content == "not allowed")
+        #expect(out.finishReason == .toolDenied)
+        #expect(out.metadata["permission_denials"]?[0]?["reason"] == "the approval policy denies every tool use")
+        #expect(c.notices.contains { $0.contains("approval: append line(echo forbidden >> $ACP_TEST_FILE) denied") }, "\(c.notices)")
+        #expect(!FileSystem.exists(h.sideEffects))
+        await b.shutdown()
+        #expect(await h.gone())
+    }
+
+    @Test func rulesAndAHandlerDecide() async throws {
+        let h = try ACPHarness()
+        let b = try h.backend()
+        var allowed = ModelRequest(prompt: "TOOL yes")
+        // ACP names no tool: a rule matches the tool call's title or kind,
+        // its pattern the input's command.
+        allowed.approval = try .rules(["execute(echo yes *)"])
+        let r1 = try await b.complete(allowed)
+        #expect(r1.content == "ran" && r1.finishReason == .stop)
+        var refused = ModelRequest(prompt: "TOOL no")
+        refused.approval = try .rules(["execute(echo yes *)", "Read"])
+        let r2 = try await b.complete(refused)
+        #expect(r2.finishReason == .toolDenied)
+        #expect(r2.metadata["permission_denials"]?[0]?["reason"]?.stringValue?.contains("no approval rule allows append line(echo no >> $ACP_TEST_FILE)") == true)
+
+        let seen = Lock<[ApprovalRequest]>([])
+        var asked = ModelRequest(prompt: "TOOL handled")
+        asked.approval = .handler { q in
+            seen.withLock { $0.append(q) }
+            try? await Task.sleep(for: .milliseconds(200))  // a person thinking
+            return .deny(reason: "not on a Friday")
+        }
+        let r3 = try await b.complete(asked)
+        #expect(r3.finishReason == .toolDenied)
+        #expect(r3.metadata["permission_denials"]?[0]?["reason"] == "not on a Friday")
+        let q = try #require(seen.withLock { $0.first })
+        #expect(q.tool == "append line" && q.kind == "execute")
+        #expect(q.input["command"] == "echo handled >> $ACP_TEST_FILE")
+        #expect(try FileSystem.readText(h.sideEffects, limit: 1000) == "yes\n")
+        await b.shutdown()
+    }
+
+    /// Cancelled while the handler has not answered: the agent's permission
+    /// request is answered `cancelled`, nothing runs, nothing is left.
+    @Test func cancelledWhileAnApprovalIsPending() async throws {
+        let h = try ACPHarness()
+        let b = try h.backend()
+        var r = ModelRequest(prompt: "TOOL never")
+        r.approval = .handler { _ in
+            try? await Task.sleep(for: .seconds(30))
+            return .allow
+        }
+        let task = Task { await collect(b.stream(r)) }
+        #expect(await ProcScan.eventually { !h.running.isEmpty })
+        try await Task.sleep(for: .milliseconds(1000))
+        task.cancel()
+        #expect(await task.value.error?.kind == .cancelled)
+        #expect(await h.gone(), "still running: \(h.running)")
+        #expect(!FileSystem.exists(h.sideEffects))
+        await b.shutdown()
+    }
+
+    @Test func theCLIApprovesWithRulesAndRefusesAskWithoutATerminal() async throws {
+        let h = try ACPHarness()
+        let plugins = PluginDir().addBuilt(provider: "acp")
+        let config = TempDir("descartes-acp-cli")
+        var yaml = "providers:\n  agent:\n    plugin: acp\n    command: \(h.python)\n"
+        yaml += "    args: [\(FileSystem.join(TestEnv.root, "Tests/Servers/acp_agent.py"))]\n"
+        yaml += "    env: {ACP_TEST_STATE: \(h.state.path), ACP_TEST_FILE: \(h.sideEffects), DESCARTES_TEST_MARK: \(h.mark)}\n"
+        try FileSystem.makeDirectories(config.file("descartes"))
+        config.write("descartes/providers.yaml", yaml)
+        let env = ["DESCARTES_PLUGIN_PATH": plugins.path, "XDG_CONFIG_HOME": config.path]
+        func cli(_ approve: String) async -> ProcResult {
+            var e = Environment.current()
+            e["NO_COLOR"] = "1"
+            for (k, v) in env { e[k] = v }
+            return await Proc.run([TestEnv.descartes, "complete", "-p", "agent", "--approve", approve, "TOOL", "cli"], env: e, stdin: "", timeout: .seconds(60))
+        }
+        let d = await cli("Read")
+        #expect(d.status == 77, "\(d)")
+        #expect(d.stdout == "not allowed\n", "\(d)")
+        #expect(d.stderr.contains("denied append line"), "\(d)")
+        let a = await cli("execute(echo cli *)")
+        #expect(a.status == 0 && a.stdout == "ran\n", "\(a)")
+        let ask = await cli("ask")
+        #expect(ask.status == 64 && ask.stderr.contains("stdin is not a terminal"), "\(ask)")
+        #expect(try FileSystem.readText(h.sideEffects, limit: 1000) == "cli\n")
+        #expect(await h.gone())
+    }
+
+    /// The gateway applies its configured policy (server.approvals) to an
+    /// ACP instance; a bad rule is refused at start naming the file.
+    @Test func theGatewayAppliesItsApprovalPolicy() async throws {
+        let h = try ACPHarness()
+        let plugins = PluginDir().addBuilt(provider: "acp")
+        let dir = TempDir("descartes-acp-gateway")
+        var yaml = "providers:\n  agent:\n    plugin: acp\n    command: \(h.python)\n"
+        yaml += "    args: [\(FileSystem.join(TestEnv.root, "Tests/Servers/acp_agent.py"))]\n"
+        yaml += "    env: {ACP_TEST_STATE: \(h.state.path), ACP_TEST_FILE: \(h.sideEffects), DESCARTES_TEST_MARK: \(h.mark)}\n"
+        yaml += "    permissions: allow\n"
+        let good = dir.write("providers.yaml", yaml + "server:\n  approvals:\n    agent: [Read]\n")
+        let bad = dir.write("bad.yaml", yaml + "server:\n  approvals:\n    agent: ['Bash(git *']\n")
+        let driver = """
+            import json, os, subprocess, sys, urllib.request
+            gw = subprocess.Popen([os.environ["DESCARTES"], "serve", "--config", sys.argv[1], "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            url = gw.stdout.readline().decode().split()[-1]
+            try:
+                body = json.dumps({"model": "agent", "messages": [{"role": "user", "content": "TOOL gateway"}]}).encode()
+                r = urllib.request.urlopen(urllib.request.Request(url + "/v1/chat/completions", body, {"content-type": "application/json"}), timeout=60)
+                doc = json.load(r)
+                print(doc["choices"][0]["message"]["content"], doc["choices"][0]["finish_reason"])
+            finally:
+                gw.terminate()
+                gw.wait(timeout=20)
+            """
+        var env = Environment.current()
+        env["DESCARTES"] = TestEnv.descartes
+        env["DESCARTES_PLUGIN_PATH"] = plugins.path
+        env["HOME"] = "/nonexistent"
+        let r = await Proc.run(["python3", "-c", driver, good], env: env, timeout: .seconds(120))
+        #expect(r.status == 0, "\(r)")
+        // The backend would allow it; the gateway's rules (Read only) deny.
+        #expect(r.stdout.hasPrefix("not allowed "), "\(r)")
+        #expect(!FileSystem.exists(h.sideEffects))
+        let refused = await Proc.descartes(["serve", "--config", bad, "--listen", "127.0.0.1:0"], env: ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"])
+        #expect(refused.status == 78, "\(refused)")
+        #expect(refused.stderr.contains("bad.yaml") && refused.stderr.contains("server.approvals.agent"), "\(refused)")
+        #expect(await h.gone())
     }
 }

@@ -79,9 +79,14 @@ package struct GatewaySettings: Sendable {
     /// The SQLite file of the keys `descartes keys create` issues.
     package var keysDatabase = GatewaySettings.defaultKeysDatabase()
 
+    /// `approvals`: the tool approval policy of each provider (instance,
+    /// plugin, chain or route name) the gateway serves; clients cannot
+    /// change it. A name without one asks nobody.
+    package var approvals: [String: ApprovalPolicy] = [:]
+
     package init() {}
 
-    static let knownKeys = ["listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys", "keys_database"]
+    static let knownKeys = ["listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys", "keys_database", "approvals"]
 
     /// `gateway-keys.sqlite3` in the state directory the audit ledger uses
     /// (`$XDG_STATE_HOME/descartes`, by default `~/.local/state/descartes`).
@@ -159,6 +164,31 @@ package struct GatewaySettings: Sendable {
         }
         if let t = v.int(node, "shutdown_grace_secs") {
             if (0...3600).contains(t) { s.shutdownGrace = .seconds(t) } else { v.problem(node["shutdown_grace_secs"]!, "server.shutdown_grace_secs is 0 to 3600, got \(t)") }
+        }
+        if let a = node["approvals"] {
+            if case .mapping(let pairs) = a.value {
+                for (k, value) in pairs {
+                    guard let name = k.scalar, !name.isEmpty else {
+                        v.problem(k, "a provider name under server.approvals is a string")
+                        continue
+                    }
+                    let given: [String]
+                    if let one = value.scalar { given = [one] } else if let list = v.stringList(a, name) { given = list } else {
+                        v.problem(value, "server.approvals.\(name) is allow, deny, or a list of rules such as [Read, 'Bash(git *)']")
+                        continue
+                    }
+                    switch given {
+                    case ["allow"]: s.approvals[name] = .allowAll
+                    case ["deny"]: s.approvals[name] = .denyAll
+                    default:
+                        do throws(ProviderError) { s.approvals[name] = try .rules(given) } catch {
+                            v.problem(value, "server.approvals.\(name): \(error.message) (ask needs a terminal: the gateway takes allow, deny or rules)")
+                        }
+                    }
+                }
+            } else {
+                v.problem(a, "server.approvals maps provider names to a policy: {vibe: deny, claude: [Read, 'Bash(git *)']}")
+            }
         }
         if let keys = node["keys"] {
             guard case .mapping(let pairs) = keys.value else {

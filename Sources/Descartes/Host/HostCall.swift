@@ -24,6 +24,9 @@ final class HostCall: @unchecked Sendable {
     /// Where the total deadline counts from: the request's start, which
     /// comes before this call when the backend was initialized first.
     let totalFrom: ContinuousClock.Instant
+    /// Decides the plugin's APPROVAL events (ABI 1.2); nil answers them
+    /// denied (the request carried no policy).
+    let approval: ApprovalPolicy?
     /// The call's number in `CallRegistry` (the plugin's context), once started.
     private(set) var id: UInt64 = 0
 
@@ -55,13 +58,18 @@ final class HostCall: @unchecked Sendable {
         /// Events and bytes received (CallLimits).
         var events = 0
         var bytes = 0
+        /// Approval answers decided before the operation function returned
+        /// the handle, sent once it has.
+        var heldAnswers: [[UInt8]] = []
     }
     private let state: Lock<State>
 
     init(
         backend: PluginBackend, op: BackendOperation, deadlines: Deadlines,
-        continuation: CheckedContinuation<Outcome, Error>, sink: StreamSink?, totalFrom: ContinuousClock.Instant? = nil
+        continuation: CheckedContinuation<Outcome, Error>, sink: StreamSink?, totalFrom: ContinuousClock.Instant? = nil,
+        approval: ApprovalPolicy? = nil
     ) {
+        self.approval = approval
         self.backend = backend
         self.op = op
         self.deadlines = deadlines
@@ -115,19 +123,23 @@ final class HostCall: @unchecked Sendable {
             answer(.failure(ProviderError(.backend, "the plugin could not start \(op.name) (it returned no handle)", provider: backend.name)))
             return
         }
-        let (releaseNow, cancelNow) = state.withLock { s -> (Bool, Bool) in
+        let (releaseNow, cancelNow, held) = state.withLock { s -> (Bool, Bool, [[UInt8]]) in
             s.handle = CallHandle(raw: handle)
             if s.pluginDone && s.cancelsInFlight == 0 && !s.released {
                 s.released = true
-                return (true, false)
+                return (true, false, [])
             }
+            let held = s.pluginDone ? [] : s.heldAnswers
+            s.heldAnswers = []
+            s.cancelsInFlight += held.count
             if s.cancelWanted && !s.pluginDone {
                 s.cancelsInFlight += 1
-                return (false, true)
+                return (false, true, held)
             }
-            return (false, false)
+            return (false, false, held)
         }
         if releaseNow { backend.raw.pointee.release?(backend.raw, handle) }
+        for a in held { deliverAnswer(a, handle) }
         if cancelNow { cancelPlugin(handle) }
     }
 
@@ -152,6 +164,7 @@ final class HostCall: @unchecked Sendable {
             return
         }
         var out: StreamEvent? = nil
+        var ask: ApprovalRequest? = nil
         var violation: ProviderError? = nil
         var firstToken = false
         let live = state.withLock { s -> Bool in
@@ -233,6 +246,13 @@ final class HostCall: @unchecked Sendable {
                 let message = backend.log.redactor.redact(doc?["message"]?.stringValue ?? String(decoding: bytes, as: UTF8.self))
                 out = .notice(level: level, message: message)
                 backend.log.log(level == "error" ? .warning : .debug, "provider \(backend.name)", message)
+            case DESCARTES_EVENT_APPROVAL:
+                guard let doc = try? JSONValue.parse(bytes), let id = doc["id"]?.stringValue, let tool = doc["tool"]?.stringValue else {
+                    violation = ProviderError(
+                        .invalidResponse, "the plugin sent an approval event that is not {\"id\", \"tool\", ...}", provider: backend.name)
+                    break
+                }
+                ask = ApprovalRequest(id: id, tool: tool, input: doc["input"] ?? .object([:]), kind: doc["kind"]?.stringValue)
             default:
                 break  // Unknown event types are ignored (a newer plugin).
             }
@@ -245,6 +265,7 @@ final class HostCall: @unchecked Sendable {
             return
         }
         if live, let out, let sink { sink.continuation.yield(out) }
+        if live, let ask { decide(ask) }
         // The idle deadline starts counting at the first token.
         if firstToken && deadlines.idle != nil { armWatchdog() }
     }
@@ -357,6 +378,68 @@ final class HostCall: @unchecked Sendable {
     /// arrived meanwhile.
     private func cancelPlugin(_ handle: OpaquePointer) {
         backend.raw.pointee.cancel?(backend.raw, handle)
+        let releaseNow = state.withLock { s -> Bool in
+            s.cancelsInFlight -= 1
+            if s.pluginDone && s.cancelsInFlight == 0 && !s.released {
+                s.released = true
+                return true
+            }
+            return false
+        }
+        if releaseNow { backend.raw.pointee.release?(backend.raw, handle) }
+    }
+
+    // MARK: Approvals (ABI 1.2)
+
+    /// Decides an APPROVAL event with the request's policy (on a task of
+    /// its own: a handler may take its time) and answers the plugin; the
+    /// decision is also a notice in the stream.
+    private func decide(_ q: ApprovalRequest) {
+        guard let policy = approval else {
+            return answerApproval(q.id, .deny(reason: "the request carries no approval policy"))
+        }
+        Task.detached { [self] in
+            let d = await policy.decide(q)
+            let verdict: String
+            switch d {
+            case .allow: verdict = "allowed"
+            case .deny(let reason): verdict = "denied (\(reason))"
+            }
+            let message = backend.log.redactor.redact("approval: \(q.tool)(\(Wire.excerpt(q.subject, limit: 200))) \(verdict)")
+            if let sink, !state.withLock({ $0.answered }) { sink.continuation.yield(.notice(level: "info", message: message)) }
+            backend.log.log(.debug, "provider \(backend.name)", message)
+            answerApproval(q.id, d)
+        }
+    }
+
+    /// Sends one answer through the plugin's `answer_approval`, unless the
+    /// call has ended; held until the operation function has returned the
+    /// handle.
+    private func answerApproval(_ id: String, _ d: ApprovalDecision) {
+        var doc: JSONObject = ["id": .string(id), "allow": .bool(d.allowed)]
+        if case .deny(let reason) = d { doc["reason"] = .string(reason) }
+        let bytes = JSONValue.object(doc).jsonBytes
+        let handle = state.withLock { s -> CallHandle? in
+            guard !s.released, !s.pluginDone else { return nil }
+            guard let h = s.handle else {
+                s.heldAnswers.append(bytes)
+                return nil
+            }
+            s.cancelsInFlight += 1
+            return h
+        }
+        if let handle { deliverAnswer(bytes, handle.raw) }
+    }
+
+    /// Calls `answer_approval` (the caller counted it in cancelsInFlight,
+    /// so the handle is not released meanwhile), then releases if the
+    /// terminal event arrived in between.
+    private func deliverAnswer(_ bytes: [UInt8], _ handle: OpaquePointer) {
+        if let fn = backend.answerApproval {
+            bytes.withUnsafeBufferPointer { b in
+                b.withMemoryRebound(to: CChar.self) { fn(backend.raw, handle, $0.baseAddress, $0.count) }
+            }
+        }
         let releaseNow = state.withLock { s -> Bool in
             s.cancelsInFlight -= 1
             if s.pluginDone && s.cancelsInFlight == 0 && !s.released {

@@ -109,6 +109,13 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     /// Counts a call as alive (`HostCall.init`).
     func callStarted() { calls.withLock { $0.live += 1 } }
 
+    /// The plugin's `answer_approval` (ABI 1.2), when its table has one.
+    var answerApproval: (@convention(c) (UnsafeMutablePointer<descartes_backend_t>?, OpaquePointer?, UnsafePointer<CChar>?, Int) -> Void)? {
+        let at = MemoryLayout<descartes_backend_t>.offset(of: \.answer_approval)!
+        guard Int(raw.pointee.struct_size) >= at + MemoryLayout<UnsafeRawPointer?>.size else { return nil }
+        return raw.pointee.answer_approval
+    }
+
     /// Counts a call as gone (`HostCall.deinit`), waking `shutdown` after the last.
     func callEnded() {
         let waiters = calls.withLock { c -> [CallsEnded] in
@@ -260,6 +267,12 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
                 "'\(name)' does not take a response format (the request asks for \(r.responseFormat.kindName)): its manifest \(manifest.file) lists no 'structured_output' capability",
                 provider: name)
         }
+        if r.approval != nil, answerApproval == nil, manifest.capabilities.contains("agent") {
+            throw ProviderError(
+                .unsupportedFeature,
+                "'\(name)' cannot ask for tool approvals (its plugin has no answer_approval, ABI 1.2), so the request's approval policy (\(r.approval!)) could not be applied; drop the policy or use an agent backend that asks",
+                provider: name)
+        }
         guard let i = r.messages.firstIndex(where: { !$0.images.isEmpty }) else { return }
         if let j = r.messages.firstIndex(where: { !$0.images.isEmpty && $0.role != .user }) {
             throw ProviderError(.api, "messages[\(j)] (\(r.messages[j].role.rawValue)): only user messages carry images", provider: name)
@@ -404,8 +417,9 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         let began = clock.now
         try await initialize(Deadlines(total: request.deadlines.total))
         let input = request
+        let policy = answerApproval == nil ? nil : request.approval
         let outcome = try await ProviderError.catching(provider: name) {
-            try await run(.complete, input: Wire.encode(input), deadlines: input.deadlines, streaming: nil, totalFrom: began)
+            try await run(.complete, input: Wire.encode(input.approvalsFor(policy)), deadlines: input.deadlines, streaming: nil, totalFrom: began, approval: policy)
         }
         guard case .response(let r) = outcome else { preconditionFailure() }
         return decorate(r, request: request)
@@ -423,7 +437,10 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
                 try checkRequest(req)
                 try await initialize(Deadlines(total: req.deadlines.total))
                 let sink = StreamSink(continuation: continuation, decorate: { [self] r in decorate(r, request: req) })
-                _ = try await run(.stream, input: Wire.encode(req), deadlines: req.deadlines, streaming: sink, totalFrom: began)
+                let policy = answerApproval == nil ? nil : req.approval
+                _ = try await run(
+                    .stream, input: Wire.encode(req.approvalsFor(policy)), deadlines: req.deadlines, streaming: sink, totalFrom: began,
+                    approval: policy)
             } catch {
                 continuation.finish(throwing: error)
             }
@@ -491,7 +508,8 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
     /// `totalFrom` (the request's start, before a lazy initialize) or now.
     /// A total already spent ends the request here, the plugin not called.
     func run(
-        _ op: BackendOperation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?, totalFrom: ContinuousClock.Instant? = nil
+        _ op: BackendOperation, input: [UInt8], deadlines: Deadlines, streaming: StreamSink?, totalFrom: ContinuousClock.Instant? = nil,
+        approval: ApprovalPolicy? = nil
     ) async throws -> HostCall.Outcome {
         guard let fn = op.function(in: raw) else {
             throw ProviderError(.unsupportedFeature, "the plugin does not implement \(op.name)", provider: name)
@@ -504,13 +522,24 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         let box = CancelBox()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<HostCall.Outcome, Error>) in
-                let call = HostCall(backend: self, op: op, deadlines: deadlines, continuation: c, sink: streaming, totalFrom: totalFrom)
+                let call = HostCall(
+                    backend: self, op: op, deadlines: deadlines, continuation: c, sink: streaming, totalFrom: totalFrom, approval: approval)
                 box.attach(call)
                 call.start(fn, input: input)
             }
         } onCancel: {
             box.cancel()
         }
+    }
+}
+
+extension ModelRequest {
+    /// The request as the plugin is sent it: "approvals" only when the
+    /// host will answer them (`policy`, kept only for a plugin that can ask).
+    func approvalsFor(_ policy: ApprovalPolicy?) -> ModelRequest {
+        var r = self
+        r.approval = policy
+        return r
     }
 }
 

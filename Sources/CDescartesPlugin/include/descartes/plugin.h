@@ -1,5 +1,5 @@
 /*
- * descartes/plugin.h -- the Descartes backend plugin ABI, version 1 (1.1).
+ * descartes/plugin.h -- the Descartes backend plugin ABI, version 1 (1.2).
  *
  * This header is the contract between the Descartes host (the `descartes`
  * CLI, or any program using the Swift `Descartes` library) and a backend
@@ -171,11 +171,12 @@ extern "C" {
 /** The ABI version this header describes. */
 #define DESCARTES_ABI_VERSION 1u
 
-/** The 1.x revision this header describes (1.1: the backend's `embed`).
+/** The 1.x revision this header describes (1.1: the backend's `embed`;
+ *  1.2: tool approval, DESCARTES_EVENT_APPROVAL and `answer_approval`).
  *  Informational, for `#if` in a plugin's source: nothing is negotiated with
  *  it. Each side finds what the other has by struct_size (DESCARTES_HAS_FIELD)
  *  and extension id, never by this number. Since 1.1. */
-#define DESCARTES_ABI_MINOR 1u
+#define DESCARTES_ABI_MINOR 2u
 
 /** The symbol the host looks up with dlsym(). */
 #define DESCARTES_PLUGIN_ENTRY_SYMBOL "descartes_plugin_entry"
@@ -316,7 +317,19 @@ enum {
     /** Terminal: the operation failed. data: JSON Error (docs/abi.md):
      *  {"kind": string, "message": string, "status"?: int,
      *   "provider_type"?: string, "retry_after_ms"?: int, ...}. */
-    DESCARTES_EVENT_ERROR = 10
+    DESCARTES_EVENT_ERROR = 10,
+    /** Since 1.2. An agent asks the caller to approve a tool use before it
+     *  runs it. Only for a `complete` or `stream` whose Request has
+     *  "approvals": "host" (a host that sets it answers; without it, or
+     *  from a 1.0/1.1 host, the plugin never sends this event and decides
+     *  by its own configuration). data: JSON {"id": string (unique within
+     *  the call), "tool": string, "input"?: any, "kind"?: string}. The host
+     *  answers each id once, later, from another thread, through the
+     *  backend's `answer_approval`, unless the call ends first (its
+     *  terminal event, or `cancel`: the plugin then treats every open
+     *  request as denied). The call's deadlines keep running meanwhile.
+     *  Non-terminal; a 1.1 host ignores it (unknown type). */
+    DESCARTES_EVENT_APPROVAL = 11
 };
 
 /** Filled by the plugin; borrowed by the host for the duration of the event
@@ -403,7 +416,8 @@ typedef descartes_call_t *DESCARTES_NULLABLE (*descartes_operation_fn)(
 
 /** Filled by the plugin in `create`; owned by the plugin, lives until its
  *  `destroy` returns. Every function below is required (DESCARTES_NONNULL)
- *  except `get_extension` and those appended since 1.0 (`embed`). */
+ *  except `get_extension` and those appended since 1.0 (`embed`,
+ *  `answer_approval`). */
 struct descartes_backend {
     /** sizeof(descartes_backend_t) as the plugin compiled it. */
     uint32_t struct_size;
@@ -574,6 +588,23 @@ struct descartes_backend {
      * unsupported_feature itself, as it does for a 1.0 plugin.
      */
     descartes_operation_fn DESCARTES_NULLABLE embed;
+
+    /* ---- Appended in 1.2 (read only when DESCARTES_HAS_FIELD says so). ---- */
+
+    /**
+     * [thread-safe & callback-safe] since 1.2
+     *
+     * The host's answer to a DESCARTES_EVENT_APPROVAL of `call`.
+     * `json`/`length`: JSON {"id": string (the event's), "allow": bool,
+     * "reason"?: string (why it was denied)}, borrowed.
+     * `call`: a handle this backend returned, not yet released; the host
+     * calls it at most once per id. The plugin ignores an id it does not
+     * know (its call ended, or it was answered). May be NULL: the plugin
+     * never asks, and the host never sets "approvals" in its requests.
+     */
+    void (*DESCARTES_NULLABLE answer_approval)(descartes_backend_t *DESCARTES_NONNULL self,
+                                               descartes_call_t *DESCARTES_NONNULL call,
+                                               const char *DESCARTES_NONNULL json, size_t length);
 };
 
 /* ======================================================================

@@ -13,6 +13,8 @@ import Glibc
 ///   START     u64 call | u8 code | input    EVENT     u64 call | u32 type | u32 index | data
 ///   CANCEL    u64 call                      LOG       u32 level | message
 ///   RELEASE   u64 call
+///   ANSWER    u64 call | JSON (ABI 1.2: answer_approval; CREATED says
+///             {"answer_approval": true} when the plugin has it)
 ///   DESTROY   (empty)                       (the helper exits after DESTROY)
 ///
 /// CREATED's `library` (once the library loaded, even when create then
@@ -35,6 +37,7 @@ package enum Frame {
     package static let release: UInt8 = 4
     package static let destroy: UInt8 = 5
     package static let `extension`: UInt8 = 6
+    package static let answer: UInt8 = 7
     package static let created: UInt8 = 10
     package static let event: UInt8 = 11
     package static let log: UInt8 = 12

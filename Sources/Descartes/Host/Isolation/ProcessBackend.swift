@@ -235,7 +235,15 @@ final class ProcessBackend: @unchecked Sendable {
             case Frame.created:
                 let doc = try? JSONValue.parse(bytes: Array(payload))
                 if let l = doc?["library"], let report = libraryReport { report.set(l) }
-                if let e = doc?["error"] { waiter.signal(.error(e)) } else { waiter.signal(.ok) }
+                if let e = doc?["error"] { waiter.signal(.error(e)) } else {
+                    // The proxy answers approvals only for a plugin that takes them.
+                    if doc?["answer_approval"]?.boolValue == true {
+                        raw.pointee.answer_approval = { s, call, json, length in ProcessBackend.me(s).forwardAnswer(call, json, length) }
+                    } else {
+                        raw.pointee.answer_approval = nil
+                    }
+                    waiter.signal(.ok)
+                }
             case Frame.event:
                 guard payload.count >= 16 else { continue }
                 let id = payload.le(0, as: UInt64.self)
@@ -468,6 +476,16 @@ final class ProcessBackend: @unchecked Sendable {
         let call = Unmanaged<ProxyCall>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
         let helper = state.withLock { $0.helper }
         _ = helper?.writer.send(type, bytes: call.id.leBytes)
+    }
+
+    /// answer_approval: ANSWER with the call's id and the JSON.
+    private func forwardAnswer(_ handle: OpaquePointer?, _ json: UnsafePointer<CChar>?, _ length: Int) {
+        guard let handle, let json else { return }
+        let call = Unmanaged<ProxyCall>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+        let helper = state.withLock { $0.helper }
+        var frame = call.id.leBytes
+        frame.append(contentsOf: UnsafeRawBufferPointer(start: json, count: length))
+        _ = helper?.writer.send(Frame.answer, bytes: frame)
     }
 
     private func release(_ handle: OpaquePointer?) {
