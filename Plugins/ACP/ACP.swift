@@ -257,21 +257,11 @@ final class ACPBackend: DescartesBackend {
     /// first as a text block of their own; in a session the agent holds the
     /// conversation, so only the new user messages are sent.
     static func prompt(_ r: ModelRequest, session: Bool) throws(ProviderError) -> [JSONValue] {
-        guard r.tools.isEmpty else {
-            throw ProviderError(
-                .unsupportedFeature, "an ACP agent runs its own tools; tools defined by the caller cannot be passed to it")
-        }
-        var system: [String] = []
-        if let s = r.systemPrompt, !s.isEmpty { system.append(s) }
-        var turns: [Message] = []
-        for m in r.messages { if m.role == .system { system.append(m.content) } else { turns.append(m) } }
-        let split = (turns.lastIndex { $0.role == .assistant || $0.role == .tool }).map { $0 + 1 } ?? 0
-        let history = turns[..<split]
-        let new = turns[split...]
-        if let bad = new.first(where: { $0.role != .user }) {
-            throw ProviderError(.config, "the messages after the last assistant message must be user messages, found \(bad.role.rawValue)")
-        }
-        guard !new.isEmpty else { throw ProviderError(.config, "the request must end with a user message (the agent answers the user)") }
+        let turn = try AgentTurn(
+            r, agent: "the agent", toolsReason: "an ACP agent runs its own tools; tools defined by the caller cannot be passed to it")
+        let system = turn.system
+        let history = turn.history
+        let new = turn.newTurn
         if new.contains(where: { !$0.images.isEmpty }) {
             throw ProviderError(.unsupportedFeature, "the acp backend sends text prompts only; images are not passed to the agent")
         }

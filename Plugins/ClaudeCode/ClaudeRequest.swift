@@ -134,29 +134,13 @@ struct ClaudeInput {
     var system: String?
 
     init(_ r: ModelRequest) throws(ProviderError) {
-        guard r.tools.isEmpty else {
-            throw ProviderError(
-                .unsupportedFeature,
-                "claude-code-cli runs Claude Code's own tools; tools defined by the caller cannot be passed to it (choose them with the 'tools' and 'allowed_tools' config keys)"
-            )
-        }
-        var sys: [String] = []
-        if let s = r.systemPrompt, !s.isEmpty { sys.append(s) }
-        var turns: [Message] = []
-        for m in r.messages {
-            if m.role == .system { sys.append(m.content) } else { turns.append(m) }
-        }
-        system = sys.isEmpty ? nil : sys.joined(separator: "\n\n")
-        let lastAssistant = turns.lastIndex { $0.role == .assistant || $0.role == .tool }
-        let split = lastAssistant.map { $0 + 1 } ?? 0
-        history = Array(turns[..<split])
-        newTurn = Array(turns[split...])
-        if let bad = newTurn.first(where: { $0.role != .user }) {
-            throw ProviderError(.config, "the messages after the last assistant message must be user messages, found \(bad.role.rawValue)")
-        }
-        guard !newTurn.isEmpty else {
-            throw ProviderError(.config, "the request must end with a user message (claude answers the user)")
-        }
+        let turn = try AgentTurn(
+            r, agent: "claude",
+            toolsReason: "claude-code-cli runs Claude Code's own tools; tools defined by the caller cannot be passed to it (choose them with the 'tools' and 'allowed_tools' config keys)"
+        )
+        system = turn.joinedSystem
+        history = turn.history
+        newTurn = turn.newTurn
     }
 
     /// stdin: the new user message as one stream-json line. Several user

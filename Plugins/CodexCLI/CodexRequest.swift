@@ -137,31 +137,18 @@ struct CodexInput {
     var system: String?
 
     init(_ r: ModelRequest, resuming: Bool) throws(ProviderError) {
-        guard r.tools.isEmpty else {
-            throw ProviderError(
-                .unsupportedFeature,
-                "codex-cli runs Codex's own tools; tools defined by the caller cannot be passed to it (choose what it may do with the 'sandbox' and 'approval_policy' keys)"
-            )
-        }
-        var sys: [String] = []
-        if let s = r.systemPrompt, !s.isEmpty { sys.append(s) }
-        var turns: [Message] = []
-        for m in r.messages {
-            if m.role == .system { sys.append(m.content) } else { turns.append(m) }
-        }
-        system = sys.isEmpty ? nil : sys.joined(separator: "\n\n")
-        let lastAnswer = turns.lastIndex { $0.role == .assistant || $0.role == .tool }
-        if lastAnswer != nil && !resuming {
+        let turn = try AgentTurn(
+            r, agent: "codex",
+            toolsReason: "codex-cli runs Codex's own tools; tools defined by the caller cannot be passed to it (choose what it may do with the 'sandbox' and 'approval_policy' keys)"
+        )
+        system = turn.joinedSystem
+        if !turn.history.isEmpty && !resuming {
             throw ProviderError(
                 .unsupportedFeature,
                 "codex-cli cannot be given earlier answers: a conversation continues in a Codex session (request option session: true, then session_id; `descartes complete --session`)"
             )
         }
-        let newTurn = turns[(lastAnswer.map { $0 + 1 } ?? 0)...]
-        if let bad = newTurn.first(where: { $0.role != .user }) {
-            throw ProviderError(.config, "the messages after the last assistant message must be user messages, found \(bad.role.rawValue)")
-        }
-        prompt = newTurn.map(\.content).filter { !$0.isEmpty }.joined(separator: "\n\n")
+        prompt = turn.newTurn.map(\.content).filter { !$0.isEmpty }.joined(separator: "\n\n")
         guard !prompt.isEmpty else {
             throw ProviderError(.config, "the request must end with a user message with text (codex answers the user)")
         }

@@ -378,6 +378,14 @@ final class HostCall: @unchecked Sendable {
     /// arrived meanwhile.
     private func cancelPlugin(_ handle: OpaquePointer) {
         backend.raw.pointee.cancel?(backend.raw, handle)
+        outOfBandCallEnded(handle)
+    }
+
+    /// A call into the plugin made outside the lock on a live handle (a
+    /// cancel or an approval answer, counted in cancelsInFlight so the
+    /// handle was not released meanwhile) has returned: releases the handle
+    /// if the terminal event arrived in between.
+    private func outOfBandCallEnded(_ handle: OpaquePointer) {
         let releaseNow = state.withLock { s -> Bool in
             s.cancelsInFlight -= 1
             if s.pluginDone && s.cancelsInFlight == 0 && !s.released {
@@ -440,15 +448,7 @@ final class HostCall: @unchecked Sendable {
                 b.withMemoryRebound(to: CChar.self) { fn(backend.raw, handle, $0.baseAddress, $0.count) }
             }
         }
-        let releaseNow = state.withLock { s -> Bool in
-            s.cancelsInFlight -= 1
-            if s.pluginDone && s.cancelsInFlight == 0 && !s.released {
-                s.released = true
-                return true
-            }
-            return false
-        }
-        if releaseNow { backend.raw.pointee.release?(backend.raw, handle) }
+        outOfBandCallEnded(handle)
     }
 
     // MARK: Deadlines
