@@ -32,6 +32,7 @@ struct descartes_http_server {
     descartes_http_closed_fn on_closed;
     void *ctx;
     atomic_uint active;
+    char *tls_cert, *tls_key;  // PEM, with TLS
 };
 
 struct descartes_http_request {
@@ -356,8 +357,13 @@ static int listen_on(const char *host, unsigned port, char *error, size_t error_
 }
 
 descartes_http_server *descartes_http_start(const char *host, unsigned port, unsigned threads, size_t body_limit,
-                                            unsigned idle_timeout_s, descartes_http_request_fn on_request,
+                                            unsigned idle_timeout_s, const char *tls_cert, const char *tls_key,
+                                            descartes_http_request_fn on_request,
                                             descartes_http_closed_fn on_closed, void *ctx, char *error, size_t error_len) {
+    if ((tls_cert || tls_key) && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(error, error_len, "this libmicrohttpd was built without TLS (MHD_FEATURE_TLS)");
+        return NULL;
+    }
     descartes_http_server *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(error, error_len, "out of memory");
@@ -379,17 +385,36 @@ descartes_http_server *descartes_http_start(const char *host, unsigned port, uns
     s->ctx = ctx;
     atomic_init(&s->active, 0);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    s->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, access_handler, s,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->fd,
-        MHD_OPTION_NOTIFY_COMPLETED, completed, s,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)(threads > 1 ? threads : 0),
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)idle_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)4096,
-        MHD_OPTION_END);
+    if (tls_cert && tls_key) {
+        // The same options, and the certificate and key (libmicrohttpd copies neither: they outlive the daemon in `s`).
+        s->tls_cert = strdup(tls_cert);
+        s->tls_key = strdup(tls_key);
+        s->daemon = MHD_start_daemon(
+            flags | MHD_USE_TLS, 0, NULL, NULL, access_handler, s,
+            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->fd,
+            MHD_OPTION_NOTIFY_COMPLETED, completed, s,
+            MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)(threads > 1 ? threads : 0),
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)idle_timeout_s,
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)4096,
+            MHD_OPTION_HTTPS_MEM_CERT, s->tls_cert,
+            MHD_OPTION_HTTPS_MEM_KEY, s->tls_key,
+            MHD_OPTION_END);
+    } else {
+        s->daemon = MHD_start_daemon(
+            flags, 0, NULL, NULL, access_handler, s,
+            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->fd,
+            MHD_OPTION_NOTIFY_COMPLETED, completed, s,
+            MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)(threads > 1 ? threads : 0),
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)idle_timeout_s,
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)4096,
+            MHD_OPTION_END);
+    }
     if (!s->daemon) {
-        snprintf(error, error_len, "libmicrohttpd could not start on %s:%u", host, port);
+        snprintf(error, error_len, "libmicrohttpd could not start on %s:%u%s", host, port,
+                 s->tls_cert ? ": is the TLS certificate or key not PEM, or not a pair?" : "");
         close(s->fd);
+        free(s->tls_cert);
+        free(s->tls_key);
         free(s);
         return NULL;
     }
@@ -411,5 +436,7 @@ unsigned descartes_http_active(const descartes_http_server *s) {
 void descartes_http_stop(descartes_http_server *s) {
     // libmicrohttpd closes the listening socket it was given (unless quiesced).
     MHD_stop_daemon(s->daemon);
+    free(s->tls_cert);
+    free(s->tls_key);
     free(s);
 }

@@ -440,7 +440,8 @@ extension Command {
                 keys come from providers.yaml's server: section; without keys only a
                 loopback address is served. One JSON access-log line per request goes to
                 stderr. SIGINT or SIGTERM: stop accepting, let requests finish within
-                server.shutdown_grace_secs (default 10), cancel the rest, exit 0.
+                server.shutdown_grace_secs (default 10), cancel the rest, exit 0. SIGHUP:
+                read providers.yaml again (a bad file is reported and the running one kept).
                 See docs/gateway.md.
                 """),
         Command(.keys, summary: "Issue, list and revoke the gateway's keys (descartes serve)", about: ""),

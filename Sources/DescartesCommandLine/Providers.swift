@@ -48,18 +48,27 @@ package enum Commands {
     /// (`ProvidersConfig.startupProblems`): on any problem, every one is
     /// printed and the process exits 78.
     package static func setup(_ globals: Globals) -> Setup {
-        let config = configuration(globals)
-        let catalog = catalog(globals)
-        let problems = config.startupProblems(catalog: catalog)
-        if !problems.isEmpty {
-            Out.err("Error: invalid configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s")):")
-            for p in problems { Out.err("  \(p)") }
+        switch setupOrProblems(globals, configuration(globals)) {
+        case .success(let s): return s
+        case .failure(let e):
+            Out.err("Error: invalid configuration (\(e.problems.count) problem\(e.problems.count == 1 ? "" : "s")):")
+            for p in e.problems { Out.err("  \(p)") }
             exit(ExitCode.config.rawValue)
         }
+    }
+
+    /// `setup` from a configuration already read, with its problems
+    /// returned rather than ending the process (`serve`'s reload keeps
+    /// running on a bad file).
+    package static func setupOrProblems(_ globals: Globals, _ config: ProvidersConfig) -> Result<Setup, SourceError> {
+        if !config.problems.isEmpty { return .failure(SourceError(config.problems)) }
+        let catalog = catalog(globals)
+        let problems = config.startupProblems(catalog: catalog)
+        if !problems.isEmpty { return .failure(SourceError(problems)) }
         var factory = ProviderFactory(
             catalog: catalog, loader: Out.loader, environment: config.environment, configuration: config, logSink: Out.logSink)
         factory.operationDeadline = globals.operationDeadline
-        return Setup(factory: factory, settings: config.reliabilitySettings(catalog: catalog).0)
+        return .success(Setup(factory: factory, settings: config.reliabilitySettings(catalog: catalog).0))
     }
 
     /// `--set KEY=VALUE` values as config.

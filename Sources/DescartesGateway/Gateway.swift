@@ -13,14 +13,37 @@ import Glibc
 /// is translated into a `ModelRequest`, and the backend's answer or events
 /// back into the caller's protocol.
 package final class Gateway: Sendable {
+    /// The settings it started with (a reload changes keys, CORS origins and
+    /// providers; the rest takes a restart).
     package let settings: GatewaySettings
-    let factory: ProviderFactory
-    let reliability: ReliabilitySettings
-    let providers: ReliableProviders
+    /// What one configuration gives: its factory, middleware settings and
+    /// the backends built from them. A reload (SIGHUP) replaces it whole;
+    /// requests already running keep the backends they started with.
+    final class Generation: Sendable {
+        let factory: ProviderFactory
+        let reliability: ReliabilitySettings
+        let providers: ReliableProviders
+        let backends = Lock<[String: any ModelBackend]>([:])
+        /// server.approvals: the tool approval policy of each provider name.
+        let approvals: [String: ApprovalPolicy]
+
+        init(factory: ProviderFactory, reliability: ReliabilitySettings, approvals: [String: ApprovalPolicy]) {
+            self.factory = factory
+            self.reliability = reliability
+            self.approvals = approvals
+            providers = ReliableProviders(settings: reliability, factory: factory)
+        }
+    }
+    private let generation: Lock<Generation>
+    var factory: ProviderFactory { generation.withLock { $0.factory } }
+    var reliability: ReliabilitySettings { generation.withLock { $0.reliability } }
+    var providers: ReliableProviders { generation.withLock { $0.providers } }
+    /// The tool approval policy for requests to the provider `name` (nil: nobody is asked).
+    func approval(for name: String) -> ApprovalPolicy? { generation.withLock { $0.approvals[name] } }
+    private let corsOrigins: Lock<[String]>
     let audit: AuditLog?
     /// One line per request (JSON), never a secret.
     let accessLog: @Sendable (String) -> Void
-    private let backends = Lock<[String: any ModelBackend]>([:])
     private let inFlight = Lock<[ObjectIdentifier: HTTPExchange]>([:])
     private let draining = Lock(false)
     private let server = Lock<HTTPServer?>(nil)
@@ -38,9 +61,8 @@ package final class Gateway: Sendable {
         accessLog: @escaping @Sendable (String) -> Void
     ) {
         self.settings = settings
-        self.factory = factory
-        self.reliability = reliability
-        self.providers = ReliableProviders(settings: reliability, factory: factory)
+        self.generation = Lock(Generation(factory: factory, reliability: reliability, approvals: settings.approvals))
+        self.corsOrigins = Lock(settings.corsOrigins)
         self.audit = audit
         self.accessLog = accessLog
         self.keys = KeyRing(configured: settings.keys, store: keyStore, loopback: GatewaySettings.isLoopback(settings.host), notice: notice)
@@ -60,15 +82,23 @@ package final class Gateway: Sendable {
                     "refusing to serve \(settings.host) without keys: anyone who can reach it could use every provider; "
                     + "issue one (descartes keys create --name NAME) or add server.keys to providers.yaml (docs/gateway.md), or listen on 127.0.0.1")
         }
+        var tls: (cert: String, key: String)?
+        if let files = settings.tls {
+            do {
+                tls = (try FileSystem.readText(files.cert, limit: 1 << 20), try FileSystem.readText(files.key, limit: 1 << 20))
+            } catch {
+                throw StartError(description: "server.tls: cannot read \(error)")
+            }
+        }
         do {
             let s = try HTTPServer(
                 host: settings.host, port: settings.port, threads: settings.threads, bodyLimit: settings.maxBodyBytes,
-                idleTimeoutSeconds: settings.idleTimeoutSeconds
+                idleTimeoutSeconds: settings.idleTimeoutSeconds, tls: tls
             ) { [self] request, exchange in handle(request, exchange) }
             server.withLock { $0 = s }
             return s.port
         } catch {
-            throw StartError(description: error.description)
+            throw StartError(description: error.description + (settings.tls.map { " (server.tls: cert \($0.cert), key \($0.key))" } ?? ""))
         }
     }
 
@@ -77,6 +107,7 @@ package final class Gateway: Sendable {
     /// server and shuts every backend down.
     package func shutdown(grace: Duration) async {
         draining.withLock { $0 = true }
+        let providers = generation.withLock { $0.providers }
         guard let s = server.withLock({ $0 }) else {
             await providers.shutdown()
             return
@@ -102,7 +133,50 @@ package final class Gateway: Sendable {
     /// Which protocol's error shape a path answers with.
     enum Dialect { case openAI, anthropic }
 
+    /// Takes a reloaded configuration: the providers (new requests use the
+    /// new ones; the old ones are shut down once the requests that began
+    /// before the reload are done) and their tool approval policies, the
+    /// configured keys and the CORS origins. Returns the settings that changed but take a restart.
+    package func reload(settings new: GatewaySettings, factory: ProviderFactory, reliability: ReliabilitySettings) -> [String] {
+        var restart: [String] = []
+        if new.threads != settings.threads { restart.append("server.threads") }
+        if new.maxBodyBytes != settings.maxBodyBytes { restart.append("server.max_body_mb") }
+        if new.idleTimeoutSeconds != settings.idleTimeoutSeconds { restart.append("server.idle_timeout_secs") }
+        if new.shutdownGrace != settings.shutdownGrace { restart.append("server.shutdown_grace_secs") }
+        if new.keysDatabase != settings.keysDatabase { restart.append("server.keys_database") }
+        if new.tls?.cert != settings.tls?.cert || new.tls?.key != settings.tls?.key { restart.append("server.tls") }
+        if new.host != settings.host || new.port != settings.port { restart.append("server.listen") }
+        for k in new.keys { factory.logSink.redactor.register(String(decoding: k.secret, as: UTF8.self)) }
+        keys.replaceConfigured(new.keys)
+        corsOrigins.withLock { $0 = new.corsOrigins }
+        let old = generation.withLock { g -> Generation in
+            defer { g = Generation(factory: factory, reliability: reliability, approvals: new.approvals) }
+            return g
+        }
+        // The exchanges begun before the reload are held here, so none of
+        // their identifiers can be taken by a later request meanwhile.
+        let before = inFlight.withLock { $0 }
+        Task { [self] in
+            while inFlight.withLock({ now in before.keys.contains { now[$0] != nil } }) { try? await Task.sleep(for: .milliseconds(50)) }
+            withExtendedLifetime(before) {}
+            await old.providers.shutdown()
+        }
+        return restart
+    }
+
+    /// The CORS headers of an answer to `request` (none unless its Origin is allowed).
+    func corsHeaders(_ request: HTTPRequest) -> [(String, String)] {
+        guard let origin = request.headers["origin"] else { return [] }
+        let origins = corsOrigins.withLock { $0 }
+        guard origins.contains("*") || origins.contains(origin) else { return [] }
+        return [
+            ("Access-Control-Allow-Origin", origins.contains("*") ? "*" : origin), ("Vary", "Origin"),
+            ("Access-Control-Expose-Headers", "Retry-After, x-should-retry"),
+        ]
+    }
+
     func handle(_ request: HTTPRequest, _ exchange: HTTPExchange) {
+        exchange.extraHeaders = corsHeaders(request)
         let id = ObjectIdentifier(exchange)
         inFlight.withLock { $0[id] = exchange }
         metrics.begin()
@@ -125,6 +199,16 @@ package final class Gateway: Sendable {
             "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/responses": "POST", "/responses": "POST",
             "/ready": "GET", "/metrics": "GET", "/v1/embeddings": "POST", "/embeddings": "POST",
         ]
+        if request.method == "OPTIONS", endpoints[path] != nil, !exchange.extraHeaders.isEmpty {
+            // A browser's CORS preflight from an allowed origin (no key: browsers send none with it).
+            record.status = 204
+            let asked = request.headers["access-control-request-headers"] ?? "authorization, content-type, x-api-key"
+            exchange.respond(
+                status: 204,
+                headers: [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"), ("Access-Control-Allow-Headers", asked), ("Access-Control-Max-Age", "600")],
+                body: [])
+            return
+        }
         guard let method = endpoints[path] else {
             return fail(.notFound("no endpoint \(request.method) \(path) (docs/gateway.md lists them)"))
         }
@@ -220,8 +304,10 @@ package final class Gateway: Sendable {
 
     /// The shared backend of a name, built on first use.
     func backend(_ name: String) throws(ProviderError) -> any ModelBackend {
+        let g = generation.withLock { $0 }
+        let (backends, factory, reliability) = (g.backends, g.factory, g.reliability)
         if let b = backends.withLock({ $0[name] }) { return b }
-        var b = try providers.backend(name)
+        var b = try g.providers.backend(name)
         if let audit {
             let plugin = (try? factory.resolveName(name, settings: reliability))?.plugin ?? name
             b = audit.wrap(b, plugin: plugin)
@@ -275,7 +361,7 @@ package final class Gateway: Sendable {
         if let m = target.model { modelRequest.model = m }
         if let key { key.label(&modelRequest.metadata) }
         // Approvals are the gateway's configuration, never the client's.
-        modelRequest.approval = settings.approvals[target.name]
+        modelRequest.approval = approval(for: target.name)
         record.stream = parsed.stream
         let id = "chatcmpl-" + Self.randomID()
         let created = Int(time(nil))

@@ -14,7 +14,10 @@ struct HTTPRequest: Sendable {
     var bodyTooLarge: Bool
 
     /// The headers copied out of libmicrohttpd (only these are read).
-    static let headerNames = ["authorization", "x-api-key", "content-type", "anthropic-version", "anthropic-beta", "user-agent", "x-request-id"]
+    static let headerNames = [
+        "authorization", "x-api-key", "content-type", "anthropic-version", "anthropic-beta", "user-agent", "x-request-id", "origin",
+        "access-control-request-method", "access-control-request-headers",
+    ]
 }
 
 /// The answer to one request: whole (`respond`) or streamed (`begin`,
@@ -32,6 +35,9 @@ final class HTTPExchange: @unchecked Sendable {
     private let state = Lock(State())
 
     init(_ raw: OpaquePointer) { self.raw = raw }
+
+    /// Headers every answer of this exchange carries (CORS), set before `run`.
+    var extraHeaders: [(String, String)] = []
 
     /// Runs `work` as the task that answers; cancelled when the client goes
     /// away before the answer is complete.
@@ -67,7 +73,7 @@ final class HTTPExchange: @unchecked Sendable {
             return !s.answered
         }
         guard first else { return }
-        let h = Self.headerText(headers)
+        let h = Self.headerText(headers + extraHeaders)
         _ = body.withUnsafeBytes { b in descartes_http_respond(raw, UInt32(status), h, b.baseAddress, b.count) }
     }
 
@@ -79,7 +85,7 @@ final class HTTPExchange: @unchecked Sendable {
             return !s.answered
         }
         guard first else { return false }
-        return descartes_http_stream_begin(raw, UInt32(status), Self.headerText(headers)) == 0
+        return descartes_http_stream_begin(raw, UInt32(status), Self.headerText(headers + extraHeaders)) == 0
     }
 
     /// Appends to a streamed answer. Returns the bytes the client has not
@@ -129,7 +135,11 @@ final class HTTPServer: @unchecked Sendable {
     let port: Int
     private let stopped = Lock(false)
 
-    init(host: String, port: Int, threads: Int, bodyLimit: Int, idleTimeoutSeconds: Int, handler: @escaping Handler) throws(StartError) {
+    /// - Parameter tls: PEM certificate (chain) and key: HTTPS only.
+    init(
+        host: String, port: Int, threads: Int, bodyLimit: Int, idleTimeoutSeconds: Int, tls: (cert: String, key: String)? = nil,
+        handler: @escaping Handler
+    ) throws(StartError) {
         let ctx = Unmanaged.passRetained(Context(handler))
         var error = [CChar](repeating: 0, count: 512)
         let onRequest: descartes_http_request_fn = { ctx, req in
@@ -157,8 +167,8 @@ final class HTTPServer: @unchecked Sendable {
         }
         guard
             let s = descartes_http_start(
-                host, UInt32(port), UInt32(max(1, threads)), bodyLimit, UInt32(idleTimeoutSeconds), onRequest, onClosed, ctx.toOpaque(),
-                &error, error.count)
+                host, UInt32(port), UInt32(max(1, threads)), bodyLimit, UInt32(idleTimeoutSeconds), tls?.cert, tls?.key, onRequest, onClosed,
+                ctx.toOpaque(), &error, error.count)
         else {
             ctx.release()
             throw StartError(description: String(cString: error))

@@ -567,7 +567,7 @@ extension Gateway {
         if let m = target.model { modelRequest.model = m }
         if let key { key.label(&modelRequest.metadata) }
         // Approvals are the gateway's configuration, never the client's.
-        modelRequest.approval = settings.approvals[target.name]
+        modelRequest.approval = approval(for: target.name)
         record.stream = parsed.stream
         let id = "resp_" + Self.randomID()
         let created = Int(time(nil))

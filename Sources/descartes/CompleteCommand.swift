@@ -316,10 +316,13 @@ final class Interrupts: @unchecked Sendable {
     private let sources: [DispatchSourceSignal]
     private let received = Lock<Int32>(0)
 
-    init(_ onInterrupt: @escaping @Sendable () -> Void) {
+    private let signals: [Int32]
+
+    init(_ signals: [Int32] = Interrupts.handled, _ onInterrupt: @escaping @Sendable () -> Void) {
         let count = Lock(0)
         let received = self.received
-        sources = Self.handled.map { sig in
+        self.signals = signals
+        sources = signals.map { sig in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {
@@ -334,7 +337,7 @@ final class Interrupts: @unchecked Sendable {
 
     func stop() {
         for s in sources { s.cancel() }
-        for sig in Self.handled { signal(sig, SIG_DFL) }
+        for sig in signals { signal(sig, SIG_DFL) }
     }
 
     /// The first signal received, 0 for none.

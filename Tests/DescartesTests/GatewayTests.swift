@@ -26,7 +26,7 @@ import DescartesSupport
         #expect(r.status == 0, "\(r.stderr)\n\(r.stdout)")
         // unittest's summary: every test ran, none failed.
         #expect(r.stderr.contains("\nOK\n") || r.stderr.hasSuffix("\nOK"), "\(r.stderr)")
-        #expect(r.stderr.contains("Ran 36 tests"), "\(r.stderr)")
+        #expect(r.stderr.contains("Ran 40 tests"), "\(r.stderr)")
     }
 
     /// README.md's gateway example, run as written: `descartes serve` (with
@@ -176,6 +176,61 @@ import DescartesSupport
         let after = await Proc.descartes(["keys", "list", "--config", config, "--json"], env: env)
         let doc = try JSONValue.parse(after.stdout)
         #expect(doc["keys"]?[0]?["revoked"]?.stringValue != nil, "\(after)")
+    }
+
+    /// docs/gateway.md's `server:` example passes `config check` (its
+    /// secret file and variable supplied here).
+    @Test func theDocsServerSectionIsValid() async throws {
+        let doc = try FileSystem.readText(FileSystem.join(TestEnv.root, "docs/gateway.md"), limit: 1 << 20)
+        let section = try #require(doc.firstRange(of: "## Configuration: the `server:` section"))
+        let start = try #require(doc[section.upperBound...].firstRange(of: "```yaml\n"))
+        let end = try #require(doc[start.upperBound...].firstRange(of: "\n```\n"))
+        let dir = TempDir("descartes-serve-docs")
+        let secret = dir.write("team-b", "team-b-secret-from-a-file-0123")
+        let yaml = String(doc[start.upperBound..<end.lowerBound]).replacingAll("/run/secrets/gateway-team-b", with: secret)
+        #expect(yaml.contains("tls:") && yaml.contains("cors_origins:") && yaml.contains("rpm:"))
+        let config = dir.write("providers.yaml", yaml)
+        let r = await Proc.descartes(
+            ["--config", config, "config", "check"],
+            env: ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent", "TEAM_A_KEY": "team-a-secret-from-env-0123"])
+        #expect(r.status == 0, "\(r)")
+        #expect(!r.stdout.contains("team-a-secret-from-env-0123") && !r.stderr.contains("team-b-secret-from-a-file-0123"), "\(r)")
+    }
+
+    /// server.tls, server.cors_origins and a configured key's limits: each
+    /// wrong value named at its file:line:column; TLS files that are not a
+    /// certificate and key: `serve` stops naming them (not their content).
+    @Test func tlsCorsAndKeyLimitProblemsAreNamed() async throws {
+        let (r, dir) = await serve(
+            ["--listen", "127.0.0.1:0"],
+            yaml: """
+                server:
+                  tls: {cert: cert.pem}
+                  cors_origins: ["app.example.com", "https://ok.example.com/"]
+                  keys:
+                    team-a:
+                      secret: ${TEAM_A_KEY}
+                      rpm: 0
+                      labels: [x]
+                """, env: ["TEAM_A_KEY": "team-a-secret-from-env-0123"])
+        #expect(r.status == 78, "\(r)")
+        let file = dir.file("providers.yaml")
+        for expected in [
+            "\(file):2:8: server.tls needs 'key': the PEM private key file",
+            "\(file):3:17: server.cors_origins: 'app.example.com' is not an origin",
+            "\(file):3:17: server.cors_origins: 'https://ok.example.com/' is not an origin",
+            "\(file):7:12: server.keys.team-a.rpm is a number above 0, got 0",
+            "\(file):8:15: server.keys.team-a.labels is a mapping of strings",
+        ] {
+            #expect(r.stderr.contains(expected), "\(expected)\n\(r)")
+        }
+        let notPEM = TempDir("descartes-serve-tls")
+        let cert = notPEM.write("cert.pem", "not a certificate, a secret-looking line 0123\n")
+        let key = notPEM.write("key.pem", "not a key either, another secret-looking line 4567\n")
+        let (bad, _) = await serve(["--listen", "127.0.0.1:0"], yaml: "server:\n  tls: {cert: \(cert), key: \(key)}\n")
+        #expect(bad.status == 69, "\(bad)")
+        #expect(bad.stderr.contains("server.tls: cert \(cert), key \(key)"), "\(bad)")
+        #expect(!bad.stderr.contains("secret-looking"), "\(bad)")
     }
 
     @Test func listenAddresses() {

@@ -16,10 +16,13 @@ import json
 import os
 import re
 import select
+import signal
+import ssl
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -31,6 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KEY_A = "gw-test-key-team-a-0123456789"
 KEY_B = "gw-test-key-team-b-0123456789"
+KEY_C = "gw-test-key-team-c-0123456789"
+KEY_D = "gw-test-key-team-d-0123456789"
 UPSTREAM_KEY = "sk-upstream-test-key-abcdef"
 
 state = {}
@@ -112,15 +117,21 @@ audit:
 server:
   listen: 127.0.0.1:0
   keys_database: {os.path.join(tmp.name, "keys.sqlite3")}
+  cors_origins: ["http://app.test"]
   keys:
     team-a: ${{GW_KEY_A}}
     team-b:
       secret: ${{GW_KEY_B}}
       models: ["echo", "echo/*"]
+    team-d:
+      secret: ${{GW_KEY_D}}
+      rpm: 1
+      labels: {{team: d}}
 """)
     env = dict(os.environ)
-    env.update({"GW_KEY_A": KEY_A, "GW_KEY_B": KEY_B, "UPSTREAM_KEY": UPSTREAM_KEY, "NO_COLOR": "1"})
-    state.update(config=config, env=env)
+    env.update({"GW_KEY_A": KEY_A, "GW_KEY_B": KEY_B, "GW_KEY_C": KEY_C, "GW_KEY_D": KEY_D, "UPSTREAM_KEY": UPSTREAM_KEY, "NO_COLOR": "1"})
+    with open(config) as f:
+        state.update(config=config, env=env, config_text=f.read())
     # Keys issued by the CLI before the gateway starts (others are issued and
     # revoked while it runs).
     issued = {}
@@ -153,7 +164,7 @@ def tearDownModule():
     state["log"].seek(0)
     log = state["log"].read()
     # The access log names keys, never their secrets (nor the upstream's).
-    for secret in (KEY_A, KEY_B, UPSTREAM_KEY, *state["issued"].values(), *state.get("more_issued", [])):
+    for secret in (KEY_A, KEY_B, KEY_C, KEY_D, UPSTREAM_KEY, *state["issued"].values(), *state.get("more_issued", [])):
         assert secret not in log, "a secret reached the access log"
     assert '"key":"team-a"' in log, log[-2000:]
     assert status == 0, f"descartes serve exited {status} after SIGTERM:\n{log[-2000:]}"
@@ -847,6 +858,16 @@ class IssuedKeys(unittest.TestCase):
         spent = {k["name"]: k["spent_usd"] for k in listed["keys"]}
         self.assertAlmostEqual(spent["issued-budget"], 0.0018, places=6)
 
+    def test_a_configured_key_with_limits_and_labels(self):
+        r = oai(KEY_D).chat.completions.create(model="echo", messages=[{"role": "user", "content": "team d"}])
+        self.assertEqual(r.choices[0].message.content, "team d")
+        with self.assertRaises(openai.RateLimitError) as e:
+            oai(KEY_D).chat.completions.create(model="echo", messages=[{"role": "user", "content": "again"}])
+        self.assertIn("'team-d' is over its rate limit (1 requests/min)", str(e.exception))
+        with open(os.path.join(state["tmp"].name, "audit.jsonl")) as f:
+            mine = [json.loads(line) for line in f if '"team-d"' in line]
+        self.assertTrue(mine and all(d.get("labels") == {"team": "d"} for d in mine), mine)
+
     def test_revocation_applies_without_a_restart(self):
         key = keys_cli("create", "--name", "short-lived").stdout.strip()
         state.setdefault("more_issued", []).append(key)
@@ -865,6 +886,172 @@ class IssuedKeys(unittest.TestCase):
         p = keys_cli("revoke", "short-lived", check=False)
         self.assertEqual(p.returncode, 78, p.stderr)
         self.assertIn("no active gateway key named 'short-lived'", p.stderr)
+
+
+def log_text():
+    with open(state["log"].name) as f:
+        return f.read()
+
+
+def sighup_and_wait(what):
+    """Sends SIGHUP and waits for the gateway's line about it (`what`), counting from the lines already there."""
+    before = log_text().count(what)
+    state["gateway"].send_signal(signal.SIGHUP)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if log_text().count(what) > before:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no '{what}' in the gateway's log after SIGHUP:\n{log_text()[-2000:]}")
+
+
+class ReloadAndCORS(unittest.TestCase):
+    def test_sighup_reloads_and_keeps_a_bad_file_out(self):
+        config = state["config"]
+        try:
+            # A keep-alive connection opened before the reloads is still served after them.
+            client = httpx.Client(base_url=state["url"], headers={"x-api-key": KEY_A})
+            self.assertEqual(client.get("/v1/models").status_code, 200)
+            # A bad file: reported (file:line), the running configuration kept.
+            with open(config, "w") as f:
+                f.write(state["config_text"].replace("retry: {max_attempts: 1}", "retry: {max_attempts: [oops}"))
+            sighup_and_wait("still serving the previous one")
+            # Each problem at its file:line:column.
+            self.assertRegex(log_text().split("still serving the previous one")[-1][:2000], re.escape(config) + r":\d+:\d+")
+            self.assertEqual(oai().chat.completions.create(model="echo", messages=[{"role": "user", "content": "still here"}]).choices[0].message.content,
+                             "still here")
+            # A good one: a new key and a new provider instance, without a restart,
+            # while a stream begun before it is still running: that stream ends whole.
+            up = state["upstream"]
+            piece = lambda d: "data: " + json.dumps(d) + "\n\n"
+            pieces = [{"data": piece(chunk({"role": "assistant", "content": "tick "}))}]
+            pieces += [{"data": piece(chunk({"content": "tock "})), "delay_ms": 300}] * 8
+            pieces += [{"data": piece(chunk({}, finish="stop")) + "data: [DONE]\n\n"}]
+            up.script({"status": 200, "headers": {"content-type": "text/event-stream"}, "chunks": pieces, "framing": "chunked"})
+            got, times, failed = [], [], []
+            started = threading.Event()
+
+            def read_stream():
+                try:
+                    for c in oai().chat.completions.create(model="upstream", messages=[{"role": "user", "content": "x"}], stream=True):
+                        if c.choices and c.choices[0].delta.content:
+                            got.append(c.choices[0].delta.content)
+                            times.append(time.monotonic())
+                            started.set()
+                except Exception as e:  # reported below
+                    failed.append(e)
+                    started.set()
+
+            reader = threading.Thread(target=read_stream)
+            reader.start()
+            self.assertTrue(started.wait(30), "the stream did not begin")
+            with open(config, "w") as f:
+                f.write(state["config_text"].replace("  keys:\n", "  keys:\n    team-c: ${GW_KEY_C}\n").replace(
+                    "retry:", "  echo-again:\n    plugin: echo\nretry:"))
+            sighup_and_wait("reloaded the configuration")
+            reloaded = time.monotonic()
+            reader.join(30)
+            self.assertFalse(reader.is_alive(), "the stream begun before the reload did not end")
+            self.assertEqual(failed, [])
+            self.assertEqual("".join(got), "tick " + "tock " * 8)
+            self.assertGreater(times[-1], reloaded, "the stream ended before the reload: it did not test one in flight")
+            r = oai(KEY_C).chat.completions.create(model="echo-again", messages=[{"role": "user", "content": "new key, new instance"}])
+            self.assertEqual(r.choices[0].message.content, "new key, new instance")
+            self.assertEqual(client.get("/v1/models").status_code, 200)
+            # Back to the original: team-c is gone.
+            with open(config, "w") as f:
+                f.write(state["config_text"])
+            sighup_and_wait("reloaded the configuration")
+            with self.assertRaises(openai.AuthenticationError):
+                oai(KEY_C).chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+            self.assertEqual(client.get("/v1/models").status_code, 200)
+            client.close()
+        finally:
+            with open(config, "w") as f:
+                f.write(state["config_text"])
+
+    def test_cors_for_the_configured_origins_only(self):
+        url = state["url"] + "/v1/chat/completions"
+        pre = httpx.options(url, headers={"Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+                                          "Access-Control-Request-Headers": "authorization, content-type"})
+        self.assertEqual(pre.status_code, 204, pre.text)
+        self.assertEqual(pre.headers["access-control-allow-origin"], "http://app.test")
+        self.assertEqual(pre.headers["access-control-allow-headers"], "authorization, content-type")
+        self.assertIn("POST", pre.headers["access-control-allow-methods"])
+        # The answers to that origin carry it (errors too); other origins and no origin get no CORS header.
+        ok = httpx.post(url, headers={"Origin": "http://app.test", "Authorization": "Bearer " + KEY_A},
+                        json={"model": "echo", "messages": [{"role": "user", "content": "cors"}]})
+        self.assertEqual((ok.status_code, ok.headers.get("access-control-allow-origin")), (200, "http://app.test"))
+        denied = httpx.post(url, headers={"Origin": "http://app.test"}, json={})
+        self.assertEqual((denied.status_code, denied.headers.get("access-control-allow-origin")), (401, "http://app.test"))
+        other = httpx.options(url, headers={"Origin": "http://elsewhere.test", "Access-Control-Request-Method": "POST"})
+        self.assertEqual(other.status_code, 405)
+        self.assertNotIn("access-control-allow-origin", other.headers)
+        plain = httpx.post(url, headers={"Authorization": "Bearer " + KEY_A}, json={"model": "echo", "messages": [{"role": "user", "content": "x"}]})
+        self.assertNotIn("access-control-allow-origin", plain.headers)
+
+
+class TLS(unittest.TestCase):
+    """A second gateway with server.tls, a self-signed certificate made by openssl here, no CORS."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="descartes-gateway-tls-")
+        d = cls.tmp.name
+        cls.cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        cls.key = key
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                        "-keyout", key, "-out", cls.cert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+        config = os.path.join(d, "providers.yaml")
+        with open(config, "w") as f:
+            f.write(f"server:\n  listen: 127.0.0.1:0\n  keys_database: {d}/keys.sqlite3\n  tls: {{cert: cert.pem, key: key.pem}}\n")
+        cls.log = open(os.path.join(d, "access.log"), "w+")
+        cls.proc = subprocess.Popen([os.environ.get("DESCARTES", "descartes"), "serve", "--config", config],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=cls.log, env=state["env"], cwd=d)
+        try:
+            line = read_line(cls.proc)
+        except RuntimeError:
+            cls.proc.kill()
+            cls.log.seek(0)
+            raise RuntimeError("descartes serve (TLS) did not start: " + cls.log.read())
+        assert line.startswith("listening on https://127.0.0.1:"), line
+        cls.url = line.split()[-1]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.terminate()
+        status = cls.proc.wait(timeout=20)
+        cls.tmp.cleanup()
+        assert status == 0, f"the TLS gateway exited {status}"
+
+    def test_https_with_the_certificate_and_not_plain_http(self):
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=30,
+                               http_client=httpx.Client(verify=ssl.create_default_context(cafile=self.cert)))
+        r = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "over tls"}])
+        self.assertEqual(r.choices[0].message.content, "over tls")
+        with self.assertRaises(httpx.HTTPError):
+            httpx.get(self.url + "/health")  # the certificate is not trusted without verify=
+        with self.assertRaises(httpx.HTTPError):
+            httpx.get(self.url.replace("https://", "http://") + "/health", timeout=5)
+        # CORS is off without cors_origins: a preflight is an ordinary 405.
+        pre = httpx.options(self.url + "/v1/chat/completions", headers={"Origin": "http://app.test"},
+                            verify=ssl.create_default_context(cafile=self.cert))
+        self.assertEqual(pre.status_code, 405)
+        self.assertNotIn("access-control-allow-origin", pre.headers)
+        # The private key never reaches the log.
+        with open(self.key) as f:
+            secret_lines = [l for l in f.read().splitlines() if l and not l.startswith("-----")]
+        deadline = time.time() + 10
+        while True:  # the access-log line is written just after the answer
+            self.log.seek(0)
+            log = self.log.read()
+            if '"status":200' in log or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertIn('"status":200', log)
+        for l in secret_lines:
+            self.assertNotIn(l, log)
 
 
 if __name__ == "__main__":

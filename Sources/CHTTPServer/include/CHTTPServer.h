@@ -44,10 +44,12 @@ typedef void (*descartes_http_closed_fn)(void *_Nullable ctx, void *_Nullable us
 /// with `threads` polling threads (epoll). Requests with bodies over
 /// `body_limit` bytes are handed to `on_request` with
 /// `descartes_http_body_too_large` set and no body. `idle_timeout_s` closes
-/// idle keep-alive connections. On failure returns NULL and writes why into
-/// `error`.
+/// idle keep-alive connections. With `tls_cert` and `tls_key` (PEM text,
+/// NUL-terminated) it speaks HTTPS only (libmicrohttpd over GnuTLS). On
+/// failure returns NULL and writes why into `error`.
 descartes_http_server *_Nullable descartes_http_start(
     const char *_Nonnull host, unsigned port, unsigned threads, size_t body_limit, unsigned idle_timeout_s,
+    const char *_Nullable tls_cert, const char *_Nullable tls_key,
     descartes_http_request_fn _Nonnull on_request, descartes_http_closed_fn _Nonnull on_closed, void *_Nullable ctx,
     char *_Nonnull error, size_t error_len);
 /// The port the server listens on.

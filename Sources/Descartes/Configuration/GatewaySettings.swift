@@ -12,11 +12,16 @@ import Glibc
 ///   idle_timeout_secs: 120        # idle keep-alive connections are closed
 ///   shutdown_grace_secs: 10       # on SIGINT/SIGTERM, requests in flight get this long
 ///   keys_database: PATH           # keys issued by `descartes keys` (default: the state directory)
+///   tls: {cert: FILE, key: FILE}  # HTTPS with these PEM files (default: plain HTTP)
+///   cors_origins: ["https://app.example.com"]   # browsers of these origins may call it (default: none)
 ///   keys:                         # without keys, only a loopback address is served
 ///     team-a: ${TEAM_A_KEY}       # NAME: secret, from the environment or a file only
 ///     team-b:
 ///       secret: ${file:/run/secrets/team-b}
 ///       models: ["openai/*", "local-*"]   # model names it may use (globs; default all)
+///       rpm: 600                  # requests and tokens per minute (429 past them)
+///       tpm: 200000
+///       labels: {team: b}         # carried to the audit ledger
 /// ```
 ///
 /// Read by `descartes serve` (Sources/DescartesGateway); here so that
@@ -76,6 +81,10 @@ package struct GatewaySettings: Sendable {
     package var idleTimeoutSeconds = 120
     package var shutdownGrace: Duration = .seconds(10)
     package var keys: [Key] = []
+    /// PEM certificate (chain) and private key files: HTTPS.
+    package var tls: (cert: String, key: String)?
+    /// Origins whose browser pages may call the gateway (CORS); `*` any. Empty: no CORS headers.
+    package var corsOrigins: [String] = []
     /// The SQLite file of the keys `descartes keys create` issues.
     package var keysDatabase = GatewaySettings.defaultKeysDatabase()
 
@@ -86,7 +95,9 @@ package struct GatewaySettings: Sendable {
 
     package init() {}
 
-    static let knownKeys = ["listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys", "keys_database", "approvals"]
+    static let knownKeys = [
+        "listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys", "keys_database", "approvals", "tls", "cors_origins",
+    ]
 
     /// `gateway-keys.sqlite3` in the state directory the audit ledger uses
     /// (`$XDG_STATE_HOME/descartes`, by default `~/.local/state/descartes`).
@@ -190,6 +201,30 @@ package struct GatewaySettings: Sendable {
                 v.problem(a, "server.approvals maps provider names to a policy: {vibe: deny, claude: [Read, 'Bash(git *)']}")
             }
         }
+        if let t = node["tls"] {
+            if case .mapping = t.value {
+                v.unknownKeys(t, allowed: ["cert", "key"], what: "key of server.tls")
+                let dir = FileSystem.directory(of: t.location.file)
+                func path(_ k: String) -> String? {
+                    guard t[k] != nil else {
+                        v.problem(t, "server.tls needs '\(k)': the PEM \(k == "cert" ? "certificate (chain)" : "private key") file")
+                        return nil
+                    }
+                    guard var p = v.string(t, k, required: true) else { return nil }
+                    if p.hasPrefix("~/") { p = FileSystem.join(Environment.homeDirectory, String(p.dropFirst(2))) }
+                    return p.hasPrefix("/") ? p : FileSystem.join(dir, p)
+                }
+                if let c = path("cert"), let k = path("key") { s.tls = (c, k) }
+            } else {
+                v.problem(t, "server.tls is a mapping of PEM files: {cert: /etc/descartes/gateway.crt, key: /etc/descartes/gateway.key}")
+            }
+        }
+        if let origins = v.stringList(node, "cors_origins") {
+            for o in origins where o != "*" && !(o.hasPrefix("http://") || o.hasPrefix("https://")) || o.hasSuffix("/") {
+                v.problem(node["cors_origins"]!, "server.cors_origins: '\(o)' is not an origin (scheme://host[:port], no path), or '*'")
+            }
+            s.corsOrigins = origins
+        }
         if let keys = node["keys"] {
             guard case .mapping(let pairs) = keys.value else {
                 v.problem(keys, "server.keys is a mapping of key names to secrets: {team-a: ${TEAM_A_KEY}}")
@@ -202,11 +237,24 @@ package struct GatewaySettings: Sendable {
                 }
                 var secret: String?
                 var models: [String] = []
+                var limits = RateLimits()
+                var labels: [String: String] = [:]
                 var secretNode = value
                 if case .mapping = value.value {
-                    v.unknownKeys(value, allowed: ["secret", "models"], what: "key of server.keys.\(name)")
+                    v.unknownKeys(value, allowed: ["secret", "models", "rpm", "tpm", "labels"], what: "key of server.keys.\(name)")
                     secret = v.string(value, "secret", required: true)
                     models = v.stringList(value, "models") ?? []
+                    for (k, set) in [("rpm", \RateLimits.requestsPerMinute), ("tpm", \RateLimits.tokensPerMinute)] {
+                        guard let n = v.int(value, k) else { continue }
+                        if n > 0 { limits[keyPath: set] = n } else { v.problem(value[k]!, "server.keys.\(name).\(k) is a number above 0, got \(n)") }
+                    }
+                    if let l = value["labels"] {
+                        if case .mapping(let pairs) = l.value, pairs.allSatisfy({ $0.key.scalar != nil && $0.value.scalar != nil }) {
+                            for p in pairs where p.key.scalar! != AuditLedger.gatewayKeyLabel { labels[p.key.scalar!] = p.value.scalar! }
+                        } else {
+                            v.problem(l, "server.keys.\(name).labels is a mapping of strings: {team: a}")
+                        }
+                    }
                     secretNode = value["secret"] ?? value
                 } else {
                     secret = value.scalar
@@ -230,7 +278,10 @@ package struct GatewaySettings: Sendable {
                     v.problem(secretNode, "server.keys.\(name): the same secret as another key")
                     continue
                 }
-                s.keys.append(Key(name: name, secret: secret, models: models))
+                var key = Key(name: name, secret: secret, models: models)
+                key.limits = limits
+                key.labels = labels
+                s.keys.append(key)
             }
         }
         if !v.problems.isEmpty { return .failure(SourceError(v.problems)) }
