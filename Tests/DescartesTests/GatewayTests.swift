@@ -205,7 +205,7 @@ import DescartesSupport
             ["--listen", "127.0.0.1:0"],
             yaml: """
                 server:
-                  tls: {cert: cert.pem}
+                  tls: {}
                   cors_origins: ["app.example.com", "https://ok.example.com/"]
                   keys:
                     team-a:
@@ -216,6 +216,7 @@ import DescartesSupport
         #expect(r.status == 78, "\(r)")
         let file = dir.file("providers.yaml")
         for expected in [
+            "\(file):2:8: server.tls needs 'cert': the PEM certificate (chain) file",
             "\(file):2:8: server.tls needs 'key': the PEM private key file",
             "\(file):3:17: server.cors_origins: 'app.example.com' is not an origin",
             "\(file):3:17: server.cors_origins: 'https://ok.example.com/' is not an origin",

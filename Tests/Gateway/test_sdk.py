@@ -989,6 +989,19 @@ class ReloadAndCORS(unittest.TestCase):
         self.assertNotIn("access-control-allow-origin", other.headers)
         plain = httpx.post(url, headers={"Authorization": "Bearer " + KEY_A}, json={"model": "echo", "messages": [{"role": "user", "content": "x"}]})
         self.assertNotIn("access-control-allow-origin", plain.headers)
+        # Reloaded with "*": any origin, answered with "*".
+        config = state["config"]
+        try:
+            with open(config, "w") as f:
+                f.write(state["config_text"].replace('cors_origins: ["http://app.test"]', 'cors_origins: ["*"]'))
+            sighup_and_wait("reloaded the configuration")
+            anyone = httpx.options(url, headers={"Origin": "http://elsewhere.test", "Access-Control-Request-Method": "POST"})
+            self.assertEqual((anyone.status_code, anyone.headers.get("access-control-allow-origin")), (204, "*"))
+        finally:
+            with open(config, "w") as f:
+                f.write(state["config_text"])
+            sighup_and_wait("reloaded the configuration")
+        self.assertEqual(httpx.options(url, headers={"Origin": "http://elsewhere.test"}).status_code, 405)
 
 
 class TLS(unittest.TestCase):

@@ -214,7 +214,8 @@ package struct GatewaySettings: Sendable {
                     if p.hasPrefix("~/") { p = FileSystem.join(Environment.homeDirectory, String(p.dropFirst(2))) }
                     return p.hasPrefix("/") ? p : FileSystem.join(dir, p)
                 }
-                if let c = path("cert"), let k = path("key") { s.tls = (c, k) }
+                let (c, k) = (path("cert"), path("key"))  // both, so both are reported when missing
+                if let c, let k { s.tls = (c, k) }
             } else {
                 v.problem(t, "server.tls is a mapping of PEM files: {cert: /etc/descartes/gateway.crt, key: /etc/descartes/gateway.key}")
             }
