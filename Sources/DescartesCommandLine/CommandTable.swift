@@ -118,7 +118,9 @@ extension Option {
                 One JSON object: requests, seconds, requests_per_second,
                 cpu_seconds, events, text_bytes, text_matches, peak_rss_kb,
                 threads_peak, threads_peak_by_name {thread name: most at once},
-                latency_ms {median, mean, min, max}
+                latency_ms {median, p99, mean, min, max}; with a shared: store,
+                shared_store {round_trips, commands, failures} of the timed requests;
+                with --cache, cache {hits, shared_hits, misses} of them
                 """,
         ])
     package static let set = Option(
@@ -171,6 +173,19 @@ extension Option {
         help: """
             Check that every answer's text equals FILE byte for byte
             (exit 1 if one differs)
+            """, in: [.bench: .plain])
+    package static let cache = Option(
+        "--cache",
+        help: """
+            Through providers.yaml's response cache (cache:), which is
+            otherwise left out, as retries are
+            """, in: [.bench: .plain])
+    package static let vary = Option(
+        "--vary", value: "TAG",
+        help: """
+            Make every prompt distinct, a cache miss: append ' [TAG N]'
+            (N counts the timed requests from 0, warm-ups ' [TAG wN]');
+            the same TAG in another process asks the same prompts again
             """, in: [.bench: .plain])
 
     // Reliability and routing (complete, batch).
@@ -259,7 +274,7 @@ extension Option {
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, image, prompt,
-        requests, concurrency, stream, session, continueSession, warmup, expect, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
+        requests, concurrency, stream, session, continueSession, warmup, expect, cache, vary, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
         conformance, spec, systemPolicy, lines, file, label, approve, since, groupBy, listen,

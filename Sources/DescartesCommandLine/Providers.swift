@@ -135,15 +135,18 @@ package struct Setup: Sendable {
     }
 
     /// The backend for one name as `models`, `tokens` and `health` use it:
-    /// no retries, no response cache; a chain or route as configured.
+    /// no retries, no response cache (unless `cache`: descartes-bench
+    /// `--cache`); a chain or route as configured.
     /// `--set` values need a provider, not a chain or route.
-    package func probe(_ name: String, settings config: [String: JSONValue], json: Bool) -> (backend: any ModelBackend, providers: ReliableProviders) {
+    package func probe(
+        _ name: String, settings config: [String: JSONValue], json: Bool, cache: Bool = false
+    ) -> (backend: any ModelBackend, providers: ReliableProviders) {
         let what = resolve(name, json: json)
         if !config.isEmpty, what.plugin == nil {
             failure(ProviderError(.config, "--set applies to one provider; '\(name)' is a \(what)", provider: name), json: json)
         }
         if let plugin = what.plugin { Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: factory) }
-        let providers = self.providers(.init(retries: 0, noCache: true), target: name, config: config)
+        let providers = self.providers(.init(retries: 0, noCache: !cache), target: name, config: config)
         do { return (try providers.backend(name), providers) } catch { failure(error, json: json) }
     }
 }

@@ -19,6 +19,18 @@ enum BenchCommand {
         var streaming = false
         var session = false
         var request = ModelRequest(prompt: "Say hello to the benchmark in one short sentence.")
+        /// Through the configured response cache (`--cache`).
+        var cache = false
+        /// Every prompt made distinct with this tag (`--vary`).
+        var vary: String?
+
+        /// The request numbered `n` (warm-ups: `warmup` true).
+        func request(_ template: ModelRequest, _ n: Int, warmup: Bool = false) -> ModelRequest {
+            guard let vary, !template.messages.isEmpty else { return template }
+            var r = template
+            r.messages[r.messages.count - 1].content += " [\(vary) \(warmup ? "w" : "")\(n)]"
+            return r
+        }
     }
 
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
@@ -36,6 +48,9 @@ enum BenchCommand {
             guard s.warmup >= 0 else { throw args.mistake("--warmup must not be negative") }
             s.streaming = args.flag(.stream)
             s.session = args.flag(.session)
+            s.cache = args.flag(.cache)
+            s.vary = args.value(.vary)
+            if let v = s.vary, v.isEmpty { throw args.mistake("--vary needs a non-empty TAG") }
             if s.session && s.concurrency > 1 { throw args.mistake("--session runs one turn at a time (no --concurrency)") }
             s.request = ModelRequest(prompt: args.value(.prompt) ?? "Say hello to the benchmark in one short sentence.", model: args.value(.model))
             if let t = try args.double(.timeout) {
@@ -57,9 +72,9 @@ enum BenchCommand {
         // The path `descartes complete` takes: providers.yaml and the
         // environment, --set on top, the audit log if one is configured.
         // A chain or route name works as for `complete` (no retries and no
-        // response cache: they would distort the measurement).
+        // response cache, unless --cache: they would distort the measurement).
         let setup = Commands.setup(globals)
-        let (created, providers) = setup.probe(provider, settings: config, json: json)
+        let (created, providers) = setup.probe(provider, settings: config, json: json, cache: s.cache)
         let backend: any ModelBackend
         do {
             let plugin = setup.resolve(provider, json: json).plugin ?? provider
@@ -68,7 +83,7 @@ enum BenchCommand {
 
         let outcome: Result<Report, ProviderError>
         do {
-            outcome = .success(try await measure(backend, s))
+            outcome = .success(try await measure(backend, s, counters: { counters(providers, cache: s.cache) }))
         } catch let e as ProviderError {
             outcome = .failure(e)
         } catch {
@@ -104,13 +119,16 @@ enum BenchCommand {
         var threadsPeakByName: [String: Int]
         var firstTurn: Double?
         var textMatches: Bool?
+        /// What the timed requests did to the shared store and the cache
+        /// (`counters(_:cache:)`, after minus before).
+        var counters: [String: Int] = [:]
 
         var textBytes: Int { texts.reduce(0) { $0 + $1.utf8.count } }
 
-        func stats() -> (median: Double, mean: Double, min: Double, max: Double) {
+        func stats() -> (median: Double, p99: Double, mean: Double, min: Double, max: Double) {
             let l = latencies.sorted()
-            guard !l.isEmpty else { return (0, 0, 0, 0) }
-            return (l[l.count / 2], l.reduce(0, +) / Double(l.count), l[0], l[l.count - 1])
+            guard !l.isEmpty else { return (0, 0, 0, 0, 0) }
+            return (l[l.count / 2], l[min(l.count - 1, l.count * 99 / 100)], l.reduce(0, +) / Double(l.count), l[0], l[l.count - 1])
         }
 
         func json(provider: String, settings s: Settings) -> JSONValue {
@@ -126,9 +144,14 @@ enum BenchCommand {
                 "text_matches": textMatches.map { .bool($0) } ?? .null,
                 "peak_rss_kb": .integer(peakRSSKB), "threads_peak": .integer(threadsPeak),
                 "threads_peak_by_name": .object(JSONObject(threadsPeakByName.sorted { $0.key < $1.key }.map { (key: $0.key, value: JSONValue.integer($0.value)) })),
-                "latency_ms": ["median": ms(st.median), "mean": ms(st.mean), "min": ms(st.min), "max": ms(st.max)],
+                "latency_ms": ["median": ms(st.median), "p99": ms(st.p99), "mean": ms(st.mean), "min": ms(st.min), "max": ms(st.max)],
             ]
             if let f = firstTurn { o["session_first_turn_ms"] = ms(f) }
+            for group in ["shared_store", "cache"] {
+                let members = counters.filter { $0.key.hasPrefix(group + ".") }.sorted { $0.key < $1.key }
+                if members.isEmpty { continue }
+                o[group] = .object(JSONObject(members.map { (key: String($0.key.dropFirst(group.count + 1)), value: JSONValue.integer($0.value)) }))
+            }
             return .object(o)
         }
 
@@ -140,19 +163,41 @@ enum BenchCommand {
                 ["requests", "\(latencies.count), \(s.concurrency) at a time"],
                 ["wall time", fixed(seconds, 3) + " s (cpu " + fixed(cpuSeconds, 3) + " s)"],
                 ["rate", fixed(Double(latencies.count) / seconds, 1) + " requests/s"],
-                ["latency", "median \(ms(st.median)), mean \(ms(st.mean)), min \(ms(st.min)), max \(ms(st.max))"],
+                ["latency", "median \(ms(st.median)), p99 \(ms(st.p99)), mean \(ms(st.mean)), min \(ms(st.min)), max \(ms(st.max))"],
                 ["text", "\(textBytes) bytes in \(events) events" + (textMatches.map { $0 ? ", matches the expected text" : ", DIFFERS from the expected text" } ?? "")],
                 ["peak RSS", "\(peakRSSKB / 1024) MiB (\(peakRSSKB) KiB)"],
                 ["threads", "\(threadsPeak) at most"],
             ]
             if let f = firstTurn { rows.insert(["first turn", ms(f) + " (starts the session)"], at: 4) }
+            if let trips = counters["shared_store.round_trips"] {
+                rows.append(["shared store", "\(trips) round trips (\(counters["shared_store.commands"] ?? 0) commands), \(counters["shared_store.failures"] ?? 0) failures"])
+            }
+            if let hits = counters["cache.hits"] {
+                rows.append(["cache", "\(hits) hits (\(counters["cache.shared_hits"] ?? 0) from the shared store), \(counters["cache.misses"] ?? 0) misses"])
+            }
             return Out.table(["measure", "value"], rows)
         }
     }
 
-    static func measure(_ backend: any ModelBackend, _ s: Settings) async throws -> Report {
+    /// The shared store's and the cache's counts now, when there are any.
+    static func counters(_ providers: ReliableProviders, cache: Bool) -> [String: Int] {
+        var out: [String: Int] = [:]
+        if let st = providers.sharedStore?.stats {
+            out["shared_store.round_trips"] = st.roundTrips
+            out["shared_store.commands"] = st.commands
+            out["shared_store.failures"] = st.failures
+        }
+        if cache, let c = providers.cache?.stats {
+            out["cache.hits"] = c.hits
+            out["cache.shared_hits"] = c.sharedHits
+            out["cache.misses"] = c.misses
+        }
+        return out
+    }
+
+    static func measure(_ backend: any ModelBackend, _ s: Settings, counters: () -> [String: Int] = { [:] }) async throws -> Report {
         // Warm-up: loads and initializes the plugin, opens a connection.
-        for _ in 0..<s.warmup { _ = try await once(backend, s.request, streaming: s.streaming) }
+        for i in 0..<s.warmup { _ = try await once(backend, s.request(s.request, i, warmup: true), streaming: s.streaming) }
 
         var first: Double? = nil
         var template = s.request
@@ -172,29 +217,32 @@ enum BenchCommand {
         // is counted at the end (a sampling thread would also show up in
         // callgrind profiles of a slowed-down process).
         let sampler = s.concurrency > 1 ? ThreadSampler() : nil
+        let before = counters()
         let cpu0 = cpuSeconds()
         let start = ContinuousClock.now
         let results: [(latency: Double, answer: Answer)]
         if s.concurrency == 1 {
             var out: [(Double, Answer)] = []
             out.reserveCapacity(s.requests)
-            for _ in 0..<s.requests {
+            for i in 0..<s.requests {
+                let r = s.request(template, i)
                 let t = ContinuousClock.now
-                let a = try await once(backend, template, streaming: s.streaming)
+                let a = try await once(backend, r, streaming: s.streaming)
                 out.append(((ContinuousClock.now - t).secondsDouble, a))
             }
             results = out
         } else {
             let next = Counter()
             let request = template
-            let (total, streaming) = (s.requests, s.streaming)
+            let (total, streaming, settings) = (s.requests, s.streaming, s)
             results = try await withThrowingTaskGroup(of: [(Double, Answer)].self) { group in
                 for _ in 0..<min(s.concurrency, s.requests) {
                     group.addTask {
                         var mine: [(Double, Answer)] = []
-                        while next.value.add(1, ordering: .relaxed).oldValue < total {
+                        while case let i = next.value.add(1, ordering: .relaxed).oldValue, i < total {
+                            let r = settings.request(request, i)
                             let t = ContinuousClock.now
-                            let a = try await once(backend, request, streaming: streaming)
+                            let a = try await once(backend, r, streaming: streaming)
                             mine.append(((ContinuousClock.now - t).secondsDouble, a))
                         }
                         return mine
@@ -207,12 +255,13 @@ enum BenchCommand {
         }
         let seconds = (ContinuousClock.now - start).secondsDouble
         let cpu = cpuSeconds() - cpu0
+        let after = counters()
         let threads = sampler?.stop() ?? (total: ThreadSampler.count(), byName: ThreadSampler.byName())
         return Report(
             seconds: seconds, cpuSeconds: cpu, latencies: results.map(\.latency), texts: results.map(\.answer.text),
             events: results.reduce(0) { $0 + $1.answer.events }, peakRSSKB: ProcStatus.field("VmHWM"), threadsPeak: threads.total,
             threadsPeakByName: threads.byName,
-            firstTurn: first)
+            firstTurn: first, counters: after.reduce(into: [:]) { d, kv in d[kv.key] = kv.value - (before[kv.key] ?? 0) })
     }
 
     final class Counter: Sendable {

@@ -326,6 +326,88 @@ import DescartesSupport
         return (fd, Int(UInt16(bigEndian: a.sin_port)))
     }
 
+    // MARK: Round trips
+
+    /// Answers at once, noting how many round trips the store had made when
+    /// the request reached it (what ran before it was sent upstream).
+    struct Counting: ModelBackend {
+        let name: String
+        let seen: Lock<[Int]>
+        let store: Lock<SharedStore?>
+        var mode: ModelProviderMode { .api }
+        func initialize() async throws(ProviderError) {}
+        func healthCheck() async throws(ProviderError) -> HealthReport { HealthReport(message: "ok") }
+        func listModels() async throws(ProviderError) -> [ModelInfo] { [] }
+        func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate { Heuristics.tokens(request) }
+        func shutdown() async {}
+        func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
+            let trips = store.withLock { $0?.stats.roundTrips ?? -1 }
+            seen.withLock { $0.append(trips) }
+            var r = ModelResponse()
+            r.content = "counted"
+            r.provider = name
+            // Far from the estimate: the token bucket's correction always runs.
+            r.usage = Usage(inputTokens: 900, outputTokens: 100)
+            return r
+        }
+        func stream(_ request: ModelRequest) -> ModelStream {
+            ModelStream(failing: ProviderError(.unsupportedFeature, "complete only", provider: name))
+        }
+    }
+
+    /// The round trips to the store per request, counted by the store
+    /// (docs/scaling.md, "Round trips per request"): before the request is
+    /// sent, a cache miss costs two (the lookup's GET+PTTL, then the limiter's
+    /// script), a hit one, limits without the cache one; after the answer
+    /// the token bucket's correction and the cache's SET one each.
+    @Test func roundTripsPerRequest() async throws {
+        let redis = try RedisServer.shared()
+        let settings = try ReliabilitySettings.parse(
+            yaml: """
+                limits:
+                  counted: {requests_per_minute: 100000}
+                  tokened: {requests_per_minute: 100000, tokens_per_minute: 100000000}
+                cache: {enabled: true}
+                \(shared(redis))
+                """, file: "inline")
+        let seen = Lock<[Int]>([])
+        let storeBox = Lock<SharedStore?>(nil)
+        func providers(noCache: Bool = false) -> ReliableProviders {
+            let p = ReliableProviders(
+                settings: settings, overrides: .init(noCache: noCache), create: { Counting(name: $0, seen: seen, store: storeBox) },
+                manifest: { _ in nil })
+            storeBox.withLock { $0 = p.sharedStore }
+            return p
+        }
+        // (before the request, in all) for a miss; a hit; without the cache.
+        let expected: [String: (miss: (Int, Int), hit: Int, uncached: (Int, Int))] = [
+            "plain": ((2, 3), 1, (1, 1)),  // no limits: the shared cool-down's check only
+            "counted": ((2, 3), 1, (1, 1)),
+            "tokened": ((2, 4), 1, (1, 2)),
+        ]
+        for (name, want) in expected.sorted(by: { $0.key < $1.key }) {
+            let first = providers()
+            let store = try #require(first.sharedStore)
+            // The first request may load the scripts (EVALSHA, then EVAL).
+            _ = try await first.backend(name).complete(ModelRequest(prompt: "warm-up \(name)"))
+            func trips(_ p: ReliableProviders, _ prompt: String) async throws -> (before: Int?, total: Int) {
+                let start = store.stats.roundTrips
+                let calls = seen.withLock { $0.count }
+                _ = try await p.backend(name).complete(ModelRequest(prompt: prompt))
+                let before: Int? = seen.withLock { s -> Int? in s.count > calls ? s.last! - start : nil }
+                return (before, store.stats.roundTrips - start)
+            }
+            let miss = try await trips(first, "question for \(name)")
+            #expect(miss.before == want.miss.0 && miss.total == want.miss.1, "\(name), a miss: \(miss)")
+            // A new process's cache: memory empty, the entry in Redis.
+            let hit = try await trips(providers(), "question for \(name)")
+            #expect(hit.before == nil && hit.total == want.hit, "\(name), a hit: \(hit)")
+            let uncached = try await trips(providers(noCache: true), "question for \(name)")
+            #expect(uncached.before == want.uncached.0 && uncached.total == want.uncached.1, "\(name), no cache: \(uncached)")
+            #expect(store.stats.failures == 0)
+        }
+    }
+
     // MARK: Pieces
 
     @Test func scriptNamesAreTheSHA1RedisComputes() throws {

@@ -93,6 +93,9 @@ public final class SharedStore: Sendable {
     public struct Stats: Sendable, Hashable {
         /// Round trips that got their replies.
         public var roundTrips = 0
+        /// The commands those round trips carried (pipelined: one round
+        /// trip can carry several, e.g. a cache lookup's GET and PTTL).
+        public var commands = 0
         /// Calls that failed (and calls refused at once during an outage).
         public var failures = 0
         /// Outages begun (one notice each).
@@ -170,6 +173,7 @@ public final class SharedStore: Sendable {
                 let was = s.down
                 s.down = false
                 s.stats.roundTrips += 1
+                s.stats.commands += commands.count
                 s.stats.available = true
                 if c.generation == s.generation && s.idle.count < 16 { s.idle.append(Connection(c: c)) }
                 return was
