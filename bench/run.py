@@ -5,7 +5,7 @@ same work (bench/baseline.c, libcurl + cJSON), both against nginx on
 Writes the table to docs/benchmarks.md and every run to
 build/bench/results.json.
 
-    bench/run.py [--runs 5] [--only 1,2,3,4,5,6,7] [--out docs/benchmarks.md]
+    bench/run.py [--runs 5] [--only 1,2,3,4,5,6,7,8] [--out docs/benchmarks.md]
                  [--wait-quiet SECONDS] [--skip-build]
     bench/run.py --profile sequential|stream-openai|stream-anthropic|stream-ollama|concurrent [--skip-build]
 
@@ -538,13 +538,17 @@ def write_doc(suite, path, info, load_before, load_after, started, elapsed):
         f.write("\n".join(lines) + marker + rest)
 
 
-def write_gateway_doc(section, path):
-    """Puts workload 7's section after the kept marker (replacing the last one), so runs of the other workloads keep it."""
+def write_gateway_doc(section, path, name="gateway"):
+    """Puts workload 7's (or 8's, name "shared-store") section after the kept marker (replacing the last one), so runs
+    of the other workloads keep it."""
     doc = open(path).read()
     marker = "<!-- the rest of this file is kept by bench/run.py -->"
-    start, end = "<!-- gateway: ", "<!-- /gateway -->\n"
+    start, end = f"<!-- {name}: ", f"<!-- /{name} -->\n"
     if start in doc and end in doc:
         doc = doc[:doc.index(start)] + section + doc[doc.index(end) + len(end):]
+    elif name != "gateway" and "<!-- /gateway -->\n" in doc:
+        at = doc.index("<!-- /gateway -->\n") + len("<!-- /gateway -->\n")
+        doc = doc[:at] + "\n" + section + doc[at:]
     else:
         head, rest = doc.split(marker, 1) if marker in doc else (doc, "")
         doc = head + marker + "\n\n" + section + rest
@@ -555,7 +559,8 @@ def write_gateway_doc(section, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="the workloads (7: the gateway against LiteLLM, bench/gateway.py)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8",
+                    help="the workloads (7: the gateway against LiteLLM, bench/gateway.py; 8: the shared store, bench/shared.py)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="wait up to this long for a 1-minute load average under 1.5 before measuring")
@@ -603,6 +608,13 @@ def main():
             gateway = GatewayBench(suite, ROOT, BUILD, DATA, DESCARTES, LOADGEN)
             gateway.run()
             suite.raw["7-gateway"] = gateway.results
+        shared = None
+        if 8 in only:
+            sys.path.insert(0, os.path.join(ROOT, "bench"))
+            from shared import SharedBench
+            shared = SharedBench(suite, BENCH, run_json, PROMPT, ROOT)
+            shared.run()
+            suite.raw["8-shared-store"] = shared.results
     finally:
         server.stop()
     load_after = os.getloadavg()
@@ -611,12 +623,19 @@ def main():
     with open(os.path.join(BUILD, "results.json"), "w") as f:
         json.dump({"machine": info, "load_before": load_before, "load_after": load_after, "runs": suite.raw,
                    "rows": suite.rows}, f, indent=1)
-    if only - {7}:
+    if only - {7, 8}:
         write_doc(suite, args.out, info, load_before, load_after, started, elapsed)
     if gateway is not None:
         write_gateway_doc(gateway.markdown(started, load_before), args.out)
         for k, (ok, what) in gateway.table()[1].items():
             print(f"gateway: {k:60} {what:>40} {'ok' if ok else 'MISSED'}")
+    if shared is not None:
+        write_gateway_doc(shared.markdown(started, load_before, load_after), args.out, name="shared-store")
+        rows, met = shared.table()
+        for r in rows:
+            print("shared: " + " | ".join(r))
+        for k, (ok, what) in met.items():
+            print(f"shared: {k}: {what}: {'ok' if ok else 'MISSED'}")
     for r in suite.rows:
         ratio = f"{r['ratio']:.2f}x" if isinstance(r["ratio"], float) else ""
         met = {True: "ok", False: "MISSED", None: ""}[r["met"]]
