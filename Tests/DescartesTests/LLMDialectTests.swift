@@ -23,7 +23,7 @@ enum LLMBinary {
 
 /// The `llm` dialect (manifests/llm.yaml: headless-cli's library and rules,
 /// no code) against the real llm, pointed at a scripted OpenAI-compatible
-/// server on 127.0.0.1 through the manifest's `endpoint` key, with a fresh
+/// server on 127.0.0.1 (OPENAI_BASE_URL in `env`), with a fresh
 /// LLM_USER_PATH (no stored keys, its logs database kept out of HOME).
 @Suite(.serialized, .timeLimit(.minutes(3))) struct LLMDialectTests {
     static let plugins = PluginDir().addRepositoryPlugin("llm", library: "headless-cli")
@@ -60,7 +60,7 @@ enum LLMBinary {
 
     func complete(_ args: [String]) async -> ProcResult {
         await Proc.descartes(
-            ["complete", "-p", "llm", "--set", "command=\(llm)", "--set", "endpoint=\(server.url)/v1", "--set", "env=LLM_USER_PATH=\(userPath.path)"]
+            ["complete", "-p", "llm", "--set", "command=\(llm)", "--set", "env=LLM_USER_PATH=\(userPath.path),OPENAI_BASE_URL=\(server.url)/v1"]
                 + args,
             env: ["DESCARTES_PLUGIN_PATH": Self.plugins.path, "OPENAI_API_KEY": Self.apiKey])
     }
@@ -91,6 +91,17 @@ enum LLMBinary {
         #expect(r.stderr.contains("Error code: 401"), "\(r.stderr)")
         #expect(!r.stderr.contains(Self.apiKey) && !r.stdout.contains(Self.apiKey), "\(r)")
         #expect(r.stderr.contains("Incorrect API key provided: [REDACTED]"), "\(r.stderr)")
+    }
+
+    /// `descartes plugins verify`: every key of manifests/llm.yaml is one
+    /// the headless-cli library's own manifest declares.
+    @Test func theManifestOnlyUsesKeysTheLibraryKnows() async throws {
+        let plugins = PluginDir().addRepositoryPlugin("llm", library: "headless-cli").addRepositoryPlugin("headless-cli", library: "headless-cli")
+        let r = await Proc.descartes(["plugins", "verify", "--json"], env: ["DESCARTES_PLUGIN_PATH": plugins.path])
+        let doc = try JSONValue.parse(Array(r.stdout.utf8))
+        let rows = (doc["results"]?.arrayValue ?? []).filter { $0["name"]?.stringValue == "llm" }
+        #expect(!rows.isEmpty, "\(r)")
+        #expect(rows.allSatisfy { $0["ok"]?.boolValue == true && $0["undeclared_config"] == nil }, "\(rows)")
     }
 
     @Test func aServerErrorIsProviderUnavailable() async throws {
