@@ -194,7 +194,9 @@ struct Dialect: Sendable {
             scale = last == "k" || last == "K" ? 1_000 : 1_000_000
             s.removeLast()
         }
-        return Double(s).map { $0 * scale }
+        // (Only plain finite figures: "nan" or "1e400" is not a count.)
+        guard s.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }), let d = Double(s), d * scale < 1e15 else { return nil }
+        return d * scale
     }
 
     /// The last block of `text`: its lines after the last run of blank

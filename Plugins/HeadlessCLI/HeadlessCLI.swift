@@ -445,8 +445,8 @@ final class TextSession: ChildReader, @unchecked Sendable {
             if !answer.isEmpty { call.text(answer) }
         }
         // What the program printed, else the estimate (four bytes a token).
-        let input = figures[.inputTokens].map { Int($0) }
-        let output = figures[.outputTokens].map { Int($0) }
+        let input = figures[.inputTokens].map { Int($0.rounded()) }
+        let output = figures[.outputTokens].map { Int($0.rounded()) }
         let usage = Usage(
             inputTokens: input ?? inputTokens, outputTokens: output ?? (answerTokens + 3) / 4, estimated: input == nil || output == nil)
         call.finish(

@@ -116,12 +116,13 @@ import DescartesSupport
     @Test func stdinCarriesNoneThePromptOrTheRequest() async throws {
         func run(_ stdin: String) async throws -> String {
             let b = try Self.plugins.factory().create("headless-cli", config: ["command": "cat", "protocol": "text", "stdin": .string(stdin)])
-            defer { Task { await b.shutdown() } }
-            return try await b.complete(ModelRequest(prompt: "say hi", model: "m1")).content
+            let content = try await b.complete(ModelRequest(prompt: "say hi", model: "m1")).content
+            await b.shutdown()
+            return content
         }
         #expect(try await run("none") == "")
         #expect(try await run("prompt") == "say hi\n")
-        let doc = try JSONValue.parse(Array(try await run("request").utf8))
+        let doc = try JSONValue.parse(try await run("request"))
         #expect(doc["model"]?.stringValue == "m1")
         #expect(doc["messages"]?[0]?["content"]?.stringValue == "say hi")
     }
@@ -161,7 +162,7 @@ import DescartesSupport
         }
         let ok = await run("sk-doc-example-key")
         #expect(ok.status == 0, "\(ok)")
-        let r = try JSONValue.parse(Array(ok.stdout.utf8))
+        let r = try JSONValue.parse(ok.stdout)
         #expect(r["content"]?.stringValue == "Answer to: Fix it", "\(ok.stdout)")
         #expect(r["usage"]?["input_tokens"]?.intValue == 2100)
         #expect(r["usage"]?["output_tokens"]?.intValue == 1150)
@@ -169,8 +170,9 @@ import DescartesSupport
         // The stand-in echoes the wrong key; api_key is secret: masked.
         let bad = await run("wrong-doc-key-77")
         #expect(bad.status == 77, "\(bad)")
-        #expect(bad.stderr.contains("authentication"), "\(bad.stderr)")
-        #expect(bad.stderr.contains("invalid api key [REDACTED]"), "\(bad.stderr)")
+        let said = bad.stdout + bad.stderr  // (--json may print the error on stdout)
+        #expect(said.contains("authentication"), "\(bad)")
+        #expect(said.contains("invalid api key [REDACTED]"), "\(bad)")
         #expect(!bad.stderr.contains("wrong-doc-key-77") && !bad.stdout.contains("wrong-doc-key-77"), "\(bad)")
     }
 

@@ -32,11 +32,14 @@ enum LLMBinary {
     static let apiKey = "dialect15-credential-Zq81"
 
     static func chunk(_ delta: JSONValue, finish: String? = nil, usage: JSONValue? = nil) -> String {
-        var c: JSONObject = [
-            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-            "choices": usage == nil ? [["index": 0, "delta": delta, "finish_reason": finish.map { .string($0) } ?? .null]] : [],
-        ]
-        if let usage { c["usage"] = usage }
+        var c: JSONObject = ["id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"]
+        if let usage {
+            c["choices"] = .array([])
+            c["usage"] = usage
+        } else {
+            let choice: JSONObject = ["index": 0, "delta": delta, "finish_reason": finish.map { JSONValue.string($0) } ?? .null]
+            c["choices"] = .array([.object(choice)])
+        }
         return "data: \(JSONValue.object(c).jsonText)\n\n"
     }
 
@@ -69,7 +72,7 @@ enum LLMBinary {
         try await server.script(["POST /v1/chat/completions": [Self.answer]])
         let r = await complete(["--json", "--", "--help"])
         #expect(r.status == 0, "\(r)")
-        let doc = try JSONValue.parse(Array(r.stdout.utf8))
+        let doc = try JSONValue.parse(r.stdout)
         #expect(doc["content"]?.stringValue == "Hello from loopback\n", "\(r.stdout)")
         #expect(doc["usage"]?["input_tokens"]?.intValue == 11, "\(r.stdout)")
         #expect(doc["usage"]?["output_tokens"]?.intValue == 4)
@@ -98,7 +101,7 @@ enum LLMBinary {
     @Test func theManifestOnlyUsesKeysTheLibraryKnows() async throws {
         let plugins = PluginDir().addRepositoryPlugin("llm", library: "headless-cli").addRepositoryPlugin("headless-cli", library: "headless-cli")
         let r = await Proc.descartes(["plugins", "verify", "--json"], env: ["DESCARTES_PLUGIN_PATH": plugins.path])
-        let doc = try JSONValue.parse(Array(r.stdout.utf8))
+        let doc = try JSONValue.parse(r.stdout)
         let rows = (doc["results"]?.arrayValue ?? []).filter { $0["name"]?.stringValue == "llm" }
         #expect(!rows.isEmpty, "\(r)")
         #expect(rows.allSatisfy { $0["ok"]?.boolValue == true && $0["undeclared_config"] == nil }, "\(rows)")
