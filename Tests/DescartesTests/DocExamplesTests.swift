@@ -1,3 +1,4 @@
+import CProcessShim
 import Descartes
 import Glibc
 import Testing
@@ -9,9 +10,11 @@ import DescartesSupport
 ///
 /// - nothing: a Swift block is type-checked against the built library (all
 ///   of them in one `swiftc` run, errors at the doc's file:line); a shell
-///   block runs with `bash -eu` in a fresh home, the test prefix's `bin` on
-///   PATH and its plugins (the echo plugin among them) on
-///   DESCARTES_PLUGIN_PATH;
+///   block runs with `bash -eu` in a fresh home and directory, the test
+///   prefix's `bin` on PATH (its plugins found beside it, as an installed
+///   `descartes` finds them), against loopback counterparts of what it needs
+///   (`DocCounterparts`): API providers, Ollama, llama.cpp and vLLM servers,
+///   agent CLIs;
 /// - `checked-by: NAME`: a test named NAME (a function or suite in
 ///   Tests/DescartesTests) runs the block as written;
 /// - `no-run: REASON`: a shell block that cannot run here (a real API key, a
@@ -19,6 +22,12 @@ import DescartesSupport
 ///
 /// A Swift block may be preceded by `<!-- doc-test: CODE -->` lines: CODE
 /// declares what the excerpt assumes (a `backend`), compiled before it.
+/// A shell block that runs here is preceded by at least one such line
+/// saying what it must print (`ShellCheck`): `expect TEXT` (stdout or
+/// stderr contains TEXT), `expect-in FILE: TEXT` (the file it wrote does),
+/// and may set up more: `write FILE` (the fenced block before it, e.g. the
+/// providers.yaml it uses, is that file, relative to its directory) and `env
+/// NAME=VALUE` (`{gateway}` and `{server}` are the counterparts' URLs).
 /// A block in any other form fails `everyExampleIsCovered`.
 @Suite struct DocExamplesTests {
     struct Block: CustomStringConvertible {
@@ -28,6 +37,8 @@ import DescartesSupport
         var attribute: String
         var text: String
         var context: [String]
+        /// The text of the fenced block before this one in its file (any language).
+        var previous: String?
         var description: String { "\(file):\(line) (```\(lang)\(attribute.isEmpty ? "" : " " + attribute))" }
         var isPluginSide: Bool { text.contains("import DescartesPluginKit") }
         var isPackageManifest: Bool { text.contains("import PackageDescription") }
@@ -47,6 +58,7 @@ import DescartesSupport
             let text = try FileSystem.readText(FileSystem.join(TestEnv.root, doc), limit: 1 << 22)
             let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
             var i = 0
+            var previous: String? = nil
             while i < lines.count {
                 let trimmed = lines[i].drop { $0 == " " }
                 guard trimmed.hasPrefix("```") else {
@@ -58,6 +70,8 @@ import DescartesSupport
                 let attribute = String(info.dropFirst(lang.count).drop { $0 == " " })
                 var j = i + 1
                 while j < lines.count && !lines[j].drop(while: { $0 == " " }).hasPrefix("```") { j += 1 }
+                let indent = lines[i].count - trimmed.count
+                let body = lines[(i + 1)..<min(j, lines.count)].map { String($0.dropFirst(min(indent, $0.prefix { $0 == " " }.count))) }
                 if languages.contains(lang) {
                     var context: [String] = []
                     var k = i - 1
@@ -65,10 +79,12 @@ import DescartesSupport
                         context.insert(String(lines[k].dropFirst("<!-- doc-test: ".count).dropLast(" -->".count)), at: 0)
                         k -= 1
                     }
-                    let indent = lines[i].count - trimmed.count
-                    let body = lines[(i + 1)..<min(j, lines.count)].map { String($0.dropFirst(min(indent, $0.prefix { $0 == " " }.count))) }
-                    out.append(Block(file: doc, line: i + 1, lang: lang, attribute: attribute, text: body.joined(separator: "\n"), context: context))
+                    out.append(
+                        Block(
+                            file: doc, line: i + 1, lang: lang, attribute: attribute, text: body.joined(separator: "\n"), context: context,
+                            previous: previous))
                 }
+                previous = body.joined(separator: "\n")
                 i = j + 1
             }
         }
@@ -88,6 +104,14 @@ import DescartesSupport
         let tests = try Self.testNames()
         var problems: [String] = []
         for b in blocks {
+            if b.attribute.isEmpty && b.lang != "swift" {
+                do {
+                    let check = try ShellCheck(b)
+                    if check.expected.isEmpty && check.expectedInFiles.isEmpty {
+                        problems.append("\(b): say what it prints: a line <!-- doc-test: expect TEXT --> before it")
+                    }
+                } catch { problems.append("\(error)") }
+            }
             if b.attribute.isEmpty { continue }
             if b.attribute.hasPrefix("checked-by: ") {
                 let name = String(b.attribute.dropFirst("checked-by: ".count))
@@ -174,21 +198,334 @@ import DescartesSupport
         }
     }
 
+    /// What a shell block's `<!-- doc-test: ... -->` lines ask for.
+    struct ShellCheck {
+        var expected: [String] = []
+        var expectedInFiles: [(file: String, text: String)] = []
+        var files: [String] = []
+        var env: [(name: String, value: String)] = []
+
+        struct Problem: Error, CustomStringConvertible { var description: String }
+
+        init(_ b: Block) throws(Problem) {
+            for line in b.context {
+                let (word, rest) = (line.prefix { $0 != " " }, String(line.drop { $0 != " " }.dropFirst()))
+                switch word {
+                case "expect" where !rest.isEmpty:
+                    expected.append(rest)
+                case "expect-in" where rest.contains(": "):
+                    let colon = rest.firstRange(of: ": ")!
+                    expectedInFiles.append((String(rest[..<colon.lowerBound]), String(rest[colon.upperBound...])))
+                case "write" where !rest.isEmpty && !rest.hasPrefix("/") && !rest.contains(".."):
+                    guard b.previous != nil else { throw Problem(description: "\(b): 'write \(rest)' but no fenced block comes before it") }
+                    files.append(rest)
+                case "env" where rest.contains("="):
+                    let eq = rest.firstIndex(of: "=")!
+                    env.append((String(rest[..<eq]), String(rest[rest.index(after: eq)...])))
+                default:
+                    throw Problem(
+                        description:
+                            "\(b): unknown '<!-- doc-test: \(line) -->' before a shell block; use 'expect TEXT', 'expect-in FILE: TEXT', 'write FILE' or 'env NAME=VALUE'"
+                    )
+                }
+            }
+        }
+    }
+
     @Test(.enabled(if: TestEnv.prefix != nil, "needs the prefix `make test` installs into"))
     func theShellExamplesRun() async throws {
         let prefix = try #require(TestEnv.prefix)
         let runnable = try Self.blocks().filter { $0.lang != "swift" && $0.attribute.isEmpty }
-        for b in runnable {
-            let work = TempDir("doc-shell")
-            try FileSystem.makeDirectories(work.file("home"))
-            let env = [
-                "HOME": work.file("home"), "PATH": "\(prefix)/bin:/usr/local/bin:/usr/bin:/bin", "NO_COLOR": "1", "LANG": "C.UTF-8",
-                "DESCARTES_PLUGIN_PATH": "\(prefix)/lib/descartes/plugins", "XDG_STATE_HOME": work.file("state"),
-            ]
-            let script = work.write("example.sh", "set -eu\ncd \(work.path)\n" + b.text + "\n")
-            let r = await Proc.run(["bash", script], env: env, timeout: .seconds(60))
-            #expect(r.status == 0, "\(b) failed:\n\(r)")
+        #expect(runnable.count >= 13, "only \(runnable.count) shell examples run")
+        let counterparts = try await DocCounterparts.start(prefix: prefix)
+        defer { counterparts.stop() }
+        let results = await withTaskGroup(of: (Block, ShellCheck?, TempDir, ProcResult?, String?).self) { group in
+            var pending = runnable[...]
+            var out: [(Block, ShellCheck?, TempDir, ProcResult?, String?)] = []
+            func add(_ b: Block) {
+                group.addTask {
+                    let work = TempDir("doc-shell")
+                    let check: ShellCheck
+                    do { check = try ShellCheck(b) } catch { return (b, nil, work, nil, "\(error)") }
+                    var env = counterparts.environment(work)
+                    for (k, v) in check.env { env[k] = counterparts.expand(v) }
+                    for name in check.files {
+                        try? FileSystem.makeDirectories(FileSystem.directory(of: work.file("cwd/\(name)")))
+                        _ = work.write("cwd/\(name)", b.previous ?? "")
+                    }
+                    let script = work.write("example.sh", "set -eu\ncd \(work.file("cwd"))\n" + b.text + "\n")
+                    return (b, check, work, await Proc.run(["bash", script], env: env, timeout: .seconds(90)), nil)
+                }
+            }
+            // A few at a time: each runs the CLI, some of them a dozen times.
+            for _ in 0..<3 { if let b = pending.popFirst() { add(b) } }
+            for await r in group {
+                out.append(r)
+                if let b = pending.popFirst() { add(b) }
+            }
+            return out
         }
+        for (b, check, work, r, problem) in results {
+            if let problem { Issue.record("\(problem)") }
+            guard let check, let r else { continue }
+            #expect(r.status == 0, "\(b) failed:\n\(r)")
+            for text in check.expected {
+                #expect(r.stdout.contains(text) || r.stderr.contains(text), "\(b) did not print '\(text)':\n\(r)")
+            }
+            for (file, text) in check.expectedInFiles {
+                let written = (try? FileSystem.readText(work.file("cwd/\(file)"), limit: 1 << 22)) ?? "(no such file)"
+                #expect(written.contains(text), "\(b): \(file) does not contain '\(text)':\n\(written)\n\(r)")
+            }
+        }
+    }
+}
+
+/// The loopback counterparts the shell examples run against, started once
+/// for the suite, so an example runs as its reader types it (keys, endpoints
+/// and programs come from the environment the manifests read, as on the
+/// reader's machine):
+///
+/// - OpenAI's and Anthropic's APIs (and a vLLM server's): `descartes serve`
+///   in front of the scripted test plugin, which streams the prompt back;
+///   its providers.yaml names the models the examples ask for (each
+///   provider's default model, `meta-llama/...`), and `gpt-4o-mini` is a
+///   route that answers a request with tools with a tool call;
+/// - Ollama, llama.cpp and OpenAI's batch API: the scripted server, with the
+///   conformance suite's recorded bodies;
+/// - `claude`, `codex`, `my-agent` and `vibe-acp`: the conformance suite's
+///   stand-ins (conformance/*/stand-in.sh); `llm`: two lines of shell.
+final class DocCounterparts: @unchecked Sendable {
+    let gateway: String
+    let server: ScriptedServer
+    let prefix: String
+    private let gatewayProcess: BackgroundServer
+    private let plugins: PluginDir
+    private let dir: TempDir
+
+    private init(gateway: String, server: ScriptedServer, prefix: String, gatewayProcess: BackgroundServer, plugins: PluginDir, dir: TempDir) {
+        self.gateway = gateway
+        self.server = server
+        self.prefix = prefix
+        self.gatewayProcess = gatewayProcess
+        self.plugins = plugins
+        self.dir = dir
+    }
+
+    static let gatewayConfig = """
+        providers:
+          words: {plugin: scripted}
+          tool-caller: {plugin: scripted, default_script: ["tools:1"]}
+          claude-sonnet-4-5: {plugin: scripted}      # anthropic's default model
+          text-embedding-3-small: {plugin: scripted} # openai's default embedding model
+          meta-llama: {plugin: scripted, default_script: ["echo-model"]}  # vllm -m meta-llama/Llama-3.1-8B-Instruct: answers the model
+        routes:
+          gpt-4o-mini:                               # openai's default model
+            candidates: [words, tool-caller]
+            strategy: rules
+            rules:
+              - when: {tools: true}
+                use: tool-caller
+        """
+
+    static func start(prefix: String) async throws -> DocCounterparts {
+        let dir = TempDir("doc-counterparts")
+        let plugins = PluginDir().addScripted()
+        let config = dir.write("providers.yaml", gatewayConfig)
+        try FileSystem.makeDirectories(dir.file("state"))
+        let gw = try await BackgroundServer.start(
+            [FileSystem.join(prefix, "bin/descartes"), "serve", "--config", config, "--listen", "127.0.0.1:0"], log: dir.file("serve.log"),
+            env: [
+                "PATH": "/usr/bin:/bin", "HOME": dir.path, "XDG_STATE_HOME": dir.file("state"), "DESCARTES_PLUGIN_PATH": plugins.path,
+                "NO_COLOR": "1",
+            ])
+        guard let url = gw.firstLine.split(separator: " ").last.map(String.init), url.hasPrefix("http://127.0.0.1:") else {
+            gw.stop()
+            throw BackgroundServer.StartError(description: "descartes serve printed '\(gw.firstLine)', not its address; \(gw.log)")
+        }
+        let server = try await ScriptedServer.start()
+        let c = DocCounterparts(gateway: url, server: server, prefix: prefix, gatewayProcess: gw, plugins: plugins, dir: dir)
+        try await c.scriptServer()
+        c.writeStandIns()
+        return c
+    }
+
+    func stop() { gatewayProcess.stop() }
+
+    /// A value of an `env` line, the counterparts' URLs put in.
+    func expand(_ value: String) -> String {
+        value.replacing("{gateway}", with: gateway).replacing("{server}", with: server.url)
+    }
+
+    private func scriptServer() async throws {
+        func file(_ name: String) -> String { FileSystem.join(TestEnv.root, "conformance/\(name)") }
+        func body(_ name: String, _ type: String, stream: Bool) -> ScriptedServer.Response {
+            var o: JSONObject = ["headers": [["content-type", .string(type)]], "body_file": .string(file(name))]
+            if stream { o["framing"] = "chunked" }
+            return ScriptedServer.Response(o)
+        }
+        func json(_ text: String) -> ScriptedServer.Response { .json(text) }
+        let openaiBatch = #"{"id":"batch_doc1","object":"batch","endpoint":"/v1/chat/completions","input_file_id":"file-doc-in","completion_window":"24h","status":"STATUS","created_at":1764000000,"request_counts":{"total":2,"completed":COMPLETED,"failed":0},"errors":null,"output_file_id":OUTPUT,"error_file_id":null}"#
+        func batch(_ status: String, done: Bool) -> ScriptedServer.Response {
+            json(
+                openaiBatch.replacing("STATUS", with: status).replacing("COMPLETED", with: done ? "2" : "0")
+                    .replacing("OUTPUT", with: done ? #""file-doc-out""# : "null"))
+        }
+        let answers = ["first", "second"].map { id in
+            #"{"id":"batch_req_\#(id)","custom_id":"\#(id)","response":{"status_code":200,"request_id":"req_\#(id)","body":{"id":"chatcmpl-\#(id)","object":"chat.completion","created":1764000100,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"batch answer \#(id)"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}},"error":null}"#
+        }
+        try await server.script([
+            // Ollama's native API (conformance/ollama.yaml's bodies).
+            "POST /api/chat": [
+                body("ollama/text.ndjson", "application/x-ndjson", stream: true).with(["match": #""stream":true"#]),
+                body("ollama/text.json", "application/json", stream: false),
+            ],
+            "GET /api/version": [json(#"{"version":"0.12.3"}"#)],
+            "GET /api/tags": [body("ollama/tags.json", "application/json", stream: false)],
+            "POST /api/show": [body("ollama/show.json", "application/json", stream: false)],
+            // llama-server (conformance/llamacpp.yaml's).
+            "POST /v1/chat/completions": [
+                body("openai/text.sse", "text/event-stream", stream: true).with(["match": #""stream":true"#]),
+                body("openai/text.json", "application/json", stream: false),
+            ],
+            "GET /v1/models": [body("llamacpp/models.json", "application/json", stream: false)],
+            "GET /health": [json(#"{"status":"ok"}"#)],
+            // OpenAI's Files and Batches APIs: done at the first poll.
+            "POST /v1/files": [json(#"{"id":"file-doc-in","object":"file","purpose":"batch"}"#)],
+            "POST /v1/batches": [batch("validating", done: false)],
+            "GET /v1/batches/batch_doc1": [batch("completed", done: true)],
+            "GET /v1/files/file-doc-out/content": [json(answers.joined(separator: "\n") + "\n")],
+        ])
+    }
+
+    /// The agent programs the examples name, in `bin`: the conformance
+    /// suite's stand-ins told what to play.
+    private func writeStandIns() {
+        try? FileSystem.makeDirectories(dir.file("bin"))
+        func standIn(_ name: String, _ script: String) {
+            _ = dir.write("bin/\(name)", "#!/bin/sh\nSTAND_IN=text exec \(FileSystem.join(TestEnv.root, "conformance/\(script)")) \"$@\"\n", mode: 0o755)
+        }
+        standIn("claude", "claude-code-cli/stand-in.sh")
+        standIn("codex", "codex-cli/stand-in.sh")
+        standIn("my-agent", "headless-cli/stand-in.sh")
+        standIn("vibe-acp", "acp/stand-in.sh")
+        // Simon Willison's `llm` with protocol text: the prompt is its argument, the answer its output.
+        _ = dir.write("bin/llm", "#!/bin/sh\nprintf 'llm answers: %s\\n' \"$1\"\n", mode: 0o755)
+    }
+
+    /// The environment of one example run in `work` (its directory `cwd`,
+    /// its home `home`): what the reader's machine would have, pointed here.
+    func environment(_ work: TempDir) -> [String: String] {
+        try? FileSystem.makeDirectories(work.file("home"))
+        try? FileSystem.makeDirectories(work.file("cwd"))
+        // The files the examples name as the reader's own.
+        _ = work.write(
+            "cwd/tools.json",
+            #"[{"name": "get_weather", "description": "The weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]"#)
+        _ = work.write(
+            "cwd/requests.jsonl",
+            #"{"custom_id": "first", "messages": [{"role": "user", "content": "capital of France?"}]}"# + "\n"
+                + #"{"custom_id": "second", "messages": [{"role": "user", "content": "weather in Oslo?"}]}"# + "\n")
+        let v1 = gateway + "/v1"
+        return [
+            "HOME": work.file("home"), "XDG_STATE_HOME": work.file("state"), "NO_COLOR": "1", "LANG": "C.UTF-8",
+            "PATH": "\(dir.file("bin")):\(prefix)/bin:/usr/local/bin:/usr/bin:/bin",
+            "PKG_CONFIG_PATH": "\(prefix)/lib/pkgconfig",
+            // Keys of the reader (the counterparts take any).
+            "OPENAI_API_KEY": "sk-doc-example-0123456789", "ANTHROPIC_API_KEY": "sk-ant-doc-example-0123456789",
+            "MISTRAL_API_KEY": "doc-example-mistral-0123456789",
+            // Their servers, here.
+            "OPENAI_ENDPOINT": v1, "ANTHROPIC_ENDPOINT": v1, "VLLM_ENDPOINT": v1, "LAB_GPU_ENDPOINT": v1,
+            "OLLAMA_HOST": server.url, "LLAMACPP_ENDPOINT": server.url + "/v1",
+        ]
+    }
+}
+
+/// A server child for a whole suite, behind a `/bin/sh` that stops it when
+/// its stdin closes: at `stop()`, or when this process dies however it dies.
+/// Its stderr goes to a file (`log`).
+final class BackgroundServer: @unchecked Sendable {
+    let firstLine: String
+    let logFile: String
+    private let pid: pid_t
+    private let fds: Lock<(toChild: Int32, fromChild: Int32)?>
+
+    private init(firstLine: String, logFile: String, pid: pid_t, toChild: Int32, fromChild: Int32) {
+        self.firstLine = firstLine
+        self.logFile = logFile
+        self.pid = pid
+        fds = Lock((toChild, fromChild))
+    }
+
+    /// What the server wrote on stderr so far.
+    var log: String { "its stderr: " + ((try? FileSystem.readText(logFile, limit: 1 << 20)) ?? "(none)") }
+
+    struct StartError: Error, CustomStringConvertible { var description: String }
+
+    /// Starts `argv` and waits (up to 30 s) for the first line it prints.
+    static func start(_ argv: [String], log: String, env: [String: String]) async throws -> BackgroundServer {
+        try await withCheckedThrowingContinuation { c in
+            Proc.onThread {
+                do { c.resume(returning: try startBlocking(argv, log: log, env: env)) } catch { c.resume(throwing: error) }
+            }
+        }
+    }
+
+    private static func startBlocking(_ argv: [String], log: String, env: [String: String]) throws(StartError) -> BackgroundServer {
+        var inPipe: [Int32] = [0, 0]
+        var outPipe: [Int32] = [0, 0]
+        dsc_pipe(&inPipe)
+        dsc_pipe(&outPipe)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        // The server reads nothing from stdin: the shell waits on it, then
+        // stops the server and waits for it.
+        let supervisor = #"exec 3<&0; "$@" </dev/null & child=$!; cat <&3 >/dev/null; kill -TERM $child; wait $child"#
+        let full = ["/bin/sh", "-c", supervisor, "sh"] + argv
+        let cargs = full.map { strdup($0) } + [nil]
+        let cenv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for p in cargs { free(p) }
+            for p in cenv { free(p) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/bin/sh", &actions, nil, cargs, cenv)
+        close(inPipe[0])
+        close(outPipe[1])
+        guard rc == 0 else {
+            close(inPipe[1])
+            close(outPipe[0])
+            throw StartError(description: "cannot start \(argv[0]): \(String(cString: strerror(rc)))")
+        }
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        var p = pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0)
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .seconds(30) {
+            let r = poll(&p, 1, 1000)
+            if r < 0 && errno == EINTR { continue }
+            if r == 0 { continue }
+            if read(outPipe[0], &byte, 1) != 1 || byte == 10 { break }
+            line.append(byte)
+        }
+        let b = BackgroundServer(firstLine: String(decoding: line, as: UTF8.self), logFile: log, pid: pid, toChild: inPipe[1], fromChild: outPipe[0])
+        if line.isEmpty {
+            b.stop()
+            throw StartError(description: "\(argv.joined(separator: " ")) printed nothing on stdout in 30 s; \(b.log)")
+        }
+        return b
+    }
+
+    /// Closes the shell's stdin and waits for it (it waits for the server).
+    func stop() {
+        guard let f = fds.withLock({ f in defer { f = nil }; return f }) else { return }
+        close(f.toChild)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        close(f.fromChild)
     }
 }
 

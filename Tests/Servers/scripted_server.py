@@ -15,6 +15,9 @@ JSON on stdin, one reply line on stdout per command:
     {"cmd": "script", "routes": {"POST /v1/chat/completions": [RESPONSE, ...]}, "default": RESPONSE?}
         -> "OK". Responses of a route are served in order; the last repeats.
            A route key is "METHOD /path" or "* /path" (path without query).
+           A route whose responses have "match" is a choice instead: each
+           request gets the first response whose "match" text its body
+           contains (or that has no "match"); none is used up.
     {"cmd": "requests"}  -> a JSON array of the requests received so far:
            {"method", "path", "query", "headers": [[k, v]...], "body", "connection", "time"}
     {"cmd": "closed"}    -> a JSON array of the ids of connections that have ended
@@ -38,6 +41,7 @@ RESPONSE (every member optional):
     hang_after: N                  send headers and N body bytes, then stall forever
     trickle_ms: int                send the body one byte at a time, this far apart
     keep_alive: bool (true)        allow another request on the connection
+    match: str                     answer only requests whose body contains this (see "script")
     sigv4: {"secret_key", "session_token"?}   verify the request's AWS Signature
                                    Version 4 with botocore's own signer (imported only
                                    then) before answering; a request signed wrongly gets
@@ -68,10 +72,15 @@ class State:
         self.connections = 0
         self.closed = []
 
-    def next_response(self, method, path):
+    def next_response(self, method, path, body=b""):
         for key in (f"{method} {path}", f"* {path}"):
             queue = self.routes.get(key)
-            if queue:
+            if queue and any("match" in r for r in queue):
+                text = body.decode("utf-8", "replace")
+                chosen = next((r for r in queue if r.get("match", "") in text), None)
+                if chosen is not None:
+                    return chosen
+            elif queue:
                 return queue.pop(0) if len(queue) > 1 else queue[0]
         if self.default is not None:
             return self.default
@@ -175,7 +184,7 @@ async def serve(reader, writer):
             STATE.requests.append({"method": method, "path": path, "query": query, "headers": headers,
                                    "body": body.decode("utf-8", "replace"), "connection": conn_id,
                                    "time": time.monotonic()})
-            r = STATE.next_response(method, path)
+            r = STATE.next_response(method, path, body)
             if r.get("sigv4") is not None:
                 problem = sigv4_problem(method, target, headers, body, r["sigv4"])
                 STATE.requests[-1]["sigv4"] = problem or "ok"
