@@ -408,8 +408,9 @@ final class DocCounterparts: @unchecked Sendable {
         standIn("codex", "codex-cli/stand-in.sh")
         standIn("my-agent", "headless-cli/stand-in.sh")
         standIn("vibe-acp", "acp/stand-in.sh")
-        // Simon Willison's `llm` with protocol text: the prompt is its argument, the answer its output.
-        _ = dir.write("bin/llm", "#!/bin/sh\nprintf 'llm answers: %s\\n' \"$1\"\n", mode: 0o755)
+        // Simon Willison's `llm` with protocol text: the prompt is its argument
+        // (after the `--` the plugin puts before it), the answer its output.
+        _ = dir.write("bin/llm", "#!/bin/sh\n[ \"$1\" = -- ] && shift\nprintf 'llm answers: %s\\n' \"$1\"\n", mode: 0o755)
     }
 
     /// The environment of one example run in `work` (its directory `cwd`,
