@@ -236,7 +236,7 @@ import DescartesSupport
     func theShellExamplesRun() async throws {
         let prefix = try #require(TestEnv.prefix)
         let runnable = try Self.blocks().filter { $0.lang != "swift" && $0.attribute.isEmpty }
-        #expect(runnable.count >= 13, "only \(runnable.count) shell examples run")
+        #expect(runnable.count >= 12, "only \(runnable.count) shell examples run")
         let counterparts = try await DocCounterparts.start(prefix: prefix)
         defer { counterparts.stop() }
         let results = await withTaskGroup(of: (Block, ShellCheck?, TempDir, ProcResult?, String?).self) { group in
