@@ -19,11 +19,15 @@ enum AnthropicRequest {
     ///   their text, and `tool_use` blocks whose `input` is the parsed
     ///   arguments.
     /// - `max_tokens` is always sent (the request's, else `defaultMaxTokens`).
+    /// - A message's or tool's own breakpoint (`Message.cacheControl`,
+    ///   `Tool.cacheControl`) becomes the `cache_control` of its last block
+    ///   or of the tool, as given; a system message's ends a `system` block.
     /// - Option `cache_control` (e.g. `{"type": "ephemeral"}` or with
     ///   `"ttl": "1h"`) marks prompt-cache breakpoints on the last system
-    ///   block, the last tool and the last block of the last message: the
-    ///   whole prompt prefix is cached. Every other option is copied to the
-    ///   top level as given (`thinking`, `top_k`, `metadata`, `service_tier`...).
+    ///   block, the last tool and the last block of the last message (those
+    ///   that have none of their own): the whole prompt prefix is cached.
+    ///   Every other option is copied to the top level as given (`thinking`,
+    ///   `top_k`, `metadata`, `service_tier`...).
     static func encode(_ r: ModelRequest, purpose: Purpose, defaultModel: String?, defaultMaxTokens: Int) -> [UInt8] {
         let cache = r.options["cache_control"].flatMap { $0.isNull ? nil : $0 }
         var w = JSONWriter(capacity: 1024)
@@ -32,24 +36,19 @@ enum AnthropicRequest {
         if let model = r.model ?? defaultModel { w.field("model", model) }
         if purpose != .countTokens { w.field("max_tokens", r.maxTokens ?? defaultMaxTokens) }
 
-        let systemText = ([r.systemPrompt].compactMap { $0 } + r.messages.filter { $0.role == .system }.map(\.content))
-            .filter { !$0.isEmpty }.joined(separator: "\n\n")
-        if !systemText.isEmpty {
-            if let cache {
-                w.key("system")
-                w.value(.array([["type": "text", "text": .string(systemText), "cache_control": cache]]))
-            } else {
-                w.field("system", systemText)
-            }
+        var system = self.system(r)
+        if let cache, !system.isEmpty, system[system.count - 1]["cache_control"] == nil {
+            system[system.count - 1] = marked(system[system.count - 1], cache)
+        }
+        if system.count == 1, system[0]["cache_control"] == nil, let text = system[0]["text"]?.stringValue {
+            w.field("system", text)
+        } else if !system.isEmpty {
+            w.field("system", .array(system))
         }
 
         var turns = self.turns(r.messages)
-        if let cache, !turns.isEmpty, !turns[turns.count - 1].blocks.isEmpty {
-            let last = turns.count - 1
-            if case .object(var o) = turns[last].blocks[turns[last].blocks.count - 1] {
-                o["cache_control"] = cache
-                turns[last].blocks[turns[last].blocks.count - 1] = .object(o)
-            }
+        if let cache, !turns.isEmpty, let lastBlock = turns[turns.count - 1].blocks.last, lastBlock["cache_control"] == nil {
+            turns[turns.count - 1].blocks[turns[turns.count - 1].blocks.count - 1] = marked(lastBlock, cache)
         }
         w.beginArray(key: "messages")
         for t in turns {
@@ -75,7 +74,7 @@ enum AnthropicRequest {
                 var o: JSONObject = ["name": .string(t.name)]
                 if !t.description.isEmpty { o["description"] = .string(t.description) }
                 o["input_schema"] = t.parameters
-                if let cache, i == r.tools.count - 1 { o["cache_control"] = cache }
+                if let c = t.cacheControl ?? (i == r.tools.count - 1 ? cache : nil) { o["cache_control"] = c }
                 w.value(.object(o))
             }
             w.endArray()
@@ -101,15 +100,56 @@ enum AnthropicRequest {
         return w.bytes
     }
 
+    /// `block` with `cache_control` set to `c`.
+    static func marked(_ block: JSONValue, _ c: JSONValue) -> JSONValue {
+        guard case .object(var o) = block else { return block }
+        o["cache_control"] = c
+        return .object(o)
+    }
+
+    /// The top-level `system` text blocks: the system prompt and the system
+    /// messages, joined by a blank line, with a new block after each one that
+    /// carries a cache breakpoint (`Message.cacheControl`), so each
+    /// breakpoint ends a block. A breakpoint on an empty system message
+    /// marks the block before it.
+    static func system(_ r: ModelRequest) -> [JSONValue] {
+        var blocks: [JSONValue] = []
+        var text = ""
+        let parts = [(r.systemPrompt ?? "", nil as JSONValue?)] + r.messages.filter { $0.role == .system }.map { ($0.content, $0.cacheControl) }
+        for (part, cache) in parts {
+            if !part.isEmpty { text += (text.isEmpty ? "" : "\n\n") + part }
+            guard let cache else { continue }
+            if !text.isEmpty {
+                blocks.append(["type": "text", "text": .string(text), "cache_control": cache])
+                text = ""
+            } else if let last = blocks.last {
+                blocks[blocks.count - 1] = marked(last, cache)
+            }
+        }
+        if !text.isEmpty { blocks.append(["type": "text", "text": .string(text)]) }
+        return blocks
+    }
+
     struct Turn {
         var role: String
         var blocks: [JSONValue]
     }
 
-    /// Messages (without `system` ones) as alternating turns of content blocks.
+    /// Messages (without `system` ones) as alternating turns of content
+    /// blocks. A message's cache breakpoint (`cacheControl`) goes on the last
+    /// block it adds (on the turn's block before it when it adds none).
     static func turns(_ messages: [Message]) -> [Turn] {
         var out: [Turn] = []
+        var cache: JSONValue?
         func add(_ role: String, _ blocks: [JSONValue]) {
+            var blocks = blocks
+            if let cache {
+                if let last = blocks.last {
+                    blocks[blocks.count - 1] = marked(last, cache)
+                } else if let turn = out.last, turn.role == role, let last = turn.blocks.last {
+                    out[out.count - 1].blocks[turn.blocks.count - 1] = marked(last, cache)
+                }
+            }
             guard !blocks.isEmpty else { return }
             if let last = out.last, last.role == role {
                 out[out.count - 1].blocks += blocks
@@ -118,6 +158,7 @@ enum AnthropicRequest {
             }
         }
         for m in messages {
+            cache = m.cacheControl
             switch m.role {
             case .system:
                 continue

@@ -15,6 +15,9 @@ enum ConverseRequest {
     /// The body.
     ///
     /// - The system prompt and `system` messages are `system: [{text}]`.
+    /// - Cache breakpoints (`Message.cacheControl`, `Tool.cacheControl`) are
+    ///   `cachePoint` blocks after the message's content, the system text or
+    ///   the tool's spec.
     /// - Consecutive messages of one role are merged into one turn; tool
     ///   results are `toolResult` blocks of a user turn (`json` content when
     ///   the result is a JSON object, `text` otherwise).
@@ -29,9 +32,8 @@ enum ConverseRequest {
     static func encode(_ r: ModelRequest) throws(ProviderError) -> [UInt8] {
         var body = JSONObject()
         body["messages"] = .array(try turns(r.messages).map { ["role": .string($0.role), "content": .array($0.blocks)] })
-        let systemText = ([r.systemPrompt].compactMap { $0 } + r.messages.filter { $0.role == .system }.map(\.content))
-            .filter { !$0.isEmpty }.joined(separator: "\n\n")
-        if !systemText.isEmpty { body["system"] = [["text": .string(systemText)]] }
+        let system = self.system(r)
+        if !system.isEmpty { body["system"] = .array(system) }
         var inference = JSONObject()
         if let m = r.maxTokens { inference["maxTokens"] = .integer(m) }
         if let t = r.temperature { inference["temperature"] = .number(t) }
@@ -40,13 +42,13 @@ enum ConverseRequest {
         if !inference.isEmpty { body["inferenceConfig"] = .object(inference) }
         if !r.tools.isEmpty {
             var config: JSONObject = [
-                "tools": .array(r.tools.map { t in
+                "tools": .array(r.tools.flatMap { t -> [JSONValue] in
                     var spec: JSONObject = ["name": .string(t.name)]
                     if !t.description.isEmpty { spec["description"] = .string(t.description) }
                     var schema: JSONValue = ["type": "object", "properties": [:]]
                     if case .object(let o) = t.parameters, !o.isEmpty { schema = t.parameters }
                     spec["inputSchema"] = ["json": schema]
-                    return ["toolSpec": .object(spec)]
+                    return [["toolSpec": .object(spec)]] + (t.cacheControl == nil ? [] : [cachePoint])
                 })
             ]
             switch r.toolChoice {
@@ -73,13 +75,42 @@ enum ConverseRequest {
         return JSONValue.object(body).jsonBytes
     }
 
+    /// Converse's prompt-cache breakpoint: the block after what a
+    /// `cacheControl` marks (Converse has no TTL choice: a given `ttl` is
+    /// not sent).
+    static let cachePoint: JSONValue = ["cachePoint": ["type": "default"]]
+
+    /// `system`: the system prompt and system messages, joined by a blank
+    /// line, with a `cachePoint` after each system message that has a cache
+    /// breakpoint.
+    static func system(_ r: ModelRequest) -> [JSONValue] {
+        var blocks: [JSONValue] = []
+        var text = ""
+        let parts = [(r.systemPrompt ?? "", nil as JSONValue?)] + r.messages.filter { $0.role == .system }.map { ($0.content, $0.cacheControl) }
+        for (part, cache) in parts {
+            if !part.isEmpty { text += (text.isEmpty ? "" : "\n\n") + part }
+            guard cache != nil else { continue }
+            if !text.isEmpty { blocks.append(["text": .string(text)]) }
+            text = ""
+            if !blocks.isEmpty && blocks.last != cachePoint { blocks.append(cachePoint) }
+        }
+        if !text.isEmpty { blocks.append(["text": .string(text)]) }
+        return blocks
+    }
+
+    /// Messages as turns; a message with a cache breakpoint is followed by a
+    /// `cachePoint` block.
     static func turns(_ messages: [Message]) throws(ProviderError) -> [(role: String, blocks: [JSONValue])] {
         var out: [(role: String, blocks: [JSONValue])] = []
+        var cache = false
         func add(_ role: String, _ blocks: [JSONValue]) {
+            var blocks = blocks
+            if cache, !blocks.isEmpty || out.last?.role == role { blocks.append(cachePoint) }
             guard !blocks.isEmpty else { return }
             if let last = out.last, last.role == role { out[out.count - 1].blocks += blocks } else { out.append((role, blocks)) }
         }
         for m in messages {
+            cache = m.cacheControl != nil
             switch m.role {
             case .system:
                 continue

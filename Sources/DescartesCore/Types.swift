@@ -36,11 +36,21 @@ public struct Message: Sendable, Hashable {
     /// For `user` messages: images shown to the model with the text. Only
     /// providers whose manifest has the `vision` capability take them.
     public var images: [ImageInput]
+    /// A prompt-cache breakpoint at the end of this message: the provider
+    /// may cache the prompt up to and including it. Anthropic's
+    /// `cache_control` object, as given (`{"type": "ephemeral"}`, with
+    /// `"ttl": "1h"` for the longer cache). The Anthropic plugin puts it on
+    /// the message's last content block (the top-level `system` block for a
+    /// system message), Bedrock a `cachePoint` after it; other providers
+    /// cache on their own and ignore it. Nil: no breakpoint. In the ABI's
+    /// JSON, the message's optional `cache_control` (docs/abi.md).
+    public var cacheControl: JSONValue?
 
     public init(
         role: Role, content: String, toolCalls: [ToolCall] = [], toolCallID: String? = nil, name: String? = nil,
-        reasoning: String? = nil, reasoningSignature: String? = nil, images: [ImageInput] = []
+        reasoning: String? = nil, reasoningSignature: String? = nil, images: [ImageInput] = [], cacheControl: JSONValue? = nil
     ) {
+        self.cacheControl = cacheControl
         self.role = role
         self.content = content
         self.images = images
@@ -69,8 +79,15 @@ public struct Tool: Sendable, Hashable {
     public var description: String
     /// A JSON Schema object describing the arguments.
     public var parameters: JSONValue
+    /// A prompt-cache breakpoint after this tool's definition (as
+    /// `Message.cacheControl`: Anthropic's `cache_control`, Bedrock's
+    /// `cachePoint`, ignored by other providers).
+    public var cacheControl: JSONValue?
 
-    public init(name: String, description: String = "", parameters: JSONValue = ["type": "object", "properties": [:]]) {
+    public init(
+        name: String, description: String = "", parameters: JSONValue = ["type": "object", "properties": [:]], cacheControl: JSONValue? = nil
+    ) {
+        self.cacheControl = cacheControl
         self.name = name
         self.description = description
         self.parameters = parameters
@@ -368,6 +385,19 @@ public struct HealthReport: Sendable, Hashable {
 extension ModelResponse {
     /// The answer's text (`content`).
     public var text: String { content }
+
+    /// The provider's signature of the answer's reasoning, to send back as
+    /// the next request's `Message.reasoningSignature` (Anthropic and Bedrock
+    /// need it when thinking and tool use mix): `metadata.thinking_signature`
+    /// (Anthropic, Bedrock), `thought_signature` (Gemini) or
+    /// `reasoning_signature` (OpenAI's Responses API), whichever the plugin
+    /// set.
+    public var reasoningSignature: String? {
+        for key in ["thinking_signature", "thought_signature", "reasoning_signature"] {
+            if let s = metadata[key]?.stringValue, !s.isEmpty { return s }
+        }
+        return nil
+    }
 }
 
 /// What to embed (ABI 1.1): a batch of texts, one vector each.

@@ -76,6 +76,7 @@ public enum Wire {
                 }
                 w.endArray()
             }
+            if let c = m.cacheControl { w.field("cache_control", c) }
             w.endObject()
         }
         w.endArray()
@@ -96,6 +97,7 @@ public enum Wire {
                 w.field("name", t.name)
                 w.field("description", t.description)
                 w.field("parameters", t.parameters)
+                if let c = t.cacheControl { w.field("cache_control", c) }
                 w.endObject()
             }
             w.endArray()
@@ -184,6 +186,7 @@ public enum Wire {
                 guard ia.isEmpty || role == .user else { throw WireError("\(path).images: only user messages carry images") }
                 for (j, x) in ia.enumerated() { msg.images.append(try decodeImage(x, "\(path).images[\(j)]")) }
             }
+            msg.cacheControl = try cacheControl(mo, in: path)
             r.messages.append(msg)
         }
         r.systemPrompt = try string(o, "system", in: "request")
@@ -207,7 +210,7 @@ public enum Wire {
                 r.tools.append(
                     Tool(
                         name: name, description: try string(to, "description", in: path) ?? "",
-                        parameters: to["parameters"] ?? ["type": "object", "properties": [:]]))
+                        parameters: to["parameters"] ?? ["type": "object", "properties": [:]], cacheControl: try cacheControl(to, in: path)))
             }
         }
         if let choice = o["tool_choice"] {
@@ -248,6 +251,16 @@ public enum Wire {
                 total: try ms("total_ms"))
         }
         return r
+    }
+
+    /// A message's or tool's `cache_control`: an object, passed on as given
+    /// (absent or null: none).
+    static func cacheControl(_ o: JSONObject, in path: String) throws(WireError) -> JSONValue? {
+        switch o["cache_control"] {
+        case nil, .null?: return nil
+        case .object(let c)?: return .object(c)
+        case let v?: throw WireError("\(path).cache_control: expected an object such as {\"type\": \"ephemeral\"}, got \(v.typeName)")
+        }
     }
 
     public static func decodeToolCall(_ v: JSONValue, _ path: String) throws(WireError) -> ToolCall {

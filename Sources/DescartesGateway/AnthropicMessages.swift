@@ -23,18 +23,32 @@ enum AnthropicMessages {
             guard let max = o["max_tokens"]?.intValue, max > 0 else { throw .invalidRequest("max_tokens: Field required (a positive integer)") }
             r.maxTokens = max
         }
+        var system: [Message] = []
         switch o["system"] {
         case .string(let s)?: r.systemPrompt = s
         case .array(let blocks)?:
-            r.systemPrompt = try blocks.map { b throws(GatewayError) -> String in
+            var texts: [String] = []
+            for (j, b) in blocks.enumerated() {
                 guard b["type"]?.stringValue == "text", let t = b["text"]?.stringValue else {
-                    throw .invalidRequest("system: only text blocks are supported")
+                    throw .invalidRequest("system.\(j): only text blocks are supported")
                 }
-                return t
-            }.joined(separator: "\n\n")
+                texts.append(t)
+                if let c = try cacheControl(b, at: "system.\(j)") {
+                    system.append(Message(role: .system, content: texts.joined(separator: "\n\n"), cacheControl: c))
+                    texts = []
+                }
+            }
+            // Without breakpoints the system prompt, as before; with them, one
+            // system message per breakpoint (and one for the text after the last).
+            if system.isEmpty {
+                r.systemPrompt = texts.joined(separator: "\n\n")
+            } else if !texts.isEmpty {
+                system.append(.system(texts.joined(separator: "\n\n")))
+            }
         case nil, .null?: break
         default: throw .invalidRequest("system: a string or an array of text blocks")
         }
+        r.messages = system
         for (i, m) in list.enumerated() {
             let at = "messages.\(i)"
             guard let role = m["role"]?.stringValue, ["user", "assistant", "system"].contains(role) else {
@@ -49,35 +63,62 @@ enum AnthropicMessages {
             if role == "system" {
                 // Not Anthropic's own form, but Claude Code sends it (and
                 // does not retry without it): a system message in place.
-                r.messages.append(.system(blocks.compactMap { $0["type"]?.stringValue == "text" ? $0["text"]?.stringValue : nil }.joined()))
+                var msg = Message.system(blocks.compactMap { $0["type"]?.stringValue == "text" ? $0["text"]?.stringValue : nil }.joined())
+                for (j, b) in blocks.enumerated() { msg.cacheControl = try cacheControl(b, at: "\(at).content.\(j)") ?? msg.cacheControl }
+                r.messages.append(msg)
                 continue
             }
+            // A block with cache_control ends a message, so the breakpoint
+            // reaches the backend at the same place (Message.cacheControl).
+            let breakpoints = try blocks.enumerated().map { (j, b) throws(GatewayError) in try cacheControl(b, at: "\(at).content.\(j)") }
             if role == "user" {
-                var text = ""
-                var images: [ImageInput] = []
+                // Tool results first (Anthropic requires them first in the turn).
+                var pending = Message.user("")
+                var parts: [Message] = []
                 for (j, b) in blocks.enumerated() {
                     switch b["type"]?.stringValue {
-                    case "text": text += b["text"]?.stringValue ?? ""
-                    case "image": images.append(try image(b["source"], at: "\(at).content.\(j)"))
+                    case "text": pending.content += b["text"]?.stringValue ?? ""
+                    case "image":
+                        // Backends put images before the text: keep the
+                        // client's order where a breakpoint depends on it.
+                        if !pending.content.isEmpty && breakpoints.contains(where: { $0 != nil }) {
+                            parts.append(pending)
+                            pending = .user("")
+                        }
+                        pending.images.append(try image(b["source"], at: "\(at).content.\(j)"))
                     case "tool_result":
                         guard let id = b["tool_use_id"]?.stringValue else { throw .invalidRequest("\(at).content.\(j).tool_use_id: Field required") }
                         var output: String
+                        var cache = breakpoints[j]
                         switch b["content"] {
                         case .string(let s)?: output = s
-                        case .array(let parts)?: output = parts.compactMap { $0["type"]?.stringValue == "text" ? $0["text"]?.stringValue : nil }.joined()
+                        case .array(let inner)?:
+                            output = inner.compactMap { $0["type"]?.stringValue == "text" ? $0["text"]?.stringValue : nil }.joined()
+                            // A breakpoint inside the result marks the result (its text is one block here).
+                            for (k, x) in inner.enumerated() { cache = try cacheControl(x, at: "\(at).content.\(j).content.\(k)") ?? cache }
                         default: output = ""
                         }
                         if b["is_error"]?.boolValue == true { output = "Error: " + output }
-                        r.messages.append(.tool(callID: id, output))
+                        var result = Message.tool(callID: id, output)
+                        result.cacheControl = cache
+                        r.messages.append(result)
+                        continue
                     default:
                         throw .invalidRequest("\(at).content.\(j): block type '\(b["type"]?.stringValue ?? "?")' is not supported (text, image, tool_result)")
                     }
+                    if let c = breakpoints[j] {
+                        pending.cacheControl = c
+                        parts.append(pending)
+                        pending = .user("")
+                    }
                 }
-                if !text.isEmpty || !images.isEmpty || !blocks.contains(where: { $0["type"]?.stringValue == "tool_result" }) {
-                    r.messages.append(.user(text, images: images))
+                if !pending.content.isEmpty || !pending.images.isEmpty || (parts.isEmpty && !blocks.contains(where: { $0["type"]?.stringValue == "tool_result" })) {
+                    parts.append(pending)
                 }
+                r.messages += parts
             } else {
                 var msg = Message.assistant("")
+                var ended = false
                 for (j, b) in blocks.enumerated() {
                     switch b["type"]?.stringValue {
                     case "text": msg.content += b["text"]?.stringValue ?? ""
@@ -93,11 +134,17 @@ enum AnthropicMessages {
                     default:
                         throw .invalidRequest("\(at).content.\(j): block type '\(b["type"]?.stringValue ?? "?")' is not supported (text, tool_use, thinking)")
                     }
+                    if let c = breakpoints[j] {
+                        msg.cacheControl = c
+                        r.messages.append(msg)
+                        ended = true
+                        msg = .assistant("")
+                    }
                 }
-                r.messages.append(msg)
+                if !ended || msg != .assistant("") { r.messages.append(msg) }
             }
         }
-        guard !r.messages.isEmpty else { throw .invalidRequest("messages: at least one message is required") }
+        guard !list.isEmpty else { throw .invalidRequest("messages: at least one message is required") }
         r.temperature = o["temperature"]?.doubleValue
         r.topP = o["top_p"]?.doubleValue
         r.stop = o["stop_sequences"]?.arrayValue?.compactMap(\.stringValue) ?? []
@@ -106,7 +153,10 @@ enum AnthropicMessages {
             if let type = t["type"]?.stringValue, type != "custom" {
                 throw .invalidRequest("tools.\(i): server tools ('\(type)') are not supported by the gateway; custom tools only")
             }
-            r.tools.append(Tool(name: name, description: t["description"]?.stringValue ?? "", parameters: t["input_schema"] ?? ["type": "object", "properties": [:]]))
+            r.tools.append(
+                Tool(
+                    name: name, description: t["description"]?.stringValue ?? "", parameters: t["input_schema"] ?? ["type": "object", "properties": [:]],
+                    cacheControl: try cacheControl(t, at: "tools.\(i)")))
         }
         if let c = o["tool_choice"], !c.isNull {
             switch c["type"]?.stringValue {
@@ -122,6 +172,16 @@ enum AnthropicMessages {
         if let user = o["metadata"]?["user_id"]?.stringValue { r.metadata["user"] = user }
         for key in passedThrough { if let v = o[key], !v.isNull { r.options[key] = v } }
         return Parsed(request: r, model: model, stream: !countOnly && o["stream"]?.boolValue == true)
+    }
+
+    /// A block's (or tool's) `cache_control`, passed on as given: an object
+    /// with a `type` (Anthropic's API checks the rest).
+    static func cacheControl(_ block: JSONValue, at: String) throws(GatewayError) -> JSONValue? {
+        switch block["cache_control"] {
+        case nil, .null?: return nil
+        case let c? where c["type"]?.stringValue != nil && c.objectValue != nil: return c
+        default: throw .invalidRequest("\(at).cache_control: an object with a type, such as {\"type\": \"ephemeral\"}")
+        }
     }
 
     static func image(_ source: JSONValue?, at: String) throws(GatewayError) -> ImageInput {
@@ -159,8 +219,11 @@ enum AnthropicMessages {
 
     static func message(_ r: ModelResponse, id: String, model: String) -> JSONValue {
         var content: [JSONValue] = []
-        if let reasoning = r.reasoning, !reasoning.isEmpty {
-            content.append(["type": "thinking", "thinking": .string(reasoning), "signature": .string(r.metadata["reasoning_signature"]?.stringValue ?? "")])
+        // The signature goes back to the backend with the next turn (a
+        // thinking block without text carries one that a backend needs back).
+        let signature = r.reasoningSignature
+        if !(r.reasoning ?? "").isEmpty || signature != nil {
+            content.append(["type": "thinking", "thinking": .string(r.reasoning ?? ""), "signature": .string(signature ?? "")])
         }
         if !r.content.isEmpty || r.toolCalls.isEmpty { content.append(["type": "text", "text": .string(r.content)]) }
         for c in r.toolCalls {

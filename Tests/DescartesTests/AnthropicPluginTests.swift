@@ -172,6 +172,53 @@ import Testing
         await b.shutdown()
     }
 
+    /// Breakpoints of the request's own (`Message.cacheControl`,
+    /// `Tool.cacheControl`) land on exactly those blocks, as given (a ttl
+    /// included): a system message ends a `system` block, a message's goes
+    /// on its last block, consecutive messages of one turn stay blocks of
+    /// that turn. Nothing else is marked.
+    @Test func perMessageAndPerToolBreakpointsLandOnTheirBlocks() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script(["POST /v1/messages": [.stream(Self.fullStream())]])
+        let b = try backend(server)
+        let hour: JSONValue = ["type": "ephemeral", "ttl": "1h"]
+        let short: JSONValue = ["type": "ephemeral"]
+        let r = ModelRequest(
+            messages: [
+                Message(role: .system, content: "You are terse.", cacheControl: hour),
+                .system("Today is Monday."),
+                Message(role: .user, content: "Here is a long document.", cacheControl: short),
+                .user("What does it say?"),
+                Message(role: .assistant, content: "", toolCalls: [ToolCall(id: "toolu_a", name: "search", arguments: #"{"q":"x"}"#)]),
+                Message(role: .tool, content: "found", toolCallID: "toolu_a", cacheControl: short),
+                Message(role: .user, content: "", cacheControl: hour),  // no block of its own: marks the one before
+            ],
+            tools: [
+                Tool(name: "search", cacheControl: short),
+                Tool(name: "fetch"),
+            ])
+        _ = await Observed.stream(b, r)
+        let body = try #require(try await server.requests().first?.json)
+        #expect(body["system"] == [
+            ["type": "text", "text": "You are terse.", "cache_control": ["type": "ephemeral", "ttl": "1h"]],
+            ["type": "text", "text": "Today is Monday."],
+        ])
+        #expect(body["tools"]?[0]?["cache_control"] == ["type": "ephemeral"])
+        #expect(body["tools"]?[1]?["cache_control"] == nil)
+        let msgs = try #require(body["messages"]?.arrayValue)
+        #expect(msgs.map { $0["role"] } == ["user", "assistant", "user"])
+        #expect(msgs[0]["content"] == [
+            ["type": "text", "text": "Here is a long document.", "cache_control": ["type": "ephemeral"]],
+            ["type": "text", "text": "What does it say?"],
+        ])
+        #expect(msgs[1]["content"]?[0]?["cache_control"] == nil)
+        #expect(msgs[2]["content"] == [["type": "tool_result", "tool_use_id": "toolu_a", "content": "found", "cache_control": ["type": "ephemeral", "ttl": "1h"]]])
+        // Without any breakpoint the system prompt stays a string.
+        _ = await Observed.stream(b, ModelRequest(prompt: "x", system: "be brief"))
+        #expect(try await server.requests().last?.json?["system"] == "be brief")
+        await b.shutdown()
+    }
+
     @Test func completeReadsAWholeMessage() async throws {
         let server = try await ServerSlot.make()
         try await server.script(["POST /v1/messages": [.json(try TestEnv.transcript("anthropic/messages-nonstream-parallel-tool-use.json"))]])

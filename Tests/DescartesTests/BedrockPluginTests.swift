@@ -164,6 +164,31 @@ import Testing
         await b.shutdown()
     }
 
+    /// Cache breakpoints (`cacheControl`) are Converse `cachePoint` blocks
+    /// after the system text, the message's content and the tool's spec.
+    @Test func cacheBreakpointsAreCachePoints() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script(["POST /model/amazon.nova-lite-v1%3A0/converse-stream": [Self.signed(Self.stream(Self.fullStream))]])
+        let b = try backend(server)
+        let cache: JSONValue = ["type": "ephemeral"]
+        let r = ModelRequest(
+            messages: [
+                Message(role: .system, content: "Long instructions.", cacheControl: cache),
+                .system("Short ones."),
+                Message(role: .user, content: "A long document.", cacheControl: cache),
+                .user("Question?"),
+            ],
+            model: "amazon.nova-lite-v1:0", tools: [Tool(name: "a", cacheControl: cache), Tool(name: "b")])
+        let seen = await Observed.stream(b, r)
+        #expect(seen.response != nil, "\(seen)")
+        let body = try #require(try await server.requests().first?.json)
+        #expect(body["system"] == [["text": "Long instructions."], ["cachePoint": ["type": "default"]], ["text": "Short ones."]])
+        #expect(body["messages"]?[0]?["content"] == [["text": "A long document."], ["cachePoint": ["type": "default"]], ["text": "Question?"]])
+        #expect(body["toolConfig"]?["tools"]?.arrayValue?.count == 3)
+        #expect(body["toolConfig"]?["tools"]?[1] == ["cachePoint": ["type": "default"]])
+        await b.shutdown()
+    }
+
     @Test func credentialsFromAProfileOfTheSharedFile() async throws {
         let server = try await ServerSlot.make()
         let dir = TempDir("descartes-aws")

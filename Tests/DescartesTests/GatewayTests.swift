@@ -15,7 +15,7 @@ import DescartesSupport
         try #require(
             sdks.status == 0,
             "the openai and anthropic Python SDKs are not installed (support/deps.sh test installs them): \(sdks.stderr)")
-        let plugins = PluginDir().addEcho().addScripted().addManifest("openai")
+        let plugins = PluginDir().addEcho().addScripted().addManifest("openai").addManifest("anthropic")
         defer { withExtendedLifetime(plugins) {} }
         var env = Environment.current()
         env["DESCARTES"] = TestEnv.descartes
@@ -26,7 +26,7 @@ import DescartesSupport
         #expect(r.status == 0, "\(r.stderr)\n\(r.stdout)")
         // unittest's summary: every test ran, none failed.
         #expect(r.stderr.contains("\nOK\n") || r.stderr.hasSuffix("\nOK"), "\(r.stderr)")
-        #expect(r.stderr.contains("Ran 40 tests"), "\(r.stderr)")
+        #expect(r.stderr.contains("Ran 43 tests"), "\(r.stderr)")
     }
 
     /// README.md's gateway example, run as written: `descartes serve` (with

@@ -11,10 +11,10 @@ import Testing
             Message(
                 role: .assistant, content: "", toolCalls: [ToolCall(id: "c1", name: "look", arguments: #"{"q":"é"}"#)],
                 reasoning: "hm", reasoningSignature: "sig"),
-            .tool(callID: "c1", "found"),
+            Message(role: .tool, content: "found", toolCallID: "c1", cacheControl: ["type": "ephemeral", "ttl": "1h"]),
         ],
         model: "m-1", maxTokens: 64, temperature: 0.5, topP: 1, systemPrompt: "sys",
-        tools: [Tool(name: "look", description: "looks", parameters: ["type": "object", "properties": ["q": ["type": "string"]]])],
+        tools: [Tool(name: "look", description: "looks", parameters: ["type": "object", "properties": ["q": ["type": "string"]]], cacheControl: ["type": "ephemeral"])],
         toolChoice: .tool("look"), stop: ["\n\n", "END"], seed: 7, metadata: ["b": "2", "a": "1"],
         options: ["num_ctx": 4096, "nested": ["x": [1, 2.5, true, .null]]],
         deadlines: Deadlines(connect: .milliseconds(1500), total: .seconds(30)))
@@ -29,6 +29,19 @@ import Testing
         let small = ModelRequest(prompt: "hi")
         #expect(Wire.json(small).jsonBytes == Wire.encode(small))
         #expect(Wire.json(small).jsonText == #"{"messages":[{"role":"user","content":"hi"}]}"#)
+    }
+
+    /// `cache_control` on a message or a tool is an object; anything else
+    /// is refused naming the member.
+    @Test func cacheControlIsAnObject() throws {
+        let bad = try JSONValue.parse(#"{"messages":[{"role":"user","content":"hi","cache_control":"ephemeral"}]}"#)
+        let e1 = #expect(throws: WireError.self) { try Wire.decodeRequest(bad) }
+        #expect(e1?.message.hasPrefix("request.messages[0].cache_control: expected an object") == true, "\(String(describing: e1))")
+        let tool = try JSONValue.parse(#"{"messages":[],"tools":[{"name":"t","cache_control":[1]}]}"#)
+        let e2 = #expect(throws: WireError.self) { try Wire.decodeRequest(tool) }
+        #expect(e2?.message.hasPrefix("request.tools[0].cache_control: expected an object") == true, "\(String(describing: e2))")
+        let null = try JSONValue.parse(#"{"messages":[{"role":"user","content":"hi","cache_control":null}]}"#)
+        #expect(try Wire.decodeRequest(null).messages[0].cacheControl == nil)
     }
 
     @Test func anErrorKeepsItsProviderAndAttempts() throws {

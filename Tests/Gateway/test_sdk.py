@@ -5,11 +5,12 @@ Run by Tests/DescartesTests/GatewayTests.swift (or by hand):
 
     DESCARTES=.build/debug/descartes DESCARTES_PLUGIN_PATH=DIR python3 Tests/Gateway/test_sdk.py -v
 
-DIR holds the echo, scripted and openai plugins (manifest and library). One
-gateway and one scripted upstream (Tests/Servers/scripted_server.py) are
-started for the whole suite, both on 127.0.0.1; the `upstream` provider is
-the OpenAI plugin pointed at the scripted server, whose answers each test
-scripts. Everything is loopback; nothing is recorded from elsewhere.
+DIR holds the echo, scripted, openai and anthropic plugins (manifest and
+library). One gateway and one scripted upstream
+(Tests/Servers/scripted_server.py) are started for the whole suite, both on
+127.0.0.1; the `upstream` provider is the OpenAI plugin and the `claude`
+provider the Anthropic plugin, both pointed at the scripted server, whose
+answers each test scripts. Everything is loopback; nothing is recorded from elsewhere.
 """
 import base64
 import json
@@ -80,9 +81,9 @@ class Upstream:
             raise RuntimeError(reply)
         return reply
 
-    def script(self, *responses):
+    def script(self, *responses, route="POST /v1/chat/completions"):
         self.command({"cmd": "reset"})
-        self.command({"cmd": "script", "routes": {"POST /v1/chat/completions": list(responses)}})
+        self.command({"cmd": "script", "routes": {route: list(responses)}})
 
     def requests(self):
         return json.loads(self.command({"cmd": "requests"}))
@@ -108,6 +109,10 @@ def setUpModule():
 providers:
   upstream:
     plugin: openai
+    endpoint: http://127.0.0.1:{upstream.port}/v1
+    api_key: ${{UPSTREAM_KEY}}
+  claude:
+    plugin: anthropic
     endpoint: http://127.0.0.1:{upstream.port}/v1
     api_key: ${{UPSTREAM_KEY}}
 retry: {{max_attempts: 1}}
@@ -580,6 +585,122 @@ class AnthropicSDK(unittest.TestCase):
             ant().messages.create(model="upstream", max_tokens=10, messages=[{"role": "user", "content": "x"}])
         self.assertEqual(e.exception.response.headers.get("retry-after"), "3")
         self.assertEqual(e.exception.body["error"]["type"], "rate_limit_error")
+
+
+def anthropic_message(content, stop_reason="end_turn", usage=None):
+    """A scripted upstream answer of Anthropic's Messages API (not streamed)."""
+    return {"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+        "id": "msg_up", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929", "content": content,
+        "stop_reason": stop_reason, "stop_sequence": None,
+        "usage": usage or {"input_tokens": 10, "output_tokens": 5}})}
+
+
+def anthropic_stream(*events):
+    """A scripted upstream answer of Anthropic's Messages API, streamed: (name, data) pairs."""
+    body = "".join(f"event: {name}\ndata: {json.dumps(dict(data, type=name))}\n\n" for name, data in events)
+    return sse_response(body, split="bytes:23")
+
+
+SIGNATURE = "EqQBCkgIARABGAIiQL6yPDx8Kxlp/8n4Rnrq+zv5nhbY1wbMdGEF8zEnM8sd"
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+WEATHER_TOOL_ANT = {"name": "get_weather", "description": "Weather in a city",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+class AnthropicBackend(unittest.TestCase):
+    """The Anthropic SDK through the gateway to the `claude` provider (the
+    Anthropic plugin): what the client marks for prompt caching and the
+    thinking signatures reach the upstream request as the client sent them."""
+
+    def upstream_body(self):
+        reqs = [r for r in state["upstream"].requests() if r["path"] == "/v1/messages"]
+        self.assertTrue(reqs, "the upstream got no POST /v1/messages")
+        return json.loads(reqs[-1]["body"])
+
+    def test_cache_control_reaches_the_upstream_at_its_blocks(self):
+        state["upstream"].script(anthropic_message(
+            [{"type": "text", "text": "It says hello."}],
+            usage={"input_tokens": 12, "cache_creation_input_tokens": 1800, "cache_read_input_tokens": 2400, "output_tokens": 5}),
+            route="POST /v1/messages")
+        hour = {"type": "ephemeral", "ttl": "1h"}
+        m = ant().messages.create(
+            model="claude", max_tokens=100,
+            system=[{"type": "text", "text": "Long rules.", "cache_control": hour}, {"type": "text", "text": "Be brief."}],
+            tools=[dict(WEATHER_TOOL_ANT, cache_control={"type": "ephemeral"}), {"name": "noop", "input_schema": {"type": "object"}}],
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "A long document.", "cache_control": {"type": "ephemeral"}},
+                                             {"type": "text", "text": "What does it say?"}]},
+                {"role": "assistant", "content": "Let me read it."},
+                {"role": "user", "content": [{"type": "text", "text": "Go on.", "cache_control": hour}]},
+            ])
+        self.assertEqual(m.content[0].text, "It says hello.")
+        # The client's cache reads and writes, counted apart from input_tokens as Anthropic does.
+        self.assertEqual((m.usage.input_tokens, m.usage.cache_creation_input_tokens, m.usage.cache_read_input_tokens), (12, 1800, 2400))
+        sent = self.upstream_body()
+        self.assertEqual(sent["system"], [{"type": "text", "text": "Long rules.", "cache_control": hour}, {"type": "text", "text": "Be brief."}])
+        self.assertEqual(sent["tools"][0]["cache_control"], {"type": "ephemeral"})
+        self.assertNotIn("cache_control", sent["tools"][1])
+        self.assertEqual(sent["messages"], [
+            {"role": "user", "content": [{"type": "text", "text": "A long document.", "cache_control": {"type": "ephemeral"}},
+                                         {"type": "text", "text": "What does it say?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Let me read it."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Go on.", "cache_control": hour}]},
+        ])
+        # Four breakpoints sent, four received: none dropped, none added.
+        self.assertEqual(json.dumps(sent).count('"cache_control"'), 4)
+        # A malformed one is the client's error, named.
+        with self.assertRaises(anthropic.BadRequestError) as e:
+            ant().messages.create(model="claude", max_tokens=10, messages=[
+                {"role": "user", "content": [{"type": "text", "text": "x", "cache_control": "ephemeral"}]}])
+        self.assertIn("messages.0.content.0.cache_control", e.exception.body["error"]["message"])
+
+    def test_tool_result_breakpoint_and_usage_of_a_stream(self):
+        state["upstream"].script(anthropic_stream(
+            ("message_start", {"message": {"id": "msg_up", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+                                           "stop_reason": None, "usage": {"input_tokens": 3, "cache_creation_input_tokens": 0,
+                                                                          "cache_read_input_tokens": 5000, "output_tokens": 1}}}),
+            ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Sunny."}}),
+            ("content_block_stop", {"index": 0}),
+            ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 2}}),
+            ("message_stop", {})), route="POST /v1/messages")
+        with ant().messages.stream(model="claude", max_tokens=100, tools=[WEATHER_TOOL_ANT], messages=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny",
+                                              "cache_control": {"type": "ephemeral"}}]}]) as s:
+            self.assertEqual("".join(s.text_stream), "Sunny.")
+            final = s.get_final_message()
+        self.assertEqual((final.usage.input_tokens, final.usage.cache_read_input_tokens, final.usage.cache_creation_input_tokens), (3, 5000, 0))
+        sent = self.upstream_body()
+        self.assertEqual(sent["messages"][2]["content"],
+                         [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny", "cache_control": {"type": "ephemeral"}}])
+
+    def test_thinking_and_tool_use_over_two_turns(self):
+        """Turn 1 answers with thinking (and its signature) and a tool call;
+        turn 2 sends that assistant content back with the tool's result: the
+        upstream gets the thinking block with the same signature, as
+        Anthropic requires when thinking and tool use mix."""
+        up = state["upstream"]
+        up.script(anthropic_message([
+            {"type": "thinking", "thinking": "I should look it up.", "signature": SIGNATURE},
+            {"type": "tool_use", "id": "toolu_w", "name": "get_weather", "input": {"city": "Paris"}}], stop_reason="tool_use"),
+            anthropic_message([{"type": "text", "text": "21 C and sunny."}]), route="POST /v1/messages")
+        question = {"role": "user", "content": "Weather in Paris?"}
+        first = ant().messages.create(model="claude", max_tokens=2048, thinking=THINKING, tools=[WEATHER_TOOL_ANT], messages=[question])
+        self.assertEqual(first.stop_reason, "tool_use")
+        self.assertEqual([b.type for b in first.content], ["thinking", "tool_use"])
+        self.assertEqual((first.content[0].thinking, first.content[0].signature), ("I should look it up.", SIGNATURE))
+        self.assertEqual(self.upstream_body()["thinking"], THINKING)
+        second = ant().messages.create(model="claude", max_tokens=2048, thinking=THINKING, tools=[WEATHER_TOOL_ANT], messages=[
+            question, {"role": "assistant", "content": first.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_w", "content": "21 C, sunny"}]}])
+        self.assertEqual(second.content[-1].text, "21 C and sunny.")
+        sent = self.upstream_body()
+        self.assertEqual(sent["messages"][1]["content"], [
+            {"type": "thinking", "thinking": "I should look it up.", "signature": SIGNATURE},
+            {"type": "tool_use", "id": "toolu_w", "name": "get_weather", "input": {"city": "Paris"}}])
+        self.assertEqual(sent["messages"][2]["content"], [{"type": "tool_result", "tool_use_id": "toolu_w", "content": "21 C, sunny"}])
 
 
 class Keys(unittest.TestCase):
