@@ -52,7 +52,7 @@ import DescartesSupport
         return ["README.md"] + docs
     }
 
-    static func blocks() throws -> [Block] {
+    static func blocks(languages: Set<String> = languages) throws -> [Block] {
         var out: [Block] = []
         for doc in try documents() {
             let text = try FileSystem.readText(FileSystem.join(TestEnv.root, doc), limit: 1 << 22)
@@ -129,6 +129,51 @@ import DescartesSupport
             }
         }
         #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
+    }
+
+    /// Every YAML example that is a providers.yaml (its first top-level key
+    /// is one `config check` knows) passes `config check` as written, with
+    /// each `${NAME}` it reads set and each `${file:PATH}` it reads pointed
+    /// at a file of ours. Manifests, plugins.yaml policies and conformance
+    /// specs have other first keys and are left to their own tests. A block
+    /// that cannot pass (placeholders, a plugin not shipped) is preceded by
+    /// `<!-- doc-test: no-check REASON -->`.
+    @Test(.enabled(if: TestEnv.prefix != nil, "needs the prefix `make test` installs into (the shipped plugins)"))
+    func theConfigurationExamplesPassConfigCheck() async throws {
+        let prefix = try #require(TestEnv.prefix)
+        let blocks = try Self.blocks(languages: ["yaml"])
+        let work = TempDir("descartes-doc-yaml")
+        var checked = 0
+        for b in blocks {
+            let firstKey = b.text.split(separator: "\n").first { !$0.isEmpty && $0.first != " " && $0.first != "#" }
+                .map { String($0.prefix { $0 != ":" }) }
+            guard let firstKey, ProvidersConfig.topLevelKeys.contains(firstKey) else { continue }
+            if let skip = b.context.first(where: { $0.hasPrefix("no-check ") }) {
+                #expect(skip.count > "no-check ".count + 10, "\(b): say why it is not checked")
+                continue
+            }
+            var yaml = b.text
+            var env = Environment.current()
+            env["HOME"] = work.path
+            env["DESCARTES_PLUGIN_PATH"] = nil
+            var rest = Substring(b.text)
+            while let open = rest.firstRange(of: "${") {
+                guard let close = rest[open.upperBound...].firstIndex(of: "}") else { break }
+                let name = String(rest[open.upperBound..<close])
+                if name.hasPrefix("file:") {
+                    let secret = work.write("secret-\(checked)-\(env.count)", "doc-example-secret-0123456789")
+                    yaml = yaml.replacingAll("${\(name)}", with: "${file:\(secret)}")
+                } else {
+                    env[name] = "doc-example-value-0123456789"
+                }
+                rest = rest[close...]
+            }
+            let file = work.write("example-\(checked).yaml", yaml)
+            let r = await Proc.run([FileSystem.join(prefix, "bin/descartes"), "--config", file, "config", "check"], env: env)
+            #expect(r.status == 0, "\(b) does not pass config check as written:\n\(r.stdout)\(r.stderr)")
+            checked += 1
+        }
+        #expect(checked >= 8, "only \(checked) providers.yaml examples found: is the parser broken?")
     }
 
     /// The flags that let `swiftc` see the debug build's modules, as

@@ -241,7 +241,7 @@ public struct ProviderFactory: Sendable {
     }
 
     /// A credential a headless plugin hands its child through `env`
-    /// (`GITHUB_TOKEN=...`, however it was written: plain, `${env:}`,
+    /// (`GITHUB_TOKEN=...`, however it was written: plain, `${VAR}`,
     /// `${file:}`) is a secret like any other: a program that echoes it in
     /// an error or its output has it masked. Names as the child's
     /// environment scrubs them (ending in `_KEY`, `_APIKEY`, `_TOKEN`,
