@@ -10,7 +10,9 @@ import DescartesPluginKit
 /// `message_delta` (stop reason, usage updated key by key), `message_stop`
 /// (the terminal event), and `error` (which ends the stream with that
 /// error). Unknown event and block types are ignored, as Anthropic's
-/// versioning policy asks of clients.
+/// versioning policy asks of clients. A thinking block's signature is sent
+/// when the block stops (`reasoningSignature`, ABI 1.3) and is in the
+/// Finish's metadata.
 ///
 /// On the hot path (`content_block_delta`) nothing is allocated: the delta's
 /// text is handed on as the bytes inside the event.
@@ -247,7 +249,13 @@ struct AnthropicStream {
         while let k = try r.nextKey() {
             if k == "index" { index = try r.readOptionalInt() } else { try r.skipValue() }
         }
-        guard let index, case .tool(let i, let saw, let input)? = blocks[index] else { return }
+        guard let index else { return }
+        if case .thinking? = blocks[index] {
+            // The signature came as signature_delta (or in the block's start): before the next block.
+            if !signature.isEmpty { call.reasoningSignature(String(decoding: signature, as: UTF8.self)) }
+            return
+        }
+        guard case .tool(let i, let saw, let input)? = blocks[index] else { return }
         if !saw && !input.isEmpty { call.toolCallDelta(index: i, input) }
         call.toolCallEnd(index: i)
         blocks[index] = .other

@@ -165,6 +165,7 @@ struct ConverseStream {
     var toolArgs: Set<Int> = []
     var toolCount = 0
     var signature = ""
+    var signaturePending = false
     var usage: JSONValue?
     var latencyMS: Int?
     var model: String?
@@ -205,13 +206,21 @@ struct ConverseStream {
             if let t = delta["text"]?.stringValue, !t.isEmpty { call.text(t) }
             if let r = delta["reasoningContent"] {
                 if let t = r["text"]?.stringValue, !t.isEmpty { call.reasoning(t) }
-                if let s = r["signature"]?.stringValue { signature += s }
+                if let s = r["signature"]?.stringValue {
+                    signature += s
+                    signaturePending = true
+                }
             }
             if let input = delta["toolUse"]?["input"]?.stringValue, let block = payload["contentBlockIndex"]?.intValue, let i = tools[block], !input.isEmpty {
                 toolArgs.insert(i)
                 call.toolCallDelta(index: i, input)
             }
         case "contentBlockStop":
+            if signaturePending {
+                // The reasoning block is complete: its signature before what follows.
+                signaturePending = false
+                call.reasoningSignature(signature)
+            }
             if let block = payload["contentBlockIndex"]?.intValue, let i = tools.removeValue(forKey: block) {
                 if !toolArgs.contains(i) { call.toolCallDelta(index: i, "{}") }
                 call.toolCallEnd(index: i)

@@ -322,6 +322,11 @@ public enum StreamEvent: Sendable, Hashable {
     case start(id: String?, model: String?)
     case textDelta(String)
     case reasoningDelta(String)
+    /// The provider's signature of the reasoning so far, when the reasoning
+    /// block it signs ends (Anthropic's `signature_delta`): whole, a later
+    /// one replaces it. The finish's `ModelResponse.reasoningSignature` has
+    /// it too; only plugins that send it early (ABI 1.3) stream it.
+    case reasoningSignature(String)
     case toolCallStart(index: Int, id: String, name: String)
     case toolCallDelta(index: Int, arguments: String)
     case toolCallEnd(index: Int)

@@ -474,6 +474,7 @@ public enum Wire {
             return .object(o)
         case .textDelta(let t): return ["type": "text", "text": .string(t)]
         case .reasoningDelta(let t): return ["type": "reasoning", "text": .string(t)]
+        case .reasoningSignature(let s): return ["type": "reasoning_signature", "signature": .string(s)]
         case .toolCallStart(let i, let id, let name): return ["type": "tool_call_start", "index": .integer(i), "id": .string(id), "name": .string(name)]
         case .toolCallDelta(let i, let a): return ["type": "tool_call_delta", "index": .integer(i), "arguments": .string(a)]
         case .toolCallEnd(let i): return ["type": "tool_call_end", "index": .integer(i)]
@@ -489,6 +490,7 @@ public enum Wire {
         case "start": return .start(id: v["id"]?.stringValue, model: v["model"]?.stringValue)
         case "text": return .textDelta(v["text"]?.stringValue ?? "")
         case "reasoning": return .reasoningDelta(v["text"]?.stringValue ?? "")
+        case "reasoning_signature": return .reasoningSignature(v["signature"]?.stringValue ?? "")
         case "tool_call_start": return .toolCallStart(index: index, id: v["id"]?.stringValue ?? "", name: v["name"]?.stringValue ?? "")
         case "tool_call_delta": return .toolCallDelta(index: index, arguments: v["arguments"]?.stringValue ?? "")
         case "tool_call_end": return .toolCallEnd(index: index)

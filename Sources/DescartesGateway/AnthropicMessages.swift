@@ -238,7 +238,11 @@ enum AnthropicMessages {
     /// Turns stream events into Anthropic's SSE events: `message_start`,
     /// then per content block `content_block_start`, `content_block_delta`s
     /// and `content_block_stop` (a `ping` after the first block starts), then
-    /// `message_delta` and `message_stop`.
+    /// `message_delta` and `message_stop`. A thinking block ends with its
+    /// `signature_delta` when the backend streams the signature
+    /// (`.reasoningSignature`); one that gives it only with the answer gets
+    /// it at the end, on a thinking block of its own when the first one was
+    /// closed.
     struct EventWriter {
         let id: String
         let model: String
@@ -248,6 +252,8 @@ enum AnthropicMessages {
         private var nextIndex = 0
         /// Upstream tool-call index -> block index.
         private var toolBlocks: [Int: Int] = [:]
+        /// Whether a thinking signature was sent.
+        private var signed = false
 
         init(id: String, model: String) {
             self.id = id
@@ -292,6 +298,17 @@ enum AnthropicMessages {
             return openBlock(kind, block)
         }
 
+        static let thinkingStart: JSONValue = ["type": "thinking", "thinking": "", "signature": ""]
+
+        /// A `signature_delta` on the thinking block (Anthropic sends it
+        /// last, before the block's `content_block_stop`); a thinking block
+        /// is opened for it when none is.
+        private mutating func signature(_ sig: String) -> [UInt8] {
+            signed = true
+            let (i, b) = ensure("thinking", Self.thinkingStart)
+            return b + Self.sse("content_block_delta", ["type": "content_block_delta", "index": .integer(i), "delta": ["type": "signature_delta", "signature": .string(sig)]])
+        }
+
         mutating func bytes(_ event: StreamEvent) -> [UInt8] {
             switch event {
             case .start, .usage, .notice: return []
@@ -304,10 +321,12 @@ enum AnthropicMessages {
                 out += b
                 out += Self.sse("content_block_delta", ["type": "content_block_delta", "index": .integer(i), "delta": ["type": "text_delta", "text": .string(t)]])
             case .reasoningDelta(let t):
-                let (i, b) = ensure("thinking", ["type": "thinking", "thinking": ""])
+                let (i, b) = ensure("thinking", Self.thinkingStart)
                 out += b
                 out += Self.sse(
                     "content_block_delta", ["type": "content_block_delta", "index": .integer(i), "delta": ["type": "thinking_delta", "thinking": .string(t)]])
+            case .reasoningSignature(let sig):
+                out += signature(sig)
             case .toolCallStart(let index, let callID, let name):
                 let (i, b) = openBlock("tool_use", ["type": "tool_use", "id": .string(callID), "name": .string(name), "input": [:]])
                 toolBlocks[index] = i
@@ -320,6 +339,9 @@ enum AnthropicMessages {
             case .toolCallEnd(let index):
                 if let i = toolBlocks[index], open?.index == i { out += close() }
             case .finish(let r):
+                // A backend that gives the signature only with the answer:
+                // on the open thinking block, else on a thinking block of its own.
+                if !signed, let sig = r.reasoningSignature { out += signature(sig) }
                 if nextIndex == 0 { out += ensure("text", ["type": "text", "text": ""]).1 }
                 out += close()
                 out += Self.sse(

@@ -249,7 +249,7 @@ enum OpenAIChat {
                     ])
                 }
                 out += Array("data: [DONE]\n\n".utf8)
-            case .start, .toolCallEnd, .usage, .notice:
+            case .start, .toolCallEnd, .usage, .notice, .reasoningSignature:
                 break
             }
             return out

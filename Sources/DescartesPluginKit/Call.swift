@@ -125,6 +125,14 @@ public final class PluginCall: @unchecked Sendable {
     }
     public func reasoning(bytes: UnsafeRawBufferPointer) { emit(UInt32(DESCARTES_EVENT_REASONING), 0, bytes) }
 
+    /// The provider's signature of the reasoning so far, whole, when its
+    /// reasoning block ends (ABI 1.3; an older host ignores it). Put it in
+    /// the Finish's metadata as well.
+    public func reasoningSignature(_ s: String) {
+        var s = s
+        s.withUTF8 { emit(UInt32(DESCARTES_EVENT_REASONING_SIGNATURE), 0, UnsafeRawBufferPointer($0)) }
+    }
+
     public func start(id: String?, model: String?) {
         var o = JSONObject()
         if let id { o["id"] = .string(id) }

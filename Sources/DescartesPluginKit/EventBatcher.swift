@@ -94,6 +94,10 @@ public final class EventBatcher: @unchecked Sendable {
         flush()
         call.toolCall(index: index, c)
     }
+    public func reasoningSignature(_ signature: String) {
+        flush()
+        call.reasoningSignature(signature)
+    }
     public func usage(_ u: Usage) {
         flush()
         call.usage(u)

@@ -279,7 +279,7 @@ enum CompleteCommand {
                     let shown = reasoning.push(t)
                     if shown.isEmpty { continue }
                     event = .reasoningDelta(shown)
-                case .toolCallStart, .finish:
+                case .toolCallStart, .reasoningSignature, .finish:
                     flush()
                 default: break
                 }

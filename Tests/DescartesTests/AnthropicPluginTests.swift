@@ -55,6 +55,11 @@ import Testing
         let r = try #require(seen.response, "\(seen)")
         #expect(seen.reasoning == "Let me think")
         #expect(seen.text == "Voilà: the weather.")
+        // The signature_delta comes through when the thinking block stops: after the thinking, before the text.
+        let signed = try #require(seen.events.firstIndex(of: .reasoningSignature("c2lnbmF0dXJl")), "\(seen.events)")
+        #expect(seen.events.lastIndex { if case .reasoningDelta = $0 { true } else { false } }.map { $0 < signed } == true)
+        #expect(seen.events.firstIndex { if case .textDelta = $0 { true } else { false } }.map { signed < $0 } == true)
+        #expect(r.metadata["thinking_signature"] == "c2lnbmF0dXJl")
         #expect(r.toolCalls == [ToolCall(id: "toolu_01", name: "weather", arguments: #"{"city": "Paris"}"#)])
         #expect(r.finishReason == .toolUse)
         #expect(r.id == "msg_01")

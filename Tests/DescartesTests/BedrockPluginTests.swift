@@ -85,6 +85,9 @@ import Testing
         ])
         #expect(r.finishReason == .toolUse)
         #expect(r.metadata["thinking_signature"] == "RXVTaWc=")
+        // The signature is streamed when the reasoning block stops, before the text.
+        let signed = try #require(seen.events.firstIndex(of: .reasoningSignature("RXVTaWc=")), "\(seen.events)")
+        #expect(seen.events.firstIndex { if case .textDelta = $0 { true } else { false } }.map { signed < $0 } == true)
         #expect(r.metadata["latency_ms"] == 1021)
         #expect(r.model == Self.model)
         #expect(r.usage == Usage(inputTokens: 2112, outputTokens: 42, cacheReadTokens: 2000, cacheWriteTokens: 100))

@@ -79,7 +79,7 @@ import Testing
         r.attempts = [Attempt(provider: "q", error: ProviderError(.api, "no"), duration: .milliseconds(9))]
         #expect(try Wire.decodeResponse(Wire.json(r)) == r)
         let events: [StreamEvent] = [
-            .start(id: "i", model: "m"), .textDelta("a"), .reasoningDelta("b"), .toolCallStart(index: 0, id: "x", name: "f"),
+            .start(id: "i", model: "m"), .textDelta("a"), .reasoningDelta("b"), .reasoningSignature("c2ln"), .toolCallStart(index: 0, id: "x", name: "f"),
             .toolCallDelta(index: 0, arguments: "{}"), .toolCallEnd(index: 0), .usage(r.usage),
             .notice(level: "info", message: "n"), .finish(r),
         ]

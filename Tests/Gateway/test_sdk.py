@@ -702,6 +702,51 @@ class AnthropicBackend(unittest.TestCase):
             {"type": "tool_use", "id": "toolu_w", "name": "get_weather", "input": {"city": "Paris"}}])
         self.assertEqual(sent["messages"][2]["content"], [{"type": "tool_result", "tool_use_id": "toolu_w", "content": "21 C, sunny"}])
 
+    def test_streamed_thinking_ends_with_its_signature(self):
+        """A streamed thinking block ends as Anthropic's does: thinking_delta,
+        then signature_delta, then content_block_stop, before the tool_use
+        block; the SDK's final message has the signature, and the next turn
+        sends it back upstream."""
+        up = state["upstream"]
+        turn1 = anthropic_stream(
+            ("message_start", {"message": {"id": "msg_up", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+                                           "stop_reason": None, "usage": {"input_tokens": 20, "output_tokens": 1}}}),
+            ("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "I should "}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "look it up."}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}}),
+            ("content_block_stop", {"index": 0}),
+            ("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "toolu_s", "name": "get_weather", "input": {}}}),
+            ("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Paris\"}"}}),
+            ("content_block_stop", {"index": 1}),
+            ("message_delta", {"delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 30}}),
+            ("message_stop", {}))
+        up.script(turn1, turn1, anthropic_message([{"type": "text", "text": "21 C."}]), route="POST /v1/messages")
+        question = {"role": "user", "content": "Weather in Paris?"}
+        body = {"model": "claude", "max_tokens": 2048, "stream": True, "thinking": THINKING, "tools": [WEATHER_TOOL_ANT], "messages": [question]}
+        with httpx.stream("POST", state["url"] + "/v1/messages", headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
+                          json=body, timeout=30) as r:
+            events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+        seq = []
+        for e in events:
+            step = (e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type"))
+            if e["type"].startswith("content_block") and (not seq or seq[-1] != step):  # one thinking_delta or several
+                seq.append(step)
+        self.assertEqual(seq, [
+            ("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
+            ("content_block_delta", 0, "signature_delta"), ("content_block_stop", 0, None),
+            ("content_block_start", 1, "tool_use"), ("content_block_delta", 1, "input_json_delta"), ("content_block_stop", 1, None)])
+        self.assertEqual([e["delta"]["signature"] for e in events if e.get("delta", {}).get("type") == "signature_delta"], [SIGNATURE])
+        with ant().messages.stream(model="claude", max_tokens=2048, thinking=THINKING, tools=[WEATHER_TOOL_ANT], messages=[question]) as s:
+            final = s.get_final_message()
+        self.assertEqual([b.type for b in final.content], ["thinking", "tool_use"])
+        self.assertEqual((final.content[0].thinking, final.content[0].signature), ("I should look it up.", SIGNATURE))
+        ant().messages.create(model="claude", max_tokens=2048, thinking=THINKING, tools=[WEATHER_TOOL_ANT], messages=[
+            question, {"role": "assistant", "content": final.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_s", "content": "21 C"}]}])
+        self.assertEqual(self.upstream_body()["messages"][1]["content"][0],
+                         {"type": "thinking", "thinking": "I should look it up.", "signature": SIGNATURE})
+
 
 class Keys(unittest.TestCase):
     def test_bearer_and_x_api_key_and_none(self):

@@ -225,6 +225,8 @@ final class HostCall: @unchecked Sendable {
                     try s.assembler.endToolCall(index: Int(e.index))
                     out = .toolCallEnd(index: Int(e.index))
                 } catch { violation = error }
+            case DESCARTES_EVENT_REASONING_SIGNATURE:
+                if !bytes.isEmpty { out = .reasoningSignature(String(decoding: bytes, as: UTF8.self)) }
             case DESCARTES_EVENT_USAGE:
                 if let doc = try? JSONValue.parse(bytes), let u = try? Wire.decodeUsage(doc) {
                     s.assembler.usage = u

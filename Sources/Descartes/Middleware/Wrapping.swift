@@ -52,7 +52,7 @@ enum Streams {
     /// call): once one reached the caller, a stream cannot be silently redone.
     static func isOutput(_ e: StreamEvent) -> Bool {
         switch e {
-        case .textDelta, .reasoningDelta, .toolCallStart, .toolCallDelta, .toolCallEnd: return true
+        case .textDelta, .reasoningDelta, .reasoningSignature, .toolCallStart, .toolCallDelta, .toolCallEnd: return true
         default: return false
         }
     }
@@ -109,6 +109,7 @@ enum Streams {
     static func events(of r: ModelResponse) -> [StreamEvent] {
         var out: [StreamEvent] = [.start(id: r.id, model: r.model.isEmpty ? nil : r.model)]
         if let reasoning = r.reasoning, !reasoning.isEmpty { out.append(.reasoningDelta(reasoning)) }
+        if let signature = r.reasoningSignature { out.append(.reasoningSignature(signature)) }
         if !r.content.isEmpty { out.append(.textDelta(r.content)) }
         for (i, c) in r.toolCalls.enumerated() {
             out.append(.toolCallStart(index: i, id: c.id, name: c.name))

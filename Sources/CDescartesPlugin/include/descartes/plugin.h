@@ -1,5 +1,5 @@
 /*
- * descartes/plugin.h -- the Descartes backend plugin ABI, version 1 (1.2).
+ * descartes/plugin.h -- the Descartes backend plugin ABI, version 1 (1.3).
  *
  * This header is the contract between the Descartes host (the `descartes`
  * CLI, or any program using the Swift `Descartes` library) and a backend
@@ -172,11 +172,12 @@ extern "C" {
 #define DESCARTES_ABI_VERSION 1u
 
 /** The 1.x revision this header describes (1.1: the backend's `embed`;
- *  1.2: tool approval, DESCARTES_EVENT_APPROVAL and `answer_approval`).
+ *  1.2: tool approval, DESCARTES_EVENT_APPROVAL and `answer_approval`;
+ *  1.3: DESCARTES_EVENT_REASONING_SIGNATURE).
  *  Informational, for `#if` in a plugin's source: nothing is negotiated with
  *  it. Each side finds what the other has by struct_size (DESCARTES_HAS_FIELD)
  *  and extension id, never by this number. Since 1.1. */
-#define DESCARTES_ABI_MINOR 2u
+#define DESCARTES_ABI_MINOR 3u
 
 /** The symbol the host looks up with dlsym(). */
 #define DESCARTES_PLUGIN_ENTRY_SYMBOL "descartes_plugin_entry"
@@ -329,7 +330,15 @@ enum {
      *  terminal event, or `cancel`: the plugin then treats every open
      *  request as denied). The call's deadlines keep running meanwhile.
      *  Non-terminal; a 1.1 host ignores it (unknown type). */
-    DESCARTES_EVENT_APPROVAL = 11
+    DESCARTES_EVENT_APPROVAL = 11,
+    /** Since 1.3. The provider's signature of the reasoning sent so far
+     *  (Anthropic's `signature_delta`, Bedrock's reasoning signature), sent
+     *  when the reasoning block it signs ends, before the next TEXT or
+     *  TOOL_CALL_START, so a streaming consumer can close that block with
+     *  it. data: the signature's UTF-8 bytes, whole (a later one replaces
+     *  it). The RESULT's metadata still carries the signature too. Optional
+     *  and non-terminal; an older host ignores it (unknown type). */
+    DESCARTES_EVENT_REASONING_SIGNATURE = 12
 };
 
 /** Filled by the plugin; borrowed by the host for the duration of the event
