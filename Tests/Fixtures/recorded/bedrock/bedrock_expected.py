@@ -31,7 +31,6 @@ Usage:
 """
 import json
 import os
-import re
 import struct
 import sys
 import zlib
@@ -108,31 +107,8 @@ def extract(path):
     return out
 
 
-def sidecar(path):
-    return re.sub(r"\.(eventstream|json)$", "", path) + ".expected.json"
-
-
-def main(argv):
-    mode = None
-    if argv and argv[0] in ("--write", "--check"):
-        mode, argv = argv[0], argv[1:]
-    files = [a for a in argv if not a.endswith((".request.json", ".expected.json"))]
-    bad = 0
-    for path in files:
-        got = extract(path)
-        if mode == "--write":
-            with open(sidecar(path), "w", encoding="utf-8") as f:
-                json.dump(got, f, indent=2, ensure_ascii=False)
-                f.write("\n")
-        elif mode == "--check":
-            with open(sidecar(path), encoding="utf-8") as f:
-                if json.load(f) != got:
-                    print("MISMATCH", path)
-                    bad += 1
-        else:
-            print(json.dumps({os.path.basename(path): got}, ensure_ascii=False))
-    return 1 if bad else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from expected_cli import run
+
+    sys.exit(run(sys.argv[1:], extract, ("eventstream", "json")))
