@@ -3,9 +3,10 @@
  * limit descartes is compared to, doing the same work with libcurl (multi
  * interface, one thread) and cJSON (Debian's libcjson-dev).
  *
- *   baseline complete URL N [--expect FILE]
- *       N sequential non-streamed OpenAI chat completions: build the request
- *       JSON, POST it, parse the answer, copy out the message's text.
+ *   baseline complete openai|anthropic URL N [--expect FILE]
+ *       N sequential non-streamed completions (an OpenAI chat completion or
+ *       an Anthropic message): build the request JSON, POST it, parse the
+ *       answer, copy out the message's text.
  *   baseline stream openai|anthropic|ollama URL N [--concurrency K] [--expect FILE]
  *       N streamed completions, K at once on one multi handle: split the
  *       body into server-sent events (or NDJSON lines), parse every chunk,
@@ -14,7 +15,9 @@
  *       runs COMMAND N times one after another (posix_spawn, no shell),
  *       writes STDIN_FILE to its stdin, reads its stdout to the end.
  *
- * Prints one JSON line: requests, seconds, requests_per_second, chunks (text
+ * Prints one JSON line: requests, seconds, requests_per_second, cpu_seconds
+ * (user + system over the timed part, getrusage), voluntary_switches (the
+ * process's voluntary context switches over the timed part), chunks (text
  * deltas parsed), text_bytes, text_matches (every stream's joined text equal
  * byte for byte to --expect FILE; null without it), peak_rss_kb, threads_peak,
  * and per-request latencies in ms (median, mean, min, max).
@@ -92,6 +95,13 @@ static double cpu_s(void) {
     return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+/* Voluntary context switches of the whole process so far (every thread). */
+static long voluntary_switches(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_nvcsw;
+}
+
 /* The peak RSS of this process image in KiB. Not getrusage's ru_maxrss:
  * Linux carries that over exec from the parent (a Python runner's 18 MB). */
 static long peak_rss_kb(void) { return status_field("VmHWM"); }
@@ -114,16 +124,16 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static void print_result(const char *mode, int requests, int concurrency, double seconds, double cpu, long chunks,
-                         size_t text_bytes, int matches, long rss, int threads, double *lat, int nlat) {
+static void print_result(const char *mode, int requests, int concurrency, double seconds, double cpu, long switches,
+                         long chunks, size_t text_bytes, int matches, long rss, int threads, double *lat, int nlat) {
     qsort(lat, (size_t)nlat, sizeof *lat, cmp_double);
     double sum = 0;
     for (int i = 0; i < nlat; i++) sum += lat[i];
     printf("{\"tool\":\"baseline\",\"mode\":\"%s\",\"requests\":%d,\"concurrency\":%d,\"seconds\":%.6f,"
-           "\"requests_per_second\":%.1f,\"cpu_seconds\":%.6f,\"chunks\":%ld,\"text_bytes\":%zu,\"text_matches\":%s,"
+           "\"requests_per_second\":%.1f,\"cpu_seconds\":%.6f,\"voluntary_switches\":%ld,\"chunks\":%ld,\"text_bytes\":%zu,\"text_matches\":%s,"
            "\"peak_rss_kb\":%ld,\"threads_peak\":%d,"
            "\"latency_ms\":{\"median\":%.3f,\"mean\":%.3f,\"min\":%.3f,\"max\":%.3f}}\n",
-           mode, requests, concurrency, seconds, requests / seconds, cpu, chunks, text_bytes,
+           mode, requests, concurrency, seconds, requests / seconds, cpu, switches, chunks, text_bytes,
            matches < 0 ? "null" : matches ? "true" : "false", rss, threads,
            nlat ? lat[nlat / 2] * 1e3 : 0, nlat ? sum / nlat * 1e3 : 0, nlat ? lat[0] * 1e3 : 0,
            nlat ? lat[nlat - 1] * 1e3 : 0);
@@ -320,13 +330,30 @@ static void release_request(xfer_t *x) {
     x->body = NULL;
 }
 
-/* The text of a whole chat completion. */
+/* The text of a whole chat completion or message. */
 static void parse_whole(xfer_t *x) {
     cJSON *root = cJSON_ParseWithLength(x->whole.p, x->whole.n);
     if (!root) { fprintf(stderr, "baseline: the answer is not JSON\n"); exit(65); }
+    x->text.n = 0;
+    if (x->format == ANTHROPIC) {
+        /* content: the text blocks' texts joined. */
+        cJSON *block;
+        cJSON_ArrayForEach(block, cJSON_GetObjectItemCaseSensitive(root, "content")) {
+            const char *t = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(block, "type"));
+            if (t && strcmp(t, "text") == 0) text_of_string(x, cJSON_GetObjectItemCaseSensitive(block, "text"));
+        }
+        const char *sr = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(root, "stop_reason"));
+        if (sr) snprintf(x->finish, sizeof x->finish, "%s", sr);
+        cJSON *u = cJSON_GetObjectItemCaseSensitive(root, "usage");
+        if (u) {
+            x->input_tokens = (long)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(u, "input_tokens"));
+            x->output_tokens = (long)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(u, "output_tokens"));
+        }
+        cJSON_Delete(root);
+        return;
+    }
     cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(root, "choices"), 0);
     cJSON *msg = cJSON_GetObjectItemCaseSensitive(c0, "message");
-    x->text.n = 0;
     text_of_string(x, cJSON_GetObjectItemCaseSensitive(msg, "content"));
     const char *fr = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c0, "finish_reason"));
     if (fr) snprintf(x->finish, sizeof x->finish, "%s", fr);
@@ -357,6 +384,7 @@ static int run_http(const char *mode, enum format f, int streaming, const char *
     long chunks = 0;
     size_t text_bytes = 0;
     double t0 = now_s(), c0 = cpu_s();
+    long s0 = voluntary_switches();
     for (int i = 0; i < concurrency; i++) {
         configure(&xs[i], url, key);
         xs[i].started = now_s();
@@ -401,6 +429,7 @@ static int run_http(const char *mode, enum format f, int streaming, const char *
         if (finished < n) curl_multi_poll(multi, NULL, 0, 1000, NULL);
     }
     double seconds = now_s() - t0, cpu = cpu_s() - c0;
+    long switches = voluntary_switches() - s0;
     long rss = peak_rss_kb();
     int t = threads_now();
     if (t > threads) threads = t;
@@ -414,7 +443,7 @@ static int run_http(const char *mode, enum format f, int streaming, const char *
         }
         free(want);
     }
-    print_result(mode, n, concurrency, seconds, cpu, chunks, text_bytes, matches, rss, threads, lat, n);
+    print_result(mode, n, concurrency, seconds, cpu, switches, chunks, text_bytes, matches, rss, threads, lat, n);
     for (int i = 0; i < concurrency; i++) curl_easy_cleanup(xs[i].easy);
     curl_multi_cleanup(multi);
     curl_global_cleanup();
@@ -430,6 +459,7 @@ static int run_spawn(int n, const char *stdin_file, char **argv) {
     char buf[65536];
     size_t out_bytes = 0;
     double t0 = now_s(), c0 = cpu_s();
+    long s0 = voluntary_switches();
     for (int i = 0; i < n; i++) {
         double s = now_s();
         int pin[2], pout[2];
@@ -465,13 +495,13 @@ static int run_spawn(int n, const char *stdin_file, char **argv) {
         lat[i] = now_s() - s;
     }
     double seconds = now_s() - t0;
-    print_result("spawn", n, 1, seconds, cpu_s() - c0, 0, out_bytes, -1, peak_rss_kb(), threads_now(), lat, n);
+    print_result("spawn", n, 1, seconds, cpu_s() - c0, voluntary_switches() - s0, 0, out_bytes, -1, peak_rss_kb(), threads_now(), lat, n);
     return 0;
 }
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: baseline complete URL N [--expect FILE]\n"
+            "usage: baseline complete openai|anthropic URL N [--expect FILE]\n"
             "       baseline stream openai|anthropic|ollama URL N [--concurrency K] [--expect FILE]\n"
             "       baseline spawn N STDIN_FILE -- COMMAND [ARG...]\n");
     return 64;
@@ -493,15 +523,16 @@ int main(int argc, char **argv) {
         else if (pos < 4) args[pos++] = argv[i];
         else return usage();
     }
-    if (strcmp(argv[1], "complete") == 0 && pos == 2) {
-        return run_http("complete", OPENAI, 0, args[0], atoi(args[1]), 1, expect);
+    if (pos != 3) return usage();
+    enum format f;
+    if (strcmp(args[0], "openai") == 0) f = OPENAI;
+    else if (strcmp(args[0], "anthropic") == 0) f = ANTHROPIC;
+    else if (strcmp(args[0], "ollama") == 0) f = OLLAMA;
+    else return usage();
+    if (strcmp(argv[1], "complete") == 0 && f != OLLAMA) {
+        return run_http("complete", f, 0, args[1], atoi(args[2]), 1, expect);
     }
-    if (strcmp(argv[1], "stream") == 0 && pos == 3) {
-        enum format f;
-        if (strcmp(args[0], "openai") == 0) f = OPENAI;
-        else if (strcmp(args[0], "anthropic") == 0) f = ANTHROPIC;
-        else if (strcmp(args[0], "ollama") == 0) f = OLLAMA;
-        else return usage();
+    if (strcmp(argv[1], "stream") == 0) {
         return run_http("stream", f, 1, args[1], atoi(args[2]), concurrency, expect);
     }
     return usage();

@@ -8,6 +8,9 @@ Layout of OUT_DIR (a URL path maps to a file; nginx picks the Content-Type
 by location, see bench/nginx.conf.in):
 
     www/openai/complete/v1/chat/completions        one non-streamed chat completion (JSON)
+    www/anthropic/complete/v1/messages             one non-streamed Anthropic message (JSON)
+    answers.conf                                   nginx locations answering those two POSTs from
+                                                   memory (`return 200`; included by bench/nginx.conf.in)
     www/openai/stream-N/v1/chat/completions        an SSE stream of N text chunks
     www/anthropic/stream-N/v1/messages             an SSE stream of N content_block_delta events
     www/ollama/stream-N/api/chat                   N NDJSON lines (+ /api/version, /api/tags, /api/show)
@@ -28,7 +31,7 @@ import random
 import sys
 
 # Bump when the bodies change, so run.py regenerates them.
-VERSION = "4"
+VERSION = "5"
 
 STREAM_SIZES = [100_000, 2_000, 50]
 
@@ -133,6 +136,38 @@ def openai_complete():
     }, ensure_ascii=False, separators=(",", ":"))
 
 
+def anthropic_complete():
+    return json.dumps({
+        "model": "claude-haiku-4-5-20251001",
+        "id": "msg_01BENCHc0mpl3t3",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": COMPLETE_TEXT}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": 24, "service_tier": "standard",
+        },
+    }, ensure_ascii=False, separators=(",", ":"))
+
+
+def answers_conf(bodies):
+    """nginx locations that answer a POST to each path with its body from
+    memory: nginx's static module answers a POST to a file 405, and turning
+    that into a GET (error_page 405 =200) held the server to about 2,300
+    requests/s here, slower than either client. `return 200` costs nginx
+    next to nothing, so the clients' own cost shows."""
+    out = ["# Written by bench/gen.py: the non-streamed answers, from memory (see bench/nginx.conf.in)."]
+    for path, body in bodies:
+        if "$" in body:
+            sys.exit(f"gen.py: the body for {path} contains '$', which nginx's return would read as a variable")
+        lit = body.replace("\\", "\\\\").replace("'", "\\'")
+        out.append(f"location = {path} {{\n    default_type application/json;\n    return 200 '{lit}';\n}}")
+    return "\n".join(out) + "\n"
+
+
 def claude_stream():
     # What the real claude CLI asks for: a short text answer.
     return anthropic_stream(["Hello", " from", " the", " benchmark", " server", "."])
@@ -151,6 +186,10 @@ def main():
         return
     www = os.path.join(out, "www")
     write(os.path.join(www, "openai/complete/v1/chat/completions"), openai_complete())
+    write(os.path.join(www, "anthropic/complete/v1/messages"), anthropic_complete())
+    write(os.path.join(out, "answers.conf"), answers_conf([
+        ("/openai/complete/v1/chat/completions", openai_complete()),
+        ("/anthropic/complete/v1/messages", anthropic_complete())]))
     write(os.path.join(out, "expected/complete.txt"), COMPLETE_TEXT)
     for n in STREAM_SIZES:
         tokens = token_stream(n, seed=n)

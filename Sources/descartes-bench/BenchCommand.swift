@@ -111,6 +111,9 @@ enum BenchCommand {
     struct Report {
         var seconds: Double
         var cpuSeconds: Double
+        /// Voluntary context switches of the process over the timed part
+        /// (every thread: a thread that blocks to hand work to another).
+        var voluntarySwitches: Int
         var latencies: [Double]
         var texts: [String]
         var events: Int
@@ -140,6 +143,7 @@ enum BenchCommand {
                 "seconds": .number((seconds * 1e6).rounded() / 1e6),
                 "requests_per_second": .number((Double(latencies.count) / seconds * 10).rounded() / 10),
                 "cpu_seconds": .number((cpuSeconds * 1e6).rounded() / 1e6),
+                "voluntary_switches": .integer(voluntarySwitches),
                 "events": .integer(events), "text_bytes": .integer(textBytes),
                 "text_matches": textMatches.map { .bool($0) } ?? .null,
                 "peak_rss_kb": .integer(peakRSSKB), "threads_peak": .integer(threadsPeak),
@@ -161,7 +165,7 @@ enum BenchCommand {
             var rows: [[String]] = [
                 ["provider", provider + (s.streaming ? " (stream)" : " (complete)") + (s.session ? ", session turns" : "")],
                 ["requests", "\(latencies.count), \(s.concurrency) at a time"],
-                ["wall time", fixed(seconds, 3) + " s (cpu " + fixed(cpuSeconds, 3) + " s)"],
+                ["wall time", fixed(seconds, 3) + " s (cpu " + fixed(cpuSeconds, 3) + " s, \(voluntarySwitches) voluntary context switches)"],
                 ["rate", fixed(Double(latencies.count) / seconds, 1) + " requests/s"],
                 ["latency", "median \(ms(st.median)), p99 \(ms(st.p99)), mean \(ms(st.mean)), min \(ms(st.min)), max \(ms(st.max))"],
                 ["text", "\(textBytes) bytes in \(events) events" + (textMatches.map { $0 ? ", matches the expected text" : ", DIFFERS from the expected text" } ?? "")],
@@ -219,6 +223,7 @@ enum BenchCommand {
         let sampler = s.concurrency > 1 ? ThreadSampler() : nil
         let before = counters()
         let cpu0 = cpuSeconds()
+        let switches0 = voluntarySwitches()
         let start = ContinuousClock.now
         let results: [(latency: Double, answer: Answer)]
         if s.concurrency == 1 {
@@ -255,10 +260,11 @@ enum BenchCommand {
         }
         let seconds = (ContinuousClock.now - start).secondsDouble
         let cpu = cpuSeconds() - cpu0
+        let switches = voluntarySwitches() - switches0
         let after = counters()
         let threads = sampler?.stop() ?? (total: ThreadSampler.count(), byName: ThreadSampler.byName())
         return Report(
-            seconds: seconds, cpuSeconds: cpu, latencies: results.map(\.latency), texts: results.map(\.answer.text),
+            seconds: seconds, cpuSeconds: cpu, voluntarySwitches: switches, latencies: results.map(\.latency), texts: results.map(\.answer.text),
             events: results.reduce(0) { $0 + $1.answer.events }, peakRSSKB: ProcStatus.field("VmHWM"), threadsPeak: threads.total,
             threadsPeakByName: threads.byName,
             firstTurn: first, counters: after.reduce(into: [:]) { d, kv in d[kv.key] = kv.value - (before[kv.key] ?? 0) })
@@ -301,6 +307,12 @@ enum BenchCommand {
         var u = rusage()
         getrusage(RUSAGE_SELF.rawValue, &u)
         return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+    }
+
+    static func voluntarySwitches() -> Int {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return u.ru_nvcsw
     }
 
     static func fixed(_ x: Double, _ digits: Int) -> String {

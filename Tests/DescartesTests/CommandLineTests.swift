@@ -164,7 +164,7 @@ import Testing
         #expect(doc["tool"] == "descartes" && doc["provider"] == "echo" && doc["mode"] == "complete")
         #expect(doc["requests"] == 6 && doc["concurrency"] == 2 && doc["text_matches"] == true)
         #expect(doc["text_bytes"]?.intValue == 6 * 13)
-        for key in ["seconds", "requests_per_second", "cpu_seconds", "events", "peak_rss_kb", "threads_peak"] {
+        for key in ["seconds", "requests_per_second", "cpu_seconds", "voluntary_switches", "events", "peak_rss_kb", "threads_peak"] {
             #expect(doc[key] != nil, "\(key) missing: \(r.stdout)")
         }
         #expect(doc["latency_ms"]?["median"] != nil)
