@@ -9,7 +9,7 @@ extension CCompiler {
     static func compile(_ sources: [String], output: String, flags: [String] = []) async -> ProcResult {
         await Proc.run(
             ["cc", "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
-             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output], timeout: .seconds(120))
+             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include"), "-I", helpers] + flags + sources + ["-o", output], timeout: .seconds(120))
     }
 }
 

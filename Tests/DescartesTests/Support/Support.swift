@@ -228,8 +228,12 @@ enum CCompiler {
     static func sharedLibrary(_ sources: [String], output: String, flags: [String] = [], compiler: String = "cc") async -> ProcResult {
         await Proc.run(
             [compiler, "-std=c11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
-             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include")] + flags + sources + ["-o", output], timeout: .seconds(120))
+             "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include"), "-I", CCompiler.helpers] + flags + sources + ["-o", output], timeout: .seconds(120))
     }
+
+    /// Where the helpers for C plugins (descartes/json.h, descartes/sse.h)
+    /// are in the checkout; `make install` puts them beside plugin.h.
+    static let helpers = FileSystem.join(TestEnv.root, "Plugins/CKit/include")
 
     /// The C example plugin (Plugins/EchoC/echo.c): the one `make test`
     /// built with the installed header, else compiled once for this run.
@@ -242,7 +246,7 @@ enum CCompiler {
         let out = dir.file("libdescartes-echo.so")
         let r = Proc.runBlocking(
             ["cc", "-std=c11", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread", "-I", FileSystem.join(TestEnv.root, "Sources/CDescartesPlugin/include"),
-             FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c"), "-o", out], env: nil, stdin: nil, timeout: .seconds(120))
+             "-I", helpers, FileSystem.join(TestEnv.root, "Plugins/EchoC/echo.c"), "-o", out], env: nil, stdin: nil, timeout: .seconds(120))
         precondition(r.status == 0, "cannot compile the echo plugin: \(r)")
         keep.withLock { $0.append(dir) }
         return out
