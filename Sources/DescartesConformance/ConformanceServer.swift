@@ -128,17 +128,21 @@ final class ConformanceServer: @unchecked Sendable {
         }
     }
 
-    /// The next response for a request: in order among the route's
-    /// responses that match its body, the last one repeating.
+    /// The next response for a request: the first of the route's responses
+    /// whose `match` its body meets. The responses with the same `match`
+    /// (or none) are a sequence of their own, served in order, the last one
+    /// repeating: so `[{match: stream, SSE}, {JSON}]` answers every stream
+    /// request with the SSE body (it used to answer the first one only and
+    /// every later one with the JSON, so a plugin's streaming path went
+    /// untested in `concurrency`).
     private func next(_ method: String, _ path: String, body: [UInt8]) -> Response {
         let text = String(decoding: body, as: UTF8.self)
         return state.withLock { s -> Response in
             for key in ["\(method) \(path)", "* \(path)"] {
                 guard var queue = s.routes[key] else { continue }
-                let matching = queue.indices.filter { i in queue[i].bodyContains.map { text.contains($0) } ?? true }
-                guard let first = matching.first else { continue }
+                guard let first = queue.indices.first(where: { i in queue[i].bodyContains.map { text.contains($0) } ?? true }) else { continue }
                 let r = queue[first]
-                if matching.count > 1 { queue.remove(at: first) }
+                if queue[(first + 1)...].contains(where: { $0.bodyContains == r.bodyContains }) { queue.remove(at: first) }
                 s.routes[key] = queue
                 return r
             }

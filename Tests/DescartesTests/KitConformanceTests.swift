@@ -3,32 +3,19 @@ import Testing
 import DescartesSupport
 
 /// Mutant plugins, each failed by the conformance suite with a message that
-/// names its fault (issue 20): what a request carries (mutant.c, an
-/// OpenAI-compatible C plugin with one fault per config value), a start
-/// function that blocks (rulebreaker.c), and `invalid_config` cases
-/// refused for what they change.
+/// names its fault (issue 20): what a request carries (the HTTP C example,
+/// Plugins/OpenAIC/openai-c.c, built with its fault switches, one fault per
+/// OPENAI_C_FAULT value), a start function that blocks (rulebreaker.c),
+/// and `invalid_config` cases refused for what they change.
 @Suite struct KitConformanceTests {
     let plugins = PluginDir()
 
-    init() async {
+    init() async throws {
         let mutant = await CCompiler.compile(
-            [FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/mutant.c")], output: plugins.dir.file("libdescartes-mutant.so"), flags: ["-Wl,--no-as-needed", "-lcurl"])
+            [FileSystem.join(TestEnv.root, "Plugins/OpenAIC/openai-c.c")], output: plugins.dir.file("libdescartes-openai-c.so"),
+            flags: ["-DOPENAI_C_FAULTS", "-Wl,--no-as-needed", "-lcurl"])
         #expect(mutant.status == 0, "\(mutant)")
-        plugins.dir.write(
-            "mutant.yaml",
-            """
-            manifest_version: 1
-            provider: mutant
-            version: 0.0.1
-            library: libdescartes-mutant.so
-            abi: 1
-            mode: api
-            config:
-              endpoint: {type: string, required: true}
-              api_key: {type: string, secret: true}
-              model: {type: string}
-              fault: {type: string}
-            """)
+        plugins.dir.write("openai-c.yaml", try FileSystem.readText(FileSystem.join(TestEnv.root, "Plugins/OpenAIC/openai-c.yaml"), limit: 1 << 20))
         let rb = await CCompiler.compile(
             [FileSystem.join(TestEnv.root, "Tests/Fixtures/plugins/rulebreaker.c")], output: plugins.dir.file("libdescartes-rulebreaker.so"))
         #expect(rb.status == 0, "\(rb)")
@@ -37,10 +24,12 @@ import DescartesSupport
             "manifest_version: 1\nprovider: rulebreaker\nversion: 0.0.1\nlibrary: libdescartes-rulebreaker.so\nabi: 1\nmode: local\nconfig:\n  breaks: {type: string}\n  api_key: {type: string, secret: true}\n")
     }
 
-    func conformance(_ name: String, spec: String, _ extra: [String] = [], pluginPath: Bool = true) async -> ProcResult {
-        await Proc.descartes(
-            ["plugins", "verify", "--conformance", name, "--spec", FileSystem.join(TestEnv.root, spec)] + extra,
-            env: pluginPath ? ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"] : ["HOME": "/nonexistent"], timeout: .seconds(180))
+    func conformance(_ name: String, spec: String, _ extra: [String] = [], pluginPath: Bool = true, fault: String? = nil) async -> ProcResult {
+        var env = ["HOME": "/nonexistent"]
+        if pluginPath { env["DESCARTES_PLUGIN_PATH"] = plugins.path }
+        if let fault { env["OPENAI_C_FAULT"] = fault }
+        return await Proc.descartes(
+            ["plugins", "verify", "--conformance", name, "--spec", FileSystem.join(TestEnv.root, spec)] + extra, env: env, timeout: .seconds(180))
     }
 
     /// The row of `check`: its outcome and detail.
@@ -55,7 +44,7 @@ import DescartesSupport
     }
 
     @Test func theCorrectMutantPassesItsRequestChecks() async {
-        let r = await conformance("mutant", spec: "Tests/Fixtures/conformance/mutant.yaml")
+        let r = await conformance("openai-c", spec: "Tests/Fixtures/conformance/mutant.yaml")
         #expect(r.status == 0, "\(r)")
         #expect(row(r, "request")?.outcome == "ok", "\(r.stdout)")
         #expect(row(r, "request")?.detail.contains("headers authorization") == true, "\(r.stdout)")
@@ -67,7 +56,7 @@ import DescartesSupport
         ("no-max-tokens", "max_tokens (173, sent with the request) is nowhere in the body"),
     ])
     func aRequestFaultIsNamed(_ fault: String, _ message: String) async {
-        let r = await conformance("mutant", spec: "Tests/Fixtures/conformance/mutant.yaml", ["--set", "fault=\(fault)"])
+        let r = await conformance("openai-c", spec: "Tests/Fixtures/conformance/mutant.yaml", fault: fault)
         #expect(r.status == 1, "\(fault): \(r)")
         let request = row(r, "request")
         #expect(request?.outcome == "FAIL", "\(fault): \(r.stdout)")
