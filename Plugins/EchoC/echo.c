@@ -7,11 +7,16 @@
  *     cc -std=c11 -shared -fPIC -fvisibility=hidden -pthread \
  *        $(pkg-config --cflags descartes-plugin) -o libdescartes-echo.so echo.c
  *
+ * It reads and writes JSON with descartes/json.h, the helpers installed
+ * beside plugin.h (header-only: nothing to link). openai-c.c, the second
+ * example, adds the network: libcurl, server-sent events, error mapping.
+ *
  * and installed with its manifest (echo.yaml) in a plugin directory. It is a
  * real backend, not a stub: it "answers" by streaming the last user message
  * back word by word, honours cancellation and deadlines, reports usage, and
  * follows every ownership and threading rule of the ABI. What a real provider
- * adds is the network (or child process) part inside `run_stream`.
+ * adds is the network (or child process) part inside `run_stream`
+ * (openai-c.c shows it).
  *
  * Structure, as the ABI asks:
  *   descartes_plugin_entry -> library (1 factory) -> echo_create -> backend vtable
@@ -22,6 +27,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <descartes/plugin.h>
+#include <descartes/json.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -31,203 +37,18 @@
 #include <string.h>
 #include <time.h>
 
-/* ------------------------------------------------------------------------
- * A growable byte buffer, for building JSON.
- * ---------------------------------------------------------------------- */
-
-typedef struct {
-    char *data;
-    size_t len, cap;
-} buf_t;
-
-static int buf_reserve(buf_t *b, size_t extra) {
-    if (b->len + extra + 1 <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap * 2 : 256;
-    while (cap < b->len + extra + 1) cap *= 2;
-    char *p = realloc(b->data, cap);
-    if (!p) return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-static void buf_add(buf_t *b, const char *s, size_t n) {
-    if (buf_reserve(b, n) != 0) return;
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-static void buf_str(buf_t *b, const char *s) { buf_add(b, s, strlen(s)); }
-
-/* Appends s as a JSON string literal. */
-static void buf_json_string(buf_t *b, const char *s, size_t n) {
-    buf_add(b, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        char esc[8];
-        switch (c) {
-        case '"': buf_add(b, "\\\"", 2); break;
-        case '\\': buf_add(b, "\\\\", 2); break;
-        case '\n': buf_add(b, "\\n", 2); break;
-        case '\r': buf_add(b, "\\r", 2); break;
-        case '\t': buf_add(b, "\\t", 2); break;
-        default:
-            if (c < 0x20) {
-                snprintf(esc, sizeof esc, "\\u%04x", c);
-                buf_add(b, esc, 6);
-            } else {
-                buf_add(b, (const char *)&s[i], 1);
-            }
-        }
-    }
-    buf_add(b, "\"", 1);
-}
-
-/* ------------------------------------------------------------------------
- * Just enough JSON reading for this plugin: find a member in an object and
- * decode a string. (A real plugin would use a JSON library.)
- * ---------------------------------------------------------------------- */
-
-typedef struct {
-    const char *p, *end;
-} scan_t;
-
-static void skip_ws(scan_t *s) {
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t')) s->p++;
-}
-
-/* Skips one JSON value; returns 0 on success. */
-static int skip_value(scan_t *s, int depth) {
-    if (depth > 64) return -1;
-    skip_ws(s);
-    if (s->p >= s->end) return -1;
-    char c = *s->p;
-    if (c == '"') {
-        for (s->p++; s->p < s->end; s->p++) {
-            if (*s->p == '\\') { s->p++; continue; }
-            if (*s->p == '"') { s->p++; return 0; }
-        }
-        return -1;
-    }
-    if (c == '{' || c == '[') {
-        char close = c == '{' ? '}' : ']';
-        s->p++;
-        skip_ws(s);
-        if (s->p < s->end && *s->p == close) { s->p++; return 0; }
-        for (;;) {
-            if (c == '{') {
-                if (skip_value(s, depth + 1) != 0) return -1; /* key */
-                skip_ws(s);
-                if (s->p >= s->end || *s->p != ':') return -1;
-                s->p++;
-            }
-            if (skip_value(s, depth + 1) != 0) return -1;
-            skip_ws(s);
-            if (s->p >= s->end) return -1;
-            if (*s->p == ',') { s->p++; continue; }
-            if (*s->p == close) { s->p++; return 0; }
-            return -1;
-        }
-    }
-    /* number, true, false, null */
-    while (s->p < s->end && strchr(",}] \n\r\t", *s->p) == NULL) s->p++;
-    return 0;
-}
-
-/* Decodes the JSON string at s (which must point at '"') into a new
- * NUL-terminated buffer. \u escapes outside ASCII become '?' (enough here). */
-static char *read_string(scan_t *s) {
-    skip_ws(s);
-    if (s->p >= s->end || *s->p != '"') return NULL;
-    buf_t out = {0};
-    buf_add(&out, "", 0);
-    for (s->p++; s->p < s->end; s->p++) {
-        char c = *s->p;
-        if (c == '"') { s->p++; return out.data; }
-        if (c != '\\') { buf_add(&out, &c, 1); continue; }
-        if (++s->p >= s->end) break;
-        switch (*s->p) {
-        case 'n': buf_add(&out, "\n", 1); break;
-        case 't': buf_add(&out, "\t", 1); break;
-        case 'r': buf_add(&out, "\r", 1); break;
-        case 'b': buf_add(&out, "\b", 1); break;
-        case 'f': buf_add(&out, "\f", 1); break;
-        case 'u': {
-            if (s->p + 4 >= s->end) goto fail;
-            unsigned v = 0;
-            if (sscanf(s->p + 1, "%4x", &v) != 1) goto fail;
-            char ch = v < 0x80 ? (char)v : '?';
-            buf_add(&out, &ch, 1);
-            s->p += 4;
-            break;
-        }
-        default: buf_add(&out, s->p, 1);
-        }
-    }
-fail:
-    free(out.data);
-    return NULL;
-}
-
-/* Positions s at the value of member `key` of the object at s. */
-static int find_member(scan_t *s, const char *key) {
-    skip_ws(s);
-    if (s->p >= s->end || *s->p != '{') return -1;
-    s->p++;
-    for (;;) {
-        skip_ws(s);
-        if (s->p < s->end && *s->p == '}') return -1;
-        char *k = read_string(s);
-        if (!k) return -1;
-        skip_ws(s);
-        if (s->p >= s->end || *s->p != ':') { free(k); return -1; }
-        s->p++;
-        int match = strcmp(k, key) == 0;
-        free(k);
-        if (match) { skip_ws(s); return 0; }
-        if (skip_value(s, 0) != 0) return -1;
-        skip_ws(s);
-        if (s->p < s->end && *s->p == ',') { s->p++; continue; }
-        return -1;
-    }
-}
-
 /* The content of the last "user" message of a Request document. */
-static char *last_user_message(const char *json, size_t len) {
-    scan_t s = {json, json + len};
-    if (find_member(&s, "messages") != 0 || *s.p != '[') return NULL;
-    s.p++;
+static char *last_user_message(dk_json request) {
+    dk_json m = {0};
     char *last = NULL;
-    for (;;) {
-        skip_ws(&s);
-        if (s.p >= s.end || *s.p == ']') break;
-        scan_t m = s;
-        char *role = NULL, *content = NULL;
-        scan_t r = m;
-        if (find_member(&r, "role") == 0) role = read_string(&r);
-        scan_t c = m;
-        if (find_member(&c, "content") == 0) content = read_string(&c);
-        if (role && content && strcmp(role, "user") == 0) {
+    while (dk_json_next(dk_json_get(request, "messages"), &m, NULL)) {
+        char *content = dk_json_eq(dk_json_get(m, "role"), "user") ? dk_json_str(dk_json_get(m, "content")) : NULL;
+        if (content) {
             free(last);
             last = content;
-            content = NULL;
         }
-        free(role);
-        free(content);
-        if (skip_value(&s, 0) != 0) break;
-        skip_ws(&s);
-        if (s.p < s.end && *s.p == ',') s.p++;
     }
     return last;
-}
-
-/* An integer member of the "deadlines" object, or -1. */
-static long deadline_ms(const char *json, size_t len, const char *key) {
-    scan_t s = {json, json + len};
-    if (find_member(&s, "deadlines") != 0) return -1;
-    if (find_member(&s, key) != 0) return -1;
-    return strtol(s.p, NULL, 10);
 }
 
 /* ------------------------------------------------------------------------
@@ -289,15 +110,19 @@ static void emit_json(descartes_call_t *c, uint32_t type, const char *json) {
     emit(c, type, 0, json, strlen(json));
 }
 
+/* An Error document: {"kind": ..., "message": ...}. */
+static void error_doc(dk_buf *b, const char *kind, const char *message) {
+    dk_put_open(b, '{');
+    dk_put_kstr(b, "kind", kind);
+    dk_put_kstr(b, "message", message);
+    dk_put_close(b, '}');
+}
+
 static void emit_error(descartes_call_t *c, const char *kind, const char *message) {
-    buf_t b = {0};
-    buf_str(&b, "{\"kind\":");
-    buf_json_string(&b, kind, strlen(kind));
-    buf_str(&b, ",\"message\":");
-    buf_json_string(&b, message, strlen(message));
-    buf_str(&b, "}");
+    dk_buf b = {0};
+    error_doc(&b, kind, message);
     emit(c, DESCARTES_EVENT_ERROR, 0, b.data, b.len);
-    free(b.data);
+    dk_buf_free(&b);
 }
 
 /* Waits up to ms milliseconds; returns 1 if the call was cancelled. */
@@ -337,12 +162,14 @@ static size_t count_words(const char *s) {
 /* Streams the last user message back, one word per TEXT event. */
 static void run_stream(descartes_call_t *c) {
     echo_backend_t *b = c->backend;
-    char *prompt = last_user_message(c->input, c->input_len);
+    dk_json request = dk_json_parse(c->input, c->input_len);
+    char *prompt = last_user_message(request);
     if (!prompt) {
         emit_error(c, "json", "the request has no user message");
         return;
     }
-    long total_ms = deadline_ms(c->input, c->input_len, "total_ms");
+    long long total_ms = -1; /* the request's total deadline, if any */
+    dk_json_int(dk_json_path(request, "deadlines.total_ms"), &total_ms);
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
 
@@ -390,7 +217,7 @@ static void run_stream(descartes_call_t *c) {
 }
 
 static void run_tokens(descartes_call_t *c) {
-    char *prompt = last_user_message(c->input, c->input_len);
+    char *prompt = last_user_message(dk_json_parse(c->input, c->input_len));
     char result[160];
     int n = snprintf(result, sizeof result,
                      "{\"tokens\":%zu,\"exact\":true,\"method\":\"echo:words\"}",
@@ -538,14 +365,10 @@ static void op_destroy(descartes_backend_t *self) {
  * ---------------------------------------------------------------------- */
 
 static void report(descartes_json_fn on_error, void *ctx, const char *kind, const char *message) {
-    buf_t b = {0};
-    buf_str(&b, "{\"kind\":");
-    buf_json_string(&b, kind, strlen(kind));
-    buf_str(&b, ",\"message\":");
-    buf_json_string(&b, message, strlen(message));
-    buf_str(&b, "}");
+    dk_buf b = {0};
+    error_doc(&b, kind, message);
     if (on_error) on_error(ctx, b.data, b.len);
-    free(b.data);
+    dk_buf_free(&b);
 }
 
 static descartes_backend_t *echo_create(const descartes_factory_t *self, const descartes_create_args_t *args,
@@ -561,12 +384,11 @@ static descartes_backend_t *echo_create(const descartes_factory_t *self, const d
 
     /* The host validated the config against echo.yaml: delay_ms is an
      * integer, prefix a string, when present. */
-    if (args->config && args->config_length) {
-        scan_t s = {args->config, args->config + args->config_length};
-        if (find_member(&s, "delay_ms") == 0) b->delay_ms = strtol(s.p, NULL, 10);
-        scan_t p = {args->config, args->config + args->config_length};
-        if (find_member(&p, "prefix") == 0) b->prefix = read_string(&p);
-    }
+    dk_json config = dk_json_parse(args->config, args->config_length);
+    long long delay_ms = 0;
+    dk_json_int(dk_json_get(config, "delay_ms"), &delay_ms);
+    b->delay_ms = delay_ms > 60000 ? 60001 : (long)delay_ms;
+    b->prefix = dk_json_str(dk_json_get(config, "prefix"));
     if (b->delay_ms < 0 || b->delay_ms > 60000) {
         free(b->prefix);
         free(b);
