@@ -16,11 +16,14 @@
 #   make api-check  fail when docs/api/Descartes.txt (the library's public API) is stale
 #   make api        rewrite docs/api/Descartes.txt (support/api-listing.sh)
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
-#                   share/descartes/ (conformance specs, the C example, the plugin docs),
-#                   include/descartes/plugin.h, lib/pkgconfig/descartes-plugin.pc
+#                   share/descartes/ (conformance specs, the C examples, the plugin docs),
+#                   include/descartes/{plugin.h,json.h,sse.h}, lib/pkgconfig/descartes-plugin.pc
 #
 # The C example plugin (Plugins/EchoC) is built with $(CC) against the staged
-# header through pkg-config, exactly as a third party would build one.
+# headers through pkg-config, exactly as a third party would build one. The
+# helpers for C authors (Plugins/CKit/include/descartes: JSON, SSE/NDJSON,
+# header-only) are installed beside plugin.h; the HTTP example
+# (Plugins/OpenAIC, libcurl) is installed as source only.
 
 SWIFT   ?= swift
 CC      ?= cc
@@ -33,6 +36,8 @@ VERSION := 0.1.0
 SWIFT_PLUGINS := openai anthropic gemini bedrock ollama llamacpp claude-code headless-cli acp codex
 # C plugins built by this Makefile: Plugins/<Dir>/<name>.c -> libdescartes-<name>.so
 C_PLUGINS := echo
+# The header-only helpers for C plugins, installed beside plugin.h.
+C_HELPERS := Plugins/CKit/include/descartes/json.h Plugins/CKit/include/descartes/sse.h
 
 STAGE      ?= build/prefix
 STAGE_ABS   = $(abspath $(STAGE))
@@ -58,14 +63,14 @@ swift-build:
 stage: swift-build
 	@mkdir -p $(STAGE)/bin $(STAGE)/$(PLUGIN_DIR) $(STAGE)/include/descartes $(STAGE)/lib/pkgconfig
 	cp $(BIN_DIR)/descartes $(BIN_DIR)/descartes-plugin-host $(STAGE)/bin/
-	cp Sources/CDescartesPlugin/include/descartes/plugin.h $(STAGE)/include/descartes/plugin.h
+	cp Sources/CDescartesPlugin/include/descartes/plugin.h $(C_HELPERS) $(STAGE)/include/descartes/
 	sed -e 's|@PREFIX@|$(STAGE_ABS)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(STAGE)/lib/pkgconfig/descartes-plugin.pc
 	@for p in $(SWIFT_PLUGINS); do cp $(BIN_DIR)/libdescartes-$$p.so $(STAGE)/$(PLUGIN_DIR)/ || exit 1; done
 	cp manifests/*.yaml $(STAGE)/$(PLUGIN_DIR)/
 	@rm -rf $(STAGE)/$(SHARE_DIR) && mkdir -p $(STAGE)/$(SHARE_DIR)/conformance $(STAGE)/$(SHARE_DIR)/examples $(STAGE)/$(SHARE_DIR)/doc
 	cp -R conformance/. $(STAGE)/$(SHARE_DIR)/conformance/
-	cp Plugins/EchoC/echo.c manifests/echo.yaml $(STAGE)/$(SHARE_DIR)/examples/
-	cp $(PLUGIN_DOCS) $(STAGE)/$(SHARE_DIR)/doc/
+	cp Plugins/EchoC/echo.c manifests/echo.yaml Plugins/OpenAIC/openai-c.c Plugins/OpenAIC/openai-c.yaml $(STAGE)/$(SHARE_DIR)/examples/
+	cp $(PLUGIN_DOCS) support/valgrind-swift.supp $(STAGE)/$(SHARE_DIR)/doc/
 	@$(MAKE) --no-print-directory c-plugins STAGE=$(STAGE)
 
 c-plugins:
@@ -94,7 +99,7 @@ run: deps
 install: stage
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR) $(DESTDIR)$(PREFIX)/include/descartes $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(STAGE)/bin/descartes $(STAGE)/bin/descartes-plugin-host $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(STAGE)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/include/descartes/plugin.h
+	install -m 644 $(STAGE)/include/descartes/plugin.h $(STAGE)/include/descartes/json.h $(STAGE)/include/descartes/sse.h $(DESTDIR)$(PREFIX)/include/descartes/
 	install -m 755 $(STAGE)/$(PLUGIN_DIR)/*.so $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
 	install -m 644 $(STAGE)/$(PLUGIN_DIR)/*.yaml $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' support/descartes-plugin.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
@@ -104,7 +109,8 @@ install: stage
 	chmod -R u=rwX,go=rX $(DESTDIR)$(PREFIX)/$(SHARE_DIR)
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/descartes $(DESTDIR)$(PREFIX)/bin/descartes-plugin-host $(DESTDIR)$(PREFIX)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
+	rm -f $(DESTDIR)$(PREFIX)/bin/descartes $(DESTDIR)$(PREFIX)/bin/descartes-plugin-host $(DESTDIR)$(PREFIX)/lib/pkgconfig/descartes-plugin.pc
+	rm -f $(DESTDIR)$(PREFIX)/include/descartes/plugin.h $(DESTDIR)$(PREFIX)/include/descartes/json.h $(DESTDIR)$(PREFIX)/include/descartes/sse.h
 	rm -rf $(DESTDIR)$(PREFIX)/$(PLUGIN_DIR) $(DESTDIR)$(PREFIX)/$(SHARE_DIR)
 
 # The test suite: a debug build installed into build/test-prefix (the

@@ -19,8 +19,9 @@ what="${1:-build}"
 # libhiredis-dev: the Redis client of providers.yaml's `shared:` section (docs/scaling.md, "Why hiredis").
 packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev libmicrohttpd-dev libhiredis-dev pkg-config make gcc g++)
 # nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests;
-# redis-server for SharedStateTests (started by the tests on a loopback port, never as a service).
-[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl redis-server)
+# redis-server for SharedStateTests (started by the tests on a loopback port, never as a service);
+# valgrind for the C plugin memory-error recipe (docs/writing-a-plugin.md, "Memory errors in C plugins").
+[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl redis-server valgrind)
 
 need=()
 for pkg in "${packages[@]}"; do
