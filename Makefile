@@ -16,7 +16,8 @@
 #   make api-check  fail when docs/api/Descartes.txt (the library's public API) is stale
 #   make api        rewrite docs/api/Descartes.txt (support/api-listing.sh)
 #   make install    PREFIX=/usr/local DESTDIR= : bin/descartes, bin/descartes-plugin-host, lib/descartes/plugins/,
-#                   share/descartes/ (conformance specs, the C examples, the plugin docs),
+#                   share/descartes/ (conformance specs, the C examples, the plugin docs,
+#                   swift/descartes: the Swift plugin kit as a SwiftPM package),
 #                   include/descartes/{plugin.h,json.h,sse.h}, lib/pkgconfig/descartes-plugin.pc
 #
 # The C example plugin (Plugins/EchoC) is built with $(CC) against the staged
@@ -38,6 +39,9 @@ SWIFT_PLUGINS := openai anthropic gemini bedrock ollama llamacpp claude-code hea
 C_PLUGINS := echo
 # The header-only helpers for C plugins, installed beside plugin.h.
 C_HELPERS := Plugins/CKit/include/descartes/json.h Plugins/CKit/include/descartes/sse.h
+# The Swift plugin kit's targets, installed as a SwiftPM package with
+# support/swift-kit/Package.swift in share/descartes/swift/descartes.
+SWIFT_KIT := CDescartesPlugin CCurl CCurlShim CProcessShim DescartesCore DescartesSupport DescartesPluginKit
 
 STAGE      ?= build/prefix
 STAGE_ABS   = $(abspath $(STAGE))
@@ -71,6 +75,9 @@ stage: swift-build
 	cp -R conformance/. $(STAGE)/$(SHARE_DIR)/conformance/
 	cp Plugins/EchoC/echo.c manifests/echo.yaml Plugins/OpenAIC/openai-c.c Plugins/OpenAIC/openai-c.yaml $(STAGE)/$(SHARE_DIR)/examples/
 	cp $(PLUGIN_DOCS) support/valgrind-swift.supp $(STAGE)/$(SHARE_DIR)/doc/
+	@mkdir -p $(STAGE)/$(SHARE_DIR)/swift/descartes/Sources
+	cp support/swift-kit/Package.swift $(STAGE)/$(SHARE_DIR)/swift/descartes/
+	@for t in $(SWIFT_KIT); do cp -R Sources/$$t $(STAGE)/$(SHARE_DIR)/swift/descartes/Sources/ || exit 1; done
 	@$(MAKE) --no-print-directory c-plugins STAGE=$(STAGE)
 
 c-plugins:

@@ -79,6 +79,13 @@ import DescartesSupport
         #expect(out.contains("13 passed, 0 failed, 2 skipped"), "conformance: \(out)")
     }
 
+    /// Where the symbolic link at `path` points, as written in it.
+    static func linkTarget(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buf, buf.count - 1)
+        return n < 0 ? nil : String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// The sh blocks of a section as one `set -eu` script.
     static func script(_ blocks: [(lang: String, text: String)]) -> String {
         "set -eu\n" + blocks.filter { $0.lang == "sh" }.map(\.text).joined()
@@ -181,9 +188,10 @@ import DescartesSupport
         #expect(quiet.stdout.contains("  ok    shutdown "), "valgrind, clean: \(quiet.stdout)")
     }
 
-    /// The Swift walkthrough builds a SwiftPM package against this checkout
-    /// (a minute or more of compiling), so it runs when asked:
-    /// DESCARTES_SLOW_TESTS=1 make test.
+    /// The Swift walkthrough builds a SwiftPM package against the kit the
+    /// prefix installed (share/descartes/swift/descartes), not this
+    /// checkout: minutes of compiling the kit in release, so it runs when
+    /// asked: DESCARTES_SLOW_TESTS=1 make test.
     @Test(.enabled(if: TestEnv.prefix != nil && Environment.get("DESCARTES_SLOW_TESTS") == "1", "DESCARTES_SLOW_TESTS=1 and make test"))
     func theSwiftWalkthroughWorksAsWritten() async throws {
         let prefix = try #require(TestEnv.prefix)
@@ -192,15 +200,15 @@ import DescartesSupport
         let package = try #require(swift.first { $0.text.contains("swift-tools-version") }?.text)
         let source = try #require(swift.first { $0.text.contains("ShoutBackend") }?.text)
         let work = TempDir("newcomer-swift")
-        // "Next to a source checkout of Descartes (`descartes/`)".
-        symlink(TestEnv.root, work.file("descartes"))
+        // The doc's first block links the installed kit as `descartes` and enters shout-swift.
         work.write("shout-swift/Package.swift", package)
         work.write("shout-swift/Sources/ShoutPlugin/Shout.swift", source)
         try FileSystem.makeDirectories(work.file("home/.local/share/descartes/plugins"))
-        var script = "set -eu\ncd \(work.file("shout-swift"))\n"
+        var script = "set -eu\ncd \(work.path)\n"
         for b in blocks where b.lang == "sh" { script += b.text }
         let r = await Proc.run(["bash", work.write("walkthrough.sh", script)], env: newcomer(prefix, home: work.file("home")).merging(["PATH": "\(prefix)/bin:\(Environment.get("PATH") ?? "/usr/bin:/bin")"]) { $1 }, timeout: .seconds(900))
         #expect(r.status == 0, "\(r)")
+        #expect(Self.linkTarget(work.file("descartes")) == "\(prefix)/share/descartes/swift/descartes", "the installed kit, not the checkout")
         #expect(r.stdout.contains("HELLO FROM SWIFT"), "\(r.stdout)")
         #expect(r.stdout.contains("13 passed, 0 failed, 2 skipped"), "\(r.stdout)")
     }
