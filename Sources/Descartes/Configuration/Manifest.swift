@@ -118,6 +118,16 @@ public struct PluginManifest: Sendable, Hashable {
         return try parse(text, file: path)
     }
 
+    /// The provider id the manifest at `path` declares (its top-level
+    /// `provider`), read without building or checking the rest; nil when
+    /// that cannot be told so cheaply (an unreadable file, or see
+    /// `YAML.topLevelScalar`). When `load(path:)` succeeds, its `provider`
+    /// is this.
+    package static func declaredProvider(path: String) -> String? {
+        guard let bytes = try? FileSystem.readBytes(path, limit: 1 << 20) else { return nil }
+        return YAML.topLevelScalar("provider", in: bytes)
+    }
+
     static let knownKeys = [
         "manifest_version", "provider", "version", "description", "library", "factory", "abi", "mode", "capabilities",
         "default_model", "models", "config", "conformance",

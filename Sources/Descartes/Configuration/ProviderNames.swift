@@ -45,6 +45,9 @@ extension ProvidersConfig {
         do { sections = try middlewareSections() } catch { return (ReliabilitySettings(), error.problems) }
         let (settings, problems) = ReliabilitySettings.parse(sections)
         if !problems.isEmpty { return (settings, problems) }
+        // No section names a provider: nothing to check, and no need to
+        // read every plugin's manifest (a one-shot command reads one).
+        if sections.isEmpty { return (settings, []) }
         let known = Set(instances.map(\.name)).union(catalog.availableProviders)
         return (settings, settings.check(knownProviders: known))
     }

@@ -129,6 +129,80 @@ package enum YAML {
         }
     }
 
+    /// The text of the scalar that top-level key `key` of `bytes`'s first
+    /// document maps to, read only as far as that key: how plugin discovery
+    /// tells which provider a manifest declares without building and
+    /// checking the whole document (PluginCatalog's lookup of one provider).
+    /// nil when the document does not say so plainly before that point: it
+    /// is not a mapping, has no such key, the value is a collection or an
+    /// alias, or libyaml finds a problem first. `parse` reads the same key
+    /// to the same text (a duplicate key makes that document invalid).
+    package static func topLevelScalar(_ key: String, in bytes: [UInt8]) -> String? {
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else { return nil }
+        defer { yaml_parser_delete(&parser) }
+        return bytes.withUnsafeBufferPointer { buf -> String? in
+            // The text is handed to libyaml 512 bytes at a time: given it
+            // whole, libyaml decodes all of it before the first event, and
+            // the key is usually on the first lines.
+            var input = (base: buf.baseAddress, count: buf.count, offset: 0)
+            return withUnsafeMutablePointer(to: &input) { state -> String? in
+                yaml_parser_set_input(
+                    &parser,
+                    { data, buffer, size, read in
+                        let s = data!.assumingMemoryBound(to: (base: UnsafePointer<UInt8>?, count: Int, offset: Int).self)
+                        let n = min(size, 512, s.pointee.count - s.pointee.offset)
+                        if n > 0 { buffer!.update(from: s.pointee.base! + s.pointee.offset, count: n) }
+                        s.pointee.offset += n
+                        read!.pointee = n
+                        return 1
+                    }, state)
+                yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
+                var event = yaml_event_t()
+                // Depth 1 is the root mapping, whose events alternate key, value.
+                var depth = 0
+                var atKey = true
+                var wanted = false
+                while yaml_parser_parse(&parser, &event) == 1 {
+                    defer { yaml_event_delete(&event) }
+                    switch event.type {
+                    case YAML_MAPPING_START_EVENT, YAML_SEQUENCE_START_EVENT:
+                        if depth == 0 && event.type != YAML_MAPPING_START_EVENT { return nil }
+                        // A collection as a key, or as the value asked for.
+                        if depth == 1 && (atKey || wanted) { return nil }
+                        depth += 1
+                    case YAML_MAPPING_END_EVENT, YAML_SEQUENCE_END_EVENT:
+                        depth -= 1
+                        if depth <= 0 { return nil }
+                        if depth == 1 { atKey = true }
+                    case YAML_SCALAR_EVENT:
+                        if depth == 0 { return nil }
+                        guard depth == 1 else { continue }
+                        let s = event.data.scalar
+                        let text = YAML.Builder.text(s.value, Int(s.length))
+                        if atKey {
+                            wanted = text == key
+                            atKey = false
+                        } else {
+                            if wanted { return text }
+                            atKey = true
+                        }
+                    case YAML_ALIAS_EVENT:
+                        if depth == 1 {
+                            if atKey || wanted { return nil }
+                            atKey = true
+                        }
+                    case YAML_STREAM_END_EVENT, YAML_DOCUMENT_END_EVENT:
+                        return nil
+                    default:
+                        break
+                    }
+                }
+                return nil
+            }
+        }
+    }
+
     struct Builder {
         let file: String
         /// Anchored nodes and their expanded sizes (in nodes).

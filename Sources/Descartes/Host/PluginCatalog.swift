@@ -191,24 +191,100 @@ package struct CatalogEntry: Sendable {
 /// The plugins found on disk, from their manifests alone. Building a catalog
 /// never loads a library (discovery cannot crash the host).
 public final class PluginCatalog: Sendable {
-    package let search: PluginSearch
-    package let entries: [CatalogEntry]
+    /// What discovery found: where it searched, every manifest, and what it
+    /// did step by step.
+    private struct Found: Sendable {
+        var search: PluginSearch
+        var entries: [CatalogEntry]
+        var trace: [String]
+    }
+
+    /// Every manifest found, in search order.
+    package var entries: [CatalogEntry] { found().entries }
+    /// Where plugins were looked for (with a SwiftPM build's own plugins
+    /// last when nothing else was usable).
+    package var search: PluginSearch { found().search }
     /// What discovery did, step by step (printed by `--verbose`).
-    package let trace: [String]
+    package var trace: [String] { found().trace }
     /// The policy applied.
     package let policy: PluginPolicy
     private let requiredChecked = Lock<ProviderError??>(nil)
+    /// Full discovery's result: given, or made on first use (`discover()`).
+    private let discovered: Lock<Found?>
+    /// For a catalog `discover()` made: the standard search, which full
+    /// discovery runs on first use. Until then `entry(for:)` reads only the
+    /// manifests it needs.
+    private let pending: PluginSearch?
+    /// What `entry(for:)` found before full discovery, by provider id.
+    private let looked = Lock<[String: CatalogEntry]>([:])
 
     package init(search: PluginSearch, entries: [CatalogEntry], trace: [String], policy: PluginPolicy = .none) {
-        self.search = search
-        self.entries = entries
-        self.trace = trace
+        self.discovered = Lock(Found(search: search, entries: entries, trace: trace))
+        self.pending = nil
         self.policy = policy
     }
 
+    private init(discovering search: PluginSearch, policy: PluginPolicy) {
+        self.discovered = Lock(nil)
+        self.pending = search
+        self.policy = policy
+    }
+
+    private func found() -> Found {
+        discovered.withLock { found in
+            if let found { return found }
+            // discover()'s catalog: the standard search, then a SwiftPM build's own plugins.
+            let c = PluginCatalog.discover(pending!, policy: policy).withSwiftPMBuild()
+            let made = Found(search: c.search, entries: c.entries, trace: c.trace)
+            found = made
+            return made
+        }
+    }
+
     /// The entry that serves `provider`, if any (available or not).
+    ///
+    /// A catalog `discover()` made answers this before full discovery when
+    /// the provider is available: reading from the other manifests only
+    /// the provider they declare (`PluginManifest.declaredProvider`), it
+    /// checks the manifests that could serve it in search order, as full
+    /// discovery does, so a one-shot `descartes complete -p NAME` reads and
+    /// checks one manifest, not all of them. Anything else (not found,
+    /// not available) is answered by full discovery.
     package func entry(for provider: String) -> CatalogEntry? {
-        entries.first { $0.manifest?.provider == provider && !isShadowed($0) }
+        if let search = pending, discovered.withLock({ $0 == nil }) {
+            if let e = looked.withLock({ $0[provider] }) { return e }
+            if let e = Self.available(provider, search: search, policy: policy) {
+                looked.withLock { $0[provider] = e }
+                return e
+            }
+        }
+        return entries.first { $0.manifest?.provider == provider && !isShadowed($0) }
+    }
+
+    /// `provider`'s entry as full discovery of `search` makes it, when it is
+    /// available; nil when it is not, or not found (a SwiftPM build's
+    /// plugins are searched only when nothing is available, so then full
+    /// discovery must answer). The first manifest in search order that
+    /// reads as `provider` is its entry; a manifest declaring another
+    /// provider cannot be it and is not read further.
+    static func available(_ provider: String, search: PluginSearch, policy: PluginPolicy) -> CatalogEntry? {
+        let checkFiles = FileTrust.enforced
+        var trace: [String] = []
+        var owner: [String: String] = [:]
+        for dir in search.directories {
+            guard let names = manifests(in: dir, checkFiles: checkFiles, trace: &trace) else { continue }
+            for name in names {
+                let file = FileSystem.join(dir.path, name)
+                if let declared = PluginManifest.declaredProvider(path: file), declared != provider { continue }
+                guard
+                    let entry = examine(
+                        name, file: file, in: dir, search: search, policy: policy, checkFiles: checkFiles, owner: &owner, trace: &trace),
+                    entry.manifest?.provider == provider
+                else { continue }
+                return entry.status == .available ? entry : nil
+            }
+        }
+        return nil
     }
 
     /// The first directory of the search path (its libraries directory,
@@ -260,10 +336,23 @@ public final class PluginCatalog: Sendable {
     /// own plugins are searched last, so a library user's `swift run` finds
     /// the plugins the build made with no `DESCARTES_PLUGIN_PATH` (not with
     /// elevated privileges).
+    ///
+    /// Discovery runs when the catalog is first asked for more than one
+    /// available provider's entry (see `entry(for:)`).
     public static func discover() -> PluginCatalog {
         let policy = PluginPolicy.standard()
-        return discover(.standard(policy: policy), policy: policy).withSwiftPMBuild()
+        return discovering(.standard(policy: policy), policy: policy)
     }
+
+    /// The catalog of `search` under `policy`, with a SwiftPM build's own
+    /// plugins last when nothing else is usable, discovered on first use
+    /// (`discover()`'s, for any search).
+    package static func discovering(_ search: PluginSearch, policy: PluginPolicy = .none) -> PluginCatalog {
+        PluginCatalog(discovering: search, policy: policy)
+    }
+
+    /// Whether full discovery has run (every manifest read and checked).
+    package var isDiscovered: Bool { discovered.withLock { $0 != nil } }
 
     /// This catalog or, when it has no usable plugin, the same search with
     /// the SwiftPM build of `executable` last.
@@ -298,84 +387,102 @@ public final class PluginCatalog: Sendable {
         var entries: [CatalogEntry] = []
         var owner: [String: String] = [:]  // provider id -> manifest file
         for dir in search.directories {
-            guard FileSystem.isDirectory(dir.path) else {
-                trace.append("search \(dir.path) (\(dir.origin)): not a directory, skipped")
-                continue
-            }
-            if checkFiles, let why = FileTrust.problem(dir.path) {
-                trace.append("search \(dir.path) (\(dir.origin)): skipped: \(why)")
-                continue
-            }
-            let names: [String]
-            do { names = try FileSystem.list(dir.path) } catch {
-                trace.append("search \(dir.path) (\(dir.origin)): \(error.reason), skipped")
-                continue
-            }
-            let manifests = names.filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }
-            trace.append("search \(dir.path) (\(dir.origin)): \(manifests.count) manifest\(manifests.count == 1 ? "" : "s")")
-            for name in manifests {
+            guard let names = manifests(in: dir, checkFiles: checkFiles, trace: &trace) else { continue }
+            for name in names {
                 let file = FileSystem.join(dir.path, name)
-                var entry = CatalogEntry(file: file, directory: dir, manifest: nil, problems: [], status: .invalid)
-                if checkFiles, let why = FileTrust.problem(file) {
-                    // Read (never trusted) only to say which provider was refused.
-                    entry.manifest = try? PluginManifest.load(path: file)
-                    entry.status = .refused(why)
-                    if let p = entry.manifest?.provider, owner[p] == nil { owner[p] = file }
-                    trace.append("  \(name): refused (\(why))")
+                if let entry = examine(name, file: file, in: dir, search: search, policy: policy, checkFiles: checkFiles, owner: &owner, trace: &trace) {
                     entries.append(entry)
-                    continue
                 }
-                do {
-                    var m = try PluginManifest.load(path: file)
-                    if let libraries = dir.libraries, !m.libraryName.hasPrefix("/") {
-                        m.libraryPath = FileSystem.join(libraries, m.libraryName)
-                        guard FileSystem.exists(m.libraryPath) else {
-                            trace.append("  \(name): skipped (\(m.libraryName) was not built)")
-                            continue
-                        }
-                    }
-                    if !m.libraryName.contains("/"), !FileSystem.exists(m.libraryPath),
-                        let found = Self.findLibrary(m.libraryName, in: search.directories)
-                    {
-                        // A bare file name, as Vulkan ICD manifests name
-                        // theirs: the manifest's directory first, then the
-                        // plugin search path (a manifest-only provider over
-                        // libdescartes-openai.so survives a moved prefix).
-                        m.libraryPath = found
-                        trace.append("  \(name): \(m.libraryName) is not beside the manifest; found in the plugin search path: \(found)")
-                    }
-                    entry.manifest = m
-                    let decision = policy.decision(for: m.provider)
-                    entry.policy = decision
-                    entry.requiredBy = policy.requirement(for: m.provider)
-                    entry.pin = policy.pin(for: m.libraryPath)
-                    if let first = owner[m.provider] {
-                        entry.status = .shadowed(by: first)
-                    } else {
-                        owner[m.provider] = file
-                        if m.abi > descartesABIVersion || m.abi < 1 {
-                            entry.status = .incompatible("requires plugin ABI \(m.abi); this host speaks 1...\(descartesABIVersion)")
-                        } else if !decision.enabled {
-                            entry.status = .disabled(decision.reason)
-                        } else if !FileSystem.exists(m.libraryPath) {
-                            entry.status = .libraryMissing
-                        } else if checkFiles, let why = FileTrust.problem(m.libraryPath) {
-                            entry.status = .refused(why)
-                        } else {
-                            entry.status = .available
-                        }
-                    }
-                } catch {
-                    entry.problems = error.problems
-                    if let p = error.problems.first, p.message.hasPrefix("unknown manifest_version") {
-                        entry.status = .incompatible(p.description)
-                    }
-                }
-                trace.append("  \(name): \(entry.status.label)\(entry.reason.map { " (\($0))" } ?? "")")
-                entries.append(entry)
             }
         }
         return PluginCatalog(search: search, entries: entries, trace: trace, policy: policy)
+    }
+
+    /// The manifest files (`*.yaml`, `*.yml`) of a search directory, sorted;
+    /// nil when it is skipped (not a directory, not trusted, unreadable).
+    static func manifests(in dir: PluginSearch.Directory, checkFiles: Bool, trace: inout [String]) -> [String]? {
+        guard FileSystem.isDirectory(dir.path) else {
+            trace.append("search \(dir.path) (\(dir.origin)): not a directory, skipped")
+            return nil
+        }
+        if checkFiles, let why = FileTrust.problem(dir.path) {
+            trace.append("search \(dir.path) (\(dir.origin)): skipped: \(why)")
+            return nil
+        }
+        let names: [String]
+        do { names = try FileSystem.list(dir.path) } catch {
+            trace.append("search \(dir.path) (\(dir.origin)): \(error.reason), skipped")
+            return nil
+        }
+        let manifests = names.filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }
+        trace.append("search \(dir.path) (\(dir.origin)): \(manifests.count) manifest\(manifests.count == 1 ? "" : "s")")
+        return manifests
+    }
+
+    /// The entry for manifest `name` of `dir` (nil: skipped, its library was
+    /// not built), given the providers earlier manifests claimed (`owner`,
+    /// which it updates).
+    static func examine(
+        _ name: String, file: String, in dir: PluginSearch.Directory, search: PluginSearch, policy: PluginPolicy, checkFiles: Bool,
+        owner: inout [String: String], trace: inout [String]
+    ) -> CatalogEntry? {
+        var entry = CatalogEntry(file: file, directory: dir, manifest: nil, problems: [], status: .invalid)
+        if checkFiles, let why = FileTrust.problem(file) {
+            // Read (never trusted) only to say which provider was refused.
+            entry.manifest = try? PluginManifest.load(path: file)
+            entry.status = .refused(why)
+            if let p = entry.manifest?.provider, owner[p] == nil { owner[p] = file }
+            trace.append("  \(name): refused (\(why))")
+            return entry
+        }
+        do {
+            var m = try PluginManifest.load(path: file)
+            if let libraries = dir.libraries, !m.libraryName.hasPrefix("/") {
+                m.libraryPath = FileSystem.join(libraries, m.libraryName)
+                guard FileSystem.exists(m.libraryPath) else {
+                    trace.append("  \(name): skipped (\(m.libraryName) was not built)")
+                    return nil
+                }
+            }
+            if !m.libraryName.contains("/"), !FileSystem.exists(m.libraryPath),
+                let found = Self.findLibrary(m.libraryName, in: search.directories)
+            {
+                // A bare file name, as Vulkan ICD manifests name
+                // theirs: the manifest's directory first, then the
+                // plugin search path (a manifest-only provider over
+                // libdescartes-openai.so survives a moved prefix).
+                m.libraryPath = found
+                trace.append("  \(name): \(m.libraryName) is not beside the manifest; found in the plugin search path: \(found)")
+            }
+            entry.manifest = m
+            let decision = policy.decision(for: m.provider)
+            entry.policy = decision
+            entry.requiredBy = policy.requirement(for: m.provider)
+            entry.pin = policy.pin(for: m.libraryPath)
+            if let first = owner[m.provider] {
+                entry.status = .shadowed(by: first)
+            } else {
+                owner[m.provider] = file
+                if m.abi > descartesABIVersion || m.abi < 1 {
+                    entry.status = .incompatible("requires plugin ABI \(m.abi); this host speaks 1...\(descartesABIVersion)")
+                } else if !decision.enabled {
+                    entry.status = .disabled(decision.reason)
+                } else if !FileSystem.exists(m.libraryPath) {
+                    entry.status = .libraryMissing
+                } else if checkFiles, let why = FileTrust.problem(m.libraryPath) {
+                    entry.status = .refused(why)
+                } else {
+                    entry.status = .available
+                }
+            }
+        } catch {
+            entry.problems = error.problems
+            if let p = error.problems.first, p.message.hasPrefix("unknown manifest_version") {
+                entry.status = .incompatible(p.description)
+            }
+        }
+        trace.append("  \(name): \(entry.status.label)\(entry.reason.map { " (\($0))" } ?? "")")
+        return entry
     }
 
     /// What is wrong with the plugins the policy requires, read from the
