@@ -103,7 +103,8 @@ let package = Package(
         // The gateway's HTTP server (docs/gateway.md, "Why libmicrohttpd"), and the
         // small C layer over it (its daemon starts through a variadic function,
         // and suspend/resume has rules best kept in one place).
-        .systemLibrary(name: "CMicroHTTPD", pkgConfig: "libmicrohttpd", providers: [.apt(["libmicrohttpd-dev"])]),
+        // Its header only: CHTTPServer loads the library when a server starts (Sources/CMicroHTTPD/shim.h).
+        .systemLibrary(name: "CMicroHTTPD", providers: [.apt(["libmicrohttpd-dev"])]),
         .target(name: "CHTTPServer", dependencies: ["CMicroHTTPD"]),
         // Typed setters for libcurl's variadic curl_easy_setopt (unavailable from Swift).
         .target(name: "CCurlShim", dependencies: ["CCurl"]),

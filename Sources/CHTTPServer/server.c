@@ -21,7 +21,80 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <dlfcn.h>
 #include <microhttpd.h>
+
+// libmicrohttpd (and GnuTLS, which it links) is loaded when the first server
+// starts, not when the program does: linked, it was loaded, relocated and
+// initialized at every start of the CLI, `serve` or not (about 5.3 million
+// instructions and 160 page faults of a `descartes --version` of 14 million;
+// docs/benchmarks.md, "Where a one-shot command's time goes"). The functions
+// this file calls, by the names it calls them.
+#ifndef DESCARTES_MHD_SONAME
+#define DESCARTES_MHD_SONAME "libmicrohttpd.so.12"
+#endif
+static struct {
+    __typeof__(MHD_start_daemon) *start_daemon;
+    __typeof__(MHD_stop_daemon) *stop_daemon;
+    __typeof__(MHD_quiesce_daemon) *quiesce_daemon;
+    __typeof__(MHD_is_feature_supported) *is_feature_supported;
+    __typeof__(MHD_get_connection_info) *get_connection_info;
+    __typeof__(MHD_lookup_connection_value) *lookup_connection_value;
+    __typeof__(MHD_suspend_connection) *suspend_connection;
+    __typeof__(MHD_resume_connection) *resume_connection;
+    __typeof__(MHD_queue_response) *queue_response;
+    __typeof__(MHD_create_response_from_buffer) *create_response_from_buffer;
+    __typeof__(MHD_create_response_from_callback) *create_response_from_callback;
+    __typeof__(MHD_add_response_header) *add_response_header;
+    __typeof__(MHD_destroy_response) *destroy_response;
+} mhd;
+static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
+static char mhd_error[512];
+
+static void mhd_load(void) {
+    // The library's soname, then the development symlink (another soname).
+    void *h = dlopen(DESCARTES_MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!h) h = dlopen("libmicrohttpd.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *why = dlerror();
+        snprintf(mhd_error, sizeof mhd_error, "cannot load libmicrohttpd (%s): %s", DESCARTES_MHD_SONAME, why ? why : "not found");
+        return;
+    }
+#define MHD_SYMBOL(field, name)                                                                          \
+    if (!(*(void **)&mhd.field = dlsym(h, name))) {                                                      \
+        snprintf(mhd_error, sizeof mhd_error, "%s has no function %s", DESCARTES_MHD_SONAME, name);      \
+        return;                                                                                          \
+    }
+    MHD_SYMBOL(start_daemon, "MHD_start_daemon")
+    MHD_SYMBOL(stop_daemon, "MHD_stop_daemon")
+    MHD_SYMBOL(quiesce_daemon, "MHD_quiesce_daemon")
+    MHD_SYMBOL(is_feature_supported, "MHD_is_feature_supported")
+    MHD_SYMBOL(get_connection_info, "MHD_get_connection_info")
+    MHD_SYMBOL(lookup_connection_value, "MHD_lookup_connection_value")
+    MHD_SYMBOL(suspend_connection, "MHD_suspend_connection")
+    MHD_SYMBOL(resume_connection, "MHD_resume_connection")
+    MHD_SYMBOL(queue_response, "MHD_queue_response")
+    MHD_SYMBOL(create_response_from_buffer, "MHD_create_response_from_buffer")
+    MHD_SYMBOL(create_response_from_callback, "MHD_create_response_from_callback")
+    MHD_SYMBOL(add_response_header, "MHD_add_response_header")
+    MHD_SYMBOL(destroy_response, "MHD_destroy_response")
+#undef MHD_SYMBOL
+}
+
+// Every call below goes through the table (filled before any server exists).
+#define MHD_start_daemon (*mhd.start_daemon)
+#define MHD_stop_daemon (*mhd.stop_daemon)
+#define MHD_quiesce_daemon (*mhd.quiesce_daemon)
+#define MHD_is_feature_supported (*mhd.is_feature_supported)
+#define MHD_get_connection_info (*mhd.get_connection_info)
+#define MHD_lookup_connection_value (*mhd.lookup_connection_value)
+#define MHD_suspend_connection (*mhd.suspend_connection)
+#define MHD_resume_connection (*mhd.resume_connection)
+#define MHD_queue_response (*mhd.queue_response)
+#define MHD_create_response_from_buffer (*mhd.create_response_from_buffer)
+#define MHD_create_response_from_callback (*mhd.create_response_from_callback)
+#define MHD_add_response_header (*mhd.add_response_header)
+#define MHD_destroy_response (*mhd.destroy_response)
 
 struct descartes_http_server {
     struct MHD_Daemon *daemon;
@@ -360,6 +433,11 @@ descartes_http_server *descartes_http_start(const char *host, unsigned port, uns
                                             unsigned idle_timeout_s, const char *tls_cert, const char *tls_key,
                                             descartes_http_request_fn on_request,
                                             descartes_http_closed_fn on_closed, void *ctx, char *error, size_t error_len) {
+    pthread_once(&mhd_once, mhd_load);
+    if (mhd_error[0]) {
+        snprintf(error, error_len, "%s", mhd_error);
+        return NULL;
+    }
     if ((tls_cert || tls_key) && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
         snprintf(error, error_len, "this libmicrohttpd was built without TLS (MHD_FEATURE_TLS)");
         return NULL;
