@@ -141,7 +141,11 @@ package struct Command: Sendable {
     package var options: [Option] { Option.all.filter { $0.uses[id] != nil } }
     /// The commands one word below it (a group's subcommands, a program's commands).
     package var children: [Command] {
-        Command.all.filter { $0.program == program && $0.words.count == words.count + 1 && $0.path.hasPrefix(path + " ") }
+        // One word more than this path: "PATH WORD" (paths are single-spaced).
+        let prefix = path + " "
+        return Command.all.filter { c in
+            c.path.hasPrefix(prefix) && !c.path.utf8.dropFirst(prefix.utf8.count).contains(UInt8(ascii: " "))
+        }
     }
     package static func named(_ id: CommandID) -> Command { all.first { $0.id == id }! }
 

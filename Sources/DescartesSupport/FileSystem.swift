@@ -30,15 +30,21 @@ public enum FileSystem {
         let fd = try openRegular(path)
         defer { close(fd) }
         var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
+            // Read into memory left uninitialized (zeroing 64 KiB per file
+            // was most of reading a small one, as discovery reads every manifest).
+            var failed = false
+            let chunk = [UInt8](unsafeUninitializedCapacity: 65536) { buf, count in
+                let n = read(fd, buf.baseAddress, buf.count)
+                failed = n < 0
+                count = max(n, 0)
+            }
+            if failed {
                 if errno == EINTR { continue }
                 throw systemError(path)
             }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
+            if chunk.isEmpty { break }
+            if out.isEmpty { out = chunk } else { out.append(contentsOf: chunk) }
             if out.count > limit { throw FileSystemError(path: path, reason: "file is larger than \(limit) bytes") }
         }
         return out

@@ -289,7 +289,7 @@ package struct PluginPolicy: Sendable {
                 s.memoryMB = r.isolation.memoryMB
                 s.memoryLocation = r.isolation.memoryLocation
             }
-            d.add(s, source: "\(scope) policy")
+            d.add(s, source: "\(scope.rawValue) policy")
         }
         return d
     }
@@ -299,6 +299,7 @@ package struct PluginPolicy: Sendable {
 
     /// The pin for a library, by absolute path first, then file name.
     package func pin(for libraryPath: String) -> Pin? {
+        if pins.isEmpty { return nil }
         let real = FileSystem.realPath(libraryPath) ?? libraryPath
         return pins.first { $0.library == libraryPath || $0.library == real }
             ?? pins.first { !$0.library.hasPrefix("/") && $0.library == FileSystem.basename(real) }
