@@ -494,7 +494,7 @@ def profile(name, server):
 START_PHASES = [
     ("process start: the dynamic loader maps and relocates the executable's libraries", r"rtld\.c:_dl_start "),
     ("plugin discovery (manifests read and checked)", r"\$s9Descartes13PluginCatalogC(5entry3for|7entries|8discoverACyFZ)"),
-    ("loading the plugin: dlopen (libcurl, OpenSSL and their libraries relocated)", r"dlopen\.c:dlopen@@"),
+    ("dlopen (descartes: the plugin, with libcurl, OpenSSL and their libraries relocated)", r"dlopen\.c:dlopen@@"),
     ("libcurl initialized (OpenSSL's initialization, its configuration file)", r"\?\?\?:curl_global_init "),
 ]
 
@@ -516,8 +516,8 @@ def profile_start(name, server, prof):
                 ("curl --version", ["curl", "--version"])]
     env = dict(os.environ, OPENAI_API_KEY=KEY, NO_COLOR="1")
     report = []
-    for label, cmd in cmds:
-        out = os.path.join(BUILD, f"callgrind-{name}-{label.split()[0]}-{len(report)}.out")
+    for i, (label, cmd) in enumerate(cmds):
+        out = os.path.join(BUILD, f"callgrind-{name}-{i}.out")
         p = run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd, env=env, check=False)
         if p.returncode != 0:
             sys.exit(f"bench: {' '.join(cmd)} under callgrind failed:\n{p.stderr.decode(errors='replace')[-2000:]}")
