@@ -6,7 +6,7 @@ Writes the table to docs/benchmarks.md and every run to
 build/bench/results.json.
 
     bench/run.py [--runs 5] [--only 1,2,3,4,5,6,7,8] [--out docs/benchmarks.md]
-                 [--wait-quiet SECONDS] [--skip-build]
+                 [--wait-quiet SECONDS] [--skip-build] [--prefix DIR]
     bench/run.py --profile sequential|sequential-anthropic|stream-openai|stream-anthropic|stream-ollama|concurrent [--skip-build]
     bench/run.py --profile one-shot|cold-start|memory [--skip-build]
 
@@ -768,7 +768,14 @@ def main():
                     help="wait up to this long for a 1-minute load average under 1.5 before measuring")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--profile", metavar="WORKLOAD", help="callgrind instruction counts instead of timings")
+    ap.add_argument("--prefix", metavar="DIR",
+                    help="measure the descartes staged in DIR instead of build/prefix (a copy of an earlier build, for before/after)")
     args = ap.parse_args()
+    if args.prefix:
+        global PREFIX, DESCARTES, BENCH
+        PREFIX = os.path.abspath(args.prefix)
+        DESCARTES = os.path.join(PREFIX, "bin", "descartes")
+        BENCH = os.path.join(PREFIX, "bin", "descartes-bench")
     only = {int(x) for x in args.only.split(",") if x}
 
     t0 = time.time()
