@@ -1,3 +1,5 @@
+import Glibc
+
 /// An incremental line splitter for newline-delimited streams (NDJSON from
 /// Ollama, JSON lines from a headless CLI), fed with bytes as they arrive.
 ///
@@ -22,14 +24,15 @@ public struct LineDecoder {
     public var pendingBytes: Int { partial.count }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, _ onLine: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let base = bytes.baseAddress else { return }
         var start = 0
         let n = bytes.count
         var i = 0
         while i < n {
-            if bytes[i] != 0x0A {
-                i += 1
-                continue
-            }
+            // The next LF, with memchr (vectorized in glibc) rather than a
+            // byte-at-a-time loop (as SSEDecoder.lineEnd).
+            guard let lf = memchr(base + i, 0x0A, n - i) else { break }
+            i = base.distance(to: UnsafeRawPointer(lf))
             if partial.isEmpty {
                 try emit(UnsafeRawBufferPointer(rebasing: bytes[start..<i]), onLine)
             } else {
