@@ -34,13 +34,26 @@ struct ProcResult: CustomStringConvertible {
     var duration: Duration
     /// When each piece of stdout arrived, from the start.
     var stdoutTimeline: [(at: Duration, text: String)] = []
-    var description: String { "status \(status)\(signal.map { " signal \($0)" } ?? "")\nstdout: \(stdout)\nstderr: \(stderr)" }
+    /// Set when the run reached its timeout: what was still running or
+    /// holding the output pipes then (each killed), e.g. "12345 (sleep)".
+    var timedOut: [String]? = nil
+    var description: String {
+        let limit = timedOut.map { " (killed at its timeout; still there then: \($0.isEmpty ? "nothing" : $0.joined(separator: ", ")))" } ?? ""
+        return "status \(status)\(signal.map { " signal \($0)" } ?? "")\(limit)\nstdout: \(stdout)\nstderr: \(stderr)"
+    }
 }
 
 /// Runs programs for tests: argv (no shell), environment, stdin, a deadline.
 ///
 /// `run` waits on a thread of its own and the test awaits it, so tests never
 /// block Swift's cooperative pool (whose threads the host's callers share).
+///
+/// The timeout is absolute: at it, the program's process group, every
+/// process descended from it (an isolation helper has a group of its own)
+/// and every process still holding its output pipes (a grandchild that left
+/// the tree, such as a crash reporter) are killed, and the run returns with
+/// what it read so far. Nothing is waited for past it: not the pipes' end
+/// of file, not the exit, not a child that never reads its stdin.
 enum Proc {
     static func run(
         _ argv: [String], env: [String: String]? = nil, stdin: String? = nil, timeout: Duration = .seconds(120)
@@ -50,26 +63,22 @@ enum Proc {
         }
     }
 
-    /// Runs `body` on a new detached thread.
+    /// Runs `body` on a new detached thread; where no thread can be started
+    /// (the process is at its thread limit), on this one: late beats never.
     static func onThread(_ body: @escaping @Sendable () -> Void) {
-        final class Box: @unchecked Sendable {
-            let body: @Sendable () -> Void
-            init(_ b: @escaping @Sendable () -> Void) { body = b }
-        }
-        var tid = pthread_t()
-        let arg = Unmanaged.passRetained(Box(body)).toOpaque()
-        pthread_create(&tid, nil, { p in
-            Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()
-            return nil
-        }, arg)
-        pthread_detach(tid)
+        if !detachThread(body) { body() }
     }
+
+    /// How long a killed program may take to be reaped before the run
+    /// gives up on its exit status (a process in uninterruptible sleep).
+    static let reapWithin: Duration = .seconds(5)
 
     static func runBlocking(
         _ argv: [String], env: [String: String]? = nil, stdin: String? = nil,
         timeout: Duration = .seconds(120)
     ) -> ProcResult {
         let start = ContinuousClock.now
+        let deadline = start + timeout
         var inPipe: [Int32] = [0, 0]
         var outPipe: [Int32] = [0, 0]
         var errPipe: [Int32] = [0, 0]
@@ -109,55 +118,175 @@ enum Proc {
             close(errPipe[0])
             return ProcResult(status: 127, signal: nil, stdout: "", stderr: "spawn \(argv[0]): \(String(cString: strerror(rc)))", duration: .zero)
         }
-        if let stdin {
-            var bytes = Array(stdin.utf8)
-            var off = 0
-            while off < bytes.count {
-                let n = bytes.withUnsafeMutableBytes { write(inPipe[1], $0.baseAddress! + off, $0.count - off) }
-                if n <= 0 { break }
-                off += n
-            }
+        // The pipes' inode: what a process holding them points at in /proc.
+        var st = stat()
+        let pipeInodes: Set<UInt64> = Set([outPipe[0], errPipe[0]].compactMap { fstat($0, &st) == 0 ? UInt64(st.st_ino) : nil })
+        // stdin is written as the child takes it, in the same loop: a child
+        // that never reads it, or writes a full pipe of output first, cannot
+        // block the run.
+        let input = Array((stdin ?? "").utf8)
+        var written = 0
+        if input.isEmpty {
+            close(inPipe[1])
+            inPipe[1] = -1
+        } else {
+            _ = fcntl(inPipe[1], F_SETFL, fcntl(inPipe[1], F_GETFL) | O_NONBLOCK)
         }
-        close(inPipe[1])
+        // A child that exits without reading all of it: EPIPE, not SIGPIPE
+        // (blocked on this thread for the run; one raised is taken back).
+        var pipeSignal = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        var previousMask = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previousMask)
+        defer {
+            var now = timespec(tv_sec: 0, tv_nsec: 0)
+            while sigtimedwait(&pipeSignal, nil, &now) == SIGPIPE {}
+            pthread_sigmask(SIG_SETMASK, &previousMask, nil)
+        }
+        // The child's exit, seen in the same poll (a child that closes its
+        // output and keeps running must not block the run either).
+        let pidfd = dsc_pidfd_open(pid)
+        var exited = false
         var out: [UInt8] = []
         var err: [UInt8] = []
         var timeline: [(at: Duration, text: String)] = []
-        var fds = [pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0), pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
-        var open = 2
+        // 0: stdout, 1: stderr, 2: stdin, 3: the child's pidfd (-1: done or absent).
+        var fds = [
+            pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0), pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0),
+            pollfd(fd: inPipe[1], events: Int16(POLLOUT), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
+        ]
         var buf = [UInt8](repeating: 0, count: 65536)
-        var killed = false
-        while open > 0 {
-            let remaining = timeout - (ContinuousClock.now - start)
-            if remaining <= .zero && !killed {
-                kill(-pid, SIGKILL)
-                killed = true
-            }
-            let ms = killed ? 1000 : max(1, min(1000, remaining.milliseconds))
-            let r = poll(&fds, 2, Int32(ms))
-            if r < 0 && errno == EINTR { continue }
-            if r == 0 && killed { break }
-            for i in 0..<2 where fds[i].fd >= 0 && fds[i].revents != 0 {
-                let n = read(fds[i].fd, &buf, buf.count)
-                if n <= 0 {
-                    close(fds[i].fd)
-                    fds[i].fd = -1
-                    open -= 1
-                } else if i == 0 {
-                    out.append(contentsOf: buf[0..<n])
-                    timeline.append((ContinuousClock.now - start, String(decoding: buf[0..<n], as: UTF8.self)))
-                } else {
-                    err.append(contentsOf: buf[0..<n])
-                }
+        func take(_ i: Int) {
+            let n = read(fds[i].fd, &buf, buf.count)
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { return }
+            if n <= 0 {
+                close(fds[i].fd)
+                fds[i].fd = -1
+            } else if i == 0 {
+                out.append(contentsOf: buf[0..<n])
+                timeline.append((ContinuousClock.now - start, String(decoding: buf[0..<n], as: UTF8.self)))
+            } else {
+                err.append(contentsOf: buf[0..<n])
             }
         }
-        for f in fds where f.fd >= 0 { close(f.fd) }
+        var timedOut: [String]? = nil
+        while fds[0].fd >= 0 || fds[1].fd >= 0 || !exited {
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero {
+                timedOut = killTree(pid, holding: pipeInodes)
+                // What is already in the pipes, without waiting for more.
+                for i in 0..<2 where fds[i].fd >= 0 {
+                    _ = fcntl(fds[i].fd, F_SETFL, fcntl(fds[i].fd, F_GETFL) | O_NONBLOCK)
+                    for _ in 0..<64 where fds[i].fd >= 0 {
+                        let before = out.count + err.count
+                        take(i)
+                        if out.count + err.count == before { break }
+                    }
+                }
+                break
+            }
+            if !exited && pidfd < 0 && dsc_exited(pid) == 1 { exited = true }
+            // Without a pidfd (kernels before 5.3) the exit is checked between polls.
+            let ms = max(1, min(pidfd < 0 ? 50 : 1000, remaining.milliseconds))
+            let r = poll(&fds, 4, Int32(ms))
+            if r < 0 && errno == EINTR { continue }
+            for i in 0..<2 where fds[i].fd >= 0 && fds[i].revents != 0 { take(i) }
+            if fds[2].fd >= 0 && fds[2].revents != 0 {
+                let n = input.withUnsafeBytes { write(fds[2].fd, $0.baseAddress! + written, $0.count - written) }
+                if n > 0 { written += n }
+                if (n < 0 && errno != EAGAIN && errno != EINTR) || written == input.count {
+                    close(fds[2].fd)
+                    fds[2].fd = -1
+                }
+            }
+            if fds[3].fd >= 0 && fds[3].revents != 0 {
+                exited = true
+                fds[3].fd = -1
+            }
+        }
+        for i in 0..<3 where fds[i].fd >= 0 { close(fds[i].fd) }
+        if pidfd >= 0 { close(pidfd) }
+        // Reaped at once when it exited; killed, within `reapWithin`.
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exited = status & 0x7f == 0
+        var unreaped: String? = nil
+        let reapBy = ContinuousClock.now + reapWithin
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if r < 0 && errno == EINTR { continue }
+            if r < 0 {
+                unreaped = "waitpid: \(String(cString: strerror(errno)))"
+                break
+            }
+            if ContinuousClock.now >= reapBy {
+                unreaped = "still not reaped \(reapWithin) after its end"
+                break
+            }
+            usleep(10_000)
+        }
+        if let unreaped {
+            return ProcResult(
+                status: -1, signal: nil, stdout: String(decoding: out, as: UTF8.self),
+                stderr: String(decoding: err, as: UTF8.self) + "\n[Proc: pid \(pid) (\(argv[0])): \(unreaped)]",
+                duration: ContinuousClock.now - start, stdoutTimeline: timeline, timedOut: timedOut)
+        }
+        let exitedNormally = status & 0x7f == 0
         return ProcResult(
-            status: exited ? (status >> 8) & 0xff : -1, signal: exited ? nil : status & 0x7f,
+            status: exitedNormally ? (status >> 8) & 0xff : -1, signal: exitedNormally ? nil : status & 0x7f,
             stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self),
-            duration: ContinuousClock.now - start, stdoutTimeline: timeline)
+            duration: ContinuousClock.now - start, stdoutTimeline: timeline, timedOut: timedOut)
+    }
+
+    /// Kills `pid`'s process group, every process descended from `pid` (with
+    /// its group, when that is not the test runner's) and every other
+    /// process holding a pipe whose inode is in `pipes`; returns them as
+    /// "PID (name)", the holders marked. Never this process or its group.
+    static func killTree(_ pid: pid_t, holding pipes: Set<UInt64>) -> [String] {
+        let me = getpid()
+        let myGroup = getpgrp()
+        // pid -> (parent, group, name) from /proc/PID/stat: "pid (name) state ppid pgrp ...".
+        var procs: [pid_t: (ppid: pid_t, pgrp: pid_t, name: String)] = [:]
+        for entry in (try? FileSystem.list("/proc")) ?? [] {
+            guard let p = pid_t(entry), let line = try? FileSystem.readText("/proc/\(p)/stat", limit: 4096),
+                let nameStart = line.firstIndex(of: "("), let nameEnd = line.lastIndex(of: ")")
+            else { continue }
+            let fields = line[line.index(after: nameEnd)...].split(separator: " ")
+            guard fields.count >= 3, let ppid = pid_t(fields[1]), let pgrp = pid_t(fields[2]) else { continue }
+            procs[p] = (ppid, pgrp, String(line[line.index(after: nameStart)..<nameEnd]))
+        }
+        var tree: [pid_t] = [pid]
+        var i = 0
+        while i < tree.count {
+            let parent = tree[i]
+            let known = tree
+            let children = procs.filter { $0.value.ppid == parent && !known.contains($0.key) }.map(\.key).sorted()
+            tree += children
+            i += 1
+        }
+        var holders: [pid_t] = []
+        for (p, _) in procs where p != me && !tree.contains(p) {
+            let fdDir = "/proc/\(p)/fd"
+            for fd in (try? FileSystem.list(fdDir)) ?? [] {
+                var link = [CChar](repeating: 0, count: 64)
+                let n = readlink(FileSystem.join(fdDir, fd), &link, link.count - 1)
+                guard n > 0 else { continue }
+                let target = String(decoding: link[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                guard target.hasPrefix("pipe:["),
+                    let inode = UInt64(target.dropFirst(6).dropLast()), pipes.contains(inode)
+                else { continue }
+                holders.append(p)
+                break
+            }
+        }
+        kill(-pid, SIGKILL)
+        var named: [String] = []
+        for p in tree + holders where p != me {
+            if let g = procs[p]?.pgrp, g != myGroup, g > 1 { kill(-g, SIGKILL) }
+            kill(p, SIGKILL)
+            named.append("\(p) (\(procs[p]?.name ?? "?"))\(holders.contains(p) ? " holding its output" : "")")
+        }
+        return named
     }
 
     /// Runs the `descartes` CLI built by this package.
