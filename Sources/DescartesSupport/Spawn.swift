@@ -112,6 +112,13 @@ package enum Spawner {
     /// unreaped child when the host dies (see `dsc_spawn`).
     package static func forget(_ pid: Int32) { dsc_forget(pid) }
 
+    /// Whether the child `pid` has exited, without reaping it; nil when it
+    /// is no unreaped child of this process.
+    package static func exited(_ pid: Int32) -> Bool? {
+        let r = dsc_exited(pid)
+        return r < 0 ? nil : r == 1
+    }
+
     static func stepName(_ stage: Int32, _ r: SpawnRequest) -> String {
         switch Int(stage) {
         case DSC_STAGE_CLONE: return "fork"

@@ -97,6 +97,10 @@ enum HostFaults {
             fault: "`batch` and `plugins verify` against every hang", how: "`batch --timeout 3` as H21 (each hanging function, in process and isolated; Ollama and llama.cpp against the silent and never-accepting servers); `plugins verify --timeout 3` with a hanging entry point or create beside echo",
             outcome: "each command ends at its deadline (the request's line is a `timeout` error; a hanging create fails the command with 75 naming create); `verify` takes `--timeout` (default 30 s): the hanging plugin is a failed row naming the deadline and the others are still verified",
             test: "neitherBatchNorVerifyOutlivesItsTimeout"),
+        Case(
+            fault: "an isolated plugin closes the helper's socket and runs on", how: "closes every descriptor from 3 up (as `closefrom()` before starting a daemon does), then never returns",
+            outcome: "`process` at once saying so: the host kills the helper's process group, then reaps it (before, it waited for an exit that never came, and the call ran to its deadline, or for ever without one)",
+            test: "aHelperThatClosesItsSocketIsKilledAndTheCallEnds"),
     ]
 
     static func document() -> String {
@@ -455,6 +459,22 @@ enum Blocker {
         #expect(e.message.contains("was killed by signal 11 (SIGSEGV)"), "\(e.message)")
         try await Task.sleep(for: .milliseconds(300))
         #expect(Self.sleepers().isEmpty, "the plugin's children were left running: \(Self.sleepers())")
+        await b.shutdown()
+    }
+
+    /// The helper's end of its socket is closed by the plugin while the
+    /// helper runs on: it can take no more frames, so the host kills its
+    /// process group and reaps it, and the call ends with `process` at once.
+    /// Before, the reader waited in waitpid for an exit that never came:
+    /// the call ran to its deadline (20 s here; without one, for ever) and
+    /// later calls were sent to the closed socket.
+    @Test func aHelperThatClosesItsSocketIsKilledAndTheCallEnds() async throws {
+        let b = try factory().create("blocker", config: ["block": "close-fds"], isolation: .process())
+        let start = ContinuousClock.now
+        let e = try #require(await providerError { _ = try await b.complete(request(20_000)) })
+        expectWithin(ContinuousClock.now - start, .seconds(5 * Sanitizer.timeScale))
+        #expect(e.kind == .process, "\(e)")
+        #expect(e.message.contains("closed its connection to the host while still running and was killed"), "\(e.message)")
         await b.shutdown()
     }
 

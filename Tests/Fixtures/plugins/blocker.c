@@ -13,6 +13,11 @@
  *                    call, sends a TEXT event on it (an ABI violation)
  *   system-crash     complete starts `sleep 317` with system() in the
  *                    background, then crashes (SIGSEGV)
+ *   close-fds        complete closes every descriptor from 3 up (as a
+ *                    plugin that daemonizes a child with closefrom() does),
+ *                    then never returns: the isolation helper's socket to
+ *                    the host is gone while the helper lives on (isolated
+ *                    only: in process it would close the host's files)
  *   crash-holding-key complete crashes (SIGSEGV) with two registers (rdi,
  *                    rsi) pointing at the config's "token" value, the way
  *                    a crash inside an HTTP client holds the key
@@ -156,6 +161,10 @@ static descartes_call_t *op_complete(descartes_backend_t *s, const char *i, size
         if (system("sleep 317 &") != 0) { /* started in the background either way */
         }
         raise(SIGSEGV);
+    }
+    if (blocks(b, "close-fds")) {
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+        hang();
     }
     if (blocks(b, "crash-holding-key")) {
         const char *key = strstr(b->config, "\"token\":\"");

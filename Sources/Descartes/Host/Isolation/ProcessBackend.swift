@@ -43,10 +43,38 @@ final class ProcessBackend: @unchecked Sendable {
         /// True once `fd` is closed (guards the exit watcher's shutdown
         /// against a reused descriptor number).
         let closed = Lock(false)
+        /// False once the helper is reaped: its pid, and the id of the
+        /// process group it led, may be another process's from then on.
+        private let unreaped = Lock(true)
         init(pid: pid_t, fd: Int32) {
             self.pid = pid
             self.fd = fd
             writer = FrameWriter(fd: fd)
+        }
+
+        /// `kill(pid, sig)` unless the helper was reaped; whether it was sent.
+        @discardableResult
+        func signal(_ sig: Int32) -> Bool {
+            unreaped.withLock { alive in alive && kill(pid, sig) == 0 }
+        }
+
+        /// Kills what is left of the helper's process group (the helper
+        /// itself, if it closed its socket and lives on; whatever the plugin
+        /// started), then reaps it: in that order, since the unreaped helper
+        /// is what keeps its group's id from being given to a new process.
+        /// Returns the wait status and whether the helper was still running
+        /// when this was called; nil when it was reaped elsewhere.
+        func reap() -> (status: Int32, wasRunning: Bool)? {
+            unreaped.withLock { alive -> (status: Int32, wasRunning: Bool)? in
+                guard alive else { return nil }
+                let running = Spawner.exited(pid) == false
+                kill(-pid, SIGKILL)
+                var status: Int32 = 0
+                var r: pid_t
+                repeat { r = waitpid(pid, &status, 0) } while r < 0 && errno == EINTR
+                alive = false
+                return r == pid ? (status, running) : nil
+            }
         }
     }
 
@@ -200,7 +228,7 @@ final class ProcessBackend: @unchecked Sendable {
         case .extension:
             throw ProviderError(.process, "isolation: the plugin host process answered CREATE with EXTENDED", provider: instance)
         case .timeout:
-            kill(helper.pid, SIGKILL)
+            helper.signal(SIGKILL)
             throw ProviderError(
                 .timeout, "isolation: the plugin's create (loading \(manifest.libraryPath)) did not return within \(format(createWithin)); its helper process was killed",
                 provider: instance, deadline: "total")
@@ -295,20 +323,23 @@ final class ProcessBackend: @unchecked Sendable {
 
     /// Reports every call in flight as failed and forgets the helper.
     private func helperDied(_ helper: Helper) {
-        var status: Int32 = 0
         var why = "exited"
         Spawner.forget(helper.pid)
-        if waitpid(helper.pid, &status, 0) == helper.pid {
-            if status & 0x7f != 0 {
+        // What the plugin started in the helper's process group (its own:
+        // the spawner makes one per child) goes with it.
+        if let reaped = helper.reap() {
+            let status = reaped.status
+            if status & 0x7f == SIGKILL && reaped.wasRunning {
+                // Its end of the socket closed while it ran on (the plugin
+                // closed the descriptor): it can take no more frames.
+                why = "closed its connection to the host while still running and was killed"
+            } else if status & 0x7f != 0 {
                 let sig = status & 0x7f
                 why = "was killed by signal \(sig) (\(signalName(sig)))"
             } else {
                 why = "exited with status \((status >> 8) & 0xff)"
             }
         }
-        // What the plugin started in the helper's process group (its own:
-        // the spawner makes one per child) goes with it.
-        kill(-helper.pid, SIGKILL)
         helper.closed.withLock { closed in
             closed = true
             close(helper.fd)
@@ -498,7 +529,7 @@ final class ProcessBackend: @unchecked Sendable {
     /// Kills the helper (its backend was quarantined: a plugin function
     /// did not return by its deadline). Calls in flight end with `process`.
     func abandon() {
-        if let helper = state.withLock({ $0.helper }) { kill(helper.pid, SIGKILL) }
+        state.withLock { $0.helper }?.signal(SIGKILL)
     }
 
     /// Stops the helper: DESTROY, then wait for it to exit (killing it after
@@ -513,10 +544,10 @@ final class ProcessBackend: @unchecked Sendable {
             let deadline = monotonicSeconds() + 5
             var alive = true
             while alive && monotonicSeconds() < deadline {
-                alive = kill(helper.pid, 0) == 0 && state.withLock { $0.helper === helper }
+                alive = helper.signal(0) && state.withLock { $0.helper === helper }
                 if alive { usleep(10_000) }
             }
-            if alive { kill(helper.pid, SIGKILL) }
+            if alive { helper.signal(SIGKILL) }
         }
         for e in state.withLock({ $0.extensions }) { e.table?.deallocate() }
         raw.deinitialize(count: 1)
