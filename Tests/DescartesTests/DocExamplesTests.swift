@@ -25,9 +25,19 @@ import DescartesSupport
 /// A shell block that runs here is preceded by at least one such line
 /// saying what it must print (`ShellCheck`): `expect TEXT` (stdout or
 /// stderr contains TEXT), `expect-in FILE: TEXT` (the file it wrote does),
-/// and may set up more: `write FILE` (the fenced block before it, e.g. the
-/// providers.yaml it uses, is that file, relative to its directory) and `env
-/// NAME=VALUE` (`{gateway}` and `{server}` are the counterparts' URLs).
+/// and may set up more: `write FILE` (the fenced block before it, or for a
+/// FILE ending in .yaml the last YAML block before it, e.g. the
+/// providers.yaml it uses, is that file, relative to its directory), `env
+/// NAME=VALUE` (`{gateway}` and `{server}` are the counterparts' URLs),
+/// `substitute TEXT: REGEX` (TEXT stands for what the block's earlier lines
+/// print, REGEX's first group: the block runs up to the first line with TEXT,
+/// then the rest with the value put in, e.g. a session id), `private
+/// network` (a network namespace of its own: a fixed port such as 4000 is
+/// free there), `private /etc` (a mount namespace with an overlay on /etc:
+/// what it writes there stays in the test), `serve` (each command is a
+/// server that runs until stopped: Tests/Servers/doc_block.py waits for its
+/// address, asks it a request and stops it with SIGTERM) and `terminal
+/// ANSWER` (it runs in a pseudo-terminal, ANSWER typed at each `[y/N]`).
 /// A block in any other form fails `everyExampleIsCovered`.
 @Suite struct DocExamplesTests {
     struct Block: CustomStringConvertible {
@@ -37,8 +47,15 @@ import DescartesSupport
         var attribute: String
         var text: String
         var context: [String]
-        /// The text of the fenced block before this one in its file (any language).
-        var previous: String?
+        /// The fenced blocks before this one in its file (any language), in order.
+        var earlier: [(lang: String, text: String)]
+        /// The text of the fenced block before this one.
+        var previous: String? { earlier.last?.text }
+        /// What `write FILE` writes: for a FILE ending in .yaml, the last YAML
+        /// block before this one; else the block just before it.
+        func source(of file: String) -> String? {
+            file.hasSuffix(".yaml") ? earlier.last { $0.lang == "yaml" }?.text : previous
+        }
         var description: String { "\(file):\(line) (```\(lang)\(attribute.isEmpty ? "" : " " + attribute))" }
         var isPluginSide: Bool { text.contains("import DescartesPluginKit") }
         var isPackageManifest: Bool { text.contains("import PackageDescription") }
@@ -58,7 +75,7 @@ import DescartesSupport
             let text = try FileSystem.readText(FileSystem.join(TestEnv.root, doc), limit: 1 << 22)
             let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
             var i = 0
-            var previous: String? = nil
+            var earlier: [(lang: String, text: String)] = []
             while i < lines.count {
                 let trimmed = lines[i].drop { $0 == " " }
                 guard trimmed.hasPrefix("```") else {
@@ -82,9 +99,9 @@ import DescartesSupport
                     out.append(
                         Block(
                             file: doc, line: i + 1, lang: lang, attribute: attribute, text: body.joined(separator: "\n"), context: context,
-                            previous: previous))
+                            earlier: earlier))
                 }
-                previous = body.joined(separator: "\n")
+                earlier.append((lang, body.joined(separator: "\n")))
                 i = j + 1
             }
         }
@@ -249,6 +266,20 @@ import DescartesSupport
         var expectedInFiles: [(file: String, text: String)] = []
         var files: [String] = []
         var env: [(name: String, value: String)] = []
+        /// `substitute TEXT: REGEX`: TEXT in the block stands for what its
+        /// earlier lines print (REGEX's first group).
+        var substitutions: [(text: String, pattern: String)] = []
+        /// `private network` (a loopback of its own: a fixed port is free),
+        /// `private /etc` (an overlay: what it writes there stays in the test).
+        var privateNetwork = false
+        var privateEtc = false
+        /// `serve`: each command is a server that runs until stopped.
+        var serve = false
+        /// `terminal ANSWER`: it runs in a pseudo-terminal, ANSWER typed at each `[y/N]`.
+        var terminalAnswer: String?
+        /// `listen ADDRESS` (with `private network`): the counterparts'
+        /// gateway listens at ADDRESS too, in the block's namespace.
+        var listen: String?
 
         struct Problem: Error, CustomStringConvertible { var description: String }
 
@@ -262,26 +293,121 @@ import DescartesSupport
                     let colon = rest.firstRange(of: ": ")!
                     expectedInFiles.append((String(rest[..<colon.lowerBound]), String(rest[colon.upperBound...])))
                 case "write" where !rest.isEmpty && !rest.hasPrefix("/") && !rest.contains(".."):
-                    guard b.previous != nil else { throw Problem(description: "\(b): 'write \(rest)' but no fenced block comes before it") }
+                    guard b.source(of: rest) != nil else {
+                        throw Problem(description: "\(b): 'write \(rest)' but no fenced block\(rest.hasSuffix(".yaml") ? " of YAML" : "") comes before it")
+                    }
                     files.append(rest)
                 case "env" where rest.contains("="):
                     let eq = rest.firstIndex(of: "=")!
                     env.append((String(rest[..<eq]), String(rest[rest.index(after: eq)...])))
+                case "substitute" where rest.contains(": "):
+                    let colon = rest.firstRange(of: ": ")!
+                    let (text, pattern) = (String(rest[..<colon.lowerBound]), String(rest[colon.upperBound...]))
+                    guard (try? Regex(pattern)) != nil else { throw Problem(description: "\(b): 'substitute \(text)': '\(pattern)' is not a regular expression") }
+                    guard let first = b.text.split(separator: "\n").firstIndex(where: { $0.contains(text) }), first > 0 else {
+                        throw Problem(description: "\(b): 'substitute \(text)': no line after the first has '\(text)'")
+                    }
+                    substitutions.append((text, pattern))
+                case "private" where rest == "network":
+                    privateNetwork = true
+                case "private" where rest == "/etc":
+                    privateEtc = true
+                case "serve" where rest.isEmpty:
+                    serve = true
+                case "terminal" where !rest.isEmpty:
+                    terminalAnswer = rest
+                case "listen" where rest.hasPrefix("127.0.0.1:") || rest.hasPrefix("[::1]:"):
+                    listen = rest
                 default:
                     throw Problem(
                         description:
-                            "\(b): unknown '<!-- doc-test: \(line) -->' before a shell block; use 'expect TEXT', 'expect-in FILE: TEXT', 'write FILE' or 'env NAME=VALUE'"
+                            "\(b): unknown '<!-- doc-test: \(line) -->' before a shell block; use 'expect TEXT', 'expect-in FILE: TEXT', 'write FILE', 'env NAME=VALUE', 'substitute TEXT: REGEX', 'private network', 'private /etc', 'serve', 'terminal ANSWER' or 'listen 127.0.0.1:PORT'"
                     )
                 }
             }
+            if let listen, !privateNetwork {
+                throw Problem(description: "\(b): 'listen \(listen)' needs 'private network' (a fixed port is free only in a namespace of its own)")
+            }
         }
+    }
+
+    /// Runs block `b` in `work` as its doc-test lines say: with `bash -eu`,
+    /// under doc_block.py for `serve` and `terminal`, in namespaces of its
+    /// own for `private`; with a `substitute`, in two parts, the second with
+    /// what the first printed put in.
+    static func run(_ b: Block, _ check: ShellCheck, in work: TempDir, env: [String: String], counterparts: DocCounterparts) async -> ProcResult {
+        var lines = b.text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var parts: [[String]] = []
+        if let split = lines.firstIndex(where: { line in check.substitutions.contains { line.contains($0.text) } }) {
+            parts.append(Array(lines[..<split]))
+            lines = Array(lines[split...])
+        }
+        parts.append(lines)
+        var total = ProcResult(status: 0, signal: nil, stdout: "", stderr: "", duration: .zero)
+        for (n, part) in parts.enumerated() {
+            var text = part.joined(separator: "\n")
+            if n > 0 {
+                // What the part before printed, put in for each placeholder.
+                for (placeholder, pattern) in check.substitutions {
+                    let printed = total.stdout + total.stderr
+                    guard let regex = try? Regex(pattern), let match = printed.firstMatch(of: regex), match.output.count > 1,
+                        let value = match.output[1].substring
+                    else {
+                        total.status = 1
+                        total.stderr += "\ndoc test: 'substitute \(placeholder)': nothing printed matches '\(pattern)'"
+                        return total
+                    }
+                    text = text.replacingAll(placeholder, with: String(value))
+                    total.stderr += "\ndoc test: \(placeholder) is \(value)\n"
+                }
+            }
+            let script = work.write("example\(n).sh", "set -eu\ncd \(work.file("cwd"))\n" + text + "\n")
+            var argv = ["bash", script]
+            let runner = FileSystem.join(TestEnv.root, "Tests/Servers/doc_block.py")
+            if check.serve { argv = ["python3", runner, "serve", script] }
+            if let answer = check.terminalAnswer { argv = ["python3", runner, "terminal", answer, script] }
+            if check.privateNetwork || check.privateEtc {
+                // unshare's mount namespace is private (no propagation back).
+                var prelude = ["set -e"]
+                if check.privateNetwork { prelude.append("PATH=/usr/sbin:/sbin:$PATH ip link set lo up") }
+                if check.privateEtc {
+                    try? FileSystem.makeDirectories(work.file("etc-upper"))
+                    try? FileSystem.makeDirectories(work.file("etc-work"))
+                    prelude.append("mount -t overlay overlay -o lowerdir=/etc,upperdir=\(work.file("etc-upper")),workdir=\(work.file("etc-work")) /etc")
+                }
+                if let address = check.listen {
+                    // The gateway in the namespace, stopped after the block;
+                    // its stderr (the access log) is shown after the block's.
+                    let (out, log) = (work.file("listen.out"), work.file("listen.log"))
+                    prelude += [
+                        "DESCARTES_PLUGIN_PATH=\(counterparts.pluginPath) descartes serve --config \(counterparts.configFile) --listen \(address) >\(out) 2>\(log) </dev/null &",
+                        "gateway=$!",
+                        "i=0; while [ ! -s \(out) ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done",
+                        "[ -s \(out) ] || { echo \"doc test: descartes serve --listen \(address) did not start:\" >&2; cat \(log) >&2; kill $gateway; exit 1; }",
+                        "set +e", #""$@"; status=$?"#, "kill -TERM $gateway; wait $gateway", "cat \(log) >&2", "exit $status",
+                    ]
+                } else {
+                    prelude.append(#"exec "$@""#)
+                }
+                argv = ["unshare"] + (geteuid() == 0 ? [] : ["-r"]) + (check.privateNetwork ? ["-n"] : []) + (check.privateEtc ? ["-m"] : [])
+                    + ["--", "sh", "-c", prelude.joined(separator: "\n"), "sh"] + argv
+            }
+            let r = await Proc.run(argv, env: env, timeout: .seconds(90))
+            total.stdout += r.stdout
+            total.stderr += r.stderr
+            total.duration += r.duration
+            total.status = r.status
+            total.signal = r.signal
+            if r.status != 0 || r.signal != nil { break }
+        }
+        return total
     }
 
     @Test(.enabled(if: TestEnv.prefix != nil, "needs the prefix `make test` installs into"))
     func theShellExamplesRun() async throws {
         let prefix = try #require(TestEnv.prefix)
         let runnable = try Self.blocks().filter { $0.lang != "swift" && $0.attribute.isEmpty }
-        #expect(runnable.count >= 12, "only \(runnable.count) shell examples run")
+        #expect(runnable.count >= 19, "only \(runnable.count) shell examples run")
         let counterparts = try await DocCounterparts.start(prefix: prefix)
         defer { counterparts.stop() }
         let results = await withTaskGroup(of: (Block, ShellCheck?, TempDir, ProcResult?, String?).self) { group in
@@ -296,10 +422,9 @@ import DescartesSupport
                     for (k, v) in check.env { env[k] = counterparts.expand(v) }
                     for name in check.files {
                         try? FileSystem.makeDirectories(FileSystem.directory(of: work.file("cwd/\(name)")))
-                        _ = work.write("cwd/\(name)", b.previous ?? "")
+                        _ = work.write("cwd/\(name)", b.source(of: name) ?? "")
                     }
-                    let script = work.write("example.sh", "set -eu\ncd \(work.file("cwd"))\n" + b.text + "\n")
-                    return (b, check, work, await Proc.run(["bash", script], env: env, timeout: .seconds(90)), nil)
+                    return (b, check, work, await Self.run(b, check, in: work, env: env, counterparts: counterparts), nil)
                 }
             }
             // A few at a time: each runs the CLI, some of them a dozen times.
@@ -338,11 +463,14 @@ import DescartesSupport
 /// - Ollama, llama.cpp and OpenAI's batch API: the scripted server, with the
 ///   conformance suite's recorded bodies;
 /// - `claude`, `codex`, `my-agent` and `vibe-acp`: the conformance suite's
-///   stand-ins (conformance/*/stand-in.sh); `llm`: two lines of shell.
+///   stand-ins (conformance/*/stand-in.sh); `llm`: a few lines of shell.
 final class DocCounterparts: @unchecked Sendable {
     let gateway: String
     let server: ScriptedServer
     let prefix: String
+    /// The gateway's providers.yaml and plugin directory (for `listen`).
+    var configFile: String { dir.file("providers.yaml") }
+    var pluginPath: String { plugins.path }
     private let gatewayProcess: BackgroundServer
     private let plugins: PluginDir
     private let dir: TempDir
@@ -363,6 +491,9 @@ final class DocCounterparts: @unchecked Sendable {
           claude-sonnet-4-5: {plugin: scripted}      # anthropic's default model
           text-embedding-3-small: {plugin: scripted} # openai's default embedding model
           meta-llama: {plugin: scripted, default_script: ["echo-model"]}  # vllm -m meta-llama/Llama-3.1-8B-Instruct: answers the model
+          qwen2.5-7b-instruct: {plugin: scripted}    # docs/writing-a-plugin.md's lab manifest's default model
+          claude-opus-5-5: {plugin: scripted}        # what the real claude 2.1.331 asks for when told no model (docs/headless.md offline)
+          my-model: {plugin: scripted}               # docs/headless.md's offline codex example
         routes:
           gpt-4o-mini:                               # openai's default model
             candidates: [words, tool-caller]
@@ -446,16 +577,31 @@ final class DocCounterparts: @unchecked Sendable {
     /// suite's stand-ins told what to play.
     private func writeStandIns() {
         try? FileSystem.makeDirectories(dir.file("bin"))
-        func standIn(_ name: String, _ script: String) {
-            _ = dir.write("bin/\(name)", "#!/bin/sh\nSTAND_IN=text exec \(FileSystem.join(TestEnv.root, "conformance/\(script)")) \"$@\"\n", mode: 0o755)
+        func standIn(_ name: String, _ script: String, playing mode: String = "text") {
+            _ = dir.write(
+                "bin/\(name)", "#!/bin/sh\nSTAND_IN=\(mode) exec \(FileSystem.join(TestEnv.root, "conformance/\(script)")) \"$@\"\n", mode: 0o755)
         }
         standIn("claude", "claude-code-cli/stand-in.sh")
         standIn("codex", "codex-cli/stand-in.sh")
         standIn("my-agent", "headless-cli/stand-in.sh")
-        standIn("vibe-acp", "acp/stand-in.sh")
-        // Simon Willison's `llm` with protocol text: the prompt is its argument
-        // (after the `--` the plugin puts before it), the answer its output.
-        _ = dir.write("bin/llm", "#!/bin/sh\n[ \"$1\" = -- ] && shift\nprintf 'llm answers: %s\\n' \"$1\"\n", mode: 0o755)
+        // Asks permission to commit or to clean (docs/headless.md's approvals).
+        standIn("vibe-acp", "acp/stand-in.sh", playing: "tools")
+        // Simon Willison's `llm`, as the llm dialect runs it (`-m MODEL -u --
+        // PROMPT`: the answer names the model, llm's usage line on stderr)
+        // and as `headless-cli`'s text protocol with `args={prompt}` does
+        // (`-- PROMPT`).
+        _ = dir.write(
+            "bin/llm",
+            """
+            #!/bin/sh
+            model= usage=
+            while [ $# -gt 0 ]; do
+              case "$1" in -m) model=$2; shift 2 ;; -u) usage=1; shift ;; --) shift; break ;; *) break ;; esac
+            done
+            printf 'llm answers: %s%s\\n' "$1" "${model:+ (model $model)}"
+            [ -z "$usage" ] || echo "Token usage: 11 input, 4 output" >&2
+
+            """, mode: 0o755)
     }
 
     /// The environment of one example run in `work` (its directory `cwd`,
@@ -463,7 +609,8 @@ final class DocCounterparts: @unchecked Sendable {
     func environment(_ work: TempDir) -> [String: String] {
         try? FileSystem.makeDirectories(work.file("home"))
         try? FileSystem.makeDirectories(work.file("cwd"))
-        // The files the examples name as the reader's own.
+        // The files the examples name as the reader's own (docs/gateway.md's
+        // gateway.yaml, README's tools.json and requests.jsonl).
         _ = work.write(
             "cwd/tools.json",
             #"[{"name": "get_weather", "description": "The weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]"#)
@@ -471,6 +618,7 @@ final class DocCounterparts: @unchecked Sendable {
             "cwd/requests.jsonl",
             #"{"custom_id": "first", "messages": [{"role": "user", "content": "capital of France?"}]}"# + "\n"
                 + #"{"custom_id": "second", "messages": [{"role": "user", "content": "weather in Oslo?"}]}"# + "\n")
+        _ = work.write("cwd/gateway.yaml", "providers:\n  local: {plugin: echo}\n")
         let v1 = gateway + "/v1"
         return [
             "HOME": work.file("home"), "XDG_STATE_HOME": work.file("state"), "NO_COLOR": "1", "LANG": "C.UTF-8",

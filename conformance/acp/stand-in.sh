@@ -11,6 +11,11 @@
 #   overloaded   JSON-RPC error -32603 with data {"status": 529}
 #   crash        exits with status 3 and a message on stderr
 #   truncated    a chunk, then exits 0 without answering the prompt
+#   tools        as text, except that a prompt asking to commit or to clean
+#                first asks permission (session/request_permission, kind
+#                execute) to run `git commit -am fix` or `rm -rf build`, and
+#                says "ran: COMMAND" or "not allowed: COMMAND" (the doc
+#                examples of approvals, DocExamplesTests)
 # The plugin is tested against an agent built on the official ACP Python SDK
 # in ACPTests; this script only needs /bin/sh, as the suite runs with a bare PATH.
 field() { printf '%s' "$1" | sed -n "s/.*\"$2\":\"\\{0,1\\}\\([^\",}]*\\).*/\\1/p"; }
@@ -18,6 +23,7 @@ send() { printf '%s\n' "$1"; }
 chunk() { send '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"'"$1"'"}}}}'; }
 ticker=
 prompt=
+command=
 while IFS= read -r line; do
   method=$(field "$line" method)
   id=$(field "$line" id)
@@ -36,8 +42,26 @@ while IFS= read -r line; do
         overloaded) send '{"jsonrpc":"2.0","id":'"$id"',"error":{"code":-32603,"message":"Internal error","data":{"status":529}}}' ;;
         crash) echo "stand-in: fatal: told to crash" >&2; exit 3 ;;
         truncated) chunk "Hello"; exit 0 ;;
+        tools)
+          case "$line" in
+            *Commit*) command="git commit -am fix" ;;
+            *Clean*) command="rm -rf build" ;;
+            *) command= ;;
+          esac
+          if [ -z "$command" ]; then
+            chunk "Hello there"; send '{"jsonrpc":"2.0","id":'"$id"',"result":{"stopReason":"end_turn"}}'
+          else
+            send '{"jsonrpc":"2.0","id":900,"method":"session/request_permission","params":{"sessionId":"s1","toolCall":{"toolCallId":"call_1","title":"'"$command"'","kind":"execute","rawInput":{"command":"'"$command"'"}},"options":[{"optionId":"yes","name":"Allow once","kind":"allow_once"},{"optionId":"no","name":"Reject","kind":"reject_once"}]}}'
+          fi ;;
         *) echo "stand-in: unknown STAND_IN '$STAND_IN'" >&2; exit 2 ;;
       esac ;;
+    "")
+      # The answer to the permission request of STAND_IN=tools.
+      if [ "$id" = 900 ] && [ -n "$command" ]; then
+        case "$line" in *'"optionId":"yes"'*) chunk "ran: $command" ;; *) chunk "not allowed: $command" ;; esac
+        send '{"jsonrpc":"2.0","id":'"$prompt"',"result":{"stopReason":"end_turn"}}'
+        command=
+      fi ;;
     session/cancel)
       if [ -n "$ticker" ]; then
         kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null; ticker=
