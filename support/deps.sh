@@ -20,8 +20,9 @@ what="${1:-build}"
 packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev libmicrohttpd-dev libhiredis-dev pkg-config make gcc g++)
 # nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests;
 # redis-server for SharedStateTests (started by the tests on a loopback port, never as a service);
-# valgrind for the C plugin memory-error recipe (docs/writing-a-plugin.md, "Memory errors in C plugins").
-[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl redis-server valgrind)
+# valgrind for the C plugin memory-error recipe (docs/writing-a-plugin.md, "Memory errors in C plugins");
+# iproute2 (ip) to bring up the loopback of the network namespace a doc example with a fixed port runs in (DocExamplesTests).
+[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl redis-server valgrind iproute2)
 
 need=()
 for pkg in "${packages[@]}"; do
