@@ -22,11 +22,12 @@ key: both authenticate every request.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from common import free_port, log
 
 GATEWAY_SECONDS = 10
 RATES = [100, 500, 1000]
@@ -34,18 +35,6 @@ HOLD = 1000
 LITELLM_VERSION = "1.106.12"
 STREAM = 2000
 HOLD_STREAM = 50
-
-
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_http(port, path, headers=None, timeout=120, proc=None):

@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from common import free_port, log
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build", "bench")
 DATA = os.path.join(BUILD, "data")
@@ -46,10 +48,6 @@ SEQUENTIAL = 2000
 LONG_STREAM = 100_000
 CONCURRENT_STREAMS = 200
 CONCURRENT_CHUNKS = 2000
-
-
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 def run(cmd, env=None, check=True, capture=True, cwd=None, input=None):
@@ -112,10 +110,7 @@ def build(skip):
 
 class Nginx:
     def __init__(self):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
+        self.port = free_port()
         for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             os.makedirs(os.path.join(DATA, d), exist_ok=True)
         conf = open(os.path.join(ROOT, "bench/nginx.conf.in")).read()

@@ -28,25 +28,14 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
+
+from common import free_port, log
 
 REQUESTS = 2000
 # High enough that no request waits: what is timed is the checks themselves.
 LIMITS = "{requests_per_minute: 1000000, tokens_per_minute: 1000000000}"
-
-
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Redis:
