@@ -114,19 +114,13 @@ enum AnthropicRequest {
     /// marks the block before it.
     static func system(_ r: ModelRequest) -> [JSONValue] {
         var blocks: [JSONValue] = []
-        var text = ""
-        let parts = [(r.systemPrompt ?? "", nil as JSONValue?)] + r.messages.filter { $0.role == .system }.map { ($0.content, $0.cacheControl) }
-        for (part, cache) in parts {
-            if !part.isEmpty { text += (text.isEmpty ? "" : "\n\n") + part }
-            guard let cache else { continue }
+        for (text, cache) in r.systemSegments {
             if !text.isEmpty {
-                blocks.append(["type": "text", "text": .string(text), "cache_control": cache])
-                text = ""
-            } else if let last = blocks.last {
+                blocks.append(cache.map { ["type": "text", "text": .string(text), "cache_control": $0] } ?? ["type": "text", "text": .string(text)])
+            } else if let cache, let last = blocks.last {
                 blocks[blocks.count - 1] = marked(last, cache)
             }
         }
-        if !text.isEmpty { blocks.append(["type": "text", "text": .string(text)]) }
         return blocks
     }
 

@@ -85,16 +85,10 @@ enum ConverseRequest {
     /// breakpoint.
     static func system(_ r: ModelRequest) -> [JSONValue] {
         var blocks: [JSONValue] = []
-        var text = ""
-        let parts = [(r.systemPrompt ?? "", nil as JSONValue?)] + r.messages.filter { $0.role == .system }.map { ($0.content, $0.cacheControl) }
-        for (part, cache) in parts {
-            if !part.isEmpty { text += (text.isEmpty ? "" : "\n\n") + part }
-            guard cache != nil else { continue }
+        for (text, cache) in r.systemSegments {
             if !text.isEmpty { blocks.append(["text": .string(text)]) }
-            text = ""
-            if !blocks.isEmpty && blocks.last != cachePoint { blocks.append(cachePoint) }
+            if cache != nil, !blocks.isEmpty, blocks.last != cachePoint { blocks.append(cachePoint) }
         }
-        if !text.isEmpty { blocks.append(["text": .string(text)]) }
         return blocks
     }
 
