@@ -665,47 +665,16 @@ final class BackgroundServer: @unchecked Sendable {
     }
 
     private static func startBlocking(_ argv: [String], log: String, env: [String: String]) throws(StartError) -> BackgroundServer {
-        var inPipe: [Int32] = [0, 0]
-        var outPipe: [Int32] = [0, 0]
-        dsc_pipe(&inPipe)
-        dsc_pipe(&outPipe)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        defer { posix_spawn_file_actions_destroy(&actions) }
         // The server reads nothing from stdin: the shell waits on it, then
         // stops the server and waits for it.
         let supervisor = #"exec 3<&0; "$@" </dev/null & child=$!; cat <&3 >/dev/null; kill -TERM $child; wait $child"#
-        let full = ["/bin/sh", "-c", supervisor, "sh"] + argv
-        let cargs = full.map { strdup($0) } + [nil]
-        let cenv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for p in cargs { free(p) }
-            for p in cenv { free(p) }
+        let child: Proc.PipedChild
+        do { child = try Proc.spawnPiped(["/bin/sh", "-c", supervisor, "sh"] + argv, env: env, stderrFile: log) } catch {
+            throw StartError(description: error.description)
         }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/bin/sh", &actions, nil, cargs, cenv)
-        close(inPipe[0])
-        close(outPipe[1])
-        guard rc == 0 else {
-            close(inPipe[1])
-            close(outPipe[0])
-            throw StartError(description: "cannot start \(argv[0]): \(String(cString: strerror(rc)))")
-        }
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        var p = pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0)
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < .seconds(30) {
-            let r = poll(&p, 1, 1000)
-            if r < 0 && errno == EINTR { continue }
-            if r == 0 { continue }
-            if read(outPipe[0], &byte, 1) != 1 || byte == 10 { break }
-            line.append(byte)
-        }
-        let b = BackgroundServer(firstLine: String(decoding: line, as: UTF8.self), logFile: log, pid: pid, toChild: inPipe[1], fromChild: outPipe[0])
+        var pending: [UInt8] = []
+        let line = Proc.readLine(child.fromChild, &pending, until: .now + .seconds(30)) ?? ""
+        let b = BackgroundServer(firstLine: line, logFile: log, pid: child.pid, toChild: child.toChild, fromChild: child.fromChild)
         if line.isEmpty {
             b.stop()
             throw StartError(description: "\(argv.joined(separator: " ")) printed nothing on stdout in 30 s; \(b.log)")

@@ -61,52 +61,26 @@ final class LocalModels: @unchecked Sendable {
     }
 
     private static func start() -> Result<LocalModels, StartError> {
-        var inPipe: [Int32] = [0, 0]
-        var outPipe: [Int32] = [0, 0]
-        // Close-on-exec from the start (see Proc.runBlocking).
-        dsc_pipe(&inPipe)
-        dsc_pipe(&outPipe)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        let script = FileSystem.join(TestEnv.root, "Tests/Servers/local_models.py")
-        let argv = ["python3", "-u", script]
-        let cargs = argv.map { strdup($0) } + [nil]
-        defer { for p in cargs { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, "python3", &actions, nil, cargs, environ)
-        close(inPipe[0])
-        close(outPipe[1])
-        guard rc == 0 else { return .failure(StartError(description: "cannot start python3: \(String(cString: strerror(rc)))")) }
+        let child: Proc.PipedChild
+        do { child = try Proc.spawnPiped(["python3", "-u", FileSystem.join(TestEnv.root, "Tests/Servers/local_models.py")]) } catch {
+            return .failure(StartError(description: error.description))
+        }
         // Read the READY line (the model loads in a few seconds; the first
         // run may also assemble the 253 MB file).
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        var p = pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0)
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < .seconds(300) {
-            let r = poll(&p, 1, 1000)
-            if r < 0 && errno == EINTR { continue }
-            if r == 0 { continue }
-            if read(outPipe[0], &byte, 1) != 1 { break }
-            if byte == 10 { break }
-            line.append(byte)
-        }
-        close(outPipe[0])
-        let text = String(decoding: line, as: UTF8.self)
+        var pending: [UInt8] = []
+        let text = Proc.readLine(child.fromChild, &pending, until: .now + .seconds(300)) ?? ""
+        close(child.fromChild)
         var fields: [String: String] = [:]
         for part in text.split(separator: " ").dropFirst() {
             if let eq = part.firstIndex(of: "=") { fields[String(part[..<eq])] = String(part[part.index(after: eq)...]) }
         }
         guard text.hasPrefix("READY "), let llama = fields["llama"], let ollama = fields["ollama"] else {
-            close(inPipe[1])
+            close(child.toChild)
             var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            waitpid(child.pid, &status, 0)
             return .failure(StartError(description: "the local model servers did not start: \(text.isEmpty ? "(no output)" : text)"))
         }
-        let servers = LocalModels(llama: llama, ollama: ollama, modelPath: fields["model"] ?? "", pid: pid, toChild: inPipe[1])
+        let servers = LocalModels(llama: llama, ollama: ollama, modelPath: fields["model"] ?? "", pid: child.pid, toChild: child.toChild)
         atexit { LocalModels.stopAtExit() }
         return .success(servers)
     }

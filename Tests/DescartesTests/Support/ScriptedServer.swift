@@ -53,50 +53,14 @@ final class ScriptedServer: @unchecked Sendable {
     }
 
     private static func startBlocking(tls: (cert: String, key: String)?) throws -> ScriptedServer {
-        var inPipe: [Int32] = [0, 0]
-        var outPipe: [Int32] = [0, 0]
-        // Close-on-exec from the start (see Proc.runBlocking).
-        dsc_pipe(&inPipe)
-        dsc_pipe(&outPipe)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        defer { posix_spawn_file_actions_destroy(&actions) }
         let script = FileSystem.join(TestEnv.root, "Tests/Servers/scripted_server.py")
-        let argv = ["python3", "-u", script, "--port", "0"] + (tls.map { ["--tls-cert", $0.cert, "--tls-key", $0.key] } ?? [])
-        let cargs = argv.map { strdup($0) } + [nil]
-        defer { for p in cargs { free(p) } }
-        var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, "python3", &actions, nil, cargs, environ)
-        close(inPipe[0])
-        close(outPipe[1])
-        guard rc == 0 else { throw StartError(description: "cannot start python3: \(String(cString: strerror(rc)))") }
+        let child = try Proc.spawnPiped(["python3", "-u", script, "--port", "0"] + (tls.map { ["--tls-cert", $0.cert, "--tls-key", $0.key] } ?? []))
         var pending: [UInt8] = []
-        guard let line = readLine(outPipe[0], &pending, timeout: 20_000), line.hasPrefix("PORT "), let port = Int(line.dropFirst(5)) else {
-            kill(pid, SIGKILL)
+        guard let line = Proc.readLine(child.fromChild, &pending, until: .now + .seconds(20)), line.hasPrefix("PORT "), let port = Int(line.dropFirst(5)) else {
+            kill(child.pid, SIGKILL)
             throw StartError(description: "the scripted server did not start")
         }
-        return ScriptedServer(port: port, pid: pid, toChild: inPipe[1], fromChild: outPipe[0], pending: pending)
-    }
-
-    /// Reads one line from `fd` (blocking, with a timeout in ms).
-    private static func readLine(_ fd: Int32, _ pending: inout [UInt8], timeout: Int32) -> String? {
-        var buf = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            if let nl = pending.firstIndex(of: 10) {
-                let line = String(decoding: pending[..<nl], as: UTF8.self)
-                pending.removeFirst(nl + 1)
-                return line
-            }
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let r = poll(&p, 1, timeout)
-            if r < 0 && errno == EINTR { continue }
-            if r <= 0 { return nil }
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { return nil }
-            pending.append(contentsOf: buf[0..<n])
-        }
+        return ScriptedServer(port: port, pid: child.pid, toChild: child.toChild, fromChild: child.fromChild, pending: pending)
     }
 
     /// Sends one control command and returns the reply line.
@@ -112,7 +76,7 @@ final class ScriptedServer: @unchecked Sendable {
                         if n <= 0 { return nil }
                         off += n
                     }
-                    return ScriptedServer.readLine(fromChild, &pending, timeout: 20_000)
+                    return Proc.readLine(fromChild, &pending, until: .now + .seconds(20))
                 }
                 if let reply, !reply.hasPrefix("ERROR") { c.resume(returning: reply) } else {
                     c.resume(throwing: StartError(description: "scripted server: \(reply ?? "no reply")"))

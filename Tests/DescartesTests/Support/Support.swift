@@ -238,6 +238,74 @@ enum Proc {
             duration: ContinuousClock.now - start, stdoutTimeline: timeline, timedOut: timedOut)
     }
 
+    /// A long-running child (a test server) on two pipes: `toChild` is its
+    /// stdin (closing it is how these servers are told to stop), `fromChild`
+    /// its stdout, where it says it is ready.
+    struct PipedChild {
+        let pid: pid_t
+        let toChild: Int32
+        let fromChild: Int32
+    }
+
+    struct SpawnError: Error, CustomStringConvertible { var description: String }
+
+    /// Spawns `argv` (looked up on PATH) with pipes on stdin and stdout,
+    /// both close-on-exec here from the start (see `runBlocking`); stderr is
+    /// inherited, or appended to `stderrFile`; `env` nil: this process's.
+    static func spawnPiped(_ argv: [String], env: [String: String]? = nil, stderrFile: String? = nil) throws(SpawnError) -> PipedChild {
+        var inPipe: [Int32] = [0, 0]
+        var outPipe: [Int32] = [0, 0]
+        dsc_pipe(&inPipe)
+        dsc_pipe(&outPipe)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        if let stderrFile { posix_spawn_file_actions_addopen(&actions, 2, stderrFile, O_WRONLY | O_CREAT | O_APPEND, 0o644) }
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        let cargs = argv.map { strdup($0) } + [nil]
+        let cenv = (env ?? Environment.current()).map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for p in cargs { free(p) }
+            for p in cenv { free(p) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, argv[0], &actions, nil, cargs, cenv)
+        close(inPipe[0])
+        close(outPipe[1])
+        guard rc == 0 else {
+            close(inPipe[1])
+            close(outPipe[0])
+            throw SpawnError(description: "cannot start \(argv[0]): \(String(cString: strerror(rc)))")
+        }
+        return PipedChild(pid: pid, toChild: inPipe[1], fromChild: outPipe[0])
+    }
+
+    /// Reads one line (without its newline) from `fd`, keeping what came
+    /// after it in `pending` for the next call; nil at end of file, on an
+    /// error, or when `deadline` passes first.
+    static func readLine(_ fd: Int32, _ pending: inout [UInt8], until deadline: ContinuousClock.Instant) -> String? {
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            if let nl = pending.firstIndex(of: 10) {
+                let line = String(decoding: pending[..<nl], as: UTF8.self)
+                pending.removeFirst(nl + 1)
+                return line
+            }
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero { return nil }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let r = poll(&p, 1, Int32(max(1, min(1000, remaining.milliseconds))))
+            if r < 0 && errno == EINTR { continue }
+            if r < 0 { return nil }
+            if r == 0 { continue }
+            let n = read(fd, &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return nil }
+            pending.append(contentsOf: buf[0..<n])
+        }
+    }
+
     /// Kills `pid`'s process group, every process descended from `pid` (with
     /// its group, when that is not the test runner's) and every other
     /// process holding a pipe whose inode is in `pipes`; returns them as
