@@ -5,14 +5,12 @@
  * ABI's error kinds (docs/abi.md, "Which kind"), with the helpers installed
  * beside plugin.h (descartes/json.h, descartes/sse.h). docs/writing-a-plugin.md
  * ("An HTTP plugin in C") builds it and runs the conformance suite on it.
- *
- * Config: endpoint (".../v1"), api_key, model. Each call runs on a thread
- * of its own driving one libcurl transfer, waking every 100 ms to see
- * cancel and shutdown (a plugin with many calls in flight would share one
- * curl_multi loop and wake it with curl_multi_wakeup). FAULT(...) is 0
- * unless built with -DOPENAI_C_FAULTS: then OPENAI_C_FAULT=name in the
- * environment turns one mistake on, to see the conformance suite or the
- * sanitizer recipe catch it (docs/conformance.md). Delete them in your copy.
+ * Config: endpoint (".../v1"), api_key, model. Each call runs on a thread of
+ * its own driving one libcurl transfer, waking every 100 ms to see cancel and
+ * shutdown (many calls in flight would share one curl_multi loop instead).
+ * FAULT(name) is 0 unless built with -DOPENAI_C_FAULTS: then OPENAI_C_FAULT=name
+ * turns one mistake on, for the conformance suite or a sanitizer to catch
+ * (docs/conformance.md lists them). Delete them in your copy.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <descartes/plugin.h>
@@ -20,6 +18,7 @@
 #include <descartes/sse.h>
 #include <curl/curl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <strings.h>
 #include <time.h>
@@ -39,7 +38,7 @@ typedef struct backend {
     atomic_int closing;  /* shutdown started: calls in flight end as cancelled */
 } backend_t;
 
-enum { OP_INITIALIZE, OP_CHAT, OP_SHUTDOWN };
+enum { OP_INITIALIZE, OP_COMPLETE, OP_STREAM, OP_SHUTDOWN }; /* complete and stream: the same request */
 
 struct descartes_call {
     atomic_int refs, cancelled; /* refs: the worker's (until its terminal event returned) and the host's (until release) */
@@ -102,6 +101,7 @@ static void note_chunk(descartes_call_t *c, dk_json doc) {
     char *text = dk_json_strn(dk_json_path(choice, "delta.content"), &n);
     if (n) emit(c, DESCARTES_EVENT_TEXT, text, n);
     free(text);
+    if (n && c->op == OP_STREAM && FAULT("crash-stream")) raise(SIGSEGV); /* a stream crashes after its first text */
 }
 
 /* One server-sent event: a chunk, an error in a 200 stream, or [DONE]. */
@@ -225,7 +225,7 @@ static CURLcode transfer(descartes_call_t *c, const char *url, const char *auth,
     if (connect_ms > 0) curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)connect_ms);
     curl_multi_add_handle(multi, h);
     int running = 1, msgs;
-    while (running && !(*stopped = atomic_load(&c->cancelled) || atomic_load(&c->b->closing))) {
+    while (running && !(*stopped = (atomic_load(&c->cancelled) && !FAULT("ignore-cancel")) || atomic_load(&c->b->closing))) {
         if (curl_multi_perform(multi, &running) != CURLM_OK) break;
         if (running) curl_multi_poll(multi, NULL, 0, 100, NULL);
     }
@@ -291,7 +291,7 @@ static void run_completion(descartes_call_t *c) {
         if (c->id) dk_put_kstr(&result, "id", c->id);
         if (c->in_tokens || c->out_tokens) dk_put_kraw(&result, "usage", usage, (size_t)un);
         dk_put_close(&result, '}');
-        emit(c, DESCARTES_EVENT_RESULT, result.data, result.len);
+        for (int i = FAULT("double-terminal") ? 2 : 1; i > 0; i--) emit(c, DESCARTES_EVENT_RESULT, result.data, result.len);
         dk_buf_free(&result);
     }
     dk_buf_free(&body);
@@ -341,7 +341,8 @@ static descartes_call_t *start(descartes_backend_t *self, int op, const char *in
 }
 
 static descartes_call_t *op_initialize(descartes_backend_t *s, const char *i, size_t n, descartes_event_fn f, void *c) { return start(s, OP_INITIALIZE, i, n, f, c); }
-static descartes_call_t *op_chat(descartes_backend_t *s, const char *i, size_t n, descartes_event_fn f, void *c) { return start(s, OP_CHAT, i, n, f, c); }
+static descartes_call_t *op_complete(descartes_backend_t *s, const char *i, size_t n, descartes_event_fn f, void *c) { return start(s, OP_COMPLETE, i, n, f, c); }
+static descartes_call_t *op_stream(descartes_backend_t *s, const char *i, size_t n, descartes_event_fn f, void *c) { return start(s, OP_STREAM, i, n, f, c); }
 static descartes_call_t *op_shutdown(descartes_backend_t *s, const char *i, size_t n, descartes_event_fn f, void *c) { return start(s, OP_SHUTDOWN, i, n, f, c); }
 static void op_cancel(descartes_backend_t *self, descartes_call_t *c) { (void)self, atomic_store(&c->cancelled, 1); }
 static void op_release(descartes_backend_t *self, descartes_call_t *c) { (void)self, unref(c); }
@@ -383,7 +384,7 @@ static descartes_backend_t *create(const descartes_factory_t *f, const descartes
     /* complete is stream's request: the host assembles the answer from TEXT events either way.
      * health_check, list_models, estimate_tokens: NULL, the host's defaults. */
     b->base = (descartes_backend_t){.struct_size = sizeof b->base, .plugin_data = b, .initialize = op_initialize,
-        .complete = op_chat, .stream = op_chat, .shutdown = op_shutdown, .cancel = op_cancel, .release = op_release, .destroy = op_destroy};
+        .complete = op_complete, .stream = op_stream, .shutdown = op_shutdown, .cancel = op_cancel, .release = op_release, .destroy = op_destroy};
     return &b->base;
 }
 
@@ -392,7 +393,7 @@ static const descartes_factory_t *const factories[] = {&factory};
 static const descartes_library_t library = {sizeof(descartes_library_t), 1, "openai-c", "1.0.0", 1, factories, NULL};
 
 DESCARTES_EXPORT const descartes_library_t *descartes_plugin_entry(uint32_t host_abi_version, const descartes_host_t *host) {
-    (void)host;
+    if ((void)host, FAULT("crash-entry")) raise(SIGSEGV); /* loading the library kills its process */
     if (host_abi_version < 1 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
     return &library;
 }

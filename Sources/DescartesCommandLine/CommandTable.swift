@@ -154,7 +154,11 @@ extension Option {
             Load and run the plugins in this process instead of a
             descartes-plugin-host helper each (for a debugger; a crash
             then ends the command)
-            """, in: [.pluginsVerify: .plain, .health: .plain])
+            """,
+        in: [
+            .pluginsVerify: "Load and run the plugins (with --conformance: the suite) in this process instead of a helper or child process, for a debugger or a sanitizer; a crash then ends the command",
+            .health: .plain,
+        ])
     package static let memoryLimit = Option(
         "--memory-limit", value: "MB", help: "With --isolate, the helper's address-space limit (default 4096)", in: [.complete: .plain])
     package static let concurrency = Option(
@@ -337,7 +341,10 @@ extension Command {
                 instead (docs/conformance.md): ABI negotiation, config validation, complete,
                 stream, exactly one terminal event, cancellation, deadlines, errors mapped,
                 concurrent requests, shutdown with requests in flight, no secret leaked. It
-                prints each check and exits 1 if any fails. The plugin is exercised through
+                prints each check and exits 1 if any fails. It runs in a child process: a
+                plugin that crashes is a failed row naming the signal and the check that was
+                running, and the checks after it still run (--in-process: in this process).
+                The plugin is exercised through
                 the scenarios of its spec: --spec FILE, else the manifest's 'conformance:',
                 else conformance/NAME.yaml beside the manifest, else
                 <prefix>/share/descartes/conformance/NAME.yaml, else a built-in text check.

@@ -27,8 +27,23 @@ enum ConformanceCommand {
     }
 
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
-        let settings: [String: JSONValue]
+        var settings: [String: JSONValue]
         do { settings = try Commands.settings(args) } catch { usageFailure(error) }
+        let inProcess = args.flag(.inProcess)
+        // The suite's child process (see Conformance.runIsolated): rows go
+        // to the parent on the channel, the --set values come on stdin.
+        let channel = inProcess ? Conformance.Channel.fromEnvironment() : nil
+        var resume: Set<String> = []
+        var spent: Duration = .zero
+        if channel != nil {
+            guard let input = Conformance.ChildInput.read() else {
+                Out.err("Error: \(Conformance.channelVariable) is set but stdin does not carry the suite's input (it is set by descartes for its own child process)")
+                return .usage
+            }
+            settings = input.overrides
+            resume = input.resume
+            spent = input.spent
+        }
         guard let name = args.value(.conformance), !name.isEmpty else {
             usageFailure(args.mistake("--conformance needs a plugin NAME"))
         }
@@ -71,25 +86,52 @@ enum ConformanceCommand {
             }
         }
         let environment = Commands.configuration(globals).environment
+        let progress: @Sendable (String) -> Void = { line in Out.err(Out.dim("descartes: conformance: \(line)")) }
+        if let channel {
+            _ = await Conformance.run(
+                provider: name, catalog: catalog, spec: spec, environment: environment, overrides: settings, loader: Out.loader, progress: progress,
+                resume: resume, spent: spent, onStep: { channel.step($0) }, report: { channel.result($0) })
+            channel.done()
+            return .ok
+        }
         if !json {
             Out.line("Conformance of '\(name)' (\(manifest.libraryPath))")
-            Out.line(Out.dim("spec: \(specNote)"))
+            Out.line(Out.dim("spec: \(specNote)\(inProcess ? "; in this process (--in-process)" : "")"))
         }
-        let results = await Conformance.run(
-            provider: name, catalog: catalog, spec: spec, environment: environment, overrides: settings, loader: Out.loader,
-            progress: { line in Out.err(Out.dim("descartes: conformance: \(line)")) },
-            report: { r in
-                if !json {
-                    let mark: String
-                    switch r.outcome {
-                    case .pass: mark = Out.green("ok  ")
-                    case .fail: mark = Out.red("FAIL")
-                    case .skip: mark = Out.dim("skip")
-                    }
-                    let padded = r.check + String(repeating: " ", count: max(1, 20 - r.check.count))
-                    Out.line("  \(mark)  \(padded)\(r.detail)")
+        let report: @Sendable (Conformance.Result) -> Void = { r in
+            if !json {
+                let mark: String
+                switch r.outcome {
+                case .pass: mark = Out.green("ok  ")
+                case .fail: mark = Out.red("FAIL")
+                case .skip: mark = Out.dim("skip")
                 }
-            })
+                let padded = r.check + String(repeating: " ", count: max(1, 20 - r.check.count))
+                Out.line("  \(mark)  \(padded)\(r.detail)")
+            }
+        }
+        let results: [Conformance.Result]
+        if inProcess {
+            results = await Conformance.run(
+                provider: name, catalog: catalog, spec: spec, environment: environment, overrides: settings, loader: Out.loader, progress: progress,
+                report: report)
+        } else {
+            // In a child process: this program again, with --in-process
+            // and nothing secret in its argv (the --set values go on its stdin).
+            guard let exe = FileSystem.executablePath() else {
+                Out.err("Error: cannot find this program's own path (/proc/self/exe) to run the suite in a child process; --in-process runs it here")
+                return .software
+            }
+            var argv = [exe]
+            if globals.verbose { argv.append(Option.verbose.name) }
+            if let file = globals.configFile { argv += [Option.config.name, file] }
+            argv += ["plugins", "verify", Option.conformance.name, name, Option.inProcess.name]
+            if !specNote.hasPrefix("built-in") {
+                argv += [Option.spec.name, spec.file.hasPrefix("/") ? spec.file : FileSystem.join(FileSystem.currentDirectory(), spec.file)]
+            }
+            results = await Conformance.runIsolated(
+                command: argv, environment: Environment.current(), overrides: settings, budget: spec.budget, report: report)
+        }
         let failed = results.filter { $0.outcome == .fail }.count
         let passed = results.filter { $0.outcome == .pass }.count
         let skipped = results.filter { $0.outcome == .skip }.count

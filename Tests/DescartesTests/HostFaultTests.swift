@@ -101,6 +101,10 @@ enum HostFaults {
             fault: "an isolated plugin closes the helper's socket and runs on", how: "closes every descriptor from 3 up (as `closefrom()` before starting a daemon does), then never returns",
             outcome: "`process` at once saying so: the host kills the helper's process group, then reaps it (before, it waited for an exit that never came, and the call ran to its deadline, or for ever without one)",
             test: "aHelperThatClosesItsSocketIsKilledAndTheCallEnds"),
+        Case(
+            fault: "a plugin crashes under the conformance suite", how: "SIGSEGV in `descartes_plugin_entry`, or in a stream after its first text (`openai-c.c` built with `-DOPENAI_C_FAULTS`, `OPENAI_C_FAULT=crash-entry` or `crash-stream`)",
+            outcome: "`plugins verify --conformance` exits 1 within a minute: the check that was running is a failed row naming the signal (the suite runs in a child process); after a crash in a call a new child goes on with the checks after it, after one in the entry point none can run (`--in-process`: the command dies, 139, as before)",
+            test: "ConformanceIsolationTests.aFaultIsAFailedRowNamingIt"),
     ]
 
     static func document() -> String {

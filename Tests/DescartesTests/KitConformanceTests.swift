@@ -1,4 +1,5 @@
 import Descartes
+import Glibc
 import Testing
 import DescartesSupport
 
@@ -33,7 +34,9 @@ import DescartesSupport
     }
 
     /// The row of `check`: its outcome and detail.
-    func row(_ r: ProcResult, _ check: String) -> (outcome: String, detail: String)? {
+    func row(_ r: ProcResult, _ check: String) -> (outcome: String, detail: String)? { Self.row(r, check) }
+
+    static func row(_ r: ProcResult, _ check: String) -> (outcome: String, detail: String)? {
         for line in r.stdout.split(separator: "\n") where line.hasPrefix("  ") {
             let body = line.dropFirst(2)
             let outcome = String(body.prefix(4)).trimmingCharacters()
@@ -98,5 +101,93 @@ import DescartesSupport
         #expect(config.contains("'not a region' refused:") && config.contains("key 'region': 'us-east-1/../x' is not an AWS region"), "\(r.stdout)")
         #expect(config.contains("key 'secret_access_key': missing while 'access_key_id' is set"), "\(r.stdout)")
         #expect(!config.contains("key 'endpoint'"), "\(r.stdout)")
+    }
+}
+
+/// The suite runs the plugin in a child process (issue 20 item 3): the HTTP
+/// C example built with its fault switches crashes in its entry point or
+/// in a stream, sends two terminal events or ignores cancel, and each is a
+/// failed row naming the fault, with exit 1 (not 139), the other rows
+/// still there, within a minute. `--in-process` runs it in the CLI's own
+/// process, as before.
+@Suite struct ConformanceIsolationTests {
+    let plugins = PluginDir()
+    static let spec = "Tests/Fixtures/conformance/openai-c-crashes.yaml"
+    static let key = "sk-crashes-conformance-0123456789abcdef"
+
+    init() async throws {
+        let mutant = await CCompiler.compile(
+            [FileSystem.join(TestEnv.root, "Plugins/OpenAIC/openai-c.c")], output: plugins.dir.file("libdescartes-openai-c.so"),
+            flags: ["-DOPENAI_C_FAULTS", "-Wl,--no-as-needed", "-lcurl"])
+        #expect(mutant.status == 0, "\(mutant)")
+        plugins.dir.write("openai-c.yaml", try FileSystem.readText(FileSystem.join(TestEnv.root, "Plugins/OpenAIC/openai-c.yaml"), limit: 1 << 20))
+    }
+
+    func conformance(fault: String?, _ extra: [String] = []) async -> ProcResult {
+        var env = ["HOME": "/nonexistent", "DESCARTES_PLUGIN_PATH": plugins.path]
+        if let fault { env["OPENAI_C_FAULT"] = fault }
+        return await Proc.descartes(
+            ["plugins", "verify", "--conformance", "openai-c", "--spec", FileSystem.join(TestEnv.root, Self.spec)] + extra, env: env, timeout: .seconds(120))
+    }
+
+    func row(_ r: ProcResult, _ check: String) -> (outcome: String, detail: String)? { KitConformanceTests.row(r, check) }
+
+    @Test(arguments: [
+        ("crash-entry", "abi", "the plugin crashed (SIGSEGV) during 'abi' (loading the library and calling its entry point), in the suite's child process; no check can run without the library"),
+        ("crash-stream", "stream", "the plugin crashed (SIGSEGV) during 'stream', in the suite's child process; the suite goes on in a new child process"),
+        ("double-terminal", "events", "stream: 2 terminal events"),
+        ("ignore-cancel", "cancel", "after cancel (limit 1 s)"),
+    ])
+    func aFaultIsAFailedRowNamingIt(_ fault: String, _ check: String, _ message: String) async {
+        let r = await conformance(fault: fault)
+        #expect(r.status == 1 && r.signal == nil, "\(fault): \(r)")
+        let failed = row(r, check)
+        #expect(failed?.outcome == "FAIL", "\(fault): \(r.stdout)")
+        #expect(failed?.detail.contains(message) == true, "\(fault): \(r.stdout)")
+        #expect(!r.stdout.contains(Self.key) && !r.stderr.contains(Self.key), "\(fault)")
+        expectWithin(r.duration, .seconds(60), fault)
+        if fault == "crash-entry" {
+            // Nothing can run without the library: one row.
+            #expect(r.stdout.contains("0 passed, 1 failed, 0 skipped"), "\(r.stdout)")
+            return
+        }
+        // The rows before and after the fault are there.
+        for ok in ["abi", "config", "initialize", "complete", "errors"] {
+            #expect(row(r, ok)?.outcome == "ok", "\(fault): \(ok): \(r.stdout)")
+        }
+        #expect(row(r, "secrets") != nil && row(r, "shutdown") != nil, "\(fault): \(r.stdout)")
+    }
+
+    /// After a crash the suite goes on in a new child process: every check
+    /// that streams fails naming the crash, the others pass, and --json
+    /// carries the same rows.
+    @Test func aCrashingStreamFailsEveryCheckThatStreamsAndNoOther() async throws {
+        let r = await conformance(fault: "crash-stream", ["--json"])
+        #expect(r.status == 1, "\(r)")
+        let doc = try JSONValue.parse(r.stdout)
+        var rows: [String: (String, String)] = [:]
+        for c in doc["checks"]?.arrayValue ?? [] {
+            rows[c["check"]?.stringValue ?? "?"] = (c["outcome"]?.stringValue ?? "?", c["detail"]?.stringValue ?? "")
+        }
+        for check in ["concurrency", "cancel", "deadlines", "shutdown"] {
+            #expect(rows[check]?.0 == "FAIL", "\(check): \(r.stdout)")
+            #expect(rows[check]?.1.hasPrefix("the plugin crashed (SIGSEGV) during '\(check)', in the suite's child process") == true, "\(check): \(r.stdout)")
+        }
+        #expect(rows["complete"]?.0 == "ok" && rows["errors"]?.0 == "ok", "\(r.stdout)")
+        // Every call was made by a child that died: not checked, and said so.
+        #expect(rows["events"]?.0 == "skip" && rows["events"]?.1.contains("made in a suite's child process that died") == true, "\(r.stdout)")
+        #expect(doc["failed"] == 5, "\(r.stdout)")
+    }
+
+    /// --in-process: the suite in the CLI's own process, as before (for a
+    /// debugger or a sanitizer): the clean example passes, and a crash is
+    /// the command's own.
+    @Test func inProcessRunsTheSuiteInTheCLIsOwnProcess() async {
+        let clean = await conformance(fault: nil, ["--in-process"])
+        #expect(clean.status == 0, "\(clean)")
+        #expect(clean.stdout.contains("; in this process (--in-process)"), "\(clean.stdout)")
+        #expect(row(clean, "cancel")?.outcome == "ok" && row(clean, "events")?.outcome == "ok", "\(clean.stdout)")
+        let crash = await conformance(fault: "crash-entry", ["--in-process"])
+        #expect(crash.signal == SIGSEGV || crash.status == 128 + SIGSEGV, "\(crash)")
     }
 }
