@@ -81,6 +81,8 @@ extension Conformance {
             // Not inherited by what the plugin starts (it would hold the
             // parent's end of the channel open after this process died).
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            // Nor is the variable: a `descartes` the plugin runs is no child of the suite.
+            unsetenv(channelVariable)
             return Channel(fd: fd)
         }
 
