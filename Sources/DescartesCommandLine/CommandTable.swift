@@ -344,10 +344,10 @@ extension Command {
                 prints each check and exits 1 if any fails. It runs in a child process: a
                 plugin that crashes is a failed row naming the signal and the check that was
                 running, and the checks after it still run (--in-process: in this process).
-                The plugin is exercised through
-                the scenarios of its spec: --spec FILE, else the manifest's 'conformance:',
-                else conformance/NAME.yaml beside the manifest, else
-                <prefix>/share/descartes/conformance/NAME.yaml, else a built-in text check.
+                The plugin is exercised through the scenarios of its spec: --spec FILE, else
+                the manifest's 'conformance:', else conformance/NAME.yaml beside the
+                manifest, else <prefix>/share/descartes/conformance/NAME.yaml, else a
+                built-in text check.
                 """),
         Command(
             .pluginsEnable, summary: "Allow a plugin in the policy file (undo a disable)",

@@ -343,7 +343,7 @@ final class Run: @unchecked Sendable {
         }
         defer { for s in servers.values { s.stop() } }
 
-        progress("config (creating the backend)")
+        progress(resumed.isEmpty ? "config (creating the backend)" : "config again, in a new child process after a crash (creating the backend)")
         onStep("config")
         guard let text = await checkConfig() else { await cleanUp(); return }
         await step("initialize") { await checkInitialize(text) }
