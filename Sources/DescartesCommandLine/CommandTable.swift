@@ -134,13 +134,13 @@ extension Option {
         "--timeout", value: "SECONDS", help: "Total deadline of each request",
         in: [
             .complete: "Total deadline, retries and fallbacks included (default: the provider's timeout, or 600)",
-            .batch: "Total deadline of each request, retries included",
-            .health: "Give up on a provider after this long (default 20)",
+            .batch: "Total deadline of the whole batch, retries included: a line not sent by then is an error line saying so",
+            .health: "Deadline of the whole command, creating each provider included (default 20); a provider not answering by then is unhealthy",
             .models: "Give up after this long (default 30)",
             .tokens: "Give up after this long (default 30)",
             .embed: "Give up after this long (default 60)",
             .bench: .plain,
-            .pluginsVerify: "Give up on loading or creating each plugin after this long (default 30)",
+            .pluginsVerify: "Deadline of the whole command (default 30): the plugins are verified at once; one not loaded and created by then fails",
         ])
     package static let isolate = Option(
         "--isolate",

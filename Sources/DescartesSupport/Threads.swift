@@ -118,6 +118,85 @@ package final class PluginThreads: @unchecked Sendable {
     }
 }
 
+extension PluginThreads {
+    /// Runs every job on a worker of its own, all at once, and waits for
+    /// them until `seconds` (real time) have passed since the call: each
+    /// job's result, or nil for a job still running then (abandoned as
+    /// `run(within:)` abandons one). For a command whose deadline bounds
+    /// the whole of its work rather than each piece of it.
+    package func runAll<T: Sendable>(within seconds: Double, _ jobs: [@Sendable () -> T]) -> [T?] {
+        let slots = jobs.map { _ in Slot<T>() }
+        for (job, slot) in zip(jobs, slots) {
+            run {
+                let v = job()
+                pthread_mutex_lock(&slot.mutex)
+                slot.value = v
+                slot.done = true
+                pthread_cond_broadcast(&slot.cond)
+                pthread_mutex_unlock(&slot.mutex)
+            }
+        }
+        // One deadline for all: each slot is waited for until the same instant.
+        var ts = monotonicDeadline(after: seconds)
+        return slots.map { slot in
+            pthread_mutex_lock(&slot.mutex)
+            defer { pthread_mutex_unlock(&slot.mutex) }
+            while !slot.done {
+                if pthread_cond_timedwait(&slot.cond, &slot.mutex, &ts) == ETIMEDOUT && !slot.done { return nil }
+            }
+            return slot.value
+        }
+    }
+
+    /// Runs `job` on a worker (never on Swift's cooperative pool, whose few
+    /// threads a job blocked in a plugin would take from every task) and
+    /// awaits its result; nil when the calling task is cancelled first (the
+    /// job then runs on, and its result is dropped). For a blocking plugin
+    /// function (loading, `create`) called from async code.
+    package func value<T: Sendable>(_ job: @escaping @Sendable () -> T) async -> T? {
+        let waiter = Waiter<T>()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
+                guard waiter.attach(c) else { return }
+                run { waiter.finish(job()) }
+            }
+        } onCancel: {
+            waiter.finish(nil)
+        }
+    }
+}
+
+/// The continuation `PluginThreads.value` waits on, resumed once: by the
+/// job's result or by cancellation, whichever comes first.
+private final class Waiter<T: Sendable>: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var continuation: CheckedContinuation<T?, Never>?
+    private var finished = false
+    init() { pthread_mutex_init(&mutex, nil) }
+
+    /// False when it was already finished (cancelled before it began): `c` is then resumed with nil.
+    func attach(_ c: CheckedContinuation<T?, Never>) -> Bool {
+        pthread_mutex_lock(&mutex)
+        if finished {
+            pthread_mutex_unlock(&mutex)
+            c.resume(returning: nil)
+            return false
+        }
+        continuation = c
+        pthread_mutex_unlock(&mutex)
+        return true
+    }
+
+    func finish(_ v: T?) {
+        pthread_mutex_lock(&mutex)
+        finished = true
+        let c = continuation
+        continuation = nil
+        pthread_mutex_unlock(&mutex)
+        c?.resume(returning: v)
+    }
+}
+
 /// Where a job run by `PluginThreads.run(within:)` leaves its result.
 private final class Slot<T>: @unchecked Sendable {
     var mutex = pthread_mutex_t()

@@ -8,6 +8,8 @@ import DescartesSupport
 /// its index and a response or an error; progress on stderr.
 enum BatchCommand {
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        // --timeout bounds the whole batch, from here.
+        let began = ContinuousClock.now
         var globals = globals
         let reliability: ReliabilityOptions
         let settings: [String: JSONValue]
@@ -85,7 +87,9 @@ enum BatchCommand {
         let progress = Progress(total: requests.count, enabled: !quiet)
         let failed = Lock(0)
         let start = ContinuousClock.now
-        let runner = BatchRunner(backend: built.backend, concurrency: concurrency, streaming: reliability.stats)
+        var batch = BatchRunner(backend: built.backend, concurrency: concurrency, streaming: reliability.stats)
+        if let timeout, let t = globals.timeout { batch.deadline = (began + timeout, Out.seconds(t)) }
+        let runner = batch
         let task = Task {
             await runner.run(requests, progress: { progress.update($0) }) { index, result in
                 var o: JSONObject = ["index": .integer(index), "line": .integer(lines[index].line)]

@@ -1,5 +1,6 @@
 import Descartes
 import DescartesCommandLine
+import DescartesSupport
 
 /// `descartes health [-p PROVIDER]`: a real call to each provider (an
 /// authenticated request for an API, the server for a local one) saying
@@ -19,6 +20,8 @@ enum HealthCommand {
     }
 
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
+        // --timeout bounds the whole command, from here.
+        let began = ContinuousClock.now
         var globals = globals
         let settings: [String: JSONValue]
         let timeout: Double
@@ -37,7 +40,7 @@ enum HealthCommand {
 
         if let name = args.value(.provider) {
             let (backend, providers) = setup.probe(name, settings: settings, json: json)
-            let outcome = await check(name, backend, timeout: timeout)
+            let outcome = await check(name, backend, timeout: left(timeout, since: began), deadline: commandDeadline(timeout))
             await providers.shutdown()
             let store = checkStore(setup.settings, timeout: timeout)
             print([outcome] + (store.map { [$0] } ?? []), json: json)
@@ -56,14 +59,31 @@ enum HealthCommand {
         let outcomes = await withTaskGroup(of: Outcome.self) { g in
             for name in names {
                 g.addTask {
-                    let backend: any ModelBackend
-                    do throws(ProviderError) { backend = try providers.backend(name) } catch {
-                        if error.kind == .config, !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) {
-                            return Outcome(name: name, skipped: "not configured: " + error.details.joined(separator: "; "))
+                    // Creating the provider and its check, together under what
+                    // is left of the command's deadline. Created on a plugin
+                    // thread, never on Swift's cooperative pool: a create
+                    // that never returns (bounded by the factory's deadline,
+                    // abandoned by this one) must not take a pool thread from
+                    // every other provider's check.
+                    let outcome = await ProviderCommand.withTimeout(left(timeout, since: began), provider: name, deadline: commandDeadline(timeout)) { () async throws -> Outcome in
+                        let created = await PluginThreads.shared.value { () -> Result<any ModelBackend, ProviderError> in
+                            do throws(ProviderError) { return .success(try providers.backend(name)) } catch { return .failure(error) }
                         }
-                        return Outcome(name: name, error: error)
+                        guard let created else { throw CancellationError() }
+                        switch created {
+                        case .failure(let error):
+                            if error.kind == .config, !error.details.isEmpty, error.details.allSatisfy({ $0.hasPrefix("missing required key") }) {
+                                return Outcome(name: name, skipped: "not configured: " + error.details.joined(separator: "; "))
+                            }
+                            return Outcome(name: name, error: error)
+                        case .success(let backend):
+                            return Outcome(name: name, report: try await backend.healthCheck())
+                        }
                     }
-                    return await check(name, backend, timeout: timeout)
+                    switch outcome {
+                    case .success(let o): return o
+                    case .failure(let e): return Outcome(name: name, error: e)
+                    }
                 }
             }
             var all: [Outcome] = []
@@ -89,8 +109,19 @@ enum HealthCommand {
         }
     }
 
-    static func check(_ name: String, _ backend: any ModelBackend, timeout: Double) async -> Outcome {
-        switch await ProviderCommand.withTimeout(timeout, provider: name, { try await backend.healthCheck() }) {
+    /// What is left of `timeout` seconds counted from `began` (at least a
+    /// millisecond: the check then ends at once with its timeout).
+    static func left(_ timeout: Double, since began: ContinuousClock.Instant) -> Double {
+        let spent = ContinuousClock.now - began
+        let s = Double(spent.components.seconds) + Double(spent.components.attoseconds) / 1e18
+        return max(0.001, timeout - s)
+    }
+
+    /// How a timeout names the command's deadline.
+    static func commandDeadline(_ timeout: Double) -> String { "the command's deadline of \(Out.seconds(timeout)) (--timeout)" }
+
+    static func check(_ name: String, _ backend: any ModelBackend, timeout: Double, deadline: String? = nil) async -> Outcome {
+        switch await ProviderCommand.withTimeout(timeout, provider: name, deadline: deadline, { try await backend.healthCheck() }) {
         case .success(let r): return Outcome(name: name, report: r)
         case .failure(let e): return Outcome(name: name, error: e)
         }

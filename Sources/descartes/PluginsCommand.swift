@@ -184,10 +184,34 @@ enum PluginsCommand {
                 results.append(["name": .string(n), "ok": false, "error": .string("\(e.file): \(e.reason ?? e.status.label)")])
             }
         }
-        for name in names {
-            if globals.verbose { Out.err("descartes: verify: loading \(name)") }
-            do {
-                let r = try factory.verify(name, config: settings, isolated: !args.flag(.inProcess))
+        // --timeout bounds the whole command: every plugin is verified at
+        // once, each on a thread of its own (a plugin function that never
+        // returns blocks only its thread), and a plugin still loading or
+        // creating when the deadline passes is a failed row naming it.
+        let isolated = !args.flag(.inProcess)
+        let verifier = factory
+        let verbose = globals.verbose
+        // (A quarter second past it, so that a plugin's own load or create
+        // deadline, the same --timeout, is reported as what it is.)
+        let outcomes = PluginThreads.shared.runAll(
+            within: timeout + 0.25,
+            names.map { name in
+                { @Sendable () -> Result<ProviderFactory.Verification, ProviderError> in
+                    if verbose { Out.err("descartes: verify: loading \(name)") }
+                    do throws(ProviderError) { return .success(try verifier.verify(name, config: settings, isolated: isolated)) } catch {
+                        return .failure(error)
+                    }
+                }
+            })
+        for (name, outcome) in zip(names, outcomes) {
+            do throws(ProviderError) {
+                guard let outcome else {
+                    throw ProviderError(
+                        .timeout,
+                        "not verified within the command's deadline of \(Out.seconds(timeout)) (--timeout): loading or creating the plugin did not return by then",
+                        provider: name, deadline: "total")
+                }
+                let r = try outcome.get()
                 let loaded = "\(r.library) \(r.version), factories: \(r.factories.joined(separator: ", "))"
                 if !r.undeclaredKeys.isEmpty, let own = r.ownManifest {
                     // Keys the library does not know: a value set for one is ignored or refused.
@@ -200,6 +224,8 @@ enum PluginsCommand {
                 } else {
                     rows.append([name, "ok, needs config", "\(loaded); " + r.missingConfig.joined(separator: "; ")])
                 }
+                // (A plugin failed for undeclared keys has its row above, not a second one saying ok.)
+                if !r.undeclaredKeys.isEmpty && r.ownManifest != nil { continue }
                 results.append([
                     "name": .string(name), "ok": true, "library": .string(r.library), "version": .string(r.version),
                     "missing_config": .array(r.missingConfig.map { .string($0) }),

@@ -14,8 +14,9 @@ enum ProviderCommand {
     /// Runs `body` and returns its result, or a `timeout` error once
     /// `seconds` have passed (the body's task is then cancelled, which
     /// cancels the plugin's call).
+    /// `deadline` names the deadline in that error (default: "\(seconds) s").
     static func withTimeout<T: Sendable>(
-        _ seconds: Double, provider: String, _ body: @escaping @Sendable () async throws -> T
+        _ seconds: Double, provider: String, deadline: String? = nil, _ body: @escaping @Sendable () async throws -> T
     ) async -> Result<T, ProviderError> {
         await withTaskGroup(of: Result<T, ProviderError>?.self) { g in
             g.addTask {
@@ -26,7 +27,7 @@ enum ProviderCommand {
             g.addTask {
                 try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
                 if Task.isCancelled { return nil }
-                return .failure(ProviderError(.timeout, "no answer within \(Out.seconds(seconds))", provider: provider, deadline: "total"))
+                return .failure(ProviderError(.timeout, "no answer within \(deadline ?? Out.seconds(seconds))", provider: provider, deadline: "total"))
             }
             var result: Result<T, ProviderError>? = nil
             while result == nil, let next = await g.next() { result = next }

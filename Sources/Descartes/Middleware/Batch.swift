@@ -15,6 +15,13 @@ public struct BatchRunner: Sendable {
     /// layer sees time to first token.
     public let streaming: Bool
 
+    /// The whole batch's deadline (the CLI's `--timeout`): a request
+    /// started before it runs under what is left of it (its own total
+    /// deadline, if shorter, stays); one whose turn comes after it is not
+    /// sent and is reported as a `timeout` error saying so. `length` names
+    /// it in that error ("3 s").
+    package var deadline: (at: ContinuousClock.Instant, length: String)?
+
     public init(backend: any ModelBackend, concurrency: Int = 4, streaming: Bool = false) {
         self.backend = backend
         self.concurrency = max(1, concurrency)
@@ -59,6 +66,7 @@ public struct BatchRunner: Sendable {
     ) async {
         let backend = self.backend
         let streaming = self.streaming
+        let deadline = self.deadline
         var state = Progress(total: requests.count, done: 0, failed: 0, running: 0)
         var pending: [Int: Result<ModelResponse, ProviderError>] = [:]
         var nextToEmit = 0
@@ -71,12 +79,25 @@ public struct BatchRunner: Sendable {
                 let input = requests[i]
                 state.running += 1
                 group.addTask {
-                    guard case .success(let request) = input else {
+                    guard case .success(var request) = input else {
                         if case .failure(let e) = input { return (i, .failure(e)) }
                         return (i, .failure(ProviderError(.backend, "unreachable")))
                     }
                     if Task.isCancelled {
                         return (i, .failure(ProviderError(.cancelled, "the batch was cancelled", provider: backend.name)))
+                    }
+                    if let deadline {
+                        let left = deadline.at - ContinuousClock.now
+                        guard left > .zero else {
+                            return (
+                                i,
+                                .failure(
+                                    ProviderError(
+                                        .timeout, "not sent: the batch's total deadline of \(deadline.length) passed before its turn", provider: backend.name,
+                                        deadline: "total"))
+                            )
+                        }
+                        request.deadlines.total = min(request.deadlines.total ?? left, left)
                     }
                     do {
                         let r = streaming ? try await backend.collect(request) : try await backend.complete(request)

@@ -119,6 +119,11 @@ public struct ReliableProviders: Sendable {
         return resolve(name, depth: 0)
     }
 
+    /// The backend for `name` as `backend(_:)` builds it, creating no
+    /// provider now: each is created by its first call (on a plugin thread,
+    /// `LazyBackend`), and a creation error is that call's error.
+    package func uncreated(_ name: String) -> any ModelBackend { resolve(name, depth: 0) }
+
     /// `primary`, then the `others` in order, as one chain (`--fallback`):
     /// the request's model goes to `primary`, the others use their defaults.
     public func chain(_ primary: String, then others: [String]) throws(ProviderError) -> any ModelBackend {
@@ -202,6 +207,10 @@ public struct ReliableProviders: Sendable {
     /// Shuts down every provider created so far.
     public func shutdown() async {
         let all = leaves.made.withLock { Array($0.values) }
-        for b in all { await b.shutdown() }
+        // All at once: a plugin whose shutdown does not answer is waited
+        // for up to its bound, and those bounds must not add up.
+        await withTaskGroup(of: Void.self) { g in
+            for b in all { g.addTask { await b.shutdown() } }
+        }
     }
 }

@@ -1,3 +1,6 @@
+import DescartesSupport
+import Glibc
+
 /// When a fallback chain moves on to its next provider.
 public struct FallbackPolicy: Sendable, Hashable {
     /// The kinds of error that move the chain on. By default every kind but
@@ -206,11 +209,26 @@ public struct FallbackBackend: ModelBackend {
 /// be created now (a missing API key, a plugin that is not installed) and
 /// still work through its other providers; the creation error is that
 /// provider's failed attempt, every time it is tried.
+///
+/// It is created once, by the first caller, with no lock held while the
+/// plugin's `create` runs: a caller that comes meanwhile waits for that
+/// creation. An async caller (every operation) has it created on a plugin
+/// thread, never on Swift's cooperative pool, whose few threads a `create`
+/// that never returns would take from every task; and stops waiting when
+/// its task is cancelled (its deadline passed), leaving the creation to end
+/// under the factory's own deadline.
 package final class LazyBackend: ModelBackend, Sendable {
     package let name: String
     package let mode: ModelProviderMode
     private let make: @Sendable () throws -> any ModelBackend
-    private let state = Lock<Result<any ModelBackend, ProviderError>?>(nil)
+    typealias Made = Result<any ModelBackend, ProviderError>
+    private enum State {
+        case idle
+        /// Being created; these wait for it.
+        case creating([@Sendable (Made) -> Void])
+        case done(Made)
+    }
+    private let state = Lock<State>(.idle)
 
     /// - Parameters:
     ///   - name: the provider's name, for errors and attempts.
@@ -223,36 +241,115 @@ package final class LazyBackend: ModelBackend, Sendable {
         self.make = make
     }
 
-    /// The backend, created now if it was not yet.
-    package func backend() throws(ProviderError) -> any ModelBackend {
-        let result = state.withLock { s -> Result<any ModelBackend, ProviderError> in
-            if let s { return s }
-            let r: Result<any ModelBackend, ProviderError>
-            do { r = .success(try make()) } catch { r = .failure(ProviderError.from(error, provider: name)) }
-            s = r
-            return r
+    /// Runs `make` and hands its result to every waiter.
+    private func create() -> Made {
+        let r: Made
+        do { r = .success(try make()) } catch { r = .failure(ProviderError.from(error, provider: name)) }
+        let waiters = state.withLock { s -> [@Sendable (Made) -> Void] in
+            defer { s = .done(r) }
+            if case .creating(let w) = s { return w }
+            return []
         }
-        return try result.get()
+        for w in waiters { w(r) }
+        return r
+    }
+
+    /// The backend, created now (on this thread) if it was not yet; waits
+    /// for a creation another caller began.
+    package func backend() throws(ProviderError) -> any ModelBackend {
+        let gate = OneShot<Made>()
+        let first = state.withLock { s -> Made?? in
+            switch s {
+            case .done(let r): return .some(r)
+            case .idle:
+                s = .creating([])
+                return .some(nil)
+            case .creating(var w):
+                w.append { gate.set($0) }
+                s = .creating(w)
+                return nil
+            }
+        }
+        switch first {
+        case .some(.some(let r)): return try r.get()
+        case .some(.none): return try create().get()
+        case nil: return try gate.wait().get()
+        }
+    }
+
+    /// The backend, created on a plugin thread if it was not yet.
+    /// - Throws: its creation error; `cancelled` when the calling task is
+    ///   cancelled before it exists.
+    package func made() async throws(ProviderError) -> any ModelBackend {
+        if case .done(let r) = state.withLock({ $0 }) { return try r.get() }
+        let r = await PluginThreads.shared.value { [self] () -> Made in
+            let gate = OneShot<Made>()
+            let start = state.withLock { s -> Made?? in
+                switch s {
+                case .done(let r): return .some(r)
+                case .idle:
+                    s = .creating([])
+                    return .some(nil)
+                case .creating(var w):
+                    w.append { gate.set($0) }
+                    s = .creating(w)
+                    return nil
+                }
+            }
+            switch start {
+            case .some(.some(let r)): return r
+            case .some(.none): return create()
+            case nil: return gate.wait()
+            }
+        }
+        guard let r else {
+            throw ProviderError(.cancelled, "stopped waiting for provider '\(name)' to be created (the request was cancelled or its deadline passed)", provider: name)
+        }
+        return try r.get()
     }
 
     /// The backend if it was created, without creating it.
     var created: (any ModelBackend)? {
-        state.withLock { s in if case .success(let b)? = s { return b }; return nil }
+        state.withLock { s in if case .done(.success(let b)) = s { return b }; return nil }
     }
 
-    package func initialize() async throws(ProviderError) { try await backend().initialize() }
-    package func healthCheck() async throws(ProviderError) -> HealthReport { try await backend().healthCheck() }
-    package func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse { try await backend().complete(request) }
+    package func initialize() async throws(ProviderError) { try await made().initialize() }
+    package func healthCheck() async throws(ProviderError) -> HealthReport { try await made().healthCheck() }
+    package func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse { try await made().complete(request) }
     package func stream(_ request: ModelRequest) -> ModelStream {
-        do { return try backend().stream(request) } catch {
-            return ModelStream(failing: error)
+        if let b = created { return b.stream(request) }
+        return Streams.make(provider: name) { [self] out in
+            for try await event in try await made().stream(request) { out.yield(event) }
         }
     }
-    package func listModels() async throws(ProviderError) -> [ModelInfo] { try await backend().listModels() }
+    package func listModels() async throws(ProviderError) -> [ModelInfo] { try await made().listModels() }
     package func estimateTokens(_ request: ModelRequest) async throws(ProviderError) -> TokenEstimate {
-        try await backend().estimateTokens(request)
+        try await made().estimateTokens(request)
     }
-    package func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings { try await backend().embed(request) }
+    package func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings { try await made().embed(request) }
     package func shutdown() async { await created?.shutdown() }
+}
+
+/// A value handed from one thread to another that blocks for it.
+private final class OneShot<T: Sendable>: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var value: T?
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+    func set(_ v: T) {
+        pthread_mutex_lock(&mutex)
+        value = v
+        pthread_cond_broadcast(&cond)
+        pthread_mutex_unlock(&mutex)
+    }
+    func wait() -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        while value == nil { pthread_cond_wait(&cond, &mutex) }
+        return value!
+    }
 }
 
