@@ -183,6 +183,7 @@ package final class Gateway: Sendable {
         exchange.run { [self] in
             var record = AccessRecord(request: request)
             await route(request, exchange, &record)
+            record.deadline?.stop()
             inFlight.withLock { _ = $0.removeValue(forKey: id) }
             record.finish(clientGone: exchange.clientGone)
             metrics.record(record)
@@ -302,12 +303,15 @@ package final class Gateway: Sendable {
         }
     }
 
-    /// The shared backend of a name, built on first use.
+    /// The shared backend of a name. Its plugins' backends are created by
+    /// the first request's call, on a plugin thread and under that
+    /// request's deadline (`arm`), never here: a `create` that hangs holds
+    /// only the requests that need it, not a lock or a thread of the others.
     func backend(_ name: String) throws(ProviderError) -> any ModelBackend {
         let g = generation.withLock { $0 }
         let (backends, factory, reliability) = (g.backends, g.factory, g.reliability)
         if let b = backends.withLock({ $0[name] }) { return b }
-        var b = try g.providers.backend(name)
+        var b = g.providers.uncreated(name)
         if let audit {
             let plugin = (try? factory.resolveName(name, settings: reliability))?.plugin ?? name
             b = audit.wrap(b, plugin: plugin)
@@ -358,6 +362,8 @@ package final class Gateway: Sendable {
         }
         record.provider = target.name
         var modelRequest = parsed.request
+        let limit = arm(target.name, exchange, &record)
+        modelRequest.deadlines.total = min(modelRequest.deadlines.total ?? limit, limit)
         if let m = target.model { modelRequest.model = m }
         if let key { key.label(&modelRequest.metadata) }
         // Approvals are the gateway's configuration, never the client's.
@@ -431,10 +437,18 @@ package final class Gateway: Sendable {
                 if finished { break }
             }
         } catch {
-            let e = GatewayError(ProviderError.from(error, provider: name))
+            let raised = GatewayError(ProviderError.from(error, provider: name))
+            let e = record.deadline?.error(instead: raised) ?? raised
             record.error = e.kind
             if !begun { return send(e, dialect, exchange, &record) }
             _ = exchange.write(failure(e))
+            exchange.end()
+            return
+        }
+        if begun, !finished, let passed = record.deadline?.error(instead: nil) {
+            // The request's deadline ended the stream: the client is told.
+            record.error = passed.kind
+            _ = exchange.write(failure(passed))
         }
         if !begun {
             // Cancelled before anything was sent (the client went away, or shutdown).
@@ -442,6 +456,45 @@ package final class Gateway: Sendable {
         }
         exchange.end()
     }
+
+    // MARK: Deadlines
+
+    /// Gives the request to `name` its total deadline: once it passes, the
+    /// request's task is cancelled (backend creation on first use, retries,
+    /// fallbacks and the call with it) and the client is answered with the
+    /// dialect's timeout error (504) naming it. Returns its length.
+    @discardableResult
+    func arm(_ name: String, _ exchange: HTTPExchange, _ record: inout AccessRecord) -> Duration {
+        let limit = requestDeadline(name)
+        let d = RequestDeadline(limit: limit, provider: name)
+        record.deadline = d
+        d.start { exchange.cancel() }
+        return limit
+    }
+
+    /// The total deadline of a request to `name`: the instance's
+    /// `timeout_secs` (else its manifest's default for it, else 600 s, the
+    /// host's); for a fallback chain or a route, the longest of its members'.
+    func requestDeadline(_ name: String, depth: Int = 0) -> Duration {
+        let (factory, reliability) = generation.withLock { ($0.factory, $0.reliability) }
+        if depth < 32, let chain = reliability.fallbacks[name] {
+            return chain.chain.map { requestDeadline($0.name, depth: depth + 1) }.max() ?? Self.defaultDeadline
+        }
+        if depth < 32, let route = reliability.routes[name] {
+            return route.candidates.map { requestDeadline($0.name, depth: depth + 1) }.max() ?? Self.defaultDeadline
+        }
+        let instance = factory.configuration?.instance(name)
+        if let e = instance?.entries.first(where: { $0.key == "timeout_secs" }), let t = e.node.scalar.flatMap({ Int($0) }), t > 0 {
+            return .seconds(t)
+        }
+        if let m = try? factory.manifest(for: instance?.plugin ?? name), let t = m.configKey("timeout_secs")?.defaultValue?.intValue, t > 0 {
+            return .seconds(t)
+        }
+        return Self.defaultDeadline
+    }
+
+    /// A request's total deadline when nothing sets one (a plugin backend's own default).
+    static let defaultDeadline: Duration = .seconds(600)
 
     // MARK: Answers
 
@@ -451,6 +504,7 @@ package final class Gateway: Sendable {
     }
 
     func send(_ e: GatewayError, _ dialect: Dialect, _ exchange: HTTPExchange, _ record: inout AccessRecord) {
+        let e = record.deadline?.error(instead: e) ?? e
         let status = e.status(dialect == .anthropic)
         record.status = status
         record.error = record.error ?? e.kind
@@ -486,6 +540,8 @@ struct AccessRecord {
     var costUSD: Double?
     /// When a stream sent its first content.
     var firstByte: ContinuousClock.Instant?
+    /// The request's total deadline, once its provider is known.
+    var deadline: RequestDeadline?
 
     init(request: HTTPRequest) {
         method = request.method
@@ -516,5 +572,50 @@ struct AccessRecord {
         if let error { o["error"] = .string(error) }
         if clientGone { o["client_gone"] = true }
         return JSONValue.object(o).jsonText
+    }
+}
+
+/// A gateway request's total deadline: a timer that cancels the request's
+/// task when it passes, and the timeout error the client then gets instead
+/// of the cancellation it caused.
+final class RequestDeadline: Sendable {
+    let limit: Duration
+    let provider: String
+    private let state = Lock<(passed: Bool, timer: Task<Void, Never>?)>((false, nil))
+
+    init(limit: Duration, provider: String) {
+        self.limit = limit
+        self.provider = provider
+    }
+
+    /// Starts the timer: `expire` runs when the deadline passes.
+    func start(_ expire: @escaping @Sendable () -> Void) {
+        let limit = self.limit
+        let t = Task { [self] in
+            try? await Task.sleep(for: limit)
+            if Task.isCancelled { return }
+            let first = state.withLock { s -> Bool in
+                if s.passed { return false }
+                s.passed = true
+                return true
+            }
+            if first { expire() }
+        }
+        state.withLock { $0.timer = t }
+    }
+
+    /// The request is answered: the timer is stopped.
+    func stop() { state.withLock { $0.timer }?.cancel() }
+
+    /// What the client is told when the deadline passed: the timeout error
+    /// instead of `e` (the cancellation it caused, or a timeout of its own),
+    /// nil when it has not passed.
+    func error(instead e: GatewayError?) -> GatewayError? {
+        guard state.withLock({ $0.passed }) else { return nil }
+        if let e, e.kind == ProviderError.Kind.timeout.rawValue { return e }
+        return GatewayError(
+            ProviderError(
+                .timeout, "no answer within the request's total deadline of \(limit.exactText) (timeout_secs of provider '\(provider)'; backend creation, retries and fallbacks included)",
+                provider: provider, deadline: "total"))
     }
 }

@@ -93,6 +93,7 @@ extension Gateway {
             return send(error, .openAI, exchange, &record)
         }
         record.provider = target.name
+        arm(target.name, exchange, &record)
         var embedRequest = parsed.request
         embedRequest.model = target.model
         do {

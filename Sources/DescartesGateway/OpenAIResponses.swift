@@ -564,6 +564,8 @@ extension Gateway {
         }
         record.provider = target.name
         var modelRequest = parsed.request
+        let limit = arm(target.name, exchange, &record)
+        modelRequest.deadlines.total = min(modelRequest.deadlines.total ?? limit, limit)
         if let m = target.model { modelRequest.model = m }
         if let key { key.label(&modelRequest.metadata) }
         // Approvals are the gateway's configuration, never the client's.

@@ -43,6 +43,9 @@ extension Gateway {
                     switch await Self.withTimeout(Self.readyTimeout, provider: name, { () async throws(ProviderError) -> HealthReport in try await b.healthCheck() }) {
                     case .success(let r):
                         return Outcome(name: name, doc: ["status": "ok", "latency_ms": .integer(r.latency == .zero ? (ContinuousClock.now - start).milliseconds : r.latency.milliseconds)], ok: true)
+                    case .failure(let e) where e.kind == .config && !e.details.isEmpty && e.details.allSatisfy({ $0.hasPrefix("missing required key") }):
+                        // Created by its first call (this check): a required key has no value.
+                        return Outcome(name: name, doc: ["status": "skipped", "message": .string("not configured")], ok: nil)
                     case .failure(let e) where e.kind == .unsupportedFeature:
                         return Outcome(name: name, doc: ["status": "unknown", "message": "the backend has no health check"], ok: nil)
                     case .failure(let e):

@@ -108,6 +108,10 @@ enum HostFaults {
             fault: "several hanging plugins under one command", how: "`plugins verify` of three plugins whose create hangs beside echo, `batch` of 10 lines to a plugin hanging in initialize or start, `health` with three hanging creates and hanging initializes; in process and isolated",
             outcome: "`--timeout 3` bounds the whole command: each ends within 5 s with every row and line present (verify checks the plugins at once, each still loading at the deadline a failed row naming it, echo verified; a batch line whose turn comes after the deadline is the error `not sent: the batch's total deadline of 3 s passed before its turn`; health creates each provider on a plugin thread, never on Swift's cooperative pool, under the same deadline). Before, the deadline was each plugin's or line's: 9 s, 6-9.5 s and 14 s",
             test: "theWholeCommandHonoursItsTimeout"),
+        Case(
+            fault: "a gateway request to a hanging plugin", how: "`descartes serve`, providers with `timeout_secs: 3` whose plugin hangs in start or in create, asked by a real HTTP client (OpenAI and Anthropic paths, streamed or not) while echo is asked too",
+            outcome: "each request has a total deadline (the provider's `timeout_secs`, covering creation on first use, retries and the call): the client gets the dialect's `timeout_error` with status 504 within 4 s and the access log says `timeout`; echo is answered at once meanwhile (backends are created by the first call, on a plugin thread, with no lock held). Before: about 10 s for the hanging start (three attempts), 30 s for the hanging create",
+            test: "aGatewayRequestEndsAtItsDeadline"),
     ]
 
     static func document() -> String {
