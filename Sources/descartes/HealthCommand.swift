@@ -38,18 +38,23 @@ enum HealthCommand {
         // are still checked. --in-process: in this process.
         if !args.flag(.inProcess) { setup.factory.defaultIsolation = .process(.isolatedPlugin) }
 
+        if args.value(.provider) == nil && !settings.isEmpty { usageFailure(args.mistake("--set needs -p PROVIDER (each provider has its own keys)")) }
+        // The shared store's PING (blocking, bounded by the timeout) beside
+        // the providers' checks, on a thread of its own: the deadline is the
+        // whole command's, not one after the other.
+        let reliability = setup.settings
+        let storeCheck = Task { await PluginThreads.shared.value { checkStore(reliability, timeout: timeout) } ?? nil }
         if let name = args.value(.provider) {
             let (backend, providers) = setup.probe(name, settings: settings, json: json)
             let outcome = await check(name, backend, timeout: left(timeout, since: began), deadline: commandDeadline(timeout))
             await providers.shutdown()
-            let store = checkStore(setup.settings, timeout: timeout)
+            let store = await storeCheck.value
             print([outcome] + (store.map { [$0] } ?? []), json: json)
             if let e = outcome.error { return ExitCode.for(e) }
             if let e = store?.error { return ExitCode.for(e) }
             return .ok
         }
 
-        if !settings.isEmpty { usageFailure(args.mistake("--set needs -p PROVIDER (each provider has its own keys)")) }
         // The configuration's instances, and the plugins no instance uses
         // (an instance stands for its plugin).
         let instances = setup.factory.configuration?.instances ?? []
@@ -91,7 +96,7 @@ enum HealthCommand {
             return all.sorted { $0.name < $1.name }
         }
         await providers.shutdown()
-        let all = outcomes + (checkStore(setup.settings, timeout: timeout).map { [$0] } ?? [])
+        let all = outcomes + ((await storeCheck.value).map { [$0] } ?? [])
         print(all, json: json)
         return all.contains { $0.error != nil } ? .failure : .ok
     }
