@@ -86,6 +86,7 @@ public struct BatchRunner: Sendable {
                     if Task.isCancelled {
                         return (i, .failure(ProviderError(.cancelled, "the batch was cancelled", provider: backend.name)))
                     }
+                    var clamped = false
                     if let deadline {
                         let left = deadline.at - ContinuousClock.now
                         guard left > .zero else {
@@ -97,13 +98,19 @@ public struct BatchRunner: Sendable {
                                         deadline: "total"))
                             )
                         }
+                        clamped = request.deadlines.total.map { left < $0 } ?? true
                         request.deadlines.total = min(request.deadlines.total ?? left, left)
                     }
                     do {
                         let r = streaming ? try await backend.collect(request) : try await backend.complete(request)
                         return (i, .success(r))
                     } catch {
-                        return (i, .failure(ProviderError.from(error, provider: backend.name)))
+                        var e = ProviderError.from(error, provider: backend.name)
+                        if clamped, let deadline, e.kind == .timeout, e.deadline == "total" {
+                            // Its total was what was left of the batch's: say so, not "2.997 s".
+                            e.message = "the batch's total deadline of \(deadline.length) passed while it ran"
+                        }
+                        return (i, .failure(e))
                     }
                 }
                 return true
