@@ -105,6 +105,7 @@ enum HostFaults {
             fault: "a plugin crashes under the conformance suite", how: "SIGSEGV in `descartes_plugin_entry`, or in a stream after its first text (`openai-c.c` built with `-DOPENAI_C_FAULTS`, `OPENAI_C_FAULT=crash-entry` or `crash-stream`)",
             outcome: "`plugins verify --conformance` exits 1 within a minute: the check that was running is a failed row naming the signal (the suite runs in a child process); after a crash in a call a new child goes on with the checks after it, after one in the entry point none can run (`--in-process`: the command dies, 139, as before)",
             test: "ConformanceIsolationTests.aFaultIsAFailedRowNamingIt"),
+        Case(
             fault: "several hanging plugins under one command", how: "`plugins verify` of three plugins whose create hangs beside echo, `batch` of 10 lines to a plugin hanging in initialize or start, `health` with three hanging creates and hanging initializes; in process and isolated",
             outcome: "`--timeout 3` bounds the whole command: each ends within 5 s with every row and line present (verify checks the plugins at once, each still loading at the deadline a failed row naming it, echo verified; a batch line whose turn comes after the deadline is the error `not sent: the batch's total deadline of 3 s passed before its turn`; health creates each provider on a plugin thread, never on Swift's cooperative pool, under the same deadline). Before, the deadline was each plugin's or line's: 9 s, 6-9.5 s and 14 s",
             test: "theWholeCommandHonoursItsTimeout"),
