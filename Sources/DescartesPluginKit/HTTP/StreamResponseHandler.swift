@@ -212,8 +212,12 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
     private var request: HTTPRequest?
     private var attempt = 0
     /// Touched across threads: the transfer in flight (for cancel), which
-    /// attempt it is, and whether its answer has begun (for the notice).
-    private let shared = Lock<(transfer: HTTPTransfer?, generation: Int, gotHead: Bool)>((nil, 0, false))
+    /// attempt it is, the last attempt whose transfer ended, and whether its
+    /// answer has begun (for the notice). The transfer holds this handler
+    /// until it ends, so it is kept here only while it runs: kept after its
+    /// end, the two held each other, and every call's handler, consumer and
+    /// buffers (about 10 KB) stayed for the life of the process.
+    private let shared = Lock<(transfer: HTTPTransfer?, generation: Int, ended: Int, gotHead: Bool)>((nil, 0, 0, false))
 
     private enum Mode { case waiting, sniffing, streaming, whole, error }
     private var mode = Mode.waiting
@@ -272,7 +276,8 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
             return s.generation
         }
         let t = client.start(r, handler: self)
-        shared.withLock { s in if s.generation == generation { s.transfer = t } }
+        // Not when it already ended (in `start`, on this thread).
+        shared.withLock { s in if s.generation == generation && s.ended != generation { s.transfer = t } }
         if call.isCancelled { t.cancel() }
     }
 
@@ -363,6 +368,10 @@ public final class StreamResponseHandler: HTTPResponseHandler, @unchecked Sendab
     }
 
     public func end(_ error: HTTPError?) {
+        shared.withLock { s in
+            s.transfer = nil
+            s.ended = s.generation
+        }
         if done { return }
         if mode == .error && error?.kind != .cancelled {
             // The status says more than the cut of its error body.
