@@ -38,4 +38,25 @@ import Testing
         for _ in 0..<200 where !fired.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(50)) }
         #expect(fired.withLock { $0 }, "an entry scheduled after the dropped one never fired: the timer thread is stuck")
     }
+
+    /// A call cancels its deadline check when it ends, mostly minutes
+    /// before the check was due (the total deadline). The cancelled entries
+    /// used to wait in the heap until then: a busy gateway kept one per
+    /// request answered in the last ten minutes. Past half the heap they go
+    /// at once, and what is still scheduled fires in order.
+    @Test func cancelledEntriesDoNotAccumulate() async throws {
+        let timer = DeadlineTimer()
+        let clock = DescartesClock.continuous
+        let fired = Lock<[Int]>([])
+        // Two live entries, due soon, scheduled among thousands cancelled ones.
+        for i in 0..<5000 {
+            let t = timer.schedule(at: .now + .seconds(600 + i % 7), on: clock) {}
+            if i == 1000 { timer.schedule(at: .now + .milliseconds(300), on: clock) { fired.withLock { $0.append(2) } } }
+            if i == 3000 { timer.schedule(at: .now + .milliseconds(150), on: clock) { fired.withLock { $0.append(1) } } }
+            timer.cancel(t)
+        }
+        #expect(timer.pending < DeadlineTimer.compactAt * 2, "\(timer.pending) entries kept for 5,000 cancelled and 2 live")
+        for _ in 0..<500 where fired.withLock({ $0.count }) < 2 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(fired.withLock { $0 } == [1, 2])
+    }
 }
