@@ -98,7 +98,9 @@ public enum FileSystem {
     /// Writes `bytes` to `path` atomically (a temporary file renamed over it),
     /// with the given permissions.
     public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: Glibc.mode_t = 0o644) throws(FileSystemError) {
-        let tmp = path + ".tmp.\(getpid())"
+        // Named for the process and the thread, so two threads writing the
+        // same file do not write one temporary file.
+        let tmp = path + ".tmp.\(getpid()).\(UInt(pthread_self()))"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         if fd < 0 { throw systemError(tmp) }
         var written = 0
@@ -143,6 +145,37 @@ public enum FileSystem {
         public var size: Int
         public var isDirectory: Bool { mode & S_IFMT == S_IFDIR }
         public var isRegular: Bool { mode & S_IFMT == S_IFREG }
+    }
+
+    /// What tells one version of a file from another without reading it:
+    /// device, inode, size, and the modification and status-change times
+    /// in nanoseconds. Any write changes the status-change time (which no
+    /// caller can set back, as `touch -d` sets the modification time), and
+    /// a file renamed over it has another inode.
+    public struct Identity: Sendable, Hashable {
+        public var device: UInt64
+        public var inode: UInt64
+        public var size: Int64
+        public var modified: Int64
+        public var changed: Int64
+        public init(device: UInt64, inode: UInt64, size: Int64, modified: Int64, changed: Int64) {
+            self.device = device
+            self.inode = inode
+            self.size = size
+            self.modified = modified
+            self.changed = changed
+        }
+    }
+
+    /// The identity of the file at `path` (following symlinks), or nil if it
+    /// does not exist.
+    public static func identity(_ path: String) -> Identity? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Identity(
+            device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size),
+            modified: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+            changed: Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec))
     }
 
     /// stat(2) of a path (following symlinks), or nil if it does not exist.

@@ -113,6 +113,11 @@ enum HostFaults {
             fault: "a gateway request to a hanging plugin", how: "`descartes serve`, providers with `timeout_secs: 3` whose plugin hangs in start or in create, asked by a real HTTP client (OpenAI and Anthropic paths, streamed or not) while echo is asked too",
             outcome: "each request has a total deadline (the provider's `timeout_secs`, covering creation on first use, retries and the call): the client gets the dialect's `timeout_error` with status 504 within 4 s and the access log says `timeout`; echo is answered at once meanwhile (backends are created by the first call, on a plugin thread, with no lock held). Before: about 10 s for the hanging start (three attempts), 30 s for the hanging create",
             test: "aGatewayRequestEndsAtItsDeadline"),
+        Case(
+            fault: "a manifest changed behind the manifest cache, or the cache damaged",
+            how: "the same size with the modification time set back; a file renamed over it; the cache truncated at every point, of another executable, writable by others",
+            outcome: "the manifest is read and checked again, never answered from the cache; a manifest with problems is never kept, its `file:line:column` errors the same",
+            test: "ManifestCacheTests.answersOnlyWhileTheFileIsTheOneItRead"),
     ]
 
     static func document() -> String {

@@ -217,24 +217,33 @@ public final class PluginCatalog: Sendable {
     private let pending: PluginSearch?
     /// What `entry(for:)` found before full discovery, by provider id.
     private let looked = Lock<[String: CatalogEntry]>([:])
+    /// Whether discovery reads manifests through the user's
+    /// `ManifestCache` (the host's catalog, `discover()`).
+    private let cached: Bool
 
     package init(search: PluginSearch, entries: [CatalogEntry], trace: [String], policy: PluginPolicy = .none) {
         self.discovered = Lock(Found(search: search, entries: entries, trace: trace))
         self.pending = nil
         self.policy = policy
+        self.cached = false
     }
 
-    private init(discovering search: PluginSearch, policy: PluginPolicy) {
+    private init(discovering search: PluginSearch, policy: PluginPolicy, cached: Bool) {
         self.discovered = Lock(nil)
         self.pending = search
         self.policy = policy
+        self.cached = cached
     }
+
+    /// The manifest cache discovery reads through: the user's for the
+    /// host's catalog, else none (every manifest read).
+    private func manifestCache() -> ManifestCache { ManifestCache(path: cached ? ManifestCache.standardPath() : nil) }
 
     private func found() -> Found {
         discovered.withLock { found in
             if let found { return found }
             // discover()'s catalog: the standard search, then a SwiftPM build's own plugins.
-            let c = PluginCatalog.discover(pending!, policy: policy).withSwiftPMBuild()
+            let c = PluginCatalog.discover(pending!, policy: policy, cache: manifestCache()).withSwiftPMBuild()
             let made = Found(search: c.search, entries: c.entries, trace: c.trace)
             found = made
             return made
@@ -253,7 +262,7 @@ public final class PluginCatalog: Sendable {
     package func entry(for provider: String) -> CatalogEntry? {
         if let search = pending, discovered.withLock({ $0 == nil }) {
             if let e = looked.withLock({ $0[provider] }) { return e }
-            if let e = Self.available(provider, search: search, policy: policy) {
+            if let e = Self.available(provider, search: search, policy: policy, cache: manifestCache()) {
                 looked.withLock { $0[provider] = e }
                 return e
             }
@@ -267,7 +276,8 @@ public final class PluginCatalog: Sendable {
     /// discovery must answer). The first manifest in search order that
     /// reads as `provider` is its entry; a manifest declaring another
     /// provider cannot be it and is not read further.
-    static func available(_ provider: String, search: PluginSearch, policy: PluginPolicy) -> CatalogEntry? {
+    static func available(_ provider: String, search: PluginSearch, policy: PluginPolicy, cache: ManifestCache) -> CatalogEntry? {
+        defer { cache.save() }
         let checkFiles = FileTrust.enforced
         var trace: [String] = []
         var owner: [String: String] = [:]
@@ -275,10 +285,13 @@ public final class PluginCatalog: Sendable {
             guard let names = manifests(in: dir, checkFiles: checkFiles, trace: &trace) else { continue }
             for name in names {
                 let file = FileSystem.join(dir.path, name)
-                if let declared = PluginManifest.declaredProvider(path: file), declared != provider { continue }
+                if let declared = cache.declaredProvider(path: file) ?? PluginManifest.declaredProvider(path: file), declared != provider {
+                    continue
+                }
                 guard
                     let entry = examine(
-                        name, file: file, in: dir, search: search, policy: policy, checkFiles: checkFiles, owner: &owner, trace: &trace),
+                        name, file: file, in: dir, search: search, policy: policy, checkFiles: checkFiles, cache: cache, owner: &owner,
+                        trace: &trace),
                     entry.manifest?.provider == provider
                 else { continue }
                 return entry.status == .available ? entry : nil
@@ -341,14 +354,14 @@ public final class PluginCatalog: Sendable {
     /// available provider's entry (see `entry(for:)`).
     public static func discover() -> PluginCatalog {
         let policy = PluginPolicy.standard()
-        return discovering(.standard(policy: policy), policy: policy)
+        return PluginCatalog(discovering: .standard(policy: policy), policy: policy, cached: true)
     }
 
     /// The catalog of `search` under `policy`, with a SwiftPM build's own
     /// plugins last when nothing else is usable, discovered on first use
     /// (`discover()`'s, for any search).
     package static func discovering(_ search: PluginSearch, policy: PluginPolicy = .none) -> PluginCatalog {
-        PluginCatalog(discovering: search, policy: policy)
+        PluginCatalog(discovering: search, policy: policy, cached: false)
     }
 
     /// Whether full discovery has run (every manifest read and checked).
@@ -373,7 +386,8 @@ public final class PluginCatalog: Sendable {
     public static func discover(_ search: PluginSearch) -> PluginCatalog { discover(search, policy: .none) }
 
     /// The plugins `search` finds, under `policy`.
-    package static func discover(_ search: PluginSearch, policy: PluginPolicy) -> PluginCatalog {
+    package static func discover(_ search: PluginSearch, policy: PluginPolicy, cache: ManifestCache = ManifestCache(path: nil)) -> PluginCatalog {
+        defer { cache.save() }
         var trace = search.notes
         for f in policy.files {
             switch f.status {
@@ -390,7 +404,9 @@ public final class PluginCatalog: Sendable {
             guard let names = manifests(in: dir, checkFiles: checkFiles, trace: &trace) else { continue }
             for name in names {
                 let file = FileSystem.join(dir.path, name)
-                if let entry = examine(name, file: file, in: dir, search: search, policy: policy, checkFiles: checkFiles, owner: &owner, trace: &trace) {
+                if let entry = examine(
+                    name, file: file, in: dir, search: search, policy: policy, checkFiles: checkFiles, cache: cache, owner: &owner, trace: &trace)
+                {
                     entries.append(entry)
                 }
             }
@@ -424,7 +440,7 @@ public final class PluginCatalog: Sendable {
     /// which it updates).
     static func examine(
         _ name: String, file: String, in dir: PluginSearch.Directory, search: PluginSearch, policy: PluginPolicy, checkFiles: Bool,
-        owner: inout [String: String], trace: inout [String]
+        cache: ManifestCache, owner: inout [String: String], trace: inout [String]
     ) -> CatalogEntry? {
         var entry = CatalogEntry(file: file, directory: dir, manifest: nil, problems: [], status: .invalid)
         if checkFiles, let why = FileTrust.problem(file) {
@@ -436,7 +452,7 @@ public final class PluginCatalog: Sendable {
             return entry
         }
         do {
-            var m = try PluginManifest.load(path: file)
+            var m = try cache.load(path: file)
             if let libraries = dir.libraries, !m.libraryName.hasPrefix("/") {
                 m.libraryPath = FileSystem.join(libraries, m.libraryName)
                 guard FileSystem.exists(m.libraryPath) else {
