@@ -20,6 +20,18 @@ package enum FileTrust {
     /// can. Checks the file the path resolves to, and the directories
     /// holding it and the path.
     package static func problem(_ path: String) -> String? {
+        // A path that is not itself a symlink: the file and the directory
+        // the candidates below resolve to are the ones `stat` of the path
+        // and of its directory reach, so when neither has a problem there
+        // is none, found without `realpath` (a readlink per component; as
+        // root, discovery checks every manifest and library). A problem is
+        // reported as below, naming the resolved path.
+        var st = stat()
+        if lstat(path, &st) == 0, st.st_mode & S_IFMT != S_IFLNK, problemOfOne(path) == nil,
+            problemOfOne(FileSystem.directory(of: path)) == nil
+        {
+            return nil
+        }
         var seen: Set<String> = []
         // The file a symlink leads to and its directory, then the directory
         // holding the link (whoever can write there can replace the link).
