@@ -36,7 +36,7 @@ public struct ProvidersConfig: Sendable {
     /// Sections read by the middleware layer (retry, fallback chains,
     /// routing, cache, rate limits); this loader merges them, expands their
     /// references and hands them over as `YAMLNode`s (see `section(_:)`).
-    package static let middlewareSections = ["retry", "fallbacks", "routes", "cache", "limits", "shared", "budgets"]
+    package static let middlewareSections = ["retry", "fallbacks", "routes", "cache", "limits", "circuit_breakers", "shared", "budgets"]
     package static let topLevelKeys = ["providers", "audit", "server"] + middlewareSections
     /// Keys of an instance that the host reads itself; every other key is
     /// the plugin's configuration, checked against its manifest.

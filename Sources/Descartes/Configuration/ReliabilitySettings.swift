@@ -15,6 +15,8 @@ public struct ReliabilitySettings: Sendable {
     public var routes: [String: RouteSpec] = [:]
     public var cache: CacheSpec?
     public var limits: [String: RateLimits] = [:]
+    /// Circuit breakers per provider (`circuit_breakers:`).
+    public var circuitBreakers: [String: CircuitBreakerSettings] = [:]
     /// The shared store (`shared:`); nil: every process keeps its own state.
     public var shared: SharedSettings?
     /// Spend budgets per request label (`budgets:`).
@@ -25,7 +27,7 @@ public struct ReliabilitySettings: Sendable {
     public init() {}
 
     /// The sections this type reads, in the order of the docs.
-    package static let sections = ["retry", "fallbacks", "routes", "cache", "limits", "shared", "budgets"]
+    package static let sections = ["retry", "fallbacks", "routes", "cache", "limits", "circuit_breakers", "shared", "budgets"]
 
     /// One provider of a chain or route, as configured.
     public struct Member: Sendable, Hashable {
@@ -72,6 +74,7 @@ public struct ReliabilitySettings: Sendable {
         if let n = sections["routes"] { p.routes(n) }
         if let n = sections["cache"] { p.cache(n) }
         if let n = sections["limits"] { p.limits(n) }
+        if let n = sections["circuit_breakers"] { p.circuitBreakers(n) }
         if let n = sections["shared"] { p.shared(n) }
         if let n = sections["budgets"] { p.budgets(n) }
         p.crossCheck()
@@ -108,7 +111,7 @@ public struct ReliabilitySettings: Sendable {
                 problems.append(SourceProblem(at, "'\(name)' is both a provider and a fallback chain or route; rename one"))
             }
         }
-        for (kind, names) in [("retry.providers", Array(retryByProvider.keys)), ("limits", Array(limits.keys)), ("cache.providers", cache?.providers ?? [])] {
+        for (kind, names) in [("retry.providers", Array(retryByProvider.keys)), ("limits", Array(limits.keys)), ("circuit_breakers", Array(circuitBreakers.keys)), ("cache.providers", cache?.providers ?? [])] {
             for n in names.sorted() where !known.contains(n) {
                 let at = locations["\(kind):\(n)"] ?? cache?.location ?? SourcePosition(file: "providers.yaml", line: 1, column: 1)
                 let hint = closest(n, in: Array(known)).map { " (did you mean '\($0)'?)" } ?? ""
@@ -353,6 +356,34 @@ struct SettingsParser {
             }
             settings.limits[name] = l
             settings.locations["limits:\(name)"] = p.key.location
+        }
+    }
+
+    // MARK: circuit_breakers
+
+    mutating func circuitBreakers(_ n: YAMLNode) {
+        guard let pairs = mapping(n, "circuit_breakers") else { return }
+        for p in pairs {
+            let name = p.key.scalar ?? ""
+            guard mapping(p.value, "circuit_breakers.\(name)") != nil else { continue }
+            v.unknownKeys(p.value, allowed: ["failures", "open_secs"], what: "circuit breaker setting")
+            var c = CircuitBreakerSettings()
+            var valid = true
+            if let f = v.int(p.value, "failures") {
+                if f < 1 {
+                    v.problem(p.value["failures"]!, "circuit_breakers.\(name).failures must be at least 1, got \(f)")
+                    valid = false
+                } else { c.failures = f }
+            } else if p.value["failures"] != nil { valid = false }
+            if let node = p.value["open_secs"] {
+                if let d = Self.parseDuration(node), d > .zero, d <= .seconds(86400) { c.open = d } else {
+                    v.problem(node, "circuit_breakers.\(name).open_secs must be a number of seconds above 0 and at most 86400 (a day), got '\(node.scalar ?? node.kindName)'")
+                    valid = false
+                }
+            }
+            if !valid { continue }
+            settings.circuitBreakers[name] = c
+            settings.locations["circuit_breakers:\(name)"] = p.key.location
         }
     }
 

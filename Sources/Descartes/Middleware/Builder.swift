@@ -7,6 +7,8 @@
 ///      BudgetBackend          (budgets.labels; the spend of the process, or with
 ///                              `shared:` of every process)
 ///       RetryBackend          (retry, or retry.providers.NAME; not with 1 attempt)
+///        CircuitBreakerBackend (circuit_breakers.NAME; one per process, and with
+///                              `shared:` one for every process)
 ///         RateLimitedBackend  (limits.NAME; shared by the whole process, and with
 ///                              `shared:` by every process: then every provider has
 ///                              one, for the shared cool-down)
@@ -172,6 +174,11 @@ public struct ReliableProviders: Sendable {
                 b, limiter: .shared(for: name, limits: limits, clock: clock), shared: SharedLimits(store: store, provider: name, limits: limits))
         } else if let limits = settings.limits[name] {
             b = RateLimitedBackend(b, limits: limits, clock: clock)
+        }
+        if let cb = settings.circuitBreakers[name] {
+            b = CircuitBreakerBackend(
+                b, breaker: .shared(for: name, settings: cb, clock: clock),
+                shared: sharedStore.map { SharedBreaker(store: $0, provider: name, settings: cb) })
         }
         let retry = retryPolicy(for: name)
         if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry, clock: clock, logSink: logSink) }

@@ -93,6 +93,9 @@ public struct RetryPolicy: Sendable, Hashable {
         if !error.sideEffects.isEmpty {
             return .stop(reason: "the request had side effects (\(error.sideEffects.joined(separator: "; "))); it is never repeated")
         }
+        if error.providerType == CircuitBreaker.openType {
+            return .stop(reason: "the provider's circuit breaker is open")
+        }
         guard retryOn.contains(error.kind) else {
             return .stop(reason: "\(error.kind) errors are not retried")
         }
