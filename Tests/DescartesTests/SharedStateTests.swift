@@ -184,6 +184,35 @@ import DescartesSupport
         }
     }
 
+    /// A circuit breaker opened by one process is open for the others: they
+    /// fail at once, sending nothing upstream, until `open_secs` has passed;
+    /// then one probe goes, and its answer closes the breaker for everyone.
+    @Test func aBreakerOpenedByOneProcessIsOpenForTheOthers() async throws {
+        let redis = try RedisServer.shared()
+        let down = #"{"error":{"message":"overloaded","type":"server_error"}}"#
+        let server = try await Self.countingServer(first: [.json(down, status: 503), .json(Self.answer)])
+        let file = config(server, shared(redis) + "\ncircuit_breakers:\n  counted: {failures: 1, open_secs: 2}")
+        let first = await cli(["complete", "-p", "counted", "--retries", "0", "hi"], config: file)
+        #expect(first.status != 0, "\(first)")
+        #expect(first.stderr.contains("503"), "\(first)")
+        async let b = cli(["complete", "-p", "counted", "--retries", "0", "hi"], config: file)
+        async let c = cli(["complete", "-p", "counted", "--retries", "0", "hi"], config: file)
+        for r in await [b, c] {
+            #expect(r.status != 0, "\(r)")
+            #expect(r.stderr.contains("circuit breaker (shared) of counted is open since"), "\(r)")
+        }
+        #expect(try await server.requests().count == 1, "an open breaker sends nothing upstream")
+        // After open_secs, the next request is the probe: it is answered and closes the breaker.
+        try await Task.sleep(for: .milliseconds(2100))
+        let probe = await cli(["complete", "-p", "counted", "--retries", "0", "hi"], config: file)
+        #expect(probe.status == 0, "\(probe)")
+        let after = await cli(["complete", "-p", "counted", "--retries", "0", "hi"], config: file)
+        #expect(after.status == 0 && after.stdout == "counted\n", "\(after)")
+        let t = try await server.requests().map(\.time)
+        #expect(t.count == 3)
+        if t.count == 3 { #expect(t[1] - t[0] >= 1.95, "the probe went \(t[1] - t[0]) s after the breaker opened (open_secs: 2)") }
+    }
+
     // MARK: Cache
 
     @Test func anAnswerCachedByOneProcessIsAHitInAnother() async throws {
