@@ -99,22 +99,7 @@ package final class PluginThreads: @unchecked Sendable {
     /// the job is then abandoned (it keeps its thread until it returns, if
     /// ever) and its result, if any, dropped.
     package func run<T: Sendable>(within seconds: Double, _ job: @escaping @Sendable () -> T) -> T? {
-        let slot = Slot<T>()
-        run {
-            let v = job()
-            pthread_mutex_lock(&slot.mutex)
-            slot.value = v
-            slot.done = true
-            pthread_cond_broadcast(&slot.cond)
-            pthread_mutex_unlock(&slot.mutex)
-        }
-        var ts = monotonicDeadline(after: seconds)
-        pthread_mutex_lock(&slot.mutex)
-        defer { pthread_mutex_unlock(&slot.mutex) }
-        while !slot.done {
-            if pthread_cond_timedwait(&slot.cond, &slot.mutex, &ts) == ETIMEDOUT && !slot.done { return nil }
-        }
-        return slot.value
+        runAll(within: seconds, [job])[0]
     }
 }
 

@@ -254,11 +254,11 @@ package final class LazyBackend: ModelBackend, Sendable {
         return r
     }
 
-    /// The backend, created now (on this thread) if it was not yet; waits
-    /// for a creation another caller began.
-    package func backend() throws(ProviderError) -> any ModelBackend {
-        let gate = OneShot<Made>()
-        let first = state.withLock { s -> Made?? in
+    /// Where a caller stands: `.some(r)` made already, `.some(nil)` this
+    /// caller creates it (the state is now `creating`), nil another caller
+    /// is creating it and `gate` gets its result.
+    private func claim(_ gate: OneShot<Made>) -> Made?? {
+        state.withLock { s -> Made?? in
             switch s {
             case .done(let r): return .some(r)
             case .idle:
@@ -270,7 +270,13 @@ package final class LazyBackend: ModelBackend, Sendable {
                 return nil
             }
         }
-        switch first {
+    }
+
+    /// The backend, created now (on this thread) if it was not yet; waits
+    /// for a creation another caller began.
+    package func backend() throws(ProviderError) -> any ModelBackend {
+        let gate = OneShot<Made>()
+        switch claim(gate) {
         case .some(.some(let r)): return try r.get()
         case .some(.none): return try create().get()
         case nil: return try gate.wait().get()
@@ -284,19 +290,7 @@ package final class LazyBackend: ModelBackend, Sendable {
         if case .done(let r) = state.withLock({ $0 }) { return try r.get() }
         let r = await PluginThreads.shared.value { [self] () -> Made in
             let gate = OneShot<Made>()
-            let start = state.withLock { s -> Made?? in
-                switch s {
-                case .done(let r): return .some(r)
-                case .idle:
-                    s = .creating([])
-                    return .some(nil)
-                case .creating(var w):
-                    w.append { gate.set($0) }
-                    s = .creating(w)
-                    return nil
-                }
-            }
-            switch start {
+            switch claim(gate) {
             case .some(.some(let r)): return r
             case .some(.none): return create()
             case nil: return gate.wait()
