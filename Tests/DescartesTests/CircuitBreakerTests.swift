@@ -105,6 +105,8 @@ import Testing
         let notCounted: [ProviderError] = [
             ProviderError(.api, "invalid_request", status: 400), ProviderError(.authentication, "bad key", status: 401),
             ProviderError(.rateLimited, "slow down", status: 429), ProviderError(.cancelled, "cancelled"),
+            // The shared store down under on_failure: closed: not the provider's fault.
+            SharedStoreFailure(message: "the shared store redis://127.0.0.1:1 does not answer").refusal(provider: "p"),
         ]
         for e in counted { #expect(CircuitBreaker.counts(e), "\(e)") }
         for e in notCounted { #expect(!CircuitBreaker.counts(e), "\(e)") }

@@ -89,7 +89,7 @@ public final class SpendCounter: Sendable {
             case .success(let v): return v
             case .failure(let f):
                 if shared.store.settings.onFailure == .closed {
-                    throw ProviderError(.providerUnavailable, "\(f.message) (shared.on_failure: closed refuses requests while it is)")
+                    throw f.refusal()
                 }
             }
         }

@@ -101,9 +101,10 @@ public final class CircuitBreaker: Sendable {
 
     /// Whether a failed attempt counts toward opening the breaker: the
     /// provider is unwell (provider unavailable, any 5xx, a timeout, a
-    /// connection or stream failure), not the request, the key or the rate.
+    /// connection or stream failure), not the request, the key, the rate or
+    /// the shared store refusing requests while it is down (`on_failure: closed`).
     public static func counts(_ e: ProviderError) -> Bool {
-        if e.providerType == openType { return false }
+        if e.providerType == openType || e.providerType == SharedStoreFailure.refusalType { return false }
         switch e.kind {
         case .rateLimited, .api, .authentication, .config, .cancelled, .unsupportedFeature: return e.status.map { $0 >= 500 && $0 <= 599 } ?? false
         case .providerUnavailable, .timeout, .http, .streamClosed: return true

@@ -258,7 +258,7 @@ public struct RateLimitedBackend: WrappingBackend {
         switch shared.acquire(tokens: tokens, maxWait: maxWait) {
         case .unavailable(let f):
             if shared.store.settings.onFailure == .open { return nil }
-            throw ProviderError(.providerUnavailable, "\(f.message) (shared.on_failure: closed refuses requests while it is)", provider: inner.name)
+            throw f.refusal(provider: inner.name)
         case .refused(let wait):
             throw ProviderError(
                 .rateLimited, "the shared rate limit (\(limits(shared))) would delay this request by \(wait.short), past its deadline",

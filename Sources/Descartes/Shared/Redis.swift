@@ -25,6 +25,20 @@ package enum RedisValue: Sendable, Hashable {
 public struct SharedStoreFailure: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var description: String { message }
+
+    package init(message: String) { self.message = message }
+
+    /// `ProviderError.providerType` of the refusal below: the store is
+    /// down, not the provider, so a circuit breaker does not count it.
+    package static let refusalType = "shared_store_unavailable"
+
+    /// What a request that needs the store gets while it does not answer
+    /// and `shared.on_failure` is `closed`.
+    package func refusal(provider: String? = nil) -> ProviderError {
+        ProviderError(
+            .providerUnavailable, "\(message) (shared.on_failure: closed refuses requests while it is)", provider: provider,
+            providerType: Self.refusalType)
+    }
 }
 
 /// One blocking connection to Redis through hiredis (not thread-safe: used
