@@ -672,7 +672,9 @@ def earlier_rows(doc, only):
             if cur is not None and cur not in only:
                 rows.setdefault(cur, []).append(line)
         m = re.match(r"- Workload (\d+)\b", line)
-        if m and int(m.group(1)) not in only:
+        # The header's own "- Workload N: kept from ..." is provenance, written
+        # again from `provenance`, not a note under the table.
+        if m and int(m.group(1)) not in only and ": kept from the run of " not in line:
             notes.setdefault(int(m.group(1)), []).append(line)
     block = re.search(r"^```sh no-run: the commands of one recorded benchmark run.*?\n(.*?)^```", head, re.M | re.S)
     key = None
