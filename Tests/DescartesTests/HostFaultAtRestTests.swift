@@ -147,22 +147,7 @@ extension HostFaultTests {
         runs.append(("verify create", [TestEnv.descartes, "plugins", "verify", "--timeout", "3", "blocker", "echo"], verifyPath))
         runs.append(("verify entry", [TestEnv.descartes, "plugins", "verify", "--timeout", "3", "blocker", "echo"], verifyPath.merging(["BLOCKER_BLOCK_ENTRY": "1"]) { $1 }))
         runs.append(("verify all", [TestEnv.descartes, "plugins", "verify", "--json", "--timeout", "3"], verifyPath))
-        var env = Environment.current()
-        env["DESCARTES_PLUGIN_PATH"] = d.path
-        env["HOME"] = "/nonexistent"
-        env["NO_COLOR"] = "1"
-        let base = env
-        var results: [(String, [String], ProcResult)] = []
-        for batch in stride(from: 0, to: runs.count, by: 4) {
-            results += await withTaskGroup(of: (String, [String], ProcResult).self) { g in
-                for run in runs[batch..<min(batch + 4, runs.count)] {
-                    g.addTask { (run.what, run.argv, await Proc.run(run.argv, env: base.merging(run.env) { $1 }, timeout: .seconds(60))) }
-                }
-                var all: [(String, [String], ProcResult)] = []
-                for await r in g { all.append(r) }
-                return all
-            }
-        }
+        let results = await Self.runFourAtATime(runs, pluginPath: d.path)
         #expect(results.count == runs.count)
         for (what, argv, r) in results {
             let shown = argv.dropFirst().joined(separator: " ")

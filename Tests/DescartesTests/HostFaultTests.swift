@@ -399,22 +399,7 @@ enum Blocker {
                 }
             }
         }
-        var env = Environment.current()
-        env["DESCARTES_PLUGIN_PATH"] = d.path
-        env["HOME"] = "/nonexistent"
-        env["NO_COLOR"] = "1"
-        let e = env
-        var results: [(String, [String], ProcResult)] = []
-        for batch in stride(from: 0, to: runs.count, by: 4) {
-            results += await withTaskGroup(of: (String, [String], ProcResult).self) { g in
-                for (provider, argv) in runs[batch..<min(batch + 4, runs.count)] {
-                    g.addTask { (provider, argv, await Proc.run(argv, env: e, timeout: .seconds(60))) }
-                }
-                var all: [(String, [String], ProcResult)] = []
-                for await r in g { all.append(r) }
-                return all
-            }
-        }
+        let results = await Self.runFourAtATime(runs.map { ($0.0, $0.1, [:]) }, pluginPath: d.path)
         for (provider, argv, r) in results {
             let shown = argv.dropFirst().joined(separator: " ")
             expectWithin(r.duration, .seconds(5 * Sanitizer.timeScale), "\(shown) took \(r.duration): \(r)")
@@ -716,5 +701,33 @@ final class DeafListener: @unchecked Sendable {
     deinit {
         for f in fillers { close(f) }
         close(fd)
+    }
+}
+
+extension HostFaultTests {
+    /// Runs each command, four at a time (the machine has two cores), as a
+    /// user would: the plugins of `pluginPath`, no HOME, no colour, plus the
+    /// run's own `env`; each bounded at 60 s. Returns (what, argv, result)
+    /// in the order they finished.
+    static func runFourAtATime(
+        _ runs: [(what: String, argv: [String], env: [String: String])], pluginPath: String
+    ) async -> [(String, [String], ProcResult)] {
+        var base = Environment.current()
+        base["DESCARTES_PLUGIN_PATH"] = pluginPath
+        base["HOME"] = "/nonexistent"
+        base["NO_COLOR"] = "1"
+        let env = base
+        var results: [(String, [String], ProcResult)] = []
+        for batch in stride(from: 0, to: runs.count, by: 4) {
+            results += await withTaskGroup(of: (String, [String], ProcResult).self) { g in
+                for run in runs[batch..<min(batch + 4, runs.count)] {
+                    g.addTask { (run.what, run.argv, await Proc.run(run.argv, env: env.merging(run.env) { $1 }, timeout: .seconds(60))) }
+                }
+                var all: [(String, [String], ProcResult)] = []
+                for await r in g { all.append(r) }
+                return all
+            }
+        }
+        return results
     }
 }

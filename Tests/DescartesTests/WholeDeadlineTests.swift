@@ -48,22 +48,7 @@ extension HostFaultTests {
         }
         runs.append(("health", [TestEnv.descartes, "--config", config, "health", "--json", "--timeout", "3"]))
         runs.append(("health", [TestEnv.descartes, "--config", config, "health", "--json", "--in-process", "--timeout", "3"]))
-        var env = Environment.current()
-        env["DESCARTES_PLUGIN_PATH"] = d.path
-        env["HOME"] = "/nonexistent"
-        env["NO_COLOR"] = "1"
-        let e = env
-        var results: [(String, [String], ProcResult)] = []
-        for batch in stride(from: 0, to: runs.count, by: 4) {
-            results += await withTaskGroup(of: (String, [String], ProcResult).self) { g in
-                for run in runs[batch..<min(batch + 4, runs.count)] {
-                    g.addTask { (run.what, run.argv, await Proc.run(run.argv, env: e, timeout: .seconds(60))) }
-                }
-                var all: [(String, [String], ProcResult)] = []
-                for await r in g { all.append(r) }
-                return all
-            }
-        }
+        let results = await Self.runFourAtATime(runs.map { ($0.what, $0.argv, [:]) }, pluginPath: d.path)
         #expect(results.count == runs.count)
         for (what, argv, r) in results {
             let shown = argv.dropFirst().joined(separator: " ")
