@@ -16,9 +16,30 @@ enum OpenAIChat {
     /// Members passed to the backend as provider options, as given: an
     /// OpenAI-compatible upstream takes them; another refuses or ignores them.
     static let passedThrough = [
-        "response_format", "frequency_penalty", "presence_penalty", "logit_bias", "parallel_tool_calls", "reasoning_effort",
+        "frequency_penalty", "presence_penalty", "logit_bias", "parallel_tool_calls", "reasoning_effort",
         "service_tier", "prediction", "modalities", "store",
     ]
+
+    /// OpenAI's response format (chat's `response_format`, whose schema is
+    /// in `json_schema`; the Responses API's `text.format`, which holds
+    /// `name`, `schema`, `strict` itself) as the request's `responseFormat`:
+    /// the backend maps it to what its provider does best, and the host
+    /// checks the answer against it (docs/structured-output.md).
+    static func responseFormat(_ type: String?, _ spec: JSONValue, param: String) throws(GatewayError) -> ResponseFormat {
+        switch type {
+        case "text"?: return .text
+        case "json_object"?: return .json
+        case "json_schema"?:
+            guard let name = spec["name"]?.stringValue, !name.isEmpty, case .object? = spec["schema"] else {
+                throw .invalidRequest("\(param) of type json_schema needs a name and a schema object", param: param)
+            }
+            let format = ResponseFormat.jsonSchema(name: name, schema: spec["schema"]!, strict: spec["strict"]?.boolValue ?? false)
+            do { try format.checkSchema() } catch { throw .invalidRequest("\(param) schema: \(error.description)", param: param) }
+            return format
+        default:
+            throw .invalidRequest("\(param).type is text, json_object or json_schema", param: param)
+        }
+    }
 
     static func parse(_ doc: JSONValue) throws(GatewayError) -> Parsed {
         guard case .object(let o) = doc else { throw .invalidRequest("the body is a JSON object") }
@@ -100,6 +121,9 @@ enum OpenAIChat {
         }
         if let user = o["user"]?.stringValue { r.metadata["user"] = user }
         for key in passedThrough { if let v = o[key], !v.isNull { r.options[key] = v } }
+        if let f = o["response_format"], !f.isNull {
+            r.responseFormat = try responseFormat(f["type"]?.stringValue, f["json_schema"] ?? [:], param: "response_format")
+        }
         let stream = o["stream"]?.boolValue ?? false
         return Parsed(request: r, model: model, stream: stream, includeUsage: stream && o["stream_options"]?["include_usage"]?.boolValue == true)
     }

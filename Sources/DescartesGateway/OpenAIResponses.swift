@@ -117,23 +117,9 @@ enum OpenAIResponses {
             echo["metadata"] = .object(meta)
         }
         if let user = o["safety_identifier"]?.stringValue ?? o["user"]?.stringValue { r.metadata["user"] = user }
-        // Structured output: the Responses form (text.format) in the chat
-        // completions form an OpenAI-compatible upstream takes.
+        // Structured output: the request's response format (the backend maps it).
         if let format = o["text"]?["format"], !format.isNull {
-            switch format["type"]?.stringValue {
-            case "text"?: break
-            case "json_object"?: r.options["response_format"] = ["type": "json_object"]
-            case "json_schema"?:
-                guard let name = format["name"]?.stringValue, let schema = format["schema"] else {
-                    throw .invalidRequest("text.format of type json_schema needs name and schema", param: "text.format")
-                }
-                var js: JSONObject = ["name": .string(name), "schema": schema]
-                if let strict = format["strict"], !strict.isNull { js["strict"] = strict }
-                if let d = format["description"]?.stringValue { js["description"] = .string(d) }
-                r.options["response_format"] = ["type": "json_schema", "json_schema": .object(js)]
-            default:
-                throw .invalidRequest("text.format.type is text, json_object or json_schema", param: "text.format")
-            }
+            r.responseFormat = try OpenAIChat.responseFormat(format["type"]?.stringValue, format, param: "text.format")
             echo["text"] = ["format": format]
         }
         if let effort = o["reasoning"]?["effort"]?.stringValue { r.options["reasoning_effort"] = .string(effort) }

@@ -349,10 +349,15 @@ final class HostCall: @unchecked Sendable {
         switch outcome {
         case .success(let o):
             if let sink, case .response(let r) = o {
-                let decorated = sink.decorate(r)
-                sink.continuation.yield(.finish(decorated))
-                sink.continuation.finish()
-                continuation.resume(returning: .response(decorated))
+                switch sink.finished(r) {
+                case .success(let answer):
+                    sink.continuation.yield(.finish(answer))
+                    sink.continuation.finish()
+                    continuation.resume(returning: .response(answer))
+                case .failure(let e):
+                    sink.continuation.finish(throwing: e)
+                    continuation.resume(throwing: e)
+                }
             } else {
                 continuation.resume(returning: o)
             }

@@ -267,6 +267,11 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
                 "'\(name)' does not take a response format (the request asks for \(r.responseFormat.kindName)): its manifest \(manifest.file) lists no 'structured_output' capability",
                 provider: name)
         }
+        do { try r.responseFormat.checkSchema() } catch {
+            throw ProviderError(
+                .api, "response_format.schema (\(r.responseFormat.kindName)): \(error.description); the answer could not be checked against it, so it was not sent",
+                provider: name)
+        }
         if r.approval != nil, answerApproval == nil, manifest.capabilities.contains("agent") {
             throw ProviderError(
                 .unsupportedFeature,
@@ -422,7 +427,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
             try await run(.complete, input: Wire.encode(input.approvalsFor(policy)), deadlines: input.deadlines, streaming: nil, totalFrom: began, approval: policy)
         }
         guard case .response(let r) = outcome else { preconditionFailure() }
-        return decorate(r, request: request)
+        return try finished(r, request: request).get()
     }
 
     func stream(_ request: ModelRequest) -> ModelStream {
@@ -436,7 +441,7 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
                 try checkOpen()
                 try checkRequest(req)
                 try await initialize(Deadlines(total: req.deadlines.total))
-                let sink = StreamSink(continuation: continuation, decorate: { [self] r in decorate(r, request: req) })
+                let sink = StreamSink(continuation: continuation, finished: { [self] r in finished(r, request: req) })
                 let policy = answerApproval == nil ? nil : req.approval
                 _ = try await run(
                     .stream, input: Wire.encode(req.approvalsFor(policy)), deadlines: req.deadlines, streaming: sink, totalFrom: began,
@@ -462,6 +467,45 @@ final class PluginBackend: ModelBackend, @unchecked Sendable {
         if d.idle == nil { d.idle = defaultDeadlines.idle }
         if d.total == nil { d.total = defaultDeadlines.total }
         return d
+    }
+
+    /// The answer the caller gets: decorated (`decorate`), and checked
+    /// against the request's response format (`conform`).
+    func finished(_ r: ModelResponse, request: ModelRequest) -> Result<ModelResponse, ProviderError> {
+        Result { () throws(ProviderError) -> ModelResponse in try conform(decorate(r, request: request), to: request.responseFormat) }
+    }
+
+    /// Checks an answer against the response format its request asked for
+    /// (`ResponseFormat.conforming`): every plugin's answer, complete or
+    /// streamed, passes here, so every backend built by the factory (and so
+    /// every middleware over one, and the gateway) delivers only JSON that
+    /// conforms, or `invalid_response` naming the first failing path and the
+    /// provider. A streamed answer's text deltas have reached the caller as
+    /// they came; the check is made on the whole answer, before its finish
+    /// event, which a failing answer never gets.
+    ///
+    /// An answer that calls tools instead is not checked (its JSON comes in
+    /// a later turn). An answer inside one ```json fence is delivered
+    /// without it (`content` then differs from the streamed deltas).
+    ///
+    /// `invalid_response` is not in `RetryPolicy.defaultRetryOn`. An agent's
+    /// failing answer (a headless backend: the turn ran, with whatever tools
+    /// it used) carries `sideEffects`, so that no retry policy or fallback
+    /// runs the turn again even when `invalid_response` is added to its kinds.
+    func conform(_ r: ModelResponse, to format: ResponseFormat) throws(ProviderError) -> ModelResponse {
+        guard format != .text, r.toolCalls.isEmpty else { return r }
+        do {
+            var r = r
+            r.content = try format.conforming(r.content)
+            return r
+        } catch {
+            let cut = r.finishReason == .maxTokens ? " (the answer was cut at the token limit: finish reason \(r.finishReason.rawValue))" : ""
+            var e = ProviderError(
+                .invalidResponse, "'\(name)' answered \(format == .json ? "something that is not JSON" : "JSON that does not match schema '\(format.schemaName)'")\(cut): \(error.description)",
+                provider: name)
+            if mode == .headless { e.sideEffects = ["completed an agent turn (its answer did not match the response format)"] }
+            throw e
+        }
     }
 
     /// Adds cost from the manifest's prices when the plugin gave none.
@@ -546,7 +590,8 @@ extension ModelRequest {
 /// The stream a `stream` call feeds.
 struct StreamSink: Sendable {
     let continuation: ModelStream.Continuation
-    let decorate: @Sendable (ModelResponse) -> ModelResponse
+    /// The answer the caller gets, or why it gets none (`PluginBackend.finished`).
+    let finished: @Sendable (ModelResponse) -> Result<ModelResponse, ProviderError>
 }
 
 /// Forwards task cancellation to a call that may not exist yet.
@@ -618,5 +663,11 @@ extension ResponseFormat {
         case .json: return "JSON"
         case .jsonSchema(let name, _, _): return "JSON matching schema '\(name)'"
         }
+    }
+
+    /// The schema's name ("" for the other formats).
+    var schemaName: String {
+        if case .jsonSchema(let name, _, _) = self { return name }
+        return ""
     }
 }
