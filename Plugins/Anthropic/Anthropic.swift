@@ -51,13 +51,26 @@ final class AnthropicBackend: DescartesBackend {
     // MARK: Operations
 
     func stream(_ request: ModelRequest, _ call: PluginCall) {
+        if let e = Self.refusedFormat(request) { return call.fail(e) }
         let body = AnthropicRequest.encode(request, purpose: .stream, defaultModel: defaultModel, defaultMaxTokens: maxTokens)
         let consumer = MessageStreamConsumer(backend: self, call: call, model: request.model ?? defaultModel)
         StreamResponseHandler(call: call, endpoint: settings.endpoint, consumer: consumer).start(
             self.request("POST", "messages", body: body, accept: "text/event-stream", timeouts: HTTPTimeouts(request.deadlines)), on: http)
     }
 
+    /// `.json` without a schema: Anthropic's structured outputs take only a
+    /// JSON Schema (whose objects must all say `additionalProperties:
+    /// false`), so "any JSON object" has no native form, and an emulation by
+    /// prompt is not offered. (`.jsonSchema` is sent as `output_config.format`.)
+    static func refusedFormat(_ r: ModelRequest) -> ProviderError? {
+        guard r.responseFormat == .json else { return nil }
+        return ProviderError(
+            .unsupportedFeature,
+            "Anthropic's structured outputs take a JSON Schema, not \"any JSON\": ask for a schema (responseFormat .jsonSchema; on the command line, --schema)")
+    }
+
     func complete(_ request: ModelRequest, _ call: PluginCall) {
+        if let e = Self.refusedFormat(request) { return call.fail(e) }
         let body = AnthropicRequest.encode(request, purpose: .complete, defaultModel: defaultModel, defaultMaxTokens: maxTokens)
         let model = request.model ?? defaultModel
         let endpoint = settings.endpoint

@@ -28,6 +28,11 @@ enum AnthropicRequest {
     ///   that have none of their own): the whole prompt prefix is cached.
     ///   Every other option is copied to the top level as given (`thinking`,
     ///   `top_k`, `metadata`, `service_tier`...).
+    /// - `responseFormat` `.jsonSchema` becomes `output_config.format`
+    ///   (`{"type": "json_schema", "schema": ...}`, structured outputs, no
+    ///   beta header): the answer is the JSON as text, streamed as it is
+    ///   written. Models before Claude Sonnet 4.5 / Opus 4.1 / Haiku 4.5
+    ///   refuse it (the API's 400, reported as `api`).
     static func encode(_ r: ModelRequest, purpose: Purpose, defaultModel: String?, defaultMaxTokens: Int) -> [UInt8] {
         let cache = r.options["cache_control"].flatMap { $0.isNull ? nil : $0 }
         var w = JSONWriter(capacity: 1024)
@@ -88,6 +93,15 @@ enum AnthropicRequest {
             case .tool(let name): w.field("tool_choice", ["type": "tool", "name": .string(name)] as JSONValue)
             }
             written.insert("tool_choice")
+        }
+        // Structured output, natively: `output_config.format` (merged into
+        // an `output_config` option, which may carry `effort`). `.json`
+        // has no form here (the plugin refuses it before encoding).
+        if purpose != .countTokens, case .jsonSchema(_, let schema, _) = r.responseFormat {
+            var config = r.options["output_config"]?.objectValue ?? [:]
+            config["format"] = ["type": "json_schema", "schema": schema]
+            w.field("output_config", .object(config))
+            written.insert("output_config")
         }
         // count_tokens takes only what shapes the prompt.
         let countable: Set<String> = ["thinking", "mcp_servers"]

@@ -109,6 +109,7 @@ final class BedrockBackend: DescartesBackend {
             return
         }
         let consumer = ConverseConsumer(backend: self, call: call, model: target.model, path: target.path)
+        consumer.state.structured = request.responseFormat != .text
         StreamResponseHandler(call: call, endpoint: settings.endpoint, framing: streaming ? .eventStream : .document, consumer: consumer).start(
             self.request(
                 target.path, body: body, accept: streaming ? "application/vnd.amazon.eventstream" : "application/json",
@@ -215,7 +216,7 @@ final class ConverseConsumer: StreamConsumer, @unchecked Sendable {
     }
 
     func wholeBody(_ body: [UInt8], headers: HTTPHeaders) throws(ProviderError) -> Wire.Finish {
-        try ConverseStream.whole(body, model: model, call)
+        try ConverseStream.whole(body, model: model, structured: state.structured, call)
     }
 
     func finish(sawTerminal: Bool) throws(ProviderError) -> Wire.Finish {

@@ -29,6 +29,15 @@ enum ConverseRequest {
     /// - `toolConfig`: `toolSpec`s with `inputSchema.json`; tool choice
     ///   `auto` -> `{auto: {}}`, `required` -> `{any: {}}`, a name ->
     ///   `{tool: {name}}`; `none` sends no toolChoice (Converse has none).
+    /// - A response format (`.json`, `.jsonSchema`) is a forced tool:
+    ///   `toolConfig` with one `toolSpec` named `answerTool` whose input
+    ///   schema is the format's (any object for `.json`), and `toolChoice
+    ///   {tool: {name}}`; the tool's input is the answer (`ConverseStream`
+    ///   delivers it as text). Converse has no JSON mode of its own for
+    ///   every model; a forced tool works for the models that take
+    ///   `toolChoice.tool` (Anthropic's Claude, Mistral Large, Amazon Nova).
+    ///   A request with tools of its own cannot have one too
+    ///   (`unsupported_feature`).
     static func encode(_ r: ModelRequest) throws(ProviderError) -> [UInt8] {
         var body = JSONObject()
         body["messages"] = .array(try turns(r.messages).map { ["role": .string($0.role), "content": .array($0.blocks)] })
@@ -40,7 +49,17 @@ enum ConverseRequest {
         if let p = r.topP { inference["topP"] = .number(p) }
         if !r.stop.isEmpty { inference["stopSequences"] = .array(r.stop.map { .string($0) }) }
         if !inference.isEmpty { body["inferenceConfig"] = .object(inference) }
-        if !r.tools.isEmpty {
+        if let schema = answerSchema(r.responseFormat) {
+            guard r.tools.isEmpty else {
+                throw ProviderError(
+                    .unsupportedFeature,
+                    "Bedrock's structured output is a forced tool ('\(answerTool)'), so a request asking for \(r.responseFormat == .json ? "JSON" : "a JSON schema") cannot carry tools of its own (it has \(r.tools.count))")
+            }
+            body["toolConfig"] = [
+                "tools": [["toolSpec": ["name": .string(answerTool), "description": "Give your answer: its input is the whole answer, as the schema describes it.", "inputSchema": ["json": schema]]]],
+                "toolChoice": ["tool": ["name": .string(answerTool)]],
+            ]
+        } else if !r.tools.isEmpty {
             var config: JSONObject = [
                 "tools": .array(r.tools.flatMap { t -> [JSONValue] in
                     var spec: JSONObject = ["name": .string(t.name)]
@@ -73,6 +92,18 @@ enum ConverseRequest {
         }
         if !additional.isEmpty { body["additionalModelRequestFields"] = .object(additional) }
         return JSONValue.object(body).jsonBytes
+    }
+
+    /// The forced tool whose input is a structured answer.
+    static let answerTool = "structured_answer"
+
+    /// The input schema of `answerTool` for a response format (nil: text).
+    static func answerSchema(_ f: ResponseFormat) -> JSONValue? {
+        switch f {
+        case .text: return nil
+        case .json: return ["type": "object"]
+        case .jsonSchema(_, let schema, _): return schema
+        }
     }
 
     /// Converse's prompt-cache breakpoint: the block after what a
@@ -163,6 +194,12 @@ struct ConverseStream {
     var usage: JSONValue?
     var latencyMS: Int?
     var model: String?
+    /// The request asked for structured output: `ConverseRequest.answerTool`'s
+    /// input is the answer, delivered as text (its fragments as they come),
+    /// not as a tool call.
+    var structured = false
+    /// Content blocks that are the answer tool's.
+    var answerBlocks: Set<Int> = []
 
     mutating func ensureStarted(_ call: EventBatcher) {
         if started { return }
@@ -189,6 +226,10 @@ struct ConverseStream {
         case "contentBlockStart":
             ensureStarted(call)
             if let use = payload["start"]?["toolUse"], let block = payload["contentBlockIndex"]?.intValue {
+                if structured && use["name"]?.stringValue == ConverseRequest.answerTool {
+                    answerBlocks.insert(block)
+                    return
+                }
                 let i = toolCount
                 toolCount += 1
                 tools[block] = i
@@ -205,7 +246,9 @@ struct ConverseStream {
                     signaturePending = true
                 }
             }
-            if let input = delta["toolUse"]?["input"]?.stringValue, let block = payload["contentBlockIndex"]?.intValue, let i = tools[block], !input.isEmpty {
+            if let input = delta["toolUse"]?["input"]?.stringValue, let block = payload["contentBlockIndex"]?.intValue, answerBlocks.contains(block) {
+                if !input.isEmpty { call.text(input) }
+            } else if let input = delta["toolUse"]?["input"]?.stringValue, let block = payload["contentBlockIndex"]?.intValue, let i = tools[block], !input.isEmpty {
                 toolArgs.insert(i)
                 call.toolCallDelta(index: i, input)
             }
@@ -237,7 +280,9 @@ struct ConverseStream {
             call.toolCallEnd(index: i)
         }
         tools = [:]
-        let reason = Self.finishReason(stopReason)
+        var reason = Self.finishReason(stopReason)
+        // The forced answer tool "used" is the answer given.
+        if structured && reason == .toolUse && toolCount == 0 { reason = .stop }
         var meta = JSONObject()
         if let raw = stopReason, raw != reason.rawValue { meta["provider_finish_reason"] = .string(raw) }
         if !signature.isEmpty { meta["thinking_signature"] = .string(signature) }
@@ -268,7 +313,7 @@ struct ConverseStream {
     }
 
     /// A whole Converse answer.
-    static func whole(_ body: [UInt8], model: String?, _ call: EventBatcher) throws(ProviderError) -> Wire.Finish {
+    static func whole(_ body: [UInt8], model: String?, structured: Bool = false, _ call: EventBatcher) throws(ProviderError) -> Wire.Finish {
         guard case .object(let o)? = try? JSONValue.parse(bytes: body) else {
             throw ProviderError(.invalidResponse, "the answer is not a JSON Converse response: \(ProviderHTTP.excerpt(body))")
         }
@@ -277,6 +322,7 @@ struct ConverseStream {
         }
         var s = ConverseStream()
         s.model = model
+        s.structured = structured
         s.ensureStarted(call)
         var text = ""
         var reasoning = ""
@@ -286,7 +332,9 @@ struct ConverseStream {
                 reasoning += r["text"]?.stringValue ?? ""
                 if let sig = r["signature"]?.stringValue { s.signature = sig }
             }
-            if let use = b["toolUse"] {
+            if let use = b["toolUse"], structured, use["name"]?.stringValue == ConverseRequest.answerTool {
+                text += (use["input"] ?? [:]).jsonText
+            } else if let use = b["toolUse"] {
                 call.toolCall(
                     index: s.toolCount,
                     ToolCall(id: use["toolUseId"]?.stringValue ?? "", name: use["name"]?.stringValue ?? "", arguments: (use["input"] ?? [:]).jsonText))

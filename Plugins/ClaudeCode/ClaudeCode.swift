@@ -111,6 +111,11 @@ final class ClaudeCodeBackend: DescartesBackend {
             let options = try ClaudeOptions(request.options)
             let input = try ClaudeInput(request)
             if options.wantsSession {
+                if request.responseFormat != .text {
+                    throw ProviderError(
+                        .unsupportedFeature,
+                        "claude-code-cli takes a response format in one-shot requests only: a session's process keeps the --json-schema it was started with")
+                }
                 if request.approval != nil {
                     throw ProviderError(
                         .unsupportedFeature,
@@ -134,8 +139,10 @@ final class ClaudeCodeBackend: DescartesBackend {
         let asksHost = request.approval?.asksHost == true
         let args = claudeArguments(
             settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
-            partial: partial, sessionID: nil, resume: resume, extra: agent.config.args, hostApprovals: asksHost)
+            partial: partial, sessionID: nil, resume: resume, extra: agent.config.args, hostApprovals: asksHost,
+            schema: claudeSchema(request.responseFormat))
         let turn = ClaudeTurn(call: call, partial: partial)
+        turn.structured = request.responseFormat != .text
         turn.asksHost = asksHost
         let grace = agent.config.exitGrace
         // With approvals, stdin stays open for the control responses until the result.

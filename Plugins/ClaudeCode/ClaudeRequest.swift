@@ -222,10 +222,20 @@ struct ClaudeInput {
     }
 }
 
+/// The schema `--json-schema` takes for a response format (nil for text):
+/// the request's, or any object for `.json`.
+func claudeSchema(_ f: ResponseFormat) -> JSONValue? {
+    switch f {
+    case .text: return nil
+    case .json: return ["type": "object"]
+    case .jsonSchema(_, let schema, _): return schema
+    }
+}
+
 /// The command line for one process.
 func claudeArguments(
     settings s: ClaudeSettings, options o: ClaudeOptions, model: String?, system: String?, partial: Bool,
-    sessionID: String?, resume: String?, extra: [String], hostApprovals: Bool = false
+    sessionID: String?, resume: String?, extra: [String], hostApprovals: Bool = false, schema: JSONValue? = nil
 ) -> [String] {
     var a = ["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json"]
     if partial { a.append("--include-partial-messages") }
@@ -247,5 +257,9 @@ func claudeArguments(
     // Permission prompts come to us as can_use_tool control requests.
     if hostApprovals { a += ["--permission-prompt-tool", "stdio"] }
     if let resume { a += ["--resume", resume] } else if let sessionID { a += ["--session-id", sessionID] }
+    // Structured output: Claude Code gives the model a StructuredOutput tool
+    // with this input schema, asks again until it is called, and reports
+    // the input as the result's `structured_output`.
+    if let schema { a += ["--json-schema", schema.jsonText] }
     return a + extra
 }

@@ -33,6 +33,11 @@ final class ClaudeTurn: @unchecked Sendable {
     /// The request carries an approval policy: can_use_tool control
     /// requests are asked of the host (ABI 1.2); otherwise denied.
     var asksHost = false
+    /// The request asked for structured output (`--json-schema`): the
+    /// answer is the result's `structured_output`, as one text delta at the
+    /// end; the model's own text (what it said around the StructuredOutput
+    /// tool call) is not the answer and is not delivered.
+    var structured = false
     /// Writes a line to claude's stdin (control responses).
     var respond: (@Sendable ([UInt8]) -> Void)?
     /// Tool uses the host refused (answers come on the host's thread).
@@ -144,7 +149,7 @@ final class ClaudeTurn: @unchecked Sendable {
     }
 
     private func emitText(_ t: String, message: String) {
-        guard !t.isEmpty, !out.ended else { return }
+        guard !t.isEmpty, !out.ended, !structured else { return }
         // Text of a later message of the same turn (after tool use) starts a
         // new paragraph.
         if emittedText && lastTextMessage != message { call.text("\n\n") }
@@ -289,6 +294,11 @@ final class ClaudeTurn: @unchecked Sendable {
         }
         if !errors.isEmpty { meta["errors"] = .array(errors.map { .string($0) }) }
         if !toolUses.isEmpty { meta["tool_uses"] = .array(toolUses.map { .object($0) }) }
+        if structured {
+            // The structured answer; without one (the model never called the
+            // tool), the result's text, for the host's check to report.
+            if let v = o["structured_output"], !v.isNull { call.text(v.jsonText) } else if !text.isEmpty { call.text(text) }
+        }
         call.finish(
             Wire.Finish(
                 finishReason: reason, usage: usage(o["usage"]), model: lastModel ?? initModel, id: lastMessageID,

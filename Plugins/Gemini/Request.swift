@@ -91,6 +91,17 @@ enum GeminiRequest {
         if let m = r.maxTokens { gen["maxOutputTokens"] = .integer(m) }
         if !r.stop.isEmpty { gen["stopSequences"] = .array(r.stop.map { .string($0) }) }
         if let s = r.seed { gen["seed"] = .integer(s) }
+        // The response format: JSON by MIME type, and the schema as
+        // `responseJsonSchema` (JSON Schema as written: $ref, anyOf,
+        // additionalProperties and all; not translated into the OpenAPI
+        // subset of `responseSchema`). Options below may still override.
+        switch r.responseFormat {
+        case .text: break
+        case .json: gen["responseMimeType"] = "application/json"
+        case .jsonSchema(_, let schema, _):
+            gen["responseMimeType"] = "application/json"
+            gen["responseJsonSchema"] = schema
+        }
         var top = JSONObject()
         for m in r.options {
             if m.key == "response_format" {

@@ -57,7 +57,7 @@ final class LlamaCppBackend: DescartesBackend, @unchecked Sendable {
             baseURL: settings.endpoint, headers: headers, secret: settings.apiKey, caBundle: settings.caBundle,
             proxy: settings.proxy, maxResponseBytes: settings.maxResponseBytes,
             defaultTimeouts: HTTPTimeouts(connect: 10_000, total: min(30, settings.timeoutSecs ?? 30) * 1000),
-            requestOptions: ChatRequestOptions(defaultModel: model, maxTokensField: "max_tokens", includeUsage: true),
+            requestOptions: ChatRequestOptions(defaultModel: model, maxTokensField: "max_tokens", includeUsage: true, schemaForm: .jsonObjectWithSchema),
             captureKeys: ["timings"])
         client = HTTPClient(name: "llamacpp \(context.instance)")
         chat = ChatClient(server: server, http: client)

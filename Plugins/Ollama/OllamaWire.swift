@@ -15,6 +15,7 @@ enum OllamaWire {
     /// - every member of `request.options` is passed through as given
     ///   (`keep_alive`, `format`, `think`, `truncate` at the top level, the
     ///   rest inside `options`, overriding the mapped fields);
+    /// - `responseFormat` becomes `format` ("json", or the schema itself);
     /// - `num_ctx` is always set (the caller's, or `numCtx`), and `truncate`
     ///   is false unless the caller says otherwise, so a prompt that does not
     ///   fit is an error instead of being cut silently.
@@ -93,6 +94,15 @@ enum OllamaWire {
         }
         if r.options["truncate"] == nil { w.field("truncate", false) }
         if r.options["keep_alive"] == nil, let k = keepAlive { w.field("keep_alive", k) }
+        // The response format: `format` is "json" or a JSON Schema, which
+        // Ollama turns into a grammar. An explicit `format` option wins.
+        if r.options["format"] == nil {
+            switch r.responseFormat {
+            case .text: break
+            case .json: w.field("format", "json")
+            case .jsonSchema(_, let schema, _): w.field("format", schema)
+            }
+        }
         for m in r.options where topLevel.contains(m.key) { w.field(m.key, m.value) }
 
         var opts = JSONObject()

@@ -88,6 +88,8 @@ enum ResponsesRequest {
     ///   `auto`/`none`/`required`/`{"type": "function", "name"}`.
     /// - `maxTokens` is `max_output_tokens`. Stop sequences do not exist in
     ///   this API: a request with them is refused (`unsupported_feature`).
+    /// - `responseFormat` is `text.format`: `{"type": "json_schema", name,
+    ///   schema, strict}` or `{"type": "json_object"}`.
     /// - `store` as configured; unstored, `include: ["reasoning.encrypted_content"]`
     ///   asks for the reasoning to carry. `reasoning.summary` when configured.
     /// - `options` members are copied to the top level (`previous_response_id`,
@@ -155,6 +157,19 @@ enum ResponsesRequest {
             case .required: body["tool_choice"] = "required"
             case .tool(let name): body["tool_choice"] = ["type": "function", "name": .string(name)]
             }
+        }
+        // The response format is `text.format` (merged into a `text`
+        // option, which may carry `verbosity`).
+        switch r.responseFormat {
+        case .text: break
+        case .json, .jsonSchema:
+            var text = r.options["text"]?.objectValue ?? [:]
+            if case .jsonSchema(let name, let schema, let strict) = r.responseFormat {
+                text["format"] = ["type": "json_schema", "name": .string(name), "schema": schema, "strict": .bool(strict)]
+            } else {
+                text["format"] = ["type": "json_object"]
+            }
+            body["text"] = .object(text)
         }
         let written = Set(body.keys)
         for m in r.options where !written.contains(m.key) || m.key == "reasoning" || m.key == "include" || m.key == "store" {

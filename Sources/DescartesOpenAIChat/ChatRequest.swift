@@ -20,15 +20,29 @@ public struct ChatRequestOptions: Sendable {
     /// Members added to every body (from configuration), before the
     /// request's own `options`.
     public var extraBody: JSONObject
+    /// How `ResponseFormat.jsonSchema` is written.
+    public var schemaForm: SchemaForm
+
+    /// The `response_format` member a JSON-schema request is sent as.
+    public enum SchemaForm: Sendable {
+        /// OpenAI's: `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+        case jsonSchema
+        /// `{"type": "json_object", "schema": {...}}`: the only form
+        /// llama-cpp-python's server takes (its `response_format.type` is
+        /// `text` or `json_object`; `json_schema` is refused with a 422), and
+        /// one llama-server takes too. Both turn the schema into a grammar.
+        case jsonObjectWithSchema
+    }
 
     public init(
         defaultModel: String? = nil, maxTokensField: String = "max_tokens", includeUsage: Bool = true,
-        extraBody: JSONObject = [:]
+        extraBody: JSONObject = [:], schemaForm: SchemaForm = .jsonSchema
     ) {
         self.defaultModel = defaultModel
         self.maxTokensField = maxTokensField
         self.includeUsage = includeUsage
         self.extraBody = extraBody
+        self.schemaForm = schemaForm
     }
 }
 
@@ -114,7 +128,12 @@ public enum ChatRequest {
             w.field("response_format", ["type": "json_object"] as JSONValue)
             mark("response_format")
         case .jsonSchema(let name, let schema, let strict):
-            w.field("response_format", ["type": "json_schema", "json_schema": ["name": .string(name), "schema": schema, "strict": .bool(strict)]] as JSONValue)
+            switch o.schemaForm {
+            case .jsonSchema:
+                w.field("response_format", ["type": "json_schema", "json_schema": ["name": .string(name), "schema": schema, "strict": .bool(strict)]] as JSONValue)
+            case .jsonObjectWithSchema:
+                w.field("response_format", ["type": "json_object", "schema": schema] as JSONValue)
+            }
             mark("response_format")
         }
         for source in [o.extraBody, r.options] {

@@ -167,6 +167,46 @@ import Testing
         await b.shutdown()
     }
 
+    /// A response format is a forced tool whose input is the answer: its
+    /// fragments arrive as text, the answer is not a tool call, and the
+    /// finish reason is `stop`; a request with tools of its own is refused.
+    @Test func aResponseFormatIsAForcedToolWhoseInputIsTheAnswer() async throws {
+        let server = try await ServerSlot.make()
+        let stream: [UInt8] = [
+            Self.frame("messageStart", #"{"role":"assistant"}"#),
+            Self.frame("contentBlockStart", #"{"contentBlockIndex":0,"start":{"toolUse":{"name":"structured_answer","toolUseId":"tooluse_S1"}}}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"{\"name\": \"Ada\", "}}}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"\"age\": 36}"}}}"#),
+            Self.frame("contentBlockStop", #"{"contentBlockIndex":0}"#),
+            Self.frame("messageStop", #"{"stopReason":"tool_use"}"#),
+            Self.frame("metadata", #"{"metrics":{"latencyMs":300},"usage":{"inputTokens":40,"outputTokens":12,"totalTokens":52}}"#),
+        ].flatMap { $0 }
+        let whole = #"{"output":{"message":{"role":"assistant","content":[{"toolUse":{"toolUseId":"tooluse_S2","name":"structured_answer","input":{"name":"Ada","age":36}}}]}},"stopReason":"tool_use","usage":{"inputTokens":40,"outputTokens":12,"totalTokens":52},"metrics":{"latencyMs":300}}"#
+        try await server.script([Self.streamPath: [Self.signed(Self.stream(stream, split: 7))], Self.wholePath: [Self.signed(.json(whole))]].keyed("POST"))
+        let b = try backend(server)
+        let schema: JSONValue = ["type": "object", "properties": ["name": ["type": "string"], "age": ["type": "integer"]], "required": ["name", "age"]]
+        var r = ModelRequest(prompt: "Ada, 36", model: Self.model)
+        r.responseFormat = .jsonSchema(name: "person", schema: schema)
+        let seen = await Observed.stream(b, r)
+        let answer = try #require(seen.response, "\(seen)")
+        #expect(answer.content == #"{"name": "Ada", "age": 36}"#)
+        #expect(seen.text == answer.content)
+        #expect(answer.toolCalls.isEmpty)
+        #expect(answer.finishReason == .stop)
+        #expect(try await server.requests().first?.json?["toolConfig"] == [
+            "tools": [["toolSpec": ["name": "structured_answer", "description": "Give your answer: its input is the whole answer, as the schema describes it.", "inputSchema": ["json": schema]]]],
+            "toolChoice": ["tool": ["name": "structured_answer"]],
+        ])
+        let complete = try await b.complete(r)
+        #expect(try JSONValue.parse(complete.content) == ["name": "Ada", "age": 36])
+        #expect(complete.finishReason == .stop)
+        r.tools = [Tool(name: "weather", description: "Weather", parameters: ["type": "object"])]
+        let e = await providerError { _ = try await b.complete(r) }
+        #expect(e?.kind == .unsupportedFeature)
+        #expect(try await server.requests().count == 2)
+        await b.shutdown()
+    }
+
     /// Cache breakpoints (`cacheControl`) are Converse `cachePoint` blocks
     /// after the system text, the message's content and the tool's spec.
     @Test func cacheBreakpointsAreCachePoints() async throws {

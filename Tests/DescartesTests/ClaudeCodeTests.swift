@@ -152,6 +152,40 @@ final class ClaudeHarness: @unchecked Sendable {
         await b.shutdown()
     }
 
+    /// A response format is `--json-schema`: Claude Code gives the model a
+    /// StructuredOutput tool with the schema as its input schema, and the
+    /// tool's input (the result's `structured_output`) is the answer; the
+    /// model's own text around the call is not.
+    @Test func aJSONSchemaIsTheStructuredOutputToolAndItsInputIsTheAnswer() async throws {
+        func event(_ name: String, _ data: JSONValue) -> String { "event: \(name)\ndata: \(data.jsonText)\n\n" }
+        var sse = event("message_start", ["type": "message_start", "message": ["id": "msg_so", "type": "message", "role": "assistant", "model": "claude-haiku-4-5-20251001", "content": [], "stop_reason": nil, "usage": ["input_tokens": 10, "output_tokens": 1]]])
+        sse += event("content_block_start", ["type": "content_block_start", "index": 0, "content_block": ["type": "text", "text": ""]])
+        sse += event("content_block_delta", ["type": "content_block_delta", "index": 0, "delta": ["type": "text_delta", "text": "Here is Ada:"]])
+        sse += event("content_block_stop", ["type": "content_block_stop", "index": 0])
+        sse += event("content_block_start", ["type": "content_block_start", "index": 1, "content_block": ["type": "tool_use", "id": "toolu_so", "name": "StructuredOutput", "input": [:]]])
+        sse += event("content_block_delta", ["type": "content_block_delta", "index": 1, "delta": ["type": "input_json_delta", "partial_json": #"{"name": "Ada", "age": 36}"#]])
+        sse += event("content_block_stop", ["type": "content_block_stop", "index": 1])
+        sse += event("message_delta", ["type": "message_delta", "delta": ["stop_reason": "tool_use", "stop_sequence": nil], "usage": ["output_tokens": 12]])
+        sse += event("message_stop", ["type": "message_stop"])
+        let h = try await ClaudeHarness()
+        try await h.serve([.stream(sse)])
+        let b = try h.backend()
+        let schema: JSONValue = ["type": "object", "properties": ["name": ["type": "string"], "age": ["type": "integer"]], "required": ["name", "age"]]
+        var request = ModelRequest(prompt: "Ada, 36", model: "claude-haiku-4-5")
+        request.responseFormat = .jsonSchema(name: "person", schema: schema)
+        let seen = await Observed.stream(b, request)
+        let r = try #require(seen.response, "\(seen)")
+        #expect(r.content == #"{"name":"Ada","age":36}"#)
+        #expect(seen.text == r.content)  // one delta, at the end
+        let tools = try await h.server.requests().first?.json?["tools"]?.arrayValue ?? []
+        #expect(tools.first { $0["name"] == "StructuredOutput" }?["input_schema"] == schema, "\(tools.map { $0["name"] })")
+        // Sessions keep one process, started with one schema: refused.
+        request.options = ["session": true]
+        let e = await providerError { _ = try await b.complete(request) }
+        #expect(e?.kind == .unsupportedFeature)
+        await b.shutdown()
+    }
+
     @Test func streamedCompletionDeliversReasoningAndTextAsItArrives() async throws {
         let h = try await ClaudeHarness()
         try await h.serve([ClaudeHarness.sse("messages-stream-thinking.sse", delayMs: 20)])
