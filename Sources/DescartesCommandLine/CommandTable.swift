@@ -73,6 +73,13 @@ extension Option {
             """, in: [.complete: .plain])
     package static let toolChoice = Option(
         "--tool-choice", value: "C", help: "auto, none, required, or the name of the tool to call", in: [.complete: .plain])
+    package static let schema = Option(
+        "--schema", value: "FILE|FIELDS",
+        help: """
+            Answer with JSON matching a schema, checked before it is printed:
+            a JSON Schema file, or fields 'name, age int, bio: their biography'
+            (types str, the default, int, float, bool; docs/structured-output.md)
+            """, in: [.complete: .plain])
     package static let image = Option(
         "--image", value: "FILE|URL",
         help: """
@@ -277,7 +284,7 @@ extension Option {
 
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
-        provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, image, prompt,
+        provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, schema, image, prompt,
         requests, concurrency, stream, session, continueSession, warmup, expect, cache, vary, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,

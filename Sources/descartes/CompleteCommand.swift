@@ -95,6 +95,12 @@ enum CompleteCommand {
                 exit(ExitCode.dataError.rawValue)
             }
         }
+        if let s = args.value(.schema) {
+            do throws(ToolsFile.Problem) { request.responseFormat = try SchemaArgument.load(s) } catch {
+                Out.err("Error: \(error.message)")
+                exit(ExitCode.dataError.rawValue)
+            }
+        }
         do throws(ToolsFile.Problem) {
             for arg in args.all(.image) { request.messages[request.messages.count - 1].images.append(try image(arg)) }
         } catch {
@@ -401,5 +407,103 @@ enum ToolsFile {
             tools.append(Tool(name: name, description: description, parameters: parameters))
         }
         return tools
+    }
+}
+
+/// The `--schema FILE|FIELDS` of `complete`: the response format
+/// `.jsonSchema`. FILE holds a JSON Schema (a JSON object) or the concise
+/// form; an argument that is no file is a JSON Schema when it starts with
+/// `{`, else the concise form, which simonw/llm's users know:
+///
+///     name, age int, bio: their biography
+///
+/// fields separated by commas (or by newlines, when any description has a
+/// comma: then every line is one field), each `NAME [TYPE][: DESCRIPTION]`,
+/// TYPE one of `str` (the default), `int`, `float`, `bool`. It becomes an
+/// object whose fields are all required and which allows no others (what
+/// OpenAI's strict mode requires, so it is sent strict).
+enum SchemaArgument {
+    static let types: [String: String] = ["str": "string", "int": "integer", "float": "number", "bool": "boolean"]
+
+    static func load(_ arg: String) throws(ToolsFile.Problem) -> ResponseFormat {
+        var text = arg
+        var name = "answer"
+        var source = "--schema"
+        if FileSystem.exists(arg) || arg.hasSuffix(".json") {
+            do { text = try FileSystem.readText(arg, limit: 4 << 20) } catch { throw ToolsFile.Problem(message: "--schema: \(error)") }
+            source = "--schema \(arg)"
+            let base = arg.split(separator: "/").last.map(String.init) ?? arg
+            let stem = base.split(separator: ".").first.map(String.init) ?? base
+            let clean = String(stem.map { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" ? $0 : "_" }.filter(\.isASCII))
+            if !clean.isEmpty { name = String(clean.prefix(64)) }
+        }
+        let schema: JSONValue
+        if text.drop(while: \.isWhitespace).hasPrefix("{") {
+            do { schema = try JSONValue.parse(text) } catch { throw ToolsFile.Problem(message: "\(source): not JSON: \(error)") }
+            do { _ = try JSONSchema(schema) } catch { throw ToolsFile.Problem(message: "\(source): \(error)") }
+        } else {
+            schema = try concise(text, source: source)
+        }
+        return .jsonSchema(name: name, schema: schema, strict: isStrict(schema))
+    }
+
+    /// The concise form as a JSON Schema.
+    static func concise(_ text: String, source: String) throws(ToolsFile.Problem) -> JSONValue {
+        let separator: Character = text.contains("\n") ? "\n" : ","
+        var properties = JSONObject()
+        var required: [JSONValue] = []
+        for (i, raw) in text.split(separator: separator, omittingEmptySubsequences: false).enumerated() {
+            let field = raw.trimmingCharacters()
+            if field.isEmpty { continue }
+            var spec = field
+            var description: String? = nil
+            if let colon = field.firstIndex(of: ":") {
+                spec = String(field[..<colon]).trimmingCharacters()
+                description = String(field[field.index(after: colon)...]).trimmingCharacters()
+            }
+            let words = spec.split(whereSeparator: \.isWhitespace).map(String.init)
+            let at = "\(source): field \(i + 1) ('\(field)')"
+            guard let fieldName = words.first else { throw ToolsFile.Problem(message: "\(at): no name before the ':'") }
+            guard fieldName.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) else {
+                throw ToolsFile.Problem(message: "\(at): '\(fieldName)' is not a field name (letters, digits, '_' and '-')")
+            }
+            guard words.count <= 2 else {
+                throw ToolsFile.Problem(message: "\(at): expected NAME [TYPE][: DESCRIPTION], got \(words.count) words before the description")
+            }
+            let typeName = words.count == 2 ? words[1] : "str"
+            guard let type = types[typeName] else {
+                throw ToolsFile.Problem(message: "\(at): unknown type '\(typeName)' (expected str, int, float or bool)")
+            }
+            guard properties[fieldName] == nil else { throw ToolsFile.Problem(message: "\(at): '\(fieldName)' is named twice") }
+            var p: JSONObject = ["type": .string(type)]
+            if let d = description, !d.isEmpty { p["description"] = .string(d) }
+            properties[fieldName] = .object(p)
+            required.append(.string(fieldName))
+        }
+        guard !properties.isEmpty else { throw ToolsFile.Problem(message: "\(source): no fields (expected e.g. 'name, age int, bio: their biography')") }
+        return ["type": "object", "properties": .object(properties), "required": .array(required), "additionalProperties": false]
+    }
+
+    /// Whether every object of the schema names all its properties as
+    /// required and allows no others: what OpenAI's strict mode accepts.
+    static func isStrict(_ s: JSONValue) -> Bool {
+        switch s {
+        case .object(let o):
+            if o["type"] == "object" || o["properties"] != nil {
+                let names = Set(o["properties"]?.objectValue?.keys ?? [])
+                let required = Set(o["required"]?.arrayValue?.compactMap(\.stringValue) ?? [])
+                guard o["additionalProperties"] == false, names == required else { return false }
+            }
+            return o.allSatisfy { m in m.key == "enum" || m.key == "const" || isStrict(m.value) }
+        case .array(let a): return a.allSatisfy(isStrict)
+        default: return true
+        }
+    }
+}
+
+extension StringProtocol {
+    fileprivate func trimmingCharacters() -> String {
+        guard let first = firstIndex(where: { !$0.isWhitespace }), let last = lastIndex(where: { !$0.isWhitespace }) else { return "" }
+        return String(self[first...last])
     }
 }
