@@ -560,6 +560,9 @@ final class DocCounterparts: @unchecked Sendable {
             "POST /api/show": [body("ollama/show.json", "application/json", stream: false)],
             // llama-server (conformance/llamacpp.yaml's).
             "POST /v1/chat/completions": [
+                // docs/structured-output.md's --schema example: a conforming answer.
+                json(#"{"id":"chatcmpl-doc","object":"chat.completion","model":"gemma-3-270m","choices":[{"index":0,"message":{"role":"assistant","content":"{\"name\": \"Ada\", \"age\": 36}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}"#)
+                    .with(["match": #""response_format""#]),
                 body("openai/text.sse", "text/event-stream", stream: true).with(["match": #""stream":true"#]),
                 body("openai/text.json", "application/json", stream: false),
             ],

@@ -157,4 +157,39 @@ struct RealModelTests {
         let spread = (out.pieces.last?.at ?? .zero) - (out.pieces.first?.at ?? .zero)
         #expect(spread > .milliseconds(100), "\(spread)")
     }
+
+    // MARK: Structured output
+
+    /// `--schema` against the real model: llama-cpp-python turns the schema
+    /// (sent as `response_format: {"type": "json_object", "schema"}`) into a
+    /// grammar, so even the base model answers JSON the host's check
+    /// accepts. The strings have a `maxLength` so that the grammar bounds the
+    /// answer well within the token limit.
+    @Test func llamacppAnswersJSONMatchingASchema() async throws {
+        let m = try await LocalModels.get()
+        let dir = PluginDir().addBuilt(provider: "llamacpp")
+        let tmp = TempDir("descartes-schema")
+        let text = #"{"type": "object", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 150}, "alive": {"type": "boolean"}}, "required": ["name", "age", "alive"], "additionalProperties": false}"#
+        let file = tmp.write("person.json", text)
+        let schema = try JSONSchema(JSONValue.parse(text))
+        let out = await Proc.descartes(
+            ["complete", "-p", "llamacpp", "--schema", file, "--max-tokens", "120", "--temperature", "0", "--set", "timeout_secs=120",
+             "Ada Lovelace died at 36. Her record as JSON:"],
+            env: ["DESCARTES_PLUGIN_PATH": dir.path, "HOME": "/nonexistent", "LLAMACPP_ENDPOINT": m.llama + "/v1"], timeout: .seconds(180))
+        #expect(out.status == 0, "\(out)")
+        let value = try JSONValue.parse(out.stdout)
+        #expect(schema.validate(value) == nil, "\(out.stdout)")
+
+        // Streamed through the library: the JSON arrives in pieces, and the
+        // finished answer is the same text, checked.
+        let (b, _) = try Self.llamacpp(m)
+        var r = Self.greedy("Ada Lovelace died at 36. Her record as JSON:", maxTokens: 120)
+        r.responseFormat = .jsonSchema(name: "person", schema: schema.document, strict: true)
+        let c = try await OllamaTests.collect(b, r)
+        let resp = try #require(c.response, "\(c.events)")
+        #expect(Self.textEvents(c).count > 3)
+        #expect(resp.content == c.text)
+        #expect(schema.validate(try JSONValue.parse(resp.content)) == nil, "\(resp.content)")
+        await b.shutdown()
+    }
 }
