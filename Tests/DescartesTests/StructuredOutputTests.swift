@@ -129,6 +129,26 @@ import Testing
         await b.shutdown()
     }
 
+    /// The OpenAI-compatible manifests (groq here; deepseek, mistral,
+    /// openrouter, vllm, zai, github-models, azure, llamacpp-openai alike)
+    /// send OpenAI's own `response_format`: whether the model behind takes a
+    /// schema is the server's to say (its 400 is an `invalid_request`), and
+    /// the host still checks what comes back.
+    @Test func anOpenAICompatibleManifestSendsOpenAIsResponseFormat() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script(["POST /v1/chat/completions": [.json(Self.chat(#"{"name":"Ada","age":36}"#)), .json(Self.chat(#"{"name":"Ada"}"#))]])
+        let dir = PluginDir().addManifest("groq")  // kept: the directory goes with it
+        let b = try dir.factory().create(
+            "groq", config: ["endpoint": .string("\(server.url)/v1"), "api_key": "gsk-format-test-0a1b2c3d"])
+        defer { withExtendedLifetime(dir) {} }
+        #expect(try await b.complete(Self.request(model: "llama-3.3-70b-versatile")).content == #"{"name":"Ada","age":36}"#)
+        let sent = try #require(try await server.requests().last?.json)
+        #expect(sent["response_format"] == ["type": "json_schema", "json_schema": ["name": "person", "schema": Self.person, "strict": true]])
+        let e = try #require(await providerError { _ = try await b.complete(Self.request(model: "llama-3.3-70b-versatile")) })
+        #expect(e.message == #"'groq' answered JSON that does not match schema 'person': $.age: required property is missing"#, "\(e.message)")
+        await b.shutdown()
+    }
+
     /// llama-cpp-python's server (0.3.36) takes `response_format.type` `text`
     /// or `json_object` only, with the schema beside it; llama-server takes
     /// that form too.
