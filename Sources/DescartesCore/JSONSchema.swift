@@ -53,6 +53,24 @@ public struct JSONSchema: Sendable, Hashable {
         if let v = validate(value) { throw v }
     }
 
+    /// Whether every object of `schema` names all its properties as
+    /// required and allows no others: what OpenAI's strict mode accepts, so
+    /// a schema from elsewhere (the CLI's `--schema`, an Anthropic client of
+    /// the gateway) can be sent strict only when a strict provider takes it.
+    public static func meetsStrictMode(_ schema: JSONValue) -> Bool {
+        switch schema {
+        case .object(let o):
+            if o["type"] == "object" || o["properties"] != nil {
+                let names = Set(o["properties"]?.objectValue?.keys ?? [])
+                let required = Set(o["required"]?.arrayValue?.compactMap(\.stringValue) ?? [])
+                guard o["additionalProperties"] == false, names == required else { return false }
+            }
+            return o.allSatisfy { m in m.key == "enum" || m.key == "const" || meetsStrictMode(m.value) }
+        case .array(let a): return a.allSatisfy(meetsStrictMode)
+        default: return true
+        }
+    }
+
     // MARK: Checking the schema
 
     private static let typeNames: Set<String> = ["string", "number", "integer", "boolean", "object", "array", "null"]

@@ -171,7 +171,30 @@ enum AnthropicMessages {
         }
         if let user = o["metadata"]?["user_id"]?.stringValue { r.metadata["user"] = user }
         for key in passedThrough { if let v = o[key], !v.isNull { r.options[key] = v } }
+        // Structured outputs: `output_config.format` (and the beta's
+        // top-level `output_format`) become the request's response format,
+        // which every backend maps its own way and the host checks; the rest
+        // of `output_config` (`effort`) is passed on.
+        if let c = o["output_config"], !c.isNull {
+            guard case .object(var config) = c else { throw .invalidRequest("output_config: Input should be a valid dictionary") }
+            if let f = config["format"], !f.isNull { r.responseFormat = try responseFormat(f, param: "output_config.format") }
+            config["format"] = nil
+            if !config.isEmpty { r.options["output_config"] = .object(config) }
+        }
+        if let f = o["output_format"], !f.isNull { r.responseFormat = try responseFormat(f, param: "output_format") }
         return Parsed(request: r, model: model, stream: !countOnly && o["stream"]?.boolValue == true)
+    }
+
+    /// Anthropic's structured-output format, `{"type": "json_schema",
+    /// "schema": {...}}`, as the request's response format (named `output`:
+    /// Anthropic's takes no name; strict where OpenAI's strict mode would
+    /// take the schema, so a route to an OpenAI backend does not refuse it).
+    static func responseFormat(_ f: JSONValue, param: String) throws(GatewayError) -> ResponseFormat {
+        guard f["type"]?.stringValue == "json_schema" else { throw .invalidRequest("\(param).type: Input should be 'json_schema'") }
+        guard let schema = f["schema"], case .object = schema else { throw .invalidRequest("\(param).schema: Field required (a JSON Schema object)") }
+        let format = ResponseFormat.jsonSchema(name: "output", schema: schema, strict: JSONSchema.meetsStrictMode(schema))
+        do { try format.checkSchema() } catch { throw .invalidRequest("\(param).schema: \(error.description)") }
+        return format
     }
 
     /// A block's (or tool's) `cache_control`, passed on as given: an object

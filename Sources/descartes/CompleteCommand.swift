@@ -444,7 +444,7 @@ enum SchemaArgument {
         } else {
             schema = try concise(text, source: source)
         }
-        return .jsonSchema(name: name, schema: schema, strict: isStrict(schema))
+        return .jsonSchema(name: name, schema: schema, strict: JSONSchema.meetsStrictMode(schema))
     }
 
     /// The concise form as a JSON Schema.
@@ -482,22 +482,6 @@ enum SchemaArgument {
         }
         guard !properties.isEmpty else { throw ToolsFile.Problem(message: "\(source): no fields (expected e.g. 'name, age int, bio: their biography')") }
         return ["type": "object", "properties": .object(properties), "required": .array(required), "additionalProperties": false]
-    }
-
-    /// Whether every object of the schema names all its properties as
-    /// required and allows no others: what OpenAI's strict mode accepts.
-    static func isStrict(_ s: JSONValue) -> Bool {
-        switch s {
-        case .object(let o):
-            if o["type"] == "object" || o["properties"] != nil {
-                let names = Set(o["properties"]?.objectValue?.keys ?? [])
-                let required = Set(o["required"]?.arrayValue?.compactMap(\.stringValue) ?? [])
-                guard o["additionalProperties"] == false, names == required else { return false }
-            }
-            return o.allSatisfy { m in m.key == "enum" || m.key == "const" || isStrict(m.value) }
-        case .array(let a): return a.allSatisfy(isStrict)
-        default: return true
-        }
     }
 }
 

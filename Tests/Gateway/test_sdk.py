@@ -224,6 +224,9 @@ TOOL_STREAM = sse(
     chunk(None, usage={"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}),
 )
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
@@ -281,6 +284,25 @@ class OpenAISDK(unittest.TestCase):
         self.assertEqual(body["tools"][0]["function"]["name"], "get_weather")
         auth = [v for k, v in sent["headers"] if k.lower() == "authorization"]
         self.assertEqual(auth, ["Bearer " + UPSTREAM_KEY])
+
+    def test_structured_output_reaches_the_upstream_and_is_checked(self):
+        fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+
+        def answer(content):
+            return {"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+                "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}})}
+        state["upstream"].script(answer('{"name": "Ada", "age": 36}'))
+        r = oai().chat.completions.create(model="upstream", messages=[{"role": "user", "content": "Ada, 36"}], response_format=fmt)
+        self.assertEqual(json.loads(r.choices[0].message.content), {"name": "Ada", "age": 36})
+        self.assertEqual(json.loads(state["upstream"].requests()[-1]["body"])["response_format"], fmt)
+        # An upstream answer that does not match: the gateway's host checks it (502, the path named).
+        state["upstream"].script(answer('{"name": "Ada", "age": "36"}'))
+        with self.assertRaises(openai.InternalServerError) as e:
+            oai().chat.completions.create(model="upstream", messages=[{"role": "user", "content": "Ada, 36"}], response_format=fmt)
+        self.assertEqual(e.exception.status_code, 502)
+        self.assertIn('$.age: expected integer, got string "36"', str(e.exception))
 
     def test_streamed_tool_call_deltas(self):
         state["upstream"].script(sse_response(TOOL_STREAM, split="bytes:13"))
@@ -653,6 +675,25 @@ class AnthropicBackend(unittest.TestCase):
             ant().messages.create(model="claude", max_tokens=10, messages=[
                 {"role": "user", "content": [{"type": "text", "text": "x", "cache_control": "ephemeral"}]}])
         self.assertIn("messages.0.content.0.cache_control", e.exception.body["error"]["message"])
+
+    def test_structured_output_reaches_the_upstream_and_is_checked(self):
+        fmt = {"type": "json_schema", "schema": PERSON}
+        state["upstream"].script(anthropic_message([{"type": "text", "text": '{"name": "Ada", "age": 36}'}]), route="POST /v1/messages")
+        m = ant().messages.create(model="claude", max_tokens=100, messages=[{"role": "user", "content": "Ada, 36"}],
+                                  output_config={"effort": "low", "format": fmt})
+        self.assertEqual(json.loads(m.content[0].text), {"name": "Ada", "age": 36})
+        self.assertEqual(self.upstream_body()["output_config"], {"effort": "low", "format": fmt})
+        state["upstream"].script(anthropic_message([{"type": "text", "text": '{"name": "Ada"}'}]), route="POST /v1/messages")
+        with self.assertRaises(anthropic.InternalServerError) as e:
+            ant().messages.create(model="claude", max_tokens=100, messages=[{"role": "user", "content": "Ada, 36"}],
+                                  output_config={"format": fmt})
+        self.assertEqual(e.exception.status_code, 502)
+        self.assertIn("$.age: required property is missing", str(e.exception))
+        # A format the gateway cannot read is the client's error, named.
+        with self.assertRaises(anthropic.BadRequestError) as e:
+            ant().messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}],
+                                  output_config={"format": {"type": "json_schema"}})
+        self.assertIn("output_config.format.schema", str(e.exception))
 
     def test_tool_result_breakpoint_and_usage_of_a_stream(self):
         state["upstream"].script(anthropic_stream(
