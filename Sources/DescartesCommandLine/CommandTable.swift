@@ -30,6 +30,12 @@ package enum CommandID: String, Sendable, CaseIterable {
     case sessions = "descartes sessions"
     case sessionsList = "descartes sessions list"
     case sessionsClose = "descartes sessions close"
+    case chat = "descartes chat"
+    case conversations = "descartes conversations"
+    case conversationsList = "descartes conversations list"
+    case conversationsShow = "descartes conversations show"
+    case conversationsExport = "descartes conversations export"
+    case conversationsDelete = "descartes conversations delete"
     case bench = "descartes-bench"
 }
 
@@ -50,6 +56,7 @@ extension Option {
         "--provider", short: "-p", value: "PROVIDER", help: "The provider: an instance of providers.yaml, or a plugin",
         in: [
             .complete: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
+            .chat: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
             .batch: .required("The provider: a providers.yaml instance, a plugin, a fallback chain or a route"),
             .models: .required, .tokens: .required, .embed: .required, .bench: .required,
             .health: .key("Check this provider only (the exit status is then its error's)"),
@@ -58,11 +65,15 @@ extension Option {
     package static let model = Option(
         "--model", short: "-m", value: "MODEL", help: "The model (default: the provider's)",
         in: [
-            .complete: .plain, .tokens: "The model to count for", .embed: "The embedding model (default: the provider's)", .batch: "The model for requests that name none", .bench: .plain,
+            .complete: .plain, .chat: .plain, .tokens: "The model to count for", .embed: "The embedding model (default: the provider's)", .batch: "The model for requests that name none", .bench: .plain,
             .log: "Only attempts with this model",
         ])
     package static let systemPrompt = Option(
-        "--system", value: "TEXT", help: "A system prompt", in: [.complete: .plain, .tokens: "A system prompt to count too"])
+        "--system", value: "TEXT", help: "A system prompt",
+        in: [
+            .complete: "A system prompt (continuing a conversation: replaces its own)", .chat: "A system prompt (continuing a conversation: replaces its own)",
+            .tokens: "A system prompt to count too",
+        ])
     package static let maxTokens = Option("--max-tokens", value: "N", help: "The most tokens to generate", in: [.complete: .plain])
     package static let temperature = Option("--temperature", value: "T", help: "Sampling temperature", in: [.complete: .plain])
     package static let tools = Option(
@@ -106,13 +117,24 @@ extension Option {
             Agents with sessions (claude-code-cli, codex-cli): 'new' starts one
             and prints its id; an id continues it ('descartes sessions list')
             """, in: [.complete: .plain])
+    package static let continueConversation = Option(
+        "--continue", short: "-c", help: "Continue the most recent conversation (its messages are sent before the prompt)",
+        in: [.complete: .plain, .chat: .plain])
+    package static let conversation = Option(
+        "--conversation", value: "ID", help: "Continue conversation ID ('descartes conversations list')",
+        in: [.complete: .plain, .chat: .plain])
+    package static let format = Option(
+        "--format", value: "FORMAT", help: "json (default: every message with its usage, provider and time) or markdown",
+        in: [.conversationsExport: .plain])
     package static let json = Option(
         "--json", help: "Print the result as JSON",
         in: [
             .pluginsList: .key("One JSON document: {\"plugins\": [...], \"search\": [...]}"),
             .pluginsInfo: .key("The manifest as JSON"),
             .pluginsVerify: .key("Results as JSON"),
-            .complete: "Print the response as JSON; with --stream, one JSON event per line",
+            .complete: "Print the response as JSON (with its conversation_id); with --stream, one JSON event per line",
+            .conversationsList: .key("{\"database\", \"conversations\": [{\"id\", \"provider\", \"model\", \"title\", \"messages\", \"created\", \"updated\", \"agent_session\"}]}"),
+            .conversationsShow: "The conversation and its messages as JSON (as export --format json)",
             .models: "{\"provider\": ..., \"models\": [{\"id\", \"context_length\", \"owned_by\", ...}]}",
             .health: "{\"results\": [{\"name\", \"healthy\", \"message\"|\"error\"|\"skipped\", ...}], ...}",
             .tokens: "{\"provider\", \"tokens\", \"exact\", \"method\"}",
@@ -133,7 +155,7 @@ extension Option {
     package static let set = Option(
         "--set", value: "KEY=VALUE", help: "A config value for the provider", repeatable: true,
         in: [
-            .complete: .plain, .models: .plain, .tokens: .plain, .embed: .plain, .batch: .plain, .bench: .plain,
+            .complete: .plain, .chat: .plain, .models: .plain, .tokens: .plain, .embed: .plain, .batch: .plain, .bench: .plain,
             .health: "A config value for the provider given with -p",
             .pluginsVerify: "A config value for the named plugins",
         ])
@@ -243,7 +265,9 @@ extension Option {
     package static let systemPolicy = Option(
         "--system", help: "Edit /etc/descartes/plugins.yaml (the host's policy; needs root)",
         in: [.pluginsEnable: .plain, .pluginsDisable: .plain])
-    package static let lines = Option("--lines", short: "-n", value: "N", help: "How many entries to show (default 20)", in: [.log: .key])
+    package static let lines = Option(
+        "--lines", short: "-n", value: "N", help: "How many entries to show (default 20)",
+        in: [.log: .key, .conversationsList: "How many conversations to show, most recent first (default 20)"])
     package static let file = Option(
         "--file", value: "FILE", help: "Read this audit ledger (SQLite) or JSON-lines log instead of the configured ledger", in: [.log: .plain])
     package static let label = Option(
@@ -285,7 +309,7 @@ extension Option {
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, schema, image, prompt,
-        requests, concurrency, stream, session, continueSession, warmup, expect, cache, vary, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
+        requests, concurrency, stream, session, continueSession, continueConversation, conversation, format, warmup, expect, cache, vary, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
         conformance, spec, systemPolicy, lines, file, label, approve, since, groupBy, listen,
@@ -382,6 +406,10 @@ extension Command {
                 With --json the response names the provider that answered and lists the failed attempts.
                 Tool calls the model makes are printed after the text as
                 "tool call ID: NAME(ARGUMENTS)" (with --json, in "tool_calls").
+
+                Every completion is recorded as a conversation (docs/conversations.md):
+                -c continues the most recent one, --conversation ID another; the earlier
+                messages are sent before PROMPT ('descartes conversations list').
                 """),
         Command(
             .models, summary: "List the models a provider offers now",
@@ -509,6 +537,48 @@ extension Command {
                 Removes each session's file: its id can no longer be continued with --session.
                 Codex keeps its own copy of the thread in its CODEX_HOME.
                 """),
+        Command(
+            .chat, summary: "Talk with a model in the terminal: a conversation, stored, resumable with -c",
+            about: """
+                Reads a prompt, streams the answer, and keeps the conversation: each turn sends
+                the messages before it (for an agent with sessions, its session goes on instead).
+                Every turn is stored as 'complete' stores it, so 'chat -c' or 'complete -c'
+                continues it later. At the prompt:
+                  !multi        type several lines, then !end on a line of its own
+                  !system TEXT  set the system prompt for the turns that follow
+                  !reset        start a new conversation
+                  !exit         end (also Ctrl-D, or Ctrl-C at an empty prompt)
+                Ctrl-C while an answer streams cancels that answer (the plugin stops its
+                transfer; an agent's process is stopped) and returns to the prompt.
+                With stdin not a terminal, each line is one turn (the commands work there too),
+                for scripts.
+                """),
+        Command(.conversations, summary: "The conversations of complete and chat: list, show, export, delete", about: ""),
+        Command(
+            .conversationsList, summary: "Stored conversations, most recently used first",
+            about: """
+                Lists the conversations recorded by 'descartes complete' and 'descartes chat':
+                id, provider, model, messages, when last used, title (the first prompt's first
+                line). They are kept in $XDG_DATA_HOME/descartes/conversations.db (default
+                ~/.local/share/descartes/conversations.db; SQLite). See docs/conversations.md.
+                """),
+        Command(
+            .conversationsShow, summary: "Print one conversation's messages",
+            arguments: [Argument("ID", .one, help: "The conversation ('descartes conversations list')")],
+            about: "Prints the conversation's messages in order, each headed by its role (and for answers the model and tokens)."),
+        Command(
+            .conversationsExport, summary: "Export one conversation as JSON or Markdown",
+            arguments: [Argument("ID", .one, help: "The conversation ('descartes conversations list')")],
+            about: """
+                Prints the conversation as one JSON document ({"id", "provider", "model", "title",
+                "system", "agent_session", "created", "updated", "messages": [{"role", "content",
+                "tool_calls"?, "tool_call_id"?, "usage"?, "provider"?, "model"?, "time"}]}), or with
+                --format markdown as a Markdown document, one section per message.
+                """),
+        Command(
+            .conversationsDelete, summary: "Delete stored conversations",
+            arguments: [Argument("ID", .many, help: "The conversations to delete")],
+            about: "Removes each conversation and its messages from the store."),
         Command(
             .bench, summary: "Time requests through a provider",
             about: """

@@ -34,7 +34,12 @@ extension Commands {
         case .keysRevoke: return KeysCommand.revoke(args, globals: globals)
         case .sessionsList: return SessionsCommand.list(args, globals: globals)
         case .sessionsClose: return SessionsCommand.close(args, globals: globals)
-        case .descartes, .plugins, .config, .keys, .sessions, .bench: preconditionFailure("resolve returns a command of descartes, never a group")
+        case .chat: return await ChatCommand.run(args, globals: globals)
+        case .conversationsList: return ConversationsCommand.list(args, globals: globals)
+        case .conversationsShow: return ConversationsCommand.show(args, globals: globals)
+        case .conversationsExport: return ConversationsCommand.export(args, globals: globals)
+        case .conversationsDelete: return ConversationsCommand.delete(args, globals: globals)
+        case .descartes, .plugins, .config, .keys, .sessions, .conversations, .bench: preconditionFailure("resolve returns a command of descartes, never a group")
         }
     }
 

@@ -47,6 +47,12 @@ enum CompleteCommand {
         var isolation: ProviderFactory.Isolation? = nil
         do throws(UsageError) {
             reliability = try ReliabilityOptions(args, globals: globals)
+            if args.flag(.continueConversation) && args.value(.conversation) != nil {
+                throw args.mistake("-c continues the most recent conversation, --conversation ID the one named: give one of them")
+            }
+            if args.value(.continueSession) != nil && (args.flag(.continueConversation) || args.value(.conversation) != nil) {
+                throw args.mistake("--session continues an agent's session, -c and --conversation a conversation: give one of them")
+            }
             if args.flag(.isolate) || args.value(.memoryLimit) != nil {
                 var limits = ProcessLimits.isolatedPlugin
                 if let mb = try args.int(.memoryLimit) {
@@ -110,6 +116,11 @@ enum CompleteCommand {
         let provider = args.value(.provider)!
         let json = args.flag(.json)
         let streaming = args.flag(.stream)
+        // -c, --conversation ID: the conversation this turn continues.
+        let store = ConversationStore(file: ConversationStore.defaultFile())
+        let continuing: (StoredConversation, [Message])?
+        do throws(ProviderError) { continuing = try ConversationThread.continued(args, store: store) } catch { failure(error, json: json) }
+        let asked = request.messages[request.messages.count - 1]
         // --session: an agent's conversation kept between invocations.
         let session: StoredSession?
         if let s = args.value(.continueSession) {
@@ -121,6 +132,10 @@ enum CompleteCommand {
         let built: ReliabilityOptions.Built
         do { built = try reliability.build(provider, config: settings, globals: globals, isolation: isolation) } catch { failure(error, json: json) }
         let backend = built.backend
+        // Every completion is recorded as a conversation (docs/conversations.md).
+        var thread = ConversationThread(
+            store: store, provider: provider, agentSessions: built.agentSessions && session == nil, sessionFromTheStart: false, continuing: continuing, system: request.systemPrompt)
+        if session == nil { request = thread.request(request) }
 
         let task = Task { () async -> Result<ModelResponse, ProviderError> in
             do {
@@ -155,9 +170,17 @@ enum CompleteCommand {
             }
             failure(e, json: json)
         case .success(let r):
+            var conversationID: JSONValue = .null
+            do { conversationID = .string(try thread.record(asked, r).id) } catch {
+                Out.err("descartes: the conversation was not recorded: \(error)")
+            }
             if json {
                 var doc = Wire.json(r)
                 if let stats { doc = ReliabilityOptions.with(stats: stats, cache: cacheStats, doc) }
+                if case .object(var o) = doc {
+                    o["conversation_id"] = conversationID
+                    doc = .object(o)
+                }
                 if !streaming {
                     Out.line(doc.prettyText())
                 } else if let stats {
@@ -324,7 +347,14 @@ final class Interrupts: @unchecked Sendable {
 
     private let signals: [Int32]
 
-    init(_ signals: [Int32] = Interrupts.handled, _ onInterrupt: @escaping @Sendable () -> Void) {
+    convenience init(_ signals: [Int32] = Interrupts.handled, _ onInterrupt: @escaping @Sendable () -> Void) {
+        self.init(signals, each: false) { _ in onInterrupt() }
+    }
+
+    /// With `each`, every signal calls `onInterrupt` (with the signal) and
+    /// none exits on its own: `descartes chat`, where Ctrl-C cancels one
+    /// answer and the session goes on.
+    init(_ signals: [Int32], each: Bool, _ onInterrupt: @escaping @Sendable (Int32) -> Void) {
         let count = Lock(0)
         let received = self.received
         self.signals = signals
@@ -332,9 +362,9 @@ final class Interrupts: @unchecked Sendable {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {
-                received.withLock { if $0 == 0 { $0 = sig } }
-                if count.withLock({ c in c += 1; return c }) > 1 { exit(128 + sig) }
-                onInterrupt()
+                received.withLock { if $0 == 0 || each { $0 = sig } }
+                if !each && count.withLock({ c in c += 1; return c }) > 1 { exit(128 + sig) }
+                onInterrupt(sig)
             }
             source.resume()
             return source

@@ -32,6 +32,10 @@ struct ReliabilityOptions {
         var backend: any ModelBackend
         var providers: ReliableProviders
         var meter: UsageMeter?
+        /// `provider` is one headless agent with sessions (its manifest says
+        /// `sessions`: claude-code-cli, codex-cli, acp) and no --fallback
+        /// follows it: a conversation with it goes on in the agent's session.
+        var agentSessions = false
     }
 
     /// The backend for `provider`: its route, chain or middleware stack from
@@ -53,9 +57,13 @@ struct ReliabilityOptions {
         if let isolation { setup.factory.isolationOverrides[provider] = isolation }
         let plugin = what.plugin ?? provider
         Commands.warnAboutSecretsOnTheCommandLine(config, plugin: plugin, factory: setup.factory)
-        return try build(
+        var built = try build(
             provider, config: config, factory: setup.factory, settings: setup.settings,
             audit: Commands.auditLog(setup.factory.configuration).map { log in { log.wrap($0, plugin: plugin) } })
+        if fallbacks.isEmpty, what.plugin != nil, case .some(let manifest) = try? setup.factory.manifest(for: plugin) {
+            built.agentSessions = manifest.capabilities.contains("sessions")
+        }
+        return built
     }
 
     func build(

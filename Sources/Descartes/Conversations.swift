@@ -1,0 +1,298 @@
+internal import DescartesSQLite
+import DescartesSupport
+import Glibc
+
+/// A failure to read or write the conversation store: the file and SQLite's words.
+package struct ConversationStoreError: Error, CustomStringConvertible, Sendable {
+    package var message: String
+    package var description: String { message }
+    package init(_ message: String) { self.message = message }
+}
+
+/// One stored conversation, without its messages.
+package struct StoredConversation: Sendable, Equatable {
+    /// 26 characters, time-ordered (a ULID in lowercase Crockford base 32).
+    package var id: String
+    /// The provider it was last continued with (`-p`).
+    package var provider: String
+    /// The model that last answered, as the provider named it.
+    package var model: String?
+    package var createdUnixMS: Int
+    package var updatedUnixMS: Int
+    /// The first line of the first prompt, cut to 80 characters.
+    package var title: String
+    /// The system prompt its turns are sent with (`--system`, `!system`).
+    package var system: String?
+    /// The agent's own session, when the provider is a headless agent with
+    /// sessions (claude-code-cli, codex-cli, acp): later turns continue it
+    /// instead of replaying the transcript.
+    package var agentSession: String?
+    /// How many messages it holds.
+    package var messageCount: Int
+}
+
+/// One stored message with what is known of the turn that made it.
+package struct StoredMessage: Sendable, Equatable {
+    package var message: Message
+    /// For an answer: its usage as the provider reported it.
+    package var usage: Usage?
+    /// For an answer: the provider instance and the model that gave it.
+    package var provider: String?
+    package var model: String?
+    package var unixMS: Int
+
+    package init(_ message: Message, usage: Usage? = nil, provider: String? = nil, model: String? = nil, unixMS: Int) {
+        self.message = message
+        self.usage = usage
+        self.provider = provider
+        self.model = model
+        self.unixMS = unixMS
+    }
+}
+
+/// The conversations of `descartes complete` and `descartes chat`: one
+/// SQLite database, `$XDG_DATA_HOME/descartes/conversations.db` (default
+/// `~/.local/share/descartes/conversations.db`, mode 0600 in a 0700
+/// directory), in WAL mode so that several processes (two terminals
+/// chatting, a script calling `complete -c`) read and write it at once,
+/// each waiting its turn for the others' short write transactions (the
+/// busy timeout, 10 s). See docs/conversations.md for the tables.
+///
+/// It lives in the library, `package` and not public, beside the gateway's
+/// key store: the library is what links libsqlite3 (`DescartesSQLite`), and
+/// the tests reach it directly. It is not public API: a Swift application
+/// holds a conversation as `ModelRequest.messages` and keeps it where it
+/// keeps its own data; the file, its place and its schema are the CLI's.
+///
+/// The schema is versioned with `PRAGMA user_version` (1 today): a newer
+/// descartes that changes it migrates a file of an older version inside one
+/// write transaction; an older descartes refuses a file of a newer version
+/// instead of writing rows it does not understand.
+package final class ConversationStore: Sendable {
+    package static let schemaVersion = 1
+
+    package let file: String
+    private let connection: Lock<SQLiteDatabase?>
+
+    package init(file: String) {
+        self.file = file
+        connection = Lock(nil)
+    }
+
+    /// `$XDG_DATA_HOME/descartes/conversations.db`, by default
+    /// `~/.local/share/descartes/conversations.db`.
+    package static func defaultFile(environment: [String: String] = Environment.current()) -> String {
+        if let x = environment["XDG_DATA_HOME"], x.hasPrefix("/") { return FileSystem.join(x, "descartes/conversations.db") }
+        let home = environment["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? Environment.homeDirectory
+        return FileSystem.join(home, ".local/share/descartes/conversations.db")
+    }
+
+    static let schema = """
+        CREATE TABLE IF NOT EXISTS conversations (
+            id TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            model TEXT,
+            created_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            title TEXT NOT NULL DEFAULT '',
+            system TEXT,
+            agent_session TEXT
+        );
+        CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_ms);
+        CREATE TABLE IF NOT EXISTS messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            role TEXT NOT NULL,
+            text TEXT NOT NULL,
+            tool_calls TEXT,
+            tool_call_id TEXT,
+            usage TEXT,
+            provider TEXT,
+            model TEXT,
+            unix_ms INTEGER NOT NULL,
+            message TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, id);
+        """
+
+    /// The open connection: opened, switched to WAL and given its schema on
+    /// first use. `create` false: a missing file is not made (`nil` back).
+    private func withDatabase<T>(create: Bool, _ body: (SQLiteDatabase) throws(SQLiteError) -> T) throws(ConversationStoreError) -> T? {
+        do {
+            return try connection.withLock { (c: inout SQLiteDatabase?) throws(SQLiteError) -> T? in
+                if c == nil {
+                    if !create && !FileSystem.exists(file) { return nil }
+                    let dir = FileSystem.directory(of: file)
+                    if !FileSystem.isDirectory(dir) {
+                        do { try FileSystem.makeDirectories(dir, mode: 0o700) } catch {
+                            throw SQLiteError(code: 0, message: "\(file): cannot create its directory: \(error)")
+                        }
+                    }
+                    let db = try SQLiteDatabase(path: file, create: true)
+                    // Switching to WAL answers BUSY at once while another
+                    // process has the new file open: retried.
+                    _ = try db.retryingWhileBusy { () throws(SQLiteError) in try db.query("PRAGMA journal_mode=WAL") }
+                    try db.execute("PRAGMA synchronous=NORMAL")
+                    let version = try db.query("PRAGMA user_version").first?.first?.int ?? 0
+                    if version > Self.schemaVersion {
+                        throw SQLiteError(
+                            code: 0,
+                            message: "\(file): conversations of schema version \(version), made by a newer descartes (this one knows version \(Self.schemaVersion))")
+                    }
+                    if version < Self.schemaVersion {
+                        // One process makes the tables; the others wait for
+                        // its transaction and find them made.
+                        try db.transaction { () throws(SQLiteError) in
+                            try db.execute(Self.schema)
+                            try db.execute("PRAGMA user_version = \(Self.schemaVersion)")
+                        }
+                    }
+                    c = db
+                }
+                return try body(c!)
+            }
+        } catch {
+            throw ConversationStoreError(error.message)
+        }
+    }
+
+    private static let columns = "id, provider, model, created_ms, updated_ms, title, system, agent_session, (SELECT count(*) FROM messages WHERE conversation_id = conversations.id)"
+
+    private static func conversation(_ row: [SQLiteValue]) -> StoredConversation {
+        StoredConversation(
+            id: row[0].string ?? "", provider: row[1].string ?? "", model: row[2].string, createdUnixMS: row[3].int ?? 0,
+            updatedUnixMS: row[4].int ?? 0, title: row[5].string ?? "", system: row[6].string, agentSession: row[7].string,
+            messageCount: row[8].int ?? 0)
+    }
+
+    /// The conversation `id`, nil when there is none.
+    package func conversation(_ id: String) throws(ConversationStoreError) -> StoredConversation? {
+        let rows = try withDatabase(create: false) { db throws(SQLiteError) in
+            try db.query("SELECT \(Self.columns) FROM conversations WHERE id = ?", [.text(id)])
+        }
+        return rows?.first.map(Self.conversation)
+    }
+
+    /// The most recently updated conversation (`-c`), nil when there is none.
+    package func latest() throws(ConversationStoreError) -> StoredConversation? {
+        try list(limit: 1).first
+    }
+
+    /// Conversations, most recently updated first.
+    package func list(limit: Int? = nil) throws(ConversationStoreError) -> [StoredConversation] {
+        let rows = try withDatabase(create: false) { db throws(SQLiteError) in
+            try db.query(
+                "SELECT \(Self.columns) FROM conversations ORDER BY updated_ms DESC, id DESC LIMIT ?", [.integer(limit ?? -1)])
+        }
+        return (rows ?? []).map(Self.conversation)
+    }
+
+    /// The messages of conversation `id`, oldest first.
+    package func messages(_ id: String) throws(ConversationStoreError) -> [StoredMessage] {
+        let rows = try withDatabase(create: false) { db throws(SQLiteError) in
+            try db.query("SELECT message, usage, provider, model, unix_ms FROM messages WHERE conversation_id = ? ORDER BY id", [.text(id)])
+        }
+        var out: [StoredMessage] = []
+        for row in rows ?? [] {
+            let message: Message
+            do {
+                let doc = try JSONValue.parse(row[0].string ?? "")
+                guard let m = try Wire.decodeRequest(["messages": [doc]]).messages.first else { throw WireError("no message") }
+                message = m
+            } catch {
+                throw ConversationStoreError("\(file): conversation \(id): a stored message is not a message: \(error)")
+            }
+            let usage = row[1].string.flatMap { try? JSONValue.parse($0) }.flatMap { try? Wire.decodeUsage($0) }
+            out.append(StoredMessage(message, usage: usage, provider: row[2].string, model: row[3].string, unixMS: row[4].int ?? 0))
+        }
+        return out
+    }
+
+    /// Starts a conversation (no messages yet) and returns it.
+    package func create(provider: String, system: String?, title: String, unixMS: Int) throws(ConversationStoreError) -> StoredConversation {
+        let c = StoredConversation(
+            id: Self.newID(unixMS: unixMS), provider: provider, model: nil, createdUnixMS: unixMS, updatedUnixMS: unixMS,
+            title: Self.title(title), system: system, agentSession: nil, messageCount: 0)
+        _ = try withDatabase(create: true) { db throws(SQLiteError) in
+            try db.query(
+                "INSERT INTO conversations (id, provider, created_ms, updated_ms, title, system) VALUES (?, ?, ?, ?, ?, ?)",
+                [.text(c.id), .text(c.provider), .integer(unixMS), .integer(unixMS), .text(c.title), c.system.map { .text($0) } ?? .null])
+        }
+        return c
+    }
+
+    /// Appends one turn's messages to conversation `conversation.id` in one
+    /// transaction, and stores what the conversation now is: its provider,
+    /// model, system prompt and agent session.
+    package func append(_ messages: [StoredMessage], to conversation: StoredConversation) throws(ConversationStoreError) {
+        _ = try withDatabase(create: true) { db throws(SQLiteError) in
+            try db.transaction { () throws(SQLiteError) in
+                let updated = max(conversation.updatedUnixMS, messages.map(\.unixMS).max() ?? 0)
+                let known = try db.query(
+                    "UPDATE conversations SET provider = ?, model = ?, updated_ms = ?, system = ?, agent_session = ? WHERE id = ? RETURNING id",
+                    [
+                        .text(conversation.provider), conversation.model.map { .text($0) } ?? .null, .integer(updated),
+                        conversation.system.map { .text($0) } ?? .null, conversation.agentSession.map { .text($0) } ?? .null, .text(conversation.id),
+                    ])
+                guard !known.isEmpty else {
+                    throw SQLiteError(code: 0, message: "\(file): no conversation \(conversation.id) (deleted meanwhile?)")
+                }
+                for m in messages {
+                    let doc = Wire.json(ModelRequest(messages: [m.message]))["messages"]?[0] ?? .null
+                    let calls: SQLiteValue = m.message.toolCalls.isEmpty ? .null : .text(JSONValue.array(m.message.toolCalls.map { Wire.json($0) }).jsonText)
+                    try db.query(
+                        """
+                        INSERT INTO messages (conversation_id, role, text, tool_calls, tool_call_id, usage, provider, model, unix_ms, message)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                        [
+                            .text(conversation.id), .text(m.message.role.rawValue), .text(m.message.content), calls,
+                            m.message.toolCallID.map { .text($0) } ?? .null, m.usage.map { .text(Wire.json($0).jsonText) } ?? .null,
+                            m.provider.map { .text($0) } ?? .null, m.model.map { .text($0) } ?? .null, .integer(m.unixMS), .text(doc.jsonText),
+                        ])
+                }
+            }
+        }
+    }
+
+    /// Removes conversation `id` and its messages; false when there was none.
+    package func delete(_ id: String) throws(ConversationStoreError) -> Bool {
+        let removed = try withDatabase(create: false) { db throws(SQLiteError) in
+            try db.transaction { () throws(SQLiteError) -> Bool in
+                try db.query("DELETE FROM messages WHERE conversation_id = ?", [.text(id)])
+                return try !db.query("DELETE FROM conversations WHERE id = ? RETURNING id", [.text(id)]).isEmpty
+            }
+        }
+        return removed ?? false
+    }
+
+    /// The title of a conversation whose first prompt is `prompt`: its first
+    /// non-empty line, at most 80 characters.
+    static func title(_ prompt: String) -> String {
+        let line = prompt.split(whereSeparator: \.isNewline).first { !$0.allSatisfy(\.isWhitespace) } ?? ""
+        let trimmed = line.drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed()
+        return Wire.excerpt(String(trimmed), limit: 80)
+    }
+
+    /// A new id: 48 bits of milliseconds then 80 random bits, in lowercase
+    /// Crockford base 32 (a ULID): ids sort by creation, and two processes
+    /// starting a conversation in the same millisecond still differ.
+    package static func newID(unixMS: Int) -> String {
+        let digits = Array("0123456789abcdefghjkmnpqrstvwxyz".utf8)
+        var out: [UInt8] = []
+        var t = UInt64(max(0, unixMS))
+        for _ in 0..<10 {
+            out.append(digits[Int(t & 31)])
+            t >>= 5
+        }
+        out.reverse()
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<16 { out.append(digits[Int(rng.next() & 31)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Whether `id` could be a conversation id (26 base-32 characters).
+    package static func isValidID(_ id: String) -> Bool {
+        id.utf8.count == 26 && id.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) }
+    }
+}
