@@ -21,8 +21,9 @@ packages=(libcurl4-openssl-dev libyaml-dev libsqlite3-dev libmicrohttpd-dev libh
 # nginx (HTTP/2 over TLS) and openssl (test certificates) for HTTP2Tests and the TLS tests;
 # redis-server for SharedStateTests (started by the tests on a loopback port, never as a service);
 # valgrind for the C plugin memory-error recipe (docs/writing-a-plugin.md, "Memory errors in C plugins");
-# iproute2 (ip) to bring up the loopback of the network namespace a doc example with a fixed port runs in (DocExamplesTests).
-[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl redis-server valgrind iproute2)
+# iproute2 (ip) to bring up the loopback of the network namespace a doc example with a fixed port runs in (DocExamplesTests);
+# tmux: ConversationTests types into `descartes chat` in a terminal as a person does (send-keys, capture-pane).
+[ "$what" = test ] && packages+=(python3 python3-pip unzip curl nginx-light openssl redis-server valgrind iproute2 tmux)
 
 need=()
 for pkg in "${packages[@]}"; do
