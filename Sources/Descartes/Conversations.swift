@@ -208,26 +208,34 @@ package final class ConversationStore: Sendable {
         return out
     }
 
-    /// Starts a conversation (no messages yet) and returns it.
-    package func create(provider: String, system: String?, title: String, unixMS: Int) throws(ConversationStoreError) -> StoredConversation {
-        let c = StoredConversation(
-            id: Self.newID(unixMS: unixMS), provider: provider, model: nil, createdUnixMS: unixMS, updatedUnixMS: unixMS,
+    /// A new conversation, not stored until its first `append` (one
+    /// write transaction per turn, the first included).
+    package static func new(provider: String, system: String?, title: String, unixMS: Int) -> StoredConversation {
+        StoredConversation(
+            id: newID(unixMS: unixMS), provider: provider, model: nil, createdUnixMS: unixMS, updatedUnixMS: unixMS,
             title: Self.title(title), system: system, agentSession: nil, messageCount: 0)
-        _ = try withDatabase(create: true) { db throws(SQLiteError) in
-            try db.query(
-                "INSERT INTO conversations (id, provider, created_ms, updated_ms, title, system) VALUES (?, ?, ?, ?, ?, ?)",
-                [.text(c.id), .text(c.provider), .integer(unixMS), .integer(unixMS), .text(c.title), c.system.map { .text($0) } ?? .null])
-        }
+    }
+
+    /// Starts a conversation with no messages and returns it.
+    package func create(provider: String, system: String?, title: String, unixMS: Int) throws(ConversationStoreError) -> StoredConversation {
+        let c = Self.new(provider: provider, system: system, title: title, unixMS: unixMS)
+        try append([], to: c)
         return c
     }
 
-    /// Appends one turn's messages to conversation `conversation.id` in one
-    /// transaction, and stores what the conversation now is: its provider,
-    /// model, system prompt and agent session.
+    /// Appends one turn's messages to `conversation` in one transaction
+    /// (storing the conversation first when it has no messages yet, and
+    /// is not stored), and stores what the conversation now is: its
+    /// provider, model, system prompt and agent session.
     package func append(_ messages: [StoredMessage], to conversation: StoredConversation) throws(ConversationStoreError) {
         _ = try withDatabase(create: true) { db throws(SQLiteError) in
             try db.transaction { () throws(SQLiteError) in
                 let updated = max(conversation.updatedUnixMS, messages.map(\.unixMS).max() ?? 0)
+                if conversation.messageCount == 0 {
+                    try db.query(
+                        "INSERT OR IGNORE INTO conversations (id, provider, created_ms, updated_ms, title) VALUES (?, ?, ?, ?, ?)",
+                        [.text(conversation.id), .text(conversation.provider), .integer(conversation.createdUnixMS), .integer(updated), .text(conversation.title)])
+                }
                 let known = try db.query(
                     "UPDATE conversations SET provider = ?, model = ?, updated_ms = ?, system = ?, agent_session = ? WHERE id = ? RETURNING id",
                     [

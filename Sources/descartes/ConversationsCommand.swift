@@ -95,7 +95,7 @@ struct ConversationThread {
     mutating func record(_ prompt: Message, _ r: ModelResponse) throws(ConversationStoreError) -> StoredConversation {
         let asked = Self.nowUnixMS()
         var c: StoredConversation
-        if let stored { c = stored } else { c = try store.create(provider: provider, system: system, title: prompt.content, unixMS: asked) }
+        if let stored { c = stored } else { c = ConversationStore.new(provider: provider, system: system, title: prompt.content, unixMS: asked) }
         c.provider = provider
         if !r.model.isEmpty { c.model = r.model }
         c.system = system
