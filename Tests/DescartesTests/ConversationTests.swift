@@ -295,7 +295,7 @@ import DescartesSupport
         let data = TempDir("descartes-conv")
         let tmux = try await Tmux.start(
             [TestEnv.descartes, "chat", "-p", "openai"], env: env(data, server).merging(["NO_COLOR": "1"]) { $1 })
-        try await tmux.expect("Ctrl-C cancels an answer.")
+        try await tmux.expect("Chatting with")
         try await tmux.type("hi")
         try await tmux.expect("Hello there.")
         try await tmux.type("tell me a story")
@@ -325,6 +325,43 @@ import DescartesSupport
         try await again.expectExit()
         let last = try #require(try await Self.conversations(server).last)
         #expect(last == ["user: hi", "assistant: Hello there.", "user: then briefly", "assistant: Short answer.", "user: more?"], "\(last)")
+    }
+}
+
+extension ConversationTests {
+    /// Ctrl-C during an agent's answer stops the agent's process (the
+    /// plugin ends its process group: the script and its `sleep`) and the
+    /// chat goes on: the next turn is answered by a new one.
+    @Test func ctrlCInAChatWithAnAgentStopsItsProcess() async throws {
+        let dir = TempDir("descartes-conv")
+        let agent = dir.write("agent", """
+            #!/bin/sh
+            [ "$1" = "--" ] && shift
+            case "$1" in
+              *wait*) echo "Working on it"; sleep 60; echo "never";;
+              *) echo "Answered: $1";;
+            esac
+            """, mode: 0o755)
+        let mark = ProcScan.newMark()
+        let plugins = PluginDir().addRepositoryPlugin("headless-cli", library: "headless-cli")
+        let env = ["DESCARTES_PLUGIN_PATH": plugins.path, "XDG_DATA_HOME": dir.path, "XDG_STATE_HOME": dir.path, "NO_COLOR": "1"]
+        let tmux = try await Tmux.start(
+            [
+                TestEnv.descartes, "chat", "-p", "headless-cli", "--set", "command=\(agent)", "--set", "protocol=text", "--set", "args={prompt}",
+                "--set", "env=DESCARTES_TEST_MARK=\(mark)",
+            ], env: env)
+        try await tmux.expect("Chatting with")
+        try await tmux.type("wait for it")
+        try await tmux.expect("Working on it")
+        #expect(!ProcScan.marked(mark).isEmpty, "the agent runs")
+        try await tmux.keys("C-c")
+        try await tmux.expect("(cancelled")
+        let gone = await ProcScan.eventually(.seconds(10)) { ProcScan.marked(mark).isEmpty }
+        #expect(gone, "\(ProcScan.marked(mark))")
+        try await tmux.type("and now?")
+        try await tmux.expect("Answered: and now?")
+        try await tmux.type("!exit")
+        try await tmux.expectExit()
     }
 }
 
