@@ -366,7 +366,7 @@ extension ConversationTests {
 }
 
 /// A terminal a test types into: a tmux session on a server of its own
-/// (`tmux -L`), its screen read with capture-pane.
+/// (`tmux -S`, its socket in a temporary directory), its screen read with capture-pane.
 final class Tmux: @unchecked Sendable {
     let socket: String
     private let exitFile: String
@@ -379,19 +379,19 @@ final class Tmux: @unchecked Sendable {
     }
 
     deinit {
-        _ = system("tmux -L \(socket) kill-server 2>/dev/null")
+        _ = system("tmux -S '\(socket)' kill-server 2>/dev/null")
     }
 
     /// Starts `argv` in a new 120x40 terminal with `env` added.
     static func start(_ argv: [String], env: [String: String]) async throws -> Tmux {
         let dir = TempDir("descartes-tmux")
-        var rng = SystemRandomNumberGenerator()
-        let t = Tmux(socket: "descartes-test-\(getpid())-\(rng.next() % 1_000_000)", dir: dir)
+        // The server's socket is in the test's directory, removed with it.
+        let t = Tmux(socket: dir.file("tmux.sock"), dir: dir)
         let exports = env.sorted { $0.key < $1.key }.map { "\($0.key)=\(shellQuote($0.value))" }.joined(separator: " ")
         // The shell survives the Ctrl-C a test types (a trap, not an ignore:
         // the program still gets SIGINT as it would from a terminal).
         let command = "trap : INT; env \(exports) \(argv.map(shellQuote).joined(separator: " ")); echo $? > \(shellQuote(t.exitFile))"
-        let r = await Proc.run(["tmux", "-L", t.socket, "new-session", "-d", "-x", "120", "-y", "40", "bash", "-c", command])
+        let r = await Proc.run(["tmux", "-S", t.socket, "new-session", "-d", "-x", "120", "-y", "40", "bash", "-c", command])
         guard r.status == 0 else { throw ScriptedServer.StartError(description: "tmux new-session: \(r)") }
         return t
     }
@@ -399,17 +399,17 @@ final class Tmux: @unchecked Sendable {
     static func shellQuote(_ s: String) -> String { "'" + s.replacingAll("'", with: "'\\''") + "'" }
 
     func screen() async throws -> String {
-        await Proc.run(["tmux", "-L", socket, "capture-pane", "-p"]).stdout
+        await Proc.run(["tmux", "-S", socket, "capture-pane", "-p"]).stdout
     }
 
     /// Sends tmux key names ("C-c", "Enter").
     func keys(_ names: String...) async throws {
-        _ = await Proc.run(["tmux", "-L", socket, "send-keys"] + names)
+        _ = await Proc.run(["tmux", "-S", socket, "send-keys"] + names)
     }
 
     /// Types `text` and Enter.
     func type(_ text: String) async throws {
-        _ = await Proc.run(["tmux", "-L", socket, "send-keys", "-l", text])
+        _ = await Proc.run(["tmux", "-S", socket, "send-keys", "-l", text])
         try await keys("Enter")
     }
 
