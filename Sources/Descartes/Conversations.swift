@@ -79,6 +79,14 @@ package final class ConversationStore: Sendable {
         connection = Lock(nil)
     }
 
+    /// Whether the environment turns recording off (`DESCARTES_NO_HISTORY`
+    /// set to anything but empty or `0`): for a program that runs
+    /// `descartes complete` per call and keeps its own transcript.
+    package static func recordingOff(environment: [String: String] = Environment.current()) -> Bool {
+        guard let v = environment["DESCARTES_NO_HISTORY"] else { return false }
+        return !v.isEmpty && v != "0"
+    }
+
     /// `$XDG_DATA_HOME/descartes/conversations.db`, by default
     /// `~/.local/share/descartes/conversations.db`.
     package static func defaultFile(environment: [String: String] = Environment.current()) -> String {

@@ -123,6 +123,9 @@ extension Option {
     package static let conversation = Option(
         "--conversation", value: "ID", help: "Continue conversation ID ('descartes conversations list')",
         in: [.complete: .plain, .chat: .plain])
+    package static let noHistory = Option(
+        "--no-history", help: "Do not record this turn in the conversation store (DESCARTES_NO_HISTORY=1: never)",
+        in: [.complete: .plain])
     package static let format = Option(
         "--format", value: "FORMAT", help: "json (default: every message with its usage, provider and time) or markdown",
         in: [.conversationsExport: .plain])
@@ -309,7 +312,7 @@ extension Option {
     /// Every option, in the order help lists them.
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, schema, image, prompt,
-        requests, concurrency, stream, session, continueSession, continueConversation, conversation, format, warmup, expect, cache, vary, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
+        requests, concurrency, stream, session, continueSession, continueConversation, conversation, noHistory, format, warmup, expect, cache, vary, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
         retries, fallback, stats, explain, noCache,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
         conformance, spec, systemPolicy, lines, file, label, approve, since, groupBy, listen,

@@ -171,8 +171,11 @@ enum CompleteCommand {
             failure(e, json: json)
         case .success(let r):
             var conversationID: JSONValue = .null
-            do { conversationID = .string(try thread.record(asked, r).id) } catch {
-                Out.err("descartes: the conversation was not recorded: \(error)")
+            // --no-history (or DESCARTES_NO_HISTORY): nothing is written; a continued conversation is only read.
+            if !args.flag(.noHistory) && !ConversationStore.recordingOff() {
+                do { conversationID = .string(try thread.record(asked, r).id) } catch {
+                    Out.err("descartes: the conversation was not recorded: \(error)")
+                }
             }
             if json {
                 var doc = Wire.json(r)

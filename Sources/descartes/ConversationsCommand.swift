@@ -19,7 +19,7 @@ import DescartesSupport
 /// --session` sends them. A conversation's first turn asks for a session
 /// only when `sessionFromTheStart` (`chat`, which will have more turns): a
 /// one-shot `complete` stays what it was (Claude Code's one process per
-/// turn, Codex's `--ephemeral` turn that leaves no thread to resume).
+/// turn, Codex's ephemeral turn, which leaves no thread to resume).
 struct ConversationThread {
     let store: ConversationStore
     /// The provider the turns go to (`-p`).

@@ -148,6 +148,29 @@ import DescartesSupport
         for r in [first, second, third] { #expect(!r.stdout.contains(Self.key) && !r.stderr.contains(Self.key)) }
     }
 
+    /// `--no-history` and `DESCARTES_NO_HISTORY=1` write nothing: no file
+    /// for a fresh data directory, and a continued conversation only read.
+    @Test func noHistoryRecordsNothing() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script(["POST /v1/chat/completions": [Self.answer("Paris."), Self.answer("Lyon."), Self.answer("Nice.")]])
+        let data = TempDir("descartes-conv")
+        var env = env(data, server)
+        let db = data.file("descartes/conversations.db")
+        let off = await Proc.descartes(["complete", "-p", "openai", "--no-history", "--json", "Capital of France?"], env: env)
+        #expect(off.status == 0, "\(off)")
+        #expect(try JSONValue.parse(off.stdout)["conversation_id"] == .null)
+        #expect(!FileSystem.exists(db), "--no-history created \(db)")
+        env["DESCARTES_NO_HISTORY"] = "1"
+        let offByEnv = await Proc.descartes(["complete", "-p", "openai", "Second city?"], env: env)
+        #expect(offByEnv.status == 0, "\(offByEnv)")
+        #expect(!FileSystem.exists(db), "DESCARTES_NO_HISTORY=1 created \(db)")
+        env["DESCARTES_NO_HISTORY"] = "0"
+        let on = await Proc.descartes(["complete", "-p", "openai", "--json", "Third?"], env: env)
+        #expect(on.status == 0, "\(on)")
+        let id = try #require(try JSONValue.parse(on.stdout)["conversation_id"]?.stringValue)
+        #expect(try ConversationStore(file: db).conversation(id)?.messageCount == 2)
+    }
+
     @Test func unknownOrMissingConversationsAreClearErrors() async throws {
         let data = TempDir("descartes-conv")
         let env = env(data)
