@@ -13,7 +13,8 @@ enum AnthropicRequest {
     ///   `system` (joined by a blank line).
     /// - Consecutive messages of one role are merged into one turn, so tool
     ///   results (`tool` messages) become `tool_result` blocks of one user
-    ///   turn, as the API requires.
+    ///   turn, as the API requires; a failed tool's (`Message.isError`) is
+    ///   marked `is_error`.
     /// - Assistant turns carry a `thinking` block when the message has
     ///   reasoning and its signature (needed when thinking and tool use mix),
     ///   their text, and `tool_use` blocks whose `input` is the parsed
@@ -176,6 +177,7 @@ enum AnthropicRequest {
             case .tool:
                 var block: JSONObject = ["type": "tool_result", "tool_use_id": .string(m.toolCallID ?? "")]
                 if !m.content.isEmpty { block["content"] = .string(m.content) }
+                if m.isError { block["is_error"] = true }
                 add("user", [.object(block)])
             case .assistant:
                 var blocks: [JSONValue] = []

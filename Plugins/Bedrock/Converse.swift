@@ -152,7 +152,9 @@ enum ConverseRequest {
             case .tool:
                 let content: JSONValue
                 if case .object(let o)? = try? JSONValue.parse(m.content) { content = [["json": .object(o)]] } else { content = [["text": .string(m.content)]] }
-                add("user", [["toolResult": ["toolUseId": .string(m.toolCallID ?? ""), "content": content]]])
+                var result: JSONObject = ["toolUseId": .string(m.toolCallID ?? ""), "content": content]
+                if m.isError { result["status"] = "error" }
+                add("user", [["toolResult": .object(result)]])
             case .assistant:
                 var blocks: [JSONValue] = []
                 if let reasoning = m.reasoning, !reasoning.isEmpty, let sig = m.reasoningSignature, !sig.isEmpty {

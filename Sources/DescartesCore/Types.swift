@@ -45,11 +45,19 @@ public struct Message: Sendable, Hashable {
     /// cache on their own and ignore it. Nil: no breakpoint. In the ABI's
     /// JSON, the message's optional `cache_control` (docs/abi.md).
     public var cacheControl: JSONValue?
+    /// For `tool` messages: the tool failed, and `content` says how. The
+    /// Anthropic plugin marks the `tool_result` block `is_error`, Bedrock's
+    /// its `toolResult` `status: error`; the other wire formats have no such
+    /// mark and send the text alone. In the ABI's JSON, the message's
+    /// optional `is_error` (docs/abi.md).
+    public var isError: Bool
 
     public init(
         role: Role, content: String, toolCalls: [ToolCall] = [], toolCallID: String? = nil, name: String? = nil,
-        reasoning: String? = nil, reasoningSignature: String? = nil, images: [ImageInput] = [], cacheControl: JSONValue? = nil
+        reasoning: String? = nil, reasoningSignature: String? = nil, images: [ImageInput] = [], cacheControl: JSONValue? = nil,
+        isError: Bool = false
     ) {
+        self.isError = isError
         self.cacheControl = cacheControl
         self.role = role
         self.content = content
@@ -68,8 +76,9 @@ public struct Message: Sendable, Hashable {
     public static func assistant(_ text: String, toolCalls: [ToolCall] = []) -> Message {
         Message(role: .assistant, content: text, toolCalls: toolCalls)
     }
-    public static func tool(callID: String, _ output: String) -> Message {
-        Message(role: .tool, content: output, toolCallID: callID)
+    /// A tool's result; `isError`: the tool failed and `output` says how.
+    public static func tool(callID: String, _ output: String, isError: Bool = false) -> Message {
+        Message(role: .tool, content: output, toolCallID: callID, isError: isError)
     }
 }
 

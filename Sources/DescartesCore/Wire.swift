@@ -77,6 +77,7 @@ public enum Wire {
                 w.endArray()
             }
             if let c = m.cacheControl { w.field("cache_control", c) }
+            if m.isError { w.field("is_error", true) }
             w.endObject()
         }
         w.endArray()
@@ -187,6 +188,11 @@ public enum Wire {
                 for (j, x) in ia.enumerated() { msg.images.append(try decodeImage(x, "\(path).images[\(j)]")) }
             }
             msg.cacheControl = try cacheControl(mo, in: path)
+            switch mo["is_error"] {
+            case nil, .null?: break
+            case .bool(let b)?: msg.isError = b
+            case let v?: throw WireError("\(path).is_error: expected a boolean, got \(v.typeName)")
+            }
             r.messages.append(msg)
         }
         r.systemPrompt = try string(o, "system", in: "request")

@@ -132,7 +132,7 @@ import Testing
                     role: .assistant, content: "Checking.",
                     toolCalls: [ToolCall(id: "tooluse_a", name: "weather", arguments: #"{"city":"Paris"}"#), ToolCall(id: "tooluse_b", name: "weather", arguments: #"{"city":"Rome"}"#)],
                     reasoning: "two calls", reasoningSignature: "sig=="),
-                .tool(callID: "tooluse_a", "18C"),
+                .tool(callID: "tooluse_a", "error: no station in Paris", isError: true),
                 .tool(callID: "tooluse_b", #"{"temp": 25}"#),
                 .user("and tomorrow?"),
             ],
@@ -153,7 +153,8 @@ import Testing
             ["toolUse": ["toolUseId": "tooluse_b", "name": "weather", "input": ["city": "Rome"]]],
         ])
         #expect(msgs[2]["content"] == [
-            ["toolResult": ["toolUseId": "tooluse_a", "content": [["text": "18C"]]]],
+            // A failed tool's result (Message.isError) has status error.
+            ["toolResult": ["toolUseId": "tooluse_a", "content": [["text": "error: no station in Paris"]], "status": "error"]],
             ["toolResult": ["toolUseId": "tooluse_b", "content": [["json": ["temp": 25]]]]],
             ["text": "and tomorrow?"],
         ])
