@@ -234,7 +234,9 @@ extension Option {
         "--stats", help: "Print time to first token, tokens per second, tokens and cost on stderr", in: reliability)
     package static let explain = Option(
         "--explain", help: "Print why a route chose its provider on stderr (also with --verbose)", in: reliability)
-    package static let noCache = Option("--no-cache", help: "Do not answer from, or store in, the response cache", in: reliability)
+    package static let noCache = Option(
+        "--no-cache", help: "Do not answer from, or store in, the response cache",
+        in: reliability.merging([.embed: "Do not take vectors from, or store them in, the cache (providers.yaml's cache:)"]) { a, _ in a })
 
     // The provider's own batch API (batch).
     static let providerBatches = "Provider batch APIs (OpenAI /v1/batches, Anthropic /v1/messages/batches: cheaper, within 24 h)"
@@ -444,7 +446,9 @@ extension Command {
                 embedding model and prints one JSON document: {"provider", "model", "dimensions",
                 "usage": {"input_tokens", ...}, "embeddings": [[number, ...], ...]}, one vector per
                 text, in order. A provider that cannot embed (or a plugin built against ABI 1.0)
-                fails with unsupported_feature.
+                fails with unsupported_feature. With providers.yaml's cache: (and its embeddings:
+                not false), texts already embedded by that provider, model and dimensions are
+                answered from the cache, and only the others are sent.
                 """),
         Command(
             .batch, summary: "Run one request per line of FILE (JSON lines), results in order",

@@ -23,7 +23,8 @@ enum EmbedCommand {
             texts = args.positional
         }
         let name = args.value(.provider)!
-        let (backend, providers) = ProviderCommand.backend(name, settings, globals: globals, json: true)
+        // The cache of providers.yaml (cache.embeddings), unless --no-cache.
+        let (backend, providers) = Commands.setup(globals).probe(name, settings: settings, json: true, cache: !args.flag(.noCache))
         let request = EmbeddingRequest(texts, model: args.value(.model), deadlines: Deadlines(total: .milliseconds(Int(timeout * 1000))))
         let result = await ProviderCommand.withTimeout(timeout, provider: name) { try await backend.embed(request) }
         await providers.shutdown()

@@ -55,6 +55,9 @@ public struct ReliabilitySettings: Sendable {
         public var limits: CacheLimits
         /// The providers whose answers are cached; nil for all.
         public var providers: [String]?
+        /// Whether those providers' embeddings are cached too, one entry
+        /// per text (`cache.embeddings`, true unless set false).
+        public var embeddings: Bool = true
         public var location: SourcePosition
     }
 
@@ -313,7 +316,7 @@ struct SettingsParser {
 
     mutating func cache(_ n: YAMLNode) {
         guard mapping(n, "cache") != nil else { return }
-        v.unknownKeys(n, allowed: ["enabled", "max_entries", "max_bytes", "ttl", "directory", "providers"], what: "cache setting")
+        v.unknownKeys(n, allowed: ["enabled", "max_entries", "max_bytes", "ttl", "directory", "providers", "embeddings"], what: "cache setting")
         var limits = CacheLimits()
         if let e = v.int(n, "max_entries") {
             if e < 1 { v.problem(n["max_entries"]!, "cache.max_entries must be at least 1") } else { limits.maxEntries = e }
@@ -331,7 +334,8 @@ struct SettingsParser {
         }
         let providers = v.stringList(n, "providers")
         if let providers { for p in providers { settings.locations["cache.providers:\(p)"] = n["providers"]!.location } }
-        settings.cache = .init(enabled: v.bool(n, "enabled") ?? true, limits: limits, providers: providers, location: n.location)
+        settings.cache = .init(
+            enabled: v.bool(n, "enabled") ?? true, limits: limits, providers: providers, embeddings: v.bool(n, "embeddings") ?? true, location: n.location)
     }
 
     // MARK: limits

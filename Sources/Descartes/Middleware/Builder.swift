@@ -184,7 +184,7 @@ public struct ReliableProviders: Sendable {
         if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry, clock: clock, logSink: logSink) }
         if !settings.budgets.labels.isEmpty { b = BudgetBackend(b, settings: settings.budgets, counter: spend, clock: clock) }
         if let cache, !overrides.noCache, settings.cache?.providers.map({ $0.contains(name) }) ?? true {
-            b = CacheBackend(b, cache: cache)
+            b = CacheBackend(b, cache: cache, embeddings: settings.cache?.embeddings ?? true)
         }
         return b
     }

@@ -33,18 +33,29 @@ public struct CacheLimits: Sendable, Hashable {
 /// part of this cache's key like every other option).
 public final class ResponseCache: Sendable {
     /// A cached answer: the response and the stream events that produced it
-    /// (without the finish event), replayed to a streaming caller.
+    /// (without the finish event), replayed to a streaming caller; or, for
+    /// an embedding (`CacheBackend.embed`), one text's vector and the model
+    /// that made it (`response` empty but for its `model`, no events).
     package struct Entry: Sendable, Hashable {
         package var response: ModelResponse
         package var events: [StreamEvent]
+        /// One text's embedding, for an embedding entry.
+        package var vector: [Float]?
 
         package init(response: ModelResponse, events: [StreamEvent]) {
             self.response = response
             self.events = events
         }
 
+        /// An embedding entry: `vector`, made by `model`.
+        package init(vector: [Float], model: String) {
+            self.response = ModelResponse(model: model)
+            self.events = []
+            self.vector = vector
+        }
+
         var bytes: Int {
-            var n = 256 + response.content.utf8.count + (response.reasoning?.utf8.count ?? 0)
+            var n = 256 + response.content.utf8.count + (response.reasoning?.utf8.count ?? 0) + (vector?.count ?? 0) * 4
             for c in response.toolCalls { n += c.id.utf8.count + c.name.utf8.count + c.arguments.utf8.count }
             for e in events {
                 switch e {
@@ -180,6 +191,15 @@ public final class ResponseCache: Sendable {
         return "\(namespace)\n\(body)"
     }
 
+    /// The cache key of one text's embedding by the provider instance
+    /// `namespace`: content-addressed by the model asked for (empty: the
+    /// provider's default), the dimensions asked for (empty: the model's
+    /// own) and the text. The second line, `embedding`, cannot begin a
+    /// request's key (a JSON object there).
+    package static func embeddingKey(_ text: String, model: String?, dimensions: Int?, namespace: String) -> String {
+        "\(namespace)\nembedding\n\(model ?? "")\n\(dimensions.map(String.init) ?? "")\n\(text)"
+    }
+
     /// The entry for `key`, if there is a live one (memory first, then disk).
     package func lookup(_ key: String) -> Entry? {
         let now = clock.now
@@ -231,10 +251,14 @@ public final class ResponseCache: Sendable {
 
     /// An entry as the disk store and the shared store keep it.
     func document(_ key: String, _ entry: Entry) -> JSONObject {
-        var doc: JSONObject = [
-            "version": 1, "key": .string(key), "created_unix": .integer(clock.unixTime),
-            "response": Wire.json(entry.response), "events": .array(entry.events.map(Wire.json)),
-        ]
+        var doc: JSONObject = ["version": 1, "key": .string(key), "created_unix": .integer(clock.unixTime)]
+        if let vector = entry.vector {
+            doc["vector"] = .array(vector.map { .number(Double($0)) })
+            doc["model"] = .string(entry.response.model)
+        } else {
+            doc["response"] = Wire.json(entry.response)
+            doc["events"] = .array(entry.events.map(Wire.json))
+        }
         if let ttl = limits.ttl { doc["expires_unix"] = .integer(clock.unixTime + max(1, Int(ttl.seconds.rounded(.up)))) }
         return doc
     }
@@ -243,6 +267,15 @@ public final class ResponseCache: Sendable {
     static func entry(_ doc: JSONValue, key: String) -> Entry? {
         // The digest names the file or the Redis key; the key inside proves it is ours.
         guard doc["version"]?.intValue == 1, doc["key"]?.stringValue == key else { return nil }
+        if let items = doc["vector"]?.arrayValue {
+            var vector: [Float] = []
+            vector.reserveCapacity(items.count)
+            for x in items {
+                guard let d = x.doubleValue else { return nil }
+                vector.append(Float(d))
+            }
+            return Entry(vector: vector, model: doc["model"]?.stringValue ?? "")
+        }
         guard let response = try? Wire.decodeResponse(doc["response"] ?? .null) else { return nil }
         var events: [StreamEvent] = []
         for e in doc["events"]?.arrayValue ?? [] {
@@ -304,9 +337,8 @@ public final class ResponseCache: Sendable {
                 }
                 remaining = .seconds(left)
             }
-            let response = try Wire.decodeResponse(doc["response"] ?? .null)
-            let events = try (doc["events"]?.arrayValue ?? []).map { (e) throws(WireError) in try Wire.decodeEvent(e) }
-            return (Entry(response: response, events: events), remaining)
+            guard let entry = Self.entry(doc, key: key) else { throw WireError("not a cache entry (response, events or vector)") }
+            return (entry, remaining)
         } catch {
             logSink.log(.warning, "cache", "\(path): unreadable cache entry, removed: \(error)")
             unlink(path)
@@ -371,16 +403,66 @@ public final class ResponseCache: Sendable {
 /// original answer and `metadata["cache"] = "hit"`; a streaming caller gets
 /// the original events replayed. Only complete answers are kept (not
 /// errors, not answers that finished with `error`).
+///
+/// With `embeddings`, `embed` is cached too, one entry per text in the same
+/// cache (same bounds, time to live and disk store), content-addressed by
+/// the provider instance (`namespace`), the model and dimensions asked for,
+/// and the text (`ResponseCache.embeddingKey`): a batch whose texts were all
+/// seen does not call the provider, and one with some hits sends only the
+/// misses (each distinct text once), the answer's vectors in the order of
+/// the inputs. The usage is that of the call made for the misses (zero
+/// when there was none).
 public struct CacheBackend: WrappingBackend {
     public let inner: any ModelBackend
     public let cache: ResponseCache
     /// What keys are scoped by (the provider instance's name by default).
     public let namespace: String
+    /// Whether `embed` is cached (providers.yaml's `cache.embeddings`).
+    public let embeddings: Bool
 
-    public init(_ inner: any ModelBackend, cache: ResponseCache, namespace: String? = nil) {
+    public init(_ inner: any ModelBackend, cache: ResponseCache, namespace: String? = nil, embeddings: Bool = true) {
         self.inner = inner
         self.cache = cache
         self.namespace = namespace ?? inner.name
+        self.embeddings = embeddings
+    }
+
+    public func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
+        guard embeddings else { return try await inner.embed(request) }
+        let keys = request.inputs.map { ResponseCache.embeddingKey($0, model: request.model, dimensions: request.dimensions, namespace: namespace) }
+        var vectors = [[Float]?](repeating: nil, count: keys.count)
+        var model = ""
+        // The distinct texts not in the cache, in order of first appearance.
+        var misses: [Int] = []
+        var missed: [String: Int] = [:]
+        for (i, key) in keys.enumerated() where missed[key] == nil {
+            if let e = cache.lookup(key), let v = e.vector {
+                vectors[i] = v
+                model = e.response.model
+            } else {
+                missed[key] = misses.count
+                misses.append(i)
+            }
+        }
+        var answer = Embeddings(vectors: [], model: model, provider: inner.name)
+        if !misses.isEmpty {
+            var sent = request
+            sent.inputs = misses.map { request.inputs[$0] }
+            answer = try await inner.embed(sent)
+            guard answer.vectors.count == misses.count else {
+                throw ProviderError(
+                    .invalidResponse, "asked for \(misses.count) embeddings, got \(answer.vectors.count)", provider: answer.provider.isEmpty ? inner.name : answer.provider)
+            }
+            for (j, i) in misses.enumerated() {
+                cache.store(keys[i], ResponseCache.Entry(vector: answer.vectors[j], model: answer.model))
+            }
+        }
+        // The misses, and the repeats of a missed text later in the batch.
+        for i in vectors.indices where vectors[i] == nil {
+            if let j = missed[keys[i]] { vectors[i] = answer.vectors[j] }
+        }
+        let all = vectors.map { $0 ?? [] }
+        return Embeddings(vectors: all, dimensions: all.first?.count ?? 0, model: answer.model, usage: answer.usage, provider: answer.provider)
     }
 
     static func hit(_ r: ModelResponse) -> ModelResponse {
