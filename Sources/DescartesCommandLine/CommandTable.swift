@@ -141,6 +141,7 @@ extension Option {
             .models: "{\"provider\": ..., \"models\": [{\"id\", \"context_length\", \"owned_by\", ...}]}",
             .health: "{\"results\": [{\"name\", \"healthy\", \"message\"|\"error\"|\"skipped\", ...}], ...}",
             .tokens: "{\"provider\", \"tokens\", \"exact\", \"method\"}",
+            .embed: "Without --similar, the output is JSON already; with it: {\"provider\", \"model\", \"query\", \"results\": [{\"text\", \"score\", \"index\"}]}, most similar first",
             .configShow: .key("One JSON document"),
             .configCheck: "{\"problems\": [{\"file\", \"line\", \"column\", \"message\"}]}",
             .log: .key("{\"entries\": [...], \"totals\": [...]}"),
@@ -234,6 +235,11 @@ extension Option {
         "--stats", help: "Print time to first token, tokens per second, tokens and cost on stderr", in: reliability)
     package static let explain = Option(
         "--explain", help: "Print why a route chose its provider on stderr (also with --verbose)", in: reliability)
+    // Ranking by similarity (embed).
+    package static let similar = Option(
+        "--similar", value: "QUERY",
+        help: "Rank the texts by cosine similarity to QUERY's embedding, most similar first, each with its score", in: [.embed: .plain])
+    package static let top = Option("--top", value: "N", help: "With --similar: only the N most similar", in: [.embed: .plain])
     package static let noCache = Option(
         "--no-cache", help: "Do not answer from, or store in, the response cache",
         in: reliability.merging([.embed: "Do not take vectors from, or store them in, the cache (providers.yaml's cache:)"]) { a, _ in a })
@@ -315,7 +321,7 @@ extension Option {
     package static let all: [Option] = [
         provider, model, systemPrompt, maxTokens, temperature, tools, toolChoice, schema, image, prompt,
         requests, concurrency, stream, session, continueSession, continueConversation, conversation, noHistory, format, warmup, expect, cache, vary, json, output, quiet, set, timeout, isolate, inProcess, memoryLimit,
-        retries, fallback, stats, explain, noCache,
+        retries, fallback, stats, explain, noCache, similar, top,
         providerBatch, submitOnly, status, results, cancel, pollInterval,
         conformance, spec, systemPolicy, lines, file, label, approve, since, groupBy, listen,
         keyName, budgetUSD, rpm, tpm, models, period,
@@ -440,7 +446,9 @@ extension Command {
                 """),
         Command(
             .embed, summary: "Embed texts: one vector per text, printed as JSON",
-            arguments: [Argument("TEXT", .many, help: "The texts, one per argument ('-': one per line of stdin)", stdin: true)],
+            arguments: [
+                Argument("TEXT", .many, help: "The texts, one per argument ('-': one per line of stdin; with --similar, stdin when none)", stdin: true)
+            ],
             about: """
                 Embeds each TEXT (or each non-empty line of stdin with '-') with the provider's
                 embedding model and prints one JSON document: {"provider", "model", "dimensions",
@@ -448,7 +456,10 @@ extension Command {
                 text, in order. A provider that cannot embed (or a plugin built against ABI 1.0)
                 fails with unsupported_feature. With providers.yaml's cache: (and its embeddings:
                 not false), texts already embedded by that provider, model and dimensions are
-                answered from the cache, and only the others are sent.
+                answered from the cache, and only the others are sent. With --similar QUERY, it
+                embeds QUERY with the texts (TEXT arguments, else the lines of stdin) and prints
+                them ranked by cosine similarity to it, one "SCORE<tab>TEXT" line each (--json:
+                one document), most similar first.
                 """),
         Command(
             .batch, summary: "Run one request per line of FILE (JSON lines), results in order",

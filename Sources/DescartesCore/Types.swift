@@ -457,6 +457,23 @@ public struct Embeddings: Sendable, Hashable {
     }
 }
 
+extension Embeddings {
+    /// The cosine similarity of two vectors, from -1 to 1 (1: the same
+    /// direction); nil when their lengths differ or either is all zeros.
+    public static func cosine(_ a: [Float], _ b: [Float]) -> Double? {
+        guard a.count == b.count, !a.isEmpty else { return nil }
+        var dot = 0.0, na = 0.0, nb = 0.0
+        for i in a.indices {
+            let x = Double(a[i]), y = Double(b[i])
+            dot += x * y
+            na += x * x
+            nb += y * y
+        }
+        guard na > 0, nb > 0 else { return nil }
+        return dot / (na.squareRoot() * nb.squareRoot())
+    }
+}
+
 /// The shape a request asks the answer to have (`ModelRequest.responseFormat`).
 public enum ResponseFormat: Sendable, Hashable {
     /// Free text.
