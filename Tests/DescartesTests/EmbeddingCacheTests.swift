@@ -110,4 +110,44 @@ import Testing
         #expect((check.stdout + check.stderr).contains("bad.yaml:3:15"), "\(check)")
         #expect((check.stdout + check.stderr).contains("'embeddings' must be true or false"), "\(check)")
     }
+
+    /// `SemanticCacheBackend`: a request close enough to an earlier one is
+    /// answered with its answer; one further away, or one with tools, goes
+    /// to the provider (the latter without being embedded at all).
+    @Test func theSemanticPathAnswersNearDuplicatesAndNeverRequestsWithTools() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script([
+            "POST /v1/embeddings": [
+                Self.answer([[1, 0]], tokens: 3),  // "capital of France?"
+                Self.answer([[0.99, 0.1]], tokens: 3),  // "France's capital?": 0.995
+                Self.answer([[0.6, 0.8]], tokens: 3),  // "capital of Peru?": 0.6
+            ],
+            "POST /v1/chat/completions": [
+                ToolLoopTests.openAIAnswer(["role": "assistant", "content": "Paris"], finish: "stop", prompt: 10, completion: 1),
+                ToolLoopTests.openAIAnswer(["role": "assistant", "content": "Lima"], finish: "stop", prompt: 10, completion: 1),
+                ToolLoopTests.openAIAnswer(["role": "assistant", "content": "with tools"], finish: "stop", prompt: 10, completion: 1),
+            ],
+        ])
+        let plain = try plugins.factory().create("openai", config: ["endpoint": .string("\(server.url)/v1"), "api_key": .string(Self.key)])
+        let b = SemanticCacheBackend(plain, cache: SemanticCache(embedder: plain, threshold: 0.95))
+        let first = try await b.complete("capital of France?")
+        #expect(first.text == "Paris")
+        #expect(first.metadata["cache"] == nil)
+        let near = try await b.complete("France's capital?")
+        #expect(near.text == "Paris")
+        #expect(near.metadata["cache"] == "semantic")
+        #expect(near.metadata["similarity"]?.doubleValue.map { $0 > 0.99 && $0 < 1 } == true)
+        #expect(near.costUSD == 0)
+        let far = try await b.complete("capital of Peru?")
+        #expect(far.text == "Lima")
+        var withTools = ModelRequest(prompt: "France's capital?")
+        withTools.tools = [ToolLoopTests.weatherTool]
+        #expect(try await b.complete(withTools).text == "with tools")
+        #expect(SemanticCache.text(of: ModelRequest(messages: [.user("x"), .tool(callID: "c", "y")])) == nil)
+        let sent = try await server.requests()
+        #expect(sent.filter { $0.path == "/v1/chat/completions" }.count == 3)
+        // Three conversations embedded, in the role-tagged form; the request with tools was not.
+        #expect(try await Self.inputs(server) == [["user: capital of France?"], ["user: France's capital?"], ["user: capital of Peru?"]])
+        await plain.shutdown()
+    }
 }
