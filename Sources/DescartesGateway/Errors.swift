@@ -3,7 +3,7 @@ import Descartes
 /// An answer that is an error: the HTTP status and what each protocol's
 /// error document says. Made by the gateway itself (a wrong key, a bad
 /// body, an unknown model) or from a backend's `ProviderError`.
-struct GatewayError: Error, Sendable {
+package struct GatewayError: Error, Sendable {
     var status: Int
     /// OpenAI's `error.type`.
     var openAIType: String

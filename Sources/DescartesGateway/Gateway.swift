@@ -65,7 +65,11 @@ package final class Gateway: Sendable {
         self.corsOrigins = Lock(settings.corsOrigins)
         self.audit = audit
         self.accessLog = accessLog
-        self.keys = KeyRing(configured: settings.keys, store: keyStore, loopback: GatewaySettings.isLoopback(settings.host), notice: notice)
+        // The providers' shared store (one per process and section), also
+        // where issued keys, their limits and spend are shared.
+        self.keys = KeyRing(
+            configured: settings.keys, store: keyStore, shared: reliability.shared.map { SharedStore.shared($0, logSink: factory.logSink) },
+            loopback: GatewaySettings.isLoopback(settings.host), notice: notice)
         for k in settings.keys { factory.logSink.redactor.register(String(decoding: k.secret, as: UTF8.self)) }
     }
 
@@ -227,10 +231,11 @@ package final class Gateway: Sendable {
         }
         record.key = key?.name
         if request.bodyTooLarge { return fail(.tooLarge(settings.maxBodyBytes)) }
+        var admission: KeyRing.Admission?
         if let key, request.method == "POST" {
-            do throws(GatewayError) { try await keys.admit(key) } catch { return fail(error) }
+            do throws(GatewayError) { admission = try await keys.admit(key) } catch { return fail(error) }
         }
-        defer { if let key { keys.settle(key, usage: record.usage, costUSD: record.costUSD) } }
+        defer { if let key { keys.settle(key, admission, usage: record.usage, costUSD: record.costUSD) } }
         switch path {
         case "/v1/models", "/models":
             return json(200, models(for: key), exchange, &record)

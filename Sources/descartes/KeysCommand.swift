@@ -5,13 +5,19 @@ import Glibc
 
 /// `descartes keys create|list|revoke`: the gateway's issued keys
 /// (docs/gateway.md), kept in server.keys_database (SQLite) as SHA-256
-/// hashes. A running `descartes serve` sees a change at its next request.
+/// hashes, and with a `shared:` section in its Redis as well
+/// (`SharedGatewayKeys`), where every host's gateway finds them. A running
+/// `descartes serve` sees a change at its next request (another host's,
+/// within `KeyRing.sharedLookupTTL`).
 enum KeysCommand {
-    /// The store providers.yaml names; only `server.keys_database` is read,
-    /// so the configured keys' variables need not be set.
-    static func store(_ globals: Globals) -> (SQLiteGatewayKeyStore, ProvidersConfig) {
+    /// The store providers.yaml names; only `server.keys_database` and
+    /// `shared:` are read, so the configured keys' variables need not be set.
+    static func store(_ globals: Globals) -> (SQLiteGatewayKeyStore, ProvidersConfig, SharedGatewayKeys?) {
         let config = Commands.configuration(globals)
-        do { return (SQLiteGatewayKeyStore(path: try config.gatewayKeysDatabase()), config) } catch {
+        do {
+            let shared = try config.sharedSettings().map { SharedGatewayKeys(store: SharedStore.shared($0, logSink: Out.logSink)) }
+            return (SQLiteGatewayKeyStore(path: try config.gatewayKeysDatabase()), config, shared)
+        } catch {
             Out.err("Error: invalid configuration (\(error.problems.count) problem\(error.problems.count == 1 ? "" : "s")):")
             for p in error.problems { Out.err("  \(p)") }
             exit(ExitCode.config.rawValue)
@@ -54,7 +60,7 @@ enum KeysCommand {
                 key.labels[k] = String(l[l.index(after: eq)...])
             }
         } catch { usageFailure(error) }
-        let (store, config) = store(globals)
+        let (store, config, shared) = store(globals)
         if config.configuredGatewayKeyNames.contains(key.name) {
             Out.err("Error: providers.yaml configures a gateway key named '\(key.name)' (server.keys); choose another name")
             return .config
@@ -65,8 +71,29 @@ enum KeysCommand {
             Out.err("Error: \(error.description)")
             return .config
         }
+        var location = store.path
+        if let shared {
+            // The local row first (it refuses a name active here), then the
+            // shared record (refused for a name active on any host): a
+            // refusal there takes the local row back.
+            func undo() { _ = try? store.revoke(name: key.name, nowUnixMS: AccessTime.nowMS()) }
+            switch shared.create(key) {
+            case .success(true): location += " and \(shared.store.settings.store)"
+            case .success(false):
+                undo()
+                Out.err("Error: the shared store \(shared.store.settings.store) has an active gateway key named '\(key.name)' (issued on another host; revoke it first: descartes keys revoke \(key.name))")
+                return .config
+            case .failure(let f):
+                if shared.store.settings.onFailure == .closed {
+                    undo()
+                    Out.err("Error: \(f.message); no key issued (shared.on_failure: closed)")
+                    return .unavailable
+                }
+                Out.err("descartes keys: warning: \(f.message); the key is kept in \(store.path) only, so only this host's gateway accepts it")
+            }
+        }
         Out.issuedSecret(secret)
-        Out.err("descartes keys: issued '\(key.name)' (\(describe(key))) in \(store.path); the key is printed above, once: only its hash is kept")
+        Out.err("descartes keys: issued '\(key.name)' (\(describe(key))) in \(location); the key is printed above, once: only its hash is kept")
         return .ok
     }
 
@@ -80,7 +107,7 @@ enum KeysCommand {
     }
 
     static func list(_ args: Arguments, globals: Globals) -> ExitCode {
-        let (store, _) = store(globals)
+        let (store, _, _) = store(globals)
         let keys: [StoredGatewayKey]
         do { keys = try store.keys(nowUnixMS: AccessTime.nowMS(), revoked: true) } catch {
             Out.err("Error: \(error.description)")
@@ -126,17 +153,33 @@ enum KeysCommand {
 
     static func revoke(_ args: Arguments, globals: Globals) -> ExitCode {
         let name = args.positional.first ?? ""
-        let (store, _) = store(globals)
-        do {
-            guard try store.revoke(name: name, nowUnixMS: AccessTime.nowMS()) else {
-                Out.err("Error: no active gateway key named '\(name)' in \(store.path) (descartes keys list)")
-                return .config
-            }
-        } catch {
+        let (store, _, shared) = store(globals)
+        let now = AccessTime.nowMS()
+        let local: Bool
+        do { local = try store.revoke(name: name, nowUnixMS: now) } catch {
             Out.err("Error: \(error.description)")
             return .config
         }
-        Out.err("descartes keys: revoked '\(name)'; a running gateway refuses it from its next request")
+        var inShared = false
+        if let shared {
+            switch shared.revoke(name: name, nowUnixMS: now) {
+            case .success(let hash): inShared = hash != nil
+            case .failure(let f):
+                // The other hosts' gateways go on accepting it: an error,
+                // even though the local row is revoked.
+                Out.err("Error: \(f.message); '\(name)' is \(local ? "revoked in \(store.path) only" : "not revoked"): run this again when the store answers")
+                return .unavailable
+            }
+        }
+        guard local || inShared else {
+            Out.err("Error: no active gateway key named '\(name)' in \(store.path)\(shared.map { " or \($0.store.settings.store)" } ?? "") (descartes keys list)")
+            return .config
+        }
+        if shared != nil {
+            Out.err("descartes keys: revoked '\(name)'; every gateway sharing the store refuses it within \(SharedGatewayKeys.lookupTTL.shortText) (this host's from its next request)")
+        } else {
+            Out.err("descartes keys: revoked '\(name)'; a running gateway refuses it from its next request")
+        }
         return .ok
     }
 }

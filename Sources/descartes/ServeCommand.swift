@@ -39,6 +39,7 @@ enum ServeCommand {
         let keys =
             gateway.keys.any
             ? "\(settings.keys.count) configured key\(settings.keys.count == 1 ? "" : "s"), issued keys from \(settings.keysDatabase)"
+                + (gateway.keys.shared.map { " and \($0.store.settings.store)" } ?? "")
             : "no keys (loopback only until one is issued)"
         // The address on stdout (a script or test reads it: port 0 picks one);
         // everything else on stderr.

@@ -39,8 +39,11 @@ package struct GatewaySettings: Sendable {
         package var labels: [String: String] = [:]
         package var budgetUSD: Double?
         package var period: BudgetPeriod = .total
-        /// The key store's id of an issued key (nil: a key of providers.yaml).
+        /// The key store's id of an issued key (nil: a key of providers.yaml,
+        /// or one issued on another host, known from the shared store only).
         package var storeID: String?
+        /// The hex SHA-256 of an issued key's secret (nil: a key of providers.yaml).
+        package var hash: String?
 
         package init(name: String, secret: String, models: [String] = []) {
             self.name = name
@@ -57,7 +60,8 @@ package struct GatewaySettings: Sendable {
             labels = stored.labels
             budgetUSD = stored.budgetUSD
             period = stored.period
-            storeID = stored.id
+            storeID = stored.id.isEmpty ? nil : stored.id
+            hash = stored.hash
         }
 
         /// Marks a request's metadata as made with this key: its labels
@@ -314,6 +318,15 @@ extension ProvidersConfig {
     /// without expanding the rest of the section.
     package func gatewayKeysDatabase() throws(SourceError) -> String {
         try GatewaySettings.keysDatabase(sections["server"], environment: environment).get()
+    }
+
+    /// The `shared:` section alone (nil without one): where `descartes keys`
+    /// writes issued keys besides the local database.
+    package func sharedSettings() throws(SourceError) -> SharedSettings? {
+        guard let node = try section("shared") else { return nil }
+        let (settings, problems) = ReliabilitySettings.parse(["shared": node])
+        if !problems.isEmpty { throw SourceError(problems) }
+        return settings.shared
     }
 
     /// The names of the keys providers.yaml configures (server.keys), read

@@ -129,8 +129,9 @@ package struct SharedLimits: Sendable {
         case unavailable(SharedStoreFailure)
     }
 
-    /// Takes one request and `tokens` tokens in the store (one round trip).
-    package func acquire(tokens: Int, maxWait: Duration?) -> Outcome {
+    /// The call of `acquireScript` that takes one request and `tokens`
+    /// tokens, and the tokens it charges.
+    package func acquireCall(tokens: Int, maxWait: Duration?) -> (keys: [[UInt8]], args: [String], charged: Int) {
         var args = [maxWait.map { String($0.microseconds) } ?? "-1"]
         var keys = [pauseKey]
         var charged = 0
@@ -140,7 +141,18 @@ package struct SharedLimits: Sendable {
             keys.append(b.key)
             args += [Self.number(b.interval), String(b.capacity), String(cost)]
         }
-        switch store.eval(Self.acquireScript, keys: keys, args: args, deadline: maxWait) {
+        return (keys, args, charged)
+    }
+
+    /// Takes one request and `tokens` tokens in the store (one round trip).
+    package func acquire(tokens: Int, maxWait: Duration?) -> Outcome {
+        let call = acquireCall(tokens: tokens, maxWait: maxWait)
+        return outcome(store.eval(Self.acquireScript, keys: call.keys, args: call.args, deadline: maxWait), charged: call.charged)
+    }
+
+    /// What `acquireScript`'s answer (or failure) means.
+    package func outcome(_ result: Result<RedisValue, SharedStoreFailure>, charged: Int) -> Outcome {
+        switch result {
         case .failure(let f): return .unavailable(f)
         case .success(let v):
             guard let a = v.items, a.count == 2, let granted = a[0].int, let us = a[1].int else {

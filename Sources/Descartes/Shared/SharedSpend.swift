@@ -11,17 +11,24 @@ package struct SharedSpend: Sendable {
     func key(_ id: String) -> [UInt8] { store.key("spend", id) }
 
     /// What each of `ids` spent so far (one round trip).
-    func spent(_ ids: [String], deadline: Duration?) -> Result<[Double], SharedStoreFailure> {
-        store.run([[Array("MGET".utf8)] + ids.map(key)], deadline: deadline).map { replies in
-            let values = replies.first?.items ?? []
-            return ids.indices.map { i in
-                i < values.count ? values[i].bytes.flatMap { Double(String(decoding: $0, as: UTF8.self)) } ?? 0 : 0
-            }
+    package func spent(_ ids: [String], deadline: Duration?) -> Result<[Double], SharedStoreFailure> {
+        store.run([spentCommand(ids)], deadline: deadline).map { spent(ids, from: $0.first) }
+    }
+
+    /// The command that reads what `ids` spent (MGET), to send along another
+    /// (`SharedStore.eval(_:keys:args:along:deadline:)`).
+    package func spentCommand(_ ids: [String]) -> [[UInt8]] { [Array("MGET".utf8)] + ids.map(key) }
+
+    /// What `ids` spent, from the reply of `spentCommand(ids)`.
+    package func spent(_ ids: [String], from reply: RedisValue?) -> [Double] {
+        let values = reply?.items ?? []
+        return ids.indices.map { i in
+            i < values.count ? values[i].bytes.flatMap { Double(String(decoding: $0, as: UTF8.self)) } ?? 0 : 0
         }
     }
 
     /// Adds `usd` to each of `ids` (one round trip).
-    func debit(_ ids: [String], usd: Double, ttlSeconds: Int?) {
+    package func debit(_ ids: [String], usd: Double, ttlSeconds: Int?) {
         var commands: [[[UInt8]]] = []
         for id in ids {
             commands.append([Array("INCRBYFLOAT".utf8), key(id), Array(String(usd).utf8)])

@@ -206,14 +206,27 @@ public final class SharedStore: Sendable {
     /// Runs one Lua script (EVALSHA, or EVAL the first time the server has
     /// not seen it): one round trip in the usual case.
     package func eval(_ script: LuaScript, keys: [[UInt8]], args: [String], deadline: Duration? = nil) -> Result<RedisValue, SharedStoreFailure> {
+        eval(script, keys: keys, args: args, along: [], deadline: deadline).map { $0.script }
+    }
+
+    /// Runs one Lua script and `along` (commands that only read, such as a
+    /// budget's MGET) in one round trip: the script's result and the
+    /// replies of `along`. When the server has not seen the script yet, all
+    /// of them go again with EVAL (a second round trip, once per server).
+    package func eval(_ script: LuaScript, keys: [[UInt8]], args: [String], along: [[[UInt8]]], deadline: Duration? = nil)
+        -> Result<(script: RedisValue, along: [RedisValue]), SharedStoreFailure>
+    {
         let tail = [Array(String(keys.count).utf8)] + keys + args.map { Array($0.utf8) }
-        switch run([[Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail], deadline: deadline) {
+        func split(_ r: [RedisValue]) -> Result<(script: RedisValue, along: [RedisValue]), SharedStoreFailure> {
+            Self.scriptResult(r.first ?? .null).map { ($0, Array(r.dropFirst())) }
+        }
+        switch run([[Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail] + along, deadline: deadline) {
         case .failure(let f): return .failure(f)
         case .success(let r):
             if case .error(let e) = r.first, e.hasPrefix("NOSCRIPT") {
-                return run([[Array("EVAL".utf8), Array(script.source.utf8)] + tail], deadline: deadline).flatMap { Self.scriptResult($0.first ?? .null) }
+                return run([[Array("EVAL".utf8), Array(script.source.utf8)] + tail] + along, deadline: deadline).flatMap(split)
             }
-            return Self.scriptResult(r.first ?? .null)
+            return split(r)
         }
     }
 
