@@ -120,6 +120,84 @@ final class Locked<T: Sendable>: Sendable {
         #expect(try await next.value.content == "after the pause")
     }
 
+    /// `limits.NAME.models.MODEL`: a model's own bucket beside its
+    /// provider's. A request naming the model takes both; another model
+    /// only the provider's; a refusal by the provider's gives the model's
+    /// share back.
+    @Test func aModelsOwnLimitHoldsItsRequestsBesideTheProviders() async throws {
+        let provider = RateLimiter(limits: RateLimits(requestsPerMinute: 600, requestBurst: 2), clock: time)
+        let own = RateLimiter(limits: RateLimits(requestsPerMinute: 60, requestBurst: 1), clock: time)
+        let b = RateLimitedBackend(try dir.factory(clock: time).create("scripted"), limiter: provider, shared: nil, modelLimiters: ["slow": own])
+        func request(_ model: String, wait: Duration? = nil) -> ModelRequest {
+            var r = ModelRequest.script(["text:ok"])
+            r.model = model
+            r.deadlines.total = wait
+            return r
+        }
+        // A deadline just shorter than the provider's 100 ms between
+        // requests: a wait for either bucket is refused at once (the
+        // requests expected to go have no deadline, and never wait).
+        let shorter = Duration.milliseconds(99)
+        #expect(try await b.complete(request("slow")).content == "ok")
+        // The model's bucket is empty (a second's wait); the provider's has one left.
+        let refused = try #require(await providerError { _ = try await b.complete(request("slow", wait: shorter)) })
+        #expect(refused.kind == .rateLimited && refused.retryAfter == .seconds(1), "\(refused)")
+        #expect(refused.message.contains("60 requests/min"), "\(refused)")
+        #expect(try await b.complete(request("fast")).content == "ok")
+        #expect(provider.stats.granted == 2 && own.stats.granted == 1)
+        // A second later the model's bucket has room, the provider's (10 a
+        // second) too: both go; then the provider's is empty, and its
+        // refusal gives the model's share back.
+        clock.advance(by: .seconds(1))
+        #expect(try await b.complete(request("slow")).content == "ok")
+        #expect(try await b.complete(request("fast")).content == "ok")
+        clock.advance(by: .seconds(1))
+        #expect(try await b.complete(request("fast")).content == "ok")
+        #expect(try await b.complete(request("fast")).content == "ok")
+        let byProvider = try #require(await providerError { _ = try await b.complete(request("slow", wait: shorter)) })
+        #expect(byProvider.message.contains("600 requests/min"), "\(byProvider)")
+        #expect(own.stats.granted == 2, "the model's share came back")
+        // 100 ms later the provider's bucket has one again: the model's share is there too.
+        clock.advance(by: .milliseconds(100))
+        #expect(try await b.complete(request("slow")).content == "ok", "and is there for the next")
+    }
+
+    @Test func aModelsLimitsAreReadAndCheckedWithFileAndLine() throws {
+        let good = try ReliabilitySettings.parse(
+            yaml: """
+                limits:
+                  openai:
+                    requests_per_minute: 500
+                    models:
+                      gpt-4o: {requests_per_minute: 100, tokens_per_minute: 30000}
+                  local:
+                    models: {small: {requests_per_minute: 5}}
+                """, file: "p.yaml")
+        #expect(good.limits["openai"] == RateLimits(requestsPerMinute: 500))
+        #expect(good.modelLimits["openai"] == ["gpt-4o": RateLimits(requestsPerMinute: 100, tokensPerMinute: 30000)])
+        #expect(good.limits["local"] == RateLimits() && good.modelLimits["local"] == ["small": RateLimits(requestsPerMinute: 5)])
+        do {
+            _ = try ReliabilitySettings.parse(
+                yaml: """
+                    limits:
+                      openai:
+                        models:
+                          gpt-4o: {requests_per_minute: 0}
+                          mini: {colour: blue}
+                          o1: 5
+                    """, file: "p.yaml")
+            Issue.record("the problems were not reported")
+        } catch {
+            let messages = error.problems.map(\.description)
+            #expect(messages.contains { $0.hasPrefix("p.yaml:4:") && $0.hasSuffix("limits.openai.models.gpt-4o.requests_per_minute must be at least 1") }, "\(messages)")
+            #expect(messages.contains { $0.hasPrefix("p.yaml:5:") && $0.contains("colour") }, "\(messages)")
+            #expect(
+                messages.contains { $0.hasPrefix("p.yaml:5:") && $0.contains("limits.openai.models.mini sets neither requests_per_minute nor tokens_per_minute") },
+                "\(messages)")
+            #expect(messages.contains { $0.hasPrefix("p.yaml:6:") && $0.contains("limits.openai.models.o1 must be a mapping") }, "\(messages)")
+        }
+    }
+
     @Test func usageCorrectsTheEstimate() async throws {
         // Charged up front: the heuristic estimate plus max_tokens (1000);
         // the answer used 5 tokens, so nearly all of it comes back.

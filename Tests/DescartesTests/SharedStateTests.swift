@@ -161,6 +161,38 @@ import DescartesSupport
         #expect(busiestLocal > 20, "each process alone lets 10/s through: \(busiestLocal)")
     }
 
+    /// A model's own limit (`limits.counted.models.gpt-4o-mini`, 1 a minute)
+    /// is shared by two processes: the second is refused (its deadline is
+    /// shorter than the minute's wait) while another model still goes.
+    /// Without `shared:` each process has its own bucket and both go.
+    @Test func aModelsOwnLimitIsSharedByTwoProcesses() async throws {
+        let redis = try RedisServer.shared()
+        let limits = "limits:\n  counted:\n    requests_per_minute: 6000\n    models: {gpt-4o-mini: {requests_per_minute: 1, request_burst: 1}}"
+        let server = try await Self.countingServer()
+        let file = config(server, limits + "\n" + shared(redis))
+        func ask(_ model: String, _ config: String) async -> ProcResult {
+            await cli(["complete", "-p", "counted", "-m", model, "--retries", "0", "--timeout", "5", "hi"], config: config)
+        }
+        let first = await ask("gpt-4o-mini", file)
+        #expect(first.status == 0, "\(first)")
+        let second = await ask("gpt-4o-mini", file)
+        #expect(second.status != 0, "\(second)")
+        #expect(second.stderr.contains("the shared rate limit (6000 requests/min; gpt-4o-mini: 1 requests/min) would delay this request"), "\(second)")
+        let other = await ask("gpt-4o", file)
+        #expect(other.status == 0, "\(other)")
+        #expect(try await server.requests().count == 2)
+        // The model's bucket is under the provider's hash tag.
+        let store = redis.store(prefix: prefix)
+        let names = try #require(try store.run([[Array("KEYS".utf8), Array("\(prefix)limit:{counted}:model:*".utf8)]]).get().first?.items)
+        #expect(names.compactMap(\.bytes).map { String(decoding: $0, as: UTF8.self) } == ["\(prefix)limit:{counted}:model:gpt-4o-mini:requests"])
+
+        let local = config(server, limits, name: "local.yaml")
+        for _ in 0..<2 {
+            let r = await ask("gpt-4o-mini", local)
+            #expect(r.status == 0, "each process its own bucket: \(r)")
+        }
+    }
+
     /// A 429 with `Retry-After: 2` seen by one process pauses the others:
     /// no request reaches the server for 2 s.
     @Test func aRetryAfterSeenByOneProcessPausesTheOthers() async throws {

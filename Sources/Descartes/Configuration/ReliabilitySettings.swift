@@ -15,6 +15,10 @@ public struct ReliabilitySettings: Sendable {
     public var routes: [String: RouteSpec] = [:]
     public var cache: CacheSpec?
     public var limits: [String: RateLimits] = [:]
+    /// Limits per model of a provider (`limits.NAME.models.MODEL`), by
+    /// provider, then model name as requests name it; each applies beside
+    /// the provider's own.
+    public var modelLimits: [String: [String: RateLimits]] = [:]
     /// Circuit breakers per provider (`circuit_breakers:`).
     public var circuitBreakers: [String: CircuitBreakerSettings] = [:]
     /// The shared store (`shared:`); nil: every process keeps its own state.
@@ -340,25 +344,56 @@ struct SettingsParser {
 
     // MARK: limits
 
+    static var limitKeys: [(String, WritableKeyPath<RateLimits, Int?>)] {
+        [
+            ("requests_per_minute", \.requestsPerMinute), ("tokens_per_minute", \.tokensPerMinute), ("request_burst", \.requestBurst),
+            ("token_burst", \.tokenBurst),
+        ]
+    }
+
+    /// One mapping of limits (a provider's, or one of its models' at `path`).
+    mutating func rateLimits(_ n: YAMLNode, _ path: String) -> RateLimits {
+        var l = RateLimits()
+        for (key, keyPath) in Self.limitKeys {
+            if let x = v.int(n, key) {
+                if x < 1 { v.problem(n[key]!, "\(path).\(key) must be at least 1") } else { l[keyPath: keyPath] = x }
+            }
+        }
+        return l
+    }
+
     mutating func limits(_ n: YAMLNode) {
         guard let pairs = mapping(n, "limits") else { return }
         for p in pairs {
             let name = p.key.scalar ?? ""
             guard mapping(p.value, "limits.\(name)") != nil else { continue }
-            v.unknownKeys(p.value, allowed: ["requests_per_minute", "tokens_per_minute", "request_burst", "token_burst"], what: "limit")
-            var l = RateLimits()
-            for (key, path) in [("requests_per_minute", \RateLimits.requestsPerMinute), ("tokens_per_minute", \.tokensPerMinute), ("request_burst", \.requestBurst), ("token_burst", \.tokenBurst)] {
-                if let x = v.int(p.value, key) {
-                    if x < 1 { v.problem(p.value[key]!, "limits.\(name).\(key) must be at least 1") } else { l[keyPath: path] = x }
+            v.unknownKeys(p.value, allowed: Self.limitKeys.map(\.0) + ["models"], what: "limit")
+            let l = rateLimits(p.value, "limits.\(name)")
+            var models: [String: RateLimits] = [:]
+            if let m = p.value["models"], let modelPairs = mapping(m, "limits.\(name).models") {
+                for mp in modelPairs {
+                    let model = mp.key.scalar ?? ""
+                    let path = "limits.\(name).models.\(model)"
+                    guard mapping(mp.value, path) != nil else { continue }
+                    v.unknownKeys(mp.value, allowed: Self.limitKeys.map(\.0), what: "limit")
+                    let ml = rateLimits(mp.value, path)
+                    if ml.isEmpty {
+                        if mp.value["requests_per_minute"] == nil && mp.value["tokens_per_minute"] == nil {
+                            v.problem(mp.value, "\(path) sets neither requests_per_minute nor tokens_per_minute")
+                        }
+                        continue
+                    }
+                    models[model] = ml
                 }
             }
-            if l.isEmpty {
-                if p.value["requests_per_minute"] == nil && p.value["tokens_per_minute"] == nil {
+            if l.isEmpty && models.isEmpty {
+                if p.value["requests_per_minute"] == nil && p.value["tokens_per_minute"] == nil && p.value["models"] == nil {
                     v.problem(p.value, "limits.\(name) sets neither requests_per_minute nor tokens_per_minute")
                 }
                 continue
             }
             settings.limits[name] = l
+            if !models.isEmpty { settings.modelLimits[name] = models }
             settings.locations["limits:\(name)"] = p.key.location
         }
     }

@@ -9,9 +9,10 @@
 ///       RetryBackend          (retry, or retry.providers.NAME; not with 1 attempt)
 ///        CircuitBreakerBackend (circuit_breakers.NAME; one per process, and with
 ///                              `shared:` one for every process)
-///         RateLimitedBackend  (limits.NAME; shared by the whole process, and with
-///                              `shared:` by every process: then every provider has
-///                              one, for the shared cool-down)
+///         RateLimitedBackend  (limits.NAME, and limits.NAME.models per model;
+///                              shared by the whole process, and with `shared:`
+///                              by every process: then every provider has one,
+///                              for the shared cool-down)
 ///           the plugin backend
 ///
 /// A provider is created once per `ReliableProviders` (chains and routes
@@ -168,12 +169,17 @@ public struct ReliableProviders: Sendable {
             return FallbackBackend(name: name, entries, policy: chain.policy, clock: clock, logSink: logSink)
         }
         var b: any ModelBackend = leaf(name)
+        // A model's own limits (limits.NAME.models) have process-wide
+        // limiters named NAME/MODEL (no instance name has a '/').
+        let models = settings.modelLimits[name] ?? [:]
+        let modelLimiters = Dictionary(uniqueKeysWithValues: models.map { m, l in (m, RateLimiter.shared(for: "\(name)/\(m)", limits: l, clock: clock)) })
         if let store = sharedStore {
             let limits = settings.limits[name] ?? RateLimits()
             b = RateLimitedBackend(
-                b, limiter: .shared(for: name, limits: limits, clock: clock), shared: SharedLimits(store: store, provider: name, limits: limits))
+                b, limiter: .shared(for: name, limits: limits, clock: clock),
+                shared: SharedLimits(store: store, provider: name, limits: limits, models: models), modelLimiters: modelLimiters)
         } else if let limits = settings.limits[name] {
-            b = RateLimitedBackend(b, limits: limits, clock: clock)
+            b = RateLimitedBackend(b, limiter: .shared(for: name, limits: limits, clock: clock), shared: nil, modelLimiters: modelLimiters)
         }
         if let cb = settings.circuitBreakers[name] {
             b = CircuitBreakerBackend(

@@ -174,6 +174,24 @@ public final class RateLimiter: Sendable {
         return wait
     }
 
+    /// Gives back the share `acquire(tokens:)` took for a request that then
+    /// did not go (another limiter refused it).
+    package func release(tokens: Int) {
+        state.withLock { s in
+            s.refill(clock.now)
+            let charged = min(Double(max(0, tokens)), s.tokens?.capacity ?? 0)
+            if var b = s.requests {
+                b.level = min(b.capacity, b.level + 1)
+                s.requests = b
+            }
+            if var b = s.tokens {
+                b.level = min(b.capacity, b.level + charged)
+                s.tokens = b
+            }
+            s.stats.granted -= 1
+        }
+    }
+
     /// Corrects the tokens taken for a request once its usage is known
     /// (`delta` = actual - estimated; negative gives tokens back).
     package func adjust(tokens delta: Int) {
@@ -205,21 +223,31 @@ public final class RateLimiter: Sendable {
 /// With `shared` (providers.yaml's `shared:` section) the buckets and the
 /// pause are the shared store's, for every process and host: `limiter`
 /// then serves only while the store does not answer (`on_failure: open`).
+///
+/// A model with limits of its own (`limits.NAME.models.MODEL`, by the name
+/// the request gives) is held to them as well as to the provider's: in
+/// process, its own limiter first, then the provider's (a refusal by the
+/// provider's gives the model's share back); in the shared store, its
+/// buckets in the same script call as the provider's (same hash tag: no
+/// round trip more).
 public struct RateLimitedBackend: WrappingBackend {
     public let inner: any ModelBackend
     public let limiter: RateLimiter
     /// The same limits in the shared store, checked instead of `limiter`
     /// while the store answers.
     package let shared: SharedLimits?
+    /// The in-process limiters of the models with limits of their own, by model name.
+    package let modelLimiters: [String: RateLimiter]
 
     public init(_ inner: any ModelBackend, limiter: RateLimiter) {
         self.init(inner, limiter: limiter, shared: nil)
     }
 
-    package init(_ inner: any ModelBackend, limiter: RateLimiter, shared: SharedLimits?) {
+    package init(_ inner: any ModelBackend, limiter: RateLimiter, shared: SharedLimits?, modelLimiters: [String: RateLimiter] = [:]) {
         self.inner = inner
         self.limiter = limiter
         self.shared = shared
+        self.modelLimiters = modelLimiters
     }
 
     /// Wraps `inner` with the process-wide limiter of its provider name.
@@ -231,50 +259,70 @@ public struct RateLimitedBackend: WrappingBackend {
     /// the output it may produce.
     static func estimate(_ r: ModelRequest) -> Int { Heuristics.tokens(r).tokens + (r.maxTokens ?? 0) }
 
-    /// What a request took: its estimate, and whether from the shared store.
+    /// What a request took: its estimate, whether from the shared store,
+    /// and the model whose own limits it was held to.
     struct Admission {
         var estimate: Int
         var shared: Bool
+        var model: String?
     }
 
     func admit(_ request: ModelRequest) async throws(ProviderError) -> (ModelRequest, Admission) {
         let estimate = Self.estimate(request)
+        let model = request.model.flatMap { modelLimiters[$0] != nil ? $0 : nil }
         var viaShared = false
         let waited: Duration
-        if let shared, let w = try await acquireShared(shared, tokens: estimate, maxWait: request.deadlines.total) {
+        if let shared, let w = try await acquireShared(shared, tokens: estimate, maxWait: request.deadlines.total, model: model) {
             waited = w
             viaShared = true
         } else {
-            waited = try await limiter.acquire(tokens: estimate, maxWait: request.deadlines.total, provider: inner.name)
+            waited = try await acquireLocal(tokens: estimate, maxWait: request.deadlines.total, model: model)
         }
         var r = request
         if let total = r.deadlines.total, waited > .zero { r.deadlines.total = total - waited }
-        return (r, Admission(estimate: estimate, shared: viaShared))
+        return (r, Admission(estimate: estimate, shared: viaShared, model: model))
+    }
+
+    /// The in-process limiters' wait: the model's (when it has limits of
+    /// its own), then the provider's within what is left of `maxWait`.
+    func acquireLocal(tokens: Int, maxWait: Duration?, model: String?) async throws(ProviderError) -> Duration {
+        guard let own = model.flatMap({ modelLimiters[$0] }) else {
+            return try await limiter.acquire(tokens: tokens, maxWait: maxWait, provider: inner.name)
+        }
+        let first = try await own.acquire(tokens: tokens, maxWait: maxWait, provider: inner.name)
+        do {
+            return try await first + limiter.acquire(tokens: tokens, maxWait: maxWait.map { max(.zero, $0 - first) }, provider: inner.name)
+        } catch {
+            own.release(tokens: tokens)
+            throw error
+        }
     }
 
     /// The wait the shared store grants (slept here), or nil when the store
     /// does not answer and `on_failure` is `open` (the local limiter then decides).
-    func acquireShared(_ shared: SharedLimits, tokens: Int, maxWait: Duration?) async throws(ProviderError) -> Duration? {
-        switch shared.acquire(tokens: tokens, maxWait: maxWait) {
+    func acquireShared(_ shared: SharedLimits, tokens: Int, maxWait: Duration?, model: String? = nil) async throws(ProviderError) -> Duration? {
+        switch shared.acquire(tokens: tokens, maxWait: maxWait, model: model) {
         case .unavailable(let f):
             if shared.store.settings.onFailure == .open { return nil }
             throw f.refusal(provider: inner.name)
         case .refused(let wait):
             throw ProviderError(
-                .rateLimited, "the shared rate limit (\(limits(shared))) would delay this request by \(wait.short), past its deadline",
+                .rateLimited, "the shared rate limit (\(limits(shared, model: model))) would delay this request by \(wait.short), past its deadline",
                 provider: inner.name, retryAfter: wait)
         case .wait(let wait, let charged):
             guard wait > .zero else { return .zero }
             do { try await limiter.clock.sleep(for: wait) } catch {
-                shared.adjust(requests: -1, tokens: -charged)
+                shared.adjust(requests: -1, tokens: -charged, model: model)
                 throw ProviderError(.cancelled, "the request was cancelled while waiting for the rate limit", provider: inner.name)
             }
             return wait
         }
     }
 
-    func limits(_ shared: SharedLimits) -> String {
-        shared.limits.isEmpty ? "a cool-down" : "\(shared.limits)"
+    func limits(_ shared: SharedLimits, model: String?) -> String {
+        var parts = shared.limits.isEmpty ? [] : ["\(shared.limits)"]
+        if let model, let own = shared.models[model] { parts.append("\(model): \(own)") }
+        return parts.isEmpty ? "a cool-down" : parts.joined(separator: "; ")
     }
 
     func settle(_ result: Result<ModelResponse, ProviderError>, _ admission: Admission) {
@@ -282,7 +330,12 @@ public struct RateLimitedBackend: WrappingBackend {
         case .success(let response):
             guard response.usage.totalTokens > 0 else { return }
             let delta = response.usage.totalTokens - admission.estimate
-            if admission.shared, let shared { shared.adjust(tokens: delta) } else { limiter.adjust(tokens: delta) }
+            if admission.shared, let shared {
+                shared.adjust(tokens: delta, model: admission.model)
+            } else {
+                limiter.adjust(tokens: delta)
+                admission.model.flatMap { modelLimiters[$0] }?.adjust(tokens: delta)
+            }
         case .failure(let e):
             if e.kind == .rateLimited, let after = e.retryAfter, e.provider == inner.name || e.provider == nil {
                 limiter.pause(until: limiter.clock.now + after)

@@ -21,11 +21,15 @@ package struct SharedLimits: Sendable {
     package let store: SharedStore
     package let provider: String
     package let limits: RateLimits
+    /// The limits of models with their own (`limits.NAME.models`), by name:
+    /// buckets under the provider's hash tag, checked in the same script.
+    package let models: [String: RateLimits]
 
-    package init(store: SharedStore, provider: String, limits: RateLimits) {
+    package init(store: SharedStore, provider: String, limits: RateLimits, models: [String: RateLimits] = [:]) {
         self.store = store
         self.provider = provider
         self.limits = limits
+        self.models = models
     }
 
     /// Keys share a hash tag, so a Redis Cluster keeps one provider's keys
@@ -104,15 +108,29 @@ package struct SharedLimits: Sendable {
         (60_000_000 / Double(perMinute), max(1, burst ?? perMinute))
     }
 
-    var buckets: [(key: [UInt8], interval: Double, capacity: Int, tokens: Bool)] {
-        var out: [(key: [UInt8], interval: Double, capacity: Int, tokens: Bool)] = []
+    /// A model's buckets: `PREFIX limit:{PROVIDER}:model:MODEL:requests`.
+    func modelKey(_ model: String, _ bucket: String) -> [UInt8] { store.key("limit", "{\(provider)}", "model", model, bucket) }
+
+    typealias Bucket = (key: [UInt8], interval: Double, capacity: Int, tokens: Bool)
+
+    static func buckets(_ limits: RateLimits, requests: [UInt8], tokens: [UInt8]) -> [Bucket] {
+        var out: [Bucket] = []
         if let r = limits.requestsPerMinute {
             let b = Self.bucket(perMinute: r, burst: limits.requestBurst)
-            out.append((requestsKey, b.interval, b.capacity, false))
+            out.append((requests, b.interval, b.capacity, false))
         }
         if let t = limits.tokensPerMinute {
             let b = Self.bucket(perMinute: t, burst: limits.tokenBurst)
-            out.append((tokensKey, b.interval, b.capacity, true))
+            out.append((tokens, b.interval, b.capacity, true))
+        }
+        return out
+    }
+
+    /// The provider's buckets, and `model`'s when it has limits of its own.
+    func buckets(model: String? = nil) -> [Bucket] {
+        var out = Self.buckets(limits, requests: requestsKey, tokens: tokensKey)
+        if let model, let own = models[model] {
+            out += Self.buckets(own, requests: modelKey(model, "requests"), tokens: modelKey(model, "tokens"))
         }
         return out
     }
@@ -131,13 +149,13 @@ package struct SharedLimits: Sendable {
 
     /// The call of `acquireScript` that takes one request and `tokens`
     /// tokens, and the tokens it charges.
-    package func acquireCall(tokens: Int, maxWait: Duration?) -> (keys: [[UInt8]], args: [String], charged: Int) {
+    package func acquireCall(tokens: Int, maxWait: Duration?, model: String? = nil) -> (keys: [[UInt8]], args: [String], charged: Int) {
         var args = [maxWait.map { String($0.microseconds) } ?? "-1"]
         var keys = [pauseKey]
         var charged = 0
-        for b in buckets {
+        for b in buckets(model: model) {
             let cost = b.tokens ? min(max(0, tokens), b.capacity) : 1
-            if b.tokens { charged = cost }
+            if b.tokens { charged = max(charged, cost) }
             keys.append(b.key)
             args += [Self.number(b.interval), String(b.capacity), String(cost)]
         }
@@ -145,8 +163,8 @@ package struct SharedLimits: Sendable {
     }
 
     /// Takes one request and `tokens` tokens in the store (one round trip).
-    package func acquire(tokens: Int, maxWait: Duration?) -> Outcome {
-        let call = acquireCall(tokens: tokens, maxWait: maxWait)
+    package func acquire(tokens: Int, maxWait: Duration?, model: String? = nil) -> Outcome {
+        let call = acquireCall(tokens: tokens, maxWait: maxWait, model: model)
         return outcome(store.eval(Self.acquireScript, keys: call.keys, args: call.args, deadline: maxWait), charged: call.charged)
     }
 
@@ -163,14 +181,15 @@ package struct SharedLimits: Sendable {
         }
     }
 
-    /// Adds `tokens` to the token bucket and `requests` to the request
-    /// bucket (negative: gives them back), e.g. the usage's correction of
-    /// the estimate, or a cancelled wait's reservation.
-    package func adjust(requests: Int = 0, tokens: Int = 0) {
+    /// Adds `tokens` to the token buckets and `requests` to the request
+    /// buckets, the provider's and `model`'s (negative: gives them back,
+    /// at most a bucket's size, what `acquire` charged it), e.g. the
+    /// usage's correction of the estimate, or a cancelled wait's reservation.
+    package func adjust(requests: Int = 0, tokens: Int = 0, model: String? = nil) {
         var keys: [[UInt8]] = []
         var args: [String] = []
-        for b in buckets {
-            let units = b.tokens ? tokens : requests
+        for b in buckets(model: model) {
+            let units = b.tokens ? (tokens < 0 ? -min(-tokens, b.capacity) : tokens) : requests
             guard units != 0 else { continue }
             keys.append(b.key)
             args += [Self.number(b.interval), String(units)]
