@@ -248,7 +248,7 @@ package final class Gateway: Sendable {
         case "/metrics":
             record.status = 200
             exchange.respond(
-                status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(metrics.render(shared: providers.sharedStore?.stats).utf8))
+                status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(metrics.render(shared: providers.sharedStore?.stats, breakers: breakers).utf8))
         case "/v1/responses", "/responses":
             await responses(request, exchange, key: key, &record)
         case "/v1/messages":
@@ -258,6 +258,12 @@ package final class Gateway: Sendable {
         default:
             fail(.notFound("no endpoint \(request.method) \(path)"))
         }
+    }
+
+    /// The circuit breakers of the configured providers (`circuit_breakers:`).
+    var breakers: [CircuitBreaker] {
+        let p = providers
+        return p.settings.circuitBreakers.map { CircuitBreaker.shared(for: $0.key, settings: $0.value, clock: p.clock) }
     }
 
     /// The key a request presents (`Authorization: Bearer KEY` or

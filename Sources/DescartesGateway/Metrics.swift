@@ -106,8 +106,10 @@ final class GatewayMetrics: Sendable {
 
     /// The text exposition.
     /// The text of `GET /metrics`; `shared`: the shared store's counters
-    /// when providers.yaml has a `shared:` section.
-    func render(shared: SharedStore.Stats? = nil) -> String {
+    /// when providers.yaml has a `shared:` section; `breakers`: the
+    /// process's circuit breakers (`circuit_breakers:`), whose state is kept
+    /// in step with the shared store's and decides alone while it is down.
+    func render(shared: SharedStore.Stats? = nil, breakers: [CircuitBreaker] = []) -> String {
         let s = state.withLock { $0 }
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) {
@@ -149,6 +151,20 @@ final class GatewayMetrics: Sendable {
             out += "descartes_shared_store_failures_total \(shared.failures)\n"
             family("descartes_shared_store_outages_total", "counter", "Outages of the shared store (each told once in the log).")
             out += "descartes_shared_store_outages_total \(shared.outages)\n"
+            family("descartes_shared_store_commands_total", "counter", "Commands those round trips carried (pipelined: several per round trip).")
+            out += "descartes_shared_store_commands_total \(shared.commands)\n"
+        }
+        if !breakers.isEmpty {
+            let sorted = breakers.sorted { $0.provider < $1.provider }
+            family("descartes_circuit_breaker_state", "gauge", "1 for the state each provider's circuit breaker is in (closed, open, half_open), 0 for the others.")
+            for b in sorted {
+                let phase = b.phase
+                for p in [CircuitBreaker.Phase.closed, .open, .halfOpen] {
+                    out += "descartes_circuit_breaker_state{provider=\"\(b.provider)\",state=\"\(p.rawValue)\"} \(p == phase ? 1 : 0)\n"
+                }
+            }
+            family("descartes_circuit_breaker_opened_total", "counter", "Times each provider's circuit breaker opened in this process.")
+            for b in sorted { out += "descartes_circuit_breaker_opened_total{provider=\"\(b.provider)\"} \(b.stats.opened)\n" }
         }
         return out
     }

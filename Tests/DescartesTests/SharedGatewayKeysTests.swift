@@ -74,6 +74,11 @@ import Testing
         return (Int(lines.last ?? "") ?? -1, lines.dropLast().joined(separator: "\n"))
     }
 
+    /// `GET /metrics` of the gateway at `url`.
+    func metrics(_ url: String, _ key: String) async -> String {
+        await Proc.run(["curl", "-s", "-H", "@-", url + "/metrics"], stdin: "Authorization: Bearer \(key)\n", timeout: .seconds(60)).stdout
+    }
+
     /// Issues a key with `options` through host `config`; its secret.
     func issue(_ name: String, _ options: [String], _ config: String) async throws -> String {
         let r = await keys(["create", "--name", name] + options, config)
@@ -163,8 +168,9 @@ import Testing
     @Test func aKeysRequestsPerMinuteAreSharedByTwoGateways() async throws {
         let redis = try RedisServer.shared()
         let server = try await Self.countingServer()
-        let hostA = config("a", server, redis)
-        let hostB = config("b", server, redis)
+        let breakers = "circuit_breakers:\n  counted: {failures: 5, open_secs: 30}"
+        let hostA = config("a", server, redis, breakers)
+        let hostB = config("b", server, redis, breakers)
         // 2 requests a minute, a burst of 2: the third waits 30 s.
         let secret = try await issue("limited", ["--rpm", "2"], hostA)
         let (gwA, a) = try await gateway(hostA, "a")
@@ -179,6 +185,15 @@ import Testing
             #expect(r.body.contains("the gateway key 'limited' is over its rate limit (2 requests/min)"), "\(r)")
         }
         #expect(try await server.requests().count == 2)
+        // /metrics: the store's state and the breaker's.
+        let m = await metrics(b, secret)
+        for line in [
+            "descartes_shared_store_up 1", "descartes_circuit_breaker_state{provider=\"counted\",state=\"closed\"} 1",
+            "descartes_circuit_breaker_state{provider=\"counted\",state=\"open\"} 0", "descartes_circuit_breaker_opened_total{provider=\"counted\"} 0",
+        ] {
+            #expect(m.contains(line + "\n"), "\(line) in \(m)")
+        }
+        #expect(m.contains("descartes_shared_store_commands_total "), "\(m)")
     }
 
     @Test func aKeysBudgetSpentFromTwoGatewaysRefusesTheNextRequestInBoth() async throws {

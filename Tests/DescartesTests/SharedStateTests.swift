@@ -342,6 +342,35 @@ import DescartesSupport
 
     // MARK: The store failing
 
+    /// While the store does not answer, a provider's breaker is the
+    /// process's own: two counted failures open it here, and the third
+    /// request fails at once without reaching the provider; /metrics-style
+    /// state (`CircuitBreaker.phase`) says open.
+    @Test func aBreakerFallsBackToItsLocalStateWhileTheStoreIsDown() async throws {
+        let redis = try RedisServer()
+        let name = "failing-\(UInt32.random(in: 0...UInt32.max))"
+        let settings = try ReliabilitySettings.parse(
+            yaml: "circuit_breakers:\n  \(name): {failures: 2, open_secs: 600}\n" + shared(redis, "  retry_interval: 60s"), file: "inline")
+        redis.kill()
+        let seen = Lock<[Int]>([])
+        let p = ReliableProviders(
+            settings: settings, overrides: .init(retries: 0),
+            create: { Counting(name: $0, seen: seen, store: Lock(nil), failure: ProviderError(.providerUnavailable, "overloaded", provider: $0, status: 503)) },
+            manifest: { _ in nil })
+        let b = try p.backend(name)
+        for _ in 0..<2 {
+            let e = try #require(await providerError { _ = try await b.complete(ModelRequest(prompt: "hi")) })
+            #expect(e.status == 503, "\(e)")
+        }
+        let refused = try #require(await providerError { _ = try await b.complete(ModelRequest(prompt: "hi")) })
+        #expect(refused.providerType == CircuitBreaker.openType, "\(refused)")
+        #expect(seen.withLock { $0.count } == 2, "the third never reached the provider")
+        let store = try #require(p.sharedStore)
+        #expect(!store.stats.available && store.stats.outages == 1)
+        let breaker = CircuitBreaker.shared(for: name, settings: try #require(settings.circuitBreakers[name]), clock: p.clock)
+        #expect(breaker.phase == .open && breaker.stats.opened == 1)
+    }
+
     /// Redis killed by pid mid-run and restarted: no request fails, the
     /// outage is told once, and the shared limit is back in Redis after.
     /// 100 requests at 20 a second take 5 s, so the restart (1.5 s in, later
@@ -422,6 +451,8 @@ import DescartesSupport
         let name: String
         let seen: Lock<[Int]>
         let store: Lock<SharedStore?>
+        /// What every request fails with, when set.
+        var failure: ProviderError? = nil
         var mode: ModelProviderMode { .api }
         func initialize() async throws(ProviderError) {}
         func healthCheck() async throws(ProviderError) -> HealthReport { HealthReport(message: "ok") }
@@ -431,6 +462,7 @@ import DescartesSupport
         func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
             let trips = store.withLock { $0?.stats.roundTrips ?? -1 }
             seen.withLock { $0.append(trips) }
+            if let failure { throw failure }
             var r = ModelResponse()
             r.content = "counted"
             r.provider = name
