@@ -209,7 +209,7 @@ package final class KeyRing: Sendable {
     /// The name of the key's buckets in the shared store: its hash (a
     /// configured key's, of its secret), never its name, which two hosts'
     /// files might give different keys.
-    static func bucket(_ key: GatewaySettings.Key) -> String {
+    package static func bucket(_ key: GatewaySettings.Key) -> String {
         "gwkey-" + (key.hash ?? StoredGatewayKey.hash(of: String(decoding: key.secret, as: UTF8.self))).prefix(32)
     }
 
@@ -307,23 +307,29 @@ package final class KeyRing: Sendable {
     /// Counts an answered request against its key: tokens against its
     /// tokens per minute, cost against its budget (kept in the local store,
     /// and with `shared:` in the shared store, where every gateway reads it).
-    func settle(_ key: GatewaySettings.Key, _ admission: Admission?, usage: Usage?, costUSD: Double?) {
+    /// With the shared store, one round trip: the tokens' correction with
+    /// the debit pipelined behind it.
+    package func settle(_ key: GatewaySettings.Key, _ admission: Admission?, usage: Usage?, costUSD: Double?) {
+        let now = Self.nowMS()
+        let period = key.period.window(unixMS: now)
+        let cost = key.hash != nil ? costUSD.flatMap { $0 > 0 ? $0 : nil } : nil
+        // Only a budget reads the shared counter (a key's budget is fixed
+        // when it is issued): a key without one costs no round trip here.
+        var debit: [[[UInt8]]] = []
+        if let shared, let cost, key.budgetUSD != nil {
+            let left = BudgetSettings.Period(rawValue: key.period.rawValue)?.secondsLeft(unixTime: now / 1000)
+            debit = shared.spend.debitCommands([Self.spendID(key, period: period)], usd: cost, ttlSeconds: left.map { $0 + 3600 })
+        }
         if let usage, usage.totalTokens > 0, key.limits.tokensPerMinute != nil {
-            if let shared = admission?.sharedLimits {
-                shared.adjust(tokens: usage.totalTokens)
+            if let limits = admission?.sharedLimits, let call = limits.adjustCall(tokens: usage.totalTokens) {
+                _ = limits.store.eval(SharedLimits.adjustScript, keys: call.keys, args: call.args, along: debit)
+                debit = []
             } else if let limiter = limiter(key) {
                 limiter.adjust(tokens: usage.totalTokens)
             }
         }
-        guard key.hash != nil, let cost = costUSD, cost > 0 else { return }
-        let now = Self.nowMS()
-        let period = key.period.window(unixMS: now)
-        // Only a budget reads the shared counter (a key's budget is fixed
-        // when it is issued): a key without one costs no round trip here.
-        if let shared, key.budgetUSD != nil {
-            let left = BudgetSettings.Period(rawValue: key.period.rawValue)?.secondsLeft(unixTime: now / 1000)
-            shared.spend.debit([Self.spendID(key, period: period)], usd: cost, ttlSeconds: left.map { $0 + 3600 })
-        }
+        if let shared, !debit.isEmpty { _ = shared.store.run(debit) }
+        guard let cost else { return }
         guard let id = key.storeID, let store else { return }
         state.withLock { s in
             var spend = s.spend[id] ?? Spend(usd: 0, period: period)

@@ -186,6 +186,12 @@ package struct SharedLimits: Sendable {
     /// at most a bucket's size, what `acquire` charged it), e.g. the
     /// usage's correction of the estimate, or a cancelled wait's reservation.
     package func adjust(requests: Int = 0, tokens: Int = 0, model: String? = nil) {
+        guard let call = adjustCall(requests: requests, tokens: tokens, model: model) else { return }
+        _ = store.eval(Self.adjustScript, keys: call.keys, args: call.args)
+    }
+
+    /// The call of `adjustScript` that `adjust` makes; nil when it changes nothing.
+    package func adjustCall(requests: Int = 0, tokens: Int = 0, model: String? = nil) -> (keys: [[UInt8]], args: [String])? {
         var keys: [[UInt8]] = []
         var args: [String] = []
         for b in buckets(model: model) {
@@ -194,8 +200,7 @@ package struct SharedLimits: Sendable {
             keys.append(b.key)
             args += [Self.number(b.interval), String(units)]
         }
-        if keys.isEmpty { return }
-        _ = store.eval(Self.adjustScript, keys: keys, args: args)
+        return keys.isEmpty ? nil : (keys, args)
     }
 
     /// Pauses the provider for every process for `duration` (a `Retry-After`).

@@ -29,11 +29,17 @@ package struct SharedSpend: Sendable {
 
     /// Adds `usd` to each of `ids` (one round trip).
     package func debit(_ ids: [String], usd: Double, ttlSeconds: Int?) {
+        _ = store.run(debitCommands(ids, usd: usd, ttlSeconds: ttlSeconds))
+    }
+
+    /// The commands of `debit`, to send along another
+    /// (`SharedStore.eval(_:keys:args:along:deadline:)`).
+    package func debitCommands(_ ids: [String], usd: Double, ttlSeconds: Int?) -> [[[UInt8]]] {
         var commands: [[[UInt8]]] = []
         for id in ids {
             commands.append([Array("INCRBYFLOAT".utf8), key(id), Array(String(usd).utf8)])
             if let ttlSeconds { commands.append([Array("EXPIRE".utf8), key(id), Array(String(ttlSeconds).utf8)]) }
         }
-        _ = store.run(commands)
+        return commands
     }
 }

@@ -209,10 +209,11 @@ public final class SharedStore: Sendable {
         eval(script, keys: keys, args: args, along: [], deadline: deadline).map { $0.script }
     }
 
-    /// Runs one Lua script and `along` (commands that only read, such as a
-    /// budget's MGET) in one round trip: the script's result and the
-    /// replies of `along`. When the server has not seen the script yet, all
-    /// of them go again with EVAL (a second round trip, once per server).
+    /// Runs one Lua script and `along` (other commands, such as a budget's
+    /// MGET) in one round trip: the script's result and the replies of
+    /// `along`. When the server has not seen the script yet, the script
+    /// alone goes again with EVAL (a second round trip, once per server;
+    /// `along` ran once).
     package func eval(_ script: LuaScript, keys: [[UInt8]], args: [String], along: [[[UInt8]]], deadline: Duration? = nil)
         -> Result<(script: RedisValue, along: [RedisValue]), SharedStoreFailure>
     {
@@ -224,7 +225,8 @@ public final class SharedStore: Sendable {
         case .failure(let f): return .failure(f)
         case .success(let r):
             if case .error(let e) = r.first, e.hasPrefix("NOSCRIPT") {
-                return run([[Array("EVAL".utf8), Array(script.source.utf8)] + tail] + along, deadline: deadline).flatMap(split)
+                let replies = Array(r.dropFirst())
+                return run([[Array("EVAL".utf8), Array(script.source.utf8)] + tail], deadline: deadline).flatMap { split($0 + replies) }
             }
             return split(r)
         }
