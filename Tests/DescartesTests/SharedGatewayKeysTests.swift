@@ -246,13 +246,16 @@ import Testing
         let admission = try await ring.admit(key)
         #expect(store.stats.roundTrips - before == 1)
         #expect(admission.sharedLimits != nil)
-        // After the answer, one more: the tokens' correction with the debit along.
+        // After the answer, one more: the tokens' correction with the debit
+        // along (measured on the second: the first may load the script, which
+        // no other test may have loaded into this server yet).
+        ring.settle(key, admission, usage: Usage(inputTokens: 900, outputTokens: 100), costUSD: 0.5)
         let answered = store.stats.roundTrips
         ring.settle(key, admission, usage: Usage(inputTokens: 900, outputTokens: 100), costUSD: 0.25)
         #expect(store.stats.roundTrips - answered == 1)
         let day = BudgetPeriod.day.window(unixMS: Int(time(nil)) * 1000)
         let spent = try store.run([[Array("GET".utf8), store.key("spend", "\(KeyRing.bucket(key)):\(day)")]]).get().first?.bytes
-        #expect(spent.map { String(decoding: $0, as: UTF8.self) } == "0.25")
+        #expect(spent.map { String(decoding: $0, as: UTF8.self) } == "0.75")
         // Within the lookup's time to live the key is not asked for again.
         let lookups = store.stats.roundTrips
         #expect(ring.key(for: secret)?.name == "measured")
