@@ -317,7 +317,7 @@ package final class KeyRing: Sendable {
         // when it is issued): a key without one costs no round trip here.
         var debit: [[[UInt8]]] = []
         if let shared, let cost, key.budgetUSD != nil {
-            let left = BudgetSettings.Period(rawValue: key.period.rawValue)?.secondsLeft(unixTime: now / 1000)
+            let left = key.period.secondsLeft(unixTime: now / 1000)
             debit = shared.spend.debitCommands([Self.spendID(key, period: period)], usd: cost, ttlSeconds: left.map { $0 + 3600 })
         }
         if let usage, usage.totalTokens > 0, key.limits.tokensPerMinute != nil {

@@ -66,22 +66,13 @@ package struct StoredGatewayKey: Sendable, Equatable {
     }
 }
 
-/// What a budget counts: the spend of one UTC day, one UTC month, or all time.
-package enum BudgetPeriod: String, Sendable, CaseIterable {
-    case day, month, total
+/// What a gateway key's budget counts: the spend of one UTC day, one UTC
+/// month, or all time (the label budgets' periods, one type for both).
+package typealias BudgetPeriod = BudgetSettings.Period
 
+extension BudgetSettings.Period {
     /// The period that `unixMS` falls in: `2026-12-07`, `2026-12`, `total`.
-    package func window(unixMS: Int) -> String {
-        if self == .total { return "total" }
-        var t = time_t(unixMS / 1000)
-        var parts = tm()
-        gmtime_r(&t, &parts)
-        let y = Int(parts.tm_year) + 1900
-        let m = Int(parts.tm_mon) + 1
-        let d = Int(parts.tm_mday)
-        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        return self == .month ? "\(y)-\(two(m))" : "\(y)-\(two(m))-\(two(d))"
-    }
+    package func window(unixMS: Int) -> String { window(unixTime: unixMS / 1000) }
 }
 
 package struct GatewayKeyStoreError: Error, CustomStringConvertible, Sendable {
