@@ -98,8 +98,11 @@ enum AnthropicMessages {
                             for (k, x) in inner.enumerated() { cache = try cacheControl(x, at: "\(at).content.\(j).content.\(k)") ?? cache }
                         default: output = ""
                         }
-                        if b["is_error"]?.boolValue == true { output = "Error: " + output }
-                        var result = Message.tool(callID: id, output)
+                        // A failed tool: marked (an Anthropic backend sends is_error on) and
+                        // said in the text, for the backends whose wire has no such mark.
+                        let failed = b["is_error"]?.boolValue == true
+                        if failed { output = "Error: " + output }
+                        var result = Message.tool(callID: id, output, isError: failed)
                         result.cacheControl = cache
                         r.messages.append(result)
                         continue

@@ -695,6 +695,15 @@ class AnthropicBackend(unittest.TestCase):
                                   output_config={"format": {"type": "json_schema"}})
         self.assertIn("output_config.format.schema", str(e.exception))
 
+    def test_a_failed_tool_result_stays_marked(self):
+        state["upstream"].script(anthropic_message([{"type": "text", "text": "Which city?"}]), route="POST /v1/messages")
+        ant().messages.create(model="claude", max_tokens=100, tools=[WEATHER_TOOL_ANT], messages=[
+            {"role": "user", "content": "Weather in Atlantis?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Atlantis"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "no such city", "is_error": True}]}])
+        self.assertEqual(self.upstream_body()["messages"][2]["content"], [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Error: no such city", "is_error": True}])
+
     def test_tool_result_breakpoint_and_usage_of_a_stream(self):
         state["upstream"].script(anthropic_stream(
             ("message_start", {"message": {"id": "msg_up", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
