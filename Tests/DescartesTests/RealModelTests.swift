@@ -192,4 +192,61 @@ struct RealModelTests {
         #expect(schema.validate(try JSONValue.parse(resp.content)) == nil, "\(resp.content)")
         await b.shutdown()
     }
+
+    // MARK: Embeddings and conversations
+
+    /// `descartes embed` and `--similar` against the real model, served by
+    /// llama-cpp-python with embeddings on (mean-pooled: Gemma 3 has no
+    /// pooling of its own, so the server would give a vector per token): the
+    /// plugin's vectors are the server's own, and a text ranks itself first.
+    @Test func llamacppEmbedsAndRanksTheRealModelsVectors() async throws {
+        let m = try await LocalModels.embedding()
+        let dir = PluginDir().addBuilt(provider: "llamacpp")
+        let env = ["DESCARTES_PLUGIN_PATH": dir.path, "HOME": "/nonexistent", "LLAMACPP_ENDPOINT": m.llama + "/v1"]
+        let texts = ["Paris is the capital of France.", "A cat sat on the mat."]
+        let out = await Proc.descartes(["embed", "-p", "llamacpp", "--timeout", "120"] + texts, env: env, timeout: .seconds(180))
+        #expect(out.status == 0, "\(out)")
+        let doc = try JSONValue.parse(out.stdout)
+        let vectors = try #require(doc["embeddings"]?.arrayValue, "\(out.stdout)")
+        #expect(vectors.count == 2)
+        #expect(vectors.first?.arrayValue?.count == 640, "Gemma 3 270M's width")
+        // The server's own answer for the same input: the same numbers.
+        let own = try await m.post(m.llama + "/v1/embeddings", ["input": .array(texts.map { .string($0) }), "model": .string(LocalModels.llamaModel)])
+        for i in 0..<2 {
+            let ours = vectors[i].arrayValue?.compactMap(\.doubleValue) ?? []
+            let theirs = own["data"]?[i]?["embedding"]?.arrayValue?.compactMap(\.doubleValue) ?? []
+            #expect(ours.count == theirs.count && zip(ours, theirs).allSatisfy { abs($0 - $1) <= 1e-5 * max(1, abs($1)) }, "vector \(i)")
+        }
+        let ranked = await Proc.descartes(
+            ["embed", "-p", "llamacpp", "--timeout", "120", "--similar", texts[0], "--json", texts[1], texts[0]], env: env, timeout: .seconds(180))
+        #expect(ranked.status == 0, "\(ranked)")
+        let results = try JSONValue.parse(ranked.stdout)["results"]?.arrayValue ?? []
+        #expect(results.map { $0["text"]?.stringValue } == [texts[0], texts[1]], "\(ranked.stdout)")
+        #expect((results.first?["score"]?.doubleValue ?? 0) > 0.999)
+        #expect((results.last?["score"]?.doubleValue ?? 1) < 0.99)
+    }
+
+    /// `complete` then `complete -c` against the real model: the second turn
+    /// continues the stored conversation (four messages stored: two turns).
+    @Test func llamacppContinuesAStoredConversation() async throws {
+        let m = try await LocalModels.get()
+        let dir = PluginDir().addBuilt(provider: "llamacpp")
+        let data = TempDir("descartes-conv")
+        let env = ["DESCARTES_PLUGIN_PATH": dir.path, "HOME": "/nonexistent", "XDG_DATA_HOME": data.path, "LLAMACPP_ENDPOINT": m.llama + "/v1"]
+        let common = ["-p", "llamacpp", "--max-tokens", "8", "--temperature", "0", "--set", "timeout_secs=120"]
+        let first = await Proc.descartes(["complete"] + common + ["--json", "Once upon a time"], env: env, timeout: .seconds(180))
+        #expect(first.status == 0, "\(first)")
+        let alone = try JSONValue.parse(first.stdout)["usage"]?["input_tokens"]?.intValue ?? 0
+        #expect(alone > 0, "\(first.stdout)")
+        let second = await Proc.descartes(["complete"] + common + ["-c", "--json", "And then?"], env: env, timeout: .seconds(180))
+        #expect(second.status == 0, "\(second)")
+        let answer = try JSONValue.parse(second.stdout)
+        let id = try #require(answer["conversation_id"]?.stringValue, "\(second.stdout)")
+        let stored = try #require(try ConversationStore(file: data.file("descartes/conversations.db")).conversation(id))
+        #expect(stored.messageCount == 4 && stored.provider == "llamacpp" && stored.title == "Once upon a time", "\(stored)")
+        // The second request carried the first turn: its input counts the
+        // first prompt, the answer and the turns' markers besides its own
+        // (shorter) prompt.
+        #expect((answer["usage"]?["input_tokens"]?.intValue ?? 0) > alone + 3, "\(first.stdout)\n\(second.stdout)")
+    }
 }

@@ -41,6 +41,18 @@ import time
 import urllib.request
 
 MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+# llama-cpp-python's server, run as `-m llama_cpp.server` would run it, with
+# mean pooling as the Llama default (see main: --embedding).
+EMBEDDING_SERVER = """
+import runpy, sys, llama_cpp
+init = llama_cpp.Llama.__init__
+def mean_pooled(self, *a, **k):
+    k.setdefault("pooling_type", llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    init(self, *a, **k)
+llama_cpp.Llama.__init__ = mean_pooled
+sys.argv[0] = "llama_cpp.server"
+runpy.run_module("llama_cpp.server", run_name="__main__")
+"""
 ALIAS = "gemma-3-270m"
 # ollama-proxy-plus's built-in OpenAI-compatible providers (config.py), each
 # redirected to a closed loopback port.
@@ -140,6 +152,8 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--no-ollama", action="store_true")
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--embedding", action="store_true",
+                    help="serve /v1/embeddings (mean-pooled; implies --no-ollama)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="descartes-local-models-")
@@ -150,17 +164,23 @@ def main():
         llama_port = free_port()
         llama_log = os.path.join(work, "llama.log")
         with open(llama_log, "wb") as log:
+            # Embeddings: Gemma 3 has no pooling of its own, so llama.cpp
+            # returns one vector per token; the server's settings have no
+            # pooling_type, so EMBEDDING_SERVER runs the same server module
+            # with mean pooling as the Llama default.
+            server = [sys.executable, "-c", EMBEDDING_SERVER] if args.embedding else [sys.executable, "-m", "llama_cpp.server"]
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", ALIAS,
+                server + ["--model", model, "--model_alias", ALIAS,
                  "--chat_format", "gemma", "--host", "127.0.0.1", "--port", str(llama_port),
                  "--n_ctx", str(args.n_ctx), "--n_threads", "2", "--seed", "7",
-                 "--interrupt_requests", "False", "--verbose", "False"],
+                 "--interrupt_requests", "False", "--verbose", "False"]
+                + (["--embedding", "True"] if args.embedding else []),
                 cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent))
         llama = f"http://127.0.0.1:{llama_port}"
         line = f"READY llama={llama}"
         ollama_port = None
-        if not args.no_ollama:
+        if not args.no_ollama and not args.embedding:
             ollama_port = free_port()
             cfg = os.path.join(work, "proxy.yaml")
             with open(cfg, "w") as f:

@@ -44,14 +44,22 @@ final class LocalModels: @unchecked Sendable {
     struct StartError: Error, CustomStringConvertible { var description: String }
 
     private static let shared = Lock<Result<LocalModels, StartError>?>(nil)
+    private static let sharedEmbedding = Lock<Result<LocalModels, StartError>?>(nil)
 
     /// The servers, started on first use (about 5 s) and shared by every test.
-    static func get() async throws -> LocalModels {
+    static func get() async throws -> LocalModels { try await started(shared, []) }
+
+    /// A second llama-cpp-python server of the same model serving
+    /// `/v1/embeddings` (mean-pooled: Gemma 3 has no pooling of its own), with
+    /// no Ollama front (`ollama` is empty); started on first use.
+    static func embedding() async throws -> LocalModels { try await started(sharedEmbedding, ["--embedding"]) }
+
+    private static func started(_ slot: Lock<Result<LocalModels, StartError>?>, _ args: [String]) async throws -> LocalModels {
         try await withCheckedThrowingContinuation { c in
             Proc.onThread {
-                let r = shared.withLock { s -> Result<LocalModels, StartError> in
+                let r = slot.withLock { s -> Result<LocalModels, StartError> in
                     if let s { return s }
-                    let started = start()
+                    let started = start(args)
                     s = started
                     return started
                 }
@@ -60,9 +68,9 @@ final class LocalModels: @unchecked Sendable {
         }
     }
 
-    private static func start() -> Result<LocalModels, StartError> {
+    private static func start(_ args: [String]) -> Result<LocalModels, StartError> {
         let child: Proc.PipedChild
-        do { child = try Proc.spawnPiped(["python3", "-u", FileSystem.join(TestEnv.root, "Tests/Servers/local_models.py")]) } catch {
+        do { child = try Proc.spawnPiped(["python3", "-u", FileSystem.join(TestEnv.root, "Tests/Servers/local_models.py")] + args) } catch {
             return .failure(StartError(description: error.description))
         }
         // Read the READY line (the model loads in a few seconds; the first
@@ -74,7 +82,7 @@ final class LocalModels: @unchecked Sendable {
         for part in text.split(separator: " ").dropFirst() {
             if let eq = part.firstIndex(of: "=") { fields[String(part[..<eq])] = String(part[part.index(after: eq)...]) }
         }
-        guard text.hasPrefix("READY "), let llama = fields["llama"], let ollama = fields["ollama"] else {
+        guard text.hasPrefix("READY "), let llama = fields["llama"], let ollama = fields["ollama"] ?? (args.isEmpty ? nil : "") else {
             close(child.toChild)
             var status: Int32 = 0
             waitpid(child.pid, &status, 0)
@@ -88,7 +96,12 @@ final class LocalModels: @unchecked Sendable {
     /// Closes the supervisor's stdin and waits (briefly) for it to stop both
     /// servers, so the test run leaves no process behind.
     private static func stopAtExit() {
-        guard case .success(let s)? = shared.withLock({ $0 }) else { return }
+        stop(shared)
+        stop(sharedEmbedding)
+    }
+
+    private static func stop(_ slot: Lock<Result<LocalModels, StartError>?>) {
+        guard case .success(let s)? = slot.withLock({ $0 }) else { return }
         close(s.toChild)
         for _ in 0..<100 {
             var status: Int32 = 0
