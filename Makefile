@@ -52,7 +52,8 @@ SHARE_DIR   = share/descartes
 # Every doc these name is installed with them (KitDocsTests checks it).
 PLUGIN_DOCS = docs/writing-a-plugin.md docs/abi.md docs/abi-changelog.md docs/manifest.md docs/conformance.md \
 	docs/isolation.md docs/policy.md docs/configuration.md docs/reliability.md \
-	docs/scaling.md docs/benchmarks.md
+	docs/scaling.md docs/benchmarks.md docs/embeddings.md docs/structured-output.md docs/gateway.md \
+	docs/headless.md docs/headless-cli-protocol.md docs/conversations.md docs/fault-matrix.md
 CFLAGS_PLUGIN ?= -std=c11 -O2 -Wall -Wextra -pedantic -Werror -fPIC -fvisibility=hidden -pthread
 
 .PHONY: all build stage stage-bench run test check api api-check deps test-deps install uninstall clean swift-build c-plugins check-header fuzz bench bench-headless bench-lock sanitize sanitize-address sanitize-thread soak
