@@ -74,8 +74,9 @@ extension Option {
             .complete: "A system prompt (continuing a conversation: replaces its own)", .chat: "A system prompt (continuing a conversation: replaces its own)",
             .tokens: "A system prompt to count too",
         ])
-    package static let maxTokens = Option("--max-tokens", value: "N", help: "The most tokens to generate", in: [.complete: .plain])
-    package static let temperature = Option("--temperature", value: "T", help: "Sampling temperature", in: [.complete: .plain])
+    package static let maxTokens = Option(
+        "--max-tokens", value: "N", help: "The most tokens to generate", in: [.complete: .plain, .chat: "The most tokens to generate, each answer"])
+    package static let temperature = Option("--temperature", value: "T", help: "Sampling temperature", in: [.complete: .plain, .chat: .plain])
     package static let tools = Option(
         "--tools", value: "FILE.json",
         help: """

@@ -33,12 +33,22 @@ enum ChatCommand {
     static func run(_ args: Arguments, globals: Globals) async -> ExitCode {
         let settings: [String: JSONValue]
         let reliability: ReliabilityOptions
+        var maxTokens: Int? = nil
+        var temperature: Double? = nil
         do throws(UsageError) {
             if args.flag(.continueConversation) && args.value(.conversation) != nil {
                 throw args.mistake("-c continues the most recent conversation, --conversation ID the one named: give one of them")
             }
             settings = try Commands.settings(args)
             reliability = try ReliabilityOptions(args, globals: globals)
+            if let n = try args.int(.maxTokens) {
+                guard n > 0 else { throw args.mistake("--max-tokens must be positive") }
+                maxTokens = n
+            }
+            if let t = try args.double(.temperature) {
+                guard t >= 0 else { throw args.mistake("--temperature must be a number >= 0") }
+                temperature = t
+            }
         } catch { usageFailure(error) }
         let provider = args.value(.provider)!
         let store = ConversationStore(file: ConversationStore.defaultFile())
@@ -99,6 +109,8 @@ enum ChatCommand {
 
             let prompt = Message(role: .user, content: text)
             var request = ModelRequest(messages: [prompt], model: args.value(.model))
+            request.maxTokens = maxTokens
+            request.temperature = temperature
             request = thread.request(request)
             let backend = built.backend
             let task = Task { () async -> Result<ModelResponse, any Error> in

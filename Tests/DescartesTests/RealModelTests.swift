@@ -249,4 +249,30 @@ struct RealModelTests {
         // (shorter) prompt.
         #expect((answer["usage"]?["input_tokens"]?.intValue ?? 0) > alone + 3, "\(first.stdout)\n\(second.stdout)")
     }
+
+    /// `descartes chat` from a pipe against the real model: each line a
+    /// turn, each answered (at most 8 tokens, `--max-tokens`), the second
+    /// sent with the first; both stored in one conversation.
+    @Test func llamacppChatsFromAPipe() async throws {
+        let m = try await LocalModels.get()
+        let dir = PluginDir().addBuilt(provider: "llamacpp")
+        let data = TempDir("descartes-chat")
+        let env = ["DESCARTES_PLUGIN_PATH": dir.path, "HOME": "/nonexistent", "XDG_DATA_HOME": data.path, "LLAMACPP_ENDPOINT": m.llama + "/v1"]
+        let out = await Proc.descartes(
+            ["chat", "-p", "llamacpp", "--max-tokens", "8", "--temperature", "0", "--set", "timeout_secs=120"], env: env,
+            stdin: "Once upon a time\nAnd then?\n", timeout: .seconds(180))
+        #expect(out.status == 0, "\(out)")
+        let store = ConversationStore(file: data.file("descartes/conversations.db"))
+        let chat = try #require(try store.latest(), "\(out)")
+        #expect(chat.provider == "llamacpp" && chat.messageCount == 4, "\(chat)")
+        let messages = try store.messages(chat.id)
+        #expect(messages.map(\.message.role) == [.user, .assistant, .user, .assistant])
+        for answer in [messages[1], messages[3]] {
+            #expect(!answer.message.content.isEmpty)
+            #expect(out.stdout.contains(answer.message.content), "\(out.stdout)")
+            #expect((answer.usage?.outputTokens ?? 99) <= 8, "\(String(describing: answer.usage))")
+        }
+        // The second answer's input counts the first turn too.
+        #expect((messages[3].usage?.inputTokens ?? 0) > (messages[1].usage?.inputTokens ?? 0) + 3)
+    }
 }
