@@ -81,6 +81,15 @@ package final class SQLiteDatabase: @unchecked Sendable {
 
     deinit { sqlite3_close_v2(db) }
 
+    /// No checkpoint when this connection, the last on the file, closes: a
+    /// short-lived process (one `descartes complete`) then pays no syncs at
+    /// exit; SQLite checkpoints when a commit finds the WAL full
+    /// (`wal_autocheckpoint`), and a reader recovers the WAL as it opens.
+    package func skipCheckpointOnClose() throws(SQLiteError) {
+        let rc = dsc_sqlite3_no_checkpoint_on_close(db)
+        if rc != SQLITE_OK { throw error(rc, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE") }
+    }
+
     private func error(_ rc: Int32, _ what: String) -> SQLiteError {
         SQLiteError(code: rc, message: "\(path): \(what): \(String(cString: sqlite3_errmsg(db)))")
     }
