@@ -48,11 +48,15 @@ import Testing
         let timer = DeadlineTimer()
         let clock = DescartesClock.continuous
         let fired = Lock<[Int]>([])
-        // Two live entries, due soon, scheduled among thousands cancelled ones.
+        // Two live entries, due soon, scheduled among thousands cancelled
+        // ones, their deadlines from one instant and the earlier one first:
+        // under load the loop took longer than the 150 ms between them, so
+        // a later-scheduled earlier deadline was already behind the other.
+        let base = ContinuousClock.now
         for i in 0..<5000 {
             let t = timer.schedule(at: .now + .seconds(600 + i % 7), on: clock) {}
-            if i == 1000 { timer.schedule(at: .now + .milliseconds(300), on: clock) { fired.withLock { $0.append(2) } } }
-            if i == 3000 { timer.schedule(at: .now + .milliseconds(150), on: clock) { fired.withLock { $0.append(1) } } }
+            if i == 1000 { timer.schedule(at: base + .milliseconds(150), on: clock) { fired.withLock { $0.append(1) } } }
+            if i == 3000 { timer.schedule(at: base + .milliseconds(300), on: clock) { fired.withLock { $0.append(2) } } }
             timer.cancel(t)
         }
         #expect(timer.pending < DeadlineTimer.compactAt * 2, "\(timer.pending) entries kept for 5,000 cancelled and 2 live")
