@@ -83,6 +83,16 @@ package enum Commands {
         return out
     }
 
+    /// `--max-tokens N` and `--temperature T`, checked once for every
+    /// command that takes them (`complete`, `chat`): nil when not given.
+    package static func sampling(_ args: Arguments) throws(UsageError) -> (maxTokens: Int?, temperature: Double?) {
+        let n = try args.int(.maxTokens)
+        if let n, n <= 0 { throw args.mistake("--max-tokens must be positive") }
+        let t = try args.double(.temperature)
+        if let t, !(t >= 0) { throw args.mistake("--temperature must be a number >= 0") }
+        return (n, t)
+    }
+
     /// `--set` puts values in argv, which other users can read (ps): say so
     /// for a key the manifest marks secret.
     package static func warnAboutSecretsOnTheCommandLine(_ settings: [String: JSONValue], plugin: String, factory: ProviderFactory) {

@@ -41,14 +41,7 @@ enum ChatCommand {
             }
             settings = try Commands.settings(args)
             reliability = try ReliabilityOptions(args, globals: globals)
-            if let n = try args.int(.maxTokens) {
-                guard n > 0 else { throw args.mistake("--max-tokens must be positive") }
-                maxTokens = n
-            }
-            if let t = try args.double(.temperature) {
-                guard t >= 0 else { throw args.mistake("--temperature must be a number >= 0") }
-                temperature = t
-            }
+            (maxTokens, temperature) = try Commands.sampling(args)
         } catch { usageFailure(error) }
         let provider = args.value(.provider)!
         let store = ConversationStore(file: ConversationStore.defaultFile())

@@ -77,14 +77,7 @@ enum CompleteCommand {
             }
             let approvals = args.all(.approve)
             if !approvals.isEmpty { request.approval = try approvalPolicy(approvals, args) }
-            if let n = try args.int(.maxTokens) {
-                guard n > 0 else { throw args.mistake("--max-tokens must be positive") }
-                request.maxTokens = n
-            }
-            if let t = try args.double(.temperature) {
-                guard t >= 0 else { throw args.mistake("--temperature must be a number >= 0") }
-                request.temperature = t
-            }
+            (request.maxTokens, request.temperature) = try Commands.sampling(args)
             if let c = args.value(.toolChoice) {
                 switch c {
                 case "auto": request.toolChoice = .auto

@@ -142,6 +142,11 @@ import Testing
             (["plugins", "verify", "--spec", "x.yaml"], "--spec goes with --conformance"),
             (["complete", "-p", "echo", "--max-tokens", "lots", "hi"], "option '--max-tokens' needs an integer, got 'lots'"),
             (["--config"], "option '--config' needs a value (FILE)"),
+            // One check for both commands that take them (Commands.sampling).
+            (["complete", "-p", "echo", "--max-tokens", "0", "hi"], "--max-tokens must be positive"),
+            (["chat", "-p", "echo", "--max-tokens", "0"], "--max-tokens must be positive"),
+            (["complete", "-p", "echo", "--temperature", "-0.5", "hi"], "--temperature must be a number >= 0"),
+            (["chat", "-p", "echo", "--temperature", "-1"], "--temperature must be a number >= 0"),
         ]
         for (args, message) in cases {
             let r = await run(TestEnv.descartes, args)
