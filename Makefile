@@ -128,13 +128,13 @@ uninstall:
 # together with the whole suite on two cores, a call due in 300 ms was seen
 # answered 5 s late, which says nothing about the product. The real-model
 # suite (RealModelTests) and the real agent CLIs against the gateway
-# (RealAgentTests) run last, on their own: a model generating tokens or a
-# Node.js agent starting takes both cores. With TEST_ARGS (a --filter), one
+# (RealAgentTests) and Mistral's vibe (VibeACPTests) run last, on their own:
+# a model generating tokens or an agent starting takes both cores. With TEST_ARGS (a --filter), one
 # run as asked.
 TEST_PREFIX := $(abspath build/test-prefix)
 TIMED := \.($(shell sed -e 's/\#.*//' -e '/^ *$$/d' Tests/timed-tests.txt | paste -sd'|'))
 TIMED_WIDTH ?= 4
-LAST := RealModelTests|RealAgentTests
+LAST := RealModelTests|RealAgentTests|VibeACPTests
 test:
 	$(MAKE) --no-print-directory install CONFIG=debug STAGE=build/stage-debug PREFIX=$(TEST_PREFIX) DESTDIR=
 	$(SWIFT) build --build-tests

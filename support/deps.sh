@@ -69,6 +69,28 @@ print("model:", assemble(os.path.join(cache, "descartes-test", "gemma-3-270m-q4_
 PY
 echo "real-model test dependencies ready in $(( $(date +%s) - start )) s"
 
+# Mistral's coding agent in ACP mode (PyPI mistral-vibe: VibeACPTests, a real
+# ACP agent) needs Python 3.12 or later, and Debian 12's python3 is 3.11: it
+# goes into a venv under the test cache when a Python 3.12+ is found (on PATH
+# or among pyenv's versions). Without one the suite is skipped and says why.
+vibe_venv="${XDG_CACHE_HOME:-$HOME/.cache}/descartes-test/vibe-venv"
+vibe_python=""
+for p in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+  if "$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then vibe_python="$p"; break; fi
+done
+if [ -x "$vibe_venv/bin/vibe-acp" ]; then
+  echo "vibe-acp: $vibe_venv/bin/vibe-acp"
+elif [ -n "$vibe_python" ]; then
+  if "$vibe_python" -m venv "$vibe_venv" && "$vibe_venv/bin/pip" install --quiet --disable-pip-version-check 'mistral-vibe==3.0.2'; then
+    echo "vibe-acp: $vibe_venv/bin/vibe-acp (mistral-vibe 3.0.2, $("$vibe_python" --version))"
+  else
+    rm -rf "$vibe_venv"
+    echo "mistral-vibe did not install with $vibe_python: VibeACPTests will be skipped" >&2
+  fi
+else
+  echo "no Python 3.12 or later here: VibeACPTests (mistral-vibe) will be skipped" >&2
+fi
+
 # The real Claude Code binary for the headless tests: ../shared/tools/claude-cli.sh
 # downloads the claude-agent-sdk wheel from PyPI and extracts the bundled
 # `claude` (cached under ~/.cache/descartes-test); the tests run the same
