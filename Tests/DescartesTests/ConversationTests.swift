@@ -386,6 +386,60 @@ extension ConversationTests {
         try await tmux.type("!exit")
         try await tmux.expectExit()
     }
+
+    /// The same with the real `codex`: a chat is a session (each later turn
+    /// `codex exec resume`), Ctrl-C while codex waits for its model stops
+    /// codex, and the next turn resumes the thread and is answered. The
+    /// scripted model answers by what the request asks (a resumed turn
+    /// carries the earlier ones, so the newest question is matched first).
+    @Test func ctrlCInAChatWithTheRealCodexThenTheNextTurnIsAnswered() async throws {
+        let h = try await CodexHarness()
+        try await h.server.script([
+            "POST /v1/responses": [
+                CodexHarness.answer("the second answer").with(["match": "second question"]),
+                ScriptedServer.Response.hang.with(["match": "first question"]),
+                CodexHarness.answer("the zeroth answer").with(["match": "zeroth question"]),
+            ]
+        ])
+        let dir = TempDir("descartes-conv")
+        let config = dir.write(
+            "providers.yaml",
+            """
+            providers:
+              cx:
+                plugin: codex-cli
+                command: \(h.codex)
+                api_key: \(CodexHarness.apiKey)
+                base_url: \(h.server.url)/v1
+                codex_home: \(h.codexHome.path)
+                model: test-model
+                cwd: \(h.work.path)
+                env: {HOME: \(h.home.path), DESCARTES_TEST_MARK: \(h.mark), PATH: /usr/bin:/bin}
+            """)
+        let env = ["DESCARTES_PLUGIN_PATH": CodexHarness.plugins.path, "XDG_DATA_HOME": dir.path, "XDG_STATE_HOME": dir.path, "NO_COLOR": "1"]
+        let tmux = try await Tmux.start([TestEnv.descartes, "--config", config, "chat", "-p", "cx"], env: env)
+        try await tmux.expect("Chatting with cx")
+        try await tmux.type("zeroth question")
+        try await tmux.expect("the zeroth answer")
+        try await tmux.type("first question")
+        var asked = false
+        for _ in 0..<400 where !asked {
+            asked = ((try? await h.server.requests()) ?? []).contains { $0.body.contains("first question") }
+            if !asked { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(asked, "codex never sent the first question")
+        try await tmux.keys("C-c")
+        try await tmux.expect("(cancelled")
+        #expect(await ProcScan.eventually(.seconds(10)) { ProcScan.marked(h.mark).isEmpty }, "\(ProcScan.marked(h.mark))")
+        try await tmux.type("second question")
+        try await tmux.expect("the second answer")
+        // The answered turn resumed the thread: its request carries the zeroth turn.
+        let last = try #require(try await h.server.requests().last)
+        #expect(last.body.contains("zeroth question") && last.body.contains("second question"))
+        try await tmux.type("!exit")
+        try await tmux.expectExit()
+        #expect(await ProcScan.eventually { ProcScan.marked(h.mark).isEmpty })
+    }
 }
 
 /// A terminal a test types into: a tmux session on a server of its own
