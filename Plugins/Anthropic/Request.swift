@@ -15,10 +15,12 @@ enum AnthropicRequest {
     ///   results (`tool` messages) become `tool_result` blocks of one user
     ///   turn, as the API requires; a failed tool's (`Message.isError`) is
     ///   marked `is_error`.
-    /// - Assistant turns carry a `thinking` block when the message has
-    ///   reasoning and its signature (needed when thinking and tool use mix),
-    ///   their text, and `tool_use` blocks whose `input` is the parsed
-    ///   arguments.
+    /// - Assistant turns carry their reasoning blocks first, in order and
+    ///   unmodified (`Message.reasoningToSendBack`: each `thinking` block
+    ///   with its own signature, each `redacted_thinking` with its data;
+    ///   needed when thinking and tool use mix, and a thinking block without
+    ///   a signature is not sent), their text, and `tool_use` blocks whose
+    ///   `input` is the parsed arguments.
     /// - `max_tokens` is always sent (the request's, else `defaultMaxTokens`).
     /// - A message's or tool's own breakpoint (`Message.cacheControl`,
     ///   `Tool.cacheControl`) becomes the `cache_control` of its last block
@@ -181,8 +183,13 @@ enum AnthropicRequest {
                 add("user", [.object(block)])
             case .assistant:
                 var blocks: [JSONValue] = []
-                if let reasoning = m.reasoning, !reasoning.isEmpty, let sig = m.reasoningSignature, !sig.isEmpty {
-                    blocks.append(["type": "thinking", "thinking": .string(reasoning), "signature": .string(sig)])
+                for b in m.reasoningToSendBack {
+                    switch b {
+                    case .thinking(let text, let sig?) where !sig.isEmpty:
+                        blocks.append(["type": "thinking", "thinking": .string(text), "signature": .string(sig)])
+                    case .thinking: continue  // unsigned (another provider's): Anthropic refuses it
+                    case .redacted(let data): blocks.append(["type": "redacted_thinking", "data": .string(data)])
+                    }
                 }
                 if !m.content.isEmpty { blocks.append(["type": "text", "text": .string(m.content)]) }
                 for c in m.toolCalls {

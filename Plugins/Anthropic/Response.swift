@@ -10,9 +10,13 @@ import DescartesPluginKit
 /// `message_delta` (stop reason, usage updated key by key), `message_stop`
 /// (the terminal event), and `error` (which ends the stream with that
 /// error). Unknown event and block types are ignored, as Anthropic's
-/// versioning policy asks of clients. A thinking block's signature is sent
-/// when the block stops (`reasoningSignature`, ABI 1.3) and is in the
-/// Finish's metadata.
+/// versioning policy asks of clients. Every reasoning block is kept, in
+/// order: a thinking block's own signature is sent when the block stops
+/// (`reasoningSignature`, ABI 1.3; the last one is in the Finish's metadata
+/// as `thinking_signature`), a `redacted_thinking` block's data when it
+/// starts (`reasoningRedacted`, ABI 1.4), so the host's
+/// `ModelResponse.reasoningBlocks` are the message's, to send back as they
+/// came.
 ///
 /// On the hot path (`content_block_delta`) nothing is allocated: the delta's
 /// text is handed on as the bytes inside the event.
@@ -35,8 +39,12 @@ struct AnthropicStream {
     var stopped = false
     var blocks: [Int: Block] = [:]
     var tools = 0
+    /// The open thinking block's signature (its start's, then its `signature_delta`s).
     var signature: [UInt8] = []
-    var redactedThinking: [JSONValue] = []
+    /// The last thinking block's signature, for the Finish's metadata.
+    var lastSignature: String?
+    /// A `redacted_thinking` block came (an answer of reasoning only says something).
+    var redacted = false
     // Usage as Anthropic reports it (input excludes cache reads and writes).
     var input = 0, cacheWrite = 0, cacheRead = 0, output = 0, thinking = 0
     var sawUsage = false
@@ -160,10 +168,10 @@ struct AnthropicStream {
                 said = true
                 call.reasoning(t)
             }
-            if let s = block["signature"]?.stringValue { signature = Array(s.utf8) }
+            signature = Array((block["signature"]?.stringValue ?? "").utf8)
         case "redacted_thinking":
             blocks[index] = .other
-            if let d = block["data"] { redactedThinking.append(d) }
+            redactedBlock(block, call)
         case "tool_use":
             let i = tools
             tools += 1
@@ -236,7 +244,7 @@ struct AnthropicStream {
                     try r.skipValue()
                 }
             } else if k == "signature" {
-                try r.withStringBytes { signature.append(contentsOf: $0) }
+                if case .thinking = block { try r.withStringBytes { signature.append(contentsOf: $0) } } else { try r.skipValue() }
             } else {
                 try r.skipValue()
             }
@@ -251,14 +259,33 @@ struct AnthropicStream {
         }
         guard let index else { return }
         if case .thinking? = blocks[index] {
-            // The signature came as signature_delta (or in the block's start): before the next block.
-            if !signature.isEmpty { call.reasoningSignature(String(decoding: signature, as: UTF8.self)) }
+            // The signature came as signature_delta (or in the block's
+            // start): it ends this block, before the next one.
+            blocks[index] = .other
+            endThinking(call)
             return
         }
         guard case .tool(let i, let saw, let input)? = blocks[index] else { return }
         if !saw && !input.isEmpty { call.toolCallDelta(index: i, input) }
         call.toolCallEnd(index: i)
         blocks[index] = .other
+    }
+
+    /// The open thinking block ends: its signature, when it has one.
+    mutating func endThinking(_ call: EventBatcher) {
+        guard !signature.isEmpty else { return }
+        let s = String(decoding: signature, as: UTF8.self)
+        signature = []
+        lastSignature = s
+        call.reasoningSignature(s)
+    }
+
+    /// A `redacted_thinking` block: its `data` (a string), whole, as a
+    /// reasoning block of its own.
+    mutating func redactedBlock(_ block: JSONValue, _ call: EventBatcher) {
+        guard let data = block["data"]?.stringValue else { return }
+        redacted = true
+        call.reasoningRedacted(data)
     }
 
     mutating func messageDelta(_ r: inout JSONReader) throws {
@@ -297,13 +324,13 @@ struct AnthropicStream {
                 blocks[index] = .other
             }
         }
+        endThinking(call)  // a thinking block the stream left open
         let reason = Self.finishReason(stopReason)
-        try EmptyAnswer.check(said: said || tools > 0 || !redactedThinking.isEmpty, finish: reason, field: "stop_reason", raw: stopReason)
+        try EmptyAnswer.check(said: said || tools > 0 || redacted, finish: reason, field: "stop_reason", raw: stopReason)
         var meta = JSONObject()
         if let raw = stopReason, raw != reason.rawValue { meta["provider_finish_reason"] = .string(raw) }
         if let s = stopSequence { meta["stop_sequence"] = .string(s) }
-        if !signature.isEmpty { meta["thinking_signature"] = .string(String(decoding: signature, as: UTF8.self)) }
-        if !redactedThinking.isEmpty { meta["redacted_thinking"] = .array(redactedThinking) }
+        if let s = lastSignature { meta["thinking_signature"] = .string(s) }
         return Wire.Finish(
             finishReason: reason, usage: sawUsage ? normalizedUsage : nil, model: model, id: id, metadata: meta)
     }
@@ -368,16 +395,24 @@ struct AnthropicStream {
             s.thinking = u["output_tokens_details"]?["thinking_tokens"]?.intValue ?? 0
         }
         s.ensureStarted(call)
-        var text = ""
-        var reasoning = ""
+        // Blocks in order: each thinking block with its own signature, the
+        // redacted ones in their places (as the stream gives them).
         for b in content {
             switch b["type"]?.stringValue {
-            case "text": text += b["text"]?.stringValue ?? ""
+            case "text":
+                if let t = b["text"]?.stringValue, !t.isEmpty {
+                    s.said = true
+                    call.text(t)
+                }
             case "thinking":
-                reasoning += b["thinking"]?.stringValue ?? ""
-                if let sig = b["signature"]?.stringValue { s.signature = Array(sig.utf8) }
+                if let t = b["thinking"]?.stringValue, !t.isEmpty {
+                    s.said = true
+                    call.reasoning(t)
+                }
+                s.signature = Array((b["signature"]?.stringValue ?? "").utf8)
+                s.endThinking(call)
             case "redacted_thinking":
-                if let d = b["data"] { s.redactedThinking.append(d) }
+                s.redactedBlock(b, call)
             case "tool_use":
                 let input = b["input"] ?? [:]
                 call.toolCall(
@@ -387,9 +422,6 @@ struct AnthropicStream {
             default: break
             }
         }
-        if !reasoning.isEmpty { call.reasoning(reasoning) }
-        if !text.isEmpty { call.text(text) }
-        s.said = !reasoning.isEmpty || !text.isEmpty
         return try s.finish(call)
     }
 }

@@ -21,8 +21,11 @@ enum ConverseRequest {
     /// - Consecutive messages of one role are merged into one turn; tool
     ///   results are `toolResult` blocks of a user turn (`json` content when
     ///   the result is a JSON object, `text` otherwise).
-    /// - Assistant turns: `reasoningContent` (when the message has reasoning
-    ///   and its signature), text, `toolUse` blocks with the parsed input.
+    /// - Assistant turns: their reasoning blocks first, in order and
+    ///   unmodified (`Message.reasoningToSendBack`: `reasoningContent`
+    ///   `reasoningText` with its own signature, or `redactedContent`; an
+    ///   unsigned thinking block is not sent), text, `toolUse` blocks with
+    ///   the parsed input.
     /// - Images are `image` blocks with base64 `bytes`; a URL image is refused
     ///   (Converse takes bytes or an S3 location only).
     /// - `inferenceConfig`: maxTokens, temperature, topP, stopSequences.
@@ -157,8 +160,13 @@ enum ConverseRequest {
                 add("user", [["toolResult": .object(result)]])
             case .assistant:
                 var blocks: [JSONValue] = []
-                if let reasoning = m.reasoning, !reasoning.isEmpty, let sig = m.reasoningSignature, !sig.isEmpty {
-                    blocks.append(["reasoningContent": ["reasoningText": ["text": .string(reasoning), "signature": .string(sig)]]])
+                for b in m.reasoningToSendBack {
+                    switch b {
+                    case .thinking(let text, let sig?) where !sig.isEmpty:
+                        blocks.append(["reasoningContent": ["reasoningText": ["text": .string(text), "signature": .string(sig)]]])
+                    case .thinking: continue  // unsigned (another provider's): Claude refuses it
+                    case .redacted(let data): blocks.append(["reasoningContent": ["redactedContent": .string(data)]])
+                    }
                 }
                 if !m.content.isEmpty { blocks.append(["text": .string(m.content)]) }
                 for c in m.toolCalls {
@@ -178,7 +186,9 @@ enum ConverseRequest {
 /// Events (`:message-type` `event`, named by `:event-type`): `messageStart`,
 /// `contentBlockStart` (a `toolUse` start with id and name),
 /// `contentBlockDelta` (`text`, `toolUse.input` fragments,
-/// `reasoningContent.text` / `.signature`), `contentBlockStop`,
+/// `reasoningContent.text` / `.signature` / `.redactedContent`, each
+/// reasoning block its own, its signature sent when it stops),
+/// `contentBlockStop`,
 /// `messageStop` (the stop reason), `metadata` (usage, after messageStop).
 /// `:message-type` `exception` (`:exception-type` `throttlingException`,
 /// `modelStreamErrorException`, `validationException`,
@@ -191,8 +201,9 @@ struct ConverseStream {
     var tools: [Int: Int] = [:]  // content block index -> tool call index
     var toolArgs: Set<Int> = []
     var toolCount = 0
+    /// The open reasoning block's signature, and the last block's (the Finish's metadata).
     var signature = ""
-    var signaturePending = false
+    var lastSignature: String?
     var usage: JSONValue?
     var latencyMS: Int?
     var model: String?
@@ -243,10 +254,8 @@ struct ConverseStream {
             if let t = delta["text"]?.stringValue, !t.isEmpty { call.text(t) }
             if let r = delta["reasoningContent"] {
                 if let t = r["text"]?.stringValue, !t.isEmpty { call.reasoning(t) }
-                if let s = r["signature"]?.stringValue {
-                    signature += s
-                    signaturePending = true
-                }
+                if let s = r["signature"]?.stringValue { signature += s }
+                if let d = r["redactedContent"]?.stringValue { call.reasoningRedacted(d) }
             }
             if let input = delta["toolUse"]?["input"]?.stringValue, let block = payload["contentBlockIndex"]?.intValue, answerBlocks.contains(block) {
                 if !input.isEmpty { call.text(input) }
@@ -255,11 +264,8 @@ struct ConverseStream {
                 call.toolCallDelta(index: i, input)
             }
         case "contentBlockStop":
-            if signaturePending {
-                // The reasoning block is complete: its signature before what follows.
-                signaturePending = false
-                call.reasoningSignature(signature)
-            }
+            // The reasoning block is complete: its signature before what follows.
+            endReasoning(call)
             if let block = payload["contentBlockIndex"]?.intValue, let i = tools.removeValue(forKey: block) {
                 if !toolArgs.contains(i) { call.toolCallDelta(index: i, "{}") }
                 call.toolCallEnd(index: i)
@@ -275,8 +281,17 @@ struct ConverseStream {
         }
     }
 
+    /// The open reasoning block ends: its signature, when it has one.
+    mutating func endReasoning(_ call: EventBatcher) {
+        guard !signature.isEmpty else { return }
+        lastSignature = signature
+        call.reasoningSignature(signature)
+        signature = ""
+    }
+
     mutating func finish(_ call: EventBatcher) -> Wire.Finish {
         ensureStarted(call)
+        endReasoning(call)
         for (_, i) in tools.sorted(by: { $0.key < $1.key }) {
             if !toolArgs.contains(i) { call.toolCallDelta(index: i, "{}") }
             call.toolCallEnd(index: i)
@@ -287,7 +302,7 @@ struct ConverseStream {
         if structured && reason == .toolUse && toolCount == 0 { reason = .stop }
         var meta = JSONObject()
         if let raw = stopReason, raw != reason.rawValue { meta["provider_finish_reason"] = .string(raw) }
-        if !signature.isEmpty { meta["thinking_signature"] = .string(signature) }
+        if let s = lastSignature { meta["thinking_signature"] = .string(s) }
         if let l = latencyMS { meta["latency_ms"] = .integer(l) }
         return Wire.Finish(finishReason: reason, usage: usage.map(Self.usage), model: model, metadata: meta)
     }
@@ -326,16 +341,18 @@ struct ConverseStream {
         s.model = model
         s.structured = structured
         s.ensureStarted(call)
-        var text = ""
-        var reasoning = ""
+        // Blocks in order: each reasoning block with its own signature, the
+        // redacted ones in their places (as the stream gives them).
         for b in content {
-            if let t = b["text"]?.stringValue { text += t }
+            if let t = b["text"]?.stringValue, !t.isEmpty { call.text(t) }
             if let r = b["reasoningContent"]?["reasoningText"] {
-                reasoning += r["text"]?.stringValue ?? ""
-                if let sig = r["signature"]?.stringValue { s.signature = sig }
+                if let t = r["text"]?.stringValue, !t.isEmpty { call.reasoning(t) }
+                s.signature = r["signature"]?.stringValue ?? ""
+                s.endReasoning(call)
             }
+            if let d = b["reasoningContent"]?["redactedContent"]?.stringValue { call.reasoningRedacted(d) }
             if let use = b["toolUse"], structured, use["name"]?.stringValue == ConverseRequest.answerTool {
-                text += (use["input"] ?? [:]).jsonText
+                call.text((use["input"] ?? [:]).jsonText)
             } else if let use = b["toolUse"] {
                 call.toolCall(
                     index: s.toolCount,
@@ -343,8 +360,6 @@ struct ConverseStream {
                 s.toolCount += 1
             }
         }
-        if !reasoning.isEmpty { call.reasoning(reasoning) }
-        if !text.isEmpty { call.text(text) }
         s.stopReason = o["stopReason"]?.stringValue
         s.usage = o["usage"]
         s.latencyMS = o["metrics"]?["latencyMs"]?.intValue

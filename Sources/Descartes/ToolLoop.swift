@@ -145,10 +145,7 @@ extension ModelBackend {
             turns += 1
             usage = Self.sum(usage, response.usage)
             cost = cost.flatMap { c in response.costUSD.map { c + $0 } }
-            var answer = Message.assistant(response.content, toolCalls: response.toolCalls)
-            answer.reasoning = response.reasoning
-            answer.reasoningSignature = response.reasoningSignature
-            next.messages.append(answer)
+            next.messages.append(.assistant(response))
             let done = response.toolCalls.isEmpty
             if done || turns == maxTurns {
                 return ToolLoopResult(

@@ -64,7 +64,51 @@ public struct ResponseAssembler: Sendable {
     public init(provider: String) { self.provider = provider }
 
     public mutating func appendText(_ b: UnsafeRawBufferPointer) { content.append(contentsOf: b) }
-    public mutating func appendReasoning(_ b: UnsafeRawBufferPointer) { reasoning.append(contentsOf: b) }
+    public mutating func appendReasoning(_ b: UnsafeRawBufferPointer) {
+        reasoning.append(contentsOf: b)
+        openThinking.append(contentsOf: b)
+    }
+
+    /// Reasoning blocks ended so far, and the text of the open one.
+    private var blocks: [ReasoningBlock] = []
+    private var openThinking: [UInt8] = []
+    /// A REASONING_SIGNATURE came (the plugin signs block by block).
+    private var signedInStream = false
+
+    /// A REASONING_SIGNATURE: the open thinking block (the reasoning since
+    /// the previous block ended, possibly none) ends, signed.
+    public mutating func signReasoning(_ signature: String) {
+        signedInStream = true
+        blocks.append(.thinking(String(decoding: openThinking, as: UTF8.self), signature: signature))
+        openThinking = []
+    }
+
+    /// A REASONING_REDACTED: the open thinking block ends (unsigned), and
+    /// the redacted block follows it.
+    public mutating func appendRedactedReasoning(_ data: String) {
+        if !openThinking.isEmpty { blocks.append(.thinking(String(decoding: openThinking, as: UTF8.self), signature: nil)) }
+        openThinking = []
+        blocks.append(.redacted(data))
+    }
+
+    /// The reasoning blocks, the open one ended. `lateSignature` (the
+    /// Finish's, from a plugin that signs only with its answer) signs the
+    /// last thinking block when no signature was streamed, or makes a
+    /// thinking block of its own (no text) when there is none to sign.
+    public func reasoningBlocks(lateSignature: String?) -> [ReasoningBlock] {
+        var out = blocks
+        let late = signedInStream ? nil : lateSignature
+        if !openThinking.isEmpty {
+            out.append(.thinking(String(decoding: openThinking, as: UTF8.self), signature: late))
+        } else if let late {
+            if case .thinking(let t, nil)? = out.last {
+                out[out.count - 1] = .thinking(t, signature: late)
+            } else {
+                out.append(.thinking("", signature: late))
+            }
+        }
+        return out
+    }
 
     /// Records the start of tool call `index`; an empty id gets a made-up one.
     public mutating func startToolCall(index: Int, id: String, name: String) throws(ProviderError) -> String {
@@ -102,18 +146,20 @@ public struct ResponseAssembler: Sendable {
         }
     }
 
-    public var hasOutput: Bool { !content.isEmpty || !reasoning.isEmpty || !callOrder.isEmpty }
+    public var hasOutput: Bool { !content.isEmpty || !reasoning.isEmpty || !callOrder.isEmpty || !blocks.isEmpty }
 
     /// The response, given the plugin's Finish document.
     public func response(_ f: Wire.Finish) -> ModelResponse {
         var finish = f.finishReason
         // A provider that reports "stop" while returning tool calls means tool use.
         if finish == .stop && !callOrder.isEmpty { finish = .toolUse }
-        return ModelResponse(
+        var r = ModelResponse(
             content: String(decoding: content, as: UTF8.self),
             reasoning: reasoning.isEmpty ? nil : String(decoding: reasoning, as: UTF8.self),
             finishReason: finish, usage: f.usage ?? usage ?? Usage(), toolCalls: toolCalls,
             model: f.model ?? model ?? "", id: f.id ?? id, costUSD: f.costUSD, provider: provider,
             metadata: f.metadata)
+        r.reasoningBlocks = reasoningBlocks(lateSignature: r.reasoningSignature)
+        return r
     }
 }

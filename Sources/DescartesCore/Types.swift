@@ -30,9 +30,22 @@ public struct Message: Sendable, Hashable {
     /// Optional author name (some providers accept one per message).
     public var name: String?
     /// For `assistant` messages: reasoning text and its provider signature,
-    /// when a provider needs them sent back on the next turn.
+    /// when a provider needs them sent back on the next turn. The single
+    /// block view of `reasoningBlocks`: a message built from an answer or
+    /// by the gateway has `reasoning` = the thinking blocks' texts joined
+    /// and `reasoningSignature` = the last signature. A caller that sets
+    /// only these two (and no `reasoningBlocks`) sends one thinking block
+    /// (`reasoningToSendBack`).
     public var reasoning: String?
     public var reasoningSignature: String?
+    /// For `assistant` messages: the answer's reasoning blocks, in order,
+    /// each with its own signature or the provider's encrypted data, sent
+    /// back unmodified on the next turn (Anthropic and Bedrock require
+    /// every thinking and redacted_thinking block back when thinking and
+    /// tool use mix). `ModelResponse.reasoningBlocks` is what to put here.
+    /// Empty: `reasoning` and `reasoningSignature` say it all. In the ABI's
+    /// JSON, the message's optional `reasoning_blocks` (ABI 1.4).
+    public var reasoningBlocks: [ReasoningBlock]
     /// For `user` messages: images shown to the model with the text. Only
     /// providers whose manifest has the `vision` capability take them.
     public var images: [ImageInput]
@@ -55,9 +68,10 @@ public struct Message: Sendable, Hashable {
     public init(
         role: Role, content: String, toolCalls: [ToolCall] = [], toolCallID: String? = nil, name: String? = nil,
         reasoning: String? = nil, reasoningSignature: String? = nil, images: [ImageInput] = [], cacheControl: JSONValue? = nil,
-        isError: Bool = false
+        isError: Bool = false, reasoningBlocks: [ReasoningBlock] = []
     ) {
         self.isError = isError
+        self.reasoningBlocks = reasoningBlocks
         self.cacheControl = cacheControl
         self.role = role
         self.content = content
@@ -79,6 +93,51 @@ public struct Message: Sendable, Hashable {
     /// A tool's result; `isError`: the tool failed and `output` says how.
     public static func tool(callID: String, _ output: String, isError: Bool = false) -> Message {
         Message(role: .tool, content: output, toolCallID: callID, isError: isError)
+    }
+}
+
+/// One block of an answer's reasoning: thinking text with the provider's
+/// signature of it, or a block the provider returns encrypted. A provider
+/// that signs its reasoning (Anthropic, Bedrock's Claude) checks each block
+/// it gets back against its signature, so blocks are kept whole and in
+/// order, never merged.
+public enum ReasoningBlock: Sendable, Hashable {
+    /// Thinking text and its signature (nil: the provider signs none).
+    case thinking(String, signature: String?)
+    /// Encrypted reasoning (Anthropic's `redacted_thinking` `data`,
+    /// Bedrock's `redactedContent`), opaque, sent back as it came.
+    case redacted(String)
+
+    /// The thinking text (nil for a redacted block).
+    public var text: String? {
+        if case .thinking(let t, _) = self { return t }
+        return nil
+    }
+
+    /// The signature of a thinking block.
+    public var signature: String? {
+        if case .thinking(_, let s) = self { return s }
+        return nil
+    }
+}
+
+extension Message {
+    /// The reasoning blocks to send back to the provider that wrote them:
+    /// `reasoningBlocks`, or when there are none one thinking block of
+    /// `reasoning` signed with `reasoningSignature` (both present and not
+    /// empty), or none.
+    public var reasoningToSendBack: [ReasoningBlock] {
+        if !reasoningBlocks.isEmpty { return reasoningBlocks }
+        if let r = reasoning, !r.isEmpty, let sig = reasoningSignature, !sig.isEmpty { return [.thinking(r, signature: sig)] }
+        return []
+    }
+
+    /// An assistant message that carries `response` back on the next turn:
+    /// its text, tool calls and reasoning (every block, and the joined view).
+    public static func assistant(_ response: ModelResponse) -> Message {
+        Message(
+            role: .assistant, content: response.content, toolCalls: response.toolCalls, reasoning: response.reasoning,
+            reasoningSignature: response.reasoningSignature, reasoningBlocks: response.reasoningBlocks)
     }
 }
 
@@ -286,8 +345,16 @@ public struct Attempt: Sendable, Hashable {
 /// A model's complete answer.
 public struct ModelResponse: Sendable, Hashable {
     public var content: String
-    /// Reasoning ("thinking") text, when the model produced any.
+    /// Reasoning ("thinking") text, when the model produced any: every
+    /// reasoning fragment, joined (the thinking blocks' texts).
     public var reasoning: String?
+    /// The reasoning as the provider's blocks, in order: each thinking
+    /// block with its own signature, and the encrypted (redacted) ones. The
+    /// host builds them from the stream (a REASONING_SIGNATURE event ends a
+    /// block, a REASONING_REDACTED event is one); a plugin that signs only
+    /// with its answer (`metadata`, see `reasoningSignature`) gets that
+    /// signature on its last thinking block. Empty when there was no reasoning.
+    public var reasoningBlocks: [ReasoningBlock]
     public var finishReason: FinishReason
     public var usage: Usage
     public var toolCalls: [ToolCall]
@@ -308,8 +375,9 @@ public struct ModelResponse: Sendable, Hashable {
     public init(
         content: String = "", reasoning: String? = nil, finishReason: FinishReason = .stop, usage: Usage = Usage(),
         toolCalls: [ToolCall] = [], model: String = "", id: String? = nil, costUSD: Double? = nil,
-        provider: String = "", attempts: [Attempt] = [], metadata: JSONObject = [:]
+        provider: String = "", attempts: [Attempt] = [], metadata: JSONObject = [:], reasoningBlocks: [ReasoningBlock] = []
     ) {
+        self.reasoningBlocks = reasoningBlocks
         self.content = content
         self.reasoning = reasoning
         self.finishReason = finishReason
@@ -331,11 +399,15 @@ public enum StreamEvent: Sendable, Hashable {
     case start(id: String?, model: String?)
     case textDelta(String)
     case reasoningDelta(String)
-    /// The provider's signature of the reasoning so far, when the reasoning
-    /// block it signs ends (Anthropic's `signature_delta`): whole, a later
-    /// one replaces it. The finish's `ModelResponse.reasoningSignature` has
-    /// it too; only plugins that send it early (ABI 1.3) stream it.
+    /// The provider's signature of the reasoning block that ends (the
+    /// reasoning since the previous signature or redacted block), when it
+    /// ends (Anthropic's `signature_delta`); reasoning after it is the next
+    /// block. The finish's `ModelResponse.reasoningBlocks` has it too; only
+    /// plugins that send it early (ABI 1.3) stream it.
     case reasoningSignature(String)
+    /// A reasoning block the provider returns encrypted (Anthropic's
+    /// `redacted_thinking` data), whole, in its place (ABI 1.4).
+    case reasoningRedacted(String)
     case toolCallStart(index: Int, id: String, name: String)
     case toolCallDelta(index: Int, arguments: String)
     case toolCallEnd(index: Int)

@@ -62,6 +62,7 @@ public enum Wire {
             w.field("name", m.name)
             w.field("reasoning", m.reasoning)
             w.field("reasoning_signature", m.reasoningSignature)
+            if !m.reasoningBlocks.isEmpty { w.field("reasoning_blocks", json(m.reasoningBlocks)) }
             if !m.images.isEmpty {
                 w.beginArray(key: "images")
                 for image in m.images {
@@ -182,6 +183,7 @@ public enum Wire {
             msg.name = try string(mo, "name", in: path)
             msg.reasoning = try string(mo, "reasoning", in: path)
             msg.reasoningSignature = try string(mo, "reasoning_signature", in: path)
+            msg.reasoningBlocks = try decodeReasoningBlocks(mo["reasoning_blocks"], "\(path).reasoning_blocks")
             if let images = mo["images"] {
                 guard case .array(let ia) = images else { throw WireError("\(path).images: expected an array") }
                 guard ia.isEmpty || role == .user else { throw WireError("\(path).images: only user messages carry images") }
@@ -266,6 +268,40 @@ public enum Wire {
         case nil, .null?: return nil
         case .object(let c)?: return .object(c)
         case let v?: throw WireError("\(path).cache_control: expected an object such as {\"type\": \"ephemeral\"}, got \(v.typeName)")
+        }
+    }
+
+    /// Reasoning blocks (ABI 1.4): `{"type": "thinking", "text",
+    /// "signature"?}` and `{"type": "redacted", "data"}`, in order.
+    public static func json(_ blocks: [ReasoningBlock]) -> JSONValue {
+        .array(
+            blocks.map { b in
+                switch b {
+                case .thinking(let t, let sig):
+                    var o: JSONObject = ["type": "thinking", "text": .string(t)]
+                    if let sig { o["signature"] = .string(sig) }
+                    return .object(o)
+                case .redacted(let data): return ["type": "redacted", "data": .string(data)]
+                }
+            })
+    }
+
+    public static func decodeReasoningBlocks(_ v: JSONValue?, _ path: String) throws(WireError) -> [ReasoningBlock] {
+        switch v {
+        case nil, .null?: return []
+        case .array(let a)?:
+            return try a.enumerated().map { (i, b) throws(WireError) in
+                let at = "\(path)[\(i)]"
+                guard case .object(let o) = b else { throw WireError("\(at): expected an object") }
+                switch try string(o, "type", in: at) {
+                case "thinking": return .thinking(try string(o, "text", in: at) ?? "", signature: try string(o, "signature", in: at))
+                case "redacted":
+                    guard let data = try string(o, "data", in: at) else { throw WireError("\(at): a redacted block needs \"data\"") }
+                    return .redacted(data)
+                case let t: throw WireError("\(at).type: \(t.map { "'\($0)'" } ?? "missing"), expected 'thinking' or 'redacted'")
+                }
+            }
+        case let v?: throw WireError("\(path): expected an array, got \(v.typeName)")
         }
     }
 
@@ -443,6 +479,7 @@ public enum Wire {
             "tool_calls": .array(r.toolCalls.map(json)),
         ]
         if let reasoning = r.reasoning { o["reasoning"] = .string(reasoning) }
+        if !r.reasoningBlocks.isEmpty { o["reasoning_blocks"] = json(r.reasoningBlocks) }
         if let id = r.id { o["id"] = .string(id) }
         o["cost_usd"] = r.costUSD.map { .number($0) } ?? .null
         o["attempts"] = .array(r.attempts.map(json))
@@ -455,6 +492,7 @@ public enum Wire {
         var r = ModelResponse()
         r.content = o["content"]?.stringValue ?? ""
         r.reasoning = o["reasoning"]?.stringValue
+        r.reasoningBlocks = try decodeReasoningBlocks(o["reasoning_blocks"], "response.reasoning_blocks")
         r.finishReason = FinishReason(rawValue: o["finish_reason"]?.stringValue ?? "stop")
         if let u = o["usage"], !u.isNull { r.usage = try decodeUsage(u) }
         r.toolCalls = try (o["tool_calls"]?.arrayValue ?? []).enumerated().map { (i, c) throws(WireError) in
@@ -481,6 +519,7 @@ public enum Wire {
         case .textDelta(let t): return ["type": "text", "text": .string(t)]
         case .reasoningDelta(let t): return ["type": "reasoning", "text": .string(t)]
         case .reasoningSignature(let s): return ["type": "reasoning_signature", "signature": .string(s)]
+        case .reasoningRedacted(let d): return ["type": "reasoning_redacted", "data": .string(d)]
         case .toolCallStart(let i, let id, let name): return ["type": "tool_call_start", "index": .integer(i), "id": .string(id), "name": .string(name)]
         case .toolCallDelta(let i, let a): return ["type": "tool_call_delta", "index": .integer(i), "arguments": .string(a)]
         case .toolCallEnd(let i): return ["type": "tool_call_end", "index": .integer(i)]
@@ -497,6 +536,7 @@ public enum Wire {
         case "text": return .textDelta(v["text"]?.stringValue ?? "")
         case "reasoning": return .reasoningDelta(v["text"]?.stringValue ?? "")
         case "reasoning_signature": return .reasoningSignature(v["signature"]?.stringValue ?? "")
+        case "reasoning_redacted": return .reasoningRedacted(v["data"]?.stringValue ?? "")
         case "tool_call_start": return .toolCallStart(index: index, id: v["id"]?.stringValue ?? "", name: v["name"]?.stringValue ?? "")
         case "tool_call_delta": return .toolCallDelta(index: index, arguments: v["arguments"]?.stringValue ?? "")
         case "tool_call_end": return .toolCallEnd(index: index)

@@ -131,11 +131,20 @@ enum AnthropicMessages {
                         }
                         msg.toolCalls.append(ToolCall(id: id, name: name, arguments: (b["input"] ?? [:]).jsonText))
                     case "thinking":
-                        msg.reasoning = (msg.reasoning ?? "") + (b["thinking"]?.stringValue ?? "")
-                        if let s = b["signature"]?.stringValue { msg.reasoningSignature = s }
-                    case "redacted_thinking": break
+                        // Every reasoning block, in order and as given (an
+                        // Anthropic backend checks each one's signature), and
+                        // the joined view for the other backends.
+                        guard let t = b["thinking"]?.stringValue else { throw .invalidRequest("\(at).content.\(j).thinking: Field required") }
+                        let signature = b["signature"]?.stringValue
+                        msg.reasoningBlocks.append(.thinking(t, signature: signature))
+                        msg.reasoning = (msg.reasoning ?? "") + t
+                        if let signature { msg.reasoningSignature = signature }
+                    case "redacted_thinking":
+                        guard let data = b["data"]?.stringValue else { throw .invalidRequest("\(at).content.\(j).data: Field required") }
+                        msg.reasoningBlocks.append(.redacted(data))
                     default:
-                        throw .invalidRequest("\(at).content.\(j): block type '\(b["type"]?.stringValue ?? "?")' is not supported (text, tool_use, thinking)")
+                        throw .invalidRequest(
+                            "\(at).content.\(j): block type '\(b["type"]?.stringValue ?? "?")' is not supported (text, tool_use, thinking, redacted_thinking)")
                     }
                     if let c = breakpoints[j] {
                         msg.cacheControl = c
@@ -244,13 +253,10 @@ enum AnthropicMessages {
     }
 
     static func message(_ r: ModelResponse, id: String, model: String) -> JSONValue {
-        var content: [JSONValue] = []
-        // The signature goes back to the backend with the next turn (a
-        // thinking block without text carries one that a backend needs back).
-        let signature = r.reasoningSignature
-        if !(r.reasoning ?? "").isEmpty || signature != nil {
-            content.append(["type": "thinking", "thinking": .string(r.reasoning ?? ""), "signature": .string(signature ?? "")])
-        }
+        // Every reasoning block, in order, each thinking block with its own
+        // signature (which the client sends back with the next turn; one
+        // without text carries a signature a backend needs back).
+        var content = reasoningBlocks(r).map(block)
         if !r.content.isEmpty || r.toolCalls.isEmpty { content.append(["type": "text", "text": .string(r.content)]) }
         for c in r.toolCalls {
             content.append(["type": "tool_use", "id": .string(c.id), "name": .string(c.name), "input": c.parsedArguments ?? [:]])
@@ -261,14 +267,36 @@ enum AnthropicMessages {
         ]
     }
 
+    /// The answer's reasoning blocks; for a response without them (a
+    /// backend that is not a plugin), one thinking block of its joined
+    /// reasoning and signature, when it has either.
+    static func reasoningBlocks(_ r: ModelResponse) -> [ReasoningBlock] {
+        if !r.reasoningBlocks.isEmpty { return r.reasoningBlocks }
+        let signature = r.reasoningSignature
+        if !(r.reasoning ?? "").isEmpty || signature != nil { return [.thinking(r.reasoning ?? "", signature: signature ?? "")] }
+        return []
+    }
+
+    /// A reasoning block as Anthropic's content block (an unsigned thinking
+    /// block's `signature` is empty: the member is required).
+    static func block(_ b: ReasoningBlock) -> JSONValue {
+        switch b {
+        case .thinking(let t, let sig): return ["type": "thinking", "thinking": .string(t), "signature": .string(sig ?? "")]
+        case .redacted(let data): return ["type": "redacted_thinking", "data": .string(data)]
+        }
+    }
+
     /// Turns stream events into Anthropic's SSE events: `message_start`,
     /// then per content block `content_block_start`, `content_block_delta`s
     /// and `content_block_stop` (a `ping` after the first block starts), then
     /// `message_delta` and `message_stop`. A thinking block ends with its
     /// `signature_delta` when the backend streams the signature
-    /// (`.reasoningSignature`); one that gives it only with the answer gets
-    /// it at the end, on a thinking block of its own when the first one was
-    /// closed.
+    /// (`.reasoningSignature`, which closes the block: reasoning after it
+    /// opens the next one); one that gives it only with the answer gets it
+    /// at the end, on a thinking block of its own when the first one was
+    /// closed. A redacted block (`.reasoningRedacted`) is a
+    /// `redacted_thinking` block whose start carries its data, stopped
+    /// at once, as Anthropic streams it.
     struct EventWriter {
         let id: String
         let model: String
@@ -353,6 +381,10 @@ enum AnthropicMessages {
                     "content_block_delta", ["type": "content_block_delta", "index": .integer(i), "delta": ["type": "thinking_delta", "thinking": .string(t)]])
             case .reasoningSignature(let sig):
                 out += signature(sig)
+                out += close()
+            case .reasoningRedacted(let data):
+                out += openBlock("redacted_thinking", block(.redacted(data))).1
+                out += close()
             case .toolCallStart(let index, let callID, let name):
                 let (i, b) = openBlock("tool_use", ["type": "tool_use", "id": .string(callID), "name": .string(name), "input": [:]])
                 toolBlocks[index] = i

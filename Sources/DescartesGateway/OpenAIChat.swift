@@ -273,7 +273,7 @@ enum OpenAIChat {
                     ])
                 }
                 out += Array("data: [DONE]\n\n".utf8)
-            case .start, .toolCallEnd, .usage, .notice, .reasoningSignature:
+            case .start, .toolCallEnd, .usage, .notice, .reasoningSignature, .reasoningRedacted:
                 break
             }
             return out

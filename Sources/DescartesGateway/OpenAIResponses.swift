@@ -482,7 +482,7 @@ enum OpenAIResponses {
         /// The SSE bytes for one event (empty when it has none).
         mutating func bytes(_ e: StreamEvent) -> [UInt8] {
             switch e {
-            case .start, .usage, .notice, .reasoningSignature: return []
+            case .start, .usage, .notice, .reasoningSignature, .reasoningRedacted: return []
             default: break
             }
             var out = start()
@@ -517,7 +517,7 @@ enum OpenAIResponses {
                     id: id, model: model, created: created, echo: echo, status: status, output: items.map { itemJSON($0, status: "completed") },
                     usage: r.usage, incomplete: incomplete)
                 out += event(status == "completed" ? "response.completed" : "response.incomplete", ["response": final])
-            case .start, .usage, .notice, .reasoningSignature: break
+            case .start, .usage, .notice, .reasoningSignature, .reasoningRedacted: break
             }
             return out
         }

@@ -125,12 +125,20 @@ public final class PluginCall: @unchecked Sendable {
     }
     public func reasoning(bytes: UnsafeRawBufferPointer) { emit(UInt32(DESCARTES_EVENT_REASONING), 0, bytes) }
 
-    /// The provider's signature of the reasoning so far, whole, when its
-    /// reasoning block ends (ABI 1.3; an older host ignores it). Put it in
-    /// the Finish's metadata as well.
+    /// The provider's signature of the reasoning block that ends, whole,
+    /// when it ends (ABI 1.3; an older host ignores it): reasoning after it
+    /// is a new block. Put the last one in the Finish's metadata as well.
     public func reasoningSignature(_ s: String) {
         var s = s
         s.withUTF8 { emit(UInt32(DESCARTES_EVENT_REASONING_SIGNATURE), 0, UnsafeRawBufferPointer($0)) }
+    }
+
+    /// A reasoning block the provider returns encrypted (Anthropic's
+    /// `redacted_thinking` data), whole, in its place among the reasoning
+    /// blocks (ABI 1.4; an older host ignores it).
+    public func reasoningRedacted(_ s: String) {
+        var s = s
+        s.withUTF8 { emit(UInt32(DESCARTES_EVENT_REASONING_REDACTED), 0, UnsafeRawBufferPointer($0)) }
     }
 
     public func start(id: String?, model: String?) {

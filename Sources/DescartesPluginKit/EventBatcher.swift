@@ -98,6 +98,10 @@ public final class EventBatcher: @unchecked Sendable {
         flush()
         call.reasoningSignature(signature)
     }
+    public func reasoningRedacted(_ data: String) {
+        flush()
+        call.reasoningRedacted(data)
+    }
     public func usage(_ u: Usage) {
         flush()
         call.usage(u)

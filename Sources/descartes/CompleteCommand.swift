@@ -304,7 +304,7 @@ enum CompleteCommand {
                     let shown = reasoning.push(t)
                     if shown.isEmpty { continue }
                     event = .reasoningDelta(shown)
-                case .toolCallStart, .reasoningSignature, .finish:
+                case .toolCallStart, .reasoningSignature, .reasoningRedacted, .finish:
                     flush()
                 default: break
                 }

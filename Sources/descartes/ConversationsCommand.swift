@@ -100,8 +100,7 @@ struct ConversationThread {
         if !r.model.isEmpty { c.model = r.model }
         c.system = system
         if agentSessions, let id = r.metadata["session_id"]?.stringValue, !id.isEmpty { c.agentSession = id }
-        let answer = Message(
-            role: .assistant, content: r.content, toolCalls: r.toolCalls, reasoning: r.reasoning, reasoningSignature: r.reasoningSignature)
+        let answer = Message.assistant(r)
         let answered = Self.nowUnixMS()
         try store.append(
             [StoredMessage(prompt, unixMS: asked), StoredMessage(answer, usage: r.usage, provider: r.provider, model: r.model, unixMS: answered)], to: c)

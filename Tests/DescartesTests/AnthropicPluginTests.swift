@@ -120,6 +120,120 @@ import Testing
         await b.shutdown()
     }
 
+    /// Interleaved thinking: two thinking blocks, each with its own
+    /// signature, a redacted_thinking block between them, then a tool
+    /// call, as Anthropic streams them and as a whole message.
+    static let signatures = [
+        "EoQDCm0IDhgCKkCDzGs2kL2PgnDCZU/nM2wG2P1VIXCRHVnhDDzBQxNF1fl4QBXEKLxRItNJ2MwFdW9eeZPhsxSQIxD54cv3zs29MhljbGF1ZGUtaGFpa3UtNC01LTIwMjUxMDAxOABCCHRoaW5raW5nEgy/OWlwTmmqUjC6L70a",
+        "ErcBCkgIBhABGAIiQHv1o+2/Ts9c5Y0bq3k1fXq8pT0mH1lQ9aJ6eZ2wC8sV7dR4gN0uK3yI9bL5tE6hM2jW1oP8cA4fG7xS2nD0vXQSDLk3Zq+8uQwPbD6o9RoMhT2y",
+    ]
+    static let redacted = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB9URj2pLmN3kF8/dW5hR7xJ0aP1oLs9yTcM=="
+    static let interleaved: [ReasoningBlock] = [
+        .thinking("First, the city.", signature: signatures[0]), .redacted(redacted), .thinking("Then the tool.", signature: signatures[1]),
+    ]
+
+    static func interleavedStream() -> String {
+        var s = event("message_start", messageStart)
+        s += event("content_block_start", #"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#)
+        s += event("ping", #"{"type": "ping"}"#)
+        s += event("content_block_delta", #"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"First, "}}"#)
+        s += event("content_block_delta", #"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"the city."}}"#)
+        s += event("content_block_delta", #"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"\#(signatures[0])"}}"#)
+        s += event("content_block_stop", #"{"type":"content_block_stop","index":0}"#)
+        s += event("content_block_start", #"{"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":"\#(redacted)"}}"#)
+        s += event("content_block_stop", #"{"type":"content_block_stop","index":1}"#)
+        s += event("content_block_start", #"{"type":"content_block_start","index":2,"content_block":{"type":"thinking","thinking":"","signature":""}}"#)
+        s += event("content_block_delta", #"{"type":"content_block_delta","index":2,"delta":{"type":"thinking_delta","thinking":"Then the tool."}}"#)
+        s += event("content_block_delta", #"{"type":"content_block_delta","index":2,"delta":{"type":"signature_delta","signature":"\#(signatures[1])"}}"#)
+        s += event("content_block_stop", #"{"type":"content_block_stop","index":2}"#)
+        s += event("content_block_start", #"{"type":"content_block_start","index":3,"content_block":{"type":"tool_use","id":"toolu_01","name":"weather","input":{}}}"#)
+        s += event("content_block_delta", #"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{\"city\": \"Paris\"}"}}"#)
+        s += event("content_block_stop", #"{"type":"content_block_stop","index":3}"#)
+        s += event("message_delta", #"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":42}}"#)
+        s += event("message_stop", #"{"type":"message_stop"}"#)
+        return s
+    }
+
+    static let interleavedMessage: JSONValue = [
+        "id": "msg_02", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929", "stop_reason": "tool_use", "stop_sequence": .null,
+        "usage": ["input_tokens": 12, "output_tokens": 42],
+        "content": [
+            ["type": "thinking", "thinking": "First, the city.", "signature": .string(signatures[0])],
+            ["type": "redacted_thinking", "data": .string(redacted)],
+            ["type": "thinking", "thinking": "Then the tool.", "signature": .string(signatures[1])],
+            ["type": "tool_use", "id": "toolu_01", "name": "weather", "input": ["city": "Paris"]],
+        ],
+    ]
+
+    /// Every reasoning block of an answer is kept, in order, each thinking
+    /// block with its own signature (streamed when it stops), the redacted
+    /// one in its place; sent back with the next turn (`Message.assistant`
+    /// of the answer), the upstream gets the same blocks, unmodified, before
+    /// the tool_use.
+    @Test(arguments: [true, false])
+    func interleavedThinkingBlocksGoBackExactly(_ streamed: Bool) async throws {
+        let server = try await ServerSlot.make()
+        try await server.script([
+            "POST /v1/messages": [streamed ? .stream(Self.interleavedStream(), split: "bytes:7") : .json(Self.interleavedMessage), .json(Self.interleavedMessage)]
+        ])
+        let b = try backend(server)
+        let question = ModelRequest(prompt: "weather in Paris?")
+        let seen = streamed ? await Observed.stream(b, question) : await Observed.complete(b, question)
+        let r = try #require(seen.response, "\(seen)")
+        #expect(r.reasoningBlocks == Self.interleaved)
+        #expect(r.reasoning == "First, the city.Then the tool.")
+        #expect(r.metadata["thinking_signature"] == .string(Self.signatures[1]))
+        #expect(r.metadata["redacted_thinking"] == nil)
+        #expect(r.toolCalls.map(\.id) == ["toolu_01"])
+        #expect(r.toolCalls.first?.parsedArguments == ["city": "Paris"])
+        if streamed {
+            // Each signature ends its block; the redacted block comes between them.
+            let reasoningEvents = seen.events.compactMap { e -> String? in
+                switch e {
+                case .reasoningDelta: return "thinking"
+                case .reasoningSignature(let s): return "signature \(Self.signatures.firstIndex(of: s) ?? -1)"
+                case .reasoningRedacted(let d): return d == Self.redacted ? "redacted" : "redacted?"
+                case .toolCallStart: return "tool"
+                default: return nil
+                }
+            }
+            #expect(reasoningEvents.reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } } == [
+                "thinking", "signature 0", "redacted", "thinking", "signature 1", "tool",
+            ])
+        }
+        var next = question
+        next.messages += [.assistant(r), .tool(callID: "toolu_01", "18C")]
+        _ = await Observed.complete(b, next)
+        let sent = try #require(try await server.requests().last?.json)
+        #expect(sent["messages"]?[1]?["content"] == [
+            ["type": "thinking", "thinking": "First, the city.", "signature": .string(Self.signatures[0])],
+            ["type": "redacted_thinking", "data": .string(Self.redacted)],
+            ["type": "thinking", "thinking": "Then the tool.", "signature": .string(Self.signatures[1])],
+            ["type": "tool_use", "id": "toolu_01", "name": "weather", "input": ["city": "Paris"]],
+        ])
+        await b.shutdown()
+    }
+
+    /// A caller that sets only `reasoning` and `reasoningSignature` sends
+    /// one thinking block; an unsigned block (another provider's reasoning)
+    /// is not sent to Anthropic, which would refuse it.
+    @Test func theJoinedViewAloneSendsOneBlockAndUnsignedBlocksStayHome() async throws {
+        let server = try await ServerSlot.make()
+        try await server.script(["POST /v1/messages": [.json(Self.interleavedMessage), .json(Self.interleavedMessage)]])
+        let b = try backend(server)
+        for (message, expected) in [
+            (Message(role: .assistant, content: "ok", reasoning: "joined", reasoningSignature: "c2ln"),
+             [["type": "thinking", "thinking": "joined", "signature": "c2ln"], ["type": "text", "text": "ok"]] as JSONValue),
+            (Message(role: .assistant, content: "ok", reasoning: "mine", reasoningBlocks: [.thinking("mine", signature: nil), .redacted("ZGF0YQ==")]),
+             [["type": "redacted_thinking", "data": "ZGF0YQ=="], ["type": "text", "text": "ok"]] as JSONValue),
+        ] {
+            _ = await Observed.complete(b, ModelRequest(messages: [.user("a"), message, .user("b")]))
+            let sent = try #require(try await server.requests().last?.json)
+            #expect(sent["messages"]?[1]?["content"] == expected)
+        }
+        await b.shutdown()
+    }
+
     // MARK: Requests
 
     @Test func sendsTheMessagesRequest() async throws {

@@ -105,6 +105,48 @@ import Testing
         await b.shutdown()
     }
 
+    /// Claude's interleaved thinking through Converse: two reasoning blocks,
+    /// each with its own signature, and a redacted one between them, kept
+    /// in order streamed and not; the next turn sends each back as it came.
+    @Test(arguments: [true, false])
+    func everyReasoningBlockGoesBackExactly(_ streamed: Bool) async throws {
+        let stream: [UInt8] = [
+            Self.frame("messageStart", #"{"p":"abc","role":"assistant"}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"First."}},"p":"abc"}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":0,"delta":{"reasoningContent":{"signature":"U2lnT25l"}},"p":"ab"}"#),
+            Self.frame("contentBlockStop", #"{"contentBlockIndex":0,"p":"abcd"}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":1,"delta":{"reasoningContent":{"redactedContent":"UmVkYWN0ZWQ="}},"p":"ab"}"#),
+            Self.frame("contentBlockStop", #"{"contentBlockIndex":1,"p":"abcd"}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":2,"delta":{"reasoningContent":{"text":"Second."}},"p":"abc"}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":2,"delta":{"reasoningContent":{"signature":"U2lnVHdv"}},"p":"ab"}"#),
+            Self.frame("contentBlockStop", #"{"contentBlockIndex":2,"p":"abcd"}"#),
+            Self.frame("contentBlockDelta", #"{"contentBlockIndex":3,"delta":{"text":"Done."},"p":"abcd"}"#),
+            Self.frame("contentBlockStop", #"{"contentBlockIndex":3,"p":"abcd"}"#),
+            Self.frame("messageStop", #"{"p":"abcd","stopReason":"end_turn"}"#),
+        ].flatMap { $0 }
+        let whole = #"{"output":{"message":{"role":"assistant","content":[{"reasoningContent":{"reasoningText":{"text":"First.","signature":"U2lnT25l"}}},{"reasoningContent":{"redactedContent":"UmVkYWN0ZWQ="}},{"reasoningContent":{"reasoningText":{"text":"Second.","signature":"U2lnVHdv"}}},{"text":"Done."}]}},"stopReason":"end_turn"}"#
+        let server = try await ServerSlot.make()
+        try await server.script(
+            [Self.streamPath: [Self.signed(Self.stream(stream, split: 5))], Self.wholePath: [Self.signed(.json(whole)), Self.signed(.json(whole))]].keyed("POST"))
+        let b = try backend(server)
+        let seen = streamed ? await Observed.stream(b, ModelRequest(prompt: "x")) : await Observed.complete(b, ModelRequest(prompt: "x"))
+        let r = try #require(seen.response, "\(seen)")
+        let blocks: [ReasoningBlock] = [.thinking("First.", signature: "U2lnT25l"), .redacted("UmVkYWN0ZWQ="), .thinking("Second.", signature: "U2lnVHdv")]
+        #expect(r.reasoningBlocks == blocks)
+        #expect(r.reasoning == "First.Second.")
+        #expect(r.metadata["thinking_signature"] == "U2lnVHdv")
+        #expect(r.content == "Done.")
+        _ = await Observed.complete(b, ModelRequest(messages: [.user("x"), .assistant(r), .user("y")]))
+        let sent = try #require(try await server.requests().last?.json)
+        #expect(sent["messages"]?[1]?["content"] == [
+            ["reasoningContent": ["reasoningText": ["text": "First.", "signature": "U2lnT25l"]]],
+            ["reasoningContent": ["redactedContent": "UmVkYWN0ZWQ="]],
+            ["reasoningContent": ["reasoningText": ["text": "Second.", "signature": "U2lnVHdv"]]],
+            ["text": "Done."],
+        ])
+        await b.shutdown()
+    }
+
     /// The verifier is real: a wrong secret is refused by botocore's signer.
     @Test func aSignatureMadeWithTheWrongSecretIsRefused() async throws {
         let server = try await ServerSlot.make()

@@ -77,14 +77,46 @@ import Testing
         r.provider = "p"
         r.metadata = ["session": "s"]
         r.attempts = [Attempt(provider: "q", error: ProviderError(.api, "no"), duration: .milliseconds(9))]
+        r.reasoningBlocks = [.thinking("be", signature: "c2ln"), .redacted("ZGF0YQ=="), .thinking("cause", signature: nil)]
         #expect(try Wire.decodeResponse(Wire.json(r)) == r)
         let events: [StreamEvent] = [
-            .start(id: "i", model: "m"), .textDelta("a"), .reasoningDelta("b"), .reasoningSignature("c2ln"), .toolCallStart(index: 0, id: "x", name: "f"),
+            .start(id: "i", model: "m"), .textDelta("a"), .reasoningDelta("b"), .reasoningSignature("c2ln"), .reasoningRedacted("ZGF0YQ=="),
+            .toolCallStart(index: 0, id: "x", name: "f"),
             .toolCallDelta(index: 0, arguments: "{}"), .toolCallEnd(index: 0), .usage(r.usage),
             .notice(level: "info", message: "n"), .finish(r),
         ]
         for e in events { #expect(try Wire.decodeEvent(Wire.json(e)) == e) }
         #expect(Wire.json(r.toolCalls[0]).jsonText == #"{"id":"x","name":"f","arguments":"{}"}"#)
+    }
+
+    /// A message's reasoning blocks (ABI 1.4) go out in order and come
+    /// back the same; a malformed one is refused naming where it is.
+    @Test func reasoningBlocksRoundTripAndAreChecked() throws {
+        let blocks: [ReasoningBlock] = [.thinking("a", signature: "s1"), .redacted("ZA=="), .thinking("b", signature: "s2"), .thinking("c", signature: nil)]
+        let m = Message(role: .assistant, content: "x", reasoning: "abc", reasoningSignature: "s2", reasoningBlocks: blocks)
+        let doc = Wire.json(ModelRequest(messages: [.user("q"), m]))
+        #expect(doc["messages"]?[1]?["reasoning_blocks"] == [
+            ["type": "thinking", "text": "a", "signature": "s1"], ["type": "redacted", "data": "ZA=="],
+            ["type": "thinking", "text": "b", "signature": "s2"], ["type": "thinking", "text": "c"],
+        ])
+        #expect(try Wire.decodeRequest(doc).messages[1] == m)
+        // An older host's message (no member) has none: the joined view is what it sends.
+        #expect(Wire.json(ModelRequest(messages: [.user("q")]))["messages"]?[0]?["reasoning_blocks"] == nil)
+        for (bad, said) in [
+            (["type": "secret"] as JSONValue, "request.messages[0].reasoning_blocks[0].type: 'secret', expected 'thinking' or 'redacted'"),
+            (["type": "redacted"], "request.messages[0].reasoning_blocks[0]: a redacted block needs \"data\""),
+            (["type": "thinking", "text": 3], "request.messages[0].reasoning_blocks[0].text: expected a string, got"),
+        ] {
+            let doc: JSONValue = ["messages": [["role": "assistant", "content": "", "reasoning_blocks": [bad]]]]
+            #expect(throws: WireError.self) { try Wire.decodeRequest(doc) }
+            do { _ = try Wire.decodeRequest(doc) } catch { #expect(error.message.hasPrefix(said), "\(error)") }
+        }
+        // The answer's blocks become the next turn's.
+        let answer = ModelResponse(content: "x", reasoning: "ab", reasoningBlocks: blocks)
+        #expect(Message.assistant(answer).reasoningBlocks == blocks)
+        #expect(Message.assistant(answer).reasoningToSendBack == blocks)
+        #expect(Message(role: .assistant, content: "", reasoning: "r", reasoningSignature: "s").reasoningToSendBack == [.thinking("r", signature: "s")])
+        #expect(Message(role: .assistant, content: "", reasoning: "r").reasoningToSendBack == [])
     }
 
     @Test func theTreeWriterBuildsWhatTheTextWriterWrites() throws {

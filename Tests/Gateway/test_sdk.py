@@ -797,6 +797,84 @@ class AnthropicBackend(unittest.TestCase):
         self.assertEqual(self.upstream_body()["messages"][1]["content"][0],
                          {"type": "thinking", "thinking": "I should look it up.", "signature": SIGNATURE})
 
+    def test_interleaved_thinking_blocks_come_back_exactly(self):
+        """Two signed thinking blocks and a redacted_thinking block between
+        them, then a tool call: the SDK gets every block, in order, streamed
+        (a signature_delta ending each thinking block, the redacted block's
+        data in its content_block_start) and not; the next turn sends them
+        back and the upstream receives them byte for byte as Anthropic sent
+        them, each signature with its own block."""
+        up = state["upstream"]
+        sig1, sig2 = SIGNATURE, "ErcBCkgIBhABGAIiQHv1o+2/Ts9c5Y0bq3k1fXq8pT0mH1lQ9aJ6eZ2wC8sV7dR4gN0uK3yI9bL5tE6hM2jW1oP8cA4fG7xS2nD0vXQ"
+        data = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB9URj2pLmN3kF8/dW5hR7xJ0aP1oLs9=="
+        blocks = [
+            {"type": "thinking", "thinking": "First the city, \u00e9t\u00e9 included.", "signature": sig1},
+            {"type": "redacted_thinking", "data": data},
+            {"type": "thinking", "thinking": "Then the tool.", "signature": sig2},
+            {"type": "tool_use", "id": "toolu_i", "name": "get_weather", "input": {"city": "Paris"}}]
+        start = ("message_start", {"message": {"id": "msg_up", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                                               "content": [], "stop_reason": None, "usage": {"input_tokens": 20, "output_tokens": 1}}})
+        streamed = anthropic_stream(
+            start,
+            ("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "First the city, "}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "\u00e9t\u00e9 included."}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": sig1}}),
+            ("content_block_stop", {"index": 0}),
+            ("content_block_start", {"index": 1, "content_block": {"type": "redacted_thinking", "data": data}}),
+            ("content_block_stop", {"index": 1}),
+            ("content_block_start", {"index": 2, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            ("content_block_delta", {"index": 2, "delta": {"type": "thinking_delta", "thinking": "Then the tool."}}),
+            ("content_block_delta", {"index": 2, "delta": {"type": "signature_delta", "signature": sig2}}),
+            ("content_block_stop", {"index": 2}),
+            ("content_block_start", {"index": 3, "content_block": {"type": "tool_use", "id": "toolu_i", "name": "get_weather", "input": {}}}),
+            ("content_block_delta", {"index": 3, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Paris\"}"}}),
+            ("content_block_stop", {"index": 3}),
+            ("message_delta", {"delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 30}}),
+            ("message_stop", {}))
+        up.script(anthropic_message(blocks, stop_reason="tool_use"), streamed, streamed,
+                  anthropic_message([{"type": "text", "text": "21 C."}]), route="POST /v1/messages")
+        question = {"role": "user", "content": "Weather in Paris?"}
+        kw = dict(model="claude", max_tokens=2048, thinking=THINKING, tools=[WEATHER_TOOL_ANT])
+
+        whole = ant().messages.create(messages=[question], **kw)
+        self.assertEqual([b.model_dump(exclude_none=True) for b in whole.content], blocks)
+
+        # The stream as Anthropic's: each thinking block ends with its own signature_delta.
+        body = dict(kw, stream=True, messages=[question])
+        with httpx.stream("POST", state["url"] + "/v1/messages", headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
+                          json=body, timeout=30) as r:
+            events = [json.loads(line[len("data: "):]) for line in r.iter_lines() if line.startswith("data: ")]
+        seq = []
+        for e in events:
+            step = (e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type"))
+            if e["type"].startswith("content_block") and (not seq or seq[-1] != step):
+                seq.append(step)
+        self.assertEqual(seq, [
+            ("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
+            ("content_block_delta", 0, "signature_delta"), ("content_block_stop", 0, None),
+            ("content_block_start", 1, "redacted_thinking"), ("content_block_stop", 1, None),
+            ("content_block_start", 2, "thinking"), ("content_block_delta", 2, "thinking_delta"),
+            ("content_block_delta", 2, "signature_delta"), ("content_block_stop", 2, None),
+            ("content_block_start", 3, "tool_use"), ("content_block_delta", 3, "input_json_delta"), ("content_block_stop", 3, None)])
+        self.assertEqual([(e["index"], e["delta"]["signature"]) for e in events if e.get("delta", {}).get("type") == "signature_delta"],
+                         [(0, sig1), (2, sig2)])
+
+        with ant().messages.stream(messages=[question], **kw) as s:
+            final = s.get_final_message()
+        self.assertEqual([b.model_dump(exclude_none=True) for b in final.content], blocks)
+
+        ant().messages.create(messages=[
+            question, {"role": "assistant", "content": final.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_i", "content": "21 C"}]}], **kw)
+        reqs = [r for r in up.requests() if r["path"] == "/v1/messages"]
+        sent = json.loads(reqs[-1]["body"])
+        self.assertEqual(sent["messages"][1]["content"], blocks)
+        # Byte for byte: every signature and the redacted data appear in the upstream's body exactly as Anthropic sent them.
+        raw = reqs[-1]["body"]
+        for exact in (sig1, sig2, data):
+            self.assertEqual(raw.count(json.dumps(exact)), 1, exact)
+
 
 class Keys(unittest.TestCase):
     def test_bearer_and_x_api_key_and_none(self):

@@ -226,7 +226,16 @@ final class HostCall: @unchecked Sendable {
                     out = .toolCallEnd(index: Int(e.index))
                 } catch { violation = error }
             case DESCARTES_EVENT_REASONING_SIGNATURE:
-                if !bytes.isEmpty { out = .reasoningSignature(String(decoding: bytes, as: UTF8.self)) }
+                if !bytes.isEmpty {
+                    let signature = String(decoding: bytes, as: UTF8.self)
+                    s.assembler.signReasoning(signature)
+                    out = .reasoningSignature(signature)
+                }
+            case DESCARTES_EVENT_REASONING_REDACTED:
+                s.gotFirstToken = true
+                let data = String(decoding: bytes, as: UTF8.self)
+                s.assembler.appendRedactedReasoning(data)
+                out = .reasoningRedacted(data)
             case DESCARTES_EVENT_USAGE:
                 if let doc = try? JSONValue.parse(bytes), let u = try? Wire.decodeUsage(doc) {
                     s.assembler.usage = u

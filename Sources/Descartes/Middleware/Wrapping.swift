@@ -52,7 +52,7 @@ enum Streams {
     /// call): once one reached the caller, a stream cannot be silently redone.
     static func isOutput(_ e: StreamEvent) -> Bool {
         switch e {
-        case .textDelta, .reasoningDelta, .reasoningSignature, .toolCallStart, .toolCallDelta, .toolCallEnd: return true
+        case .textDelta, .reasoningDelta, .reasoningSignature, .reasoningRedacted, .toolCallStart, .toolCallDelta, .toolCallEnd: return true
         default: return false
         }
     }
@@ -108,8 +108,21 @@ enum Streams {
     /// or answer `stream` with `complete`.
     static func events(of r: ModelResponse) -> [StreamEvent] {
         var out: [StreamEvent] = [.start(id: r.id, model: r.model.isEmpty ? nil : r.model)]
-        if let reasoning = r.reasoning, !reasoning.isEmpty { out.append(.reasoningDelta(reasoning)) }
-        if let signature = r.reasoningSignature { out.append(.reasoningSignature(signature)) }
+        // Block by block, each thinking block ended by its signature, the
+        // redacted ones in their places (a response without blocks: its
+        // joined reasoning and signature).
+        if r.reasoningBlocks.isEmpty {
+            if let reasoning = r.reasoning, !reasoning.isEmpty { out.append(.reasoningDelta(reasoning)) }
+            if let signature = r.reasoningSignature { out.append(.reasoningSignature(signature)) }
+        }
+        for b in r.reasoningBlocks {
+            switch b {
+            case .thinking(let t, let signature):
+                if !t.isEmpty { out.append(.reasoningDelta(t)) }
+                if let signature { out.append(.reasoningSignature(signature)) }
+            case .redacted(let data): out.append(.reasoningRedacted(data))
+            }
+        }
         if !r.content.isEmpty { out.append(.textDelta(r.content)) }
         for (i, c) in r.toolCalls.enumerated() {
             out.append(.toolCallStart(index: i, id: c.id, name: c.name))

@@ -173,11 +173,12 @@ extern "C" {
 
 /** The 1.x revision this header describes (1.1: the backend's `embed`;
  *  1.2: tool approval, DESCARTES_EVENT_APPROVAL and `answer_approval`;
- *  1.3: DESCARTES_EVENT_REASONING_SIGNATURE).
+ *  1.3: DESCARTES_EVENT_REASONING_SIGNATURE;
+ *  1.4: DESCARTES_EVENT_REASONING_REDACTED and a message's reasoning_blocks).
  *  Informational, for `#if` in a plugin's source: nothing is negotiated with
  *  it. Each side finds what the other has by struct_size (DESCARTES_HAS_FIELD)
  *  and extension id, never by this number. Since 1.1. */
-#define DESCARTES_ABI_MINOR 3u
+#define DESCARTES_ABI_MINOR 4u
 
 /** The symbol the host looks up with dlsym(). */
 #define DESCARTES_PLUGIN_ENTRY_SYMBOL "descartes_plugin_entry"
@@ -331,14 +332,25 @@ enum {
      *  request as denied). The call's deadlines keep running meanwhile.
      *  Non-terminal; a 1.1 host ignores it (unknown type). */
     DESCARTES_EVENT_APPROVAL = 11,
-    /** Since 1.3. The provider's signature of the reasoning sent so far
-     *  (Anthropic's `signature_delta`, Bedrock's reasoning signature), sent
-     *  when the reasoning block it signs ends, before the next TEXT or
-     *  TOOL_CALL_START, so a streaming consumer can close that block with
-     *  it. data: the signature's UTF-8 bytes, whole (a later one replaces
-     *  it). The RESULT's metadata still carries the signature too. Optional
-     *  and non-terminal; an older host ignores it (unknown type). */
-    DESCARTES_EVENT_REASONING_SIGNATURE = 12
+    /** Since 1.3. The provider's signature of the reasoning block that
+     *  ends (Anthropic's `signature_delta`, Bedrock's reasoning signature),
+     *  sent when that block ends, before the next TEXT, TOOL_CALL_START or
+     *  REASONING_REDACTED, so a streaming consumer can close the block with
+     *  it. data: the signature's UTF-8 bytes, whole. It ends the block: the
+     *  REASONING sent since the previous signature (or redacted block) is
+     *  the block it signs, and REASONING after it starts the next block
+     *  (interleaved thinking answers with several, each signed). The
+     *  RESULT's metadata still carries the last signature too. Optional and
+     *  non-terminal; an older host ignores it (unknown type). */
+    DESCARTES_EVENT_REASONING_SIGNATURE = 12,
+    /** Since 1.4. A reasoning block the provider returns encrypted
+     *  (Anthropic's `redacted_thinking`, Bedrock's `redactedContent`): a
+     *  block of its own, in order among the reasoning blocks (it ends the
+     *  open one), to be sent back unmodified on the next turn as a
+     *  message's `reasoning_blocks` entry {"type": "redacted"}. data: the
+     *  provider's opaque data, UTF-8 bytes, whole. Non-terminal; an older
+     *  host ignores it (unknown type). */
+    DESCARTES_EVENT_REASONING_REDACTED = 13
 };
 
 /** Filled by the plugin; borrowed by the host for the duration of the event
