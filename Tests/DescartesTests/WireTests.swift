@@ -119,6 +119,37 @@ import Testing
         #expect(Message(role: .assistant, content: "", reasoning: "r").reasoningToSendBack == [])
     }
 
+    /// The host's blocks from a plugin's events: a signature ends its
+    /// thinking block, a redacted block stands in its place, and a plugin
+    /// that signs only with its answer (metadata) has that signature on
+    /// its last thinking block, or on a block of its own without text.
+    @Test func theAssemblerBuildsReasoningBlocksFromTheEvents() {
+        func reasoning(_ a: inout ResponseAssembler, _ s: String) {
+            var s = s
+            s.withUTF8 { a.appendReasoning(UnsafeRawBufferPointer($0)) }
+        }
+        var streamed = ResponseAssembler(provider: "p")
+        reasoning(&streamed, "fir")
+        reasoning(&streamed, "st")
+        streamed.signReasoning("s1")
+        streamed.appendRedactedReasoning("ZA==")
+        reasoning(&streamed, "then")
+        let r = streamed.response(Wire.Finish(finishReason: .stop, metadata: ["thinking_signature": "s1"]))
+        // A streamed signature was seen: the metadata's is not put on the unsigned last block.
+        #expect(r.reasoningBlocks == [.thinking("first", signature: "s1"), .redacted("ZA=="), .thinking("then", signature: nil)])
+        #expect(r.reasoning == "firstthen")
+        var late = ResponseAssembler(provider: "p")
+        reasoning(&late, "x")
+        #expect(late.response(Wire.Finish(finishReason: .stop, metadata: ["thought_signature": "g"])).reasoningBlocks == [.thinking("x", signature: "g")])
+        let bare = ResponseAssembler(provider: "p")
+        #expect(bare.response(Wire.Finish(finishReason: .stop, metadata: ["reasoning_signature": "[]"])).reasoningBlocks == [.thinking("", signature: "[]")])
+        #expect(bare.response(Wire.Finish(finishReason: .stop)).reasoningBlocks == [])
+        var redactedOnly = ResponseAssembler(provider: "p")
+        redactedOnly.appendRedactedReasoning("ZA==")
+        #expect(redactedOnly.hasOutput)
+        #expect(redactedOnly.response(Wire.Finish(finishReason: .stop)).reasoningBlocks == [.redacted("ZA==")])
+    }
+
     @Test func theTreeWriterBuildsWhatTheTextWriterWrites() throws {
         func write<W: JSONOutput>(_ w: inout W) {
             w.beginObject()

@@ -874,6 +874,12 @@ class AnthropicBackend(unittest.TestCase):
         raw = reqs[-1]["body"]
         for exact in (sig1, sig2, data):
             self.assertEqual(raw.count(json.dumps(exact)), 1, exact)
+        # A block the gateway could not pass on unmodified is the client's error, named.
+        for bad, said in (({"type": "thinking", "signature": sig1}, "messages.1.content.0.thinking"),
+                          ({"type": "redacted_thinking"}, "messages.1.content.0.data")):
+            with self.assertRaises(anthropic.BadRequestError) as e:
+                ant().messages.create(messages=[question, {"role": "assistant", "content": [bad]}, {"role": "user", "content": "go on"}], **kw)
+            self.assertIn(said, e.exception.body["error"]["message"])
 
 
 class Keys(unittest.TestCase):
