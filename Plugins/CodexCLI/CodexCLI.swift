@@ -23,6 +23,10 @@ final class CodexBackend: DescartesBackend {
     /// to its rollout).
     let busy = Lock<Set<String>>([])
 
+    /// A request with an approval policy runs through `codex app-server`,
+    /// whose approval requests go to the host (CodexAppServer.swift).
+    var asksApprovals: Bool { true }
+
     init(_ context: BackendContext) throws(ProviderError) {
         self.context = context
         settings = try CodexSettings(context)
@@ -135,6 +139,11 @@ final class CodexBackend: DescartesBackend {
         _ request: ModelRequest, _ call: PluginCall, _ options: CodexOptions, _ input: CodexInput,
         released: (@Sendable () -> Void)? = nil
     ) throws(ProviderError) {
+        // Only the app server asks (codex exec refuses what needs approval).
+        if request.approval?.asksHost == true {
+            try startAppServer(request, call, options, input, released: released)
+            return
+        }
         let program = try agent.program()
         var scratch: ScratchDirectory? = nil
         do throws(ProviderError) {

@@ -38,7 +38,7 @@ struct CodexSettings: Sendable {
         if let a = approvalPolicy, !Self.approvalPolicies.contains(a) {
             throw ProviderError(
                 .config,
-                "key 'approval_policy': '\(a)' cannot apply: codex exec runs with approval never whatever the config says (a command asking for more than the sandbox allows is refused, and the answer's finish_reason is tool_denied); choose what codex may do with 'sandbox'")
+                "key 'approval_policy': '\(a)' cannot apply: codex exec runs with approval never whatever the config says (a command asking for more than the sandbox allows is refused, and the answer's finish_reason is tool_denied); choose what codex may do with 'sandbox', or give the request an approval policy (--approve): codex then runs as codex app-server and asks")
         }
         reasoningEffort = text("reasoning_effort")
         try Self.check(reasoningEffort, Self.reasoningEfforts, "key 'reasoning_effort'")
@@ -188,9 +188,23 @@ func codexArguments(
     if !o.persistent { a.append("--ephemeral") }
     if let model { a += ["-m", model] }
     if let p = s.profile { a += ["--profile", p] }
+    a += codexConfigArguments(settings: s, options: o, system: system, approvalPolicy: s.approvalPolicy)
+    if let schema { a += ["--output-schema", schema] }
+    a += extra
+    if let id = o.sessionID { a += ["resume", id] }
+    a.append("-")
+    return a
+}
+
+/// The `-c key=value` overrides `codex exec` and `codex app-server` share:
+/// the sandbox, the approval policy, the reasoning effort, the developer
+/// instructions (the `developer_instructions` key and the request's
+/// system prompt) and, with `base_url`, a model provider of our own.
+func codexConfigArguments(settings s: CodexSettings, options o: CodexOptions, system: String?, approvalPolicy: String?) -> [String] {
+    var a: [String] = []
     // `-c` rather than -s: `codex exec resume` takes no --sandbox.
     if let sb = o.sandbox ?? s.sandbox { a += ["-c", "sandbox_mode=" + tomlString(sb)] }
-    if let ap = s.approvalPolicy { a += ["-c", "approval_policy=" + tomlString(ap)] }
+    if let ap = approvalPolicy { a += ["-c", "approval_policy=" + tomlString(ap)] }
     if let e = s.reasoningEffort { a += ["-c", "model_reasoning_effort=" + tomlString(e)] }
     let instructions = [s.developerInstructions, system].compactMap { $0 }.joined(separator: "\n\n")
     if !instructions.isEmpty { a += ["-c", "developer_instructions=" + tomlString(instructions)] }
@@ -203,9 +217,5 @@ func codexArguments(
             "model_providers.descartes={ name = \"descartes\", base_url = \(tomlString(url)), env_key = \"CODEX_API_KEY\", wire_api = \"responses\", request_max_retries = \(s.maxRetries), stream_max_retries = \(s.maxRetries) }",
         ]
     }
-    if let schema { a += ["--output-schema", schema] }
-    a += extra
-    if let id = o.sessionID { a += ["resume", id] }
-    a.append("-")
     return a
 }

@@ -267,6 +267,97 @@ final class CodexHarness: @unchecked Sendable {
         await b.shutdown()
     }
 
+    /// With an approval policy, codex runs as `codex app-server`: the
+    /// command the model asks for becomes an APPROVAL the caller answers.
+    /// Denied, nothing runs, the model goes on without it and the turn ends
+    /// tool_denied with the denial in metadata; the answer streamed token by
+    /// token, and no process is left.
+    @Test func anApprovalAskedAndDeniedThroughTheAppServer() async throws {
+        let h = try await CodexHarness()
+        let target = h.work.file("made-by-codex.txt")
+        try await h.serve([CodexHarness.command("touch \(target)"), CodexHarness.answer("I could not.")])
+        let b = try h.backend(["sandbox": "danger-full-access"])
+        let asked = Lock<[ApprovalRequest]>([])
+        var r = ModelRequest(prompt: "make a file")
+        r.approval = .handler { q in
+            asked.withLock { $0.append(q) }
+            return .deny(reason: "not in this test")
+        }
+        let c = await collect(b.stream(r))
+        #expect(c.error == nil, "\(String(describing: c.error))")
+        let out = try #require(c.response)
+        #expect(out.content == "I could not.")
+        #expect(out.finishReason == .toolDenied, "\(out.metadata)")
+        #expect(out.metadata["transport"] == "app-server")
+        let denial = out.metadata["permission_denials"]?[0]
+        #expect(denial?["tool_name"] == "exec_command" && denial?["reason"] == "not in this test", "\(out.metadata)")
+        let q = try #require(asked.withLock { $0.first })
+        #expect(q.tool == "exec_command" && q.kind == "execute", "\(q)")
+        #expect(q.subject == "touch \(target)", "\(q)")
+        #expect(asked.withLock { $0.count } == 1)
+        #expect(!FileSystem.exists(target), "a denied command must not run")
+        #expect(out.metadata["tool_uses"]?[0]?["status"] == "declined", "\(out.metadata)")
+        // The model was told, and the answer came in the API's two deltas.
+        let told = try await h.server.requests().last?.json?["input"]?.arrayValue?.last
+        #expect(told?["type"]?.stringValue == "function_call_output", "\(String(describing: told))")
+        let deltas = c.events.filter { if case .textDelta = $0 { return true } else { return false } }
+        #expect(deltas.count == 2, "\(c.events)")
+        // Both model requests of the turn: 7 + 11 in, 3 + 5 out.
+        #expect(out.usage.inputTokens == 18 && out.usage.outputTokens == 8, "\(out.usage)")
+        await b.shutdown()
+        #expect(await ProcScan.eventually { ProcScan.marked(h.mark).isEmpty }, "\(ProcScan.marked(h.mark))")
+    }
+
+    /// A rule allows the command (`execute(touch *)`, the form a rule takes
+    /// for ACP agents too): it runs, and the turn ends stop.
+    @Test func aRuleAllowsTheCommandThroughTheAppServer() async throws {
+        let h = try await CodexHarness()
+        let target = h.work.file("allowed-by-rule.txt")
+        try await h.serve([CodexHarness.command("touch \(target)"), CodexHarness.answer("Done.")])
+        let b = try h.backend(["sandbox": "danger-full-access"])
+        var r = ModelRequest(prompt: "make a file")
+        r.approval = try .rules(["execute(touch *)"])
+        let out = try await b.complete(r)
+        #expect(out.content == "Done.")
+        #expect(out.finishReason == .stop, "\(out.metadata)")
+        #expect(FileSystem.exists(target))
+        #expect(out.metadata["tool_uses"]?[0]?["status"] == "completed", "\(out.metadata)")
+        #expect(out.metadata["permission_denials"] == nil)
+        // A rule that does not match denies: nothing else runs.
+        let other = h.work.file("not-allowed.txt")
+        try await h.server.reset()
+        try await h.serve([CodexHarness.command("touch \(other)"), CodexHarness.answer("No.")])
+        r.approval = try .rules(["execute(git *)"])
+        let denied = try await b.complete(r)
+        #expect(denied.finishReason == .toolDenied)
+        #expect(!FileSystem.exists(other))
+        await b.shutdown()
+    }
+
+    /// A session's later turn with a policy resumes the thread in the app
+    /// server (thread/resume): the API sees the whole conversation.
+    @Test func aSessionTurnWithAPolicyResumesTheThread() async throws {
+        let h = try await CodexHarness()
+        let target = h.work.file("session-made.txt")
+        try await h.serve([CodexHarness.answer("First answer"), CodexHarness.command("touch \(target)"), CodexHarness.answer("Refused.")])
+        let b = try h.backend(["sandbox": "danger-full-access"])
+        var first = ModelRequest(prompt: "first question")
+        first.options = ["session": true]
+        let r1 = try await b.complete(first)
+        let id = try #require(r1.metadata["session_id"]?.stringValue)
+        var next = ModelRequest(messages: [.user("first question"), .assistant("First answer"), .user("make a file")])
+        next.options = ["session_id": .string(id)]
+        next.approval = .denyAll
+        let r2 = try await b.complete(next)
+        #expect(r2.content == "Refused.")
+        #expect(r2.finishReason == .toolDenied)
+        #expect(r2.metadata["session_id"]?.stringValue == id)
+        #expect(!FileSystem.exists(target))
+        let conversations = try await h.conversations()
+        #expect(conversations[1] == ["user: first question", "assistant: First answer", "user: make a file"], "\(conversations)")
+        await b.shutdown()
+    }
+
     static func lines(_ path: String) -> Int {
         ((try? FileSystem.readText(path, limit: 1 << 20)) ?? "").split(separator: "\n").count
     }
