@@ -358,6 +358,57 @@ final class CodexHarness: @unchecked Sendable {
         await b.shutdown()
     }
 
+    /// Through the app server as through exec: an API error is its kind,
+    /// and cancelling a turn leaves no process behind.
+    @Test func theAppServerMapsErrorsAndCancelsCleanly() async throws {
+        let h = try await CodexHarness()
+        let b = try h.backend()
+        var r = ModelRequest(prompt: "hi")
+        r.approval = .denyAll
+        try await h.serve([CodexHarness.error(401, code: "invalid_api_key", "Incorrect API key provided")])
+        let e = await providerError { _ = try await b.complete(r) }
+        #expect(e?.kind == .authentication, "\(String(describing: e))")
+        #expect(e?.status == 401, "\(String(describing: e))")
+        try await h.server.reset()
+        try await h.serve([ScriptedServer.Response(["action": "hang"])])
+        let task = Task { await collect(b.stream(r)) }
+        #expect(await ProcScan.eventually(.seconds(20)) { !ProcScan.marked(h.mark).isEmpty })
+        // Cancelled while the model's request hangs (the turn is under way).
+        var waited = 0
+        while (try await h.server.requests().count) == 0 && waited < 400 {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
+        #expect(try await h.server.requests().count == 1)
+        task.cancel()
+        let c = await task.value
+        #expect(c.error?.kind == .cancelled, "\(String(describing: c.error))")
+        #expect(await ProcScan.eventually(.seconds(10)) { ProcScan.marked(h.mark).isEmpty }, "\(ProcScan.marked(h.mark))")
+        await b.shutdown()
+    }
+
+    /// `descartes complete -p codex-cli --approve deny`: the command is
+    /// refused, the answer printed, the denial said, exit status 77.
+    @Test func theCLIDeniesACommandAndExits77() async throws {
+        let h = try await CodexHarness()
+        let target = h.work.file("cli-made.txt")
+        try await h.serve([CodexHarness.command("touch \(target)"), CodexHarness.answer("I could not.")])
+        let state = TempDir("descartes-codex-cli-state")
+        let env = SessionCLITests.environment(CodexHarness.plugins, state: state)
+        let argv = [TestEnv.descartes, "complete", "-p", "codex-cli"] + SessionCLITests.sets(h.config(["sandbox": "danger-full-access"]))
+        let denied = await Proc.run(argv + ["--approve", "deny", "make a file"], env: env, stdin: "", timeout: .seconds(120))
+        #expect(denied.status == 77, "\(denied)")
+        #expect(denied.stdout == "I could not.\n", "\(denied)")
+        #expect(denied.stderr.contains("exec_command"), "\(denied.stderr)")
+        #expect(!FileSystem.exists(target))
+        try await h.server.reset()
+        try await h.serve([CodexHarness.command("touch \(target)"), CodexHarness.answer("Done.")])
+        let allowed = await Proc.run(argv + ["--approve", "execute(touch *)", "make a file"], env: env, stdin: "", timeout: .seconds(120))
+        #expect(allowed.status == 0 && allowed.stdout == "Done.\n", "\(allowed)")
+        #expect(FileSystem.exists(target))
+        #expect(await ProcScan.eventually { ProcScan.marked(h.mark).isEmpty })
+    }
+
     static func lines(_ path: String) -> Int {
         ((try? FileSystem.readText(path, limit: 1 << 20)) ?? "").split(separator: "\n").count
     }
