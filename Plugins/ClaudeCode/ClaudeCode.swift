@@ -28,7 +28,8 @@ final class ClaudeCodeBackend: DescartesBackend {
 
     deinit { sessions.closeAll() }
 
-    /// can_use_tool control requests go to the host (one-shot requests).
+    /// can_use_tool control requests go to the host (one-shot requests and
+    /// session turns).
     var asksApprovals: Bool { true }
 
     func initialize(_ call: PluginCall) {
@@ -116,11 +117,6 @@ final class ClaudeCodeBackend: DescartesBackend {
                         .unsupportedFeature,
                         "claude-code-cli takes a response format in one-shot requests only: a session's process keeps the --json-schema it was started with")
                 }
-                if request.approval != nil {
-                    throw ProviderError(
-                        .unsupportedFeature,
-                        "claude-code-cli asks the caller to approve tools in one-shot requests only; a session turn cannot carry an approval policy yet")
-                }
                 try runInSession(request, call, options, input)
             } else {
                 try runOnce(request, call, options, input, partial: partial)
@@ -206,6 +202,7 @@ final class ClaudeCodeBackend: DescartesBackend {
             guard session.isAlive else { return false }
             let turn = ClaudeTurn(call: call, partial: true, costBefore: session.totalCost)
             turn.metadata = ["session_id": .string(id), "session_spawned": false]
+            sessionApprovals(turn, request, session)
             let begun: Int?
             do { begun = try session.begin(turn, closeAfter: options.endSession) } catch { return false }
             guard let n = begun else { return false }
@@ -228,15 +225,16 @@ final class ClaudeCodeBackend: DescartesBackend {
             scratch = dir
             let args = claudeArguments(
                 settings: settings, options: options, model: request.model ?? settings.model, system: input.system,
-                partial: true, sessionID: id, resume: resume, extra: agent.config.args)
+                partial: true, sessionID: id, resume: resume, extra: agent.config.args, hostApprovals: true)
             let table = sessions
             let session = ClaudeSession(
                 id: id, scratch: dir, interruptGrace: agent.config.killGrace, exitGrace: agent.config.exitGrace,
-                onEnd: { table.remove($0) })
+                permissionMode: options.permissionMode ?? settings.permissionMode ?? "default", onEnd: { table.remove($0) })
             let turn = ClaudeTurn(call: call, partial: true)
             turn.metadata = [
                 "session_id": .string(id), "session_spawned": true, "session_restarted": .bool(restarted),
             ]
+            sessionApprovals(turn, request, session)
             let n = try session.begin(turn, closeAfter: options.endSession) ?? 1
             turn.metadata["session_turn"] = .integer(n)
             try agent.spawn(
@@ -249,6 +247,21 @@ final class ClaudeCodeBackend: DescartesBackend {
             scratch?.remove()
             throw error
         }
+    }
+
+    /// A session's process always runs with `--permission-prompt-tool
+    /// stdio`, since its flags are those of its first turn: each turn's
+    /// can_use_tool requests are answered by that turn's policy when it has
+    /// one, and otherwise denied, as Claude Code itself does in `-p` mode
+    /// without a prompt tool: it asks only about a tool use its permission
+    /// mode (and `allowed_tools`) does not already allow, and denies it when
+    /// there is nobody to ask.
+    private func sessionApprovals(_ turn: ClaudeTurn, _ request: ModelRequest, _ session: ClaudeSession) {
+        turn.asksHost = request.approval?.asksHost == true
+        turn.noPolicyReason =
+            "permission_mode '\(session.permissionMode)' of this session does not allow it without asking, and the request carries no approval policy"
+        let link = session.link
+        turn.respond = { link.child?.write($0) }
     }
 
     /// The earlier conversation as a transcript for `--resume`, in a scratch

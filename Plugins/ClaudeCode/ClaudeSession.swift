@@ -9,6 +9,9 @@ final class ClaudeSession: @unchecked Sendable {
     let interruptGrace: Duration
     let exitGrace: Duration
     let onEnd: @Sendable (ClaudeSession) -> Void
+    /// The `--permission-mode` the process was started with (its first
+    /// turn's), for the reason given when a turn without a policy is asked.
+    let permissionMode: String
 
     private struct State {
         var turn: ClaudeTurn?
@@ -24,10 +27,11 @@ final class ClaudeSession: @unchecked Sendable {
     private let state = Lock(State())
 
     init(
-        id: String, scratch: ScratchDirectory?, interruptGrace: Duration, exitGrace: Duration,
+        id: String, scratch: ScratchDirectory?, interruptGrace: Duration, exitGrace: Duration, permissionMode: String = "default",
         onEnd: @escaping @Sendable (ClaudeSession) -> Void
     ) {
         self.id = id
+        self.permissionMode = permissionMode
         self.scratch = scratch
         self.interruptGrace = interruptGrace
         self.exitGrace = exitGrace

@@ -38,6 +38,9 @@ final class ClaudeTurn: @unchecked Sendable {
     /// end; the model's own text (what it said around the StructuredOutput
     /// tool call) is not the answer and is not delivered.
     var structured = false
+    /// The reason a can_use_tool request is denied when the request has no
+    /// policy.
+    var noPolicyReason = "the request carries no approval policy"
     /// Writes a line to claude's stdin (control responses).
     var respond: (@Sendable ([UInt8]) -> Void)?
     /// Tool uses the host refused (answers come on the host's thread).
@@ -241,7 +244,7 @@ final class ClaudeTurn: @unchecked Sendable {
         if asksHost {
             call.askApproval(ApprovalRequest(id: id, tool: tool, input: input)) { answer($0) }
         } else {
-            answer(.deny(reason: "the request carries no approval policy"))
+            answer(.deny(reason: noPolicyReason))
         }
     }
 
@@ -285,8 +288,10 @@ final class ClaudeTurn: @unchecked Sendable {
         for k in ["num_turns", "duration_ms", "duration_api_ms", "stop_reason", "terminal_reason", "total_cost_usd"] {
             if let v = o[k], !v.isNull { meta[k] = v }
         }
+        // The denials this plugin answered carry their reason; Claude
+        // Code's own list (tool_name, tool_use_id, tool_input) has none.
         let refused = hostDenials.withLock { $0 }
-        if let denials = o["permission_denials"]?.arrayValue.map({ $0.isEmpty ? refused : $0 }) ?? (refused.isEmpty ? nil : refused), !denials.isEmpty {
+        if let denials = refused.isEmpty ? o["permission_denials"]?.arrayValue : refused, !denials.isEmpty {
             meta["permission_denials"] = .array(denials)
             // A turn that ended without a tool it was refused did not do
             // what was asked: not `stop`.

@@ -78,12 +78,56 @@ import DescartesSupport
         let out = try await b.complete(r)
         #expect(out.finishReason == .stop, "\(out)")
         #expect(FileSystem.exists(target))
-        // A session turn cannot carry a policy yet: refused, not ignored.
-        var s = ModelRequest(prompt: "x")
-        s.options = ["session": true]
-        s.approval = .denyAll
-        let e = await providerError { _ = try await b.complete(s) }
-        #expect(e?.kind == .unsupportedFeature)
         await b.shutdown()
+    }
+
+    /// A session's process always runs with `--permission-prompt-tool
+    /// stdio`, and each turn is asked under its own policy: turn 1 denied
+    /// (nothing runs), turn 2 allowed by a rule (it runs once), turn 3
+    /// without a policy denied as the session's permission mode would.
+    /// One process for all three; no command runs twice.
+    @Test func aSessionAsksEachTurnUnderItsOwnPolicy() async throws {
+        let h = try await ClaudeHarness()
+        let log = h.work.file("session-effects.log")
+        let command = "echo ran >> \(log)"
+        try await h.serve([
+            Self.bash(command), Self.text("Not allowed."), Self.bash(command), Self.text("Appended."), Self.bash(command), Self.text("Not again."),
+        ])
+        let b = try h.backend(["tools": ["Bash"]])
+        let asked = Lock<[ApprovalRequest]>([])
+        var first = ModelRequest(prompt: "append a line")
+        first.options = ["session": true]
+        first.approval = .handler { q in
+            asked.withLock { $0.append(q) }
+            return .deny(reason: "turn one says no")
+        }
+        let r1 = try await b.complete(first)
+        #expect(r1.finishReason == .toolDenied, "\(r1.metadata)")
+        #expect(r1.content == "Not allowed.")
+        #expect(r1.metadata["permission_denials"]?[0]?["reason"] == "turn one says no", "\(r1.metadata)")
+        #expect(asked.withLock { $0.map(\.subject) } == [command])
+        #expect(!FileSystem.exists(log), "the denied command must not run")
+        let id = try #require(r1.metadata["session_id"]?.stringValue)
+
+        var second = ModelRequest(messages: [.user("append a line"), .assistant(r1.content), .user("now you may")])
+        second.options = ["session_id": .string(id)]
+        second.approval = try .rules(["Bash(echo ran *)"])
+        let r2 = try await b.complete(second)
+        #expect(r2.finishReason == .stop, "\(r2.metadata)")
+        #expect(r2.content == "Appended.")
+        #expect(r2.metadata["session_spawned"] == false, "one process for the session")
+        #expect(r2.metadata["permission_denials"] == nil, "turn one's denial is not turn two's: \(r2.metadata)")
+        #expect(CodexCLITests.lines(log) == 1)
+
+        var third = ModelRequest(messages: [.user("append a line"), .assistant("Appended."), .user("once more")])
+        third.options = ["session_id": .string(id)]
+        let r3 = try await b.complete(third)
+        #expect(r3.finishReason == .toolDenied, "\(r3.metadata)")
+        let reason = r3.metadata["permission_denials"]?[0]?["reason"]?.stringValue ?? ""
+        #expect(reason.contains("permission_mode 'default'"), "\(r3.metadata)")
+        #expect(CodexCLITests.lines(log) == 1, "nothing ran twice")
+        #expect(try await h.server.requests().count == 6)
+        await b.shutdown()
+        #expect(await ProcScan.eventually { ProcScan.marked(h.mark).isEmpty })
     }
 }
