@@ -12,16 +12,14 @@
 import DescartesPluginKit
 
 /// A JSON-RPC error object from the agent.
-struct RPCError: Error, Sendable {
-    var code: Int
-    var message: String
-    var data: JSONValue?
-}
+typealias RPCError = JSONRPCPeer.Failure
 
 final class ACPConnection: @unchecked Sendable {
     typealias Reply = @Sendable (Result<JSONValue, ProviderError>) -> Void
 
     let link = ChildLink()
+    /// Request ids and the replies waiting for them (the plugin kit's).
+    let peer: JSONRPCPeer
     /// The program's file name, for messages ("vibe-acp").
     let program: String
     /// What `initialize` answered (agentCapabilities, agentInfo, authMethods).
@@ -30,8 +28,6 @@ final class ACPConnection: @unchecked Sendable {
     private(set) var sessionID: String?
 
     private struct State {
-        var nextID = 0
-        var pending: [Int: (method: String, reply: Reply)] = [:]
         var turn: ACPTurn?
         var exit: ChildExit?
         /// Stdout lines that were not JSON while no turn ran (for the
@@ -46,7 +42,11 @@ final class ACPConnection: @unchecked Sendable {
     }
     private let state = Lock(State())
 
-    init(program: String) { self.program = program }
+    init(program: String) {
+        self.program = program
+        let link = self.link
+        peer = JSONRPCPeer(write: { link.child?.write($0) })
+    }
 
     var isAlive: Bool { state.withLock { $0.exit == nil && !$0.closing } }
     var isIdle: Bool { state.withLock { $0.exit == nil && !$0.closing && !$0.busy } }
@@ -54,24 +54,21 @@ final class ACPConnection: @unchecked Sendable {
 
     // MARK: Sending
 
-    private func send(_ message: JSONObject) {
-        var line = JSONValue.object(message).jsonBytes
-        line.append(0x0A)
-        link.child?.write(line)
-    }
-
     /// Sends request `method` and calls `reply` (on the runner's thread)
     /// with its result, its error mapped to a ProviderError, or the
     /// process's exit if it ends first.
     func request(_ method: String, _ params: JSONObject, _ reply: @escaping Reply) {
-        let (id, failed) = state.withLock { s -> (Int, ChildExit?) in
-            if let e = s.exit { return (0, e) }
-            s.nextID += 1
-            s.pending[s.nextID] = (method, reply)
-            return (s.nextID, nil)
+        if let failed = state.withLock({ $0.exit }) { return reply(.failure(exitError(failed, waitingFor: method))) }
+        peer.request(method, params) { [self] r in
+            switch r {
+            case .success(let v): reply(.success(v))
+            case .failure(let f) where f.ended:
+                // The exit is recorded before the peer is told.
+                let exit = state.withLock { $0.exit }
+                reply(.failure(exit.map { exitError($0, waitingFor: method) } ?? ProviderError(.streamClosed, "\(program) ended before answering \(method)")))
+            case .failure(let f): reply(.failure(ACPErrors.map(f, method: method, program: program)))
+            }
         }
-        if let failed { return reply(.failure(exitError(failed, waitingFor: method))) }
-        send(["jsonrpc": "2.0", "id": .integer(id), "method": .string(method), "params": .object(params)])
     }
 
     /// `request` for code that awaits.
@@ -82,17 +79,11 @@ final class ACPConnection: @unchecked Sendable {
         return try r.get()
     }
 
-    func notify(_ method: String, _ params: JSONObject) {
-        send(["jsonrpc": "2.0", "method": .string(method), "params": .object(params)])
-    }
+    func notify(_ method: String, _ params: JSONObject) { peer.notify(method, params) }
 
-    func respond(_ id: JSONValue, result: JSONValue) {
-        send(["jsonrpc": "2.0", "id": id, "result": result])
-    }
+    func respond(_ id: JSONValue, result: JSONValue) { peer.respond(id, result: result) }
 
-    func respond(_ id: JSONValue, code: Int, message: String) {
-        send(["jsonrpc": "2.0", "id": id, "error": ["code": .integer(code), "message": .string(message)]])
-    }
+    func respond(_ id: JSONValue, code: Int, message: String) { peer.respond(id, code: code, message: message) }
 
     // MARK: The handshake
 
@@ -232,27 +223,19 @@ final class ACPConnection: @unchecked Sendable {
             noise(bytes)
             return
         }
-        if let method = o["method"]?.stringValue {
-            let params = o["params"]?.objectValue ?? [:]
-            if let id = o["id"], !id.isNull {
-                agentRequest(id: id, method: method, params)
-            } else if method == "session/update" {
-                let turn = state.withLock { $0.turn }
-                if let turn, params["sessionId"]?.stringValue == sessionID, case .object(let u)? = params["update"] {
-                    turn.update(u)
-                }
-                // Updates outside a turn (the history session/load replays)
-                // are not part of any answer.
+        // The answer to one of our requests goes to its reply.
+        switch peer.receive(o) {
+        case .request(let id, let method, let params)?:
+            agentRequest(id: id, method: method, params)
+        case .notification(let method, let params)? where method == "session/update":
+            let turn = state.withLock { $0.turn }
+            if let turn, params["sessionId"]?.stringValue == sessionID, case .object(let u)? = params["update"] {
+                turn.update(u)
             }
-            return
-        }
-        guard let id = o["id"]?.intValue else { return }
-        guard let p = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-        if case .object(let e)? = o["error"] {
-            let rpc = RPCError(code: e["code"]?.intValue ?? 0, message: e["message"]?.stringValue ?? "", data: e["data"])
-            p.reply(.failure(ACPErrors.map(rpc, method: p.method, program: program)))
-        } else {
-            p.reply(.success(o["result"] ?? .null))
+            // Updates outside a turn (the history session/load replays)
+            // are not part of any answer.
+        default:
+            break
         }
     }
 
@@ -283,16 +266,18 @@ final class ACPConnection: @unchecked Sendable {
     }
 
     private func exited(_ exit: ChildExit) {
-        let (pending, turn, waiters) = state.withLock { s -> ([(method: String, reply: Reply)], ACPTurn?, [@Sendable (Bool) -> Void]) in
+        let (turn, waiters) = state.withLock { s -> (ACPTurn?, [@Sendable (Bool) -> Void]) in
             s.exit = exit
             defer {
-                s.pending = [:]
                 s.turn = nil
                 s.waiters = []
             }
-            return (s.pending.sorted { $0.key < $1.key }.map(\.value), s.turn, s.waiters.map(\.resume))
+            return (s.turn, s.waiters.map(\.resume))
         }
-        for p in pending where p.method != "session/prompt" { p.reply(.failure(exitError(exit, waitingFor: p.method))) }
+        // The turn reports a session/prompt the process did not answer.
+        for p in peer.ended() where p.method != "session/prompt" {
+            p.reply(.failure(RPCError(code: 0, message: "", ended: true)))
+        }
         turn?.exited(exit)
         for w in waiters { w(false) }
     }
