@@ -101,9 +101,11 @@ final class CodexAppTurn: @unchecked Sendable {
         var declined: Set<String> = []
         var denials: [JSONValue] = []
         var plan: JSONValue?
-        /// The thread's token total before this turn, and the latest total.
-        var usageBefore: Usage?
-        var usageTotal: Usage?
+        /// Per turn id: the thread's token total before the turn's first
+        /// model request, and after its latest. (Resuming a thread reports
+        /// the thread's total under its last turn's id before this turn
+        /// starts.)
+        var usage: [String: (before: Usage, total: Usage)] = [:]
         var lastError: String?
     }
     private let state: Lock<State>
@@ -212,10 +214,10 @@ final class CodexAppTurn: @unchecked Sendable {
         case "item/started": if let item = p["item"]?.objectValue { self.item(item, completed: false) }
         case "item/completed": if let item = p["item"]?.objectValue { self.item(item, completed: true) }
         case "thread/tokenUsage/updated":
-            guard let u = p["tokenUsage"]?.objectValue, let total = Self.usage(u["total"]) else { return }
+            guard let u = p["tokenUsage"]?.objectValue, let total = Self.usage(u["total"]), let turn = p["turnId"]?.stringValue else { return }
             state.withLock { s in
-                if s.usageBefore == nil, let last = Self.usage(u["last"]) { s.usageBefore = total.minus(last) }
-                s.usageTotal = total
+                let before = s.usage[turn]?.before ?? total.minus(Self.usage(u["last"]) ?? Usage())
+                s.usage[turn] = (before, total)
             }
         case "turn/plan/updated":
             if let plan = p["plan"] { state.withLock { $0.plan = plan } }
@@ -397,10 +399,10 @@ final class CodexAppTurn: @unchecked Sendable {
                     meta["permission_denials"] = .array(s.denials)
                     reason = .toolDenied
                 }
-                var usage = s.usageTotal
-                if let total = s.usageTotal, let before = s.usageBefore, before != Usage() {
-                    meta["thread_usage"] = Wire.json(total)
-                    usage = total.minus(before)
+                var usage: Usage? = nil
+                if let id = turn["id"]?.stringValue, let u = s.usage[id] {
+                    usage = u.total.minus(u.before)
+                    if u.before != Usage() { meta["thread_usage"] = Wire.json(u.total) }
                 }
                 finish = Wire.Finish(finishReason: reason, usage: usage, model: model, id: s.threadID, metadata: meta)
                 return nil

@@ -10,6 +10,8 @@
 // parsed into events (CodexTurn.swift). A session is a Codex thread saved in
 // CODEX_HOME: its later turns run `codex exec resume <thread_id>`, each in a
 // process of its own, so a session outlives the backend that started it.
+// A request with an approval policy runs `codex app-server` instead, which
+// asks before a command or a file change (CodexAppServer.swift).
 // docs/headless.md is the user's guide.
 import DescartesPluginKit
 import Glibc

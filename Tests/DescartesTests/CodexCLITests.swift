@@ -353,6 +353,9 @@ final class CodexHarness: @unchecked Sendable {
         #expect(r2.finishReason == .toolDenied)
         #expect(r2.metadata["session_id"]?.stringValue == id)
         #expect(!FileSystem.exists(target))
+        // The turn's own usage (its two model requests), not the thread's.
+        #expect(r2.usage.inputTokens == 18 && r2.usage.outputTokens == 8, "\(r2.usage) \(r2.metadata)")
+        #expect(r2.metadata["thread_usage"]?["input_tokens"]?.intValue == 29, "\(r2.metadata)")
         let conversations = try await h.conversations()
         #expect(conversations[1] == ["user: first question", "assistant: First answer", "user: make a file"], "\(conversations)")
         await b.shutdown()
