@@ -334,6 +334,37 @@ final class CodexHarness: @unchecked Sendable {
         await b.shutdown()
     }
 
+    /// A file change (codex's apply_patch, here run by the model as a shell
+    /// heredoc, which codex turns into a patch) is asked as `apply_patch`,
+    /// kind `edit`, with its one path as `file_path`: denied, the file is
+    /// not written; allowed by `edit(<dir>/*)`, it is.
+    @Test func aFileChangeIsAskedAsAnEdit() async throws {
+        let h = try await CodexHarness()
+        let patch = "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: hello.txt\n+hi\n*** End Patch\nEOF"
+        let file = h.work.file("hello.txt")
+        try await h.serve([CodexHarness.command(patch), CodexHarness.answer("Not written.")])
+        let b = try h.backend(["sandbox": "danger-full-access"])
+        let asked = Lock<[ApprovalRequest]>([])
+        var r = ModelRequest(prompt: "write hello.txt")
+        r.approval = .handler { q in
+            asked.withLock { $0.append(q) }
+            return .deny(reason: "no edits")
+        }
+        let denied = try await b.complete(r)
+        #expect(denied.finishReason == .toolDenied, "\(denied.metadata)")
+        let q = try #require(asked.withLock { $0.first })
+        #expect(q.tool == "apply_patch" && q.kind == "edit", "\(q)")
+        #expect(q.subject.hasSuffix("/hello.txt"), "\(q)")
+        #expect(!FileSystem.exists(file))
+        try await h.server.reset()
+        try await h.serve([CodexHarness.command(patch), CodexHarness.answer("Written.")])
+        r.approval = try .rules(["edit(\(FileSystem.realPath(h.work.path) ?? h.work.path)/*)", "edit(\(h.work.path)/*)"])
+        let allowed = try await b.complete(r)
+        #expect(allowed.finishReason == .stop, "\(allowed.metadata)")
+        #expect((try? FileSystem.readText(file, limit: 100)) == "hi\n")
+        await b.shutdown()
+    }
+
     /// A session's later turn with a policy resumes the thread in the app
     /// server (thread/resume): the API sees the whole conversation.
     @Test func aSessionTurnWithAPolicyResumesTheThread() async throws {
