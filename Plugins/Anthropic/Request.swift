@@ -182,15 +182,7 @@ enum AnthropicRequest {
                 if m.isError { block["is_error"] = true }
                 add("user", [.object(block)])
             case .assistant:
-                var blocks: [JSONValue] = []
-                for b in m.reasoningToSendBack {
-                    switch b {
-                    case .thinking(let text, let sig?) where !sig.isEmpty:
-                        blocks.append(["type": "thinking", "thinking": .string(text), "signature": .string(sig)])
-                    case .thinking: continue  // unsigned (another provider's): Anthropic refuses it
-                    case .redacted(let data): blocks.append(["type": "redacted_thinking", "data": .string(data)])
-                    }
-                }
+                var blocks = m.anthropicReasoningBlocks
                 if !m.content.isEmpty { blocks.append(["type": "text", "text": .string(m.content)]) }
                 for c in m.toolCalls {
                     var input: JSONValue = [:]

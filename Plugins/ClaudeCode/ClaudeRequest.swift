@@ -202,10 +202,9 @@ struct ClaudeInput {
                 entry("user", ["role": "user", "content": content])
             case .assistant:
                 flushResults()
-                var blocks: [JSONValue] = []
-                if let r = m.reasoning, let sig = m.reasoningSignature, !r.isEmpty {
-                    blocks.append(["type": "thinking", "thinking": .string(r), "signature": .string(sig)])
-                }
+                // Every reasoning block with its own signature, in order (a
+                // joined text under the last signature would be refused).
+                var blocks = m.anthropicReasoningBlocks
                 if !m.content.isEmpty { blocks.append(["type": "text", "text": .string(m.content)]) }
                 for c in m.toolCalls {
                     let input = (try? JSONValue.parse(c.arguments)).flatMap { $0.objectValue.map(JSONValue.object) } ?? [:]
