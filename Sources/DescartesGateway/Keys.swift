@@ -279,8 +279,11 @@ package final class KeyRing: Sendable {
             }
         }
         if let budget = key.budgetUSD, key.hash != nil {
-            // A new day or month: the spend starts again.
-            let s = spent ?? key.storeID.flatMap { id in state.withLock { s in s.spend[id].map { $0.period == period ? $0.usd : 0 } } } ?? 0
+            // A new day or month: the spend starts again. The store's count
+            // or this gateway's, the larger: a debit not sent yet
+            // (`SharedStore.send`) counts here already.
+            let here = key.storeID.flatMap { id in state.withLock { s in s.spend[id].map { $0.period == period ? $0.usd : 0 } } } ?? 0
+            let s = max(spent ?? 0, here)
             if s >= budget {
                 admission.sharedLimits?.adjust(requests: -1)
                 throw .budgetSpent(
@@ -307,8 +310,9 @@ package final class KeyRing: Sendable {
     /// Counts an answered request against its key: tokens against its
     /// tokens per minute, cost against its budget (kept in the local store,
     /// and with `shared:` in the shared store, where every gateway reads it).
-    /// With the shared store, one round trip: the tokens' correction with
-    /// the debit pipelined behind it.
+    /// With the shared store, the tokens' correction with the debit
+    /// pipelined behind it, sent after the caller has its answer
+    /// (`SharedStore.send`; one round trip, with other requests' writes).
     package func settle(_ key: GatewaySettings.Key, _ admission: Admission?, usage: Usage?, costUSD: Double?) {
         let now = Self.nowMS()
         let period = key.period.window(unixMS: now)
@@ -322,13 +326,13 @@ package final class KeyRing: Sendable {
         }
         if let usage, usage.totalTokens > 0, key.limits.tokensPerMinute != nil {
             if let limits = admission?.sharedLimits, let call = limits.adjustCall(tokens: usage.totalTokens) {
-                _ = limits.store.eval(SharedLimits.adjustScript, keys: call.keys, args: call.args, along: debit)
+                limits.store.send(SharedLimits.adjustScript, keys: call.keys, args: call.args, along: debit)
                 debit = []
             } else if let limiter = limiter(key) {
                 limiter.adjust(tokens: usage.totalTokens)
             }
         }
-        if let shared, !debit.isEmpty { _ = shared.store.run(debit) }
+        if let shared, !debit.isEmpty { shared.store.send(debit) }
         guard let cost else { return }
         guard let id = key.storeID, let store else { return }
         state.withLock { s in

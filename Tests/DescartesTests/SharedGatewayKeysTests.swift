@@ -246,13 +246,17 @@ import Testing
         let admission = try await ring.admit(key)
         #expect(store.stats.roundTrips - before == 1)
         #expect(admission.sharedLimits != nil)
-        // After the answer, one more: the tokens' correction with the debit
-        // along (measured on the second: the first may load the script, which
-        // no other test may have loaded into this server yet).
+        // After the answer, one more once the caller has it: the tokens'
+        // correction with the debit along, queued (measured on the second:
+        // the first may load the script, which no other test may have
+        // loaded into this server yet).
         ring.settle(key, admission, usage: Usage(inputTokens: 900, outputTokens: 100), costUSD: 0.5)
-        let answered = store.stats.roundTrips
+        await store.flush()
+        let answered = store.stats
         ring.settle(key, admission, usage: Usage(inputTokens: 900, outputTokens: 100), costUSD: 0.25)
-        #expect(store.stats.roundTrips - answered == 1)
+        #expect(store.stats.queued - answered.queued == 3)
+        await store.flush()
+        #expect(store.stats.roundTrips - answered.roundTrips == 1)
         let day = BudgetPeriod.day.window(unixMS: Int(time(nil)) * 1000)
         let spent = try store.run([[Array("GET".utf8), store.key("spend", "\(KeyRing.bucket(key)):\(day)")]]).get().first?.bytes
         #expect(spent.map { String(decoding: $0, as: UTF8.self) } == "0.75")

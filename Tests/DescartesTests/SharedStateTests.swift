@@ -477,9 +477,11 @@ import DescartesSupport
 
     /// The round trips to the store per request, counted by the store
     /// (docs/scaling.md, "Round trips per request"): before the request is
-    /// sent, a cache miss costs two (the lookup's GET+PTTL, then the limiter's
-    /// script), a hit one, limits without the cache one; after the answer
-    /// the token bucket's correction and the cache's SET one each.
+    /// sent, one, a miss's included (the lookup and the limiter's check in
+    /// one script), a hit one, limits without the cache one; after the
+    /// answer, the writes (the cache's SET, the token bucket's correction)
+    /// go as one batch once the caller has the answer: none are left when
+    /// `complete` returns but queued, and `flush` sends them in one.
     @Test func roundTripsPerRequest() async throws {
         let redis = try RedisServer.shared()
         let settings = try ReliabilitySettings.parse(
@@ -499,33 +501,74 @@ import DescartesSupport
             storeBox.withLock { $0 = p.sharedStore }
             return p
         }
-        // (before the request, in all) for a miss; a hit; without the cache.
-        let expected: [String: (miss: (Int, Int), hit: Int, uncached: (Int, Int))] = [
-            "plain": ((2, 3), 1, (1, 1)),  // no limits: the shared cool-down's check only
-            "counted": ((2, 3), 1, (1, 1)),
-            "tokened": ((2, 4), 1, (1, 2)),
+        // (before the request, in all) for a miss; a hit; without the cache;
+        // and the commands queued after the answer by a miss.
+        let expected: [String: (miss: (Int, Int), hit: Int, uncached: (Int, Int), queued: Int)] = [
+            "plain": ((1, 2), 1, (1, 1), 1),  // no limits: the shared cool-down's check only
+            "counted": ((1, 2), 1, (1, 1), 1),
+            "tokened": ((1, 2), 1, (1, 2), 2),
         ]
         for (name, want) in expected.sorted(by: { $0.key < $1.key }) {
             let first = providers()
             let store = try #require(first.sharedStore)
             // The first request may load the scripts (EVALSHA, then EVAL).
             _ = try await first.backend(name).complete(ModelRequest(prompt: "warm-up \(name)"))
-            func trips(_ p: ReliableProviders, _ prompt: String) async throws -> (before: Int?, total: Int) {
-                let start = store.stats.roundTrips
+            _ = try await providers(noCache: true).backend(name).complete(ModelRequest(prompt: "warm-up \(name)"))
+            func trips(_ p: ReliableProviders, _ prompt: String) async throws -> (before: Int?, total: Int, queued: Int) {
+                await store.flush()
+                let start = store.stats
                 let calls = seen.withLock { $0.count }
                 _ = try await p.backend(name).complete(ModelRequest(prompt: prompt))
-                let before: Int? = seen.withLock { s -> Int? in s.count > calls ? s.last! - start : nil }
-                return (before, store.stats.roundTrips - start)
+                let queued = store.stats.queued - start.queued
+                await store.flush()
+                let before: Int? = seen.withLock { s -> Int? in s.count > calls ? s.last! - start.roundTrips : nil }
+                return (before, store.stats.roundTrips - start.roundTrips, queued)
             }
             let miss = try await trips(first, "question for \(name)")
-            #expect(miss.before == want.miss.0 && miss.total == want.miss.1, "\(name), a miss: \(miss)")
+            #expect(miss.before == want.miss.0 && miss.total == want.miss.1 && miss.queued == want.queued, "\(name), a miss: \(miss)")
             // A new process's cache: memory empty, the entry in Redis.
             let hit = try await trips(providers(), "question for \(name)")
-            #expect(hit.before == nil && hit.total == want.hit, "\(name), a hit: \(hit)")
+            #expect(hit.before == nil && hit.total == want.hit && hit.queued == 0, "\(name), a hit: \(hit)")
             let uncached = try await trips(providers(noCache: true), "question for \(name)")
             #expect(uncached.before == want.uncached.0 && uncached.total == want.uncached.1, "\(name), no cache: \(uncached)")
-            #expect(store.stats.failures == 0)
+            #expect(store.stats.failures == 0 && store.stats.dropped == 0)
         }
+    }
+
+    /// A miss's lookup takes the limiter's share for the first attempt; a
+    /// request refused before it reaches the limiter (here by its budget)
+    /// gives the share back after it ends, and a request that reaches it
+    /// keeps it.
+    @Test func anAdmissionNoAttemptUsedIsGivenBack() async throws {
+        let redis = try RedisServer.shared()
+        let settings = try ReliabilitySettings.parse(
+            yaml: """
+                limits:
+                  refunded: {requests_per_minute: 60}
+                cache: {enabled: true}
+                budgets: {period: total, labels: {team=spent: 0.5}}
+                \(shared(redis))
+                """, file: "inline")
+        let seen = Lock<[Int]>([])
+        let storeBox = Lock<SharedStore?>(nil)
+        let providers = ReliableProviders(
+            settings: settings, create: { Counting(name: $0, seen: seen, store: storeBox) }, manifest: { _ in nil })
+        let store = try #require(providers.sharedStore)
+        storeBox.withLock { $0 = store }
+        let bucket = store.key("limit", "{refunded}", "requests")
+        _ = try store.run([[Array("DEL".utf8), bucket], [Array("SET".utf8), store.key("spend", "team=spent:total"), Array("1".utf8)]]).get()
+        var refused = ModelRequest(prompt: "refused \(UInt64.random(in: 0...UInt64.max))")
+        refused.metadata = ["team": "spent"]
+        await #expect(throws: ProviderError.self) { try await providers.backend("refunded").complete(refused) }
+        #expect(seen.withLock { $0.isEmpty })
+        await store.flush()
+        // Taken by the lookup (the TAT one interval ahead), then given back.
+        #expect(try store.run([[Array("GET".utf8), bucket]]).get().first == .null)
+        _ = try await providers.backend("refunded").complete(ModelRequest(prompt: "admitted \(UInt64.random(in: 0...UInt64.max))"))
+        await store.flush()
+        #expect(seen.withLock { $0.count } == 1)
+        #expect(try store.run([[Array("GET".utf8), bucket]]).get().first?.int != nil)
+        #expect(store.stats.failures == 0)
     }
 
     // MARK: Pieces
@@ -533,7 +576,7 @@ import DescartesSupport
     @Test func scriptNamesAreTheSHA1RedisComputes() throws {
         let redis = try RedisServer.shared()
         let store = redis.store(prefix: prefix)
-        for script in [SharedLimits.acquireScript, SharedLimits.adjustScript, SharedLimits.pauseScript] {
+        for script in [SharedLimits.acquireScript, SharedLimits.lookupScript, SharedLimits.adjustScript, SharedLimits.pauseScript] {
             let r = try store.run([[Array("SCRIPT".utf8), Array("LOAD".utf8), Array(script.source.utf8)]]).get()
             #expect(r.first?.bytes.map { String(decoding: $0, as: UTF8.self) } == script.sha1)
         }

@@ -428,7 +428,7 @@ struct SettingsParser {
 
     // MARK: shared
 
-    static let sharedKeys = ["store", "prefix", "username", "password", "connect_timeout", "command_timeout", "on_failure", "retry_interval"]
+    static let sharedKeys = ["store", "prefix", "username", "password", "connect_timeout", "command_timeout", "on_failure", "retry_interval", "cluster"]
 
     mutating func shared(_ n: YAMLNode) {
         guard mapping(n, "shared") != nil else { return }
@@ -464,6 +464,7 @@ struct SettingsParser {
                 v.problem(n["on_failure"]!, "shared.on_failure is 'open' (go on under local limits) or 'closed' (refuse requests), got '\(f)'")
             }
         }
+        if let c = v.bool(n, "cluster") { s.cluster = c }
         if valid { settings.shared = s }
     }
 

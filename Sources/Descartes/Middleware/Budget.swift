@@ -82,18 +82,23 @@ public final class SpendCounter: Sendable {
     /// shared store shares it).
     public static let process = SpendCounter()
 
-    /// What `ids` spent (in the shared store when it answers, else here).
+    /// What `ids` spent: in the shared store when it answers, else here.
+    /// Both count at least what is known to be spent (the store every
+    /// process's debits once sent, here this process's at once), so the
+    /// larger of the two is taken: a debit this process has not sent yet
+    /// (`SharedStore.send`) already counts for its next request.
     func spent(_ ids: [String], deadline: Duration?) throws(ProviderError) -> [Double] {
+        let here = local.withLock { m in ids.map { m[$0] ?? 0 } }
         if let shared {
             switch shared.spent(ids, deadline: deadline) {
-            case .success(let v): return v
+            case .success(let v): return zip(v, here).map { max($0, $1) }
             case .failure(let f):
                 if shared.store.settings.onFailure == .closed {
                     throw f.refusal()
                 }
             }
         }
-        return local.withLock { m in ids.map { m[$0] ?? 0 } }
+        return here
     }
 
     /// Adds `usd` to every one of `ids` (atomically in the shared store;

@@ -173,11 +173,12 @@ public struct ReliableProviders: Sendable {
         // limiters named NAME/MODEL (no instance name has a '/').
         let models = settings.modelLimits[name] ?? [:]
         let modelLimiters = Dictionary(uniqueKeysWithValues: models.map { m, l in (m, RateLimiter.shared(for: "\(name)/\(m)", limits: l, clock: clock)) })
+        var sharedLimits: SharedLimits?
         if let store = sharedStore {
             let limits = settings.limits[name] ?? RateLimits()
-            b = RateLimitedBackend(
-                b, limiter: .shared(for: name, limits: limits, clock: clock),
-                shared: SharedLimits(store: store, provider: name, limits: limits, models: models), modelLimiters: modelLimiters)
+            let shared = SharedLimits(store: store, provider: name, limits: limits, models: models)
+            sharedLimits = shared
+            b = RateLimitedBackend(b, limiter: .shared(for: name, limits: limits, clock: clock), shared: shared, modelLimiters: modelLimiters)
         } else if let limits = settings.limits[name] {
             b = RateLimitedBackend(b, limiter: .shared(for: name, limits: limits, clock: clock), shared: nil, modelLimiters: modelLimiters)
         }
@@ -190,7 +191,12 @@ public struct ReliableProviders: Sendable {
         if retry.maxAttempts > 1 { b = RetryBackend(b, policy: retry, clock: clock, logSink: logSink) }
         if !settings.budgets.labels.isEmpty { b = BudgetBackend(b, settings: settings.budgets, counter: spend, clock: clock) }
         if let cache, !overrides.noCache, settings.cache?.providers.map({ $0.contains(name) }) ?? true {
-            b = CacheBackend(b, cache: cache, embeddings: settings.cache?.embeddings ?? true)
+            // The shared lookup takes the limiter's admission in the same
+            // script, but for a Redis Cluster (the entry's key and the
+            // provider's are in different slots).
+            b = CacheBackend(
+                b, cache: cache, embeddings: settings.cache?.embeddings ?? true,
+                admitting: sharedStore?.settings.cluster == false ? sharedLimits : nil)
         }
         return b
     }
@@ -217,8 +223,10 @@ public struct ReliableProviders: Sendable {
         }
     }
 
-    /// Shuts down every provider created so far.
+    /// Shuts down every provider created so far, and sends what the shared
+    /// store still has to send (the writes after the last answers).
     public func shutdown() async {
+        await sharedStore?.flush()
         let all = leaves.made.withLock { Array($0.values) }
         // All at once: a plugin whose shutdown does not answer is waited
         // for up to its bound, and those bounds must not add up.

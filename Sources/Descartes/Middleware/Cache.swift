@@ -85,6 +85,7 @@ public final class ResponseCache: Sendable {
         public var diskErrors = 0
         /// Of the hits, those read from the shared store (`shared:`).
         public var sharedHits = 0
+        /// Entries sent to the shared store (after the answer, `SharedStore.send`).
         public var sharedWrites = 0
         /// Entries and bytes in memory now.
         public var entries = 0
@@ -200,8 +201,26 @@ public final class ResponseCache: Sendable {
         "\(namespace)\nembedding\n\(model ?? "")\n\(dimensions.map(String.init) ?? "")\n\(text)"
     }
 
-    /// The entry for `key`, if there is a live one (memory first, then disk).
-    package func lookup(_ key: String) -> Entry? {
+    /// The entry for `key`, if there is a live one (memory first, then the
+    /// shared store, then disk).
+    package func lookup(_ key: String) -> Entry? { lookup(key, admitting: nil) }
+
+    /// What a shared cache's lookup also checks when the entry is not in
+    /// memory: the provider's limits for the request (`CacheBackend`), so
+    /// that a miss costs one round trip, the admission handed down to the
+    /// limiter through `scope`.
+    package struct Admitting: Sendable {
+        var limits: SharedLimits
+        var tokens: Int
+        var maxWait: Duration?
+        var model: String?
+        var scope: SharedScope
+    }
+
+    /// The entry for `key`, as `lookup(_:)`; in the shared store together
+    /// with `admitting`'s check (one script), whose outcome on a miss goes
+    /// to its scope.
+    package func lookup(_ key: String, admitting: Admitting?) -> Entry? {
         let now = clock.now
         let found: Entry? = state.withLock { s in
             guard let i = s.index[key] else { return nil }
@@ -216,13 +235,25 @@ public final class ResponseCache: Sendable {
             return s.nodes[i].entry
         }
         if let found { return found }
-        if let shared, let (doc, remaining) = shared.get(key), let entry = Self.entry(doc, key: key) {
-            state.withLock { s in
-                s.stats.hits += 1
-                s.stats.sharedHits += 1
+        if let shared {
+            var document: (JSONValue, Duration?)?
+            if let a = admitting {
+                switch shared.lookup(key, admitting: a.limits, tokens: a.tokens, maxWait: a.maxWait, model: a.model) {
+                case .success(.entry(let doc?, let remaining)): document = (doc, remaining)
+                case .success(.admission(let outcome)): a.scope.admitted(outcome, by: a.limits, model: a.model)
+                case .success(.entry(nil, _)), .failure: break
+                }
+            } else {
+                document = shared.get(key)
             }
-            insertMemory(key, entry, ttl: remaining)
-            return entry
+            if let (doc, remaining) = document, let entry = Self.entry(doc, key: key) {
+                state.withLock { s in
+                    s.stats.hits += 1
+                    s.stats.sharedHits += 1
+                }
+                insertMemory(key, entry, ttl: remaining)
+                return entry
+            }
         }
         if limits.directory != nil, let (entry, remaining) = readDisk(key) {
             state.withLock { s in
@@ -244,7 +275,8 @@ public final class ResponseCache: Sendable {
         if let shared {
             // At rest, never a secret the factory knows (as on disk).
             let text = logSink.redactor.redact(String(decoding: JSONValue.object(document(key, entry)).jsonBytes, as: UTF8.self))
-            if shared.set(key, Array(text.utf8)) { state.withLock { $0.stats.sharedWrites += 1 } }
+            shared.set(key, Array(text.utf8))
+            state.withLock { $0.stats.sharedWrites += 1 }
         }
         if limits.directory != nil { writeDisk(key, entry) }
     }
@@ -419,12 +451,35 @@ public struct CacheBackend: WrappingBackend {
     public let namespace: String
     /// Whether `embed` is cached (providers.yaml's `cache.embeddings`).
     public let embeddings: Bool
+    /// The provider's limits in the shared store, checked by the shared
+    /// lookup of a request that misses memory, in the same script
+    /// (`SharedLimits.lookupScript`): the limiter's first attempt uses that
+    /// admission instead of its own round trip. Nil for a Redis Cluster
+    /// (`shared.cluster`), without `shared:`, or without a cache there.
+    package let admitting: SharedLimits?
 
     public init(_ inner: any ModelBackend, cache: ResponseCache, namespace: String? = nil, embeddings: Bool = true) {
+        self.init(inner, cache: cache, namespace: namespace, embeddings: embeddings, admitting: nil)
+    }
+
+    package init(_ inner: any ModelBackend, cache: ResponseCache, namespace: String? = nil, embeddings: Bool, admitting: SharedLimits?) {
         self.inner = inner
         self.cache = cache
         self.namespace = namespace ?? inner.name
         self.embeddings = embeddings
+        self.admitting = cache.shared == nil ? nil : admitting
+    }
+
+    /// The scope of one request through the shared store (`SharedScope`):
+    /// nil without one.
+    func scope() -> SharedScope? { cache.shared.map { SharedScope(store: $0.store) } }
+
+    /// What the shared lookup of `request` also checks (`admitting`).
+    func admission(_ request: ModelRequest, _ scope: SharedScope?) -> ResponseCache.Admitting? {
+        guard let limits = admitting, let scope else { return nil }
+        return ResponseCache.Admitting(
+            limits: limits, tokens: RateLimitedBackend.estimate(request), maxWait: request.deadlines.total,
+            model: request.model.flatMap { limits.models[$0] != nil ? $0 : nil }, scope: scope)
     }
 
     public func embed(_ request: EmbeddingRequest) async throws(ProviderError) -> Embeddings {
@@ -477,45 +532,61 @@ public struct CacheBackend: WrappingBackend {
 
     public func complete(_ request: ModelRequest) async throws(ProviderError) -> ModelResponse {
         let key = ResponseCache.key(for: request, namespace: namespace)
-        if let e = cache.lookup(key) { return Self.hit(e.response) }
-        let r = try await inner.complete(request)
-        if Self.cacheable(r) {
-            var stored = r
-            stored.attempts = []
-            cache.store(key, ResponseCache.Entry(response: stored, events: Streams.events(of: stored)))
+        let scope = scope()
+        // Ends the request's scope: its writes go after the answer, in one batch.
+        defer { scope?.finish() }
+        if let e = cache.lookup(key, admitting: admission(request, scope)) { return Self.hit(e.response) }
+        let result = await SharedScope.$current.withValue(scope) { () async -> Result<ModelResponse, ProviderError> in
+            do throws(ProviderError) {
+                let r = try await inner.complete(request)
+                if Self.cacheable(r) {
+                    var stored = r
+                    stored.attempts = []
+                    cache.store(key, ResponseCache.Entry(response: stored, events: Streams.events(of: stored)))
+                }
+                return .success(r)
+            } catch { return .failure(error) }
         }
-        return r
+        return try result.get()
     }
 
     public func stream(_ request: ModelRequest) -> ModelStream {
         let key = ResponseCache.key(for: request, namespace: namespace)
         let cache = self.cache
         let inner = self.inner
+        let scope = scope()
+        let admission = admission(request, scope)
         return Streams.make(provider: inner.name) { out in
-            if let e = cache.lookup(key) {
+            defer { scope?.finish() }
+            if let e = cache.lookup(key, admitting: admission) {
                 for event in e.events { out.yield(event) }
                 out.yield(.finish(Self.hit(e.response)))
                 return
             }
-            var recorded: [StreamEvent] = []
-            var restarted = false
-            for try await event in inner.stream(request) {
-                switch event {
-                case .finish(let r):
-                    if Self.cacheable(r) {
-                        var stored = r
-                        stored.attempts = []
-                        // After a restart the events hold a failed attempt's
-                        // beginning too: replay the answer instead.
-                        cache.store(key, ResponseCache.Entry(response: stored, events: restarted ? Streams.events(of: stored) : recorded))
-                    }
-                case .notice(_, let message):
-                    // Diagnostics of that run, not part of the answer.
-                    if message.hasPrefix(RetryPolicy.restartNotice) { restarted = true }
-                default: recorded.append(event)
+            try await SharedScope.$current.withValue(scope) { try await Self.forward(inner.stream(request), key: key, cache: cache, to: out) }
+        }
+    }
+
+    /// Passes a missed request's stream on to `out`, and stores its answer.
+    static func forward(_ stream: ModelStream, key: String, cache: ResponseCache, to out: Streams.Continuation) async throws {
+        var recorded: [StreamEvent] = []
+        var restarted = false
+        for try await event in stream {
+            switch event {
+            case .finish(let r):
+                if Self.cacheable(r) {
+                    var stored = r
+                    stored.attempts = []
+                    // After a restart the events hold a failed attempt's
+                    // beginning too: replay the answer instead.
+                    cache.store(key, ResponseCache.Entry(response: stored, events: restarted ? Streams.events(of: stored) : recorded))
                 }
-                out.yield(event)
+            case .notice(_, let message):
+                // Diagnostics of that run, not part of the answer.
+                if message.hasPrefix(RetryPolicy.restartNotice) { restarted = true }
+            default: recorded.append(event)
             }
+            out.yield(event)
         }
     }
 }

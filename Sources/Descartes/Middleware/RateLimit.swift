@@ -300,8 +300,12 @@ public struct RateLimitedBackend: WrappingBackend {
 
     /// The wait the shared store grants (slept here), or nil when the store
     /// does not answer and `on_failure` is `open` (the local limiter then decides).
+    /// The first attempt of a request whose shared cache lookup missed uses
+    /// the check that lookup made in the same script (`SharedScope`); any
+    /// other makes its own.
     func acquireShared(_ shared: SharedLimits, tokens: Int, maxWait: Duration?, model: String? = nil) async throws(ProviderError) -> Duration? {
-        switch shared.acquire(tokens: tokens, maxWait: maxWait, model: model) {
+        let outcome = SharedScope.current?.takeAdmission(for: shared, model: model) ?? shared.acquire(tokens: tokens, maxWait: maxWait, model: model)
+        switch outcome {
         case .unavailable(let f):
             if shared.store.settings.onFailure == .open { return nil }
             throw f.refusal(provider: inner.name)

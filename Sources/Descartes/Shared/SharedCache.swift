@@ -33,12 +33,32 @@ package struct SharedCache: Sendable {
         return (doc, left)
     }
 
-    /// Keeps `document` under `key` with the cache's time to live.
-    @discardableResult
-    func set(_ key: String, _ document: [UInt8]) -> Bool {
+    /// What `lookup(_:admitting:)` found.
+    enum Found {
+        /// The entry's document (nil when it is not JSON) and its time left.
+        case entry(JSONValue?, Duration?)
+        /// No entry: the limiter's check ran instead.
+        case admission(SharedLimits.Outcome)
+    }
+
+    /// The document kept for `key`, or, when there is none, the outcome of
+    /// `limits`'s check for a request of `tokens` (one script, one round
+    /// trip: `SharedLimits.lookupScript`; a hit charges nothing).
+    func lookup(_ key: String, admitting limits: SharedLimits, tokens: Int, maxWait: Duration?, model: String?) -> Result<Found, SharedStoreFailure> {
+        let call = limits.acquireCall(tokens: tokens, maxWait: maxWait, model: model)
+        return store.eval(SharedLimits.lookupScript, keys: [redisKey(key)] + call.keys, args: call.args, deadline: maxWait).map { v in
+            if let a = v.items, a.count == 2, let bytes = a[0].bytes {
+                return .entry(try? JSONValue.parse(bytes: bytes), a[1].int.flatMap { $0 > 0 ? Duration.milliseconds($0) : nil })
+            }
+            return .admission(limits.outcome(.success(v), charged: call.charged))
+        }
+    }
+
+    /// Keeps `document` under `key` with the cache's time to live, after
+    /// the caller has moved on (`SharedStore.send`).
+    func set(_ key: String, _ document: [UInt8]) {
         var cmd = [Array("SET".utf8), redisKey(key), document]
         if let ttl { cmd += [Array("PX".utf8), Array(String(max(1, ttl.milliseconds)).utf8)] }
-        guard case .success(let r) = store.run([cmd]), case .status = r.first else { return false }
-        return true
+        store.send([cmd])
     }
 }

@@ -38,20 +38,21 @@ package struct SharedLimits: Sendable {
     var requestsKey: [UInt8] { store.key("limit", "{\(provider)}", "requests") }
     var tokensKey: [UInt8] { store.key("limit", "{\(provider)}", "tokens") }
 
-    /// KEYS: the pause, then one per bucket. ARGV: the longest wait in µs
-    /// (-1: none), then per bucket: µs per unit, capacity, cost. Returns
-    /// {granted (1/0), wait µs}; a refusal changes nothing.
-    package static let acquireScript = LuaScript(
-        """
+    /// The GCRA check over the pause at `KEYS[k0]` and the buckets after it
+    /// (the body of `acquireScript` and `lookupScript`; `k0` set before it).
+    /// ARGV: the longest wait in µs (-1: none), then per bucket: µs per
+    /// unit, capacity, cost. Returns {granted (1/0), wait µs}; a refusal
+    /// changes nothing.
+    static let gcra = """
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
         local maxwait = tonumber(ARGV[1])
         local wait = 0
-        local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+        local paused = tonumber(redis.call('GET', KEYS[k0]) or '0')
         if paused > now then wait = paused - now end
         local tats = {}
-        for i = 2, #KEYS do
-          local a = 2 + (i - 2) * 3
+        for i = k0 + 1, #KEYS do
+          local a = 2 + (i - k0 - 1) * 3
           local interval = tonumber(ARGV[a])
           local capacity = tonumber(ARGV[a + 1])
           local cost = math.min(tonumber(ARGV[a + 2]), capacity)
@@ -63,11 +64,28 @@ package struct SharedLimits: Sendable {
           tats[i] = tat
         end
         if maxwait >= 0 and wait > maxwait then return {0, math.ceil(wait)} end
-        for i = 2, #KEYS do
+        for i = k0 + 1, #KEYS do
           redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
         end
         return {1, math.ceil(wait)}
-        """)
+        """
+
+    /// KEYS: the pause, then one per bucket. ARGV: as `gcra`.
+    package static let acquireScript = LuaScript("local k0 = 1\n" + gcra)
+
+    /// A cache miss's one round trip (`ResponseCache.lookup(_:admitting:)`):
+    /// KEYS: the cache entry, then `acquireScript`'s keys; ARGV: its
+    /// arguments. Returns {entry, its PTTL} when the entry is there
+    /// (nothing charged: a hit never reaches the provider), else
+    /// `acquireScript`'s answer. Its keys span two hash slots (the entry's
+    /// and the provider's): not for a Redis Cluster (`shared.cluster`).
+    package static let lookupScript = LuaScript(
+        """
+        local entry = redis.call('GET', KEYS[1])
+        if entry then return {entry, redis.call('PTTL', KEYS[1])} end
+        local k0 = 2
+
+        """ + gcra)
 
     /// KEYS: buckets. ARGV: per bucket: µs per unit, units to add (negative
     /// gives back). The TAT never goes below now (a bucket is never fuller
@@ -184,10 +202,11 @@ package struct SharedLimits: Sendable {
     /// Adds `tokens` to the token buckets and `requests` to the request
     /// buckets, the provider's and `model`'s (negative: gives them back,
     /// at most a bucket's size, what `acquire` charged it), e.g. the
-    /// usage's correction of the estimate, or a cancelled wait's reservation.
+    /// usage's correction of the estimate, or a cancelled wait's reservation:
+    /// after the caller has moved on (`SharedStore.send`).
     package func adjust(requests: Int = 0, tokens: Int = 0, model: String? = nil) {
         guard let call = adjustCall(requests: requests, tokens: tokens, model: model) else { return }
-        _ = store.eval(Self.adjustScript, keys: call.keys, args: call.args)
+        store.send(Self.adjustScript, keys: call.keys, args: call.args)
     }
 
     /// The call of `adjustScript` that `adjust` makes; nil when it changes nothing.

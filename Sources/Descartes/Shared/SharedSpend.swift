@@ -2,7 +2,8 @@
 /// float per budget and period (`descartes:spend:team=research:2026-12-07`),
 /// read with MGET before a request and raised with INCRBYFLOAT (atomic on
 /// the server, so two hosts debiting at once both count) after its answer,
-/// expiring an hour after its period ends.
+/// once the caller has it (`SharedStore.send`), expiring an hour after its
+/// period ends.
 package struct SharedSpend: Sendable {
     package let store: SharedStore
 
@@ -27,9 +28,10 @@ package struct SharedSpend: Sendable {
         }
     }
 
-    /// Adds `usd` to each of `ids` (one round trip).
+    /// Adds `usd` to each of `ids`, after the caller has moved on
+    /// (`SharedStore.send`: with the request's other writes, one round trip).
     package func debit(_ ids: [String], usd: Double, ttlSeconds: Int?) {
-        _ = store.run(debitCommands(ids, usd: usd, ttlSeconds: ttlSeconds))
+        store.send(debitCommands(ids, usd: usd, ttlSeconds: ttlSeconds))
     }
 
     /// The commands of `debit`, to send along another

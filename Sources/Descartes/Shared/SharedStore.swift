@@ -14,6 +14,7 @@ import Glibc
 ///   command_timeout: 100ms            # and never past the request's own deadline
 ///   on_failure: open                  # open: go on under the local limits; closed: refuse requests
 ///   retry_interval: 1s                # how often a store that failed is tried again
+///   cluster: false                    # true for a Redis Cluster: no script spans the cache and the limits
 /// ```
 public struct SharedSettings: Sendable, Hashable, CustomStringConvertible {
     public enum OnFailure: String, Sendable, Hashable { case open, closed }
@@ -28,6 +29,11 @@ public struct SharedSettings: Sendable, Hashable, CustomStringConvertible {
     public var commandTimeout: Duration = .milliseconds(100)
     public var onFailure = OnFailure.open
     public var retryInterval: Duration = .seconds(1)
+    /// The store is a Redis Cluster (`cluster: true`): a script's keys must
+    /// then lie in one hash slot, so a cache miss looks the entry up and
+    /// takes the limiter's share in two round trips rather than one script
+    /// (docs/scaling.md, "Round trips per request").
+    public var cluster = false
 
     public init() {}
 
@@ -104,6 +110,11 @@ public final class SharedStore: Sendable {
         public var available = true
         /// Why the last failed call failed.
         public var lastError: String?
+        /// Commands sent after an answer (`send`), queued.
+        public var queued = 0
+        /// Of those, commands dropped because the queue was full (the
+        /// store slower than the requests for long).
+        public var dropped = 0
     }
 
     private struct State {
@@ -235,6 +246,106 @@ public final class SharedStore: Sendable {
     static func scriptResult(_ v: RedisValue) -> Result<RedisValue, SharedStoreFailure> {
         if case .error(let e) = v { return .failure(SharedStoreFailure(message: "the shared store refused a script: \(e.prefix(200))")) }
         return .success(v)
+    }
+
+    // MARK: Writes after the answer
+
+    /// What `send` queued and the task that sends it.
+    private struct Behind {
+        var pending: [[[UInt8]]] = []
+        /// The scripts of queued EVALSHAs, by SHA-1 (for NOSCRIPT).
+        var scripts: [String: LuaScript] = [:]
+        var sending = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let behind = Lock(Behind())
+
+    /// The most commands queued; beyond it the oldest are dropped (counted
+    /// in `Stats.dropped`), so a store slower than the requests costs no
+    /// unbounded memory.
+    static let queueBound = 8192
+
+    /// Sends `commands` after the caller has moved on: the writes that
+    /// follow an answer (the cache's `SET`, the token bucket's correction,
+    /// a budget's debit), so that none of them is on the caller's time.
+    /// Inside a `SharedScope` (a request through the cache layer) they wait
+    /// for the request's end and go as one batch; otherwise at once. One
+    /// background task sends every batch queued meanwhile in one pipeline
+    /// (one round trip), bounded by the command timeout; during an outage
+    /// they are dropped, as a synchronous write would fail. `flush()` waits
+    /// for them (a backend's shutdown: a one-shot command loses none).
+    package func send(_ commands: [[[UInt8]]], scripts: [LuaScript] = []) {
+        guard !commands.isEmpty else { return }
+        if let scope = SharedScope.current, scope.store === self, scope.hold(commands, scripts: scripts) { return }
+        enqueue(commands, scripts: scripts)
+    }
+
+    /// Runs `script` after the caller has moved on (`send`), with `along`.
+    package func send(_ script: LuaScript, keys: [[UInt8]], args: [String], along: [[[UInt8]]] = []) {
+        send([Self.evalsha(script, keys: keys, args: args)] + along, scripts: [script])
+    }
+
+    static func evalsha(_ script: LuaScript, keys: [[UInt8]], args: [String]) -> [[UInt8]] {
+        [Array("EVALSHA".utf8), Array(script.sha1.utf8), Array(String(keys.count).utf8)] + keys + args.map { Array($0.utf8) }
+    }
+
+    func enqueue(_ commands: [[[UInt8]]], scripts: [LuaScript]) {
+        let start: Bool = behind.withLock { b in
+            b.pending += commands
+            for s in scripts { b.scripts[s.sha1] = s }
+            let over = b.pending.count - Self.queueBound
+            if over > 0 {
+                b.pending.removeFirst(over)
+                state.withLock { $0.stats.dropped += over }
+            }
+            state.withLock { $0.stats.queued += commands.count }
+            if b.sending { return false }
+            b.sending = true
+            return true
+        }
+        if start { Task.detached { self.drain() } }
+    }
+
+    /// Sends what is queued, batch after batch, until nothing is.
+    private func drain() {
+        while true {
+            let (batch, scripts, waiters) = behind.withLock { b -> ([[[UInt8]]], [String: LuaScript], [CheckedContinuation<Void, Never>]) in
+                if b.pending.isEmpty {
+                    b.sending = false
+                    defer { b.waiters = [] }
+                    return ([], [:], b.waiters)
+                }
+                defer { b.pending = [] }
+                return (b.pending, b.scripts, [])
+            }
+            if batch.isEmpty {
+                for w in waiters { w.resume() }
+                return
+            }
+            guard case .success(let replies) = run(batch) else { continue }
+            // A script the server has not seen yet: again with its source.
+            var again: [[[UInt8]]] = []
+            for (command, reply) in zip(batch, replies) {
+                if case .error(let e) = reply, e.hasPrefix("NOSCRIPT"), command.count > 1,
+                    let script = scripts[String(decoding: command[1], as: UTF8.self)]
+                {
+                    again.append([Array("EVAL".utf8), Array(script.source.utf8)] + command.dropFirst(2))
+                }
+            }
+            if !again.isEmpty { _ = run(again) }
+        }
+    }
+
+    /// Returns once everything `send` queued so far was sent (or failed).
+    public func flush() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let idle = behind.withLock { b in
+                if !b.sending && b.pending.isEmpty { return true }
+                b.waiters.append(c)
+                return false
+            }
+            if idle { c.resume() }
+        }
     }
 
     /// PING, timed: `descartes health` and the gateway's `/ready`.
