@@ -19,7 +19,9 @@ measurement, with the middleware sections of providers.yaml:
 For each: per-request latency p50 and p99 (medians over the runs), the added
 latency of a shared measurement against its in-process counterpart, the
 round trips and commands the process sent to Redis per timed request
-(descartes-bench's `shared_store` counts, from the store's own stats), and
+(descartes-bench's `shared_store` counts, from the store's own stats: those
+before the answer, on the request's time, and those the background sender
+made after the answers, off it), and
 the commands Redis executed per request, scripts' inner commands included
 (INFO commandstats before and after, warm-ups included).
 """
@@ -119,8 +121,6 @@ class SharedBench:
         ("shared-miss", "shared limits + cache, miss", "shared", True, "new", None),
         ("shared-hit", "shared limits + cache, hit (Redis, new process)", "shared", True, "again", "redis"),
     ]
-    # Round trips after the answer, per request: the usage correction of the token bucket, the cache's SET.
-    AFTER = {"shared-limits": 1, "shared-miss": 2, "shared-hit": 0}
     # A shared measurement and the in-process one it adds to.
     AGAINST = {"shared-limits": "local-limits", "shared-miss": "local-miss", "shared-hit": "local-hit"}
 
@@ -213,6 +213,8 @@ class SharedBench:
                    "p99_range": (min(r["latency_ms"]["p99"] * 1000 for r in rs), max(r["latency_ms"]["p99"] * 1000 for r in rs))}
             if key.startswith("shared"):
                 row["round_trips"] = med(lambda r: r["shared_store"]["round_trips"] / self.requests)
+                row["after"] = med(lambda r: r["shared_store"].get("after_round_trips", 0) / self.requests)
+                row["before"] = med(lambda r: (r["shared_store"]["round_trips"] - r["shared_store"].get("after_round_trips", 0)) / self.requests)
                 row["sent"] = med(lambda r: r["shared_store"]["commands"] / self.requests)
                 names = sorted({k for r in rs for k in r["redis_commands"]})
                 row["executed"] = {k: med(lambda r: r["redis_commands"].get(k, 0) / r["requests_with_warmup"]) for k in names}
@@ -234,19 +236,20 @@ class SharedBench:
                 added = ("", "")
             elif not base:
                 added = (f"{r['p50_us'] - s['none']['p50_us']:+,.0f} µs", f"{r['p99_us'] - s['none']['p99_us']:+,.0f} µs")
-            trips = f"{r['round_trips']:.2f}" if "round_trips" in r else ""
+            trips = f"{r['before']:.2f} + {r['after']:.2f}" if "round_trips" in r else ""
             sent = f"{r['sent']:.2f}" if "sent" in r else ""
             executed = ", ".join(f"{k.upper()} {v:.2f}" for k, v in sorted(r.get("executed", {}).items(), key=lambda kv: -kv[1]) if v >= 0.005)
             rows.append([label, us(r["p50_us"]), f"{us(r['p99_us'])} ({r['p99_range'][0]:,.0f}–{r['p99_range'][1]:,.0f})", *added, trips, sent,
                          executed])
-        # Of each request's round trips, those after the answer (the token bucket's correction, the
-        # cache's SET): SharedStateTests.roundTripsPerRequest counts them apart; the rest come first.
-        hot = {k: s[k]["round_trips"] - self.AFTER[k] for k in self.AFTER}
-        p99 = {k: s[k]["p99_us"] - s[self.AGAINST[k]]["p99_us"] for k in hot}
+        # Of each request's round trips, those before the answer are on its time; those after it the
+        # background sender made (SharedStore.send), batching what several requests queued.
+        shared = [k for k in self.AGAINST]
+        p99 = {k: s[k]["p99_us"] - s[self.AGAINST[k]]["p99_us"] for k in shared}
         met = {
-            "at most one round trip to Redis before a request is sent (limits and cache lookup)":
-                (all(v <= 1.0 for v in hot.values()),
-                 "; ".join(f"{s[k]['label']}: {v:.2f} before + {self.AFTER[k]} after" for k, v in hot.items())),
+            "at most one round trip to Redis per request on the hot path (limits and cache lookup in one script; "
+            "the writes after the answer off the caller's time)":
+                (all(s[k]["before"] <= 1.0 for k in shared),
+                 "; ".join(f"{s[k]['label']}: {s[k]['before']:.2f} before + {s[k]['after']:.2f} after the answer" for k in shared)),
             "under 200 µs added at p99 on loopback":
                 (all(v < 200 for v in p99.values()), "; ".join(f"{s[k]['label']} {v:+,.0f} µs" for k, v in p99.items())),
         }
@@ -273,9 +276,10 @@ class SharedBench:
                f"- Redis: redis-server {self.redis.version} (Debian) on 127.0.0.1, no persistence, started by the suite; the upstream:",
                "  the suite's nginx on 127.0.0.1 (one fixed chat completion). One descartes-bench process per measurement.",
                "- Added: against the in-process row of the same kind (limits; limits + cache miss; hit), or against no",
-               "  middleware for the in-process rows. Round trips and commands sent: the store's own counts per timed request.",
+               "  middleware for the in-process rows. Round trips and commands sent: the store's own counts per timed request;",
+               "  round trips as before the answer (on the request's time) + after it (the background sender's, off it).",
                "  Executed: Redis's `INFO commandstats` per request (warm-up included), the scripts' own commands counted too.",
-               "", "| measurement | p50 | p99 | added p50 | added p99 | round trips | commands sent | commands executed by Redis |",
+               "", "| measurement | p50 | p99 | added p50 | added p99 | round trips (before + after) | commands sent | commands executed by Redis |",
                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
         out += ["", "p99: the median of the runs' p99s (the lowest and highest run in brackets)."]
@@ -283,9 +287,10 @@ class SharedBench:
         out += [f"| {k} | {v[1]} | {'yes' if v[0] else '**no**'} |" for k, v in met.items()]
         out += ["", "Read with care: on the shared 2-core machine every round trip to Redis is two wake-ups of other processes",
                 "(redis-server, then this one), so what the machine does meanwhile lands on the shared rows several times per request;",
-                "their p99s follow the load far more than the in-process rows' (see the range over runs), the p50s much less. Why a miss",
-                "takes two round trips before it is sent, and what is counted after the answer: docs/scaling.md, \"Round trips per",
-                "request\" (SharedStateTests.roundTripsPerRequest checks the counts; the totals here agree with them)."]
+                "their p99s follow the load far more than the in-process rows' (see the range over runs), the p50s much less. How a miss",
+                "takes one round trip before it is sent, and what goes after the answer: docs/scaling.md, \"Round trips per",
+                "request\" (SharedStateTests.roundTripsPerRequest checks the counts; after the answer, the sender batches what several",
+                "requests queued, hence fewer than one round trip per request)."]
         out += ["", "The commands of the first run (the suite starts nginx and redis-server on free ports and fills them in):", "",
                 "```sh no-run: the benchmark (make bench BENCH_ARGS=\"--only 8\")",
                 "# the whole workload, as run for this table:",

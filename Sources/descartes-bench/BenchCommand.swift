@@ -83,7 +83,12 @@ enum BenchCommand {
 
         let outcome: Result<Report, ProviderError>
         do {
-            outcome = .success(try await measure(backend, s, counters: { counters(providers, cache: s.cache) }))
+            outcome = .success(
+                try await measure(backend, s) {
+                    // What the requests sent after their answers counts too.
+                    await providers.sharedStore?.flush()
+                    return counters(providers, cache: s.cache)
+                })
         } catch let e as ProviderError {
             outcome = .failure(e)
         } catch {
@@ -174,7 +179,11 @@ enum BenchCommand {
             ]
             if let f = firstTurn { rows.insert(["first turn", ms(f) + " (starts the session)"], at: 4) }
             if let trips = counters["shared_store.round_trips"] {
-                rows.append(["shared store", "\(trips) round trips (\(counters["shared_store.commands"] ?? 0) commands), \(counters["shared_store.failures"] ?? 0) failures"])
+                rows.append([
+                    "shared store",
+                    "\(trips) round trips (\(counters["shared_store.after_round_trips"] ?? 0) of them after answers; \(counters["shared_store.commands"] ?? 0) commands), "
+                        + "\(counters["shared_store.failures"] ?? 0) failures",
+                ])
             }
             if let hits = counters["cache.hits"] {
                 rows.append(["cache", "\(hits) hits (\(counters["cache.shared_hits"] ?? 0) from the shared store), \(counters["cache.misses"] ?? 0) misses"])
@@ -190,6 +199,7 @@ enum BenchCommand {
             out["shared_store.round_trips"] = st.roundTrips
             out["shared_store.commands"] = st.commands
             out["shared_store.failures"] = st.failures
+            out["shared_store.after_round_trips"] = st.afterRoundTrips
         }
         if cache, let c = providers.cache?.stats {
             out["cache.hits"] = c.hits
@@ -199,7 +209,7 @@ enum BenchCommand {
         return out
     }
 
-    static func measure(_ backend: any ModelBackend, _ s: Settings, counters: () -> [String: Int] = { [:] }) async throws -> Report {
+    static func measure(_ backend: any ModelBackend, _ s: Settings, counters: () async -> [String: Int] = { [:] }) async throws -> Report {
         // Warm-up: loads and initializes the plugin, opens a connection.
         for i in 0..<s.warmup { _ = try await once(backend, s.request(s.request, i, warmup: true), streaming: s.streaming) }
 
@@ -221,7 +231,7 @@ enum BenchCommand {
         // is counted at the end (a sampling thread would also show up in
         // callgrind profiles of a slowed-down process).
         let sampler = s.concurrency > 1 ? ThreadSampler() : nil
-        let before = counters()
+        let before = await counters()
         let cpu0 = cpuSeconds()
         let switches0 = voluntarySwitches()
         let start = ContinuousClock.now
@@ -261,7 +271,7 @@ enum BenchCommand {
         let seconds = (ContinuousClock.now - start).secondsDouble
         let cpu = cpuSeconds() - cpu0
         let switches = voluntarySwitches() - switches0
-        let after = counters()
+        let after = await counters()
         let threads = sampler?.stop() ?? (total: ThreadSampler.count(), byName: ThreadSampler.byName())
         return Report(
             seconds: seconds, cpuSeconds: cpu, voluntarySwitches: switches, latencies: results.map(\.latency), texts: results.map(\.answer.text),

@@ -90,6 +90,7 @@ import DescartesSupport
               on_failure: maybe
               command_timeout: 0ms
               colour: blue
+              cluster: sometimes
             """)
         let r = await cli(["config", "check"], config: bad)
         #expect(r.status == 78, "\(r)")
@@ -98,6 +99,7 @@ import DescartesSupport
         #expect(out.contains("providers.yaml:8:13: shared.password is written in the file"), "\(out)")
         #expect(out.contains("shared.on_failure is 'open' (go on under local limits) or 'closed' (refuse requests), got 'maybe'"), "\(out)")
         #expect(out.contains("shared.command_timeout must be more than 0"), "\(out)")
+        #expect(out.contains("shared.cluster is true (a Redis Cluster"), "\(out)")
         #expect(out.contains("unknown shared setting 'colour'") || out.contains("'colour'"), "\(out)")
         #expect(!out.contains("hunter2-in-the-file"), "the password is never printed: \(out)")
 
@@ -533,6 +535,33 @@ import DescartesSupport
             #expect(uncached.before == want.uncached.0 && uncached.total == want.uncached.1, "\(name), no cache: \(uncached)")
             #expect(store.stats.failures == 0 && store.stats.dropped == 0)
         }
+    }
+
+    /// With `cluster: true` no script spans the entry's slot and the
+    /// provider's: a miss looks up (GET+PTTL), then the limiter checks.
+    @Test func aClusterKeepsTheLookupAndTheLimiterApart() async throws {
+        let redis = try RedisServer.shared()
+        let settings = try ReliabilitySettings.parse(
+            yaml: """
+                limits:
+                  clustered: {requests_per_minute: 100000}
+                cache: {enabled: true}
+                \(shared(redis, "  cluster: true\n"))
+                """, file: "inline")
+        #expect(settings.shared?.cluster == true)
+        let seen = Lock<[Int]>([])
+        let storeBox = Lock<SharedStore?>(nil)
+        let providers = ReliableProviders(
+            settings: settings, create: { Counting(name: $0, seen: seen, store: storeBox) }, manifest: { _ in nil })
+        let store = try #require(providers.sharedStore)
+        storeBox.withLock { $0 = store }
+        _ = try await providers.backend("clustered").complete(ModelRequest(prompt: "warm-up"))
+        await store.flush()
+        let start = store.stats.roundTrips
+        _ = try await providers.backend("clustered").complete(ModelRequest(prompt: "a question \(UInt64.random(in: 0...UInt64.max))"))
+        #expect(seen.withLock { $0.last } == start + 2)
+        await store.flush()
+        #expect(store.stats.roundTrips == start + 3)
     }
 
     /// A miss's lookup takes the limiter's share for the first attempt; a

@@ -464,7 +464,13 @@ struct SettingsParser {
                 v.problem(n["on_failure"]!, "shared.on_failure is 'open' (go on under local limits) or 'closed' (refuse requests), got '\(f)'")
             }
         }
-        if let c = v.bool(n, "cluster") { s.cluster = c }
+        if let c = n["cluster"] {
+            if case .bool(let b) = c.json { s.cluster = b } else {
+                v.problem(
+                    c, "shared.cluster is true (a Redis Cluster: a cache miss then takes two round trips, the lookup's and the limiter's) "
+                        + "or false (one server or a single-primary managed one), got '\(c.scalar ?? c.kindName)'")
+            }
+        }
         if valid { settings.shared = s }
     }
 

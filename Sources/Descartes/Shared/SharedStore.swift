@@ -112,6 +112,9 @@ public final class SharedStore: Sendable {
         public var lastError: String?
         /// Commands sent after an answer (`send`), queued.
         public var queued = 0
+        /// Of `roundTrips`, those that sent queued commands (after answers,
+        /// off the requests' time).
+        public var afterRoundTrips = 0
         /// Of those, commands dropped because the queue was full (the
         /// store slower than the requests for long).
         public var dropped = 0
@@ -323,6 +326,7 @@ public final class SharedStore: Sendable {
                 return
             }
             guard case .success(let replies) = run(batch) else { continue }
+            state.withLock { $0.stats.afterRoundTrips += 1 }
             // A script the server has not seen yet: again with its source.
             var again: [[[UInt8]]] = []
             for (command, reply) in zip(batch, replies) {
@@ -332,7 +336,7 @@ public final class SharedStore: Sendable {
                     again.append([Array("EVAL".utf8), Array(script.source.utf8)] + command.dropFirst(2))
                 }
             }
-            if !again.isEmpty { _ = run(again) }
+            if !again.isEmpty, case .success = run(again) { state.withLock { $0.stats.afterRoundTrips += 1 } }
         }
     }
 
