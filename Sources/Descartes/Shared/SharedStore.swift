@@ -259,7 +259,11 @@ public final class SharedStore: Sendable {
         /// The scripts of queued EVALSHAs, by SHA-1 (for NOSCRIPT).
         var scripts: [String: LuaScript] = [:]
         var sending = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        /// Commands ever queued, and ever done with (sent, failed or
+        /// dropped): a flush waits for what was queued before it only.
+        var queued = 0
+        var done = 0
+        var waiters: [(upTo: Int, c: CheckedContinuation<Void, Never>)] = []
     }
     private let behind = Lock(Behind())
 
@@ -295,10 +299,12 @@ public final class SharedStore: Sendable {
     func enqueue(_ commands: [[[UInt8]]], scripts: [LuaScript]) {
         let start: Bool = behind.withLock { b in
             b.pending += commands
+            b.queued += commands.count
             for s in scripts { b.scripts[s.sha1] = s }
             let over = b.pending.count - Self.queueBound
             if over > 0 {
                 b.pending.removeFirst(over)
+                b.done += over
                 state.withLock { $0.stats.dropped += over }
             }
             state.withLock { $0.stats.queued += commands.count }
@@ -306,25 +312,33 @@ public final class SharedStore: Sendable {
             b.sending = true
             return true
         }
-        if start { Task.detached { self.drain() } }
+        if start { Task.detached { await self.drain() } }
     }
 
+    /// How long the sender lets writes gather before it sends them (unless
+    /// a `flush` waits): under load, the writes of the requests answered
+    /// meanwhile go in one round trip, so the store's work after the
+    /// answers (on both hosts' CPUs) grows with the batches, not the
+    /// requests. A write reaches Redis this much later.
+    static let gatherFor: Duration = .milliseconds(2)
+
     /// Sends what is queued, batch after batch, until nothing is.
-    private func drain() {
+    private func drain() async {
+        var finished = 0
         while true {
-            let (batch, scripts, waiters) = behind.withLock { b -> ([[[UInt8]]], [String: LuaScript], [CheckedContinuation<Void, Never>]) in
-                if b.pending.isEmpty {
-                    b.sending = false
-                    defer { b.waiters = [] }
-                    return ([], [:], b.waiters)
-                }
+            if behind.withLock({ $0.waiters.isEmpty }) { try? await Task.sleep(for: Self.gatherFor) }
+            let (batch, scripts, ready) = behind.withLock { b -> ([[[UInt8]]], [String: LuaScript], [CheckedContinuation<Void, Never>]) in
+                b.done += finished
+                let done = b.done
+                let ready = b.waiters.filter { $0.upTo <= done }.map(\.c)
+                b.waiters.removeAll { $0.upTo <= done }
+                if b.pending.isEmpty { b.sending = false }
                 defer { b.pending = [] }
-                return (b.pending, b.scripts, [])
+                return (b.pending, b.scripts, ready)
             }
-            if batch.isEmpty {
-                for w in waiters { w.resume() }
-                return
-            }
+            for c in ready { c.resume() }
+            if batch.isEmpty { return }
+            finished = batch.count
             guard case .success(let replies) = run(batch) else { continue }
             state.withLock { $0.stats.afterRoundTrips += 1 }
             // A script the server has not seen yet: again with its source.
@@ -340,12 +354,13 @@ public final class SharedStore: Sendable {
         }
     }
 
-    /// Returns once everything `send` queued so far was sent (or failed).
+    /// Returns once everything `send` queued before the call was sent (or
+    /// failed, or was dropped); what others queue meanwhile is not waited for.
     public func flush() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let idle = behind.withLock { b in
-                if !b.sending && b.pending.isEmpty { return true }
-                b.waiters.append(c)
+                if b.done >= b.queued { return true }
+                b.waiters.append((b.queued, c))
                 return false
             }
             if idle { c.resume() }
