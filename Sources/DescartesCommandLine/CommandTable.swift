@@ -146,7 +146,7 @@ extension Option {
             .configShow: .key("One JSON document"),
             .configCheck: "{\"problems\": [{\"file\", \"line\", \"column\", \"message\"}]}",
             .log: .key("{\"entries\": [...], \"totals\": [...]}"),
-            .keysList: "{\"database\", \"keys\": [{\"name\", \"models\", \"rpm\", \"tpm\", \"budget_usd\", \"period\", \"spent_usd\", \"labels\", \"created\", \"revoked\"}]}",
+            .keysList: "{\"database\", \"shared_store\" (with shared:), \"keys\": [{\"name\", \"models\", \"rpm\", \"tpm\", \"budget_usd\", \"period\", \"spent_usd\", \"labels\", \"created\", \"revoked\"}]}",
             .sessionsList: .key("{\"directory\", \"sessions\": [{\"id\", \"provider\", \"turns\", \"created\", \"updated\"}]}"),
             .bench: """
                 One JSON object: requests, seconds, requests_per_second,
@@ -534,7 +534,11 @@ extension Command {
                 """),
         Command(
             .keysList, summary: "List the gateway's issued keys (never the keys themselves)",
-            about: "Lists each issued key: name, models, limits, budget and spend in its period, created, revoked."),
+            about: """
+                Lists each issued key: name, models, limits, budget and spend in its period, created, revoked.
+                With a shared: section, the keys issued on every host and their spend through every gateway
+                (the shared store's); this host's keys only, with a warning, while it does not answer.
+                """),
         Command(
             .keysRevoke, summary: "Revoke a gateway key: a running gateway refuses it from its next request",
             arguments: [Argument("NAME", .one, help: "The key's name")],

@@ -210,7 +210,7 @@ package final class KeyRing: Sendable {
     /// configured key's, of its secret), never its name, which two hosts'
     /// files might give different keys.
     package static func bucket(_ key: GatewaySettings.Key) -> String {
-        "gwkey-" + (key.hash ?? StoredGatewayKey.hash(of: String(decoding: key.secret, as: UTF8.self))).prefix(32)
+        SharedGatewayKeys.bucket(hash: key.hash ?? StoredGatewayKey.hash(of: String(decoding: key.secret, as: UTF8.self)))
     }
 
     /// The key's spend counter in the shared store, in the current period.

@@ -106,12 +106,36 @@ enum KeysCommand {
         return parts.joined(separator: "; ")
     }
 
+    /// The keys of this host's database and, with `shared:`, of the shared
+    /// store (issued on any host), by hash: a key in both shows the store's
+    /// spend (every gateway's) or this host's when larger (a debit not sent
+    /// yet), and is revoked when either says so. When the store does not
+    /// answer, this host's keys, with a warning.
     static func list(_ args: Arguments, globals: Globals) -> ExitCode {
-        let (store, _, _) = store(globals)
-        let keys: [StoredGatewayKey]
-        do { keys = try store.keys(nowUnixMS: AccessTime.nowMS(), revoked: true) } catch {
+        let (store, _, shared) = store(globals)
+        let now = AccessTime.nowMS()
+        var keys: [StoredGatewayKey]
+        do { keys = try store.keys(nowUnixMS: now, revoked: true) } catch {
             Out.err("Error: \(error.description)")
             return .config
+        }
+        var sharedRead = false
+        if let shared {
+            switch shared.list(nowUnixMS: now) {
+            case .success(let all):
+                sharedRead = true
+                for k in all {
+                    guard let i = keys.firstIndex(where: { $0.hash == k.hash }) else {
+                        keys.append(k)
+                        continue
+                    }
+                    if keys[i].spentPeriod == k.spentPeriod { keys[i].spentUSD = max(keys[i].spentUSD, k.spentUSD) }
+                    if keys[i].revokedUnixMS == nil { keys[i].revokedUnixMS = k.revokedUnixMS }
+                }
+                keys.sort { ($0.createdUnixMS, $0.name) < ($1.createdUnixMS, $1.name) }
+            case .failure(let f):
+                Out.err("descartes keys: warning: \(f.message); listing this host's keys only (\(store.path))")
+            }
         }
         if args.flag(.json) {
             let docs: [JSONValue] = keys.map { k in
@@ -126,11 +150,14 @@ enum KeysCommand {
                 o["spent_period"] = .string(k.spentPeriod)
                 return .object(o)
             }
-            Out.line(JSONValue.object(["database": .string(store.path), "keys": .array(docs)]).prettyText())
+            var top: JSONObject = ["database": .string(store.path), "keys": .array(docs)]
+            if sharedRead, let shared { top["shared_store"] = .string(shared.store.settings.store) }
+            Out.line(JSONValue.object(top).prettyText())
             return .ok
         }
         if keys.isEmpty {
-            Out.line("no gateway keys issued (\(store.path)); issue one with: descartes keys create --name NAME")
+            Out.line(
+                "no gateway keys issued (\(store.path)\(sharedRead ? " and \(shared?.store.settings.store ?? "")" : "")); issue one with: descartes keys create --name NAME")
             return .ok
         }
         var rows: [[String]] = []

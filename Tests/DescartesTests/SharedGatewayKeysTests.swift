@@ -157,10 +157,13 @@ import Testing
         #expect(clash.status == 78, "\(clash)")
         #expect(clash.stderr.contains("has an active gateway key named 'team-a' (issued on another host"), "\(clash)")
         #expect(clash.stdout.isEmpty, "no key printed: \(clash)")
-        // The key A's file took before the store refused it is revoked there.
+        // The key A's file took before the store refused it is revoked
+        // there; A's list has its two revoked keys and B's active one
+        // (from the store).
         let listed = try JSONValue.parse(await keys(["list", "--json"], hostA).stdout)
         let rows = try #require(listed["keys"]?.arrayValue)
-        #expect(rows.count == 2 && rows.allSatisfy { $0["revoked"]?.stringValue != nil }, "\(listed)")
+        #expect(rows.count == 3 && rows.filter { $0["revoked"]?.stringValue != nil }.count == 2, "\(listed)")
+        #expect(rows.filter { $0["revoked"] == .null }.map { $0["name"]?.stringValue } == ["team-a"], "\(listed)")
     }
 
     // MARK: Limits and budgets per key
@@ -229,6 +232,37 @@ import Testing
     /// A request of a key with a rate limit and a budget costs one round
     /// trip to admit (the limit script, the budget's MGET along), and the
     /// key's lookup at most one per `lookupTTL`.
+    /// `descartes keys list` on a host with `shared:` lists the keys issued
+    /// on every host, with what they spent through every gateway (the
+    /// shared counter), and a revocation made on another host.
+    @Test func keysListShowsEveryHostsKeysAndTheirSharedSpend() async throws {
+        let redis = try RedisServer.shared()
+        let server = try await Self.countingServer()
+        let hostA = config("a", server, redis)
+        let hostB = config("b", server, redis)
+        let secret = try await issue("listed", ["--budget-usd", "1", "--period", "day"], hostA)
+        // Another gateway's debit, in the shared counter only.
+        let store = redis.store(prefix: prefix)
+        let day = BudgetPeriod.day.window(unixMS: Int(time(nil)) * 1000)
+        let counter = store.key("spend", "\(SharedGatewayKeys.bucket(hash: StoredGatewayKey.hash(of: secret))):\(day)")
+        _ = try store.run([[Array("INCRBYFLOAT".utf8), counter, Array("0.25".utf8)]]).get()
+        func listed(_ config: String) async throws -> JSONValue {
+            let r = await keys(["list", "--json"], config)
+            #expect(r.status == 0, "\(r)")
+            let doc = try JSONValue.parse(r.stdout)
+            #expect(doc["shared_store"]?.stringValue == redis.url, "\(r.stdout)")
+            return try #require(doc["keys"]?.arrayValue?.first { $0["name"]?.stringValue == "listed" }, "\(r.stdout)")
+        }
+        // B's own database has no key: the store's record and spend.
+        let onB = try await listed(hostB)
+        #expect(onB["spent_usd"]?.doubleValue == 0.25 && onB["budget_usd"]?.doubleValue == 1 && onB["revoked"] == .null, "\(onB)")
+        // A's database has the key, spent nothing here: the store's spend.
+        #expect(try await listed(hostA)["spent_usd"]?.doubleValue == 0.25)
+        #expect(await keys(["revoke", "listed"], hostA).status == 0)
+        #expect(try await listed(hostB)["revoked"]?.stringValue != nil)
+        #expect(!(await keys(["list"], hostB)).stdout.contains(secret))
+    }
+
     @Test func admittingAKeysRequestIsOneRoundTrip() async throws {
         let redis = try RedisServer.shared()
         let store = redis.store(prefix: prefix)

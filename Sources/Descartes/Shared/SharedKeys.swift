@@ -96,26 +96,77 @@ package struct SharedGatewayKeys: Sendable {
     /// Reads one key's record (one round trip, `HGETALL`).
     package func lookup(hash: String, deadline: Duration? = nil) -> Result<Lookup, SharedStoreFailure> {
         store.run([[Array("HGETALL".utf8), recordKey(hash)]], deadline: deadline).map { (replies: [RedisValue]) -> Lookup in
-            let items = replies.first?.items ?? []
-            guard !items.isEmpty else { return .absent }
-            var f: [String: String] = [:]
-            var i = 0
-            while i + 1 < items.count {
-                if let k = items[i].bytes, let v = items[i + 1].bytes { f[String(decoding: k, as: UTF8.self)] = String(decoding: v, as: UTF8.self) }
-                i += 2
-            }
-            if f["revoked_ms"] != nil { return .revoked }
-            let models = (try? JSONValue.parse(f["models"] ?? "[]"))?.arrayValue?.compactMap(\.stringValue) ?? []
-            var labels: [String: String] = [:]
-            if case .object(let o)? = try? JSONValue.parse(f["labels"] ?? "{}") {
-                for m in o { if let s = m.value.stringValue { labels[m.key] = s } }
-            }
-            return .active(
-                StoredGatewayKey(
-                    name: f["name"] ?? "", hash: hash, models: models, budgetUSD: f["budget_usd"].flatMap(Double.init),
-                    period: BudgetPeriod(rawValue: f["period"] ?? "") ?? .total, requestsPerMinute: f["rpm"].flatMap { Int($0) },
-                    tokensPerMinute: f["tpm"].flatMap { Int($0) }, labels: labels, createdUnixMS: f["created_ms"].flatMap { Int($0) } ?? 0))
+            guard let key = Self.record(hash: hash, replies.first) else { return .absent }
+            return key.revokedUnixMS == nil ? .active(key) : .revoked
         }
+    }
+
+    /// The key a record's `HGETALL` reply holds; nil when it is empty.
+    static func record(hash: String, _ reply: RedisValue?) -> StoredGatewayKey? {
+        let items = reply?.items ?? []
+        guard !items.isEmpty else { return nil }
+        var f: [String: String] = [:]
+        var i = 0
+        while i + 1 < items.count {
+            if let k = items[i].bytes, let v = items[i + 1].bytes { f[String(decoding: k, as: UTF8.self)] = String(decoding: v, as: UTF8.self) }
+            i += 2
+        }
+        let models = (try? JSONValue.parse(f["models"] ?? "[]"))?.arrayValue?.compactMap(\.stringValue) ?? []
+        var labels: [String: String] = [:]
+        if case .object(let o)? = try? JSONValue.parse(f["labels"] ?? "{}") {
+            for m in o { if let s = m.value.stringValue { labels[m.key] = s } }
+        }
+        return StoredGatewayKey(
+            name: f["name"] ?? "", hash: hash, models: models, budgetUSD: f["budget_usd"].flatMap(Double.init),
+            period: BudgetPeriod(rawValue: f["period"] ?? "") ?? .total, requestsPerMinute: f["rpm"].flatMap { Int($0) },
+            tokensPerMinute: f["tpm"].flatMap { Int($0) }, labels: labels, createdUnixMS: f["created_ms"].flatMap { Int($0) } ?? 0,
+            revokedUnixMS: f["revoked_ms"].flatMap { Int($0) })
+    }
+
+    /// The name of a key's buckets and spend counter in the store
+    /// (`PREFIX limit:{gwkey-HASH}:...`, `PREFIX spend:gwkey-HASH:PERIOD`),
+    /// from the hex SHA-256 of its secret.
+    package static func bucket(hash: String) -> String { "gwkey-" + hash.prefix(32) }
+
+    /// Every key the store has, revoked ones too, each with what it spent
+    /// in its period at `nowUnixMS` (`descartes keys list`): `SCAN` over the
+    /// records, then their `HGETALL`s in one round trip and the spend
+    /// counters' `MGET` in another.
+    package func list(nowUnixMS: Int) -> Result<[StoredGatewayKey], SharedStoreFailure> {
+        let pattern = store.key("gwkeys", "{keys}", "hash", "*")
+        let head = store.key("gwkeys", "{keys}", "hash", "").count
+        var hashes: [String] = []
+        var cursor = "0"
+        repeat {
+            switch store.run([[Array("SCAN".utf8), Array(cursor.utf8), Array("MATCH".utf8), pattern, Array("COUNT".utf8), Array("1000".utf8)]]) {
+            case .failure(let f): return .failure(f)
+            case .success(let r):
+                guard let page = r.first?.items, page.count == 2, let next = page[0].bytes, let names = page[1].items else {
+                    return .failure(SharedStoreFailure(message: "unexpected answer to SCAN from \(store.settings.store): \(r)"))
+                }
+                cursor = String(decoding: next, as: UTF8.self)
+                for name in names { if let b = name.bytes { hashes.append(String(decoding: b.dropFirst(head), as: UTF8.self)) } }
+            }
+        } while cursor != "0"
+        hashes = Array(Set(hashes)).sorted()
+        guard !hashes.isEmpty else { return .success([]) }
+        let records: [RedisValue]
+        switch store.run(hashes.map { [Array("HGETALL".utf8), recordKey($0)] }) {
+        case .failure(let f): return .failure(f)
+        case .success(let r): records = r
+        }
+        var keys = zip(hashes, records).compactMap { Self.record(hash: $0, $1) }
+        let spend = SharedSpend(store: store)
+        let ids = keys.map { "\(Self.bucket(hash: $0.hash)):\($0.period.window(unixMS: nowUnixMS))" }
+        switch spend.spent(ids, deadline: nil) {
+        case .failure(let f): return .failure(f)
+        case .success(let spent):
+            for i in keys.indices {
+                keys[i].spentUSD = spent[i]
+                keys[i].spentPeriod = keys[i].period.window(unixMS: nowUnixMS)
+            }
+        }
+        return .success(keys.sorted { ($0.createdUnixMS, $0.name) < ($1.createdUnixMS, $1.name) })
     }
 
     /// Whether any key was ever issued through the store.
