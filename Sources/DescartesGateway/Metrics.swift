@@ -153,6 +153,14 @@ final class GatewayMetrics: Sendable {
             out += "descartes_shared_store_outages_total \(shared.outages)\n"
             family("descartes_shared_store_commands_total", "counter", "Commands those round trips carried (pipelined: several per round trip).")
             out += "descartes_shared_store_commands_total \(shared.commands)\n"
+            family(
+                "descartes_shared_store_after_answer_round_trips_total", "counter",
+                "Of the round trips, those the background sender made with the writes that follow answers (off the requests' time).")
+            out += "descartes_shared_store_after_answer_round_trips_total \(shared.afterRoundTrips)\n"
+            family("descartes_shared_store_queued_commands_total", "counter", "Commands queued to be sent after an answer (cache entries, token corrections, debits).")
+            out += "descartes_shared_store_queued_commands_total \(shared.queued)\n"
+            family("descartes_shared_store_dropped_commands_total", "counter", "Of those, commands dropped because the queue was full.")
+            out += "descartes_shared_store_dropped_commands_total \(shared.dropped)\n"
         }
         if !breakers.isEmpty {
             let sorted = breakers.sorted { $0.provider < $1.provider }

@@ -197,6 +197,8 @@ import Testing
             #expect(m.contains(line + "\n"), "\(line) in \(m)")
         }
         #expect(m.contains("descartes_shared_store_commands_total "), "\(m)")
+        #expect(m.contains("descartes_shared_store_after_answer_round_trips_total "), "\(m)")
+        #expect(m.contains("descartes_shared_store_dropped_commands_total 0\n"), "\(m)")
     }
 
     @Test func aKeysBudgetSpentFromTwoGatewaysRefusesTheNextRequestInBoth() async throws {
