@@ -130,7 +130,7 @@ enum HostFaults {
             (a C plugin that hangs where it is told to) and the file system. The host owns
             every deadline: a plugin function that has not returned when its deadline passes
             is abandoned on its thread (every plugin operation runs on a host thread, never on
-            the caller's), the caller gets `timeout` naming the operation, and the instance is
+            the caller's, unless its manifest says `returns_promptly: true`, docs/manifest.md), the caller gets `timeout` naming the operation, and the instance is
             quarantined (every later operation fails at once saying why; an isolated plugin's
             helper is killed). Loading and `create` are bounded by the factory's
             `operationDeadline` (the CLI's `--timeout`, else 30 s).

@@ -1,4 +1,5 @@
 import Descartes
+import DescartesSupport
 import Testing
 
 @Suite struct YAMLTests {
@@ -107,6 +108,45 @@ import Testing
             #expect(error.problems.count == 1)
             #expect(error.description == "v2.yaml:1:19: unknown manifest_version 2 (this host reads 1...1)")
         }
+    }
+
+    @Test func returnsPromptlyIsABooleanOffByDefault() throws {
+        #expect(try PluginManifest.parse(Self.valid, file: "/plugins/demo.yaml").returnsPromptly == false)
+        #expect(try PluginManifest.parse(Self.valid + "\nreturns_promptly: true", file: "/plugins/demo.yaml").returnsPromptly)
+        do {
+            _ = try PluginManifest.parse(Self.valid + "\nreturns_promptly: soon", file: "/plugins/demo.yaml")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.problems.count == 1)
+            #expect(error.description == "/plugins/demo.yaml:18:19: 'returns_promptly' must be true or false, got string 'soon'", "\(error)")
+        }
+    }
+
+    /// A plugin whose manifest says `returns_promptly: true` is called on
+    /// the caller's thread: the echo plugin answers initialize, health and
+    /// models inside the operation function (the terminal event before the
+    /// handle is returned) and complete and stream from its own thread, and
+    /// every one of them reaches the caller.
+    @Test func aPromptPluginIsAnsweredInlineAndFromItsOwnThreads() async throws {
+        let d = PluginDir().addEcho()
+        let echo = try FileSystem.readText(d.dir.file("echo.yaml"), limit: 1 << 20)
+        d.dir.write("echo.yaml", echo.replacingAll("\nmode: local\n", with: "\nmode: local\nreturns_promptly: true\n"))
+        let f = d.factory()
+        #expect(f.catalog.entry(for: "echo")?.manifest?.returnsPromptly == true)
+        let b = try f.create("echo")
+        try await b.initialize()
+        _ = try await b.healthCheck()
+        #expect(try await b.listModels().map(\.id) == ["echo-1"])
+        for i in 0..<20 {
+            let r = try await b.complete(ModelRequest(prompt: "ping \(i)"))
+            #expect(r.content.contains("ping \(i)"), "\(r.content)")
+        }
+        var text = ""
+        for try await e in b.stream(ModelRequest(prompt: "streamed")) {
+            if case .textDelta(let t) = e { text += t }
+        }
+        #expect(text.contains("streamed"), "\(text)")
+        await b.shutdown()
     }
 
     @Test func pricesCacheTokensSeparately() {

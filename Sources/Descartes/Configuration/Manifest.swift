@@ -104,6 +104,13 @@ public struct PluginManifest: Sendable, Hashable {
     /// The plugin's conformance spec (docs/conformance.md), resolved
     /// relative to the manifest, when the manifest names one.
     package var conformance: String? = nil
+    /// `returns_promptly: true`: the plugin's operation functions only start
+    /// the work (queue it on the plugin's own threads, as the plugin kit's
+    /// HTTP backends do) and return at once, so the host calls them on the
+    /// caller's thread instead of handing each call to a `PluginThreads`
+    /// worker (one thread hand-off less per request). Without it a plugin
+    /// function that never returns holds a worker, not the caller.
+    package var returnsPromptly = false
 
     public func configKey(_ name: String) -> ConfigKey? { config.first { $0.name == name } }
     public func model(_ id: String) -> ManifestModel? { models.first { $0.id == id } }
@@ -130,7 +137,7 @@ public struct PluginManifest: Sendable, Hashable {
 
     static let knownKeys = [
         "manifest_version", "provider", "version", "description", "library", "factory", "abi", "mode", "capabilities",
-        "default_model", "models", "config", "conformance",
+        "default_model", "models", "config", "conformance", "returns_promptly",
     ]
     static let knownConfigKeyFields = ["type", "required", "default", "env", "secret", "description"]
     static let knownModelFields = ["id", "context", "max_output", "price", "capabilities"]
@@ -222,6 +229,7 @@ public struct PluginManifest: Sendable, Hashable {
         }
 
         let conformance = v.string(root, "conformance")
+        let returnsPromptly = v.bool(root, "returns_promptly") ?? false
         if !v.problems.isEmpty { throw SourceError(v.problems) }
         let dir = FileSystem.directory(of: file)
         let resolved = library.hasPrefix("/") ? library : FileSystem.join(dir, library)
@@ -230,6 +238,7 @@ public struct PluginManifest: Sendable, Hashable {
             libraryPath: resolved, factory: factory, abi: abi, mode: mode, capabilities: capabilities,
             defaultModel: defaultModel, models: models, config: config)
         manifest.conformance = conformance.map { $0.hasPrefix("/") ? $0 : FileSystem.join(dir, $0) }
+        manifest.returnsPromptly = returnsPromptly
         return manifest
     }
 

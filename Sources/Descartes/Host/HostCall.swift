@@ -92,6 +92,12 @@ final class HostCall: @unchecked Sendable {
     /// deadlines already counting: a plugin whose function never returns
     /// holds that thread, not the caller, who gets `timeout` naming the
     /// operation when the deadline passes (and the backend is quarantined).
+    ///
+    /// A plugin whose manifest says `returns_promptly: true` (its functions
+    /// only queue the work, as the plugin kit's HTTP backends do) is called
+    /// here, on the caller's thread: one thread hand-off less per request.
+    /// The deadlines still answer the caller if such a function does not
+    /// return, but the thread it holds is then the caller's.
     func start(_ fn: descartes_operation_fn, input: [UInt8]) {
         // The plugin's context is the call's number in the registry, not a
         // pointer: an event after the terminal one (a broken plugin) finds
@@ -99,7 +105,11 @@ final class HostCall: @unchecked Sendable {
         id = CallRegistry.shared.register(self)
         backend.noteInFlight(1)
         armWatchdog()
-        PluginThreads.shared.run { [self] in invoke(fn, input: input) }
+        if backend.manifest.returnsPromptly {
+            invoke(fn, input: input)
+        } else {
+            PluginThreads.shared.run { [self] in invoke(fn, input: input) }
+        }
     }
 
     private func invoke(_ fn: descartes_operation_fn, input: [UInt8]) {

@@ -47,7 +47,7 @@ package final class ManifestCache {
     package private(set) var misses = 0
     let host: [UInt8]
 
-    static let magic = Array("descartes manifest cache 1\n".utf8)
+    static let magic = Array("descartes manifest cache 2\n".utf8)
     /// The most entries kept (manifests of other search paths stay, up to this).
     static let maxEntries = 1024
 
@@ -271,6 +271,7 @@ package final class ManifestCache {
                 string(k.description)
             }
             optString(m.conformance)
+            bool(m.returnsPromptly)
         }
     }
 
@@ -403,12 +404,13 @@ package final class ManifestCache {
                 config.append(
                     ConfigKey(name: name, type: type, required: required, defaultValue: defaultValue, env: env, secret: secret, description: desc))
             }
-            guard let conformance = optString() else { return nil }
+            guard let conformance = optString(), let returnsPromptly = bool() else { return nil }
             var m = PluginManifest(
                 file: file, provider: provider, version: version, description: description, libraryName: libraryName,
                 libraryPath: libraryPath, factory: factory, abi: abi, mode: mode, capabilities: capabilities,
                 defaultModel: defaultModel, models: models, config: config)
             m.conformance = conformance
+            m.returnsPromptly = returnsPromptly
             return m
         }
     }
