@@ -127,12 +127,18 @@ final class DeadlineTimer: @unchecked Sendable {
                 pthread_mutex_lock(&mutex)
                 continue
             }
-            guard let top = heap.first else {
+            // Only the top's time is kept, not a copy of the entry: a copy
+            // would hold its action (and the call it may hold the last
+            // reference to) until the end of this iteration, after the lock
+            // is taken again below, and that call's deinit, cancelling
+            // another token, would then wait for this lock for ever (seen:
+            // a stuck call's grace check, ReliabilityConfigTests).
+            guard let when = heap.first?.when else {
                 pthread_cond_wait(&cond, &mutex)
                 continue
             }
             let now = ContinuousClock.now
-            if top.when <= now {
+            if when <= now {
                 // The entry (and what its action holds) goes before the lock is taken again.
                 do {
                     let e = pop()
@@ -145,7 +151,7 @@ final class DeadlineTimer: @unchecked Sendable {
             }
             var ts = timespec()
             clock_gettime(CLOCK_MONOTONIC, &ts)
-            let wait = top.when - now
+            let wait = when - now
             let c = wait.components
             var sec = ts.tv_sec + Int(c.seconds)
             var nsec = ts.tv_nsec + Int(c.attoseconds / 1_000_000_000)
