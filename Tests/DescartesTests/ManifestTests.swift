@@ -1,5 +1,6 @@
 import Descartes
 import DescartesSupport
+import Glibc
 import Testing
 
 @Suite struct YAMLTests {
@@ -154,6 +155,22 @@ import Testing
         let u = Usage(inputTokens: 1_000_000, outputTokens: 1_000_000, cacheReadTokens: 500_000, cacheWriteTokens: 100_000)
         // 400k plain input * 3 + 1M output * 15 + 500k * 0.3 + 100k * 3.75, per million
         #expect(abs(p.cost(of: u) - (1.2 + 15 + 0.15 + 0.375)) < 1e-9)
+    }
+}
+
+@Suite struct EnvironmentTests {
+    /// Split at the first `=` byte: a value may hold `=` and start with a
+    /// combining mark (which, as a `Character`, swallows the `=` before it).
+    @Test func splitsEachEntryAtItsFirstEqualsByte() {
+        let entries = ["PLAIN=1", "URL=a=b=c", "MARK=\u{301}x", "EMPTY=", "NOEQUALS", "PLAIN=2", "CAF\u{E9}=\u{1F680}"]
+        let c = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: entries.count + 1)
+        defer {
+            for i in 0..<entries.count { free(c[i]) }
+            c.deallocate()
+        }
+        for (i, e) in entries.enumerated() { c[i] = strdup(e) }
+        c[entries.count] = nil
+        #expect(Environment.dictionary(c) == ["PLAIN": "2", "URL": "a=b=c", "MARK": "\u{301}x", "EMPTY": "", "CAF\u{E9}": "\u{1F680}"])
     }
 }
 
