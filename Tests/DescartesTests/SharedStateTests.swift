@@ -449,6 +449,18 @@ import DescartesSupport
 
     /// Answers at once, noting how many round trips the store had made when
     /// the request reached it (what ran before it was sent upstream).
+    /// `Counting` backends behind `settings` and the store they share:
+    /// each call records in `seen` the store's round trips so far.
+    static func counting(_ settings: ReliabilitySettings) throws -> (ReliableProviders, SharedStore, Lock<[Int]>) {
+        let seen = Lock<[Int]>([])
+        let storeBox = Lock<SharedStore?>(nil)
+        let providers = ReliableProviders(
+            settings: settings, create: { Counting(name: $0, seen: seen, store: storeBox) }, manifest: { _ in nil })
+        let store = try #require(providers.sharedStore)
+        storeBox.withLock { $0 = store }
+        return (providers, store, seen)
+    }
+
     struct Counting: ModelBackend {
         let name: String
         let seen: Lock<[Int]>
@@ -549,12 +561,7 @@ import DescartesSupport
                 \(shared(redis, "  cluster: true\n"))
                 """, file: "inline")
         #expect(settings.shared?.cluster == true)
-        let seen = Lock<[Int]>([])
-        let storeBox = Lock<SharedStore?>(nil)
-        let providers = ReliableProviders(
-            settings: settings, create: { Counting(name: $0, seen: seen, store: storeBox) }, manifest: { _ in nil })
-        let store = try #require(providers.sharedStore)
-        storeBox.withLock { $0 = store }
+        let (providers, store, seen) = try Self.counting(settings)
         _ = try await providers.backend("clustered").complete(ModelRequest(prompt: "warm-up"))
         await store.flush()
         let start = store.stats.roundTrips
@@ -573,17 +580,12 @@ import DescartesSupport
         let settings = try ReliabilitySettings.parse(
             yaml: """
                 limits:
-                  refunded: {requests_per_minute: 60}
+                  refunded: {requests_per_minute: 1}
                 cache: {enabled: true}
                 budgets: {period: total, labels: {team=spent: 0.5}}
                 \(shared(redis))
                 """, file: "inline")
-        let seen = Lock<[Int]>([])
-        let storeBox = Lock<SharedStore?>(nil)
-        let providers = ReliableProviders(
-            settings: settings, create: { Counting(name: $0, seen: seen, store: storeBox) }, manifest: { _ in nil })
-        let store = try #require(providers.sharedStore)
-        storeBox.withLock { $0 = store }
+        let (providers, store, seen) = try Self.counting(settings)
         let bucket = store.key("limit", "{refunded}", "requests")
         _ = try store.run([[Array("DEL".utf8), bucket], [Array("SET".utf8), store.key("spend", "team=spent:total"), Array("1".utf8)]]).get()
         var refused = ModelRequest(prompt: "refused \(UInt64.random(in: 0...UInt64.max))")
@@ -592,6 +594,9 @@ import DescartesSupport
         #expect(seen.withLock { $0.isEmpty })
         await store.flush()
         // Taken by the lookup (the TAT one interval ahead), then given back.
+        // (One request a minute: the admitted request's bucket then lives a
+        // minute, so a slow run still finds it below; at 60 a minute it
+        // expired after a second, and a loaded CI run lost it.)
         #expect(try store.run([[Array("GET".utf8), bucket]]).get().first == .null)
         _ = try await providers.backend("refunded").complete(ModelRequest(prompt: "admitted \(UInt64.random(in: 0...UInt64.max))"))
         await store.flush()
