@@ -27,6 +27,8 @@ struct ACPSettings {
     var authMethod: String?
     var sessionIdle: Duration
     var maxSessions: Int
+    /// Whether `health` runs one cheap real turn after the handshake.
+    var healthTurn: Bool
     /// Where `session/new` puts the agent: `cwd`, else the host's.
     var environment: [String: String]
 
@@ -42,6 +44,7 @@ struct ACPSettings {
         guard idle > 0 else { throw ProviderError(.config, "key 'session_idle_secs': must be positive, got \(idle)") }
         sessionIdle = .seconds(idle)
         maxSessions = c.int("max_sessions") ?? 8
+        healthTurn = c.bool("health_turn") ?? true
         guard maxSessions > 0 else { throw ProviderError(.config, "key 'max_sessions': must be positive, got \(maxSessions)") }
         environment = [:]
         if let key = c.string("api_key"), !key.isEmpty {
@@ -95,19 +98,51 @@ final class ACPBackend: DescartesBackend {
         agent.initialize(call) { "ACP agent \($0.path)" }
     }
 
-    /// Starts the agent and runs the handshake (initialize, session/new):
-    /// healthy when it answers as an ACP version 1 agent. No turn is run (a
-    /// turn may act); the agent's info and capabilities are the details.
+    /// Starts the agent, runs the handshake (initialize, session/new), then
+    /// one cheap real turn ("Reply with the single word OK.") so that an
+    /// agent which cannot reach its model (a dead endpoint, a bad key, a
+    /// 429) is unhealthy with that error's kind. The turn runs in an empty
+    /// scratch directory with no turn attached to the connection, so every
+    /// permission the agent asks for is answered `cancelled`: nothing it
+    /// would need to ask for runs. `health_turn: false` stops after the
+    /// handshake, and the report says the model was not checked. The
+    /// agent's info and capabilities are the details.
     func healthCheck(_ call: PluginCall) {
         let task = Task.detached { [self] in
             do throws(ProviderError) {
                 let started = ContinuousClock.now
-                let (conn, session) = try await connect(call, deadline: .now + .seconds(60), cwd: nil, load: nil)
-                conn.close(grace: agent.config.exitGrace)
+                let scratch = settings.healthTurn ? try ScratchDirectory(prefix: "descartes-acp-health") : nil
+                defer { scratch?.remove() }
+                let (conn, session) = try await connect(call, deadline: .now + .seconds(60), cwd: scratch?.path, load: nil)
+                defer { conn.close(grace: agent.config.exitGrace) }
                 var details: JSONObject = ["session_id": .string(session), "handshake_ms": .integer((ContinuousClock.now - started).milliseconds)]
                 for k in ["agentInfo", "agentCapabilities", "authMethods"] { if let v = conn.agent[k] { details[k] = v } }
+                let name = conn.agentName ?? conn.program
+                guard settings.healthTurn else {
+                    details["checked"] = "handshake"
+                    call.finish(result: [
+                        "message": .string(
+                            "\(name) answered initialize and session/new (ACP version 1); no turn was run (health_turn: false): the model and the credentials were not checked"),
+                        "details": .object(details),
+                    ])
+                    return
+                }
+                let turnStarted = ContinuousClock.now
+                conn.link.child?.setDeadline(.now + .seconds(60))
+                let answer: JSONValue
+                do throws(ProviderError) {
+                    answer = try await conn.call(
+                        "session/prompt", ["sessionId": .string(session), "prompt": [["type": "text", "text": "Reply with the single word OK."]]])
+                } catch {
+                    var e = error
+                    e.message = "the health turn failed: " + e.message
+                    throw e
+                }
+                details["checked"] = "turn"
+                details["turn_ms"] = .integer((ContinuousClock.now - turnStarted).milliseconds)
+                if let stop = answer["stopReason"] { details["stop_reason"] = stop }
                 call.finish(result: [
-                    "message": .string("\(conn.agentName ?? conn.program) answered initialize and session/new (ACP version 1); no turn was run"),
+                    "message": .string("\(name) answered initialize, session/new and a one-turn request (ACP version 1)"),
                     "details": .object(details),
                 ])
             } catch {

@@ -229,9 +229,31 @@ final class ACPHarness: @unchecked Sendable {
         let h = try ACPHarness()
         let b = try h.backend()
         let report = try await b.healthCheck()
-        #expect(report.message.contains("scripted-acp-agent 1.0.0 answered initialize and session/new"), "\(report.message)")
+        #expect(report.message.contains("scripted-acp-agent 1.0.0 answered initialize, session/new and a one-turn request"), "\(report.message)")
+        #expect(report.details["checked"] == "turn" && report.details["stop_reason"] == "end_turn", "\(report.details)")
         #expect(report.details["agentCapabilities"]?["loadSession"] == true)
         await b.shutdown()
+        #expect(await h.gone())
+
+        // The health turn's prompt scripted, through the agent's environment.
+        func every(_ prompt: String, _ extra: [String: JSONValue] = [:]) throws -> any ModelBackend {
+            var env = h.config()["env"]?.objectValue ?? [:]
+            env["ACP_TEST_EVERY_PROMPT"] = .string(prompt)
+            var c = extra
+            c["env"] = .object(env)
+            return try h.backend(c)
+        }
+        // The model unreachable: unhealthy, with the error's kind.
+        let refused = await providerError { _ = try await every("ERROR -32603 401").healthCheck() }
+        #expect(refused?.kind == .authentication && refused?.message.hasPrefix("the health turn failed: ") == true, "\(String(describing: refused))")
+        // A tool the agent asks for during the health turn is refused: nothing
+        // runs, and the agent still answered (healthy).
+        let asking = try await every("TOOL from-health").healthCheck()
+        #expect(asking.details["checked"] == "turn")
+        #expect(!FileSystem.exists(h.sideEffects), "the health turn ran a tool")
+        // health_turn: false: the handshake only, and it says so.
+        let handshake = try await every("ERROR -32603 401", ["health_turn": false]).healthCheck()
+        #expect(handshake.message.contains("no turn was run (health_turn: false)"), "\(handshake.message)")
         #expect(await h.gone())
 
         #expect(throws: ProviderError.self) { _ = try h.backend(["permissions": "sometimes"]) }

@@ -165,6 +165,24 @@ struct VibeACPTests {
         #expect(await ProcScan.eventually { h.gone })
     }
 
+    /// health runs one real turn through vibe: healthy when its model
+    /// answers, unhealthy with the error's kind when the model refuses the key.
+    @Test func healthRunsARealTurn() async throws {
+        let h = try await VibeHarness()
+        try await h.server.script(["POST /v1/chat/completions": [VibeHarness.text("OK")]])
+        let b = try h.backend()
+        let report = try await b.healthCheck()
+        #expect(report.message.contains("answered initialize, session/new and a one-turn request"), "\(report.message)")
+        #expect(try await h.server.requests().contains { $0.body.contains("Reply with the single word OK.") })
+        try await h.server.script([
+            "POST /v1/chat/completions": [.json(#"{"error":{"message":"bad key","type":"invalid_request_error"}}"#, status: 401)]
+        ])
+        let e = await providerError { _ = try await b.healthCheck() }
+        #expect(e?.kind == .authentication && e?.message.hasPrefix("the health turn failed: ") == true, "\(String(describing: e))")
+        await b.shutdown()
+        #expect(await ProcScan.eventually { h.gone })
+    }
+
     @Test func cancellationLeavesNothingRunning() async throws {
         let h = try await VibeHarness()
         try await h.server.script(["POST /v1/chat/completions": [.hang]])

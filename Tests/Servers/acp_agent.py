@@ -21,6 +21,9 @@ does in a turn is scripted, chosen by the prompt's first word:
   CRASH           one chunk, then the process exits with status 3
   MAXTOKENS       stopReason max_tokens
 
+ACP_TEST_EVERY_PROMPT, when set, is read instead of every prompt's text
+(so the fixed prompt of a health check can be scripted too).
+
 Every turn reports usage (PromptResponse.usage) and a usage_update with a
 cumulative cost in USD. Sessions are kept in $ACP_TEST_STATE (a directory),
 so `session/load` works in a new process.
@@ -103,7 +106,7 @@ class ScriptedAgent(Agent):
         await self._conn.session_update(session_id=sid, update=update_agent_message(text_block(text)))
 
     async def prompt(self, prompt: list, session_id: str, **kwargs: Any) -> PromptResponse:
-        text = " ".join(getattr(b, "text", "") or "" for b in prompt).strip()
+        text = os.environ.get("ACP_TEST_EVERY_PROMPT") or " ".join(getattr(b, "text", "") or "" for b in prompt).strip()
         words = text.split()
         first = words[0] if words else ""
         s = load(session_id)
