@@ -31,6 +31,30 @@ package struct StoredConversation: Sendable, Equatable {
     package var messageCount: Int
 }
 
+/// A response the gateway stored (the Responses API's `store`): the
+/// conversation it is part of and how many of its messages are the
+/// response's (the input it continued, its own input and its answer).
+package struct StoredResponse: Sendable, Equatable {
+    /// `resp_...`, the id the client was given.
+    package var id: String
+    /// Whose it is: the gateway key's identity ("" without keys); another owner sees none.
+    package var owner: String
+    package var conversationID: String
+    package var messageCount: Int
+    package var createdUnixMS: Int
+    /// The `response` object as the client got it (JSON text).
+    package var response: String
+
+    package init(id: String, owner: String, conversationID: String = "", messageCount: Int = 0, createdUnixMS: Int, response: String) {
+        self.id = id
+        self.owner = owner
+        self.conversationID = conversationID
+        self.messageCount = messageCount
+        self.createdUnixMS = createdUnixMS
+        self.response = response
+    }
+}
+
 /// One stored message with what is known of the turn that made it.
 package struct StoredMessage: Sendable, Equatable {
     package var message: Message
@@ -64,12 +88,18 @@ package struct StoredMessage: Sendable, Equatable {
 /// holds a conversation as `ModelRequest.messages` and keeps it where it
 /// keeps its own data; the file, its place and its schema are the CLI's.
 ///
-/// The schema is versioned with `PRAGMA user_version` (1 today): a newer
+/// The schema is versioned with `PRAGMA user_version` (2 today): a newer
 /// descartes that changes it migrates a file of an older version inside one
 /// write transaction; an older descartes refuses a file of a newer version
-/// instead of writing rows it does not understand.
+/// instead of writing rows it does not understand. Version 2 added the
+/// `responses` table (version 1 files gain it, empty).
+///
+/// The gateway keeps the Responses API's stored responses in a file of its
+/// own with the same tables (`server.responses_database`): a response is a
+/// conversation and how many of its messages are the response's
+/// (`storeResponse`), so that `previous_response_id` continues it.
 package final class ConversationStore: Sendable {
-    package static let schemaVersion = 1
+    package static let schemaVersion = 2
 
     package let file: String
     private let connection: Lock<SQLiteDatabase?>
@@ -121,6 +151,16 @@ package final class ConversationStore: Sendable {
             message TEXT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, id);
+        CREATE TABLE IF NOT EXISTS responses (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            messages INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL,
+            response TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS responses_created ON responses (created_ms);
+        CREATE INDEX IF NOT EXISTS responses_conversation ON responses (conversation_id);
         """
 
     /// The open connection: opened, switched to WAL and given its schema on
@@ -209,10 +249,12 @@ package final class ConversationStore: Sendable {
         return (rows ?? []).map(Self.conversation)
     }
 
-    /// The messages of conversation `id`, oldest first.
-    package func messages(_ id: String) throws(ConversationStoreError) -> [StoredMessage] {
+    /// The messages of conversation `id`, oldest first (its first `limit` when given).
+    package func messages(_ id: String, limit: Int? = nil) throws(ConversationStoreError) -> [StoredMessage] {
         let rows = try withDatabase(create: false) { db throws(SQLiteError) in
-            try db.query("SELECT message, usage, provider, model, unix_ms FROM messages WHERE conversation_id = ? ORDER BY id", [.text(id)])
+            try db.query(
+                "SELECT message, usage, provider, model, unix_ms FROM messages WHERE conversation_id = ? ORDER BY id LIMIT ?",
+                [.text(id), .integer(limit ?? -1)])
         }
         var out: [StoredMessage] = []
         for row in rows ?? [] {
@@ -267,22 +309,117 @@ package final class ConversationStore: Sendable {
                 guard !known.isEmpty else {
                     throw SQLiteError(code: 0, message: "\(file): no conversation \(conversation.id) (deleted meanwhile?)")
                 }
-                for m in messages {
-                    let doc = Wire.json(ModelRequest(messages: [m.message]))["messages"]?[0] ?? .null
-                    let calls: SQLiteValue = m.message.toolCalls.isEmpty ? .null : .text(JSONValue.array(m.message.toolCalls.map { Wire.json($0) }).jsonText)
-                    try db.query(
-                        """
-                        INSERT INTO messages (conversation_id, role, text, tool_calls, tool_call_id, usage, provider, model, unix_ms, message)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                        """,
-                        [
-                            .text(conversation.id), .text(m.message.role.rawValue), .text(m.message.content), calls,
-                            m.message.toolCallID.map { .text($0) } ?? .null, m.usage.map { .text(Wire.json($0).jsonText) } ?? .null,
-                            m.provider.map { .text($0) } ?? .null, m.model.map { .text($0) } ?? .null, .integer(m.unixMS), .text(doc.jsonText),
-                        ])
-                }
+                try Self.insert(messages, into: conversation.id, db)
             }
         }
+    }
+
+    /// Inserts `messages` at the end of conversation `id` (inside the caller's transaction).
+    private static func insert(_ messages: [StoredMessage], into id: String, _ db: SQLiteDatabase) throws(SQLiteError) {
+        for m in messages {
+            let doc = Wire.json(ModelRequest(messages: [m.message]))["messages"]?[0] ?? .null
+            let calls: SQLiteValue = m.message.toolCalls.isEmpty ? .null : .text(JSONValue.array(m.message.toolCalls.map { Wire.json($0) }).jsonText)
+            try db.query(
+                """
+                INSERT INTO messages (conversation_id, role, text, tool_calls, tool_call_id, usage, provider, model, unix_ms, message)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                [
+                    .text(id), .text(m.message.role.rawValue), .text(m.message.content), calls,
+                    m.message.toolCallID.map { .text($0) } ?? .null, m.usage.map { .text(Wire.json($0).jsonText) } ?? .null,
+                    m.provider.map { .text($0) } ?? .null, m.model.map { .text($0) } ?? .null, .integer(m.unixMS), .text(doc.jsonText),
+                ])
+        }
+    }
+
+    // MARK: The gateway's stored responses
+
+    /// The stored response `id` of `owner` (nil when there is none, or it is another owner's).
+    package func response(_ id: String, owner: String) throws(ConversationStoreError) -> StoredResponse? {
+        let rows = try withDatabase(create: false) { db throws(SQLiteError) in
+            try db.query(
+                "SELECT id, owner, conversation_id, messages, created_ms, response FROM responses WHERE id = ? AND owner = ?", [.text(id), .text(owner)])
+        }
+        guard let row = rows?.first else { return nil }
+        return StoredResponse(
+            id: row[0].string ?? "", owner: row[1].string ?? "", conversationID: row[2].string ?? "", messageCount: row[3].int ?? 0,
+            createdUnixMS: row[4].int ?? 0, response: row[5].string ?? "")
+    }
+
+    /// Stores a response in one transaction: `turn` (the request's new
+    /// input messages and the answer) continues `previous` (nil: a new
+    /// conversation titled by the turn's first message). When `previous`
+    /// is the tip of its conversation the turn is appended to it;
+    /// otherwise (the conversation went on from it, or was purged
+    /// meanwhile) a new conversation holds `prior` (`previous`'s messages,
+    /// as read) then the turn. Responses and conversations last updated
+    /// before `purgeBeforeUnixMS` are removed first. `response.conversationID`
+    /// and `messageCount` are set here.
+    package func storeResponse(
+        _ response: StoredResponse, turn: [StoredMessage], previous: StoredResponse?, prior: [StoredMessage], provider: String, model: String?,
+        system: String?, purgeBeforeUnixMS: Int?
+    ) throws(ConversationStoreError) {
+        _ = try withDatabase(create: true) { db throws(SQLiteError) in
+            try db.transaction { () throws(SQLiteError) in
+                if let cutoff = purgeBeforeUnixMS {
+                    try db.query("DELETE FROM responses WHERE created_ms < ?", [.integer(cutoff)])
+                    try db.query(
+                        "DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE updated_ms < ?)", [.integer(cutoff)])
+                    try db.query("DELETE FROM conversations WHERE updated_ms < ?", [.integer(cutoff)])
+                }
+                let now = response.createdUnixMS
+                var conversation: String?
+                var count = 0
+                if let previous {
+                    let tip = try db.query("SELECT count(*) FROM messages WHERE conversation_id = ?", [.text(previous.conversationID)]).first?.first?.int
+                    if tip == previous.messageCount, tip ?? 0 > 0 {
+                        conversation = previous.conversationID
+                        count = previous.messageCount
+                    }
+                }
+                if conversation == nil {
+                    let id = Self.newID(unixMS: now)
+                    let first = (prior + turn).first { $0.message.role == .user }?.message.content ?? ""
+                    try db.query(
+                        "INSERT INTO conversations (id, provider, created_ms, updated_ms, title) VALUES (?, ?, ?, ?, ?)",
+                        [.text(id), .text(provider), .integer(now), .integer(now), .text(Self.title(first))])
+                    try Self.insert(prior, into: id, db)
+                    conversation = id
+                    count = prior.count
+                }
+                try db.query(
+                    "UPDATE conversations SET provider = ?, model = ?, updated_ms = ?, system = ? WHERE id = ?",
+                    [.text(provider), model.map { .text($0) } ?? .null, .integer(now), system.map { .text($0) } ?? .null, .text(conversation!)])
+                try Self.insert(turn, into: conversation!, db)
+                try db.query(
+                    "INSERT INTO responses (id, owner, conversation_id, messages, created_ms, response) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        .text(response.id), .text(response.owner), .text(conversation!), .integer(count + turn.count), .integer(now),
+                        .text(response.response),
+                    ])
+            }
+        }
+    }
+
+    /// Deletes the stored response `id` of `owner` (false when there is
+    /// none, or it is another owner's), and the messages no other stored
+    /// response of its conversation needs (the conversation too when none
+    /// is left).
+    package func deleteResponse(_ id: String, owner: String) throws(ConversationStoreError) -> Bool {
+        let removed = try withDatabase(create: false) { db throws(SQLiteError) -> Bool in
+            try db.transaction { () throws(SQLiteError) -> Bool in
+                guard let row = try db.query("DELETE FROM responses WHERE id = ? AND owner = ? RETURNING conversation_id", [.text(id), .text(owner)]).first,
+                    let conversation = row[0].string
+                else { return false }
+                let kept = try db.query("SELECT coalesce(max(messages), 0) FROM responses WHERE conversation_id = ?", [.text(conversation)]).first?.first?.int ?? 0
+                try db.query(
+                    "DELETE FROM messages WHERE conversation_id = ? AND id NOT IN (SELECT id FROM messages WHERE conversation_id = ? ORDER BY id LIMIT ?)",
+                    [.text(conversation), .text(conversation), .integer(kept)])
+                if kept == 0 { try db.query("DELETE FROM conversations WHERE id = ?", [.text(conversation)]) }
+                return true
+            }
+        }
+        return removed ?? false
     }
 
     /// Removes conversation `id` and its messages; false when there was none.

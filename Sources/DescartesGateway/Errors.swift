@@ -83,6 +83,13 @@ package struct GatewayError: Error, Sendable {
         return e
     }
 
+    /// The response store failed (its file is named in the gateway's log, not to the client).
+    static func storeFailed() -> GatewayError {
+        GatewayError(
+            status: 500, openAIType: "server_error", anthropicType: "api_error",
+            message: "the gateway's response store failed (its log says why)", kind: "store")
+    }
+
     static func unavailable(_ message: String) -> GatewayError {
         GatewayError(status: 503, openAIType: "server_error", anthropicType: "overloaded_error", message: message, kind: "shutting_down")
     }

@@ -51,16 +51,26 @@ package final class Gateway: Sendable {
     let metrics = GatewayMetrics()
     /// The configured and the issued keys, their limits and spend.
     package let keys: KeyRing
+    /// Where the Responses API's stored responses are (nil: none is stored,
+    /// and every response says `store: false`). Opened on first use: a
+    /// gateway whose clients send `store: false` never opens it.
+    let responseStore: ConversationStore?
+    /// Operational messages (stderr).
+    let notice: @Sendable (String) -> Void
 
     /// - Parameters:
     ///   - keyStore: where issued keys are (`descartes keys create`); nil: none.
+    ///   - responseStore: where stored Responses API responses are
+    ///     (`server.responses_database`); nil: none is stored.
     ///   - notice: operational messages (stderr).
     package init(
         settings: GatewaySettings, factory: ProviderFactory, reliability: ReliabilitySettings, audit: AuditLog?,
-        keyStore: (any GatewayKeyStore)? = nil, notice: @escaping @Sendable (String) -> Void = { _ in },
+        keyStore: (any GatewayKeyStore)? = nil, responseStore: ConversationStore? = nil, notice: @escaping @Sendable (String) -> Void = { _ in },
         accessLog: @escaping @Sendable (String) -> Void
     ) {
         self.settings = settings
+        self.responseStore = responseStore
+        self.notice = notice
         self.generation = Lock(Generation(factory: factory, reliability: reliability, approvals: settings.approvals))
         self.corsOrigins = Lock(settings.corsOrigins)
         self.audit = audit
@@ -148,6 +158,8 @@ package final class Gateway: Sendable {
         if new.idleTimeoutSeconds != settings.idleTimeoutSeconds { restart.append("server.idle_timeout_secs") }
         if new.shutdownGrace != settings.shutdownGrace { restart.append("server.shutdown_grace_secs") }
         if new.keysDatabase != settings.keysDatabase { restart.append("server.keys_database") }
+        if new.responsesDatabase != settings.responsesDatabase { restart.append("server.responses_database") }
+        if new.responsesRetentionDays != settings.responsesRetentionDays { restart.append("server.responses_retention_days") }
         if new.tls?.cert != settings.tls?.cert || new.tls?.key != settings.tls?.key { restart.append("server.tls") }
         if new.host != settings.host || new.port != settings.port { restart.append("server.listen") }
         for k in new.keys { factory.logSink.redactor.register(String(decoding: k.secret, as: UTF8.self)) }
@@ -204,21 +216,32 @@ package final class Gateway: Sendable {
             "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/responses": "POST", "/responses": "POST",
             "/ready": "GET", "/metrics": "GET", "/v1/embeddings": "POST", "/embeddings": "POST",
         ]
-        if request.method == "OPTIONS", endpoints[path] != nil, !exchange.extraHeaders.isEmpty {
+        // GET and DELETE /v1/responses/{id}: a stored response.
+        let storedID = Self.storedResponseID(path)
+        if request.method == "OPTIONS", endpoints[path] != nil || storedID != nil, !exchange.extraHeaders.isEmpty {
             // A browser's CORS preflight from an allowed origin (no key: browsers send none with it).
             record.status = 204
             let asked = request.headers["access-control-request-headers"] ?? "authorization, content-type, x-api-key"
             exchange.respond(
                 status: 204,
-                headers: [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"), ("Access-Control-Allow-Headers", asked), ("Access-Control-Max-Age", "600")],
+                headers: [
+                    ("Access-Control-Allow-Methods", storedID == nil ? "GET, POST, OPTIONS" : "GET, DELETE, OPTIONS"), ("Access-Control-Allow-Headers", asked),
+                    ("Access-Control-Max-Age", "600"),
+                ],
                 body: [])
             return
         }
-        guard let method = endpoints[path] else {
-            return fail(.notFound("no endpoint \(request.method) \(path) (docs/gateway.md lists them)"))
-        }
-        guard request.method == method || (method == "GET" && request.method == "HEAD") else {
-            return fail(.methodNotAllowed("\(path) takes \(method), not \(request.method)"))
+        if let storedID {
+            guard ["GET", "HEAD", "DELETE"].contains(request.method) else {
+                return fail(.methodNotAllowed("\(path) takes GET or DELETE, not \(request.method)"))
+            }
+        } else {
+            guard let method = endpoints[path] else {
+                return fail(.notFound("no endpoint \(request.method) \(path) (docs/gateway.md lists them)"))
+            }
+            guard request.method == method || (method == "GET" && request.method == "HEAD") else {
+                return fail(.methodNotAllowed("\(path) takes \(method), not \(request.method)"))
+            }
         }
         if path == "/health" {
             return json(200, ["status": "ok"], exchange, &record)
@@ -236,6 +259,7 @@ package final class Gateway: Sendable {
             do throws(GatewayError) { admission = try await keys.admit(key) } catch { return fail(error) }
         }
         defer { if let key { keys.settle(key, admission, usage: record.usage, costUSD: record.costUSD) } }
+        if let storedID { return storedResponse(request, id: storedID, exchange, key: key, &record) }
         switch path {
         case "/v1/models", "/models":
             return json(200, models(for: key), exchange, &record)
@@ -258,6 +282,15 @@ package final class Gateway: Sendable {
         default:
             fail(.notFound("no endpoint \(request.method) \(path)"))
         }
+    }
+
+    /// The id of `/v1/responses/{id}` (or `/responses/{id}`), nil for another path.
+    static func storedResponseID(_ path: String) -> String? {
+        for prefix in ["/v1/responses/", "/responses/"] where path.hasPrefix(prefix) {
+            let id = path.dropFirst(prefix.count)
+            return id.isEmpty || id.contains("/") ? nil : String(id)
+        }
+        return nil
     }
 
     /// The circuit breakers of the configured providers (`circuit_breakers:`).

@@ -6,10 +6,12 @@ import Glibc
 /// and `instructions` into a `ModelRequest`, a `ModelResponse` into a
 /// `response` object, stream events into the `response.*` event sequence.
 ///
-/// The gateway keeps no state: `previous_response_id`, `conversation`,
-/// `item_reference` and `background` are refused; a client sends the whole
-/// conversation in `input` each time (the output items of a response may be
-/// sent back as input as they are).
+/// Responses are stored (`store`, true unless the request says false) in
+/// the gateway's response store, and `previous_response_id` continues one
+/// (`Gateway.responses`); `conversation`, `prompt`, `item_reference` and
+/// `background` are refused. A client may also send the whole conversation
+/// in `input` each time (the output items of a response may be sent back as
+/// input as they are).
 enum OpenAIResponses {
     struct Parsed: Sendable {
         var request: ModelRequest
@@ -20,6 +22,14 @@ enum OpenAIResponses {
         var echo: JSONObject
         /// Function name -> the `namespace` tool it came from.
         var namespaces: [String: String] = [:]
+        /// `store`: whether the response is kept (the API's default: true).
+        var store = true
+        var previousResponseID: String?
+        /// `instructions` (not carried to a later response, as in OpenAI's API).
+        var instructions: String?
+        /// The system and developer messages that open `input` (kept with
+        /// the stored conversation, as input items are).
+        var inputSystem: String?
     }
 
     /// OpenAI's hosted tools: the gateway cannot run them, so they are not
@@ -34,19 +44,32 @@ enum OpenAIResponses {
     static func parse(_ doc: JSONValue) throws(GatewayError) -> Parsed {
         guard case .object(let o) = doc else { throw .invalidRequest("the body is a JSON object") }
         guard let model = o["model"]?.stringValue, !model.isEmpty else { throw .invalidRequest("'model' is required", param: "model") }
-        for stateful in ["previous_response_id", "conversation", "prompt"] where o[stateful].map({ !$0.isNull }) ?? false {
+        for stateful in ["conversation", "prompt"] where o[stateful].map({ !$0.isNull }) ?? false {
             throw .invalidRequest(
-                "'\(stateful)' is not supported: the gateway stores no responses, conversations or prompts; send the whole conversation in 'input'",
+                "'\(stateful)' is not supported: the gateway stores no conversations or prompts; send the conversation in 'input' or continue a response with 'previous_response_id'",
                 param: stateful)
+        }
+        var previous: String?
+        switch o["previous_response_id"] {
+        case .string(let id)? where !id.isEmpty: previous = id
+        case nil, .null?: break
+        default: throw .invalidRequest("'previous_response_id' is the id of a stored response (resp_...)", param: "previous_response_id")
+        }
+        var store = true
+        switch o["store"] {
+        case .bool(let b)?: store = b
+        case nil, .null?: break
+        default: throw .invalidRequest("'store' is true or false", param: "store")
         }
         if o["background"]?.boolValue == true {
             throw .invalidRequest("background responses are not supported by the gateway", param: "background")
         }
         var r = ModelRequest(messages: [])
         var systems: [String] = []
+        var instructionsText: String?
         if let instructions = o["instructions"], !instructions.isNull {
             guard let s = instructions.stringValue else { throw .invalidRequest("'instructions' is a string", param: "instructions") }
-            systems.append(s)
+            instructionsText = s
         }
         switch o["input"] {
         case .string(let s)?:
@@ -58,7 +81,8 @@ enum OpenAIResponses {
         default:
             throw .invalidRequest("'input' is a string or an array of input items", param: "input")
         }
-        if !systems.isEmpty { r.systemPrompt = systems.joined(separator: "\n\n") }
+        let inputSystem = systems.isEmpty ? nil : systems.joined(separator: "\n\n")
+        r.systemPrompt = joinedSystem([instructionsText, inputSystem])
         guard !r.messages.isEmpty else { throw .invalidRequest("'input' has no message", param: "input") }
 
         var echo: JSONObject = [:]
@@ -128,7 +152,17 @@ enum OpenAIResponses {
         for k in ["instructions", "temperature", "top_p", "max_output_tokens", "parallel_tool_calls", "reasoning", "user", "safety_identifier"] {
             if let v = o[k], !v.isNull { echo[k] = v }
         }
-        return Parsed(request: r, model: model, stream: o["stream"]?.boolValue ?? false, echo: echo, namespaces: namespaces)
+        echo["store"] = .bool(store)
+        if let previous { echo["previous_response_id"] = .string(previous) }
+        return Parsed(
+            request: r, model: model, stream: o["stream"]?.boolValue ?? false, echo: echo, namespaces: namespaces, store: store,
+            previousResponseID: previous, instructions: instructionsText, inputSystem: inputSystem)
+    }
+
+    /// System texts joined by a blank line (nil when there is none).
+    static func joinedSystem(_ parts: [String?]) -> String? {
+        let given = parts.compactMap { $0 }
+        return given.isEmpty ? nil : given.joined(separator: "\n\n")
     }
 
     /// `input` as an array: messages (with or without `type: message`),
@@ -304,8 +338,8 @@ enum OpenAIResponses {
             "id": .string(id), "object": "response", "created_at": .integer(created), "status": .string(status), "background": false,
             "error": error, "incomplete_details": incomplete, "instructions": echo["instructions"] ?? .null,
             "max_output_tokens": echo["max_output_tokens"] ?? .null, "model": .string(model), "output": .array(output),
-            "parallel_tool_calls": echo["parallel_tool_calls"] ?? true, "previous_response_id": .null,
-            "reasoning": echo["reasoning"] ?? ["effort": .null, "summary": .null], "store": false,
+            "parallel_tool_calls": echo["parallel_tool_calls"] ?? true, "previous_response_id": echo["previous_response_id"] ?? .null,
+            "reasoning": echo["reasoning"] ?? ["effort": .null, "summary": .null], "store": echo["store"] ?? false,
             "temperature": echo["temperature"] ?? .null, "text": echo["text"] ?? ["format": ["type": "text"]],
             "tool_choice": echo["tool_choice"] ?? "auto", "tools": echo["tools"] ?? [], "top_p": echo["top_p"] ?? .null,
             "truncation": "disabled", "usage": usage.map(Self.usage) ?? .null, "user": echo["user"] ?? .null, "metadata": echo["metadata"] ?? [:],
@@ -336,6 +370,10 @@ enum OpenAIResponses {
         let created: Int
         let echo: JSONObject
         var namespaces: [String: String] = [:]
+        /// Given the answer and the final `response`, stores it and returns
+        /// the `response` to send (before `response.completed` is sent, so a
+        /// client that continues it at once finds it).
+        var save: (@Sendable (ModelResponse, JSONValue) -> JSONValue)?
         private var sequence = 0
         private var started = false
         private enum Kind { case message, reasoning, call(Int) }
@@ -513,9 +551,10 @@ enum OpenAIResponses {
                 }
                 for i in items.indices { out += finish(i) }
                 let (status, incomplete) = OpenAIResponses.status(r.finishReason)
-                let final = response(
+                var final = response(
                     id: id, model: model, created: created, echo: echo, status: status, output: items.map { itemJSON($0, status: "completed") },
                     usage: r.usage, incomplete: incomplete)
+                if let save { final = save(r, final) }
                 out += event(status == "completed" ? "response.completed" : "response.incomplete", ["response": final])
             case .start, .usage, .notice, .reasoningSignature, .reasoningRedacted: break
             }
@@ -538,18 +577,57 @@ enum OpenAIResponses {
 }
 
 extension Gateway {
+    /// Whose a stored response is: an issued key by its hash, a key of
+    /// providers.yaml by its name, "" without keys.
+    static func responseOwner(_ key: GatewaySettings.Key?) -> String {
+        guard let key else { return "" }
+        return key.hash.map { "sha256:" + $0 } ?? "key:" + key.name
+    }
+
+    /// OpenAI's 404 for a response id that is not stored (or is another key's).
+    static func noResponse(_ id: String, previous: Bool = false) -> GatewayError {
+        .notFound(
+            "\(previous ? "Previous response" : "Response") with id '\(id)' not found.", param: previous ? "previous_response_id" : nil)
+    }
+
     func responses(_ request: HTTPRequest, _ exchange: HTTPExchange, key: GatewaySettings.Key?, _ record: inout AccessRecord) async {
         let parsed: OpenAIResponses.Parsed
         let target: (backend: any ModelBackend, name: String, model: String?)
+        let owner = Self.responseOwner(key)
+        var previous: StoredResponse?
+        var prior: [StoredMessage] = []
+        var priorSystem: String?
         do throws(GatewayError) {
             parsed = try OpenAIResponses.parse(try body(request))
             record.model = parsed.model
             target = try self.target(parsed.model, key: key)
+            if let id = parsed.previousResponseID {
+                // The earlier turns, read before the call (a request with
+                // neither this nor `store` touches no database).
+                guard let store = responseStore else { throw Self.noResponse(id, previous: true) }
+                let found: StoredResponse?
+                do throws(ConversationStoreError) {
+                    found = try store.response(id, owner: owner)
+                    if let p = found {
+                        prior = try store.messages(p.conversationID, limit: p.messageCount)
+                        priorSystem = try store.conversation(p.conversationID)?.system
+                    }
+                } catch {
+                    notice("descartes serve: the response store: \(error.message)")
+                    throw GatewayError.storeFailed()
+                }
+                guard let found else { throw Self.noResponse(id, previous: true) }
+                previous = found
+            }
         } catch {
             return send(error, .openAI, exchange, &record)
         }
         record.provider = target.name
         var modelRequest = parsed.request
+        if previous != nil {
+            modelRequest.messages = prior.map(\.message) + modelRequest.messages
+            modelRequest.systemPrompt = OpenAIResponses.joinedSystem([parsed.instructions, priorSystem, parsed.inputSystem])
+        }
         let limit = arm(target.name, exchange, &record)
         modelRequest.deadlines.total = min(modelRequest.deadlines.total ?? limit, limit)
         if let m = target.model { modelRequest.model = m }
@@ -559,14 +637,32 @@ extension Gateway {
         record.stream = parsed.stream
         let id = "resp_" + Self.randomID()
         let created = Int(time(nil))
+        // Stores the answer (when asked to) and gives the response to send:
+        // `store: false` in it when it could not be stored.
+        let save: @Sendable (ModelResponse, JSONValue) -> JSONValue = { [self, parsed, previous, prior, priorSystem] r, doc in
+            guard parsed.store else { return doc }
+            guard let store = responseStore else { return Self.unstored(doc) }
+            let now = AccessRecord.unixMS()
+            let turn = parsed.request.messages.map { StoredMessage($0, unixMS: now) }
+                + [StoredMessage(.assistant(r), usage: r.usage, provider: target.name, model: r.model, unixMS: now)]
+            do throws(ConversationStoreError) {
+                try store.storeResponse(
+                    StoredResponse(id: id, owner: owner, createdUnixMS: now, response: doc.jsonText), turn: turn, previous: previous, prior: prior,
+                    provider: target.name, model: r.model, system: OpenAIResponses.joinedSystem([priorSystem, parsed.inputSystem]),
+                    purgeBeforeUnixMS: now - settings.responsesRetentionDays * 86_400_000)
+                return doc
+            } catch {
+                notice("descartes serve: response \(id) was answered but not stored (store: false in it): \(error.message)")
+                return Self.unstored(doc)
+            }
+        }
         if !parsed.stream {
             do {
                 let r = try await target.backend.complete(modelRequest)
                 record.usage = r.usage
                 record.costUSD = r.costUSD
-                json(
-                    200, OpenAIResponses.response(r, id: id, model: parsed.model, created: created, echo: parsed.echo, namespaces: parsed.namespaces),
-                    exchange, &record)
+                let doc = OpenAIResponses.response(r, id: id, model: parsed.model, created: created, echo: parsed.echo, namespaces: parsed.namespaces)
+                json(200, save(r, doc), exchange, &record)
             } catch {
                 send(GatewayError(ProviderError.from(error, provider: target.name)), .openAI, exchange, &record)
             }
@@ -574,11 +670,40 @@ extension Gateway {
         }
         var w = OpenAIResponses.EventWriter(id: id, model: parsed.model, created: created, echo: parsed.echo)
         w.namespaces = parsed.namespaces
+        if parsed.store { w.save = save }
         let writer = Lock(w)
         await stream(target.backend, modelRequest, name: target.name, exchange, &record, dialect: .openAI) { event in
             writer.withLock { $0.bytes(event) }
         } failure: { e in
             writer.withLock { $0.failure(e) }
+        }
+    }
+
+    /// A response object that says it was not stored.
+    static func unstored(_ doc: JSONValue) -> JSONValue {
+        guard case .object(var o) = doc else { return doc }
+        o["store"] = false
+        return .object(o)
+    }
+
+    /// `GET /v1/responses/{id}`: the stored response object; `DELETE`:
+    /// removes it (OpenAI's deletion object). Another key's response, or
+    /// one not stored, is OpenAI's 404.
+    func storedResponse(_ request: HTTPRequest, id: String, _ exchange: HTTPExchange, key: GatewaySettings.Key?, _ record: inout AccessRecord) {
+        let owner = Self.responseOwner(key)
+        guard let store = responseStore else { return send(Self.noResponse(id), .openAI, exchange, &record) }
+        do throws(ConversationStoreError) {
+            if request.method == "DELETE" {
+                guard try store.deleteResponse(id, owner: owner) else { return send(Self.noResponse(id), .openAI, exchange, &record) }
+                return json(200, ["id": .string(id), "object": "response", "deleted": true], exchange, &record)
+            }
+            guard let stored = try store.response(id, owner: owner), let doc = try? JSONValue.parse(stored.response) else {
+                return send(Self.noResponse(id), .openAI, exchange, &record)
+            }
+            json(200, doc, exchange, &record)
+        } catch {
+            notice("descartes serve: the response store: \(error.message)")
+            send(.storeFailed(), .openAI, exchange, &record)
         }
     }
 }

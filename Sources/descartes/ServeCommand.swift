@@ -28,7 +28,8 @@ enum ServeCommand {
         do { audit = try Commands.auditLog(config) } catch { failure(error, json: false) }
         let gateway = Gateway(
             settings: settings, factory: setup.factory, reliability: setup.settings, audit: audit,
-            keyStore: SQLiteGatewayKeyStore(path: settings.keysDatabase), notice: { Out.err($0) },
+            keyStore: SQLiteGatewayKeyStore(path: settings.keysDatabase), responseStore: ConversationStore(file: settings.responsesDatabase),
+            notice: { Out.err($0) },
             accessLog: { line in Out.err(line) })
         let port: Int
         do { port = try gateway.start() } catch {

@@ -102,6 +102,58 @@ import DescartesSupport
         do { _ = try ConversationStore(file: file).list() } catch { #expect(error.message.contains("schema version 7"), "\(error)") }
     }
 
+    /// The gateway's stored responses: a response continues another
+    /// (appended at the conversation's tip, a branch otherwise), is its
+    /// owner's only, and deleting one removes the messages no other
+    /// response needs; responses older than the cutoff are purged as
+    /// another is stored. A version 1 file gains the table.
+    @Test func storedResponsesContinueBranchDeleteAndPurge() async throws {
+        let dir = TempDir("descartes-conv")
+        let file = dir.file("responses.db")
+        let store = ConversationStore(file: file)
+        _ = try store.create(provider: "echo", system: nil, title: "x", unixMS: 1)
+        let v1 = await Proc.run([
+            "python3", "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DROP TABLE responses'); c.execute('PRAGMA user_version = 1'); c.commit()",
+            file,
+        ])
+        #expect(v1.status == 0, "\(v1)")
+        let store2 = ConversationStore(file: file)
+        func turn(_ q: String, _ a: String, at t: Int) -> [StoredMessage] { [StoredMessage(.user(q), unixMS: t), StoredMessage(.assistant(a), unixMS: t)] }
+        func texts(_ r: StoredResponse) throws -> [String] { try store2.messages(r.conversationID, limit: r.messageCount).map(\.message.content) }
+        func save(_ id: String, _ owner: String, _ t: [StoredMessage], after previous: StoredResponse?, at ms: Int, purge: Int? = nil) throws -> StoredResponse {
+            let prior = try previous.map { try store2.messages($0.conversationID, limit: $0.messageCount) } ?? []
+            try store2.storeResponse(
+                StoredResponse(id: id, owner: owner, createdUnixMS: ms, response: "{\"id\":\"\(id)\"}"), turn: t, previous: previous, prior: prior,
+                provider: "upstream", model: "m", system: nil, purgeBeforeUnixMS: purge)
+            return try #require(try store2.response(id, owner: owner))
+        }
+        let day = 86_400_000
+        let r1 = try save("resp_1", "key:a", turn("q1", "a1", at: day), after: nil, at: day)
+        #expect(try store2.response("resp_1", owner: "key:b") == nil)
+        #expect(r1.response == "{\"id\":\"resp_1\"}" && r1.messageCount == 2)
+        let r2 = try save("resp_2", "key:a", turn("q2", "a2", at: 2 * day), after: r1, at: 2 * day)
+        #expect(r2.conversationID == r1.conversationID, "the tip is appended to")
+        #expect(try texts(r2) == ["q1", "a1", "q2", "a2"])
+        let r3 = try save("resp_3", "key:a", turn("q3", "a3", at: 3 * day), after: r1, at: 3 * day)
+        #expect(r3.conversationID != r1.conversationID, "not the tip: a branch")
+        #expect(try texts(r3) == ["q1", "a1", "q3", "a3"])
+        #expect(try !store2.deleteResponse("resp_2", owner: "key:b"))
+        #expect(try store2.deleteResponse("resp_2", owner: "key:a"))
+        #expect(try store2.response("resp_2", owner: "key:a") == nil)
+        #expect(try store2.messages(r1.conversationID).map(\.message.content) == ["q1", "a1"], "resp_2's turn is gone, resp_1's kept")
+        // Now resp_1 is the tip again.
+        let r4 = try save("resp_4", "key:a", turn("q4", "a4", at: 4 * day), after: r1, at: 4 * day)
+        #expect(r4.conversationID == r1.conversationID)
+        // Stored on day 40 with a 30-day retention: resp_1 (day 1) and
+        // resp_3 (day 3) go; resp_4's conversation was updated on day 4: it goes too.
+        _ = try save("resp_5", "key:a", turn("q5", "a5", at: 40 * day), after: nil, at: 40 * day, purge: 10 * day)
+        for gone in ["resp_1", "resp_3", "resp_4"] { #expect(try store2.response(gone, owner: "key:a") == nil, "\(gone)") }
+        #expect(try store2.conversation(r3.conversationID) == nil && store2.messages(r1.conversationID).isEmpty)
+        #expect(try store2.response("resp_5", owner: "key:a") != nil)
+        #expect(try store2.deleteResponse("resp_5", owner: "key:a"))
+        #expect(try store2.list().isEmpty, "every conversation is gone (the first one, made before any response, was purged too)")
+    }
+
     /// Two processes recording at once (the file created by both): no turn lost.
     @Test func twoProcessesRecordAtOnce() async throws {
         let data = TempDir("descartes-conv")

@@ -26,7 +26,7 @@ import DescartesSupport
         #expect(r.status == 0, "\(r.stderr)\n\(r.stdout)")
         // unittest's summary: every test ran, none failed.
         #expect(r.stderr.contains("\nOK\n") || r.stderr.hasSuffix("\nOK"), "\(r.stderr)")
-        #expect(r.stderr.contains("Ran 48 tests"), "\(r.stderr)")
+        #expect(r.stderr.contains("Ran 51 tests"), "\(r.stderr)")
     }
 
     /// README.md's gateway example, run as written: `descartes serve` (with
@@ -232,6 +232,27 @@ import DescartesSupport
         #expect(bad.status == 69, "\(bad)")
         #expect(bad.stderr.contains("server.tls: cert \(cert), key \(key)"), "\(bad)")
         #expect(!bad.stderr.contains("secret-looking"), "\(bad)")
+    }
+
+    /// server.responses_database and server.responses_retention_days:
+    /// `config check` names a wrong value at its file:line:column.
+    @Test func responseStoreSettingsAreChecked() async throws {
+        let dir = TempDir("descartes-serve-responses")
+        let config = dir.write("providers.yaml", "server:\n  responses_database: ${STATE}/r.sqlite3\n  responses_retention_days: 0\n")
+        let r = await Proc.descartes(
+            ["--config", config, "config", "check"], env: ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent", "STATE": "/tmp"])
+        #expect(r.status != 0, "\(r)")
+        for expected in [
+            "\(config):2:23: server.responses_database is a file path (no ${...} references), e.g. ~/.local/state/descartes/gateway-responses.sqlite3",
+            "\(config):3:29: server.responses_retention_days is 1 to 3650, got 0",
+        ] {
+            #expect(r.stdout.contains(expected) || r.stderr.contains(expected), "\(expected)\n\(r)")
+        }
+        let good = dir.write("good.yaml", "server:\n  responses_database: state/r.sqlite3\n  responses_retention_days: 7\n")
+        let ok = await Proc.descartes(["--config", good, "config", "check"], env: ["DESCARTES_PLUGIN_PATH": plugins.path, "HOME": "/nonexistent"])
+        #expect(ok.status == 0, "\(ok)")
+        let settings = try ProvidersConfig.load(.init(explicitFile: good)).gatewaySettings()
+        #expect(settings.responsesDatabase == dir.file("state/r.sqlite3") && settings.responsesRetentionDays == 7)
     }
 
     @Test func listenAddresses() {

@@ -122,6 +122,7 @@ audit:
 server:
   listen: 127.0.0.1:0
   keys_database: {os.path.join(tmp.name, "keys.sqlite3")}
+  responses_database: {os.path.join(tmp.name, "responses.sqlite3")}
   cors_origins: ["http://app.test"]
   keys:
     team-a: ${{GW_KEY_A}}
@@ -460,9 +461,10 @@ class OpenAIResponses(unittest.TestCase):
         self.assertEqual(sent["messages"][3]["content"], "sunny, 21 C")
 
     def test_errors(self):
-        with self.assertRaises(openai.BadRequestError) as e:
+        with self.assertRaises(openai.NotFoundError) as e:
             oai().responses.create(model="echo", input="x", previous_response_id="resp_123")
-        self.assertIn("previous_response_id", str(e.exception))
+        self.assertIn("Previous response with id 'resp_123' not found", str(e.exception))
+        self.assertEqual(e.exception.body["param"], "previous_response_id")
         with self.assertRaises(openai.BadRequestError) as e:
             oai().responses.create(model="echo", input="x", tools=[RESPONSES_TOOL, RESPONSES_TOOL])
         self.assertIn("a second tool named 'get_weather'", str(e.exception))
@@ -535,6 +537,92 @@ class OpenAIResponses(unittest.TestCase):
             while time.time() < deadline and conn not in up.closed():
                 time.sleep(0.1)
             self.assertIn(conn, up.closed(), f"{name}: the upstream request was not cancelled when the client went away")
+
+def upstream_answer(text):
+    return {"status": 200, "headers": {"content-type": "application/json"}, "body": json.dumps({
+        "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}})}
+
+
+def upstream_turns():
+    """What the upstream was sent in its last request: (role, content) of each message."""
+    sent = json.loads(state["upstream"].requests()[-1]["body"])
+    return [(m["role"], m["content"]) for m in sent["messages"]]
+
+
+class StoredResponses(unittest.TestCase):
+    """`store` and `previous_response_id` (server.responses_database)."""
+
+    def test_previous_response_id_continues_retrieve_delete(self):
+        state["upstream"].script(upstream_answer("Paris."), upstream_answer("About 2.1 million."), upstream_answer("Rome."))
+        r1 = oai().responses.create(model="upstream", instructions="Answer briefly.", input="Capital of France?")
+        self.assertEqual((r1.output_text, r1.store, r1.previous_response_id), ("Paris.", True, None))
+        self.assertEqual(upstream_turns(), [("system", "Answer briefly."), ("user", "Capital of France?")])
+        r2 = oai().responses.create(model="upstream", input="Its population?", previous_response_id=r1.id)
+        self.assertEqual((r2.output_text, r2.previous_response_id), ("About 2.1 million.", r1.id))
+        # The first turn went upstream again; its instructions did not (as in OpenAI's API).
+        self.assertEqual(upstream_turns(), [("user", "Capital of France?"), ("assistant", "Paris."), ("user", "Its population?")])
+        # Continuing r1 again branches from it: r2's turn is not part of it.
+        r3 = oai().responses.create(model="upstream", input=[{"role": "user", "content": "And of Italy?"}], previous_response_id=r1.id)
+        self.assertEqual(r3.output_text, "Rome.")
+        self.assertEqual(upstream_turns(), [("user", "Capital of France?"), ("assistant", "Paris."), ("user", "And of Italy?")])
+        got = oai().responses.retrieve(r2.id)
+        self.assertEqual((got.id, got.output_text, got.previous_response_id, got.usage.total_tokens), (r2.id, "About 2.1 million.", r1.id, 13))
+        # Another key's responses do not exist for it.
+        with self.assertRaises(openai.NotFoundError):
+            oai(KEY_B).responses.retrieve(r2.id)
+        with self.assertRaises(openai.NotFoundError):
+            oai(KEY_B).responses.create(model="echo", input="x", previous_response_id=r1.id)
+        with self.assertRaises(openai.NotFoundError):
+            oai(KEY_B).responses.delete(r2.id)
+        self.assertEqual(oai().responses.retrieve(r2.id).id, r2.id)
+        # Deleted: gone for retrieve, delete and previous_response_id; the others stay.
+        raw = httpx.delete(state["url"] + "/v1/responses/" + r2.id, headers={"Authorization": "Bearer " + KEY_A}, timeout=30)
+        self.assertEqual((raw.status_code, raw.json()), (200, {"id": r2.id, "object": "response", "deleted": True}))
+        with self.assertRaises(openai.NotFoundError) as e:
+            oai().responses.retrieve(r2.id)
+        self.assertEqual(e.exception.body["message"], f"Response with id '{r2.id}' not found.")
+        self.assertEqual(e.exception.body["type"], "invalid_request_error")
+        with self.assertRaises(openai.NotFoundError):
+            oai().responses.delete(r2.id)
+        with self.assertRaises(openai.NotFoundError):
+            oai().responses.create(model="upstream", input="x", previous_response_id=r2.id)
+        self.assertEqual(oai().responses.retrieve(r3.id).output_text, "Rome.")
+        oai().responses.delete(r1.id)
+        oai().responses.delete(r3.id)
+        with self.assertRaises(openai.NotFoundError):
+            oai().responses.retrieve(r1.id)
+
+    def test_streamed_responses_are_stored(self):
+        def stream(text):
+            return sse_response(sse(chunk({"role": "assistant", "content": text}), chunk({}, finish="stop"),
+                                    chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6})))
+        state["upstream"].script(stream("Blue."), stream("Black."))
+        events = list(oai().responses.create(model="upstream", input="Colour of the sky?", stream=True))
+        first = events[-1].response
+        self.assertEqual((events[-1].type, first.output_text, first.store), ("response.completed", "Blue.", True))
+        # Continued at once: it was stored before response.completed was sent.
+        with oai().responses.stream(model="upstream", input="And at night?", previous_response_id=first.id) as s:
+            second = s.get_final_response()
+        self.assertEqual((second.output_text, second.previous_response_id), ("Black.", first.id))
+        self.assertEqual(upstream_turns(), [("user", "Colour of the sky?"), ("assistant", "Blue."), ("user", "And at night?")])
+        got = oai().responses.retrieve(second.id)
+        self.assertEqual((got.output_text, got.status, got.usage.output_tokens), ("Black.", "completed", 1))
+
+    def test_store_false_keeps_nothing(self):
+        r = oai().responses.create(model="echo", input="not kept", store=False)
+        self.assertEqual((r.output_text, r.store), ("not kept", False))
+        with self.assertRaises(openai.NotFoundError):
+            oai().responses.retrieve(r.id)
+        events = list(oai().responses.create(model="echo", input="nor this", store=False, stream=True))
+        self.assertFalse(events[-1].response.store)
+        with self.assertRaises(openai.NotFoundError):
+            oai().responses.retrieve(events[-1].response.id)
+        with self.assertRaises(openai.BadRequestError) as e:
+            oai().responses.create(model="echo", input="x", store="yes")
+        self.assertIn("'store' is true or false", str(e.exception))
+
 
 class AnthropicSDK(unittest.TestCase):
     def test_message_through_echo(self):

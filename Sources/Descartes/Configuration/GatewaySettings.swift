@@ -12,6 +12,8 @@ import Glibc
 ///   idle_timeout_secs: 120        # idle keep-alive connections are closed
 ///   shutdown_grace_secs: 10       # on SIGINT/SIGTERM, requests in flight get this long
 ///   keys_database: PATH           # keys issued by `descartes keys` (default: the state directory)
+///   responses_database: PATH      # stored Responses API responses (default: the state directory)
+///   responses_retention_days: 30  # stored responses older than this are removed
 ///   tls: {cert: FILE, key: FILE}  # HTTPS with these PEM files (default: plain HTTP)
 ///   cors_origins: ["https://app.example.com"]   # browsers of these origins may call it (default: none)
 ///   keys:                         # without keys, only a loopback address is served
@@ -91,6 +93,10 @@ package struct GatewaySettings: Sendable {
     package var corsOrigins: [String] = []
     /// The SQLite file of the keys `descartes keys create` issues.
     package var keysDatabase = GatewaySettings.defaultKeysDatabase()
+    /// The SQLite file of the Responses API's stored responses (`store`, `previous_response_id`).
+    package var responsesDatabase = GatewaySettings.defaultResponsesDatabase()
+    /// How long a stored response is kept (purged when a later one is stored).
+    package var responsesRetentionDays = 30
 
     /// `approvals`: the tool approval policy of each provider (instance,
     /// plugin, chain or route name) the gateway serves; clients cannot
@@ -101,6 +107,7 @@ package struct GatewaySettings: Sendable {
 
     static let knownKeys = [
         "listen", "threads", "max_body_mb", "idle_timeout_secs", "shutdown_grace_secs", "keys", "keys_database", "approvals", "tls", "cors_origins",
+        "responses_database", "responses_retention_days",
     ]
 
     /// `gateway-keys.sqlite3` in the state directory the audit ledger uses
@@ -109,14 +116,29 @@ package struct GatewaySettings: Sendable {
         FileSystem.join(FileSystem.directory(of: AuditSettings.defaultFile(environment: environment)), "gateway-keys.sqlite3")
     }
 
+    /// `gateway-responses.sqlite3` in the same state directory.
+    package static func defaultResponsesDatabase(environment: [String: String] = Environment.current()) -> String {
+        FileSystem.join(FileSystem.directory(of: AuditSettings.defaultFile(environment: environment)), "gateway-responses.sqlite3")
+    }
+
     /// `server.keys_database` of a (raw or expanded) `server:` section: a
     /// path (`~/` is the home directory; a relative one is relative to the
     /// file), else the default. Read apart from the rest so that
     /// `descartes keys` needs none of the configured keys' variables.
     package static func keysDatabase(_ node: YAMLNode?, environment: [String: String] = Environment.current()) -> Result<String, SourceError> {
-        guard let n = node?["keys_database"] else { return .success(defaultKeysDatabase(environment: environment)) }
+        databasePath(node, "keys_database", default: defaultKeysDatabase(environment: environment))
+    }
+
+    /// The database file `key` of a `server:` section names (see
+    /// `keysDatabase`), else `defaultPath`.
+    static func databasePath(_ node: YAMLNode?, _ key: String, default defaultPath: String) -> Result<String, SourceError> {
+        guard let n = node?[key] else { return .success(defaultPath) }
         guard var path = n.scalar, !path.isEmpty, !path.contains("${") else {
-            return .failure(SourceError([SourceProblem(n.location, "server.keys_database is a file path (no ${...} references), e.g. ~/.local/state/descartes/gateway-keys.sqlite3")]))
+            return .failure(
+                SourceError([
+                    SourceProblem(
+                        n.location, "server.\(key) is a file path (no ${...} references), e.g. ~/.local/state/descartes/\(FileSystem.basename(defaultPath))")
+                ]))
         }
         if path.hasPrefix("~/") { path = FileSystem.join(Environment.homeDirectory, String(path.dropFirst(2))) }
         if !path.hasPrefix("/") { path = FileSystem.join(FileSystem.directory(of: n.location.file), path) }
@@ -162,6 +184,15 @@ package struct GatewaySettings: Sendable {
         switch keysDatabase(raw ?? node) {
         case .success(let p): s.keysDatabase = p
         case .failure(let e): for p in e.problems { v.problems.append(p) }
+        }
+        switch databasePath(raw ?? node, "responses_database", default: defaultResponsesDatabase()) {
+        case .success(let p): s.responsesDatabase = p
+        case .failure(let e): for p in e.problems { v.problems.append(p) }
+        }
+        if let d = v.int(node, "responses_retention_days") {
+            if (1...3650).contains(d) { s.responsesRetentionDays = d } else {
+                v.problem(node["responses_retention_days"]!, "server.responses_retention_days is 1 to 3650, got \(d)")
+            }
         }
         if let l = v.string(node, "listen") {
             if let (h, p) = listenAddress(l) { (s.host, s.port) = (h, p) } else {
@@ -311,6 +342,9 @@ extension ProvidersConfig {
     package func gatewaySettings() throws(SourceError) -> GatewaySettings {
         var s = try GatewaySettings.read(try section("server"), raw: sections["server"]).get()
         s.keysDatabase = try gatewayKeysDatabase()
+        s.responsesDatabase = try GatewaySettings.databasePath(
+            sections["server"], "responses_database", default: GatewaySettings.defaultResponsesDatabase(environment: environment)
+        ).get()
         return s
     }
 
