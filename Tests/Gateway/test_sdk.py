@@ -1406,7 +1406,8 @@ class TLS(unittest.TestCase):
                        check=True, capture_output=True, timeout=60)
         config = os.path.join(d, "providers.yaml")
         with open(config, "w") as f:
-            f.write(f"server:\n  listen: 127.0.0.1:0\n  keys_database: {d}/keys.sqlite3\n  tls: {{cert: cert.pem, key: key.pem}}\n")
+            f.write(f"server:\n  listen: 127.0.0.1:0\n  keys_database: {d}/keys.sqlite3\n  tls: {{cert: cert.pem, key: key.pem}}\n"
+                    "  responses_database: state/responses.sqlite3\n")
         cls.log = open(os.path.join(d, "access.log"), "w+")
         cls.proc = subprocess.Popen([os.environ.get("DESCARTES", "descartes"), "serve", "--config", config],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=cls.log, env=state["env"], cwd=d)
@@ -1453,6 +1454,20 @@ class TLS(unittest.TestCase):
         self.assertIn('"status":200', log)
         for l in secret_lines:
             self.assertNotIn(l, log)
+
+    def test_store_false_opens_no_database(self):
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=30,
+                               http_client=httpx.Client(verify=ssl.create_default_context(cafile=self.cert)))
+        database = os.path.join(self.tmp.name, "state", "responses.sqlite3")
+        r = client.responses.create(model="echo", input="not kept", store=False)
+        list(client.responses.create(model="echo", input="nor this", store=False, stream=True))
+        self.assertEqual((r.output_text, r.store), ("not kept", False))
+        self.assertFalse(os.path.exists(os.path.dirname(database)), "a store: false request made the response store")
+        # Without keys a stored response is every caller's; the relative path is the config file's directory's.
+        stored = client.responses.create(model="echo", input="kept")
+        self.assertTrue(stored.store)
+        self.assertTrue(os.path.exists(database))
+        self.assertEqual(client.responses.retrieve(stored.id).output_text, "kept")
 
 
 if __name__ == "__main__":
