@@ -4,8 +4,8 @@ import DescartesSupport
 /// The gateway's counters and histograms, in Prometheus' text exposition
 /// format (version 0.0.4) for `GET /metrics`.
 ///
-/// Labels are bounded: `endpoint` is one of the gateway's paths (`other`
-/// for the rest), `provider` and `model` are names the configuration
+/// Labels are bounded: `endpoint` is one of the gateway's paths
+/// (`/v1/responses/{id}` for every stored response's, `other` for the rest), `provider` and `model` are names the configuration
 /// resolved (a request whose model did not resolve has them empty), `key`
 /// is a key's name from providers.yaml (never its secret; empty without
 /// keys), `kind` an error kind. A client cannot make up label values.
@@ -63,7 +63,7 @@ final class GatewayMetrics: Sendable {
 
     /// Counts a finished request.
     func record(_ r: AccessRecord) {
-        let endpoint = Self.endpoints.contains(r.path) ? r.path : "other"
+        let endpoint = Self.endpoints.contains(r.path) ? r.path : Gateway.storedResponseID(r.path) != nil ? "/v1/responses/{id}" : "other"
         // Only a model the configuration resolved is a label value.
         let provider = r.provider ?? ""
         let model = r.provider == nil ? "" : (r.model ?? "")

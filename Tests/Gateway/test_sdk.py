@@ -589,6 +589,10 @@ class StoredResponses(unittest.TestCase):
         with self.assertRaises(openai.NotFoundError):
             oai().responses.create(model="upstream", input="x", previous_response_id=r2.id)
         self.assertEqual(oai().responses.retrieve(r3.id).output_text, "Rome.")
+        # One metrics series for every stored response's path, not one per id.
+        metrics = httpx.get(state["url"] + "/metrics", headers={"Authorization": "Bearer " + KEY_A}, timeout=30).text
+        self.assertIn('endpoint="/v1/responses/{id}"', metrics)
+        self.assertNotIn(r3.id, metrics)
         oai().responses.delete(r1.id)
         oai().responses.delete(r3.id)
         with self.assertRaises(openai.NotFoundError):
