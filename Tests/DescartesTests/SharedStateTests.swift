@@ -616,24 +616,33 @@ import DescartesSupport
         }
     }
 
-    /// The GCRA script's waits are the in-process token bucket's.
+    /// The GCRA script's waits are the in-process token bucket's. A wait is
+    /// counted from when Redis ran the script, so each is checked together
+    /// with the time since the first call (`elapsed`): on a loaded machine the
+    /// calls themselves take time, and the reservations stay where they were.
     @Test func theSharedBucketWaitsAsTheLocalOne() throws {
         let redis = try RedisServer.shared()
         let store = redis.store(prefix: prefix)
         let limits = SharedLimits(store: store, provider: "p", limits: RateLimits(requestsPerMinute: 60, requestBurst: 2))
+        let start = ContinuousClock.now
         var waits: [Duration] = []
+        var elapsed: [Duration] = []
         for _ in 0..<4 {
             guard case .wait(let w, _) = limits.acquire(tokens: 0, maxWait: nil) else { Issue.record("not granted"); return }
             waits.append(w)
+            elapsed.append(ContinuousClock.now - start)
         }
-        // A burst of 2, then one per second, reserved ahead.
+        // A burst of 2, then one per second, reserved ahead: the k-th
+        // reservation is k - 1 seconds after the first call.
         #expect(waits[0] == .zero && waits[1] == .zero)
-        #expect(waits[2] > .milliseconds(900) && waits[2] <= .seconds(1))
-        #expect(waits[3] > .milliseconds(1900) && waits[3] <= .seconds(2))
+        #expect(waits[2] + elapsed[2] > .milliseconds(900) && waits[2] <= .seconds(1), "\(waits) \(elapsed)")
+        #expect(waits[3] + elapsed[3] > .milliseconds(1900) && waits[3] <= .seconds(2), "\(waits) \(elapsed)")
         // A wait past maxWait is refused and takes nothing.
         guard case .refused(let w) = limits.acquire(tokens: 0, maxWait: .milliseconds(500)) else { Issue.record("not refused"); return }
-        #expect(w > .milliseconds(2900))
+        let refusedAt = ContinuousClock.now - start
+        #expect(w + refusedAt > .milliseconds(2900), "\(w) after \(refusedAt)")
         guard case .wait(let again, _) = limits.acquire(tokens: 0, maxWait: nil) else { Issue.record("not granted"); return }
-        #expect(again > .milliseconds(2900) && again <= .seconds(3))
+        let againAt = ContinuousClock.now - start
+        #expect(again + againAt > .milliseconds(2900) && again <= .seconds(3), "\(again) after \(againAt)")
     }
 }
