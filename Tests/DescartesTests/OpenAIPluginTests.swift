@@ -209,12 +209,8 @@ import DescartesSupport
     }
 
     @Test func connectionRefusedIsProviderUnavailable() async throws {
-        let port: Int
-        do {
-            let s = try await ScriptedServer.start()
-            port = s.port
-        }
-        try await Task.sleep(for: .milliseconds(100))
+        let refusing = RefusingPort()
+        let port = refusing.port
         let b = try plugins.factory().create("openai", config: ["endpoint": .string("http://127.0.0.1:\(port)/v1"), "api_key": .string(Self.key)])
         for seen in [await Observed.stream(b, ModelRequest(prompt: "x")), await Observed.complete(b, ModelRequest(prompt: "x"))] {
             #expect(seen.error?.kind == .providerUnavailable, "\(seen)")
@@ -222,6 +218,7 @@ import DescartesSupport
         }
         await #expect(throws: ProviderError.self) { _ = try await b.healthCheck() }
         await b.shutdown()
+        withExtendedLifetime(refusing) {}
     }
 
     @Test func deadlinesAreAppliedByThePlugin() async throws {

@@ -571,3 +571,27 @@ func providerError(_ body: () async throws -> Void) async -> ProviderError? {
         return nil
     }
 }
+
+/// A loopback port that refuses connections and that no other test can take
+/// while this lives: a socket bound to it that never listens. (A port freed
+/// for the test was seen bound again by another test's server running beside
+/// it, which then answered instead of refusing.)
+final class RefusingPort: @unchecked Sendable {
+    let port: Int
+    private let fd: Int32
+
+    init() {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        a.sin_port = 0
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        self.port = Int(UInt16(bigEndian: a.sin_port))
+    }
+
+    deinit { close(fd) }
+}
